@@ -1,0 +1,266 @@
+"""Typed schema of /etc/desanet/gateway.toml.
+
+Every model forbids unknown keys: a misspelt key is an error, never silently
+ignored. Durations and rates are stored as integers (seconds, bits/s) after
+parsing. Cross-field checks live in model validators so that all problems
+are still reported together by :mod:`gateway.config.loader`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from gateway.config.units import json_quote, parse_duration, parse_rate
+
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _duration(value: object) -> int:
+    return parse_duration(value)  # type: ignore[arg-type]
+
+
+def _rate(value: object) -> int:
+    return parse_rate(value)  # type: ignore[arg-type]
+
+
+def _ifname(value: str) -> str:
+    if not _IFNAME_RE.match(value):
+        raise ValueError(f"{json_quote(value)} is not an interface name; write e.g. \"br-lan\" or \"eth0\"")
+    return value
+
+
+def normalize_mac(value: str) -> str:
+    """Lower-case, colon-separated MAC; accepts '-' separators too."""
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC_RE.match(mac):
+        raise ValueError(f"{json_quote(value)} is not a MAC address; write e.g. \"02:00:00:aa:bb:cc\"")
+    return mac
+
+
+def normalize_hostname(value: str) -> str:
+    host = value.strip().lower().rstrip(".")
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2 or not all(_HOST_LABEL_RE.match(x) for x in labels):
+        raise ValueError(f"{json_quote(value)} is not a host name; write e.g. \"dukcapil.kemendagri.go.id\"")
+    return host
+
+
+def _ip_address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        raise ValueError(
+            f"{json_quote(value)} is not an IP address; write e.g. \"192.0.2.53\""
+        ) from None
+
+
+def _ip_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(value).strip(), strict=True)
+    except ValueError:
+        raise ValueError(
+            f"{json_quote(value)} is not a network with host bits zero; "
+            "write e.g. \"203.0.113.10/32\" or \"2001:db8::/64\""
+        ) from None
+
+
+IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainValidator(_ip_address)]
+IPNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_ip_network)]
+Duration = Annotated[int, BeforeValidator(_duration)]
+Rate = Annotated[int, BeforeValidator(_rate)]
+IfName = Annotated[str, AfterValidator(_ifname)]
+Mac = Annotated[str, AfterValidator(normalize_mac)]
+Hostname = Annotated[str, AfterValidator(normalize_hostname)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(_Section):
+    name: str = Field(min_length=1, max_length=80, examples=["Hotspot Desa Sukamaju"])
+    village: str = Field(min_length=1, max_length=80, examples=["Desa Sukamaju"])
+    language: Literal["id", "en"] = Field("id", examples=["id"])
+    contact: str = Field("", max_length=200, examples=["Kantor Desa, 0812-0000-0000"])
+
+
+class Network(_Section):
+    lan_interface: IfName = Field(examples=["br-lan"])
+    wan_interface: IfName = Field(examples=["eth0"])
+    lan_address: ipaddress.IPv4Interface = Field(examples=["10.42.0.1/24"])
+    # Only "drop" exists today: clients get no IPv6 and every IPv6 packet from
+    # the LAN is dropped, so IPv6 can never bypass the portal.
+    ipv6: Literal["drop"] = Field("drop", examples=["drop"])
+    client_isolation: bool = Field(True, examples=[True])
+
+
+class Dhcp(_Section):
+    range_start: ipaddress.IPv4Address = Field(examples=["10.42.0.100"])
+    range_end: ipaddress.IPv4Address = Field(examples=["10.42.0.250"])
+    lease_time: Duration = Field(43200, examples=["12h"])
+    upstream_dns: list[IPAddress] = Field(
+        default_factory=list, examples=[["1.1.1.1", "8.8.8.8"]]
+    )
+    local_domain: str = Field("desa", pattern=r"^[a-z0-9-]{1,63}$", examples=["desa"])
+
+
+class Portal(_Section):
+    mode: Literal["terms", "voucher", "both"] = Field("both", examples=["both"])
+    hostname: Hostname = Field("portal.desa", examples=["portal.desa"])
+    http_port: Port = Field(80, examples=[80])
+    redirect_port: Port = Field(2050, examples=[2050])
+    session_length: Duration = Field(4 * 3600, examples=["4h"])
+    idle_timeout: Duration = Field(30 * 60, examples=["30m"])
+    voucher_attempts_per_minute: int = Field(5, ge=1, le=60, examples=[5])
+    max_clients: int = Field(1000, ge=1, le=65000, examples=[1000])
+    terms_id: str = Field(
+        "Gunakan internet dengan bijak. Dilarang menyebarkan hoaks, judi, dan konten ilegal.",
+        max_length=4000,
+    )
+    terms_en: str = Field(
+        "Use the internet wisely. Spreading hoaxes, gambling and illegal content is forbidden.",
+        max_length=4000,
+    )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Portal:
+        if self.http_port == self.redirect_port:
+            raise PydanticCustomError(
+                "ports_clash",
+                "http_port and redirect_port are both {port}; use two ports, e.g. 80 and 2050",
+                {"port": self.http_port},
+            )
+        return self
+
+
+class WalledGarden(_Section):
+    addresses: list[IPNetwork] = Field(
+        default_factory=list, examples=[["203.0.113.10/32"]]
+    )
+    hostnames: list[Hostname] = Field(default_factory=list, examples=[["dukcapil.kemendagri.go.id"]])
+
+
+class Access(_Section):
+    trusted_macs: list[Mac] = Field(default_factory=list, examples=[["02:00:00:aa:bb:cc"]])
+    blocked_macs: list[Mac] = Field(default_factory=list, examples=[["02:00:00:dd:ee:ff"]])
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Access:
+        both = sorted(set(self.trusted_macs) & set(self.blocked_macs))
+        if both:
+            raise PydanticCustomError(
+                "mac_overlap",
+                "{macs} listed as both trusted and blocked; keep each MAC in one list",
+                {"macs": ", ".join(both)},
+            )
+        return self
+
+
+class Plan(_Section):
+    down: Rate = Field(examples=["10mbit"])
+    up: Rate = Field(examples=["2mbit"])
+    priority: int = Field(4, ge=0, le=7, examples=[4])
+
+
+class Shaping(_Section):
+    enabled: bool = Field(False, examples=[True])
+    uplink_down: Rate = Field(20_000_000, examples=["20mbit"])
+    uplink_up: Rate = Field(5_000_000, examples=["5mbit"])
+    client_down: Rate = Field(5_000_000, examples=["5mbit"])
+    client_up: Rate = Field(1_000_000, examples=["1mbit"])
+    plans: dict[str, Plan] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _within_uplink(self) -> Shaping:
+        if self.client_down > self.uplink_down or self.client_up > self.uplink_up:
+            raise PydanticCustomError(
+                "rate_above_uplink",
+                "client_down/client_up must not exceed uplink_down/uplink_up; "
+                "lower the client rate, e.g. client_down = \"5mbit\"",
+            )
+        for name, plan in self.plans.items():
+            if plan.down > self.uplink_down or plan.up > self.uplink_up:
+                raise PydanticCustomError(
+                    "rate_above_uplink",
+                    "plan {name!r} is faster than the uplink; lower its rates",
+                    {"name": name},
+                )
+        return self
+
+
+class Control(_Section):
+    socket: str = Field("/run/desanet/control.sock", examples=["/run/desanet/control.sock"])
+
+
+class Store(_Section):
+    state_dir: str = Field("/var/lib/desanet", examples=["/var/lib/desanet"])
+    run_dir: str = Field("/run/desanet", examples=["/run/desanet"])
+
+
+class Services(_Section):
+    dnsmasq: str = Field("dnsmasq", examples=["/usr/sbin/dnsmasq"])
+
+
+class Config(_Section):
+    site: Site
+    network: Network
+    dhcp: Dhcp
+    portal: Portal = Portal()
+    walled_garden: WalledGarden = WalledGarden()
+    access: Access = Access()
+    shaping: Shaping = Shaping()
+    control: Control = Control()
+    store: Store = Store()
+    services: Services = Services()
+
+    @model_validator(mode="after")
+    def _dhcp_inside_lan(self) -> Config:
+        net = self.network.lan_address.network
+        gw = self.network.lan_address.ip
+        for name in ("range_start", "range_end"):
+            addr = getattr(self.dhcp, name)
+            if addr not in net or addr in (net.network_address, net.broadcast_address, gw):
+                raise PydanticCustomError(
+                    "dhcp_range",
+                    "dhcp.{name} = {addr} is not a usable host of network.lan_address {net}; "
+                    "write e.g. \"{example}\"",
+                    {"name": name, "addr": str(addr), "net": str(net),
+                     "example": str(net.network_address + 100)},
+                )
+        if int(self.dhcp.range_start) > int(self.dhcp.range_end):
+            raise PydanticCustomError(
+                "dhcp_range", "dhcp.range_start is after dhcp.range_end; swap them", {}
+            )
+        if self.network.lan_interface == self.network.wan_interface:
+            raise PydanticCustomError(
+                "same_interface",
+                "network.lan_interface and network.wan_interface are both {name!r}; "
+                "the LAN and the uplink need two interfaces",
+                {"name": self.network.lan_interface},
+            )
+        return self
+
+    @property
+    def lan_ip(self) -> str:
+        return str(self.network.lan_address.ip)
+
+    @property
+    def portal_url(self) -> str:
+        port = "" if self.portal.http_port == 80 else f":{self.portal.http_port}"
+        return f"http://{self.portal.hostname}{port}/"

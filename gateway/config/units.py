@@ -1,0 +1,67 @@
+"""Parsing of human-written durations ("4h", "30m") and rates ("10mbit").
+
+Rates follow tc's spelling (bits per second with k/m/g prefixes, powers of
+1000), because technicians who know tc already write them that way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+
+def json_quote(value: object) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
+_RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
+
+
+def parse_duration(text: str | int) -> int:
+    """Return seconds for "90s", "30m", "4h", "1d" or a bare number of seconds.
+
+    Raises ValueError with an example of a valid value.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"{json_quote(text)} is not a duration; write e.g. \"30m\", \"4h\" or \"1d\"")
+    if isinstance(text, int):
+        seconds = text
+    else:
+        match = _DURATION_RE.match(text)
+        if not match:
+            raise ValueError(f"{json_quote(text)} is not a duration; write e.g. \"30m\", \"4h\" or \"1d\"")
+        seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError(f"{json_quote(text)} must be longer than zero; write e.g. \"30m\"")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """Shortest exact spelling: 14400 -> "4h", 90 -> "90s"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_rate(text: str) -> int:
+    """Return bits per second for "10mbit", "512kbit", "1.5mbit"."""
+    if not isinstance(text, str):
+        raise ValueError(f"{json_quote(text)} is not a rate; write e.g. \"10mbit\" or \"512kbit\"")
+    match = _RATE_RE.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"{json_quote(text)} is not a rate; write e.g. \"10mbit\" or \"512kbit\"")
+    bits = int(float(match.group(1)) * _RATE_UNITS[match.group(2)])
+    if bits <= 0:
+        raise ValueError(f"{json_quote(text)} must be above zero; write e.g. \"512kbit\"")
+    return bits
+
+
+def format_rate(bits: int) -> str:
+    for unit, size in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits % size == 0 and bits >= size:
+            return f"{bits // size}{unit}"
+    return f"{bits}bit"

@@ -1,0 +1,47 @@
+"""Plain data shared by the planners, the store and the adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SessionSource = Literal["terms", "voucher", "manual"]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One authorized client. Times are Unix seconds (integers)."""
+
+    mac: str  # lower-case, colon separated
+    ip: str  # IPv4 address leased to the client
+    started: int
+    expires: int  # absolute end of the session
+    idle_timeout: int  # seconds without traffic before the client must log in again
+    source: SessionSource
+    voucher: str | None = None
+    plan: str | None = None
+
+    def remaining(self, now: int) -> int:
+        return max(0, self.expires - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    code: str  # canonical form, e.g. "K7MQ-X3PAR-9TZH" without ambiguous characters
+    duration: int  # seconds of access from first use
+    plan: str | None
+    created: int
+    batch: str
+    max_devices: int = 1
+    first_used: int | None = None
+    revoked: bool = False
+    devices: tuple[str, ...] = ()  # MACs that redeemed it
+
+    def state(self, now: int) -> str:
+        if self.revoked:
+            return "revoked"
+        if self.first_used is None:
+            return "unused"
+        if self.first_used + self.duration <= now:
+            return "expired"
+        return "active"

@@ -1,0 +1,3 @@
+from gateway.store.sqlite import Store
+
+__all__ = ["Store"]

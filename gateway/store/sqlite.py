@@ -1,0 +1,237 @@
+"""SQLite state store: sessions and vouchers.
+
+WAL mode with synchronous=FULL: a committed transaction survives kill -9 and
+power loss. Each public method is one transaction, so a crash leaves either
+the old or the new state, never half of an operation.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.errors import StoreError, VoucherError
+from gateway.model import Session, Voucher
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    mac TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    idle_timeout INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    voucher TEXT,
+    plan TEXT,
+    ended INTEGER,
+    end_reason TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sessions_one_active_per_mac
+    ON sessions(mac) WHERE ended IS NULL;
+CREATE TABLE IF NOT EXISTS vouchers (
+    code TEXT PRIMARY KEY,
+    duration INTEGER NOT NULL,
+    plan TEXT,
+    created INTEGER NOT NULL,
+    batch TEXT NOT NULL,
+    max_devices INTEGER NOT NULL DEFAULT 1,
+    first_used INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS voucher_devices (
+    code TEXT NOT NULL REFERENCES vouchers(code),
+    mac TEXT NOT NULL,
+    PRIMARY KEY (code, mac)
+);
+"""
+
+_SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
+
+
+class Store:
+    """Thread-safe wrapper around one SQLite connection."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"state database error in {self.path}: {exc}") from exc
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- sessions ---------------------------------------------------------
+
+    def start_session(self, session: Session) -> None:
+        """Record a new active session, ending any earlier one of the same MAC."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sessions SET ended=?, end_reason='replaced' WHERE mac=? AND ended IS NULL",
+                (session.started, session.mac),
+            )
+            db.execute(
+                f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                (session.mac, session.ip, session.started, session.expires,
+                 session.idle_timeout, session.source, session.voucher, session.plan),
+            )
+
+    def end_session(self, mac: str, now: int, reason: str) -> Session | None:
+        """End the active session of ``mac``; return it, or None if there was none."""
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE mac=? AND ended IS NULL", (mac,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE sessions SET ended=?, end_reason=? WHERE mac=? AND ended IS NULL",
+                (now, reason, mac),
+            )
+            return Session(*row)
+
+    def end_sessions(self, macs: Iterable[str], now: int, reason: str) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE sessions SET ended=?, end_reason=? WHERE mac=? AND ended IS NULL",
+                [(now, reason, mac) for mac in macs],
+            )
+
+    def active_session(self, mac: str, now: int) -> Session | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions "
+                "WHERE mac=? AND ended IS NULL AND expires>?",
+                (mac, now),
+            ).fetchone()
+        return Session(*row) if row else None
+
+    def active_sessions(self, now: int) -> list[Session]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL AND expires>? "
+                "ORDER BY started",
+                (now,),
+            ).fetchall()
+        return [Session(*r) for r in rows]
+
+    def expire_sessions(self, now: int) -> list[Session]:
+        """Mark sessions whose time ran out as ended; return them."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL AND expires<=?",
+                (now,),
+            ).fetchall()
+            db.execute(
+                "UPDATE sessions SET ended=expires, end_reason='expired' "
+                "WHERE ended IS NULL AND expires<=?",
+                (now,),
+            )
+        return [Session(*r) for r in rows]
+
+    # -- vouchers ---------------------------------------------------------
+
+    def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO vouchers (code, duration, plan, created, batch, max_devices) "
+                "VALUES (?,?,?,?,?,?)",
+                [(v.code, v.duration, v.plan, v.created, v.batch, v.max_devices) for v in vouchers],
+            )
+
+    def voucher(self, code: str) -> Voucher | None:
+        with self._lock:
+            return self._voucher(self._db, code)
+
+    def vouchers(self, batch: str | None = None) -> list[Voucher]:
+        with self._lock:
+            if batch is None:
+                codes = self._db.execute("SELECT code FROM vouchers ORDER BY created, code")
+            else:
+                codes = self._db.execute(
+                    "SELECT code FROM vouchers WHERE batch=? ORDER BY code", (batch,)
+                )
+            found = [self._voucher(self._db, c) for (c,) in codes.fetchall()]
+        return [v for v in found if v is not None]
+
+    def revoke_voucher(self, code: str, now: int) -> Voucher:
+        """Revoke a voucher and end the sessions it opened; return the revoked voucher."""
+        with self._tx() as db:
+            if self._voucher(db, code) is None:
+                raise VoucherError("unknown", f"voucher {code} does not exist")
+            db.execute("UPDATE vouchers SET revoked=1 WHERE code=?", (code,))
+            db.execute(
+                "UPDATE sessions SET ended=?, end_reason='voucher revoked' "
+                "WHERE voucher=? AND ended IS NULL",
+                (now, code),
+            )
+            voucher = self._voucher(db, code)
+        assert voucher is not None
+        return voucher
+
+    def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
+        """Bind ``mac`` to the voucher (first use starts its clock) or raise VoucherError."""
+        with self._tx() as db:
+            voucher = self._voucher(db, code)
+            if voucher is None:
+                raise VoucherError("unknown")
+            state = voucher.state(now)
+            if state in ("revoked", "expired"):
+                raise VoucherError(state)
+            if mac not in voucher.devices:
+                if len(voucher.devices) >= voucher.max_devices:
+                    raise VoucherError("in_use")
+                db.execute("INSERT INTO voucher_devices (code, mac) VALUES (?,?)", (code, mac))
+            if voucher.first_used is None:
+                db.execute("UPDATE vouchers SET first_used=? WHERE code=?", (now, code))
+            redeemed = self._voucher(db, code)
+        assert redeemed is not None
+        return redeemed
+
+    @staticmethod
+    def _voucher(db: sqlite3.Connection, code: str) -> Voucher | None:
+        row = db.execute(
+            "SELECT code, duration, plan, created, batch, max_devices, first_used, revoked "
+            "FROM vouchers WHERE code=?",
+            (code,),
+        ).fetchone()
+        if row is None:
+            return None
+        devices = tuple(
+            m for (m,) in db.execute(
+                "SELECT mac FROM voucher_devices WHERE code=? ORDER BY mac", (code,)
+            )
+        )
+        return Voucher(
+            code=row[0], duration=row[1], plan=row[2], created=row[3], batch=row[4],
+            max_devices=row[5], first_used=row[6], revoked=bool(row[7]), devices=devices,
+        )
