@@ -198,7 +198,8 @@ class Shaping(_Section):
             if plan.down > self.uplink_down or plan.up > self.uplink_up:
                 raise PydanticCustomError(
                     "rate_above_uplink",
-                    "plan {name!r} is faster than the uplink; lower its rates",
+                    "plan '{name}' (plans.{name}) is faster than the uplink; "
+                    "lower its rates to at most uplink_down/uplink_up",
                     {"name": name},
                 )
         return self

@@ -1,0 +1,324 @@
+"""The `desanet` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import DEFAULT_PATH, load_config
+from gateway.config.units import format_duration
+from gateway.control.client import ControlClient
+from gateway.errors import ConfigError, DesanetError
+
+DEFAULT_SOCKET = "/run/desanet/control.sock"
+LAB_SOCKETS = "/run/desanet-lab/*/control.sock"
+
+
+def resolve_socket(args: argparse.Namespace) -> str:
+    """--socket, $DESANET_SOCKET, the config's control.socket, the default, or the one lab."""
+    if getattr(args, "socket", None):
+        return str(args.socket)
+    if os.environ.get("DESANET_SOCKET"):
+        return os.environ["DESANET_SOCKET"]
+    config = getattr(args, "config", None)
+    if config or Path(DEFAULT_PATH).exists():
+        try:
+            return load_config(config or DEFAULT_PATH).control.socket
+        except ConfigError:
+            pass
+    if Path(DEFAULT_SOCKET).exists():
+        return DEFAULT_SOCKET
+    labs = sorted(glob.glob(LAB_SOCKETS))
+    if len(labs) == 1:
+        return labs[0]
+    return DEFAULT_SOCKET
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    return ControlClient(resolve_socket(args))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _fmt_time(ts: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon.gateway import Gateway
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    path = args.config or DEFAULT_PATH
+    cfg = load_config(path)
+    gateway = Gateway(cfg, config_path=path)
+    asyncio.run(gateway.run_forever())
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _client(args).request("GET", "/v1/status")
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"{data['site']} ({data['village']})")
+    print(f"  ready:           {data['ready']}")
+    print(f"  portal:          {data['portal_url']}  mode={data['portal_mode']}")
+    print(f"  LAN address:     {data['lan_ip']}")
+    print(f"  active sessions: {data['sessions_active']}")
+    print(f"  uptime:          {format_duration(max(1, data['uptime']))}")
+    print(f"  firewall:        nftables via {data['firewall']['backend']}")
+    dns = data["dnsmasq"]
+    print(f"  dnsmasq:         {'running' if dns['running'] else 'DOWN'} pid={dns['pid']}")
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    data = _client(args).request("GET", "/v1/clients")
+    if args.json:
+        _print_json(data)
+        return 0
+    rows = data["clients"]
+    if not rows:
+        print("no clients")
+        return 0
+    print(f"{'MAC':17}  {'IP':15}  {'STATE':10}  {'VIA':7}  {'LEFT':>6}  {'IDLE-LEFT':>9}  PLAN")
+    for c in rows:
+        if c["authorized"]:
+            left = format_duration(max(1, c["remaining"]))
+            print(f"{c['mac']:17}  {c['ip']:15}  {'online':10}  {c['source']:7}  {left:>6}  "
+                  f"{c.get('idle_left', 0):>8}s  {c.get('plan') or '-'}")
+        else:
+            print(f"{c['mac']:17}  {c['ip']:15}  {'portal':10}  {'-':7}  {'-':>6}  {'-':>9}  -")
+    return 0
+
+
+def cmd_clients_auth(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"mac": args.mac}
+    for key in ("ip", "duration", "plan"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    data = _client(args).request("POST", "/v1/clients/auth", body)
+    if args.json:
+        _print_json(data)
+    else:
+        c = data["client"]
+        print(f"authorized {c['mac']} ({c['ip']}) until {_fmt_time(c['expires'])}")
+    return 0
+
+
+def cmd_clients_deauth(args: argparse.Namespace) -> int:
+    data = _client(args).request("POST", "/v1/clients/deauth", {"mac": args.mac})
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"deauthorized {data['deauthorized']} ({data['ip']})")
+    return 0
+
+
+def cmd_vouchers_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"count": args.count, "duration": args.duration,
+                            "max_devices": args.max_devices}
+    if args.plan:
+        body["plan"] = args.plan
+    data = _client(args).request("POST", "/v1/vouchers", body)
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"batch {data['batch']}: {len(data['vouchers'])} voucher(s), "
+          f"{args.duration} each{', plan ' + args.plan if args.plan else ''}")
+    for v in data["vouchers"]:
+        print(f"  {v['code']}")
+    print(f"print them with: desanet vouchers print --batch {data['batch']} > vouchers.html")
+    return 0
+
+
+def cmd_vouchers_list(args: argparse.Namespace) -> int:
+    path = "/v1/vouchers" + (f"?batch={args.batch}" if args.batch else "")
+    data = _client(args).request("GET", path)
+    if args.json:
+        _print_json(data)
+        return 0
+    rows = data["vouchers"]
+    if not rows:
+        print("no vouchers")
+        return 0
+    print(f"{'CODE':11}  {'STATE':8}  {'DURATION':8}  {'PLAN':10}  {'DEVICES':7}  BATCH")
+    for v in rows:
+        print(f"{v['code']:11}  {v['state']:8}  {format_duration(v['duration']):8}  "
+              f"{v['plan'] or '-':10}  {len(v['devices'])}/{v['max_devices']:<5}  {v['batch']}")
+    return 0
+
+
+def cmd_vouchers_revoke(args: argparse.Namespace) -> int:
+    data = _client(args).request("POST", "/v1/vouchers/revoke", {"code": args.code})
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"revoked {data['voucher']['code']}")
+    return 0
+
+
+def cmd_vouchers_print(args: argparse.Namespace) -> int:
+    from gateway.model import Voucher
+    from gateway.portal.printable import render_voucher_sheet
+
+    path = "/v1/vouchers" + (f"?batch={args.batch}" if args.batch else "")
+    rows = _client(args).request("GET", path)["vouchers"]
+    vouchers = [
+        Voucher(code=v["code"], duration=v["duration"], plan=v["plan"], created=v["created"],
+                batch=v["batch"], max_devices=v["max_devices"], first_used=v["first_used"],
+                revoked=v["revoked"], devices=tuple(v["devices"]))
+        for v in rows if v["state"] == "unused"
+    ]
+    cfg = load_config(args.config or DEFAULT_PATH) if (args.config or Path(DEFAULT_PATH).exists()) \
+        else None
+    status = _client(args).request("GET", "/v1/status")
+    html = render_voucher_sheet(_sheet_config(cfg, status), vouchers, args.lang)
+    if args.output:
+        Path(args.output).write_text(html, encoding="utf-8")
+        print(f"wrote {len(vouchers)} voucher(s) to {args.output}")
+    else:
+        sys.stdout.write(html)
+    return 0
+
+
+def _sheet_config(cfg: Any, status: dict[str, Any]) -> Any:
+    """The running daemon's site names, with a config file's when one is at hand."""
+    if cfg is not None:
+        return cfg
+    from gateway.config import parse_config
+
+    return parse_config({
+        "site": {"name": status["site"], "village": status["village"]},
+        "network": {"lan_interface": "lan", "wan_interface": "wan",
+                    "lan_address": f"{status['lan_ip']}/24"},
+        "dhcp": {"range_start": _host(status["lan_ip"], 100),
+                 "range_end": _host(status["lan_ip"], 200)},
+    })
+
+
+def _host(ip: str, last: int) -> str:
+    return ".".join(ip.split(".")[:3] + [str(last)])
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="desanet",
+        description="desanet village hotspot gateway (captive portal, shaping, offline services)",
+    )
+    parser.add_argument("--config", help=f"gateway config file (default {DEFAULT_PATH})")
+    parser.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}; "
+                        "$DESANET_SOCKET; or the one running lab)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        # Accept --config/--socket after the subcommand too (`desanet run --config F`).
+        p.add_argument("--config", default=argparse.SUPPRESS, help="gateway config file")
+        p.add_argument("--socket", default=argparse.SUPPRESS, help="control socket path")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    run = add(sub, "run", cmd_run, "run the gateway daemon (systemd Type=notify)")
+    run.add_argument("-v", "--verbose", action="store_true")
+
+    config = sub.add_parser("config", help="check config files")
+    csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    check = add(csub, "check", cmd_config_check,
+                "validate a config file; print every problem; exit 2 if invalid")
+    check.add_argument("file")
+
+    add(sub, "status", cmd_status, "show the gateway's state", json_flag=True)
+
+    clients = add(sub, "clients", cmd_clients_list, "list clients (default), auth, deauth",
+                  json_flag=True)
+    clsub = clients.add_subparsers(dest="clients_command", metavar="SUBCOMMAND")
+    add(clsub, "list", cmd_clients_list, "list authorized clients and DHCP clients",
+        json_flag=True)
+    a = add(clsub, "auth", cmd_clients_auth, "authorize a client by MAC", json_flag=True)
+    a.add_argument("mac")
+    a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table)")
+    a.add_argument("--duration", help='session length, e.g. "4h" (default: portal.session_length)')
+    a.add_argument("--plan", help="shaping plan name")
+    d = add(clsub, "deauth", cmd_clients_deauth, "end a client's session now", json_flag=True)
+    d.add_argument("mac")
+
+    vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
+    vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True)
+    c = add(vsub, "create", cmd_vouchers_create, "create a batch of vouchers", json_flag=True)
+    c.add_argument("--count", type=int, default=1)
+    c.add_argument("--duration", required=True, help='access per voucher from first use, e.g. "1d"')
+    c.add_argument("--plan", help="shaping plan for clients using these vouchers")
+    c.add_argument("--max-devices", type=int, default=1, help="devices per voucher (default 1)")
+    ls = add(vsub, "list", cmd_vouchers_list, "list vouchers", json_flag=True)
+    ls.add_argument("--batch")
+    r = add(vsub, "revoke", cmd_vouchers_revoke, "revoke a voucher and end its sessions",
+            json_flag=True)
+    r.add_argument("code")
+    pr = add(vsub, "print", cmd_vouchers_print, "printable HTML sheet of unused vouchers")
+    pr.add_argument("--batch")
+    pr.add_argument("--lang", choices=["id", "en"], default="id")
+    pr.add_argument("--output", "-o", help="write to this file instead of stdout")
+
+    try:
+        from gateway.lab.cli import register
+    except ImportError:  # pragma: no cover - lab is part of the package
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc.source}:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except DesanetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,213 @@
+"""Local control API: HTTP + JSON on a root-only unix socket.
+
+Never bound to a network address, so nothing on the village LAN can reach
+it. Request bodies are validated here; every error names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.config.schema import normalize_mac
+from gateway.config.units import parse_duration
+from gateway.errors import ControlError, DesanetError, VoucherError
+from gateway.model import Session, Voucher
+from gateway.portal.backend import PortalDenied
+from gateway.services.dnsmasq import read_leases
+
+if TYPE_CHECKING:
+    from gateway.daemon.gateway import Gateway
+
+log = logging.getLogger("desanet.control")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_VOUCHERS_PER_REQUEST = 1000
+
+
+def session_json(s: Session, now: int) -> dict[str, Any]:
+    data = asdict(s)
+    data["remaining"] = s.remaining(now)
+    data["authorized"] = True
+    return data
+
+
+def voucher_json(v: Voucher, now: int) -> dict[str, Any]:
+    data = asdict(v)
+    data["devices"] = list(v.devices)
+    data["state"] = v.state(now)
+    return data
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ControlError as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+    except VoucherError as exc:
+        return web.json_response({"error": str(exc), "reason": exc.reason}, status=404)
+    except PortalDenied as exc:
+        return web.json_response({"error": f"refused: {exc.reason}"}, status=409)
+    except DesanetError as exc:
+        log.error("%s %s failed: %s", request.method, request.path, exc)
+        return web.json_response({"error": str(exc)}, status=500)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError as exc:
+        raise ControlError(f"request body is not JSON: {exc}", 400) from exc
+    if not isinstance(data, dict):
+        raise ControlError("request body must be a JSON object", 400)
+    return data
+
+
+def _mac(data: dict[str, Any]) -> str:
+    try:
+        return normalize_mac(str(data["mac"]))
+    except KeyError:
+        raise ControlError('field "mac" is required, e.g. "02:00:00:aa:bb:cc"', 400) from None
+    except ValueError as exc:
+        raise ControlError(f"field mac: {exc}", 400) from None
+
+
+def _duration_field(data: dict[str, Any], name: str, required: bool) -> int | None:
+    if name not in data or data[name] is None:
+        if required:
+            raise ControlError(f'field "{name}" is required, e.g. "1d" or "4h"', 400)
+        return None
+    try:
+        return parse_duration(data[name])
+    except ValueError as exc:
+        raise ControlError(f"field {name}: {exc}", 400) from None
+
+
+def _int_field(data: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = data.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ControlError(f"field {name}: {value!r} must be a whole number {low}..{high}", 400)
+    return value
+
+
+def create_control_app(gw: Gateway) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/v1/status")
+    async def status(_: web.Request) -> web.Response:
+        now = gw.now()
+        return web.json_response({
+            "ready": gw.ready,
+            "site": gw.cfg.site.name,
+            "village": gw.cfg.site.village,
+            "uptime": now - gw.started_at,
+            "portal_url": gw.cfg.portal_url,
+            "lan_ip": gw.cfg.lan_ip,
+            "portal_mode": gw.cfg.portal.mode,
+            "sessions_active": len(gw.store.active_sessions(now)),
+            "firewall": {"backend": gw.firewall.nft.backend},
+            "dnsmasq": {"running": gw.dnsmasq.running, "pid": gw.dnsmasq.pid,
+                        "restarts": gw.dnsmasq.restarts},
+            "config_path": gw.config_path,
+        })
+
+    @routes.get("/v1/clients")
+    async def clients(_: web.Request) -> web.Response:
+        now = gw.now()
+        sessions = gw.store.active_sessions(now)
+        active = gw.firewall.active_clients()
+        out = []
+        for s in sessions:
+            row = session_json(s, now)
+            row["idle_left"] = active.get((s.mac, s.ip), 0)
+            out.append(row)
+        known = {s.mac for s in sessions}
+        for ip, mac in sorted(read_leases(str(gw.state_dir / "dnsmasq.leases")).items()):
+            if mac not in known:
+                out.append({"mac": mac, "ip": ip, "authorized": False})
+        return web.json_response({"clients": out})
+
+    @routes.post("/v1/clients/auth")
+    async def auth(request: web.Request) -> web.Response:
+        data = await _body(request)
+        mac = _mac(data)
+        ip = data.get("ip") or gw.neighbours.ip_of(mac)
+        if not ip:
+            raise ControlError(
+                f"no IPv4 address known for {mac} (no DHCP lease, no neighbour entry); "
+                'pass "ip" too', 404
+            )
+        duration = _duration_field(data, "duration", required=False)
+        plan = data.get("plan")
+        session = await gw.authorize(mac, str(ip), "manual", duration=duration, plan=plan)
+        return web.json_response({"client": session_json(session, gw.now())})
+
+    @routes.post("/v1/clients/deauth")
+    async def deauth(request: web.Request) -> web.Response:
+        mac = _mac(await _body(request))
+        session = await gw.deauthorize(mac, "deauth")
+        if session is None:
+            raise ControlError(f"{mac} has no active session", 404)
+        return web.json_response({"deauthorized": mac, "ip": session.ip})
+
+    @routes.get("/v1/vouchers")
+    async def vouchers(request: web.Request) -> web.Response:
+        now = gw.now()
+        batch = request.query.get("batch")
+        return web.json_response(
+            {"vouchers": [voucher_json(v, now) for v in gw.store.vouchers(batch)]}
+        )
+
+    @routes.post("/v1/vouchers")
+    async def create_vouchers(request: web.Request) -> web.Response:
+        from gateway.portal.vouchers import generate_codes
+
+        data = await _body(request)
+        count = _int_field(data, "count", 1, 1, MAX_VOUCHERS_PER_REQUEST)
+        duration = _duration_field(data, "duration", required=True)
+        assert duration is not None
+        max_devices = _int_field(data, "max_devices", 1, 1, 10)
+        plan = data.get("plan")
+        if plan is not None and plan not in gw.cfg.shaping.plans:
+            raise ControlError(
+                f"field plan: {plan!r} is not a plan in shaping.plans "
+                f"(known: {', '.join(gw.cfg.shaping.plans) or 'none'})", 422
+            )
+        now = gw.now()
+        batch = data.get("batch") or f"{now}-{secrets.token_hex(2)}"
+        made = [
+            Voucher(code=c, duration=duration, plan=plan, created=now, batch=str(batch),
+                    max_devices=max_devices)
+            for c in generate_codes(count)
+        ]
+        gw.store.add_vouchers(made)
+        return web.json_response(
+            {"batch": batch, "vouchers": [voucher_json(v, now) for v in made]}, status=201
+        )
+
+    @routes.post("/v1/vouchers/revoke")
+    async def revoke(request: web.Request) -> web.Response:
+        from gateway.portal.vouchers import normalize_code
+
+        data = await _body(request)
+        if "code" not in data:
+            raise ControlError('field "code" is required, e.g. "K7MQX-3PAR9"', 400)
+        code = normalize_code(str(data["code"]))
+        voucher = gw.store.revoke_voucher(code, gw.now())
+        await gw.sweep()
+        return web.json_response({"voucher": voucher_json(voucher, gw.now())})
+
+    @routes.post("/v1/reload")
+    async def reload(_: web.Request) -> web.Response:
+        return web.json_response(await gw.reload())
+
+    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    app.add_routes(routes)
+    return app

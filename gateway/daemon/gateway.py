@@ -1,0 +1,301 @@
+"""The gateway daemon: owns the store, the firewall, dnsmasq and the portal.
+
+Theory of operation
+-------------------
+SQLite is the source of truth for sessions; the kernel sets are a cache of
+it. Every change is written to SQLite first and then to the kernel:
+
+* login:  store.start_session -> firewall.authorize. A crash in between is
+          healed at start, which rebuilds the kernel sets from the store.
+* logout: store.end_session -> firewall.revoke. A crash in between leaves a
+          kernel entry the store no longer backs; the start-up rebuild (and
+          the periodic sweep) removes it, so nobody regains access.
+
+Start-up, SIGHUP and the periodic sweep all go through the same
+reconciliation (:meth:`Gateway.apply_firewall` / :meth:`Gateway.sweep`).
+On stop the firewall table stays in place: a stopped daemon fails closed
+(unauthorized clients stay locked out) rather than open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import load_config
+from gateway.config.schema import Config
+from gateway.daemon import systemd
+from gateway.daemon.neighbours import Neighbours
+from gateway.daemon.sessions import idle_sessions, new_session, stale_kernel_entries
+from gateway.errors import ConfigError, ControlError, DesanetError, VoucherError
+from gateway.firewall import Firewall
+from gateway.model import Session, SessionSource
+from gateway.portal.backend import ClientView, PortalDenied
+from gateway.services.dnsmasq import Dnsmasq, render_dnsmasq_conf
+from gateway.store import Store
+
+log = logging.getLogger("desanet.daemon")
+
+SWEEP_INTERVAL = 5.0
+
+
+class Gateway:
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.state_dir = Path(cfg.store.state_dir)
+        self.run_dir = Path(cfg.store.run_dir)
+        self.store = Store(self.state_dir / "desanet.db")
+        self.firewall = Firewall()
+        self.neighbours = Neighbours(str(self.state_dir / "dnsmasq.leases"))
+        self.dnsmasq = Dnsmasq(
+            cfg.services.dnsmasq,
+            str(self.run_dir / "dnsmasq.conf"),
+            str(self.run_dir / "dnsmasq.pid"),
+        )
+        self.ready = False
+        self.started_at = int(time.time())
+        self._portal_runner: web.AppRunner | None = None
+        self._control_runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # -- clock ------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(time.time())
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o755)
+        self.apply_firewall()
+        self.dnsmasq.write_config(
+            render_dnsmasq_conf(self.cfg, str(self.state_dir), str(self.run_dir))
+        )
+        await self.dnsmasq.start()
+        await self._start_portal()
+        await self._start_control()
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self.ready = True
+        systemd.notify("READY=1\nSTATUS=portal and firewall up")
+        log.info(
+            "gateway ready: portal %s, %d active sessions",
+            self.cfg.portal_url, len(self.store.active_sessions(self.now())),
+        )
+
+    async def stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for runner in (self._portal_runner, self._control_runner):
+            if runner is not None:
+                await runner.cleanup()
+        await self.dnsmasq.stop()
+        self.neighbours.close()
+        self.store.close()
+        log.info("gateway stopped; firewall left in place (fail closed)")
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    async def reload(self, cfg: Config | None = None) -> dict[str, Any]:
+        """Apply a new config; a bad one is refused and the running one stays."""
+        if cfg is None:
+            if not self.config_path:
+                raise ControlError("no config file to reload from", 409)
+            try:
+                cfg = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                raise ControlError(f"reload refused: {exc}", 422) from exc
+        async with self._lock:
+            old = self.cfg
+            hostnames_same = old.walled_garden.hostnames == cfg.walled_garden.hostnames
+            self.cfg = cfg
+            try:
+                self.apply_firewall(carry_garden=hostnames_same)
+            except DesanetError:
+                self.cfg = old
+                self.apply_firewall()
+                raise
+            conf = render_dnsmasq_conf(cfg, str(self.state_dir), str(self.run_dir))
+            if self.dnsmasq.write_config(conf):
+                await self.dnsmasq.restart()
+            await self._stop_portal()
+            await self._start_portal()
+        log.info("config reloaded")
+        return {"reloaded": True}
+
+    # -- reconciliation -----------------------------------------------------
+
+    def apply_firewall(self, carry_garden: bool = True) -> None:
+        now = self.now()
+        self.store.expire_sessions(now)
+        self.firewall.apply(self.cfg, self.store.active_sessions(now), now, carry_garden)
+
+    async def sweep(self) -> None:
+        """End expired and idle sessions; drop kernel entries the store does not back."""
+        async with self._lock:
+            now = self.now()
+            for s in self.store.expire_sessions(now):
+                self.firewall.revoke(s.mac, s.ip)
+                log.info("session of %s (%s) expired", s.mac, s.ip)
+            sessions = self.store.active_sessions(now)
+            for s in idle_sessions(sessions, self.firewall.active_clients(), now):
+                self.store.end_session(s.mac, now, "idle")
+                self.firewall.revoke(s.mac, s.ip)
+                log.info("session of %s (%s) ended: idle", s.mac, s.ip)
+            live = self.store.active_sessions(now)
+            for mac, ip in stale_kernel_entries(live, self.firewall.authorized_clients()):
+                self.firewall.revoke(mac, ip)
+                log.warning("removed kernel authorization with no session: %s %s", mac, ip)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep()
+            except DesanetError as exc:
+                log.error("sweep failed: %s", exc)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- sessions -------------------------------------------------------------
+
+    async def authorize(
+        self,
+        mac: str,
+        ip: str,
+        source: SessionSource,
+        duration: int | None = None,
+        plan: str | None = None,
+        voucher_code: str | None = None,
+    ) -> Session:
+        async with self._lock:
+            now = self.now()
+            current = self.store.active_session(mac, now)
+            if mac in self.cfg.access.blocked_macs:
+                raise PortalDenied("blocked")
+            if current is None and len(self.store.active_sessions(now)) >= self.cfg.portal.max_clients:
+                raise PortalDenied("full")
+            voucher = None
+            if voucher_code is not None:
+                voucher = self.store.redeem_voucher(voucher_code, mac, now)
+            if plan is not None and plan not in self.cfg.shaping.plans:
+                raise ControlError(
+                    f"plan {plan!r} is not defined; known plans: "
+                    f"{', '.join(self.cfg.shaping.plans) or '(none)'}", 422
+                )
+            session = new_session(self.cfg, mac, ip, now, source, voucher, duration, plan)
+            self.store.start_session(session)
+            if current is not None and current.ip != ip:
+                self.firewall.revoke(current.mac, current.ip)
+            try:
+                self.firewall.authorize(session, now)
+            except DesanetError:
+                self.store.end_session(mac, now, "firewall error")
+                raise
+            log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
+            return session
+
+    async def deauthorize(self, mac: str, reason: str) -> Session | None:
+        async with self._lock:
+            session = self.store.end_session(mac, self.now(), reason)
+            if session is not None:
+                self.firewall.revoke(session.mac, session.ip)
+                log.info("deauthorized %s (%s): %s", mac, session.ip, reason)
+            return session
+
+    # -- PortalBackend ------------------------------------------------------------
+
+    async def identify(self, ip: str) -> ClientView:
+        mac = self.neighbours.mac_of(ip)
+        session = self.store.active_session(mac, self.now()) if mac else None
+        if session is not None and session.ip != ip:
+            session = None
+        return ClientView(ip=ip, mac=mac, session=session)
+
+    async def login_terms(self, client: ClientView) -> Session:
+        if self.cfg.portal.mode == "voucher":
+            raise PortalDenied("mode")
+        if client.mac is None:
+            raise PortalDenied("no_mac")
+        return await self.authorize(client.mac, client.ip, "terms")
+
+    async def login_voucher(self, client: ClientView, code: str) -> Session:
+        if self.cfg.portal.mode == "terms":
+            raise PortalDenied("mode")
+        if client.mac is None:
+            raise PortalDenied("no_mac")
+        return await self.authorize(client.mac, client.ip, "voucher", voucher_code=code)
+
+    async def logout(self, client: ClientView) -> None:
+        if client.mac is not None:
+            await self.deauthorize(client.mac, "logout")
+
+    # -- servers ------------------------------------------------------------------
+
+    async def _start_portal(self) -> None:
+        from gateway.portal.app import create_portal_app
+
+        app = create_portal_app(self.cfg, self)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for port in (self.cfg.portal.http_port, self.cfg.portal.redirect_port):
+            await web.TCPSite(runner, self.cfg.lan_ip, port, reuse_address=True).start()
+        self._portal_runner = runner
+
+    async def _stop_portal(self) -> None:
+        if self._portal_runner is not None:
+            await self._portal_runner.cleanup()
+            self._portal_runner = None
+
+    async def _start_control(self) -> None:
+        from gateway.control.server import create_control_app
+
+        path = Path(self.cfg.control.socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        runner = web.AppRunner(create_control_app(self), access_log=None)
+        await runner.setup()
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, str(path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._control_runner = runner
+
+
+__all__ = ["Gateway", "VoucherError"]

@@ -1,0 +1,64 @@
+"""Pure session rules: how long a login lasts and which sessions must end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from gateway.config.schema import Config
+from gateway.model import Session, SessionSource, Voucher
+
+
+def new_session(
+    cfg: Config,
+    mac: str,
+    ip: str,
+    now: int,
+    source: SessionSource,
+    voucher: Voucher | None = None,
+    duration: int | None = None,
+    plan: str | None = None,
+) -> Session:
+    """Build the session a login grants.
+
+    A voucher's clock starts at its first use, so a second device or a
+    re-login on the same voucher gets only what is left of it.
+    """
+    if voucher is not None:
+        start = voucher.first_used if voucher.first_used is not None else now
+        expires = start + voucher.duration
+        plan = voucher.plan
+    else:
+        expires = now + (duration or cfg.portal.session_length)
+    return Session(
+        mac=mac,
+        ip=ip,
+        started=now,
+        expires=expires,
+        idle_timeout=cfg.portal.idle_timeout,
+        source=source,
+        voucher=voucher.code if voucher else None,
+        plan=plan,
+    )
+
+
+def idle_sessions(
+    sessions: Iterable[Session], active: Mapping[tuple[str, str], int], now: int
+) -> list[Session]:
+    """Sessions whose activity element has expired in the kernel.
+
+    ``active`` is the kernel's activity set (every forwarded packet refreshes
+    it). A session younger than its idle timeout cannot be idle yet; that
+    guards the moment between a login and its first packet.
+    """
+    return [
+        s for s in sessions
+        if (s.mac, s.ip) not in active and now - s.started >= s.idle_timeout
+    ]
+
+
+def stale_kernel_entries(
+    sessions: Iterable[Session], authorized: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Kernel authorizations with no active session behind them."""
+    wanted = {(s.mac, s.ip) for s in sessions}
+    return [key for key in authorized if key not in wanted]

@@ -1,0 +1,99 @@
+"""The firewall adapter: applies planner output and reads dynamic sets back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.config.schema import Config
+from gateway.errors import FirewallError
+from gateway.firewall.nft import Nft
+from gateway.firewall.planner import (
+    FAMILY,
+    TABLE,
+    CarriedState,
+    MacIp,
+    plan_authorize,
+    plan_revoke,
+    plan_ruleset,
+)
+from gateway.model import Session
+
+
+class Firewall:
+    def __init__(self, nft: Nft | None = None) -> None:
+        self.nft = nft or Nft()
+
+    def apply(
+        self, cfg: Config, sessions: Iterable[Session], now: int, carry_garden: bool = True
+    ) -> None:
+        """Replace the whole ruleset in one transaction, carrying dynamic state."""
+        carried = self.read_carried_state(carry_garden)
+        self.nft.run(plan_ruleset(cfg, sessions, now, carried))
+
+    def authorize(self, session: Session, now: int) -> None:
+        self.nft.run(plan_authorize(session, now))
+
+    def revoke(self, mac: str, ip: str) -> None:
+        self.nft.run(plan_revoke(mac, ip))
+
+    def remove(self) -> None:
+        self.nft.run(
+            f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
+            f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
+        )
+
+    def table_exists(self) -> bool:
+        try:
+            self.nft.run(f"list table {FAMILY} {TABLE}")
+        except FirewallError:
+            return False
+        return True
+
+    def active_clients(self) -> dict[MacIp, int]:
+        """Clients with traffic inside their idle window -> seconds left in it."""
+        return {_mac_ip(k): left for k, left in self._elements("active4").items()}
+
+    def authorized_clients(self) -> dict[MacIp, int]:
+        return {_mac_ip(k): left for k, left in self._elements("auth4").items()}
+
+    def read_carried_state(self, carry_garden: bool = True) -> CarriedState:
+        if not self.table_exists():
+            return CarriedState()
+        return CarriedState(
+            active=self.active_clients(),
+            garden_dns4=self._plain_elements("garden_dns4") if carry_garden else {},
+            garden_dns6=self._plain_elements("garden_dns6") if carry_garden else {},
+        )
+
+    def garden_dns(self) -> dict[str, int]:
+        return {**self._plain_elements("garden_dns4"), **self._plain_elements("garden_dns6")}
+
+    def _plain_elements(self, name: str) -> dict[str, int]:
+        return {str(k): v for k, v in self._elements(name).items()}
+
+    def _elements(self, name: str) -> dict[Any, int]:
+        data = self.nft.run_json(f"list set {FAMILY} {TABLE} {name}")
+        out: dict[Any, int] = {}
+        for item in data:
+            for elem in item.get("set", {}).get("elem", []):
+                key, left = _parse_elem(elem)
+                out[key] = left
+        return out
+
+
+def _parse_elem(elem: Any) -> tuple[Any, int]:
+    if isinstance(elem, dict) and "elem" in elem:
+        inner = elem["elem"]
+        val = inner["val"]
+        left = int(inner.get("expires", inner.get("timeout", 0)))
+    else:
+        val, left = elem, 0
+    if isinstance(val, dict) and "concat" in val:
+        return tuple(val["concat"]), left
+    return val, left
+
+
+def _mac_ip(key: Any) -> MacIp:
+    mac, ip = key
+    return str(mac), str(ip)

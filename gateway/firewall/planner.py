@@ -1,0 +1,255 @@
+"""Pure nftables planner: config + sessions + carried dynamic state -> nft text.
+
+Theory of operation
+-------------------
+Everything lives in one table, ``inet desanet`` (plus ``bridge desanet`` for
+client isolation). Per-client state is never a rule: it is an element of a
+set, so authorizing or removing a client is one set-element operation whose
+cost does not depend on how many clients are online.
+
+* ``auth4``     ether_addr . ipv4_addr, element timeout = rest of the session.
+                Keyed by MAC *and* IP: a spoofed MAC with another IP, or an
+                authorized IP from another MAC, matches nothing.
+* ``active4``   same key; every forwarded packet of an authorized client
+                refreshes its element with the idle timeout. A session whose
+                element has expired is idle; the daemon ends it.
+* ``trusted_mac`` / ``blocked_mac``: from config.
+* ``garden4/6`` interval sets of walled-garden CIDRs; ``garden_dns4/6`` are
+                filled by dnsmasq (nftset) as walled-garden names resolve.
+
+Packet path from the LAN: blocked MACs are dropped everywhere; IPv6 from
+the LAN is dropped (``network.ipv6 = "drop"``), so it can never bypass the
+portal; all DNS (UDP and TCP 53) to any address is redirected to the
+gateway's dnsmasq; unauthorized port-80 traffic is redirected to the
+portal's redirect port; everything else from an unauthorized client to the
+outside is rejected unless it goes to the walled garden. The forward chain
+checks *every* packet (not only new connections), so a deauth cuts running
+connections at once.
+
+A full apply replaces the table in one transaction (add, delete, re-create),
+so there is never a moment without rules; sessions and the dynamic sets the
+kernel filled are carried into the new table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.config.schema import Config
+from gateway.model import Session
+
+TABLE = "desanet"
+FAMILY = "inet"
+GARDEN_DNS_TIMEOUT = 86400  # walled-garden names stay allowed a day after they resolve
+
+MacIp = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class CarriedState:
+    """Dynamic set contents read from the kernel before a full apply.
+
+    Values are the seconds each element has left.
+    """
+
+    active: Mapping[MacIp, int] = field(default_factory=dict)
+    garden_dns4: Mapping[str, int] = field(default_factory=dict)
+    garden_dns6: Mapping[str, int] = field(default_factory=dict)
+
+
+def _elements(items: Iterable[str]) -> str:
+    body = ", ".join(items)
+    return f"elements = {{ {body} }}" if body else ""
+
+
+def _set(name: str, kind: str, flags: str = "", extra: str = "", elems: Iterable[str] = ()) -> str:
+    parts = [f"type {kind};"]
+    if flags:
+        parts.append(f"flags {flags};")
+    if extra:
+        parts.append(extra)
+    body = _elements(elems)
+    if body:
+        parts.append(body + ";")
+    return f"  set {name} {{ " + " ".join(parts) + " }\n"
+
+
+def element_key(mac: str, ip: str) -> str:
+    return f"{mac} . {ip}"
+
+
+def plan_ruleset(
+    cfg: Config, sessions: Iterable[Session], now: int, carried: CarriedState | None = None
+) -> str:
+    """Return an nft script that atomically (re)creates the desanet tables."""
+    carried = carried or CarriedState()
+    lan = _quote(cfg.network.lan_interface)
+    wan = _quote(cfg.network.wan_interface)
+    lan_ip = cfg.lan_ip
+    portal = cfg.portal
+    idle = portal.idle_timeout
+
+    auth_elems: list[str] = []
+    active_elems: list[str] = []
+    for s in sessions:
+        left = s.expires - now
+        if left <= 0:
+            continue
+        key = element_key(s.mac, s.ip)
+        auth_elems.append(f"{key} timeout {left}s")
+        # A session restored without observed activity gets one fresh idle window.
+        idle_left = carried.active.get((s.mac, s.ip), min(s.idle_timeout, left))
+        active_elems.append(f"{key} timeout {s.idle_timeout}s expires {max(1, idle_left)}s")
+
+    garden4 = [str(n) for n in cfg.walled_garden.addresses if n.version == 4]
+    garden6 = [str(n) for n in cfg.walled_garden.addresses if n.version == 6]
+    dns4 = [f"{ip} expires {max(1, left)}s" for ip, left in carried.garden_dns4.items()]
+    dns6 = [f"{ip} expires {max(1, left)}s" for ip, left in carried.garden_dns6.items()]
+
+    sets = "".join(
+        [
+            _set("auth4", "ether_addr . ipv4_addr", "timeout", elems=auth_elems),
+            _set("active4", "ether_addr . ipv4_addr", "timeout", f"timeout {idle}s;", active_elems),
+            _set("trusted_mac", "ether_addr", elems=cfg.access.trusted_macs),
+            _set("blocked_mac", "ether_addr", elems=cfg.access.blocked_macs),
+            _set("garden4", "ipv4_addr", "interval", elems=garden4),
+            _set("garden6", "ipv6_addr", "interval", elems=garden6),
+            _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns4),
+            _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns6),
+        ]
+    )
+    ports = f"{{ {portal.http_port}, {portal.redirect_port} }}"
+    authorized = "ether saddr . ip saddr @auth4"
+
+    chains = f"""
+  chain nat_prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname {lan} jump lan_nat
+  }}
+  chain lan_nat {{
+    ether saddr @blocked_mac return
+    meta nfproto ipv6 return
+    meta l4proto {{ tcp, udp }} th dport 53 ip daddr != {lan_ip} redirect to :53
+    ether saddr @trusted_mac return
+    {authorized} return
+    ip daddr {{ {lan_ip} }} return
+    ip daddr @garden4 return
+    ip daddr @garden_dns4 return
+    tcp dport 80 redirect to :{portal.redirect_port}
+  }}
+  chain nat_postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname {wan} meta nfproto ipv4 masquerade
+  }}
+  chain filter_input {{
+    type filter hook input priority filter; policy accept;
+    iif lo accept
+    iifname {lan} jump lan_input
+    iifname {wan} jump wan_input
+  }}
+  chain lan_input {{
+    ether saddr @blocked_mac drop
+    meta nfproto ipv6 drop
+    ct state established,related accept
+    udp dport 67 accept
+    meta l4proto {{ tcp, udp }} th dport 53 accept
+    tcp dport {ports} accept
+    icmp type echo-request limit rate 20/second accept
+    meta l4proto tcp reject with tcp reset
+    reject with icmpx admin-prohibited
+  }}
+  chain wan_input {{
+    ct state established,related accept
+    ct state invalid drop
+    meta l4proto {{ icmp, ipv6-icmp }} accept
+    udp dport {{ 68, 546 }} accept
+    tcp dport 22 accept
+    drop
+  }}
+  chain filter_forward {{
+    type filter hook forward priority filter; policy drop;
+    iifname {lan} jump lan_forward
+    oifname {lan} ct state established,related accept
+  }}
+  chain lan_forward {{
+    ether saddr @blocked_mac drop
+    meta nfproto ipv6 drop
+    ct state invalid drop
+    ether saddr @trusted_mac accept
+    {authorized} update @active4 {{ ether saddr . ip saddr }} accept
+    ip daddr @garden4 accept
+    ip daddr @garden_dns4 accept
+    meta l4proto tcp reject with tcp reset
+    reject with icmpx admin-prohibited
+  }}
+  chain filter_output {{
+    type filter hook output priority filter; policy accept;
+    oifname {lan} meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type nd-router-advert drop
+  }}
+"""
+    script = (
+        f"table {FAMILY} {TABLE} {{}}\n"
+        f"delete table {FAMILY} {TABLE}\n"
+        f"table {FAMILY} {TABLE} {{\n{sets}{chains}}}\n"
+    )
+    return script + _bridge_table(cfg)
+
+
+def _bridge_table(cfg: Config) -> str:
+    """Client isolation: frames bridged from one LAN port to another are dropped.
+
+    The test kernel lacks ``meta ibrname``, so the chain drops every bridged
+    (port-to-port) frame; the gateway is expected to own only the LAN bridge.
+    Frames to the gateway itself take the bridge input hook and pass.
+    """
+    head = f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
+    if not cfg.network.client_isolation:
+        return head
+    return head + (
+        f"table bridge {TABLE} {{\n"
+        "  chain isolate {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        "    drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def plan_authorize(session: Session, now: int) -> str:
+    """nft commands that add (or refresh) one client; one transaction, O(1)."""
+    key = element_key(session.mac, session.ip)
+    left = max(1, session.expires - now)
+    idle = min(session.idle_timeout, left)
+    lines = []
+    for name, timeout in (("auth4", left), ("active4", idle)):
+        # add-delete-add replaces an existing element's timeout atomically
+        # (nft 1.0.6 has no "replace element").
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout {timeout}s }}")
+        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout {timeout}s }}")
+    return "\n".join(lines) + "\n"
+
+
+def plan_revoke(mac: str, ip: str) -> str:
+    """nft commands that remove one client; idempotent (add first, then delete)."""
+    key = element_key(mac, ip)
+    lines = []
+    for name in ("auth4", "active4"):
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout 1s }}")
+        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(name: str) -> str:
+    # Interface names are validated by the schema ([A-Za-z0-9_.-]); quoting
+    # keeps names that look like keywords from confusing the nft parser.
+    return f'"{name}"'
+
+
+def is_ipv4(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False

@@ -1,0 +1,145 @@
+"""Ruleset planner tables: config + sessions + carried kernel state -> nft text."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.firewall.planner import CarriedState, plan_authorize, plan_revoke, plan_ruleset
+from gateway.model import Session
+from tests.unit.conftest import make_config
+
+NOW = 1_700_000_000
+A = Session("02:00:00:00:00:01", "10.42.0.101", NOW - 60, NOW + 600, 1800, "terms")
+B = Session("02:00:00:00:00:02", "10.42.0.102", NOW - 9000, NOW - 1, 1800, "voucher", "X")
+
+
+def set_block(script: str, name: str) -> str:
+    match = re.search(rf"  set {name} \{{(.*?)\}}\n", script)
+    assert match, f"set {name} missing"
+    return match.group(1)
+
+
+def chain(script: str, name: str) -> str:
+    match = re.search(rf"  chain {name} \{{\n(.*?)\n  \}}", script, re.S)
+    assert match, f"chain {name} missing"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("sessions", "auth_has", "auth_lacks"),
+    [
+        ([], [], ["02:00"]),
+        ([A], ["02:00:00:00:00:01 . 10.42.0.101 timeout 600s"], []),
+        ([A, B], ["02:00:00:00:00:01 . 10.42.0.101"], ["02:00:00:00:00:02"]),  # B expired
+    ],
+)
+def test_sessions_become_set_elements(sessions: list[Session], auth_has: list[str],
+                                      auth_lacks: list[str]) -> None:
+    auth = set_block(plan_ruleset(make_config(), sessions, NOW), "auth4")
+    for text in auth_has:
+        assert text in auth
+    for text in auth_lacks:
+        assert text not in auth
+
+
+def test_rules_do_not_grow_with_clients() -> None:
+    many = [Session(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", f"10.42.{i // 250}.{i % 250 + 2}",
+                    NOW, NOW + 600, 1800, "terms") for i in range(500)]
+    few = plan_ruleset(make_config(), [A], NOW)
+    lots = plan_ruleset(make_config(), many, NOW)
+    rules = lambda s: [c for c in re.findall(r"chain \w+ \{(.*?)\}", s, re.S)]  # noqa: E731
+    assert rules(few) == rules(lots)
+
+
+@pytest.mark.parametrize(
+    ("carried", "expected"),
+    [
+        (CarriedState(), "timeout 1800s expires 600s"),  # restored: fresh idle window, capped by session
+        (CarriedState(active={(A.mac, A.ip): 42}), "timeout 1800s expires 42s"),
+    ],
+)
+def test_activity_is_carried_over(carried: CarriedState, expected: str) -> None:
+    active = set_block(plan_ruleset(make_config(), [A], NOW, carried), "active4")
+    assert f"{A.mac} . {A.ip} {expected}" in active
+
+
+def test_dnsmasq_filled_garden_addresses_are_carried() -> None:
+    carried = CarriedState(garden_dns4={"198.51.100.20": 3000})
+    script = plan_ruleset(make_config(walled_garden={"hostnames": ["layanan.lab"]}), [], NOW, carried)
+    assert "198.51.100.20 expires 3000s" in set_block(script, "garden_dns4")
+
+
+def test_walled_garden_split_by_family() -> None:
+    cfg = make_config(walled_garden={"addresses": ["192.0.2.0/24", "2001:db8::/32"]})
+    script = plan_ruleset(cfg, [], NOW)
+    assert "192.0.2.0/24" in set_block(script, "garden4")
+    assert "2001:db8::/32" in set_block(script, "garden6")
+    assert "2001:db8" not in set_block(script, "garden4")
+
+
+def test_trusted_and_blocked_macs() -> None:
+    cfg = make_config(access={"trusted_macs": ["02:00:00:00:00:aa"],
+                              "blocked_macs": ["02:00:00:00:00:bb"]})
+    script = plan_ruleset(cfg, [], NOW)
+    assert "02:00:00:00:00:aa" in set_block(script, "trusted_mac")
+    assert "02:00:00:00:00:bb" in set_block(script, "blocked_mac")
+    for name in ("lan_forward", "lan_input"):
+        assert chain(script, name).strip().startswith("ether saddr @blocked_mac drop")
+
+
+def test_unauthorized_path() -> None:
+    cfg = make_config(portal={"redirect_port": 2051, "http_port": 8080})
+    script = plan_ruleset(cfg, [], NOW)
+    nat = chain(script, "lan_nat")
+    # every DNS query, UDP or TCP, to any resolver goes to our dnsmasq
+    assert "meta l4proto { tcp, udp } th dport 53 ip daddr != 10.42.0.1 redirect to :53" in nat
+    assert nat.strip().endswith("tcp dport 80 redirect to :2051")
+    fwd = chain(script, "lan_forward")
+    # every packet is checked, not only new connections: deauth cuts at once
+    assert "ct state established" not in fwd
+    assert "ether saddr . ip saddr @auth4 update @active4" in fwd
+    assert fwd.strip().endswith("reject with icmpx admin-prohibited")
+    assert "tcp dport { 8080, 2051 } accept" in chain(script, "lan_input")
+    assert "policy drop" in chain(script, "filter_forward")
+
+
+def test_ipv6_from_lan_is_dropped_before_any_accept() -> None:
+    script = plan_ruleset(make_config(access={"trusted_macs": ["02:00:00:00:00:aa"]}), [A], NOW)
+    for name in ("lan_forward", "lan_input"):
+        lines = [x.strip() for x in chain(script, name).splitlines()]
+        v6 = lines.index("meta nfproto ipv6 drop")
+        first_accept = next(i for i, x in enumerate(lines) if x.endswith("accept"))
+        assert v6 < first_accept
+
+
+@pytest.mark.parametrize(("isolation", "has_drop"), [(True, True), (False, False)])
+def test_client_isolation(isolation: bool, has_drop: bool) -> None:
+    script = plan_ruleset(make_config(network={"client_isolation": isolation}), [], NOW)
+    assert "delete table bridge desanet" in script
+    assert ("chain isolate" in script) is has_drop
+
+
+def test_full_apply_is_one_atomic_replace() -> None:
+    lines = plan_ruleset(make_config(), [], NOW).splitlines()
+    assert lines[0] == "table inet desanet {}"
+    assert lines[1] == "delete table inet desanet"
+    assert lines[2] == "table inet desanet {"
+
+
+def test_authorize_replaces_timeouts() -> None:
+    ops = plan_authorize(A, NOW).splitlines()
+    key = "02:00:00:00:00:01 . 10.42.0.101"
+    assert ops[:3] == [
+        f"add element inet desanet auth4 {{ {key} timeout 600s }}",
+        f"delete element inet desanet auth4 {{ {key} }}",
+        f"add element inet desanet auth4 {{ {key} timeout 600s }}",
+    ]
+    assert f"add element inet desanet active4 {{ {key} timeout 600s }}" in ops  # capped by session
+
+
+def test_revoke_is_idempotent_and_touches_only_sets() -> None:
+    ops = plan_revoke(A.mac, A.ip)
+    assert "rule" not in ops
+    assert ops.count("delete element") == 2
