@@ -227,7 +227,7 @@ def _sheet_config(cfg: Any, status: dict[str, Any]) -> Any:
 
 
 def _host(ip: str, last: int) -> str:
-    return ".".join(ip.split(".")[:3] + [str(last)])
+    return ".".join([*ip.split(".")[:3], str(last)])
 
 
 # -- parser ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class Voucher:
-    code: str  # canonical form, e.g. "K7MQ-X3PAR-9TZH" without ambiguous characters
+    code: str  # canonical form "ABCDE-FGHJK": 10 symbols, no 0/O/1/I
     duration: int  # seconds of access from first use
     plan: str | None
     created: int

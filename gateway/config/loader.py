@@ -28,7 +28,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"file not found; create it from examples/gateway.toml"], source) from None
+        raise ConfigError(["file not found; create it from examples/gateway.toml"], source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read file: {exc}"], source) from exc
     return parse_config_text(text, source)

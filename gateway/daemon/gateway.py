@@ -35,7 +35,7 @@ from gateway.config.schema import Config
 from gateway.daemon import systemd
 from gateway.daemon.neighbours import Neighbours
 from gateway.daemon.sessions import idle_sessions, new_session, stale_kernel_entries
-from gateway.errors import ConfigError, ControlError, DesanetError, VoucherError
+from gateway.errors import ConfigError, ControlError, DesanetError
 from gateway.firewall import Firewall
 from gateway.model import Session, SessionSource
 from gateway.portal.backend import ClientView, PortalDenied
@@ -298,4 +298,3 @@ class Gateway:
         self._control_runner = runner
 
 
-__all__ = ["Gateway", "VoucherError"]

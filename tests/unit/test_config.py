@@ -62,11 +62,13 @@ def test_minimal_config_gets_defaults() -> None:
         ('[access]\ntrusted_macs = ["zz:zz"]\n', 'access.trusted_macs[0]: "zz:zz" is not a MAC'),
         ('[access]\ntrusted_macs = ["02:00:00:00:00:01"]\nblocked_macs = ["02-00-00-00-00-01"]\n',
          "listed as both trusted and blocked"),
-        ('[walled_garden]\naddresses = ["10.0.0.1/8"]\n', "walled_garden.addresses[0]: \"10.0.0.1/8\""),
+        ('[walled_garden]\naddresses = ["10.0.0.1/8"]\n',
+         'walled_garden.addresses[0]: "10.0.0.1/8"'),
         ('[walled_garden]\nhostnames = ["not a host"]\n', "walled_garden.hostnames[0]"),
         ('[site2]\nx = 1\n', "site2: unknown key; valid keys here are: site, network"),
         ('[shaping]\nclient_down = "50mbit"\n', "must not exceed uplink"),
-        ('[shaping.plans.school]\ndown = "100mbit"\nup = "1mbit"\n', "plan 'school' (plans.school) is faster"),
+        ('[shaping.plans.school]\ndown = "100mbit"\nup = "1mbit"\n',
+         "plan 'school' (plans.school) is faster"),
     ],
 )
 def test_each_kind_of_invalid_value(extra: str, expected: str) -> None:
@@ -149,7 +151,7 @@ def test_rates(text: str, bits: int) -> None:
 
 @pytest.mark.parametrize("text", ["10 Mbps", "10mbps", "0mbit", "-5mbit", "fast", "10"])
 def test_bad_rates(text: str) -> None:
-    with pytest.raises(ValueError, match="rate|above zero"):
+    with pytest.raises(ValueError, match=r"rate|above zero"):
         parse_rate(text)
 
 

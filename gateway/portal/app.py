@@ -1,0 +1,403 @@
+"""The captive portal HTTP app (aiohttp).
+
+Theory of operation: the same app listens on two ports, the portal port on
+the gateway's LAN address and the redirect port that nftables sends
+unauthorized clients' port-80 traffic to. It therefore decides by the Host
+header, not by the port:
+
+* Host is neither ``cfg.portal.hostname`` nor the LAN IP: the request was
+  meant for somewhere on the internet (often an OS connectivity probe such
+  as ``connectivitycheck.gstatic.com/generate_204``). Answer ``302`` to the
+  portal with ``?url=<original URL>`` so the OS pops up its login window.
+* Host is the portal: serve the login / status pages, the form posts and
+  the RFC 8908 captive-portal API.
+
+Who the client is comes from ``backend.identify(request.remote)``; the
+backend owns sessions, vouchers and the firewall. The app owns only the
+voucher rate limiter. Every voucher attempt counts against the limit, good
+or bad (simpler, and it bounds backend work too); the limit is checked
+before the backend sees the code.
+
+Pages use no JavaScript, inline their CSS, and every value is escaped by
+Jinja2 autoescaping. All responses carry ``Cache-Control: no-store`` and a
+strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import hdrs, web
+
+from gateway.config.schema import Config
+from gateway.errors import VoucherError
+from gateway.portal.backend import ClientView, PortalBackend, PortalDenied
+from gateway.portal.i18n import (
+    LANGUAGE_NAMES,
+    denied_message_key,
+    format_remaining,
+    pick_language,
+    supported,
+    translator,
+    voucher_message_key,
+)
+from gateway.portal.ratelimit import RateLimiter
+from gateway.portal.templating import render
+from gateway.portal.vouchers import normalize_code
+
+log = logging.getLogger("desanet.portal")
+
+MAX_BODY = 16 * 1024
+MAX_URL = 2048
+LANG_COOKIE = "lang"
+LANG_COOKIE_AGE = 365 * 24 * 3600
+CAPTIVE_JSON = "application/captive+json"
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; img-src data:"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+# OS connectivity probes: after login there is no point offering to
+# "continue" to them, the OS re-probes by itself.
+PROBE_HOSTS = frozenset({
+    "connectivitycheck.gstatic.com", "connectivitycheck.android.com", "clients3.google.com",
+    "captive.apple.com", "www.msftconnecttest.com", "www.msftncsi.com",
+    "detectportal.firefox.com", "nmcheck.gnome.org",
+})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def host_without_port(host: str) -> str:
+    """Lower-case host name of a Host header value, port and trailing dot removed."""
+    value = host.strip().lower()
+    if value.startswith("["):  # [IPv6]:port
+        end = value.find("]")
+        return value[1:end] if end > 0 else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def safe_url(value: str | None) -> str | None:
+    """``value`` when it is an absolute http(s) URL fit to link to, else None.
+
+    Refuses javascript:, data:, scheme-relative and backslash tricks, and
+    anything with spaces or control characters.
+    """
+    if not value or len(value) > MAX_URL:
+        return None
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in value):
+        return None
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        return None
+    return value
+
+
+def _continue_url(value: str | None) -> str | None:
+    url = safe_url(value)
+    if url is None or (urlsplit(url).hostname or "") in PROBE_HOSTS:
+        return None
+    return url
+
+
+def _home(url: str | None, **extra: str) -> str:
+    params = dict(extra)
+    if url:
+        params["url"] = url
+    return "/?" + urlencode(params) if params else "/"
+
+
+def redirect(status: int, location: str) -> web.Response:
+    """A redirect whose Location is sent exactly as built (already URL-encoded)."""
+    return web.Response(status=status, headers={hdrs.LOCATION: location})
+
+
+def _form_text(form: Mapping[str, object], name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+class Portal:
+    """Request handlers; one instance per app, reachable as ``app[PORTAL_KEY]``."""
+
+    def __init__(self, cfg: Config, backend: PortalBackend, limiter: RateLimiter) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.limiter = limiter
+        self.hosts = frozenset({cfg.portal.hostname.lower(), cfg.lan_ip})
+
+    # -- helpers -----------------------------------------------------------
+
+    def is_portal_host(self, request: web.Request) -> bool:
+        host = request.headers.get(hdrs.HOST)
+        return host is not None and host_without_port(host) in self.hosts
+
+    def language(self, request: web.Request, explicit: str | None = None) -> str:
+        return pick_language(
+            explicit or request.query.get("lang"),
+            request.cookies.get(LANG_COOKIE),
+            request.headers.get(hdrs.ACCEPT_LANGUAGE),
+            self.cfg.site.language,
+        )
+
+    def cross_origin(self, request: web.Request) -> bool:
+        """True when a form post visibly comes from another site.
+
+        ``Origin: null`` is accepted: browsers send it for same-origin posts
+        from pages with ``Referrer-Policy: no-referrer``, which ours have.
+        ``Sec-Fetch-Site`` covers modern browsers in that case.
+        """
+        fetch_site = request.headers.get("Sec-Fetch-Site", "").lower()
+        if fetch_site in ("cross-site", "same-site"):
+            return True
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None or origin.strip().lower() == "null":
+            return False
+        try:
+            host = urlsplit(origin.strip()).hostname
+        except ValueError:
+            return True
+        return host is None or host.rstrip(".") not in self.hosts
+
+    def refuse_cross_origin(self, request: web.Request) -> web.Response:
+        log.warning("refused cross-origin post to %s: ip=%s origin=%r sec-fetch-site=%r",
+                    request.path, request.remote, request.headers.get(hdrs.ORIGIN),
+                    request.headers.get("Sec-Fetch-Site"))
+        lang = self.language(request)
+        return self.message(lang, 403, "title_denied", translator(lang)("cross_origin"))
+
+    def page(
+        self,
+        template: str,
+        lang: str,
+        *,
+        title_key: str,
+        status: int = 200,
+        url: str | None = None,
+        **context: object,
+    ) -> web.Response:
+        other = "en" if lang == "id" else "id"
+        t = translator(lang)
+        html = render(
+            template,
+            lang=lang,
+            t=t,
+            title=t(title_key),
+            site_name=self.cfg.site.name,
+            village=self.cfg.site.village,
+            contact=self.cfg.site.contact,
+            other_lang=other,
+            other_lang_name=LANGUAGE_NAMES[other],
+            other_lang_href=_home(url, lang=other),
+            url=url,
+            **context,
+        )
+        return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+
+    def message(
+        self, lang: str, status: int, title_key: str, text: str, url: str | None = None
+    ) -> web.Response:
+        return self.page(
+            "message.html", lang, title_key=title_key, status=status, url=url,
+            message=text, home_href=_home(url),
+        )
+
+    def login_page(
+        self,
+        lang: str,
+        url: str | None,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        voucher: str = "",
+    ) -> web.Response:
+        mode = self.cfg.portal.mode
+        terms = self.cfg.portal.terms_en if lang == "en" else self.cfg.portal.terms_id
+        return self.page(
+            "login.html", lang, title_key="title_login", status=status, url=url,
+            error=error, terms=terms, voucher=voucher[:24],
+            allow_terms=mode in ("terms", "both"), allow_voucher=mode in ("voucher", "both"),
+        )
+
+    async def client(self, request: web.Request) -> ClientView:
+        return await self.backend.identify(request.remote or "")
+
+    def has_session(self, client: ClientView) -> bool:
+        return client.session is not None and client.session.remaining(self.backend.now()) > 0
+
+    # -- handlers ----------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        query_lang = supported(request.query.get("lang"))
+        lang = self.language(request)
+        client = await self.client(request)
+        if client.session is not None and self.has_session(client):
+            remaining = client.session.remaining(self.backend.now())
+            url = request.query.get("url")
+            response = self.page(
+                "status.html", lang, title_key="title_status", url=safe_url(url),
+                continue_url=_continue_url(url), remaining=format_remaining(remaining, lang),
+            )
+        else:
+            response = self.login_page(lang, safe_url(request.query.get("url")))
+        if query_lang:
+            response.set_cookie(
+                LANG_COOKIE, query_lang, max_age=LANG_COOKIE_AGE, path="/",
+                httponly=True, samesite="Lax",
+            )
+        return response
+
+    async def login_get(self, request: web.Request) -> web.Response:
+        return redirect(303, _home(safe_url(request.query.get("url"))))
+
+    async def login(self, request: web.Request) -> web.Response:
+        if self.cross_origin(request):
+            return self.refuse_cross_origin(request)
+        form = await request.post()
+        lang = self.language(request, supported(_form_text(form, "lang")))
+        url = safe_url(_form_text(form, "url"))
+        action = _form_text(form, "action")
+        t = translator(lang)
+        client = await self.client(request)
+        if self.has_session(client):
+            return redirect(303, _home(url))
+        mode = self.cfg.portal.mode
+        try:
+            if action == "terms":
+                if mode == "voucher":
+                    raise PortalDenied("mode")
+                await self.backend.login_terms(client)
+            elif action == "voucher":
+                if mode == "terms":
+                    raise PortalDenied("mode")
+                failed = await self._voucher(client, _form_text(form, "voucher"), lang, url)
+                if failed is not None:
+                    return failed
+            else:
+                return self.message(lang, 400, "title_error", t("bad_request"), url)
+        except PortalDenied as exc:
+            log.warning("login refused: reason=%s action=%s ip=%s mac=%s",
+                        exc.reason, action, client.ip, client.mac)
+            return self.message(lang, 403, "title_denied", t(denied_message_key(exc.reason)), url)
+        log.info("login: action=%s ip=%s mac=%s", action, client.ip, client.mac)
+        return redirect(303, _home(url))
+
+    async def _voucher(
+        self, client: ClientView, raw: str, lang: str, url: str | None
+    ) -> web.Response | None:
+        """Redeem a voucher; None on success, else the error page to send."""
+        t = translator(lang)
+        key = client.mac or client.ip
+        if not self.limiter.allow(key):
+            retry = max(1, self.limiter.retry_after(key))
+            log.warning("voucher rate limit hit: ip=%s mac=%s retry_after=%ds",
+                        client.ip, client.mac, retry)
+            response = self.login_page(
+                lang, url, status=429, error=t("rate_limited", seconds=retry), voucher=raw
+            )
+            response.headers[hdrs.RETRY_AFTER] = str(retry)
+            return response
+        try:
+            code = normalize_code(raw)
+            await self.backend.login_voucher(client, code)
+        except VoucherError as exc:
+            log.warning("voucher login failed: reason=%s ip=%s mac=%s",
+                        exc.reason, client.ip, client.mac)
+            return self.login_page(
+                lang, url, status=403, error=t(voucher_message_key(exc.reason)), voucher=raw
+            )
+        return None
+
+    async def logout(self, request: web.Request) -> web.Response:
+        if self.cross_origin(request):
+            return self.refuse_cross_origin(request)
+        await request.post()
+        client = await self.client(request)
+        if client.session is not None:
+            await self.backend.logout(client)
+            log.info("logout: ip=%s mac=%s", client.ip, client.mac)
+        return redirect(303, "/")
+
+    async def captive_api(self, request: web.Request) -> web.Response:
+        """RFC 8908 captive portal API."""
+        client = await self.client(request)
+        body: dict[str, object] = {"captive": True, "user-portal-url": self.cfg.portal_url}
+        if client.session is not None and self.has_session(client):
+            body["captive"] = False
+            body["seconds-remaining"] = client.session.remaining(self.backend.now())
+        body["can-extend-session"] = False
+        response = web.Response(body=json.dumps(body).encode(), content_type=CAPTIVE_JSON)
+        response.headers[hdrs.CACHE_CONTROL] = "private, no-store"
+        return response
+
+    # -- middlewares and signals -------------------------------------------
+
+    @web.middleware
+    async def redirect_foreign(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.is_portal_host(request):
+            return await handler(request)
+        target = self.cfg.portal_url
+        host = request.headers.get(hdrs.HOST)
+        if host:
+            original = f"http://{host}{request.raw_path}"
+            if len(original) <= MAX_URL:
+                target += "?" + urlencode({"url": original})
+        return redirect(302, target)
+
+    @web.middleware
+    async def error_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            lang = self.language(request)
+            return self.message(lang, 404, "title_not_found", translator(lang)("not_found"))
+        except web.HTTPRequestEntityTooLarge:
+            lang = self.language(request)
+            return self.message(lang, 413, "title_error", translator(lang)("too_large"))
+        except web.HTTPException:
+            raise
+        except Exception:
+            # A backend failure (store, firewall): say so kindly, keep the traceback.
+            log.exception("portal request %s %s failed", request.method, request.path)
+            lang = self.language(request)
+            return self.message(lang, 500, "title_error", translator(lang)("server_error"))
+
+    @staticmethod
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
+        response.headers.update(SECURITY_HEADERS)
+
+
+PORTAL_KEY = web.AppKey("desanet_portal", Portal)
+
+
+def create_portal_app(
+    cfg: Config, backend: PortalBackend, *, limiter: RateLimiter | None = None
+) -> web.Application:
+    """The portal app; serve it on both the portal port and the redirect port."""
+    if limiter is None:
+        limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
+    portal = Portal(cfg, backend, limiter)
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[portal.redirect_foreign, portal.error_pages]
+    )
+    app[PORTAL_KEY] = portal
+    app.router.add_get("/", portal.index)
+    app.router.add_get("/login", portal.login_get)
+    app.router.add_post("/login", portal.login)
+    app.router.add_post("/logout", portal.logout)
+    app.router.add_get("/api/captive", portal.captive_api)
+    app.on_response_prepare.append(portal.add_headers)
+    return app

@@ -1,0 +1,517 @@
+"""The portal HTTP app against a fake backend (sessions in a dict)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.config import Config, parse_config
+from gateway.errors import VoucherError
+from gateway.model import Session
+from gateway.portal.app import create_portal_app, host_without_port, safe_url
+from gateway.portal.backend import ClientView, PortalDenied
+from gateway.portal.ratelimit import RateLimiter
+
+MAC = "02:00:00:00:00:01"
+NOW = 1_700_000_000
+HOSTILE = "<script>alert(1)</script>"
+PORTAL = {"Host": "portal.desa"}
+
+
+def make_cfg(**portal: Any) -> Config:
+    site = portal.pop("site", {"name": "Hotspot Desa Sukamaju", "village": "Desa Sukamaju"})
+    return parse_config(
+        {
+            "site": site,
+            "network": {"lan_interface": "br-lan", "wan_interface": "wan0",
+                        "lan_address": "10.42.0.1/24"},
+            "dhcp": {"range_start": "10.42.0.100", "range_end": "10.42.0.250"},
+            "portal": portal,
+        }
+    )
+
+
+class FakeBackend:
+    """Keeps sessions in a dict keyed by MAC; vouchers map code -> failure reason or None."""
+
+    def __init__(self) -> None:
+        self.t = NOW
+        self.macs: dict[str, str | None] = {"127.0.0.1": MAC}
+        self.sessions: dict[str, Session] = {}
+        self.vouchers: dict[str, str | None] = {
+            "ABCDE-FGHJK": None, "REVKD-22222": "revoked", "EXPRD-22222": "expired",
+            "NUSE2-22222": "in_use",
+        }
+        self.deny: str | None = None
+        self.calls: list[tuple[str, str]] = []
+
+    def now(self) -> int:
+        return self.t
+
+    async def identify(self, ip: str) -> ClientView:
+        mac = self.macs.get(ip)
+        session = self.sessions.get(mac) if mac else None
+        return ClientView(ip=ip, mac=mac, session=session)
+
+    def _open(self, client: ClientView, source: str, code: str | None = None) -> Session:
+        if self.deny:
+            raise PortalDenied(self.deny)
+        if client.mac is None:
+            raise PortalDenied("no_mac")
+        session = Session(mac=client.mac, ip=client.ip, started=self.t, expires=self.t + 4 * 3600,
+                          idle_timeout=1800, source=source, voucher=code)  # type: ignore[arg-type]
+        self.sessions[client.mac] = session
+        return session
+
+    async def login_terms(self, client: ClientView) -> Session:
+        self.calls.append(("terms", client.ip))
+        return self._open(client, "terms")
+
+    async def login_voucher(self, client: ClientView, code: str) -> Session:
+        self.calls.append(("voucher", code))
+        if code not in self.vouchers:
+            raise VoucherError("unknown")
+        reason = self.vouchers[code]
+        if reason:
+            raise VoucherError(reason)
+        return self._open(client, "voucher", code)
+
+    async def logout(self, client: ClientView) -> None:
+        self.calls.append(("logout", client.ip))
+        if client.mac:
+            self.sessions.pop(client.mac, None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@asynccontextmanager
+async def portal(
+    cfg: Config | None = None,
+    backend: FakeBackend | None = None,
+    limiter: RateLimiter | None = None,
+) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_portal_app(cfg or make_cfg(), backend or FakeBackend(), limiter=limiter)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def get(client: TestClient[Any, Any], path: str, **kw: Any) -> ClientResponse:
+    headers = {**PORTAL, **kw.pop("headers", {})}
+    return await client.get(path, headers=headers, allow_redirects=False, **kw)
+
+
+async def post(client: TestClient[Any, Any], path: str, data: Any, **kw: Any) -> ClientResponse:
+    headers = {**PORTAL, **kw.pop("headers", {})}
+    return await client.post(path, data=data, headers=headers, allow_redirects=False, **kw)
+
+
+def assert_portal_headers(resp: ClientResponse) -> None:
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["Referrer-Policy"] == "no-referrer"
+    assert resp.headers["Content-Security-Policy"] == (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; img-src data:"
+    )
+
+
+# -- redirects ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        "http://connectivitycheck.gstatic.com/generate_204",
+        "http://captive.apple.com/hotspot-detect.html",
+        "http://www.msftconnecttest.com/connecttest.txt",
+        "http://detectportal.firefox.com/canonical.html",
+        "http://example.com/a/b?x=1&y=%20z",
+    ],
+)
+async def test_foreign_hosts_redirect_to_portal(probe: str) -> None:
+    parts = urlsplit(probe)
+    async with portal() as client:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        resp = await get(client, path, headers={"Host": parts.netloc})
+        assert resp.status == 302
+        location = resp.headers["Location"]
+        assert location.startswith("http://portal.desa/?url=")
+        assert parse_qs(urlsplit(location).query)["url"] == [probe]
+        assert_portal_headers(resp)
+
+
+async def test_redirect_uses_portal_port_and_covers_posts() -> None:
+    async with portal(make_cfg(http_port=8080, redirect_port=2050)) as client:
+        resp = await post(client, "/x", {"a": "b"}, headers={"Host": "evil.example:2050"})
+        assert resp.status == 302
+        assert resp.headers["Location"] == (
+            "http://portal.desa:8080/?url=http%3A%2F%2Fevil.example%3A2050%2Fx"
+        )
+
+
+@pytest.mark.parametrize("host", ["portal.desa", "PORTAL.DESA:2050", "portal.desa.", "10.42.0.1",
+                                  "10.42.0.1:80"])
+async def test_portal_host_is_served(host: str) -> None:
+    async with portal() as client:
+        resp = await get(client, "/", headers={"Host": host})
+        assert resp.status == 200
+
+
+def test_host_without_port() -> None:
+    assert host_without_port("Portal.Desa:80") == "portal.desa"
+    assert host_without_port("[fe80::1]:2050") == "fe80::1"
+    assert host_without_port("10.42.0.1") == "10.42.0.1"
+
+
+# -- pages -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("lang", "words"), [("id", "Setuju dan sambungkan"),
+                                             ("en", "Accept and connect")])
+async def test_login_page_escapes_everything(lang: str, words: str) -> None:
+    cfg = make_cfg(site={"name": HOSTILE, "village": "Desa <b>X</b>", "contact": "<i>c</i>"},
+                   terms_id="Syarat \"'& <img src=x>", terms_en="Terms \"'& <img src=x>")
+    async with portal(cfg) as client:
+        resp = await get(client, f"/?lang={lang}&url=http://example.com/%22%3E%3Cscript%3E")
+        body = await resp.text()
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert_portal_headers(resp)
+        assert f'<html lang="{lang}">' in body
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in body
+        assert "<script" not in body
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+        assert "Desa &lt;b&gt;X&lt;/b&gt;" in body
+        assert "&lt;i&gt;c&lt;/i&gt;" in body
+        assert "&#34;&#39;&amp; &lt;img src=x&gt;" in body
+        assert "<img" not in body
+        assert words in body
+        assert 'name="voucher"' in body
+        assert ("English" if lang == "id" else "Bahasa Indonesia") in body
+        assert len(await resp.read()) < 30 * 1024
+        assert 'value="http://example.com/&#34;&gt;&lt;script&gt;"' in body
+
+
+async def test_language_cookie_and_accept_language() -> None:
+    async with portal() as client:
+        resp = await get(client, "/", headers={"Accept-Language": "en-US,en;q=0.9"})
+        assert '<html lang="en">' in await resp.text()
+        resp = await get(client, "/?lang=id", headers={"Accept-Language": "en-US"})
+        assert resp.cookies["lang"].value == "id"
+        assert '<html lang="id">' in await resp.text()
+        # The cookie now wins over Accept-Language.
+        resp = await get(client, "/", headers={"Accept-Language": "en-US"})
+        body = await resp.text()
+        assert '<html lang="id">' in body
+        assert 'href="/?lang=en"' in body
+    async with portal(make_cfg(site={"name": "S", "village": "V", "language": "en"})) as client:
+        assert '<html lang="en">' in await (await get(client, "/")).text()
+
+
+async def test_not_found_page_is_translated() -> None:
+    async with portal() as client:
+        resp = await get(client, "/nope")
+        assert resp.status == 404
+        assert "Halaman tidak ditemukan" in await resp.text()
+        assert_portal_headers(resp)
+        resp = await get(client, "/nope?lang=en")
+        assert "Page not found" in await resp.text()
+
+
+# -- RFC 8908 ----------------------------------------------------------------
+
+async def test_captive_api_before_and_after_login() -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await get(client, "/api/captive")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "application/captive+json"
+        assert resp.headers["Cache-Control"] == "private, no-store"
+        assert json.loads(await resp.read()) == {
+            "captive": True, "user-portal-url": "http://portal.desa/", "can-extend-session": False,
+        }
+        await post(client, "/login", {"action": "terms"})
+        backend.t += 600
+        data = json.loads(await (await get(client, "/api/captive")).read())
+        assert data == {"captive": False, "user-portal-url": "http://portal.desa/",
+                        "seconds-remaining": 4 * 3600 - 600, "can-extend-session": False}
+
+
+# -- login / logout ----------------------------------------------------------
+
+async def test_terms_login_status_and_logout() -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login",
+                          {"action": "terms", "url": "http://example.com/page", "lang": "id"})
+        assert resp.status == 303
+        assert resp.headers["Location"] == "/?url=http%3A%2F%2Fexample.com%2Fpage"
+        assert backend.calls == [("terms", "127.0.0.1")]
+        backend.t += 61
+        resp = await get(client, resp.headers["Location"])
+        body = await resp.text()
+        assert "Anda sudah terhubung ke internet." in body
+        assert "Sisa waktu: 3 jam 58 menit" in body
+        assert 'href="http://example.com/page"' in body
+        assert 'action="/logout"' in body
+        assert_portal_headers(resp)
+        # A second login post just goes back to the status page.
+        resp = await post(client, "/login", {"action": "terms"})
+        assert resp.status == 303 and len(backend.calls) == 1
+        resp = await post(client, "/logout", {"lang": "id"})
+        assert resp.status == 303 and resp.headers["Location"] == "/"
+        assert backend.sessions == {}
+        assert "Setuju dan sambungkan" in await (await get(client, "/")).text()
+
+
+async def test_status_page_in_english_hides_probe_continue_link() -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        await post(client, "/login", {"action": "terms"})
+        resp = await get(client, "/?lang=en&url=http://connectivitycheck.gstatic.com/generate_204")
+        body = await resp.text()
+        assert "You are connected to the internet." in body
+        assert "Time remaining: 4 hours" in body
+        assert "Continue to" not in body
+
+
+async def test_voucher_login_normalizes_code() -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login", {"action": "voucher", "voucher": " abcde fghjk "})
+        assert resp.status == 303
+        assert backend.calls == [("voucher", "ABCDE-FGHJK")]
+        assert backend.sessions[MAC].voucher == "ABCDE-FGHJK"
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("ZZZZZ-ZZZZZ", "Kode voucher tidak dikenal"),
+        ("REVKD-22222", "sudah dibatalkan"),
+        ("EXPRD-22222", "sudah habis"),
+        ("NUSE2-22222", "sedang dipakai"),
+        ("OOOOO-11111", "tidak sesuai format"),
+    ],
+)
+async def test_wrong_voucher_is_403_and_logged(
+    code: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        with caplog.at_level(logging.WARNING, logger="desanet.portal"):
+            resp = await post(client, "/login", {"action": "voucher", "voucher": code})
+        body = await resp.text()
+        assert resp.status == 403
+        assert message in body
+        assert f'value="{code}"' in body  # what was typed stays in the field
+        assert backend.sessions == {}
+        record = caplog.records[-1]
+        assert record.levelno == logging.WARNING
+        assert "127.0.0.1" in record.getMessage() and MAC in record.getMessage()
+
+
+async def test_sixth_voucher_attempt_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend()
+    clock = Clock()
+    limiter = RateLimiter(limit=5, window=60, clock=clock)
+    async with portal(backend=backend, limiter=limiter) as client:
+        for _ in range(5):
+            resp = await post(client, "/login", {"action": "voucher", "voucher": "ZZZZZ-ZZZZZ"})
+            assert resp.status == 403
+        clock.t = 20
+        with caplog.at_level(logging.WARNING, logger="desanet.portal"):
+            resp = await post(client, "/login",
+                              {"action": "voucher", "voucher": "ABCDE-FGHJK", "lang": "en"})
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "40"
+        assert "Too many voucher attempts. Wait 40 seconds" in await resp.text()
+        assert_portal_headers(resp)
+        assert len(backend.calls) == 5  # the backend never saw the sixth code
+        assert "rate limit" in caplog.records[-1].getMessage()
+        assert MAC in caplog.records[-1].getMessage()
+        # Another device is not affected.
+        backend.macs["127.0.0.1"] = "02:00:00:00:00:02"
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ZZZZZ-ZZZZZ"})
+        assert resp.status == 403
+        # After the window the first device may try again.
+        backend.macs["127.0.0.1"] = MAC
+        clock.t = 60
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK"})
+        assert resp.status == 303
+
+
+async def test_default_limit_comes_from_config() -> None:
+    backend = FakeBackend()
+    async with portal(make_cfg(voucher_attempts_per_minute=2), backend) as client:
+        statuses = [
+            (await post(client, "/login", {"action": "voucher", "voucher": "x"})).status
+            for _ in range(3)
+        ]
+        assert statuses == [403, 403, 429]
+
+
+async def test_rate_limit_key_is_ip_without_mac() -> None:
+    backend = FakeBackend()
+    backend.macs = {}
+    limiter = RateLimiter(limit=1, window=60, clock=Clock())
+    async with portal(backend=backend, limiter=limiter) as client:
+        await post(client, "/login", {"action": "voucher", "voucher": "x"})
+        await post(client, "/login", {"action": "voucher", "voucher": "x"})
+        assert limiter.retry_after("127.0.0.1") == 60
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [("full", "Hotspot sedang penuh"), ("blocked", "Perangkat ini diblokir"),
+     ("no_mac", "tidak dikenali"), ("weird", "Anda tidak dapat masuk saat ini")],
+)
+async def test_portal_denied(reason: str, message: str, caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend()
+    backend.deny = reason
+    async with portal(backend=backend) as client:
+        with caplog.at_level(logging.WARNING, logger="desanet.portal"):
+            resp = await post(client, "/login", {"action": "terms"})
+        assert resp.status == 403
+        assert message in await resp.text()
+        assert reason in caplog.records[-1].getMessage()
+
+
+async def test_voucher_mode_hides_and_refuses_terms() -> None:
+    backend = FakeBackend()
+    async with portal(make_cfg(mode="voucher"), backend) as client:
+        body = await (await get(client, "/")).text()
+        assert 'value="terms"' not in body
+        assert "Setuju dan sambungkan" not in body
+        assert 'name="voucher"' in body
+        resp = await post(client, "/login", {"action": "terms"})
+        assert resp.status == 403
+        assert "Cara masuk ini tidak tersedia" in await resp.text()
+        assert backend.calls == []
+
+
+async def test_terms_mode_hides_and_refuses_vouchers() -> None:
+    backend = FakeBackend()
+    async with portal(make_cfg(mode="terms"), backend) as client:
+        body = await (await get(client, "/")).text()
+        assert 'name="voucher"' not in body
+        assert 'value="terms"' in body
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK"})
+        assert resp.status == 403
+        assert backend.calls == []
+
+
+async def test_bad_action_and_get_login() -> None:
+    async with portal() as client:
+        resp = await post(client, "/login", {"action": "hack"})
+        assert resp.status == 400
+        resp = await get(client, "/login")
+        assert resp.status == 303 and resp.headers["Location"] == "/"
+
+
+# -- hardening ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "bad",
+    ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,<b>x</b>", "//evil.example/",
+     "http:\\\\evil.example", "http://", "ftp://example.com/", "http://exa mple.com/",
+     "/relative", "http://example.com/\r\nSet-Cookie:x=1"],
+)
+async def test_no_open_redirect(bad: str) -> None:
+    assert safe_url(bad) is None
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login", {"action": "terms", "url": bad})
+        assert resp.status == 303
+        assert resp.headers["Location"] == "/"
+        body = await (await get(client, "/", params={"url": bad})).text()
+        assert "Lanjut ke" not in body
+        assert "javascript:" not in body.lower()
+
+
+def test_safe_url_accepts_http_and_https() -> None:
+    assert safe_url("http://example.com/x?y=1") == "http://example.com/x?y=1"
+    assert safe_url("HTTPS://example.com") == "HTTPS://example.com"
+    assert safe_url("http://example.com/" + "a" * 3000) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "http://portal.desa.evil.example"}, 403),
+        ({"Origin": "garbage"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Origin": "http://portal.desa"}, 303),
+        ({"Origin": "http://10.42.0.1:2050"}, 303),
+        ({"Origin": "null", "Sec-Fetch-Site": "same-origin"}, 303),
+        ({}, 303),
+    ],
+)
+async def test_cross_origin_posts_are_refused(headers: dict[str, str], status: int) -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login", {"action": "terms"}, headers=headers)
+        assert resp.status == status
+        assert bool(backend.calls) == (status == 303)
+        resp = await post(client, "/logout", {}, headers=headers)
+        assert resp.status == status
+        assert ("logout", "127.0.0.1") in backend.calls or status == 403
+
+
+async def test_request_body_is_limited() -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "A" * 20_000})
+        assert resp.status == 413
+        assert backend.calls == []
+        assert_portal_headers(resp)
+
+
+async def test_pages_contain_no_script_and_stay_small() -> None:
+    backend = FakeBackend()
+    cfg = make_cfg(terms_id="x" * 4000, terms_en="y" * 4000,
+                   site={"name": "n" * 80, "village": "v" * 80, "contact": "c" * 200})
+    async with portal(cfg, backend) as client:
+        pages = [await get(client, "/"), await get(client, "/?lang=en"), await get(client, "/404")]
+        await post(client, "/login", {"action": "terms"})
+        pages.append(await get(client, "/?url=http://example.com/" + "p" * 1500))
+        for resp in pages:
+            raw = await resp.read()
+            assert len(raw) < 30 * 1024
+            assert b"<script" not in raw.lower()
+            assert b"<style>" in raw and b"<link" not in raw
+
+
+async def test_backend_failure_gives_translated_500(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(FakeBackend):
+        async def identify(self, ip: str) -> ClientView:
+            raise RuntimeError("database is locked")
+
+    async with portal(backend=Broken()) as client:
+        with caplog.at_level(logging.ERROR, logger="desanet.portal"):
+            resp = await get(client, "/?lang=en")
+        assert resp.status == 500
+        body = await resp.text()
+        assert "the portal has a problem" in body
+        assert "database is locked" not in body
+        assert_portal_headers(resp)
+        assert "failed" in caplog.records[-1].getMessage()
+
+
+async def test_method_not_allowed_passes_through() -> None:
+    async with portal() as client:
+        resp = await client.put("/login", headers=PORTAL)
+        assert resp.status == 405
+        assert_portal_headers(resp)
