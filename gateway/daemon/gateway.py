@@ -35,7 +35,7 @@ from gateway.config.schema import Config
 from gateway.daemon import systemd
 from gateway.daemon.neighbours import Neighbours
 from gateway.daemon.sessions import idle_sessions, new_session, stale_kernel_entries
-from gateway.errors import ConfigError, ControlError, DesanetError
+from gateway.errors import ConfigError, ControlError, DesanetError, ServiceError
 from gateway.firewall import Firewall
 from gateway.model import Session, SessionSource
 from gateway.portal.backend import ClientView, PortalDenied
@@ -45,6 +45,13 @@ from gateway.store import Store
 log = logging.getLogger("desanet.daemon")
 
 SWEEP_INTERVAL = 5.0
+
+
+def enable_ipv4_forwarding() -> None:
+    try:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    except OSError as exc:
+        raise ServiceError(f"cannot enable IPv4 forwarding: {exc}; run as root") from exc
 
 
 class Gateway:
@@ -81,6 +88,7 @@ class Gateway:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
         self.apply_firewall()
+        enable_ipv4_forwarding()  # only now: the firewall is in place, so it fails closed
         self.dnsmasq.write_config(
             render_dnsmasq_conf(self.cfg, str(self.state_dir), str(self.run_dir))
         )

@@ -1,0 +1,25 @@
+"""The virtual village: network namespaces for the demo, training and tests.
+
+Public API::
+
+    from gateway.lab import LabSpec, lab_up, lab_down, lab_status, run_in, client_ns
+"""
+
+from gateway.lab.api import ClientInfo, Lab, LabInfo, lab_dhcp, lab_down, lab_status, lab_up, run_in
+from gateway.lab.plan import LabPlan, LabSpec, client_ns, plan_lab, topology_commands
+
+__all__ = [
+    "ClientInfo",
+    "Lab",
+    "LabInfo",
+    "LabPlan",
+    "LabSpec",
+    "client_ns",
+    "lab_dhcp",
+    "lab_down",
+    "lab_status",
+    "lab_up",
+    "plan_lab",
+    "run_in",
+    "topology_commands",
+]
