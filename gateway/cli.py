@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.config.units import format_duration
+from gateway.config.units import format_duration, format_rate
 from gateway.control.client import ControlClient
 from gateway.errors import ConfigError, DesanetError
 
@@ -141,6 +141,36 @@ def cmd_clients_deauth(args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         print(f"deauthorized {data['deauthorized']} ({data['ip']})")
+    return 0
+
+
+def cmd_clients_plan(args: argparse.Namespace) -> int:
+    plan = None if args.plan == "default" else args.plan
+    data = _client(args).request("POST", "/v1/clients/plan", {"mac": args.mac, "plan": plan})
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"{data['client']['mac']} now on plan {data['client']['plan'] or 'default'}")
+    return 0
+
+
+def cmd_shaping(args: argparse.Namespace) -> int:
+    data = _client(args).request("GET", "/v1/shaping")
+    if args.json:
+        _print_json(data)
+        return 0
+    if not data["enabled"]:
+        print("shaping is off (shaping.enabled = false)")
+        return 0
+    print(f"leaf qdisc: {data['leaf_qdisc']}  uplink: {format_rate(data['uplink_down'])} down, "
+          f"{format_rate(data['uplink_up'])} up")
+    for direction, tree in data["directions"].items():
+        print(f"{direction} ({tree['device']}):")
+        print(f"  {'CLASS':14} {'BYTES':>12} {'PKTS':>9} {'DROPS':>7} {'BACKLOG':>8} {'RATE':>10}")
+        for name, c in tree["classes"].items():
+            print(f"  {name:14} {c.get('bytes', 0):>12} {c.get('packets', 0):>9} "
+                  f"{c.get('drops', 0):>7} {c.get('backlog', 0):>8} "
+                  f"{format_rate(max(1, c.get('rate_bps', 0))):>10}")
     return 0
 
 
@@ -277,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--plan", help="shaping plan name")
     d = add(clsub, "deauth", cmd_clients_deauth, "end a client's session now", json_flag=True)
     d.add_argument("mac")
+    pl = add(clsub, "plan", cmd_clients_plan,
+             "move a live client to another shaping plan (connections kept)", json_flag=True)
+    pl.add_argument("mac")
+    pl.add_argument("plan", help='a name from shaping.plans, or "default"')
+
+    add(sub, "shaping", cmd_shaping, "per-class traffic counters of the shaping trees",
+        json_flag=True)
 
     vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
     vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True)

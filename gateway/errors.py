@@ -34,6 +34,10 @@ class FirewallError(DesanetError):
     """nftables refused a ruleset or a set operation."""
 
 
+class ShapingError(DesanetError):
+    """tc (via netlink) refused a qdisc or class change."""
+
+
 class ServiceError(DesanetError):
     """A child service (dnsmasq, hostapd) could not be configured or started."""
 

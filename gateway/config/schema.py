@@ -81,6 +81,11 @@ def _ip_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainValidator(_ip_address)]
 IPNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_ip_network)]
+def _optional_rate(value: object) -> int | None:
+    return None if value is None else _rate(value)
+
+
+OptionalRate = Annotated[int | None, BeforeValidator(_optional_rate)]
 Duration = Annotated[int, BeforeValidator(_duration)]
 Rate = Annotated[int, BeforeValidator(_rate)]
 IfName = Annotated[str, AfterValidator(_ifname)]
@@ -172,36 +177,95 @@ class Access(_Section):
         return self
 
 
+PLAN_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+
+
 class Plan(_Section):
-    down: Rate = Field(examples=["10mbit"])
-    up: Rate = Field(examples=["2mbit"])
+    """A shaping plan. ``down``/``up`` are what the client is guaranteed when the
+    uplink is busy (and its weight when sharing); ``ceil_*`` is the most it may
+    take when others are idle (default: the whole uplink)."""
+
+    down: Rate = Field(examples=["2mbit"])
+    up: Rate = Field(examples=["512kbit"])
+    ceil_down: OptionalRate = Field(None, examples=["10mbit"])
+    ceil_up: OptionalRate = Field(None, examples=["2mbit"])
     priority: int = Field(4, ge=0, le=7, examples=[4])
+
+    @model_validator(mode="after")
+    def _ceil_not_below_rate(self) -> Plan:
+        for direction in ("down", "up"):
+            ceil = getattr(self, f"ceil_{direction}")
+            if ceil is not None and ceil < getattr(self, direction):
+                raise PydanticCustomError(
+                    "ceil_below_rate",
+                    "ceil_{d} is below {d}; a client cannot be capped under its guaranteed rate "
+                    "(write e.g. {d} = \"2mbit\", ceil_{d} = \"10mbit\")",
+                    {"d": direction},
+                )
+        return self
 
 
 class Shaping(_Section):
     enabled: bool = Field(False, examples=[True])
     uplink_down: Rate = Field(20_000_000, examples=["20mbit"])
     uplink_up: Rate = Field(5_000_000, examples=["5mbit"])
-    client_down: Rate = Field(5_000_000, examples=["5mbit"])
-    client_up: Rate = Field(1_000_000, examples=["1mbit"])
-    plans: dict[str, Plan] = Field(default_factory=dict)
+    # the default plan, for sessions without a named plan
+    client_down: Rate = Field(2_000_000, examples=["2mbit"])
+    client_up: Rate = Field(512_000, examples=["512kbit"])
+    client_ceil_down: OptionalRate = Field(None, examples=["10mbit"])
+    client_ceil_up: OptionalRate = Field(None, examples=["2mbit"])
+    # not-logged-in clients (portal, walled garden) share one small class
+    unauthorized_down: Rate = Field(1_000_000, examples=["1mbit"])
+    unauthorized_up: Rate = Field(256_000, examples=["256kbit"])
+    # the gateway's own traffic to the LAN (portal, local cache) is not charged to the uplink
+    lan_rate: Rate = Field(1_000_000_000, examples=["1gbit"])
+    plans: dict[Annotated[str, Field(pattern=PLAN_NAME)], Plan] = Field(
+        default_factory=dict, examples=[{"school": {"down": "4mbit", "up": "1mbit"}}]
+    )
+
+    def plan(self, name: str | None) -> Plan:
+        """The named plan, or the default plan built from client_* for None."""
+        if name is not None and name in self.plans:
+            return self.plans[name]
+        # model_construct: the values are already parsed integers
+        return Plan.model_construct(
+            down=self.client_down, up=self.client_up, ceil_down=self.client_ceil_down,
+            ceil_up=self.client_ceil_up, priority=4,
+        )
 
     @model_validator(mode="after")
     def _within_uplink(self) -> Shaping:
-        if self.client_down > self.uplink_down or self.client_up > self.uplink_up:
-            raise PydanticCustomError(
-                "rate_above_uplink",
-                "client_down/client_up must not exceed uplink_down/uplink_up; "
-                "lower the client rate, e.g. client_down = \"5mbit\"",
-            )
-        for name, plan in self.plans.items():
-            if plan.down > self.uplink_down or plan.up > self.uplink_up:
+        named = [("default plan (client_*)", self.plan(None))]
+        named += [(f"plan '{n}' (plans.{n})", p) for n, p in self.plans.items()]
+        for label, plan in named:
+            too_fast = [
+                f"{field} {getattr(plan, field)}bit/s > {limit_name}"
+                for field, limit_name, limit in (
+                    ("down", "uplink_down", self.uplink_down),
+                    ("ceil_down", "uplink_down", self.uplink_down),
+                    ("up", "uplink_up", self.uplink_up),
+                    ("ceil_up", "uplink_up", self.uplink_up),
+                )
+                if getattr(plan, field) is not None and getattr(plan, field) > limit
+            ]
+            if too_fast:
                 raise PydanticCustomError(
                     "rate_above_uplink",
-                    "plan '{name}' (plans.{name}) is faster than the uplink; "
-                    "lower its rates to at most uplink_down/uplink_up",
-                    {"name": name},
+                    "{label} is faster than the uplink ({why}); lower it to at most the uplink",
+                    {"label": label, "why": ", ".join(too_fast)},
                 )
+        if (self.client_ceil_down is not None and self.client_ceil_down < self.client_down) \
+                or (self.client_ceil_up is not None and self.client_ceil_up < self.client_up):
+            raise PydanticCustomError(
+                "ceil_below_rate",
+                "client_ceil_down/client_ceil_up must not be below client_down/client_up",
+            )
+        if self.unauthorized_down > self.uplink_down or self.unauthorized_up > self.uplink_up:
+            raise PydanticCustomError(
+                "rate_above_uplink",
+                "unauthorized_down/unauthorized_up must not exceed the uplink; "
+                "write e.g. unauthorized_down = \"1mbit\"",
+            )
         return self
 
 
@@ -247,6 +311,13 @@ class Config(_Section):
         if int(self.dhcp.range_start) > int(self.dhcp.range_end):
             raise PydanticCustomError(
                 "dhcp_range", "dhcp.range_start is after dhcp.range_end; swap them", {}
+            )
+        if self.shaping.enabled and self.network.lan_address.network.prefixlen < 17:
+            raise PydanticCustomError(
+                "lan_too_big",
+                "network.lan_address {net} is larger than /17; with shaping enabled each client "
+                "gets a tc class numbered from its address, so use e.g. \"10.42.0.1/20\"",
+                {"net": str(self.network.lan_address.network)},
             )
         if self.network.lan_interface == self.network.wan_interface:
             raise PydanticCustomError(

@@ -116,6 +116,7 @@ def create_control_app(gw: Gateway) -> web.Application:
             "dnsmasq": {"running": gw.dnsmasq.running, "pid": gw.dnsmasq.pid,
                         "restarts": gw.dnsmasq.restarts},
             "config_path": gw.config_path,
+            "shaping": gw.shaping.status_json(),
         })
 
     @routes.get("/v1/clients")
@@ -127,6 +128,7 @@ def create_control_app(gw: Gateway) -> web.Application:
         for s in sessions:
             row = session_json(s, now)
             row["idle_left"] = active.get((s.mac, s.ip), 0)
+            row["shaping"] = gw.shaping.client_json(s)
             out.append(row)
         known = {s.mac for s in sessions}
         for ip, mac in sorted(read_leases(str(gw.state_dir / "dnsmasq.leases")).items()):
@@ -138,7 +140,7 @@ def create_control_app(gw: Gateway) -> web.Application:
     async def auth(request: web.Request) -> web.Response:
         data = await _body(request)
         mac = _mac(data)
-        ip = data.get("ip") or gw.neighbours.ip_of(mac)
+        ip = data.get("ip") or await gw.netlink.call(gw.neighbours.ip_of, mac)
         if not ip:
             raise ControlError(
                 f"no IPv4 address known for {mac} (no DHCP lease, no neighbour entry); "
@@ -156,6 +158,24 @@ def create_control_app(gw: Gateway) -> web.Application:
         if session is None:
             raise ControlError(f"{mac} has no active session", 404)
         return web.json_response({"deauthorized": mac, "ip": session.ip})
+
+    @routes.post("/v1/clients/plan")
+    async def plan(request: web.Request) -> web.Response:
+        data = await _body(request)
+        mac = _mac(data)
+        if "plan" not in data:
+            raise ControlError('field "plan" is required: a name from shaping.plans, or null '
+                               "for the default plan", 400)
+        plan_name = data["plan"]
+        if plan_name is not None and not isinstance(plan_name, str):
+            raise ControlError("field plan: must be a plan name or null", 400)
+        session = await gw.change_plan(mac, plan_name)
+        return web.json_response({"client": session_json(session, gw.now())})
+
+    @routes.get("/v1/shaping")
+    async def shaping(_: web.Request) -> web.Response:
+        await gw.shaping.sample()
+        return web.json_response(gw.shaping.status_json())
 
     @routes.get("/v1/vouchers")
     async def vouchers(request: web.Request) -> web.Response:

@@ -35,9 +35,11 @@ from gateway.config.schema import Config
 from gateway.daemon import systemd
 from gateway.daemon.neighbours import Neighbours
 from gateway.daemon.sessions import idle_sessions, new_session, stale_kernel_entries
+from gateway.daemon.shaping import ShapingService
 from gateway.errors import ConfigError, ControlError, DesanetError, ServiceError
 from gateway.firewall import Firewall
 from gateway.model import Session, SessionSource
+from gateway.netlink import NetlinkThread
 from gateway.portal.backend import ClientView, PortalDenied
 from gateway.services.dnsmasq import Dnsmasq, render_dnsmasq_conf
 from gateway.store import Store
@@ -63,6 +65,8 @@ class Gateway:
         self.store = Store(self.state_dir / "desanet.db")
         self.firewall = Firewall()
         self.neighbours = Neighbours(str(self.state_dir / "dnsmasq.leases"))
+        self.netlink = NetlinkThread()
+        self.shaping = ShapingService(lambda: self.cfg, self.netlink)
         self.dnsmasq = Dnsmasq(
             cfg.services.dnsmasq,
             str(self.run_dir / "dnsmasq.conf"),
@@ -87,6 +91,8 @@ class Gateway:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
+        # Classes first, then the firewall that steers packets into them.
+        await self.shaping.reconcile(self.store.active_sessions(self.now()))
         self.apply_firewall()
         enable_ipv4_forwarding()  # only now: the firewall is in place, so it fails closed
         self.dnsmasq.write_config(
@@ -118,7 +124,9 @@ class Gateway:
             if runner is not None:
                 await runner.cleanup()
         await self.dnsmasq.stop()
-        self.neighbours.close()
+        await self.netlink.call(self.neighbours.close)
+        await self.netlink.call(self.shaping.close)
+        self.netlink.shutdown()
         self.store.close()
         log.info("gateway stopped; firewall left in place (fail closed)")
 
@@ -148,9 +156,11 @@ class Gateway:
             hostnames_same = old.walled_garden.hostnames == cfg.walled_garden.hostnames
             self.cfg = cfg
             try:
+                await self.shaping.reconcile(self.store.active_sessions(self.now()), old)
                 self.apply_firewall(carry_garden=hostnames_same)
             except DesanetError:
                 self.cfg = old
+                await self.shaping.reconcile(self.store.active_sessions(self.now()), cfg)
                 self.apply_firewall()
                 raise
             conf = render_dnsmasq_conf(cfg, str(self.state_dir), str(self.run_dir))
@@ -173,23 +183,29 @@ class Gateway:
         async with self._lock:
             now = self.now()
             for s in self.store.expire_sessions(now):
-                self.firewall.revoke(s.mac, s.ip)
+                await self._cut_off(s)
                 log.info("session of %s (%s) expired", s.mac, s.ip)
             sessions = self.store.active_sessions(now)
             for s in idle_sessions(sessions, self.firewall.active_clients(), now):
                 self.store.end_session(s.mac, now, "idle")
-                self.firewall.revoke(s.mac, s.ip)
+                await self._cut_off(s)
                 log.info("session of %s (%s) ended: idle", s.mac, s.ip)
             live = self.store.active_sessions(now)
             for mac, ip in stale_kernel_entries(live, self.firewall.authorized_clients()):
-                self.firewall.revoke(mac, ip)
+                self.firewall.revoke(mac, ip, self.shaping.enabled)
                 log.warning("removed kernel authorization with no session: %s %s", mac, ip)
+
+    async def _cut_off(self, session: Session) -> None:
+        """Kernel side of ending a session: firewall first, then its classes."""
+        self.firewall.revoke(session.mac, session.ip, self.shaping.enabled)
+        await self.shaping.remove(session)
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await self.sweep()
+                await self.shaping.sample()
             except DesanetError as exc:
                 log.error("sweep failed: %s", exc)
 
@@ -219,19 +235,17 @@ class Gateway:
             voucher = None
             if voucher_code is not None:
                 voucher = self.store.redeem_voucher(voucher_code, mac, now)
-            if plan is not None and plan not in self.cfg.shaping.plans:
-                raise ControlError(
-                    f"plan {plan!r} is not defined; known plans: "
-                    f"{', '.join(self.cfg.shaping.plans) or '(none)'}", 422
-                )
+            self._check_plan(plan)
             session = new_session(self.cfg, mac, ip, now, source, voucher, duration, plan)
             self.store.start_session(session)
             if current is not None and current.ip != ip:
-                self.firewall.revoke(current.mac, current.ip)
+                await self._cut_off(current)
             try:
-                self.firewall.authorize(session, now)
+                await self.shaping.add(session)
+                self.firewall.authorize(session, now, self.shaping.class_text(session))
             except DesanetError:
-                self.store.end_session(mac, now, "firewall error")
+                self.store.end_session(mac, now, "kernel refused")
+                await self._cut_off(session)
                 raise
             log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
             return session
@@ -240,14 +254,32 @@ class Gateway:
         async with self._lock:
             session = self.store.end_session(mac, self.now(), reason)
             if session is not None:
-                self.firewall.revoke(session.mac, session.ip)
+                await self._cut_off(session)
                 log.info("deauthorized %s (%s): %s", mac, session.ip, reason)
             return session
+
+    async def change_plan(self, mac: str, plan: str | None) -> Session:
+        """Move a live client to another plan; its connections are not touched."""
+        async with self._lock:
+            self._check_plan(plan)
+            session = self.store.change_plan(mac, plan, self.now())
+            if session is None:
+                raise ControlError(f"{mac} has no active session", 404)
+            await self.shaping.add(session)
+            log.info("plan of %s is now %s", mac, plan or "default")
+            return session
+
+    def _check_plan(self, plan: str | None) -> None:
+        if plan is not None and plan not in self.cfg.shaping.plans:
+            raise ControlError(
+                f"plan {plan!r} is not defined in shaping.plans; known plans: "
+                f"{', '.join(self.cfg.shaping.plans) or '(none)'}", 422
+            )
 
     # -- PortalBackend ------------------------------------------------------------
 
     async def identify(self, ip: str) -> ClientView:
-        mac = self.neighbours.mac_of(ip)
+        mac = await self.netlink.call(self.neighbours.mac_of, ip)
         session = self.store.active_session(mac, self.now()) if mac else None
         if session is not None and session.ip != ip:
             session = None

@@ -31,11 +31,24 @@ class Firewall:
         carried = self.read_carried_state(carry_garden)
         self.nft.run(plan_ruleset(cfg, sessions, now, carried))
 
-    def authorize(self, session: Session, now: int) -> None:
-        self.nft.run(plan_authorize(session, now))
+    def authorize(self, session: Session, now: int, class_text: str | None = None) -> None:
+        self.nft.run(plan_authorize(session, now, class_text))
 
-    def revoke(self, mac: str, ip: str) -> None:
-        self.nft.run(plan_revoke(mac, ip))
+    def revoke(self, mac: str, ip: str, shaped: bool = False) -> None:
+        self.nft.run(plan_revoke(mac, ip, shaped))
+
+    def client_classes(self) -> dict[str, str]:
+        """The kernel's address -> HTB class map (empty when shaping is off)."""
+        try:
+            data = self.nft.run_json(f"list map {FAMILY} {TABLE} client_class")
+        except FirewallError:
+            return {}
+        out: dict[str, str] = {}
+        for item in data:
+            for elem in item.get("map", {}).get("elem", []):
+                key, value = elem
+                out[str(key)] = str(value)
+        return out
 
     def remove(self) -> None:
         self.nft.run(

@@ -24,7 +24,8 @@ gateway's dnsmasq; unauthorized port-80 traffic is redirected to the
 portal's redirect port; everything else from an unauthorized client to the
 outside is rejected unless it goes to the walled garden. The forward chain
 checks *every* packet (not only new connections), so a deauth cuts running
-connections at once.
+connections at once. With client isolation, nothing from the LAN is routed
+back into the LAN (the bridge table only stops frames bridged port to port).
 
 A full apply replaces the table in one transaction (add, delete, re-create),
 so there is never a moment without rules; sessions and the dynamic sets the
@@ -39,10 +40,12 @@ from dataclasses import dataclass, field
 
 from gateway.config.schema import Config
 from gateway.model import Session
+from gateway.shaping.plan import LOCAL_MINOR, TRUSTED_MINOR, classid_text, client_minor
 
 TABLE = "desanet"
 FAMILY = "inet"
 GARDEN_DNS_TIMEOUT = 86400  # walled-garden names stay allowed a day after they resolve
+TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
 
 MacIp = tuple[str, str]
 
@@ -85,6 +88,7 @@ def plan_ruleset(
 ) -> str:
     """Return an nft script that atomically (re)creates the desanet tables."""
     carried = carried or CarriedState()
+    sessions = list(sessions)
     lan = _quote(cfg.network.lan_interface)
     wan = _quote(cfg.network.wan_interface)
     lan_ip = cfg.lan_ip
@@ -120,8 +124,15 @@ def plan_ruleset(
             _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns6),
         ]
     )
+    if cfg.shaping.enabled:
+        sets += _set("client_class", "ipv4_addr : classid", elems=[
+            f"{s.ip} : {client_class_text(cfg, s.ip)}" for s in sessions if s.expires > now
+        ]).replace("  set client_class", "  map client_class")
     ports = f"{{ {portal.http_port}, {portal.redirect_port} }}"
     authorized = "ether saddr . ip saddr @auth4"
+    # Client isolation also at layer 3: without this, a client with a route to
+    # a neighbour via the gateway would be forwarded back out of the LAN.
+    hairpin = f"oifname {lan} drop\n    " if cfg.network.client_isolation else ""
 
     chains = f"""
   chain nat_prerouting {{
@@ -170,13 +181,13 @@ def plan_ruleset(
   }}
   chain filter_forward {{
     type filter hook forward priority filter; policy drop;
-    iifname {lan} jump lan_forward
+{_classify_forward(cfg)}    iifname {lan} jump lan_forward
     oifname {lan} ct state established,related accept
   }}
   chain lan_forward {{
     ether saddr @blocked_mac drop
     meta nfproto ipv6 drop
-    ct state invalid drop
+    {hairpin}ct state invalid drop
     ether saddr @trusted_mac accept
     {authorized} update @active4 {{ ether saddr . ip saddr }} accept
     ip daddr @garden4 accept
@@ -187,7 +198,7 @@ def plan_ruleset(
   chain filter_output {{
     type filter hook output priority filter; policy accept;
     oifname {lan} meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type nd-router-advert drop
-  }}
+{_classify_output(cfg)}  }}
 """
     script = (
         f"table {FAMILY} {TABLE} {{}}\n"
@@ -195,6 +206,39 @@ def plan_ruleset(
         f"table {FAMILY} {TABLE} {{\n{sets}{chains}}}\n"
     )
     return script + _bridge_table(cfg)
+
+
+def client_class_text(cfg: Config, ip: str) -> str:
+    return classid_text(client_minor(cfg, ip))
+
+
+def _classify_forward(cfg: Config) -> str:
+    """Steer forwarded packets into HTB classes by setting skb priority.
+
+    Authorized clients by address (one map lookup, no tc filters); trusted
+    MACs through a conntrack mark, because the download direction carries no
+    client MAC yet.
+    """
+    if not cfg.shaping.enabled:
+        return ""
+    lan = _quote(cfg.network.lan_interface)
+    trusted = classid_text(TRUSTED_MINOR)
+    return (
+        f"    iifname {lan} ether saddr @trusted_mac ct mark set {TRUSTED_CT_MARK:#x}\n"
+        f"    ct mark {TRUSTED_CT_MARK:#x} meta priority set {trusted}\n"
+        f"    iifname {lan} meta priority set ip saddr map @client_class\n"
+        f"    oifname {lan} meta priority set ip daddr map @client_class\n"
+    )
+
+
+def _classify_output(cfg: Config) -> str:
+    """The gateway's own traffic gets the 'local' class on both devices."""
+    if not cfg.shaping.enabled:
+        return ""
+    lan = _quote(cfg.network.lan_interface)
+    wan = _quote(cfg.network.wan_interface)
+    local = classid_text(LOCAL_MINOR)
+    return f"    oifname {{ {lan}, {wan} }} meta priority set {local}\n"
 
 
 def _bridge_table(cfg: Config) -> str:
@@ -217,8 +261,12 @@ def _bridge_table(cfg: Config) -> str:
     )
 
 
-def plan_authorize(session: Session, now: int) -> str:
-    """nft commands that add (or refresh) one client; one transaction, O(1)."""
+def plan_authorize(session: Session, now: int, class_text: str | None = None) -> str:
+    """nft commands that add (or refresh) one client; one transaction, O(1).
+
+    ``class_text`` (e.g. "1:105") also steers the client's traffic into its
+    HTB class when shaping is enabled.
+    """
     key = element_key(session.mac, session.ip)
     left = max(1, session.expires - now)
     idle = min(session.idle_timeout, left)
@@ -229,16 +277,24 @@ def plan_authorize(session: Session, now: int) -> str:
         lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout {timeout}s }}")
         lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
         lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout {timeout}s }}")
+    if class_text is not None:
+        ip = session.ip
+        lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
+        lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")
+        lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
     return "\n".join(lines) + "\n"
 
 
-def plan_revoke(mac: str, ip: str) -> str:
+def plan_revoke(mac: str, ip: str, shaped: bool = False) -> str:
     """nft commands that remove one client; idempotent (add first, then delete)."""
     key = element_key(mac, ip)
     lines = []
     for name in ("auth4", "active4"):
         lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout 1s }}")
         lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
+    if shaped:
+        lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : 1:2 }}")
+        lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")
     return "\n".join(lines) + "\n"
 
 

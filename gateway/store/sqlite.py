@@ -144,6 +144,19 @@ class Store:
             ).fetchall()
         return [Session(*r) for r in rows]
 
+    def change_plan(self, mac: str, plan: str | None, now: int) -> Session | None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sessions SET plan=? WHERE mac=? AND ended IS NULL AND expires>?",
+                (plan, mac, now),
+            )
+            row = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions "
+                "WHERE mac=? AND ended IS NULL AND expires>?",
+                (mac, now),
+            ).fetchone()
+        return Session(*row) if row else None
+
     def expire_sessions(self, now: int) -> list[Session]:
         """Mark sessions whose time ran out as ended; return them."""
         with self._tx() as db:

@@ -66,7 +66,11 @@ def test_minimal_config_gets_defaults() -> None:
          'walled_garden.addresses[0]: "10.0.0.1/8"'),
         ('[walled_garden]\nhostnames = ["not a host"]\n', "walled_garden.hostnames[0]"),
         ('[site2]\nx = 1\n', "site2: unknown key; valid keys here are: site, network"),
-        ('[shaping]\nclient_down = "50mbit"\n', "must not exceed uplink"),
+        ('[shaping]\nclient_down = "50mbit"\n',
+         "shaping: default plan (client_*) is faster than the uplink (down 50000000bit/s > uplink_down)"),
+        ('[shaping.plans.school]\ndown = "4mbit"\nup = "1mbit"\nceil_down = "2mbit"\n',
+         "shaping.plans.school: ceil_down is below down"),
+        ('[shaping.plans."Bad Name"]\ndown = "4mbit"\nup = "1mbit"\n', "shaping.plans.Bad Name"),
         ('[shaping.plans.school]\ndown = "100mbit"\nup = "1mbit"\n',
          "plan 'school' (plans.school) is faster"),
     ],
@@ -95,6 +99,13 @@ def test_dhcp_range_outside_lan_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config_text(BASE.replace("10.42.0.250", "10.43.0.250"))
     assert "dhcp.range_end = 10.43.0.250 is not a usable host" in info.value.problems[0]
+
+
+def test_shaping_needs_a_lan_of_at_most_slash_17() -> None:
+    text = BASE.replace("10.42.0.1/24", "10.42.0.1/16") + "[shaping]\nenabled = true\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text)
+    assert "network.lan_address 10.42.0.0/16 is larger than /17" in info.value.problems[0]
 
 
 def test_missing_section_names_field() -> None:

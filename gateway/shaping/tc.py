@@ -1,0 +1,207 @@
+"""tc adapter: HTB trees through pyroute2 netlink (no `tc` processes).
+
+Reads the kernel's classes back, so the daemon can reconcile after a restart
+instead of rebuilding; only the differences computed by
+:func:`gateway.shaping.plan.diff_classes` are applied.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import ShapingError
+from gateway.shaping.plan import (
+    ROOT_MAJOR,
+    UNAUTHORIZED_MINOR,
+    UPLINK_MINOR,
+    DeviceTree,
+    HtbClass,
+    TcOp,
+    classid,
+    diff_classes,
+    leaf_limit_packets,
+)
+
+_TC_H_ROOT = 0xFFFFFFFF
+_ROOT_HANDLE = ROOT_MAJOR << 16
+LEAF_PREFERENCE = ("fq_codel", "cake")  # best first; pfifo is the fallback
+
+
+@dataclass(frozen=True, slots=True)
+class ClassStats:
+    minor: int
+    bytes: int
+    packets: int
+    drops: int
+    backlog: int
+    overlimits: int
+
+
+class Shaper:
+    """Synchronous; the daemon calls it from its netlink thread."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+        self._lock = threading.Lock()
+        self.leaf_kind: str | None = None  # decided on first use: fq_codel, cake or pfifo
+        # Classes we know exist, per device: we are the tree's only writer, so
+        # single-client changes need no dump of thousands of classes.
+        self._known: dict[str, dict[int, HtbClass]] = {}
+
+    def _ip(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def _index(self, device: str) -> int:
+        found = self._ip().link_lookup(ifname=device)
+        if not found:
+            raise ShapingError(f"interface {device!r} does not exist; check network.* in the config")
+        return int(found[0])
+
+    # -- whole trees ----------------------------------------------------------
+
+    def reconcile(self, tree: DeviceTree) -> list[TcOp]:
+        """Make the device's tree match ``tree``; return the operations applied."""
+        with self._lock:
+            index = self._index(tree.device)
+            self._ensure_root(index)
+            observed = self._observe(index)
+            ops = diff_classes(tree, observed)
+            self._apply(index, ops)
+            self._known[tree.device] = tree.by_minor()
+            return ops
+
+    def upsert(self, device: str, cls: HtbClass) -> str:
+        """Add a class, or change it in place (connections and queue kept)."""
+        with self._lock:
+            index = self._index(device)
+            known = self._known.setdefault(device, {})
+            have = known.get(cls.minor)
+            if have is not None and have.same_shape(cls):
+                return "unchanged"
+            op = TcOp("change", cls) if have is not None else TcOp("add", cls)
+            self._apply(index, [op])
+            known[cls.minor] = cls
+            return op.action
+
+    def delete(self, device: str, cls: HtbClass) -> bool:
+        with self._lock:
+            known = self._known.setdefault(device, {})
+            if cls.minor not in known:
+                return False
+            self._apply(self._index(device), [TcOp("delete", cls)])
+            del known[cls.minor]
+            return True
+
+    def apply(self, device: str, ops: list[TcOp]) -> None:
+        with self._lock:
+            self._apply(self._index(device), ops)
+
+    def observe(self, device: str) -> dict[int, HtbClass]:
+        with self._lock:
+            return self._observe(self._index(device))
+
+    def remove(self, device: str) -> None:
+        with self._lock:
+            index = self._index(device)
+            if self._root_is_ours(index):
+                self._call("del", index=index, handle=_ROOT_HANDLE, parent=_TC_H_ROOT)
+            self._known.pop(device, None)
+
+    def stats(self, device: str) -> dict[int, ClassStats]:
+        with self._lock:
+            out: dict[int, ClassStats] = {}
+            for msg in self._ip().get_classes(self._index(device)):
+                if msg["handle"] >> 16 != ROOT_MAJOR:
+                    continue
+                st = msg.get_attr("TCA_STATS2")
+                basic = (st.get_attr("TCA_STATS_BASIC") if st else None) or {}
+                queue = (st.get_attr("TCA_STATS_QUEUE") if st else None) or {}
+                minor = msg["handle"] & 0xFFFF
+                out[minor] = ClassStats(minor, basic.get("bytes", 0), basic.get("packets", 0),
+                                        queue.get("drops", 0), queue.get("backlog", 0),
+                                        queue.get("overlimits", 0))
+            return out
+
+    # -- internals --------------------------------------------------------------
+
+    def _root_is_ours(self, index: int) -> bool:
+        for q in self._ip().get_qdiscs(index):
+            if q["parent"] == _TC_H_ROOT:
+                return bool(q.get_attr("TCA_KIND") == "htb" and q["handle"] == _ROOT_HANDLE)
+        return False
+
+    def _ensure_root(self, index: int) -> None:
+        if self._root_is_ours(index):
+            return
+        # First start (or someone replaced it): this is the only moment the
+        # device's queueing is rebuilt.
+        self._call("replace", "htb", index, _ROOT_HANDLE, parent=_TC_H_ROOT,
+                   default=UNAUTHORIZED_MINOR)
+
+    def _observe(self, index: int) -> dict[int, HtbClass]:
+        found: dict[int, HtbClass] = {}
+        for msg in self._ip().get_classes(index):
+            if msg.get_attr("TCA_KIND") != "htb" or msg["handle"] >> 16 != ROOT_MAJOR:
+                continue
+            opts = msg.get_attr("TCA_OPTIONS")
+            parms = opts.get_attr("TCA_HTB_PARMS") if opts else None
+            if parms is None:
+                continue
+            rate = (opts.get_attr("TCA_HTB_RATE64") or parms["rate"]) * 8
+            ceil = (opts.get_attr("TCA_HTB_CEIL64") or parms["ceil"]) * 8
+            parent = msg["parent"]
+            parent_minor = None if parent == _ROOT_HANDLE else parent & 0xFFFF
+            minor = msg["handle"] & 0xFFFF
+            found[minor] = HtbClass(minor, parent_minor, rate, ceil, parms["prio"], "")
+        return found
+
+    def _apply(self, index: int, ops: list[TcOp]) -> None:
+        for op in ops:
+            cls = op.cls
+            if op.action == "delete":
+                self._call("del-class", index=index, handle=classid(cls.minor),
+                           parent=self._parent_id(cls))
+                continue
+            self._call("add-class" if op.action == "add" else "change-class", "htb", index,
+                       classid(cls.minor), parent=self._parent_id(cls), rate=f"{cls.rate}bit",
+                       ceil=f"{cls.ceil}bit", prio=cls.prio, quantum=cls.quantum)
+            if op.action == "add" and cls.minor != UPLINK_MINOR:
+                self._attach_leaf(index, cls)
+
+    @staticmethod
+    def _parent_id(cls: HtbClass) -> int:
+        return _ROOT_HANDLE if cls.parent_minor is None else classid(cls.parent_minor)
+
+    def _attach_leaf(self, index: int, cls: HtbClass) -> None:
+        handle = cls.minor << 16
+        parent = classid(cls.minor)
+        candidates = [self.leaf_kind] if self.leaf_kind else list(LEAF_PREFERENCE)
+        for kind in candidates:
+            if kind == "pfifo":
+                break
+            try:
+                self._ip().tc("replace", kind, index, handle, parent=parent)
+            except Exception:
+                continue
+            self.leaf_kind = kind
+            return
+        self.leaf_kind = "pfifo"
+        self._call("replace", "pfifo", index, handle, parent=parent,
+                   limit=leaf_limit_packets(cls))
+
+    def _call(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            self._ip().tc(*args, **kwargs)
+        except Exception as exc:
+            raise ShapingError(f"tc {args[0]} {kwargs.get('handle', '')!s} failed: {exc}") from exc
