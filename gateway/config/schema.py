@@ -23,7 +23,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.config.units import json_quote, parse_duration, parse_rate
+from gateway.config.units import (
+    json_quote,
+    parse_duration,
+    parse_rate,
+    parse_size,
+    parse_time_of_day,
+)
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -269,6 +275,73 @@ class Shaping(_Section):
         return self
 
 
+def _size(value: object) -> int:
+    return parse_size(value)  # type: ignore[arg-type]
+
+
+def _time_of_day(value: str) -> str:
+    parse_time_of_day(value)
+    return value
+
+
+def _upstream(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            f"{json_quote(value)} is not an upstream base URL; "
+            "write e.g. \"https://dukcapil.kemendagri.go.id\" (http or https, no query)"
+        )
+    return value.rstrip("/")
+
+
+def _url_path(value: str) -> str:
+    if not value.startswith("/") or "://" in value or any(c.isspace() for c in value):
+        raise ValueError(f"{json_quote(value)} is not a path; write e.g. \"/informasi\"")
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+TimeOfDay = Annotated[str, AfterValidator(_time_of_day)]
+UpstreamUrl = Annotated[str, AfterValidator(_upstream)]
+UrlPath = Annotated[str, AfterValidator(_url_path)]
+
+
+class GovService(_Section):
+    """One government service in the local catalog (http://layanan.desa/<slug>/)."""
+
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", examples=["dukcapil"])
+    title_id: str = Field(min_length=1, max_length=120, examples=["Data Kependudukan"])
+    title_en: str = Field(min_length=1, max_length=120, examples=["Population records"])
+    upstream: UpstreamUrl = Field(examples=["https://dukcapil.kemendagri.go.id"])
+    # How long a stale copy may still be served while the upstream is unreachable.
+    offline_for: Duration = Field(7 * 86400, examples=["7d"])
+    prefetch: list[UrlPath] = Field(default_factory=list, examples=[["/", "/informasi"]])
+    queue_posts: bool = Field(False, examples=[True])
+
+
+class LocalServices(_Section):
+    enabled: bool = Field(False, examples=[True])
+    hostname: Hostname = Field("layanan.desa", examples=["layanan.desa"])
+    cache_size: Size = Field(2 * 1024**3, examples=["2gb"])
+    prefetch_at: TimeOfDay = Field("02:30", examples=["02:30"])
+    prefetch_rate: Rate = Field(1_000_000, examples=["1mbit"])
+    request_timeout: Duration = Field(15, examples=["15s"])
+    services: list[GovService] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_slugs(self) -> LocalServices:
+        slugs = [s.slug for s in self.services]
+        dupes = sorted({s for s in slugs if slugs.count(s) > 1})
+        if dupes:
+            raise PydanticCustomError(
+                "duplicate_slug", "service slugs must be unique; repeated: {dupes}",
+                {"dupes": ", ".join(dupes)},
+            )
+        return self
+
+
 class Control(_Section):
     socket: str = Field("/run/desanet/control.sock", examples=["/run/desanet/control.sock"])
 
@@ -278,7 +351,7 @@ class Store(_Section):
     run_dir: str = Field("/run/desanet", examples=["/run/desanet"])
 
 
-class Services(_Section):
+class Programs(_Section):
     dnsmasq: str = Field("dnsmasq", examples=["/usr/sbin/dnsmasq"])
 
 
@@ -292,7 +365,8 @@ class Config(_Section):
     shaping: Shaping = Shaping()
     control: Control = Control()
     store: Store = Store()
-    services: Services = Services()
+    programs: Programs = Programs()
+    local_services: LocalServices = LocalServices()
 
     @model_validator(mode="after")
     def _dhcp_inside_lan(self) -> Config:

@@ -65,3 +65,29 @@ def format_rate(bits: int) -> str:
         if bits % size == 0 and bits >= size:
             return f"{bits // size}{unit}"
     return f"{bits}bit"
+
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)(b|kb|mb|gb)$")
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_size(text: str) -> int:
+    """Return bytes for "500mb", "2gb" (powers of 1024, as disks are reported)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{json_quote(text)} is not a size; write e.g. \"500mb\" or \"2gb\"")
+    match = _SIZE_RE.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"{json_quote(text)} is not a size; write e.g. \"500mb\" or \"2gb\"")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if size <= 0:
+        raise ValueError(f"{json_quote(text)} must be above zero; write e.g. \"500mb\"")
+    return size
+
+
+def parse_time_of_day(text: str) -> tuple[int, int]:
+    """Return (hour, minute) for "02:30"."""
+    match = _TIME_RE.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"{json_quote(text)} is not a time of day; write e.g. \"02:30\"")
+    return int(match.group(1)), int(match.group(2))

@@ -68,7 +68,7 @@ class Gateway:
         self.netlink = NetlinkThread()
         self.shaping = ShapingService(lambda: self.cfg, self.netlink)
         self.dnsmasq = Dnsmasq(
-            cfg.services.dnsmasq,
+            cfg.programs.dnsmasq,
             str(self.run_dir / "dnsmasq.conf"),
             str(self.run_dir / "dnsmasq.pid"),
         )

@@ -50,7 +50,7 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
         },
         "control": {"socket": f"{sd}/control.sock"},
         "store": {"state_dir": f"{sd}/state", "run_dir": f"{sd}/run"},
-        "services": {"dnsmasq": "/usr/sbin/dnsmasq"},
+        "programs": {"dnsmasq": "/usr/sbin/dnsmasq"},
     }
 
 
