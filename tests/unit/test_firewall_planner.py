@@ -119,6 +119,8 @@ def test_client_isolation(isolation: bool, has_drop: bool) -> None:
     script = plan_ruleset(make_config(network={"client_isolation": isolation}), [], NOW)
     assert "delete table bridge desanet" in script
     assert ("chain isolate" in script) is has_drop
+    # ... and at layer 3: a client routing to a neighbour via the gateway is not hairpinned.
+    assert ('oifname "br-lan" drop' in chain(script, "lan_forward")) is has_drop
 
 
 def test_full_apply_is_one_atomic_replace() -> None:
