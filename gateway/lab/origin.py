@@ -25,6 +25,7 @@ from typing import cast
 
 from aiohttp import web
 
+from gateway.lab import gov_origin
 from gateway.lab import plan as p
 
 INTERNET_BODY = "desanet-lab internet OK\n"
@@ -104,6 +105,7 @@ HOSTS: dict[str, Handler] = {
     "captive.apple.com": _apple,
     "www.msftconnecttest.com": _microsoft,
     "detectportal.firefox.com": _firefox,
+    gov_origin.HOST: gov_origin.handle,
 }
 
 

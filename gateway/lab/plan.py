@@ -65,6 +65,7 @@ WAN_SERVICE_ADDRESSES = (
 
 INTERNET_HOST = "internet.lab"
 GOVERNMENT_HOST = "layanan.lab"
+DUKCAPIL_HOST = "dukcapil.lab"  # test origin of the local services cache (gov_origin)
 OUTSIDE_HOST = "outside.lab"
 CONNCHECK_HOSTS = (
     "connectivitycheck.gstatic.com",

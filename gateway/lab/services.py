@@ -28,6 +28,7 @@ DHCP_TIMEOUT = 30.0
 ISP_RECORDS: dict[str, tuple[str, ...]] = {
     p.INTERNET_HOST: (p.INTERNET_V4, p.INTERNET_V6),
     p.GOVERNMENT_HOST: (p.GOVERNMENT_V4,),
+    p.DUKCAPIL_HOST: (p.GOVERNMENT_V4,),
     **{host: (p.CONNCHECK_V4,) for host in p.CONNCHECK_HOSTS},
 }
 # ... and for the "outside" resolver (198.51.100.99): a distinct answer for

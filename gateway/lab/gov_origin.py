@@ -1,0 +1,126 @@
+"""A government-service origin for cache and store-and-forward tests.
+
+Served in the lab's WAN namespace as ``dukcapil.lab``. Every endpoint
+counts the requests it answers, so tests can tell a cache hit (the origin saw
+nothing) from a miss; ``/_lab/stats`` returns the counters as JSON.
+
+- ``/``            HTML, max-age=30, ETag and Last-Modified
+- ``/etag``        no-cache + ETag: every use must revalidate (304 when it matches)
+- ``/vary``        Vary: Accept-Language, body in "id" or "en"
+- ``/nostore``     Cache-Control: no-store
+- ``/slow``        cacheable, answers after ``?ms=`` milliseconds (request collapsing)
+- ``/swr``         max-age=1, stale-while-revalidate=30
+- ``/big``         ``?mb=N`` deterministic bytes, max-age=3600, streamed
+- ``/form``        POST with an Idempotency-Key; a repeated key gets the first answer
+- ``/_lab/submissions``  what ``/form`` received, per key
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from email.utils import formatdate
+
+from aiohttp import web
+
+HOST = "dukcapil.lab"
+_COUNTS: Counter[str] = Counter()
+_SUBMISSIONS: dict[str, dict[str, object]] = {}
+_STARTED = formatdate(usegmt=True)
+_CHUNK = bytes(range(256)) * 256  # 64 KiB
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="id"><head><meta charset="utf-8"><title>{title}</title>'
+            f"</head><body><h1>{title}</h1><p>{body}</p></body></html>\n")
+
+
+def _etag(text: str) -> str:
+    return '"' + hashlib.sha256(text.encode()).hexdigest()[:16] + '"'
+
+
+def _html(text: str, headers: dict[str, str], request: web.Request) -> web.Response:
+    etag = headers.get("ETag")
+    if etag and etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(text=text, content_type="text/html", charset="utf-8", headers=headers)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    path = request.path
+    _COUNTS[path] += 1
+    if path == "/":
+        text = _page("Dukcapil (lab)", "Layanan data kependudukan desa.")
+        return _html(text, {"Cache-Control": "max-age=30", "ETag": _etag(text),
+                            "Last-Modified": _STARTED}, request)
+    if path == "/etag":
+        text = _page("Formulir", "Selalu divalidasi ulang.")
+        return _html(text, {"Cache-Control": "no-cache", "ETag": _etag(text)}, request)
+    if path == "/vary":
+        lang = "en" if request.headers.get("Accept-Language", "").lower().startswith("en") else "id"
+        text = _page("Hello" if lang == "en" else "Halo", lang)
+        return web.Response(text=text, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "max-age=300", "Vary": "Accept-Language",
+                                     "Content-Language": lang})
+    if path == "/nostore":
+        return web.Response(text=f"private {_COUNTS[path]}\n",
+                            headers={"Cache-Control": "no-store"})
+    if path == "/slow":
+        await asyncio.sleep(int(request.query.get("ms", "500")) / 1000)
+        return web.Response(text="slow page\n", headers={"Cache-Control": "max-age=60"})
+    if path == "/swr":
+        return web.Response(text=f"version {_COUNTS[path]}\n",
+                            headers={"Cache-Control": "max-age=1, stale-while-revalidate=30"})
+    if path == "/big":
+        return await _big(request)
+    if path == "/form":
+        return await _form(request)
+    if path == "/_lab/submissions":
+        return web.json_response(_SUBMISSIONS)
+    if path == "/_lab/stats":
+        return web.json_response(dict(_COUNTS))
+    return web.Response(status=404, text=f"no such page: {path}\n")
+
+
+async def _big(request: web.Request) -> web.StreamResponse:
+    size = int(float(request.query.get("mb", "1")) * 1024 * 1024)
+    resp = web.StreamResponse(headers={"Cache-Control": "max-age=3600",
+                                       "Content-Type": "application/octet-stream",
+                                       "ETag": f'"big-{size}"'})
+    resp.content_length = size
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    sent = 0
+    while sent < size:
+        piece = _CHUNK[: min(len(_CHUNK), size - sent)]
+        await resp.write(piece)
+        sent += len(piece)
+    await resp.write_eof()
+    return resp
+
+
+async def _form(request: web.Request) -> web.StreamResponse:
+    if request.method != "POST":
+        return web.Response(text=_page("Formulir", "Kirim dengan POST."),
+                            content_type="text/html", headers={"Cache-Control": "no-store"})
+    key = request.headers.get("Idempotency-Key")
+    body = (await request.read()).decode(errors="replace")
+    if key and key in _SUBMISSIONS:
+        seen = _SUBMISSIONS[key]
+        seen["repeats"] = int(str(seen["repeats"])) + 1
+        return web.json_response({"received": seen["number"], "repeat": True}, status=201)
+    delay = float(request.query.get("delay", "0"))
+    number = len(_SUBMISSIONS) + 1
+    _SUBMISSIONS[key or f"no-key-{number}"] = {
+        "number": number, "body": body, "repeats": 0,
+        "reference": request.headers.get("X-Desanet-Reference"),
+    }
+    if delay:
+        # The submission is recorded, but the answer comes too late: a caller
+        # with a short timeout cannot know whether it arrived.
+        await asyncio.sleep(delay)
+    return web.Response(text=json.dumps({"received": number}), status=201,
+                        content_type="application/json")
