@@ -77,6 +77,7 @@ class Gateway:
         self._portal_runner: web.AppRunner | None = None
         self._control_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -134,12 +135,25 @@ class Gateway:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         try:
             await self.start()
             await self._stop.wait()
         finally:
             await self.stop()
+
+    def _reload_on_signal(self) -> None:
+        task = asyncio.create_task(self._reload_logged(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ControlError:
+            pass  # already logged by reload()
+        except DesanetError as exc:
+            log.error("reload failed: %s", exc)
 
     async def reload(self, cfg: Config | None = None) -> dict[str, Any]:
         """Apply a new config; a bad one is refused and the running one stays."""
@@ -150,7 +164,9 @@ class Gateway:
                 cfg = load_config(self.config_path)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
-                raise ControlError(f"reload refused: {exc}", 422) from exc
+                raise ControlError(
+                    f"reload refused, keeping the running config: {exc}", 422
+                ) from exc
         async with self._lock:
             old = self.cfg
             hostnames_same = old.walled_garden.hostnames == cfg.walled_garden.hostnames

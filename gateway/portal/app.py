@@ -137,6 +137,7 @@ class Portal:
         self.backend = backend
         self.limiter = limiter
         self.hosts = frozenset({cfg.portal.hostname.lower(), cfg.lan_ip})
+        self.local_hosts: dict[str, Handler] = {}
 
     # -- helpers -----------------------------------------------------------
 
@@ -334,7 +335,11 @@ class Portal:
         """RFC 8908 captive portal API."""
         client = await self.client(request)
         body: dict[str, object] = {"captive": True, "user-portal-url": self.cfg.portal_url}
-        if client.session is not None and self.has_session(client):
+        if client.mac is not None and client.mac in self.cfg.access.trusted_macs:
+            # The firewall lets trusted MACs through without a session; saying
+            # "captive" would make the phone pop up a sign-in it does not need.
+            body["captive"] = False
+        elif client.session is not None and self.has_session(client):
             body["captive"] = False
             body["seconds-remaining"] = client.session.remaining(self.backend.now())
         body["can-extend-session"] = False
@@ -348,6 +353,12 @@ class Portal:
     async def redirect_foreign(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.is_portal_host(request):
             return await handler(request)
+        local = self.local_hosts.get(host_without_port(request.headers.get(hdrs.HOST, "")))
+        if local is not None:
+            # A local service on the gateway (e.g. the government-services
+            # catalog): its own pages, headers and caching rules.
+            request[LOCAL_REQUEST] = True
+            return await local(request)
         target = self.cfg.portal_url
         host = request.headers.get(hdrs.HOST)
         if host:
@@ -376,20 +387,32 @@ class Portal:
 
     @staticmethod
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        if request.get(LOCAL_REQUEST):
+            return
         response.headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
         response.headers.update(SECURITY_HEADERS)
 
 
 PORTAL_KEY = web.AppKey("desanet_portal", Portal)
+LOCAL_REQUEST = "desanet_local_host"
 
 
 def create_portal_app(
-    cfg: Config, backend: PortalBackend, *, limiter: RateLimiter | None = None
+    cfg: Config,
+    backend: PortalBackend,
+    *,
+    limiter: RateLimiter | None = None,
+    local_hosts: Mapping[str, Handler] | None = None,
 ) -> web.Application:
-    """The portal app; serve it on both the portal port and the redirect port."""
+    """The portal app; serve it on both the portal port and the redirect port.
+
+    ``local_hosts`` maps other host names served by the gateway itself (the
+    local services catalog) to the handler that answers all their requests.
+    """
     if limiter is None:
         limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
     portal = Portal(cfg, backend, limiter)
+    portal.local_hosts = {k.lower(): v for k, v in (local_hosts or {}).items()}
     app = web.Application(
         client_max_size=MAX_BODY, middlewares=[portal.redirect_foreign, portal.error_pages]
     )

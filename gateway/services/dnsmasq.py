@@ -88,8 +88,11 @@ def read_leases(path: str) -> dict[str, str]:
 
 
 def _die_with_parent() -> None:
-    # A dnsmasq outliving a kill -9 of the daemon would hold ports 53/67 and
-    # block the restart; the kernel sends it SIGTERM when we die.
+    # Best effort only: dnsmasq drops privileges to an unprivileged user and
+    # the kernel clears the parent-death signal on that switch. What really
+    # keeps an orphaned dnsmasq (after a kill -9 of the daemon) from blocking
+    # ports 53/67 is Dnsmasq._kill_stale at the next start, and systemd's
+    # KillMode=control-group on a gateway.
     with contextlib.suppress(OSError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

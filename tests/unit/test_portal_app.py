@@ -248,6 +248,15 @@ async def test_captive_api_before_and_after_login() -> None:
                         "seconds-remaining": 4 * 3600 - 600, "can-extend-session": False}
 
 
+async def test_captive_api_trusted_mac_is_not_captive() -> None:
+    base = make_cfg()
+    cfg = base.model_copy(update={"access": base.access.model_copy(update={"trusted_macs": [MAC]})})
+    async with portal(cfg=cfg) as client:
+        data = json.loads(await (await get(client, "/api/captive")).read())
+        assert data == {"captive": False, "user-portal-url": "http://portal.desa/",
+                        "can-extend-session": False}
+
+
 # -- login / logout ----------------------------------------------------------
 
 async def test_terms_login_status_and_logout() -> None:
