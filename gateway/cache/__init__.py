@@ -1,0 +1,1 @@
+"""Government-services reverse-proxy cache: HTTP caching rules and the disk store."""

@@ -1,0 +1,419 @@
+"""Crash-safe disk store for cached responses, with a size limit and LRU eviction.
+
+Theory of operation
+-------------------
+Layout under ``directory``::
+
+    index.db      SQLite (WAL, synchronous=FULL): one row per stored response
+    bodies/<id>   response bodies, immutable once published
+    tmp/<id>      bodies being written
+    lock          flock'ed while a CacheStore is open (one process per directory)
+
+A body becomes visible in three steps: it is streamed into ``tmp/`` (never
+held in memory), fsync'ed and renamed into ``bodies/`` (then the directory
+is fsync'ed), and only then is its index row inserted, in the same
+transaction that deletes the older copy of the same key and Vary values.
+A crash at any point leaves either no row (the file is an orphan, removed
+at the next open) or a row whose file is complete.  At open we also drop
+rows whose file is missing or has the wrong size (an SD card losing data),
+and ``open_body`` re-checks the size, so a truncated body is never served.
+
+Blocking: ``commit``, ``update_meta``, ``delete``, ``flush`` and the
+constructor fsync (SQLite commit or file fsync); call them from a thread
+(``asyncio.to_thread``) on the event loop.  ``lookup``, ``touch``,
+``stats``, ``open_body`` and ``BodyWriter.write`` do no fsync and are short.
+``touch`` only records the time in memory; the times are flushed in one
+transaction every ``TOUCH_FLUSH_SECONDS``, before eviction and at close, so
+the hit path costs no disk write (a crash only loses LRU recency).
+All methods are thread-safe (one lock around the SQLite connection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from gateway.cache.rules import StoredMeta
+from gateway.errors import StoreError
+
+MAX_OBJECT_FRACTION = 8  # a single body may use at most max_bytes / 8
+TOUCH_FLUSH_SECONDS = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    vary TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    body TEXT NOT NULL UNIQUE,
+    last_used REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_key ON entries(key);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    key: str
+    meta: StoredMeta
+    size: int
+    path: Path
+    last_used: float
+
+
+def _meta_to_json(meta: StoredMeta) -> str:
+    return json.dumps({"status": meta.status, "headers": meta.headers, "request_time": meta.request_time,
+                       "response_time": meta.response_time, "vary": meta.vary})
+
+
+def _meta_from_json(text: str) -> StoredMeta:
+    d = json.loads(text)
+    return StoredMeta(int(d["status"]), dict(d["headers"]), float(d["request_time"]),
+                      float(d["response_time"]), dict(d.get("vary", {})))
+
+
+def _vary_key(meta: StoredMeta) -> str:
+    return json.dumps(meta.vary, sort_keys=True, separators=(",", ":"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BodyWriter:
+    """Streams one body to ``tmp/``; ``commit`` publishes it, ``abort`` drops it.
+
+    Use as a context manager to abort automatically when an exception escapes.
+    """
+
+    def __init__(self, store: CacheStore, key: str, meta: StoredMeta, limit: int) -> None:
+        self._store, self.key, self.meta, self._limit = store, key, meta, limit
+        self.name = secrets.token_hex(16)
+        self.tmp_path = store.directory / "tmp" / self.name
+        self._file: BinaryIO | None = open(self.tmp_path, "xb")  # noqa: SIM115 - closed in commit/abort
+        self.size = 0
+        self.too_large = False
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk (buffered, no fsync).  Past the size limit the body is
+        dropped at once (temp file deleted) and ``commit`` will return None."""
+        if self._done:
+            raise StoreError("cache body writer used after commit/abort; start a new one with begin()")
+        self.size += len(chunk)
+        if self.too_large:
+            return
+        if self.size > self._limit:
+            self.too_large = True
+            self._discard()
+            return
+        assert self._file is not None
+        self._file.write(chunk)
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_path)
+
+    def commit(self) -> Entry | None:
+        """fsync, publish and index the body; None if it was too large. Blocking."""
+        if self._done:
+            raise StoreError("cache body writer committed twice; start a new one with begin()")
+        self._done = True
+        if self.too_large or self._file is None:
+            self._discard()
+            return None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            return self._store._publish(self)
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        self._done = True
+        self._discard()
+
+    def __enter__(self) -> BodyWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._done:
+            self.abort()
+
+
+class CacheStore:
+    """Disk store of cached responses keyed by ``key`` (e.g. "GET https://host/path?q"),
+    several variants per key (one per distinct set of Vary request values)."""
+
+    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.max_object_bytes = max_bytes // MAX_OBJECT_FRACTION
+        self._lock = threading.RLock()
+        self._touches: dict[int, float] = {}
+        self._last_flush = time.monotonic()
+        try:
+            for sub in ("bodies", "tmp"):
+                (self.directory / sub).mkdir(parents=True, exist_ok=True)
+            self._lockfile = open(self.directory / "lock", "a+b")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise StoreError(f"cache directory {self.directory} is not writable ({exc}); "
+                             "check local_services storage path and permissions") from exc
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lockfile.close()
+            raise StoreError(f"cache directory {self.directory} is in use by another process; "
+                             "stop it or use another directory") from exc
+        self._db = self._open_db()
+        self._recover()
+        self._total = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+        with self._lock:
+            self._evict()
+
+    # ------------------------------------------------------------------ setup
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.directory / "index.db", check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _open_db(self) -> sqlite3.Connection:
+        """Open the index; a corrupt index is moved aside (the cache is rebuildable)."""
+        try:
+            db = self._connect()
+            if db.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                return db
+            db.close()
+        except sqlite3.DatabaseError:
+            pass
+        stamp = int(time.time())
+        for suffix in ("", "-wal", "-shm"):
+            src = self.directory / f"index.db{suffix}"
+            if src.exists():
+                os.replace(src, self.directory / f"index.db.corrupt-{stamp}{suffix}")
+        try:
+            return self._connect()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create cache index in {self.directory}: {exc}") from exc
+
+    def _recover(self) -> None:
+        """Delete temp files, rows without a complete body, and unreferenced bodies."""
+        for tmp in (self.directory / "tmp").iterdir():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        bodies = self.directory / "bodies"
+        referenced: set[str] = set()
+        bad: list[int] = []
+        for entry_id, body, size in self._db.execute("SELECT id, body, size FROM entries").fetchall():
+            try:
+                ok = (bodies / body).stat().st_size == size
+            except OSError:
+                ok = False
+            if ok:
+                referenced.add(body)
+            else:
+                bad.append(entry_id)
+        if bad:
+            with self._tx():
+                self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in bad])
+        for path in bodies.iterdir():
+            if path.name not in referenced:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    # ------------------------------------------------------------------ helpers
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cache index update failed: {exc}; the cache keeps its previous state") from exc
+
+    def _entry(self, row: tuple[int, str, str, int, str, float]) -> Entry:
+        entry_id, key, meta, size, body, last_used = row
+        last_used = max(last_used, self._touches.get(entry_id, last_used))
+        return Entry(entry_id, key, _meta_from_json(meta), size, self.directory / "bodies" / body, last_used)
+
+    def _unlink_bodies(self, names: list[str]) -> None:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / "bodies" / name)
+
+    # ------------------------------------------------------------------ reading
+
+    def lookup(self, key: str) -> list[Entry]:
+        """All stored variants for ``key`` (pick one with rules.pick_variant)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, key, meta, size, body, last_used FROM entries WHERE key = ? ORDER BY id",
+                (key,)).fetchall()
+            return [self._entry(r) for r in rows]
+
+    def open_body(self, entry: Entry) -> BinaryIO | None:
+        """The body opened for reading, or None if it is missing or not exactly
+        ``entry.size`` bytes (then the entry is dropped: never serve a truncated body)."""
+        try:
+            f = open(entry.path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError:
+            self._drop_broken(entry.id)
+            return None
+        if os.fstat(f.fileno()).st_size != entry.size:
+            f.close()
+            self._drop_broken(entry.id)
+            return None
+        return f
+
+    def _drop_broken(self, entry_id: int) -> None:
+        with contextlib.suppress(StoreError):
+            self.delete(entry_id)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            count = int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+            return {"entries": count, "bytes": self._total, "max_bytes": self.max_bytes}
+
+    # ------------------------------------------------------------------ writing
+
+    def begin(self, key: str, meta: StoredMeta) -> BodyWriter:
+        """Start writing a body for ``key``/``meta``.  Bodies over ``max_object_bytes``
+        (max_bytes / 8) are not cached: ``commit`` returns None."""
+        try:
+            return BodyWriter(self, key, meta, self.max_object_bytes)
+        except OSError as exc:
+            raise StoreError(f"cannot create a temp file in {self.directory / 'tmp'}: {exc}") from exc
+
+    def _publish(self, writer: BodyWriter) -> Entry:
+        final = self.directory / "bodies" / writer.name
+        os.replace(writer.tmp_path, final)
+        _fsync_dir(self.directory / "bodies")
+        now = time.time()
+        vary = _vary_key(writer.meta)
+        with self._lock:
+            try:
+                with self._tx():
+                    old = self._db.execute("SELECT id, size, body FROM entries WHERE key = ? AND vary = ?",
+                                           (writer.key, vary)).fetchall()
+                    self._db.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in old])
+                    cur = self._db.execute(
+                        "INSERT INTO entries (key, vary, meta, size, body, last_used) VALUES (?,?,?,?,?,?)",
+                        (writer.key, vary, _meta_to_json(writer.meta), writer.size, writer.name, now))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+                raise
+            for r in old:
+                self._touches.pop(r[0], None)
+            self._unlink_bodies([r[2] for r in old])
+            self._total += writer.size - sum(r[1] for r in old)
+            entry_id = int(cur.lastrowid or 0)
+            self._evict()
+        return Entry(entry_id, writer.key, writer.meta, writer.size, final, now)
+
+    def _evict(self) -> None:
+        """Delete least recently used entries until the total fits (lock held)."""
+        if self._total <= self.max_bytes:
+            return
+        self._flush_touches()
+        victims: list[tuple[int, int, str]] = []
+        excess = self._total - self.max_bytes
+        for entry_id, size, body in self._db.execute(
+                "SELECT id, size, body FROM entries ORDER BY last_used, id"):
+            if excess <= 0:
+                break
+            victims.append((entry_id, size, body))
+            excess -= size
+        with self._tx():
+            self._db.executemany("DELETE FROM entries WHERE id = ?", [(v[0],) for v in victims])
+        self._unlink_bodies([v[2] for v in victims])
+        self._total -= sum(v[1] for v in victims)
+
+    def update_meta(self, entry_id: int, meta: StoredMeta) -> None:
+        """Replace the stored metadata (after a 304), atomically.  Blocking (fsync)."""
+        with self._lock, self._tx():
+            self._db.execute("UPDATE entries SET meta = ?, vary = ? WHERE id = ?",
+                             (_meta_to_json(meta), _vary_key(meta), entry_id))
+
+    def touch(self, entry_id: int, now: float) -> None:
+        """Record a hit for LRU; in memory, flushed in batches (see module docstring)."""
+        with self._lock:
+            self._touches[entry_id] = now
+            if time.monotonic() - self._last_flush >= TOUCH_FLUSH_SECONDS:
+                with contextlib.suppress(StoreError):
+                    self._flush_touches()
+
+    def _flush_touches(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._touches:
+            return
+        pending, self._touches = self._touches, {}
+        with self._tx():
+            self._db.executemany("UPDATE entries SET last_used = MAX(last_used, ?) WHERE id = ?",
+                                 [(t, i) for i, t in pending.items()])
+
+    def flush(self) -> None:
+        """Write pending LRU times now.  Blocking (fsync)."""
+        with self._lock:
+            self._flush_touches()
+
+    def delete(self, entry_id: int) -> None:
+        """Remove one entry and its body.  Blocking (fsync)."""
+        with self._lock:
+            row = self._db.execute("SELECT size, body FROM entries WHERE id = ?", (entry_id,)).fetchone()
+            if row is None:
+                return
+            with self._tx():
+                self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+            self._touches.pop(entry_id, None)
+            self._total -= row[0]
+            self._unlink_bodies([row[1]])
+
+    def delete_key(self, key: str) -> None:
+        """Remove every variant of ``key`` (invalidation after an unsafe request)."""
+        for entry in self.lookup(key):
+            self.delete(entry.id)
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(StoreError):
+                self._flush_touches()
+            self._db.close()
+            self._lockfile.close()
+
+    def __enter__(self) -> CacheStore:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close()
