@@ -111,7 +111,7 @@ def create_control_app(gw: Gateway) -> web.Application:
             "portal_url": gw.cfg.portal_url,
             "lan_ip": gw.cfg.lan_ip,
             "portal_mode": gw.cfg.portal.mode,
-            "sessions_active": len(gw.store.active_sessions(now)),
+            "sessions_active": gw.store.count_active(now),
             "firewall": {"backend": gw.firewall.nft.backend},
             "dnsmasq": {"running": gw.dnsmasq.running, "pid": gw.dnsmasq.pid,
                         "restarts": gw.dnsmasq.restarts},

@@ -246,7 +246,7 @@ class Gateway:
             current = self.store.active_session(mac, now)
             if mac in self.cfg.access.blocked_macs:
                 raise PortalDenied("blocked")
-            if current is None and len(self.store.active_sessions(now)) >= self.cfg.portal.max_clients:
+            if current is None and self.store.count_active(now) >= self.cfg.portal.max_clients:
                 raise PortalDenied("full")
             voucher = None
             if voucher_code is not None:
@@ -347,7 +347,8 @@ class Gateway:
         await runner.setup()
         old_umask = os.umask(0o177)
         try:
-            await web.UnixSite(runner, str(path)).start()
+            # A deep backlog: bursts of CLI/TUI/bench calls wait instead of failing.
+            await web.UnixSite(runner, str(path), backlog=1024).start()
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)

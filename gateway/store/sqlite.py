@@ -135,6 +135,13 @@ class Store:
             ).fetchone()
         return Session(*row) if row else None
 
+    def count_active(self, now: int) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM sessions WHERE ended IS NULL AND expires>?", (now,)
+            ).fetchone()
+        return int(row[0])
+
     def active_sessions(self, now: int) -> list[Session]:
         with self._lock:
             rows = self._db.execute(
