@@ -174,6 +174,37 @@ def cmd_shaping(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_services(args: argparse.Namespace) -> int:
+    data = _client(args).request("GET", "/v1/services")
+    if args.json:
+        _print_json(data)
+        return 0
+    if not data["enabled"]:
+        print("local services are off (local_services.enabled = false)")
+        return 0
+    cache = data["cache"]
+    ratio = cache["hit_ratio"]
+    print(f"http://{data['hostname']}/  cache {cache['entries']} objects, "
+          f"{cache['bytes'] // 1024} KiB of {cache['max_bytes'] // 1048576} MiB, hit ratio "
+          f"{'-' if ratio is None else f'{ratio:.0%}'}")
+    print(f"  from cache {cache['bytes_from_cache']} B, fetched {cache['bytes_from_upstream']} B, "
+          f"stale served {cache['stale_served']}")
+    for slug, h in data["services"].items():
+        print(f"  {slug:16} {h['state']:8} errors {h['errors']}/{h['requests']}")
+    print(f"  queued forms: {data['outbox'] or 'none'}")
+    return 0
+
+
+def cmd_services_prefetch(args: argparse.Namespace) -> int:
+    data = _client(args).request("POST", "/v1/services/prefetch")
+    if args.json:
+        _print_json(data)
+    else:
+        for url, result in data["results"].items():
+            print(f"{result:13} {url}")
+    return 0
+
+
 def cmd_vouchers_create(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"count": args.count, "duration": args.duration,
                             "max_devices": args.max_devices}
@@ -314,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add(sub, "shaping", cmd_shaping, "per-class traffic counters of the shaping trees",
         json_flag=True)
+
+    services = add(sub, "services", cmd_services,
+                   "government-services cache: hit ratio, upstream health, queued forms",
+                   json_flag=True)
+    ssub = services.add_subparsers(dest="services_command", metavar="SUBCOMMAND")
+    add(ssub, "prefetch", cmd_services_prefetch, "warm the prefetch URLs now", json_flag=True)
 
     vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
     vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True)

@@ -282,6 +282,16 @@ class CacheStore:
                 (key,)).fetchall()
             return [self._entry(r) for r in rows]
 
+    def newest_response(self, key_prefix: str) -> float | None:
+        """When the newest stored response under ``key_prefix`` arrived (None: nothing stored)."""
+        pattern = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(json_extract(meta, '$.response_time')) FROM entries "
+                "WHERE key LIKE ? ESCAPE '\\'",
+                (pattern,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def open_body(self, entry: Entry) -> BinaryIO | None:
         """The body opened for reading, or None if it is missing or not exactly
         ``entry.size`` bytes (then the entry is dropped: never serve a truncated body)."""

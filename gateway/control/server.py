@@ -177,6 +177,18 @@ def create_control_app(gw: Gateway) -> web.Application:
         await gw.shaping.sample()
         return web.json_response(gw.shaping.status_json())
 
+    @routes.get("/v1/services")
+    async def services(_: web.Request) -> web.Response:
+        if gw.local is None:
+            return web.json_response({"enabled": False})
+        return web.json_response(gw.local.status_json())
+
+    @routes.post("/v1/services/prefetch")
+    async def prefetch(_: web.Request) -> web.Response:
+        if gw.local is None:
+            raise ControlError("local_services.enabled is false; nothing to prefetch", 409)
+        return web.json_response(await gw.local.prefetch())
+
     @routes.get("/v1/vouchers")
     async def vouchers(request: web.Request) -> web.Response:
         now = gw.now()

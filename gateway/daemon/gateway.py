@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.cache.service import LocalServices
 from gateway.config import load_config
 from gateway.config.schema import Config
 from gateway.daemon import systemd
@@ -67,6 +68,7 @@ class Gateway:
         self.neighbours = Neighbours(str(self.state_dir / "dnsmasq.leases"))
         self.netlink = NetlinkThread()
         self.shaping = ShapingService(lambda: self.cfg, self.netlink)
+        self.local: LocalServices | None = None
         self.dnsmasq = Dnsmasq(
             cfg.programs.dnsmasq,
             str(self.run_dir / "dnsmasq.conf"),
@@ -100,6 +102,7 @@ class Gateway:
             render_dnsmasq_conf(self.cfg, str(self.state_dir), str(self.run_dir))
         )
         await self.dnsmasq.start()
+        await self._sync_local_services()
         await self._start_portal()
         await self._start_control()
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweep"))
@@ -124,6 +127,8 @@ class Gateway:
         for runner in (self._portal_runner, self._control_runner):
             if runner is not None:
                 await runner.cleanup()
+        if self.local is not None:
+            await self.local.stop()
         await self.dnsmasq.stop()
         await self.netlink.call(self.neighbours.close)
         await self.netlink.call(self.shaping.close)
@@ -183,6 +188,7 @@ class Gateway:
             if self.dnsmasq.write_config(conf):
                 await self.dnsmasq.restart()
             await self._stop_portal()
+            await self._sync_local_services()
             await self._start_portal()
         log.info("config reloaded")
         return {"reloaded": True}
@@ -321,10 +327,23 @@ class Gateway:
 
     # -- servers ------------------------------------------------------------------
 
+    async def _sync_local_services(self) -> None:
+        """Start or stop the government-services site to match the config."""
+        enabled = self.cfg.local_services.enabled
+        if enabled and self.local is None:
+            self.local = LocalServices(lambda: self.cfg, self.state_dir)
+            await self.local.start()
+        elif not enabled and self.local is not None:
+            await self.local.stop()
+            self.local = None
+
     async def _start_portal(self) -> None:
         from gateway.portal.app import create_portal_app
 
-        app = create_portal_app(self.cfg, self)
+        local_hosts = {}
+        if self.local is not None:
+            local_hosts[self.cfg.local_services.hostname] = self.local.handle
+        app = create_portal_app(self.cfg, self, local_hosts=local_hosts)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         for port in (self.cfg.portal.http_port, self.cfg.portal.redirect_port):

@@ -50,7 +50,11 @@ class ShapingService:
         return cfg.network.lan_interface if direction == "down" else cfg.network.wan_interface
 
     def class_text(self, session: Session) -> str | None:
-        return classid_text(client_minor(self._config(), session.ip)) if self.enabled else None
+        return self.ip_class_text(session.ip)
+
+    def ip_class_text(self, ip: str) -> str | None:
+        """The client_class map value of ``ip`` ("1:165"), None when shaping is off."""
+        return classid_text(client_minor(self._config(), ip)) if self.enabled else None
 
     async def reconcile(self, sessions: Iterable[Session], previous: Config | None = None) -> int:
         """Bring both trees in line with the sessions; return how many ops ran."""

@@ -8,15 +8,13 @@ real loader, so a lab never starts a daemon with a config it would reject.
 from __future__ import annotations
 
 import copy
-import json
-import re
 from typing import Any
+
+import tomli_w
 
 from gateway.config import Config, parse_config_text
 from gateway.errors import ConfigError, LabError
 from gateway.lab import plan as p
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
@@ -51,6 +49,22 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
         "control": {"socket": f"{sd}/control.sock"},
         "store": {"state_dir": f"{sd}/state", "run_dir": f"{sd}/run"},
         "programs": {"dnsmasq": "/usr/sbin/dnsmasq"},
+        # The government-services catalog at http://layanan.desa/, in front of
+        # the lab's dukcapil.lab origin (gateway/lab/gov_origin.py).
+        "local_services": {
+            "enabled": True,
+            "cache_size": "256mb",
+            "request_timeout": "5s",
+            "services": [{
+                "slug": "dukcapil",
+                "title_id": "Data Kependudukan (lab)",
+                "title_en": "Population records (lab)",
+                "upstream": f"http://{p.DUKCAPIL_HOST}",
+                "offline_for": "1d",
+                "prefetch": ["/"],
+                "queue_posts": True,
+            }],
+        },
     }
 
 
@@ -83,38 +97,8 @@ def lab_config_text(lab: p.LabPlan, spec: p.LabSpec) -> tuple[str, Config]:
 
 
 def dumps_toml(data: dict[str, Any]) -> str:
-    """Render nested dicts of strings, numbers, booleans and lists as TOML."""
-    lines: list[str] = []
-    _table(data, (), lines)
-    return "\n".join(lines).strip("\n") + "\n"
-
-
-def _table(data: dict[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
-    scalars = [(k, v) for k, v in data.items() if not isinstance(v, dict)]
-    tables = [(k, v) for k, v in data.items() if isinstance(v, dict)]
-    if path and (scalars or not tables):
-        lines.append("")
-        lines.append("[" + ".".join(_key(k) for k in path) + "]")
-    for key, value in scalars:
-        lines.append(f"{_key(key)} = {_value(value)}")
-    for key, value in tables:
-        _table(value, (*path, key), lines)
-
-
-def _key(key: object) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"TOML keys must be strings, got {key!r}")
-    return key if _BARE_KEY.match(key) else json.dumps(key)
-
-
-def _value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes are a subset of TOML basic-string escapes.
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} value {value!r} as TOML")
+    """Render a config dict as TOML (tomli-w: the maintained writer matching tomllib)."""
+    try:
+        return tomli_w.dumps(data)
+    except TypeError as exc:
+        raise TypeError(f"cannot write the lab config as TOML: {exc}") from exc

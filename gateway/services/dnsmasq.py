@@ -47,6 +47,8 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         f"local=/{domain}/",
         f"domain={domain}",
         f"address=/{cfg.portal.hostname}/{lan_ip}",
+        *([f"address=/{cfg.local_services.hostname}/{lan_ip}"]
+          if cfg.local_services.enabled else []),
         f"dhcp-range={cfg.dhcp.range_start},{cfg.dhcp.range_end},{net.netmask},{cfg.dhcp.lease_time}",
         f"dhcp-option=option:router,{lan_ip}",
         f"dhcp-option=option:dns-server,{lan_ip}",

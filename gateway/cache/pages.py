@@ -1,0 +1,145 @@
+"""Pages the gateway renders itself for the local services catalog (id/en).
+
+They reuse the portal's base template and Jinja2 environment (autoescape on),
+and say plainly when what is shown is an offline copy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config.schema import Config, GovService
+from gateway.portal.i18n import LANGUAGE_NAMES, translator
+from gateway.portal.templating import render
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "id": {
+        "catalog_title": "Layanan pemerintah",
+        "catalog_intro": "Layanan ini bisa dibuka tanpa masuk ke internet, juga saat jaringan "
+                         "ke luar desa terputus (dari salinan yang tersimpan).",
+        "state_online": "Tersambung",
+        "state_offline": "Salinan offline dari {when}",
+        "state_offline_none": "Tidak tersedia saat ini",
+        "state_unknown": "Belum dicek",
+        "open": "Buka",
+        "queue_note": "Formulir yang dikirim saat jaringan putus disimpan dan dikirim nanti.",
+        "check_title": "Cek status kiriman",
+        "check_label": "Nomor referensi",
+        "check_button": "Cek",
+        "receipt_title": "Formulir Anda tersimpan",
+        "receipt_body": "Jaringan ke {service} sedang terputus. Formulir Anda sudah disimpan "
+                        "dengan aman di hotspot desa dan akan dikirim otomatis saat jaringan "
+                        "kembali.",
+        "receipt_ref": "Nomor referensi Anda:",
+        "receipt_keep": "Catat nomor ini untuk mengecek status kiriman.",
+        "sub_title": "Status kiriman {ref}",
+        "sub_state_queued": "Menunggu jaringan, akan dikirim otomatis.",
+        "sub_state_sending": "Sedang dikirim.",
+        "sub_state_unknown": "Belum pasti sampai; dikirim ulang dengan aman (tanpa duplikat).",
+        "sub_state_delivered": "Sudah terkirim ke layanan.",
+        "sub_state_rejected": "Sudah sampai, tetapi ditolak oleh layanan (kode {status}).",
+        "sub_created": "Disimpan: {when}",
+        "sub_delivered": "Terkirim: {when}",
+        "sub_not_found": "Nomor referensi tidak ditemukan. Periksa lagi nomor yang Anda ketik.",
+        "unavailable_title": "Layanan tidak dapat dibuka",
+        "unavailable_body": "{service} sedang tidak dapat dihubungi dan halaman ini belum "
+                            "tersimpan di hotspot. Coba lagi nanti.",
+        "queue_off_body": "{service} sedang tidak dapat dihubungi, dan formulir layanan ini "
+                          "tidak bisa disimpan untuk dikirim nanti. Coba lagi nanti.",
+        "too_large_form": "Formulir terlalu besar untuk disimpan.",
+        "not_found_service": "Layanan ini tidak ada di katalog desa.",
+    },
+    "en": {
+        "catalog_title": "Government services",
+        "catalog_intro": "These services open without logging in to the internet, and also "
+                         "while the link out of the village is down (from a stored copy).",
+        "state_online": "Connected",
+        "state_offline": "Offline copy from {when}",
+        "state_offline_none": "Not available right now",
+        "state_unknown": "Not checked yet",
+        "open": "Open",
+        "queue_note": "Forms sent while the link is down are stored and delivered later.",
+        "check_title": "Check a submission",
+        "check_label": "Reference number",
+        "check_button": "Check",
+        "receipt_title": "Your form is saved",
+        "receipt_body": "The link to {service} is down. Your form is stored safely on the "
+                        "village hotspot and will be sent automatically when the link is back.",
+        "receipt_ref": "Your reference number:",
+        "receipt_keep": "Write this number down to check the status later.",
+        "sub_title": "Submission {ref}",
+        "sub_state_queued": "Waiting for the link; it will be sent automatically.",
+        "sub_state_sending": "Being sent now.",
+        "sub_state_unknown": "Not yet confirmed; being resent safely (no duplicates).",
+        "sub_state_delivered": "Delivered to the service.",
+        "sub_state_rejected": "Delivered, but the service refused it (code {status}).",
+        "sub_created": "Saved: {when}",
+        "sub_delivered": "Delivered: {when}",
+        "sub_not_found": "No submission has that reference number. Check what you typed.",
+        "unavailable_title": "Service unavailable",
+        "unavailable_body": "{service} cannot be reached and this page is not stored on the "
+                            "hotspot yet. Please try again later.",
+        "queue_off_body": "{service} cannot be reached, and this service's forms cannot be "
+                          "stored for later. Please try again later.",
+        "too_large_form": "The form is too large to store.",
+        "not_found_service": "This service is not in the village catalog.",
+    },
+}
+
+
+def t_for(lang: str) -> Any:
+    portal_t = translator(lang)
+    own = MESSAGES.get(lang, MESSAGES["id"])
+
+    def t(key: str, **values: object) -> str:
+        if key in own:
+            return own[key].format(**values)
+        return str(portal_t(key, **values))
+
+    return t
+
+
+def pick_lang(request: web.Request, cfg: Config) -> str:
+    for value in (request.query.get("lang"), request.cookies.get("lang")):
+        if value in ("id", "en"):
+            return value
+    return cfg.site.language
+
+
+def local_time(ts: float | None) -> str:
+    return time.strftime("%d-%m-%Y %H:%M", time.localtime(ts)) if ts else "-"
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    service: GovService
+    state_text: str
+    online: bool
+
+
+def page(cfg: Config, lang: str, template: str, title_key: str, status: int = 200,
+         path: str = "/", **context: object) -> web.Response:
+    t = t_for(lang)
+    other = "en" if lang == "id" else "id"
+    html = render(
+        template, lang=lang, t=t, title=t(title_key, **context), site_name=cfg.site.name,
+        village=cfg.site.village, contact=cfg.site.contact, other_lang=other,
+        other_lang_name=LANGUAGE_NAMES[other], other_lang_href=f"{path}?lang={other}",
+        url=None, **context,
+    )
+    resp = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; img-src data:")
+    if request_lang_set := context.get("set_lang"):
+        resp.set_cookie("lang", str(request_lang_set), max_age=365 * 86400, samesite="Lax")
+    return resp
+
+
+def message(cfg: Config, lang: str, status: int, title_key: str, text: str) -> web.Response:
+    return page(cfg, lang, "message.html", title_key, status=status, message=text,
+                home_href="/")

@@ -1,0 +1,345 @@
+"""The caching reverse proxy in front of the government services.
+
+Theory of operation
+-------------------
+``http://layanan.desa/<slug>/<path>`` maps to ``<upstream of slug>/<path>``.
+For GET and HEAD the stored copy (if any) and the request go through
+:func:`gateway.cache.rules.decide`:
+
+* FRESH                    -> serve from disk.
+* STALE_REVALIDATE_...     -> serve from disk now, refresh in the background.
+* REVALIDATE / MISS        -> ask the upstream (conditionally when a copy is
+                              stored). A 304 freshens the stored copy; a new
+                              storable answer is streamed to the villager and
+                              into the store at the same time. A refused or
+                              timed-out connection or a 5xx counts as an error:
+                              the stored copy is then served when the rules and
+                              the service's ``offline_for`` allow it, and is never
+                              evicted by a failed revalidation.
+
+Concurrent requests for the same URL wait for the first one (collapsing) and
+then re-decide, normally finding a fresh copy: one upstream request, not N.
+Bodies are streamed in 256 KiB pieces in both directions, never held whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.cache import rules
+from gateway.cache.health import ServiceHealth
+from gateway.cache.respond import serve_entry, stream_upstream
+from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict
+from gateway.cache.store import CacheStore, Entry
+from gateway.config.schema import GovService
+
+log = logging.getLogger("desanet.cache")
+
+# What a villager's request may carry to the upstream. Conditional fields are
+# the cache's own business; cookies and credentials pass (the rules keep such
+# answers out of the shared store unless the upstream marks them public).
+FORWARD_REQUEST_HEADERS = ("accept", "accept-language", "accept-encoding", "user-agent",
+                           "cookie", "authorization", "content-type", "cache-control", "pragma")
+
+
+@dataclass
+class Metrics:
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    revalidated: int = 0  # 304 from upstream: stored copy reused
+    stale_served: int = 0  # upstream unreachable or failing: stored copy served
+    stale_while_revalidate: int = 0
+    collapsed: int = 0  # requests that waited for another's upstream fetch
+    passthrough: int = 0
+    upstream_errors: int = 0
+    bytes_from_cache: int = 0
+    bytes_from_upstream: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)
+        served = self.hits + self.misses + self.stale_served + self.stale_while_revalidate
+        data["hit_ratio"] = round((served - self.misses) / served, 4) if served else None
+        return data
+
+
+class UpstreamDown(Exception):
+    """The upstream could not be used; ``status`` is the 5xx it sent, if any."""
+
+    def __init__(self, text: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(text)
+
+
+class CachingProxy:
+    def __init__(
+        self,
+        store: CacheStore,
+        health: Callable[[str], ServiceHealth],
+        timeout: float,
+        on_upstream_back: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._health = health
+        self.timeout = timeout
+        self.on_upstream_back = on_upstream_back
+        self.metrics = Metrics()
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- upstream ---------------------------------------------------------------
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False,  # stored bytes must match the stored Content-Encoding
+                cookie_jar=aiohttp.DummyCookieJar(),  # never mix villagers' cookies
+                timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
+                                              sock_read=self.timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    async def open_upstream(self, service: GovService, method: str, url: str,
+                    headers: dict[str, str], data: bytes | None = None) -> aiohttp.ClientResponse:
+        """Send one upstream request; raise UpstreamDown on connection errors and 5xx."""
+        health = self._health(service.slug)
+        try:
+            resp = await self.session().request(method, url, headers=headers, data=data,
+                                                allow_redirects=False)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
+            self.metrics.upstream_errors += 1
+            raise UpstreamDown(f"{type(exc).__name__}: {exc}") from exc
+        if resp.status in rules.ERROR_STATUSES:
+            health.record_error(time.time(), f"HTTP {resp.status}")
+            self.metrics.upstream_errors += 1
+            resp.release()
+            raise UpstreamDown(f"HTTP {resp.status}", resp.status)
+        if health.record_ok(time.time()) and self.on_upstream_back is not None:
+            self.on_upstream_back(service.slug)
+        return resp
+
+    @staticmethod
+    def forward_headers(request_headers: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in request_headers.items() if k in FORWARD_REQUEST_HEADERS}
+
+    # -- GET / HEAD -----------------------------------------------------------------
+
+    def _pick(self, key: str, req_h: dict[str, str]) -> Entry | None:
+        return rules.pick_variant(self.store.lookup(key), req_h, lambda e: e.meta)
+
+    async def get(self, request: web.Request, service: GovService, url: str,
+                  rewrite: Callable[[str], str]) -> web.StreamResponse:
+        self.metrics.requests += 1
+        key = f"GET {url}"
+        req_h = header_dict(request.headers)
+        for attempt in range(3):
+            now = time.time()
+            entry = self._pick(key, req_h)
+            decision = rules.decide(request.method, req_h, entry.meta if entry else None, now,
+                                    offline_for=service.offline_for)
+            if decision.kind is Kind.GATEWAY_TIMEOUT:
+                return web.Response(status=504, text="not in cache (only-if-cached)\n")
+            if entry is not None and decision.kind is Kind.FRESH:
+                served = await self._serve(request, entry, now, "hit", counter="hits")
+                if served is not None:
+                    return served
+                continue
+            if entry is not None and decision.kind is Kind.STALE_REVALIDATE_IN_BACKGROUND:
+                self._refresh_in_background(service, url, key, req_h)
+                served = await self._serve(request, entry, now, "hit; detail=stale-while-revalidate",
+                                           counter="stale_while_revalidate")
+                if served is not None:
+                    return served
+                continue
+            if entry is None and (request.method == "HEAD" or "range" in req_h):
+                return await self._passthrough(request, service, url, req_h, rewrite)
+            waiting = self._inflight.get(key)
+            if waiting is not None and attempt == 0:
+                self.metrics.collapsed += 1
+                await asyncio.shield(waiting)
+                continue
+            return await self._lead(request, service, url, key, req_h, entry, decision, rewrite)
+        return web.Response(status=502, text="the cached copy kept failing; try again\n")
+
+    async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
+                     counter: str) -> web.StreamResponse | None:
+        resp = await serve_entry(request, self.store, entry, now, detail)
+        if resp is not None:
+            setattr(self.metrics, counter, getattr(self.metrics, counter) + 1)
+            if request.method != "HEAD" and resp.status in (200, 206):
+                self.metrics.bytes_from_cache += resp.content_length or 0
+        return resp
+
+    async def _lead(self, request: web.Request, service: GovService, url: str, key: str,
+                    req_h: dict[str, str], entry: Entry | None, decision: Decision,
+                    rewrite: Callable[[str], str]) -> web.StreamResponse:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            headers = self.forward_headers(req_h)
+            if entry is not None:
+                headers.update(rules.conditional_request_headers(entry.meta))
+            request_time = time.time()
+            try:
+                upstream = await self.open_upstream(service, "GET", url, headers)
+            except UpstreamDown as exc:
+                return await self._on_error(request, entry, decision, exc)
+            async with upstream:
+                if upstream.status == 304 and entry is not None:
+                    meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
+                                                  request_time, time.time())
+                    await asyncio.to_thread(self.store.update_meta, entry.id, meta)
+                    refreshed = Entry(entry.id, entry.key, meta, entry.size, entry.path,
+                                      entry.last_used)
+                    resp = await self._serve(request, refreshed, time.time(),
+                                             "hit; fwd=stale; fwd-status=304", "revalidated")
+                    if resp is not None:
+                        return resp
+                    return web.Response(status=502, text="stored copy lost; try again\n")
+                return await self._store_and_stream(request, upstream, key, req_h, request_time,
+                                                    rewrite)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
+
+    async def _store_and_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                                key: str, req_h: dict[str, str], request_time: float,
+                                rewrite: Callable[[str], str]) -> web.StreamResponse:
+        resp_h = header_dict(upstream.headers)
+        writer = None
+        if rules.is_storable("GET", upstream.status, req_h, resp_h):
+            meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
+                                      request_time, time.time())
+            writer = self.store.begin(key, meta)
+        self.metrics.misses += 1
+        detail = "fwd=miss; stored" if writer else "fwd=miss"
+        try:
+            resp, received = await stream_upstream(request, upstream, writer, detail, rewrite)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        self.metrics.bytes_from_upstream += received
+        if writer is not None:
+            complete = upstream.content_length is None or received == upstream.content_length
+            if complete:
+                await asyncio.to_thread(writer.commit)
+            else:
+                writer.abort()
+        return resp
+
+    async def _on_error(self, request: web.Request, entry: Entry | None, decision: Decision,
+                        exc: UpstreamDown) -> web.StreamResponse:
+        now = time.time()
+        if entry is not None and rules.may_serve_stale(decision, now):
+            resp = await self._serve(request, entry, now, "hit; detail=stale-if-error",
+                                     counter="stale_served")
+            if resp is not None:
+                return resp
+        log.warning("upstream failed and no usable copy: %s", exc)
+        raise exc
+
+    async def _passthrough(self, request: web.Request, service: GovService, url: str,
+                           req_h: dict[str, str], rewrite: Callable[[str], str]) -> web.StreamResponse:
+        headers = self.forward_headers(req_h)
+        if "range" in req_h:
+            headers["range"] = req_h["range"]
+        upstream = await self.open_upstream(service, request.method, url, headers)
+        async with upstream:
+            self.metrics.passthrough += 1
+            resp, received = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
+            self.metrics.bytes_from_upstream += received
+            return resp
+
+    # -- background refresh and prefetch ------------------------------------------
+
+    def _refresh_in_background(self, service: GovService, url: str, key: str,
+                               req_h: dict[str, str]) -> None:
+        if key in self._inflight:
+            return
+        task = asyncio.create_task(self.refresh(service, url, req_h))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def refresh(self, service: GovService, url: str, req_h: dict[str, str] | None = None,
+                      rate_bps: int | None = None) -> str:
+        """Bring one URL's stored copy up to date without a villager waiting.
+
+        Returns "fresh", "not-modified", "stored", "not-storable" or "error".
+        ``rate_bps`` caps the download speed (prefetch must not crowd out villagers).
+        """
+        key = f"GET {url}"
+        req_h = req_h or {}
+        if key in self._inflight:
+            await asyncio.shield(self._inflight[key])
+            return "fresh"
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            entry = self._pick(key, req_h)
+            headers = self.forward_headers(req_h)
+            if entry is not None:
+                headers.update(rules.conditional_request_headers(entry.meta))
+            request_time = time.time()
+            try:
+                upstream = await self.open_upstream(service, "GET", url, headers)
+            except UpstreamDown:
+                return "error"
+            async with upstream:
+                if upstream.status == 304 and entry is not None:
+                    meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
+                                                  request_time, time.time())
+                    await asyncio.to_thread(self.store.update_meta, entry.id, meta)
+                    return "not-modified"
+                resp_h = header_dict(upstream.headers)
+                if not rules.is_storable("GET", upstream.status, req_h, resp_h):
+                    return "not-storable"
+                meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
+                                          request_time, time.time())
+                writer = self.store.begin(key, meta)
+                try:
+                    await _read_into(upstream, writer, rate_bps, self.metrics)
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    writer.abort()
+                    return "error"
+                except BaseException:
+                    writer.abort()
+                    raise
+                await asyncio.to_thread(writer.commit)
+                return "stored"
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
+
+
+async def _read_into(upstream: aiohttp.ClientResponse, writer: Any, rate_bps: int | None,
+                     metrics: Metrics) -> None:
+    started = time.monotonic()
+    received = 0
+    async for chunk in upstream.content.iter_chunked(64 * 1024):
+        writer.write(chunk)
+        received += len(chunk)
+        metrics.bytes_from_upstream += len(chunk)
+        if rate_bps:
+            # Sleep until the average rate is back under the cap.
+            ahead = received * 8 / rate_bps - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    if upstream.content_length is not None and received != upstream.content_length:
+        raise aiohttp.ClientPayloadError("upstream body shorter than its Content-Length")

@@ -1,0 +1,145 @@
+"""Writing responses to villagers: from the disk cache, or streamed from upstream."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.cache.rules import (
+    StoredMeta,
+    age_header,
+    if_range_ok,
+    not_modified_for_request,
+    parse_range,
+)
+from gateway.cache.store import BodyWriter, CacheStore, Entry
+
+CHUNK = 256 * 1024
+# Connection-level fields: never copied between the upstream and the villager.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization",
+})
+# Answered from the stored metadata, so the two sides never disagree.
+_OWN = frozenset({"content-length", "age", "cache-status", "date"})
+_NOT_MODIFIED_FIELDS = ("cache-control", "content-location", "date", "etag", "expires", "vary",
+                        "last-modified")
+
+
+def cache_status(detail: str) -> str:
+    """RFC 9211 Cache-Status value for this cache ("desanet")."""
+    return f"desanet; {detail}"
+
+
+def stored_headers_for_client(meta: StoredMeta, now: float) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in meta.headers.items():
+        if name not in HOP_BY_HOP and name not in _OWN:
+            out[name] = value
+    out["Age"] = age_header(meta, now)
+    return out
+
+
+def upstream_headers_for_client(headers: Mapping[str, str] | Any, rewrite: Any = None) -> CIMultiDict[str]:
+    """Copy an upstream response's fields (repeated ones such as Set-Cookie kept apart)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        low = name.lower()
+        if low in HOP_BY_HOP or low == "content-length":
+            continue
+        if low == "location" and rewrite is not None:
+            value = rewrite(value)
+        out.add(name, value)
+    return out
+
+
+async def serve_entry(
+    request: web.Request, store: CacheStore, entry: Entry, now: float, detail: str
+) -> web.StreamResponse | None:
+    """Answer from a stored entry; None when its body turned out unusable."""
+    meta = entry.meta
+    req_h = {k.lower(): v for k, v in request.headers.items()}
+    if not_modified_for_request(req_h, meta):
+        headers = CIMultiDict((k, v) for k, v in meta.headers.items() if k in _NOT_MODIFIED_FIELDS)
+        headers["Age"] = age_header(meta, now)
+        headers["Cache-Status"] = cache_status(detail)
+        return web.Response(status=304, headers=headers)
+    body = store.open_body(entry)
+    if body is None:
+        return None
+    with body:
+        store.touch(entry.id, now)
+        headers = stored_headers_for_client(meta, now)
+        headers["Cache-Status"] = cache_status(detail)
+        status, first, last = meta.status, 0, entry.size - 1
+        wanted = parse_range(req_h.get("range"), entry.size) if meta.status == 200 else None
+        if wanted is not None and if_range_ok(req_h, meta):
+            if wanted == "unsatisfiable":
+                headers["Content-Range"] = f"bytes */{entry.size}"
+                return web.Response(status=416, headers=headers)
+            first, last = wanted
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{entry.size}"
+        headers["Accept-Ranges"] = "bytes"
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = max(0, last - first + 1)
+        await resp.prepare(request)
+        if request.method == "HEAD" or resp.content_length == 0:
+            await resp.write_eof()
+            return resp
+        body.seek(first)
+        left = last - first + 1
+        while left > 0:
+            chunk = body.read(min(CHUNK, left))
+            if not chunk:
+                break  # the file shrank under us; the client sees a short body and retries
+            await resp.write(chunk)
+            left -= len(chunk)
+        await resp.write_eof()
+        return resp
+
+
+async def stream_upstream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    writer: BodyWriter | None,
+    detail: str,
+    rewrite: Any = None,
+) -> tuple[web.StreamResponse, int]:
+    """Stream an upstream response to the villager, teeing it into ``writer``.
+
+    If the villager goes away the download still completes into the cache
+    (others may be waiting for it). Returns the response and bytes read.
+    """
+    headers = upstream_headers_for_client(upstream.headers, rewrite)
+    headers["Cache-Status"] = cache_status(detail)
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if upstream.content_length is not None:
+        resp.content_length = upstream.content_length
+    client_alive = True
+    try:
+        await resp.prepare(request)
+    except (ConnectionResetError, RuntimeError):
+        client_alive = False
+    received = 0
+    if request.method != "HEAD":
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            received += len(chunk)
+            if writer is not None:
+                writer.write(chunk)
+            if client_alive:
+                try:
+                    await resp.write(chunk)
+                except (ConnectionResetError, RuntimeError):
+                    client_alive = False
+                    if writer is None:
+                        break
+    if client_alive:
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await resp.write_eof()
+    return resp, received

@@ -1,0 +1,252 @@
+"""The local government-services site (``http://layanan.desa/``).
+
+Ties together the catalog pages, the caching proxy, the store-and-forward
+outbox and the nightly prefetch. The daemon owns one instance and hands its
+``handle`` to the portal app for the catalog's host name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from gateway.cache import pages
+from gateway.cache.delivery import Deliverer
+from gateway.cache.health import ServiceHealth
+from gateway.cache.outbox import Outbox, SubmissionTooLarge, normalize_ref
+from gateway.cache.proxy import CachingProxy, UpstreamDown
+from gateway.cache.respond import stream_upstream
+from gateway.cache.rules import header_dict, invalidates
+from gateway.cache.store import CacheStore
+from gateway.config.schema import Config, GovService
+from gateway.config.units import parse_time_of_day
+
+log = logging.getLogger("desanet.services")
+
+MAX_FORM_BYTES = 1024 * 1024
+SAFE_METHODS = ("GET", "HEAD")
+
+
+class LocalServices:
+    def __init__(self, config: Callable[[], Config], state_dir: Path) -> None:
+        self._config = config
+        cfg = config().local_services
+        self.store = CacheStore(state_dir / "cache", cfg.cache_size)
+        self.outbox = Outbox(state_dir / "outbox.db")
+        self.health: dict[str, ServiceHealth] = {}
+        self.proxy = CachingProxy(self.store, self._health_of, float(cfg.request_timeout),
+                                  on_upstream_back=self._upstream_back)
+        self.deliverer = Deliverer(self.outbox, self._upstream_for,
+                                   timeout=float(cfg.request_timeout))
+        self.prefetch_runs = 0
+        self.last_prefetch: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox-delivery"))
+        self._tasks.append(asyncio.create_task(self._prefetch_loop(), name="prefetch"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.proxy.close()
+        await asyncio.to_thread(self.store.close)
+        self.outbox.close()
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def services(self) -> dict[str, GovService]:
+        return {s.slug: s for s in self._config().local_services.services}
+
+    def _health_of(self, slug: str) -> ServiceHealth:
+        return self.health.setdefault(slug, ServiceHealth(slug))
+
+    def _upstream_for(self, slug: str) -> str | None:
+        service = self.services().get(slug)
+        return service.upstream if service else None
+
+    def _upstream_back(self, slug: str) -> None:
+        log.info("service %s is reachable again; delivering its queued forms", slug)
+        self.deliverer.kick(slug)
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        cfg = self._config()
+        lang = pages.pick_lang(request, cfg)
+        path = request.path
+        if path == "/":
+            return self.catalog(cfg, lang, request)
+        if path == "/kiriman" or path.startswith("/kiriman/"):
+            return self.submission(cfg, lang, request)
+        slug, _, rest = path.lstrip("/").partition("/")
+        service = self.services().get(slug)
+        if service is None:
+            return pages.message(cfg, lang, 404, "title_not_found",
+                                 pages.t_for(lang)("not_found_service"))
+        if "/" not in path.lstrip("/"):
+            raise web.HTTPFound(f"/{slug}/")
+        url = service.upstream + "/" + rest + (f"?{request.query_string}" if request.query_string else "")
+        rewrite = _location_rewriter(service)
+        try:
+            if request.method in SAFE_METHODS:
+                return await self.proxy.get(request, service, url, rewrite)
+            return await self._submit(request, cfg, lang, service, url, rest, rewrite)
+        except UpstreamDown:
+            return self._unavailable(cfg, lang, service, "unavailable_body")
+
+    def _unavailable(self, cfg: Config, lang: str, service: GovService, key: str) -> web.Response:
+        title = service.title_id if lang == "id" else service.title_en
+        resp = pages.message(cfg, lang, 504, "unavailable_title",
+                             pages.t_for(lang)(key, service=title))
+        resp.headers["Cache-Status"] = "desanet; fwd=miss; detail=upstream-unreachable"
+        return resp
+
+    def catalog(self, cfg: Config, lang: str, request: web.Request) -> web.Response:
+        t = pages.t_for(lang)
+        views = []
+        for service in cfg.local_services.services:
+            health = self._health_of(service.slug)
+            newest = self.store.newest_response(f"GET {service.upstream}/")
+            if health.state == "online":
+                text, online = t("state_online"), True
+            elif newest is not None:
+                text, online = t("state_offline", when=pages.local_time(newest)), False
+            elif health.state == "offline":
+                text, online = t("state_offline_none"), False
+            else:
+                text, online = t("state_unknown"), False
+            views.append(pages.ServiceView(service, text, online))
+        return pages.page(cfg, lang, "catalog.html", "catalog_title", services=views,
+                          set_lang=request.query.get("lang"))
+
+    def submission(self, cfg: Config, lang: str, request: web.Request) -> web.Response:
+        t = pages.t_for(lang)
+        raw = request.query.get("ref") or request.path.removeprefix("/kiriman").strip("/")
+        ref = normalize_ref(raw) if raw else None
+        sub = self.outbox.get(ref) if ref else None
+        if sub is None:
+            return pages.message(cfg, lang, 404, "title_not_found", t("sub_not_found"))
+        state_text = t(f"sub_state_{sub.state}", status=sub.response_status)
+        return pages.page(cfg, lang, "submission.html", "sub_title", ref=sub.ref,
+                          state_text=state_text, created=pages.local_time(sub.created),
+                          delivered=pages.local_time(sub.delivered_at) if sub.delivered_at else "")
+
+    async def _submit(self, request: web.Request, cfg: Config, lang: str, service: GovService,
+                      url: str, rest: str, rewrite: Callable[[str], str]) -> web.StreamResponse:
+        body = await request.content.read(MAX_FORM_BYTES + 1)
+        if len(body) > MAX_FORM_BYTES:
+            return pages.message(cfg, lang, 413, "title_error", pages.t_for(lang)("too_large_form"))
+        req_h = header_dict(request.headers)
+        headers = self.proxy.forward_headers(req_h)
+        key = str(uuid.uuid4())
+        headers["idempotency-key"] = key
+        path_qs = "/" + rest + (f"?{request.query_string}" if request.query_string else "")
+        uncertain = False
+        if self._health_of(service.slug).state != "offline":
+            try:
+                upstream = await self.proxy.open_upstream(service, request.method, url, headers, body)
+            except UpstreamDown as exc:
+                # Queue it with the same idempotency key. Unless the connection
+                # was never made, the upstream may already have it: say so.
+                uncertain = not isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+            else:
+                async with upstream:
+                    if invalidates(request.method, upstream.status):
+                        await asyncio.to_thread(self.store.delete_key, f"GET {url}")
+                    resp, _ = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
+                    return resp
+        if not service.queue_posts:
+            return self._unavailable(cfg, lang, service, "queue_off_body")
+        try:
+            sub = await asyncio.to_thread(
+                self.outbox.enqueue, service.slug, request.method, path_qs,
+                list(request.headers.items()), body, time.time(), key, uncertain=uncertain)
+        except SubmissionTooLarge:
+            return pages.message(cfg, lang, 413, "title_error", pages.t_for(lang)("too_large_form"))
+        log.info("queued %s %s for %s as %s", request.method, path_qs, service.slug, sub.ref)
+        title = service.title_id if lang == "id" else service.title_en
+        return pages.page(cfg, lang, "receipt.html", "receipt_title", status=202, ref=sub.ref,
+                          service_title=title)
+
+    # -- prefetch ----------------------------------------------------------------------------
+
+    async def prefetch(self, only_missing: bool = False) -> dict[str, Any]:
+        """Warm every service's prefetch URLs within the configured rate cap."""
+        cfg = self._config().local_services
+        results: dict[str, str] = {}
+        started = time.time()
+        for service in cfg.services:
+            for path in service.prefetch:
+                url = service.upstream + path
+                if only_missing and self.store.lookup(f"GET {url}"):
+                    continue
+                results[url] = await self.proxy.refresh(service, url, rate_bps=cfg.prefetch_rate)
+        self.prefetch_runs += 1
+        self.last_prefetch = {"started": started, "finished": time.time(), "results": results}
+        return self.last_prefetch
+
+    async def _prefetch_loop(self) -> None:
+        await asyncio.sleep(1.0)
+        with contextlib.suppress(Exception):
+            await self.prefetch(only_missing=True)  # a fresh install warms up at once
+        while True:
+            hour, minute = parse_time_of_day(self._config().local_services.prefetch_at)
+            await asyncio.sleep(_seconds_until(hour, minute))
+            try:
+                await self.prefetch()
+            except Exception:
+                log.exception("nightly prefetch failed")
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def status_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self._config().local_services.enabled,
+            "hostname": self._config().local_services.hostname,
+            "cache": {**self.proxy.metrics.as_json(), **self.store.stats()},
+            "services": {slug: self._health_of(slug).as_json() for slug in self.services()},
+            "outbox": self.outbox.counts(),
+            "prefetch": {"runs": self.prefetch_runs, **self.last_prefetch},
+        }
+
+
+def _seconds_until(hour: int, minute: int) -> float:
+    now = dt.datetime.now()
+    target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if target <= now:
+        target += dt.timedelta(days=1)
+    return (target - now).total_seconds()
+
+
+def _location_rewriter(service: GovService) -> Callable[[str], str]:
+    """Redirects into the upstream stay on layanan.desa/<slug>/."""
+    base = urlsplit(service.upstream)
+
+    def rewrite(location: str) -> str:
+        parts = urlsplit(location)
+        if parts.netloc == base.netloc and parts.scheme == base.scheme:
+            path = parts.path
+            if base.path and path.startswith(base.path):
+                path = path[len(base.path):]
+            query = f"?{parts.query}" if parts.query else ""
+            return f"/{service.slug}/{path.lstrip('/')}{query}"
+        return location
+
+    return rewrite
