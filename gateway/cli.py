@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.config.units import format_duration, format_rate
+from gateway.config.units import format_duration, format_rate, human_rate
 from gateway.control.client import ControlClient
 from gateway.errors import ConfigError, DesanetError
 
@@ -170,7 +170,7 @@ def cmd_shaping(args: argparse.Namespace) -> int:
         for name, c in tree["classes"].items():
             print(f"  {name:14} {c.get('bytes', 0):>12} {c.get('packets', 0):>9} "
                   f"{c.get('drops', 0):>7} {c.get('backlog', 0):>8} "
-                  f"{format_rate(max(1, c.get('rate_bps', 0))):>10}")
+                  f"{human_rate(c.get('rate_bps', 0)):>10}")
     return 0
 
 

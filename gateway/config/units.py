@@ -60,6 +60,14 @@ def parse_rate(text: str) -> int:
     return bits
 
 
+def human_rate(bits: float) -> str:
+    """Rounded, for displays: 3880876 -> "3.88mbit"."""
+    for unit, size in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits >= size:
+            return f"{bits / size:.3g}{unit}"
+    return f"{bits:.0f}bit"
+
+
 def format_rate(bits: int) -> str:
     for unit, size in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
         if bits % size == 0 and bits >= size:

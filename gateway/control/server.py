@@ -6,6 +6,7 @@ it. Request bodies are validated here; every error names the field.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
@@ -146,6 +147,15 @@ def create_control_app(gw: Gateway) -> web.Application:
                 f"no IPv4 address known for {mac} (no DHCP lease, no neighbour entry); "
                 'pass "ip" too', 404
             )
+        try:
+            addr = ipaddress.IPv4Address(str(ip))
+        except ValueError:
+            raise ControlError(f'field ip: "{ip}" is not an IPv4 address, e.g. "10.42.0.100"',
+                               400) from None
+        lan = gw.cfg.network.lan_address.network
+        if gw.cfg.shaping.enabled and addr not in lan:
+            raise ControlError(f"field ip: {addr} is outside the LAN {lan}; with shaping on every "
+                               "client needs a LAN address (its class id comes from it)", 422)
         duration = _duration_field(data, "duration", required=False)
         plan = data.get("plan")
         session = await gw.authorize(mac, str(ip), "manual", duration=duration, plan=plan)

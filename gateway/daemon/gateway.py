@@ -214,12 +214,12 @@ class Gateway:
                 log.info("session of %s (%s) ended: idle", s.mac, s.ip)
             live = self.store.active_sessions(now)
             for mac, ip in stale_kernel_entries(live, self.firewall.authorized_clients()):
-                self.firewall.revoke(mac, ip, self.shaping.enabled)
+                self.firewall.revoke(mac, ip, self.shaping.ip_class_text(ip))
                 log.warning("removed kernel authorization with no session: %s %s", mac, ip)
 
     async def _cut_off(self, session: Session) -> None:
         """Kernel side of ending a session: firewall first, then its classes."""
-        self.firewall.revoke(session.mac, session.ip, self.shaping.enabled)
+        self.firewall.revoke(session.mac, session.ip, self.shaping.class_text(session))
         await self.shaping.remove(session)
 
     async def _sweep_loop(self) -> None:

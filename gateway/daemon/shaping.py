@@ -53,8 +53,14 @@ class ShapingService:
         return self.ip_class_text(session.ip)
 
     def ip_class_text(self, ip: str) -> str | None:
-        """The client_class map value of ``ip`` ("1:165"), None when shaping is off."""
-        return classid_text(client_minor(self._config(), ip)) if self.enabled else None
+        """The client_class map value of ``ip`` ("1:165"); None when shaping is off or
+        the address is outside the LAN (it can then have no class)."""
+        if not self.enabled:
+            return None
+        try:
+            return classid_text(client_minor(self._config(), ip))
+        except ValueError:
+            return None
 
     async def reconcile(self, sessions: Iterable[Session], previous: Config | None = None) -> int:
         """Bring both trees in line with the sessions; return how many ops ran."""

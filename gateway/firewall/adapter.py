@@ -34,8 +34,8 @@ class Firewall:
     def authorize(self, session: Session, now: int, class_text: str | None = None) -> None:
         self.nft.run(plan_authorize(session, now, class_text))
 
-    def revoke(self, mac: str, ip: str, shaped: bool = False) -> None:
-        self.nft.run(plan_revoke(mac, ip, shaped))
+    def revoke(self, mac: str, ip: str, class_text: str | None = None) -> None:
+        self.nft.run(plan_revoke(mac, ip, class_text))
 
     def client_classes(self) -> dict[str, str]:
         """The kernel's address -> HTB class map (empty when shaping is off)."""

@@ -285,15 +285,20 @@ def plan_authorize(session: Session, now: int, class_text: str | None = None) ->
     return "\n".join(lines) + "\n"
 
 
-def plan_revoke(mac: str, ip: str, shaped: bool = False) -> str:
-    """nft commands that remove one client; idempotent (add first, then delete)."""
+def plan_revoke(mac: str, ip: str, class_text: str | None = None) -> str:
+    """nft commands that remove one client; idempotent (add first, then delete).
+
+    ``class_text`` is the client's value in the shaping map: nft refuses to
+    "add" an element whose value differs from the stored one, so the add that
+    makes the delete idempotent must carry the same value.
+    """
     key = element_key(mac, ip)
     lines = []
     for name in ("auth4", "active4"):
         lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout 1s }}")
         lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
-    if shaped:
-        lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : 1:2 }}")
+    if class_text is not None:
+        lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
         lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")
     return "\n".join(lines) + "\n"
 

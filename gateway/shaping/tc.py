@@ -78,6 +78,9 @@ class Shaper:
             observed = self._observe(index)
             ops = diff_classes(tree, observed)
             self._apply(index, ops)
+            if self.leaf_kind is None:
+                # a restart with nothing to add: report the leaves already in place
+                self.leaf_kind = self._leaf_in_use(index)
             self._known[tree.device] = tree.by_minor()
             return ops
 
@@ -161,7 +164,9 @@ class Shaper:
             rate = (opts.get_attr("TCA_HTB_RATE64") or parms["rate"]) * 8
             ceil = (opts.get_attr("TCA_HTB_CEIL64") or parms["ceil"]) * 8
             parent = msg["parent"]
-            parent_minor = None if parent == _ROOT_HANDLE else parent & 0xFFFF
+            # HTB reports a top-level class's parent as TC_H_ROOT, not as the
+            # qdisc handle 1:0 that it was added under.
+            parent_minor = None if parent in (_ROOT_HANDLE, _TC_H_ROOT) else parent & 0xFFFF
             minor = msg["handle"] & 0xFFFF
             found[minor] = HtbClass(minor, parent_minor, rate, ceil, parms["prio"], "")
         return found
@@ -182,6 +187,15 @@ class Shaper:
     @staticmethod
     def _parent_id(cls: HtbClass) -> int:
         return _ROOT_HANDLE if cls.parent_minor is None else classid(cls.parent_minor)
+
+    def _leaf_in_use(self, index: int) -> str | None:
+        for q in self._ip().get_qdiscs(index):
+            kind = q.get_attr("TCA_KIND")
+            parent = q["parent"]
+            if parent != _TC_H_ROOT and parent >> 16 == ROOT_MAJOR and parent & 0xFFFF \
+                    and kind in (*LEAF_PREFERENCE, "pfifo"):
+                return str(kind)
+        return None
 
     def _attach_leaf(self, index: int, cls: HtbClass) -> None:
         handle = cls.minor << 16

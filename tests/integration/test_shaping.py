@@ -1,0 +1,477 @@
+"""Shaping end to end in the virtual village: real HTB trees, real nftables
+classification, real TCP traffic (iperf3) between the lab's namespaces.
+
+One lab for the module. Clients c1..c4 are authorized, c5 never is. iperf3
+servers run in the WAN namespace on the "internet" address (one port per
+concurrent flow) and on the walled-garden "government" address. Every
+measurement is short (``-t 4 -O 1``: the first second, TCP slow start, is
+left out) and read from iperf3's JSON (``end.sum_received``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from gateway.lab import plan as p
+
+pytestmark = pytest.mark.integration
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "shaping tests need root (network namespaces, tc, nftables)"
+    missing = [t for t in ("ip", "tc", "nft", "busybox", "curl", "iperf3") if shutil.which(t) is None]
+    if missing:
+        return "shaping tests need " + ", ".join(missing) + " (apt-get install iperf3 iproute2 ...)"
+    return None
+
+
+if _why_not():
+    pytest.skip(_why_not() or "", allow_module_level=True)
+
+PREFIX = f"sp{os.getpid() % 1000}"
+M = 1_000_000
+UPLINK_DOWN, UPLINK_UP = 20 * M, 10 * M
+SHAPING: dict[str, Any] = {
+    "enabled": True,
+    "uplink_down": "20mbit", "uplink_up": "10mbit",
+    "client_down": "2mbit", "client_up": "1mbit",
+    "unauthorized_down": "1mbit", "unauthorized_up": "256kbit",
+    "plans": {
+        "capped": {"down": "4mbit", "up": "2mbit", "ceil_down": "4mbit", "ceil_up": "2mbit"},
+        "capped8": {"down": "8mbit", "up": "3mbit", "ceil_down": "8mbit", "ceil_up": "3mbit"},
+        "school": {"down": "4mbit", "up": "2mbit"},
+    },
+}
+RATES = {"capped": (4 * M, 2 * M), "capped8": (8 * M, 3 * M)}
+AUTHORIZED = (1, 2, 3, 4)
+UNAUTHORIZED = 5
+FIXED_CLASSES = {"1:1", "1:2", "1:3", "1:4"}
+INTERNET = p.INTERNET_V4
+GARDEN = p.GOVERNMENT_V4
+PORTS = (5201, 5202, 5203)
+GARDEN_PORT = 5209
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def ns(k: int | str) -> str:
+    return f"{PREFIX}-{'c' + str(k) if isinstance(k, int) else k}"
+
+
+def desanet_run(lab: LabInfo, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    exe = ROOT / ".venv" / "bin" / "desanet"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
+    return subprocess.run([*argv, "--socket", lab.control_socket, *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def desanet(lab: LabInfo, *args: str, timeout: float = 20.0) -> str:
+    proc = desanet_run(lab, *args, timeout=timeout)
+    assert proc.returncode == 0, f"`desanet {' '.join(args)}` exited {proc.returncode}: {proc.stderr}"
+    return proc.stdout
+
+
+def desanet_json(lab: LabInfo, *args: str) -> Any:
+    return json.loads(desanet(lab, *args, "--json"))
+
+
+def set_plan(lab: LabInfo, k: int, plan: str) -> None:
+    desanet(lab, "clients", "plan", p.client_mac(k), plan)
+
+
+def gw(*argv: str) -> str:
+    proc = run_in(ns("gw"), list(argv), timeout=10)
+    assert proc.returncode == 0, f"{' '.join(argv)} in {ns('gw')}: {proc.stderr}"
+    return proc.stdout
+
+
+def classes(dev: str) -> list[str]:
+    """Class ids of the HTB classes on ``dev``, as the kernel lists them (duplicates kept)."""
+    return re.findall(r"^class htb (\S+) ", gw("tc", "class", "show", "dev", dev), re.M)
+
+
+def class_bytes(dev: str, cid: str) -> int:
+    out = gw("tc", "-s", "class", "show", "dev", dev, "classid", cid)
+    match = re.search(r"Sent (\d+) bytes", out)
+    assert match, f"class {cid} not on {dev}: {out!r}"
+    return int(match.group(1))
+
+
+def client_cid(lab: LabInfo, k: int) -> str:
+    ip = lab.client(k).ipv4
+    assert ip is not None
+    return f"1:{0x100 + int(ip.rsplit('.', 1)[1]):x}"
+
+
+class Flow:
+    """One iperf3 client run in a client namespace (-R: download)."""
+
+    def __init__(self, k: int, port: int, download: bool, seconds: int = 4, omit: int = 1,
+                 server: str = INTERNET) -> None:
+        argv = ["iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J"]
+        argv += ["-O", str(omit)] if omit else []
+        argv += ["-R"] if download else []
+        self.what = f"c{k} {'down' if download else 'up'} :{port}"
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns(k), *argv], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.seconds = seconds
+
+    def result(self) -> dict[str, Any]:
+        out, err = self.proc.communicate(timeout=self.seconds + 20)
+        data = json.loads(out) if out.strip().startswith("{") else {}
+        assert self.proc.returncode == 0 and "error" not in data, \
+            f"iperf3 {self.what} failed ({self.proc.returncode}): {data.get('error') or err}"
+        return data
+
+    def bps(self) -> float:
+        return float(self.result()["end"]["sum_received"]["bits_per_second"])
+
+
+def measure(*flows: Flow) -> list[float]:
+    return [f.bps() for f in flows]
+
+
+def mbit(x: float) -> str:
+    return f"{x / M:.2f} Mbit/s"
+
+
+FIGURES: dict[str, str] = {}  # printed at the end of the module (pytest -s), for docs/shaping.md
+
+
+def record(name: str, text: str) -> None:
+    FIGURES[name] = text
+    print(f"[shaping] {name}: {text}")
+
+
+# -- the lab ---------------------------------------------------------------------------------------
+
+
+def _start_iperf_servers(lab: LabInfo) -> list[Path]:
+    pidfiles = []
+    for addr, port in [*((INTERNET, port) for port in PORTS), (GARDEN, GARDEN_PORT)]:
+        pidfile = Path(lab.state_dir) / f"iperf3-{port}.pid"
+        proc = run_in(ns("wan"), ["iperf3", "-s", "-D", "-B", addr, "-p", str(port),
+                                  "-I", str(pidfile)], timeout=10)
+        assert proc.returncode == 0, f"iperf3 server :{port}: {proc.stderr}"
+        pidfiles.append(pidfile)
+    deadline = time.monotonic() + 5
+    while not all(f.exists() and f.read_text().strip() for f in pidfiles):
+        assert time.monotonic() < deadline, "iperf3 servers did not write their pid files"
+        time.sleep(0.05)
+    return pidfiles
+
+
+def _stop_iperf_servers(pidfiles: list[Path]) -> None:
+    for f in pidfiles:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(f.read_text().strip()), signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabInfo]:
+    started = time.monotonic()
+    pidfiles: list[Path] = []
+    try:
+        info = lab_up(LabSpec(prefix=PREFIX, clients=5, extra={"shaping": SHAPING}))
+        assert all(c.ipv4 for c in info.clients), f"DHCP failed: {info.clients}"
+        for k in AUTHORIZED:
+            desanet(info, "clients", "auth", p.client_mac(k))
+        pidfiles = _start_iperf_servers(info)
+        record("lab up", f"{time.monotonic() - started:.1f} s")
+        yield info
+    finally:
+        _stop_iperf_servers(pidfiles)
+        lab_down(PREFIX)
+        for name, text in FIGURES.items():
+            print(f"[shaping] {name}: {text}")
+
+
+# -- (a) one client gets its configured rate ---------------------------------------------------------
+
+
+def test_goodput_matches_the_plan_at_two_rates(lab: LabInfo) -> None:
+    """capped (4/2 Mbit) on c1 and capped8 (8/3 Mbit) on c2, measured together:
+    both fit in the uplink (12 of 20 down, 5 of 10 up), so neither disturbs
+    the other and each is held to its own ceil."""
+    set_plan(lab, 1, "capped")
+    set_plan(lab, 2, "capped8")
+    down = measure(Flow(1, PORTS[0], True), Flow(2, PORTS[1], True))
+    up = measure(Flow(1, PORTS[0], False), Flow(2, PORTS[1], False))
+    problems = []
+    for (plan, (rate_down, rate_up)), got_down, got_up in zip(RATES.items(), down, up, strict=True):
+        record(f"{plan} down", f"{mbit(got_down)} of {mbit(rate_down)} ({got_down / rate_down:.0%})")
+        record(f"{plan} up", f"{mbit(got_up)} of {mbit(rate_up)} ({got_up / rate_up:.0%})")
+        for what, got, rate in (("down", got_down, rate_down), ("up", got_up, rate_up)):
+            if not 0.85 * rate <= got <= 1.05 * rate:
+                problems.append(f"{plan} {what}: {mbit(got)}, expected 85-105 % of {mbit(rate)}")
+    assert not problems, "; ".join(problems)
+
+
+# -- (b) fairness ----------------------------------------------------------------------------------
+
+
+def test_two_clients_with_the_same_plan_share_fairly(lab: LabInfo) -> None:
+    set_plan(lab, 1, "default")
+    set_plan(lab, 2, "default")
+    a, b = measure(Flow(1, PORTS[0], True), Flow(2, PORTS[1], True))
+    total = a + b
+    record("two default clients", f"{mbit(a)} + {mbit(b)} = {mbit(total)} "
+           f"(shares {a / total:.0%} / {b / total:.0%})")
+    assert total >= 0.85 * UPLINK_DOWN, f"downlink not saturated: {mbit(total)}"
+    assert 0.40 <= a / total <= 0.60, f"unfair: c1 {mbit(a)}, c2 {mbit(b)}"
+
+
+def test_a_plan_with_twice_the_rate_gets_twice_the_share(lab: LabInfo) -> None:
+    set_plan(lab, 1, "school")  # 4 Mbit guaranteed vs the default plan's 2
+    set_plan(lab, 2, "default")
+    # a little longer than the other measurements: the ratio of two TCP flows
+    # needs a few seconds to settle after slow start
+    school, default = measure(Flow(1, PORTS[0], True, seconds=6, omit=2),
+                              Flow(2, PORTS[1], True, seconds=6, omit=2))
+    ratio = school / default
+    record("school vs default", f"{mbit(school)} vs {mbit(default)} (ratio {ratio:.2f})")
+    assert school + default >= 0.85 * UPLINK_DOWN
+    assert 1.6 <= ratio <= 2.5, f"school {mbit(school)} vs default {mbit(default)}: ratio {ratio:.2f}"
+    set_plan(lab, 1, "default")
+
+
+# -- (c) borrowing ---------------------------------------------------------------------------------
+
+
+def test_a_single_active_client_borrows_the_whole_uplink(lab: LabInfo) -> None:
+    set_plan(lab, 3, "default")  # 2 Mbit guaranteed, ceil = the uplink; c1, c2, c4 idle
+    got = Flow(3, PORTS[2], True).bps()
+    record("single default client (borrowing)", f"{mbit(got)} of {mbit(UPLINK_DOWN)} uplink "
+           f"({got / UPLINK_DOWN:.0%}); plan rate 2 Mbit/s")
+    assert got >= 0.85 * UPLINK_DOWN, f"one client alone got only {mbit(got)}"
+    assert got <= 1.05 * UPLINK_DOWN, f"{mbit(got)} is above the uplink: not shaped?"
+
+
+# -- (d) deauth ------------------------------------------------------------------------------------
+
+
+def _map_text() -> str:
+    return gw("nft", "list", "map", "inet", "desanet", "client_class")
+
+
+def test_deauth_removes_the_class_and_the_map_entry(lab: LabInfo) -> None:
+    ip, cid = lab.client(4).ipv4, client_cid(lab, 4)
+    for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
+        assert cid in classes(dev), f"{cid} missing on {dev} before deauth"
+    assert f"{ip} : {cid}" in _map_text()
+    t0 = time.monotonic()
+    proc = desanet_run(lab, "clients", "deauth", p.client_mac(4))
+    elapsed = time.monotonic() - t0
+    problems = []
+    if proc.returncode != 0:
+        problems.append(f"`desanet clients deauth` exited {proc.returncode}: {proc.stderr.strip()}")
+    for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
+        if cid in classes(dev):
+            problems.append(f"{cid} still on {dev} after deauth")
+        if re.search(rf"parent {cid}\b", gw("tc", "qdisc", "show", "dev", dev)):
+            problems.append(f"leaf qdisc of {cid} left on {dev}")
+    if f"{ip} " in _map_text():
+        problems.append(f"{ip} still in the client_class map")
+    assert not problems, "; ".join(problems)
+    record("deauth (CLI round trip incl. process start)", f"{elapsed * 1000:.0f} ms")
+
+
+# -- (e) restart -----------------------------------------------------------------------------------
+
+
+class RootWatcher(threading.Thread):
+    """Polls `tc qdisc show` on both devices; remembers any moment without our HTB root."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.samples = 0
+        self.missing: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
+                out = run_in(ns("gw"), ["tc", "qdisc", "show", "dev", dev], timeout=5).stdout
+                if not re.search(r"^qdisc htb 1: root", out, re.M):
+                    self.missing.append(f"{dev}: {out.strip()!r}")
+            self.samples += 1
+
+
+def _restart_daemon(lab: LabInfo) -> float:
+    pid = lab_status(PREFIX).gateway_pid
+    assert pid, "the lab daemon is not running"
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when the lab started it from this process
+        assert time.monotonic() < deadline, "the daemon did not exit on SIGTERM"
+        time.sleep(0.05)
+    services.start_gateway(p.plan_lab(LabSpec(prefix=PREFIX)))
+    return time.monotonic() - t0
+
+
+def _active_clients(lab: LabInfo) -> list[int]:
+    rows = desanet_json(lab, "clients")["clients"]
+    macs = {c["mac"] for c in rows if c.get("authorized")}
+    return [k for k in range(1, len(lab.clients) + 1) if p.client_mac(k) in macs]
+
+
+def test_restart_reconciles_without_duplicates_or_unshaped_moments(lab: LabInfo) -> None:
+    set_plan(lab, 1, "capped")
+    active = _active_clients(lab)
+    assert 1 in active
+    expected = sorted(FIXED_CLASSES | {client_cid(lab, k) for k in active})
+    before = {dev: classes(dev) for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE)}
+    for dev, found in before.items():
+        assert set(expected) <= set(found), f"{dev} before restart: {found}"
+    cid = client_cid(lab, 1)
+    bytes_before = class_bytes(p.LAN_INTERFACE, cid)
+
+    watcher = RootWatcher()
+    flow = Flow(1, PORTS[0], True, seconds=8, omit=0)  # runs across the restart
+    time.sleep(1.5)
+    watcher.start()
+    try:
+        took = _restart_daemon(lab)
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    data = flow.result()  # the connection survived: iperf3 finished without error
+    for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
+        after = classes(dev)
+        assert len(after) == len(set(after)), f"duplicate classes on {dev}: {after}"
+        # exactly the fixed classes plus one per active client, with the same ids as before
+        assert sorted(after) == expected, f"{dev} after restart: {after}, expected {expected}"
+    assert not watcher.missing, f"moments without the HTB root: {watcher.missing[:3]}"
+    intervals = [i["sum"]["bits_per_second"] for i in data["intervals"]]
+    # shaped all along: no interval above the plan's ceil (plus one second's jitter)
+    assert max(intervals[1:]) <= 1.15 * RATES["capped"][0], f"unshaped during restart: {intervals}"
+    assert min(intervals[1:]) > 0.5 * RATES["capped"][0], f"traffic stalled: {intervals}"
+    grew = class_bytes(p.LAN_INTERFACE, cid) - bytes_before
+    assert grew >= 0.8 * RATES["capped"][0] / 8 * 6, f"class {cid} counted only {grew} bytes"
+    status = desanet_json(lab, "status")
+    assert status["ready"] and status["sessions_active"] == len(active)
+    record("daemon restart (SIGTERM -> ready)",
+           f"{took:.1f} s, {watcher.samples} root checks on each device, none missing; "
+           f"c1 intervals {', '.join(f'{x / M:.2f}' for x in intervals)} Mbit/s")
+
+
+# -- (f) plan change -------------------------------------------------------------------------------
+
+
+def test_plan_change_keeps_the_connection_and_changes_the_rate(lab: LabInfo) -> None:
+    set_plan(lab, 1, "capped")
+    flow = Flow(1, PORTS[0], True, seconds=8, omit=0)
+    time.sleep(3.5)
+    t0 = time.monotonic()
+    set_plan(lab, 1, "capped8")
+    elapsed = time.monotonic() - t0
+    data = flow.result()  # completes without error: the TCP connection was kept
+    intervals = [i["sum"]["bits_per_second"] for i in data["intervals"]]
+    record("plan change capped -> capped8 during a download",
+           f"intervals {', '.join(f'{x / M:.2f}' for x in intervals)} Mbit/s "
+           f"(change at ~3.5 s, CLI took {elapsed * 1000:.0f} ms)")
+    early, late = intervals[1:3], intervals[-3:]
+    assert all(0.85 * 4 * M <= x <= 1.15 * 4 * M for x in early), f"before the change: {intervals}"
+    assert all(0.85 * 8 * M <= x <= 1.15 * 8 * M for x in late), f"after the change: {intervals}"
+    row = next(c for c in desanet_json(lab, "clients")["clients"] if c["mac"] == p.client_mac(1))
+    assert row["plan"] == "capped8"
+    assert (row["shaping"]["down"]["rate"], row["shaping"]["down"]["ceil"]) == (8 * M, 8 * M)
+    assert (row["shaping"]["up"]["rate"], row["shaping"]["up"]["ceil"]) == (3 * M, 3 * M)
+    set_plan(lab, 1, "default")
+
+
+# -- (g) stats -------------------------------------------------------------------------------------
+
+
+def _client_row(lab: LabInfo, k: int) -> dict[str, Any]:
+    rows = desanet_json(lab, "clients")["clients"]
+    return next(c for c in rows if c["mac"] == p.client_mac(k))
+
+
+def _kernel_leaf_kind() -> str:
+    """The best leaf qdisc this kernel accepts, probed with the `tc` tool on a scratch device."""
+    for kind in ("fq_codel", "cake"):
+        proc = run_in(ns(UNAUTHORIZED), ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "7:", kind],
+                      timeout=5)
+        if proc.returncode == 0:
+            run_in(ns(UNAUTHORIZED), ["tc", "qdisc", "del", "dev", "lo", "root"], timeout=5)
+            return kind
+    return "pfifo"
+
+
+def test_stats_in_clients_and_shaping_json(lab: LabInfo) -> None:
+    set_plan(lab, 2, "capped")
+    cid = client_cid(lab, 2)
+    before = _client_row(lab, 2)["shaping"]
+    assert before["class"] == cid and before["plan"] == "capped"
+    bytes0 = (before["down"]["stats"] or {}).get("bytes", 0)
+    flow = Flow(2, PORTS[1], True, seconds=4, omit=0)
+    time.sleep(1.5)
+    desanet_json(lab, "shaping")  # takes a sample
+    time.sleep(1.5)
+    tree = desanet_json(lab, "shaping")  # a second sample: rates are averages between the two
+    flow.result()
+    row = _client_row(lab, 2)["shaping"]
+    stats = row["down"]["stats"]
+    assert stats is not None, f"no stats for {cid}: {row}"
+    assert stats["bytes"] > bytes0 + 1_000_000, f"bytes did not grow: {bytes0} -> {stats}"
+    assert stats["packets"] > 0 and {"drops", "backlog", "overlimits", "rate_bps"} <= set(stats)
+    assert 0.7 * 4 * M <= stats["rate_bps"] <= 1.15 * 4 * M, f"rate_bps {stats['rate_bps']}"
+    assert tree["enabled"] is True
+    down = tree["directions"]["down"]
+    assert down["device"] == p.LAN_INTERFACE
+    assert down["classes"][cid]["rate_bps"] > 0
+    assert {"uplink", "unauthorized", "local", "trusted"} <= set(down["classes"])
+    assert tree["directions"]["up"]["device"] == p.WAN_INTERFACE
+    record("stats", f"{cid} down {stats['bytes']} bytes, rate_bps {mbit(stats['rate_bps'])} "
+           f"(plan 4 Mbit/s)")
+
+    leaf = desanet_json(lab, "status")["shaping"]["leaf_qdisc"]
+    assert leaf in ("fq_codel", "cake", "pfifo")
+    assert leaf == _kernel_leaf_kind(), f"status says {leaf}, the kernel accepts {_kernel_leaf_kind()}"
+    qdiscs = gw("tc", "qdisc", "show", "dev", p.LAN_INTERFACE)
+    assert re.search(rf"^qdisc {leaf} \S+ parent {cid}\b", qdiscs, re.M), qdiscs
+    record("leaf qdisc", leaf)
+    set_plan(lab, 2, "default")
+
+
+# -- (h) unauthorized traffic ----------------------------------------------------------------------
+
+
+def test_unauthorized_traffic_is_shaped_into_the_small_default_class(lab: LabInfo) -> None:
+    k = UNAUTHORIZED
+    before = class_bytes(p.LAN_INTERFACE, "1:2")
+    proc = run_in(ns(k), ["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                          f"http://{p.GOVERNMENT_HOST}/"], timeout=15)
+    assert proc.returncode == 0, f"walled-garden fetch failed: {proc.stderr}"
+    code, size = proc.stdout.split()
+    assert code == "200", proc.stdout
+    grew = class_bytes(p.LAN_INTERFACE, "1:2") - before
+    assert grew >= int(size), f"1:2 grew by {grew} bytes, the page alone is {size}"
+    # and a bulk download from the walled garden is held to unauthorized_down (1 Mbit)
+    got = Flow(k, GARDEN_PORT, True, server=GARDEN).bps()
+    record("unauthorized client, walled-garden download", f"{mbit(got)} (unauthorized_down 1 Mbit/s)")
+    assert got <= 1.05 * M, f"unauthorized traffic not held to its class: {mbit(got)}"
+    assert got >= 0.5 * M
+
