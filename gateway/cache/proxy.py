@@ -95,6 +95,7 @@ class CachingProxy:
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._unsafe_session: aiohttp.ClientSession | None = None
 
     # -- upstream ---------------------------------------------------------------
 
@@ -108,19 +109,42 @@ class CachingProxy:
             )
         return self._session
 
+    def unsafe_session(self) -> aiohttp.ClientSession:
+        """Session for unsafe methods (form POSTs): a new connection every time.
+
+        A pooled connection that went idle before the uplink dropped still looks
+        open: the request disappears into its send buffer and only the read
+        timeout ends the wait. The villager would wait ``timeout`` seconds for a
+        receipt, and the form would be queued as "may have arrived" although
+        nothing left the box. On a new connection a dead uplink shows as a
+        connect error at once, and a connect error proves nothing was sent.
+        (Squid, too, never sends a non-retriable request on a reused connection.)
+        """
+        if self._unsafe_session is None or self._unsafe_session.closed:
+            self._unsafe_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
+                                              sock_read=self.timeout),
+            )
+        return self._unsafe_session
+
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._unsafe_session):
+            if session is not None:
+                await session.close()
 
     async def open_upstream(self, service: GovService, method: str, url: str,
                     headers: dict[str, str], data: bytes | None = None) -> aiohttp.ClientResponse:
         """Send one upstream request; raise UpstreamDown on connection errors and 5xx."""
         health = self._health(service.slug)
         try:
-            resp = await self.session().request(method, url, headers=headers, data=data,
-                                                allow_redirects=False)
+            session = self.session() if method in ("GET", "HEAD") else self.unsafe_session()
+            resp = await session.request(method, url, headers=headers, data=data,
+                                         allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
             self.metrics.upstream_errors += 1

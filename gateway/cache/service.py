@@ -164,8 +164,11 @@ class LocalServices:
                 upstream = await self.proxy.open_upstream(service, request.method, url, headers, body)
             except UpstreamDown as exc:
                 # Queue it with the same idempotency key. Unless the connection
-                # was never made, the upstream may already have it: say so.
-                uncertain = not isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+                # was never made (refused, unreachable, DNS, connect timeout; the
+                # request always goes on a new connection), the upstream may
+                # already have it: say so.
+                uncertain = not isinstance(exc.__cause__, aiohttp.ClientConnectorError
+                                           | aiohttp.ConnectionTimeoutError)
             else:
                 async with upstream:
                     if invalidates(request.method, upstream.status):
