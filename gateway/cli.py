@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.config.units import format_duration, format_rate, human_rate
+from gateway.config.units import format_duration, format_left, format_rate, human_rate
 from gateway.control.client import ControlClient
 from gateway.errors import ConfigError, DesanetError
 
@@ -49,6 +50,11 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _vouchers_path(batch: str | None) -> str:
+    # Batch names are free text ("posyandu mei"): encode them for the query string.
+    return "/v1/vouchers" + (f"?{urlencode({'batch': batch})}" if batch else "")
 
 
 def _fmt_time(ts: int | None) -> str:
@@ -94,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  portal:          {data['portal_url']}  mode={data['portal_mode']}")
     print(f"  LAN address:     {data['lan_ip']}")
     print(f"  active sessions: {data['sessions_active']}")
-    print(f"  uptime:          {format_duration(max(1, data['uptime']))}")
+    print(f"  uptime:          {format_left(data['uptime'])}")
     print(f"  firewall:        nftables via {data['firewall']['backend']}")
     dns = data["dnsmasq"]
     print(f"  dnsmasq:         {'running' if dns['running'] else 'DOWN'} pid={dns['pid']}")
@@ -113,9 +119,10 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
     print(f"{'MAC':17}  {'IP':15}  {'STATE':10}  {'VIA':7}  {'LEFT':>6}  {'IDLE-LEFT':>9}  PLAN")
     for c in rows:
         if c["authorized"]:
-            left = format_duration(max(1, c["remaining"]))
+            left = format_left(c["remaining"])
+            idle = format_left(c.get("idle_left", 0))
             print(f"{c['mac']:17}  {c['ip']:15}  {'online':10}  {c['source']:7}  {left:>6}  "
-                  f"{c.get('idle_left', 0):>8}s  {c.get('plan') or '-'}")
+                  f"{idle:>9}  {c.get('plan') or '-'}")
         else:
             print(f"{c['mac']:17}  {c['ip']:15}  {'portal':10}  {'-':7}  {'-':>6}  {'-':>9}  -")
     return 0
@@ -223,7 +230,7 @@ def cmd_vouchers_create(args: argparse.Namespace) -> int:
 
 
 def cmd_vouchers_list(args: argparse.Namespace) -> int:
-    path = "/v1/vouchers" + (f"?batch={args.batch}" if args.batch else "")
+    path = _vouchers_path(args.batch)
     data = _client(args).request("GET", path)
     if args.json:
         _print_json(data)
@@ -252,7 +259,7 @@ def cmd_vouchers_print(args: argparse.Namespace) -> int:
     from gateway.model import Voucher
     from gateway.portal.printable import render_voucher_sheet
 
-    path = "/v1/vouchers" + (f"?batch={args.batch}" if args.batch else "")
+    path = _vouchers_path(args.batch)
     rows = _client(args).request("GET", path)["vouchers"]
     vouchers = [
         Voucher(code=v["code"], duration=v["duration"], plan=v["plan"], created=v["created"],

@@ -25,7 +25,8 @@ def parse_duration(text: str | int) -> int:
 
     Raises ValueError with an example of a valid value.
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        # bool is an int to Python; floats, lists and null are mistakes in JSON or TOML
         raise ValueError(f"{json_quote(text)} is not a duration; write e.g. \"30m\", \"4h\" or \"1d\"")
     if isinstance(text, int):
         seconds = text
@@ -44,6 +45,22 @@ def format_duration(seconds: int) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0 and seconds >= size:
             return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def format_left(seconds: int) -> str:
+    """Time left, rounded down, for tables: 14399 -> "3h59m", 90061 -> "1d1h", 75 -> "1m15s".
+
+    Two units at most; the smaller one is dropped when it is zero ("4h").
+    """
+    seconds = max(0, int(seconds))
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for i, (unit, size) in enumerate(units[:-1]):
+        if seconds >= size:
+            big, rest = divmod(seconds, size)
+            small_unit, small_size = units[i + 1]
+            small = rest // small_size
+            return f"{big}{unit}{small}{small_unit}" if small else f"{big}{unit}"
     return f"{seconds}s"
 
 

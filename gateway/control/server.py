@@ -30,6 +30,10 @@ log = logging.getLogger("desanet.control")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_VOUCHERS_PER_REQUEST = 1000
+# nftables refuses element timeouts of about 100 years and more; a year is
+# already more than any session or voucher a village hands out.
+MAX_DURATION = 366 * 86400
+MAX_BATCH_NAME = 64
 
 
 def session_json(s: Session, now: int) -> dict[str, Any]:
@@ -53,12 +57,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ControlError as exc:
         return web.json_response({"error": str(exc)}, status=exc.status)
     except VoucherError as exc:
-        return web.json_response({"error": str(exc), "reason": exc.reason}, status=404)
+        status = 400 if exc.reason == "malformed" else 404
+        return web.json_response({"error": str(exc), "reason": exc.reason}, status=status)
     except PortalDenied as exc:
         return web.json_response({"error": f"refused: {exc.reason}"}, status=409)
     except DesanetError as exc:
         log.error("%s %s failed: %s", request.method, request.path, exc)
         return web.json_response({"error": str(exc)}, status=500)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        # A bug, not bad input: keep the traceback in the log and still answer
+        # JSON, so the CLI prints a message instead of "invalid JSON".
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response(
+            {"error": f"internal error ({type(exc).__name__}); see the daemon log"}, status=500
+        )
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -86,9 +100,29 @@ def _duration_field(data: dict[str, Any], name: str, required: bool) -> int | No
             raise ControlError(f'field "{name}" is required, e.g. "1d" or "4h"', 400)
         return None
     try:
-        return parse_duration(data[name])
+        seconds = parse_duration(data[name])
     except ValueError as exc:
         raise ControlError(f"field {name}: {exc}", 400) from None
+    if seconds > MAX_DURATION:
+        raise ControlError(
+            f"field {name}: {data[name]!r} is longer than {MAX_DURATION // 86400} days; "
+            'write e.g. "30d"', 400
+        )
+    return seconds
+
+
+def _name_field(data: dict[str, Any], name: str, example: str, limit: int = 32) -> str | None:
+    """An optional short name (plan, batch): a string or null."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > limit or not \
+            value.isprintable():
+        raise ControlError(
+            f"field {name}: {value!r} must be a name of 1..{limit} printable characters "
+            f"or null, e.g. {example!r}", 400
+        )
+    return value
 
 
 def _int_field(data: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -141,6 +175,12 @@ def create_control_app(gw: Gateway) -> web.Application:
     async def auth(request: web.Request) -> web.Response:
         data = await _body(request)
         mac = _mac(data)
+        # Check every field before any lookup or change: bad input changes nothing.
+        duration = _duration_field(data, "duration", required=False)
+        plan = _plan_field(data)
+        if data.get("ip") is not None and not isinstance(data["ip"], str):
+            raise ControlError(f'field ip: {data["ip"]!r} is not an IPv4 address, e.g. '
+                               '"10.42.0.100"', 400)
         ip = data.get("ip") or await gw.netlink.call(gw.neighbours.ip_of, mac)
         if not ip:
             raise ControlError(
@@ -152,12 +192,16 @@ def create_control_app(gw: Gateway) -> web.Application:
         except ValueError:
             raise ControlError(f'field ip: "{ip}" is not an IPv4 address, e.g. "10.42.0.100"',
                                400) from None
-        lan = gw.cfg.network.lan_address.network
+        iface = gw.cfg.network.lan_address
+        lan = iface.network
+        if addr in (lan.network_address, lan.broadcast_address, iface.ip):
+            raise ControlError(f"field ip: {addr} is the gateway's or the LAN's own address, "
+                               f'not a client\'s; write e.g. "{lan.network_address + 100}"', 422)
+        # Outside the LAN is allowed with shaping off (bench/portal_auth.py
+        # authorizes more clients than the lab's /24 holds); it matches nothing.
         if gw.cfg.shaping.enabled and addr not in lan:
             raise ControlError(f"field ip: {addr} is outside the LAN {lan}; with shaping on every "
                                "client needs a LAN address (its class id comes from it)", 422)
-        duration = _duration_field(data, "duration", required=False)
-        plan = data.get("plan")
         session = await gw.authorize(mac, str(ip), "manual", duration=duration, plan=plan)
         return web.json_response({"client": session_json(session, gw.now())})
 
@@ -176,10 +220,7 @@ def create_control_app(gw: Gateway) -> web.Application:
         if "plan" not in data:
             raise ControlError('field "plan" is required: a name from shaping.plans, or null '
                                "for the default plan", 400)
-        plan_name = data["plan"]
-        if plan_name is not None and not isinstance(plan_name, str):
-            raise ControlError("field plan: must be a plan name or null", 400)
-        session = await gw.change_plan(mac, plan_name)
+        session = await gw.change_plan(mac, _plan_field(data))
         return web.json_response({"client": session_json(session, gw.now())})
 
     @routes.get("/v1/shaping")
@@ -216,14 +257,10 @@ def create_control_app(gw: Gateway) -> web.Application:
         duration = _duration_field(data, "duration", required=True)
         assert duration is not None
         max_devices = _int_field(data, "max_devices", 1, 1, 10)
-        plan = data.get("plan")
-        if plan is not None and plan not in gw.cfg.shaping.plans:
-            raise ControlError(
-                f"field plan: {plan!r} is not a plan in shaping.plans "
-                f"(known: {', '.join(gw.cfg.shaping.plans) or 'none'})", 422
-            )
+        plan = _plan_field(data)
+        given_batch = _name_field(data, "batch", "2024-05-posyandu", MAX_BATCH_NAME)
         now = gw.now()
-        batch = data.get("batch") or f"{now}-{secrets.token_hex(2)}"
+        batch = given_batch or f"{now}-{secrets.token_hex(2)}"
         made = [
             Voucher(code=c, duration=duration, plan=plan, created=now, batch=str(batch),
                     max_devices=max_devices)
@@ -239,9 +276,13 @@ def create_control_app(gw: Gateway) -> web.Application:
         from gateway.portal.vouchers import normalize_code
 
         data = await _body(request)
-        if "code" not in data:
-            raise ControlError('field "code" is required, e.g. "K7MQX-3PAR9"', 400)
-        code = normalize_code(str(data["code"]))
+        if not isinstance(data.get("code"), str):
+            raise ControlError('field "code" is required, a voucher code such as "K7MQX-3PAR9"',
+                               400)
+        try:
+            code = normalize_code(data["code"])
+        except VoucherError as exc:
+            raise ControlError(f"field code: {exc}", 400) from None
         voucher = gw.store.revoke_voucher(code, gw.now())
         await gw.sweep()
         return web.json_response({"voucher": voucher_json(voucher, gw.now())})
@@ -249,6 +290,15 @@ def create_control_app(gw: Gateway) -> web.Application:
     @routes.post("/v1/reload")
     async def reload(_: web.Request) -> web.Response:
         return web.json_response(await gw.reload())
+
+    def _plan_field(data: dict[str, Any]) -> str | None:
+        plan = _name_field(data, "plan", "school")
+        if plan is not None and plan not in gw.cfg.shaping.plans:
+            raise ControlError(
+                f"field plan: {plan!r} is not a plan in shaping.plans "
+                f"(known: {', '.join(gw.cfg.shaping.plans) or 'none'})", 422
+            )
+        return plan
 
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
     app.add_routes(routes)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,24 @@ class Gateway:
                 await self.dnsmasq.restart()
             await self._stop_portal()
             await self._sync_local_services()
-            await self._start_portal()
+            try:
+                await self._start_portal()
+            except ServiceError as exc:
+                # e.g. a new portal port that is taken: serve the old one again
+                # rather than leave villagers with no portal at all.
+                log.error("reload refused, keeping the running config: %s", exc)
+                self.cfg = old
+                await self.shaping.reconcile(self.store.active_sessions(self.now()), cfg)
+                self.apply_firewall()
+                if self.dnsmasq.write_config(
+                    render_dnsmasq_conf(old, str(self.state_dir), str(self.run_dir))
+                ):
+                    await self.dnsmasq.restart()
+                await self._sync_local_services()
+                await self._start_portal()
+                raise ControlError(
+                    f"reload refused, keeping the running config: {exc}", 422
+                ) from exc
         log.info("config reloaded")
         return {"reloaded": True}
 
@@ -213,12 +231,23 @@ class Gateway:
                 await self._cut_off(s)
                 log.info("session of %s (%s) ended: idle", s.mac, s.ip)
             live = self.store.active_sessions(now)
+            live_ips = {s.ip for s in live}
             for mac, ip in stale_kernel_entries(live, self.firewall.authorized_clients()):
-                self.firewall.revoke(mac, ip, self.shaping.ip_class_text(ip))
+                # The address's class and map entry belong to a live session if any.
+                cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
+                self.firewall.revoke(mac, ip, cls)
                 log.warning("removed kernel authorization with no session: %s %s", mac, ip)
 
     async def _cut_off(self, session: Session) -> None:
-        """Kernel side of ending a session: firewall first, then its classes."""
+        """Kernel side of ending a session: firewall first, then its classes.
+
+        Shaping is per address, so when another MAC's live session now holds
+        this address (its DHCP lease moved), that session keeps the class and
+        the map entry; only this MAC's authorization goes.
+        """
+        if self.store.ip_taken(session.ip, session.mac, self.now()):
+            self.firewall.revoke(session.mac, session.ip, None)
+            return
         self.firewall.revoke(session.mac, session.ip, self.shaping.class_text(session))
         await self.shaping.remove(session)
 
@@ -230,6 +259,9 @@ class Gateway:
                 await self.shaping.sample()
             except DesanetError as exc:
                 log.error("sweep failed: %s", exc)
+            except Exception:
+                # Never let a bug end the loop: expiry and idle cut-offs depend on it.
+                log.exception("sweep failed unexpectedly; retrying in %.0fs", SWEEP_INTERVAL)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -347,7 +379,16 @@ class Gateway:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         for port in (self.cfg.portal.http_port, self.cfg.portal.redirect_port):
-            await web.TCPSite(runner, self.cfg.lan_ip, port, reuse_address=True).start()
+            try:
+                await web.TCPSite(runner, self.cfg.lan_ip, port, reuse_address=True).start()
+            except OSError as exc:
+                await runner.cleanup()
+                raise ServiceError(
+                    f"the portal cannot listen on {self.cfg.lan_ip}:{port}: "
+                    f"{exc.strerror or exc}; expected a free port on the LAN address, "
+                    "choose another portal.http_port / portal.redirect_port or stop "
+                    "what uses it"
+                ) from exc
         self._portal_runner = runner
 
     async def _stop_portal(self) -> None:
@@ -359,18 +400,52 @@ class Gateway:
         from gateway.control.server import create_control_app
 
         path = Path(self.cfg.control.socket)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_socket_dir(path)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         runner = web.AppRunner(create_control_app(self), access_log=None)
         await runner.setup()
+        # The umask makes the socket 0600 at bind(): no moment with wider
+        # permissions, and no chmod by path that a swapped-in symlink could redirect.
         old_umask = os.umask(0o177)
         try:
             # A deep backlog: bursts of CLI/TUI/bench calls wait instead of failing.
             await web.UnixSite(runner, str(path), backlog=1024).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ServiceError(
+                f"cannot create the control socket {path}: {exc.strerror or exc}; "
+                "is another desanet daemon running with the same control.socket?"
+            ) from exc
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o600)
         self._control_runner = runner
+
+
+def prepare_socket_dir(socket_path: Path) -> None:
+    """Make sure only root can replace the control socket.
+
+    Anyone who can write to the socket's directory can swap the socket for
+    their own between our bind() and a CLI's connect(), and then read or
+    answer what root sends (vouchers, auth calls). So the directory is created
+    0755 and an existing one must not be writable by group or others.
+    """
+    parent = socket_path.parent
+    parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(parent)
+    except OSError as exc:
+        raise ServiceError(f"cannot inspect {parent}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ServiceError(
+            f"control.socket directory {parent} is not a plain directory (found a symlink or "
+            "file); expected a root-owned directory such as /run/desanet"
+        )
+    if st.st_mode & 0o022 or st.st_uid != os.geteuid():
+        raise ServiceError(
+            f"control.socket directory {parent} has mode {stat.S_IMODE(st.st_mode):04o}, owner "
+            f"uid {st.st_uid}; expected a directory only this user (root) can write to, e.g. "
+            "/run/desanet/control.sock, or run chmod go-w on it"
+        )
 
 

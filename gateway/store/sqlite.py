@@ -3,14 +3,18 @@
 WAL mode with synchronous=FULL: a committed transaction survives kill -9 and
 power loss. Each public method is one transaction, so a crash leaves either
 the old or the new state, never half of an operation.
+
+The database holds unused voucher codes, which are worth money, so the file
+(and SQLite's -wal/-shm companions, which copy its mode) is root-only (0600).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from gateway.errors import StoreError, VoucherError
@@ -34,6 +38,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sessions_one_active_per_mac
     ON sessions(mac) WHERE ended IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_active_ip ON sessions(ip) WHERE ended IS NULL;
 CREATE TABLE IF NOT EXISTS vouchers (
     code TEXT PRIMARY KEY,
     duration INTEGER NOT NULL,
@@ -52,6 +57,19 @@ CREATE TABLE IF NOT EXISTS voucher_devices (
 """
 
 _SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
+DB_MODE = 0o600
+
+
+def _restrict(path: str) -> None:
+    """Create ``path`` (and tighten it and its WAL files) as owner-only."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, DB_MODE)
+    try:
+        os.fchmod(fd, DB_MODE)
+    finally:
+        os.close(fd)
+    for extra in (path + "-wal", path + "-shm"):
+        with suppress(FileNotFoundError):
+            os.chmod(extra, DB_MODE)
 
 
 class Store:
@@ -61,6 +79,13 @@ class Store:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        try:
+            _restrict(self.path)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create state database {self.path}: {exc.strerror or exc}; "
+                "check that store.state_dir is writable by root"
+            ) from exc
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -75,6 +100,18 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """Reads outside a transaction; errors become StoreError like writes."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"state database error in {self.path}: {exc}; "
+                    "check the disk (SD card) and the file's permissions"
+                ) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -127,8 +164,8 @@ class Store:
             )
 
     def active_session(self, mac: str, now: int) -> Session | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.execute(
                 f"SELECT {_SESSION_COLS} FROM sessions "
                 "WHERE mac=? AND ended IS NULL AND expires>?",
                 (mac, now),
@@ -136,15 +173,30 @@ class Store:
         return Session(*row) if row else None
 
     def count_active(self, now: int) -> int:
-        with self._lock:
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.execute(
                 "SELECT count(*) FROM sessions WHERE ended IS NULL AND expires>?", (now,)
             ).fetchone()
         return int(row[0])
 
+    def ip_taken(self, ip: str, mac: str, now: int) -> bool:
+        """True when another MAC than ``mac`` has an active session on ``ip``.
+
+        After a DHCP lease moves to a new phone, the old phone's session may
+        still hold the address until it idles out; both share one shaping
+        class (its id comes from the address).
+        """
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM sessions WHERE ip=? AND mac!=? AND ended IS NULL AND expires>? "
+                "LIMIT 1",
+                (ip, mac, now),
+            ).fetchone()
+        return row is not None
+
     def active_sessions(self, now: int) -> list[Session]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL AND expires>? "
                 "ORDER BY started",
                 (now,),
@@ -189,18 +241,18 @@ class Store:
             )
 
     def voucher(self, code: str) -> Voucher | None:
-        with self._lock:
-            return self._voucher(self._db, code)
+        with self._read() as db:
+            return self._voucher(db, code)
 
     def vouchers(self, batch: str | None = None) -> list[Voucher]:
-        with self._lock:
+        with self._read() as db:
             if batch is None:
-                codes = self._db.execute("SELECT code FROM vouchers ORDER BY created, code")
+                codes = db.execute("SELECT code FROM vouchers ORDER BY created, code")
             else:
-                codes = self._db.execute(
+                codes = db.execute(
                     "SELECT code FROM vouchers WHERE batch=? ORDER BY code", (batch,)
                 )
-            found = [self._voucher(self._db, c) for (c,) in codes.fetchall()]
+            found = [self._voucher(db, c) for (c,) in codes.fetchall()]
         return [v for v in found if v is not None]
 
     def revoke_voucher(self, code: str, now: int) -> Voucher:

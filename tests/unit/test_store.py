@@ -105,3 +105,44 @@ while True:
         proc.wait()
     committed = int(progress.read_text())
     assert len(Store(db).active_sessions(NOW)) >= committed
+
+
+def test_database_files_are_owner_only(tmp_path: Path) -> None:
+    # Unused voucher codes are in there: no other local user may read them.
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "s.db")
+        store.add_vouchers([Voucher("ABCDE-FGHJK", 3600, None, NOW, "b")])
+    finally:
+        os.umask(old)
+    for name in ("s.db", "s.db-wal", "s.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    store.close()
+
+
+def test_existing_world_readable_database_is_tightened(tmp_path: Path) -> None:
+    Store(tmp_path / "s.db").close()
+    (tmp_path / "s.db").chmod(0o644)
+    Store(tmp_path / "s.db").close()
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_read_errors_become_store_errors(tmp_path: Path) -> None:
+    from gateway.errors import StoreError
+
+    store = Store(tmp_path / "s.db")
+    store.close()
+    with pytest.raises(StoreError, match="state database"):
+        store.active_sessions(NOW)
+    with pytest.raises(StoreError, match="state database"):
+        store.vouchers()
+
+
+def test_ip_taken_by_another_mac(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.start_session(sess("02:00:00:00:00:01", "10.42.0.5"))
+    assert not store.ip_taken("10.42.0.5", "02:00:00:00:00:01", NOW)
+    assert store.ip_taken("10.42.0.5", "02:00:00:00:00:02", NOW)
+    assert not store.ip_taken("10.42.0.5", "02:00:00:00:00:02", NOW + 100)  # expired
+    store.end_session("02:00:00:00:00:01", NOW, "logout")
+    assert not store.ip_taken("10.42.0.5", "02:00:00:00:00:02", NOW)
