@@ -12,7 +12,9 @@ cost does not depend on how many clients are online.
                 authorized IP from another MAC, matches nothing.
 * ``active4``   same key; every forwarded packet of an authorized client
                 refreshes its element with the idle timeout. A session whose
-                element has expired is idle; the daemon ends it.
+                element has expired is idle: its packets no longer match (so
+                the next packet cannot quietly revive it) and the daemon's
+                sweep ends the session.
 * ``trusted_mac`` / ``blocked_mac``: from config.
 * ``garden4/6`` interval sets of walled-garden CIDRs; ``garden_dns4/6`` are
                 filled by dnsmasq (nftset) as walled-garden names resolve.
@@ -189,7 +191,7 @@ def plan_ruleset(
     meta nfproto ipv6 drop
     {hairpin}ct state invalid drop
     ether saddr @trusted_mac accept
-    {authorized} update @active4 {{ ether saddr . ip saddr }} accept
+    ether saddr . ip saddr @active4 {authorized} update @active4 {{ ether saddr . ip saddr }} accept
     ip daddr @garden4 accept
     ip daddr @garden_dns4 accept
     meta l4proto tcp reject with tcp reset

@@ -105,6 +105,13 @@ def test_unauthorized_path() -> None:
     assert "policy drop" in chain(script, "filter_forward")
 
 
+def test_idle_client_is_not_revived_by_its_next_packet() -> None:
+    fwd = chain(plan_ruleset(make_config(), [A], NOW), "lan_forward")
+    accept = next(x.strip() for x in fwd.splitlines() if "update @active4" in x)
+    # the activity element must still exist: an expired one is not re-added
+    assert accept.startswith("ether saddr . ip saddr @active4 ether saddr . ip saddr @auth4 update")
+
+
 def test_ipv6_from_lan_is_dropped_before_any_accept() -> None:
     script = plan_ruleset(make_config(access={"trusted_macs": ["02:00:00:00:00:aa"]}), [A], NOW)
     for name in ("lan_forward", "lan_input"):
