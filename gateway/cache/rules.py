@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import calendar
 import email.utils
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -140,8 +141,12 @@ def _delta(value: str | None) -> float | None:
     return float(min(int(v), DELTA_MAX))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_http_date(value: str | None) -> float | None:
-    """IMF-fixdate, RFC 850 or asctime (always GMT) -> POSIX seconds; None if invalid."""
+    """IMF-fixdate, RFC 850 or asctime (always GMT) -> POSIX seconds; None if invalid.
+
+    Memoized: every cache hit parses the stored Date (and Expires, Last-Modified)
+    again, and the same few strings come back over and over."""
     parsed = email.utils.parsedate_tz(value.strip()) if value else None
     if parsed is None:
         return None

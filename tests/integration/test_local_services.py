@@ -1,0 +1,562 @@
+"""Government services (``http://layanan.desa/``) end to end in the virtual
+village: the caching reverse proxy in front of a real origin, offline
+behaviour and store-and-forward of forms, with the real daemon.
+
+One lab for the module. The origin is ``dukcapil.lab`` in the WAN namespace
+(gateway/lab/gov_origin.py); it counts every request it answers per path, so
+a test tells a cache hit (the origin saw nothing) from a miss by reading
+``/_lab/stats`` before and after. The client c1 never logs in to the portal:
+local services are part of the walled garden. "Offline" means the gateway's
+WAN link is down (``ip link set wan0 down``, which also removes the default
+route; :func:`wan_down` puts both back whatever happens).
+
+Tests run in file order and share the cache; each uses its own URLs (or a
+unique query string) and compares origin counters as deltas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from gateway.lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from gateway.lab import netns as nsa
+from gateway.lab import plan as p
+from tests.integration import _session_helpers as h
+
+pytestmark = pytest.mark.integration
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "local-services tests need root (network namespaces, nftables)"
+    missing = [t for t in ("ip", "busybox", "curl", "nft") if shutil.which(t) is None]
+    if not Path("/usr/sbin/dnsmasq").exists():
+        missing.append("/usr/sbin/dnsmasq")
+    if missing:
+        return "local-services tests need " + ", ".join(missing)
+    return None
+
+
+_why = _why_not()
+if _why:
+    pytest.skip(_why, allow_module_level=True)
+
+PREFIX = f"ls{os.getpid() % 1000}"
+SITE = "http://layanan.desa"
+SVC = f"{SITE}/dukcapil"
+ORIGIN = f"http://{p.DUKCAPIL_HOST}"
+WAN_GW = "100.64.0.1"  # the ISP side of the gateway's WAN link (its default route)
+BIG_MB = 50
+REF_RE = re.compile(r"DN-[0-9A-Z]{4}-[0-9A-Z]{4}")
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> LabInfo:
+    # A 50 MB object must fit the store's per-object limit (1/8 of the size).
+    spec = LabSpec(prefix=PREFIX, clients=1,
+                   extra={"local_services": {"cache_size": "1gb"}})
+    request.addfinalizer(lambda: lab_down(PREFIX))
+    return lab_up(spec)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+@dataclass
+class Resp:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    @property
+    def cache_status(self) -> str:
+        return self.headers.get("cache-status", "")
+
+
+def fetch(ns: str, url: str, *, method: str = "GET", headers: tuple[str, ...] = (),
+          data: str | None = None, timeout: float = 10.0) -> Resp:
+    """One HTTP exchange by curl in namespace ``ns``; the body as bytes."""
+    argv = [nsa.IP, "netns", "exec", ns, "curl", "-sS", "-i", "--max-time", f"{timeout:g}"]
+    if method == "HEAD":
+        argv.append("-I")
+    elif method != "GET":
+        argv += ["-X", method]
+    for hdr in headers:
+        argv += ["-H", hdr]
+    if data is not None:
+        argv += ["--data", data]
+    argv.append(url)
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, timeout=timeout + 5, check=False)
+    seconds = time.monotonic() - started
+    out = proc.stdout
+    if proc.returncode != 0 or not out.startswith(b"HTTP/"):
+        return Resp(0, error=(proc.stderr or out).decode(errors="replace").strip(),
+                    seconds=seconds)
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hdrs: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        hdrs[name.strip().lower()] = value.strip()
+    return Resp(int(lines[0].split()[1]), hdrs, body, seconds)
+
+
+def origin_stats(lab: LabInfo) -> dict[str, int]:
+    proc = run_in(lab.wan, ["curl", "-sS", "--max-time", "5", f"{ORIGIN}/_lab/stats"])
+    assert proc.returncode == 0, f"origin stats: {proc.stderr.strip()}"
+    data: dict[str, int] = json.loads(proc.stdout)
+    return data
+
+
+def origin_count(lab: LabInfo, path: str) -> int:
+    return origin_stats(lab).get(path, 0)
+
+
+def origin_submissions(lab: LabInfo) -> dict[str, dict[str, Any]]:
+    proc = run_in(lab.wan, ["curl", "-sS", "--max-time", "5", f"{ORIGIN}/_lab/submissions"])
+    assert proc.returncode == 0, f"origin submissions: {proc.stderr.strip()}"
+    data: dict[str, dict[str, Any]] = json.loads(proc.stdout)
+    return data
+
+
+def submissions_with_ref(lab: LabInfo, ref: str) -> list[dict[str, Any]]:
+    return [s for s in origin_submissions(lab).values() if s.get("reference") == ref]
+
+
+def services_json(lab: LabInfo) -> dict[str, Any]:
+    data: dict[str, Any] = h.cli_json(lab.control_socket, "services")
+    return data
+
+
+def c1(lab: LabInfo) -> str:
+    return lab.client(1).name
+
+
+def gateway_pid(lab: LabInfo) -> int:
+    info = lab_status(lab.prefix)
+    assert info.gateway_running and info.gateway_pid, "the lab's gateway daemon is not running"
+    return info.gateway_pid
+
+
+def ensure_gateway(lab: LabInfo) -> int:
+    info = lab_status(lab.prefix)
+    if info.gateway_running and info.gateway_pid:
+        return info.gateway_pid
+    return services.start_gateway(p.plan_lab(LabSpec(prefix=lab.prefix)))
+
+
+def _link(lab: LabInfo, state: str) -> None:
+    run_in(lab.gw, ["ip", "link", "set", p.WAN_INTERFACE, state], check=True)
+
+
+def wan_up(lab: LabInfo) -> None:
+    _link(lab, "up")
+    routes = run_in(lab.gw, ["ip", "-4", "route", "show", "default"]).stdout
+    if "default" not in routes:
+        run_in(lab.gw, ["ip", "route", "replace", "default", "via", WAN_GW], check=True)
+    h.wait_until(lambda: run_in(lab.gw, ["curl", "-s", "-o", "/dev/null", "--max-time", "2",
+                                         "-w", "%{http_code}", f"{ORIGIN}/_lab/stats"]
+                                ).stdout == "200",
+                 15, "the origin to answer the gateway again")
+
+
+@contextlib.contextmanager
+def wan_down(lab: LabInfo) -> Iterator[None]:
+    """The gateway's uplink is cut inside the block and restored after it."""
+    _link(lab, "down")
+    try:
+        yield
+    finally:
+        wan_up(lab)
+
+
+def refs_in(text: str) -> list[str]:
+    return REF_RE.findall(text)
+
+
+def kiriman(lab: LabInfo, ref: str) -> Resp:
+    return fetch(c1(lab), f"{SITE}/kiriman?ref={ref}")
+
+
+def big_expected(size: int) -> tuple[int, str]:
+    """Size and sha256 of the origin's deterministic /big body."""
+    chunk = bytes(range(256)) * 256
+    digest = hashlib.sha256()
+    left = size
+    while left > 0:
+        piece = chunk[: min(len(chunk), left)]
+        digest.update(piece)
+        left -= len(piece)
+    return size, digest.hexdigest()
+
+
+# -- 1. reachable before login, through the gateway's DNS -----------------------------------
+
+
+def test_catalog_before_login_via_gateway_dns(lab: LabInfo) -> None:
+    ns = c1(lab)
+    # c1 never logged in: the internet sends it to the portal ...
+    assert h.internet(ns).redirected_to_portal(), "c1 should not be logged in"
+    # ... but layanan.desa resolves through the gateway's dnsmasq (DHCP gave c1 that resolver).
+    resolv = (p.NETNS_ETC / ns / "resolv.conf").read_text()
+    assert p.LAN_IP in resolv, f"c1 did not get the gateway as its resolver: {resolv!r}"
+    look = run_in(ns, ["busybox", "nslookup", "layanan.desa", p.LAN_IP])
+    assert p.LAN_IP in look.stdout.split("Name:", 1)[-1], look.stdout + look.stderr
+
+    r = fetch(ns, f"{SITE}/")
+    assert r.status == 200, r
+    assert "Layanan pemerintah" in r.text and "Data Kependudukan (lab)" in r.text
+    en = fetch(ns, f"{SITE}/?lang=en")
+    assert en.status == 200, en
+    assert "Government services" in en.text and "Population records (lab)" in en.text
+
+    svc = fetch(ns, f"{SVC}/")
+    assert svc.status == 200, svc
+    assert "Dukcapil (lab)" in svc.text
+
+
+# -- 2. hits, 304, Vary, no-store -------------------------------------------------------------
+
+
+def test_second_request_is_a_hit(lab: LabInfo) -> None:
+    ns = c1(lab)
+    url = f"{SVC}/slow?ms=0&x=hit"
+    before = origin_count(lab, "/slow")
+    first = fetch(ns, url)
+    assert first.status == 200 and first.text == "slow page\n", first
+    assert "fwd=miss" in first.cache_status and "stored" in first.cache_status, first.headers
+    assert origin_count(lab, "/slow") == before + 1
+    second = fetch(ns, url)
+    assert second.status == 200 and second.body == first.body
+    assert second.cache_status == "desanet; hit", second.headers
+    assert origin_count(lab, "/slow") == before + 1, "the second request reached the origin"
+
+
+def test_etag_revalidation_304(lab: LabInfo) -> None:
+    ns = c1(lab)
+    before = origin_count(lab, "/etag")
+    first = fetch(ns, f"{SVC}/etag")
+    assert first.status == 200 and "Selalu divalidasi ulang" in first.text, first
+    assert "stored" in first.cache_status, first.headers
+    etag = first.headers.get("etag")
+    assert etag
+    for k in (2, 3):
+        again = fetch(ns, f"{SVC}/etag")
+        assert again.status == 200, again
+        assert again.body == first.body
+        assert again.headers.get("etag") == etag
+        # no-cache: every use asks the origin, which answers 304; the stored body is reused.
+        assert "fwd-status=304" in again.cache_status, again.headers
+        assert origin_count(lab, "/etag") == before + k
+    # The client's own conditional request is answered 304 (after revalidation).
+    cond = fetch(ns, f"{SVC}/etag", headers=(f"If-None-Match: {etag}",))
+    assert cond.status == 304, cond
+    assert cond.body == b""
+
+
+def test_vary_accept_language(lab: LabInfo) -> None:
+    ns = c1(lab)
+    before = origin_count(lab, "/vary")
+    en = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: en",))
+    idn = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
+    assert (en.status, idn.status) == (200, 200)
+    assert "Hello" in en.text and "Halo" in idn.text
+    assert en.body != idn.body
+    en2 = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: en",))
+    id2 = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
+    assert en2.body == en.body and id2.body == idn.body
+    assert en2.cache_status == "desanet; hit" and id2.cache_status == "desanet; hit", (
+        en2.headers, id2.headers)
+    assert origin_count(lab, "/vary") == before + 2
+
+
+def test_no_store_never_stored(lab: LabInfo) -> None:
+    ns = c1(lab)
+    before = origin_count(lab, "/nostore")
+    bodies = []
+    for _ in range(3):
+        r = fetch(ns, f"{SVC}/nostore")
+        assert r.status == 200, r
+        assert "hit" not in r.cache_status and "stored" not in r.cache_status, r.headers
+        bodies.append(r.text)
+    assert origin_count(lab, "/nostore") == before + 3
+    assert len(set(bodies)) == 3, f"the origin numbers its answers; got {bodies}"
+
+
+# -- 3. collapsing, stale-while-revalidate, HEAD and ranges ----------------------------------
+
+
+def test_concurrent_requests_collapse(lab: LabInfo) -> None:
+    ns = c1(lab)
+    url = f"{SVC}/slow?ms=800&x=collapse{time.time_ns()}"
+    before = origin_count(lab, "/slow")
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(lambda _: fetch(ns, url), range(5)))
+    assert all(r.status == 200 and r.text == "slow page\n" for r in results), results
+    assert origin_count(lab, "/slow") == before + 1, "5 concurrent misses made several fetches"
+    assert sum("fwd=miss" in r.cache_status for r in results) == 1, [r.cache_status for r in results]
+
+
+def test_stale_while_revalidate(lab: LabInfo) -> None:
+    ns = c1(lab)
+    before = origin_count(lab, "/swr")
+    first = fetch(ns, f"{SVC}/swr")
+    assert first.status == 200 and first.text == f"version {before + 1}\n", first
+    time.sleep(1.6)  # max-age=1: now stale, within stale-while-revalidate=30
+    second = fetch(ns, f"{SVC}/swr")
+    assert second.status == 200, second
+    assert second.body == first.body, "the stale copy should be served at once"
+    assert "stale-while-revalidate" in second.cache_status, second.headers
+    # ... and the origin is asked in the background.
+    h.wait_until(lambda: origin_count(lab, "/swr") == before + 2, 5, "the background refresh")
+    def refreshed() -> Resp | None:
+        r = fetch(ns, f"{SVC}/swr")
+        return r if r.text == f"version {before + 2}\n" else None
+
+    third = h.wait_until(refreshed, 5, "the refreshed copy")
+    assert third is not None
+    assert third.cache_status == "desanet; hit", third.headers
+    assert origin_count(lab, "/swr") == before + 2
+
+
+def test_head_and_ranges_from_stored_get(lab: LabInfo) -> None:
+    ns = c1(lab)
+    url = f"{SVC}/big?mb=1"
+    size = 1024 * 1024
+    full = fetch(ns, url)
+    assert full.status == 200 and len(full.body) == size, (full.status, len(full.body))
+    count = origin_count(lab, "/big")
+
+    head = fetch(ns, url, method="HEAD")
+    assert head.status == 200 and head.body == b"", head
+    assert head.headers.get("content-length") == str(size)
+    assert "hit" in head.cache_status, head.headers
+
+    part = fetch(ns, url, headers=("Range: bytes=0-9",))
+    assert part.status == 206, part
+    assert part.headers.get("content-range") == f"bytes 0-9/{size}"
+    assert part.body == bytes(range(10))
+
+    tail = fetch(ns, url, headers=("Range: bytes=-4",))
+    assert tail.status == 206 and tail.body == bytes([252, 253, 254, 255]), tail
+
+    bad = fetch(ns, url, headers=(f"Range: bytes={size + 10}-",))
+    assert bad.status == 416, bad
+    assert bad.headers.get("content-range") == f"bytes */{size}"
+    assert origin_count(lab, "/big") == count, "HEAD or a range reached the origin"
+
+
+# -- 4. a big file: streamed, hit, and not held in memory -------------------------------------
+
+
+def _peak_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
+    proc = psutil.Process(pid)
+    peak = 0
+    while not stop.is_set():
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.02)
+    out.append(peak)
+
+
+def _download(lab: LabInfo, url: str, dest: Path) -> tuple[int, dict[str, str]]:
+    headers_file = dest.with_suffix(".headers")
+    proc = run_in(c1(lab), ["curl", "-sS", "--max-time", "60", "-D", str(headers_file),
+                            "-o", str(dest), "-w", "%{http_code}", url], timeout=70)
+    assert proc.returncode == 0, proc.stderr
+    hdrs = {}
+    for line in headers_file.read_text("latin-1").splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if value:
+            hdrs[name.strip().lower()] = value.strip()
+    return int(proc.stdout), hdrs
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_big_file_streamed_cached_and_not_in_memory(lab: LabInfo, tmp_path: Path) -> None:
+    pid = gateway_pid(lab)
+    url = f"{SVC}/big?mb={BIG_MB}"
+    size, sha = big_expected(BIG_MB * 1024 * 1024)
+    before = origin_count(lab, "/big")
+    rss_before = psutil.Process(pid).memory_info().rss
+    for attempt, expect in ((1, "fwd=miss; stored"), (2, "hit")):
+        stop, peak = threading.Event(), list[int]()
+        sampler = threading.Thread(target=_peak_rss, args=(pid, stop, peak))
+        sampler.start()
+        try:
+            dest = tmp_path / f"big{attempt}.bin"
+            code, hdrs = _download(lab, url, dest)
+        finally:
+            stop.set()
+            sampler.join()
+        assert code == 200
+        assert dest.stat().st_size == size
+        assert _sha256(dest) == sha, "the client got different bytes than the origin sent"
+        assert expect in hdrs.get("cache-status", ""), hdrs
+        grew = (peak[0] - rss_before) / 1e6
+        assert grew < 40, f"daemon RSS grew {grew:.0f} MB while serving a {BIG_MB} MB file"
+        dest.unlink()
+    assert origin_count(lab, "/big") == before + 1, "the second download was not a hit"
+
+
+# -- 5. offline ------------------------------------------------------------------------------------
+
+
+def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
+    ns = c1(lab)
+    cached = fetch(ns, f"{SVC}/")
+    assert cached.status == 200
+    etag_copy = fetch(ns, f"{SVC}/etag")
+    assert etag_copy.status == 200
+    root_count = origin_count(lab, "/")
+    etag_count = origin_count(lab, "/etag")
+    with wan_down(lab):
+        # Never fetched: a clear page in Bahasa, not a hang or a bare error.
+        miss = fetch(ns, f"{SVC}/never-fetched-{time.time_ns()}")
+        assert miss.status == 504, miss
+        assert "tidak dapat dihubungi" in miss.text and "<html" in miss.text.lower(), miss.text
+        assert "upstream-unreachable" in miss.cache_status
+
+        catalog = fetch(ns, f"{SITE}/")
+        assert catalog.status == 200
+        assert "Salinan offline dari" in catalog.text, catalog.text
+        en = fetch(ns, f"{SITE}/?lang=en")
+        assert "Offline copy from" in en.text
+
+        page = fetch(ns, f"{SVC}/")
+        assert page.status == 200 and page.body == cached.body, page
+        # A forced revalidation fails: the good copy stands in (offline_for = 1d) ...
+        forced = fetch(ns, f"{SVC}/", headers=("Cache-Control: max-age=0",))
+        assert forced.status == 200 and forced.body == cached.body, forced
+        assert "stale-if-error" in forced.cache_status, forced.headers
+        # ... other cached pages still open ...
+        vary = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: en",))
+        assert vary.status == 200 and "Hello" in vary.text
+        # ... but a no-cache page is never served without the origin's word (RFC 9111 §4.2.4).
+        nc = fetch(ns, f"{SVC}/etag")
+        assert nc.status == 504, nc
+        svc = services_json(lab)["services"]["dukcapil"]
+        assert svc["state"] == "offline" and svc["consecutive_errors"] >= 1, svc
+
+    # Link back: the failed revalidations evicted nothing.
+    after = fetch(ns, f"{SVC}/")
+    assert after.status == 200 and after.body == cached.body
+    assert after.cache_status == "desanet; hit", after.headers
+    assert origin_count(lab, "/") == root_count, "the stored copy of / was refetched"
+    nc_back = fetch(ns, f"{SVC}/etag")
+    assert nc_back.status == 200 and nc_back.body == etag_copy.body
+    assert "fwd-status=304" in nc_back.cache_status, nc_back.headers
+    assert origin_count(lab, "/etag") == etag_count + 1
+
+
+# -- 6. store-and-forward ----------------------------------------------------------------------
+
+
+def _post_offline(lab: LabInfo, name: str) -> str:
+    r = fetch(c1(lab), f"{SVC}/form", method="POST", data=f"nama={name}")
+    assert r.status == 202, r
+    refs = refs_in(r.text)
+    assert refs, f"no reference number on the receipt page: {r.text}"
+    status = kiriman(lab, refs[0])
+    assert status.status == 200 and "Menunggu jaringan" in status.text, status.text
+    return refs[0]
+
+
+def _delivered_once(lab: LabInfo, ref: str, name: str, timeout: float = 45.0) -> None:
+    subs = h.wait_until(lambda: submissions_with_ref(lab, ref), timeout,
+                        f"the origin to receive {ref}", interval=0.5)
+    time.sleep(1.0)  # room for a duplicate to show up
+    subs = submissions_with_ref(lab, ref)
+    assert len(subs) == 1, f"{ref} arrived {len(subs)} times: {subs}"
+    assert subs[0]["repeats"] == 0, f"{ref} was sent again: {subs[0]}"
+    assert subs[0]["body"] == f"nama={name}"
+    h.wait_until(lambda: "Sudah terkirim" in kiriman(lab, ref).text, 10,
+                 f"the status page of {ref} to say delivered")
+
+
+def test_store_and_forward_exactly_once(lab: LabInfo) -> None:
+    with wan_down(lab):
+        ref = _post_offline(lab, "Budi")
+        assert services_json(lab)["outbox"].get("queued", 0) >= 1
+        time.sleep(1.0)
+        assert not submissions_with_ref(lab, ref)
+    _delivered_once(lab, ref, "Budi")
+    assert services_json(lab)["outbox"].get("queued", 0) == 0
+
+
+def test_kill9_keeps_queue_and_cache(lab: LabInfo) -> None:
+    ns = c1(lab)
+    page = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
+    assert page.status == 200
+    pid = ensure_gateway(lab)
+    with wan_down(lab):
+        ref = _post_offline(lab, "Siti")
+        h.kill(pid, signal.SIGKILL)
+        h.wait_exit(pid, 5)
+        new_pid = services.start_gateway(p.plan_lab(LabSpec(prefix=lab.prefix)))
+        assert new_pid != pid
+        # Still offline, straight after the restart: the disk cache survived kill -9.
+        again = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
+        assert again.status == 200 and again.body == page.body, again
+        assert "hit" in again.cache_status, again.headers
+        status = kiriman(lab, ref)
+        assert status.status == 200 and "Sudah terkirim" not in status.text, status.text
+        assert not submissions_with_ref(lab, ref)
+    _delivered_once(lab, ref, "Siti")
+
+
+# -- 7. metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_through_the_cli(lab: LabInfo) -> None:
+    data = services_json(lab)
+    assert data["enabled"] is True and data["hostname"] == "layanan.desa"
+    cache = data["cache"]
+    for key in ("hit_ratio", "hits", "misses", "bytes_from_cache", "bytes_from_upstream",
+                "entries", "bytes", "max_bytes"):
+        assert key in cache, f"{key} missing from {sorted(cache)}"
+    # After the restart the counters start again; make some traffic of known kind.
+    fetch(c1(lab), f"{SVC}/vary", headers=("Accept-Language: en",))
+    fetch(c1(lab), f"{SVC}/nostore")
+    cache = services_json(lab)["cache"]
+    assert cache["hits"] >= 1 and cache["bytes_from_cache"] > 0
+    assert cache["bytes_from_upstream"] > 0
+    assert 0 < cache["hit_ratio"] <= 1
+    assert cache["entries"] >= 5  # the store itself survived the restart
+    svc = services_json(lab)["services"]["dukcapil"]
+    assert svc["state"] == "online" and svc["requests"] >= 1
+    outbox = services_json(lab)["outbox"]
+    assert outbox.get("delivered", 0) >= 1 and outbox.get("queued", 0) == 0, outbox
+    text = h.cli(lab.control_socket, "services")
+    assert text.returncode == 0 and "hit ratio" in text.stdout and "dukcapil" in text.stdout
