@@ -138,11 +138,17 @@ class CachingProxy:
                 await session.close()
 
     async def open_upstream(self, service: GovService, method: str, url: str,
-                    headers: dict[str, str], data: bytes | None = None) -> aiohttp.ClientResponse:
-        """Send one upstream request; raise UpstreamDown on connection errors and 5xx."""
+                            headers: dict[str, str], data: bytes | None = None,
+                            fresh_connection: bool = False) -> aiohttp.ClientResponse:
+        """Send one upstream request; raise UpstreamDown on connection errors and 5xx.
+
+        ``fresh_connection`` avoids a pooled connection that may have died silently
+        with the uplink (a probe must learn the truth within its connect timeout).
+        """
         health = self._health(service.slug)
         try:
-            session = self.session() if method in ("GET", "HEAD") else self.unsafe_session()
+            safe = method in ("GET", "HEAD") and not fresh_connection
+            session = self.session() if safe else self.unsafe_session()
             resp = await session.request(method, url, headers=headers, data=data,
                                          allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

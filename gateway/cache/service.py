@@ -35,6 +35,7 @@ from gateway.config.units import parse_time_of_day
 log = logging.getLogger("desanet.services")
 
 MAX_FORM_BYTES = 1024 * 1024
+PROBE_INTERVAL = 30.0  # seconds between upstream health checks when nothing else asked
 SAFE_METHODS = ("GET", "HEAD")
 
 
@@ -58,6 +59,7 @@ class LocalServices:
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox-delivery"))
         self._tasks.append(asyncio.create_task(self._prefetch_loop(), name="prefetch"))
+        self._tasks.append(asyncio.create_task(self._probe_loop(), name="upstream-probe"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -204,6 +206,29 @@ class LocalServices:
         self.prefetch_runs += 1
         self.last_prefetch = {"started": started, "finished": time.time(), "results": results}
         return self.last_prefetch
+
+    async def probe(self) -> None:
+        """One HEAD per service upstream, so the catalog's state and the delivery of
+        queued forms follow the uplink even when no villager is browsing."""
+        for service in self.services().values():
+            if self._health_of(service.slug).state == "online" and self._recently_ok(service):
+                continue
+            with contextlib.suppress(UpstreamDown):
+                resp = await self.proxy.open_upstream(service, "HEAD", service.upstream + "/", {},
+                                                      fresh_connection=True)
+                resp.release()
+
+    def _recently_ok(self, service: GovService) -> bool:
+        last = self._health_of(service.slug).last_ok
+        return last is not None and time.time() - last < PROBE_INTERVAL
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await self.probe()
+            except Exception:  # a probe must never stop the loop
+                log.exception("upstream probe failed")
 
     async def _prefetch_loop(self) -> None:
         await asyncio.sleep(1.0)
