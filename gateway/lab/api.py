@@ -72,8 +72,13 @@ class LabInfo:
             f"{ex} c1 -- curl -i http://connectivitycheck.gstatic.com/generate_204",
             f"{ex} c1 -- curl -i http://{p.GOVERNMENT_HOST}/",
             f"{ex} c1 -- busybox nslookup {p.INTERNET_HOST} {p.OUTSIDE_RESOLVER}",
+            f"{ex} c1 -- curl -i -d action=terms {self.portal_url}login",
+            f"{ex} c1 -- curl -i http://{p.INTERNET_HOST}/",
+            f"{ex} c2 -- curl -s http://layanan.desa/",
+            f"{ex} c2 -- curl -si http://layanan.desa/dukcapil/",
             f"{ex} gw -- nft list ruleset",
             f"desanet status --socket {self.control_socket}",
+            f"desanet clients --socket {self.control_socket}",
             f"desanet lab down{opt}",
         ]
 
