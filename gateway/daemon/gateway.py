@@ -49,6 +49,8 @@ from gateway.store import Store
 log = logging.getLogger("desanet.daemon")
 
 SWEEP_INTERVAL = 5.0
+SESSION_HISTORY = 90 * 86400  # ended sessions are kept this long (who was online when)
+PRUNE_EVERY = 3600.0
 
 
 def enable_ipv4_forwarding() -> None:
@@ -252,11 +254,17 @@ class Gateway:
         await self.shaping.remove(session)
 
     async def _sweep_loop(self) -> None:
+        last_prune = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await self.sweep()
                 await self.shaping.sample()
+                if time.monotonic() - last_prune > PRUNE_EVERY:
+                    last_prune = time.monotonic()
+                    gone = self.store.prune_ended(self.now() - SESSION_HISTORY)
+                    if gone:
+                        log.info("forgot %d sessions that ended over 90 days ago", gone)
             except DesanetError as exc:
                 log.error("sweep failed: %s", exc)
             except Exception:

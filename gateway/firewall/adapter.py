@@ -77,6 +77,7 @@ class Firewall:
             active=self.active_clients(),
             garden_dns4=self._plain_elements("garden_dns4") if carry_garden else {},
             garden_dns6=self._plain_elements("garden_dns6") if carry_garden else {},
+            from_live_table=True,
         )
 
     def garden_dns(self) -> dict[str, int]:

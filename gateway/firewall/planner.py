@@ -62,6 +62,10 @@ class CarriedState:
     active: Mapping[MacIp, int] = field(default_factory=dict)
     garden_dns4: Mapping[str, int] = field(default_factory=dict)
     garden_dns6: Mapping[str, int] = field(default_factory=dict)
+    # True when read from a live table: a session missing from ``active`` is
+    # then really idle. After a reboot (no table) every session gets one
+    # fresh idle window instead.
+    from_live_table: bool = False
 
 
 def _elements(items: Iterable[str]) -> str:
@@ -105,8 +109,11 @@ def plan_ruleset(
             continue
         key = element_key(s.mac, s.ip)
         auth_elems.append(f"{key} timeout {left}s")
-        # A session restored without observed activity gets one fresh idle window.
-        idle_left = carried.active.get((s.mac, s.ip), min(s.idle_timeout, left))
+        idle_left = carried.active.get((s.mac, s.ip))
+        if idle_left is None:
+            if carried.from_live_table:
+                continue  # idle already: a reload must not give it a new window
+            idle_left = min(s.idle_timeout, left)  # restored after a reboot
         active_elems.append(f"{key} timeout {s.idle_timeout}s expires {max(1, idle_left)}s")
 
     garden4 = [str(n) for n in cfg.walled_garden.addresses if n.version == 4]

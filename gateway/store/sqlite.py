@@ -216,6 +216,13 @@ class Store:
             ).fetchone()
         return Session(*row) if row else None
 
+    def prune_ended(self, before: int) -> int:
+        """Forget sessions that ended before ``before``; return how many went."""
+        with self._tx() as db:
+            return db.execute(
+                "DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (before,)
+            ).rowcount
+
     def expire_sessions(self, now: int) -> list[Session]:
         """Mark sessions whose time ran out as ended; return them."""
         with self._tx() as db:

@@ -65,6 +65,13 @@ def test_activity_is_carried_over(carried: CarriedState, expected: str) -> None:
     assert f"{A.mac} . {A.ip} {expected}" in active
 
 
+def test_idle_session_gets_no_new_window_from_a_reload() -> None:
+    carried = CarriedState(active={}, from_live_table=True)
+    script = plan_ruleset(make_config(), [A], NOW, carried)
+    assert A.mac not in set_block(script, "active4")
+    assert A.mac in set_block(script, "auth4")  # still authorized until the sweep ends it
+
+
 def test_dnsmasq_filled_garden_addresses_are_carried() -> None:
     carried = CarriedState(garden_dns4={"198.51.100.20": 3000})
     script = plan_ruleset(make_config(walled_garden={"hostnames": ["layanan.lab"]}), [], NOW, carried)

@@ -146,3 +146,13 @@ def test_ip_taken_by_another_mac(tmp_path: Path) -> None:
     assert not store.ip_taken("10.42.0.5", "02:00:00:00:00:02", NOW + 100)  # expired
     store.end_session("02:00:00:00:00:01", NOW, "logout")
     assert not store.ip_taken("10.42.0.5", "02:00:00:00:00:02", NOW)
+
+
+def test_prune_forgets_only_old_ended_sessions(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.start_session(sess("02:00:00:00:00:01", expires=NOW + 10))
+    store.start_session(sess("02:00:00:00:00:02", "10.42.0.7", expires=NOW + 1000))
+    store.end_session("02:00:00:00:00:01", NOW + 5, "logout")
+    assert store.prune_ended(NOW + 5) == 0  # ended exactly then: kept
+    assert store.prune_ended(NOW + 6) == 1
+    assert [s.mac for s in store.active_sessions(NOW)] == ["02:00:00:00:00:02"]
