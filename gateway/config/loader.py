@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from gateway.config.schema import Config
+from gateway.config.schema import CROSS_FIELD, Config, Dhcp, Network, Shaping, lan_problems
 from gateway.errors import ConfigError
 
 DEFAULT_PATH = "/etc/desanet/gateway.toml"
@@ -46,16 +46,35 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc), source) from None
+        problems = format_errors(exc)
+        raise ConfigError(problems + _cross_checks_despite(exc, data), source) from None
 
 
 def format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
+        if err["type"] == CROSS_FIELD:
+            lines += err["msg"].splitlines()  # each line names its own field
+            continue
         path = _path(loc) or "(top level)"
         lines.append(f"{path}: {_message(err, loc)}")
     return lines
+
+
+def _cross_checks_despite(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    """Pydantic skips cross-section checks when any field is invalid; run them
+    anyway on the sections they need, when those sections are valid, so the
+    technician sees every problem at once."""
+    if any(err["type"] == CROSS_FIELD for err in exc.errors()):
+        return []
+    try:
+        network = Network.model_validate(data.get("network"))
+        dhcp = Dhcp.model_validate(data.get("dhcp"))
+        shaping = Shaping.model_validate(data.get("shaping", {}))
+    except ValidationError:
+        return []
+    return lan_problems(network, dhcp, shaping)
 
 
 def _path(loc: tuple[Any, ...]) -> str:

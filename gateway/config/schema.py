@@ -355,6 +355,36 @@ class Programs(_Section):
     dnsmasq: str = Field("dnsmasq", examples=["/usr/sbin/dnsmasq"])
 
 
+CROSS_FIELD = "cross_field"
+
+
+def lan_problems(network: Network, dhcp: Dhcp, shaping: Shaping) -> list[str]:
+    """Checks that span sections; each line starts with the field path."""
+    problems = []
+    net = network.lan_address.network
+    gw = network.lan_address.ip
+    for name in ("range_start", "range_end"):
+        addr = getattr(dhcp, name)
+        if addr not in net or addr in (net.network_address, net.broadcast_address, gw):
+            problems.append(
+                f"dhcp.{name} = {addr} is not a usable host of network.lan_address {net}; "
+                f'write e.g. "{net.network_address + 100}"'
+            )
+    if not problems and int(dhcp.range_start) > int(dhcp.range_end):
+        problems.append("dhcp.range_start is after dhcp.range_end; swap them")
+    if shaping.enabled and net.prefixlen < 17:
+        problems.append(
+            f"network.lan_address {net} is larger than /17; with shaping enabled each client "
+            'gets a tc class numbered from its address, so use e.g. "10.42.0.1/20"'
+        )
+    if network.lan_interface == network.wan_interface:
+        problems.append(
+            f"network.wan_interface {network.wan_interface!r} is also network.lan_interface; "
+            "the LAN and the uplink need two interfaces"
+        )
+    return problems
+
+
 class Config(_Section):
     site: Site
     network: Network
@@ -369,37 +399,11 @@ class Config(_Section):
     local_services: LocalServices = LocalServices()
 
     @model_validator(mode="after")
-    def _dhcp_inside_lan(self) -> Config:
-        net = self.network.lan_address.network
-        gw = self.network.lan_address.ip
-        for name in ("range_start", "range_end"):
-            addr = getattr(self.dhcp, name)
-            if addr not in net or addr in (net.network_address, net.broadcast_address, gw):
-                raise PydanticCustomError(
-                    "dhcp_range",
-                    "dhcp.{name} = {addr} is not a usable host of network.lan_address {net}; "
-                    "write e.g. \"{example}\"",
-                    {"name": name, "addr": str(addr), "net": str(net),
-                     "example": str(net.network_address + 100)},
-                )
-        if int(self.dhcp.range_start) > int(self.dhcp.range_end):
-            raise PydanticCustomError(
-                "dhcp_range", "dhcp.range_start is after dhcp.range_end; swap them", {}
-            )
-        if self.shaping.enabled and self.network.lan_address.network.prefixlen < 17:
-            raise PydanticCustomError(
-                "lan_too_big",
-                "network.lan_address {net} is larger than /17; with shaping enabled each client "
-                "gets a tc class numbered from its address, so use e.g. \"10.42.0.1/20\"",
-                {"net": str(self.network.lan_address.network)},
-            )
-        if self.network.lan_interface == self.network.wan_interface:
-            raise PydanticCustomError(
-                "same_interface",
-                "network.lan_interface and network.wan_interface are both {name!r}; "
-                "the LAN and the uplink need two interfaces",
-                {"name": self.network.lan_interface},
-            )
+    def _cross_checks(self) -> Config:
+        problems = lan_problems(self.network, self.dhcp, self.shaping)
+        if problems:
+            # One error carrying every problem; the loader splits it into lines.
+            raise PydanticCustomError(CROSS_FIELD, "\n".join(problems))
         return self
 
     @property

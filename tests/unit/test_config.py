@@ -170,3 +170,15 @@ def test_formatting_round_trips() -> None:
     assert format_duration(14400) == "4h"
     assert format_duration(90) == "90s"
     assert format_rate(512_000) == "512kbit"
+
+
+def test_cross_section_problems_are_reported_with_field_errors() -> None:
+    text = BASE.replace('wan_interface = "eth0"', 'wan_interface = "br-lan"').replace(
+        "10.42.0.100", "10.43.0.100") + '[portal]\nmode = "free"\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text)
+    found = info.value.problems
+    assert any(p.startswith('portal.mode: "free"') for p in found)
+    assert any(p.startswith("dhcp.range_start = 10.43.0.100 is not a usable host") for p in found)
+    assert any(p.startswith("network.wan_interface 'br-lan' is also") for p in found)
+    assert len(found) == 3
