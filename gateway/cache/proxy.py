@@ -186,14 +186,14 @@ class CachingProxy:
             if decision.kind is Kind.GATEWAY_TIMEOUT:
                 return web.Response(status=504, text="not in cache (only-if-cached)\n")
             if entry is not None and decision.kind is Kind.FRESH:
-                served = await self._serve(request, entry, now, "hit", counter="hits")
+                served = await self._serve(request, entry, now, "hit", counter="hits", req_h=req_h)
                 if served is not None:
                     return served
                 continue
             if entry is not None and decision.kind is Kind.STALE_REVALIDATE_IN_BACKGROUND:
                 self._refresh_in_background(service, url, key, req_h)
                 served = await self._serve(request, entry, now, "hit; detail=stale-while-revalidate",
-                                           counter="stale_while_revalidate")
+                                           counter="stale_while_revalidate", req_h=req_h)
                 if served is not None:
                     return served
                 continue
@@ -208,8 +208,8 @@ class CachingProxy:
         return web.Response(status=502, text="the cached copy kept failing; try again\n")
 
     async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
-                     counter: str) -> web.StreamResponse | None:
-        resp = await serve_entry(request, self.store, entry, now, detail)
+                     counter: str, req_h: dict[str, str] | None = None) -> web.StreamResponse | None:
+        resp = await serve_entry(request, self.store, entry, now, detail, req_h)
         if resp is not None:
             setattr(self.metrics, counter, getattr(self.metrics, counter) + 1)
             if request.method != "HEAD" and resp.status in (200, 206):
@@ -238,7 +238,7 @@ class CachingProxy:
                     refreshed = Entry(entry.id, entry.key, meta, entry.size, entry.path,
                                       entry.last_used)
                     resp = await self._serve(request, refreshed, time.time(),
-                                             "hit; fwd=stale; fwd-status=304", "revalidated")
+                                             "hit; fwd=stale; fwd-status=304", "revalidated", req_h)
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")

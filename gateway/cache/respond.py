@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 from gateway.cache.rules import (
     StoredMeta,
     age_header,
+    header_dict,
     if_range_ok,
     not_modified_for_request,
     parse_range,
@@ -36,11 +37,29 @@ def cache_status(detail: str) -> str:
     return f"desanet; {detail}"
 
 
-def stored_headers_for_client(meta: StoredMeta, now: float) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
+# Stored headers as sent to the client (without Age and Cache-Status), per StoredMeta
+# object: the store keeps one object per entry version, so a hit builds no dict.
+# The memo holds the meta itself, so its id() cannot be reused while it is here.
+_CLIENT_HEADERS: dict[int, tuple[StoredMeta, CIMultiDict[str]]] = {}
+_CLIENT_HEADERS_MAX = 4096
+
+
+def _client_base(meta: StoredMeta) -> CIMultiDict[str]:
+    memo = _CLIENT_HEADERS.get(id(meta))
+    if memo is not None and memo[0] is meta:
+        return memo[1]
+    base: CIMultiDict[str] = CIMultiDict()
     for name, value in meta.headers.items():
         if name not in HOP_BY_HOP and name not in _OWN:
-            out[name] = value
+            base[name] = value
+    if len(_CLIENT_HEADERS) >= _CLIENT_HEADERS_MAX:
+        del _CLIENT_HEADERS[next(iter(_CLIENT_HEADERS))]  # the oldest
+    _CLIENT_HEADERS[id(meta)] = (meta, base)
+    return base
+
+
+def stored_headers_for_client(meta: StoredMeta, now: float) -> CIMultiDict[str]:
+    out = _client_base(meta).copy()
     out["Age"] = age_header(meta, now)
     return out
 
@@ -59,20 +78,32 @@ def upstream_headers_for_client(headers: Mapping[str, str] | Any, rewrite: Any =
 
 
 async def serve_entry(
-    request: web.Request, store: CacheStore, entry: Entry, now: float, detail: str
+    request: web.Request, store: CacheStore, entry: Entry, now: float, detail: str,
+    req_h: Mapping[str, str] | None = None,
 ) -> web.StreamResponse | None:
-    """Answer from a stored entry; None when its body turned out unusable."""
+    """Answer from a stored entry; None when its body turned out unusable.
+
+    ``req_h``: the request headers as ``rules.header_dict`` gives them, if the
+    caller has them already."""
     meta = entry.meta
-    req_h = {k.lower(): v for k, v in request.headers.items()}
+    if req_h is None:
+        req_h = header_dict(request.headers)
     if not_modified_for_request(req_h, meta):
         headers = CIMultiDict((k, v) for k, v in meta.headers.items() if k in _NOT_MODIFIED_FIELDS)
         headers["Age"] = age_header(meta, now)
         headers["Cache-Status"] = cache_status(detail)
         return web.Response(status=304, headers=headers)
-    body = store.open_body(entry)
-    if body is None:
-        return None
-    with body:
+    data: bytes | None = None  # the whole body, for small ones (kept in memory by the store)
+    body: BinaryIO | None = None
+    if entry.size <= store.small_body_limit:
+        data = store.read_small(entry)
+        if data is None:
+            return None
+    else:
+        body = store.open_body(entry)
+        if body is None:
+            return None
+    with body if body is not None else contextlib.nullcontext():
         store.touch(entry.id, now)
         headers = stored_headers_for_client(meta, now)
         headers["Cache-Status"] = cache_status(detail)
@@ -89,11 +120,15 @@ async def serve_entry(
         length = max(0, last - first + 1)
         if request.method != "HEAD" and length <= CHUNK:
             # Small bodies go out with the head in one write (one send() instead of two).
-            body.seek(first)
-            data = body.read(length)
-            if len(data) != length:
-                return None  # the file shrank under us: re-decide
-            small = web.Response(status=status, headers=headers, body=data)
+            if data is not None:
+                piece = data if length == len(data) else data[first:first + length]
+            else:
+                assert body is not None
+                body.seek(first)
+                piece = body.read(length)
+                if len(piece) != length:
+                    return None  # the file shrank under us: re-decide
+            small = web.Response(status=status, headers=headers, body=piece)
             if "content-type" not in meta.headers:
                 small.headers.popall("Content-Type", None)  # never invent one
             return small
@@ -103,6 +138,11 @@ async def serve_entry(
         if request.method == "HEAD" or resp.content_length == 0:
             await resp.write_eof()
             return resp
+        if data is not None:
+            await resp.write(data[first:last + 1])
+            await resp.write_eof()
+            return resp
+        assert body is not None
         body.seek(first)
         left = last - first + 1
         while left > 0:

@@ -265,15 +265,61 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
     return min(HEURISTIC_MAX, max(0.0, (date - last_modified) * HEURISTIC_FRACTION))
 
 
+def _corrected_initial_age(age: str | None, date: str | None, request_time: float,
+                           response_time: float) -> float:
+    age_value = _delta(age) or 0.0
+    date_ts = parse_http_date(date)
+    date_value = response_time if date_ts is None else date_ts
+    apparent_age = max(0.0, response_time - date_value)
+    response_delay = max(0.0, response_time - request_time)
+    return max(apparent_age, age_value + response_delay)
+
+
 def current_age(stored: StoredMeta, now: float) -> float:
     """RFC 9111 §4.2.3."""
-    age_value = _delta(stored.headers.get("age")) or 0.0
-    date = parse_http_date(stored.headers.get("date"))
-    date_value = stored.response_time if date is None else date
-    apparent_age = max(0.0, stored.response_time - date_value)
-    response_delay = max(0.0, stored.response_time - stored.request_time)
-    corrected_initial_age = max(apparent_age, age_value + response_delay)
-    return corrected_initial_age + max(0.0, now - stored.response_time)
+    return _facts(stored).initial_age + max(0.0, now - stored.response_time)
+
+
+@dataclass(frozen=True)
+class _StoredFacts:
+    """What ``decide``, ``current_age`` and ``vary_matches`` derive from a stored response."""
+
+    lifetime: float  # freshness lifetime, 0 when none
+    initial_age: float  # corrected_initial_age (RFC 9111 §4.2.3)
+    vary_names: tuple[str, ...] | None  # None for Vary: *
+    must_revalidate: bool  # must-revalidate, proxy-revalidate or s-maxage: never served stale
+    no_cache: bool  # unqualified response no-cache
+    stale_if_error: float | None  # the response's own stale-if-error, seconds
+    stale_while_revalidate: float | None
+
+
+@functools.lru_cache(maxsize=4096)
+def _facts_for(status: int, request_time: float, response_time: float, cache_control: str | None,
+               date: str | None, expires: str | None, last_modified: str | None, age: str | None,
+               vary: str | None) -> _StoredFacts:
+    headers = {name: value for name, value in (
+        ("cache-control", cache_control), ("date", date), ("expires", expires),
+        ("last-modified", last_modified), ("vary", vary)) if value is not None}
+    names = vary_key_headers(headers)
+    cc = parse_cache_control(cache_control)
+    return _StoredFacts(
+        lifetime=freshness_lifetime(headers, status=status, response_time=response_time) or 0.0,
+        initial_age=_corrected_initial_age(age, date, request_time, response_time),
+        vary_names=None if names is None else tuple(names),
+        must_revalidate=bool({"must-revalidate", "proxy-revalidate", "s-maxage"} & cc.keys()),
+        no_cache="no-cache" in cc and not cc["no-cache"],
+        stale_if_error=_delta(cc.get("stale-if-error")),
+        stale_while_revalidate=_delta(cc.get("stale-while-revalidate")),
+    )
+
+
+def _facts(stored: StoredMeta) -> _StoredFacts:
+    """Memoized on exactly the fields they depend on (every hit asks again for the same
+    few stored responses), so a changed header can never reuse an old answer."""
+    h = stored.headers
+    return _facts_for(stored.status, stored.request_time, stored.response_time,
+                      h.get("cache-control"), h.get("date"), h.get("expires"),
+                      h.get("last-modified"), h.get("age"), h.get("vary"))
 
 
 def age_header(stored: StoredMeta, now: float) -> str:
@@ -297,7 +343,7 @@ def vary_key_headers(response_headers: Headers) -> list[str] | None:
 
 
 def vary_matches(stored: StoredMeta, request_headers: Headers) -> bool:
-    names = vary_key_headers(stored.headers)
+    names = _facts(stored).vary_names
     if names is None:
         return False
     return all(_normalize_value(request_headers.get(n)) == stored.vary.get(n) for n in names)
@@ -312,6 +358,8 @@ def pick_variant(candidates: Sequence[T], request_headers: Headers,
     matching = [c for c in candidates if vary_matches(meta_of(c), request_headers)]
     if not matching:
         return None
+    if len(matching) == 1:
+        return matching[0]
 
     def recency(c: T) -> tuple[float, float]:
         m = meta_of(c)
@@ -366,20 +414,19 @@ def decide(request_method: str, request_headers: Headers, stored: StoredMeta | N
     if not vary_matches(stored, request_headers):
         return Decision(Kind.GATEWAY_TIMEOUT if only_cached else Kind.MISS, "vary mismatch")
 
-    cc = parse_cache_control(stored.headers.get("cache-control"))
-    lifetime = freshness_lifetime(stored.headers, status=stored.status,
-                                  response_time=stored.response_time) or 0.0
-    age = current_age(stored, now)
+    facts = _facts(stored)
+    lifetime = facts.lifetime
+    age = facts.initial_age + max(0.0, now - stored.response_time)
     staleness = age - lifetime  # > 0 when stale
     stale = staleness > 0 or lifetime == 0
     expired_at = now - staleness
-    must_reval = bool({"must-revalidate", "proxy-revalidate", "s-maxage"} & cc.keys())
-    resp_no_cache = "no-cache" in cc and not cc["no-cache"]
+    must_reval = facts.must_revalidate
+    resp_no_cache = facts.no_cache
 
     # Stale-on-error window (RFC 5861 §4 + operator policy), as an absolute time.
     until: float | None = None
     if not must_reval:
-        windows = [_delta(cc.get("stale-if-error")) if "stale-if-error" in cc else None]
+        windows = [facts.stale_if_error]
         if not resp_no_cache:
             windows.append(_delta(req.get("stale-if-error")) if "stale-if-error" in req else None)
             windows.append(float(offline_for))
@@ -389,32 +436,37 @@ def decide(request_method: str, request_headers: Headers, stored: StoredMeta | N
     if not stale and not resp_no_cache:
         until = max(until or expired_at, expired_at)  # a still-fresh copy may always be served
 
-    def revalidate(reason: str) -> Decision:
-        if only_cached:
-            return Decision(Kind.GATEWAY_TIMEOUT, f"only-if-cached: {reason}", age, stale)
-        ok = until is not None and now < until
-        return Decision(Kind.REVALIDATE, reason, age, stale, ok, until if ok else None, must_reval)
-
     if resp_no_cache:
-        return revalidate("response no-cache")
-    if "no-cache" in req:
-        return revalidate("request no-cache")
-    if "max-age" in req and age > (_delta(req["max-age"]) or 0.0):
-        return revalidate("older than request max-age")
-    if "min-fresh" in req and lifetime - age < (_delta(req["min-fresh"]) or 0.0):
-        return revalidate("not fresh enough for request min-fresh")
+        return _revalidate("response no-cache", only_cached, now, age, stale, until, must_reval)
+    if req:
+        if "no-cache" in req:
+            return _revalidate("request no-cache", only_cached, now, age, stale, until, must_reval)
+        if "max-age" in req and age > (_delta(req["max-age"]) or 0.0):
+            return _revalidate("older than request max-age", only_cached, now, age, stale, until,
+                               must_reval)
+        if "min-fresh" in req and lifetime - age < (_delta(req["min-fresh"]) or 0.0):
+            return _revalidate("not fresh enough for request min-fresh", only_cached, now, age,
+                               stale, until, must_reval)
     if not stale:
         return Decision(Kind.FRESH, "fresh", age)
     if not must_reval and "max-stale" in req:
         limit = _delta(req["max-stale"]) if req["max-stale"] is not None else float("inf")
         if staleness <= (limit or 0.0):
             return Decision(Kind.FRESH, "stale within request max-stale", age, True)
-    swr = _delta(cc.get("stale-while-revalidate")) if "stale-while-revalidate" in cc else None
+    swr = facts.stale_while_revalidate
     if not must_reval and swr is not None and staleness <= swr:
         if only_cached:
             return Decision(Kind.FRESH, "stale-while-revalidate (only-if-cached)", age, True)
         return Decision(Kind.STALE_REVALIDATE_IN_BACKGROUND, "within stale-while-revalidate", age, True)
-    return revalidate("stale")
+    return _revalidate("stale", only_cached, now, age, stale, until, must_reval)
+
+
+def _revalidate(reason: str, only_cached: bool, now: float, age: float, stale: bool,
+                until: float | None, must_reval: bool) -> Decision:
+    if only_cached:
+        return Decision(Kind.GATEWAY_TIMEOUT, f"only-if-cached: {reason}", age, stale)
+    ok = until is not None and now < until
+    return Decision(Kind.REVALIDATE, reason, age, stale, ok, until if ok else None, must_reval)
 
 
 def may_serve_stale(decision: Decision, now: float) -> bool:

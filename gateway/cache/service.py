@@ -50,6 +50,9 @@ class LocalServices:
                                   on_upstream_back=self._upstream_back)
         self.deliverer = Deliverer(self.outbox, self._upstream_for,
                                    timeout=float(cfg.request_timeout))
+        # Per-request lookups, rebuilt when the configuration object changes (reload).
+        self._services_of: tuple[Config | None, dict[str, GovService]] = (None, {})
+        self._rewriters: dict[str, tuple[GovService, Callable[[str], str]]] = {}
         self.prefetch_runs = 0
         self.last_prefetch: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -74,7 +77,25 @@ class LocalServices:
     # -- lookups -------------------------------------------------------------------------
 
     def services(self) -> dict[str, GovService]:
-        return {s.slug: s for s in self._config().local_services.services}
+        cfg = self._config()
+        cached_cfg, by_slug = self._services_of
+        if cached_cfg is not cfg:
+            by_slug = {s.slug: s for s in cfg.local_services.services}
+            self._services_of = (cfg, by_slug)
+        return dict(by_slug)
+
+    def _service(self, slug: str) -> GovService | None:
+        cfg = self._config()
+        if self._services_of[0] is not cfg:
+            self.services()
+        return self._services_of[1].get(slug)
+
+    def _rewriter(self, service: GovService) -> Callable[[str], str]:
+        cached = self._rewriters.get(service.slug)
+        if cached is None or cached[0] is not service:
+            cached = (service, _location_rewriter(service))
+            self._rewriters[service.slug] = cached
+        return cached[1]
 
     def _health_of(self, slug: str) -> ServiceHealth:
         return self.health.setdefault(slug, ServiceHealth(slug))
@@ -91,27 +112,28 @@ class LocalServices:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cfg = self._config()
-        lang = pages.pick_lang(request, cfg)
         path = request.path
         if path == "/":
-            return self.catalog(cfg, lang, request)
+            return self.catalog(cfg, pages.pick_lang(request, cfg), request)
         if path == "/kiriman" or path.startswith("/kiriman/"):
-            return self.submission(cfg, lang, request)
+            return self.submission(cfg, pages.pick_lang(request, cfg), request)
         slug, _, rest = path.lstrip("/").partition("/")
-        service = self.services().get(slug)
+        service = self._service(slug)
         if service is None:
+            lang = pages.pick_lang(request, cfg)
             return pages.message(cfg, lang, 404, "title_not_found",
                                  pages.t_for(lang)("not_found_service"))
         if "/" not in path.lstrip("/"):
             raise web.HTTPFound(f"/{slug}/")
         url = service.upstream + "/" + rest + (f"?{request.query_string}" if request.query_string else "")
-        rewrite = _location_rewriter(service)
+        rewrite = self._rewriter(service)
         try:
             if request.method in SAFE_METHODS:
                 return await self.proxy.get(request, service, url, rewrite)
-            return await self._submit(request, cfg, lang, service, url, rest, rewrite)
+            return await self._submit(request, cfg, pages.pick_lang(request, cfg), service, url,
+                                      rest, rewrite)
         except UpstreamDown:
-            return self._unavailable(cfg, lang, service, "unavailable_body")
+            return self._unavailable(cfg, pages.pick_lang(request, cfg), service, "unavailable_body")
 
     def _unavailable(self, cfg: Config, lang: str, service: GovService, key: str) -> web.Response:
         title = service.title_id if lang == "id" else service.title_en

@@ -22,6 +22,9 @@ Blocking: ``commit``, ``update_meta``, ``delete``, ``flush`` and the
 constructor fsync (SQLite commit or file fsync); call them from a thread
 (``asyncio.to_thread``) on the event loop.  ``lookup``, ``touch``,
 ``stats``, ``open_body`` and ``BodyWriter.write`` do no fsync and are short.
+``lookup`` and small-body reads are served from memory (gateway/cache/memindex.py):
+the index mirrors every row, updated after each committed transaction, and
+bodies up to 64 KiB (32 MiB in all) are kept after their first read.
 ``touch`` only records the time in memory; the times are flushed in one
 transaction every ``TOUCH_FLUSH_SECONDS``, before eviction and at close, so
 the hit path costs no disk write (a crash only loses LRU recency).
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.cache.memindex import BODY_CACHE_BYTES, BODY_CACHE_ITEM, BodyCache, MemIndex
 from gateway.cache.rules import StoredMeta
 from gateway.errors import StoreError
 
@@ -168,13 +172,16 @@ class CacheStore:
     """Disk store of cached responses keyed by ``key`` (e.g. "GET https://host/path?q"),
     several variants per key (one per distinct set of Vary request values)."""
 
-    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+    def __init__(self, directory: str | Path, max_bytes: int, *,
+                 body_cache_bytes: int = BODY_CACHE_BYTES, body_cache_item: int = BODY_CACHE_ITEM) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.max_object_bytes = max_bytes // MAX_OBJECT_FRACTION
         self._lock = threading.RLock()
         self._touches: dict[int, float] = {}
         self._last_flush = time.monotonic()
+        self._index = MemIndex()
+        self._bodies = BodyCache(body_cache_bytes, body_cache_item)
         try:
             for sub in ("bodies", "tmp"):
                 (self.directory / sub).mkdir(parents=True, exist_ok=True)
@@ -191,6 +198,8 @@ class CacheStore:
         self._db = self._open_db()
         self._recover()
         self._total = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+        for row in self._db.execute("SELECT id, key, meta, size, body, last_used FROM entries ORDER BY id"):
+            self._index.add(self._entry(row))
         with self._lock:
             self._evict()
 
@@ -275,12 +284,15 @@ class CacheStore:
     # ------------------------------------------------------------------ reading
 
     def lookup(self, key: str) -> list[Entry]:
-        """All stored variants for ``key`` (pick one with rules.pick_variant)."""
+        """All stored variants for ``key`` (pick one with rules.pick_variant); from memory."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, key, meta, size, body, last_used FROM entries WHERE key = ? ORDER BY id",
-                (key,)).fetchall()
-            return [self._entry(r) for r in rows]
+            touches = self._touches
+            out = []
+            for e in self._index.get(key):
+                t = touches.get(e.id)
+                out.append(e if t is None or t <= e.last_used
+                           else Entry(e.id, e.key, e.meta, e.size, e.path, t))
+            return out
 
     def newest_response(self, key_prefix: str) -> float | None:
         """When the newest stored response under ``key_prefix`` arrived (None: nothing stored)."""
@@ -306,14 +318,41 @@ class CacheStore:
             return None
         return f
 
+    @property
+    def small_body_limit(self) -> int:
+        """Bodies up to this size are read with ``read_small`` (and kept in memory)."""
+        return self._bodies.max_item
+
+    def read_small(self, entry: Entry) -> bytes | None:
+        """The whole body of a small entry (``entry.size <= small_body_limit``), from memory
+        after the first read.  None, and the entry is dropped, if the file is missing or
+        not exactly ``entry.size`` bytes, as in ``open_body``."""
+        name = entry.path.name
+        with self._lock:
+            data = self._bodies.get(entry.id, name)
+        if data is not None:
+            return data
+        try:
+            with open(entry.path, "rb") as f:
+                data = f.read(entry.size + 1)
+        except OSError:
+            data = None
+        if data is None or len(data) != entry.size:
+            self._drop_broken(entry.id)
+            return None
+        with self._lock:
+            current = self._index.by_id(entry.id)
+            if current is not None and current.path.name == name:  # not deleted meanwhile
+                self._bodies.put(entry.id, name, data)
+        return data
+
     def _drop_broken(self, entry_id: int) -> None:
         with contextlib.suppress(StoreError):
             self.delete(entry_id)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            count = int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-            return {"entries": count, "bytes": self._total, "max_bytes": self.max_bytes}
+            return {"entries": len(self._index), "bytes": self._total, "max_bytes": self.max_bytes}
 
     # ------------------------------------------------------------------ writing
 
@@ -345,12 +384,19 @@ class CacheStore:
                     os.unlink(final)
                 raise
             for r in old:
-                self._touches.pop(r[0], None)
+                self._forget(r[0])
             self._unlink_bodies([r[2] for r in old])
             self._total += writer.size - sum(r[1] for r in old)
-            entry_id = int(cur.lastrowid or 0)
+            entry = Entry(int(cur.lastrowid or 0), writer.key, writer.meta, writer.size, final, now)
+            self._index.add(entry)
             self._evict()
-        return Entry(entry_id, writer.key, writer.meta, writer.size, final, now)
+        return entry
+
+    def _forget(self, entry_id: int) -> None:
+        """Drop a deleted row from the memory views (lock held, after the commit)."""
+        self._touches.pop(entry_id, None)
+        self._index.remove(entry_id)
+        self._bodies.discard(entry_id)
 
     def _evict(self) -> None:
         """Delete least recently used entries until the total fits (lock held)."""
@@ -367,14 +413,20 @@ class CacheStore:
             excess -= size
         with self._tx():
             self._db.executemany("DELETE FROM entries WHERE id = ?", [(v[0],) for v in victims])
+        for v in victims:
+            self._forget(v[0])
         self._unlink_bodies([v[2] for v in victims])
         self._total -= sum(v[1] for v in victims)
 
     def update_meta(self, entry_id: int, meta: StoredMeta) -> None:
         """Replace the stored metadata (after a 304), atomically.  Blocking (fsync)."""
-        with self._lock, self._tx():
-            self._db.execute("UPDATE entries SET meta = ?, vary = ? WHERE id = ?",
-                             (_meta_to_json(meta), _vary_key(meta), entry_id))
+        with self._lock:
+            with self._tx():
+                self._db.execute("UPDATE entries SET meta = ?, vary = ? WHERE id = ?",
+                                 (_meta_to_json(meta), _vary_key(meta), entry_id))
+            old = self._index.by_id(entry_id)
+            if old is not None:  # same body: the cached bytes stay valid
+                self._index.replace(Entry(old.id, old.key, meta, old.size, old.path, old.last_used))
 
     def touch(self, entry_id: int, now: float) -> None:
         """Record a hit for LRU; in memory, flushed in batches (see module docstring)."""
@@ -406,7 +458,7 @@ class CacheStore:
                 return
             with self._tx():
                 self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
-            self._touches.pop(entry_id, None)
+            self._forget(entry_id)
             self._total -= row[0]
             self._unlink_bodies([row[1]])
 
@@ -419,6 +471,8 @@ class CacheStore:
         with self._lock:
             with contextlib.suppress(StoreError):
                 self._flush_touches()
+            self._index.clear()
+            self._bodies.clear()
             self._db.close()
             self._lockfile.close()
 
