@@ -64,3 +64,11 @@ class VoucherError(DesanetError):
     def __init__(self, reason: str, message: str = "") -> None:
         self.reason = reason
         super().__init__(message or reason)
+
+
+class SubmissionTooLarge(DesanetError):
+    """A form body is larger than the offline queue accepts."""
+
+
+class OutboxStateError(DesanetError):
+    """A transition was asked of a submission that is not in a state allowing it."""

@@ -47,15 +47,13 @@ import random
 import re
 import secrets
 import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from gateway.errors import DesanetError, StoreError
+from gateway.errors import OutboxStateError, StoreError, SubmissionTooLarge
+from gateway.sqlitedb import Database
 
 State = Literal["queued", "sending", "delivered", "rejected", "unknown"]
 Outcome = Literal["delivered", "rejected", "not_sent", "retry", "unknown"]
@@ -115,14 +113,6 @@ _TEXT: dict[State, tuple[str, str]] = {
     "unknown": ("hasil belum pasti, dikirim ulang dengan kunci yang sama (tidak akan tercatat ganda)",
                 "outcome unknown, retrying with the same key (it cannot be recorded twice)"),
 }
-
-
-class SubmissionTooLarge(DesanetError):
-    """A form body is larger than the offline queue accepts."""
-
-
-class OutboxStateError(DesanetError):
-    """A transition was asked of a submission that is not in a state allowing it."""
 
 
 @dataclass(frozen=True)
@@ -187,35 +177,13 @@ class Outbox:
     def __init__(self, path: str | Path, rng: random.Random | None = None) -> None:
         self.path = str(path)
         self._rng = rng or random.Random()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the submission outbox {self.path}: {exc}") from exc
+        self._database = Database(self.path, _SCHEMA, SCHEMA_VERSION, "submission outbox")
+        self._lock = self._database.lock
+        self._db = self._database.conn
+        self._tx = self._database.tx
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"submission outbox error in {self.path}: {exc}") from exc
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        self._database.close()
 
     # -- writing ------------------------------------------------------------
 

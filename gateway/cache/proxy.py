@@ -232,11 +232,7 @@ class CachingProxy:
                 return await self._on_error(request, entry, decision, exc)
             async with upstream:
                 if upstream.status == 304 and entry is not None:
-                    meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
-                                                  request_time, time.time())
-                    await asyncio.to_thread(self.store.update_meta, entry.id, meta)
-                    refreshed = Entry(entry.id, entry.key, meta, entry.size, entry.path,
-                                      entry.last_used)
+                    refreshed = await self._freshen(entry, upstream, request_time)
                     resp = await self._serve(request, refreshed, time.time(),
                                              "hit; fwd=stale; fwd-status=304", "revalidated", req_h)
                     if resp is not None:
@@ -247,6 +243,14 @@ class CachingProxy:
         finally:
             del self._inflight[key]
             done.set_result(None)
+
+    async def _freshen(self, entry: Entry, upstream: aiohttp.ClientResponse,
+                       request_time: float) -> Entry:
+        """Apply a 304 to the stored copy (RFC 9111 4.3.4); return the updated entry."""
+        meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
+                                      request_time, time.time())
+        await asyncio.to_thread(self.store.update_meta, entry.id, meta)
+        return Entry(entry.id, entry.key, meta, entry.size, entry.path, entry.last_used)
 
     async def _store_and_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                                 key: str, req_h: dict[str, str], request_time: float,
@@ -333,9 +337,7 @@ class CachingProxy:
                 return "error"
             async with upstream:
                 if upstream.status == 304 and entry is not None:
-                    meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
-                                                  request_time, time.time())
-                    await asyncio.to_thread(self.store.update_meta, entry.id, meta)
+                    await self._freshen(entry, upstream, request_time)
                     return "not-modified"
                 resp_h = header_dict(upstream.headers)
                 if not rules.is_storable("GET", upstream.status, req_h, resp_h):

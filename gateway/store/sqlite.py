@@ -10,15 +10,13 @@ The database holds unused voucher codes, which are worth money, so the file
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.errors import StoreError, VoucherError
+from gateway.errors import VoucherError
 from gateway.model import Session, Voucher
+from gateway.sqlitedb import Database
 
 SCHEMA_VERSION = 1
 
@@ -57,75 +55,18 @@ CREATE TABLE IF NOT EXISTS voucher_devices (
 """
 
 _SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
-DB_MODE = 0o600
-
-
-def _restrict(path: str) -> None:
-    """Create ``path`` (and tighten it and its WAL files) as owner-only."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, DB_MODE)
-    try:
-        os.fchmod(fd, DB_MODE)
-    finally:
-        os.close(fd)
-    for extra in (path + "-wal", path + "-shm"):
-        with suppress(FileNotFoundError):
-            os.chmod(extra, DB_MODE)
-
-
 class Store:
-    """Thread-safe wrapper around one SQLite connection."""
+    """Sessions and vouchers; each public method is one transaction."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        try:
-            _restrict(self.path)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create state database {self.path}: {exc.strerror or exc}; "
-                "check that store.state_dir is writable by root"
-            ) from exc
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+        self._database = Database(self.path, _SCHEMA, SCHEMA_VERSION, "state database",
+                                  foreign_keys=True)
+        self._tx = self._database.tx
+        self._read = self._database.read
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """Reads outside a transaction; errors become StoreError like writes."""
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise StoreError(
-                    f"state database error in {self.path}: {exc}; "
-                    "check the disk (SD card) and the file's permissions"
-                ) from exc
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"state database error in {self.path}: {exc}") from exc
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        self._database.close()
 
     # -- sessions ---------------------------------------------------------
 
