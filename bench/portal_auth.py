@@ -274,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['nproc']} CPUs, kernel {info['kernel']}, {info['nft']}, "
           f"Python {info['python']}")
     spec = LabSpec(prefix=args.prefix, clients=1, dhcp=False,
-                   extra={"portal": {"max_clients": max(20000, sizes[-1] + 2 * args.ops + 1000)}})
+                   extra={"portal": {"max_clients": max(20000, sizes[-1] + 2 * args.ops + 1000)},
+                          # clients use 10.99.x.y (beyond the lab's /24), which
+                          # shaping refuses: class ids come from LAN addresses
+                          "shaping": {"enabled": False}})
     results: dict[str, Any] = {"machine": info, "ops": args.ops, "sizes": {}}
     t_start = time.perf_counter()
     print(f"bringing up lab {args.prefix!r} ...", flush=True)

@@ -49,6 +49,21 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
         "control": {"socket": f"{sd}/control.sock"},
         "store": {"state_dir": f"{sd}/state", "run_dir": f"{sd}/run"},
         "programs": {"dnsmasq": "/usr/sbin/dnsmasq"},
+        # A thin village uplink shared fairly, with the plans vouchers can carry.
+        "shaping": {
+            "enabled": True,
+            "uplink_down": "20mbit",
+            "uplink_up": "5mbit",
+            "client_down": "2mbit",
+            "client_up": "512kbit",
+            "plans": {
+                # Same priority: spare capacity is shared in proportion to rate.
+                "basic": {"down": "1mbit", "up": "256kbit",
+                          "ceil_down": "2mbit", "ceil_up": "512kbit"},
+                "school": {"down": "4mbit", "up": "1mbit"},
+                "kantor-desa": {"down": "6mbit", "up": "2mbit"},
+            },
+        },
         # The government-services catalog at http://layanan.desa/, in front of
         # the lab's dukcapil.lab origin (gateway/lab/gov_origin.py).
         "local_services": {
