@@ -42,7 +42,13 @@ from dataclasses import dataclass, field
 
 from gateway.config.schema import Config
 from gateway.model import Session
-from gateway.shaping.plan import LOCAL_MINOR, TRUSTED_MINOR, classid_text, client_minor
+from gateway.shaping.plan import (
+    LOCAL_MINOR,
+    TRUSTED_MINOR,
+    UNAUTHORIZED_MINOR,
+    classid_text,
+    client_minor,
+)
 
 TABLE = "desanet"
 FAMILY = "inet"
@@ -224,15 +230,21 @@ def client_class_text(cfg: Config, ip: str) -> str:
 def _classify_forward(cfg: Config) -> str:
     """Steer forwarded packets into HTB classes by setting skb priority.
 
-    Authorized clients by address (one map lookup, no tc filters); trusted
-    MACs through a conntrack mark, because the download direction carries no
-    client MAC yet.
+    Every forwarded packet starts in the unauthorized class; later statements
+    override that: trusted MACs through a conntrack mark (the download
+    direction carries no client MAC yet), authorized clients by address (one
+    map lookup, no tc filters). HTB's own default class is then left to the
+    gateway's unclassifiable traffic (ARP, DHCP from packet sockets), so a busy
+    walled garden can never starve the gateway's ARP replies.
     """
     if not cfg.shaping.enabled:
         return ""
     lan = _quote(cfg.network.lan_interface)
     trusted = classid_text(TRUSTED_MINOR)
+    unauthorized = classid_text(UNAUTHORIZED_MINOR)
     return (
+        f"    iifname {lan} meta priority set {unauthorized}\n"
+        f"    oifname {lan} meta priority set {unauthorized}\n"
         f"    iifname {lan} ether saddr @trusted_mac ct mark set {TRUSTED_CT_MARK:#x}\n"
         f"    ct mark {TRUSTED_CT_MARK:#x} meta priority set {trusted}\n"
         f"    iifname {lan} meta priority set ip saddr map @client_class\n"

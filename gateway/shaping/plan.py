@@ -9,7 +9,7 @@ leaves by, and the uplink is the bottleneck we protect.
 
 Both devices get the same tree shape, handle ``1:``::
 
-    1:      htb qdisc, unclassified traffic -> 1:2
+    1:      htb qdisc, unclassified traffic (ARP, DHCP) -> 1:3
     1:1     the uplink (rate = ceil = uplink capacity)
     1:2       unauthorized clients (portal, walled garden): small, fixed
     1:4       trusted MACs, sharing the default plan
@@ -44,6 +44,11 @@ UNAUTHORIZED_MINOR = 0x2
 LOCAL_MINOR = 0x3
 TRUSTED_MINOR = 0x4
 CLIENT_BASE_MINOR = 0x100
+# HTB's default class: traffic nftables could not classify. Every forwarded
+# packet is classified, so what remains is the gateway's own ARP and DHCP
+# (packet sockets bypass netfilter): it must never queue behind the walled
+# garden, so it goes to the local class.
+DEFAULT_MINOR = LOCAL_MINOR
 MAX_MINOR = 0xFFFF
 MTU = 1514
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from gateway.errors import ShapingError
 from gateway.shaping.plan import (
+    DEFAULT_MINOR,
     ROOT_MAJOR,
-    UNAUTHORIZED_MINOR,
     UPLINK_MINOR,
     DeviceTree,
     HtbClass,
@@ -138,19 +138,31 @@ class Shaper:
 
     # -- internals --------------------------------------------------------------
 
-    def _root_is_ours(self, index: int) -> bool:
+    def _root(self, index: int) -> Any:
         for q in self._ip().get_qdiscs(index):
             if q["parent"] == _TC_H_ROOT:
-                return bool(q.get_attr("TCA_KIND") == "htb" and q["handle"] == _ROOT_HANDLE)
-        return False
+                return q
+        return None
+
+    def _root_is_ours(self, index: int) -> bool:
+        q = self._root(index)
+        return q is not None and q.get_attr("TCA_KIND") == "htb" and q["handle"] == _ROOT_HANDLE
 
     def _ensure_root(self, index: int) -> None:
         if self._root_is_ours(index):
-            return
-        # First start (or someone replaced it): this is the only moment the
-        # device's queueing is rebuilt.
+            opts = self._root(index).get_attr("TCA_OPTIONS")
+            init = opts.get_attr("TCA_HTB_INIT") if opts else None
+            if init is None or init.get("defcls") == DEFAULT_MINOR:
+                return
+            # A tree from an older desanet with another default class. HTB
+            # cannot change its default in place, so it is rebuilt (once).
+        # First start, an old tree, or someone replaced it: the only moments
+        # the device's queueing is rebuilt. (A "replace" with our own handle
+        # would be taken as a change, which HTB refuses: delete, then add.)
+        if self._root_is_ours(index):
+            self._call("del", index=index, handle=_ROOT_HANDLE, parent=_TC_H_ROOT)
         self._call("replace", "htb", index, _ROOT_HANDLE, parent=_TC_H_ROOT,
-                   default=UNAUTHORIZED_MINOR)
+                   default=DEFAULT_MINOR)
 
     def _observe(self, index: int) -> dict[int, HtbClass]:
         found: dict[int, HtbClass] = {}

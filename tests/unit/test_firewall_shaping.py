@@ -97,8 +97,12 @@ def test_classification_rules_only_when_shaping_is_on() -> None:
     # the gateway's own traffic: the "local" class on both devices
     assert 'oifname { "br-lan", "wan0" } meta priority set 1:3' in chain(on, "filter_output")
     assert "meta priority" not in chain(off, "filter_output")
-    # the unauthorized class needs no rule: HTB's default class catches unmapped packets
-    assert "1:2" not in on
+    # every forwarded packet is first put in the unauthorized class, and only
+    # later statements (trusted mark, client map) move it: HTB's default class
+    # is left for the gateway's own ARP/DHCP, which must not queue behind it
+    unauth = '    oifname "br-lan" meta priority set 1:2'
+    assert fwd_on.index(unauth) < fwd_on.index(expected[0])
+    assert '    iifname "br-lan" meta priority set 1:2' in fwd_on
 
 
 def test_classification_rules_do_not_grow_with_clients() -> None:
