@@ -13,33 +13,38 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config.schema import Config, GovService
-from gateway.portal.i18n import LANGUAGE_NAMES, translator
+from gateway.portal.i18n import LANGUAGE_NAMES, pick_language, translator
 from gateway.portal.templating import render
 
 MESSAGES: dict[str, dict[str, str]] = {
     "id": {
         "catalog_title": "Layanan pemerintah",
-        "catalog_intro": "Layanan ini bisa dibuka tanpa masuk ke internet, juga saat jaringan "
-                         "ke luar desa terputus (dari salinan yang tersimpan).",
-        "state_online": "Tersambung",
+        "catalog_intro": "Layanan ini bisa dibuka tanpa masuk hotspot. Saat internet desa "
+                         "terputus, Anda tetap bisa membuka salinan yang tersimpan.",
+        "state_online": "Terhubung",
         "state_offline": "Salinan offline dari {when}",
         "state_offline_none": "Tidak tersedia saat ini",
-        "state_unknown": "Belum dicek",
+        "state_unknown": "Belum diperiksa",
         "open": "Buka",
-        "queue_note": "Formulir yang dikirim saat jaringan putus disimpan dan dikirim nanti.",
+        "queue_note": "Formulir yang dikirim saat jaringan putus disimpan dan dikirim otomatis "
+                      "nanti.",
         "check_title": "Cek status kiriman",
         "check_label": "Nomor referensi",
+        "check_hint": "Nomor ini ada di tanda terima saat Anda mengirim formulir.",
         "check_button": "Cek",
         "receipt_title": "Formulir Anda tersimpan",
         "receipt_body": "Jaringan ke {service} sedang terputus. Formulir Anda sudah disimpan "
-                        "dengan aman di hotspot desa dan akan dikirim otomatis saat jaringan "
-                        "kembali.",
+                        "dengan aman di hotspot desa dan akan dikirim otomatis setelah "
+                        "jaringan pulih.",
         "receipt_ref": "Nomor referensi Anda:",
-        "receipt_keep": "Catat nomor ini untuk mengecek status kiriman.",
+        "receipt_keep": "Catat nomor ini atau simpan tangkapan layar ini untuk mengecek status "
+                        "kiriman nanti.",
         "sub_title": "Status kiriman {ref}",
+        "sub_heading": "Status kiriman",
         "sub_state_queued": "Menunggu jaringan, akan dikirim otomatis.",
         "sub_state_sending": "Sedang dikirim.",
-        "sub_state_unknown": "Belum pasti sampai; dikirim ulang dengan aman (tanpa duplikat).",
+        "sub_state_unknown": "Belum dipastikan sampai. Formulir dikirim ulang dengan aman dan "
+                             "tidak akan tercatat dua kali.",
         "sub_state_delivered": "Sudah terkirim ke layanan.",
         "sub_state_rejected": "Sudah sampai, tetapi ditolak oleh layanan (kode {status}).",
         "sub_created": "Disimpan: {when}",
@@ -55,8 +60,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "en": {
         "catalog_title": "Government services",
-        "catalog_intro": "These services open without logging in to the internet, and also "
-                         "while the link out of the village is down (from a stored copy).",
+        "catalog_intro": "These services open without logging in to the hotspot. When the "
+                         "village's internet link is down, you can still open the stored copy.",
         "state_online": "Connected",
         "state_offline": "Offline copy from {when}",
         "state_offline_none": "Not available right now",
@@ -65,16 +70,19 @@ MESSAGES: dict[str, dict[str, str]] = {
         "queue_note": "Forms sent while the link is down are stored and delivered later.",
         "check_title": "Check a submission",
         "check_label": "Reference number",
+        "check_hint": "You find this number on the receipt you got when you sent a form.",
         "check_button": "Check",
         "receipt_title": "Your form is saved",
         "receipt_body": "The link to {service} is down. Your form is stored safely on the "
                         "village hotspot and will be sent automatically when the link is back.",
         "receipt_ref": "Your reference number:",
-        "receipt_keep": "Write this number down to check the status later.",
+        "receipt_keep": "Write this number down or take a screenshot to check the status later.",
         "sub_title": "Submission {ref}",
+        "sub_heading": "Submission status",
         "sub_state_queued": "Waiting for the link; it will be sent automatically.",
         "sub_state_sending": "Being sent now.",
-        "sub_state_unknown": "Not yet confirmed; being resent safely (no duplicates).",
+        "sub_state_unknown": "Not confirmed yet. The form is being resent safely and will not "
+                             "be recorded twice.",
         "sub_state_delivered": "Delivered to the service.",
         "sub_state_rejected": "Delivered, but the service refused it (code {status}).",
         "sub_created": "Saved: {when}",
@@ -104,10 +112,9 @@ def t_for(lang: str) -> Any:
 
 
 def pick_lang(request: web.Request, cfg: Config) -> str:
-    for value in (request.query.get("lang"), request.cookies.get("lang")):
-        if value in ("id", "en"):
-            return value
-    return cfg.site.language
+    """Same choice as the portal's: ?lang=, the lang cookie, the phone's languages."""
+    return pick_language(request.query.get("lang"), request.cookies.get("lang"),
+                         request.headers.get("Accept-Language"), cfg.site.language)
 
 
 def local_time(ts: float | None) -> str:
@@ -128,7 +135,8 @@ def page(cfg: Config, lang: str, template: str, title_key: str, status: int = 20
     html = render(
         template, lang=lang, t=t, title=t(title_key, **context), site_name=cfg.site.name,
         village=cfg.site.village, contact=cfg.site.contact, other_lang=other,
-        other_lang_name=LANGUAGE_NAMES[other], other_lang_href=f"{path}?lang={other}",
+        other_lang_name=LANGUAGE_NAMES[other],
+        other_lang_href=f"{path}{'&' if '?' in path else '?'}lang={other}",
         url=None, **context,
     )
     resp = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")

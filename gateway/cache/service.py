@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -169,6 +169,7 @@ class LocalServices:
             return pages.message(cfg, lang, 404, "title_not_found", t("sub_not_found"))
         state_text = t(f"sub_state_{sub.state}", status=sub.response_status)
         return pages.page(cfg, lang, "submission.html", "sub_title", ref=sub.ref,
+                          path=f"/kiriman?ref={quote(sub.ref)}",
                           state_text=state_text, created=pages.local_time(sub.created),
                           delivered=pages.local_time(sub.delivered_at) if sub.delivered_at else "")
 
@@ -210,7 +211,7 @@ class LocalServices:
         log.info("queued %s %s for %s as %s", request.method, path_qs, service.slug, sub.ref)
         title = service.title_id if lang == "id" else service.title_en
         return pages.page(cfg, lang, "receipt.html", "receipt_title", status=202, ref=sub.ref,
-                          service_title=title)
+                          service_title=title, path=f"/kiriman?ref={quote(sub.ref)}")
 
     # -- prefetch ----------------------------------------------------------------------------
 

@@ -112,6 +112,14 @@ def _continue_url(value: str | None) -> str | None:
     return url
 
 
+def _url_label(url: str | None) -> str | None:
+    """The host of ``url`` (what a villager recognises), for the "continue" button."""
+    if url is None:
+        return None
+    host = urlsplit(url).hostname
+    return host or url
+
+
 def _home(url: str | None, **extra: str) -> str:
     params = dict(extra)
     if url:
@@ -249,7 +257,8 @@ class Portal:
             url = request.query.get("url")
             response = self.page(
                 "status.html", lang, title_key="title_status", url=safe_url(url),
-                continue_url=_continue_url(url), remaining=format_remaining(remaining, lang),
+                continue_url=_continue_url(url), continue_label=_url_label(_continue_url(url)),
+                remaining=format_remaining(remaining, lang),
             )
         else:
             response = self.login_page(lang, safe_url(request.query.get("url")))

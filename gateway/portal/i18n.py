@@ -28,7 +28,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "accept_button": "Setuju dan sambungkan",
         "voucher_heading": "Punya voucher?",
         "voucher_label": "Kode voucher",
-        "voucher_hint": "10 huruf dan angka, contoh ABCDE-23456",
+        "voucher_hint": "10 huruf dan angka, contoh:",
         "voucher_button": "Masuk dengan voucher",
         "voucher_accepts_terms": "Dengan memakai voucher, Anda menyetujui ketentuan di atas.",
         "connected": "Anda sudah terhubung ke internet.",
@@ -41,24 +41,25 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "bad_request": "Formulir tidak lengkap. Silakan coba lagi dari halaman utama.",
         "too_large": "Data yang dikirim terlalu besar.",
         "server_error": (
-            "Maaf, portal sedang mengalami gangguan. Coba lagi sebentar lagi, atau hubungi "
-            "pengelola hotspot."
+            "Maaf, portal sedang mengalami gangguan. Silakan coba beberapa saat lagi atau "
+            "hubungi pengelola hotspot."
         ),
         "cross_origin": "Formulir ini harus dikirim dari halaman portal. Silakan coba lagi.",
         "rate_limited": (
-            "Terlalu banyak percobaan kode voucher. Tunggu {seconds} detik, lalu coba lagi."
+            "Terlalu banyak percobaan memasukkan kode voucher. Tunggu {seconds} detik, "
+            "lalu coba lagi."
         ),
         "voucher_malformed": (
-            "Kode voucher tidak sesuai format. Kode terdiri dari 10 huruf dan angka, "
-            "tanpa huruf I dan O serta angka 0 dan 1."
+            "Kode voucher tidak sesuai format. Kode terdiri atas 10 huruf dan angka; "
+            "huruf I dan O serta angka 0 dan 1 tidak dipakai."
         ),
         "voucher_unknown": "Kode voucher tidak dikenal. Periksa lagi kode yang Anda ketik.",
-        "voucher_revoked": "Voucher ini sudah dibatalkan. Hubungi penjual voucher.",
+        "voucher_revoked": "Voucher ini sudah dibatalkan. Silakan hubungi penjual voucher.",
         "voucher_expired": "Masa berlaku voucher ini sudah habis.",
         "voucher_in_use": "Voucher ini sedang dipakai di perangkat lain.",
         "voucher_other": "Voucher tidak dapat dipakai saat ini.",
         "denied_mode": "Cara masuk ini tidak tersedia di hotspot ini.",
-        "denied_full": "Hotspot sedang penuh. Silakan coba lagi beberapa saat lagi.",
+        "denied_full": "Hotspot sedang penuh. Silakan coba beberapa saat lagi.",
         "denied_blocked": "Perangkat ini diblokir. Hubungi pengelola hotspot.",
         "denied_no_mac": (
             "Perangkat Anda tidak dikenali. Sambungkan ulang ke Wi-Fi, lalu coba lagi."
@@ -77,9 +78,9 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_plan": "Paket: {plan}",
         "sheet_devices": "Untuk {n} perangkat",
         "sheet_step1": "Sambungkan HP ke Wi-Fi hotspot desa.",
-        "sheet_step2": "Buka halaman web apa saja, atau {url}.",
+        "sheet_step2": "Buka {url} atau halaman web apa saja.",
         "sheet_step3": "Ketik kode di atas, lalu tekan \u201cMasuk dengan voucher\u201d.",
-        "sheet_cut": "Gunting di sepanjang garis putus-putus.",
+        "sheet_cut": "Gunting mengikuti garis putus-putus.",
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -92,7 +93,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "accept_button": "Accept and connect",
         "voucher_heading": "Have a voucher?",
         "voucher_label": "Voucher code",
-        "voucher_hint": "10 letters and digits, e.g. ABCDE-23456",
+        "voucher_hint": "10 letters and digits, for example:",
         "voucher_button": "Connect with voucher",
         "voucher_accepts_terms": "By using a voucher you accept the terms above.",
         "connected": "You are connected to the internet.",
@@ -122,7 +123,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "denied_mode": "This way of connecting is not offered on this hotspot.",
         "denied_full": "The hotspot is full. Please try again in a little while.",
         "denied_blocked": "This device is blocked. Contact the hotspot operator.",
-        "denied_no_mac": "Your device was not recognised. Reconnect to the Wi-Fi and try again.",
+        "denied_no_mac": "Your device was not recognised. Reconnect to the Wi-Fi, then try again.",
         "denied_other": "You cannot connect right now. Contact the hotspot operator.",
         "less_than_minute": "less than a minute",
         "unit_day": "{n} day",
@@ -137,7 +138,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_plan": "Plan: {plan}",
         "sheet_devices": "For {n} devices",
         "sheet_step1": "Join the village hotspot Wi-Fi.",
-        "sheet_step2": "Open any web page, or {url}.",
+        "sheet_step2": "Open {url} or any web page.",
         "sheet_step3": "Type the code above and tap \u201cConnect with voucher\u201d.",
         "sheet_cut": "Cut along the dashed lines.",
     },
