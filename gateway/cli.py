@@ -104,6 +104,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  firewall:        nftables via {data['firewall']['backend']}")
     dns = data["dnsmasq"]
     print(f"  dnsmasq:         {'running' if dns['running'] else 'DOWN'} pid={dns['pid']}")
+    shaping = data.get("shaping") or {}
+    if shaping.get("enabled"):
+        print(f"  shaping:         {format_rate(shaping['uplink_down'])} down / "
+              f"{format_rate(shaping['uplink_up'])} up, leaf qdisc {shaping['leaf_qdisc'] or '-'}")
+    else:
+        print("  shaping:         off")
     return 0
 
 

@@ -64,3 +64,24 @@ def test_vouchers_list_encodes_batch_name(
     monkeypatch.setattr(cli, "_client", lambda args: Recorder())
     assert cli.main(["vouchers", "list", "--batch", "posyandu mei&x=1"]) == 0
     assert asked == ["/v1/vouchers?batch=posyandu+mei%26x%3D1"]
+
+
+STATUS = {"site": "Hotspot", "village": "Desa", "ready": True, "portal_url": "http://portal.desa/",
+          "portal_mode": "both", "lan_ip": "10.42.0.1", "sessions_active": 3, "uptime": 3700,
+          "firewall": {"backend": "libnftables"},
+          "dnsmasq": {"running": True, "pid": 42, "restarts": 0}}
+
+
+@pytest.mark.parametrize(("shaping", "expected"), [
+    ({"enabled": True, "uplink_down": 20_000_000, "uplink_up": 5_000_000, "leaf_qdisc": "pfifo"},
+     "20mbit down / 5mbit up, leaf qdisc pfifo"),
+    ({"enabled": False}, "shaping:         off"),
+])
+def test_status_shows_shaping(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                              shaping: dict[str, Any], expected: str) -> None:
+    answers = {"/v1/status": {**STATUS, "shaping": shaping}}
+    monkeypatch.setattr(cli, "_client", lambda args: CannedClient(answers))
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out
+    assert "1h1m" in out  # uptime
