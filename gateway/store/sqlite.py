@@ -145,17 +145,13 @@ class Store:
         return [Session(*r) for r in rows]
 
     def change_plan(self, mac: str, plan: str | None, now: int) -> Session | None:
+        """Set the plan of ``mac``'s active session; return it (None: no session)."""
         with self._tx() as db:
             db.execute(
                 "UPDATE sessions SET plan=? WHERE mac=? AND ended IS NULL AND expires>?",
                 (plan, mac, now),
             )
-            row = db.execute(
-                f"SELECT {_SESSION_COLS} FROM sessions "
-                "WHERE mac=? AND ended IS NULL AND expires>?",
-                (mac, now),
-            ).fetchone()
-        return Session(*row) if row else None
+        return self.active_session(mac, now)
 
     def prune_ended(self, before: int) -> int:
         """Forget sessions that ended before ``before``; return how many went."""
