@@ -8,7 +8,7 @@ What it does
 
 1. creates the network namespace ``dnbch<pid>`` (loopback only) and starts in
    it, as children of this script:
-   - the lab's government origin (gateway/lab/gov_origin.py) on 127.0.0.1:18090;
+   - the lab's government origin (lab/desanet_lab/gov_origin.py) on 127.0.0.1:18090;
    - desanet's cache: the ``LocalServices`` application the daemon serves at
      http://layanan.desa/ (same proxy, disk store, outbox and prefetch
      tasks), on 127.0.0.1:18081, one process, one event loop, like the daemon;
@@ -146,7 +146,7 @@ http {{
 def serve_origin(port: int) -> None:
     from aiohttp import web
 
-    from gateway.lab import gov_origin
+    from desanet_lab import gov_origin
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", gov_origin.handle)

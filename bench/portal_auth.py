@@ -43,9 +43,9 @@ from typing import Any
 
 from _rule_per_client import ip_of, mac_of
 
+from desanet_lab import LabSpec, lab_down, lab_up
 from gateway.control.client import ControlClient
 from gateway.errors import ControlError
-from gateway.lab import LabSpec, lab_down, lab_up
 
 HERE = Path(__file__).resolve().parent
 HELPER = HERE / "_rule_per_client.py"

@@ -382,12 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--lang", choices=["id", "en"], default="id")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
 
-    try:
-        from gateway.lab.cli import register
-    except ImportError:  # pragma: no cover - lab is part of the package
-        pass
-    else:
-        register(sub)
+    from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
+
+    register_plugins(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.lab import Lab, run_in
+from desanet_lab import Lab, run_in
 
 # --- what a client (or an attacker on the LAN) can try ----------------------
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.lab import netns as nsa
-from gateway.lab import plan as p
-from gateway.lab import run_in
+from desanet_lab import netns as nsa
+from desanet_lab import plan as p
+from desanet_lab import run_in
 
 T = TypeVar("T")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from desanet_lab import LabInfo, LabSpec, client_ns, lab_dhcp, lab_down, lab_status, lab_up, run_in
+from desanet_lab import netns as nsa
+from desanet_lab import plan as p
 from gateway.errors import LabError
-from gateway.lab import LabInfo, LabSpec, client_ns, lab_dhcp, lab_down, lab_status, lab_up, run_in
-from gateway.lab import netns as nsa
-from gateway.lab import plan as p
 
 pytestmark = pytest.mark.integration
 

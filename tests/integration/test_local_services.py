@@ -3,7 +3,7 @@ village: the caching reverse proxy in front of a real origin, offline
 behaviour and store-and-forward of forms, with the real daemon.
 
 One lab for the module. The origin is ``dukcapil.lab`` in the WAN namespace
-(gateway/lab/gov_origin.py); it counts every request it answers per path, so
+(lab/desanet_lab/gov_origin.py); it counts every request it answers per path, so
 a test tells a cache hit (the origin saw nothing) from a miss by reading
 ``/_lab/stats`` before and after. The client c1 never logs in to the portal:
 local services are part of the walled garden. "Offline" means the gateway's
@@ -35,9 +35,9 @@ from typing import Any
 import psutil
 import pytest
 
-from gateway.lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
-from gateway.lab import netns as nsa
-from gateway.lab import plan as p
+from desanet_lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from desanet_lab import netns as nsa
+from desanet_lab import plan as p
 from tests.integration import _session_helpers as h
 
 pytestmark = pytest.mark.integration

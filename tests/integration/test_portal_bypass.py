@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from gateway.lab import Lab, LabSpec
-from gateway.lab import plan as p
+from desanet_lab import Lab, LabSpec
+from desanet_lab import plan as p
 from tests.integration import _bypass_helpers as h
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from desanet_lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from desanet_lab import plan as p
 from gateway.daemon.gateway import SWEEP_INTERVAL
-from gateway.lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
-from gateway.lab import plan as p
 from tests.integration import _session_helpers as h
 
 pytestmark = pytest.mark.integration

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from gateway.lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
-from gateway.lab import plan as p
+from desanet_lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from desanet_lab import plan as p
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import tomllib
 
 import pytest
 
+from desanet_lab import labconfig, services
+from desanet_lab import plan as p
 from gateway.errors import LabError
-from gateway.lab import labconfig, services
-from gateway.lab import plan as p
 
 
 def test_default_plan_names_and_macs() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from desanet_lab import labconfig, netns, services
+from desanet_lab import plan as p
+from desanet_lab.plan import LabSpec, client_ns
 from gateway.errors import LabError
-from gateway.lab import labconfig, netns, services
-from gateway.lab import plan as p
-from gateway.lab.plan import LabSpec, client_ns
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 Public API::
 
-    from gateway.lab import LabSpec, lab_up, lab_down, lab_status, run_in, client_ns
+    from desanet_lab import LabSpec, lab_up, lab_down, lab_status, run_in, client_ns
 """
 
-from gateway.lab.api import ClientInfo, Lab, LabInfo, lab_dhcp, lab_down, lab_status, lab_up, run_in
-from gateway.lab.plan import LabPlan, LabSpec, client_ns, plan_lab, topology_commands
+from desanet_lab.api import ClientInfo, Lab, LabInfo, lab_dhcp, lab_down, lab_status, lab_up, run_in
+from desanet_lab.plan import LabPlan, LabSpec, client_ns, plan_lab, topology_commands
 
 __all__ = [
     "ClientInfo",

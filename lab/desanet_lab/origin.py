@@ -1,6 +1,6 @@
 """Origin servers of the lab's "internet", run in the WAN namespace.
 
-``python -m gateway.lab.origin --listen 0.0.0.0 --listen ::`` serves, by
+``python -m desanet_lab.origin --listen 0.0.0.0 --listen ::`` serves, by
 Host header (falling back to the address the request arrived on):
 
 - the connectivity checks of Android, Apple, Windows and Firefox,
@@ -25,8 +25,8 @@ from typing import cast
 
 from aiohttp import web
 
-from gateway.lab import gov_origin
-from gateway.lab import plan as p
+from desanet_lab import gov_origin
+from desanet_lab import plan as p
 
 INTERNET_BODY = "desanet-lab internet OK\n"
 GOVERNMENT_BODY = (
@@ -210,7 +210,7 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.lab.origin",
+    parser = argparse.ArgumentParser(prog="python -m desanet_lab.origin",
                                      description="desanet lab origin servers")
     parser.add_argument("--listen", action="append", default=None,
                         help="address to bind (repeatable; default 0.0.0.0 and ::)")

@@ -1,7 +1,7 @@
 """`desanet lab ...`: argparse wiring for the virtual village.
 
 ``register(subparsers)`` adds the ``lab`` command to the main CLI; each
-subcommand sets ``func(args) -> int``. ``python -m gateway.lab`` runs the
+subcommand sets ``func(args) -> int``. ``python -m desanet_lab`` runs the
 same commands on their own.
 """
 
@@ -14,9 +14,9 @@ import subprocess
 import sys
 from typing import Any
 
+from desanet_lab import api
+from desanet_lab import plan as p
 from gateway.errors import DesanetError
-from gateway.lab import api
-from gateway.lab import plan as p
 
 
 def _prefix_arg(parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import tomli_w
 
+from desanet_lab import plan as p
 from gateway.config import Config, parse_config_text
 from gateway.errors import ConfigError, LabError
-from gateway.lab import plan as p
 
 
 def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
             },
         },
         # The government-services catalog at http://layanan.desa/, in front of
-        # the lab's dukcapil.lab origin (gateway/lab/gov_origin.py).
+        # the lab's dukcapil.lab origin (lab/desanet_lab/gov_origin.py).
         "local_services": {
             "enabled": True,
             "cache_size": "256mb",

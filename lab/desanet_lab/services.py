@@ -1,7 +1,7 @@
 """Processes of the lab: WAN resolvers and origin, the gateway daemon, DHCP.
 
 Argument vectors are built by pure functions (``*_argv``); the ``start_*``
-and ``wait_*`` functions run them through :mod:`gateway.lab.netns`.
+and ``wait_*`` functions run them through :mod:`desanet_lab.netns`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gateway
+from desanet_lab import netns
+from desanet_lab import plan as p
 from gateway.control.client import ControlClient
 from gateway.errors import ControlError, LabError
-from gateway.lab import netns
-from gateway.lab import plan as p
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 GATEWAY_READY_TIMEOUT = 30.0
@@ -40,14 +40,32 @@ OUTSIDE_RECORDS: dict[str, tuple[str, ...]] = {
 
 
 def project_root() -> str:
-    """Directory holding the ``gateway`` package, for PYTHONPATH of children."""
+    """Directory holding the ``gateway`` package (the children's working directory)."""
     return str(Path(gateway.__file__).resolve().parent.parent)
+
+
+def lab_root() -> str:
+    """Directory holding the ``desanet_lab`` package (``lab/`` in a source checkout)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def child_pythonpath(existing: str | None = None) -> str:
+    """PYTHONPATH for children: the gateway's and the lab's roots, then ``existing``.
+
+    Children run ``python -m gateway`` and ``python -m desanet_lab.origin``;
+    both must import even when neither distribution is installed (a checkout
+    used through PYTHONPATH).
+    """
+    parts: list[str] = []
+    for part in (project_root(), lab_root(), *(existing or "").split(os.pathsep)):
+        if part and part not in parts:
+            parts.append(part)
+    return os.pathsep.join(parts)
 
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    root = project_root()
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = child_pythonpath(env.get("PYTHONPATH"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -69,7 +87,7 @@ def resolver_argv(listen: str, records: dict[str, tuple[str, ...]], pidfile: Pat
 
 
 def origin_argv(ready_file: Path) -> list[str]:
-    return [sys.executable, "-m", "gateway.lab.origin", "--listen", "0.0.0.0",
+    return [sys.executable, "-m", "desanet_lab.origin", "--listen", "0.0.0.0",
             "--listen", "::", "--ready-file", str(ready_file)]
 
 
