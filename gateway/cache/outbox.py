@@ -10,7 +10,9 @@ receipt with the reference number (``DN-7K3Q-P9XW``). The
 :class:`~gateway.cache.delivery.Deliverer` later sends it upstream with the
 same ``Idempotency-Key`` on every attempt.
 
-States::
+States (the legal moves are the table ``FORMS_OUTBOX`` in
+:mod:`gateway.core.lifecycle`; every state change below asks it first and an
+illegal one raises :class:`~gateway.errors.OutboxStateError`)::
 
     queued ──mark_sending──▶ sending ──mark_result──▶ delivered   2xx/3xx
        ▲                        │                 ├─▶ rejected    4xx: the upstream refused it
@@ -19,6 +21,7 @@ States::
                                                   └─▶ unknown     it may have arrived: timeout or
     unknown ──mark_sending──▶ sending ...                         reset after sending, 500/502/504
     sending ──recover (after a crash)──▶ unknown
+    queued, unknown ──kick──▶ unchanged, due now
 
 ``unknown`` is sticky: once an attempt may have reached the upstream, a later
 attempt that fails without reaching it (connection refused) leaves the
@@ -50,16 +53,22 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
+from gateway.core.lifecycle import (
+    FORMS_OUTBOX,
+    IllegalTransition,
+    OutboxEvent,
+    outbox_result_event,
+)
+from gateway.core.lifecycle import OutboxOutcome as Outcome
+from gateway.core.lifecycle import OutboxState as State
 from gateway.errors import OutboxStateError, StoreError, SubmissionTooLarge
 from gateway.sqlitedb import Database
 
-State = Literal["queued", "sending", "delivered", "rejected", "unknown"]
-Outcome = Literal["delivered", "rejected", "not_sent", "retry", "unknown"]
-STATES: tuple[State, ...] = get_args(State)
+STATES: tuple[State, ...] = FORMS_OUTBOX.states
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
-PENDING: tuple[State, ...] = ("queued", "unknown")
+PENDING: tuple[State, ...] = FORMS_OUTBOX.sources("mark_sending")  # waiting for an attempt
 
 SAFE_HEADERS = frozenset({"content-type", "accept", "accept-language", "user-agent"})
 QUEUE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -136,7 +145,7 @@ class Submission:
 
     @property
     def final(self) -> bool:
-        return self.state in ("delivered", "rejected")
+        return FORMS_OUTBOX.is_final(self.state)
 
     def describe(self, lang: str = "en") -> str:
         """One line for the villager's status page or the operator's list."""
@@ -242,15 +251,20 @@ class Outbox:
         raise StoreError(f"could not draw an unused reference number in {self.path}")
 
     def mark_sending(self, ref: str, now: float) -> Submission:
-        """Claim a due submission for one delivery attempt (atomic: two claims cannot both win)."""
+        """Claim a due submission for one delivery attempt (atomic: two claims cannot both win).
+
+        Raises OutboxStateError if there is no such submission, its state does not allow
+        ``mark_sending`` (see FORMS_OUTBOX) or it is not due yet.
+        """
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE submissions SET state='sending', attempts=attempts+1, last_attempt=? "
-                "WHERE ref=? AND state IN ('queued','unknown') AND next_attempt<=?",
-                (now, ref, now),
-            )
-            if cur.rowcount != 1:
-                raise self._state_error(db, ref, "claimed for sending", "queued or unknown and due")
+            found = self._get(db, ref)
+            action, wanted = "claimed for sending", f"{' or '.join(PENDING)} and due"
+            if found is None:
+                raise self._state_error(db, ref, action, wanted)
+            state = self._next(db, found, "mark_sending", action, wanted)
+            if found.next_attempt is None or found.next_attempt > now:
+                raise self._state_error(db, ref, action, wanted)
+            self._move(db, found, state, "attempts=attempts+1, last_attempt=?", (now,))
             sub = self._get(db, ref)
         assert sub is not None
         return sub
@@ -260,54 +274,42 @@ class Outbox:
         """Record how an attempt ended; see the module docstring for the transitions.
 
         ``status`` is the upstream's HTTP status if it answered; ``retry_after`` (seconds, from
-        a Retry-After header) lengthens the backoff, up to the 10 minute cap.
+        a Retry-After header) lengthens the backoff, up to the 10 minute cap. Raises ValueError
+        for an unknown outcome, OutboxStateError if the submission's state does not allow it.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         with self._tx() as db:
             sub = self._get(db, ref)
-            if sub is None or sub.state != "sending":
-                raise self._state_error(db, ref, f"given the result {outcome!r}", "sending")
-            if outcome in ("delivered", "rejected"):
-                db.execute(
-                    "UPDATE submissions SET state=?, response_status=?, last_error=?, delivered_at=?, "
-                    "next_attempt=NULL WHERE ref=?",
-                    (outcome, status, error, now, ref),
-                )
+            action, wanted = f"given the result {outcome!r}", " or ".join(FORMS_OUTBOX.sources(outcome))
+            if sub is None:
+                raise self._state_error(db, ref, action, wanted)
+            event = outbox_result_event(outcome, sub.uncertain)
+            state = self._next(db, sub, event, action, wanted)
+            if FORMS_OUTBOX.is_final(state):
+                self._move(db, sub, state, "response_status=?, last_error=?, delivered_at=?, "
+                           "next_attempt=NULL", (status, error, now))
             else:
-                uncertain = sub.uncertain or outcome == "unknown"
                 delay = backoff_delay(sub.attempts, self._rng)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, MAX_DELAY))
-                db.execute(
-                    "UPDATE submissions SET state=?, uncertain=?, response_status=?, last_error=?, "
-                    "next_attempt=? WHERE ref=?",
-                    ("unknown" if uncertain else "queued", int(uncertain), status, error,
-                     now + delay, ref),
-                )
+                self._move(db, sub, state, "uncertain=?, response_status=?, last_error=?, next_attempt=?",
+                           (int(sub.uncertain or state == "unknown"), status, error, now + delay))
             done = self._get(db, ref)
         assert done is not None
         return done
 
     def recover(self, now: float) -> int:
-        """After a restart: attempts cut short by a crash may have arrived, so sending -> unknown."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE submissions SET state='unknown', uncertain=1, next_attempt=?, "
-                "last_error='interrupted while sending (gateway restarted)' WHERE state='sending'",
-                (now,),
-            )
-            return cur.rowcount
+        """After a restart: attempts cut short by a crash may have arrived, so sending -> unknown.
+
+        Returns how many submissions moved.
+        """
+        return self._move_all("recover", "uncertain=1, next_attempt=?, "
+                              "last_error='interrupted while sending (gateway restarted)'", (now,))
 
     def kick(self, service: str | None, now: float) -> int:
-        """Make the pending submissions of ``service`` (or of all services) due now."""
-        with self._tx() as db:
-            sql = "UPDATE submissions SET next_attempt=? WHERE state IN ('queued','unknown')"
-            args: tuple[object, ...] = (now,)
-            if service is not None:
-                sql += " AND service=?"
-                args += (service,)
-            return db.execute(sql, args).rowcount
+        """Make the pending submissions of ``service`` (or of all services) due now; returns how many."""
+        return self._move_all("kick", "next_attempt=?", (now,), service)
 
     # -- reading ------------------------------------------------------------
 
@@ -325,13 +327,14 @@ class Outbox:
         A submission is held back while an older pending one of the same service
         waits for its retry or is being sent, so each service sees them in order.
         """
+        pending = ",".join("?" * len(PENDING))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLS} FROM submissions o WHERE state IN ('queued','unknown') "
+                f"SELECT {_COLS} FROM submissions o WHERE state IN ({pending}) "
                 "AND next_attempt<=? AND NOT EXISTS (SELECT 1 FROM submissions p "
                 "WHERE p.service=o.service AND p.id<o.id AND (p.state='sending' OR "
-                "(p.state IN ('queued','unknown') AND p.next_attempt>?))) ORDER BY id LIMIT ?",
-                (now, now, limit),
+                f"(p.state IN ({pending}) AND p.next_attempt>?))) ORDER BY id LIMIT ?",
+                (*PENDING, now, *PENDING, now, limit),
             ).fetchall()
         return [self._row(r) for r in rows]
 
@@ -361,6 +364,37 @@ class Outbox:
     def _get(self, db: sqlite3.Connection, ref: str) -> Submission | None:
         row = db.execute(f"SELECT {_COLS} FROM submissions WHERE ref=?", (ref,)).fetchone()
         return self._row(row) if row else None
+
+    def _next(self, db: sqlite3.Connection, sub: Submission, event: OutboxEvent, action: str,
+              wanted: str) -> State:
+        """The state FORMS_OUTBOX gives for ``event``; an illegal move raises OutboxStateError."""
+        try:
+            return FORMS_OUTBOX.next(sub.state, event)
+        except IllegalTransition as exc:
+            raise self._state_error(db, sub.ref, action, wanted) from exc
+
+    @staticmethod
+    def _move(db: sqlite3.Connection, sub: Submission, state: State, sets: str,
+              args: tuple[object, ...]) -> None:
+        """Store ``state`` (and the other columns in ``sets``) if ``sub`` is still in its state."""
+        cur = db.execute(f"UPDATE submissions SET state=?, {sets} WHERE ref=? AND state=?",
+                         (state, *args, sub.ref, sub.state))
+        if cur.rowcount != 1:  # cannot happen inside one transaction; never write a stale move
+            raise OutboxStateError(f"submission {sub.ref} changed state while it was being updated")
+
+    def _move_all(self, event: OutboxEvent, sets: str, args: tuple[object, ...],
+                  service: str | None = None) -> int:
+        """Fire ``event`` at every submission (of ``service``) whose state allows it, in one transaction."""
+        moved = 0
+        with self._tx() as db:
+            for source in FORMS_OUTBOX.sources(event):
+                sql = f"UPDATE submissions SET state=?, {sets} WHERE state=?"
+                params: tuple[object, ...] = (FORMS_OUTBOX.next(source, event), *args, source)
+                if service is not None:
+                    sql += " AND service=?"
+                    params += (service,)
+                moved += db.execute(sql, params).rowcount
+        return moved
 
     def _state_error(self, db: sqlite3.Connection, ref: str, action: str, wanted: str) -> OutboxStateError:
         sub = self._get(db, ref)
