@@ -50,7 +50,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(problems + _cross_checks_despite(exc, data), source) from None
 
 
-def format_errors(exc: ValidationError) -> list[str]:
+def format_errors(exc: ValidationError, root: type[BaseModel] = Config) -> list[str]:
+    """One line per problem, "path: message"; ``root`` is the model that was validated
+    (the config by default; the control API's request models use it too)."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -58,7 +60,7 @@ def format_errors(exc: ValidationError) -> list[str]:
             lines += err["msg"].splitlines()  # each line names its own field
             continue
         path = _path(loc) or "(top level)"
-        lines.append(f"{path}: {_message(err, loc)}")
+        lines.append(f"{path}: {_message(err, loc, root)}")
     return lines
 
 
@@ -87,14 +89,14 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _message(err: Any, loc: tuple[Any, ...]) -> str:
+def _message(err: Any, loc: tuple[Any, ...], root: type[BaseModel] = Config) -> str:
     kind = err["type"]
     msg: str = err["msg"]
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
+        model = _model_at(loc[:-1], root)
         keys = ", ".join(model.model_fields) if model else "see examples/gateway.toml"
         return f"unknown key; valid keys here are: {keys}"
-    example = _example(loc)
+    example = _example(loc, root)
     hint = f"; write e.g. {example}" if example else ""
     if kind == "missing":
         return f"required but missing{hint}"
@@ -115,8 +117,8 @@ def _found(err: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: Any = Config
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Config) -> type[BaseModel] | None:
+    model: Any = root
     for part in loc:
         field = _field(model, part)
         if field is None:
@@ -142,8 +144,8 @@ def _inner_model(field: FieldInfo) -> type[BaseModel] | None:
     return None
 
 
-def _example(loc: tuple[Any, ...]) -> str:
-    model: Any = Config
+def _example(loc: tuple[Any, ...], root: type[BaseModel] = Config) -> str:
+    model: Any = root
     field: FieldInfo | None = None
     for part in loc:
         nxt = _field(model, part)
