@@ -1,9 +1,16 @@
-"""The firewall adapter: applies planner output and reads dynamic sets back."""
+"""The firewall adapter: applies planner output and reads dynamic sets back.
+
+``Firewall`` is synchronous: every method blocks on nft (libnftables in
+process, or an ``nft`` child). Benchmarks and root tests drive it directly.
+The daemon holds ``KernelFirewall``, which implements
+:class:`gateway.ports.FirewallPort` by running each call on the one kernel
+worker thread, so the event loop never waits for nftables.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
 from gateway.errors import FirewallError
@@ -17,28 +24,39 @@ from gateway.firewall.planner import (
     plan_revoke,
     plan_ruleset,
 )
+from gateway.kernel import KernelWorker
 from gateway.model import Session
+
+if TYPE_CHECKING:
+    from gateway.ports import FirewallPort
 
 
 class Firewall:
+    """Synchronous nftables adapter; every method blocks (runs nft in-process)."""
+
     def __init__(self, nft: Nft | None = None) -> None:
         self.nft = nft or Nft()
 
     def apply(
         self, cfg: Config, sessions: Iterable[Session], now: int, carry_garden: bool = True
     ) -> None:
-        """Replace the whole ruleset in one transaction, carrying dynamic state."""
+        """Replace the whole ruleset in one transaction, carrying dynamic state.
+
+        Blocks: reads the live sets, then runs one nft transaction.
+        """
         carried = self.read_carried_state(carry_garden)
         self.nft.run(plan_ruleset(cfg, sessions, now, carried))
 
     def authorize(self, session: Session, now: int, class_text: str | None = None) -> None:
+        """Add the client to the authorized sets (and its class map). Blocks: runs nft."""
         self.nft.run(plan_authorize(session, now, class_text))
 
     def revoke(self, mac: str, ip: str, class_text: str | None = None) -> None:
+        """Remove the client from the authorized sets. Blocks: runs nft."""
         self.nft.run(plan_revoke(mac, ip, class_text))
 
     def client_classes(self) -> dict[str, str]:
-        """The kernel's address -> HTB class map (empty when shaping is off)."""
+        """The kernel's address -> HTB class map (empty when shaping is off). Blocks."""
         try:
             data = self.nft.run_json(f"list map {FAMILY} {TABLE} client_class")
         except FirewallError:
@@ -51,12 +69,14 @@ class Firewall:
         return out
 
     def remove(self) -> None:
+        """Delete our tables (idempotent). Blocks: runs nft."""
         self.nft.run(
             f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
             f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
         )
 
     def table_exists(self) -> bool:
+        """Blocks: runs nft."""
         try:
             self.nft.run(f"list table {FAMILY} {TABLE}")
         except FirewallError:
@@ -64,10 +84,11 @@ class Firewall:
         return True
 
     def active_clients(self) -> dict[MacIp, int]:
-        """Clients with traffic inside their idle window -> seconds left in it."""
+        """Clients with traffic inside their idle window -> seconds left in it. Blocks."""
         return {_mac_ip(k): left for k, left in self._elements("active4").items()}
 
     def authorized_clients(self) -> dict[MacIp, int]:
+        """Authorized clients -> seconds left of their session. Blocks: runs nft."""
         return {_mac_ip(k): left for k, left in self._elements("auth4").items()}
 
     def read_carried_state(self, carry_garden: bool = True) -> CarriedState:
@@ -81,6 +102,7 @@ class Firewall:
         )
 
     def garden_dns(self) -> dict[str, int]:
+        """Walled-garden addresses dnsmasq resolved -> seconds left. Blocks: runs nft."""
         return {**self._plain_elements("garden_dns4"), **self._plain_elements("garden_dns6")}
 
     def _plain_elements(self, name: str) -> dict[str, int]:
@@ -94,6 +116,53 @@ class Firewall:
                 key, left = _parse_elem(elem)
                 out[key] = left
         return out
+
+
+class KernelFirewall:
+    """FirewallPort over a synchronous ``Firewall``: every call runs on the kernel worker.
+
+    No method blocks the event loop: each awaits the kernel worker thread,
+    where the ``Firewall`` call blocks on nft. Errors are the ``Firewall``'s
+    (FirewallError), raised unchanged.
+    """
+
+    def __init__(self, firewall: Firewall, worker: KernelWorker) -> None:
+        self.firewall = firewall
+        self.worker = worker
+
+    @property
+    def backend(self) -> str:
+        """"libnftables" or "nft" (decided at construction). Does not block."""
+        return self.firewall.nft.backend
+
+    async def apply(self, cfg: Config, sessions: Sequence[Session], now: int,
+                    carry_garden: bool = True) -> None:
+        """Replace the ruleset in one transaction. Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.apply, cfg, list(sessions), now, carry_garden)
+
+    async def authorize(self, session: Session, now: int, class_text: str | None) -> None:
+        """Let the client through. Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.authorize, session, now, class_text)
+
+    async def revoke(self, mac: str, ip: str, class_text: str | None) -> None:
+        """Cut the client off. Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.revoke, mac, ip, class_text)
+
+    async def active_clients(self) -> dict[MacIp, int]:
+        """Clients inside their idle window -> seconds left. Awaits the kernel worker (nft)."""
+        return await self.worker.call(self.firewall.active_clients)
+
+    async def authorized_clients(self) -> dict[MacIp, int]:
+        """Authorized clients -> seconds left. Awaits the kernel worker (nft)."""
+        return await self.worker.call(self.firewall.authorized_clients)
+
+    async def client_classes(self) -> dict[str, str]:
+        """The kernel's address -> HTB class map. Awaits the kernel worker (nft)."""
+        return await self.worker.call(self.firewall.client_classes)
+
+    async def remove(self) -> None:
+        """Delete our tables. Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.remove)
 
 
 def _parse_elem(elem: Any) -> tuple[Any, int]:
@@ -111,3 +180,7 @@ def _parse_elem(elem: Any) -> tuple[Any, int]:
 def _mac_ip(key: Any) -> MacIp:
     mac, ip = key
     return str(mac), str(ip)
+
+
+def _check(x: KernelFirewall) -> FirewallPort:  # mypy: the adapter satisfies its port
+    return x

@@ -1,0 +1,102 @@
+"""FakeFirewall: FirewallPort in memory, with the real set semantics (tests only).
+
+``apply`` fills ``authorized`` and ``active`` from the sessions the way
+:func:`gateway.firewall.planner.plan_ruleset` fills ``auth4`` and
+``active4``: expired sessions are left out, a client missing from the live
+``active`` set stays idle across a re-apply, and the first apply (no table
+yet, e.g. after a reboot) gives every session one fresh idle window. Time
+does not pass by itself: a test makes a client idle by deleting it from
+``active``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from gateway.config.schema import Config
+from gateway.faults import FaultInjection
+from gateway.firewall.planner import MacIp
+from gateway.model import Session
+
+if TYPE_CHECKING:
+    from gateway.ports import FirewallPort
+
+
+class FakeFirewall(FaultInjection):
+    def __init__(self, backend: str = "fake") -> None:
+        super().__init__()
+        self._backend = backend
+        self.applied = 0  # how many full rulesets went in
+        self.last_config: Config | None = None
+        self.last_carry_garden: bool | None = None
+        self.authorized: dict[MacIp, int] = {}  # (mac, ip) -> seconds left of the session
+        self.active: dict[MacIp, int] = {}  # (mac, ip) -> seconds left of the idle window
+        self.classes: dict[str, str] = {}  # ip -> HTB class text ("1:105")
+        self.authorize_log: list[tuple[Session, str | None]] = []
+        self.revoke_log: list[tuple[str, str, str | None]] = []
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    async def apply(self, cfg: Config, sessions: Sequence[Session], now: int,
+                    carry_garden: bool = True) -> None:
+        self._fault("apply")
+        live = self.applied > 0
+        authorized: dict[MacIp, int] = {}
+        active: dict[MacIp, int] = {}
+        for s in sessions:
+            left = s.expires - now
+            if left <= 0:
+                continue
+            key = (s.mac, s.ip)
+            authorized[key] = left
+            idle_left = self.active.get(key) if live else min(s.idle_timeout, left)
+            if idle_left is not None:
+                active[key] = max(1, idle_left)
+        self.authorized, self.active = authorized, active
+        self.applied += 1
+        self.last_config = cfg
+        self.last_carry_garden = carry_garden
+
+    async def authorize(self, session: Session, now: int, class_text: str | None) -> None:
+        self._fault("authorize")
+        left = max(1, session.expires - now)
+        key = (session.mac, session.ip)
+        self.authorized[key] = left
+        self.active[key] = min(session.idle_timeout, left)
+        if class_text is not None:
+            self.classes[session.ip] = class_text
+        self.authorize_log.append((session, class_text))
+
+    async def revoke(self, mac: str, ip: str, class_text: str | None) -> None:
+        self._fault("revoke")
+        self.authorized.pop((mac, ip), None)
+        self.active.pop((mac, ip), None)
+        if class_text is not None:
+            self.classes.pop(ip, None)
+        self.revoke_log.append((mac, ip, class_text))
+
+    async def active_clients(self) -> dict[MacIp, int]:
+        self._fault("active_clients", changes=False)
+        return dict(self.active)
+
+    async def authorized_clients(self) -> dict[MacIp, int]:
+        self._fault("authorized_clients", changes=False)
+        return dict(self.authorized)
+
+    async def client_classes(self) -> dict[str, str]:
+        self._fault("client_classes", changes=False)
+        return dict(self.classes)
+
+    async def remove(self) -> None:
+        self._fault("remove")
+        self.applied = 0
+        self.authorized.clear()
+        self.active.clear()
+        self.classes.clear()
+
+
+def _check(x: FakeFirewall) -> FirewallPort:  # mypy: the fake satisfies the port
+    return x
