@@ -1,0 +1,1 @@
+"""What the gateway knows about its LAN: who is behind an address."""
