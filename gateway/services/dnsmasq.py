@@ -4,6 +4,10 @@ dnsmasq is the LAN's DHCP server and DNS resolver. The firewall sends every
 DNS query from the LAN to it, and it fills the walled-garden nftables sets
 (``nftset=``) as walled-garden names resolve, so hostnames in the walled
 garden work even when their addresses change.
+
+``Dnsmasq`` implements :class:`gateway.ports.DhcpServerPort`. Its methods
+are async and never block the loop: the child runs under asyncio's
+subprocess support, and the config file is written on a thread.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import ctypes
 import logging
 import os
 import signal
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config.schema import Config
 from gateway.errors import ServiceError
 from gateway.firewall.planner import TABLE
+
+if TYPE_CHECKING:
+    from gateway.ports import DhcpServerPort
 
 log = logging.getLogger("desanet.dnsmasq")
 
@@ -101,39 +108,126 @@ def _die_with_parent() -> None:
 
 
 class Dnsmasq:
-    """Runs dnsmasq as a supervised child; restarts it if it dies."""
+    """Runs dnsmasq as a supervised child; restarts it if it dies.
 
-    def __init__(self, binary: str, conf_path: str, pid_path: str) -> None:
+    ``state_dir`` (the lease file) and ``run_dir`` (pid file) go into the
+    rendered config; when not given, ``configure`` takes them from the
+    config's ``store`` section. ``check_config`` runs ``dnsmasq --test`` on a
+    new config before it replaces the running one.
+    """
+
+    def __init__(self, binary: str, conf_path: str, pid_path: str, *,
+                 state_dir: str | None = None, run_dir: str | None = None,
+                 check_config: bool = True) -> None:
         self.binary = binary
         self.conf_path = conf_path
         self.pid_path = pid_path
+        self.state_dir = state_dir
+        self.run_dir = run_dir
+        self.check_config = check_config
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
 
+    @classmethod
+    def in_dirs(cls, binary: str, state_dir: str, run_dir: str, *,
+                check_config: bool = True) -> Dnsmasq:
+        """The daemon's layout: config and pid file in ``run_dir``, leases in ``state_dir``."""
+        return cls(binary, str(Path(run_dir) / "dnsmasq.conf"), str(Path(run_dir) / "dnsmasq.pid"),
+                   state_dir=state_dir, run_dir=run_dir, check_config=check_config)
+
     @property
     def running(self) -> bool:
+        """Does not block."""
         return self._proc is not None and self._proc.returncode is None
 
     @property
     def pid(self) -> int | None:
+        """Does not block."""
         return self._proc.pid if self.running and self._proc else None
 
-    def write_config(self, text: str) -> bool:
-        """Write the config atomically; return True when it changed."""
-        path = Path(self.conf_path)
-        if path.exists() and path.read_text() == text:
+    def render(self, cfg: Config) -> str:
+        """The dnsmasq.conf text for ``cfg`` in this supervisor's directories (pure)."""
+        return render_dnsmasq_conf(cfg, self.state_dir or cfg.store.state_dir,
+                                   self.run_dir or cfg.store.run_dir)
+
+    async def configure(self, cfg: Config) -> bool:
+        """Write the config for ``cfg`` atomically; True when it changed.
+
+        Does not block the loop (file I/O on a thread, ``dnsmasq --test`` as
+        an async child). Raises ServiceError, leaving the running config in
+        place, when the file cannot be written or dnsmasq refuses the config.
+        The running child is not restarted: the caller restarts it on True.
+        """
+        text = self.render(cfg)
+        if await asyncio.to_thread(self._current) == text:
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        new = await asyncio.to_thread(self._write_new, text)
+        try:
+            if self.check_config:
+                await self._test(new)
+            await asyncio.to_thread(os.replace, new, self.conf_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(new)
+            raise
         return True
 
+    def write_config(self, text: str) -> bool:
+        """Write ``text`` atomically; return True when it changed. Blocks (file I/O)."""
+        if self._current() == text:
+            return False
+        os.replace(self._write_new(text), self.conf_path)
+        return True
+
+    def _current(self) -> str | None:
+        try:
+            return Path(self.conf_path).read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ServiceError(f"cannot read {self.conf_path}: {exc}") from exc
+
+    def _write_new(self, text: str) -> str:
+        path = Path(self.conf_path)
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot write {tmp}: {exc.strerror or exc}; check that {path.parent} is writable"
+            ) from exc
+        return str(tmp)
+
+    async def _test(self, conf: str) -> None:
+        """``dnsmasq --test`` on ``conf``: a syntax and option check, no sockets opened."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.binary, "--test", f"--conf-file={conf}", stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise ServiceError(f"cannot run dnsmasq ({self.binary}): {exc}") from exc
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ServiceError(f"{self.binary} --test did not answer in 10 s") from None
+        if proc.returncode != 0:
+            raise ServiceError(
+                f"dnsmasq refused the new config: {out.decode(errors='replace').strip()[:500]}"
+            )
+
     async def start(self) -> None:
+        """Start dnsmasq and its supervisor; raise ServiceError when it refuses to run.
+
+        Does not block the loop (async child; waits 0.2 s to see it stay up).
+        """
         self._stopping = False
-        self._kill_stale()
+        await self._kill_stale()
         await self._spawn()
         self._watch = asyncio.create_task(self._supervise(), name="dnsmasq-supervisor")
 
@@ -170,6 +264,7 @@ class Dnsmasq:
                 log.error("%s", exc)
 
     async def stop(self) -> None:
+        """Stop the supervisor and dnsmasq (SIGTERM, SIGKILL after 5 s). Does not block."""
         self._stopping = True
         if self._watch:
             self._watch.cancel()
@@ -184,10 +279,11 @@ class Dnsmasq:
                 await self._proc.wait()
 
     async def restart(self) -> None:
+        """Stop, then start (ServiceError as ``start``). Does not block the loop."""
         await self.stop()
         await self.start()
 
-    def _kill_stale(self) -> None:
+    async def _kill_stale(self) -> None:
         """Stop a dnsmasq left by an earlier run of ours (same pid file and config)."""
         try:
             pid = int(Path(self.pid_path).read_text().strip())
@@ -201,4 +297,8 @@ class Dnsmasq:
             for _ in range(50):
                 if not Path(f"/proc/{pid}").exists():
                     break
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
+
+
+def _check(x: Dnsmasq) -> DhcpServerPort:  # mypy: the adapter satisfies its port
+    return x
