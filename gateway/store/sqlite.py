@@ -55,8 +55,15 @@ CREATE TABLE IF NOT EXISTS voucher_devices (
 """
 
 _SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
+
+
 class Store:
-    """Sessions and vouchers; each public method is one transaction."""
+    """Sessions and vouchers; each public method is one transaction.
+
+    Synchronous: every method blocks (SQLite, and an fsync for each write).
+    The daemon holds :class:`gateway.store.db.AsyncStore`, which runs them on
+    the one database worker thread.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -139,7 +146,7 @@ class Store:
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL AND expires>? "
-                "ORDER BY started",
+                "ORDER BY started, id",
                 (now,),
             ).fetchall()
         return [Session(*r) for r in rows]
@@ -164,7 +171,8 @@ class Store:
         """Mark sessions whose time ran out as ended; return them."""
         with self._tx() as db:
             rows = db.execute(
-                f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL AND expires<=?",
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL AND expires<=? "
+                "ORDER BY started, id",
                 (now,),
             ).fetchall()
             db.execute(
@@ -199,20 +207,31 @@ class Store:
             found = [self._voucher(db, c) for (c,) in codes.fetchall()]
         return [v for v in found if v is not None]
 
-    def revoke_voucher(self, code: str, now: int) -> Voucher:
-        """Revoke a voucher and end the sessions it opened; return the revoked voucher."""
+    def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
+        """Revoke a voucher and end the sessions it opened.
+
+        Return the revoked voucher and the sessions this call ended (oldest
+        first), so the caller can cut them off in the kernel. Revoking twice
+        is allowed and ends nothing the second time. Raises VoucherError
+        ("unknown") for a code that does not exist.
+        """
         with self._tx() as db:
             if self._voucher(db, code) is None:
                 raise VoucherError("unknown", f"voucher {code} does not exist")
             db.execute("UPDATE vouchers SET revoked=1 WHERE code=?", (code,))
+            rows = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE voucher=? AND ended IS NULL "
+                "ORDER BY started, id",
+                (code,),
+            ).fetchall()
             db.execute(
-                "UPDATE sessions SET ended=?, end_reason='voucher revoked' "
+                "UPDATE sessions SET ended=?, end_reason='voucher_revoked' "
                 "WHERE voucher=? AND ended IS NULL",
                 (now, code),
             )
             voucher = self._voucher(db, code)
         assert voucher is not None
-        return voucher
+        return voucher, [Session(*r) for r in rows]
 
     def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` to the voucher (first use starts its clock) or raise VoucherError."""

@@ -69,8 +69,11 @@ def test_revoke_ends_sessions(tmp_path: Path) -> None:
     store.redeem_voucher("AAAAA-BBBBB", "02:00:00:00:00:01", NOW)
     store.start_session(Session("02:00:00:00:00:01", "10.42.0.5", NOW, NOW + 3600, 60, "voucher",
                                 "AAAAA-BBBBB"))
-    assert store.revoke_voucher("AAAAA-BBBBB", NOW).state(NOW) == "revoked"
+    voucher, ended = store.revoke_voucher("AAAAA-BBBBB", NOW)
+    assert voucher.state(NOW) == "revoked"
+    assert [(s.mac, s.voucher) for s in ended] == [("02:00:00:00:00:01", "AAAAA-BBBBB")]
     assert store.active_sessions(NOW) == []
+    assert store.revoke_voucher("AAAAA-BBBBB", NOW)[1] == []  # twice: nothing more to end
     with pytest.raises(VoucherError) as info:
         store.redeem_voucher("AAAAA-BBBBB", "02:00:00:00:00:01", NOW)
     assert info.value.reason == "revoked"

@@ -1,0 +1,92 @@
+"""AsyncStore: SessionStorePort over the SQLite ``Store``, on the database worker.
+
+Every method is one SQLite transaction (a write fsyncs) run on the one
+database worker thread: the event loop never waits for the disk, and calls
+run one at a time in the order they were made, so two awaits never
+interleave inside a transaction. Errors are the ``Store``'s: StoreError for
+the database, VoucherError(reason) for the voucher rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from gateway.kernel import DatabaseWorker
+from gateway.model import Session, Voucher
+from gateway.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from gateway.ports import SessionStorePort
+
+
+class AsyncStore:
+    """No method blocks the loop: each awaits the database worker, where SQLite blocks."""
+
+    def __init__(self, store: Store, worker: DatabaseWorker) -> None:
+        self.store = store
+        self.worker = worker
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    # -- sessions ------------------------------------------------------------
+
+    async def start_session(self, session: Session) -> None:
+        """Record a new active session, ending ("replaced") an earlier one of the MAC."""
+        await self.worker.call(self.store.start_session, session)
+
+    async def end_session(self, mac: str, now: int, reason: str) -> Session | None:
+        """End the MAC's open session (even one past its expiry); None if there was none."""
+        return await self.worker.call(self.store.end_session, mac, now, reason)
+
+    async def active_session(self, mac: str, now: int) -> Session | None:
+        return await self.worker.call(self.store.active_session, mac, now)
+
+    async def active_sessions(self, now: int) -> list[Session]:
+        """Open, unexpired sessions, oldest first."""
+        return await self.worker.call(self.store.active_sessions, now)
+
+    async def count_active(self, now: int) -> int:
+        return await self.worker.call(self.store.count_active, now)
+
+    async def ip_taken(self, ip: str, mac: str, now: int) -> bool:
+        return await self.worker.call(self.store.ip_taken, ip, mac, now)
+
+    async def change_plan(self, mac: str, plan: str | None, now: int) -> Session | None:
+        return await self.worker.call(self.store.change_plan, mac, plan, now)
+
+    async def expire_sessions(self, now: int) -> list[Session]:
+        """End ("expired", at their expiry) sessions whose time ran out; return them."""
+        return await self.worker.call(self.store.expire_sessions, now)
+
+    async def prune_ended(self, before: int) -> int:
+        return await self.worker.call(self.store.prune_ended, before)
+
+    # -- vouchers --------------------------------------------------------------
+
+    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
+        """All or none: a duplicate code raises StoreError and adds nothing."""
+        await self.worker.call(self.store.add_vouchers, list(vouchers))
+
+    async def voucher(self, code: str) -> Voucher | None:
+        return await self.worker.call(self.store.voucher, code)
+
+    async def vouchers(self, batch: str | None = None) -> list[Voucher]:
+        return await self.worker.call(self.store.vouchers, batch)
+
+    async def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
+        """Revoke and end its sessions; return the voucher and the sessions ended."""
+        return await self.worker.call(self.store.revoke_voucher, code, now)
+
+    async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
+        """Bind ``mac`` (first use starts the clock) or raise VoucherError(reason)."""
+        return await self.worker.call(self.store.redeem_voucher, code, mac, now)
+
+    async def close(self) -> None:
+        await self.worker.call(self.store.close)
+
+
+def _check(x: AsyncStore) -> SessionStorePort:  # mypy: the adapter satisfies its port
+    return x

@@ -1,0 +1,205 @@
+"""MemoryStore: SessionStorePort in dicts, with the SQLite store's semantics (tests only).
+
+tests/unit/test_store_contract.py runs one table of cases against this and
+against :class:`gateway.store.db.AsyncStore` over a real SQLite file, so the
+two cannot drift. The rules, as the SQL implements them:
+
+- one open session per MAC: starting one ends ("replaced", at the new start)
+  any open one of that MAC, even if it is past its expiry;
+- "active" means open and ``expires > now``; ``end_session`` ends an open
+  session even past its expiry; ``expire_sessions`` ends the open ones with
+  ``expires <= now`` at their expiry time;
+- lists of sessions are oldest first (start time, then insertion order);
+- vouchers: ``add_vouchers`` is all or none (a duplicate code: StoreError);
+  redeeming binds the MAC, the first use starts the clock, a revoked or
+  expired voucher raises VoucherError(reason), a full one "in_use", an unknown
+  one "unknown"; revoking ends the voucher's open sessions.
+- after ``close`` every call raises StoreError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.errors import StoreError, VoucherError
+from gateway.faults import FaultInjection
+from gateway.model import Session, Voucher
+
+if TYPE_CHECKING:
+    from gateway.ports import SessionStorePort
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    session: Session
+    ended: int | None = None
+    end_reason: str | None = None
+
+    def open(self) -> bool:
+        return self.ended is None
+
+    def active(self, now: int) -> bool:
+        return self.ended is None and self.session.expires > now
+
+
+class MemoryStore(FaultInjection):
+    def __init__(self, path: str = ":memory:") -> None:
+        super().__init__()
+        self.path = path
+        self.rows: dict[int, _Row] = {}
+        self._vouchers: dict[str, Voucher] = {}
+        self._next_id = 1
+        self._closed = False
+        self.writes = 0  # committed write transactions
+
+    def _use(self, method: str, changes: bool) -> None:
+        if self._closed:
+            raise StoreError(f"state database error in {self.path}: the store is closed")
+        self._fault(method, changes)
+
+    def _open_rows(self) -> list[_Row]:
+        return [r for r in self.rows.values() if r.open()]
+
+    @staticmethod
+    def _oldest_first(rows: Iterable[_Row]) -> list[Session]:
+        return [r.session for r in sorted(rows, key=lambda r: (r.session.started, r.id))]
+
+    # -- sessions ------------------------------------------------------------
+
+    async def start_session(self, session: Session) -> None:
+        self._use("start_session", True)
+        for row in self._open_rows():
+            if row.session.mac == session.mac:
+                row.ended, row.end_reason = session.started, "replaced"
+        self.rows[self._next_id] = _Row(self._next_id, session)
+        self._next_id += 1
+        self.writes += 1
+
+    async def end_session(self, mac: str, now: int, reason: str) -> Session | None:
+        self._use("end_session", True)
+        self.writes += 1
+        for row in self._open_rows():
+            if row.session.mac == mac:
+                row.ended, row.end_reason = now, reason
+                return row.session
+        return None
+
+    async def active_session(self, mac: str, now: int) -> Session | None:
+        self._use("active_session", False)
+        for row in self.rows.values():
+            if row.session.mac == mac and row.active(now):
+                return row.session
+        return None
+
+    async def active_sessions(self, now: int) -> list[Session]:
+        self._use("active_sessions", False)
+        return self._oldest_first(r for r in self.rows.values() if r.active(now))
+
+    async def count_active(self, now: int) -> int:
+        self._use("count_active", False)
+        return sum(1 for r in self.rows.values() if r.active(now))
+
+    async def ip_taken(self, ip: str, mac: str, now: int) -> bool:
+        self._use("ip_taken", False)
+        return any(r.session.ip == ip and r.session.mac != mac and r.active(now)
+                   for r in self.rows.values())
+
+    async def change_plan(self, mac: str, plan: str | None, now: int) -> Session | None:
+        self._use("change_plan", True)
+        self.writes += 1
+        for row in self.rows.values():
+            if row.session.mac == mac and row.active(now):
+                row.session = dataclasses.replace(row.session, plan=plan)
+                return row.session
+        return None
+
+    async def expire_sessions(self, now: int) -> list[Session]:
+        self._use("expire_sessions", True)
+        self.writes += 1
+        due = [r for r in self._open_rows() if r.session.expires <= now]
+        for row in due:
+            row.ended, row.end_reason = row.session.expires, "expired"
+        return self._oldest_first(due)
+
+    async def prune_ended(self, before: int) -> int:
+        self._use("prune_ended", True)
+        self.writes += 1
+        gone = [r.id for r in self.rows.values() if r.ended is not None and r.ended < before]
+        for row_id in gone:
+            del self.rows[row_id]
+        return len(gone)
+
+    # -- vouchers --------------------------------------------------------------
+
+    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
+        self._use("add_vouchers", True)
+        new: dict[str, Voucher] = {}
+        for v in vouchers:
+            if v.code in self._vouchers or v.code in new:
+                raise StoreError(f"state database error in {self.path}: "
+                                 f"UNIQUE constraint failed: vouchers.code ({v.code})")
+            new[v.code] = dataclasses.replace(v, first_used=None, revoked=False, devices=())
+        self._vouchers.update(new)
+        self.writes += 1
+
+    async def voucher(self, code: str) -> Voucher | None:
+        self._use("voucher", False)
+        return self._vouchers.get(code)
+
+    async def vouchers(self, batch: str | None = None) -> list[Voucher]:
+        self._use("vouchers", False)
+        if batch is None:
+            return sorted(self._vouchers.values(), key=lambda v: (v.created, v.code))
+        return sorted((v for v in self._vouchers.values() if v.batch == batch),
+                      key=lambda v: v.code)
+
+    async def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
+        self._use("revoke_voucher", True)
+        voucher = self._vouchers.get(code)
+        if voucher is None:
+            raise VoucherError("unknown", f"voucher {code} does not exist")
+        voucher = self._vouchers[code] = dataclasses.replace(voucher, revoked=True)
+        ended = [r for r in self._open_rows() if r.session.voucher == code]
+        for row in ended:
+            row.ended, row.end_reason = now, "voucher_revoked"
+        self.writes += 1
+        return voucher, self._oldest_first(ended)
+
+    async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
+        self._use("redeem_voucher", True)
+        voucher = self._vouchers.get(code)
+        if voucher is None:
+            raise VoucherError("unknown")
+        state = voucher.state(now)
+        if state in ("revoked", "expired"):
+            raise VoucherError(state)
+        devices = voucher.devices
+        if mac not in devices:
+            if len(devices) >= voucher.max_devices:
+                raise VoucherError("in_use")
+            devices = tuple(sorted((*devices, mac)))
+        first_used = now if voucher.first_used is None else voucher.first_used
+        voucher = self._vouchers[code] = dataclasses.replace(
+            voucher, devices=devices, first_used=first_used)
+        self.writes += 1
+        return voucher
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # -- for tests ---------------------------------------------------------------
+
+    def end_reason(self, mac: str) -> str | None:
+        """Why the MAC's most recent session ended (None: still open or never seen)."""
+        for row in reversed(self.rows.values()):
+            if row.session.mac == mac:
+                return row.end_reason
+        return None
+
+
+def _check(x: MemoryStore) -> SessionStorePort:  # mypy: the fake satisfies the port
+    return x
