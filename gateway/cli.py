@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import glob
 import json
 import logging
@@ -16,9 +15,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gateway.config import DEFAULT_PATH, load_config
+from gateway.config.diff import ABSENT, Change, format_changes
 from gateway.config.units import format_duration, format_left, format_rate, human_rate
 from gateway.control.client import ControlClient
-from gateway.errors import ConfigError, DesanetError
+from gateway.control.schema import ConfigApplyRequest, ConfigChangeOut, EventOut, Out, parse_request
+from gateway.errors import ConfigError, ControlError, DesanetError, Invalid
 
 DEFAULT_SOCKET = "/run/desanet/control.sock"
 LAB_SOCKETS = "/run/desanet-lab/*/control.sock"
@@ -57,24 +58,75 @@ def _vouchers_path(batch: str | None) -> str:
     return "/v1/vouchers" + (f"?{urlencode({'batch': batch})}" if batch else "")
 
 
-def _fmt_time(ts: int | None) -> str:
+def _fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
+def _who() -> str:
+    """Who runs this command, for the daemon's events: "budi@10.0.0.5" over SSH, else "budi"."""
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") \
+        or str(os.getuid())
+    ssh = (os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or "").split()
+    who = f"{user}@{ssh[0]}" if ssh else user
+    return "".join(ch for ch in who if ch.isprintable())[:64] or "cli"
+
+
+def _print_problems(source: str, problems: list[str]) -> None:
+    print(f"{source}: {len(problems)} problem(s):", file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _read_valid_config(path: str) -> str | None:
+    """The text of a config file that passes `config check`; None (problems printed) if not."""
+    try:
+        load_config(path)
+        return Path(path).read_text(encoding="utf-8")
+    except ConfigError as exc:
+        _print_problems(exc.source, exc.problems)
+        return None
+    except (OSError, UnicodeDecodeError) as exc:  # pragma: no cover - raced with load_config
+        _print_problems(path, [f"cannot read file: {exc}"])
+        return None
+
+
+def _change_lines(changes: list[ConfigChangeOut]) -> list[str]:
+    # TOML has no null: a null side is a key the config does not have.
+    return format_changes([
+        Change(c.path, ABSENT if c.old is None else c.old, ABSENT if c.new is None else c.new)
+        for c in changes
+    ])
+
+
+def _print_changes(changes: list[ConfigChangeOut], indent: str = "  ") -> None:
+    lines = _change_lines(changes)
+    if not lines:
+        print(f"{indent}no changes")
+    for line in lines:
+        print(f"{indent}{line}")
+
+
+def _print_out(out: Out) -> None:
+    _print_json(out.to_json())
 
 
 # -- commands ------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.daemon.gateway import Gateway
+    from gateway.daemon.main import run_daemon
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     path = args.config or DEFAULT_PATH
-    cfg = load_config(path)
-    gateway = Gateway(cfg, config_path=path)
-    asyncio.run(gateway.run_forever())
+    load_config(path)  # every problem at once, before anything starts
+    run_daemon(path)
     return 0
 
 
@@ -88,6 +140,124 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.file}: OK")
     return 0
+
+
+def cmd_config_apply(args: argparse.Namespace) -> int:
+    text = _read_valid_config(args.file)
+    if text is None:
+        return 2
+    # The window is checked here too: nothing is sent unless everything is valid.
+    request = parse_request(ConfigApplyRequest, {"text": text, "confirm": args.confirm,
+                                                 "by": _who()})
+    out = _client(args).config_apply(request.text, request.confirm, request.by)
+    if args.json:
+        _print_out(out)
+        return 0
+    was = f" (was {out.previous_version})" if out.previous_version else ""
+    print(f"applied {args.file}: config {out.version}{was}")
+    _print_changes(out.changes)
+    if out.trial is not None:
+        deadline = _clock(out.trial.deadline)
+        print(f"trial: until {deadline} ({format_left(int(out.trial.deadline - time.time()))} "
+              f"left); the previous config {out.trial.previous_version} is kept")
+        print(f"run `desanet config confirm` from a new connection (a new SSH login) before "
+              f"{deadline} or the previous config comes back")
+    return 0
+
+
+def cmd_config_confirm(args: argparse.Namespace) -> int:
+    out = _client(args).config_confirm(_who())
+    if args.json:
+        _print_out(out)
+    else:
+        print(f"confirmed config {out.version}; it stays")
+    return 0
+
+
+def cmd_config_rollback(args: argparse.Namespace) -> int:
+    out = _client(args).config_rollback(_who())
+    if args.json:
+        _print_out(out)
+    else:
+        print(f"rolled back: config {out.version} is running again")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    out = _client(args).config_show()
+    if args.json:
+        _print_out(out)
+        return 0
+    sys.stdout.write(out.text if out.text.endswith("\n") or not out.text else out.text + "\n")
+    return 0
+
+
+def cmd_config_diff(args: argparse.Namespace) -> int:
+    text = _read_valid_config(args.file)
+    if text is None:
+        return 2
+    out = _client(args).config_diff(text)
+    if args.json:
+        _print_out(out)
+        return 0
+    print(f"running config -> {args.file}:")
+    _print_changes(out.changes)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    out = _client(args).reload(_who())
+    if args.json:
+        _print_out(out)
+        return 0
+    print(f"reloaded: config {out.version or '-'}")
+    _print_changes(out.changes)
+    return 0
+
+
+def format_event(event: EventOut) -> str:
+    """"HH:MM:SS type key=value ..." for `desanet events`."""
+    parts = [time.strftime("%H:%M:%S", time.localtime(event.time)), event.type]
+    for key, value in (event.model_extra or {}).items():
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, str) and value and not any(ch.isspace() for ch in value) \
+                and '"' not in value:
+            shown = value
+        else:
+            shown = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = _client(args)
+    since = args.since
+    waiting = False
+    try:
+        while True:
+            try:
+                page = client.events(since, 0 if args.no_follow else 25)
+            except ControlError as exc:
+                if args.no_follow or exc.kind != "unavailable":
+                    raise
+                if not waiting:  # the daemon restarts: wait for it, say so once
+                    print(f"waiting for the daemon: {exc}", file=sys.stderr)
+                    waiting = True
+                time.sleep(2)
+                continue
+            waiting = False
+            for event in page.events:
+                if args.json:
+                    print(json.dumps(event.to_json(), sort_keys=True, ensure_ascii=False))
+                else:
+                    print(format_event(event))
+            sys.stdout.flush()
+            since = page.next
+            if args.no_follow:
+                return 0
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -110,7 +280,34 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{format_rate(shaping['uplink_up'])} up, leaf qdisc {shaping['leaf_qdisc'] or '-'}")
     else:
         print("  shaping:         off")
+    for line in _config_status_lines(data.get("config")):
+        print(line)
     return 0
+
+
+def _config_status_lines(config: Any) -> list[str]:
+    """`desanet status` lines about the config; tolerant of daemons that send less."""
+    if not isinstance(config, dict):
+        return [f"  config:          {config}"] if isinstance(config, str) else []
+    lines = [f"  config:          {config.get('version') or '-'}"
+             + (f"  {config['path']}" if config.get("path") else "")]
+    trial = config.get("trial")
+    if isinstance(trial, dict) and trial.get("deadline"):
+        by = f", by {trial['by']}" if trial.get("by") else ""
+        lines.append(f"  trial:           PENDING until {_clock(trial['deadline'])}{by}; "
+                     f"`desanet config confirm` keeps it, else "
+                     f"{trial.get('previous_version') or 'the previous config'} comes back")
+    change = config.get("last_change")
+    if isinstance(change, dict) and change.get("type"):
+        what = str(change["type"]).removeprefix("config_").replace("_", " ")
+        extra = "".join(f" {k} {change[k]}" for k in ("by", "source") if change.get(k))
+        reason = f": {change['reason']}" if change.get("reason") else ""
+        lines.append(f"  last change:     {what} {change.get('version') or ''} "
+                     f"at {_fmt_time(change.get('time'))}{extra}{reason}".replace("  at", " at"))
+    refusal = config.get("last_refusal")
+    if isinstance(refusal, dict) and refusal.get("reason"):
+        lines.append(f"  last refused:    {_fmt_time(refusal.get('time'))}: {refusal['reason']}")
+    return lines
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
@@ -331,11 +528,32 @@ def build_parser() -> argparse.ArgumentParser:
     run = add(sub, "run", cmd_run, "run the gateway daemon (systemd Type=notify)")
     run.add_argument("-v", "--verbose", action="store_true")
 
-    config = sub.add_parser("config", help="check config files")
+    config = sub.add_parser("config", help="check, diff, apply (with a trial), confirm, roll back")
     csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     check = add(csub, "check", cmd_config_check,
                 "validate a config file; print every problem; exit 2 if invalid")
     check.add_argument("file")
+    ap = add(csub, "apply", cmd_config_apply,
+             "validate a config file, show what changes and apply it to the running gateway",
+             json_flag=True)
+    ap.add_argument("file")
+    ap.add_argument("--confirm", metavar="DURATION",
+                    help='trial: keep the previous config and bring it back unless '
+                         '`desanet config confirm` runs within DURATION, e.g. "5m"')
+    add(csub, "confirm", cmd_config_confirm, "keep the config on trial", json_flag=True)
+    add(csub, "rollback", cmd_config_rollback,
+        "bring the previous config back now (ends a trial)", json_flag=True)
+    add(csub, "show", cmd_config_show, "print the running config (TOML)", json_flag=True)
+    df = add(csub, "diff", cmd_config_diff, "what applying FILE would change", json_flag=True)
+    df.add_argument("file")
+
+    add(sub, "reload", cmd_reload, "re-read the config file and apply it (systemctl reload); "
+        "exit 1 if refused", json_flag=True)
+    ev = add(sub, "events", cmd_events, "follow the gateway's events (Ctrl-C stops)",
+             json_flag=True)
+    ev.add_argument("--since", type=int, default=0, metavar="N",
+                    help="events after sequence number N (default 0: all still buffered)")
+    ev.add_argument("--no-follow", action="store_true", help="print what is buffered and exit")
 
     add(sub, "status", cmd_status, "show the gateway's state", json_flag=True)
 
@@ -401,6 +619,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         return 2
+    except Invalid as exc:  # a bad argument, caught before anything was sent
+        problems = getattr(exc, "problems", None) or [str(exc)]
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if exc.kind == "invalid" else 1
     except DesanetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,20 @@
-"""The one errors module.
+"""The one errors module: domain errors that speak no transport.
+
+A service raises one of the small family below; each transport maps it in
+one table (``gateway/control/errors.py`` for the control API's HTTP status,
+the MQTT command replies later map from the same classes). No error here
+carries an HTTP status.
+
+    DesanetError
+      Invalid            a request or config value is wrong (field, found, expected, example)
+        ConfigError      many problems of one config file at once
+      NotFound           the thing named does not exist (no session for that MAC)
+      Conflict           the request is valid but the state does not allow it now
+      Refused            a rule says no; ``reason`` is a stable key (portal, vouchers, apply)
+        PortalDenied, VoucherError, ApplyFailed
+      Unavailable        something the request needs is down (upstream, daemon)
+        UpstreamDown
+      subsystem failures StoreError, FirewallError, ShapingError, ServiceError, LabError
 
 Third-party exceptions are translated at the adapter boundary
 (``raise FirewallError(...) from exc``) so callers handle our types only.
@@ -7,12 +23,31 @@ Every message says what was expected, what was found and what to do.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DesanetError(Exception):
     """Base class for every error desanet raises on purpose."""
 
 
-class ConfigError(DesanetError):
+# -- request and state errors -------------------------------------------------------
+
+
+class Invalid(DesanetError):
+    """A value is wrong: names the field, what was found, what was expected, an example."""
+
+    def __init__(self, field: str, found: Any, expected: str, example: str | None = None) -> None:
+        self.field = field
+        self.found = found
+        self.expected = expected
+        self.example = example
+        text = f"field {field}: found {found!r}; expected {expected}"
+        if example is not None:
+            text += f", e.g. {example}"
+        super().__init__(text)
+
+
+class ConfigError(Invalid):
     """A config file is missing, unreadable or invalid.
 
     ``problems`` holds one human-readable line per problem, each starting with
@@ -22,8 +57,74 @@ class ConfigError(DesanetError):
     def __init__(self, problems: list[str], source: str = "") -> None:
         self.problems = problems
         self.source = source
+        self.field = problems[0].split(":", 1)[0] if problems else ""
+        self.found = None
+        self.expected = "a valid config"
+        self.example = None
         head = f"{source}: " if source else ""
-        super().__init__(head + "; ".join(problems))
+        DesanetError.__init__(self, head + "; ".join(problems))
+
+
+class NotFound(DesanetError):
+    """The thing a request names does not exist (a client with no session, a batch)."""
+
+
+class Conflict(DesanetError):
+    """The request is well formed but the current state does not allow it."""
+
+
+class Refused(DesanetError):
+    """A rule refused the request; ``reason`` is a stable key for messages and clients."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        self.reason = reason
+        super().__init__(message or reason)
+
+
+class PortalDenied(Refused):
+    """Login refused for a reason the portal page explains.
+
+    ``reason`` is a message key: "mode", "full", "blocked", "no_mac".
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(reason, message or f"login refused: {reason}")
+
+
+class VoucherError(Refused):
+    """A voucher code is unknown, used up, revoked or malformed.
+
+    ``reason`` is a stable key the portal turns into a translated message:
+    "malformed", "unknown", "revoked", "expired", "in_use".
+    """
+
+
+class ApplyFailed(Refused):
+    """A config could not be applied; every step already taken was undone.
+
+    ``step`` names the step that failed ("dnsmasq", "firewall", "portal" ...).
+    """
+
+    def __init__(self, step: str, reason: str) -> None:
+        self.step = step
+        super().__init__("apply_failed", f"config not applied, step {step} failed: {reason}; "
+                                         "every step already taken was undone, the running "
+                                         "config stays")
+
+
+class Unavailable(DesanetError):
+    """Something the request needs is down (an upstream service, the daemon)."""
+
+
+class UpstreamDown(Unavailable):
+    """The upstream could not be used; ``status`` is the 5xx it sent, if any."""
+
+    def __init__(self, text: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(text)
+
+
+# -- subsystem failures ------------------------------------------------------------------
 
 
 class StoreError(DesanetError):
@@ -46,29 +147,36 @@ class LabError(DesanetError):
     """The virtual village could not be built, queried or torn down."""
 
 
-class ControlError(DesanetError):
-    """A control API request failed; ``status`` is the HTTP-like status code."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        self.status = status
-        super().__init__(message)
-
-
-class VoucherError(DesanetError):
-    """A voucher code is unknown, used up, revoked or malformed.
-
-    ``reason`` is a stable key the portal turns into a translated message:
-    "malformed", "unknown", "revoked", "expired", "in_use".
-    """
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        self.reason = reason
-        super().__init__(message or reason)
-
-
-class SubmissionTooLarge(DesanetError):
+class SubmissionTooLarge(Invalid):
     """A form body is larger than the offline queue accepts."""
 
+    def __init__(self, message: str) -> None:
+        DesanetError.__init__(self, message)
+        self.field = "body"
+        self.found = None
+        self.expected = message
+        self.example = None
 
-class OutboxStateError(DesanetError):
+
+class OutboxStateError(Conflict):
     """A transition was asked of a submission that is not in a state allowing it."""
+
+
+# -- transport side ------------------------------------------------------------------------
+
+
+class ControlError(DesanetError):
+    """An error answer of the control API, as the client sees it.
+
+    Raised by the control client only (never by the core). ``status`` is the
+    HTTP status of the answer, ``kind`` the error family the daemon named
+    ("invalid", "not_found", "conflict", "refused", "unavailable", "internal").
+    """
+
+    def __init__(self, message: str, status: int = 400, kind: str = "",
+                 field: str | None = None, reason: str | None = None) -> None:
+        self.status = status
+        self.kind = kind
+        self.field = field
+        self.reason = reason
+        super().__init__(message)

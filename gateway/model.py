@@ -45,3 +45,12 @@ class Voucher:
         if self.first_used + self.duration <= now:
             return "expired"
         return "active"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """Who is behind one LAN address right now, as the portal sees it."""
+
+    ip: str
+    mac: str | None  # None when the address is not on the LAN (no neighbour entry)
+    session: Session | None

@@ -56,13 +56,14 @@ class LocalServices:
         self.prefetch_runs = 0
         self.last_prefetch: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._next_prefetch: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the delivery worker; probes and prefetch are run by the reconcile loop's
+        timers (:meth:`probe`, :meth:`scheduled_prefetch`)."""
         self._tasks.append(asyncio.create_task(self.deliverer.run(), name="outbox-delivery"))
-        self._tasks.append(asyncio.create_task(self._prefetch_loop(), name="prefetch"))
-        self._tasks.append(asyncio.create_task(self._probe_loop(), name="upstream-probe"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -245,25 +246,20 @@ class LocalServices:
         last = self._health_of(service.slug).last_ok
         return last is not None and time.time() - last < PROBE_INTERVAL
 
-    async def _probe_loop(self) -> None:
-        while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            try:
-                await self.probe()
-            except Exception:  # a probe must never stop the loop
-                log.exception("upstream probe failed")
+    async def scheduled_prefetch(self) -> None:
+        """The reconcile loop calls this every minute: the first call after start warms
+        what is missing (a fresh install), later ones run the nightly prefetch when due."""
+        now = time.time()
+        hour, minute = parse_time_of_day(self._config().local_services.prefetch_at)
+        if self._next_prefetch is None:
+            self._next_prefetch = now + _seconds_until(hour, minute)
+            await self.prefetch(only_missing=True)
+        elif now >= self._next_prefetch:
+            self._next_prefetch = now + _seconds_until(hour, minute)
+            await self.prefetch()
 
-    async def _prefetch_loop(self) -> None:
-        await asyncio.sleep(1.0)
-        with contextlib.suppress(Exception):
-            await self.prefetch(only_missing=True)  # a fresh install warms up at once
-        while True:
-            hour, minute = parse_time_of_day(self._config().local_services.prefetch_at)
-            await asyncio.sleep(_seconds_until(hour, minute))
-            try:
-                await self.prefetch()
-            except Exception:
-                log.exception("nightly prefetch failed")
+    def health_states(self) -> dict[str, str]:
+        return {slug: self._health_of(slug).state for slug in self.services()}
 
     # -- metrics ---------------------------------------------------------------------------------
 

@@ -67,13 +67,13 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Generic, Literal, TypeVar, get_args
 
-from gateway.errors import DesanetError
+from gateway.errors import Conflict
 
 S = TypeVar("S", bound=Hashable)
 E = TypeVar("E", bound=Hashable)
 
 
-class IllegalTransition(DesanetError):
+class IllegalTransition(Conflict):
     """An event was fired in a state whose table does not allow it.
 
     ``table`` is the table's name, ``state`` and ``event`` the refused pair,

@@ -72,6 +72,7 @@ PROBE_HOSTS = frozenset({
 })
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LocalHosts = Mapping[str, Handler] | Callable[[], Mapping[str, Handler]]
 
 
 def host_without_port(host: str) -> str:
@@ -140,12 +141,30 @@ def _form_text(form: Mapping[str, object], name: str) -> str:
 class Portal:
     """Request handlers; one instance per app, reachable as ``app[PORTAL_KEY]``."""
 
-    def __init__(self, cfg: Config, backend: PortalBackend, limiter: RateLimiter) -> None:
-        self.cfg = cfg
+    def __init__(self, config: Config | Callable[[], Config], backend: PortalBackend,
+                 limiter: RateLimiter) -> None:
+        # The config is read on every request, so a reload that changes only
+        # texts or modes needs no restart of the listeners (open connections stay).
+        self._config = config if callable(config) else (lambda: config)
         self.backend = backend
         self.limiter = limiter
-        self.hosts = frozenset({cfg.portal.hostname.lower(), cfg.lan_ip})
-        self.local_hosts: dict[str, Handler] = {}
+        self._hosts: tuple[Config | None, frozenset[str]] = (None, frozenset())
+        self.local_hosts: LocalHosts = {}
+
+    @property
+    def cfg(self) -> Config:
+        return self._config()
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        cfg = self._config()
+        if self._hosts[0] is not cfg:
+            self._hosts = (cfg, frozenset({cfg.portal.hostname.lower(), cfg.lan_ip}))
+        return self._hosts[1]
+
+    def local_handler(self, host: str) -> Handler | None:
+        hosts = self.local_hosts() if callable(self.local_hosts) else self.local_hosts
+        return hosts.get(host)
 
     # -- helpers -----------------------------------------------------------
 
@@ -362,7 +381,7 @@ class Portal:
     async def redirect_foreign(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.is_portal_host(request):
             return await handler(request)
-        local = self.local_hosts.get(host_without_port(request.headers.get(hdrs.HOST, "")))
+        local = self.local_handler(host_without_port(request.headers.get(hdrs.HOST, "")))
         if local is not None:
             # A local service on the gateway (e.g. the government-services
             # catalog): its own pages, headers and caching rules.
@@ -407,21 +426,27 @@ LOCAL_REQUEST = "desanet_local_host"
 
 
 def create_portal_app(
-    cfg: Config,
+    cfg: Config | Callable[[], Config],
     backend: PortalBackend,
     *,
     limiter: RateLimiter | None = None,
-    local_hosts: Mapping[str, Handler] | None = None,
+    local_hosts: Mapping[str, Handler] | Callable[[], Mapping[str, Handler]] | None = None,
 ) -> web.Application:
     """The portal app; serve it on both the portal port and the redirect port.
 
+    ``cfg`` may be a callable returning the running config (read per request).
     ``local_hosts`` maps other host names served by the gateway itself (the
-    local services catalog) to the handler that answers all their requests.
+    local services catalog) to the handler that answers all their requests;
+    a callable is asked per request (the catalog may be switched on by a reload).
     """
+    current = cfg() if callable(cfg) else cfg
     if limiter is None:
-        limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
+        limiter = RateLimiter(limit=current.portal.voucher_attempts_per_minute, window=60.0)
     portal = Portal(cfg, backend, limiter)
-    portal.local_hosts = {k.lower(): v for k, v in (local_hosts or {}).items()}
+    if callable(local_hosts):
+        portal.local_hosts = local_hosts
+    else:
+        portal.local_hosts = {k.lower(): v for k, v in (local_hosts or {}).items()}
     app = web.Application(
         client_max_size=MAX_BODY, middlewares=[portal.redirect_foreign, portal.error_pages]
     )

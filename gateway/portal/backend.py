@@ -1,22 +1,17 @@
 """What the portal HTTP app needs from the daemon, as a small protocol.
 
-The daemon implements it with the store and the firewall; unit tests use a
-fake that keeps sessions in a dict.
+The core's SessionService implements it; unit tests use a fake that keeps
+sessions in a dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.model import Session
+from gateway.errors import PortalDenied
+from gateway.model import ClientView, Session
 
-
-@dataclass(frozen=True, slots=True)
-class ClientView:
-    ip: str
-    mac: str | None  # None when the address is not on the LAN (no neighbour entry)
-    session: Session | None
+__all__ = ["ClientView", "PortalBackend", "PortalDenied"]
 
 
 class PortalBackend(Protocol):
@@ -32,11 +27,3 @@ class PortalBackend(Protocol):
         """Redeem a canonical voucher code; raise VoucherError(reason) or PortalDenied."""
 
     async def logout(self, client: ClientView) -> None: ...
-
-
-class PortalDenied(Exception):
-    """Login refused for a reason the page explains (``reason`` is a message key)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason  # e.g. "mode", "full", "blocked", "no_mac"
-        super().__init__(reason)

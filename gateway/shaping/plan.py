@@ -96,6 +96,18 @@ class HtbClass:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassStats:
+    """Counters of one HTB class as the kernel reported them."""
+
+    minor: int
+    bytes: int
+    packets: int
+    drops: int
+    backlog: int
+    overlimits: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceTree:
     device: str
     direction: Direction

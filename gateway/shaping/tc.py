@@ -3,19 +3,26 @@
 Reads the kernel's classes back, so the daemon can reconcile after a restart
 instead of rebuilding; only the differences computed by
 :func:`gateway.shaping.plan.diff_classes` are applied.
+
+``Shaper`` is synchronous: every public method blocks on netlink (and holds
+a lock). Benchmarks and root tests drive it directly. The daemon holds
+``KernelShaper``, which implements :class:`gateway.ports.ShaperPort` by
+running each call on the one kernel worker thread.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ShapingError
+from gateway.kernel import KernelWorker, netlink_errors
 from gateway.shaping.plan import (
     DEFAULT_MINOR,
     ROOT_MAJOR,
     UPLINK_MINOR,
+    ClassStats,
     DeviceTree,
     HtbClass,
     TcOp,
@@ -24,23 +31,18 @@ from gateway.shaping.plan import (
     leaf_limit_packets,
 )
 
+if TYPE_CHECKING:
+    from gateway.ports import ShaperPort
+
+log = logging.getLogger("desanet.shaping")
+
 _TC_H_ROOT = 0xFFFFFFFF
 _ROOT_HANDLE = ROOT_MAJOR << 16
 LEAF_PREFERENCE = ("fq_codel", "cake")  # best first; pfifo is the fallback
 
 
-@dataclass(frozen=True, slots=True)
-class ClassStats:
-    minor: int
-    bytes: int
-    packets: int
-    drops: int
-    backlog: int
-    overlimits: int
-
-
 class Shaper:
-    """Synchronous; the daemon calls it from its netlink thread."""
+    """Synchronous; every method blocks on netlink. The daemon wraps it in KernelShaper."""
 
     def __init__(self) -> None:
         self._ipr: Any = None
@@ -58,6 +60,7 @@ class Shaper:
         return self._ipr
 
     def close(self) -> None:
+        """Close the netlink socket. Blocks briefly."""
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -71,7 +74,10 @@ class Shaper:
     # -- whole trees ----------------------------------------------------------
 
     def reconcile(self, tree: DeviceTree) -> list[TcOp]:
-        """Make the device's tree match ``tree``; return the operations applied."""
+        """Make the device's tree match ``tree``; return the operations applied.
+
+        Blocks: dumps the device's classes, then runs the differences.
+        """
         with self._lock:
             index = self._index(tree.device)
             self._ensure_root(index)
@@ -85,7 +91,7 @@ class Shaper:
             return ops
 
     def upsert(self, device: str, cls: HtbClass) -> str:
-        """Add a class, or change it in place (connections and queue kept)."""
+        """Add a class, or change it in place (connections and queue kept). Blocks."""
         with self._lock:
             index = self._index(device)
             known = self._known.setdefault(device, {})
@@ -98,6 +104,7 @@ class Shaper:
             return op.action
 
     def delete(self, device: str, cls: HtbClass) -> bool:
+        """Delete a class we added; False when we know of none. Blocks."""
         with self._lock:
             known = self._known.setdefault(device, {})
             if cls.minor not in known:
@@ -107,14 +114,17 @@ class Shaper:
             return True
 
     def apply(self, device: str, ops: list[TcOp]) -> None:
+        """Run ``ops`` in order. Blocks."""
         with self._lock:
             self._apply(self._index(device), ops)
 
     def observe(self, device: str) -> dict[int, HtbClass]:
+        """The device's HTB classes as the kernel reports them. Blocks."""
         with self._lock:
             return self._observe(self._index(device))
 
     def remove(self, device: str) -> None:
+        """Remove our root qdisc (and every class under it). Blocks."""
         with self._lock:
             index = self._index(device)
             if self._root_is_ours(index):
@@ -122,6 +132,7 @@ class Shaper:
             self._known.pop(device, None)
 
     def stats(self, device: str) -> dict[int, ClassStats]:
+        """Counters of our classes, by minor. Blocks: one class dump."""
         with self._lock:
             out: dict[int, ClassStats] = {}
             for msg in self._ip().get_classes(self._index(device)):
@@ -218,7 +229,8 @@ class Shaper:
                 break
             try:
                 self._ip().tc("replace", kind, index, handle, parent=parent)
-            except Exception:
+            except netlink_errors() as exc:  # kernel without this qdisc: try the next
+                log.info("leaf qdisc %s refused (%s); trying the next", kind, exc)
                 continue
             self.leaf_kind = kind
             return
@@ -229,5 +241,53 @@ class Shaper:
     def _call(self, *args: Any, **kwargs: Any) -> None:
         try:
             self._ip().tc(*args, **kwargs)
-        except Exception as exc:
+        except netlink_errors() as exc:
             raise ShapingError(f"tc {args[0]} {kwargs.get('handle', '')!s} failed: {exc}") from exc
+
+
+class KernelShaper:
+    """ShaperPort over a synchronous ``Shaper``: every call runs on the kernel worker.
+
+    No method blocks the event loop: each awaits the kernel worker thread,
+    where the ``Shaper`` call blocks on netlink. Errors are ShapingError.
+    """
+
+    def __init__(self, shaper: Shaper, worker: KernelWorker) -> None:
+        self.shaper = shaper
+        self.worker = worker
+
+    @property
+    def leaf_kind(self) -> str | None:
+        """fq_codel, cake or pfifo once decided (None before the first class). Does not block."""
+        return self.shaper.leaf_kind
+
+    async def reconcile(self, tree: DeviceTree) -> int:
+        """Make the device's tree equal ``tree``; return how many changes ran.
+
+        Awaits the kernel worker (a class dump, then the changes).
+        """
+        return len(await self.worker.call(self.shaper.reconcile, tree))
+
+    async def remove(self, device: str) -> None:
+        """Remove our root qdisc from ``device``. Awaits the kernel worker."""
+        await self.worker.call(self.shaper.remove, device)
+
+    async def upsert(self, device: str, cls: HtbClass) -> None:
+        """Add or change one class in place. Awaits the kernel worker."""
+        await self.worker.call(self.shaper.upsert, device, cls)
+
+    async def delete(self, device: str, cls: HtbClass) -> None:
+        """Delete one class (nothing when we know of none). Awaits the kernel worker."""
+        await self.worker.call(self.shaper.delete, device, cls)
+
+    async def stats(self, device: str) -> dict[int, ClassStats]:
+        """Counters of our classes. Awaits the kernel worker (one class dump)."""
+        return await self.worker.call(self.shaper.stats, device)
+
+    async def close(self) -> None:
+        """Close the netlink socket. Awaits the kernel worker."""
+        await self.worker.call(self.shaper.close)
+
+
+def _check(x: KernelShaper) -> ShaperPort:  # mypy: the adapter satisfies its port
+    return x

@@ -1,0 +1,116 @@
+"""The durable record of a config trial (``config apply --confirm``).
+
+Written (and fsynced, with its directory) *before* anything changes, so a
+power cut or a kill -9 during the confirm window finds it at the next start,
+which then rolls back to ``previous_text``. Removed once the trial is
+confirmed or rolled back. Also keeps the config that ran before the last
+apply, for ``desanet config rollback`` when no trial is pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gateway.errors import StoreError
+
+TRIAL_FILE = "config-trial.json"
+PREVIOUS_FILE = "config-previous.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    started: int
+    deadline: int
+    previous_text: str
+    previous_version: str
+    version: str
+    by: str
+
+    def public_json(self) -> dict[str, object]:
+        return {"started": self.started, "deadline": self.deadline,
+                "previous_version": self.previous_version, "version": self.version,
+                "by": self.by}
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text``: temp file, fsync, rename, fsync the directory.
+
+    Blocks (fsync): call it off the event loop.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}; check the disk "
+                         "(SD card) and that its directory is writable by root") from exc
+
+
+class TrialStore:
+    """Files under the state directory; every method blocks (fsync)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.trial_path = state_dir / TRIAL_FILE
+        self.previous_path = state_dir / PREVIOUS_FILE
+
+    def save(self, record: TrialRecord) -> None:
+        write_atomic(self.trial_path, json.dumps(asdict(record)))
+
+    def load(self) -> TrialRecord | None:
+        try:
+            data = json.loads(self.trial_path.read_text(encoding="utf-8"))
+            return TrialRecord(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreError(f"config trial record {self.trial_path} is unreadable ({exc}); "
+                             "remove it to start with the config file as it is") from exc
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.trial_path.unlink()
+            dir_fd = os.open(self.trial_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def save_previous(self, text: str) -> None:
+        write_atomic(self.previous_path, text)
+
+    def load_previous(self) -> str | None:
+        try:
+            return self.previous_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+
+def recover_trial(trials: TrialStore, config_path: str) -> TrialRecord | None:
+    """At start: a trial still on disk means the box stopped during its confirm window.
+
+    Puts the previous config text back into ``config_path`` and removes the
+    record; returns it (None when there was no trial). Blocks (fsync).
+    """
+    from gateway.config.loader import write_config_atomic
+
+    record = trials.load()
+    if record is None:
+        return None
+    write_config_atomic(config_path, record.previous_text)
+    trials.clear()
+    return record

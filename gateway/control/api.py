@@ -1,0 +1,190 @@
+"""The control API: HTTP + JSON routes on a root-only unix socket -> GatewayOps.
+
+Never bound to a network address, so nothing on the village LAN can reach
+it. Each route parses a typed request (:mod:`gateway.control.schema`),
+calls one method of the facade and shapes the answer; domain errors become
+HTTP answers through the one table in :mod:`gateway.control.errors`. No
+route holds domain logic, and no GET changes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.control.errors import error_body
+from gateway.control.schema import (
+    AuthRequest,
+    ByRequest,
+    ConfigApplyRequest,
+    ConfigTextRequest,
+    DeauthRequest,
+    EventsQuery,
+    PlanRequest,
+    VoucherCreateRequest,
+    VoucherRevokeRequest,
+    parse_request,
+    parse_request_bytes,
+)
+from gateway.core.configuration import ApplyResult
+from gateway.core.ops import GatewayOps, session_json, voucher_json
+from gateway.errors import DesanetError
+
+log = logging.getLogger("desanet.control")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPS_KEY = web.AppKey("desanet_ops", GatewayOps)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        status, body = error_body(exc)
+        if not isinstance(exc, DesanetError):
+            # A bug, not bad input: keep the traceback in the log and still answer
+            # JSON, so the CLI prints a message instead of "invalid JSON".
+            log.exception("%s %s failed", request.method, request.path)
+        elif status >= 500:
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+        return web.json_response(body, status=status)
+
+
+async def _body(request: web.Request) -> bytes:
+    return await request.read() if request.can_read_body else b""
+
+
+def _connection(request: web.Request) -> object | None:
+    """Identifies the client connection (a confirm must come on a new one)."""
+    return request.transport
+
+
+def _changes(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"path": c["path"], "old": c["old"], "new": c["new"]} for c in changes]
+
+
+def _apply_json(result: ApplyResult) -> dict[str, Any]:
+    return {
+        "version": result.version,
+        "previous_version": result.previous_version,
+        "changes": _changes(result.changes),
+        "trial": result.trial.public_json() if result.trial else None,
+    }
+
+
+def create_control_app(ops: GatewayOps) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/v1/status")
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(await ops.status())
+
+    @routes.get("/v1/clients")
+    async def clients(_: web.Request) -> web.Response:
+        return web.json_response({"clients": await ops.clients()})
+
+    @routes.post("/v1/clients/auth")
+    async def auth(request: web.Request) -> web.Response:
+        req = parse_request_bytes(AuthRequest, await _body(request))
+        session = await ops.authorize(req.mac, req.ip, req.duration, req.plan)
+        return web.json_response({"client": session_json(session, ops.now())})
+
+    @routes.post("/v1/clients/deauth")
+    async def deauth(request: web.Request) -> web.Response:
+        req = parse_request_bytes(DeauthRequest, await _body(request))
+        session = await ops.deauthorize(req.mac)
+        return web.json_response({"deauthorized": req.mac, "ip": session.ip})
+
+    @routes.post("/v1/clients/plan")
+    async def plan(request: web.Request) -> web.Response:
+        req = parse_request_bytes(PlanRequest, await _body(request))
+        session = await ops.change_plan(req.mac, req.plan)
+        return web.json_response({"client": session_json(session, ops.now())})
+
+    @routes.get("/v1/shaping")
+    async def shaping(_: web.Request) -> web.Response:
+        return web.json_response(ops.shaping_status())
+
+    @routes.get("/v1/services")
+    async def services(_: web.Request) -> web.Response:
+        return web.json_response(ops.services_status())
+
+    @routes.post("/v1/services/prefetch")
+    async def prefetch(_: web.Request) -> web.Response:
+        return web.json_response(await ops.prefetch())
+
+    @routes.get("/v1/vouchers")
+    async def vouchers(request: web.Request) -> web.Response:
+        now = ops.now()
+        found = await ops.vouchers(request.query.get("batch"))
+        return web.json_response({"vouchers": [voucher_json(v, now) for v in found]})
+
+    @routes.post("/v1/vouchers")
+    async def create_vouchers(request: web.Request) -> web.Response:
+        req = parse_request_bytes(VoucherCreateRequest, await _body(request))
+        batch, made = await ops.create_vouchers(req.count, req.duration, req.max_devices,
+                                                req.plan, req.batch)
+        now = ops.now()
+        return web.json_response(
+            {"batch": batch, "vouchers": [voucher_json(v, now) for v in made]}, status=201
+        )
+
+    @routes.post("/v1/vouchers/revoke")
+    async def revoke(request: web.Request) -> web.Response:
+        req = parse_request_bytes(VoucherRevokeRequest, await _body(request))
+        voucher = await ops.revoke_voucher(req.code)
+        return web.json_response({"voucher": voucher_json(voucher, ops.now())})
+
+    @routes.post("/v1/reload")
+    async def reload(request: web.Request) -> web.Response:
+        req = parse_request_bytes(ByRequest, await _body(request))
+        result = await ops.reload(by=req.by or "")
+        return web.json_response({"reloaded": True, **_apply_json(result)})
+
+    @routes.get("/v1/config")
+    async def config_show(_: web.Request) -> web.Response:
+        return web.json_response(ops.config_show())
+
+    @routes.post("/v1/config/diff")
+    async def config_diff(request: web.Request) -> web.Response:
+        req = parse_request_bytes(ConfigTextRequest, await _body(request))
+        return web.json_response({"changes": _changes(ops.config_diff(req.text))})
+
+    @routes.post("/v1/config/apply")
+    async def config_apply(request: web.Request) -> web.Response:
+        req = parse_request_bytes(ConfigApplyRequest, await _body(request))
+        result = await ops.config_apply(req.text, req.confirm, req.by or "",
+                                        _connection(request))
+        return web.json_response({"applied": True, **_apply_json(result)})
+
+    @routes.post("/v1/config/confirm")
+    async def config_confirm(request: web.Request) -> web.Response:
+        req = parse_request_bytes(ByRequest, await _body(request))
+        version = await ops.config_confirm(req.by or "", _connection(request))
+        return web.json_response({"confirmed": True, "version": version})
+
+    @routes.post("/v1/config/rollback")
+    async def config_rollback(request: web.Request) -> web.Response:
+        req = parse_request_bytes(ByRequest, await _body(request))
+        version = await ops.config_rollback(req.by or "")
+        return web.json_response({"rolled_back": True, "version": version})
+
+    @routes.get("/v1/events")
+    async def events(request: web.Request) -> web.Response:
+        req = parse_request(EventsQuery, dict(request.query))
+        found = await ops.wait_events(req.since, req.timeout)
+        nxt = found[-1].seq if found else max(req.since, 0)
+        if not found and req.since > ops.bus.last_seq:
+            nxt = ops.bus.last_seq  # the daemon restarted: start again from its numbering
+        return web.json_response({"events": [e.to_json() for e in found], "next": nxt})
+
+    app = web.Application(middlewares=[_errors], client_max_size=256 * 1024)
+    app[OPS_KEY] = ops
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,276 @@
+"""Config changes that cannot lock anyone out: apply, confirm, roll back, reload.
+
+Theory of operation
+-------------------
+Every change goes through :meth:`Reconciler.converge` (all steps or none).
+``apply(text, confirm=300)`` is a trial (states in
+:data:`gateway.core.lifecycle.CONFIG_TRIAL`):
+
+1. the new text is validated (every problem at once) - nothing changes if not;
+2. the trial record (previous text, deadline) is fsynced to the state dir;
+3. the new text replaces the config file (atomically), then converge;
+4. ``confirm`` (from a *new* control connection: proof that the technician
+   can still reach the box) removes the record; the deadline timer, an
+   explicit ``rollback`` or a start that finds the record (power cut,
+   kill -9) restores the previous text and converges back to it.
+
+A plain apply (no ``confirm``) keeps the text it replaced, for
+``rollback`` later. Each apply, confirm, rollback and refusal is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.config.diff import config_changes, config_version, format_changes
+from gateway.config.loader import parse_config_text, write_config_atomic
+from gateway.config.pending import TrialRecord, TrialStore
+from gateway.config.schema import Config
+from gateway.core.events import (
+    ChangeSource,
+    ConfigApplied,
+    ConfigConfirmed,
+    ConfigRefused,
+    ConfigRolledBack,
+    EventBus,
+)
+from gateway.core.lifecycle import CONFIG_TRIAL, ConfigTrialEvent, ConfigTrialState
+from gateway.core.reconcile import ConfigHolder, Reconciler
+from gateway.errors import ApplyFailed, Conflict, DesanetError, Invalid, Refused
+
+log = logging.getLogger("desanet.config")
+
+MIN_CONFIRM = 30
+MAX_CONFIRM = 24 * 3600
+
+
+def version_of(cfg: Config) -> str:
+    return config_version(cfg.model_dump(mode="json"))
+
+
+def changes_between(old: Config, new: Config) -> list[dict[str, Any]]:
+    """What differs, one entry per dotted field path: {"path", "old", "new"}."""
+    changes = config_changes(old.model_dump(mode="json"), new.model_dump(mode="json"))
+    lines = format_changes(changes)
+    return [{"path": c.path, "old": c.old, "new": c.new, "text": line}
+            for c, line in zip(changes, lines, strict=True)]
+
+
+def change_lines(changes: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(str(c["text"]) for c in changes)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    version: str
+    previous_version: str
+    changes: list[dict[str, Any]]
+    trial: TrialRecord | None
+
+
+class ConfigService:
+    def __init__(self, holder: ConfigHolder, reconciler: Reconciler, bus: EventBus, clock: Clock,
+                 state_dir: Path, path: str | None, text: str | None) -> None:
+        self.holder = holder
+        self.reconciler = reconciler
+        self.bus = bus
+        self.clock = clock
+        self.path = path
+        self.text = text  # the running config's text (None: started from an object)
+        self.trials = TrialStore(state_dir)
+        self.trial: TrialRecord | None = None
+        self.trial_state: ConfigTrialState = "none"
+        self._trial_connection: object | None = None
+        self.last_refusal: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> Config:
+        return self.holder.current
+
+    @property
+    def version(self) -> str:
+        return version_of(self.holder.current)
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def note_recovered_trial(self, record: TrialRecord) -> None:
+        """The daemon found ``record`` on disk at start and put the previous config back
+        (:func:`gateway.config.pending.recover_trial`); say so."""
+        self.trial_state = CONFIG_TRIAL.next("pending", "restart")
+        log.warning("a config trial (%s) was pending at start: rolled back to %s",
+                    record.version, record.previous_version)
+        self.bus.publish(ConfigRolledBack(
+            record.previous_version, record.version, ChangeSource.START,
+            "the gateway restarted before the trial was confirmed", record.by))
+
+    # -- requests ------------------------------------------------------------------------
+
+    def parse(self, text: str, source: str = "request") -> Config:
+        """Raises ConfigError (an Invalid) with every problem."""
+        return parse_config_text(text, source)
+
+    def diff(self, text: str) -> list[dict[str, Any]]:
+        return changes_between(self.current, self.parse(text))
+
+    async def apply(self, text: str, confirm: int | None, by: str, source: ChangeSource,
+                    connection: object | None = None) -> ApplyResult:
+        """Apply a config text now; with ``confirm`` seconds, as a trial.
+
+        Raises Invalid/ConfigError (nothing changed), Conflict (a trial is
+        pending, or no config file), ApplyFailed (a step failed, all undone).
+        """
+        new = self.parse(text)
+        if confirm is not None and not MIN_CONFIRM <= confirm <= MAX_CONFIRM:
+            raise Invalid("confirm", confirm, f"a confirm window of {MIN_CONFIRM} s .. "
+                          f"{MAX_CONFIRM // 3600} h", '"5m"')
+        async with self._lock:
+            event: ConfigTrialEvent = "apply" if confirm is None else "apply_with_confirm"
+            next_state = CONFIG_TRIAL.next(self.trial_state, event)
+            path = self._path()
+            old, old_text = self.current, self.text or ""
+            record = None
+            if confirm is not None:
+                now = self.clock.now()
+                record = TrialRecord(now, now + confirm, old_text, version_of(old),
+                                     version_of(new), by)
+                await asyncio.to_thread(self.trials.save, record)
+            else:
+                await asyncio.to_thread(self.trials.save_previous, old_text)
+            await asyncio.to_thread(write_config_atomic, path, text)
+            try:
+                await self.reconciler.converge(new, old)
+            except DesanetError as exc:
+                await asyncio.to_thread(write_config_atomic, path, old_text)
+                if record is not None:
+                    await asyncio.to_thread(self.trials.clear)
+                self._refused(source, by, exc)
+                raise
+            self.text = text
+            self.trial, self.trial_state = record, next_state
+            self._trial_connection = connection if record is not None else None
+            changes = changes_between(old, new)
+            result = ApplyResult(version_of(new), version_of(old), changes, record)
+        log.info("config %s applied by %s (%s)%s", result.version, by or "?", source,
+                 f", confirm by {record.deadline}" if record else "")
+        self.bus.publish(ConfigApplied(result.version, result.previous_version, source, by,
+                                       change_lines(changes), record.deadline if record else None))
+        return result
+
+    async def confirm(self, by: str, connection: object | None = None) -> str:
+        """Keep the trial config. Raises IllegalTransition (no trial), Refused (same
+        connection as the apply)."""
+        async with self._lock:
+            next_state = CONFIG_TRIAL.next(self.trial_state, "confirm")
+            if connection is not None and connection is self._trial_connection:
+                raise Refused("same_connection",
+                              "confirm from a new connection (for example a new SSH login): "
+                              "this connection applied the config, so it proves nothing")
+            await asyncio.to_thread(self.trials.clear)
+            record = self.trial
+            self.trial, self.trial_state, self._trial_connection = None, next_state, None
+        version = record.version if record else self.version
+        log.info("config %s confirmed by %s", version, by or "?")
+        self.bus.publish(ConfigConfirmed(version, ChangeSource.CLI, by))
+        return version
+
+    async def rollback(self, by: str, source: ChangeSource, reason: str) -> str:
+        """Go back to the config before the trial (or before the last apply).
+
+        Raises Conflict when there is nothing to roll back to, ApplyFailed.
+        """
+        async with self._lock:
+            if self.trial is not None:
+                event: ConfigTrialEvent = "deadline" if source is ChangeSource.TIMER \
+                    else "rollback"
+                next_state = CONFIG_TRIAL.next(self.trial_state, event)
+                previous_text = self.trial.previous_text
+            else:
+                next_state = self.trial_state
+                loaded = await asyncio.to_thread(self.trials.load_previous)
+                if not loaded:
+                    raise Conflict("no config trial is pending and no earlier config is kept; "
+                                   "nothing to roll back to")
+                previous_text = loaded
+            old = self.current
+            previous = self.parse(previous_text, "the previous config")
+            path = self._path()
+            await self.reconciler.converge(previous, old)
+            await asyncio.to_thread(write_config_atomic, path, previous_text)
+            if self.trial is None:
+                await asyncio.to_thread(self.trials.save_previous, self.text or "")
+            await asyncio.to_thread(self.trials.clear)
+            self.text = previous_text
+            self.trial, self.trial_state, self._trial_connection = None, next_state, None
+            version = version_of(previous)
+        log.warning("config rolled back to %s (%s, by %s)", version, reason, by or "?")
+        self.bus.publish(ConfigRolledBack(version, version_of(old), source, reason, by))
+        return version
+
+    async def reload(self, source: ChangeSource, by: str = "") -> ApplyResult:
+        """Re-read the config file and converge to it (SIGHUP, ``desanet reload``).
+
+        Raises Conflict (no file), ConfigError (the running config stays), ApplyFailed.
+        """
+        path = self._path()
+        try:
+            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+            new = self.parse(text, path)
+        except OSError as exc:
+            err = Invalid("config", path, f"a readable config file ({exc.strerror or exc})")
+            self._refused(source, by, err)
+            raise err from exc
+        except DesanetError as exc:
+            self._refused(source, by, exc)
+            raise
+        async with self._lock:
+            old = self.current
+            try:
+                await self.reconciler.converge(new, old)
+            except DesanetError as exc:
+                self._refused(source, by, exc)
+                raise
+            self.text = text
+            changes = changes_between(old, new)
+            result = ApplyResult(version_of(new), version_of(old), changes, self.trial)
+        log.info("config reloaded (%s): %d change(s)", source, len(changes))
+        self.bus.publish(ConfigApplied(result.version, result.previous_version, source, by,
+                                       change_lines(changes), None))
+        return result
+
+    async def check_deadline(self) -> None:
+        """The reconcile loop's timer: roll a trial back once its window ran out."""
+        if self.trial is not None and self.clock.now() >= self.trial.deadline:
+            log.warning("config trial %s was not confirmed in time; rolling back",
+                        self.trial.version)
+            await self.rollback("", ChangeSource.TIMER, "not confirmed before the deadline")
+
+    # -- status -------------------------------------------------------------------------
+
+    def status_json(self) -> dict[str, Any]:
+        last = self.bus.last(ConfigApplied, ConfigConfirmed, ConfigRolledBack, ConfigRefused)
+        return {
+            "version": self.version,
+            "path": self.path,
+            "last_change": last.to_json() if last else None,
+            "trial": self.trial.public_json() if self.trial else None,
+            "last_refusal": self.last_refusal,
+        }
+
+    def _path(self) -> str:
+        if self.path is None:
+            raise Conflict("the daemon was started without a config file; start it with "
+                           "--config FILE to apply configs")
+        return self.path
+
+    def _refused(self, source: ChangeSource, by: str, exc: DesanetError) -> None:
+        step = exc.step if isinstance(exc, ApplyFailed) else ""
+        self.last_refusal = {"time": self.clock.now(), "reason": str(exc), "source": str(source),
+                             "step": step}
+        log.error("config change refused (%s): %s", source, exc)
+        self.bus.publish(ConfigRefused(source, str(exc), step, by))

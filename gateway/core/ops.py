@@ -1,0 +1,189 @@
+"""GatewayOps: the one door into the gateway for every transport.
+
+The control API calls it today; MQTT commands and diagnostics will call the
+same methods, so validation and errors exist once. Each method takes plain,
+already-parsed values (the transport's typed request), calls the services,
+and returns domain objects or read-model dicts. It raises the domain errors
+of :mod:`gateway.errors`; each transport maps them in its own table.
+
+Reads change nothing: counters come from the reconcile loop's last samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from gateway.clock import Clock
+from gateway.core.configuration import ApplyResult, ConfigService
+from gateway.core.events import ChangeSource, EndReason, EventBus, Stamped
+from gateway.core.sessions import SessionService
+from gateway.core.vouchers import VoucherService
+from gateway.errors import Conflict
+from gateway.model import Session, Voucher
+from gateway.ports import DhcpServerPort, FirewallPort, NeighboursPort
+from gateway.shaping.service import ShapingService
+
+
+class LocalSitePort(Protocol):
+    """The government-services site, when it runs."""
+
+    def status_json(self) -> dict[str, Any]: ...
+
+    async def prefetch(self, only_missing: bool = False) -> dict[str, Any]: ...
+
+
+def session_json(s: Session, now: int) -> dict[str, Any]:
+    data = asdict(s)
+    data["remaining"] = s.remaining(now)
+    data["authorized"] = True
+    return data
+
+
+def voucher_json(v: Voucher, now: int) -> dict[str, Any]:
+    data = asdict(v)
+    data["devices"] = list(v.devices)
+    data["state"] = v.state(now)
+    return data
+
+
+class GatewayOps:
+    def __init__(
+        self,
+        sessions: SessionService,
+        vouchers: VoucherService,
+        shaping: ShapingService,
+        config: ConfigService,
+        bus: EventBus,
+        clock: Clock,
+        firewall: FirewallPort,
+        dhcp: DhcpServerPort,
+        neighbours: NeighboursPort,
+        local_site: Callable[[], LocalSitePort | None],
+    ) -> None:
+        self.sessions = sessions
+        self.vouchers_svc = vouchers
+        self.shaping = shaping
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        self._firewall = firewall
+        self._dhcp = dhcp
+        self._neighbours = neighbours
+        self._local_site = local_site
+        self.ready = False
+        self.started_at = clock.now()
+
+    def now(self) -> int:
+        return self.clock.now()
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        cfg = self.config.current
+        now = self.now()
+        return {
+            "ready": self.ready,
+            "site": cfg.site.name,
+            "village": cfg.site.village,
+            "uptime": now - self.started_at,
+            "portal_url": cfg.portal_url,
+            "lan_ip": cfg.lan_ip,
+            "portal_mode": cfg.portal.mode,
+            "sessions_active": await self.sessions.store.count_active(now),
+            "firewall": {"backend": self._firewall.backend},
+            "dnsmasq": {"running": self._dhcp.running, "pid": self._dhcp.pid,
+                        "restarts": self._dhcp.restarts},
+            "config_path": self.config.path,
+            "config": self.config.status_json(),
+            "shaping": self.shaping.status_json(),
+        }
+
+    async def clients(self) -> list[dict[str, Any]]:
+        """Authorized sessions (with idle time left and shaping), then DHCP-only clients."""
+        now = self.now()
+        sessions = await self.sessions.store.active_sessions(now)
+        active = await self._firewall.active_clients()
+        out = []
+        for s in sessions:
+            row = session_json(s, now)
+            row["idle_left"] = active.get((s.mac, s.ip), 0)
+            row["shaping"] = self.shaping.client_json(s)
+            out.append(row)
+        known = {s.mac for s in sessions}
+        for ip, mac in sorted((await self._neighbours.leases()).items()):
+            if mac not in known:
+                out.append({"mac": mac, "ip": ip, "authorized": False})
+        return out
+
+    def shaping_status(self) -> dict[str, Any]:
+        return self.shaping.status_json()
+
+    def services_status(self) -> dict[str, Any]:
+        site = self._local_site()
+        return site.status_json() if site is not None else {"enabled": False}
+
+    async def vouchers(self, batch: str | None = None) -> list[Voucher]:
+        return await self.vouchers_svc.list(batch)
+
+    def events_since(self, seq: int) -> list[Stamped]:
+        return self.bus.since(seq)
+
+    async def wait_events(self, seq: int, timeout: float) -> list[Stamped]:
+        return await self.bus.wait_since(seq, timeout)
+
+    # -- clients ---------------------------------------------------------------------------
+
+    async def authorize(self, mac: str, ip: str | None, duration: int | None,
+                        plan: str | None) -> Session:
+        """Raises Invalid, NotFound, PortalDenied, FirewallError/ShapingError."""
+        return await self.sessions.authorize(mac, ip, "manual", duration=duration, plan=plan)
+
+    async def deauthorize(self, mac: str) -> Session:
+        """Raises NotFound."""
+        return await self.sessions.end(mac, EndReason.DEAUTH)
+
+    async def change_plan(self, mac: str, plan: str | None) -> Session:
+        """Raises Invalid, NotFound."""
+        return await self.sessions.change_plan(mac, plan)
+
+    # -- vouchers --------------------------------------------------------------------------
+
+    async def create_vouchers(self, count: int, duration: int, max_devices: int,
+                              plan: str | None, batch: str | None) -> tuple[str, list[Voucher]]:
+        return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch)
+
+    async def revoke_voucher(self, code: str) -> Voucher:
+        return await self.vouchers_svc.revoke(code)
+
+    # -- local services ----------------------------------------------------------------------
+
+    async def prefetch(self) -> dict[str, Any]:
+        site = self._local_site()
+        if site is None:
+            raise Conflict("local_services.enabled is false; nothing to prefetch")
+        return await site.prefetch()
+
+    # -- config ------------------------------------------------------------------------------
+
+    def config_show(self) -> dict[str, Any]:
+        return {"version": self.config.version, "path": self.config.path,
+                "config": self.config.current.model_dump(mode="json"),
+                "text": self.config.text or ""}
+
+    def config_diff(self, text: str) -> list[dict[str, Any]]:
+        return self.config.diff(text)
+
+    async def config_apply(self, text: str, confirm: int | None, by: str,
+                           connection: object | None = None) -> ApplyResult:
+        return await self.config.apply(text, confirm, by, ChangeSource.CLI, connection)
+
+    async def config_confirm(self, by: str, connection: object | None = None) -> str:
+        return await self.config.confirm(by, connection)
+
+    async def config_rollback(self, by: str) -> str:
+        return await self.config.rollback(by, ChangeSource.CLI, "asked by an operator")
+
+    async def reload(self, source: ChangeSource = ChangeSource.CLI, by: str = "") -> ApplyResult:
+        return await self.config.reload(source, by)

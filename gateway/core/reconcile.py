@@ -1,0 +1,243 @@
+"""The reconciler: one path from "this config" to "the box does this", and every timer.
+
+Theory of operation
+-------------------
+:meth:`Reconciler.converge` is the only way a config reaches the kernel and
+the child processes. Start-up (``previous`` is None), SIGHUP, ``config
+apply``, a confirm window that ran out, a rollback and (later) a config
+pushed over MQTT all call it. It builds a list of steps, each with its undo
+(:mod:`gateway.config.apply`); parts whose settings did not change are left
+alone (a new terms text does not restart the portal or dnsmasq). While it
+runs it holds the session lock, so no login interleaves with a rebuild.
+
+:meth:`Reconciler.run` owns every periodic job of the daemon (sweep of
+expired and idle sessions, counter samples, pruning old sessions, upstream
+probes, the nightly prefetch, the confirm-window deadline). Each job has an
+interval and a next-due time on the monotonic clock; one failing job is
+logged and retried at its next turn, never ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.clock import Clock
+from gateway.config.apply import Step, run_steps
+from gateway.config.schema import Config
+from gateway.core.sessions import SessionService
+from gateway.model import Session
+from gateway.ports import DhcpServerPort, FirewallPort
+from gateway.shaping.service import ShapingService
+
+log = logging.getLogger("desanet.reconcile")
+
+SWEEP_INTERVAL = 5.0
+SAMPLE_INTERVAL = 5.0
+PRUNE_INTERVAL = 3600.0
+SESSION_HISTORY = 90 * 86400  # ended sessions are kept this long (who was online when)
+
+
+class ServersPort(Protocol):
+    """What the daemon hosts that follows the config (implemented in gateway/daemon)."""
+
+    def enable_forwarding(self) -> None:
+        """Turn on IPv4 forwarding (only after the firewall is in place). Raises ServiceError."""
+
+    async def sync_local_services(self, cfg: Config) -> None:
+        """Start or stop the government-services site to match ``cfg``."""
+
+    def update_limits(self, cfg: Config) -> None:
+        """Apply settings kept in long-lived objects (the voucher rate limit)."""
+
+    async def sync_portal(self, cfg: Config, previous: Config | None) -> None:
+        """(Re)start the portal listeners when their address or ports changed.
+
+        Raises ServiceError when a port cannot be bound.
+        """
+
+
+def portal_listen(cfg: Config) -> tuple[str, int, int]:
+    return (cfg.lan_ip, cfg.portal.http_port, cfg.portal.redirect_port)
+
+
+def garden_same(a: Config, b: Config) -> bool:
+    return a.walled_garden.hostnames == b.walled_garden.hostnames
+
+
+@dataclass
+class Job:
+    name: str
+    interval: float
+    action: Callable[[], Awaitable[None]]
+    due: float = 0.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        sessions: SessionService,
+        shaping: ShapingService,
+        firewall: FirewallPort,
+        dhcp: DhcpServerPort,
+        servers: ServersPort,
+        clock: Clock,
+    ) -> None:
+        self.holder = holder
+        self.sessions = sessions
+        self.shaping = shaping
+        self.firewall = firewall
+        self.dhcp = dhcp
+        self.servers = servers
+        self.clock = clock
+        self.jobs: list[Job] = []
+        self._wake = asyncio.Event()
+
+    # -- converge ------------------------------------------------------------------
+
+    async def converge(self, new: Config, previous: Config | None) -> list[str]:
+        """Make the box match ``new``; all or nothing. Return the steps that ran.
+
+        Raises ApplyFailed(step, reason) after undoing every step taken; the
+        running config (``holder.current``) is then ``previous`` again.
+        """
+        async with self.sessions.lock:
+            steps = self._steps(new, previous)
+            return await run_steps(steps)
+
+    def _steps(self, new: Config, old: Config | None) -> list[Step]:
+        holder = self.holder
+        steps: list[Step] = []
+
+        async def switch() -> None:
+            holder.current = new
+
+        async def switch_back() -> None:
+            if old is not None:
+                holder.current = old
+
+        steps.append(Step("config", switch, switch_back))
+
+        async def sessions_now() -> list[Session]:
+            return await self.sessions.store.active_sessions(self.clock.now())
+
+        async def shape_new() -> None:
+            await self.shaping.converge(new, await sessions_now(), old)
+
+        async def shape_old() -> None:
+            if old is not None:
+                await self.shaping.converge(old, await sessions_now(), new)
+
+        # Classes first, then the firewall that steers packets into them. Both
+        # always run: the shaper applies only differences, and a ruleset swap is
+        # one atomic transaction that carries the dynamic sets and keeps connections.
+        steps.append(Step("shaping", shape_new, shape_old))
+
+        async def firewall_new() -> None:
+            now = self.clock.now()
+            await self.sessions.store.expire_sessions(now)
+            carry = old is None or garden_same(old, new)
+            await self.firewall.apply(new, await sessions_now(), now, carry)
+
+        async def firewall_old() -> None:
+            if old is not None:
+                now = self.clock.now()
+                await self.firewall.apply(old, await sessions_now(), now, garden_same(old, new))
+
+        steps.append(Step("firewall", firewall_new, firewall_old))
+
+        if old is None:
+            async def forwarding() -> None:
+                self.servers.enable_forwarding()  # only now: the firewall fails closed
+
+            steps.append(Step("forwarding", forwarding))
+
+        async def dhcp_new() -> None:
+            changed = await self.dhcp.configure(new)
+            if old is None or not self.dhcp.running:
+                await self.dhcp.start()
+            elif changed:
+                await self.dhcp.restart()
+
+        async def dhcp_old() -> None:
+            if old is not None and await self.dhcp.configure(old):
+                await self.dhcp.restart()
+
+        steps.append(Step("dnsmasq", dhcp_new, dhcp_old))
+
+        async def local_new() -> None:
+            await self.servers.sync_local_services(new)
+
+        async def local_old() -> None:
+            if old is not None:
+                await self.servers.sync_local_services(old)
+
+        if old is None or old.local_services.enabled != new.local_services.enabled:
+            steps.append(Step("local_services", local_new, local_old))
+
+        async def portal_new() -> None:
+            await self.servers.sync_portal(new, old)
+
+        async def portal_old() -> None:
+            if old is not None:
+                await self.servers.sync_portal(old, new)
+
+        if old is None or portal_listen(old) != portal_listen(new):
+            steps.append(Step("portal", portal_new, portal_old))
+
+        async def limits_new() -> None:
+            self.servers.update_limits(new)
+
+        async def limits_old() -> None:
+            if old is not None:
+                self.servers.update_limits(old)
+
+        steps.append(Step("limits", limits_new, limits_old))
+        return steps
+
+    # -- timers ------------------------------------------------------------------------
+
+    def every(self, name: str, interval: float, action: Callable[[], Awaitable[None]],
+              first_in: float | None = None) -> None:
+        """Register a periodic job (before :meth:`run` starts, or while it runs)."""
+        due = self.clock.monotonic() + (interval if first_in is None else first_in)
+        self.jobs.append(Job(name, interval, action, due))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run due jobs forever (cancel the task to stop)."""
+        while True:
+            now = self.clock.monotonic()
+            for job in sorted(self.jobs, key=lambda j: j.due):
+                if job.due > now:
+                    continue
+                job.due = now + job.interval
+                try:
+                    await job.action()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Never let one job end the loop: expiry and idle cut-offs depend on it.
+                    log.exception("periodic job %s failed; retrying in %.0fs", job.name,
+                                  job.interval)
+            self._wake.clear()
+            wait = min((j.due for j in self.jobs), default=now + 60.0) - self.clock.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+
+class ConfigHolder:
+    """The running config, read through :meth:`get` by every service."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.current = cfg
+
+    def get(self) -> Config:
+        return self.current
+

@@ -1,0 +1,251 @@
+"""The session service: who is online, and the kernel state that lets them out.
+
+Theory of operation
+-------------------
+The store is the source of truth for sessions; the kernel sets and HTB
+classes are a cache of it. Every change is written to the store first and
+then to the kernel:
+
+* login:  store.start_session -> shaping.add -> firewall.authorize. A crash
+          in between is healed at start, when converge rebuilds the kernel
+          from the store.
+* logout: store.end_session -> firewall.revoke -> shaping.remove. A crash in
+          between leaves a kernel entry the store no longer backs; the sweep
+          removes it, so nobody regains access.
+
+One ``asyncio.Lock`` (shared with the reconciler's converge) orders logins,
+sweeps and config changes, so a reload never rebuilds the ruleset from a
+session list that a concurrent login has already made stale. Every port
+call is awaited: kernel and SQLite work runs on their worker threads.
+
+This is the portal's backend (:class:`gateway.portal.backend.PortalBackend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable
+
+from gateway.clock import Clock
+from gateway.config.schema import Config
+from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
+from gateway.core.session_rules import idle_sessions, new_session, stale_kernel_entries
+from gateway.errors import DesanetError, Invalid, NotFound, PortalDenied
+from gateway.model import ClientView, Session, SessionSource
+from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
+from gateway.shaping.service import ShapingService
+
+log = logging.getLogger("desanet.sessions")
+
+
+class SessionService:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: SessionStorePort,
+        firewall: FirewallPort,
+        shaping: ShapingService,
+        neighbours: NeighboursPort,
+        clock: Clock,
+        bus: EventBus,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
+        self._config = config
+        self.store = store
+        self.firewall = firewall
+        self.shaping = shaping
+        self.neighbours = neighbours
+        self.clock = clock
+        self.bus = bus
+        self.lock = lock or asyncio.Lock()
+
+    def now(self) -> int:
+        return self.clock.now()
+
+    # -- portal backend ---------------------------------------------------------------
+
+    async def identify(self, ip: str) -> ClientView:
+        """Who is behind this LAN address right now. Raises StoreError."""
+        mac = await self.neighbours.mac_of(ip)
+        session = await self.store.active_session(mac, self.now()) if mac else None
+        if session is not None and session.ip != ip:
+            session = None
+        return ClientView(ip=ip, mac=mac, session=session)
+
+    async def login_terms(self, client: ClientView) -> Session:
+        """Authorize after the terms were accepted. Raises PortalDenied."""
+        if self._config().portal.mode == "voucher":
+            raise PortalDenied("mode")
+        if client.mac is None:
+            raise PortalDenied("no_mac")
+        return await self.authorize(client.mac, client.ip, "terms")
+
+    async def login_voucher(self, client: ClientView, code: str) -> Session:
+        """Redeem a canonical voucher code. Raises VoucherError(reason) or PortalDenied."""
+        if self._config().portal.mode == "terms":
+            raise PortalDenied("mode")
+        if client.mac is None:
+            raise PortalDenied("no_mac")
+        return await self.authorize(client.mac, client.ip, "voucher", voucher_code=code)
+
+    async def logout(self, client: ClientView) -> None:
+        if client.mac is not None:
+            await self.end(client.mac, EndReason.LOGOUT)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def authorize(
+        self,
+        mac: str,
+        ip: str | None,
+        source: SessionSource,
+        duration: int | None = None,
+        plan: str | None = None,
+        voucher_code: str | None = None,
+    ) -> Session:
+        """Start (or replace) ``mac``'s session and open the kernel for it.
+
+        ``ip`` None means "look it up" (DHCP lease, then neighbour table).
+        Raises Invalid (plan, ip), NotFound (no address known), PortalDenied
+        (blocked, full), VoucherError, and FirewallError/ShapingError when the
+        kernel refuses (the session is then ended again).
+        """
+        cfg = self._config()
+        self.check_plan(plan)
+        if ip is None:
+            ip = await self.neighbours.ip_of(mac)
+            if not ip:
+                raise NotFound(f"no IPv4 address known for {mac} (no DHCP lease, no neighbour "
+                               'entry); pass "ip" too')
+        self._check_client_ip(cfg, ip)
+        async with self.lock:
+            now = self.now()
+            current = await self.store.active_session(mac, now)
+            if mac in cfg.access.blocked_macs:
+                raise PortalDenied("blocked")
+            if current is None and await self.store.count_active(now) >= cfg.portal.max_clients:
+                raise PortalDenied("full")
+            voucher = None
+            if voucher_code is not None:
+                voucher = await self.store.redeem_voucher(voucher_code, mac, now)
+            session = new_session(cfg, mac, ip, now, source, voucher, duration, plan)
+            await self.store.start_session(session)
+            if current is not None:
+                self.bus.publish(SessionEnded(current.mac, current.ip, EndReason.REPLACED))
+                if current.ip != ip:
+                    await self._cut_off(current)
+            try:
+                await self.shaping.add(session)
+                await self.firewall.authorize(session, now, self.shaping.class_text(session))
+            except DesanetError:
+                await self.store.end_session(mac, now, EndReason.KERNEL_REFUSED)
+                await self._cut_off(session)
+                self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
+                raise
+        log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
+        self.bus.publish(SessionStarted(mac, ip, source, session.plan, session.voucher,
+                                        session.expires))
+        return session
+
+    async def end(self, mac: str, reason: EndReason) -> Session:
+        """End ``mac``'s session now. Raises NotFound when it has none."""
+        async with self.lock:
+            session = await self.store.end_session(mac, self.now(), reason)
+            if session is None:
+                raise NotFound(f"{mac} has no active session")
+            await self._cut_off(session)
+        log.info("ended session of %s (%s): %s", mac, session.ip, reason)
+        self.bus.publish(SessionEnded(mac, session.ip, reason))
+        return session
+
+    async def change_plan(self, mac: str, plan: str | None) -> Session:
+        """Move a live client to another plan; its connections are not touched.
+
+        Raises Invalid (unknown plan), NotFound (no session).
+        """
+        self.check_plan(plan)
+        async with self.lock:
+            session = await self.store.change_plan(mac, plan, self.now())
+            if session is None:
+                raise NotFound(f"{mac} has no active session")
+            await self.shaping.add(session)
+        log.info("plan of %s is now %s", mac, plan or "default")
+        self.bus.publish(PlanChanged(mac, plan))
+        return session
+
+    async def cut_off_ended(self, sessions: list[Session], reason: EndReason) -> None:
+        """Kernel side of sessions the store has already ended (e.g. a revoked voucher)."""
+        async with self.lock:
+            for s in sessions:
+                await self._cut_off(s)
+        for s in sessions:
+            self.bus.publish(SessionEnded(s.mac, s.ip, reason))
+
+    async def active(self) -> list[Session]:
+        return await self.store.active_sessions(self.now())
+
+    def check_plan(self, plan: str | None) -> None:
+        plans = self._config().shaping.plans
+        if plan is not None and plan not in plans:
+            raise Invalid("plan", plan, f"a plan in shaping.plans (known: "
+                          f"{', '.join(plans) or 'none'}) or null for the default plan",
+                          next(iter(plans), None))
+
+    @staticmethod
+    def _check_client_ip(cfg: Config, ip: str) -> None:
+        try:
+            addr = ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise Invalid("ip", ip, "an IPv4 address", '"10.42.0.100"') from None
+        iface = cfg.network.lan_address
+        lan = iface.network
+        if addr in (lan.network_address, lan.broadcast_address, iface.ip):
+            raise Invalid("ip", ip, "a client's address, not the gateway's or the LAN's own",
+                          f'"{lan.network_address + 100}"')
+        # Outside the LAN is allowed with shaping off (bench/portal_auth.py
+        # authorizes more clients than the lab's /24 holds); it matches nothing.
+        if cfg.shaping.enabled and addr not in lan:
+            raise Invalid("ip", ip, f"an address inside the LAN {lan} (with shaping on a "
+                          "client's class id comes from its address)",
+                          f'"{lan.network_address + 100}"')
+
+    # -- sweeping ----------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """End expired and idle sessions; drop kernel entries the store does not back."""
+        ended: list[tuple[Session, EndReason]] = []
+        async with self.lock:
+            now = self.now()
+            for s in await self.store.expire_sessions(now):
+                await self._cut_off(s)
+                ended.append((s, EndReason.EXPIRED))
+            sessions = await self.store.active_sessions(now)
+            for s in idle_sessions(sessions, await self.firewall.active_clients(), now):
+                await self.store.end_session(s.mac, now, EndReason.IDLE)
+                await self._cut_off(s)
+                ended.append((s, EndReason.IDLE))
+            live = await self.store.active_sessions(now)
+            live_ips = {s.ip for s in live}
+            for mac, ip in stale_kernel_entries(live, await self.firewall.authorized_clients()):
+                # The address's class and map entry belong to a live session if any.
+                cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
+                await self.firewall.revoke(mac, ip, cls)
+                log.warning("removed kernel authorization with no session: %s %s", mac, ip)
+        for s, reason in ended:
+            log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
+            self.bus.publish(SessionEnded(s.mac, s.ip, reason))
+
+    async def _cut_off(self, session: Session) -> None:
+        """Kernel side of ending a session: firewall first, then its classes.
+
+        Shaping is per address, so when another MAC's live session now holds
+        this address (its DHCP lease moved), that session keeps the class and
+        the map entry; only this MAC's authorization goes.
+        """
+        if await self.store.ip_taken(session.ip, session.mac, self.now()):
+            await self.firewall.revoke(session.mac, session.ip, None)
+            return
+        await self.firewall.revoke(session.mac, session.ip, self.shaping.class_text(session))
+        await self.shaping.remove(session)

@@ -1,0 +1,66 @@
+"""The voucher service: named batches, revocation, and the rules of redeeming.
+
+Redeeming happens inside a login (:meth:`SessionService.authorize` calls the
+store's ``redeem_voucher``, one transaction: first use starts the clock,
+``max_devices`` bounds the phones). This service creates and revokes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+
+from gateway.clock import Clock
+from gateway.config.schema import Config
+from gateway.core.events import EndReason, EventBus, VoucherBatchCreated, VoucherRevoked
+from gateway.core.sessions import SessionService
+from gateway.core.voucher_codes import generate_codes
+from gateway.model import Voucher
+from gateway.ports import SessionStorePort
+
+log = logging.getLogger("desanet.vouchers")
+
+
+class VoucherService:
+    def __init__(self, config: Callable[[], Config], store: SessionStorePort,
+                 sessions: SessionService, clock: Clock, bus: EventBus) -> None:
+        self._config = config
+        self.store = store
+        self.sessions = sessions
+        self.clock = clock
+        self.bus = bus
+
+    async def create_batch(self, count: int, duration: int, max_devices: int = 1,
+                           plan: str | None = None, batch: str | None = None,
+                           ) -> tuple[str, list[Voucher]]:
+        """Create ``count`` unused vouchers in one transaction; return the batch name.
+
+        Raises Invalid (unknown plan), StoreError.
+        """
+        self.sessions.check_plan(plan)
+        now = self.clock.now()
+        name = batch or f"{now}-{secrets.token_hex(2)}"
+        made = [
+            Voucher(code=c, duration=duration, plan=plan, created=now, batch=name,
+                    max_devices=max_devices)
+            for c in generate_codes(count)
+        ]
+        await self.store.add_vouchers(made)
+        log.info("created %d voucher(s) in batch %s", count, name)
+        self.bus.publish(VoucherBatchCreated(name, count, plan, duration))
+        return name, made
+
+    async def list(self, batch: str | None = None) -> list[Voucher]:
+        return await self.store.vouchers(batch)
+
+    async def revoke(self, code: str) -> Voucher:
+        """Revoke a voucher and end every session it opened, in the kernel too.
+
+        Raises VoucherError("unknown").
+        """
+        voucher, ended = await self.store.revoke_voucher(code, self.clock.now())
+        await self.sessions.cut_off_ended(ended, EndReason.VOUCHER_REVOKED)
+        log.info("revoked voucher %s (%d session(s) ended)", code, len(ended))
+        self.bus.publish(VoucherRevoked(code, len(ended)))
+        return voucher

@@ -1,0 +1,248 @@
+"""The composition root: builds adapters -> services -> servers, runs, tears down.
+
+The only module that knows the concrete adapters. Each part registers its
+own cleanup on an ``AsyncExitStack`` as soon as it is acquired; stopping
+unwinds the stack in reverse, and a cleanup that fails is logged while the
+others still run (aiohttp's CleanupContext is the model).
+
+On stop the firewall table stays in place: a stopped daemon fails closed
+(unauthorized clients stay locked out) rather than open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import load_config
+from gateway.config.pending import TrialRecord, TrialStore, recover_trial
+from gateway.config.schema import Config
+from gateway.control.api import create_control_app
+from gateway.core.configuration import ConfigService
+from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged, UplinkChanged
+from gateway.core.ops import GatewayOps
+from gateway.core.reconcile import (
+    PRUNE_INTERVAL,
+    SAMPLE_INTERVAL,
+    SESSION_HISTORY,
+    SWEEP_INTERVAL,
+    ConfigHolder,
+    Reconciler,
+)
+from gateway.core.sessions import SessionService
+from gateway.core.vouchers import VoucherService
+from gateway.daemon import systemd
+from gateway.daemon.servers import DaemonServers
+from gateway.errors import DesanetError
+from gateway.firewall.adapter import Firewall, KernelFirewall
+from gateway.kernel import DatabaseWorker, KernelWorker
+from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
+from gateway.netinfo.uplink import uplink_is_up
+from gateway.services.dnsmasq import Dnsmasq
+from gateway.shaping.service import ShapingService
+from gateway.shaping.tc import KernelShaper, Shaper
+from gateway.store.db import AsyncStore
+from gateway.store.sqlite import Store
+
+log = logging.getLogger("desanet.daemon")
+
+PROBE_INTERVAL = 30.0
+PREFETCH_CHECK_INTERVAL = 60.0
+TRIAL_CHECK_INTERVAL = 1.0
+UPLINK_CHECK_INTERVAL = 5.0
+
+
+class Daemon:
+    """One running gateway: ``await Daemon(path).run()``."""
+
+    def __init__(self, config_path: str | None, cfg: Config | None = None,
+                 clock: Clock | None = None) -> None:
+        self.config_path = config_path
+        self._initial = cfg
+        self.clock = clock or SystemClock()
+        self.stop_requested = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self.ops: GatewayOps | None = None
+        self.config: ConfigService | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
+        async with contextlib.AsyncExitStack() as stack:
+            await self.start(stack)
+            await self.stop_requested.wait()
+            systemd.notify("STOPPING=1")
+            if self.ops is not None:
+                self.ops.ready = False
+        log.info("gateway stopped; firewall left in place (fail closed)")
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        clock = self.clock
+        bus = EventBus(clock)
+        cfg, text, recovered = await self._load_config()
+        holder = ConfigHolder(cfg)
+        state_dir, run_dir = Path(cfg.store.state_dir), Path(cfg.store.run_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(run_dir, 0o755)
+
+        kernel = KernelWorker()
+        stack.callback(kernel.shutdown)
+        database = DatabaseWorker()
+        stack.callback(database.shutdown)
+
+        store = AsyncStore(Store(state_dir / "desanet.db"), database)
+        _on_close(stack, "store", store.close)
+        firewall = KernelFirewall(Firewall(), kernel)
+        shaper = KernelShaper(Shaper(), kernel)
+        _on_close(stack, "shaper", shaper.close)
+        neighbours = KernelNeighbours(Neighbours(str(state_dir / "dnsmasq.leases")), kernel)
+        _on_close(stack, "neighbours", neighbours.close)
+        dhcp = Dnsmasq(cfg.programs.dnsmasq, str(run_dir / "dnsmasq.conf"),
+                       str(run_dir / "dnsmasq.pid"), state_dir=str(state_dir),
+                       run_dir=str(run_dir))
+
+        shaping = ShapingService(holder.get, shaper, clock)
+        sessions = SessionService(holder.get, store, firewall, shaping, neighbours, clock, bus)
+        vouchers = VoucherService(holder.get, store, sessions, clock, bus)
+        servers = DaemonServers(holder.get, sessions, state_dir)
+        reconciler = Reconciler(holder, sessions, shaping, firewall, dhcp, servers, clock)
+        config = ConfigService(holder, reconciler, bus, clock, state_dir, self.config_path, text)
+        if recovered is not None:
+            config.note_recovered_trial(recovered)
+        self.config = config
+        ops = GatewayOps(sessions, vouchers, shaping, config, bus, clock, firewall, dhcp,
+                         neighbours, lambda: servers.local)
+        self.ops = ops
+
+        # Start-up goes through the same converge as every later change.
+        _on_close(stack, "dnsmasq", dhcp.stop)
+        _on_close(stack, "local services", servers.stop_local_services)
+        _on_close(stack, "portal", servers.stop_portal)
+        await reconciler.converge(cfg, None)
+
+        await servers.start_control(create_control_app(ops), cfg.control.socket)
+        _on_close(stack, "control socket", servers.stop_control)
+
+        await shaping.sample()
+        reconciler.every("sweep", SWEEP_INTERVAL, sessions.sweep)
+        reconciler.every("samples", SAMPLE_INTERVAL, shaping.sample)
+        reconciler.every("prune", PRUNE_INTERVAL, self._pruner(store, clock), first_in=60.0)
+        reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
+        reconciler.every("uplink", UPLINK_CHECK_INTERVAL, self._uplink_watch(holder, bus),
+                         first_in=0.0)
+        reconciler.every("upstream-probe", PROBE_INTERVAL, self._probe(servers, bus))
+        reconciler.every("prefetch", PREFETCH_CHECK_INTERVAL, self._prefetch(servers),
+                         first_in=1.0)
+        _task_on_stack(stack, asyncio.create_task(reconciler.run(), name="reconcile"))
+        interval = systemd.watchdog_interval()
+        if interval:
+            _task_on_stack(stack, asyncio.create_task(_watchdog(interval), name="watchdog"))
+
+        ops.ready = True
+        systemd.notify("READY=1\nSTATUS=portal and firewall up")
+        log.info("gateway ready: portal %s, %d active sessions", cfg.portal_url,
+                 await store.count_active(clock.now()))
+
+    async def _load_config(self) -> tuple[Config, str | None, TrialRecord | None]:
+        if self.config_path is None:
+            assert self._initial is not None, "a config path or a Config object is needed"
+            return self._initial, None, None
+        path = Path(self.config_path)
+        # A trial left on disk (power cut, kill -9 during the confirm window):
+        # put the previous config file back before reading it.
+        state_dir = Path(load_config(path).store.state_dir)
+        recovered = await asyncio.to_thread(recover_trial, TrialStore(state_dir), str(path))
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        return load_config(path), text, recovered
+
+    def _reload_on_signal(self) -> None:
+        task = asyncio.create_task(self._reload_logged(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_logged(self) -> None:
+        if self.ops is None:
+            return
+        try:
+            await self.ops.reload(ChangeSource.SIGHUP)
+        except DesanetError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+
+    @staticmethod
+    def _pruner(store: AsyncStore, clock: Clock) -> Callable[[], Awaitable[None]]:
+        async def prune() -> None:
+            gone = await store.prune_ended(clock.now() - SESSION_HISTORY)
+            if gone:
+                log.info("forgot %d sessions that ended over 90 days ago", gone)
+        return prune
+
+    @staticmethod
+    def _uplink_watch(holder: ConfigHolder, bus: EventBus) -> Callable[[], Awaitable[None]]:
+        last: list[bool | None] = [None]
+
+        async def watch() -> None:
+            up = await asyncio.to_thread(uplink_is_up, holder.get().network.wan_interface)
+            if up != last[0]:
+                if last[0] is not None or not up:
+                    bus.publish(UplinkChanged(up))
+                last[0] = up
+        return watch
+
+    @staticmethod
+    def _probe(servers: DaemonServers, bus: EventBus) -> Callable[[], Awaitable[None]]:
+        async def probe() -> None:
+            local = servers.local
+            if local is None:
+                return
+            before = local.health_states()
+            await local.probe()
+            after = local.health_states()
+            for slug, state in after.items():
+                if before.get(slug) != state:
+                    bus.publish(ServiceHealthChanged(slug, state))
+        return probe
+
+    @staticmethod
+    def _prefetch(servers: DaemonServers) -> Callable[[], Awaitable[None]]:
+        async def prefetch() -> None:
+            if servers.local is not None:
+                await servers.local.scheduled_prefetch()
+        return prefetch
+
+
+def _on_close(stack: contextlib.AsyncExitStack, what: str,
+              close: Callable[[], Awaitable[None]]) -> None:
+    """Register an async cleanup that logs its failure instead of skipping the rest."""
+    async def run() -> None:
+        try:
+            await close()
+        except Exception:
+            log.exception("stopping %s failed; stopping the other parts anyway", what)
+    stack.push_async_callback(run)
+
+
+def _task_on_stack(stack: contextlib.AsyncExitStack, task: asyncio.Task[None]) -> None:
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    stack.push_async_callback(cancel)
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def run_daemon(config_path: str) -> None:
+    asyncio.run(Daemon(config_path).run())

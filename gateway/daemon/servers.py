@@ -1,0 +1,166 @@
+"""What the daemon hosts: the portal listeners, the control socket, the local site.
+
+Implements :class:`gateway.core.reconcile.ServersPort`: the reconciler asks
+to (re)start the portal only when its address or ports change, and to
+start or stop the government-services site when it is switched on or off.
+The portal app reads the running config per request, so any other change
+reaches villagers without dropping their connections or resetting the
+voucher rate limiter (one limiter lives here for the daemon's lifetime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.cache.service import LocalServices
+from gateway.config.schema import Config
+from gateway.core.reconcile import portal_listen
+from gateway.errors import ServiceError
+from gateway.portal.app import Handler, create_portal_app
+from gateway.portal.backend import PortalBackend
+from gateway.portal.ratelimit import RateLimiter
+
+log = logging.getLogger("desanet.servers")
+
+
+def enable_ipv4_forwarding() -> None:
+    try:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+    except OSError as exc:
+        raise ServiceError(f"cannot enable IPv4 forwarding: {exc}; run as root") from exc
+
+
+class DaemonServers:
+    def __init__(self, config: Callable[[], Config], backend: PortalBackend,
+                 state_dir: Path) -> None:
+        self._config = config
+        self._backend = backend
+        self._state_dir = state_dir
+        self.local: LocalServices | None = None
+        self._portal: web.AppRunner | None = None
+        self._control: web.AppRunner | None = None
+        self._limiter: RateLimiter | None = None
+
+    # -- ServersPort --------------------------------------------------------------------
+
+    def enable_forwarding(self) -> None:
+        enable_ipv4_forwarding()
+
+    async def sync_local_services(self, cfg: Config) -> None:
+        enabled = cfg.local_services.enabled
+        if enabled and self.local is None:
+            local = LocalServices(self._config, self._state_dir)
+            await local.start()
+            self.local = local
+        elif not enabled and self.local is not None:
+            local, self.local = self.local, None
+            await local.stop()
+
+    async def sync_portal(self, cfg: Config, previous: Config | None) -> None:
+        if self._portal is not None and previous is not None \
+                and portal_listen(previous) == portal_listen(cfg):
+            return
+        await self.stop_portal()
+        if self._limiter is None:
+            self._limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
+        app = create_portal_app(self._config, self._backend, limiter=self._limiter,
+                                local_hosts=self.local_hosts)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for port in (cfg.portal.http_port, cfg.portal.redirect_port):
+            try:
+                await web.TCPSite(runner, cfg.lan_ip, port, reuse_address=True).start()
+            except OSError as exc:
+                await runner.cleanup()
+                raise ServiceError(
+                    f"the portal cannot listen on {cfg.lan_ip}:{port}: "
+                    f"{exc.strerror or exc}; expected a free port on the LAN address, "
+                    "choose another portal.http_port / portal.redirect_port or stop "
+                    "what uses it"
+                ) from exc
+        self._portal = runner
+
+    def update_limits(self, cfg: Config) -> None:
+        """Settings the portal reads from objects it keeps (applied without restarts)."""
+        if self._limiter is not None:
+            self._limiter.limit = cfg.portal.voucher_attempts_per_minute
+
+    def local_hosts(self) -> Mapping[str, Handler]:
+        local = self.local
+        if local is None:
+            return {}
+        return {self._config().local_services.hostname.lower(): local.handle}
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def stop_portal(self) -> None:
+        if self._portal is not None:
+            runner, self._portal = self._portal, None
+            await runner.cleanup()
+
+    async def stop_local_services(self) -> None:
+        if self.local is not None:
+            local, self.local = self.local, None
+            await local.stop()
+
+    async def start_control(self, app: web.Application, socket_path: str) -> None:
+        path = Path(socket_path)
+        prepare_socket_dir(path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        # The umask makes the socket 0600 at bind(): no moment with wider
+        # permissions, and no chmod by path that a swapped-in symlink could redirect.
+        old_umask = os.umask(0o177)
+        try:
+            # A deep backlog: bursts of CLI/TUI/bench calls wait instead of failing.
+            await web.UnixSite(runner, str(path), backlog=1024).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ServiceError(
+                f"cannot create the control socket {path}: {exc.strerror or exc}; "
+                "is another desanet daemon running with the same control.socket?"
+            ) from exc
+        finally:
+            os.umask(old_umask)
+        self._control = runner
+
+    async def stop_control(self) -> None:
+        if self._control is not None:
+            runner, self._control = self._control, None
+            await runner.cleanup()
+
+
+def prepare_socket_dir(socket_path: Path) -> None:
+    """Make sure only root can replace the control socket.
+
+    Anyone who can write to the socket's directory can swap the socket for
+    their own between our bind() and a CLI's connect(), and then read or
+    answer what root sends (vouchers, auth calls). So the directory is created
+    0755 and an existing one must not be writable by group or others.
+    """
+    parent = socket_path.parent
+    parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        st = os.lstat(parent)
+    except OSError as exc:
+        raise ServiceError(f"cannot inspect {parent}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ServiceError(
+            f"control.socket directory {parent} is not a plain directory (found a symlink or "
+            "file); expected a root-owned directory such as /run/desanet"
+        )
+    if st.st_mode & 0o022 or st.st_uid != os.geteuid():
+        raise ServiceError(
+            f"control.socket directory {parent} has mode {stat.S_IMODE(st.st_mode):04o}, owner "
+            f"uid {st.st_uid}; expected a directory only this user (root) can write to, e.g. "
+            "/run/desanet/control.sock, or run chmod go-w on it"
+        )

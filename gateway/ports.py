@@ -1,0 +1,132 @@
+"""The ports: what the core needs from the outside world, as Protocols.
+
+The core (``gateway/core``) depends on these and never on a library. Each
+port has a real adapter (composed in ``gateway/daemon/main.py``) and a fake
+beside it that unit tests use; mypy checks both against the protocol.
+
+Every method is ``async``: the real adapters run kernel calls on the one
+kernel worker thread and SQLite commits on the one database worker thread,
+so a service only awaits and the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from gateway.config.schema import Config
+from gateway.model import Session, Voucher
+from gateway.shaping.plan import ClassStats, DeviceTree, HtbClass
+
+MacIp = tuple[str, str]
+
+
+class FirewallPort(Protocol):
+    """nftables: the ruleset and its per-client set elements."""
+
+    @property
+    def backend(self) -> str: ...
+
+    async def apply(self, cfg: Config, sessions: Sequence[Session], now: int,
+                    carry_garden: bool = True) -> None:
+        """Replace the whole ruleset in one transaction, carrying dynamic state."""
+
+    async def authorize(self, session: Session, now: int, class_text: str | None) -> None: ...
+
+    async def revoke(self, mac: str, ip: str, class_text: str | None) -> None: ...
+
+    async def active_clients(self) -> dict[MacIp, int]:
+        """Clients with traffic inside their idle window -> seconds left in it."""
+        ...
+
+    async def authorized_clients(self) -> dict[MacIp, int]: ...
+
+
+class ShaperPort(Protocol):
+    """HTB trees on the LAN (downloads) and WAN (uploads) devices."""
+
+    @property
+    def leaf_kind(self) -> str | None: ...
+
+    async def reconcile(self, tree: DeviceTree) -> int:
+        """Make the device's tree equal ``tree``; return how many changes ran."""
+        ...
+
+    async def remove(self, device: str) -> None:
+        """Remove our root qdisc from ``device`` (shaping switched off)."""
+
+    async def upsert(self, device: str, cls: HtbClass) -> None: ...
+
+    async def delete(self, device: str, cls: HtbClass) -> None: ...
+
+    async def stats(self, device: str) -> dict[int, ClassStats]: ...
+
+
+class NeighboursPort(Protocol):
+    """Who is behind a LAN address: neighbour table and DHCP leases."""
+
+    async def mac_of(self, ip: str) -> str | None: ...
+
+    async def ip_of(self, mac: str) -> str | None: ...
+
+    async def leases(self) -> dict[str, str]:
+        """DHCP leases: IPv4 address -> MAC."""
+        ...
+
+
+class DhcpServerPort(Protocol):
+    """The DHCP + DNS server (dnsmasq), a supervised child process."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    async def configure(self, cfg: Config) -> bool:
+        """Write the config for ``cfg`` atomically; True when it changed."""
+        ...
+
+    async def start(self) -> None:
+        """Start the server; raise ServiceError when it refuses to run."""
+
+    async def restart(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SessionStorePort(Protocol):
+    """Durable sessions and vouchers; every method is one fsynced transaction."""
+
+    async def start_session(self, session: Session) -> None: ...
+
+    async def end_session(self, mac: str, now: int, reason: str) -> Session | None: ...
+
+    async def active_session(self, mac: str, now: int) -> Session | None: ...
+
+    async def active_sessions(self, now: int) -> list[Session]: ...
+
+    async def count_active(self, now: int) -> int: ...
+
+    async def ip_taken(self, ip: str, mac: str, now: int) -> bool: ...
+
+    async def change_plan(self, mac: str, plan: str | None, now: int) -> Session | None: ...
+
+    async def expire_sessions(self, now: int) -> list[Session]: ...
+
+    async def prune_ended(self, before: int) -> int: ...
+
+    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> None: ...
+
+    async def vouchers(self, batch: str | None = None) -> list[Voucher]: ...
+
+    async def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
+        """Revoke a voucher and end its sessions; return the voucher and the ended sessions."""
+        ...
+
+    async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher: ...
+
+    async def close(self) -> None: ...
