@@ -66,6 +66,7 @@ TABLE: dict[type[BaseException], Mapping] = {
 }
 
 _INTERNAL = Mapping(500, INTERNAL)
+KIND_OF_STATUS = {400: INVALID, 404: NOT_FOUND, 409: CONFLICT, 422: REFUSED, 503: UNAVAILABLE}
 
 
 def mapping_for(exc_type: type[BaseException]) -> Mapping:
@@ -83,8 +84,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return 500, {"error": f"internal error ({type(exc).__name__}); see the daemon log",
                      "kind": INTERNAL}
     status, kind = mapping_for(type(exc))
-    if isinstance(exc, E.ControlError):
-        status, kind = exc.status, exc.kind or kind
+    if isinstance(exc, E.ControlError):  # old code raising ControlError(message, status)
+        status, kind = exc.status, exc.kind or KIND_OF_STATUS.get(exc.status, INTERNAL)
     body: dict[str, Any] = {"error": str(exc) or type(exc).__name__, "kind": kind}
     for key in ("field", "reason", "step"):
         value = getattr(exc, key, None)
@@ -96,5 +97,5 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     return status, body
 
 
-__all__ = ["CONFLICT", "INTERNAL", "INVALID", "KINDS", "NOT_FOUND", "REFUSED", "TABLE",
+__all__ = ["CONFLICT", "INTERNAL", "INVALID", "KINDS", "KIND_OF_STATUS", "NOT_FOUND", "REFUSED", "TABLE",
            "UNAVAILABLE", "Mapping", "error_body", "mapping_for"]

@@ -102,6 +102,12 @@ def test_request_invalid_lists_every_problem_and_names_first_field() -> None:
     assert [p.split(":")[0] for p in body["problems"]] == ["field mac", "field plan"]
 
 
+@pytest.mark.parametrize(("status", "kind"), [(400, "invalid"), (404, "not_found"),
+                                               (409, "conflict"), (500, "internal")])
+def test_old_style_control_error_gets_a_kind_from_its_status(status: int, kind: str) -> None:
+    assert error_body(E.ControlError("x", status)) == (status, {"error": "x", "kind": kind})
+
+
 class Boom(Exception):
     pass
 
