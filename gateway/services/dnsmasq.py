@@ -161,17 +161,19 @@ class Dnsmasq:
         The running child is not restarted: the caller restarts it on True.
         """
         text = self.render(cfg)
-        if await asyncio.to_thread(self._current) == text:
+        binary = cfg.programs.dnsmasq
+        if await asyncio.to_thread(self._current) == text and binary == self.binary:
             return False
         new = await asyncio.to_thread(self._write_new, text)
         try:
             if self.check_config:
-                await self._test(new)
+                await self._test(new, binary)
             await asyncio.to_thread(os.replace, new, self.conf_path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(new)
             raise
+        self.binary = binary  # programs.dnsmasq is part of the config too
         return True
 
     def write_config(self, text: str) -> bool:
@@ -201,24 +203,25 @@ class Dnsmasq:
             ) from exc
         return str(tmp)
 
-    async def _test(self, conf: str) -> None:
+    async def _test(self, conf: str, binary: str) -> None:
         """``dnsmasq --test`` on ``conf``: a syntax and option check, no sockets opened."""
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.binary, "--test", f"--conf-file={conf}", stdin=asyncio.subprocess.DEVNULL,
+                binary, "--test", f"--conf-file={conf}", stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             )
         except OSError as exc:
-            raise ServiceError(f"cannot run dnsmasq ({self.binary}): {exc}") from exc
+            raise ServiceError(f"cannot run dnsmasq ({binary}): {exc}") from exc
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), 10)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise ServiceError(f"{self.binary} --test did not answer in 10 s") from None
+            raise ServiceError(f"{binary} --test did not answer in 10 s") from None
         if proc.returncode != 0:
             raise ServiceError(
-                f"dnsmasq refused the new config: {out.decode(errors='replace').strip()[:500]}"
+                f"dnsmasq ({binary}) refused the new config (exit code {proc.returncode}): "
+                f"{out.decode(errors='replace').strip()[:500] or 'no message'}"
             )
 
     async def start(self) -> None:
