@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.daemon.sessions import idle_sessions, new_session, stale_kernel_entries
+from gateway.core.session_rules import idle_sessions, new_session, stale_kernel_entries
 from gateway.model import Session, Voucher
 from tests.unit.conftest import make_config
 
