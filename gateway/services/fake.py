@@ -2,7 +2,7 @@
 
 ``configure`` renders the real dnsmasq.conf text (the pure
 :func:`render_dnsmasq_conf`) and reports a change exactly when the real
-supervisor would rewrite its file, so "a reload that changes only the terms
+supervisor would rewrite its file (or change its binary), so "a reload that changes only the terms
 text leaves dnsmasq alone" can be tested without dnsmasq.
 ``refuse_next_start`` / ``refuse_next_configure`` make the next call raise
 ServiceError, like a dnsmasq that exits at once or rejects its config.
@@ -28,6 +28,7 @@ class FakeDhcpServer(FaultInjection):
         self.run_dir = run_dir
         self.configs: list[Config] = []  # every config that changed the file, in order
         self.text: str | None = None  # the "file" as written
+        self.binary: str | None = None  # programs.dnsmasq of the last config written
         self.starts = 0
         self.restart_count = 0
         self.stops = 0
@@ -60,9 +61,9 @@ class FakeDhcpServer(FaultInjection):
             self.refuse_next_configure = False
             raise ServiceError("dnsmasq refused the new config (fake)")
         text = render_dnsmasq_conf(cfg, self.state_dir, self.run_dir)
-        if text == self.text:
+        if text == self.text and cfg.programs.dnsmasq == self.binary:
             return False
-        self.text = text
+        self.text, self.binary = text, cfg.programs.dnsmasq
         self.configs.append(cfg)
         return True
 
