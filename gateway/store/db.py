@@ -34,57 +34,80 @@ class AsyncStore:
     # -- sessions ------------------------------------------------------------
 
     async def start_session(self, session: Session) -> None:
-        """Record a new active session, ending ("replaced") an earlier one of the MAC."""
+        """Record a new active session, ending ("replaced") an earlier one of the MAC.
+
+        Awaits the database worker.
+        """
         await self.worker.call(self.store.start_session, session)
 
     async def end_session(self, mac: str, now: int, reason: str) -> Session | None:
-        """End the MAC's open session (even one past its expiry); None if there was none."""
+        """End the MAC's open session (even one past its expiry); None if there was none.
+
+        Awaits the database worker.
+        """
         return await self.worker.call(self.store.end_session, mac, now, reason)
 
     async def active_session(self, mac: str, now: int) -> Session | None:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.active_session, mac, now)
 
     async def active_sessions(self, now: int) -> list[Session]:
-        """Open, unexpired sessions, oldest first."""
+        """Open, unexpired sessions, oldest first. Awaits the database worker."""
         return await self.worker.call(self.store.active_sessions, now)
 
     async def count_active(self, now: int) -> int:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.count_active, now)
 
     async def ip_taken(self, ip: str, mac: str, now: int) -> bool:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.ip_taken, ip, mac, now)
 
     async def change_plan(self, mac: str, plan: str | None, now: int) -> Session | None:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.change_plan, mac, plan, now)
 
     async def expire_sessions(self, now: int) -> list[Session]:
-        """End ("expired", at their expiry) sessions whose time ran out; return them."""
+        """End ("expired", at their expiry) sessions whose time ran out; return them.
+
+        Awaits the database worker.
+        """
         return await self.worker.call(self.store.expire_sessions, now)
 
     async def prune_ended(self, before: int) -> int:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.prune_ended, before)
 
     # -- vouchers --------------------------------------------------------------
 
     async def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
-        """All or none: a duplicate code raises StoreError and adds nothing."""
+        """All or none: a duplicate code raises StoreError and adds nothing. Awaits the database worker."""
         await self.worker.call(self.store.add_vouchers, list(vouchers))
 
     async def voucher(self, code: str) -> Voucher | None:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.voucher, code)
 
     async def vouchers(self, batch: str | None = None) -> list[Voucher]:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.vouchers, batch)
 
     async def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
-        """Revoke and end its sessions; return the voucher and the sessions ended."""
+        """Revoke and end its sessions; return the voucher and the sessions ended.
+
+        Awaits the database worker.
+        """
         return await self.worker.call(self.store.revoke_voucher, code, now)
 
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
-        """Bind ``mac`` (first use starts the clock) or raise VoucherError(reason)."""
+        """Bind ``mac`` (first use starts the clock) or raise VoucherError(reason).
+
+        Awaits the database worker.
+        """
         return await self.worker.call(self.store.redeem_voucher, code, mac, now)
 
     async def close(self) -> None:
+        """Awaits the database worker (one SQLite read or fsynced write)."""
         await self.worker.call(self.store.close)
 
 
