@@ -4,12 +4,8 @@ DHCP hook, and a teardown that leaves nothing behind (root, netns)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,19 +13,13 @@ from desanet_lab import LabInfo, LabSpec, client_ns, lab_dhcp, lab_down, lab_sta
 from desanet_lab import netns as nsa
 from desanet_lab import plan as p
 from gateway.errors import LabError
+from tests.integration.conftest import LabFactory, require_root, require_tools, unique_prefix
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, require_root,
+              require_tools("ip", "busybox", "curl", "/usr/sbin/dnsmasq")]
 
-_missing = [tool for tool in ("ip", "busybox", "curl") if shutil.which(tool) is None]
-if not Path("/usr/sbin/dnsmasq").exists():
-    _missing.append("/usr/sbin/dnsmasq")
-if os.geteuid() != 0:
-    pytest.skip("lab tests need root (network namespaces)", allow_module_level=True)
-if _missing:
-    pytest.skip(f"lab tests need {', '.join(_missing)}", allow_module_level=True)
-
-PREFIX = f"tl{os.getpid() % 10000}"
-LEFTOVER_PREFIX = f"tm{os.getpid() % 10000}"
+PREFIX = unique_prefix("tl")
+LEFTOVER_PREFIX = unique_prefix("tm")
 
 
 def _pids(prefix: str) -> list[int]:
@@ -47,12 +37,8 @@ def assert_gone(prefix: str, pids: list[int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[LabInfo]:
-    try:
-        info = lab_up(LabSpec(prefix=PREFIX, clients=2, start_gateway=False))
-        yield info
-    finally:
-        lab_down(PREFIX)
+def lab(make_lab: LabFactory) -> LabInfo:
+    return make_lab(LabSpec(prefix=PREFIX, clients=2, start_gateway=False))
 
 
 def _ip_json(ns: str, *args: str) -> list[dict[str, object]]:

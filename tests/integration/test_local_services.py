@@ -21,44 +21,40 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from desanet_lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
-from desanet_lab import netns as nsa
+from desanet_lab import LabInfo, LabSpec, run_in
 from desanet_lab import plan as p
-from tests.integration import _session_helpers as h
+from tests.integration.conftest import (
+    LAB_TOOLS,
+    Http,
+    LabFactory,
+    desanet,
+    desanet_json,
+    ensure_gateway,
+    gateway_pid,
+    http,
+    internet,
+    require_root,
+    require_tools,
+    start_gateway,
+    unique_prefix,
+    wait_exit,
+    wait_until,
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
 
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "local-services tests need root (network namespaces, nftables)"
-    missing = [t for t in ("ip", "busybox", "curl", "nft") if shutil.which(t) is None]
-    if not Path("/usr/sbin/dnsmasq").exists():
-        missing.append("/usr/sbin/dnsmasq")
-    if missing:
-        return "local-services tests need " + ", ".join(missing)
-    return None
-
-
-_why = _why_not()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
-
-PREFIX = f"ls{os.getpid() % 1000}"
+PREFIX = unique_prefix("ls")
 SITE = "http://layanan.desa"
 SVC = f"{SITE}/dukcapil"
 ORIGIN = f"http://{p.DUKCAPIL_HOST}"
@@ -68,61 +64,18 @@ REF_RE = re.compile(r"DN-[0-9A-Z]{4}-[0-9A-Z]{4}")
 
 
 @pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest) -> LabInfo:
+def lab(make_lab: LabFactory) -> LabInfo:
     # A 50 MB object must fit the store's per-object limit (1/8 of the size).
-    spec = LabSpec(prefix=PREFIX, clients=1,
-                   extra={"local_services": {"cache_size": "1gb"}})
-    request.addfinalizer(lambda: lab_down(PREFIX))
-    return lab_up(spec)
+    return make_lab(LabSpec(prefix=PREFIX, clients=1,
+                            extra={"local_services": {"cache_size": "1gb"}}))
 
 
 # -- helpers ------------------------------------------------------------------------------
 
-
-@dataclass
-class Resp:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    seconds: float = 0.0
-    error: str = ""
-
-    @property
-    def text(self) -> str:
-        return self.body.decode(errors="replace")
-
-    @property
-    def cache_status(self) -> str:
-        return self.headers.get("cache-status", "")
-
-
 def fetch(ns: str, url: str, *, method: str = "GET", headers: tuple[str, ...] = (),
-          data: str | None = None, timeout: float = 10.0) -> Resp:
-    """One HTTP exchange by curl in namespace ``ns``; the body as bytes."""
-    argv = [nsa.IP, "netns", "exec", ns, "curl", "-sS", "-i", "--max-time", f"{timeout:g}"]
-    if method == "HEAD":
-        argv.append("-I")
-    elif method != "GET":
-        argv += ["-X", method]
-    for hdr in headers:
-        argv += ["-H", hdr]
-    if data is not None:
-        argv += ["--data", data]
-    argv.append(url)
-    started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, timeout=timeout + 5, check=False)
-    seconds = time.monotonic() - started
-    out = proc.stdout
-    if proc.returncode != 0 or not out.startswith(b"HTTP/"):
-        return Resp(0, error=(proc.stderr or out).decode(errors="replace").strip(),
-                    seconds=seconds)
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    hdrs: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        hdrs[name.strip().lower()] = value.strip()
-    return Resp(int(lines[0].split()[1]), hdrs, body, seconds)
+          data: str | None = None, timeout: float = 10.0) -> Http:
+    """One HTTP exchange by curl in namespace ``ns`` (``.raw``: the body as bytes)."""
+    return http(ns, url, method=method, headers=headers, data=data, timeout=timeout)
 
 
 def origin_stats(lab: LabInfo) -> dict[str, int]:
@@ -148,25 +101,12 @@ def submissions_with_ref(lab: LabInfo, ref: str) -> list[dict[str, Any]]:
 
 
 def services_json(lab: LabInfo) -> dict[str, Any]:
-    data: dict[str, Any] = h.cli_json(lab.control_socket, "services")
+    data: dict[str, Any] = desanet_json(lab.control_socket, "services")
     return data
 
 
 def c1(lab: LabInfo) -> str:
     return lab.client(1).name
-
-
-def gateway_pid(lab: LabInfo) -> int:
-    info = lab_status(lab.prefix)
-    assert info.gateway_running and info.gateway_pid, "the lab's gateway daemon is not running"
-    return info.gateway_pid
-
-
-def ensure_gateway(lab: LabInfo) -> int:
-    info = lab_status(lab.prefix)
-    if info.gateway_running and info.gateway_pid:
-        return info.gateway_pid
-    return services.start_gateway(p.plan_lab(LabSpec(prefix=lab.prefix)))
 
 
 def _link(lab: LabInfo, state: str) -> None:
@@ -178,7 +118,7 @@ def wan_up(lab: LabInfo) -> None:
     routes = run_in(lab.gw, ["ip", "-4", "route", "show", "default"]).stdout
     if "default" not in routes:
         run_in(lab.gw, ["ip", "route", "replace", "default", "via", WAN_GW], check=True)
-    h.wait_until(lambda: run_in(lab.gw, ["curl", "-s", "-o", "/dev/null", "--max-time", "2",
+    wait_until(lambda: run_in(lab.gw, ["curl", "-s", "-o", "/dev/null", "--max-time", "2",
                                          "-w", "%{http_code}", f"{ORIGIN}/_lab/stats"]
                                 ).stdout == "200",
                  15, "the origin to answer the gateway again")
@@ -198,7 +138,7 @@ def refs_in(text: str) -> list[str]:
     return REF_RE.findall(text)
 
 
-def kiriman(lab: LabInfo, ref: str) -> Resp:
+def kiriman(lab: LabInfo, ref: str) -> Http:
     return fetch(c1(lab), f"{SITE}/kiriman?ref={ref}")
 
 
@@ -220,7 +160,7 @@ def big_expected(size: int) -> tuple[int, str]:
 def test_catalog_before_login_via_gateway_dns(lab: LabInfo) -> None:
     ns = c1(lab)
     # c1 never logged in: the internet sends it to the portal ...
-    assert h.internet(ns).redirected_to_portal(), "c1 should not be logged in"
+    assert internet(ns).redirected_to_portal(), "c1 should not be logged in"
     # ... but layanan.desa resolves through the gateway's dnsmasq (DHCP gave c1 that resolver).
     resolv = (p.NETNS_ETC / ns / "resolv.conf").read_text()
     assert p.LAN_IP in resolv, f"c1 did not get the gateway as its resolver: {resolv!r}"
@@ -251,7 +191,7 @@ def test_second_request_is_a_hit(lab: LabInfo) -> None:
     assert "fwd=miss" in first.cache_status and "stored" in first.cache_status, first.headers
     assert origin_count(lab, "/slow") == before + 1
     second = fetch(ns, url)
-    assert second.status == 200 and second.body == first.body
+    assert second.status == 200 and second.raw == first.raw
     assert second.cache_status == "desanet; hit", second.headers
     assert origin_count(lab, "/slow") == before + 1, "the second request reached the origin"
 
@@ -267,7 +207,7 @@ def test_etag_revalidation_304(lab: LabInfo) -> None:
     for k in (2, 3):
         again = fetch(ns, f"{SVC}/etag")
         assert again.status == 200, again
-        assert again.body == first.body
+        assert again.raw == first.raw
         assert again.headers.get("etag") == etag
         # no-cache: every use asks the origin, which answers 304; the stored body is reused.
         assert "fwd-status=304" in again.cache_status, again.headers
@@ -275,7 +215,7 @@ def test_etag_revalidation_304(lab: LabInfo) -> None:
     # The client's own conditional request is answered 304 (after revalidation).
     cond = fetch(ns, f"{SVC}/etag", headers=(f"If-None-Match: {etag}",))
     assert cond.status == 304, cond
-    assert cond.body == b""
+    assert cond.raw == b""
 
 
 def test_vary_accept_language(lab: LabInfo) -> None:
@@ -285,10 +225,10 @@ def test_vary_accept_language(lab: LabInfo) -> None:
     idn = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
     assert (en.status, idn.status) == (200, 200)
     assert "Hello" in en.text and "Halo" in idn.text
-    assert en.body != idn.body
+    assert en.raw != idn.raw
     en2 = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: en",))
     id2 = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
-    assert en2.body == en.body and id2.body == idn.body
+    assert en2.raw == en.raw and id2.raw == idn.raw
     assert en2.cache_status == "desanet; hit" and id2.cache_status == "desanet; hit", (
         en2.headers, id2.headers)
     assert origin_count(lab, "/vary") == before + 2
@@ -329,15 +269,15 @@ def test_stale_while_revalidate(lab: LabInfo) -> None:
     time.sleep(1.6)  # max-age=1: now stale, within stale-while-revalidate=30
     second = fetch(ns, f"{SVC}/swr")
     assert second.status == 200, second
-    assert second.body == first.body, "the stale copy should be served at once"
+    assert second.raw == first.raw, "the stale copy should be served at once"
     assert "stale-while-revalidate" in second.cache_status, second.headers
     # ... and the origin is asked in the background.
-    h.wait_until(lambda: origin_count(lab, "/swr") == before + 2, 5, "the background refresh")
-    def refreshed() -> Resp | None:
+    wait_until(lambda: origin_count(lab, "/swr") == before + 2, 5, "the background refresh")
+    def refreshed() -> Http | None:
         r = fetch(ns, f"{SVC}/swr")
         return r if r.text == f"version {before + 2}\n" else None
 
-    third = h.wait_until(refreshed, 5, "the refreshed copy")
+    third = wait_until(refreshed, 5, "the refreshed copy")
     assert third is not None
     assert third.cache_status == "desanet; hit", third.headers
     assert origin_count(lab, "/swr") == before + 2
@@ -348,21 +288,21 @@ def test_head_and_ranges_from_stored_get(lab: LabInfo) -> None:
     url = f"{SVC}/big?mb=1"
     size = 1024 * 1024
     full = fetch(ns, url)
-    assert full.status == 200 and len(full.body) == size, (full.status, len(full.body))
+    assert full.status == 200 and len(full.raw) == size, (full.status, len(full.raw))
     count = origin_count(lab, "/big")
 
     head = fetch(ns, url, method="HEAD")
-    assert head.status == 200 and head.body == b"", head
+    assert head.status == 200 and head.raw == b"", head
     assert head.headers.get("content-length") == str(size)
     assert "hit" in head.cache_status, head.headers
 
     part = fetch(ns, url, headers=("Range: bytes=0-9",))
     assert part.status == 206, part
     assert part.headers.get("content-range") == f"bytes 0-9/{size}"
-    assert part.body == bytes(range(10))
+    assert part.raw == bytes(range(10))
 
     tail = fetch(ns, url, headers=("Range: bytes=-4",))
-    assert tail.status == 206 and tail.body == bytes([252, 253, 254, 255]), tail
+    assert tail.status == 206 and tail.raw == bytes([252, 253, 254, 255]), tail
 
     bad = fetch(ns, url, headers=(f"Range: bytes={size + 10}-",))
     assert bad.status == 416, bad
@@ -455,10 +395,10 @@ def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
         assert "Offline copy from" in en.text
 
         page = fetch(ns, f"{SVC}/")
-        assert page.status == 200 and page.body == cached.body, page
+        assert page.status == 200 and page.raw == cached.raw, page
         # A forced revalidation fails: the good copy stands in (offline_for = 1d) ...
         forced = fetch(ns, f"{SVC}/", headers=("Cache-Control: max-age=0",))
-        assert forced.status == 200 and forced.body == cached.body, forced
+        assert forced.status == 200 and forced.raw == cached.raw, forced
         assert "stale-if-error" in forced.cache_status, forced.headers
         # ... other cached pages still open ...
         vary = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: en",))
@@ -471,11 +411,11 @@ def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
 
     # Link back: the failed revalidations evicted nothing.
     after = fetch(ns, f"{SVC}/")
-    assert after.status == 200 and after.body == cached.body
+    assert after.status == 200 and after.raw == cached.raw
     assert after.cache_status == "desanet; hit", after.headers
     assert origin_count(lab, "/") == root_count, "the stored copy of / was refetched"
     nc_back = fetch(ns, f"{SVC}/etag")
-    assert nc_back.status == 200 and nc_back.body == etag_copy.body
+    assert nc_back.status == 200 and nc_back.raw == etag_copy.raw
     assert "fwd-status=304" in nc_back.cache_status, nc_back.headers
     assert origin_count(lab, "/etag") == etag_count + 1
 
@@ -494,14 +434,14 @@ def _post_offline(lab: LabInfo, name: str) -> str:
 
 
 def _delivered_once(lab: LabInfo, ref: str, name: str, timeout: float = 45.0) -> None:
-    subs = h.wait_until(lambda: submissions_with_ref(lab, ref), timeout,
+    subs = wait_until(lambda: submissions_with_ref(lab, ref), timeout,
                         f"the origin to receive {ref}", interval=0.5)
     time.sleep(1.0)  # room for a duplicate to show up
     subs = submissions_with_ref(lab, ref)
     assert len(subs) == 1, f"{ref} arrived {len(subs)} times: {subs}"
     assert subs[0]["repeats"] == 0, f"{ref} was sent again: {subs[0]}"
     assert subs[0]["body"] == f"nama={name}"
-    h.wait_until(lambda: "Sudah terkirim" in kiriman(lab, ref).text, 10,
+    wait_until(lambda: "Sudah terkirim" in kiriman(lab, ref).text, 10,
                  f"the status page of {ref} to say delivered")
 
 
@@ -522,13 +462,13 @@ def test_kill9_keeps_queue_and_cache(lab: LabInfo) -> None:
     pid = ensure_gateway(lab)
     with wan_down(lab):
         ref = _post_offline(lab, "Siti")
-        h.kill(pid, signal.SIGKILL)
-        h.wait_exit(pid, 5)
-        new_pid = services.start_gateway(p.plan_lab(LabSpec(prefix=lab.prefix)))
+        os.kill(pid, signal.SIGKILL)
+        wait_exit(pid, 5)
+        new_pid = start_gateway(lab)
         assert new_pid != pid
         # Still offline, straight after the restart: the disk cache survived kill -9.
         again = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
-        assert again.status == 200 and again.body == page.body, again
+        assert again.status == 200 and again.raw == page.raw, again
         assert "hit" in again.cache_status, again.headers
         status = kiriman(lab, ref)
         assert status.status == 200 and "Sudah terkirim" not in status.text, status.text
@@ -558,5 +498,5 @@ def test_metrics_through_the_cli(lab: LabInfo) -> None:
     assert svc["state"] == "online" and svc["requests"] >= 1
     outbox = services_json(lab)["outbox"]
     assert outbox.get("delivered", 0) >= 1 and outbox.get("queued", 0) == 0, outbox
-    text = h.cli(lab.control_socket, "services")
+    text = desanet(lab.control_socket, "services")
     assert text.returncode == 0 and "hit ratio" in text.stdout and "dukcapil" in text.stdout

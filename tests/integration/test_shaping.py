@@ -14,37 +14,35 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from desanet_lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from desanet_lab import LabInfo, LabSpec, lab_status, run_in
 from desanet_lab import plan as p
+from tests.integration.conftest import (
+    LAB_TOOLS,
+    LabFactory,
+    desanet,
+    desanet_json,
+    desanet_ok,
+    in_namespace,
+    require_root,
+    require_tools,
+    start_gateway,
+    unique_prefix,
+    wait_exit,
+    wait_until,
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "tc", "iperf3")]
 
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "shaping tests need root (network namespaces, tc, nftables)"
-    missing = [t for t in ("ip", "tc", "nft", "busybox", "curl", "iperf3") if shutil.which(t) is None]
-    if missing:
-        return "shaping tests need " + ", ".join(missing) + " (apt-get install iperf3 iproute2 ...)"
-    return None
-
-
-if _why_not():
-    pytest.skip(_why_not() or "", allow_module_level=True)
-
-PREFIX = f"sp{os.getpid() % 1000}"
+PREFIX = unique_prefix("sp")
 M = 1_000_000
 UPLINK_DOWN, UPLINK_UP = 20 * M, 10 * M
 SHAPING: dict[str, Any] = {
@@ -66,7 +64,6 @@ INTERNET = p.INTERNET_V4
 GARDEN = p.GOVERNMENT_V4
 PORTS = (5201, 5202, 5203)
 GARDEN_PORT = 5209
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -76,31 +73,12 @@ def ns(k: int | str) -> str:
     return f"{PREFIX}-{'c' + str(k) if isinstance(k, int) else k}"
 
 
-def desanet_run(lab: LabInfo, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    exe = ROOT / ".venv" / "bin" / "desanet"
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "gateway"]
-    return subprocess.run([*argv, "--socket", lab.control_socket, *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-def desanet(lab: LabInfo, *args: str, timeout: float = 20.0) -> str:
-    proc = desanet_run(lab, *args, timeout=timeout)
-    assert proc.returncode == 0, f"`desanet {' '.join(args)}` exited {proc.returncode}: {proc.stderr}"
-    return proc.stdout
-
-
-def desanet_json(lab: LabInfo, *args: str) -> Any:
-    return json.loads(desanet(lab, *args, "--json"))
-
-
 def set_plan(lab: LabInfo, k: int, plan: str) -> None:
-    desanet(lab, "clients", "plan", p.client_mac(k), plan)
+    desanet_ok(lab.control_socket, "clients", "plan", p.client_mac(k), plan)
 
 
 def gw(*argv: str) -> str:
-    proc = run_in(ns("gw"), list(argv), timeout=10)
-    assert proc.returncode == 0, f"{' '.join(argv)} in {ns('gw')}: {proc.stderr}"
-    return proc.stdout
+    return in_namespace(ns("gw"), *argv)
 
 
 def classes(dev: str) -> list[str]:
@@ -172,10 +150,8 @@ def _start_iperf_servers(lab: LabInfo) -> list[Path]:
                                   "-I", str(pidfile)], timeout=10)
         assert proc.returncode == 0, f"iperf3 server :{port}: {proc.stderr}"
         pidfiles.append(pidfile)
-    deadline = time.monotonic() + 5
-    while not all(f.exists() and f.read_text().strip() for f in pidfiles):
-        assert time.monotonic() < deadline, "iperf3 servers did not write their pid files"
-        time.sleep(0.05)
+    wait_until(lambda: all(f.exists() and f.read_text().strip() for f in pidfiles), 5,
+               "the iperf3 servers to write their pid files", interval=0.05)
     return pidfiles
 
 
@@ -186,20 +162,19 @@ def _stop_iperf_servers(pidfiles: list[Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[LabInfo]:
+def lab(make_lab: LabFactory) -> Any:
     started = time.monotonic()
     pidfiles: list[Path] = []
     try:
-        info = lab_up(LabSpec(prefix=PREFIX, clients=5, extra={"shaping": SHAPING}))
+        info = make_lab(LabSpec(prefix=PREFIX, clients=5, extra={"shaping": SHAPING}))
         assert all(c.ipv4 for c in info.clients), f"DHCP failed: {info.clients}"
         for k in AUTHORIZED:
-            desanet(info, "clients", "auth", p.client_mac(k))
+            desanet_ok(info.control_socket, "clients", "auth", p.client_mac(k))
         pidfiles = _start_iperf_servers(info)
         record("lab up", f"{time.monotonic() - started:.1f} s")
         yield info
     finally:
-        _stop_iperf_servers(pidfiles)
-        lab_down(PREFIX)
+        _stop_iperf_servers(pidfiles)  # the lab itself goes down with make_lab
         for name, text in FIGURES.items():
             print(f"[shaping] {name}: {text}")
 
@@ -278,7 +253,7 @@ def test_deauth_removes_the_class_and_the_map_entry(lab: LabInfo) -> None:
         assert cid in classes(dev), f"{cid} missing on {dev} before deauth"
     assert f"{ip} : {cid}" in _map_text()
     t0 = time.monotonic()
-    proc = desanet_run(lab, "clients", "deauth", p.client_mac(4))
+    proc = desanet(lab.control_socket, "clients", "deauth", p.client_mac(4))
     elapsed = time.monotonic() - t0
     problems = []
     if proc.returncode != 0:
@@ -320,18 +295,22 @@ def _restart_daemon(lab: LabInfo) -> float:
     assert pid, "the lab daemon is not running"
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while Path(f"/proc/{pid}").exists():
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when the lab started it from this process
-        assert time.monotonic() < deadline, "the daemon did not exit on SIGTERM"
-        time.sleep(0.05)
-    services.start_gateway(p.plan_lab(LabSpec(prefix=PREFIX)))
+    wait_exit(pid, 15)  # reaps it when the lab started it from this process
+    start_gateway(lab)
     return time.monotonic() - t0
 
 
+def _wait_flowing(cid: str, since: int, what: str, grown: int = 250_000) -> int:
+    """Wait until class ``cid`` on the LAN device counted ``grown`` bytes more than ``since``."""
+    def grew() -> int:
+        n = class_bytes(p.LAN_INTERFACE, cid)
+        return n if n >= since + grown else 0
+
+    return wait_until(grew, 10, what, interval=0.05)
+
+
 def _active_clients(lab: LabInfo) -> list[int]:
-    rows = desanet_json(lab, "clients")["clients"]
+    rows = desanet_json(lab.control_socket, "clients")["clients"]
     macs = {c["mac"] for c in rows if c.get("authorized")}
     return [k for k in range(1, len(lab.clients) + 1) if p.client_mac(k) in macs]
 
@@ -349,7 +328,7 @@ def test_restart_reconciles_without_duplicates_or_unshaped_moments(lab: LabInfo)
 
     watcher = RootWatcher()
     flow = Flow(1, PORTS[0], True, seconds=8, omit=0)  # runs across the restart
-    time.sleep(1.5)
+    _wait_flowing(cid, bytes_before, "c1's download to flow before the restart")
     watcher.start()
     try:
         took = _restart_daemon(lab)
@@ -369,7 +348,7 @@ def test_restart_reconciles_without_duplicates_or_unshaped_moments(lab: LabInfo)
     assert min(intervals[1:]) > 0.5 * RATES["capped"][0], f"traffic stalled: {intervals}"
     grew = class_bytes(p.LAN_INTERFACE, cid) - bytes_before
     assert grew >= 0.8 * RATES["capped"][0] / 8 * 6, f"class {cid} counted only {grew} bytes"
-    status = desanet_json(lab, "status")
+    status = desanet_json(lab.control_socket, "status")
     assert status["ready"] and status["sessions_active"] == len(active)
     record("daemon restart (SIGTERM -> ready)",
            f"{took:.1f} s, {watcher.samples} root checks on each device, none missing; "
@@ -394,7 +373,8 @@ def test_plan_change_keeps_the_connection_and_changes_the_rate(lab: LabInfo) -> 
     early, late = intervals[1:3], intervals[-3:]
     assert all(0.85 * 4 * M <= x <= 1.15 * 4 * M for x in early), f"before the change: {intervals}"
     assert all(0.85 * 8 * M <= x <= 1.15 * 8 * M for x in late), f"after the change: {intervals}"
-    row = next(c for c in desanet_json(lab, "clients")["clients"] if c["mac"] == p.client_mac(1))
+    rows = desanet_json(lab.control_socket, "clients")["clients"]
+    row = next(c for c in rows if c["mac"] == p.client_mac(1))
     assert row["plan"] == "capped8"
     assert (row["shaping"]["down"]["rate"], row["shaping"]["down"]["ceil"]) == (8 * M, 8 * M)
     assert (row["shaping"]["up"]["rate"], row["shaping"]["up"]["ceil"]) == (3 * M, 3 * M)
@@ -405,7 +385,7 @@ def test_plan_change_keeps_the_connection_and_changes_the_rate(lab: LabInfo) -> 
 
 
 def _client_row(lab: LabInfo, k: int) -> dict[str, Any]:
-    rows = desanet_json(lab, "clients")["clients"]
+    rows = desanet_json(lab.control_socket, "clients")["clients"]
     return next(c for c in rows if c["mac"] == p.client_mac(k))
 
 
@@ -420,19 +400,66 @@ def _kernel_leaf_kind() -> str:
     return "pfifo"
 
 
+def _sample_window(tree: dict[str, Any]) -> tuple[float, float] | None:
+    """(start, end) wall-clock of the counters behind the down rates, when the daemon says."""
+    down = tree.get("directions", {}).get("down", {})
+    at, interval = down.get("sampled_at"), down.get("interval")
+    if at is None or interval is None:
+        return None
+    return float(at) - float(interval), float(at)
+
+
+def _stats_while_flowing(lab: LabInfo, k: int, cid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``desanet shaping --json``, client k's ``shaping`` row), both read from counters
+    sampled while a download at the plan's rate was flowing.
+
+    With the reconcile loop's samples ("sampled_at"/"interval" per direction),
+    waits for a sample whose whole interval lies inside the flow; a daemon
+    without them samples on GET, so two reads with traffic in between.
+    """
+    sock = lab.control_socket
+    probe = desanet_json(sock, "shaping")
+    down = probe.get("directions", {}).get("down", {})
+    if "sampled_at" not in down:  # a daemon whose GET /v1/shaping takes the sample itself
+        flow = Flow(k, PORTS[1], True, seconds=4, omit=0)
+        flowing = _wait_flowing(cid, class_bytes(p.LAN_INTERFACE, cid), f"c{k}'s download to flow")
+        desanet_json(sock, "shaping")  # takes a sample
+        _wait_flowing(cid, flowing, "1 MB more of the download", grown=1_000_000)
+        tree: dict[str, Any] = desanet_json(sock, "shaping")  # rates: averages between the two
+        flow.result()
+        return tree, _client_row(lab, k)["shaping"]
+
+    # Long enough for two full sampling intervals inside the flow, after it ramps up.
+    interval = float(down.get("interval") or 5.0)
+    flow = Flow(k, PORTS[1], True, seconds=min(60, int(3 * interval) + 6), omit=0)
+    _wait_flowing(cid, class_bytes(p.LAN_INTERFACE, cid), f"c{k}'s download to flow past 1 MB",
+                  grown=1_100_000)
+    flowing_since = time.time()  # past slow start: the rate is steady from here on
+
+    def sample_inside_flow() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        assert flow.proc.poll() is None, "the download ended before a sample covered it"
+        tree = desanet_json(sock, "shaping")
+        window = _sample_window(tree)
+        if window is None or window[0] < flowing_since:
+            return None
+        row = _client_row(lab, k)["shaping"]
+        if _sample_window(desanet_json(sock, "shaping")) != window:
+            return None  # a new sample came between the two reads: read both again
+        return tree, row
+
+    got = wait_until(sample_inside_flow, 3 * interval + 10,
+                     "a shaping sample taken entirely while the download was flowing", interval=0.2)
+    flow.result()
+    return got
+
+
 def test_stats_in_clients_and_shaping_json(lab: LabInfo) -> None:
     set_plan(lab, 2, "capped")
     cid = client_cid(lab, 2)
     before = _client_row(lab, 2)["shaping"]
     assert before["class"] == cid and before["plan"] == "capped"
     bytes0 = (before["down"]["stats"] or {}).get("bytes", 0)
-    flow = Flow(2, PORTS[1], True, seconds=4, omit=0)
-    time.sleep(1.5)
-    desanet_json(lab, "shaping")  # takes a sample
-    time.sleep(1.5)
-    tree = desanet_json(lab, "shaping")  # a second sample: rates are averages between the two
-    flow.result()
-    row = _client_row(lab, 2)["shaping"]
+    tree, row = _stats_while_flowing(lab, 2, cid)
     stats = row["down"]["stats"]
     assert stats is not None, f"no stats for {cid}: {row}"
     assert stats["bytes"] > bytes0 + 1_000_000, f"bytes did not grow: {bytes0} -> {stats}"
@@ -447,7 +474,7 @@ def test_stats_in_clients_and_shaping_json(lab: LabInfo) -> None:
     record("stats", f"{cid} down {stats['bytes']} bytes, rate_bps {mbit(stats['rate_bps'])} "
            f"(plan 4 Mbit/s)")
 
-    leaf = desanet_json(lab, "status")["shaping"]["leaf_qdisc"]
+    leaf = desanet_json(lab.control_socket, "status")["shaping"]["leaf_qdisc"]
     assert leaf in ("fq_codel", "cake", "pfifo")
     assert leaf == _kernel_leaf_kind(), f"status says {leaf}, the kernel accepts {_kernel_leaf_kind()}"
     qdiscs = gw("tc", "qdisc", "show", "dev", p.LAN_INTERFACE)

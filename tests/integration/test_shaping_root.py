@@ -5,20 +5,16 @@ Real tc (through pyroute2) in a scratch network namespace.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and tc"),
-    pytest.mark.skipif(shutil.which("tc") is None, reason="needs iproute2's tc"),
-]
+from tests.integration.conftest import require_root, require_tools, unique_prefix
 
-NS = f"shr{os.getpid() % 10000}"
+pytestmark = [pytest.mark.integration, require_root, require_tools("ip", "tc")]
+
+NS = unique_prefix("shr")  # a scratch namespace, not a lab
 
 RECONCILE = """
 from gateway.shaping.tc import Shaper
