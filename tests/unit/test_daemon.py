@@ -1,165 +1,34 @@
-"""Daemon life-cycle rules with recording fakes for the kernel side (no root).
+"""The daemon's own parts, without root: what it hosts (DaemonServers), the control
+socket's directory, the exit-stack teardown, start-up recovery of a config trial.
 
-The Gateway is built without __init__ so that no netlink or nftables handle
-is opened; the store is the real SQLite one.
+The session and sweep rules the old ``Gateway`` tests covered live in the core
+now (tests/unit/test_core_sessions.py, test_core_reconcile.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
+import stat
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway.config import Config
-from gateway.daemon import gateway as gwmod
-from gateway.daemon.gateway import Gateway, prepare_socket_dir
-from gateway.errors import ControlError, ServiceError
-from gateway.model import Session
-from gateway.store import Store
+from gateway.config.pending import TrialRecord, TrialStore
+from gateway.core.events import UplinkChanged
+from gateway.core.reconcile import Reconciler
+from gateway.daemon import main as daemon_main
+from gateway.daemon.main import Daemon, _on_close, _task_on_stack
+from gateway.daemon.servers import DaemonServers, prepare_socket_dir
+from gateway.errors import ApplyFailed, ServiceError
 from tests.unit.conftest import make_config
-
-NOW = 1_700_000_000
-A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
-IP = "10.42.0.101"
-
-
-class FakeFirewall:
-    def __init__(self) -> None:
-        self.revoked: list[tuple[str, str, str | None]] = []
-        self.authorized: dict[tuple[str, str], int] = {}
-        self.active: dict[tuple[str, str], int] = {}
-        self.applied: list[Config] = []
-
-    def revoke(self, mac: str, ip: str, class_text: str | None = None) -> None:
-        self.revoked.append((mac, ip, class_text))
-
-    def authorized_clients(self) -> dict[tuple[str, str], int]:
-        return self.authorized
-
-    def active_clients(self) -> dict[tuple[str, str], int]:
-        return self.active
-
-    def apply(self, cfg: Config, sessions: Any, now: int, carry_garden: bool = True) -> None:
-        self.applied.append(cfg)
-
-
-class FakeShaping:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.removed: list[Session] = []
-
-    def class_text(self, session: Session) -> str | None:
-        return self.ip_class_text(session.ip)
-
-    def ip_class_text(self, ip: str) -> str | None:
-        return "1:165" if self.gw.cfg.shaping.enabled else None
-
-    async def remove(self, session: Session) -> None:
-        self.removed.append(session)
-
-    async def reconcile(self, sessions: Any, previous: Config | None = None) -> int:
-        return 0
-
-    async def sample(self) -> None:
-        pass
-
-
-class FakeNetlink:
-    async def call(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)
-
-
-class FakeNeighbours:
-    def mac_of(self, ip: str) -> str | None:
-        return None
-
-
-class FakeDnsmasq:
-    def write_config(self, text: str) -> bool:
-        return False
-
-
-def make_gateway(tmp_path: Path, cfg: Config) -> Gateway:
-    gw = object.__new__(Gateway)
-    gw.cfg = cfg
-    gw.config_path = None
-    gw.state_dir = tmp_path
-    gw.run_dir = tmp_path
-    gw.store = Store(tmp_path / "db")
-    gw.firewall = FakeFirewall()  # type: ignore[assignment]
-    gw.shaping = FakeShaping(gw)  # type: ignore[assignment]
-    gw.dnsmasq = FakeDnsmasq()  # type: ignore[assignment]
-    gw.netlink = FakeNetlink()  # type: ignore[assignment]
-    gw.neighbours = FakeNeighbours()  # type: ignore[assignment]
-    gw.local = None
-    gw._portal_runner = None
-    gw._lock = asyncio.Lock()
-    gw.now = lambda: NOW  # type: ignore[method-assign]
-    return gw
-
-
-def session(mac: str, ip: str = IP, started: int = NOW - 100) -> Session:
-    return Session(mac, ip, started, NOW + 3600, 1800, "terms")
-
-
-@pytest.fixture
-def shaped(tmp_path: Path) -> Gateway:
-    return make_gateway(tmp_path, make_config(shaping={"enabled": True}))
-
-
-async def test_ending_old_session_keeps_class_of_new_holder_of_the_address(
-    shaped: Gateway,
-) -> None:
-    # Phone A's lease moved to phone B, who logged in; A's session ends later.
-    shaped.store.start_session(session(A))
-    shaped.store.start_session(session(B))
-    ended = await shaped.deauthorize(A, "deauth")
-    assert ended is not None
-    fw: FakeFirewall = shaped.firewall  # type: ignore[assignment]
-    sh: FakeShaping = shaped.shaping  # type: ignore[assignment]
-    assert fw.revoked == [(A, IP, None)]  # auth4/active4 only, B's map entry stays
-    assert sh.removed == []  # B's HTB class stays
-
-    await shaped.deauthorize(B, "deauth")
-    assert fw.revoked[-1] == (B, IP, "1:165")
-    assert [s.mac for s in sh.removed] == [B]
-
-
-async def test_sweep_stale_entry_keeps_map_entry_of_live_address(shaped: Gateway) -> None:
-    shaped.store.start_session(session(B))
-    fw: FakeFirewall = shaped.firewall  # type: ignore[assignment]
-    fw.authorized = {(A, IP): 100, (B, IP): 100, (A, "10.42.0.102"): 100}
-    fw.active = {(B, IP): 100}
-    await shaped.sweep()
-    assert sorted(fw.revoked) == [(A, IP, None), (A, "10.42.0.102", "1:165")]
-
-
-async def test_sweep_loop_survives_unexpected_errors(
-    shaped: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = 0
-
-    async def flaky() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("a bug")
-
-    monkeypatch.setattr(gwmod, "SWEEP_INTERVAL", 0.001)
-    monkeypatch.setattr(shaped, "sweep", flaky)
-    task = asyncio.create_task(shaped._sweep_loop())
-    for _ in range(200):
-        await asyncio.sleep(0.005)
-        if calls >= 3:
-            break
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert calls >= 3
+from tests.unit.corekit import Core, build_core, config_text, edited
 
 
 def _free_port() -> int:
@@ -176,25 +45,19 @@ def _loopback_config(http_port: int, redirect_port: int) -> Config:
     )
 
 
-async def test_reload_to_a_taken_portal_port_keeps_the_old_portal(tmp_path: Path) -> None:
-    old_cfg = _loopback_config(_free_port(), _free_port())
-    gw = make_gateway(tmp_path, old_cfg)
-    await gw._start_portal()
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    try:
-        new_cfg = _loopback_config(taken.getsockname()[1], _free_port())
-        with pytest.raises(ControlError, match=r"reload refused.*cannot listen"):
-            await gw.reload(new_cfg)
-        assert gw.cfg is old_cfg
-        url = f"http://127.0.0.1:{old_cfg.portal.http_port}/api/captive"
-        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
-        assert b"captive" in body
-    finally:
-        taken.close()
-        await gw._stop_portal()
-        gw.store.close()
+def _daemon_servers(core: Core) -> tuple[DaemonServers, Reconciler]:
+    servers = DaemonServers(core.holder.get, core.sessions, core.state_dir)
+    reconciler = Reconciler(core.holder, core.sessions, core.shaping, core.firewall, core.dhcp,
+                            servers, core.clock)
+    return servers, reconciler
+
+
+async def _captive(port: int) -> bytes:
+    url = f"http://127.0.0.1:{port}/api/captive"
+    return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+
+
+# -- what the daemon hosts ----------------------------------------------------------------
 
 
 async def test_start_portal_on_taken_port_is_service_error(tmp_path: Path) -> None:
@@ -202,11 +65,72 @@ async def test_start_portal_on_taken_port_is_service_error(tmp_path: Path) -> No
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     try:
-        gw = make_gateway(tmp_path, _loopback_config(taken.getsockname()[1], _free_port()))
+        cfg = _loopback_config(taken.getsockname()[1], _free_port())
+        core = build_core(tmp_path, cfg)
+        servers, _ = _daemon_servers(core)
         with pytest.raises(ServiceError, match=r"portal\.http_port"):
-            await gw._start_portal()
+            await servers.sync_portal(cfg, None)
     finally:
         taken.close()
+
+
+async def test_portal_is_kept_across_changes_that_do_not_move_it(tmp_path: Path) -> None:
+    cfg = _loopback_config(_free_port(), _free_port())
+    core = build_core(tmp_path, cfg)
+    servers, reconciler = _daemon_servers(core)
+    await servers.sync_portal(cfg, None)
+    try:
+        runner = servers._portal
+        new = core.config.parse(edited(config_text(cfg), portal={
+            "terms_id": "Aturan baru.", "voucher_attempts_per_minute": 9}))
+        steps = await reconciler.converge(new, cfg)
+        assert "portal" not in steps
+        assert servers._portal is runner  # villagers' connections are not dropped
+        assert servers._limiter is not None and servers._limiter.limit == 9
+        assert b"captive" in await _captive(cfg.portal.http_port)
+    finally:
+        await servers.stop_portal()
+
+
+@pytest.mark.xfail(strict=True, reason="DaemonServers.sync_portal stops the old portal before "
+                   "binding the new one, and run_steps never undoes the step that failed: after "
+                   "a refused reload the portal is down (bug reported to the lead)")
+async def test_reload_to_a_taken_portal_port_keeps_the_old_portal(tmp_path: Path) -> None:
+    old_cfg = _loopback_config(_free_port(), _free_port())
+    core = build_core(tmp_path, old_cfg)
+    servers, reconciler = _daemon_servers(core)
+    await servers.sync_portal(old_cfg, None)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        new_cfg = _loopback_config(taken.getsockname()[1], _free_port())
+        with pytest.raises(ApplyFailed, match=r"step portal failed.*cannot listen"):
+            await reconciler.converge(new_cfg, core.cfg)
+        assert core.holder.current.portal == old_cfg.portal
+        assert b"captive" in await _captive(old_cfg.portal.http_port)
+    finally:
+        taken.close()
+        await servers.stop_portal()
+
+
+async def test_control_socket_is_root_only_and_answers(tmp_path: Path) -> None:
+    core = build_core(tmp_path)
+    servers, _ = _daemon_servers(core)
+    sock = tmp_path / "run" / "control.sock"
+    sock.parent.mkdir(mode=0o755)
+    sock.write_text("stale")  # a socket file left by a killed daemon is replaced
+    await servers.start_control(core.control_app(), str(sock))
+    try:
+        st = os.stat(sock)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s, \
+                s.get("http://desanet/v1/config") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["version"] == core.config.version
+    finally:
+        await servers.stop_control()
+        await servers.stop_control()  # twice is harmless
 
 
 def test_socket_dir_writable_by_others_is_refused(tmp_path: Path) -> None:
@@ -228,3 +152,97 @@ def test_socket_dir_symlink_is_refused(tmp_path: Path) -> None:
 def test_socket_dir_is_created_root_only_writable(tmp_path: Path) -> None:
     prepare_socket_dir(tmp_path / "run" / "desanet" / "control.sock")
     assert (tmp_path / "run" / "desanet").stat().st_mode & 0o022 == 0
+
+
+# -- teardown on the exit stack ---------------------------------------------------------------
+
+
+async def test_teardown_completes_in_reverse_when_one_close_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+
+    def closer(name: str, error: Exception | None = None) -> Callable[[], Awaitable[None]]:
+        async def close() -> None:
+            closed.append(name)
+            if error is not None:
+                raise error
+        return close
+
+    async with contextlib.AsyncExitStack() as stack:
+        _on_close(stack, "store", closer("store"))
+        _on_close(stack, "dnsmasq", closer("dnsmasq", ServiceError("dnsmasq would not die")))
+        _on_close(stack, "portal", closer("portal", RuntimeError("a bug")))
+        _on_close(stack, "control socket", closer("control socket"))
+    assert closed == ["control socket", "portal", "dnsmasq", "store"]
+    assert "stopping portal failed" in caplog.text
+    assert "stopping dnsmasq failed" in caplog.text
+
+
+async def test_teardown_runs_when_start_fails_halfway() -> None:
+    closed: list[str] = []
+
+    async def close() -> None:
+        closed.append("store")
+
+    with pytest.raises(ServiceError):
+        async with contextlib.AsyncExitStack() as stack:
+            _on_close(stack, "store", close)
+            raise ServiceError("the portal cannot listen")
+    assert closed == ["store"]
+
+
+async def test_background_tasks_are_cancelled_on_the_stack() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    async with contextlib.AsyncExitStack() as stack:
+        task = asyncio.create_task(forever())
+        _task_on_stack(stack, task)
+        await started.wait()
+    assert task.cancelled()
+
+
+# -- start-up --------------------------------------------------------------------------------
+
+
+async def test_start_finds_a_pending_trial_and_restores_the_previous_file(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    previous = config_text(make_config(store={"state_dir": str(state_dir)}))
+    trial_text = edited(previous, portal={"terms_id": "Trial."})
+    path = tmp_path / "gateway.toml"
+    path.write_text(trial_text)
+    record = TrialRecord(1_700_000_000, 1_700_000_300, previous, "a" * 12, "b" * 12, "budi")
+    TrialStore(state_dir).save(record)
+
+    cfg, text, recovered = await Daemon(str(path))._load_config()
+    assert recovered == record
+    assert text == previous and path.read_text() == previous
+    assert cfg.portal.terms_id == make_config().portal.terms_id
+    assert TrialStore(state_dir).load() is None
+
+    cfg, text, recovered = await Daemon(str(path))._load_config()  # next start: nothing to do
+    assert recovered is None and text == previous
+
+
+async def test_uplink_watch_publishes_changes_only(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    core = build_core(tmp_path)
+    states = iter([True, True, False, False, True])
+    monkeypatch.setattr(daemon_main, "uplink_is_up", lambda _dev: next(states))
+    watch = Daemon._uplink_watch(core.holder, core.bus)
+    for _ in range(5):
+        await watch()
+    assert [s.event for s in core.events()] == [UplinkChanged(False), UplinkChanged(True)]
+
+
+async def test_uplink_down_at_start_is_published(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    core = build_core(tmp_path)
+    monkeypatch.setattr(daemon_main, "uplink_is_up", lambda _dev: False)
+    await Daemon._uplink_watch(core.holder, core.bus)()
+    assert [s.event for s in core.events()] == [UplinkChanged(False)]
