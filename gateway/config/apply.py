@@ -45,8 +45,11 @@ async def run_steps(steps: Sequence[Step]) -> list[str]:
         try:
             await step.do()
         except Exception as exc:
-            log.error("config step %s failed: %s; undoing %d step(s)", step.name, exc, len(done))
-            await undo_steps(done)
+            # The failed step is undone too: it may have done half of its work
+            # (dnsmasq's new file written, its restart refused). Undos cope with that.
+            log.error("config step %s failed: %s; undoing it and %d step(s) before it",
+                      step.name, exc, len(done))
+            await undo_steps([*done, step])
             if isinstance(exc, DesanetError):
                 raise ApplyFailed(step.name, str(exc)) from exc
             raise

@@ -45,7 +45,7 @@ from gateway.errors import ApplyFailed, Conflict, DesanetError, Invalid, Refused
 
 log = logging.getLogger("desanet.config")
 
-MIN_CONFIRM = 30
+MIN_CONFIRM = 5
 MAX_CONFIRM = 24 * 3600
 
 
@@ -57,8 +57,8 @@ def changes_between(old: Config, new: Config) -> list[dict[str, Any]]:
     """What differs, one entry per dotted field path: {"path", "old", "new"}."""
     changes = config_changes(old.model_dump(mode="json"), new.model_dump(mode="json"))
     lines = format_changes(changes)
-    return [{"path": c.path, "old": c.old, "new": c.new, "text": line}
-            for c, line in zip(changes, lines, strict=True)]
+    # to_json hides secret values ("(secret)"): answers and events never carry them.
+    return [{**c.to_json(), "text": line} for c, line in zip(changes, lines, strict=True)]
 
 
 def change_lines(changes: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -86,6 +86,7 @@ class ConfigService:
         self.trial: TrialRecord | None = None
         self.trial_state: ConfigTrialState = "none"
         self._trial_connection: object | None = None
+        self._trial_due: float | None = None
         self.last_refusal: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
 
@@ -135,13 +136,13 @@ class ConfigService:
             path = self._path()
             old, old_text = self.current, self.text or ""
             record = None
+            # The replaced text is kept for a later `config rollback`, trial or not.
+            await asyncio.to_thread(self.trials.save_previous, old_text)
             if confirm is not None:
                 now = self.clock.now()
                 record = TrialRecord(now, now + confirm, old_text, version_of(old),
                                      version_of(new), by)
                 await asyncio.to_thread(self.trials.save, record)
-            else:
-                await asyncio.to_thread(self.trials.save_previous, old_text)
             await asyncio.to_thread(write_config_atomic, path, text)
             try:
                 await self.reconciler.converge(new, old)
@@ -154,6 +155,9 @@ class ConfigService:
             self.text = text
             self.trial, self.trial_state = record, next_state
             self._trial_connection = connection if record is not None else None
+            # In-process the window runs on the monotonic clock (an NTP jump at boot
+            # cannot end it early); the record's wall-clock deadline is for restarts.
+            self._trial_due = self.clock.monotonic() + confirm if confirm is not None else None
             changes = changes_between(old, new)
             result = ApplyResult(version_of(new), version_of(old), changes, record)
         log.info("config %s applied by %s (%s)%s", result.version, by or "?", source,
@@ -174,6 +178,7 @@ class ConfigService:
             await asyncio.to_thread(self.trials.clear)
             record = self.trial
             self.trial, self.trial_state, self._trial_connection = None, next_state, None
+            self._trial_due = None
         version = record.version if record else self.version
         log.info("config %s confirmed by %s", version, by or "?")
         self.bus.publish(ConfigConfirmed(version, ChangeSource.CLI, by))
@@ -185,6 +190,8 @@ class ConfigService:
         Raises Conflict when there is nothing to roll back to, ApplyFailed.
         """
         async with self._lock:
+            if source is ChangeSource.TIMER and (self.trial is None or not self._trial_expired()):
+                return self.version  # confirmed (or re-applied) while the timer waited
             if self.trial is not None:
                 event: ConfigTrialEvent = "deadline" if source is ChangeSource.TIMER \
                     else "rollback"
@@ -200,13 +207,18 @@ class ConfigService:
             old = self.current
             previous = self.parse(previous_text, "the previous config")
             path = self._path()
-            await self.reconciler.converge(previous, old)
+            try:
+                await self.reconciler.converge(previous, old)
+            except DesanetError as exc:
+                self._refused(source, by, exc)
+                raise
             await asyncio.to_thread(write_config_atomic, path, previous_text)
-            if self.trial is None:
-                await asyncio.to_thread(self.trials.save_previous, self.text or "")
+            # The config rolled away from is kept in turn: a second rollback returns to it.
+            await asyncio.to_thread(self.trials.save_previous, self.text or "")
             await asyncio.to_thread(self.trials.clear)
             self.text = previous_text
             self.trial, self.trial_state, self._trial_connection = None, next_state, None
+            self._trial_due = None
             version = version_of(previous)
         log.warning("config rolled back to %s (%s, by %s)", version, reason, by or "?")
         self.bus.publish(ConfigRolledBack(version, version_of(old), source, reason, by))
@@ -245,10 +257,15 @@ class ConfigService:
 
     async def check_deadline(self) -> None:
         """The reconcile loop's timer: roll a trial back once its window ran out."""
-        if self.trial is not None and self.clock.now() >= self.trial.deadline:
+        if self.trial is not None and self._trial_expired():
             log.warning("config trial %s was not confirmed in time; rolling back",
                         self.trial.version)
             await self.rollback("", ChangeSource.TIMER, "not confirmed before the deadline")
+
+    def _trial_expired(self) -> bool:
+        if self._trial_due is not None:
+            return self.clock.monotonic() >= self._trial_due
+        return self.trial is not None and self.clock.now() >= self.trial.deadline
 
     # -- status -------------------------------------------------------------------------
 

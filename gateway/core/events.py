@@ -174,6 +174,7 @@ class EventBus:
     _ring: deque[Stamped] = field(init=False)
     _seq: int = field(default=0, init=False)
     _changed: asyncio.Condition | None = field(default=None, init=False)
+    _wakers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self._ring = deque(maxlen=self.capacity)
@@ -187,8 +188,13 @@ class EventBus:
         stamped = Stamped(self._seq, self.clock.time(), event)
         self._ring.append(stamped)
         if self._changed is not None:
-            cond = self._changed
-            asyncio.get_running_loop().create_task(_notify(cond))
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop, so nobody can be waiting: nothing to wake
+                return stamped
+            task = loop.create_task(_notify(self._changed))
+            self._wakers.add(task)
+            task.add_done_callback(self._wakers.discard)
         return stamped
 
     def since(self, seq: int) -> list[Stamped]:

@@ -139,8 +139,8 @@ class Reconciler:
         steps.append(Step("shaping", shape_new, shape_old))
 
         async def firewall_new() -> None:
+            # Expired sessions are left out here and ended (with their event) by the sweep.
             now = self.clock.now()
-            await self.sessions.store.expire_sessions(now)
             carry = old is None or garden_same(old, new)
             await self.firewall.apply(new, await sessions_now(), now, carry)
 
@@ -165,7 +165,12 @@ class Reconciler:
                 await self.dhcp.restart()
 
         async def dhcp_old() -> None:
-            if old is not None and await self.dhcp.configure(old):
+            if old is None:
+                return
+            changed = await self.dhcp.configure(old)
+            if not self.dhcp.running:
+                await self.dhcp.start()
+            elif changed:
                 await self.dhcp.restart()
 
         steps.append(Step("dnsmasq", dhcp_new, dhcp_old))
@@ -207,6 +212,10 @@ class Reconciler:
         """Register a periodic job (before :meth:`run` starts, or while it runs)."""
         due = self.clock.monotonic() + (interval if first_in is None else first_in)
         self.jobs.append(Job(name, interval, action, due))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the jobs again now (a job was added, or a test moved the clock)."""
         self._wake.set()
 
     async def run(self) -> None:

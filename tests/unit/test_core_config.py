@@ -253,9 +253,6 @@ async def test_rollback_with_nothing_kept_is_a_conflict(core: Core) -> None:
     assert await state(core) == before
 
 
-@pytest.mark.xfail(strict=True, reason="apply with confirm does not keep the previous text; a "
-                   "rollback after a confirmed trial goes to the config before the last plain "
-                   "apply (bug reported to the lead)")
 async def test_rollback_after_a_confirmed_trial_goes_to_the_config_it_replaced(
     core: Core,
 ) -> None:
@@ -294,9 +291,6 @@ async def test_deadline_after_a_confirm_does_nothing(core: Core) -> None:
     assert core.cfg.portal.terms_id == "Aturan B." and core.bus.last_seq == seq
 
 
-@pytest.mark.xfail(strict=True, reason="check_deadline tests the trial outside the config lock; "
-                   "racing a confirm, its rollback runs the no-trial branch and undoes the "
-                   "confirmed config (bug reported to the lead)")
 async def test_deadline_racing_a_confirm_cannot_undo_it(core: Core) -> None:
     await core.config.apply(text_b(core), None, "budi", ChangeSource.CLI)  # keeps A as previous
     await core.config.apply(text_c(core), 60, "budi", ChangeSource.CLI)  # trial of C

@@ -92,9 +92,6 @@ async def test_portal_is_kept_across_changes_that_do_not_move_it(tmp_path: Path)
         await servers.stop_portal()
 
 
-@pytest.mark.xfail(strict=True, reason="DaemonServers.sync_portal stops the old portal before "
-                   "binding the new one, and run_steps never undoes the step that failed: after "
-                   "a refused reload the portal is down (bug reported to the lead)")
 async def test_reload_to_a_taken_portal_port_keeps_the_old_portal(tmp_path: Path) -> None:
     old_cfg = _loopback_config(_free_port(), _free_port())
     core = build_core(tmp_path, old_cfg)

@@ -9,7 +9,6 @@ import pytest
 
 from gateway.errors import FirewallError
 from gateway.kernel import DatabaseWorker, KernelWorker
-from gateway.netlink import NetlinkThread
 
 
 async def test_calls_run_in_order_on_one_named_thread() -> None:
@@ -43,7 +42,3 @@ async def test_errors_come_back_unchanged_and_shutdown_refuses() -> None:
     worker.shutdown()
     with pytest.raises(RuntimeError, match="database worker is shut down"):
         await worker.call(int)
-
-
-def test_netlink_thread_is_the_kernel_worker() -> None:
-    assert NetlinkThread is KernelWorker
