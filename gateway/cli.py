@@ -458,6 +458,18 @@ def cmd_vouchers_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vouchers_release(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"code": args.code, "mac": args.mac}
+    data = _client(args).request("POST", "/v1/vouchers/release", body)
+    if args.json:
+        _print_json(data)
+    else:
+        v = data["voucher"]
+        print(f"released {v['code']} for {args.mac or 'every device'}: "
+              f"{len(v['devices'])}/{v['max_devices']} device(s) now use it")
+    return 0
+
+
 def cmd_vouchers_print(args: argparse.Namespace) -> int:
     from gateway.model import Voucher
     from gateway.portal.printable import render_voucher_sheet
@@ -595,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = add(vsub, "revoke", cmd_vouchers_revoke, "revoke a voucher and end its sessions",
             json_flag=True)
     r.add_argument("code")
+    rl = add(vsub, "release", cmd_vouchers_release,
+             "free a voucher's device slot (a villager changed phones); its time keeps running",
+             json_flag=True)
+    rl.add_argument("code")
+    rl.add_argument("--mac", help="free only this device's slot (default: every slot)")
     pr = add(vsub, "print", cmd_vouchers_print, "printable HTML sheet of unused vouchers")
     pr.add_argument("--batch")
     pr.add_argument("--lang", choices=["id", "en"], default="id")

@@ -25,6 +25,7 @@ from gateway.control.schema import (
     EventsQuery,
     PlanRequest,
     VoucherCreateRequest,
+    VoucherReleaseRequest,
     VoucherRevokeRequest,
     parse_request,
     parse_request_bytes,
@@ -139,6 +140,12 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def revoke(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherRevokeRequest, await _body(request))
         voucher = await ops.revoke_voucher(req.code)
+        return web.json_response({"voucher": voucher_json(voucher, ops.now())})
+
+    @routes.post("/v1/vouchers/release")
+    async def release(request: web.Request) -> web.Response:
+        req = parse_request_bytes(VoucherReleaseRequest, await _body(request))
+        voucher = await ops.release_voucher(req.code, req.mac)
         return web.json_response({"voucher": voucher_json(voucher, ops.now())})
 
     @routes.post("/v1/reload")

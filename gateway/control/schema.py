@@ -202,6 +202,13 @@ class VoucherRevokeRequest(Request):
     code: VoucherCode
 
 
+class VoucherReleaseRequest(Request):
+    """POST /v1/vouchers/release: free a device slot (``mac``) or all of them (null)."""
+
+    code: VoucherCode
+    mac: Mac | None = None
+
+
 class ConfigApplyRequest(Request):
     """POST /v1/config/apply; with ``confirm`` the change is a trial of that many seconds."""
 
@@ -416,6 +423,7 @@ __all__ = [
     "ConfigConfirmOut", "ConfigDiffOut", "ConfigRollbackOut", "ConfigShowOut", "ConfigStatusOut",
     "ConfigTextRequest", "DeauthRequest", "ErrorOut", "EventOut", "EventsOut", "EventsQuery",
     "Out", "PlanRequest", "RefusalOut", "ReloadOut", "Request", "RequestInvalid", "SessionOut",
-    "TrialOut", "VoucherCreateRequest", "VoucherOut", "VoucherRevokeRequest", "parse_request",
+    "TrialOut", "VoucherCreateRequest", "VoucherOut", "VoucherReleaseRequest",
+    "VoucherRevokeRequest", "parse_request",
     "parse_request_bytes",
 ]

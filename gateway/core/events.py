@@ -31,6 +31,7 @@ class EndReason(enum.StrEnum):
     IDLE = "idle"
     REPLACED = "replaced"
     VOUCHER_REVOKED = "voucher_revoked"
+    VOUCHER_RELEASED = "voucher_released"
     KERNEL_REFUSED = "kernel_refused"
 
 
@@ -156,6 +157,14 @@ class VoucherRevoked(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class VoucherReleased(Event):
+    type: ClassVar[str] = "voucher_released"
+    code: str
+    mac: str | None
+    sessions_ended: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stamped:
     seq: int
     time: float
@@ -235,5 +244,5 @@ def event_json(stamped: Stamped) -> dict[str, Any]:
 __all__ = [
     "ChangeSource", "ConfigApplied", "ConfigConfirmed", "ConfigRefused", "ConfigRolledBack",
     "EndReason", "Event", "EventBus", "PlanChanged", "ServiceHealthChanged", "SessionEnded",
-    "SessionStarted", "Stamped", "UplinkChanged", "VoucherBatchCreated", "VoucherRevoked",
+    "SessionStarted", "Stamped", "UplinkChanged", "VoucherBatchCreated", "VoucherReleased", "VoucherRevoked",
 ]

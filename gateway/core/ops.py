@@ -155,7 +155,12 @@ class GatewayOps:
         return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch)
 
     async def revoke_voucher(self, code: str) -> Voucher:
+        """Raises VoucherError("unknown")."""
         return await self.vouchers_svc.revoke(code)
+
+    async def release_voucher(self, code: str, mac: str | None) -> Voucher:
+        """Raises VoucherError("unknown")."""
+        return await self.vouchers_svc.release(code, mac)
 
     # -- local services ----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The voucher service: named batches, revocation, and the rules of redeeming.
+"""The voucher service: named batches, revocation, release, and the rules of redeeming.
 
 Redeeming happens inside a login (:meth:`SessionService.authorize` calls the
 store's ``redeem_voucher``, one transaction: first use starts the clock,
@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 from gateway.clock import Clock
 from gateway.config.schema import Config
-from gateway.core.events import EndReason, EventBus, VoucherBatchCreated, VoucherRevoked
+from gateway.core.events import (
+    EndReason,
+    EventBus,
+    VoucherBatchCreated,
+    VoucherReleased,
+    VoucherRevoked,
+)
 from gateway.core.sessions import SessionService
 from gateway.core.voucher_codes import generate_codes
 from gateway.model import Voucher
@@ -63,4 +69,16 @@ class VoucherService:
         await self.sessions.cut_off_ended(ended, EndReason.VOUCHER_REVOKED)
         log.info("revoked voucher %s (%d session(s) ended)", code, len(ended))
         self.bus.publish(VoucherRevoked(code, len(ended)))
+        return voucher
+
+    async def release(self, code: str, mac: str | None = None) -> Voucher:
+        """Free the device slot of ``mac`` (None: all of them) so another phone may use
+        the voucher (a villager changed phones); its sessions end at once, its clock
+        keeps running. Raises VoucherError("unknown").
+        """
+        voucher, ended = await self.store.release_voucher(code, mac, self.clock.now())
+        await self.sessions.cut_off_ended(ended, EndReason.VOUCHER_RELEASED)
+        log.info("released voucher %s for %s (%d session(s) ended)", code, mac or "every device",
+                 len(ended))
+        self.bus.publish(VoucherReleased(code, mac, len(ended)))
         return voucher

@@ -99,6 +99,11 @@ class AsyncStore:
         """
         return await self.worker.call(self.store.revoke_voucher, code, now)
 
+    async def release_voucher(self, code: str, mac: str | None, now: int
+                              ) -> tuple[Voucher, list[Session]]:
+        """Free a device slot (or all) and end the sessions on it. Awaits the database worker."""
+        return await self.worker.call(self.store.release_voucher, code, mac, now)
+
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` (first use starts the clock) or raise VoucherError(reason).
 

@@ -169,6 +169,21 @@ class MemoryStore(FaultInjection):
         self.writes += 1
         return voucher, self._oldest_first(ended)
 
+    async def release_voucher(self, code: str, mac: str | None, now: int
+                              ) -> tuple[Voucher, list[Session]]:
+        self._use("release_voucher", True)
+        voucher = self._vouchers.get(code)
+        if voucher is None:
+            raise VoucherError("unknown", f"voucher {code} does not exist")
+        ended = [r for r in self._open_rows()
+                 if r.session.voucher == code and (mac is None or r.session.mac == mac)]
+        for row in ended:
+            row.ended, row.end_reason = now, "voucher_released"
+        devices = () if mac is None else tuple(d for d in voucher.devices if d != mac)
+        voucher = self._vouchers[code] = dataclasses.replace(voucher, devices=devices)
+        self.writes += 1
+        return voucher, self._oldest_first(ended)
+
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         self._use("redeem_voucher", True)
         voucher = self._vouchers.get(code)

@@ -233,6 +233,30 @@ class Store:
         assert voucher is not None
         return voucher, [Session(*r) for r in rows]
 
+    def release_voucher(self, code: str, mac: str | None, now: int
+                        ) -> tuple[Voucher, list[Session]]:
+        """Free the voucher's device slot of ``mac`` (None: every slot) and end the
+        sessions on it, so another phone may use the voucher. Its clock keeps running
+        (time already used is not given back). Raises VoucherError("unknown").
+        """
+        with self._tx() as db:
+            if self._voucher(db, code) is None:
+                raise VoucherError("unknown", f"voucher {code} does not exist")
+            which = "" if mac is None else " AND mac=?"
+            args: tuple[str, ...] = (code,) if mac is None else (code, mac)
+            rows = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE voucher=? AND ended IS NULL{which} "
+                "ORDER BY started, id", args,
+            ).fetchall()
+            db.execute(
+                f"UPDATE sessions SET ended=?, end_reason='voucher_released' "
+                f"WHERE voucher=? AND ended IS NULL{which}", (now, *args),
+            )
+            db.execute(f"DELETE FROM voucher_devices WHERE code=?{which}", args)
+            voucher = self._voucher(db, code)
+        assert voucher is not None
+        return voucher, [Session(*r) for r in rows]
+
     def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` to the voucher (first use starts its clock) or raise VoucherError."""
         with self._tx() as db:

@@ -193,3 +193,43 @@ async def test_voucher_session_ends_at_expiry_in_the_kernel(core: Core) -> None:
     await core.sessions.sweep()
     assert core.firewall.authorized == {}
     assert core.store.end_reason(A) == EndReason.EXPIRED
+
+
+# -- release (a villager changed phones) -------------------------------------------------
+
+
+async def test_release_one_device_frees_its_slot_and_keeps_the_clock(core: Core) -> None:
+    code = await one(core, duration=3600, max_devices=1)
+    await core.sessions.login_voucher(view(A), code)
+    with pytest.raises(VoucherError) as info:  # positive control: the slot is taken
+        await core.sessions.login_voucher(view(B), code)
+    assert info.value.reason == "in_use"
+    core.clock.advance(600)
+    seq = core.bus.last_seq
+    v = await core.vouchers.release(code, A)
+    assert v.devices == () and v.first_used == NOW  # time used is not given back
+    assert (A, IP[A]) not in core.firewall.authorized
+    events = [s.event for s in core.events(seq)]
+    assert SessionEnded(A, IP[A], EndReason.VOUCHER_RELEASED) in events
+    session = await core.sessions.login_voucher(view(B), code)
+    assert session.expires == NOW + 3600
+
+
+async def test_release_every_device_leaves_other_vouchers_alone(core: Core) -> None:
+    code = await one(core, max_devices=2)
+    other = await one(core)
+    await core.sessions.login_voucher(view(A), code)
+    await core.sessions.login_voucher(view(B), code)
+    await core.sessions.login_voucher(view(C), other)
+    v = await core.ops.release_voucher(code, None)
+    assert v.devices == ()
+    assert set(core.firewall.authorized) == {(C, IP[C])}
+
+
+async def test_release_unknown_changes_nothing(core: Core) -> None:
+    await one(core)
+    before = await core.snapshot()
+    with pytest.raises(VoucherError) as info:
+        await core.vouchers.release("ABCDE-FGHJK", None)
+    assert info.value.reason == "unknown"
+    assert await core.snapshot() == before
