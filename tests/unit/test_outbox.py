@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -176,7 +177,7 @@ def test_invalid_transitions(outbox: Outbox) -> None:
     with pytest.raises(OutboxStateError, match="it is delivered"):
         outbox.mark_sending(ref, T0 + 10_000)
     with pytest.raises(ValueError):
-        outbox.mark_result(ref, "maybe", None, None, T0)  # type: ignore[arg-type]
+        outbox.mark_result(ref, cast(Any, "maybe"), None, None, T0)
 
 
 def test_recover_turns_sending_into_unknown(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -67,7 +67,7 @@ class FakeBackend:
         if client.mac is None:
             raise PortalDenied("no_mac")
         session = Session(mac=client.mac, ip=client.ip, started=self.t, expires=self.t + 4 * 3600,
-                          idle_timeout=1800, source=source, voucher=code)  # type: ignore[arg-type]
+                          idle_timeout=1800, source=cast(Any, source), voucher=code)
         self.sessions[client.mac] = session
         return session
 

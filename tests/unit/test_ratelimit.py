@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from gateway.portal.ratelimit import RateLimiter
@@ -116,4 +118,4 @@ def test_reset_and_validation() -> None:
     assert limiter.allow("k", now=0)
     for kwargs in ({"limit": 0}, {"window": 0}, {"max_keys": 0}):
         with pytest.raises(ValueError):
-            RateLimiter(**kwargs)  # type: ignore[arg-type]
+            RateLimiter(**cast(Any, kwargs))

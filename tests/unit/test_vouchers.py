@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_generate_codes_unique_despite_repeating_rng() -> None:
             super().__init__(3)
             self.calls = 0
 
-        def choice(self, seq):  # type: ignore[no-untyped-def]
+        def choice(self, seq: Any) -> Any:
             block = self.calls // (2 * CODE_LENGTH)
             self.calls += 1
             return seq[block % len(seq)]
