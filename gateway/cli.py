@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.cli_format import (
+    clock_time,
+    config_status_lines,
+    fmt_time,
+    format_event,
+    print_changes,
+    print_problems,
+)
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.config.diff import ABSENT, Change, format_changes
 from gateway.config.units import format_duration, format_left, format_rate, human_rate
 from gateway.control.client import ControlClient
-from gateway.control.schema import ConfigApplyRequest, ConfigChangeOut, EventOut, Out, parse_request
+from gateway.control.schema import ConfigApplyRequest, Out, parse_request
 from gateway.errors import ConfigError, ControlError, DesanetError, Invalid
+
+__all__ = ["build_parser", "format_event", "main"]
 
 DEFAULT_SOCKET = "/run/desanet/control.sock"
 LAB_SOCKETS = "/run/desanet-lab/*/control.sock"
@@ -58,14 +67,6 @@ def _vouchers_path(batch: str | None) -> str:
     return "/v1/vouchers" + (f"?{urlencode({'batch': batch})}" if batch else "")
 
 
-def _fmt_time(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
-
-
-def _clock(ts: float) -> str:
-    return time.strftime("%H:%M", time.localtime(ts))
-
-
 def _who() -> str:
     """Who runs this command, for the daemon's events: "budi@10.0.0.5" over SSH, else "budi"."""
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") \
@@ -75,39 +76,17 @@ def _who() -> str:
     return "".join(ch for ch in who if ch.isprintable())[:64] or "cli"
 
 
-def _print_problems(source: str, problems: list[str]) -> None:
-    print(f"{source}: {len(problems)} problem(s):", file=sys.stderr)
-    for line in problems:
-        print(f"  {line}", file=sys.stderr)
-
-
 def _read_valid_config(path: str) -> str | None:
     """The text of a config file that passes `config check`; None (problems printed) if not."""
     try:
         load_config(path)
         return Path(path).read_text(encoding="utf-8")
     except ConfigError as exc:
-        _print_problems(exc.source, exc.problems)
+        print_problems(exc.source, exc.problems)
         return None
     except (OSError, UnicodeDecodeError) as exc:  # pragma: no cover - raced with load_config
-        _print_problems(path, [f"cannot read file: {exc}"])
+        print_problems(path, [f"cannot read file: {exc}"])
         return None
-
-
-def _change_lines(changes: list[ConfigChangeOut]) -> list[str]:
-    # TOML has no null: a null side is a key the config does not have.
-    return format_changes([
-        Change(c.path, ABSENT if c.old is None else c.old, ABSENT if c.new is None else c.new)
-        for c in changes
-    ])
-
-
-def _print_changes(changes: list[ConfigChangeOut], indent: str = "  ") -> None:
-    lines = _change_lines(changes)
-    if not lines:
-        print(f"{indent}no changes")
-    for line in lines:
-        print(f"{indent}{line}")
 
 
 def _print_out(out: Out) -> None:
@@ -155,9 +134,9 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
         return 0
     was = f" (was {out.previous_version})" if out.previous_version else ""
     print(f"applied {args.file}: config {out.version}{was}")
-    _print_changes(out.changes)
+    print_changes(out.changes)
     if out.trial is not None:
-        deadline = _clock(out.trial.deadline)
+        deadline = clock_time(out.trial.deadline)
         print(f"trial: until {deadline} ({format_left(int(out.trial.deadline - time.time()))} "
               f"left); the previous config {out.trial.previous_version} is kept")
         print(f"run `desanet config confirm` from a new connection (a new SSH login) before "
@@ -201,7 +180,7 @@ def cmd_config_diff(args: argparse.Namespace) -> int:
         _print_out(out)
         return 0
     print(f"running config -> {args.file}:")
-    _print_changes(out.changes)
+    print_changes(out.changes)
     return 0
 
 
@@ -211,23 +190,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         _print_out(out)
         return 0
     print(f"reloaded: config {out.version or '-'}")
-    _print_changes(out.changes)
+    print_changes(out.changes)
     return 0
-
-
-def format_event(event: EventOut) -> str:
-    """"HH:MM:SS type key=value ..." for `desanet events`."""
-    parts = [time.strftime("%H:%M:%S", time.localtime(event.time)), event.type]
-    for key, value in (event.model_extra or {}).items():
-        if value is None or value == "" or value == []:
-            continue
-        if isinstance(value, str) and value and not any(ch.isspace() for ch in value) \
-                and '"' not in value:
-            shown = value
-        else:
-            shown = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        parts.append(f"{key}={shown}")
-    return " ".join(parts)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -280,34 +244,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{format_rate(shaping['uplink_up'])} up, leaf qdisc {shaping['leaf_qdisc'] or '-'}")
     else:
         print("  shaping:         off")
-    for line in _config_status_lines(data.get("config")):
+    for line in config_status_lines(data.get("config")):
         print(line)
     return 0
-
-
-def _config_status_lines(config: Any) -> list[str]:
-    """`desanet status` lines about the config; tolerant of daemons that send less."""
-    if not isinstance(config, dict):
-        return [f"  config:          {config}"] if isinstance(config, str) else []
-    lines = [f"  config:          {config.get('version') or '-'}"
-             + (f"  {config['path']}" if config.get("path") else "")]
-    trial = config.get("trial")
-    if isinstance(trial, dict) and trial.get("deadline"):
-        by = f", by {trial['by']}" if trial.get("by") else ""
-        lines.append(f"  trial:           PENDING until {_clock(trial['deadline'])}{by}; "
-                     f"`desanet config confirm` keeps it, else "
-                     f"{trial.get('previous_version') or 'the previous config'} comes back")
-    change = config.get("last_change")
-    if isinstance(change, dict) and change.get("type"):
-        what = str(change["type"]).removeprefix("config_").replace("_", " ")
-        extra = "".join(f" {k} {change[k]}" for k in ("by", "source") if change.get(k))
-        reason = f": {change['reason']}" if change.get("reason") else ""
-        lines.append(f"  last change:     {what} {change.get('version') or ''} "
-                     f"at {_fmt_time(change.get('time'))}{extra}{reason}".replace("  at", " at"))
-    refusal = config.get("last_refusal")
-    if isinstance(refusal, dict) and refusal.get("reason"):
-        lines.append(f"  last refused:    {_fmt_time(refusal.get('time'))}: {refusal['reason']}")
-    return lines
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
@@ -341,7 +280,7 @@ def cmd_clients_auth(args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         c = data["client"]
-        print(f"authorized {c['mac']} ({c['ip']}) until {_fmt_time(c['expires'])}")
+        print(f"authorized {c['mac']} ({c['ip']}) until {fmt_time(c['expires'])}")
     return 0
 
 
