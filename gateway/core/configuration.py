@@ -49,6 +49,29 @@ MIN_CONFIRM = 5
 MAX_CONFIRM = 24 * 3600
 
 
+# Where the daemon keeps its state and its control socket: they cannot move under a
+# running daemon (the trial record itself lives in the state directory), so a change
+# of them is refused with a clear message: edit the file and restart the service.
+RESTART_ONLY: tuple[tuple[str, str], ...] = (
+    ("store", "state_dir"), ("store", "run_dir"), ("control", "socket"),
+)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    return [f"{section}.{name}" for section, name in RESTART_ONLY
+            if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)]
+
+
+def refuse_restart_only(old: Config, new: Config) -> None:
+    """Raises Refused("restart_needed") when ``new`` moves the state dir or the socket."""
+    moved = restart_only_changes(old, new)
+    if moved:
+        raise Refused("restart_needed",
+                      f"{', '.join(moved)} cannot change while the daemon runs (its state and "
+                      "control socket live there); put the new value in the config file and "
+                      "restart the service (systemctl restart desanet)")
+
+
 def version_of(cfg: Config) -> str:
     return config_version(cfg.model_dump(mode="json"))
 
@@ -130,6 +153,7 @@ class ConfigService:
         if confirm is not None and not MIN_CONFIRM <= confirm <= MAX_CONFIRM:
             raise Invalid("confirm", confirm, f"a confirm window of {MIN_CONFIRM} s .. "
                           f"{MAX_CONFIRM // 3600} h", '"5m"')
+        refuse_restart_only(self.current, new)
         async with self._lock:
             event: ConfigTrialEvent = "apply" if confirm is None else "apply_with_confirm"
             next_state = CONFIG_TRIAL.next(self.trial_state, event)
@@ -243,6 +267,7 @@ class ConfigService:
         async with self._lock:
             old = self.current
             try:
+                refuse_restart_only(old, new)
                 await self.reconciler.converge(new, old)
             except DesanetError as exc:
                 self._refused(source, by, exc)

@@ -414,3 +414,38 @@ async def test_service_moves_follow_the_trial_table(core: Core, state_name: str,
         with pytest.raises(IllegalTransition):
             await fire()
         assert await state(core) == before
+
+
+# -- settings that only a restart may change ------------------------------------------
+
+
+@pytest.mark.parametrize(("section", "values"), [
+    ("store", {"state_dir": "/var/lib/elsewhere"}),
+    ("store", {"run_dir": "/run/elsewhere"}),
+    ("control", {"socket": "/run/elsewhere/control.sock"}),
+])
+async def test_moving_state_or_socket_is_refused_and_changes_nothing(
+    core: Core, section: str, values: dict[str, str]
+) -> None:
+    before = await state(core)
+    moved = edited(core.config_path.read_text(), **{section: values})
+    for confirm in (None, 60):
+        with pytest.raises(Refused) as info:
+            await core.config.apply(moved, confirm, "ani", ChangeSource.CLI)
+        assert info.value.reason == "restart_needed"
+        assert f"{section}.{next(iter(values))}" in str(info.value)
+        assert await state(core) == before
+    # positive control: the same edit without the moved setting applies
+    await core.config.apply(text_b(core), None, "ani", ChangeSource.CLI)
+    assert core.cfg.portal.terms_id == "Aturan B."
+
+
+async def test_reload_of_a_moved_state_dir_is_refused(core: Core) -> None:
+    old = core.cfg
+    core.config_path.write_text(edited(core.config_path.read_text(),
+                                       store={"state_dir": "/var/lib/elsewhere"}))
+    with pytest.raises(Refused):
+        await core.config.reload(ChangeSource.SIGHUP)
+    assert core.cfg is old
+    assert core.config.last_refusal is not None
+    assert "restart" in core.config.last_refusal["reason"]
