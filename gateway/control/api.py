@@ -19,12 +19,22 @@ from gateway.control.errors import error_body
 from gateway.control.schema import (
     AuthRequest,
     ByRequest,
+    ConfigApplyOut,
     ConfigApplyRequest,
+    ConfigConfirmOut,
+    ConfigDiffOut,
+    ConfigRollbackOut,
+    ConfigShowOut,
     ConfigTextRequest,
     DeauthRequest,
+    EventsOut,
     EventsQuery,
+    Out,
     PlanRequest,
+    ReloadOut,
+    SessionOut,
     VoucherCreateRequest,
+    VoucherOut,
     VoucherReleaseRequest,
     VoucherRevokeRequest,
     parse_request,
@@ -33,6 +43,7 @@ from gateway.control.schema import (
 from gateway.core.configuration import ApplyResult
 from gateway.core.ops import GatewayOps, session_json, voucher_json
 from gateway.errors import DesanetError
+from gateway.model import Session, Voucher
 
 log = logging.getLogger("desanet.control")
 
@@ -66,6 +77,20 @@ def _connection(request: web.Request) -> object | None:
     return request.transport
 
 
+def _out(model: type[Out], data: dict[str, Any]) -> dict[str, Any]:
+    """Shape an answer through the model the client parses it with (server and client
+    share control/schema.py, so a drift fails here, in the daemon's tests)."""
+    return model.model_validate(data).to_json()
+
+
+def _session(session: Session, now: int) -> dict[str, Any]:
+    return _out(SessionOut, session_json(session, now))
+
+
+def _voucher(voucher: Voucher, now: int) -> dict[str, Any]:
+    return _out(VoucherOut, voucher_json(voucher, now))
+
+
 def _changes(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"path": c["path"], "old": c["old"], "new": c["new"]} for c in changes]
 
@@ -94,7 +119,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def auth(request: web.Request) -> web.Response:
         req = parse_request_bytes(AuthRequest, await _body(request))
         session = await ops.authorize(req.mac, req.ip, req.duration, req.plan)
-        return web.json_response({"client": session_json(session, ops.now())})
+        return web.json_response({"client": _session(session, ops.now())})
 
     @routes.post("/v1/clients/deauth")
     async def deauth(request: web.Request) -> web.Response:
@@ -106,7 +131,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def plan(request: web.Request) -> web.Response:
         req = parse_request_bytes(PlanRequest, await _body(request))
         session = await ops.change_plan(req.mac, req.plan)
-        return web.json_response({"client": session_json(session, ops.now())})
+        return web.json_response({"client": _session(session, ops.now())})
 
     @routes.get("/v1/shaping")
     async def shaping(_: web.Request) -> web.Response:
@@ -124,7 +149,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def vouchers(request: web.Request) -> web.Response:
         now = ops.now()
         found = await ops.vouchers(request.query.get("batch"))
-        return web.json_response({"vouchers": [voucher_json(v, now) for v in found]})
+        return web.json_response({"vouchers": [_voucher(v, now) for v in found]})
 
     @routes.post("/v1/vouchers")
     async def create_vouchers(request: web.Request) -> web.Response:
@@ -133,54 +158,54 @@ def create_control_app(ops: GatewayOps) -> web.Application:
                                                 req.plan, req.batch)
         now = ops.now()
         return web.json_response(
-            {"batch": batch, "vouchers": [voucher_json(v, now) for v in made]}, status=201
+            {"batch": batch, "vouchers": [_voucher(v, now) for v in made]}, status=201
         )
 
     @routes.post("/v1/vouchers/revoke")
     async def revoke(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherRevokeRequest, await _body(request))
         voucher = await ops.revoke_voucher(req.code)
-        return web.json_response({"voucher": voucher_json(voucher, ops.now())})
+        return web.json_response({"voucher": _voucher(voucher, ops.now())})
 
     @routes.post("/v1/vouchers/release")
     async def release(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherReleaseRequest, await _body(request))
         voucher = await ops.release_voucher(req.code, req.mac)
-        return web.json_response({"voucher": voucher_json(voucher, ops.now())})
+        return web.json_response({"voucher": _voucher(voucher, ops.now())})
 
     @routes.post("/v1/reload")
     async def reload(request: web.Request) -> web.Response:
         req = parse_request_bytes(ByRequest, await _body(request))
         result = await ops.reload(by=req.by or "")
-        return web.json_response({"reloaded": True, **_apply_json(result)})
+        return web.json_response(_out(ReloadOut, {"reloaded": True, **_apply_json(result)}))
 
     @routes.get("/v1/config")
     async def config_show(_: web.Request) -> web.Response:
-        return web.json_response(ops.config_show())
+        return web.json_response(_out(ConfigShowOut, ops.config_show()))
 
     @routes.post("/v1/config/diff")
     async def config_diff(request: web.Request) -> web.Response:
         req = parse_request_bytes(ConfigTextRequest, await _body(request))
-        return web.json_response({"changes": _changes(ops.config_diff(req.text))})
+        return web.json_response(_out(ConfigDiffOut, {"changes": _changes(ops.config_diff(req.text))}))
 
     @routes.post("/v1/config/apply")
     async def config_apply(request: web.Request) -> web.Response:
         req = parse_request_bytes(ConfigApplyRequest, await _body(request))
         result = await ops.config_apply(req.text, req.confirm, req.by or "",
                                         _connection(request))
-        return web.json_response({"applied": True, **_apply_json(result)})
+        return web.json_response(_out(ConfigApplyOut, {"applied": True, **_apply_json(result)}))
 
     @routes.post("/v1/config/confirm")
     async def config_confirm(request: web.Request) -> web.Response:
         req = parse_request_bytes(ByRequest, await _body(request))
         version = await ops.config_confirm(req.by or "", _connection(request))
-        return web.json_response({"confirmed": True, "version": version})
+        return web.json_response(_out(ConfigConfirmOut, {"confirmed": True, "version": version}))
 
     @routes.post("/v1/config/rollback")
     async def config_rollback(request: web.Request) -> web.Response:
         req = parse_request_bytes(ByRequest, await _body(request))
         version = await ops.config_rollback(req.by or "")
-        return web.json_response({"rolled_back": True, "version": version})
+        return web.json_response(_out(ConfigRollbackOut, {"rolled_back": True, "version": version}))
 
     @routes.get("/v1/events")
     async def events(request: web.Request) -> web.Response:
@@ -189,7 +214,8 @@ def create_control_app(ops: GatewayOps) -> web.Application:
         nxt = found[-1].seq if found else max(req.since, 0)
         if not found and req.since > ops.bus.last_seq:
             nxt = ops.bus.last_seq  # the daemon restarted: start again from its numbering
-        return web.json_response({"events": [e.to_json() for e in found], "next": nxt})
+        return web.json_response(
+            _out(EventsOut, {"events": [e.to_json() for e in found], "next": nxt}))
 
     app = web.Application(middlewares=[_errors], client_max_size=256 * 1024)
     app[OPS_KEY] = ops

@@ -393,7 +393,8 @@ def test_session_events_carry_the_reason_enum_as_text() -> None:
     data = SessionEnded(A, IP1, EndReason.KERNEL_REFUSED).to_json()
     assert data == {"type": "session_ended", "mac": A, "ip": IP1, "reason": "kernel_refused"}
     assert {r.value for r in EndReason} == {
-        "logout", "deauth", "expired", "idle", "replaced", "voucher_revoked", "kernel_refused"}
+        "logout", "deauth", "expired", "idle", "replaced", "voucher_revoked", "voucher_released",
+        "kernel_refused"}
 
 
 async def test_active_lists_live_sessions_oldest_first(core: Core) -> None:

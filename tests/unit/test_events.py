@@ -24,6 +24,7 @@ from gateway.core.events import (
     SessionStarted,
     UplinkChanged,
     VoucherBatchCreated,
+    VoucherReleased,
     VoucherRevoked,
 )
 
@@ -149,6 +150,9 @@ SHAPES: list[tuple[Event, dict[str, Any]]] = [
       "duration": 86400}),
     (VoucherRevoked("ABCDE-FGHJK", 2),
      {"type": "voucher_revoked", "code": "ABCDE-FGHJK", "sessions_ended": 2}),
+    (VoucherReleased("ABCDE-FGHJK", "02:00:00:00:00:0a", 1),
+     {"type": "voucher_released", "code": "ABCDE-FGHJK", "mac": "02:00:00:00:00:0a",
+      "sessions_ended": 1}),
 ]
 
 
@@ -170,4 +174,4 @@ def test_every_event_type_has_a_shape_and_a_distinct_name() -> None:
     assert {c.type for c in classes} >= {
         "session_started", "session_ended", "config_applied", "config_confirmed",
         "config_rolled_back", "config_refused", "uplink_changed", "service_health_changed",
-        "voucher_batch_created", "voucher_revoked"}
+        "voucher_batch_created", "voucher_revoked", "voucher_released"}
