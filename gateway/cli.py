@@ -185,7 +185,13 @@ def cmd_config_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    out = _client(args).reload(_who())
+    try:
+        out = _client(args).reload(_who())
+    except ControlError as exc:
+        # The file on disk was refused (even an invalid one): that is a refusal of
+        # the reload, exit 1, as systemd's ExecReload and scripts expect.
+        print(f"reload refused, the running config stays: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         _print_out(out)
         return 0

@@ -277,7 +277,10 @@ def desanet(socket: str, *args: str, timeout: float = 20.0) -> CliResult:
     )
     data = None
     if "--json" in args and proc.returncode == 0 and proc.stdout.strip():
-        data = json.loads(proc.stdout)
+        if args and args[0] == "events":  # JSON lines: one event per line
+            data = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        else:
+            data = json.loads(proc.stdout)
     return CliResult(list(args), proc.returncode, proc.stdout, proc.stderr, data)
 
 
