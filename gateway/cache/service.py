@@ -40,9 +40,12 @@ SAFE_METHODS = ("GET", "HEAD")
 
 
 class LocalServices:
-    def __init__(self, config: Callable[[], Config], state_dir: Path) -> None:
+    def __init__(self, config: Callable[[], Config], state_dir: Path,
+                 settings: Config | None = None) -> None:
+        """Blocks (opens the cache and outbox databases). ``settings`` gives the sizes
+        and timeouts to start with (default: ``config()``); pages read ``config()``."""
         self._config = config
-        cfg = config().local_services
+        cfg = (settings or config()).local_services
         self.store = CacheStore(state_dir / "cache", cfg.cache_size)
         self.outbox = Outbox(state_dir / "outbox.db")
         self.health: dict[str, ServiceHealth] = {}

@@ -93,6 +93,10 @@ class TrialStore:
     def save_previous(self, text: str) -> None:
         write_atomic(self.previous_path, text)
 
+    def forget_previous(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.previous_path.unlink()
+
     def load_previous(self) -> str | None:
         try:
             return self.previous_path.read_text(encoding="utf-8")

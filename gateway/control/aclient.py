@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from gateway.control.client import (
+    CONVERGE_TIMEOUT,
     LONG_POLL_MARGIN,
     decode_answer,
     events_path,
@@ -113,22 +114,25 @@ class AsyncControlClient:
         body = parse_request(ConfigApplyRequest,
                              {"text": text, "confirm": confirm, "by": by}).to_json()
         return parse_answer(ConfigApplyOut,
-                            await self.request("POST", "/v1/config/apply", body),
+                            await self.request("POST", "/v1/config/apply", body,
+                                         timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/apply")
 
     async def config_confirm(self, by: str | None = None) -> ConfigConfirmOut:
         body = parse_request(ByRequest, {"by": by}).to_json()
         return parse_answer(ConfigConfirmOut,
-                            await self.request("POST", "/v1/config/confirm", body),
+                            await self.request("POST", "/v1/config/confirm", body,
+                                         timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/confirm")
 
     async def config_rollback(self, by: str | None = None) -> ConfigRollbackOut:
         body = parse_request(ByRequest, {"by": by}).to_json()
         return parse_answer(ConfigRollbackOut,
-                            await self.request("POST", "/v1/config/rollback", body),
+                            await self.request("POST", "/v1/config/rollback", body,
+                                         timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/rollback")
 
-    async def reload(self, by: str | None = None, timeout: float = 120.0) -> ReloadOut:
+    async def reload(self, by: str | None = None, timeout: float = CONVERGE_TIMEOUT) -> ReloadOut:
         body = parse_request(ByRequest, {"by": by}).to_json()
         return parse_answer(ReloadOut,
                             await self.request("POST", "/v1/reload", body, timeout=timeout),

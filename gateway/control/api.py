@@ -10,7 +10,11 @@ route holds domain logic, and no GET changes anything.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -49,14 +53,22 @@ log = logging.getLogger("desanet.control")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPS_KEY = web.AppKey("desanet_ops", GatewayOps)
+MAX_BODY = 1024 * 1024  # a config text is the largest request; JSON escaping grows it
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        # aiohttp's own answers (404, 405, 413 ...) in the same JSON shape as ours
+        if exc.status < 400:
+            raise
+        kind = {404: "not_found", 405: "invalid", 413: "invalid"}.get(exc.status, "invalid")
+        text = f"{request.method} {request.path}: {exc.reason}"
+        if exc.status == 413:
+            text += f" (the control API takes at most {MAX_BODY // 1024} KiB per request)"
+        return web.json_response({"error": text, "kind": kind}, status=exc.status)
     except Exception as exc:
         status, body = error_body(exc)
         if not isinstance(exc, DesanetError):
@@ -72,9 +84,34 @@ async def _body(request: web.Request) -> bytes:
     return await request.read() if request.can_read_body else b""
 
 
-def _connection(request: web.Request) -> object | None:
-    """Identifies the client connection (a confirm must come on a new one)."""
-    return request.transport
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a control request came from: its connection, and the kernel's login session
+    (audit session id) of the process on the other end, when one is set. A confirm must
+    come from another connection and, where sessions are known, another login: a new
+    SSH login proves the box can still be reached; a second command in the same shell
+    does not."""
+
+    connection: int
+    login_session: int | None
+
+
+_NO_SESSION = 4294967295  # (u32)-1: the process has no login session (e.g. started by init)
+
+
+def _origin(request: web.Request) -> Origin:
+    transport = request.transport
+    session = None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0]
+            value = int(Path(f"/proc/{pid}/sessionid").read_text())
+            session = None if value == _NO_SESSION else value
+        except (OSError, ValueError):
+            session = None  # the peer is gone or the kernel has no audit sessions
+    return Origin(id(transport), session)
 
 
 def _out(model: type[Out], data: dict[str, Any]) -> dict[str, Any]:
@@ -192,13 +229,13 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def config_apply(request: web.Request) -> web.Response:
         req = parse_request_bytes(ConfigApplyRequest, await _body(request))
         result = await ops.config_apply(req.text, req.confirm, req.by or "",
-                                        _connection(request))
+                                        _origin(request))
         return web.json_response(_out(ConfigApplyOut, {"applied": True, **_apply_json(result)}))
 
     @routes.post("/v1/config/confirm")
     async def config_confirm(request: web.Request) -> web.Response:
         req = parse_request_bytes(ByRequest, await _body(request))
-        version = await ops.config_confirm(req.by or "", _connection(request))
+        version = await ops.config_confirm(req.by or "", _origin(request))
         return web.json_response(_out(ConfigConfirmOut, {"confirmed": True, "version": version}))
 
     @routes.post("/v1/config/rollback")
@@ -210,14 +247,18 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     @routes.get("/v1/events")
     async def events(request: web.Request) -> web.Response:
         req = parse_request(EventsQuery, dict(request.query))
-        found = await ops.wait_events(req.since, req.timeout)
-        nxt = found[-1].seq if found else max(req.since, 0)
-        if not found and req.since > ops.bus.last_seq:
-            nxt = ops.bus.last_seq  # the daemon restarted: start again from its numbering
-        return web.json_response(
-            _out(EventsOut, {"events": [e.to_json() for e in found], "next": nxt}))
+        since = req.since
+        if since > ops.bus.last_seq:
+            since = 0  # numbers from an earlier run of the daemon: start again from ours
+        found = await ops.wait_events(since, req.timeout)
+        nxt = found[-1].seq if found else since
+        body: dict[str, Any] = {"events": [e.to_json() for e in found], "next": nxt,
+                                "boot": ops.started_at}
+        if since < ops.bus.oldest_seq - 1:
+            body["gap"] = True  # the ring has moved on: some events were missed
+        return web.json_response(_out(EventsOut, body))
 
-    app = web.Application(middlewares=[_errors], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[OPS_KEY] = ops
     app.add_routes(routes)
     return app

@@ -46,6 +46,10 @@ M = TypeVar("M", bound=BaseModel)
 LONG_POLL_MARGIN = 10.0
 
 
+# A converge runs dnsmasq's check and restart and may rebuild thousands of classes:
+# wait for its answer rather than report a change as failed that then goes on.
+CONVERGE_TIMEOUT = 120.0
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -202,20 +206,23 @@ class ControlClient:
                      by: str | None = None) -> ConfigApplyOut:
         body = parse_request(ConfigApplyRequest,
                              {"text": text, "confirm": confirm, "by": by}).to_json()
-        return parse_answer(ConfigApplyOut, self.request("POST", "/v1/config/apply", body),
+        return parse_answer(ConfigApplyOut, self.request("POST", "/v1/config/apply", body,
+                                         timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/apply")
 
     def config_confirm(self, by: str | None = None) -> ConfigConfirmOut:
         body = parse_request(ByRequest, {"by": by}).to_json()
-        return parse_answer(ConfigConfirmOut, self.request("POST", "/v1/config/confirm", body),
+        return parse_answer(ConfigConfirmOut, self.request("POST", "/v1/config/confirm", body,
+                                         timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/confirm")
 
     def config_rollback(self, by: str | None = None) -> ConfigRollbackOut:
         body = parse_request(ByRequest, {"by": by}).to_json()
-        return parse_answer(ConfigRollbackOut, self.request("POST", "/v1/config/rollback", body),
+        return parse_answer(ConfigRollbackOut, self.request("POST", "/v1/config/rollback", body,
+                                         timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/rollback")
 
-    def reload(self, by: str | None = None, timeout: float = 120.0) -> ReloadOut:
+    def reload(self, by: str | None = None, timeout: float = CONVERGE_TIMEOUT) -> ReloadOut:
         """Converge on the config file as it is on disk; waits for the outcome."""
         body = parse_request(ByRequest, {"by": by}).to_json()
         return parse_answer(ReloadOut, self.request("POST", "/v1/reload", body, timeout=timeout),

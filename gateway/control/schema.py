@@ -369,6 +369,8 @@ class ConfigStatusOut(Out):
 class EventsOut(Out):
     events: list[EventOut]
     next: int
+    boot: int | None = None  # when the daemon started: a new value means it restarted
+    gap: bool = False  # some events were pushed out of the ring before they were read
 
 
 class ConfigShowOut(Out):

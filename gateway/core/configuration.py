@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from gateway.core.events import (
     ConfigConfirmed,
     ConfigRefused,
     ConfigRolledBack,
+    Event,
     EventBus,
+    Stamped,
 )
 from gateway.core.lifecycle import CONFIG_TRIAL, ConfigTrialEvent, ConfigTrialState
 from gateway.core.reconcile import ConfigHolder, Reconciler
@@ -111,6 +114,10 @@ class ConfigService:
         self._trial_connection: object | None = None
         self._trial_due: float | None = None
         self.last_refusal: dict[str, Any] | None = None
+        self.last_change: Stamped | None = None
+        self._retry_pause, self._retry_at = 5.0, 0.0
+        # Interfaces and addresses the box really has (injected: tests run without them).
+        self.check_network: Callable[[Config], list[tuple[str, Any, str]]] = lambda cfg: []
         self._lock = asyncio.Lock()
 
     @property
@@ -129,7 +136,7 @@ class ConfigService:
         self.trial_state = CONFIG_TRIAL.next("pending", "restart")
         log.warning("a config trial (%s) was pending at start: rolled back to %s",
                     record.version, record.previous_version)
-        self.bus.publish(ConfigRolledBack(
+        self._changed(ConfigRolledBack(
             record.previous_version, record.version, ChangeSource.START,
             "the gateway restarted before the trial was confirmed", record.by))
 
@@ -142,26 +149,34 @@ class ConfigService:
     def diff(self, text: str) -> list[dict[str, Any]]:
         return changes_between(self.current, self.parse(text))
 
+    async def _check(self, old: Config, new: Config) -> None:
+        """What a config file alone cannot tell: settings only a restart may change, and
+        interfaces and addresses this box really has (a typo in lan_interface would cut
+        the whole village off). Raises Refused / Invalid."""
+        refuse_restart_only(old, new)
+        problems = await asyncio.to_thread(self.check_network, new)
+        if problems:
+            raise Invalid(*problems[0])
+
     async def apply(self, text: str, confirm: int | None, by: str, source: ChangeSource,
                     connection: object | None = None) -> ApplyResult:
         """Apply a config text now; with ``confirm`` seconds, as a trial.
 
-        Raises Invalid/ConfigError (nothing changed), Conflict (a trial is
-        pending, or no config file), ApplyFailed (a step failed, all undone).
+        Raises Invalid/ConfigError (nothing changed), Refused (restart needed),
+        Conflict (a trial is pending, or no config file), ApplyFailed (a step
+        failed, all undone).
         """
         new = self.parse(text)
         if confirm is not None and not MIN_CONFIRM <= confirm <= MAX_CONFIRM:
             raise Invalid("confirm", confirm, f"a confirm window of {MIN_CONFIRM} s .. "
                           f"{MAX_CONFIRM // 3600} h", '"5m"')
-        refuse_restart_only(self.current, new)
+        await self._check(self.current, new)
         async with self._lock:
             event: ConfigTrialEvent = "apply" if confirm is None else "apply_with_confirm"
             next_state = CONFIG_TRIAL.next(self.trial_state, event)
             path = self._path()
             old, old_text = self.current, self.text or ""
             record = None
-            # The replaced text is kept for a later `config rollback`, trial or not.
-            await asyncio.to_thread(self.trials.save_previous, old_text)
             if confirm is not None:
                 now = self.clock.now()
                 record = TrialRecord(now, now + confirm, old_text, version_of(old),
@@ -170,12 +185,17 @@ class ConfigService:
             await asyncio.to_thread(write_config_atomic, path, text)
             try:
                 await self.reconciler.converge(new, old)
-            except DesanetError as exc:
+            except Exception as exc:
+                # Whatever failed, the file and the record go back: the next boot or
+                # SIGHUP must not pick up a config that was never running.
                 await asyncio.to_thread(write_config_atomic, path, old_text)
                 if record is not None:
                     await asyncio.to_thread(self.trials.clear)
-                self._refused(source, by, exc)
+                if isinstance(exc, DesanetError):
+                    self._refused(source, by, exc)
                 raise
+            # Kept for a later `config rollback` (a trial keeps it in its record too).
+            await asyncio.to_thread(self.trials.save_previous, old_text)
             self.text = text
             self.trial, self.trial_state = record, next_state
             self._trial_connection = connection if record is not None else None
@@ -186,30 +206,35 @@ class ConfigService:
             result = ApplyResult(version_of(new), version_of(old), changes, record)
         log.info("config %s applied by %s (%s)%s", result.version, by or "?", source,
                  f", confirm by {record.deadline}" if record else "")
-        self.bus.publish(ConfigApplied(result.version, result.previous_version, source, by,
-                                       change_lines(changes), record.deadline if record else None))
+        self._changed(ConfigApplied(result.version, result.previous_version, source, by,
+                                    change_lines(changes), record.deadline if record else None))
         return result
 
     async def confirm(self, by: str, connection: object | None = None) -> str:
-        """Keep the trial config. Raises IllegalTransition (no trial), Refused (same
-        connection as the apply)."""
+        """Keep the trial config. Raises IllegalTransition (no trial), Refused (the same
+        connection or login session as the apply; the window already ran out)."""
         async with self._lock:
             next_state = CONFIG_TRIAL.next(self.trial_state, "confirm")
-            if connection is not None and connection is self._trial_connection:
+            if connection is not None and _same_origin(connection, self._trial_connection):
                 raise Refused("same_connection",
-                              "confirm from a new connection (for example a new SSH login): "
-                              "this connection applied the config, so it proves nothing")
+                              "confirm from a new connection (a new SSH login): the connection "
+                              "or login session that applied the config proves nothing")
+            if self._trial_expired():
+                raise Refused("too_late", "the confirm window has run out; the previous config "
+                              "is coming back, apply the new one again if it was right")
             await asyncio.to_thread(self.trials.clear)
             record = self.trial
             self.trial, self.trial_state, self._trial_connection = None, next_state, None
             self._trial_due = None
         version = record.version if record else self.version
         log.info("config %s confirmed by %s", version, by or "?")
-        self.bus.publish(ConfigConfirmed(version, ChangeSource.CLI, by))
+        self._changed(ConfigConfirmed(version, ChangeSource.CLI, by))
         return version
 
     async def rollback(self, by: str, source: ChangeSource, reason: str) -> str:
-        """Go back to the config before the trial (or before the last apply).
+        """Go back to the config before the trial (or, with none pending, before the last
+        apply: once; the kept text is then used up, so a second rollback cannot bring
+        back the config that was just rolled away from).
 
         Raises Conflict when there is nothing to roll back to, ApplyFailed.
         """
@@ -224,7 +249,7 @@ class ConfigService:
             else:
                 next_state = self.trial_state
                 loaded = await asyncio.to_thread(self.trials.load_previous)
-                if not loaded:
+                if not loaded or loaded == self.text:
                     raise Conflict("no config trial is pending and no earlier config is kept; "
                                    "nothing to roll back to")
                 previous_text = loaded
@@ -237,38 +262,35 @@ class ConfigService:
                 self._refused(source, by, exc)
                 raise
             await asyncio.to_thread(write_config_atomic, path, previous_text)
-            # The config rolled away from is kept in turn: a second rollback returns to it.
-            await asyncio.to_thread(self.trials.save_previous, self.text or "")
+            await asyncio.to_thread(self.trials.forget_previous)
             await asyncio.to_thread(self.trials.clear)
             self.text = previous_text
             self.trial, self.trial_state, self._trial_connection = None, next_state, None
             self._trial_due = None
             version = version_of(previous)
         log.warning("config rolled back to %s (%s, by %s)", version, reason, by or "?")
-        self.bus.publish(ConfigRolledBack(version, version_of(old), source, reason, by))
+        self._changed(ConfigRolledBack(version, version_of(old), source, reason, by))
         return version
 
     async def reload(self, source: ChangeSource, by: str = "") -> ApplyResult:
         """Re-read the config file and converge to it (SIGHUP, ``desanet reload``).
 
-        Raises Conflict (no file), ConfigError (the running config stays), ApplyFailed.
+        Raises Conflict (no file, or a trial pending), ConfigError (the running
+        config stays), Refused, ApplyFailed.
         """
         path = self._path()
-        try:
-            text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
-            new = self.parse(text, path)
-        except OSError as exc:
-            err = Invalid("config", path, f"a readable config file ({exc.strerror or exc})")
-            self._refused(source, by, err)
-            raise err from exc
-        except DesanetError as exc:
-            self._refused(source, by, exc)
-            raise
-        async with self._lock:
+        async with self._lock:  # read inside: an apply cannot slip in between
             old = self.current
             try:
-                refuse_restart_only(old, new)
+                CONFIG_TRIAL.next(self.trial_state, "reload")
+                text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+                new = self.parse(text, path)
+                await self._check(old, new)
                 await self.reconciler.converge(new, old)
+            except OSError as exc:
+                err = Invalid("config", path, f"a readable config file ({exc.strerror or exc})")
+                self._refused(source, by, err)
+                raise err from exc
             except DesanetError as exc:
                 self._refused(source, by, exc)
                 raise
@@ -276,16 +298,28 @@ class ConfigService:
             changes = changes_between(old, new)
             result = ApplyResult(version_of(new), version_of(old), changes, self.trial)
         log.info("config reloaded (%s): %d change(s)", source, len(changes))
-        self.bus.publish(ConfigApplied(result.version, result.previous_version, source, by,
-                                       change_lines(changes), None))
+        self._changed(ConfigApplied(result.version, result.previous_version, source, by,
+                                    change_lines(changes), None))
         return result
 
     async def check_deadline(self) -> None:
-        """The reconcile loop's timer: roll a trial back once its window ran out."""
-        if self.trial is not None and self._trial_expired():
-            log.warning("config trial %s was not confirmed in time; rolling back",
-                        self.trial.version)
+        """The reconcile loop's timer: roll a trial back once its window ran out.
+
+        A rollback that fails is retried with a growing pause (not every second:
+        each failure is an event, and the ring must keep room for the others).
+        """
+        if self.trial is None or not self._trial_expired():
+            return
+        if self.clock.monotonic() < self._retry_at:
+            return
+        log.warning("config trial %s was not confirmed in time; rolling back", self.trial.version)
+        try:
             await self.rollback("", ChangeSource.TIMER, "not confirmed before the deadline")
+        except DesanetError:
+            self._retry_pause = min(self._retry_pause * 2, 600.0)
+            self._retry_at = self.clock.monotonic() + self._retry_pause
+            raise
+        self._retry_pause, self._retry_at = 5.0, 0.0
 
     def _trial_expired(self) -> bool:
         if self._trial_due is not None:
@@ -295,14 +329,17 @@ class ConfigService:
     # -- status -------------------------------------------------------------------------
 
     def status_json(self) -> dict[str, Any]:
-        last = self.bus.last(ConfigApplied, ConfigConfirmed, ConfigRolledBack, ConfigRefused)
         return {
             "version": self.version,
             "path": self.path,
-            "last_change": last.to_json() if last else None,
+            "last_change": self.last_change.to_json() if self.last_change else None,
             "trial": self.trial.public_json() if self.trial else None,
             "last_refusal": self.last_refusal,
         }
+
+    def _changed(self, event: Event) -> None:
+        # Kept here, not only in the event ring: a busy box pushes old events out.
+        self.last_change = self.bus.publish(event)
 
     def _path(self) -> str:
         if self.path is None:
@@ -315,4 +352,14 @@ class ConfigService:
         self.last_refusal = {"time": self.clock.now(), "reason": str(exc), "source": str(source),
                              "step": step}
         log.error("config change refused (%s): %s", source, exc)
-        self.bus.publish(ConfigRefused(source, str(exc), step, by))
+        self._changed(ConfigRefused(source, str(exc), step, by))
+
+
+def _same_origin(a: object, b: object | None) -> bool:
+    """The same control connection, or the same known login session (see control/api.py)."""
+    if b is None:
+        return False
+    if a is b or a == b:
+        return True
+    session_a, session_b = getattr(a, "login_session", None), getattr(b, "login_session", None)
+    return session_a is not None and session_a == session_b

@@ -192,6 +192,11 @@ class EventBus:
     def last_seq(self) -> int:
         return self._seq
 
+    @property
+    def oldest_seq(self) -> int:
+        """The sequence number of the oldest event still in the ring (last + 1 if empty)."""
+        return self._ring[0].seq if self._ring else self._seq + 1
+
     def publish(self, event: Event) -> Stamped:
         self._seq += 1
         stamped = Stamped(self._seq, self.clock.time(), event)

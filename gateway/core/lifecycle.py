@@ -227,7 +227,9 @@ def outbox_result_event(outcome: OutboxOutcome, uncertain: bool) -> OutboxEvent:
 # -- the config trial (gateway/config/apply.py, confirm or roll back) -----------------
 
 ConfigTrialState = Literal["none", "pending", "confirmed", "rolled_back"]
-ConfigTrialEvent = Literal["apply", "apply_with_confirm", "confirm", "rollback", "deadline", "restart"]
+ConfigTrialEvent = Literal[
+    "apply", "apply_with_confirm", "confirm", "rollback", "deadline", "restart", "reload",
+]
 
 _PENDING_APPLY = "a trial is pending: confirm it or roll it back first"
 _NO_TRIAL = "no trial is pending"
@@ -248,12 +250,18 @@ CONFIG_TRIAL: TransitionTable[ConfigTrialState, ConfigTrialEvent] = TransitionTa
         ("none", "restart"): "none",
         ("confirmed", "restart"): "confirmed",
         ("rolled_back", "restart"): "rolled_back",
+        # re-reading the file (SIGHUP, `desanet reload`) leaves the trial state alone,
+        # and is refused while a trial runs: the file then holds the trial's config
+        ("none", "reload"): "none",
+        ("confirmed", "reload"): "confirmed",
+        ("rolled_back", "reload"): "rolled_back",
     },
     states=get_args(ConfigTrialState),
     events=get_args(ConfigTrialEvent),
     refusals={
         ("pending", "apply"): _PENDING_APPLY,
         ("pending", "apply_with_confirm"): _PENDING_APPLY,
+        ("pending", "reload"): "a trial is pending: confirm it or roll it back before reloading",
         ("none", "confirm"): f"{_NO_TRIAL}, there is nothing to confirm",
         ("confirmed", "confirm"): f"{_NO_TRIAL}, the last trial is already confirmed",
         ("rolled_back", "confirm"): f"{_NO_TRIAL}, the last trial was rolled back; apply it again",

@@ -91,7 +91,7 @@ class GatewayOps:
             "portal_url": cfg.portal_url,
             "lan_ip": cfg.lan_ip,
             "portal_mode": cfg.portal.mode,
-            "sessions_active": await self.sessions.store.count_active(now),
+            "sessions_active": await self.sessions.count_active(),
             "firewall": {"backend": self._firewall.backend},
             "dnsmasq": {"running": self._dhcp.running, "pid": self._dhcp.pid,
                         "restarts": self._dhcp.restarts},
@@ -103,7 +103,7 @@ class GatewayOps:
     async def clients(self) -> list[dict[str, Any]]:
         """Authorized sessions (with idle time left and shaping), then DHCP-only clients."""
         now = self.now()
-        sessions = await self.sessions.store.active_sessions(now)
+        sessions = await self.sessions.active()
         active = await self._firewall.active_clients()
         out = []
         for s in sessions:

@@ -75,6 +75,7 @@ class Job:
     interval: float
     action: Callable[[], Awaitable[None]]
     due: float = 0.0
+    running: asyncio.Task[None] | None = None
 
 
 class Reconciler:
@@ -106,9 +107,24 @@ class Reconciler:
         Raises ApplyFailed(step, reason) after undoing every step taken; the
         running config (``holder.current``) is then ``previous`` again.
         """
-        async with self.sessions.lock:
-            steps = self._steps(new, previous)
-            return await run_steps(steps)
+        return await run_steps(self._steps(new, previous))
+
+    def _locked(self, step: Step) -> Step:
+        """The step (and its undo) under the session lock: no login interleaves with a
+        rebuild of the kernel state from the session list. Steps that only touch child
+        processes (dnsmasq's check and restart can take seconds) run without it, so
+        villagers can log in meanwhile."""
+        lock = self.sessions.lock
+
+        async def do() -> None:
+            async with lock:
+                await step.do()
+
+        async def undo() -> None:
+            async with lock:
+                await step.undo()
+
+        return Step(step.name, do, undo)
 
     def _steps(self, new: Config, old: Config | None) -> list[Step]:
         holder = self.holder
@@ -121,10 +137,10 @@ class Reconciler:
             if old is not None:
                 holder.current = old
 
-        steps.append(Step("config", switch, switch_back))
+        steps.append(self._locked(Step("config", switch, switch_back)))
 
         async def sessions_now() -> list[Session]:
-            return await self.sessions.store.active_sessions(self.clock.now())
+            return await self.sessions.active()
 
         async def shape_new() -> None:
             await self.shaping.converge(new, await sessions_now(), old)
@@ -136,7 +152,7 @@ class Reconciler:
         # Classes first, then the firewall that steers packets into them. Both
         # always run: the shaper applies only differences, and a ruleset swap is
         # one atomic transaction that carries the dynamic sets and keeps connections.
-        steps.append(Step("shaping", shape_new, shape_old))
+        steps.append(self._locked(Step("shaping", shape_new, shape_old)))
 
         async def firewall_new() -> None:
             # Expired sessions are left out here and ended (with their event) by the sweep.
@@ -146,10 +162,12 @@ class Reconciler:
 
         async def firewall_old() -> None:
             if old is not None:
-                now = self.clock.now()
-                await self.firewall.apply(old, await sessions_now(), now, garden_same(old, new))
+                # Carry the walled garden's resolved addresses back only when they were
+                # resolved for names the old config allows too (names were only removed).
+                carry = set(new.walled_garden.hostnames) <= set(old.walled_garden.hostnames)
+                await self.firewall.apply(old, await sessions_now(), self.clock.now(), carry)
 
-        steps.append(Step("firewall", firewall_new, firewall_old))
+        steps.append(self._locked(Step("firewall", firewall_new, firewall_old)))
 
         if old is None:
             async def forwarding() -> None:
@@ -182,7 +200,7 @@ class Reconciler:
             if old is not None:
                 await self.servers.sync_local_services(old)
 
-        if old is None or old.local_services.enabled != new.local_services.enabled:
+        if old is None or local_site_settings(old) != local_site_settings(new):
             steps.append(Step("local_services", local_new, local_old))
 
         async def portal_new() -> None:
@@ -219,26 +237,47 @@ class Reconciler:
         self._wake.set()
 
     async def run(self) -> None:
-        """Run due jobs forever (cancel the task to stop)."""
-        while True:
-            now = self.clock.monotonic()
-            for job in sorted(self.jobs, key=lambda j: j.due):
-                if job.due > now:
-                    continue
-                job.due = now + job.interval
-                try:
-                    await job.action()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # Never let one job end the loop: expiry and idle cut-offs depend on it.
-                    log.exception("periodic job %s failed; retrying in %.0fs", job.name,
-                                  job.interval)
-            self._wake.clear()
-            wait = min((j.due for j in self.jobs), default=now + 60.0) - self.clock.monotonic()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        """Start due jobs forever (cancel the task to stop; running jobs are cancelled too).
+
+        Each run of a job is its own task, so a slow one (a prefetch download, a
+        probe waiting on a dead upstream) never delays the others: the sweep and
+        the confirm deadline keep their time. A job still running when it is due
+        again is skipped for that turn, never run twice at once.
+        """
+        try:
+            while True:
+                now = self.clock.monotonic()
+                for job in self.jobs:
+                    if job.due > now:
+                        continue
+                    job.due = now + job.interval
+                    if job.running is not None and not job.running.done():
+                        log.debug("periodic job %s is still running; skipping a turn", job.name)
+                        continue
+                    job.running = asyncio.create_task(self._run_job(job), name=f"job-{job.name}")
+                self._wake.clear()
+                wait = min((j.due for j in self.jobs), default=now + 60.0) \
+                    - self.clock.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                else:
+                    await asyncio.sleep(0)  # let the jobs just started run
+        finally:
+            running = [j.running for j in self.jobs if j.running is not None]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    @staticmethod
+    async def _run_job(job: Job) -> None:
+        try:
+            await job.action()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never let one job end the loop: expiry and idle cut-offs depend on it.
+            log.exception("periodic job %s failed; retrying in %.0fs", job.name, job.interval)
 
 
 class ConfigHolder:
@@ -250,3 +289,9 @@ class ConfigHolder:
     def get(self) -> Config:
         return self.current
 
+
+def local_site_settings(cfg: Config) -> tuple[object, ...]:
+    """Settings the government-services site takes when it starts (the rest it reads
+    per request): a change of one restarts the site."""
+    ls = cfg.local_services
+    return (ls.enabled, ls.cache_size, ls.request_timeout)

@@ -186,6 +186,9 @@ class SessionService:
     async def active(self) -> list[Session]:
         return await self.store.active_sessions(self.now())
 
+    async def count_active(self) -> int:
+        return await self.store.count_active(self.now())
+
     def check_plan(self, plan: str | None) -> None:
         plans = self._config().shaping.plans
         if plan is not None and plan not in plans:

@@ -95,9 +95,9 @@ class Daemon:
         os.chmod(run_dir, 0o755)
 
         kernel = KernelWorker()
-        stack.callback(kernel.shutdown)
+        _on_close(stack, "kernel worker", lambda: asyncio.to_thread(kernel.shutdown))
         database = DatabaseWorker()
-        stack.callback(database.shutdown)
+        _on_close(stack, "database worker", lambda: asyncio.to_thread(database.shutdown))
 
         store = AsyncStore(Store(state_dir / "desanet.db"), database)
         _on_close(stack, "store", store.close)
@@ -116,6 +116,7 @@ class Daemon:
         servers = DaemonServers(holder.get, sessions, state_dir)
         reconciler = Reconciler(holder, sessions, shaping, firewall, dhcp, servers, clock)
         config = ConfigService(holder, reconciler, bus, clock, state_dir, self.config_path, text)
+        config.check_network = servers.check_network
         if recovered is not None:
             config.note_recovered_trial(recovered)
         self.config = config

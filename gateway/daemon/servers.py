@@ -10,18 +10,20 @@ voucher rate limiter (one limiter lives here for the daemon's lifetime).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from gateway.cache.service import LocalServices
 from gateway.config.schema import Config
-from gateway.core.reconcile import portal_listen
+from gateway.core.reconcile import local_site_settings, portal_listen
 from gateway.errors import ServiceError
 from gateway.portal.app import Handler, create_portal_app
 from gateway.portal.backend import PortalBackend
@@ -44,6 +46,7 @@ class DaemonServers:
         self._backend = backend
         self._state_dir = state_dir
         self.local: LocalServices | None = None
+        self._local_settings: tuple[object, ...] | None = None
         self._portal: web.AppRunner | None = None
         self._control: web.AppRunner | None = None
         self._limiter: RateLimiter | None = None
@@ -54,14 +57,39 @@ class DaemonServers:
         enable_ipv4_forwarding()
 
     async def sync_local_services(self, cfg: Config) -> None:
-        enabled = cfg.local_services.enabled
-        if enabled and self.local is None:
-            local = LocalServices(self._config, self._state_dir)
+        wanted = local_site_settings(cfg) if cfg.local_services.enabled else None
+        if self.local is not None and wanted == self._local_settings:
+            return
+        await self.stop_local_services()
+        if wanted is not None:
+            local = await asyncio.to_thread(LocalServices, self._config, self._state_dir, cfg)
             await local.start()
-            self.local = local
-        elif not enabled and self.local is not None:
-            local, self.local = self.local, None
-            await local.stop()
+            self.local, self._local_settings = local, wanted
+
+    def check_network(self, cfg: Config) -> list[tuple[str, Any, str]]:
+        """Interfaces and the LAN address the config names, as this box has them.
+
+        Blocks briefly (getifaddrs): call it on a thread. Each problem is
+        (field, found, expected) for an Invalid error.
+        """
+        import netifaces
+
+        present = set(netifaces.interfaces())
+        problems: list[tuple[str, Any, str]] = []
+        net = cfg.network
+        for field, name in (("network.lan_interface", net.lan_interface),
+                            ("network.wan_interface", net.wan_interface)):
+            if name not in present:
+                problems.append((field, name, "an interface this gateway has: "
+                                 + ", ".join(sorted(present))))
+        if net.lan_interface in present:
+            addrs = {a.get("addr") for a in
+                     netifaces.ifaddresses(net.lan_interface).get(netifaces.AF_INET, [])}
+            if cfg.lan_ip not in addrs:
+                problems.append(("network.lan_address", str(net.lan_address),
+                                 f"an address {net.lan_interface} has "
+                                 f"({', '.join(sorted(a for a in addrs if a)) or 'none'})"))
+        return problems
 
     async def sync_portal(self, cfg: Config, previous: Config | None) -> None:
         if self._portal is not None and previous is not None \
@@ -107,7 +135,7 @@ class DaemonServers:
 
     async def stop_local_services(self) -> None:
         if self.local is not None:
-            local, self.local = self.local, None
+            local, self.local, self._local_settings = self.local, None, None
             await local.stop()
 
     async def start_control(self, app: web.Application, socket_path: str) -> None:

@@ -240,10 +240,11 @@ async def test_rollback_without_a_trial_uses_the_kept_previous_text(core: Core) 
     await core.config.rollback("ani", ChangeSource.CLI, "asked")
     assert core.cfg == a and core.config_path.read_text() == a_text
     assert core.config.trial_state == "none"
-    # the config rolled back from is kept in turn: a second rollback goes forward again
-    assert TrialStore(core.state_dir).load_previous() == b_text
-    await core.config.rollback("ani", ChangeSource.CLI, "asked")
-    assert core.cfg.portal.terms_id == "Aturan B."
+    # the kept text is used up: a second rollback cannot bring back what was rolled away
+    assert TrialStore(core.state_dir).load_previous() is None
+    with pytest.raises(Conflict):
+        await core.config.rollback("ani", ChangeSource.CLI, "asked")
+    assert core.cfg == a
 
 
 async def test_rollback_with_nothing_kept_is_a_conflict(core: Core) -> None:
@@ -294,9 +295,10 @@ async def test_deadline_after_a_confirm_does_nothing(core: Core) -> None:
 async def test_deadline_racing_a_confirm_cannot_undo_it(core: Core) -> None:
     await core.config.apply(text_b(core), None, "budi", ChangeSource.CLI)  # keeps A as previous
     await core.config.apply(text_c(core), 60, "budi", ChangeSource.CLI)  # trial of C
-    core.clock.advance(60)
+    core.clock.advance(59)
     confirm = asyncio.create_task(core.config.confirm("ani"))
-    await asyncio.sleep(0)  # confirm holds the lock, clearing the record off the loop
+    await asyncio.sleep(0)  # confirm holds the lock (in time), clearing the record off the loop
+    core.clock.advance(1)  # the window runs out while it does
     await core.config.check_deadline()
     await confirm
     assert core.config.trial_state == "confirmed"
@@ -449,3 +451,35 @@ async def test_reload_of_a_moved_state_dir_is_refused(core: Core) -> None:
     assert core.cfg is old
     assert core.config.last_refusal is not None
     assert "restart" in core.config.last_refusal["reason"]
+
+
+async def test_a_confirm_after_the_window_ran_out_is_refused(core: Core) -> None:
+    await core.config.apply(text_b(core), 60, "budi", ChangeSource.CLI)
+    core.clock.advance(30)
+    # positive control: in time, from another connection, it would be accepted (see above)
+    core.clock.advance(31)
+    with pytest.raises(Refused) as info:
+        await core.config.confirm("ani")
+    assert info.value.reason == "too_late"
+    await core.config.check_deadline()
+    assert core.config.trial_state == "rolled_back" and core.cfg.portal.terms_id != "Aturan B."
+
+
+async def test_a_reload_during_a_trial_is_refused(core: Core) -> None:
+    await core.config.apply(text_b(core), 60, "budi", ChangeSource.CLI)
+    with pytest.raises(IllegalTransition, match="before reloading"):
+        await core.config.reload(ChangeSource.SIGHUP)
+    assert core.config.trial_state == "pending"
+
+
+async def test_a_missing_interface_is_refused_before_anything_changes(core: Core) -> None:
+    core.config.check_network = lambda cfg: (
+        [] if cfg.network.lan_interface == core.cfg.network.lan_interface
+        else [("network.lan_interface", cfg.network.lan_interface, "an interface this gateway has")])
+    before = await state(core)
+    typo = edited(core.config_path.read_text(), network={"lan_interface": "br-lam"})
+    with pytest.raises(Invalid) as info:
+        await core.config.apply(typo, 60, "budi", ChangeSource.CLI)
+    assert info.value.field == "network.lan_interface" and "br-lam" in str(info.value)
+    assert await state(core) == before
+    await core.config.apply(text_b(core), None, "budi", ChangeSource.CLI)  # positive control

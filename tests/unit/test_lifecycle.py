@@ -55,7 +55,7 @@ OUTBOX_PAIRS = [(s, e) for s in OUTBOX_STATES for e in OUTBOX_EVENTS]
 
 TRIAL_STATES: tuple[ConfigTrialState, ...] = ("none", "pending", "confirmed", "rolled_back")
 TRIAL_EVENTS: tuple[ConfigTrialEvent, ...] = (
-    "apply", "apply_with_confirm", "confirm", "rollback", "deadline", "restart",
+    "apply", "apply_with_confirm", "confirm", "rollback", "deadline", "restart", "reload",
 )
 TRIAL_MOVES: dict[tuple[ConfigTrialState, ConfigTrialEvent], ConfigTrialState] = {
     ("none", "apply"): "none",
@@ -71,6 +71,9 @@ TRIAL_MOVES: dict[tuple[ConfigTrialState, ConfigTrialEvent], ConfigTrialState] =
     ("none", "restart"): "none",
     ("confirmed", "restart"): "confirmed",
     ("rolled_back", "restart"): "rolled_back",
+    ("none", "reload"): "none",
+    ("confirmed", "reload"): "confirmed",
+    ("rolled_back", "reload"): "rolled_back",
 }
 TRIAL_PAIRS = [(s, e) for s in TRIAL_STATES for e in TRIAL_EVENTS]
 
