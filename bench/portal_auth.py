@@ -171,7 +171,8 @@ def burst(api_path: str, count: int, base: int) -> dict[str, Any]:
 
         def one(i: int) -> None:
             c = ControlClient(api_path, timeout=120.0)
-            body = {"mac": mac_of(i), "ip": ip_of(i)}
+            # auth takes mac + ip; deauth only the mac (the typed requests refuse unknown keys)
+            body = {"mac": mac_of(i), "ip": ip_of(i)} if path.endswith("/auth") else {"mac": mac_of(i)}
             try:
                 assert barrier is not None
                 barrier.wait()
