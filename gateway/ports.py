@@ -11,7 +11,7 @@ so a service only awaits and the event loop never blocks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from gateway.config.schema import Config
@@ -102,6 +102,18 @@ class SessionStorePort(Protocol):
     """Durable sessions and vouchers; every method is one fsynced transaction."""
 
     async def start_session(self, session: Session) -> None: ...
+
+    async def login(
+        self,
+        mac: str,
+        now: int,
+        voucher_code: str | None,
+        admit: Callable[[Session | None, int], None],
+        build: Callable[[Voucher | None], Session],
+    ) -> tuple[Session | None, Session]:
+        """One transaction: ``admit(current, active_count)`` (raises to refuse), redeem the
+        voucher, record ``build(voucher)``; return (replaced session, new session)."""
+        ...
 
     async def end_session(self, mac: str, now: int, reason: str) -> Session | None: ...
 

@@ -33,7 +33,7 @@ from gateway.config.schema import Config
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.session_rules import idle_sessions, new_session, stale_kernel_entries
 from gateway.errors import DesanetError, Invalid, NotFound, PortalDenied
-from gateway.model import ClientView, Session, SessionSource
+from gateway.model import ClientView, Session, SessionSource, Voucher
 from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
 
@@ -120,18 +120,21 @@ class SessionService:
                 raise NotFound(f"no IPv4 address known for {mac} (no DHCP lease, no neighbour "
                                'entry); pass "ip" too')
         self._check_client_ip(cfg, ip)
+        if mac in cfg.access.blocked_macs:
+            raise PortalDenied("blocked")
+        client_ip = ip
         async with self.lock:
             now = self.now()
-            current = await self.store.active_session(mac, now)
-            if mac in cfg.access.blocked_macs:
-                raise PortalDenied("blocked")
-            if current is None and await self.store.count_active(now) >= cfg.portal.max_clients:
-                raise PortalDenied("full")
-            voucher = None
-            if voucher_code is not None:
-                voucher = await self.store.redeem_voucher(voucher_code, mac, now)
-            session = new_session(cfg, mac, ip, now, source, voucher, duration, plan)
-            await self.store.start_session(session)
+
+            def admit(current: Session | None, active: int) -> None:
+                if current is None and active >= cfg.portal.max_clients:
+                    raise PortalDenied("full")
+
+            def build(voucher: Voucher | None) -> Session:
+                return new_session(cfg, mac, client_ip, now, source, voucher, duration, plan)
+
+            # One store transaction for the whole login: one trip to the database worker.
+            current, session = await self.store.login(mac, now, voucher_code, admit, build)
             if current is not None:
                 self.bus.publish(SessionEnded(current.mac, current.ip, EndReason.REPLACED))
                 if current.ip != ip:
@@ -219,19 +222,25 @@ class SessionService:
     async def sweep(self) -> None:
         """End expired and idle sessions; drop kernel entries the store does not back."""
         ended: list[tuple[Session, EndReason]] = []
+        # The kernel's sets are listed before taking the lock: at 5,000 clients that
+        # takes a while, and logins must not wait for it. Safe: a session started since
+        # cannot be idle yet (see idle_sessions), an entry added since is not in the
+        # snapshot, and revoking an entry that has gone meanwhile is a no-op.
+        active = await self.firewall.active_clients()
+        authorized = await self.firewall.authorized_clients()
         async with self.lock:
             now = self.now()
             for s in await self.store.expire_sessions(now):
                 await self._cut_off(s)
                 ended.append((s, EndReason.EXPIRED))
             sessions = await self.store.active_sessions(now)
-            for s in idle_sessions(sessions, await self.firewall.active_clients(), now):
+            for s in idle_sessions(sessions, active, now):
                 await self.store.end_session(s.mac, now, EndReason.IDLE)
                 await self._cut_off(s)
                 ended.append((s, EndReason.IDLE))
             live = await self.store.active_sessions(now)
             live_ips = {s.ip for s in live}
-            for mac, ip in stale_kernel_entries(live, await self.firewall.authorized_clients()):
+            for mac, ip in stale_kernel_entries(live, authorized):
                 # The address's class and map entry belong to a live session if any.
                 cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
                 await self.firewall.revoke(mac, ip, cls)

@@ -9,7 +9,7 @@ the database, VoucherError(reason) for the voucher rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from gateway.kernel import DatabaseWorker
@@ -103,6 +103,18 @@ class AsyncStore:
                               ) -> tuple[Voucher, list[Session]]:
         """Free a device slot (or all) and end the sessions on it. Awaits the database worker."""
         return await self.worker.call(self.store.release_voucher, code, mac, now)
+
+    async def login(
+        self,
+        mac: str,
+        now: int,
+        voucher_code: str | None,
+        admit: Callable[[Session | None, int], None],
+        build: Callable[[Voucher | None], Session],
+    ) -> tuple[Session | None, Session]:
+        """A whole login in one transaction. Awaits the database worker once (``admit``
+        and ``build`` run there: they must be pure)."""
+        return await self.worker.call(self.store.login, mac, now, voucher_code, admit, build)
 
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` (first use starts the clock) or raise VoucherError(reason).

@@ -20,7 +20,7 @@ two cannot drift. The rules, as the SQL implements them:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -87,6 +87,25 @@ class MemoryStore(FaultInjection):
                 row.ended, row.end_reason = now, reason
                 return row.session
         return None
+
+    async def login(
+        self,
+        mac: str,
+        now: int,
+        voucher_code: str | None,
+        admit: Callable[[Session | None, int], None],
+        build: Callable[[Voucher | None], Session],
+    ) -> tuple[Session | None, Session]:
+        """Same rules as the SQLite store's one transaction: nothing awaits in between,
+        and a refusal raised before the writes changes nothing."""
+        self._use("login", True)
+        current = next((r.session for r in self.rows.values()
+                        if r.session.mac == mac and r.active(now)), None)
+        admit(current, sum(1 for r in self.rows.values() if r.active(now)))
+        voucher = None if voucher_code is None else await self.redeem_voucher(voucher_code, mac, now)
+        session = build(voucher)
+        await self.start_session(session)
+        return current, session
 
     async def active_session(self, mac: str, now: int) -> Session | None:
         self._use("active_session", False)

@@ -11,7 +11,7 @@ The database holds unused voucher codes, which are worth money, so the file
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from gateway.errors import VoucherError
@@ -80,15 +80,50 @@ class Store:
     def start_session(self, session: Session) -> None:
         """Record a new active session, ending any earlier one of the same MAC."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE sessions SET ended=?, end_reason='replaced' WHERE mac=? AND ended IS NULL",
-                (session.started, session.mac),
-            )
-            db.execute(
-                f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?,?,?,?,?,?,?,?)",
-                (session.mac, session.ip, session.started, session.expires,
-                 session.idle_timeout, session.source, session.voucher, session.plan),
-            )
+            self._start(db, session)
+
+    def login(
+        self,
+        mac: str,
+        now: int,
+        voucher_code: str | None,
+        admit: Callable[[Session | None, int], None],
+        build: Callable[[Voucher | None], Session],
+    ) -> tuple[Session | None, Session]:
+        """A whole login in ONE transaction (one fsync, one trip to the database worker).
+
+        Reads ``mac``'s active session and the number of active sessions and
+        gives them to ``admit`` (which raises to refuse), redeems the voucher
+        if a code is given, records the session ``build`` makes from it, and
+        returns (the session it replaced, the new one). Anything raised rolls
+        the whole transaction back: a refused login changes nothing.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE mac=? AND ended IS NULL AND expires>?",
+                (mac, now),
+            ).fetchone()
+            current = Session(*row) if row else None
+            count = db.execute(
+                "SELECT count(*) FROM sessions WHERE ended IS NULL AND expires>?", (now,)
+            ).fetchone()[0]
+            admit(current, int(count))
+            voucher = None if voucher_code is None else self._redeem(db, voucher_code, mac, now)
+            session = build(voucher)
+            self._start(db, session)
+        return current, session
+
+    @staticmethod
+    def _start(db: sqlite3.Connection, session: Session) -> None:
+        db.execute(
+            "UPDATE sessions SET ended=?, end_reason='replaced' WHERE mac=? AND ended IS NULL",
+            (session.started, session.mac),
+        )
+        db.execute(
+            f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+            (session.mac, session.ip, session.started, session.expires,
+             session.idle_timeout, session.source, session.voucher, session.plan),
+        )
 
     def end_session(self, mac: str, now: int, reason: str) -> Session | None:
         """End the active session of ``mac``; return it, or None if there was none."""
@@ -260,19 +295,23 @@ class Store:
     def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` to the voucher (first use starts its clock) or raise VoucherError."""
         with self._tx() as db:
-            voucher = self._voucher(db, code)
-            if voucher is None:
-                raise VoucherError("unknown")
-            state = voucher.state(now)
-            if state in ("revoked", "expired"):
-                raise VoucherError(state)
-            if mac not in voucher.devices:
-                if len(voucher.devices) >= voucher.max_devices:
-                    raise VoucherError("in_use")
-                db.execute("INSERT INTO voucher_devices (code, mac) VALUES (?,?)", (code, mac))
-            if voucher.first_used is None:
-                db.execute("UPDATE vouchers SET first_used=? WHERE code=?", (now, code))
-            redeemed = self._voucher(db, code)
+            return self._redeem(db, code, mac, now)
+
+    @classmethod
+    def _redeem(cls, db: sqlite3.Connection, code: str, mac: str, now: int) -> Voucher:
+        voucher = cls._voucher(db, code)
+        if voucher is None:
+            raise VoucherError("unknown")
+        state = voucher.state(now)
+        if state in ("revoked", "expired"):
+            raise VoucherError(state)
+        if mac not in voucher.devices:
+            if len(voucher.devices) >= voucher.max_devices:
+                raise VoucherError("in_use")
+            db.execute("INSERT INTO voucher_devices (code, mac) VALUES (?,?)", (code, mac))
+        if voucher.first_used is None:
+            db.execute("UPDATE vouchers SET first_used=? WHERE code=?", (now, code))
+        redeemed = cls._voucher(db, code)
         assert redeemed is not None
         return redeemed
 

@@ -300,3 +300,45 @@ async def test_random_walk_gives_the_same_answers(tmp_path: Path, seed: int) -> 
     finally:
         await real.close()
         worker.shutdown()
+
+
+# -- a whole login in one transaction --------------------------------------------------
+
+
+class Full(Exception):
+    pass
+
+
+async def test_login_records_and_returns_what_it_replaced(store: SessionStorePort) -> None:
+    first = sess(A, "10.42.0.5")
+    await store.start_session(first)
+    seen: list[tuple[Session | None, int]] = []
+    current, new = await store.login(A, NOW + 1, None, lambda c, n: seen.append((c, n)),
+                                     lambda v: sess(A, "10.42.0.6", started=NOW + 1))
+    assert seen == [(first, 1)] and current == first
+    assert await store.active_sessions(NOW + 1) == [new]
+
+
+async def test_login_with_a_voucher_redeems_it_in_the_same_transaction(
+    store: SessionStorePort
+) -> None:
+    await store.add_vouchers([vouch(V1)])
+    _, new = await store.login(B, NOW, V1, lambda c, n: None,
+                               lambda v: sess(B, voucher=v.code if v else None))
+    assert new.voucher == V1
+    assert [v.devices for v in await store.vouchers()] == [(B,)]
+
+
+@pytest.mark.parametrize("refusal", ["admit", "voucher"])
+async def test_a_refused_login_changes_nothing(store: SessionStorePort, refusal: str) -> None:
+    await store.add_vouchers([vouch(V1, max_devices=1)])
+    await store.login(A, NOW, V1, lambda c, n: None, lambda v: sess(A, voucher=V1))
+    before = (await store.active_sessions(NOW), await store.vouchers())
+
+    def admit(current: Session | None, active: int) -> None:
+        if refusal == "admit":
+            raise Full
+
+    with pytest.raises(Full if refusal == "admit" else VoucherError):
+        await store.login(B, NOW, V1, admit, lambda v: sess(B, "10.42.0.7", voucher=V1))
+    assert (await store.active_sessions(NOW), await store.vouchers()) == before
