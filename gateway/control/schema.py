@@ -267,6 +267,12 @@ def parse_request_bytes(model: type[R], raw: bytes | str) -> R:
     if not raw or not raw.strip():
         return parse_request(model, {})
     try:
+        # The fast path (pydantic-core parses and validates in one pass); any problem
+        # is reported by the slow path below, with every field named.
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
+    try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestInvalid([f"field body: not JSON ({exc})"], ["body"]) from None

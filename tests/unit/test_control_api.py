@@ -493,3 +493,13 @@ async def test_events_bad_query(client: Client, query: str, field: str) -> None:
     status, data = await get(client, f"/v1/events?{query}")
     assert status == 400, data
     assert f"field {field}" in data["error"]
+
+
+async def test_the_login_answer_has_exactly_the_shape_the_client_parses(client: Client) -> None:
+    from gateway.control.schema import SessionOut
+
+    status, data = await post(client, "/v1/clients/auth", {"mac": MAC, "ip": IP})
+    assert status == 200, data
+    row = data["client"]
+    assert SessionOut.model_validate(row).to_json() == row
+    assert set(SessionOut.model_fields) <= set(row)
