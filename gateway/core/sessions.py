@@ -256,8 +256,12 @@ class SessionService:
         this address (its DHCP lease moved), that session keeps the class and
         the map entry; only this MAC's authorization goes.
         """
+        class_text = self.shaping.class_text(session)
+        if class_text is None:  # shaping off: no class to keep or remove, no need to ask
+            await self.firewall.revoke(session.mac, session.ip, None)
+            return
         if await self.store.ip_taken(session.ip, session.mac, self.now()):
             await self.firewall.revoke(session.mac, session.ip, None)
             return
-        await self.firewall.revoke(session.mac, session.ip, self.shaping.class_text(session))
+        await self.firewall.revoke(session.mac, session.ip, class_text)
         await self.shaping.remove(session)
