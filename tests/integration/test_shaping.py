@@ -217,10 +217,12 @@ def test_two_clients_with_the_same_plan_share_fairly(lab: LabInfo) -> None:
 def test_a_plan_with_twice_the_rate_gets_twice_the_share(lab: LabInfo) -> None:
     set_plan(lab, 1, "school")  # 4 Mbit guaranteed vs the default plan's 2
     set_plan(lab, 2, "default")
-    # a little longer than the other measurements: the ratio of two TCP flows
-    # needs a few seconds to settle after slow start
-    school, default = measure(Flow(1, PORTS[0], True, seconds=6, omit=2),
-                              Flow(2, PORTS[1], True, seconds=6, omit=2))
+    # longer than the other measurements: the ratio of two TCP flows needs a few
+    # seconds to settle after slow start, and measured over 6 s it still swung to
+    # 2.64 once in CI (pfifo leaves: the default flow's queueing delay varies);
+    # 10 s after 3 s of settling averages that out
+    school, default = measure(Flow(1, PORTS[0], True, seconds=10, omit=3),
+                              Flow(2, PORTS[1], True, seconds=10, omit=3))
     ratio = school / default
     record("school vs default", f"{mbit(school)} vs {mbit(default)} (ratio {ratio:.2f})")
     assert school + default >= 0.85 * UPLINK_DOWN
