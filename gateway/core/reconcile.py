@@ -110,18 +110,18 @@ class Reconciler:
         return await run_steps(self._steps(new, previous))
 
     def _locked(self, step: Step) -> Step:
-        """The step (and its undo) under the session lock: no login interleaves with a
-        rebuild of the kernel state from the session list. Steps that only touch child
+        """The step (and its undo) with the sessions to itself: no login interleaves with
+        a rebuild of the kernel state from the session list. Steps that only touch child
         processes (dnsmasq's check and restart can take seconds) run without it, so
         villagers can log in meanwhile."""
-        lock = self.sessions.lock
+        locks = self.sessions.locks
 
         async def do() -> None:
-            async with lock:
+            async with locks.exclusive():
                 await step.do()
 
         async def undo() -> None:
-            async with lock:
+            async with locks.exclusive():
                 await step.undo()
 
         return Step(step.name, do, undo)

@@ -13,9 +13,11 @@ then to the kernel:
           between leaves a kernel entry the store no longer backs; the sweep
           removes it, so nobody regains access.
 
-One ``asyncio.Lock`` (shared with the reconciler's converge) orders logins,
-sweeps and config changes, so a reload never rebuilds the ruleset from a
-session list that a concurrent login has already made stale. Every port
+:class:`~gateway.core.locks.SessionLocks` (shared with the reconciler's
+converge) lets changes of different clients run at once, orders two changes
+of the same client, and gives the sweep and a rebuild of the kernel state the
+sessions to themselves, so a reload never rebuilds the ruleset from a session
+list that a concurrent login has already made stale. Every port
 call is awaited: kernel and SQLite work runs on their worker threads.
 
 This is the portal's backend (:class:`gateway.portal.backend.PortalBackend`).
@@ -23,7 +25,6 @@ This is the portal's backend (:class:`gateway.portal.backend.PortalBackend`).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from gateway.clock import Clock
 from gateway.config.schema import Config
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
+from gateway.core.locks import SessionLocks
 from gateway.core.session_rules import idle_sessions, new_session, stale_kernel_entries
 from gateway.errors import DesanetError, Invalid, NotFound, PortalDenied
 from gateway.model import ClientView, Session, SessionSource, Voucher
@@ -50,7 +52,7 @@ class SessionService:
         neighbours: NeighboursPort,
         clock: Clock,
         bus: EventBus,
-        lock: asyncio.Lock | None = None,
+        locks: SessionLocks | None = None,
     ) -> None:
         self._config = config
         self.store = store
@@ -59,7 +61,7 @@ class SessionService:
         self.neighbours = neighbours
         self.clock = clock
         self.bus = bus
-        self.lock = lock or asyncio.Lock()
+        self.locks = locks or SessionLocks()
 
     def now(self) -> int:
         return self.clock.now()
@@ -123,7 +125,7 @@ class SessionService:
         if mac in cfg.access.blocked_macs:
             raise PortalDenied("blocked")
         client_ip = ip
-        async with self.lock:
+        async with self.locks.client(mac, ip):
             now = self.now()
 
             def admit(current: Session | None, active: int) -> None:
@@ -154,7 +156,7 @@ class SessionService:
 
     async def end(self, mac: str, reason: EndReason) -> Session:
         """End ``mac``'s session now. Raises NotFound when it has none."""
-        async with self.lock:
+        async with self.locks.client(mac):
             session = await self.store.end_session(mac, self.now(), reason)
             if session is None:
                 raise NotFound(f"{mac} has no active session")
@@ -169,7 +171,7 @@ class SessionService:
         Raises Invalid (unknown plan), NotFound (no session).
         """
         self.check_plan(plan)
-        async with self.lock:
+        async with self.locks.client(mac):
             session = await self.store.change_plan(mac, plan, self.now())
             if session is None:
                 raise NotFound(f"{mac} has no active session")
@@ -180,7 +182,7 @@ class SessionService:
 
     async def cut_off_ended(self, sessions: list[Session], reason: EndReason) -> None:
         """Kernel side of sessions the store has already ended (e.g. a revoked voucher)."""
-        async with self.lock:
+        async with self.locks.exclusive():
             for s in sessions:
                 await self._cut_off(s)
         for s in sessions:
@@ -228,7 +230,7 @@ class SessionService:
         # snapshot, and revoking an entry that has gone meanwhile is a no-op.
         active = await self.firewall.active_clients()
         authorized = await self.firewall.authorized_clients()
-        async with self.lock:
+        async with self.locks.exclusive():
             now = self.now()
             for s in await self.store.expire_sessions(now):
                 await self._cut_off(s)
