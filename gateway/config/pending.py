@@ -19,6 +19,7 @@ from gateway.errors import StoreError
 
 TRIAL_FILE = "config-trial.json"
 PREVIOUS_FILE = "config-previous.toml"
+REFUSED_FILE = "config-refused.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class TrialStore:
     def __init__(self, state_dir: Path) -> None:
         self.trial_path = state_dir / TRIAL_FILE
         self.previous_path = state_dir / PREVIOUS_FILE
+        self.refused_path = state_dir / REFUSED_FILE
 
     def save(self, record: TrialRecord) -> None:
         write_atomic(self.trial_path, json.dumps(asdict(record)))
@@ -92,6 +94,10 @@ class TrialStore:
 
     def save_previous(self, text: str) -> None:
         write_atomic(self.previous_path, text)
+
+    def save_refused(self, text: str) -> None:
+        """Keep a config that failed at start, for the technician to look at."""
+        write_atomic(self.refused_path, text)
 
     def forget_previous(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -140,6 +140,44 @@ class ConfigService:
             record.previous_version, record.version, ChangeSource.START,
             "the gateway restarted before the trial was confirmed", record.by))
 
+    async def start(self) -> None:
+        """The first converge. When the config file fails at start (it applied once, but
+        say an interface was renamed since) and an earlier config is kept, that one is
+        started instead and the file gets it back, with the refused text kept beside
+        it: a box that cannot start its config must not leave the village locked out.
+
+        Raises ApplyFailed when neither can start.
+        """
+        cfg = self.current
+        try:
+            await self.reconciler.converge(cfg, None)
+            return
+        except DesanetError as exc:
+            failure = exc
+        kept = await asyncio.to_thread(self.trials.load_previous)
+        previous = None
+        if kept and kept != self.text and self.path is not None:
+            try:
+                previous = self.parse(kept, "the previous config")
+            except DesanetError:
+                previous = None
+        if previous is None or kept is None or self.path is None \
+                or restart_only_changes(cfg, previous):
+            raise failure
+        log.error("the config failed at start (%s); starting the previous one", failure)
+        await self.reconciler.converge(previous, None)
+        refused_text, self.text = self.text or "", kept
+        await asyncio.to_thread(self.trials.save_refused, refused_text)
+        await asyncio.to_thread(write_config_atomic, self.path, kept)
+        await asyncio.to_thread(self.trials.forget_previous)
+        self.last_refusal = {"time": self.clock.now(), "reason": str(failure),
+                             "source": str(ChangeSource.START),
+                             "step": failure.step if isinstance(failure, ApplyFailed) else ""}
+        self._changed(ConfigRolledBack(
+            version_of(previous), version_of(cfg), ChangeSource.START,
+            f"the config failed at start ({failure}); it is kept in "
+            f"{self.trials.refused_path}", ""))
+
     # -- requests ------------------------------------------------------------------------
 
     def parse(self, text: str, source: str = "request") -> Config:

@@ -60,6 +60,12 @@ class ServersPort(Protocol):
         Raises ServiceError when a port cannot be bound.
         """
 
+    async def stop_portal(self) -> None:
+        """Close the portal listeners (undo of the first start)."""
+
+    async def stop_local_services(self) -> None:
+        """Stop the government-services site (undo of the first start)."""
+
 
 def portal_listen(cfg: Config) -> tuple[str, int, int]:
     return (cfg.lan_ip, cfg.portal.http_port, cfg.portal.redirect_port)
@@ -183,7 +189,8 @@ class Reconciler:
                 await self.dhcp.restart()
 
         async def dhcp_old() -> None:
-            if old is None:
+            if old is None:  # the first start: stop what it started
+                await self.dhcp.stop()
                 return
             changed = await self.dhcp.configure(old)
             if not self.dhcp.running:
@@ -197,7 +204,9 @@ class Reconciler:
             await self.servers.sync_local_services(new)
 
         async def local_old() -> None:
-            if old is not None:
+            if old is None:
+                await self.servers.stop_local_services()
+            else:
                 await self.servers.sync_local_services(old)
 
         if old is None or local_site_settings(old) != local_site_settings(new):
@@ -207,7 +216,9 @@ class Reconciler:
             await self.servers.sync_portal(new, old)
 
         async def portal_old() -> None:
-            if old is not None:
+            if old is None:
+                await self.servers.stop_portal()
+            else:
                 await self.servers.sync_portal(old, new)
 
         if old is None or portal_listen(old) != portal_listen(new):

@@ -128,7 +128,7 @@ class Daemon:
         _on_close(stack, "dnsmasq", dhcp.stop)
         _on_close(stack, "local services", servers.stop_local_services)
         _on_close(stack, "portal", servers.stop_portal)
-        await reconciler.converge(cfg, None)
+        await config.start()
 
         await servers.start_control(create_control_app(ops), cfg.control.socket)
         _on_close(stack, "control socket", servers.stop_control)

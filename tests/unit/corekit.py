@@ -144,6 +144,14 @@ class FakeServers(FaultInjection):
         self._record("sync_portal")
         self.portal = cfg
 
+    async def stop_portal(self) -> None:
+        self._record("stop_portal")
+        self.portal = None
+
+    async def stop_local_services(self) -> None:
+        self._record("stop_local_services")
+        self.local_enabled = False
+
 
 def _check(x: FakeServers) -> ServersPort:  # mypy: the fake satisfies the port
     return x

@@ -483,3 +483,42 @@ async def test_a_missing_interface_is_refused_before_anything_changes(core: Core
     assert info.value.field == "network.lan_interface" and "br-lam" in str(info.value)
     assert await state(core) == before
     await core.config.apply(text_b(core), None, "budi", ChangeSource.CLI)  # positive control
+
+
+# -- a config that fails at start ------------------------------------------------------
+
+
+async def test_a_config_that_fails_at_start_falls_back_to_the_kept_one(tmp_path: Path) -> None:
+    core = build_core(tmp_path, make_config())
+    good = core.config_path.read_text()
+    broken = edited(good, portal={"terms_id": "Rusak."})
+    TrialStore(core.state_dir).save_previous(good)
+    core.config_path.write_text(broken)
+    core.config.text = broken
+    core.holder.current = core.config.parse(broken)
+    core.dhcp.refuse_next_start = True  # say the interface was renamed since the last boot
+    await core.config.start()
+    assert core.cfg.portal.terms_id != "Rusak." and core.dhcp.running
+    assert core.config_path.read_text() == good and core.config.text == good
+    assert (core.state_dir / "config-refused.toml").read_text() == broken
+    event = core.events()[-1].event
+    assert isinstance(event, ConfigRolledBack) and event.source is ChangeSource.START
+    assert core.config.last_refusal is not None
+
+
+@pytest.mark.parametrize("step", ["dnsmasq", "portal"])
+async def test_a_config_that_fails_at_start_with_nothing_kept_is_an_error(
+    tmp_path: Path, step: str
+) -> None:
+    core = build_core(tmp_path, make_config())
+    if step == "dnsmasq":
+        core.dhcp.refuse_next_start = True
+    else:
+        core.servers.fail_on["sync_portal"] = ServiceError("port 80 is taken")
+    with pytest.raises(ApplyFailed) as info:
+        await core.config.start()
+    assert info.value.step == step
+    assert not core.dhcp.running and core.servers.portal is None  # nothing left half-started
+    core.servers.fail_on.clear()
+    await core.config.start()  # positive control: the same config starts once dnsmasq does
+    assert core.dhcp.running and core.servers.portal is core.cfg
