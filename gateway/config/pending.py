@@ -20,6 +20,7 @@ from gateway.errors import StoreError
 TRIAL_FILE = "config-trial.json"
 PREVIOUS_FILE = "config-previous.toml"
 REFUSED_FILE = "config-refused.toml"
+GOOD_FILE = "config-last-good.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class TrialStore:
         self.trial_path = state_dir / TRIAL_FILE
         self.previous_path = state_dir / PREVIOUS_FILE
         self.refused_path = state_dir / REFUSED_FILE
+        self.good_path = state_dir / GOOD_FILE
 
     def save(self, record: TrialRecord) -> None:
         write_atomic(self.trial_path, json.dumps(asdict(record)))
@@ -94,6 +96,21 @@ class TrialStore:
 
     def save_previous(self, text: str) -> None:
         write_atomic(self.previous_path, text)
+
+    def save_good(self, text: str) -> None:
+        """The last config that ran (and, for a trial, was confirmed): the fallback at start."""
+        try:
+            if self.good_path.read_text(encoding="utf-8") == text:
+                return  # no fsync when nothing changed (every start lands here)
+        except FileNotFoundError:
+            pass
+        write_atomic(self.good_path, text)
+
+    def load_good(self) -> str | None:
+        try:
+            return self.good_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
 
     def save_refused(self, text: str) -> None:
         """Keep a config that failed at start, for the technician to look at."""

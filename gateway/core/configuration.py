@@ -141,35 +141,38 @@ class ConfigService:
             "the gateway restarted before the trial was confirmed", record.by))
 
     async def start(self) -> None:
-        """The first converge. When the config file fails at start (it applied once, but
-        say an interface was renamed since) and an earlier config is kept, that one is
-        started instead and the file gets it back, with the refused text kept beside
-        it: a box that cannot start its config must not leave the village locked out.
+        """The first converge. When the config file fails at start (it ran once, but say
+        an interface was renamed since, or the file was edited by hand) the last config
+        that ran is started instead and the file gets it back, with the refused text
+        kept beside it: a box that cannot start its config must not leave the village
+        locked out.
 
         Raises ApplyFailed when neither can start.
         """
         cfg = self.current
         try:
             await self.reconciler.converge(cfg, None)
-            return
         except DesanetError as exc:
-            failure = exc
-        kept = await asyncio.to_thread(self.trials.load_previous)
+            await self._start_last_good(cfg, exc)
+            return
+        await self._ran(self.text)
+
+    async def _start_last_good(self, cfg: Config, failure: DesanetError) -> None:
+        good = await asyncio.to_thread(self.trials.load_good)
         previous = None
-        if kept and kept != self.text and self.path is not None:
+        if good and good != self.text and self.path is not None:
             try:
-                previous = self.parse(kept, "the previous config")
+                previous = self.parse(good, "the last config that ran")
             except DesanetError:
                 previous = None
-        if previous is None or kept is None or self.path is None \
+        if previous is None or good is None or self.path is None \
                 or restart_only_changes(cfg, previous):
             raise failure
-        log.error("the config failed at start (%s); starting the previous one", failure)
+        log.error("the config failed at start (%s); starting the last one that ran", failure)
         await self.reconciler.converge(previous, None)
-        refused_text, self.text = self.text or "", kept
+        refused_text, self.text = self.text or "", good
         await asyncio.to_thread(self.trials.save_refused, refused_text)
-        await asyncio.to_thread(write_config_atomic, self.path, kept)
-        await asyncio.to_thread(self.trials.forget_previous)
+        await asyncio.to_thread(write_config_atomic, self.path, good)
         self.last_refusal = {"time": self.clock.now(), "reason": str(failure),
                              "source": str(ChangeSource.START),
                              "step": failure.step if isinstance(failure, ApplyFailed) else ""}
@@ -177,6 +180,11 @@ class ConfigService:
             version_of(previous), version_of(cfg), ChangeSource.START,
             f"the config failed at start ({failure}); it is kept in "
             f"{self.trials.refused_path}", ""))
+
+    async def _ran(self, text: str | None) -> None:
+        """Remember ``text`` as the last config that ran (the fallback at start)."""
+        if text:
+            await asyncio.to_thread(self.trials.save_good, text)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -234,6 +242,8 @@ class ConfigService:
                 raise
             # Kept for a later `config rollback` (a trial keeps it in its record too).
             await asyncio.to_thread(self.trials.save_previous, old_text)
+            if record is None:
+                await self._ran(text)  # a trial counts once it is confirmed
             self.text = text
             self.trial, self.trial_state = record, next_state
             self._trial_connection = connection if record is not None else None
@@ -261,6 +271,7 @@ class ConfigService:
                 raise Refused("too_late", "the confirm window has run out; the previous config "
                               "is coming back, apply the new one again if it was right")
             await asyncio.to_thread(self.trials.clear)
+            await self._ran(self.text)
             record = self.trial
             self.trial, self.trial_state, self._trial_connection = None, next_state, None
             self._trial_due = None
@@ -300,6 +311,7 @@ class ConfigService:
                 self._refused(source, by, exc)
                 raise
             await asyncio.to_thread(write_config_atomic, path, previous_text)
+            await self._ran(previous_text)
             await asyncio.to_thread(self.trials.forget_previous)
             await asyncio.to_thread(self.trials.clear)
             self.text = previous_text
@@ -333,6 +345,7 @@ class ConfigService:
                 self._refused(source, by, exc)
                 raise
             self.text = text
+            await self._ran(text)
             changes = changes_between(old, new)
             result = ApplyResult(version_of(new), version_of(old), changes, self.trial)
         log.info("config reloaded (%s): %d change(s)", source, len(changes))

@@ -488,15 +488,15 @@ async def test_a_missing_interface_is_refused_before_anything_changes(core: Core
 # -- a config that fails at start ------------------------------------------------------
 
 
-async def test_a_config_that_fails_at_start_falls_back_to_the_kept_one(tmp_path: Path) -> None:
-    core = build_core(tmp_path, make_config())
-    good = core.config_path.read_text()
-    broken = edited(good, portal={"terms_id": "Rusak."})
-    TrialStore(core.state_dir).save_previous(good)
-    core.config_path.write_text(broken)
-    core.config.text = broken
-    core.holder.current = core.config.parse(broken)
-    core.dhcp.refuse_next_start = True  # say the interface was renamed since the last boot
+async def test_a_config_that_fails_at_start_falls_back_to_the_last_that_ran(
+    tmp_path: Path
+) -> None:
+    first = build_core(tmp_path, make_config())
+    good = first.config_path.read_text()
+    await first.config.start()  # it ran: that makes it the last good config
+    broken = edited(good, portal={"terms_id": "Rusak."})  # the file edited by hand, then a reboot
+    core = build_core(tmp_path, text=broken)
+    core.dhcp.refuse_next_start = True  # ... and this config cannot start (say a renamed interface)
     await core.config.start()
     assert core.cfg.portal.terms_id != "Rusak." and core.dhcp.running
     assert core.config_path.read_text() == good and core.config.text == good
