@@ -13,6 +13,11 @@ one's fsync, while keeping the two orders that matter:
   that name the same MAC or the same address (a DHCP lease that moved to
   another phone shares one shaping class) run one after the other, in the
   order they asked.
+* At most ``max_clients_at_once`` client changes run at the same time (4): each
+  queues work on the two workers, and a portal page's own lookups wait behind
+  whatever is queued there; a small bound keeps the overlap that matters (one
+  nft call beside one fsync) without letting a burst of 100 logins fill the
+  queues ahead of a villager's page.
 * **exclusive()**: the sweep, and converge's steps that rebuild the kernel
   from the session list (a rebuild must not miss a login that is half-way
   between the store and the kernel). It waits until no client change is in
@@ -28,7 +33,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 
 class SessionLocks:
-    def __init__(self) -> None:
+    def __init__(self, max_clients_at_once: int = 4) -> None:
+        self._slots = asyncio.Semaphore(max_clients_at_once)
         self._cond = asyncio.Condition()
         self._clients = 0  # client changes in progress
         self._exclusive = False
@@ -46,6 +52,7 @@ class SessionLocks:
             async with AsyncExitStack() as stack:
                 for key in sorted(set(keys)):  # one global order: no two changes deadlock
                     await stack.enter_async_context(self._key(key))
+                await stack.enter_async_context(self._slots)
                 yield
         finally:
             async with self._cond:

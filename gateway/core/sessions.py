@@ -62,6 +62,10 @@ class SessionService:
         self.clock = clock
         self.bus = bus
         self.locks = locks or SessionLocks()
+        # Kernel entries this service revoked, by a running count: the sweep's snapshot
+        # of the kernel may still show them, and they are no stale leftovers.
+        self._revocations = 0
+        self._revoked: dict[tuple[str, str], int] = {}
 
     def now(self) -> int:
         return self.clock.now()
@@ -224,6 +228,7 @@ class SessionService:
     async def sweep(self) -> None:
         """End expired and idle sessions; drop kernel entries the store does not back."""
         ended: list[tuple[Session, EndReason]] = []
+        mark = self._revocations
         # The kernel's sets are listed before taking the lock: at 5,000 clients that
         # takes a while, and logins must not wait for it. Safe: a session started since
         # cannot be idle yet (see idle_sessions), an entry added since is not in the
@@ -242,7 +247,12 @@ class SessionService:
                 ended.append((s, EndReason.IDLE))
             live = await self.store.active_sessions(now)
             live_ips = {s.ip for s in live}
+            # An entry revoked since the snapshot (a logout meanwhile) is gone already.
+            recent = {key for key, seq in self._revoked.items() if seq > mark}
+            self._revoked = {key: seq for key, seq in self._revoked.items() if seq > mark}
             for mac, ip in stale_kernel_entries(live, authorized):
+                if (mac, ip) in recent:
+                    continue
                 # The address's class and map entry belong to a live session if any.
                 cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
                 await self.firewall.revoke(mac, ip, cls)
@@ -259,11 +269,13 @@ class SessionService:
         the map entry; only this MAC's authorization goes.
         """
         class_text = self.shaping.class_text(session)
-        if class_text is None:  # shaping off: no class to keep or remove, no need to ask
-            await self.firewall.revoke(session.mac, session.ip, None)
-            return
-        if await self.store.ip_taken(session.ip, session.mac, self.now()):
-            await self.firewall.revoke(session.mac, session.ip, None)
-            return
-        await self.firewall.revoke(session.mac, session.ip, class_text)
-        await self.shaping.remove(session)
+        # shaping off: no class to keep or remove, no need to ask about the address
+        shared = class_text is not None and \
+            await self.store.ip_taken(session.ip, session.mac, self.now())
+        await self.firewall.revoke(session.mac, session.ip, None if shared else class_text)
+        # Counted once the kernel has done it: a sweep snapshot taken before this
+        # point may still show the entry, one taken after cannot.
+        self._revocations += 1
+        self._revoked[(session.mac, session.ip)] = self._revocations
+        if class_text is not None and not shared:
+            await self.shaping.remove(session)

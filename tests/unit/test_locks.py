@@ -93,3 +93,14 @@ async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     assert not locks.busy
     async with locks.exclusive():  # positive control: it can still be taken
         pass
+
+
+async def test_at_most_a_few_client_changes_run_at_once() -> None:
+    locks, inside, release = SessionLocks(max_clients_at_once=3), [], asyncio.Event()
+    tasks = [asyncio.create_task(hold(locks, (f"02:{i:02x}",), inside, str(i), release))
+             for i in range(10)]
+    await settle()
+    assert len(inside) == 3  # the others wait for a slot, not for a key
+    release.set()
+    await asyncio.gather(*tasks)
+    assert inside == [] and not locks.busy
