@@ -161,6 +161,12 @@ def _example(loc: tuple[Any, ...], root: type[BaseModel] = Config) -> str:
 def write_config_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Validate, then replace ``path`` so that readers see the old or new file, never half."""
     parse_config_text(text, str(path))
+    write_file_atomic(path, text)
+
+
+def write_file_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` with ``text``: owner-only temp file, fsync, rename, fsync the
+    directory, so a power cut leaves the old file or the new one. Blocks; raises OSError."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".gateway.", suffix=".toml", dir=target.parent)

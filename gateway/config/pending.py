@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.config.loader import write_config_atomic, write_file_atomic
 from gateway.errors import StoreError
 
 TRIAL_FILE = "config-trial.json"
@@ -38,27 +39,14 @@ class TrialRecord:
                 "by": self.by}
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``text``: temp file, fsync, rename, fsync the directory.
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` durably (see write_file_atomic); blocks (fsync).
 
-    Blocks (fsync): call it off the event loop.
+    Raises StoreError naming the file.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_file_atomic(path, text)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}; check the disk "
                          "(SD card) and that its directory is writable by root") from exc
 
@@ -133,8 +121,6 @@ def recover_trial(trials: TrialStore, config_path: str) -> TrialRecord | None:
     Puts the previous config text back into ``config_path`` and removes the
     record; returns it (None when there was no trial). Blocks (fsync).
     """
-    from gateway.config.loader import write_config_atomic
-
     record = trials.load()
     if record is None:
         return None
