@@ -184,7 +184,16 @@ class ConfigService:
     async def _ran(self, text: str | None) -> None:
         """Remember ``text`` as the last config that ran (the fallback at start)."""
         if text:
-            await asyncio.to_thread(self.trials.save_good, text)
+            await self._keep(self.trials.save_good, text)
+
+    @staticmethod
+    async def _keep(save: Callable[[str], None], text: str) -> None:
+        """A bookkeeping copy (for rollback or the start-up fallback): worth keeping, not
+        worth failing a change that already runs. A failure is logged."""
+        try:
+            await asyncio.to_thread(save, text)
+        except DesanetError as exc:
+            log.error("could not keep a copy of the config: %s", exc)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -240,16 +249,18 @@ class ConfigService:
                 if isinstance(exc, DesanetError):
                     self._refused(source, by, exc)
                 raise
-            # Kept for a later `config rollback` (a trial keeps it in its record too).
-            await asyncio.to_thread(self.trials.save_previous, old_text)
-            if record is None:
-                await self._ran(text)  # a trial counts once it is confirmed
+            # The new config runs: the service knows it (and a trial's deadline) before
+            # any bookkeeping write that might fail on a full SD card.
             self.text = text
             self.trial, self.trial_state = record, next_state
             self._trial_connection = connection if record is not None else None
             # In-process the window runs on the monotonic clock (an NTP jump at boot
             # cannot end it early); the record's wall-clock deadline is for restarts.
             self._trial_due = self.clock.monotonic() + confirm if confirm is not None else None
+            # Kept for a later `config rollback` (a trial keeps it in its record too).
+            await self._keep(self.trials.save_previous, old_text)
+            if record is None:
+                await self._ran(text)  # a trial counts once it is confirmed
             changes = changes_between(old, new)
             result = ApplyResult(version_of(new), version_of(old), changes, record)
         log.info("config %s applied by %s (%s)%s", result.version, by or "?", source,
@@ -305,12 +316,16 @@ class ConfigService:
             old = self.current
             previous = self.parse(previous_text, "the previous config")
             path = self._path()
+            # The file first, as in apply: a power cut during the converge then starts
+            # the config that was asked for.
+            await asyncio.to_thread(write_config_atomic, path, previous_text)
             try:
                 await self.reconciler.converge(previous, old)
-            except DesanetError as exc:
-                self._refused(source, by, exc)
+            except Exception as exc:
+                await asyncio.to_thread(write_config_atomic, path, self.text or "")
+                if isinstance(exc, DesanetError):
+                    self._refused(source, by, exc)
                 raise
-            await asyncio.to_thread(write_config_atomic, path, previous_text)
             await self._ran(previous_text)
             await asyncio.to_thread(self.trials.forget_previous)
             await asyncio.to_thread(self.trials.clear)

@@ -143,8 +143,6 @@ class SessionService:
             current, session = await self.store.login(mac, now, voucher_code, admit, build)
             if current is not None:
                 self.bus.publish(SessionEnded(current.mac, current.ip, EndReason.REPLACED))
-                if current.ip != ip:
-                    await self._cut_off(current)
             try:
                 await self.shaping.add(session)
                 await self.firewall.authorize(session, now, self.shaping.class_text(session))
@@ -156,15 +154,24 @@ class SessionService:
         log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
         self.bus.publish(SessionStarted(mac, ip, source, session.plan, session.voucher,
                                         session.expires))
+        if current is not None and current.ip != ip:
+            # The phone came back on another address: its old entry goes, under that
+            # address's own lock. A failure here must not fail the login that worked:
+            # the store no longer backs the old entry, so the sweep removes it.
+            try:
+                await self._cut_off_locked(current)
+            except DesanetError as exc:
+                log.error("could not remove the old entry of %s (%s): %s; the sweep will",
+                          mac, current.ip, exc)
         return session
 
     async def end(self, mac: str, reason: EndReason) -> Session:
         """End ``mac``'s session now. Raises NotFound when it has none."""
         async with self.locks.client(mac):
             session = await self.store.end_session(mac, self.now(), reason)
-            if session is None:
-                raise NotFound(f"{mac} has no active session")
-            await self._cut_off(session)
+        if session is None:
+            raise NotFound(f"{mac} has no active session")
+        await self._cut_off_locked(session)
         log.info("ended session of %s (%s): %s", mac, session.ip, reason)
         self.bus.publish(SessionEnded(mac, session.ip, reason))
         return session
@@ -186,9 +193,8 @@ class SessionService:
 
     async def cut_off_ended(self, sessions: list[Session], reason: EndReason) -> None:
         """Kernel side of sessions the store has already ended (e.g. a revoked voucher)."""
-        async with self.locks.exclusive():
-            for s in sessions:
-                await self._cut_off(s)
+        for s in sessions:
+            await self._cut_off_locked(s)
         for s in sessions:
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
 
@@ -261,21 +267,29 @@ class SessionService:
             log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
 
-    async def _cut_off(self, session: Session) -> None:
-        """Kernel side of ending a session: firewall first, then its classes.
+    async def _cut_off_locked(self, session: Session) -> None:
+        async with self.locks.client(session.mac, session.ip):
+            await self._cut_off(session)
 
-        Shaping is per address, so when another MAC's live session now holds
-        this address (its DHCP lease moved), that session keeps the class and
-        the map entry; only this MAC's authorization goes.
+    async def _cut_off(self, session: Session) -> None:
+        """Kernel side of a session the store has ended: firewall first, then its classes.
+
+        Call it holding the lock of the session's MAC and address (or the
+        exclusive one), so no login on either can interleave. The store says
+        what is still needed: when the same phone already has a newer session on
+        this address (it logged in again at once), the entries are that
+        session's now and stay; when another phone's live session holds the
+        address (its DHCP lease moved), that session keeps the address's class
+        and map entry, and only this MAC's authorization goes.
         """
-        class_text = self.shaping.class_text(session)
-        # shaping off: no class to keep or remove, no need to ask about the address
-        shared = class_text is not None and \
-            await self.store.ip_taken(session.ip, session.mac, self.now())
-        await self.firewall.revoke(session.mac, session.ip, None if shared else class_text)
+        users = await self.store.macs_on(session.ip, self.now())
+        if session.mac in users:
+            return
+        class_text = None if users else self.shaping.class_text(session)
+        await self.firewall.revoke(session.mac, session.ip, class_text)
         # Counted once the kernel has done it: a sweep snapshot taken before this
         # point may still show the entry, one taken after cannot.
         self._revocations += 1
         self._revoked[(session.mac, session.ip)] = self._revocations
-        if class_text is not None and not shared:
+        if class_text is not None:
             await self.shaping.remove(session)

@@ -59,6 +59,10 @@ class AsyncStore:
         """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.count_active, now)
 
+    async def macs_on(self, ip: str, now: int) -> list[str]:
+        """The MACs with an active session on ``ip``. Awaits the database worker."""
+        return await self.worker.call(self.store.macs_on, ip, now)
+
     async def ip_taken(self, ip: str, mac: str, now: int) -> bool:
         """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.ip_taken, ip, mac, now)

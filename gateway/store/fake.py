@@ -72,12 +72,15 @@ class MemoryStore(FaultInjection):
 
     async def start_session(self, session: Session) -> None:
         self._use("start_session", True)
+        self._start(session)
+        self.writes += 1
+
+    def _start(self, session: Session) -> None:
         for row in self._open_rows():
             if row.session.mac == session.mac:
                 row.ended, row.end_reason = session.started, "replaced"
         self.rows[self._next_id] = _Row(self._next_id, session)
         self._next_id += 1
-        self.writes += 1
 
     async def end_session(self, mac: str, now: int, reason: str) -> Session | None:
         self._use("end_session", True)
@@ -98,13 +101,21 @@ class MemoryStore(FaultInjection):
     ) -> tuple[Session | None, Session]:
         """Same rules as the SQLite store's one transaction: nothing awaits in between,
         and a refusal raised before the writes changes nothing."""
+        # Armed faults of the steps fire first, before anything is written: like the
+        # SQLite transaction, a login that fails changes nothing.
         self._use("login", True)
+        if voucher_code is not None:
+            self._use("redeem_voucher", True)
+        self._use("start_session", True)
         current = next((r.session for r in self.rows.values()
                         if r.session.mac == mac and r.active(now)), None)
         admit(current, sum(1 for r in self.rows.values() if r.active(now)))
-        voucher = None if voucher_code is None else await self.redeem_voucher(voucher_code, mac, now)
-        session = build(voucher)
-        await self.start_session(session)
+        redeemed = None if voucher_code is None else self._redeemed(voucher_code, mac, now)
+        session = build(redeemed)
+        if redeemed is not None:
+            self._vouchers[redeemed.code] = redeemed
+        self._start(session)
+        self.writes += 1  # one transaction
         return current, session
 
     async def active_session(self, mac: str, now: int) -> Session | None:
@@ -121,6 +132,11 @@ class MemoryStore(FaultInjection):
     async def count_active(self, now: int) -> int:
         self._use("count_active", False)
         return sum(1 for r in self.rows.values() if r.active(now))
+
+    async def macs_on(self, ip: str, now: int) -> list[str]:
+        self._use("macs_on", False)
+        return sorted(r.session.mac for r in self.rows.values()
+                      if r.session.ip == ip and r.active(now))
 
     async def ip_taken(self, ip: str, mac: str, now: int) -> bool:
         self._use("ip_taken", False)
@@ -205,6 +221,12 @@ class MemoryStore(FaultInjection):
 
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         self._use("redeem_voucher", True)
+        voucher = self._vouchers[code] = self._redeemed(code, mac, now)
+        self.writes += 1
+        return voucher
+
+    def _redeemed(self, code: str, mac: str, now: int) -> Voucher:
+        """The voucher as redeeming it by ``mac`` would leave it (not stored yet)."""
         voucher = self._vouchers.get(code)
         if voucher is None:
             raise VoucherError("unknown")
@@ -217,10 +239,7 @@ class MemoryStore(FaultInjection):
                 raise VoucherError("in_use")
             devices = tuple(sorted((*devices, mac)))
         first_used = now if voucher.first_used is None else voucher.first_used
-        voucher = self._vouchers[code] = dataclasses.replace(
-            voucher, devices=devices, first_used=first_used)
-        self.writes += 1
-        return voucher
+        return dataclasses.replace(voucher, devices=devices, first_used=first_used)
 
     async def close(self) -> None:
         self._closed = True

@@ -177,6 +177,16 @@ class Store:
             ).fetchone()
         return row is not None
 
+    def macs_on(self, ip: str, now: int) -> list[str]:
+        """The MACs with an active session on ``ip`` (usually none or one; two while a
+        DHCP lease that moved to another phone is still held by the old one)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT mac FROM sessions WHERE ip=? AND ended IS NULL AND expires>? ORDER BY mac",
+                (ip, now),
+            ).fetchall()
+        return [str(mac) for (mac,) in rows]
+
     def active_sessions(self, now: int) -> list[Session]:
         with self._read() as db:
             rows = db.execute(

@@ -20,7 +20,15 @@ from gateway.core.events import (
     ConfigRolledBack,
 )
 from gateway.core.lifecycle import IllegalTransition
-from gateway.errors import ApplyFailed, ConfigError, Conflict, Invalid, Refused, ServiceError
+from gateway.errors import (
+    ApplyFailed,
+    ConfigError,
+    Conflict,
+    Invalid,
+    Refused,
+    ServiceError,
+    StoreError,
+)
 from gateway.firewall.fake import FakeFirewall
 from tests.unit.conftest import make_config
 from tests.unit.corekit import NOW, Core, build_core, config_text, edited
@@ -522,3 +530,17 @@ async def test_a_config_that_fails_at_start_with_nothing_kept_is_an_error(
     core.servers.fail_on.clear()
     await core.config.start()  # positive control: the same config starts once dnsmasq does
     assert core.dhcp.running and core.servers.portal is core.cfg
+
+
+async def test_a_trial_keeps_its_deadline_when_a_bookkeeping_copy_cannot_be_written(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(text: str) -> None:
+        raise StoreError("cannot write config-previous.toml: No space left on device")
+
+    monkeypatch.setattr(core.config.trials, "save_previous", full_disk)
+    result = await core.config.apply(text_b(core), 60, "budi", ChangeSource.CLI)
+    assert result.trial is not None and core.config.trial is not None
+    core.clock.advance(61)
+    await core.config.check_deadline()
+    assert core.cfg.portal.terms_id != "Aturan B."  # the window still closes

@@ -233,3 +233,17 @@ async def test_release_unknown_changes_nothing(core: Core) -> None:
         await core.vouchers.release("ABCDE-FGHJK", None)
     assert info.value.reason == "unknown"
     assert await core.snapshot() == before
+
+
+@pytest.mark.parametrize("step", ["redeem_voucher", "start_session"])
+async def test_a_store_failure_during_a_voucher_login_changes_nothing(
+    core: Core, step: str
+) -> None:
+    code = await one(core)
+    before = await core.snapshot()
+    core.store.fail_on[step] = StoreError("disk I/O error")
+    with pytest.raises(StoreError):
+        await core.sessions.login_voucher(view(A), code)
+    assert await core.snapshot() == before  # the voucher is not bound, its clock not started
+    core.store.fail_on.clear()
+    await core.sessions.login_voucher(view(A), code)  # positive control
