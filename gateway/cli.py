@@ -103,9 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    path = args.config or DEFAULT_PATH
-    load_config(path)  # every problem at once, before anything starts
-    run_daemon(path)
+    # No check here: a file that does not parse is the daemon's to handle, which
+    # falls back to the last config that ran (and only fails when there is none).
+    run_daemon(args.config or DEFAULT_PATH)
     return 0
 
 

@@ -52,13 +52,23 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 class TrialStore:
-    """Files under the state directory; every method blocks (fsync)."""
+    """Files under the state directory; every method blocks (fsync).
 
-    def __init__(self, state_dir: Path) -> None:
+    With ``config_path``, the last config that ran and a refused one live beside
+    the config file (``gateway.toml.last-good``, ``gateway.toml.refused``): a
+    start that cannot even parse the file still finds them, where the state
+    directory (named in that file) would be unknown.
+    """
+
+    def __init__(self, state_dir: Path, config_path: str | None = None) -> None:
         self.trial_path = state_dir / TRIAL_FILE
         self.previous_path = state_dir / PREVIOUS_FILE
-        self.refused_path = state_dir / REFUSED_FILE
-        self.good_path = state_dir / GOOD_FILE
+        if config_path is not None:
+            self.refused_path = Path(config_path + ".refused")
+            self.good_path = Path(config_path + ".last-good")
+        else:
+            self.refused_path = state_dir / REFUSED_FILE
+            self.good_path = state_dir / GOOD_FILE
 
     def save(self, record: TrialRecord) -> None:
         write_atomic(self.trial_path, json.dumps(asdict(record)))
@@ -127,3 +137,21 @@ def recover_trial(trials: TrialStore, config_path: str) -> TrialRecord | None:
     write_config_atomic(config_path, record.previous_text)
     trials.clear()
     return record
+
+
+def recover_unreadable(config_path: str) -> str | None:
+    """At start, when the config file does not parse (a hand edit gone wrong): put the
+    last config that ran back in its place, keep the refused text beside it, and
+    return the refused file's path; None when there is no last good config to use.
+    Blocks (fsync).
+    """
+    good = Path(config_path + ".last-good")
+    try:
+        text = good.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    refused = Path(config_path + ".refused")
+    with contextlib.suppress(OSError):  # a copy of the broken file is a courtesy only
+        write_file_atomic(refused, Path(config_path).read_text(encoding="utf-8"))
+    write_config_atomic(config_path, text)
+    return str(refused)

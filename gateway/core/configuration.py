@@ -108,7 +108,7 @@ class ConfigService:
         self.clock = clock
         self.path = path
         self.text = text  # the running config's text (None: started from an object)
-        self.trials = TrialStore(state_dir)
+        self.trials = TrialStore(state_dir, path)
         self.trial: TrialRecord | None = None
         self.trial_state: ConfigTrialState = "none"
         self._trial_connection: object | None = None
@@ -194,6 +194,15 @@ class ConfigService:
             await asyncio.to_thread(save, text)
         except DesanetError as exc:
             log.error("could not keep a copy of the config: %s", exc)
+
+    def note_unreadable_file(self, problem: str, refused_path: str) -> None:
+        """The daemon found a config file that did not parse and started the last config
+        that ran instead (:func:`gateway.config.pending.recover_unreadable`); say so."""
+        self.last_refusal = {"time": self.clock.now(), "reason": problem,
+                             "source": str(ChangeSource.START), "step": "parse"}
+        self._changed(ConfigRolledBack(
+            self.version, "", ChangeSource.START,
+            f"the config file did not parse ({problem}); it is kept in {refused_path}", ""))
 
     # -- requests ------------------------------------------------------------------------
 

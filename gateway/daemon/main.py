@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import load_config
-from gateway.config.pending import TrialRecord, TrialStore, recover_trial
+from gateway.config.pending import TrialRecord, TrialStore, recover_trial, recover_unreadable
 from gateway.config.schema import Config
 from gateway.control.api import create_control_app
 from gateway.core.configuration import ConfigService
@@ -39,7 +39,7 @@ from gateway.core.sessions import SessionService
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import systemd
 from gateway.daemon.servers import DaemonServers
-from gateway.errors import DesanetError
+from gateway.errors import ConfigError, DesanetError
 from gateway.firewall.adapter import Firewall, KernelFirewall
 from gateway.kernel import DatabaseWorker, KernelWorker
 from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
@@ -70,6 +70,7 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self.ops: GatewayOps | None = None
         self.config: ConfigService | None = None
+        self.unreadable: tuple[str, str] | None = None  # (problem, where the refused file went)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,6 +120,8 @@ class Daemon:
         config.check_network = servers.check_network
         if recovered is not None:
             config.note_recovered_trial(recovered)
+        if self.unreadable is not None:
+            config.note_unreadable_file(*self.unreadable)
         self.config = config
         ops = GatewayOps(sessions, vouchers, shaping, config, bus, clock, firewall, dhcp,
                          neighbours, lambda: servers.local)
@@ -158,9 +161,21 @@ class Daemon:
             assert self._initial is not None, "a config path or a Config object is needed"
             return self._initial, None, None
         path = Path(self.config_path)
+        try:
+            first = load_config(path)
+        except ConfigError as exc:
+            # A file that does not even parse (a hand edit gone wrong): start the last
+            # config that ran rather than leave the village locked out.
+            refused = await asyncio.to_thread(recover_unreadable, str(path))
+            if refused is None:
+                raise
+            log.error("%s does not parse (%s); started the last config that ran instead, "
+                      "the refused file is kept as %s", path, exc, refused)
+            self.unreadable = (str(exc), refused)
+            first = load_config(path)
         # A trial left on disk (power cut, kill -9 during the confirm window):
         # put the previous config file back before reading it.
-        state_dir = Path(load_config(path).store.state_dir)
+        state_dir = Path(first.store.state_dir)
         recovered = await asyncio.to_thread(recover_trial, TrialStore(state_dir), str(path))
         text = await asyncio.to_thread(path.read_text, encoding="utf-8")
         return load_config(path), text, recovered

@@ -342,13 +342,30 @@ def test_a_config_that_fails_at_start_falls_back_to_the_last_that_ran(
     assert cfg["version"] == original.version and cfg["trial"] is None, cfg
     assert (cfg["last_refusal"] or {}).get("step") == "dnsmasq", cfg
     assert Path(lab.config_path).read_text(encoding="utf-8") == original.text
-    refused = Path(tomllib.loads(original.text)["store"]["state_dir"]) / "config-refused.toml"
-    assert refused.read_text(encoding="utf-8") == broken
+    assert Path(lab.config_path + ".refused").read_text(encoding="utf-8") == broken
     rolled = [e for e in events(lab) if e["type"] == "config_rolled_back"]
     assert [e["source"] for e in rolled] == ["start"], rolled
     assert dnsmasq_state(lab)["running"]
     wait_until(lambda: has_internet(lab.client(1).name), 15, "c1 online after the restart")
     assert terms not in portal_page(lab) and still_captive(lab)
+
+
+def test_a_config_file_that_does_not_parse_at_start_falls_back_too(
+        lab: LabInfo, original: Original) -> None:
+    broken = original.text + "\n[portal\nthis is not toml = =\n"
+    stop_gateway(lab, signal.SIGTERM)
+    Path(lab.config_path).write_text(broken, encoding="utf-8")
+    start_gateway(lab)
+
+    cfg = config_status(lab)
+    assert cfg["version"] == original.version and cfg["trial"] is None, cfg
+    assert (cfg["last_refusal"] or {}).get("step") == "parse", cfg
+    assert Path(lab.config_path).read_text(encoding="utf-8") == original.text
+    assert Path(lab.config_path + ".refused").read_text(encoding="utf-8") == broken
+    rolled = [e for e in events(lab) if e["type"] == "config_rolled_back"]
+    assert [e["source"] for e in rolled] == ["start"], rolled
+    wait_until(lambda: has_internet(lab.client(1).name), 15, "c1 online after the restart")
+    assert still_captive(lab)
 
 
 # -- 4. a config whose dnsmasq step fails: everything undone ------------------------------------

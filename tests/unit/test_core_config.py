@@ -508,7 +508,7 @@ async def test_a_config_that_fails_at_start_falls_back_to_the_last_that_ran(
     await core.config.start()
     assert core.cfg.portal.terms_id != "Rusak." and core.dhcp.running
     assert core.config_path.read_text() == good and core.config.text == good
-    assert (core.state_dir / "config-refused.toml").read_text() == broken
+    assert Path(f"{core.config_path}.refused").read_text() == broken
     event = core.events()[-1].event
     assert isinstance(event, ConfigRolledBack) and event.source is ChangeSource.START
     assert core.config.last_refusal is not None
@@ -544,3 +544,17 @@ async def test_a_trial_keeps_its_deadline_when_a_bookkeeping_copy_cannot_be_writ
     core.clock.advance(61)
     await core.config.check_deadline()
     assert core.cfg.portal.terms_id != "Aturan B."  # the window still closes
+
+
+def test_an_unreadable_file_is_replaced_by_the_last_good_one(tmp_path: Path) -> None:
+    from gateway.config.pending import recover_unreadable
+
+    path = tmp_path / "gateway.toml"
+    path.write_text("[portal\nbroken = = \n")
+    assert recover_unreadable(str(path)) is None  # nothing to fall back to: left alone
+    assert path.read_text() == "[portal\nbroken = = \n"
+    good = config_text(make_config())
+    Path(f"{path}.last-good").write_text(good)
+    assert recover_unreadable(str(path)) == f"{path}.refused"
+    assert path.read_text() == good
+    assert Path(f"{path}.refused").read_text() == "[portal\nbroken = = \n"
