@@ -40,6 +40,7 @@ from gateway.cache.respond import serve_entry, stream_upstream
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict
 from gateway.cache.store import CacheStore, Entry
 from gateway.config.schema import GovService
+from gateway.errors import UpstreamDown
 
 log = logging.getLogger("desanet.cache")
 
@@ -70,13 +71,6 @@ class Metrics:
         data["hit_ratio"] = round((served - self.misses) / served, 4) if served else None
         return data
 
-
-class UpstreamDown(Exception):
-    """The upstream could not be used; ``status`` is the 5xx it sent, if any."""
-
-    def __init__(self, text: str, status: int | None = None) -> None:
-        self.status = status
-        super().__init__(text)
 
 
 class CachingProxy:
