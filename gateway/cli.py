@@ -67,10 +67,19 @@ def _vouchers_path(batch: str | None) -> str:
     return "/v1/vouchers" + (f"?{urlencode({'batch': batch})}" if batch else "")
 
 
+def _account_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 def _who() -> str:
     """Who runs this command, for the daemon's events: "budi@10.0.0.5" over SSH, else "budi"."""
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") \
-        or str(os.getuid())
+        or _account_name()
     ssh = (os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or "").split()
     who = f"{user}@{ssh[0]}" if ssh else user
     return "".join(ch for ch in who if ch.isprintable())[:64] or "cli"
