@@ -393,7 +393,12 @@ class Portal:
             original = f"http://{host}{request.raw_path}"
             if len(original) <= MAX_URL:
                 target += "?" + urlencode({"url": original})
-        return redirect(302, target)
+        response = redirect(302, target)
+        # The connection was meant for another host and reached us only because the
+        # client is not logged in yet: a browser that kept it alive would send its
+        # next request (after the login) here again and land on the portal.
+        response.force_close()
+        return response
 
     @web.middleware
     async def error_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:

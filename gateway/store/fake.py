@@ -88,6 +88,11 @@ class MemoryStore(FaultInjection):
         for row in self._open_rows():
             if row.session.mac == mac:
                 row.ended, row.end_reason = now, reason
+                code = row.session.voucher
+                if code is not None and code in self._vouchers:  # the slot is free again
+                    v = self._vouchers[code]
+                    self._vouchers[code] = dataclasses.replace(
+                        v, devices=tuple(d for d in v.devices if d != mac))
                 return row.session
         return None
 

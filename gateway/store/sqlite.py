@@ -126,7 +126,13 @@ class Store:
         )
 
     def end_session(self, mac: str, now: int, reason: str) -> Session | None:
-        """End the active session of ``mac``; return it, or None if there was none."""
+        """End the active session of ``mac``; return it, or None if there was none.
+
+        A voucher session also frees its device slot: ``max_devices`` counts
+        phones using the voucher at once, not every phone that ever did (a
+        villager who logs out may hand the voucher on, or come back with a new
+        random MAC). The voucher's clock keeps running.
+        """
         with self._tx() as db:
             row = db.execute(
                 f"SELECT {_SESSION_COLS} FROM sessions WHERE mac=? AND ended IS NULL", (mac,)
@@ -137,7 +143,11 @@ class Store:
                 "UPDATE sessions SET ended=?, end_reason=? WHERE mac=? AND ended IS NULL",
                 (now, reason, mac),
             )
-            return Session(*row)
+            session = Session(*row)
+            if session.voucher is not None:
+                db.execute("DELETE FROM voucher_devices WHERE code=? AND mac=?",
+                           (session.voucher, mac))
+            return session
 
     def end_sessions(self, macs: Iterable[str], now: int, reason: str) -> None:
         with self._tx() as db:

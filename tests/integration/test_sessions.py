@@ -41,6 +41,7 @@ from tests.integration.conftest import (
     ensure_gateway,
     has_internet,
     http,
+    in_namespace,
     internet,
     login_terms,
     require_root,
@@ -402,6 +403,39 @@ def test_deauth_cuts_at_once(lab_a: LabInfo) -> None:
     assert not is_authorized(sock, mac(1))
     again = desanet(sock, "clients", "deauth", mac(1))
     assert again.returncode != 0 and "no active session" in again.stderr
+
+
+def test_a_kept_alive_connection_is_not_sent_back_to_the_portal_after_login(
+        lab_a: LabInfo) -> None:
+    """One curl process, one connection where it can: an http site (redirected to the
+    portal), the terms login, the site again. A browser does the same with its
+    keep-alive connection; the redirect must have closed it."""
+    sock, c1 = lab_a.control_socket, ns(lab_a, 1)
+    assert internet(c1).redirected_to_portal(), "control: c1 starts logged out"
+    out = in_namespace(c1, "curl", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
+                       "-w", "%{http_code} ", INTERNET_URL,
+                       "--next", "-s", "-o", "/dev/null", "-w", "%{http_code} ",
+                       "-d", "action=terms", f"{PORTAL}/login",
+                       "--next", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
+                       "-w", "%{http_code}", INTERNET_URL)
+    assert out.split() == ["302", "303", "200"], out
+    assert desanet(sock, "clients", "deauth", mac(1)).returncode == 0
+
+
+def test_a_voucher_freed_at_logout_works_on_another_phone(lab_a: LabInfo) -> None:
+    sock, c2, c3 = lab_a.control_socket, ns(lab_a, 2), ns(lab_a, 3)
+    code = desanet_json(sock, "vouchers", "create", "--duration", "1h")["vouchers"][0]["code"]
+    assert login_voucher(c2, code).status == 303 and has_internet(c2)
+    refused = login_voucher(c3, code)  # positive control: one device at a time
+    assert refused.status == 403 and "sedang dipakai di perangkat lain" in refused.body
+    assert logout(c2).status in (200, 303)
+    assert login_voucher(c3, code).status == 303 and has_internet(c3)
+    assert vouchers(sock)[code]["devices"] == [mac(3)]
+    assert internet(c2).redirected_to_portal()
+    released = desanet(sock, "vouchers", "release", code)  # staff free the slot by hand
+    assert released.returncode == 0, released.stderr
+    wait_until(lambda: internet(c3).redirected_to_portal(), 10, "c3 cut off by the release")
+    assert vouchers(sock)[code]["devices"] == []
 
 
 # -- 9. trusted and blocked MACs ---------------------------------------------------------

@@ -247,3 +247,21 @@ async def test_a_store_failure_during_a_voucher_login_changes_nothing(
     assert await core.snapshot() == before  # the voucher is not bound, its clock not started
     core.store.fail_on.clear()
     await core.sessions.login_voucher(view(A), code)  # positive control
+
+
+@pytest.mark.parametrize("end", ["logout", "deauth"])
+async def test_ending_a_voucher_session_frees_its_device_slot(core: Core, end: str) -> None:
+    code = await one(core, duration=3600, max_devices=1)
+    await core.sessions.login_voucher(view(A), code)
+    with pytest.raises(VoucherError) as info:  # positive control: one device at once
+        await core.sessions.login_voucher(view(B), code)
+    assert info.value.reason == "in_use"
+    if end == "logout":
+        await core.sessions.logout(ClientView(IP[A], A, None))
+    else:
+        await core.ops.deauthorize(A)
+    core.clock.advance(600)
+    session = await core.sessions.login_voucher(view(B), code)
+    assert session.expires == NOW + 3600  # the voucher's clock kept running
+    with pytest.raises(VoucherError):  # and the slot is B's now
+        await core.sessions.login_voucher(view(A), code)

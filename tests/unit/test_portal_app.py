@@ -152,6 +152,16 @@ async def test_foreign_hosts_redirect_to_portal(probe: str) -> None:
         assert_portal_headers(resp)
 
 
+async def test_a_redirect_of_a_foreign_host_closes_its_connection() -> None:
+    """A browser must not reuse the redirected connection after the login (it would land
+    on the portal again); the portal's own answers keep theirs."""
+    async with portal() as client:
+        resp = await get(client, "/", headers={"Host": "example.com"})
+        assert resp.status == 302 and resp.headers.get("Connection", "").lower() == "close"
+        own = await get(client, "/", headers={"Host": "portal.desa"})  # positive control
+        assert own.status == 200 and own.headers.get("Connection", "").lower() != "close"
+
+
 async def test_redirect_uses_portal_port_and_covers_posts() -> None:
     async with portal(make_cfg(http_port=8080, redirect_port=2050)) as client:
         resp = await post(client, "/x", {"a": "b"}, headers={"Host": "evil.example:2050"})

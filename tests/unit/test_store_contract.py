@@ -342,3 +342,11 @@ async def test_a_refused_login_changes_nothing(store: SessionStorePort, refusal:
     with pytest.raises(Full if refusal == "admit" else VoucherError):
         await store.login(B, NOW, V1, admit, lambda v: sess(B, "10.42.0.7", voucher=V1))
     assert (await store.active_sessions(NOW), await store.vouchers()) == before
+
+
+async def test_ending_a_voucher_session_unbinds_that_device(store: SessionStorePort) -> None:
+    await store.add_vouchers([vouch(V1, max_devices=2)])
+    for mac in (A, B):
+        await store.login(mac, NOW, V1, lambda c, n: None, lambda v, m=mac: sess(m, voucher=V1))
+    await store.end_session(A, NOW + 5, "logout")
+    assert [v.devices for v in await store.vouchers()] == [(B,)]
