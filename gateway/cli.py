@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import logging
@@ -65,6 +66,15 @@ def _print_json(data: Any) -> None:
 def _vouchers_path(batch: str | None) -> str:
     # Batch names are free text ("posyandu mei"): encode them for the query string.
     return "/v1/vouchers" + (f"?{urlencode({'batch': batch})}" if batch else "")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("desanet")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "unknown"
 
 
 def _account_name() -> str:
@@ -475,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="desanet",
         description="desanet village hotspot gateway (captive portal, shaping, offline services)",
     )
+    parser.add_argument("--version", action="version", version=f"desanet {_version()}")
     parser.add_argument("--config", help=f"gateway config file (default {DEFAULT_PATH})")
     parser.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}; "
                         "$DESANET_SOCKET; or the one running lab)")
@@ -603,3 +614,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `desanet vouchers list | head`: the reader left; say nothing more. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain.
+        with contextlib.suppress(OSError, ValueError):  # stdout may not be a real file
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

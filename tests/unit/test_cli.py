@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -497,3 +498,20 @@ async def test_async_client_unreachable(tmp_path: Any) -> None:
             await api.status()
     assert (info.value.status, info.value.kind) == (503, "unavailable")
     assert "cannot reach the daemon" in str(info.value)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("desanet ")
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def reader_left(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_status", reader_left)
+    assert cli.main(["status"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
