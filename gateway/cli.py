@@ -440,6 +440,11 @@ def cmd_vouchers_print(args: argparse.Namespace) -> int:
 
     path = _vouchers_path(args.batch)
     rows = _client(args).request("GET", path)["vouchers"]
+    if args.batch and not rows:
+        # A typo in the batch name must not print an empty sheet that looks fine.
+        print(f"error: no batch named {args.batch!r}; see `desanet vouchers list`",
+              file=sys.stderr)
+        return 1
     vouchers = [
         Voucher(code=v["code"], duration=v["duration"], plan=v["plan"], created=v["created"],
                 batch=v["batch"], max_devices=v["max_devices"], first_used=v["first_used"],

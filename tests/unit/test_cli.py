@@ -515,3 +515,12 @@ def test_a_closed_pipe_ends_quietly(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cli, "cmd_status", reader_left)
     assert cli.main(["status"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_printing_an_unknown_batch_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    answers = {"/v1/vouchers?batch=posyandu+mie": {"vouchers": []}}
+    monkeypatch.setattr(cli, "_client", lambda args: CannedClient(answers))
+    assert cli.main(["vouchers", "print", "--batch", "posyandu mie"]) == 1
+    err = capsys.readouterr().err
+    assert "no batch named 'posyandu mie'" in err
