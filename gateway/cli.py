@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import glob
 import json
-import logging
 import os
 import sys
 import time
@@ -116,12 +115,10 @@ def _print_out(out: Out) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon.logs import setup_logging
     from gateway.daemon.main import run_daemon
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     # No check here: a file that does not parse is the daemon's to handle, which
     # falls back to the last config that ran (and only fails when there is none).
     run_daemon(args.config or DEFAULT_PATH)
