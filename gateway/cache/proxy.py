@@ -73,6 +73,12 @@ class Metrics:
 
 
 
+# What aiohttp raises when no answer arrived: the connection failed, timed out or was
+# cut mid-body (for rules.is_error_for_stale, which imports no HTTP library).
+UPSTREAM_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+)
+
 class CachingProxy:
     def __init__(
         self,

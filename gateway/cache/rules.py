@@ -55,8 +55,6 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Literal, TypeVar
 
-import aiohttp
-
 Headers = Mapping[str, str]
 
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -474,15 +472,20 @@ def may_serve_stale(decision: Decision, now: float) -> bool:
     return decision.stale_on_error and decision.stale_until is not None and now < decision.stale_until
 
 
-def is_error_for_stale(outcome: int | BaseException) -> bool:
-    """500/502/503/504 or a connection error / timeout: the stale copy may stand in."""
+def is_error_for_stale(outcome: int | BaseException,
+                       connection_errors: tuple[type[BaseException], ...] = (OSError,)) -> bool:
+    """500/502/503/504 or a connection error / timeout: the stale copy may stand in.
+
+    ``connection_errors`` are the exception types the HTTP client raises when no
+    answer arrived (the adapter passes its own, e.g. ``UPSTREAM_CONNECTION_ERRORS``
+    in proxy.py); OSError covers refused/reset connections and TimeoutError.
+    """
     if isinstance(outcome, int):
         return outcome in ERROR_STATUSES
     status = getattr(outcome, "status", None)
-    if isinstance(status, int) and status >= 400:  # e.g. aiohttp.ClientResponseError
+    if isinstance(status, int) and status >= 400:  # e.g. an HTTP client's response error
         return status in ERROR_STATUSES
-    # OSError covers refused/reset connections and TimeoutError (== asyncio.TimeoutError).
-    return isinstance(outcome, OSError | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError)
+    return isinstance(outcome, connection_errors)
 
 
 # --------------------------------------------------------------------------- validation

@@ -6,6 +6,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from gateway.cache.proxy import UPSTREAM_CONNECTION_ERRORS
 from gateway.cache.rules import (
     Decision,
     Kind,
@@ -303,7 +304,7 @@ def test_decision_defaults() -> None:
     (ValueError("bug"), False),
 ])
 def test_is_error_for_stale(outcome: int | BaseException, expected: bool) -> None:
-    assert is_error_for_stale(outcome) is expected
+    assert is_error_for_stale(outcome, UPSTREAM_CONNECTION_ERRORS) is expected
 
 
 # ------------------------------------------------------------------ validation and 304
