@@ -185,18 +185,21 @@ from scapy.all import IP, UDP, AsyncSniffer, Ether, conf, sendp
 conf.verb = 0
 dst_mac, dst_ip, dport = sys.argv[1], sys.argv[2], int(sys.argv[3])
 frames = [json.loads(arg) for arg in sys.argv[4:]]  # [src_mac, src_ip, sport]
+import threading, time
+listening = threading.Event()
 sniffer = AsyncSniffer(
-    iface="eth0", store=True,
+    iface="eth0", store=True, started_callback=listening.set,
     lfilter=lambda p: IP in p and UDP in p and p[IP].src == dst_ip and p[UDP].sport == dport,
 )
 sniffer.start()
-import time; time.sleep(0.3)
+if not listening.wait(10):  # the socket is open: nothing sent from now on can be missed
+    sys.exit("the sniffer did not start within 10 s")
 for _ in range(3):
     for src_mac, src_ip, sport in frames:
         sendp(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip)
               / UDP(sport=sport, dport=dport) / b"spoofed", iface="eth0")
-    time.sleep(0.2)
-time.sleep(1.0)
+    time.sleep(0.2)  # three rounds spread out: the test's scenario, not a wait
+time.sleep(1.0)  # how long a reply may take to come back: absence is judged after it
 got = sniffer.stop()
 print(json.dumps([[p[UDP].dport, bytes(p[UDP].payload).decode(errors="replace")] for p in got]))
 '''
