@@ -30,6 +30,7 @@ from gateway.config.units import (
     parse_size,
     parse_time_of_day,
 )
+from gateway.timefmt import DEFAULT_TIMEZONE, is_known_zone
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -100,6 +101,16 @@ Hostname = Annotated[str, AfterValidator(normalize_hostname)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _timezone(value: str) -> str:
+    if not is_known_zone(value):
+        raise ValueError(f"unknown time zone {value!r}; use e.g. Asia/Jakarta (WIB), Asia/Makassar (WITA), "
+                         "Asia/Jayapura (WIT)")
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_timezone)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,6 +120,8 @@ class Site(_Section):
     village: str = Field(min_length=1, max_length=80, examples=["Desa Sukamaju"])
     language: Literal["id", "en"] = Field("id", examples=["id"])
     contact: str = Field("", max_length=200, examples=["Kantor Desa, 0812-0000-0000"])
+    # Every date a villager or staff member sees is local to this zone (WIB/WITA/WIT).
+    timezone: TimeZoneName = Field(DEFAULT_TIMEZONE, examples=["Asia/Jakarta", "Asia/Makassar"])
 
 
 class Network(_Section):
