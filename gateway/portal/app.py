@@ -53,6 +53,7 @@ log = logging.getLogger("desanet.portal")
 MAX_BODY = 16 * 1024
 MAX_URL = 2048
 LANG_COOKIE = "lang"
+LOGGED_OUT = "keluar"  # ?keluar=1: the login page after a logout says "Anda sudah keluar"
 LANG_COOKIE_AGE = 365 * 24 * 3600
 CAPTIVE_JSON = "application/captive+json"
 SECURITY_HEADERS = {
@@ -250,14 +251,28 @@ class Portal:
         status: int = 200,
         error: str | None = None,
         voucher: str = "",
+        logged_out: bool = False,
     ) -> web.Response:
         mode = self.cfg.portal.mode
         terms = self.cfg.portal.terms_en if lang == "en" else self.cfg.portal.terms_id
         return self.page(
-            "login.html", lang, title_key="title_login", status=status, url=url,
-            error=error, terms=terms, voucher=voucher[:24],
+            "login.html", lang, title_key="title_logged_out" if logged_out else "title_login",
+            status=status, url=url, error=error, terms=terms, voucher=voucher[:24],
+            notice=translator(lang)("logged_out") if logged_out else None,
             allow_terms=mode in ("terms", "both"), allow_voucher=mode in ("voucher", "both"),
+            local_services_url=self.local_services_url(),
         )
+
+    def local_services_url(self) -> str | None:
+        """The offline services' start page, linked from the portal when they are on.
+
+        Served by this same app (see ``local_hosts``), so on the portal's HTTP port.
+        """
+        cfg = self.cfg
+        if not cfg.local_services.enabled:
+            return None
+        port = "" if cfg.portal.http_port == 80 else f":{cfg.portal.http_port}"
+        return f"http://{cfg.local_services.hostname}{port}/"
 
     async def client(self, request: web.Request) -> ClientView:
         return await self.backend.identify(request.remote or "")
@@ -278,9 +293,11 @@ class Portal:
                 "status.html", lang, title_key="title_status", url=safe_url(url),
                 continue_url=_continue_url(url), continue_label=_url_label(_continue_url(url)),
                 remaining=format_remaining(remaining, lang),
+                local_services_url=self.local_services_url(),
             )
         else:
-            response = self.login_page(lang, safe_url(request.query.get("url")))
+            response = self.login_page(lang, safe_url(request.query.get("url")),
+                                       logged_out=request.query.get(LOGGED_OUT) == "1")
         if query_lang:
             response.set_cookie(
                 LANG_COOKIE, query_lang, max_age=LANG_COOKIE_AGE, path="/",
@@ -357,7 +374,8 @@ class Portal:
         if client.session is not None:
             await self.backend.logout(client)
             log.info("logout: ip=%s mac=%s", client.ip, client.mac)
-        return redirect(303, "/")
+        # Post/Redirect/Get to a page that says so: a refresh shows it again, logs out nothing.
+        return redirect(303, _home(None, **{LOGGED_OUT: "1"}))
 
     async def captive_api(self, request: web.Request) -> web.Response:
         """RFC 8908 captive portal API."""

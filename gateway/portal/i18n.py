@@ -30,7 +30,10 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "voucher_label": "Kode voucher",
         "voucher_hint": "10 huruf dan angka, contoh:",
         "voucher_button": "Masuk dengan voucher",
-        "voucher_accepts_terms": "Dengan memakai voucher, Anda menyetujui ketentuan di atas.",
+        # Not "di atas": after a wrong code the voucher card comes first (login.html).
+        "voucher_accepts_terms": (
+            "Dengan memakai voucher, Anda menyetujui ketentuan penggunaan hotspot ini."
+        ),
         "connected": "Anda sudah terhubung ke internet.",
         "time_left": "Sisa waktu: {remaining}",
         "continue_to": "Lanjut ke {url}",
@@ -54,8 +57,12 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "huruf I dan O serta angka 0 dan 1 tidak dipakai."
         ),
         "voucher_unknown": "Kode voucher tidak dikenal. Periksa lagi kode yang Anda ketik.",
-        "voucher_revoked": "Voucher ini sudah dibatalkan. Silakan hubungi penjual voucher.",
-        "voucher_expired": "Masa berlaku voucher ini sudah habis.",
+        "voucher_revoked": (
+            "Voucher ini sudah dibatalkan. Silakan minta voucher baru di kantor desa."
+        ),
+        "voucher_expired": (
+            "Masa berlaku voucher ini sudah habis. Minta voucher baru di kantor desa."
+        ),
         "voucher_in_use": "Voucher ini sedang dipakai di perangkat lain.",
         "voucher_other": "Voucher tidak dapat dipakai saat ini.",
         "denied_mode": "Cara masuk ini tidak tersedia di hotspot ini.",
@@ -81,6 +88,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_step2": "Buka {url} atau halaman web apa saja.",
         "sheet_step3": "Ketik kode di atas, lalu tekan \u201cMasuk dengan voucher\u201d.",
         "sheet_cut": "Gunting mengikuti garis putus-putus.",
+        # portal
+        "voucher_where": "Voucher bisa diminta di kantor desa.",
+        "title_logged_out": "Anda sudah keluar",
+        "logged_out": (
+            "Anda sudah keluar dari internet hotspot. Untuk tersambung lagi, "
+            "masuk kembali di halaman ini."
+        ),
+        "title_ref_not_found": "Nomor referensi tidak ditemukan",
+        "local_services_link": "Layanan pemerintah desa",
+        "local_services_hint": "Bisa dibuka tanpa masuk, juga saat internet desa terputus.",
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -95,7 +112,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "voucher_label": "Voucher code",
         "voucher_hint": "10 letters and digits, for example:",
         "voucher_button": "Connect with voucher",
-        "voucher_accepts_terms": "By using a voucher you accept the terms above.",
+        "voucher_accepts_terms": "By using a voucher you accept this hotspot's terms of use.",
         "connected": "You are connected to the internet.",
         "time_left": "Time remaining: {remaining}",
         "continue_to": "Continue to {url}",
@@ -116,8 +133,10 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "without the letters I and O or the digits 0 and 1."
         ),
         "voucher_unknown": "Unknown voucher code. Please check the code you typed.",
-        "voucher_revoked": "This voucher has been cancelled. Contact the voucher seller.",
-        "voucher_expired": "This voucher has expired.",
+        "voucher_revoked": (
+            "This voucher has been cancelled. Please ask the village office for a new one."
+        ),
+        "voucher_expired": "This voucher has expired. Ask the village office for a new one.",
         "voucher_in_use": "This voucher is already in use on another device.",
         "voucher_other": "This voucher cannot be used right now.",
         "denied_mode": "This way of connecting is not offered on this hotspot.",
@@ -141,6 +160,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_step2": "Open {url} or any web page.",
         "sheet_step3": "Type the code above and tap \u201cConnect with voucher\u201d.",
         "sheet_cut": "Cut along the dashed lines.",
+        # portal
+        "voucher_where": "Vouchers are handed out at the village office.",
+        "title_logged_out": "You have logged out",
+        "logged_out": (
+            "You have logged out of the hotspot's internet. To connect again, "
+            "log in on this page."
+        ),
+        "title_ref_not_found": "Reference number not found",
+        "local_services_link": "Village government services",
+        "local_services_hint": "Open without logging in, also while the village internet is down.",
     },
 }
 

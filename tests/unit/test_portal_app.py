@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -289,7 +290,7 @@ async def test_terms_login_status_and_logout() -> None:
         resp = await post(client, "/login", {"action": "terms"})
         assert resp.status == 303 and len(backend.calls) == 1
         resp = await post(client, "/logout", {"lang": "id"})
-        assert resp.status == 303 and resp.headers["Location"] == "/"
+        assert resp.status == 303 and resp.headers["Location"] == "/?keluar=1"
         assert backend.sessions == {}
         assert "Setuju dan sambungkan" in await (await get(client, "/")).text()
 
@@ -534,3 +535,180 @@ async def test_method_not_allowed_passes_through() -> None:
         resp = await client.put("/login", headers=PORTAL)
         assert resp.status == 405
         assert_portal_headers(resp)
+
+
+# -- words and pages (Step 5) ------------------------------------------------
+
+def local_cfg(enabled: bool, **portal: Any) -> Config:
+    base = make_cfg(**portal)
+    return base.model_copy(update={
+        "local_services": base.local_services.model_copy(update={"enabled": enabled})})
+
+
+def card_order(body: str) -> list[str]:
+    """Which login cards the page shows, top to bottom."""
+    found = [(body.find(marker), name) for marker, name in
+             (('value="terms"', "terms"), ('class="terms"', "terms"), ('id="kode"', "voucher"))
+             if marker in body]
+    order: list[str] = []
+    for _, name in sorted(found):
+        if name not in order:
+            order.append(name)
+    return order
+
+
+@pytest.mark.parametrize("mode", ["voucher", "both"])
+@pytest.mark.parametrize(("lang", "phrase", "wrong"), [
+    ("id", "Anda menyetujui ketentuan penggunaan hotspot ini.", "di atas"),
+    ("en", "you accept this hotspot's terms of use.", "terms above"),
+])
+async def test_voucher_terms_sentence_is_true_wherever_the_cards_are(
+        mode: str, lang: str, phrase: str, wrong: str) -> None:
+    """After a wrong code the voucher card moves above the terms: the sentence under it
+    must not say the terms are "above" in either layout."""
+    async with portal(make_cfg(mode=mode)) as client:
+        fresh = await (await get(client, f"/?lang={lang}")).text()
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ZZZZZ-ZZZZZ",
+                                             "lang": lang})
+        failed = await resp.text()
+    assert resp.status == 403
+    # positive control: the two layouts really differ in order
+    assert card_order(fresh) == ["terms", "voucher"]
+    assert card_order(failed) == ["voucher", "terms"]
+    for body in (fresh, failed):
+        assert phrase in body.replace("&#39;", "'")
+        assert wrong not in body
+
+
+async def test_terms_mode_has_no_voucher_sentence() -> None:
+    async with portal(make_cfg(mode="terms")) as client:
+        body = await (await get(client, "/")).text()
+    assert "Anda menyetujui" not in body and "kantor desa" not in body
+
+
+@pytest.mark.parametrize(("lang", "code", "office", "seller"), [
+    ("id", "REVKD-22222", "minta voucher baru di kantor desa", "penjual"),
+    ("en", "REVKD-22222", "ask the village office for a new one", "seller"),
+    ("id", "EXPRD-22222", "Minta voucher baru di kantor desa", "penjual"),
+    ("en", "EXPRD-22222", "Ask the village office for a new one", "seller"),
+])
+async def test_vouchers_come_from_the_village_office(
+        lang: str, code: str, office: str, seller: str) -> None:
+    async with portal() as client:
+        page = await (await get(client, f"/?lang={lang}")).text()
+        resp = await post(client, "/login", {"action": "voucher", "voucher": code, "lang": lang})
+        body = await resp.text()
+    assert resp.status == 403
+    assert office in body and seller not in body.lower()
+    where = {"id": "Voucher bisa diminta di kantor desa.",
+             "en": "Vouchers are handed out at the village office."}[lang]
+    assert where in page
+
+
+def test_no_voucher_seller_anywhere_in_the_catalog() -> None:
+    from gateway.portal.i18n import CATALOG
+
+    for lang, table in CATALOG.items():
+        for key, text in table.items():
+            assert "penjual" not in text.lower() and "seller" not in text.lower(), (lang, key)
+
+
+@pytest.mark.parametrize(("lang", "title"), [("id", "Nomor referensi tidak ditemukan"),
+                                             ("en", "Reference number not found")])
+def test_reference_number_title_is_not_page_not_found(lang: str, title: str) -> None:
+    """The title the receipt lookup (layanan.desa/kiriman) uses for an unknown reference."""
+    from gateway.portal.i18n import translate
+
+    assert translate(lang, "title_ref_not_found") == title
+    assert translate(lang, "title_ref_not_found") != translate(lang, "title_not_found")
+
+
+@pytest.mark.parametrize(("lang", "title", "text"), [
+    ("id", "Anda sudah keluar", "Anda sudah keluar dari internet hotspot."),
+    ("en", "You have logged out", "You have logged out of the hotspot's internet."),
+])
+async def test_logout_redirects_to_a_page_that_says_so(lang: str, title: str, text: str) -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        await post(client, "/login", {"action": "terms"})
+        resp = await post(client, "/logout", {"lang": lang})
+        assert resp.status == 303
+        page = await get(client, resp.headers["Location"] + f"&lang={lang}")
+        body = (await page.text()).replace("&#39;", "'")
+        assert page.status == 200 and backend.sessions == {}
+        assert f"<title>{title} · " in body
+        assert f'<p class="notice" role="status">{text}' in body
+        assert 'value="terms"' in body  # it is the login page: connect again from here
+        # A refresh of that page logs out nothing more and still says so.
+        again = await get(client, resp.headers["Location"])
+        assert "notice" in await again.text() and backend.calls.count(("logout", "127.0.0.1")) == 1
+        # positive control: the plain start page says nothing about logging out
+        plain = await (await get(client, f"/?lang={lang}")).text()
+        assert 'class="notice"' not in plain and title not in plain
+        # Logged in again, ?keluar=1 shows the status page, not a stale "logged out".
+        await post(client, "/login", {"action": "terms"})
+        status = await (await get(client, resp.headers["Location"])).text()
+        assert 'action="/logout"' in status and 'class="notice"' not in status
+
+
+@pytest.mark.parametrize("mode", ["voucher", "both"])
+async def test_voucher_field_keeps_focus_after_a_wrong_code(mode: str) -> None:
+    async with portal(make_cfg(mode=mode)) as client:
+        fresh = await (await get(client, "/")).text()
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ZZZZZ-ZZZZZ"})
+        body = await resp.text()
+    field = re.search(r'<input type="text" id="voucher"[^>]*>', body)
+    assert field is not None
+    tag = field.group(0)
+    assert " autofocus" in tag and 'aria-invalid="true"' in tag
+    assert 'aria-describedby="voucher-error voucher-hint"' in tag
+    assert '<p class="error" id="voucher-error" role="alert">Kode voucher tidak dikenal' in body
+    # positive control: a fresh page does not steal focus (the terms button may be wanted)
+    fresh_tag = re.search(r'<input type="text" id="voucher"[^>]*>', fresh)
+    assert fresh_tag is not None and "autofocus" not in fresh_tag.group(0)
+    assert 'aria-describedby="voucher-hint"' in fresh_tag.group(0)
+
+
+async def test_rate_limited_voucher_error_is_tied_to_the_field_too() -> None:
+    limiter = RateLimiter(limit=1, window=60, clock=Clock())
+    async with portal(limiter=limiter) as client:
+        await post(client, "/login", {"action": "voucher", "voucher": "ZZZZZ-ZZZZZ"})
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ZZZZZ-ZZZZZ"})
+        body = await resp.text()
+    assert resp.status == 429
+    assert re.search(r'id="voucher"[^>]* aria-invalid="true" autofocus', body)
+
+
+@pytest.mark.parametrize("mode", ["terms", "voucher", "both"])
+@pytest.mark.parametrize(("lang", "label"), [("id", "Layanan pemerintah desa"),
+                                             ("en", "Village government services")])
+async def test_login_and_status_pages_link_the_offline_services(
+        mode: str, lang: str, label: str) -> None:
+    backend = FakeBackend()
+    link = f'<a class="local-link" href="http://layanan.desa/">{label}</a>'
+    async with portal(local_cfg(True, mode=mode), backend) as client:
+        login = await (await get(client, f"/?lang={lang}")).text()
+        backend._open(ClientView(ip="127.0.0.1", mac=MAC, session=None), "terms")
+        status = await (await get(client, f"/?lang={lang}")).text()
+    assert link in login
+    assert 'action="/logout"' in status and link in status
+
+
+async def test_no_offline_services_link_when_they_are_off() -> None:
+    backend = FakeBackend()
+    async with portal(local_cfg(False), backend) as client:
+        login = await (await get(client, "/")).text()
+        backend._open(ClientView(ip="127.0.0.1", mac=MAC, session=None), "terms")
+        status = await (await get(client, "/")).text()
+    for body in (login, status):
+        assert "http://layanan.desa" not in body and 'class="local-link"' not in body
+    assert 'action="/logout"' in status  # positive control: that was the status page
+
+
+async def test_offline_services_link_names_the_configured_host_and_port() -> None:
+    base = local_cfg(True, http_port=8080, redirect_port=2050)
+    cfg = base.model_copy(update={"local_services": base.local_services.model_copy(
+        update={"hostname": "layanan.sukamaju"})})
+    async with portal(cfg) as client:
+        body = await (await get(client, "/", headers={"Host": "portal.desa:8080"})).text()
+    assert 'href="http://layanan.sukamaju:8080/"' in body
