@@ -111,6 +111,16 @@ def _timezone(value: str) -> str:
 TimeZoneName = Annotated[str, AfterValidator(_timezone)]
 
 
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{json_quote(value)} is not an absolute path; write e.g. "
+                         "\"/etc/desanet/tls/portal.crt\"")
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -161,6 +171,34 @@ class Portal(_Section):
         "Use the internet wisely. Spreading hoaxes, gambling and illegal content is forbidden.",
         max_length=4000,
     )
+    # portal (Step 5): optional HTTPS for the portal and the RFC 8908 API; both or neither.
+    # The files are checked (readable, PEM, key matches) when a config is applied.
+    tls_certificate: AbsolutePath | None = Field(
+        None, examples=["/etc/desanet/tls/portal.crt"])
+    tls_key: AbsolutePath | None = Field(None, examples=["/etc/desanet/tls/portal.key"])
+    https_port: Port = Field(443, examples=[443])
+
+    @property
+    def https(self) -> bool:
+        return self.tls_certificate is not None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Portal:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_certificate"
+            raise PydanticCustomError(
+                "tls_pair",
+                "portal.{missing} is missing: set both portal.tls_certificate and "
+                "portal.tls_key (e.g. \"/etc/desanet/tls/portal.key\"), or neither",
+                {"missing": missing},
+            )
+        if self.https and self.https_port in (self.http_port, self.redirect_port):
+            raise PydanticCustomError(
+                "ports_clash",
+                "https_port {port} is also http_port or redirect_port; use e.g. 443",
+                {"port": self.https_port},
+            )
+        return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Portal:
@@ -427,3 +465,11 @@ class Config(_Section):
     def portal_url(self) -> str:
         port = "" if self.portal.http_port == 80 else f":{self.portal.http_port}"
         return f"http://{self.portal.hostname}{port}/"
+
+    @property
+    def portal_https_url(self) -> str | None:
+        """The portal over HTTPS, when a certificate is configured (portal.tls_*)."""
+        if not self.portal.https:
+            return None
+        port = "" if self.portal.https_port == 443 else f":{self.portal.https_port}"
+        return f"https://{self.portal.hostname}{port}/"

@@ -67,8 +67,11 @@ class ServersPort(Protocol):
         """Stop the government-services site (undo of the first start)."""
 
 
-def portal_listen(cfg: Config) -> tuple[str, int, int]:
-    return (cfg.lan_ip, cfg.portal.http_port, cfg.portal.redirect_port)
+def portal_listen(cfg: Config) -> tuple[object, ...]:
+    """What the portal's listeners are bound with; a change restarts them."""
+    tls = (cfg.portal.https_port, cfg.portal.tls_certificate, cfg.portal.tls_key) \
+        if cfg.portal.https else None
+    return (cfg.lan_ip, cfg.portal.http_port, cfg.portal.redirect_port, tls)
 
 
 def garden_same(a: Config, b: Config) -> bool:

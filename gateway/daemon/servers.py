@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from gateway.errors import ServiceError
 from gateway.portal.app import Handler, create_portal_app
 from gateway.portal.backend import PortalBackend
 from gateway.portal.ratelimit import RateLimiter
+from gateway.portal.tls import TlsError, server_context, tls_problems, warnings_for
 
 log = logging.getLogger("desanet.servers")
 
@@ -89,6 +91,8 @@ class DaemonServers:
                 problems.append(("network.lan_address", str(net.lan_address),
                                  f"an address {net.lan_interface} has "
                                  f"({', '.join(sorted(a for a in addrs if a)) or 'none'})"))
+        # The certificate and key files, as this box has them (readable, PEM, matching).
+        problems += tls_problems(cfg.portal)
         return problems
 
     async def sync_portal(self, cfg: Config, previous: Config | None) -> None:
@@ -100,20 +104,44 @@ class DaemonServers:
             self._limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
         app = create_portal_app(self._config, self._backend, limiter=self._limiter,
                                 local_hosts=self.local_hosts)
+        ssl_context = await self._tls_context(cfg)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        for port in (cfg.portal.http_port, cfg.portal.redirect_port):
+        listeners: list[tuple[int, ssl.SSLContext | None]] = [
+            (cfg.portal.http_port, None), (cfg.portal.redirect_port, None)]
+        if ssl_context is not None:
+            listeners.append((cfg.portal.https_port, ssl_context))
+        for port, context in listeners:
             try:
-                await web.TCPSite(runner, cfg.lan_ip, port, reuse_address=True).start()
+                await web.TCPSite(runner, cfg.lan_ip, port, reuse_address=True,
+                                  ssl_context=context).start()
             except OSError as exc:
                 await runner.cleanup()
                 raise ServiceError(
                     f"the portal cannot listen on {cfg.lan_ip}:{port}: "
                     f"{exc.strerror or exc}; expected a free port on the LAN address, "
-                    "choose another portal.http_port / portal.redirect_port or stop "
-                    "what uses it"
+                    "choose another portal.http_port / portal.redirect_port / "
+                    "portal.https_port or stop what uses it"
                 ) from exc
         self._portal = runner
+
+    @staticmethod
+    async def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+        """The HTTPS listener's context when portal.tls_* are set (files read on a thread).
+
+        Raises ServiceError naming the field; a certificate for another name only warns.
+        """
+        if not cfg.portal.https:
+            return None
+        try:
+            context = await asyncio.to_thread(server_context, cfg.portal)
+            for warning in await asyncio.to_thread(warnings_for, cfg.portal):
+                log.warning("%s", warning)
+        except TlsError as exc:
+            raise ServiceError(f"the portal cannot serve HTTPS: {exc}") from exc
+        log.info("portal HTTPS on %s:%d with %s", cfg.lan_ip, cfg.portal.https_port,
+                 cfg.portal.tls_certificate)
+        return context
 
     def update_limits(self, cfg: Config) -> None:
         """Settings the portal reads from objects it keeps (applied without restarts)."""

@@ -143,7 +143,8 @@ def plan_ruleset(
         sets += _set("client_class", "ipv4_addr : classid", elems=[
             f"{s.ip} : {client_class_text(cfg, s.ip)}" for s in sessions if s.expires > now
         ]).replace("  set client_class", "  map client_class")
-    ports = f"{{ {portal.http_port}, {portal.redirect_port} }}"
+    https = [portal.https_port] if portal.https else []  # the portal over TLS, when configured
+    ports = "{ " + ", ".join(str(n) for n in (portal.http_port, portal.redirect_port, *https)) + " }"
     authorized = "ether saddr . ip saddr @auth4"
     # Client isolation also at layer 3: without this, a client with a route to
     # a neighbour via the gateway would be forwarded back out of the LAN.

@@ -380,7 +380,9 @@ class Portal:
     async def captive_api(self, request: web.Request) -> web.Response:
         """RFC 8908 captive portal API."""
         client = await self.client(request)
-        body: dict[str, object] = {"captive": True, "user-portal-url": self.cfg.portal_url}
+        # RFC 8908: the user portal "MUST be accessed over TLS"; https when a certificate is set.
+        portal_url = self.cfg.portal_https_url or self.cfg.portal_url
+        body: dict[str, object] = {"captive": True, "user-portal-url": portal_url}
         if client.mac is not None and client.mac in self.cfg.access.trusted_macs:
             # The firewall lets trusted MACs through without a session; saying
             # "captive" would make the phone pop up a sign-in it does not need.

@@ -34,7 +34,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def captive_api_url(cfg: Config) -> str:
-    return cfg.portal_url + "api/captive"
+    # RFC 8908 wants https for the API (recent Android ignores http): used when configured.
+    return (cfg.portal_https_url or cfg.portal_url) + "api/captive"
 
 
 def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
