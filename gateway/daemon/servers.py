@@ -104,7 +104,15 @@ class DaemonServers:
             self._limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
         app = create_portal_app(self._config, self._backend, limiter=self._limiter,
                                 local_hosts=self.local_hosts)
-        ssl_context = await self._tls_context(cfg)
+        try:
+            ssl_context = await self._tls_context(cfg)
+        except ServiceError as exc:
+            if previous is not None:
+                raise  # an apply: refused, the running portal stays
+            # At start HTTPS is optional, the portal is not: a certificate file that went
+            # missing since it last ran must not lock the village out of the http portal.
+            log.error("%s; serving the portal over http only", exc)
+            ssl_context = None
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         listeners: list[tuple[int, ssl.SSLContext | None]] = [

@@ -11,14 +11,11 @@ Every function here reads files and blocks: call it on a thread.
 
 from __future__ import annotations
 
-import logging
 import ssl
 import time
 from typing import Any
 
 from gateway.config.schema import Portal
-
-log = logging.getLogger("desanet.portal.tls")
 
 CERT_FIELD = "portal.tls_certificate"
 KEY_FIELD = "portal.tls_key"
@@ -135,13 +132,12 @@ def warnings_for(portal: Portal, now: float | None = None) -> list[str]:
 
 
 def tls_problems(portal: Portal) -> list[Problem]:
-    """Apply-time check (files exist, parse and match); warnings are only logged."""
+    """Apply-time check (files exist, parse and match). What :func:`warnings_for` finds
+    is no problem: the listener logs it when it starts."""
     if portal.tls_certificate is None:
         return []
     try:
         server_context(portal)
-        for warning in warnings_for(portal):
-            log.warning("%s", warning)
     except TlsError as exc:
         return [exc.problem()]
     return []

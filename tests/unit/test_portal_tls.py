@@ -4,6 +4,7 @@ listener (real TLS on loopback), DHCP option 114, the firewall port and the capt
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import ssl
@@ -279,7 +280,7 @@ async def test_https_is_served_when_configured_and_not_otherwise(
 
 
 @needs_openssl
-async def test_a_bad_key_at_start_is_a_service_error_naming_the_field(
+async def test_a_bad_key_in_a_change_is_a_service_error_naming_the_field(
         certs: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
     cert, _ = certs["good"]
     _, other_key = certs["other"]
@@ -287,8 +288,35 @@ async def test_a_bad_key_at_start_is_a_service_error_naming_the_field(
     core = build_core(tmp_path, cfg)
     servers = DaemonServers(core.holder.get, core.sessions, core.state_dir)
     with pytest.raises(ServiceError, match=r"portal\.tls_key"):
-        await servers.sync_portal(cfg, None)
+        await servers.sync_portal(cfg, make_config())
     assert servers._portal is None  # nothing half-started
+
+
+@needs_openssl
+async def test_a_bad_key_at_start_still_serves_the_http_portal(
+        certs: dict[str, tuple[Path, Path]], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """HTTPS is optional, the portal is not: a key file broken since the last run must not
+    lock the village out at start (an apply is refused before that, see above)."""
+    cert, _ = certs["good"]
+    _, other_key = certs["other"]
+    https_port = _free_port()
+    cfg = _loopback(cert, other_key, https_port)
+    core = build_core(tmp_path, cfg)
+    servers = DaemonServers(core.holder.get, core.sessions, core.state_dir)
+    with caplog.at_level(logging.ERROR, logger="desanet.servers"):
+        await servers.sync_portal(cfg, None)
+    try:
+        assert any("portal.tls_key" in r.getMessage() and "http only" in r.getMessage()
+                   for r in caplog.records)
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{cfg.portal.http_port}/api/captive",
+                headers={"Host": "portal.desa"}) as resp:
+            assert resp.status == 200
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await _https_get(https_port, cert, "/api/captive")
+    finally:
+        await servers.stop_portal()
 
 
 @needs_openssl
@@ -308,5 +336,28 @@ async def test_reconciler_moves_the_portal_to_https_and_back(
         assert "portal" in steps
         status, _ = await _https_get(https.portal.https_port, cert, "/api/captive")
         assert status == 200
+    finally:
+        await servers.stop_portal()
+
+
+@needs_openssl
+async def test_a_certificate_for_another_name_is_served_with_a_warning(
+        certs: dict[str, tuple[Path, Path]], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cert, key = certs["other"]
+    https_port = _free_port()
+    cfg = _loopback(cert, key, https_port)
+    core = build_core(tmp_path, cfg)
+    servers = DaemonServers(core.holder.get, core.sessions, core.state_dir)
+    with caplog.at_level(logging.WARNING, logger="desanet.servers"):
+        await servers.sync_portal(cfg, make_config())
+    try:
+        assert any("not portal.hostname 'portal.desa'" in r.getMessage()
+                   and r.levelno == logging.WARNING for r in caplog.records)
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as session, session.get(
+                f"https://127.0.0.1:{https_port}/api/captive", ssl=ctx,
+                server_hostname="other.example", headers={"Host": "portal.desa"}) as resp:
+            assert resp.status == 200
     finally:
         await servers.stop_portal()
