@@ -92,8 +92,8 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "voucher_where": "Voucher bisa diminta di kantor desa.",
         "title_logged_out": "Anda sudah keluar",
         "logged_out": (
-            "Anda sudah keluar dari internet hotspot. Untuk tersambung lagi, "
-            "masuk kembali di halaman ini."
+            "Anda sudah keluar. Perangkat ini tidak lagi tersambung ke internet hotspot. "
+            "Untuk tersambung lagi, masuk kembali di halaman ini."
         ),
         "title_ref_not_found": "Nomor referensi tidak ditemukan",
         "local_services_link": "Layanan pemerintah desa",
@@ -164,8 +164,8 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "voucher_where": "Vouchers are handed out at the village office.",
         "title_logged_out": "You have logged out",
         "logged_out": (
-            "You have logged out of the hotspot's internet. To connect again, "
-            "log in on this page."
+            "You have logged out. This device is no longer connected to the hotspot's "
+            "internet. To connect again, log in on this page."
         ),
         "title_ref_not_found": "Reference number not found",
         "local_services_link": "Village government services",

@@ -624,8 +624,8 @@ def test_reference_number_title_is_not_page_not_found(lang: str, title: str) -> 
 
 
 @pytest.mark.parametrize(("lang", "title", "text"), [
-    ("id", "Anda sudah keluar", "Anda sudah keluar dari internet hotspot."),
-    ("en", "You have logged out", "You have logged out of the hotspot's internet."),
+    ("id", "Anda sudah keluar", "Anda sudah keluar. Perangkat ini tidak lagi tersambung"),
+    ("en", "You have logged out", "You have logged out. This device is no longer connected"),
 ])
 async def test_logout_redirects_to_a_page_that_says_so(lang: str, title: str, text: str) -> None:
     backend = FakeBackend()
