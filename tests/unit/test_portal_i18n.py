@@ -91,3 +91,18 @@ def test_translate_falls_back() -> None:
     assert translate("xx", "logout_button") == "Keluar"
     assert translate("en", "no_such_key") == "no_such_key"
     assert translate("en", "rate_limited", seconds=12).startswith("Too many")
+
+
+@pytest.mark.parametrize(("lang", "positional"), [("id", ("di atas", "di bawah")),
+                                                   ("en", ("above", "below"))])
+def test_voucher_terms_sentence_names_no_position(lang: str, positional: tuple[str, ...]) -> None:
+    """login.html puts the voucher card above the terms after a wrong code, below otherwise."""
+    text = translate(lang, "voucher_accepts_terms").lower()
+    assert not any(word in text for word in positional)
+    assert ("ketentuan penggunaan" if lang == "id" else "terms of use") in text
+
+
+@pytest.mark.parametrize("key", ["voucher_revoked", "voucher_expired", "voucher_where"])
+def test_vouchers_are_asked_for_at_the_village_office(key: str) -> None:
+    assert "kantor desa" in translate("id", key)
+    assert "village office" in translate("en", key)
