@@ -6,7 +6,9 @@ RFC 8908 API with curl --cacert (so the firewall lets it reach the https port
 and the certificate is the configured one), and its DHCP reply carries
 option 114 with the https API URL. Applying a config without the certificate
 takes HTTPS away again (option 114 back to http); one with a key of another
-certificate is refused naming portal.tls_key and changes nothing.
+certificate is refused naming portal.tls_key and changes nothing. The whole
+login, status and logout round works over HTTPS, with the links to the offline
+services and the "Anda sudah keluar" page.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.integration.conftest import (
     LabFactory,
     desanet,
     desanet_json,
+    has_internet,
     http,
     require_root,
     require_tools,
@@ -153,3 +156,30 @@ def test_https_goes_away_with_the_certificate_and_bad_keys_are_refused(
 def test_the_gateway_dnsmasq_config_names_the_https_api(lab: LabInfo) -> None:
     conf = (Path(lab.state_dir) / "run" / "dnsmasq.conf").read_text()
     assert f'dhcp-option=114,"{API_HTTPS}"' in conf.splitlines(), conf
+
+
+def test_login_status_and_logout_over_https(
+        lab: LabInfo, certs: dict[str, tuple[Path, Path]]) -> None:
+    cert, _ = certs["good"]
+    c1 = lab.client(1).name
+    tls = ["--cacert", str(cert)]
+    same_origin = [f"Origin: {HTTPS_PORTAL}", "Sec-Fetch-Site: same-origin"]
+    link = 'href="http://layanan.desa/"'
+    assert not has_internet(c1)
+    login = http(c1, f"{HTTPS_PORTAL}/login", form={"action": "terms"}, headers=same_origin,
+                 extra=tls)
+    assert login.status == 303, login.error
+    try:
+        wait_until(lambda: has_internet(c1), 10, "c1 online after the https login")
+        status = http(c1, f"{HTTPS_PORTAL}/", extra=tls)
+        assert status.status == 200 and 'action="/logout"' in status.body
+        assert link in status.body
+        assert http(c1, "http://layanan.desa/").status == 200  # the link leads somewhere
+    finally:
+        out = http(c1, f"{HTTPS_PORTAL}/logout", form={"lang": "id"}, headers=same_origin,
+                   extra=tls)
+    assert out.status == 303 and out.location == "/?keluar=1", out
+    page = http(c1, f"{HTTPS_PORTAL}/?keluar=1", extra=tls)
+    assert page.status == 200 and "Anda sudah keluar" in page.body
+    assert link in page.body  # the offline services, also from the login page
+    wait_until(lambda: not has_internet(c1), 10, "c1 offline after the https logout")
