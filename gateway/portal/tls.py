@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from gateway.config.schema import Portal
 
@@ -51,19 +55,34 @@ def _readable(path: str, field: str) -> None:
         raise TlsError(field, path, f"a readable PEM file ({exc.strerror or exc})") from None
 
 
-def decode_certificate(path: str) -> dict[str, Any]:
-    """The leaf certificate's fields as :meth:`ssl.SSLSocket.getpeercert` gives them.
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What the warnings need from the leaf certificate."""
+
+    names: list[str]  # DNS subjectAltNames, else the subject's common names
+    not_after: float  # epoch seconds
+
+
+def decode_certificate(path: str) -> CertificateInfo:
+    """The leaf (first) certificate of a PEM file.
 
     Raises TlsError naming ``portal.tls_certificate``.
     """
     _readable(path, CERT_FIELD)
     try:
-        # The ssl module's own PEM decoder (used by CPython's tests); no extra dependency.
-        decoded: dict[str, Any] = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
-    except (ssl.SSLError, ValueError) as exc:
+        with open(path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
         raise TlsError(CERT_FIELD, path, "a PEM certificate (-----BEGIN CERTIFICATE-----), "
                        f"the leaf first, then its chain ({exc})") from None
-    return decoded
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return CertificateInfo(names, cert.not_valid_after_utc.timestamp())
 
 
 def server_context(portal: Portal) -> ssl.SSLContext:
@@ -93,15 +112,6 @@ def server_context(portal: Portal) -> ssl.SSLContext:
     return ctx
 
 
-def certificate_names(decoded: dict[str, Any]) -> list[str]:
-    """DNS names the certificate is valid for (subjectAltName, else the subject CN)."""
-    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
-    if names:
-        return names
-    return [value for rdn in decoded.get("subject", ()) for key, value in rdn
-            if key == "commonName"]
-
-
 def name_matches(pattern: str, hostname: str) -> bool:
     """RFC 6125 matching: exact, or one wildcard as the whole left-most label."""
     pattern, hostname = pattern.lower().rstrip("."), hostname.lower().rstrip(".")
@@ -118,16 +128,16 @@ def warnings_for(portal: Portal, now: float | None = None) -> list[str]:
     ``portal.hostname`` not among its names, or an expired certificate."""
     if portal.tls_certificate is None:
         return []
-    decoded = decode_certificate(portal.tls_certificate)
+    info = decode_certificate(portal.tls_certificate)
     found: list[str] = []
-    names = certificate_names(decoded)
+    names = info.names
     if not any(name_matches(n, portal.hostname) for n in names):
         found.append(f"{CERT_FIELD} is for {', '.join(names) or 'no DNS name'}, not "
                      f"portal.hostname {portal.hostname!r}: phones will refuse the https portal "
                      "and fall back to http")
-    not_after = decoded.get("notAfter")
-    if not_after and ssl.cert_time_to_seconds(not_after) < (time.time() if now is None else now):
-        found.append(f"{CERT_FIELD} expired on {not_after}: phones will refuse the https portal")
+    if info.not_after < (time.time() if now is None else now):
+        expired = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info.not_after))
+        found.append(f"{CERT_FIELD} expired on {expired}: phones will refuse the https portal")
     return found
 
 
