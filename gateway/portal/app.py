@@ -113,6 +113,15 @@ def _continue_url(value: str | None) -> str | None:
     return url
 
 
+def _query_voucher(value: str | None) -> str:
+    """The code of a ``?voucher=`` link in canonical form, or "" for anything that is
+    not a well-formed code (never echoed back as typed)."""
+    try:
+        return normalize_code(value) if value else ""
+    except VoucherError:
+        return ""
+
+
 def _url_label(url: str | None) -> str | None:
     """The host of ``url`` (what a villager recognises), for the "continue" button."""
     if url is None:
@@ -280,7 +289,9 @@ class Portal:
                 remaining=format_remaining(remaining, lang),
             )
         else:
-            response = self.login_page(lang, safe_url(request.query.get("url")))
+            # sheet: a voucher card's QR code opens /?voucher=CODE; a valid code is filled in.
+            response = self.login_page(lang, safe_url(request.query.get("url")),
+                                       voucher=_query_voucher(request.query.get("voucher")))
         if query_lang:
             response.set_cookie(
                 LANG_COOKIE, query_lang, max_age=LANG_COOKIE_AGE, path="/",
