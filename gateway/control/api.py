@@ -193,7 +193,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def create_vouchers(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherCreateRequest, await _body(request))
         batch, made = await ops.create_vouchers(req.count, req.duration, req.max_devices,
-                                                req.plan, req.batch)
+                                                req.plan, req.batch, req.name)
         now = ops.now()
         return web.json_response(
             {"batch": batch, "vouchers": [_voucher(v, now) for v in made]}, status=201

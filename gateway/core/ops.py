@@ -151,8 +151,10 @@ class GatewayOps:
     # -- vouchers --------------------------------------------------------------------------
 
     async def create_vouchers(self, count: int, duration: int, max_devices: int,
-                              plan: str | None, batch: str | None) -> tuple[str, list[Voucher]]:
-        return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch)
+                              plan: str | None, batch: str | None, name: str | None = None,
+                              ) -> tuple[str, list[Voucher]]:
+        return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch,
+                                                    name)
 
     async def revoke_voucher(self, code: str) -> Voucher:
         """Raises VoucherError("unknown")."""
