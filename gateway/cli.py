@@ -465,9 +465,19 @@ def cmd_vouchers_print(args: argparse.Namespace) -> int:
                 batch_name=v.get("batch_name", ""), serial=v.get("serial", 0))
         for v in rows if v["state"] == "unused"
     ]
+    if not vouchers:  # nothing to cut out: say so instead of printing an empty page
+        which = f"batch {batch!r} has" if batch else "there are"
+        print(f"error: {which} no unused vouchers; see `desanet vouchers list`", file=sys.stderr)
+        return 1
     html = render_voucher_sheet(_sheet_config(args), vouchers, args.lang)
     if args.output:
-        Path(args.output).write_text(html, encoding="utf-8")
+        from gateway.config.loader import write_file_atomic
+
+        try:  # owner-only, whole or not at all: unused codes are worth money
+            write_file_atomic(args.output, html)
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {len(vouchers)} voucher(s) to {args.output}")
     else:
         sys.stdout.write(html)
@@ -604,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("batch_arg", nargs="?", metavar="BATCH",
                     help="the batch to print (default: every unused voucher)")
     pr.add_argument("--batch", help="the same as BATCH")
-    pr.add_argument("--lang", choices=["id", "en"], default="id",
-                    help="language of the sheet: id (default) or en")
+    pr.add_argument("--lang", choices=["id", "en"],
+                    help="language of the sheet: id or en (default: site.language)")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
 
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)

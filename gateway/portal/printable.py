@@ -94,8 +94,9 @@ def _batch_line(v: Voucher, cfg: Config, lang: str) -> str:
     return " · ".join(parts)
 
 
-def render_voucher_sheet(cfg: Config, vouchers: list[Voucher], lang: str) -> str:
-    """HTML for printing ``vouchers`` on A4, in ``lang`` ("id" or "en")."""
+def render_voucher_sheet(cfg: Config, vouchers: list[Voucher], lang: str | None = None) -> str:
+    """HTML for printing ``vouchers`` on A4, in ``lang`` ("id" or "en"; default and for
+    anything else: the site's language)."""
     lang = supported(lang) or cfg.site.language
     t = translator(lang)
     cards = [

@@ -87,7 +87,11 @@ def test_create_a_named_batch_list_and_print_it(core: Core,
     assert html.count('class="card"') == 3 and html.count("<svg") == 6
     assert "Hotspot Desa Uji" in html and "Kata sandi Wi-Fi: rahasia123" in html
     assert "Paket: Paket Sekolah" in html and "Posyandu Mei · No. 3" in html
-    assert "Buka http://portal.desa/" in html
+    assert "Buka http://portal.desa/" in html and '<html lang="id">' in html  # site language
+    code, out, _ = run(capsys, "vouchers", "print", "--batch", batch, "--lang", "en")
+    assert code == 0 and "Plan: Paket Sekolah" in out and "Scan for Wi-Fi" in out
+    code, _, err = run(capsys, "vouchers", "print", batch, "--batch", "other")
+    assert code == 2 and "BATCH" in err
 
 
 @pytest.mark.parametrize("bad", ["x" * 65, "Posyandu\x1b[31mMei", "Mei\nRT 3", "\x00"])
@@ -118,3 +122,24 @@ def test_printing_an_unknown_batch_is_an_error(core: Core,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "vouchers", "print", "nope")
     assert code == 1 and out == "" and "no batch named 'nope'" in err
+
+
+def test_nothing_left_to_print_is_an_error(core: Core, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "vouchers", "print")
+    assert code == 1 and out == "" and "there are no unused vouchers" in err
+    made = json.loads(run(capsys, "vouchers", "create", "--duration", "1h", "--json")[1])
+    run(capsys, "vouchers", "revoke", made["vouchers"][0]["code"])
+    code, out, err = run(capsys, "vouchers", "print", made["batch"], "-o", str(tmp_path / "s"))
+    assert code == 1 and f"batch {made['batch']!r} has no unused vouchers" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_sheet_file_is_owner_only_and_a_bad_path_is_a_clean_error(
+        core: Core, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "vouchers", "create", "--duration", "1h")
+    code, _, _ = run(capsys, "vouchers", "print", "-o", str(tmp_path / "sheet.html"))
+    assert code == 0 and (tmp_path / "sheet.html").stat().st_mode & 0o077 == 0
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "vouchers", "print", "-o", str(tmp_path / "file" / "sheet.html"))
+    assert code == 1 and "cannot write" in err and "Traceback" not in err

@@ -108,6 +108,11 @@ def test_empty_sheet_and_unknown_language() -> None:
     assert 'class="card"' not in html
 
 
+def test_the_default_language_is_the_sites() -> None:
+    html = render_voucher_sheet(_cfg({"language": "en"}), _vouchers())
+    assert '<html lang="en">' in html and "Valid for 4 hours" in html
+
+
 # -- QR codes ----------------------------------------------------------------------------
 
 
