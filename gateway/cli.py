@@ -592,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(ssub, "prefetch", cmd_services_prefetch, "warm the prefetch URLs now", json_flag=True)
 
     vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
-    vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True)
+    vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True,
+                                   help="what to do with vouchers")
     c = add(vsub, "create", cmd_vouchers_create, "create a batch of vouchers", json_flag=True)
     c.add_argument("--count", type=int, default=1, help="how many vouchers (default 1, at most 1000)")
     c.add_argument("--duration", required=True, help='access per voucher from first use, e.g. "1d"')

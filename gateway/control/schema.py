@@ -338,6 +338,10 @@ class VoucherOut(Out):
     state: str
     batch_name: str = ""  # sheet: "" for a batch without a name
     serial: int = 0  # sheet: 1..N within the batch
+    expires: int | None = None  # first_used + duration; None until first use
+    created_iso: str | None = None  # the times in ISO 8601 with the site's offset
+    first_used_iso: str | None = None
+    expires_iso: str | None = None
 
 
 class ConfigChangeOut(Out):

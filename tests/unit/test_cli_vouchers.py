@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 
 from gateway import cli
+from gateway.timefmt import iso
 from tests.unit.conftest import make_config
-from tests.unit.corekit import Core, build_core
+from tests.unit.corekit import NOW, Core, build_core
 
 
 @pytest.fixture
@@ -74,17 +75,25 @@ def test_create_a_named_batch_list_and_print_it(core: Core,
     rows = json.loads(out)["vouchers"]
     assert [(r["serial"], r["batch_name"], r["batch"]) for r in rows] == [
         (n, "Posyandu Mei", batch) for n in (1, 2, 3)]
+    # JSON keeps epoch seconds and adds ISO 8601 in the site's zone (default WIB)
+    assert rows[0]["created"] == NOW and rows[0]["created_iso"] == iso(NOW, "Asia/Jakarta")
+    assert rows[0]["created_iso"].endswith("+07:00")
+    assert (rows[0]["expires"], rows[0]["expires_iso"], rows[0]["first_used_iso"]) == (None,) * 3
+    asyncio.run(core.store.redeem_voucher(rows[0]["code"], "02:00:00:00:00:0a", NOW + 60))
+    used = json.loads(run(capsys, "vouchers", "list", "--json")[1])["vouchers"][0]
+    assert (used["expires"], used["expires_iso"]) == (NOW + 60 + 86400,
+                                                      iso(NOW + 60 + 86400, "Asia/Jakarta"))
     code, out, _ = run(capsys, "vouchers", "list")
-    first = made["vouchers"][0]["code"]
+    first = made["vouchers"][1]["code"]
     line = next(x for x in out.splitlines() if x.startswith(first))
-    assert line.split()[-4:] == ["1", batch, "(Posyandu", "Mei)"]
+    assert line.split()[-4:] == ["2", batch, "(Posyandu", "Mei)"]
 
     sheet = Path(tempfile.mkdtemp(prefix="dn-sheet-")) / "v.html"
     code, out, _ = run(capsys, "vouchers", "print", batch, "-o", str(sheet))
-    assert code == 0 and "wrote 3 voucher(s)" in out
+    assert code == 0 and "wrote 2 voucher(s)" in out  # the unused ones
     html = sheet.read_text(encoding="utf-8")
     # the daemon's config reached the sheet: Wi-Fi, plan label, portal address
-    assert html.count('class="card"') == 3 and html.count("<svg") == 6
+    assert html.count('class="card"') == 2 and html.count("<svg") == 4
     assert "Hotspot Desa Uji" in html and "Kata sandi Wi-Fi: rahasia123" in html
     assert "Paket: Paket Sekolah" in html and "Posyandu Mei · No. 3" in html
     assert "Buka http://portal.desa/" in html and '<html lang="id">' in html  # site language
