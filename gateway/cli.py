@@ -377,19 +377,29 @@ def cmd_services_prefetch(args: argparse.Namespace) -> int:
 
 
 def cmd_vouchers_create(args: argparse.Namespace) -> int:
+    import shlex
+
+    from gateway.control.schema import VoucherCreateRequest
+
     body: dict[str, Any] = {"count": args.count, "duration": args.duration,
                             "max_devices": args.max_devices}
     if args.plan:
         body["plan"] = args.plan
+    if args.name is not None:
+        body["name"] = args.name
+    # A bad --name (too long, control characters) is refused here, before anything is sent.
+    parse_request(VoucherCreateRequest, body)
     data = _client(args).request("POST", "/v1/vouchers", body)
     if args.json:
         _print_json(data)
         return 0
-    print(f"batch {data['batch']}: {len(data['vouchers'])} voucher(s), "
+    named = f" ({data['vouchers'][0]['batch_name']})" if data["vouchers"] and \
+        data["vouchers"][0].get("batch_name") else ""
+    print(f"batch {data['batch']}{named}: {len(data['vouchers'])} voucher(s), "
           f"{args.duration} each{', plan ' + args.plan if args.plan else ''}")
     for v in data["vouchers"]:
-        print(f"  {v['code']}")
-    print(f"print them with: desanet vouchers print --batch {data['batch']} > vouchers.html")
+        print(f"  {v.get('serial', 0):>4}  {v['code']}")
+    print(f"print them with: desanet vouchers print {shlex.quote(data['batch'])} -o vouchers.html")
     return 0
 
 
@@ -403,10 +413,13 @@ def cmd_vouchers_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no vouchers")
         return 0
-    print(f"{'CODE':11}  {'STATE':8}  {'DURATION':8}  {'PLAN':10}  {'DEVICES':7}  BATCH")
+    print(f"{'CODE':11}  {'STATE':8}  {'DURATION':8}  {'PLAN':10}  {'DEVICES':7}  {'NO.':>4}  "
+          "BATCH")
     for v in rows:
+        name = f" ({v['batch_name']})" if v.get("batch_name") else ""
         print(f"{v['code']:11}  {v['state']:8}  {format_duration(v['duration']):8}  "
-              f"{v['plan'] or '-':10}  {len(v['devices'])}/{v['max_devices']:<5}  {v['batch']}")
+              f"{v['plan'] or '-':10}  {len(v['devices'])}/{v['max_devices']:<5}  "
+              f"{v.get('serial', 0):>4}  {v['batch']}{name}")
     return 0
 
 
@@ -435,37 +448,53 @@ def cmd_vouchers_print(args: argparse.Namespace) -> int:
     from gateway.model import Voucher
     from gateway.portal.printable import render_voucher_sheet
 
-    path = _vouchers_path(args.batch)
+    if args.batch_arg and args.batch and args.batch_arg != args.batch:
+        raise Invalid("BATCH", args.batch_arg, f"the same batch as --batch {args.batch!r}")
+    batch = args.batch or args.batch_arg
+    path = _vouchers_path(batch)
     rows = _client(args).request("GET", path)["vouchers"]
-    if args.batch and not rows:
+    if batch and not rows:
         # A typo in the batch name must not print an empty sheet that looks fine.
-        print(f"error: no batch named {args.batch!r}; see `desanet vouchers list`",
+        print(f"error: no batch named {batch!r}; see `desanet vouchers list`",
               file=sys.stderr)
         return 1
     vouchers = [
         Voucher(code=v["code"], duration=v["duration"], plan=v["plan"], created=v["created"],
                 batch=v["batch"], max_devices=v["max_devices"], first_used=v["first_used"],
-                revoked=v["revoked"], devices=tuple(v["devices"]))
+                revoked=v["revoked"], devices=tuple(v["devices"]),
+                batch_name=v.get("batch_name", ""), serial=v.get("serial", 0))
         for v in rows if v["state"] == "unused"
     ]
-    cfg = load_config(args.config or DEFAULT_PATH) if (args.config or Path(DEFAULT_PATH).exists()) \
-        else None
-    status = _client(args).request("GET", "/v1/status")
-    html = render_voucher_sheet(_sheet_config(cfg, status), vouchers, args.lang)
+    if not vouchers:  # nothing to cut out: say so instead of printing an empty page
+        which = f"batch {batch!r} has" if batch else "there are"
+        print(f"error: {which} no unused vouchers; see `desanet vouchers list`", file=sys.stderr)
+        return 1
+    html = render_voucher_sheet(_sheet_config(args), vouchers, args.lang)
     if args.output:
-        Path(args.output).write_text(html, encoding="utf-8")
+        from gateway.config.loader import write_file_atomic
+
+        try:  # owner-only, whole or not at all: unused codes are worth money
+            write_file_atomic(args.output, html)
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {len(vouchers)} voucher(s) to {args.output}")
     else:
         sys.stdout.write(html)
     return 0
 
 
-def _sheet_config(cfg: Any, status: dict[str, Any]) -> Any:
-    """The running daemon's site names, with a config file's when one is at hand."""
-    if cfg is not None:
-        return cfg
+def _sheet_config(args: argparse.Namespace) -> Any:
+    """The running daemon's config: its portal address goes into the QR codes, its
+    Wi-Fi name, plan labels and time zone onto the cards. A daemon started without a
+    file gives its site names only (the defaults for the rest)."""
     from gateway.config import parse_config
+    from gateway.config.loader import parse_config_text
 
+    shown = _client(args).config_show()
+    if shown.text:
+        return parse_config_text(shown.text, shown.path or "the daemon's config")
+    status = _client(args).request("GET", "/v1/status")
     return parse_config({
         "site": {"name": status["site"], "village": status["village"]},
         "network": {"lan_interface": "lan", "wan_interface": "wan",
@@ -563,25 +592,31 @@ def build_parser() -> argparse.ArgumentParser:
     add(ssub, "prefetch", cmd_services_prefetch, "warm the prefetch URLs now", json_flag=True)
 
     vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
-    vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True)
+    vsub = vouchers.add_subparsers(dest="vouchers_command", metavar="SUBCOMMAND", required=True,
+                                   help="what to do with vouchers")
     c = add(vsub, "create", cmd_vouchers_create, "create a batch of vouchers", json_flag=True)
-    c.add_argument("--count", type=int, default=1)
+    c.add_argument("--count", type=int, default=1, help="how many vouchers (default 1, at most 1000)")
     c.add_argument("--duration", required=True, help='access per voucher from first use, e.g. "1d"')
     c.add_argument("--plan", help="shaping plan for clients using these vouchers")
     c.add_argument("--max-devices", type=int, default=1, help="devices per voucher (default 1)")
+    c.add_argument("--name", help='what you call the batch, printed on the sheet, e.g. '
+                                  '"Posyandu Mei" (at most 64 characters)')
     ls = add(vsub, "list", cmd_vouchers_list, "list vouchers", json_flag=True)
-    ls.add_argument("--batch")
+    ls.add_argument("--batch", help="only this batch (its id, as `vouchers create` printed it)")
     r = add(vsub, "revoke", cmd_vouchers_revoke, "revoke a voucher and end its sessions",
             json_flag=True)
-    r.add_argument("code")
+    r.add_argument("code", help='the voucher code, e.g. "ABCDE-FGHJK"')
     rl = add(vsub, "release", cmd_vouchers_release,
              "free a voucher's device slot (a villager changed phones); its time keeps running",
              json_flag=True)
-    rl.add_argument("code")
+    rl.add_argument("code", help='the voucher code, e.g. "ABCDE-FGHJK"')
     rl.add_argument("--mac", help="free only this device's slot (default: every slot)")
     pr = add(vsub, "print", cmd_vouchers_print, "printable HTML sheet of unused vouchers")
-    pr.add_argument("--batch")
-    pr.add_argument("--lang", choices=["id", "en"], default="id")
+    pr.add_argument("batch_arg", nargs="?", metavar="BATCH",
+                    help="the batch to print (default: every unused voucher)")
+    pr.add_argument("--batch", help="the same as BATCH")
+    pr.add_argument("--lang", choices=["id", "en"],
+                    help="language of the sheet: id or en (default: site.language)")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
 
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)

@@ -36,6 +36,8 @@ class Voucher:
     first_used: int | None = None
     revoked: bool = False
     devices: tuple[str, ...] = ()  # MACs that redeemed it
+    batch_name: str = ""  # what staff called the batch ("Posyandu Mei"); "" when unnamed
+    serial: int = 0  # 1..N within the batch, printed on the sheet; the store numbers them
 
     def state(self, now: int) -> str:
         if self.revoked:

@@ -119,6 +119,39 @@ def _absolute_path(value: str) -> str:
 
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+# sheet: the Wi-Fi name and key printed (and put in a join QR code) on the voucher sheet.
+def _wifi_ssid(value: str) -> str:
+    if len(value.encode("utf-8")) > 32 or any(not ch.isprintable() for ch in value):
+        raise ValueError(f"{json_quote(value)} is not a Wi-Fi name: at most 32 bytes, no control "
+                         'characters; write e.g. "Hotspot Desa"')
+    return value
+
+
+def _wifi_password(value: str) -> str:
+    # WPA2/WPA3-Personal passphrases are 8-63 printable ASCII characters.
+    if value and (not 8 <= len(value) <= 63 or any(not " " <= ch <= "~" for ch in value)):
+        raise ValueError("a Wi-Fi password has 8 to 63 printable ASCII characters; "
+                         'write e.g. "sukamaju2024", or "" for an open network')
+    return value
+
+
+WifiSsid = Annotated[str, AfterValidator(_wifi_ssid)]
+WifiPassword = Annotated[str, AfterValidator(_wifi_password)]
+
+
+def _plan_label(value: str) -> str:
+    if not value.strip() or any(not ch.isprintable() for ch in value):
+        raise ValueError('a plan label is printable text, e.g. "Paket Harian"')
+    return value
+
+
+PlanLabel = Annotated[str, Field(max_length=40), AfterValidator(_plan_label)]
+
+
+def default_plan_label(name: str) -> str:
+    """A label for a plan without one: "paket-harian" -> "Paket harian"."""
+    words = name.replace("-", " ").strip()
+    return words[:1].upper() + words[1:]
 
 
 class _Section(BaseModel):
@@ -132,6 +165,19 @@ class Site(_Section):
     contact: str = Field("", max_length=200, examples=["Kantor Desa, 0812-0000-0000"])
     # Every date a villager or staff member sees is local to this zone (WIB/WITA/WIT).
     timezone: TimeZoneName = Field(DEFAULT_TIMEZONE, examples=["Asia/Jakarta", "Asia/Makassar"])
+    # sheet: printed on the voucher sheet with a Wi-Fi join QR code; "" prints neither.
+    wifi_ssid: WifiSsid = Field("", examples=["Hotspot Desa Sukamaju"])
+    # "" means an open network (the usual captive-portal hotspot); else WPA-Personal.
+    wifi_password: WifiPassword = Field("", examples=["sukamaju2024"])
+
+    @model_validator(mode="after")
+    def _password_needs_ssid(self) -> Site:
+        if self.wifi_password and not self.wifi_ssid:
+            raise PydanticCustomError(
+                "wifi_password_without_ssid",
+                'wifi_password is set but wifi_ssid is empty; write e.g. wifi_ssid = "Hotspot Desa"',
+            )
+        return self
 
 
 class Network(_Section):
@@ -247,6 +293,16 @@ class Plan(_Section):
     ceil_down: OptionalRate = Field(None, examples=["10mbit"])
     ceil_up: OptionalRate = Field(None, examples=["2mbit"])
     priority: int = Field(4, ge=0, le=7, examples=[4])
+    # sheet: what villagers read for this plan (site language); default from the plan's name.
+    label_id: PlanLabel | None = Field(None, examples=["Paket Sekolah"])
+    label_en: PlanLabel | None = Field(None, examples=["School plan"])
+
+    def label(self, name: str, lang: str) -> str:
+        """The human label of this plan (named ``name``) in ``lang``, falling back to the
+        other language's label, then to one made from the name."""
+        first, second = (self.label_en, self.label_id) if lang == "en" else \
+            (self.label_id, self.label_en)
+        return first or second or default_plan_label(name)
 
     @model_validator(mode="after")
     def _ceil_not_below_rate(self) -> Plan:
@@ -289,6 +345,11 @@ class Shaping(_Section):
             down=self.client_down, up=self.client_up, ceil_down=self.client_ceil_down,
             ceil_up=self.client_ceil_up, priority=4,
         )
+
+    def plan_label(self, name: str, lang: str) -> str:
+        """How people see plan ``name`` (one no longer configured: a label from its name)."""
+        plan = self.plans.get(name)
+        return plan.label(name, lang) if plan is not None else default_plan_label(name)
 
     @model_validator(mode="after")
     def _within_uplink(self) -> Shaping:

@@ -125,8 +125,8 @@ def _session(session: Session, now: int) -> dict[str, Any]:
     return session_json(session, now)
 
 
-def _voucher(voucher: Voucher, now: int) -> dict[str, Any]:
-    return _out(VoucherOut, voucher_json(voucher, now))
+def _voucher(voucher: Voucher, now: int, tz: str) -> dict[str, Any]:
+    return _out(VoucherOut, voucher_json(voucher, now, tz))
 
 
 def _changes(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,29 +187,33 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def vouchers(request: web.Request) -> web.Response:
         now = ops.now()
         found = await ops.vouchers(request.query.get("batch"))
-        return web.json_response({"vouchers": [_voucher(v, now) for v in found]})
+        tz = ops.config.current.site.timezone
+        return web.json_response({"vouchers": [_voucher(v, now, tz) for v in found]})
 
     @routes.post("/v1/vouchers")
     async def create_vouchers(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherCreateRequest, await _body(request))
         batch, made = await ops.create_vouchers(req.count, req.duration, req.max_devices,
-                                                req.plan, req.batch)
+                                                req.plan, req.batch, req.name)
         now = ops.now()
         return web.json_response(
-            {"batch": batch, "vouchers": [_voucher(v, now) for v in made]}, status=201
+            {"batch": batch, "vouchers": [_voucher(v, now, ops.config.current.site.timezone)
+                                          for v in made]}, status=201
         )
 
     @routes.post("/v1/vouchers/revoke")
     async def revoke(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherRevokeRequest, await _body(request))
         voucher = await ops.revoke_voucher(req.code)
-        return web.json_response({"voucher": _voucher(voucher, ops.now())})
+        return web.json_response(
+            {"voucher": _voucher(voucher, ops.now(), ops.config.current.site.timezone)})
 
     @routes.post("/v1/vouchers/release")
     async def release(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherReleaseRequest, await _body(request))
         voucher = await ops.release_voucher(req.code, req.mac)
-        return web.json_response({"voucher": _voucher(voucher, ops.now())})
+        return web.json_response(
+            {"voucher": _voucher(voucher, ops.now(), ops.config.current.site.timezone)})
 
     @routes.post("/v1/reload")
     async def reload(request: web.Request) -> web.Response:

@@ -145,6 +145,9 @@ PlanName = Annotated[str | None, PlainValidator(_name("plan name", MAX_PLAN_NAME
 BatchName = Annotated[str | None, PlainValidator(_name("batch name", MAX_BATCH_NAME,
                                                        "2024-05-posyandu")),
                       Field(examples=["2024-05-posyandu"])]
+# sheet: what staff call a batch, printed on the voucher sheet.
+BatchTitle = Annotated[str | None, PlainValidator(_name("batch name", MAX_BATCH_NAME, "Posyandu Mei")),
+                       Field(examples=["Posyandu Mei"])]
 By = Annotated[str | None, PlainValidator(_name("name", MAX_BY, "budi")), Field(examples=["budi"])]
 IPv4 = Annotated[str | None, PlainValidator(_ipv4), Field(examples=["10.42.0.100"])]
 VoucherCode = Annotated[str, PlainValidator(_code), Field(examples=["K7MQX-3PAR9"])]
@@ -194,6 +197,7 @@ class VoucherCreateRequest(Request):
     max_devices: int = Field(1, strict=True, ge=1, le=MAX_DEVICES, examples=[1])
     plan: PlanName = None
     batch: BatchName = None
+    name: BatchTitle = None  # sheet
 
 
 class VoucherRevokeRequest(Request):
@@ -332,6 +336,12 @@ class VoucherOut(Out):
     revoked: bool = False
     devices: list[str] = Field(default_factory=list)
     state: str
+    batch_name: str = ""  # sheet: "" for a batch without a name
+    serial: int = 0  # sheet: 1..N within the batch
+    expires: int | None = None  # first_used + duration; None until first use
+    created_iso: str | None = None  # the times in ISO 8601 with the site's offset
+    first_used_iso: str | None = None
+    expires_iso: str | None = None
 
 
 class ConfigChangeOut(Out):

@@ -24,6 +24,7 @@ from gateway.errors import Conflict
 from gateway.model import Session, Voucher
 from gateway.ports import DhcpServerPort, FirewallPort, NeighboursPort
 from gateway.shaping.service import ShapingService
+from gateway.timefmt import DEFAULT_TIMEZONE, iso
 
 
 class LocalSitePort(Protocol):
@@ -41,10 +42,15 @@ def session_json(s: Session, now: int) -> dict[str, Any]:
     return data
 
 
-def voucher_json(v: Voucher, now: int) -> dict[str, Any]:
+def voucher_json(v: Voucher, now: int, tz: str = DEFAULT_TIMEZONE) -> dict[str, Any]:
+    """Epoch seconds as stored, plus ``expires`` (None until first use) and each time in
+    ISO 8601 with the site's offset."""
     data = asdict(v)
     data["devices"] = list(v.devices)
     data["state"] = v.state(now)
+    data["expires"] = None if v.first_used is None else v.first_used + v.duration
+    for key in ("created", "first_used", "expires"):
+        data[f"{key}_iso"] = iso(data[key], tz)
     return data
 
 
@@ -151,8 +157,10 @@ class GatewayOps:
     # -- vouchers --------------------------------------------------------------------------
 
     async def create_vouchers(self, count: int, duration: int, max_devices: int,
-                              plan: str | None, batch: str | None) -> tuple[str, list[Voucher]]:
-        return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch)
+                              plan: str | None, batch: str | None, name: str | None = None,
+                              ) -> tuple[str, list[Voucher]]:
+        return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch,
+                                                    name)
 
     async def revoke_voucher(self, code: str) -> Voucher:
         """Raises VoucherError("unknown")."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import unicodedata
 from collections.abc import Callable
 
 from gateway.clock import Clock
@@ -22,10 +23,33 @@ from gateway.core.events import (
 )
 from gateway.core.sessions import SessionService
 from gateway.core.voucher_codes import generate_codes
+from gateway.errors import Invalid
 from gateway.model import Voucher
 from gateway.ports import SessionStorePort
 
 log = logging.getLogger("desanet.vouchers")
+
+MAX_BATCH_NAME = 64  # fits a card's line on the printed sheet
+
+
+def check_batch_name(name: str | None) -> str:
+    """The batch name, trimmed ("" for none). Raises Invalid("name") for one that is too
+    long or holds control characters (it is printed, logged and shown in terminals)."""
+    if name is None:
+        return ""
+    text = name.strip() if isinstance(name, str) else name
+    if not isinstance(text, str) or len(text) > MAX_BATCH_NAME or not text.isprintable():
+        raise Invalid("name", name, f"a batch name of at most {MAX_BATCH_NAME} printable "
+                      "characters", '"Posyandu Mei"')
+    return text
+
+
+def batch_id(name: str, now: int, salt: str) -> str:
+    """A batch id to type after --batch: "posyandu-mei-3f2a" from a name, else
+    "<creation time>-3f2a"."""
+    plain = unicodedata.normalize("NFKD", name.lower()).encode("ascii", "ignore").decode()
+    slug = "-".join("".join(ch if ch.isalnum() else " " for ch in plain).split())[:40].strip("-")
+    return f"{slug or now}-{salt}"
 
 
 class VoucherService:
@@ -39,23 +63,26 @@ class VoucherService:
 
     async def create_batch(self, count: int, duration: int, max_devices: int = 1,
                            plan: str | None = None, batch: str | None = None,
-                           ) -> tuple[str, list[Voucher]]:
-        """Create ``count`` unused vouchers in one transaction; return the batch name.
+                           name: str | None = None) -> tuple[str, list[Voucher]]:
+        """Create ``count`` unused vouchers in one transaction; return the batch id.
 
-        Raises Invalid (unknown plan), StoreError.
+        ``name`` is what staff call the batch ("Posyandu Mei", printed on the sheet);
+        without ``batch`` the id is made from it. Vouchers are numbered 1..N in their
+        batch. Raises Invalid (unknown plan, bad name: nothing created), StoreError.
         """
         self.sessions.check_plan(plan)
+        label = check_batch_name(name)
         now = self.clock.now()
-        name = batch or f"{now}-{secrets.token_hex(2)}"
+        ident = batch or batch_id(label, now, secrets.token_hex(2))
         made = [
-            Voucher(code=c, duration=duration, plan=plan, created=now, batch=name,
-                    max_devices=max_devices)
+            Voucher(code=c, duration=duration, plan=plan, created=now, batch=ident,
+                    max_devices=max_devices, batch_name=label)
             for c in generate_codes(count)
         ]
-        await self.store.add_vouchers(made)
-        log.info("created %d voucher(s) in batch %s", count, name)
-        self.bus.publish(VoucherBatchCreated(name, count, plan, duration))
-        return name, made
+        stored = await self.store.add_vouchers(made)
+        log.info("created %d voucher(s) in batch %s", count, ident)
+        self.bus.publish(VoucherBatchCreated(ident, count, plan, duration))
+        return ident, stored
 
     async def list(self, batch: str | None = None) -> list[Voucher]:
         return await self.store.vouchers(batch)

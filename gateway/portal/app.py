@@ -114,6 +114,15 @@ def _continue_url(value: str | None) -> str | None:
     return url
 
 
+def _query_voucher(value: str | None) -> str:
+    """The code of a ``?voucher=`` link in canonical form, or "" for anything that is
+    not a well-formed code (never echoed back as typed)."""
+    try:
+        return normalize_code(value) if value else ""
+    except VoucherError:
+        return ""
+
+
 def _url_label(url: str | None) -> str | None:
     """The host of ``url`` (what a villager recognises), for the "continue" button."""
     if url is None:
@@ -296,8 +305,10 @@ class Portal:
                 local_services_url=self.local_services_url(),
             )
         else:
+            # sheet: a voucher card's QR code opens /?voucher=CODE; a valid code is filled in.
             response = self.login_page(lang, safe_url(request.query.get("url")),
-                                       logged_out=request.query.get(LOGGED_OUT) == "1")
+                                       logged_out=request.query.get(LOGGED_OUT) == "1",
+                                       voucher=_query_voucher(request.query.get("voucher")))
         if query_lang:
             response.set_cookie(
                 LANG_COOKIE, query_lang, max_age=LANG_COOKIE_AGE, path="/",

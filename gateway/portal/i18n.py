@@ -85,7 +85,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_plan": "Paket: {plan}",
         "sheet_devices": "Untuk {n} perangkat",
         "sheet_step1": "Sambungkan HP ke Wi-Fi hotspot desa.",
-        "sheet_step2": "Buka {url} atau halaman web apa saja.",
+        "sheet_step2": "Buka {url} di browser, atau pindai kode QR-nya.",
         "sheet_step3": "Ketik kode di atas, lalu tekan \u201cMasuk dengan voucher\u201d.",
         "sheet_cut": "Gunting mengikuti garis putus-putus.",
         # portal
@@ -98,6 +98,14 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "title_ref_not_found": "Nomor referensi tidak ditemukan",
         "local_services_link": "Layanan pemerintah desa",
         "local_services_hint": "Bisa dibuka tanpa masuk, juga saat internet desa terputus.",
+        # sheet
+        "sheet_step1_ssid": "Sambungkan HP ke Wi-Fi \u201c{ssid}\u201d.",
+        "sheet_wifi_password": "Kata sandi Wi-Fi: {password}",
+        "sheet_until": "Berlaku sampai {when}",
+        "sheet_serial": "No. {serial}",
+        "sheet_created": "dibuat {date}",
+        "sheet_scan_login": "Pindai untuk masuk",
+        "sheet_scan_wifi": "Pindai untuk Wi-Fi",
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -157,7 +165,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_plan": "Plan: {plan}",
         "sheet_devices": "For {n} devices",
         "sheet_step1": "Join the village hotspot Wi-Fi.",
-        "sheet_step2": "Open {url} or any web page.",
+        "sheet_step2": "Open {url} in the browser, or scan its QR code.",
         "sheet_step3": "Type the code above and tap \u201cConnect with voucher\u201d.",
         "sheet_cut": "Cut along the dashed lines.",
         # portal
@@ -170,6 +178,14 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "title_ref_not_found": "Reference number not found",
         "local_services_link": "Village government services",
         "local_services_hint": "Open without logging in, also while the village internet is down.",
+        # sheet
+        "sheet_step1_ssid": "Join the Wi-Fi \u201c{ssid}\u201d.",
+        "sheet_wifi_password": "Wi-Fi password: {password}",
+        "sheet_until": "Valid until {when}",
+        "sheet_serial": "No. {serial}",
+        "sheet_created": "made {date}",
+        "sheet_scan_login": "Scan to log in",
+        "sheet_scan_wifi": "Scan for Wi-Fi",
     },
 }
 

@@ -84,9 +84,9 @@ class AsyncStore:
 
     # -- vouchers --------------------------------------------------------------
 
-    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
+    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> list[Voucher]:
         """All or none: a duplicate code raises StoreError and adds nothing. Awaits the database worker."""
-        await self.worker.call(self.store.add_vouchers, list(vouchers))
+        return await self.worker.call(self.store.add_vouchers, list(vouchers))
 
     async def voucher(self, code: str) -> Voucher | None:
         """Awaits the database worker (one SQLite read or fsynced write)."""

@@ -10,7 +10,8 @@ two cannot drift. The rules, as the SQL implements them:
   session even past its expiry; ``expire_sessions`` ends the open ones with
   ``expires <= now`` at their expiry time;
 - lists of sessions are oldest first (start time, then insertion order);
-- vouchers: ``add_vouchers`` is all or none (a duplicate code: StoreError);
+- vouchers: ``add_vouchers`` is all or none (a duplicate code: StoreError),
+  numbers each voucher 1..N within its batch and keeps one name per batch;
   redeeming binds the MAC, the first use starts the clock, a revoked or
   expired voucher raises VoucherError(reason), a full one "in_use", an unknown
   one "unknown"; revoking ends the voucher's open sessions.
@@ -175,16 +176,28 @@ class MemoryStore(FaultInjection):
 
     # -- vouchers --------------------------------------------------------------
 
-    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
+    async def add_vouchers(self, vouchers: Iterable[Voucher]) -> list[Voucher]:
         self._use("add_vouchers", True)
         new: dict[str, Voucher] = {}
+        batches: dict[str, tuple[str, int]] = {}  # batch -> (name, last serial)
         for v in vouchers:
             if v.code in self._vouchers or v.code in new:
                 raise StoreError(f"state database error in {self.path}: "
                                  f"UNIQUE constraint failed: vouchers.code ({v.code})")
-            new[v.code] = dataclasses.replace(v, first_used=None, revoked=False, devices=())
+            if v.batch not in batches:
+                old = [o for o in self._vouchers.values() if o.batch == v.batch]
+                batches[v.batch] = (max((o.batch_name for o in old), default=""),
+                                    max((o.serial for o in old), default=0))
+            name, last = batches[v.batch]
+            batches[v.batch] = (v.batch_name or name, last + 1)
+            new[v.code] = dataclasses.replace(v, first_used=None, revoked=False, devices=(),
+                                              serial=last + 1)
         self._vouchers.update(new)
+        for code, v in self._vouchers.items():  # one name per batch
+            if v.batch in batches:
+                self._vouchers[code] = dataclasses.replace(v, batch_name=batches[v.batch][0])
         self.writes += 1
+        return [self._vouchers[code] for code in new]
 
     async def voucher(self, code: str) -> Voucher | None:
         self._use("voucher", False)
@@ -193,9 +206,10 @@ class MemoryStore(FaultInjection):
     async def vouchers(self, batch: str | None = None) -> list[Voucher]:
         self._use("vouchers", False)
         if batch is None:
-            return sorted(self._vouchers.values(), key=lambda v: (v.created, v.code))
+            return sorted(self._vouchers.values(),
+                          key=lambda v: (v.created, v.batch, v.serial, v.code))
         return sorted((v for v in self._vouchers.values() if v.batch == batch),
-                      key=lambda v: v.code)
+                      key=lambda v: (v.serial, v.code))
 
     async def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
         self._use("revoke_voucher", True)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.errors import VoucherError
 from gateway.model import Session, Voucher
 from gateway.sqlitedb import Database
 
-SCHEMA_VERSION = 1
+# 2: vouchers.batch_name and vouchers.serial (see _migrate).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -45,7 +47,9 @@ CREATE TABLE IF NOT EXISTS vouchers (
     batch TEXT NOT NULL,
     max_devices INTEGER NOT NULL DEFAULT 1,
     first_used INTEGER,
-    revoked INTEGER NOT NULL DEFAULT 0
+    revoked INTEGER NOT NULL DEFAULT 0,
+    batch_name TEXT NOT NULL DEFAULT '',
+    serial INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS voucher_devices (
     code TEXT NOT NULL REFERENCES vouchers(code),
@@ -55,6 +59,16 @@ CREATE TABLE IF NOT EXISTS voucher_devices (
 """
 
 _SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
+_VOUCHER_COLS = ("code, duration, plan, created, batch, max_devices, first_used, revoked, "
+                 "batch_name, serial")
+
+# Columns added after version 1, with what an older database gets. Each is added only
+# when missing, so a database that an older desanet opened again (an A/B update rolled
+# back, which resets user_version) upgrades again without error.
+_ADDED_VOUCHER_COLUMNS = (
+    ("batch_name", "TEXT NOT NULL DEFAULT ''"),
+    ("serial", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 class Store:
@@ -71,6 +85,22 @@ class Store:
                                   foreign_keys=True)
         self._tx = self._database.tx
         self._read = self._database.read
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older desanet up to this schema, in one
+        transaction: old vouchers keep working, unnamed, numbered in creation order."""
+        with self._tx() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(vouchers)")}
+            missing = [(name, decl) for name, decl in _ADDED_VOUCHER_COLUMNS if name not in have]
+            for name, decl in missing:
+                db.execute(f"ALTER TABLE vouchers ADD COLUMN {name} {decl}")
+            if any(name == "serial" for name, _ in missing):
+                # rowid order is insertion order, i.e. the order the codes were generated.
+                db.execute(
+                    "UPDATE vouchers SET serial = (SELECT count(*) FROM vouchers AS o "
+                    "WHERE o.batch = vouchers.batch AND o.rowid <= vouchers.rowid)"
+                )
 
     def close(self) -> None:
         self._database.close()
@@ -239,13 +269,36 @@ class Store:
 
     # -- vouchers ---------------------------------------------------------
 
-    def add_vouchers(self, vouchers: Iterable[Voucher]) -> None:
+    def add_vouchers(self, vouchers: Iterable[Voucher]) -> list[Voucher]:
+        """Store new vouchers, all or none; return them as stored.
+
+        Serials continue their batch (1..N in the order given). A batch has one name:
+        vouchers given a name rename their batch, unnamed ones join it under its name.
+        """
+        stored: list[Voucher] = []
         with self._tx() as db:
+            batches: dict[str, tuple[str, int]] = {}  # batch -> (name, last serial)
+            for v in vouchers:
+                if v.batch not in batches:
+                    name, last = db.execute(
+                        "SELECT coalesce(max(batch_name), ''), coalesce(max(serial), 0) "
+                        "FROM vouchers WHERE batch=?", (v.batch,),
+                    ).fetchone()
+                    batches[v.batch] = (str(name), int(last))
+                name, last = batches[v.batch]
+                name = v.batch_name or name
+                batches[v.batch] = (name, last + 1)
+                stored.append(replace(v, batch_name=name, serial=last + 1, first_used=None,
+                                      revoked=False, devices=()))
             db.executemany(
-                "INSERT INTO vouchers (code, duration, plan, created, batch, max_devices) "
-                "VALUES (?,?,?,?,?,?)",
-                [(v.code, v.duration, v.plan, v.created, v.batch, v.max_devices) for v in vouchers],
+                "INSERT INTO vouchers (code, duration, plan, created, batch, max_devices, "
+                "batch_name, serial) VALUES (?,?,?,?,?,?,?,?)",
+                [(v.code, v.duration, v.plan, v.created, v.batch, v.max_devices, v.batch_name,
+                  v.serial) for v in stored],
             )
+            for batch, (name, _) in batches.items():
+                db.execute("UPDATE vouchers SET batch_name=? WHERE batch=?", (name, batch))
+        return [replace(v, batch_name=batches[v.batch][0]) for v in stored]
 
     def voucher(self, code: str) -> Voucher | None:
         with self._read() as db:
@@ -254,10 +307,10 @@ class Store:
     def vouchers(self, batch: str | None = None) -> list[Voucher]:
         with self._read() as db:
             if batch is None:
-                codes = db.execute("SELECT code FROM vouchers ORDER BY created, code")
+                codes = db.execute("SELECT code FROM vouchers ORDER BY created, batch, serial, code")
             else:
                 codes = db.execute(
-                    "SELECT code FROM vouchers WHERE batch=? ORDER BY code", (batch,)
+                    "SELECT code FROM vouchers WHERE batch=? ORDER BY serial, code", (batch,)
                 )
             found = [self._voucher(db, c) for (c,) in codes.fetchall()]
         return [v for v in found if v is not None]
@@ -337,11 +390,7 @@ class Store:
 
     @staticmethod
     def _voucher(db: sqlite3.Connection, code: str) -> Voucher | None:
-        row = db.execute(
-            "SELECT code, duration, plan, created, batch, max_devices, first_used, revoked "
-            "FROM vouchers WHERE code=?",
-            (code,),
-        ).fetchone()
+        row = db.execute(f"SELECT {_VOUCHER_COLS} FROM vouchers WHERE code=?", (code,)).fetchone()
         if row is None:
             return None
         devices = tuple(
@@ -352,4 +401,5 @@ class Store:
         return Voucher(
             code=row[0], duration=row[1], plan=row[2], created=row[3], batch=row[4],
             max_devices=row[5], first_used=row[6], revoked=bool(row[7]), devices=devices,
+            batch_name=row[8], serial=row[9],
         )

@@ -88,6 +88,32 @@ async def test_batches_are_listed_apart(core: Core) -> None:
     assert [len(await core.vouchers.list(b)) for b in ("a", "b", None)] == [2, 3, 5]
 
 
+# sheet: named batches, serials, and a bad name refused with nothing created
+
+
+async def test_a_named_batch_gets_an_id_from_its_name_and_serials(core: Core) -> None:
+    ident, made = await core.vouchers.create_batch(3, 86400, name="  Posyandu Mei  ")
+    assert re.fullmatch(r"posyandu-mei-[0-9a-f]{4}", ident), ident
+    assert [(v.batch, v.batch_name, v.serial) for v in made] == [
+        (ident, "Posyandu Mei", n) for n in (1, 2, 3)]
+    assert await core.vouchers.list(ident) == made
+    # ids stay plain ASCII to type after --batch; a name without any still gets an id
+    accented, _ = await core.vouchers.create_batch(1, 60, name="Ñandú RT/RW")
+    assert re.fullmatch(r"nandu-rt-rw-[0-9a-f]{4}", accented), accented
+    symbols, _ = await core.vouchers.create_batch(1, 60, name="✓ ✓")
+    assert re.fullmatch(rf"{NOW}-[0-9a-f]{{4}}", symbols), symbols
+
+
+@pytest.mark.parametrize("bad", ["x" * 65, "Posyandu\x1b[2J", "Mei\nRT 3", "\u200bA\u202e"])
+async def test_a_bad_batch_name_creates_nothing(core: Core, bad: str) -> None:
+    await core.vouchers.create_batch(1, 60, batch="kept")
+    before, events = await core.snapshot(), len(core.events())
+    with pytest.raises(Invalid) as info:
+        await core.vouchers.create_batch(3, 3600, name=bad)
+    assert info.value.field == "name" and "printable" in info.value.expected
+    assert await core.snapshot() == before and len(core.events()) == events
+
+
 # -- revoking --------------------------------------------------------------------------
 
 

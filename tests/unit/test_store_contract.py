@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,8 @@ async def vouchers_are_listed_in_order(st: SessionStorePort) -> None:
                            vouch("MMMMM-MMMMM", created=NOW + 1, batch="b2"),
                            vouch("EEEEE-EEEEE", created=NOW + 1, batch="b1")])
     assert [v.code for v in await st.vouchers()] == ["ZZZZZ-ZZZZZ", "EEEEE-EEEEE", "MMMMM-MMMMM"]
-    assert [v.code for v in await st.vouchers("b1")] == ["EEEEE-EEEEE", "ZZZZZ-ZZZZZ"]
+    # within a batch: by serial, i.e. in the order they were made
+    assert [v.code for v in await st.vouchers("b1")] == ["ZZZZZ-ZZZZZ", "EEEEE-EEEEE"]
     assert await st.vouchers("nope") == []
 
 
@@ -160,7 +162,23 @@ async def adding_vouchers_is_all_or_none(st: SessionStorePort) -> None:
 async def added_vouchers_start_unused(st: SessionStorePort) -> None:
     used = Voucher(V1, 3600, "school", NOW, "b", 2, first_used=NOW, revoked=True, devices=(A,))
     await st.add_vouchers([used])
-    assert await st.vouchers() == [Voucher(V1, 3600, "school", NOW, "b", 2)]
+    assert await st.vouchers() == [Voucher(V1, 3600, "school", NOW, "b", 2, serial=1)]
+
+
+async def batches_are_numbered_and_named(st: SessionStorePort) -> None:
+    # sheet: serials 1..N continue a batch; a batch has one name, a new one renames it.
+    made = await st.add_vouchers([replace(vouch(V1), batch_name="Posyandu Mei"), vouch(V2)])
+    assert [(v.serial, v.batch_name) for v in made] == [(1, "Posyandu Mei"), (2, "Posyandu Mei")]
+    more = await st.add_vouchers([vouch("EEEEE-EEEEE"), vouch("FFFFF-FFFFF", batch="other")])
+    assert [(v.serial, v.batch_name) for v in more] == [(3, "Posyandu Mei"), (1, "")]
+    await st.add_vouchers([replace(vouch("GGGGG-GGGGG"), batch_name="Posyandu Juni")])
+    listed = await st.vouchers("b")
+    assert [(v.serial, v.batch_name) for v in listed] == [(n, "Posyandu Juni") for n in (1, 2, 3, 4)]
+    assert [v for v in await st.vouchers() if v.code == V2] == [listed[1]]
+    with pytest.raises(StoreError):  # all or none: no serial is used up by a failed add
+        await st.add_vouchers([vouch("HHHHH-HHHHH"), vouch(V1)])
+    again = await st.add_vouchers([vouch("HHHHH-HHHHH")])
+    assert again[0].serial == 5
 
 
 async def redeem_rules(st: SessionStorePort) -> None:
@@ -223,6 +241,7 @@ CASES: list[Callable[[SessionStorePort], Awaitable[None]]] = [
     vouchers_are_listed_in_order,
     adding_vouchers_is_all_or_none,
     added_vouchers_start_unused,
+    batches_are_numbered_and_named,
     redeem_rules,
     revoke_ends_the_vouchers_sessions,
     revoked_before_use_says_revoked,
