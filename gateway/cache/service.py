@@ -229,8 +229,9 @@ class LocalServices:
                 # was never made (refused, unreachable, DNS, connect timeout; the
                 # request always goes on a new connection), the upstream may
                 # already have it: say so.
-                uncertain = not isinstance(exc.__cause__, aiohttp.ClientConnectorError
-                                           | aiohttp.ConnectionTimeoutError)
+                # A 503 says the request was not processed (as delivery.RETRY_STATUSES).
+                uncertain = exc.status != 503 and not isinstance(
+                    exc.__cause__, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
             else:
                 async with upstream:
                     if invalidates(request.method, upstream.status):
