@@ -25,6 +25,7 @@ Bodies are streamed in 256 KiB pieces in both directions, never held whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -202,6 +203,8 @@ class CachingProxy:
             entry = self._pick(key, req_h)
             # The last contact with the upstream failed: a stored copy is all there is.
             offline = self._health(service.slug).state == "offline"
+            if offline:
+                self._recheck(service, url)  # so the banner goes as soon as the link is back
             decision = rules.decide(request.method, req_h, entry.meta if entry else None, now,
                                     offline_for=service.offline_for)
             if decision.kind is Kind.GATEWAY_TIMEOUT:
@@ -355,6 +358,22 @@ class CachingProxy:
         if key in self._inflight:
             return
         task = asyncio.create_task(self.refresh(service, url, req_h))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _recheck(self, service: GovService, url: str) -> None:
+        """Ask the upstream (HEAD, new connection) whether it is back, once at a time per
+        service, in the background: fresh hits never wait for it."""
+        name = f"recheck-{service.slug}"
+        if any(task.get_name() == name for task in self._background):
+            return
+
+        async def recheck() -> None:
+            with contextlib.suppress(UpstreamDown):
+                resp = await self.open_upstream(service, "HEAD", url, {}, fresh_connection=True)
+                resp.release()
+
+        task = asyncio.create_task(recheck(), name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

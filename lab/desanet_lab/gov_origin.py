@@ -1,8 +1,9 @@
 """A government-service origin for cache and store-and-forward tests.
 
 Served in the lab's WAN namespace as ``dukcapil.lab``. Every endpoint
-counts the requests it answers, so tests can tell a cache hit (the origin saw
-nothing) from a miss; ``/_lab/stats`` returns the counters as JSON.
+counts the requests it answers, per path and per method and path ("GET /"), so
+tests can tell a cache hit (the origin saw nothing) from a miss; ``/_lab/stats``
+returns the counters as JSON.
 
 - ``/``            HTML, max-age=30, ETag and Last-Modified; links to ``formulir``
 - ``/etag``        no-cache + ETag: every use must revalidate (304 when it matches)
@@ -60,6 +61,7 @@ def _html(text: str, headers: dict[str, str], request: web.Request) -> web.Respo
 async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
     _COUNTS[path] += 1
+    _COUNTS[f"{request.method} {path}"] += 1  # e.g. "GET /": tells a refetch from a probe
     if path == "/":
         text = _page("Dukcapil (lab)", "Layanan data kependudukan desa.",
                      '<p><a href="formulir">Formulir permohonan</a></p>')
