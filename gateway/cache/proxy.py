@@ -185,6 +185,8 @@ class CachingProxy:
               timezone: str) -> Edit | None:
         """The banner (for a stored copy served while the upstream is unreachable) and the
         one-time form token (for a service that queues forms) an HTML page gets."""
+        if entry is not None and not is_html(entry.meta.headers):
+            return None  # the hit path of downloads and images stays as it was
         copy_time = entry.meta.response_time if offline and entry is not None else None
         token = forms.new_token() if service.queue_posts else None
         if copy_time is None and token is None:

@@ -5,6 +5,7 @@ Post/Redirect/Get, whole bodies and queue limits."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,6 +40,10 @@ class Origin:
         if request.method == "POST":
             self.posts.append((request.headers.get("Idempotency-Key"), await request.content.read()))
             return web.Response(status=201, text="ok")
+        if request.path == "/gz":  # compressed, with the upstream's own content policy
+            return web.Response(body=gzip.compress(INFO.encode()), headers={
+                "Content-Type": "text/html; charset=utf-8", "Content-Encoding": "gzip",
+                "Cache-Control": "max-age=3600", "Content-Security-Policy": "default-src 'self'"})
         pages = {"/": HOME, "/formulir": FORM, "/info": INFO}
         if request.path not in pages:
             return web.Response(status=404, text="no")
@@ -105,6 +110,9 @@ async def test_offline_copy_has_a_banner_and_the_live_page_has_none(site: Site) 
     assert re.search(r"Salinan offline</strong> dari \d+ \w+ \d{4} \d\d:\d\d WITA", text), text
     assert copy.headers["Cache-Control"] == "no-store" and "ETag" not in copy.headers
     assert int(copy.headers["Content-Length"]) == len(text.encode())
+    head = await site.client.head("/dukcapil/info")  # HEAD: the same fields, no body
+    assert head.status == 200 and head.headers["Content-Length"] == copy.headers["Content-Length"]
+    assert await head.read() == b""
     # The client's own copy is not reused: a conditional request still gets the banner.
     cond = await site.client.get("/dukcapil/info", headers={"If-Modified-Since":
                                                              "Sun, 01 Jan 2040 00:00:00 GMT"})
@@ -204,3 +212,16 @@ async def test_catalog_and_receipt_dates_are_local(site: Site) -> None:
     resp = await site.client.post("/dukcapil/formulir", data={"nama": "a"}, allow_redirects=False)
     status = await (await site.client.get(resp.headers["Location"].replace("&baru=1", ""))).text()
     assert re.search(r"Disimpan: \d+ \w+ \d{4} \d\d:\d\d WITA", status), status
+
+
+async def test_compressed_page_with_a_policy_is_inflated_and_keeps_the_policy(site: Site) -> None:
+    live = await site.client.get("/dukcapil/gz", auto_decompress=False)
+    assert live.headers["Content-Encoding"] == "gzip"  # positive control: passed on as it came
+    site.origin.down = True
+    assert (await site.client.get("/dukcapil/missing")).status == 504
+    copy = await site.client.get("/dukcapil/gz", auto_decompress=False)
+    raw = await copy.read()
+    assert "Content-Encoding" not in copy.headers
+    assert copy.headers["Content-Security-Policy"] == "default-src 'self'"
+    assert raw.startswith(b"<!doctype html><html><body><div id=") and b' style="' not in raw
+    assert raw.endswith(b"<p>Informasi</p></body></html>")
