@@ -62,6 +62,7 @@ SVC = f"{SITE}/dukcapil"
 ORIGIN = f"http://{p.DUKCAPIL_HOST}"
 WAN_GW = "100.64.0.1"  # the ISP side of the gateway's WAN link (its default route)
 BIG_MB = 50
+CLIENT_HOUR = 6
 REF_RE = re.compile(r"DN-[0-9A-Z]{4}-[0-9A-Z]{4}")
 BANNER = 'id="desanet-offline"'
 BANNER_RE = re.compile(rb'<div id="desanet-offline".*?</div>', re.S)
@@ -71,9 +72,11 @@ MONTHS_ID = ("Jan", "Feb", "Mar", "Apr", "Mei", "Jun", "Jul", "Agu", "Sep", "Okt
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    # A 50 MB object must fit the store's per-object limit (1/8 of the size).
+    # A 50 MB object must fit the store's per-object limit (1/8 of the size); c1 may queue
+    # CLIENT_HOUR forms an hour (the module queues fewer before the test of that limit).
     return make_lab(LabSpec(prefix=PREFIX, clients=1,
-                            extra={"local_services": {"cache_size": "1gb"}}))
+                            extra={"local_services": {"cache_size": "1gb",
+                                                      "queue_per_client_hour": CLIENT_HOUR}}))
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -616,3 +619,26 @@ def test_1mb_form_is_stored_whole_or_refused_never_cut(lab: LabInfo, tmp_path: P
     assert subs[0]["length"] == len(body), f"{ref} arrived with {subs[0]['length']} bytes"
     assert subs[0]["sha256"] == hashlib.sha256(body).hexdigest()
     assert len(origin_submissions(lab)) == before + 1, "the refused form reached the origin"
+
+
+def test_per_client_limit_refuses_cleanly(lab: LabInfo) -> None:
+    before = len(origin_submissions(lab))
+    stored: list[str] = []
+    with wan_down(lab):
+        for i in range(CLIENT_HOUR + 1):
+            waiting = waiting_forms(lab)
+            answer = fetch(c1(lab), f"{SVC}/form", method="POST", data=f"nama=Batas{i}")
+            if answer.status == 303:  # positive control: under the limit, stored
+                stored.append(receipt_ref(lab, answer))
+                assert waiting_forms(lab) == waiting + 1
+                continue
+            assert answer.status == 429, answer
+            assert "Formulir belum bisa disimpan" in answer.text and REF_RE.search(answer.text) is None
+            assert waiting_forms(lab) == waiting, "a refused form was stored"
+            break
+        else:
+            pytest.fail(f"{CLIENT_HOUR + 1} forms in a row were queued; the limit is {CLIENT_HOUR}")
+    assert stored, "the first form of the test was refused already"
+    wait_until(lambda: all(submissions_with_ref(lab, ref) for ref in stored), 45,
+               "the stored forms to be delivered", interval=0.5)
+    assert len(origin_submissions(lab)) == before + len(stored), "a refused form reached the origin"
