@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from aiohttp import web
 
+from gateway import timefmt
 from gateway.cache import forms, pages
 from gateway.cache.delivery import Deliverer
 from gateway.cache.health import ServiceHealth
@@ -289,14 +290,18 @@ class LocalServices:
         """The reconcile loop calls this every minute: the first call after start warms
         what is missing (a fresh install), later ones run the nightly prefetch when due."""
         now = time.time()
-        hour, minute = parse_time_of_day(self._config().local_services.prefetch_at)
-        if self._next_prefetch is None or self._prefetched_for is not self._config():
-            # First start, or a reload that may list new pages: fetch what is missing now.
-            self._next_prefetch = now + _seconds_until(hour, minute)
-            await self.prefetch(only_missing=True)
-        elif now >= self._next_prefetch:
-            self._next_prefetch = now + _seconds_until(hour, minute)
+        cfg = self._config()
+        hour, minute = parse_time_of_day(cfg.local_services.prefetch_at)
+        if self._next_prefetch is not None and now >= self._next_prefetch:
+            self._next_prefetch = now + _seconds_until(hour, minute, cfg.site.timezone)
             await self.prefetch()
+        elif (self._next_prefetch is None or self._prefetched_for is not cfg
+                or "error" in self.last_prefetch.get("results", {}).values()):
+            # First start, a reload that may list new pages, or a run the uplink cut short
+            # (a box that booted offline): fetch what is missing now.
+            if self._next_prefetch is None:
+                self._next_prefetch = now + _seconds_until(hour, minute, cfg.site.timezone)
+            await self.prefetch(only_missing=True)
 
     def health_states(self) -> dict[str, str]:
         return {slug: self._health_of(slug).state for slug in self.services()}
@@ -314,8 +319,9 @@ class LocalServices:
         }
 
 
-def _seconds_until(hour: int, minute: int) -> float:
-    now = dt.datetime.now()
+def _seconds_until(hour: int, minute: int, timezone: str) -> float:
+    """Seconds until the next ``hour:minute`` on the site's clock (``site.timezone``)."""
+    now = dt.datetime.now(timefmt.zone(timezone))
     target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if target <= now:
         target += dt.timedelta(days=1)

@@ -225,3 +225,17 @@ async def test_compressed_page_with_a_policy_is_inflated_and_keeps_the_policy(si
     assert copy.headers["Content-Security-Policy"] == "default-src 'self'"
     assert raw.startswith(b"<!doctype html><html><body><div id=") and b' style="' not in raw
     assert raw.endswith(b"<p>Informasi</p></body></html>")
+
+
+async def test_a_prefetch_cut_short_is_retried_on_the_next_tick(site: Site) -> None:
+    site.origin.down = True  # the box booted while the link was down
+    await site.services.scheduled_prefetch()
+    assert "error" in site.services.last_prefetch["results"].values()
+    assert site.services.last_prefetch["forms"] == {"dukcapil": []}
+    site.origin.down = False
+    await site.services.scheduled_prefetch()
+    base = site.holder["cfg"].local_services.services[0].upstream
+    assert site.services.last_prefetch["forms"] == {"dukcapil": [base + "/formulir"]}
+    hits = dict(site.origin.hits)
+    await site.services.scheduled_prefetch()  # complete now, and not due: nothing fetched
+    assert site.origin.hits == hits
