@@ -19,7 +19,16 @@ For GET and HEAD the stored copy (if any) and the request go through
 
 Concurrent requests for the same URL wait for the first one (collapsing) and
 then re-decide, normally finding a fresh copy: one upstream request, not N.
-Bodies are streamed in 256 KiB pieces in both directions, never held whole.
+Bodies are streamed in 256 KiB pieces in both directions, never held whole,
+except HTML pages up to 2 MiB that get an edit (gateway/cache/htmledit.py):
+
+* a stored copy served because the upstream failed on this request, or while
+  the service is known to be offline (its last request failed; a background
+  HEAD then checks whether it is back), gets the offline banner;
+* for a service with ``queue_posts`` every page gets a one-time token in its
+  POST forms (gateway/cache/forms.py), on hits and on misses alike.
+
+The store always keeps the upstream's bytes; edits are made per answer.
 """
 
 from __future__ import annotations
