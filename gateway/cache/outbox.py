@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import random
 import re
 import secrets
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -63,12 +65,13 @@ from gateway.core.lifecycle import (
 )
 from gateway.core.lifecycle import OutboxOutcome as Outcome
 from gateway.core.lifecycle import OutboxState as State
-from gateway.errors import OutboxStateError, StoreError, SubmissionTooLarge
+from gateway.errors import OutboxStateError, Refused, StoreError, SubmissionTooLarge
 from gateway.sqlitedb import Database
 
 STATES: tuple[State, ...] = FORMS_OUTBOX.states
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 PENDING: tuple[State, ...] = FORMS_OUTBOX.sources("mark_sending")  # waiting for an attempt
+WAITING: tuple[State, ...] = tuple(s for s in STATES if not FORMS_OUTBOX.is_final(s))  # not done
 
 SAFE_HEADERS = frozenset({"content-type", "accept", "accept-language", "user-agent"})
 QUEUE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -83,7 +86,7 @@ _REF_RE = re.compile(r"^DN-[2-9A-HJ-NP-Z]{4}-[2-9A-HJ-NP-Z]{4}$")
 _PATH_RE = re.compile(r"^/[!-~]*$")  # printable ASCII, no spaces or control characters
 _KEY_RE = re.compile(r"^[!-~]{1,255}$")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the client column (per-client limit)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -107,9 +110,11 @@ CREATE TABLE IF NOT EXISTS submissions (
 CREATE INDEX IF NOT EXISTS submissions_pending ON submissions(state, next_attempt);
 CREATE INDEX IF NOT EXISTS submissions_service ON submissions(service, id);
 """
+_MIGRATE_2 = "ALTER TABLE submissions ADD COLUMN client TEXT"
+_INDEX_2 = "CREATE INDEX IF NOT EXISTS submissions_client ON submissions(client, created)"
 _COLS = (
     "ref, idempotency_key, service, method, path_qs, headers, body, created, state, uncertain, "
-    "attempts, last_attempt, next_attempt, last_error, response_status, delivered_at"
+    "attempts, last_attempt, next_attempt, last_error, response_status, delivered_at, client"
 )
 
 _TEXT: dict[State, tuple[str, str]] = {
@@ -122,6 +127,31 @@ _TEXT: dict[State, tuple[str, str]] = {
     "unknown": ("hasil belum pasti, dikirim ulang dengan kunci yang sama (tidak akan tercatat ganda)",
                 "outcome unknown, retrying with the same key (it cannot be recorded twice)"),
 }
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """What the queue takes; ``enqueue`` refuses a submission past any of them, storing nothing.
+
+    Counts and bytes are of the submissions still waiting (queued, sending, unknown);
+    the per-client count is of every submission the client made in the last hour."""
+
+    max_body: int = MAX_BODY
+    max_forms: int = 1000
+    max_bytes: int = 64 * 1024 * 1024
+    per_client_hour: int = 30
+    min_free_disk: int = 100 * 1024 * 1024
+
+
+class QueueFull(Refused):
+    """A queue limit refused a submission; ``reason`` says which (the villager's page uses it):
+    ``queue_forms``, ``queue_bytes``, ``client_hour`` or ``disk_space``."""
+
+
+def free_disk(path: str) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass(frozen=True)
@@ -142,6 +172,7 @@ class Submission:
     last_error: str | None
     response_status: int | None
     delivered_at: float | None
+    client: str | None = field(default=None)
 
     @property
     def final(self) -> bool:
@@ -190,6 +221,11 @@ class Outbox:
         self._lock = self._database.lock
         self._db = self._database.conn
         self._tx = self._database.tx
+        with self._tx() as db:  # version 1 files get the client column
+            if "client" not in {row[1] for row in db.execute("PRAGMA table_info(submissions)")}:
+                db.execute(_MIGRATE_2)
+            db.execute(_INDEX_2)
+        self.free_disk: Callable[[str], int] = free_disk  # tests replace it
 
     def close(self) -> None:
         self._database.close()
@@ -198,7 +234,8 @@ class Outbox:
 
     def enqueue(self, service: str, method: str, path_qs: str, headers: builtins.list[tuple[str, str]],
                 body: bytes, now: float, idempotency_key: str | None = None, *,
-                uncertain: bool = False) -> Submission:
+                uncertain: bool = False, client: str | None = None,
+                limits: QueueLimits | None = None) -> Submission:
         """Store a submission durably and return it; the commit is fsynced before this returns.
 
         ``path_qs`` is relative to the service's upstream base URL. Pass ``idempotency_key``
@@ -206,7 +243,14 @@ class Outbox:
         a key that is already stored returns the stored submission (nothing is added). Pass
         ``uncertain=True`` if that direct attempt may have reached the upstream: the submission
         then starts as ``unknown``.
+
+        ``limits`` (default ``QueueLimits()``) are checked in the same transaction as the
+        insert, after the key: a repeated key returns its submission even when the queue is
+        full. Raises SubmissionTooLarge (body over ``max_body``) or QueueFull; either way
+        nothing is stored. ``client`` (the villager's address) is what ``per_client_hour``
+        counts.
         """
+        limits = limits or QueueLimits()
         method = method.upper()
         if method not in QUEUE_METHODS:
             raise ValueError(f"only {', '.join(sorted(QUEUE_METHODS))} can be queued, not {method}")
@@ -217,10 +261,11 @@ class Outbox:
         if idempotency_key is not None and not _KEY_RE.match(idempotency_key):
             raise ValueError(f"idempotency_key must be 1-255 printable ASCII characters, "
                              f"e.g. a UUID, not {idempotency_key!r}")
-        if len(body) > MAX_BODY:
+        if len(body) > limits.max_body:
             raise SubmissionTooLarge(
                 f"the form is {len(body) / 1048576:.1f} MB but the offline queue keeps at most "
-                f"{MAX_BODY // 1048576} MB per submission; send it again when the service is online"
+                f"{limits.max_body / 1048576:g} MB per submission; send it again when the service "
+                "is online"
             )
         kept = json.dumps(filter_headers(headers))
         state: State = "unknown" if uncertain else "queued"
@@ -234,12 +279,13 @@ class Outbox:
                     if found is not None:
                         ref = found[0]
                     else:
+                        self._check_limits(db, limits, len(body), client, now)
                         db.execute(
                             "INSERT INTO submissions (ref, idempotency_key, service, method, path_qs, "
-                            "headers, body, created, state, uncertain, next_attempt) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            "headers, body, created, state, uncertain, next_attempt, client) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                             (ref, key, service, method, path_qs, kept, body, now, state,
-                             int(uncertain), now),
+                             int(uncertain), now, client),
                         )
             except StoreError as exc:
                 if isinstance(exc.__cause__, sqlite3.IntegrityError):
@@ -249,6 +295,39 @@ class Outbox:
             assert sub is not None
             return sub
         raise StoreError(f"could not draw an unused reference number in {self.path}")
+
+    def _check_limits(self, db: sqlite3.Connection, limits: QueueLimits, size: int,
+                      client: str | None, now: float) -> None:
+        waiting = ",".join("?" * len(WAITING))
+        count, total = db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM submissions "
+            f"WHERE state IN ({waiting})", WAITING).fetchone()
+        if count + 1 > limits.max_forms:
+            raise QueueFull("queue_forms", f"the offline queue already holds {count} forms "
+                            f"(limit {limits.max_forms})")
+        if total + size > limits.max_bytes:
+            raise QueueFull("queue_bytes", f"the offline queue holds {total} bytes; {size} more "
+                            f"would pass its limit of {limits.max_bytes}")
+        if client is not None:
+            (recent,) = db.execute("SELECT COUNT(*) FROM submissions WHERE client=? AND created>?",
+                                   (client, now - 3600)).fetchone()
+            if recent + 1 > limits.per_client_hour:
+                raise QueueFull("client_hour", f"{client} queued {recent} forms in the last hour "
+                                f"(limit {limits.per_client_hour})")
+        try:
+            free = self.free_disk(self.path)
+        except OSError as exc:
+            raise QueueFull("disk_space", f"cannot tell the free disk space: {exc}") from exc
+        if free - size < limits.min_free_disk:
+            raise QueueFull("disk_space", f"{free} bytes free; the queue keeps "
+                            f"{limits.min_free_disk} free")
+
+    def find_key(self, idempotency_key: str) -> Submission | None:
+        """The submission stored with this key, if any."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLS} FROM submissions WHERE idempotency_key=?",
+                                   (idempotency_key,)).fetchone()
+        return self._row(row) if row else None
 
     def mark_sending(self, ref: str, now: float) -> Submission:
         """Claim a due submission for one delivery attempt (atomic: two claims cannot both win).
@@ -406,11 +485,11 @@ class Outbox:
     @staticmethod
     def _row(row: Any) -> Submission:
         (ref, key, service, method, path_qs, headers, body, created, state, uncertain,
-         attempts, last_attempt, next_attempt, last_error, status, delivered_at) = row
+         attempts, last_attempt, next_attempt, last_error, status, delivered_at, client) = row
         return Submission(
             ref=ref, idempotency_key=key, service=service, method=method, path_qs=path_qs,
             headers=tuple((n, v) for n, v in json.loads(headers)), body=bytes(body),
             created=created, state=state, uncertain=bool(uncertain), attempts=attempts,
             last_attempt=last_attempt, next_attempt=next_attempt, last_error=last_error,
-            response_status=status, delivered_at=delivered_at,
+            response_status=status, delivered_at=delivered_at, client=client,
         )

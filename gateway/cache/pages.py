@@ -6,12 +6,12 @@ and say plainly when what is shown is an offline copy.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from gateway import timefmt
 from gateway.config.schema import Config, GovService
 from gateway.portal.i18n import LANGUAGE_NAMES, pick_language, translator
 from gateway.portal.templating import render
@@ -55,7 +55,20 @@ MESSAGES: dict[str, dict[str, str]] = {
                             "tersimpan di hotspot. Coba lagi nanti.",
         "queue_off_body": "{service} sedang tidak dapat dihubungi, dan formulir layanan ini "
                           "tidak bisa disimpan untuk dikirim nanti. Coba lagi nanti.",
-        "too_large_form": "Formulir terlalu besar untuk disimpan.",
+        "too_large_form": "Formulir terlalu besar. Hotspot desa hanya menerima formulir sampai "
+                          "{limit} MB, dan tidak ada yang disimpan. Kecilkan lampirannya (misalnya "
+                          "foto) lalu kirim lagi.",
+        "form_cut_short": "Formulir tidak terkirim utuh (sambungan terputus saat mengirim). "
+                          "Tidak ada yang disimpan. Silakan kirim lagi.",
+        "queue_refused_title": "Formulir belum bisa disimpan",
+        "queue_full_body": "Antrean formulir di hotspot desa sedang penuh, jadi formulir Anda "
+                           "tidak disimpan. Coba lagi nanti atau hubungi kantor desa.",
+        "queue_disk_body": "Penyimpanan hotspot desa hampir penuh, jadi formulir Anda tidak "
+                           "disimpan. Coba lagi nanti atau hubungi kantor desa.",
+        "queue_client_body": "Anda sudah mengirim banyak formulir dalam satu jam terakhir, jadi "
+                             "formulir ini tidak disimpan. Coba lagi nanti.",
+        "receipt_state": "Status:",
+        "receipt_saved_at": "Disimpan: {when}",
         "not_found_service": "Layanan ini tidak ada di katalog desa.",
     },
     "en": {
@@ -93,7 +106,20 @@ MESSAGES: dict[str, dict[str, str]] = {
                             "hotspot yet. Please try again later.",
         "queue_off_body": "{service} cannot be reached, and this service's forms cannot be "
                           "stored for later. Please try again later.",
-        "too_large_form": "The form is too large to store.",
+        "too_large_form": "The form is too large. The village hotspot accepts forms up to "
+                          "{limit} MB, and nothing was saved. Make the attachment (a photo, "
+                          "say) smaller and send it again.",
+        "form_cut_short": "The form did not arrive whole (the connection broke while sending). "
+                          "Nothing was saved. Please send it again.",
+        "queue_refused_title": "The form cannot be saved yet",
+        "queue_full_body": "The village hotspot's queue of forms is full, so your form was not "
+                           "saved. Try again later or ask the village office.",
+        "queue_disk_body": "The village hotspot's storage is almost full, so your form was not "
+                           "saved. Try again later or ask the village office.",
+        "queue_client_body": "You sent many forms in the last hour, so this one was not saved. "
+                             "Try again later.",
+        "receipt_state": "Status:",
+        "receipt_saved_at": "Saved: {when}",
         "not_found_service": "This service is not in the village catalog.",
     },
 }
@@ -117,8 +143,9 @@ def pick_lang(request: web.Request, cfg: Config) -> str:
                          request.headers.get("Accept-Language"), cfg.site.language)
 
 
-def local_time(ts: float | None) -> str:
-    return time.strftime("%d-%m-%Y %H:%M", time.localtime(ts)) if ts else "-"
+def local_time(cfg: Config, lang: str, ts: float | None) -> str:
+    """A date for villagers: the site's time zone, with WIB/WITA/WIT."""
+    return timefmt.format_datetime(ts, cfg.site.timezone, lang)
 
 
 @dataclass(frozen=True)

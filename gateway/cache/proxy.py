@@ -19,12 +19,22 @@ For GET and HEAD the stored copy (if any) and the request go through
 
 Concurrent requests for the same URL wait for the first one (collapsing) and
 then re-decide, normally finding a fresh copy: one upstream request, not N.
-Bodies are streamed in 256 KiB pieces in both directions, never held whole.
+Bodies are streamed in 256 KiB pieces in both directions, never held whole,
+except HTML pages up to 2 MiB that get an edit (gateway/cache/htmledit.py):
+
+* a stored copy served because the upstream failed on this request, or while
+  the service is known to be offline (its last request failed; a background
+  HEAD then checks whether it is back), gets the offline banner;
+* for a service with ``queue_posts`` every page gets a one-time token in its
+  POST forms (gateway/cache/forms.py), on hits and on misses alike.
+
+The store always keeps the upstream's bytes; edits are made per answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,9 +44,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.cache import rules
+from gateway import timefmt
+from gateway.cache import forms, rules
 from gateway.cache.health import ServiceHealth
-from gateway.cache.respond import serve_entry, stream_upstream
+from gateway.cache.htmledit import Edit, edit_page, is_html
+from gateway.cache.respond import (
+    edited_upstream_response,
+    read_small_page,
+    serve_entry,
+    stream_upstream,
+)
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict
 from gateway.cache.store import CacheStore, Entry
 from gateway.config.schema import GovService
@@ -173,27 +190,47 @@ class CachingProxy:
     def _pick(self, key: str, req_h: dict[str, str]) -> Entry | None:
         return rules.pick_variant(self.store.lookup(key), req_h, lambda e: e.meta)
 
+    def _edit(self, service: GovService, entry: Entry | None, offline: bool,
+              timezone: str) -> Edit | None:
+        """The banner (for a stored copy served while the upstream is unreachable) and the
+        one-time form token (for a service that queues forms) an HTML page gets."""
+        if entry is not None and not is_html(entry.meta.headers):
+            return None  # the hit path of downloads and images stays as it was
+        copy_time = entry.meta.response_time if offline and entry is not None else None
+        token = forms.new_token() if service.queue_posts else None
+        if copy_time is None and token is None:
+            return None
+        return Edit(copy_time=copy_time, timezone=timezone, token=token)
+
     async def get(self, request: web.Request, service: GovService, url: str,
-                  rewrite: Callable[[str], str]) -> web.StreamResponse:
+                  rewrite: Callable[[str], str],
+                  timezone: str = timefmt.DEFAULT_TIMEZONE) -> web.StreamResponse:
+        """Answer a GET or HEAD for ``url``; ``timezone`` dates the offline banner."""
         self.metrics.requests += 1
         key = f"GET {url}"
         req_h = header_dict(request.headers)
         for attempt in range(3):
             now = time.time()
             entry = self._pick(key, req_h)
+            # The last contact with the upstream failed: a stored copy is all there is.
+            offline = self._health(service.slug).state == "offline"
+            if offline:
+                self._recheck(service, url)  # so the banner goes as soon as the link is back
             decision = rules.decide(request.method, req_h, entry.meta if entry else None, now,
                                     offline_for=service.offline_for)
             if decision.kind is Kind.GATEWAY_TIMEOUT:
                 return web.Response(status=504, text="not in cache (only-if-cached)\n")
             if entry is not None and decision.kind is Kind.FRESH:
-                served = await self._serve(request, entry, now, "hit", counter="hits", req_h=req_h)
+                served = await self._serve(request, entry, now, "hit", counter="hits", req_h=req_h,
+                                           edit=self._edit(service, entry, offline, timezone))
                 if served is not None:
                     return served
                 continue
             if entry is not None and decision.kind is Kind.STALE_REVALIDATE_IN_BACKGROUND:
                 self._refresh_in_background(service, url, key, req_h)
                 served = await self._serve(request, entry, now, "hit; detail=stale-while-revalidate",
-                                           counter="stale_while_revalidate", req_h=req_h)
+                                           counter="stale_while_revalidate", req_h=req_h,
+                                           edit=self._edit(service, entry, offline, timezone))
                 if served is not None:
                     return served
                 continue
@@ -204,12 +241,14 @@ class CachingProxy:
                 self.metrics.collapsed += 1
                 await asyncio.shield(waiting)
                 continue
-            return await self._lead(request, service, url, key, req_h, entry, decision, rewrite)
+            return await self._lead(request, service, url, key, req_h, entry, decision, rewrite,
+                                    timezone)
         return web.Response(status=502, text="the cached copy kept failing; try again\n")
 
     async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
-                     counter: str, req_h: dict[str, str] | None = None) -> web.StreamResponse | None:
-        resp = await serve_entry(request, self.store, entry, now, detail, req_h)
+                     counter: str, req_h: dict[str, str] | None = None,
+                     edit: Edit | None = None) -> web.StreamResponse | None:
+        resp = await serve_entry(request, self.store, entry, now, detail, req_h, edit)
         if resp is not None:
             setattr(self.metrics, counter, getattr(self.metrics, counter) + 1)
             if request.method != "HEAD" and resp.status in (200, 206):
@@ -218,7 +257,7 @@ class CachingProxy:
 
     async def _lead(self, request: web.Request, service: GovService, url: str, key: str,
                     req_h: dict[str, str], entry: Entry | None, decision: Decision,
-                    rewrite: Callable[[str], str]) -> web.StreamResponse:
+                    rewrite: Callable[[str], str], timezone: str) -> web.StreamResponse:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = done
         try:
@@ -229,17 +268,19 @@ class CachingProxy:
             try:
                 upstream = await self.open_upstream(service, "GET", url, headers)
             except UpstreamDown as exc:
-                return await self._on_error(request, entry, decision, exc)
+                return await self._on_error(request, entry, decision, exc,
+                                            self._edit(service, entry, True, timezone))
             async with upstream:
                 if upstream.status == 304 and entry is not None:
                     refreshed = await self._freshen(entry, upstream, request_time)
                     resp = await self._serve(request, refreshed, time.time(),
-                                             "hit; fwd=stale; fwd-status=304", "revalidated", req_h)
+                                             "hit; fwd=stale; fwd-status=304", "revalidated", req_h,
+                                             self._edit(service, refreshed, False, timezone))
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
                 return await self._store_and_stream(request, upstream, key, req_h, request_time,
-                                                    rewrite)
+                                                    rewrite, self._edit(service, None, False, timezone))
         finally:
             del self._inflight[key]
             done.set_result(None)
@@ -254,7 +295,8 @@ class CachingProxy:
 
     async def _store_and_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                                 key: str, req_h: dict[str, str], request_time: float,
-                                rewrite: Callable[[str], str]) -> web.StreamResponse:
+                                rewrite: Callable[[str], str],
+                                edit: Edit | None = None) -> web.StreamResponse:
         resp_h = header_dict(upstream.headers)
         writer = None
         if rules.is_storable("GET", upstream.status, req_h, resp_h):
@@ -263,8 +305,27 @@ class CachingProxy:
             writer = self.store.begin(key, meta)
         self.metrics.misses += 1
         detail = "fwd=miss; stored" if writer else "fwd=miss"
+        first = b""
         try:
-            resp, received = await stream_upstream(request, upstream, writer, detail, rewrite)
+            if (edit is not None and request.method == "GET" and upstream.status == 200
+                    and is_html(resp_h)):
+                # A small page is read whole so its forms can get the token.
+                first, whole = await read_small_page(upstream)
+                if whole:
+                    self.metrics.bytes_from_upstream += len(first)
+                    if writer is not None:
+                        if upstream.content_length in (None, len(first)):
+                            writer.write(first)
+                            await asyncio.to_thread(writer.commit)
+                        else:
+                            writer.abort()
+                        writer = None
+                    edited = edit_page(first, resp_h, edit)
+                    if edited is not None:
+                        return edited_upstream_response(upstream, edited, detail, rewrite)
+                    return await _send_read(request, upstream, first, detail, rewrite)
+            resp, received = await stream_upstream(request, upstream, writer, detail, rewrite,
+                                                   first)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -279,11 +340,11 @@ class CachingProxy:
         return resp
 
     async def _on_error(self, request: web.Request, entry: Entry | None, decision: Decision,
-                        exc: UpstreamDown) -> web.StreamResponse:
+                        exc: UpstreamDown, edit: Edit | None) -> web.StreamResponse:
         now = time.time()
         if entry is not None and rules.may_serve_stale(decision, now):
             resp = await self._serve(request, entry, now, "hit; detail=stale-if-error",
-                                     counter="stale_served")
+                                     counter="stale_served", edit=edit)
             if resp is not None:
                 return resp
         log.warning("upstream failed and no usable copy: %s", exc)
@@ -311,12 +372,33 @@ class CachingProxy:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _recheck(self, service: GovService, url: str) -> None:
+        """Ask the upstream (HEAD, new connection) whether it is back, once at a time per
+        service, in the background: fresh hits never wait for it."""
+        name = f"recheck-{service.slug}"
+        if any(task.get_name() == name for task in self._background):
+            return
+
+        async def recheck() -> None:
+            with contextlib.suppress(UpstreamDown):
+                resp = await self.open_upstream(service, "HEAD", url, {}, fresh_connection=True)
+                resp.release()
+
+        task = asyncio.create_task(recheck(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def refresh_later(self, service: GovService, url: str) -> None:
+        """Fetch ``url`` again in the background (a kept page that a form invalidated)."""
+        self._refresh_in_background(service, url, f"GET {url}", {})
+
     async def refresh(self, service: GovService, url: str, req_h: dict[str, str] | None = None,
-                      rate_bps: int | None = None) -> str:
+                      rate_bps: int | None = None, max_bytes: int | None = None) -> str:
         """Bring one URL's stored copy up to date without a villager waiting.
 
-        Returns "fresh", "not-modified", "stored", "not-storable" or "error".
-        ``rate_bps`` caps the download speed (prefetch must not crowd out villagers).
+        Returns "fresh", "not-modified", "stored", "not-storable", "too-large" or "error".
+        ``rate_bps`` caps the download speed (prefetch must not crowd out villagers);
+        a body over ``max_bytes`` is dropped ("too-large").
         """
         key = f"GET {url}"
         req_h = req_h or {}
@@ -344,9 +426,14 @@ class CachingProxy:
                     return "not-storable"
                 meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
                                           request_time, time.time())
+                if max_bytes is not None and (upstream.content_length or 0) > max_bytes:
+                    return "too-large"
                 writer = self.store.begin(key, meta)
                 try:
-                    await _read_into(upstream, writer, rate_bps, self.metrics)
+                    await _read_into(upstream, writer, rate_bps, self.metrics, max_bytes)
+                except _TooLarge:
+                    writer.abort()
+                    return "too-large"
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     writer.abort()
                     return "error"
@@ -360,13 +447,19 @@ class CachingProxy:
             done.set_result(None)
 
 
+class _TooLarge(Exception):
+    pass
+
+
 async def _read_into(upstream: aiohttp.ClientResponse, writer: Any, rate_bps: int | None,
-                     metrics: Metrics) -> None:
+                     metrics: Metrics, max_bytes: int | None = None) -> None:
     started = time.monotonic()
     received = 0
     async for chunk in upstream.content.iter_chunked(64 * 1024):
         writer.write(chunk)
         received += len(chunk)
+        if max_bytes is not None and received > max_bytes:
+            raise _TooLarge
         metrics.bytes_from_upstream += len(chunk)
         if rate_bps:
             # Sleep until the average rate is back under the cap.
@@ -375,3 +468,10 @@ async def _read_into(upstream: aiohttp.ClientResponse, writer: Any, rate_bps: in
                 await asyncio.sleep(ahead)
     if upstream.content_length is not None and received != upstream.content_length:
         raise aiohttp.ClientPayloadError("upstream body shorter than its Content-Length")
+
+
+async def _send_read(request: web.Request, upstream: aiohttp.ClientResponse, body: bytes,
+                     detail: str, rewrite: Callable[[str], str]) -> web.StreamResponse:
+    """Send an upstream answer whose whole body was already read, unchanged."""
+    resp, _ = await stream_upstream(request, upstream, None, detail, rewrite, body)
+    return resp

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.cache.htmledit import MAX_EDIT_BYTES, Edit, edit_page, edited_headers, is_html
 from gateway.cache.rules import (
     StoredMeta,
     age_header,
@@ -77,17 +78,54 @@ def upstream_headers_for_client(headers: Mapping[str, str] | Any, rewrite: Any =
     return out
 
 
+def _read_whole(store: CacheStore, entry: Entry) -> bytes | None:
+    if entry.size <= store.small_body_limit:
+        return store.read_small(entry)
+    body = store.open_body(entry)
+    if body is None:
+        return None
+    with body:
+        data = body.read(entry.size + 1)
+    return data if len(data) == entry.size else None
+
+
+def _serve_edited(request: web.Request, store: CacheStore, entry: Entry, now: float,
+                  detail: str, req_h: Mapping[str, str], edit: Edit) -> web.Response | None:
+    """The stored page with ``edit`` applied, or None when it is not a page to edit.
+
+    The client's own conditional headers are not honoured here: its copy is the live
+    page (or has a spent token), and the point is that it sees the edited one."""
+    meta = entry.meta
+    if (request.method not in ("GET", "HEAD") or "range" in req_h or meta.status != 200
+            or not is_html(meta.headers) or entry.size > MAX_EDIT_BYTES):
+        return None
+    data = _read_whole(store, entry)
+    edited = edit_page(data, meta.headers, edit) if data is not None else None
+    if edited is None:
+        return None
+    store.touch(entry.id, now)
+    headers = stored_headers_for_client(meta, now)
+    edited_headers(headers)
+    headers["Cache-Status"] = cache_status(detail)
+    return web.Response(status=200, headers=headers, body=edited)
+
+
 async def serve_entry(
     request: web.Request, store: CacheStore, entry: Entry, now: float, detail: str,
-    req_h: Mapping[str, str] | None = None,
+    req_h: Mapping[str, str] | None = None, edit: Edit | None = None,
 ) -> web.StreamResponse | None:
     """Answer from a stored entry; None when its body turned out unusable.
 
     ``req_h``: the request headers as ``rules.header_dict`` gives them, if the
-    caller has them already."""
+    caller has them already. ``edit``: the banner / form token to put into an
+    HTML page (see gateway/cache/htmledit.py); other answers go out unchanged."""
     meta = entry.meta
     if req_h is None:
         req_h = header_dict(request.headers)
+    if edit is not None:
+        edited = _serve_edited(request, store, entry, now, detail, req_h, edit)
+        if edited is not None:
+            return edited
     if not_modified_for_request(req_h, meta):
         headers = CIMultiDict((k, v) for k, v in meta.headers.items() if k in _NOT_MODIFIED_FIELDS)
         headers["Age"] = age_header(meta, now)
@@ -161,11 +199,13 @@ async def stream_upstream(
     writer: BodyWriter | None,
     detail: str,
     rewrite: Any = None,
+    first: bytes = b"",
 ) -> tuple[web.StreamResponse, int]:
     """Stream an upstream response to the villager, teeing it into ``writer``.
 
     If the villager goes away the download still completes into the cache
     (others may be waiting for it). Returns the response and bytes read.
+    ``first``: the start of the body, already read from ``upstream`` by the caller.
     """
     headers = upstream_headers_for_client(upstream.headers, rewrite)
     headers["Cache-Status"] = cache_status(detail)
@@ -179,7 +219,7 @@ async def stream_upstream(
         client_alive = False
     received = 0
     if request.method != "HEAD":
-        async for chunk in upstream.content.iter_chunked(CHUNK):
+        async for chunk in _with_first(first, upstream):
             received += len(chunk)
             if writer is not None:
                 writer.write(chunk)
@@ -194,3 +234,33 @@ async def stream_upstream(
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await resp.write_eof()
     return resp, received
+
+
+async def _with_first(first: bytes, upstream: aiohttp.ClientResponse) -> Any:
+    if first:
+        yield first
+    async for chunk in upstream.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+async def read_small_page(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Read an upstream body up to MAX_EDIT_BYTES: (bytes read, whether that is all of it)."""
+    if upstream.content_length is not None and upstream.content_length > MAX_EDIT_BYTES:
+        return b"", False
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_chunked(CHUNK):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MAX_EDIT_BYTES:
+            return b"".join(parts), False
+    return b"".join(parts), True
+
+
+def edited_upstream_response(upstream: aiohttp.ClientResponse, body: bytes, detail: str,
+                             rewrite: Any = None) -> web.Response:
+    """An upstream page sent with an edited body (see htmledit.edited_headers)."""
+    headers = upstream_headers_for_client(upstream.headers, rewrite)
+    edited_headers(headers)
+    headers["Cache-Status"] = cache_status(detail)
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)

@@ -21,20 +21,22 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.cache import pages
+from gateway import timefmt
+from gateway.cache import forms, pages
 from gateway.cache.delivery import Deliverer
 from gateway.cache.health import ServiceHealth
-from gateway.cache.outbox import Outbox, SubmissionTooLarge, normalize_ref
+from gateway.cache.outbox import Outbox, QueueFull, Submission, SubmissionTooLarge, normalize_ref
+from gateway.cache.prefetch import Prefetcher
 from gateway.cache.proxy import CachingProxy, UpstreamDown
 from gateway.cache.respond import stream_upstream
 from gateway.cache.rules import header_dict, invalidates
 from gateway.cache.store import CacheStore
+from gateway.cache.submit import REFUSALS, BodyRefused, limits_of, read_form
 from gateway.config.schema import Config, GovService
 from gateway.config.units import parse_time_of_day
 
 log = logging.getLogger("desanet.services")
 
-MAX_FORM_BYTES = 1024 * 1024
 PROBE_INTERVAL = 30.0  # seconds between upstream health checks when nothing else asked
 SAFE_METHODS = ("GET", "HEAD")
 
@@ -53,6 +55,8 @@ class LocalServices:
                                   on_upstream_back=self._upstream_back)
         self.deliverer = Deliverer(self.outbox, self._upstream_for,
                                    timeout=float(cfg.request_timeout))
+        self.prefetcher = Prefetcher(self.store, self.proxy)
+        self._prefetched_for: Config | None = None  # the configuration the last prefetch saw
         # Per-request lookups, rebuilt when the configuration object changes (reload).
         self._services_of: tuple[Config | None, dict[str, GovService]] = (None, {})
         self._rewriters: dict[str, tuple[GovService, Callable[[str], str]]] = {}
@@ -133,7 +137,7 @@ class LocalServices:
         rewrite = self._rewriter(service)
         try:
             if request.method in SAFE_METHODS:
-                return await self.proxy.get(request, service, url, rewrite)
+                return await self.proxy.get(request, service, url, rewrite, cfg.site.timezone)
             return await self._submit(request, cfg, pages.pick_lang(request, cfg), service, url,
                                       rest, rewrite)
         except UpstreamDown:
@@ -155,7 +159,7 @@ class LocalServices:
             if health.state == "online":
                 text, online = t("state_online"), True
             elif newest is not None:
-                text, online = t("state_offline", when=pages.local_time(newest)), False
+                text, online = t("state_offline", when=pages.local_time(cfg, lang, newest)), False
             elif health.state == "offline":
                 text, online = t("state_offline_none"), False
             else:
@@ -172,21 +176,51 @@ class LocalServices:
         if sub is None:
             return pages.message(cfg, lang, 404, "title_not_found", t("sub_not_found"))
         state_text = t(f"sub_state_{sub.state}", status=sub.response_status)
+        created = pages.local_time(cfg, lang, sub.created)
+        delivered = pages.local_time(cfg, lang, sub.delivered_at) if sub.delivered_at else ""
+        if request.query.get("baru"):  # where a form's POST redirects to: the receipt
+            service = self._service(sub.service)
+            title = sub.service if service is None else (
+                service.title_id if lang == "id" else service.title_en)
+            return pages.page(cfg, lang, "receipt.html", "receipt_title", ref=sub.ref,
+                              service_title=title, state_text=state_text, created=created,
+                              path=f"/kiriman?ref={quote(sub.ref)}&baru=1")
         return pages.page(cfg, lang, "submission.html", "sub_title", ref=sub.ref,
                           path=f"/kiriman?ref={quote(sub.ref)}",
-                          state_text=state_text, created=pages.local_time(sub.created),
-                          delivered=pages.local_time(sub.delivered_at) if sub.delivered_at else "")
+                          state_text=state_text, created=created, delivered=delivered)
+
+    @staticmethod
+    def _to_receipt(sub: Submission) -> web.Response:
+        """Post/Redirect/Get: the answer to a saved form is a redirect to its receipt, a GET
+        that is safe to refresh; the form itself is never sent again by a refresh."""
+        location = f"/kiriman?ref={quote(sub.ref)}&baru=1"
+        return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"},
+                            text=f'<!doctype html><a href="{location}">{sub.ref}</a>\n',
+                            content_type="text/html")
 
     async def _submit(self, request: web.Request, cfg: Config, lang: str, service: GovService,
                       url: str, rest: str, rewrite: Callable[[str], str]) -> web.StreamResponse:
-        body = await request.content.read(MAX_FORM_BYTES + 1)
-        if len(body) > MAX_FORM_BYTES:
-            return pages.message(cfg, lang, 413, "title_error", pages.t_for(lang)("too_large_form"))
+        t = pages.t_for(lang)
+        limits = limits_of(cfg.local_services)
+        read = await read_form(request, limits.max_body)
+        if isinstance(read, BodyRefused):
+            limit_mb = f"{limits.max_body / 1048576:g}"
+            return pages.message(cfg, lang, read.status, "title_error",
+                                 t(read.message_key, limit=limit_mb))
         req_h = header_dict(request.headers)
         headers = self.proxy.forward_headers(req_h)
-        key = str(uuid.uuid4())
-        headers["idempotency-key"] = key
         path_qs = "/" + rest + (f"?{request.query_string}" if request.query_string else "")
+        # The one-time token the gateway put into the form (gateway/cache/forms.py): taken
+        # out of the body, it fixes the key, so a refresh or a double tap is stored once.
+        token, body = forms.take_token(read, req_h.get("content-type"))
+        if token is not None:
+            key = forms.idempotency_key(service.slug, request.method, path_qs, token)
+            known = await asyncio.to_thread(self.outbox.find_key, key)
+            if known is not None:
+                return self._to_receipt(known)
+        else:
+            key = str(uuid.uuid4())
+        headers["idempotency-key"] = key
         uncertain = False
         if self._health_of(service.slug).state != "offline":
             try:
@@ -196,12 +230,15 @@ class LocalServices:
                 # was never made (refused, unreachable, DNS, connect timeout; the
                 # request always goes on a new connection), the upstream may
                 # already have it: say so.
-                uncertain = not isinstance(exc.__cause__, aiohttp.ClientConnectorError
-                                           | aiohttp.ConnectionTimeoutError)
+                # A 503 says the request was not processed (as delivery.RETRY_STATUSES).
+                uncertain = exc.status != 503 and not isinstance(
+                    exc.__cause__, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
             else:
                 async with upstream:
                     if invalidates(request.method, upstream.status):
                         await asyncio.to_thread(self.store.delete_key, f"GET {url}")
+                        if f"GET {url}" in await asyncio.to_thread(self.store.pins):
+                            self.proxy.refresh_later(service, url)  # a kept form page
                     resp, _ = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
                     return resp
         if not service.queue_posts:
@@ -209,29 +246,29 @@ class LocalServices:
         try:
             sub = await asyncio.to_thread(
                 self.outbox.enqueue, service.slug, request.method, path_qs,
-                list(request.headers.items()), body, time.time(), key, uncertain=uncertain)
+                list(request.headers.items()), body, time.time(), key, uncertain=uncertain,
+                client=request.remote, limits=limits)
         except SubmissionTooLarge:
-            return pages.message(cfg, lang, 413, "title_error", pages.t_for(lang)("too_large_form"))
+            return pages.message(cfg, lang, 413, "title_error",
+                                 t("too_large_form", limit=f"{limits.max_body / 1048576:g}"))
+        except QueueFull as exc:
+            log.warning("form for %s refused: %s", service.slug, exc)
+            status, message_key = REFUSALS.get(exc.reason, (503, "queue_full_body"))
+            return pages.message(cfg, lang, status, "queue_refused_title", t(message_key))
         log.info("queued %s %s for %s as %s", request.method, path_qs, service.slug, sub.ref)
-        title = service.title_id if lang == "id" else service.title_en
-        return pages.page(cfg, lang, "receipt.html", "receipt_title", status=202, ref=sub.ref,
-                          service_title=title, path=f"/kiriman?ref={quote(sub.ref)}")
+        return self._to_receipt(sub)
 
     # -- prefetch ----------------------------------------------------------------------------
 
     async def prefetch(self, only_missing: bool = False) -> dict[str, Any]:
-        """Warm every service's prefetch URLs within the configured rate cap."""
-        cfg = self._config().local_services
-        results: dict[str, str] = {}
+        """Warm every service's listed pages and forms within the configured rate cap, and
+        keep them (see gateway/cache/prefetch.py for the rule)."""
+        config = self._config()
         started = time.time()
-        for service in cfg.services:
-            for path in service.prefetch:
-                url = service.upstream + path
-                if only_missing and self.store.lookup(f"GET {url}"):
-                    continue
-                results[url] = await self.proxy.refresh(service, url, rate_bps=cfg.prefetch_rate)
+        run = await self.prefetcher.run(config.local_services, only_missing)
+        self._prefetched_for = config
         self.prefetch_runs += 1
-        self.last_prefetch = {"started": started, "finished": time.time(), "results": results}
+        self.last_prefetch = {"started": started, **run}
         return self.last_prefetch
 
     async def probe(self) -> None:
@@ -253,13 +290,18 @@ class LocalServices:
         """The reconcile loop calls this every minute: the first call after start warms
         what is missing (a fresh install), later ones run the nightly prefetch when due."""
         now = time.time()
-        hour, minute = parse_time_of_day(self._config().local_services.prefetch_at)
-        if self._next_prefetch is None:
-            self._next_prefetch = now + _seconds_until(hour, minute)
-            await self.prefetch(only_missing=True)
-        elif now >= self._next_prefetch:
-            self._next_prefetch = now + _seconds_until(hour, minute)
+        cfg = self._config()
+        hour, minute = parse_time_of_day(cfg.local_services.prefetch_at)
+        if self._next_prefetch is not None and now >= self._next_prefetch:
+            self._next_prefetch = now + _seconds_until(hour, minute, cfg.site.timezone)
             await self.prefetch()
+        elif (self._next_prefetch is None or self._prefetched_for is not cfg
+                or "error" in self.last_prefetch.get("results", {}).values()):
+            # First start, a reload that may list new pages, or a run the uplink cut short
+            # (a box that booted offline): fetch what is missing now.
+            if self._next_prefetch is None:
+                self._next_prefetch = now + _seconds_until(hour, minute, cfg.site.timezone)
+            await self.prefetch(only_missing=True)
 
     def health_states(self) -> dict[str, str]:
         return {slug: self._health_of(slug).state for slug in self.services()}
@@ -277,8 +319,9 @@ class LocalServices:
         }
 
 
-def _seconds_until(hour: int, minute: int) -> float:
-    now = dt.datetime.now()
+def _seconds_until(hour: int, minute: int, timezone: str) -> float:
+    """Seconds until the next ``hour:minute`` on the site's clock (``site.timezone``)."""
+    now = dt.datetime.now(timefmt.zone(timezone))
     target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if target <= now:
         target += dt.timedelta(days=1)

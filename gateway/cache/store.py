@@ -28,6 +28,9 @@ bodies up to 64 KiB (32 MiB in all) are kept after their first read.
 ``touch`` only records the time in memory; the times are flushed in one
 transaction every ``TOUCH_FLUSH_SECONDS``, before eviction and at close, so
 the hit path costs no disk write (a crash only loses LRU recency).
+Pinned keys (``set_pins``: the pages and forms a service lists) are never
+evicted; they still count towards the size, and they are replaced by newer
+copies and deleted on invalidation like any other entry.
 All methods are thread-safe (one lock around the SQLite connection).
 """
 
@@ -65,6 +68,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries(key);
 CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
+CREATE TABLE IF NOT EXISTS pins (key TEXT PRIMARY KEY);
 """
 
 
@@ -406,7 +410,8 @@ class CacheStore:
         victims: list[tuple[int, int, str]] = []
         excess = self._total - self.max_bytes
         for entry_id, size, body in self._db.execute(
-                "SELECT id, size, body FROM entries ORDER BY last_used, id"):
+                "SELECT id, size, body FROM entries WHERE key NOT IN (SELECT key FROM pins) "
+                "ORDER BY last_used, id"):
             if excess <= 0:
                 break
             victims.append((entry_id, size, body))
@@ -417,6 +422,18 @@ class CacheStore:
             self._forget(v[0])
         self._unlink_bodies([v[2] for v in victims])
         self._total -= sum(v[1] for v in victims)
+
+    def set_pins(self, keys: set[str]) -> None:
+        """Keep exactly ``keys`` from eviction from now on (durable).  Blocking (fsync)."""
+        with self._lock:
+            with self._tx():
+                self._db.execute("DELETE FROM pins")
+                self._db.executemany("INSERT INTO pins (key) VALUES (?)", [(k,) for k in sorted(keys)])
+            self._evict()
+
+    def pins(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT key FROM pins")}
 
     def update_meta(self, entry_id: int, meta: StoredMeta) -> None:
         """Replace the stored metadata (after a 304), atomically.  Blocking (fsync)."""

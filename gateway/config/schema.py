@@ -431,6 +431,9 @@ class GovService(_Section):
     offline_for: Duration = Field(7 * 86400, examples=["7d"])
     prefetch: list[UrlPath] = Field(default_factory=list, examples=[["/", "/informasi"]])
     queue_posts: bool = Field(False, examples=[True])
+    # offline: form pages to prefetch and keep besides those found by following the
+    # prefetch pages' links (docs/local-services.md, "Prefetch").
+    forms: list[UrlPath] = Field(default_factory=list, examples=[["/formulir"]])
 
 
 class LocalServices(_Section):
@@ -440,6 +443,12 @@ class LocalServices(_Section):
     prefetch_at: TimeOfDay = Field("02:30", examples=["02:30"])
     prefetch_rate: Rate = Field(1_000_000, examples=["1mbit"])
     request_timeout: Duration = Field(15, examples=["15s"])
+    # offline: limits of the queue of forms kept while a service is unreachable.
+    max_form_size: Size = Field(1024**2, examples=["1mb"])
+    queue_max_forms: int = Field(1000, ge=1, le=1_000_000, examples=[1000])
+    queue_max_size: Size = Field(64 * 1024**2, examples=["64mb"])
+    queue_per_client_hour: int = Field(30, ge=1, le=100_000, examples=[30])
+    queue_min_free_disk: Size = Field(100 * 1024**2, examples=["100mb"])
     services: list[GovService] = Field(default_factory=list)
 
     @model_validator(mode="after")

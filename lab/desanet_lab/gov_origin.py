@@ -1,10 +1,11 @@
 """A government-service origin for cache and store-and-forward tests.
 
 Served in the lab's WAN namespace as ``dukcapil.lab``. Every endpoint
-counts the requests it answers, so tests can tell a cache hit (the origin saw
-nothing) from a miss; ``/_lab/stats`` returns the counters as JSON.
+counts the requests it answers, per path and per method and path ("GET /"), so
+tests can tell a cache hit (the origin saw nothing) from a miss; ``/_lab/stats``
+returns the counters as JSON.
 
-- ``/``            HTML, max-age=30, ETag and Last-Modified
+- ``/``            HTML, max-age=30, ETag and Last-Modified; links to ``formulir``
 - ``/etag``        no-cache + ETag: every use must revalidate (304 when it matches)
 - ``/vary``        Vary: Accept-Language, body in "id" or "en"
 - ``/nostore``     Cache-Control: no-store
@@ -12,7 +13,10 @@ nothing) from a miss; ``/_lab/stats`` returns the counters as JSON.
 - ``/swr``         max-age=1, stale-while-revalidate=30
 - ``/big``         ``?mb=N`` deterministic bytes, max-age=3600, streamed
 - ``/form``        POST with an Idempotency-Key; a repeated key gets the first answer
-- ``/_lab/submissions``  what ``/form`` received, per key
+- ``/formulir``    GET: an HTML page with a POST form (max-age=60, ETag), linked from
+                   ``/`` so the gateway's prefetch finds it; POST: as ``/form``
+- ``/_lab/submissions``  what ``/form`` and ``/formulir`` received, per key (with the
+                   body's length and sha256; the body itself when it is short)
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ _STARTED = formatdate(usegmt=True)
 _CHUNK = bytes(range(256)) * 256  # 64 KiB
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, extra: str = "") -> str:
     return (f'<!doctype html><html lang="id"><head><meta charset="utf-8"><title>{title}</title>'
-            f"</head><body><h1>{title}</h1><p>{body}</p></body></html>\n")
+            f"</head><body><h1>{title}</h1><p>{body}</p>{extra}</body></html>\n")
+
+
+_FORM_PAGE = _page("Formulir permohonan (lab)", "Isi lalu kirim.",
+                   '<form method="post" action="formulir"><label>Nama <input name="nama">'
+                   '</label><label>Keterangan <textarea name="keterangan"></textarea></label>'
+                   '<button type="submit">Kirim</button></form>')
 
 
 def _etag(text: str) -> str:
@@ -51,8 +61,10 @@ def _html(text: str, headers: dict[str, str], request: web.Request) -> web.Respo
 async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
     _COUNTS[path] += 1
+    _COUNTS[f"{request.method} {path}"] += 1  # e.g. "GET /": tells a refetch from a probe
     if path == "/":
-        text = _page("Dukcapil (lab)", "Layanan data kependudukan desa.")
+        text = _page("Dukcapil (lab)", "Layanan data kependudukan desa.",
+                     '<p><a href="formulir">Formulir permohonan</a></p>')
         return _html(text, {"Cache-Control": "max-age=30", "ETag": _etag(text),
                             "Last-Modified": _STARTED}, request)
     if path == "/etag":
@@ -76,6 +88,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if path == "/big":
         return await _big(request)
     if path == "/form":
+        return await _form(request)
+    if path == "/formulir" and request.method in ("GET", "HEAD"):
+        return _html(_FORM_PAGE, {"Cache-Control": "max-age=60", "ETag": _etag(_FORM_PAGE)}, request)
+    if path == "/formulir":
         return await _form(request)
     if path == "/_lab/submissions":
         return web.json_response(_SUBMISSIONS)
@@ -107,7 +123,8 @@ async def _form(request: web.Request) -> web.StreamResponse:
         return web.Response(text=_page("Formulir", "Kirim dengan POST."),
                             content_type="text/html", headers={"Cache-Control": "no-store"})
     key = request.headers.get("Idempotency-Key")
-    body = (await request.read()).decode(errors="replace")
+    raw = await request.content.read()  # whole body, past aiohttp's 1 MiB read() limit
+    body = raw.decode(errors="replace") if len(raw) <= 4096 else ""
     if key and key in _SUBMISSIONS:
         seen = _SUBMISSIONS[key]
         seen["repeats"] = int(str(seen["repeats"])) + 1
@@ -117,6 +134,7 @@ async def _form(request: web.Request) -> web.StreamResponse:
     _SUBMISSIONS[key or f"no-key-{number}"] = {
         "number": number, "body": body, "repeats": 0,
         "reference": request.headers.get("X-Desanet-Reference"),
+        "length": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
     }
     if delay:
         # The submission is recorded, but the answer comes too late: a caller

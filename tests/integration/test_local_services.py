@@ -17,6 +17,7 @@ unique query string) and compares origin counters as deltas.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psutil
 import pytest
@@ -60,14 +62,21 @@ SVC = f"{SITE}/dukcapil"
 ORIGIN = f"http://{p.DUKCAPIL_HOST}"
 WAN_GW = "100.64.0.1"  # the ISP side of the gateway's WAN link (its default route)
 BIG_MB = 50
+CLIENT_HOUR = 6
 REF_RE = re.compile(r"DN-[0-9A-Z]{4}-[0-9A-Z]{4}")
+BANNER = 'id="desanet-offline"'
+BANNER_RE = re.compile(rb'<div id="desanet-offline".*?</div>', re.S)
+TOKEN_RE = re.compile(r'name="_desanet_token" value="([^"]+)"')
+MONTHS_ID = ("Jan", "Feb", "Mar", "Apr", "Mei", "Jun", "Jul", "Agu", "Sep", "Okt", "Nov", "Des")
 
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    # A 50 MB object must fit the store's per-object limit (1/8 of the size).
+    # A 50 MB object must fit the store's per-object limit (1/8 of the size); c1 may queue
+    # CLIENT_HOUR forms an hour (the module queues fewer before the test of that limit).
     return make_lab(LabSpec(prefix=PREFIX, clients=1,
-                            extra={"local_services": {"cache_size": "1gb"}}))
+                            extra={"local_services": {"cache_size": "1gb",
+                                                      "queue_per_client_hour": CLIENT_HOUR}}))
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -136,6 +145,36 @@ def wan_down(lab: LabInfo) -> Iterator[None]:
 
 def refs_in(text: str) -> list[str]:
     return REF_RE.findall(text)
+
+
+def without_banner(raw: bytes) -> bytes:
+    return BANNER_RE.sub(b"", raw, count=1)
+
+
+def banner_time(text: str) -> float:
+    """The date of the copy the banner shows, read as Asia/Jakarta (the lab's site.timezone)."""
+    match = re.search(r"Salinan offline</strong> dari (\d+) (\w+) (\d{4}) (\d\d):(\d\d) WIB", text)
+    assert match, f"no banner with a WIB date in {text[:600]}"
+    day, month, year, hour, minute = match.groups()
+    when = dt.datetime(int(year), MONTHS_ID.index(month) + 1, int(day), int(hour), int(minute),
+                       tzinfo=ZoneInfo("Asia/Jakarta"))
+    return when.timestamp()
+
+
+def receipt_ref(lab: LabInfo, answer: Http) -> str:
+    """Follow a form's 303 to its receipt page and read the reference number there."""
+    assert answer.status == 303, answer
+    assert answer.location.startswith("/kiriman?ref="), answer.headers
+    receipt = fetch(c1(lab), f"{SITE}{answer.location}")
+    assert receipt.status == 200 and "Formulir Anda tersimpan" in receipt.text, receipt.text
+    refs = refs_in(receipt.text)
+    assert refs, f"no reference number on the receipt page: {receipt.text}"
+    return refs[0]
+
+
+def waiting_forms(lab: LabInfo) -> int:
+    outbox = services_json(lab)["outbox"]
+    return int(outbox.get("queued", 0)) + int(outbox.get("unknown", 0)) + int(outbox.get("sending", 0))
 
 
 def kiriman(lab: LabInfo, ref: str) -> Http:
@@ -379,7 +418,7 @@ def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
     assert cached.status == 200
     etag_copy = fetch(ns, f"{SVC}/etag")
     assert etag_copy.status == 200
-    root_count = origin_count(lab, "/")
+    root_count = origin_count(lab, "GET /")
     etag_count = origin_count(lab, "/etag")
     with wan_down(lab):
         # Never fetched: a clear page in Bahasa, not a hang or a bare error.
@@ -394,11 +433,14 @@ def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
         en = fetch(ns, f"{SITE}/?lang=en")
         assert "Offline copy from" in en.text
 
+        # The stored copy, marked as one (the 504 above told the gateway the link is down).
         page = fetch(ns, f"{SVC}/")
-        assert page.status == 200 and page.raw == cached.raw, page
+        assert page.status == 200 and BANNER in page.text, page
+        assert without_banner(page.raw) == cached.raw
         # A forced revalidation fails: the good copy stands in (offline_for = 1d) ...
         forced = fetch(ns, f"{SVC}/", headers=("Cache-Control: max-age=0",))
-        assert forced.status == 200 and forced.raw == cached.raw, forced
+        assert forced.status == 200 and without_banner(forced.raw) == cached.raw, forced
+        assert BANNER in forced.text
         assert "stale-if-error" in forced.cache_status, forced.headers
         # ... other cached pages still open ...
         vary = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: en",))
@@ -409,11 +451,16 @@ def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
         svc = services_json(lab)["services"]["dukcapil"]
         assert svc["state"] == "offline" and svc["consecutive_errors"] >= 1, svc
 
-    # Link back: the failed revalidations evicted nothing.
-    after = fetch(ns, f"{SVC}/")
-    assert after.status == 200 and after.raw == cached.raw
+    # Link back: the failed revalidations evicted nothing, and the banner goes once the
+    # gateway has seen the upstream answer again.
+    def live() -> Http | None:
+        r = fetch(ns, f"{SVC}/")
+        return r if BANNER not in r.text else None
+
+    after = wait_until(live, 40, "the page to be served without the offline banner")
+    assert after is not None and after.status == 200 and after.raw == cached.raw
     assert after.cache_status == "desanet; hit", after.headers
-    assert origin_count(lab, "/") == root_count, "the stored copy of / was refetched"
+    assert origin_count(lab, "GET /") == root_count, "the stored copy of / was refetched"
     nc_back = fetch(ns, f"{SVC}/etag")
     assert nc_back.status == 200 and nc_back.raw == etag_copy.raw
     assert "fwd-status=304" in nc_back.cache_status, nc_back.headers
@@ -424,13 +471,10 @@ def test_offline_catalog_cached_pages_and_504(lab: LabInfo) -> None:
 
 
 def _post_offline(lab: LabInfo, name: str) -> str:
-    r = fetch(c1(lab), f"{SVC}/form", method="POST", data=f"nama={name}")
-    assert r.status == 202, r
-    refs = refs_in(r.text)
-    assert refs, f"no reference number on the receipt page: {r.text}"
-    status = kiriman(lab, refs[0])
+    ref = receipt_ref(lab, fetch(c1(lab), f"{SVC}/form", method="POST", data=f"nama={name}"))
+    status = kiriman(lab, ref)
     assert status.status == 200 and "Menunggu jaringan" in status.text, status.text
-    return refs[0]
+    return ref
 
 
 def _delivered_once(lab: LabInfo, ref: str, name: str, timeout: float = 45.0) -> None:
@@ -468,7 +512,7 @@ def test_kill9_keeps_queue_and_cache(lab: LabInfo) -> None:
         assert new_pid != pid
         # Still offline, straight after the restart: the disk cache survived kill -9.
         again = fetch(ns, f"{SVC}/vary", headers=("Accept-Language: id",))
-        assert again.status == 200 and again.raw == page.raw, again
+        assert again.status == 200 and without_banner(again.raw) == without_banner(page.raw), again
         assert "hit" in again.cache_status, again.headers
         status = kiriman(lab, ref)
         assert status.status == 200 and "Sudah terkirim" not in status.text, status.text
@@ -500,3 +544,101 @@ def test_metrics_through_the_cli(lab: LabInfo) -> None:
     assert outbox.get("delivered", 0) >= 1 and outbox.get("queued", 0) == 0, outbox
     text = desanet(lab.control_socket, "services")
     assert text.returncode == 0 and "hit ratio" in text.stdout and "dukcapil" in text.stdout
+
+
+# -- 8. offline as a villager sees it: banner, prefetched form, one token, whole bodies -----------
+
+
+def test_offline_banner_prefetched_form_and_one_time_token(lab: LabInfo) -> None:
+    ns = c1(lab)
+    # The prefetch followed the start page's link to the form page; no villager asked for it.
+    def form_found() -> dict[str, Any] | None:
+        prefetch: dict[str, Any] = services_json(lab)["prefetch"]
+        return prefetch if f"{ORIGIN}/formulir" in prefetch.get("forms", {}).get("dukcapil", []) \
+            else None
+
+    wait_until(form_found, 90, "the prefetch to find and keep the form page")
+    form_gets = origin_count(lab, "GET /formulir")
+    assert form_gets >= 1
+    online = fetch(ns, f"{SVC}/")
+    assert online.status == 200 and BANNER not in online.text, online  # positive control
+    with wan_down(lab):
+        assert fetch(ns, f"{SVC}/never-fetched-{time.time_ns()}").status == 504
+        page = fetch(ns, f"{SVC}/")
+        assert page.status == 200 and BANNER in page.text and "Dukcapil (lab)" in page.text, page
+        assert page.headers.get("cache-control") == "no-store"
+        assert int(page.headers["content-length"]) == len(page.raw)
+        # The date is the copy's, in the village's zone (a UTC date would be 7 hours off).
+        assert abs(banner_time(page.text) - time.time()) < 3600
+
+        form = fetch(ns, f"{SVC}/formulir")
+        assert form.status == 200 and BANNER in form.text, form
+        assert '<form method="post" action="formulir">' in form.text
+        assert "hit" in form.cache_status, form.headers
+        match = TOKEN_RE.search(form.text)
+        assert match, form.text
+        waiting = waiting_forms(lab)
+        name = f"Tok{time.time_ns()}"
+        answers = [fetch(ns, f"{SVC}/formulir", method="POST",
+                         data=f"nama={name}&_desanet_token={match.group(1)}") for _ in range(2)]
+        assert [a.status for a in answers] == [303, 303], answers
+        assert answers[0].location == answers[1].location, "a double tap got two receipts"
+        ref = receipt_ref(lab, answers[0])
+        assert receipt_ref(lab, answers[0]) == ref  # refreshing the receipt is a GET
+        assert waiting_forms(lab) == waiting + 1, "the same token was queued twice"
+        assert origin_count(lab, "GET /formulir") == form_gets
+    _delivered_once(lab, ref, name)  # the body arrives without the token field
+    assert [s for s in origin_submissions(lab).values() if s.get("body") == f"nama={name}"] \
+        == submissions_with_ref(lab, ref)
+
+
+def _post_file(lab: LabInfo, path: Path, timeout: float = 30.0) -> Http:
+    """POST a file's bytes as they are (curl's --data-binary), without Expect: 100-continue."""
+    return http(c1(lab), f"{SVC}/formulir", method="POST", timeout=timeout,
+                headers=("Content-Type: application/octet-stream", "Expect:"),
+                extra=("--data-binary", f"@{path}"))
+
+
+def test_1mb_form_is_stored_whole_or_refused_never_cut(lab: LabInfo, tmp_path: Path) -> None:
+    body = hashlib.sha256(str(time.time_ns()).encode()).digest() * (1024 * 1024 // 32)
+    assert len(body) == 1024 * 1024  # the default max_form_size, exactly
+    whole, over = tmp_path / "whole.bin", tmp_path / "over.bin"
+    whole.write_bytes(body)
+    over.write_bytes(body + b"!")
+    before = len(origin_submissions(lab))
+    with wan_down(lab):
+        waiting = waiting_forms(lab)
+        refused = _post_file(lab, over)
+        assert refused.status == 413, refused
+        assert "Formulir terlalu besar" in refused.text and "<html" in refused.text.lower()
+        assert waiting_forms(lab) == waiting, "a refused form was stored"
+        ref = receipt_ref(lab, _post_file(lab, whole))
+        assert waiting_forms(lab) == waiting + 1
+    subs = wait_until(lambda: submissions_with_ref(lab, ref), 45,
+                      f"the origin to receive {ref}", interval=0.5)
+    assert subs[0]["length"] == len(body), f"{ref} arrived with {subs[0]['length']} bytes"
+    assert subs[0]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert len(origin_submissions(lab)) == before + 1, "the refused form reached the origin"
+
+
+def test_per_client_limit_refuses_cleanly(lab: LabInfo) -> None:
+    before = len(origin_submissions(lab))
+    stored: list[str] = []
+    with wan_down(lab):
+        for i in range(CLIENT_HOUR + 1):
+            waiting = waiting_forms(lab)
+            answer = fetch(c1(lab), f"{SVC}/form", method="POST", data=f"nama=Batas{i}")
+            if answer.status == 303:  # positive control: under the limit, stored
+                stored.append(receipt_ref(lab, answer))
+                assert waiting_forms(lab) == waiting + 1
+                continue
+            assert answer.status == 429, answer
+            assert "Formulir belum bisa disimpan" in answer.text and REF_RE.search(answer.text) is None
+            assert waiting_forms(lab) == waiting, "a refused form was stored"
+            break
+        else:
+            pytest.fail(f"{CLIENT_HOUR + 1} forms in a row were queued; the limit is {CLIENT_HOUR}")
+    assert stored, "the first form of the test was refused already"
+    wait_until(lambda: all(submissions_with_ref(lab, ref) for ref in stored), 45,
+               "the stored forms to be delivered", interval=0.5)
+    assert len(origin_submissions(lab)) == before + len(stored), "a refused form reached the origin"

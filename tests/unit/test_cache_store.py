@@ -294,3 +294,19 @@ def test_sigkill_at_random_points_leaves_store_consistent(tmp_path: Path, delay:
     committed = 1 + len([line for line in lines if line.startswith("committed")])
     # every commit the child reported is durable and complete; at most one more may exist
     assert _assert_consistent(tmp_path) in (committed, committed + 1)
+
+
+def test_pinned_keys_are_never_evicted(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 800) as store:  # max object 100 bytes
+        put(store, "form", b"f" * 100)  # the oldest: evicted first unless pinned
+        store.set_pins({"form"})
+        for i in range(9):
+            put(store, f"k{i}", bytes([i]) * 100)
+        assert store.lookup("form"), "a pinned page was evicted"
+        assert not store.lookup("k0")  # positive control: eviction did happen
+        assert store.stats()["bytes"] <= 800
+    with CacheStore(tmp_path, 800) as store:  # the pins are durable
+        assert store.pins() == {"form"}
+        store.set_pins(set())  # no longer listed: evictable again
+        put(store, "k9", b"9" * 100)
+        assert not store.lookup("form")

@@ -278,3 +278,108 @@ def test_enqueue_survives_sigkill(tmp_path: Path) -> None:
     sub = box.get(ref)
     box.close()
     assert sub is not None and sub.body == b"nik=123" and sub.state == "queued"
+
+
+# -- queue limits (each refuses cleanly and stores nothing) ----------------------------------
+
+from gateway.cache.outbox import QueueFull, QueueLimits  # noqa: E402
+
+
+def _rows(box: Outbox) -> int:
+    return sum(box.counts().values())
+
+
+@pytest.mark.parametrize("limits, reason", [
+    (QueueLimits(max_forms=2), "queue_forms"),
+    (QueueLimits(max_bytes=2 * 7 + 6), "queue_bytes"),
+    (QueueLimits(per_client_hour=2), "client_hour"),
+])
+def test_each_limit_refuses_and_stores_nothing(outbox: Outbox, limits: QueueLimits, reason: str) -> None:
+    for i in range(2):  # positive control: up to the limit, stored
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"nik=12" + str(i).encode(), T0 + i,
+                       client="10.42.0.101", limits=limits)
+    with pytest.raises(QueueFull) as caught:
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"nik=129", T0 + 5, client="10.42.0.101",
+                       limits=limits)
+    assert caught.value.reason == reason
+    assert _rows(outbox) == 2
+
+
+def test_client_limit_is_per_client_and_per_hour(outbox: Outbox) -> None:
+    limits = QueueLimits(per_client_hour=1)
+    outbox.enqueue("dukcapil", "POST", "/f", FORM, b"a", T0, client="10.42.0.101", limits=limits)
+    outbox.enqueue("dukcapil", "POST", "/f", FORM, b"b", T0, client="10.42.0.102", limits=limits)
+    with pytest.raises(QueueFull):
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"c", T0 + 3599, client="10.42.0.101",
+                       limits=limits)
+    outbox.enqueue("dukcapil", "POST", "/f", FORM, b"d", T0 + 3601, client="10.42.0.101",
+                   limits=limits)
+    assert _rows(outbox) == 3
+
+
+def test_delivered_forms_leave_room(outbox: Outbox) -> None:
+    limits = QueueLimits(max_forms=1)
+    ref = outbox.enqueue("dukcapil", "POST", "/f", FORM, b"a", T0, limits=limits).ref
+    with pytest.raises(QueueFull):
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"b", T0, limits=limits)
+    outbox.mark_sending(ref, T0)
+    outbox.mark_result(ref, "delivered", 201, None, T0)
+    outbox.enqueue("dukcapil", "POST", "/f", FORM, b"b", T0, limits=limits)
+
+
+def test_disk_floor(outbox: Outbox) -> None:
+    limits = QueueLimits(min_free_disk=1000)
+    outbox.free_disk = lambda path: 1000 + 10
+    outbox.enqueue("dukcapil", "POST", "/f", FORM, b"0123456789", T0, limits=limits)  # exactly fits
+    with pytest.raises(QueueFull) as caught:
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"01234567890", T0, limits=limits)
+    assert caught.value.reason == "disk_space"
+
+    def broken(path: str) -> int:
+        raise OSError(5, "I/O error")
+
+    outbox.free_disk = broken
+    with pytest.raises(QueueFull, match="I/O error"):
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"x", T0, limits=limits)
+    assert _rows(outbox) == 1
+
+
+def test_a_known_key_returns_its_receipt_even_when_full(outbox: Outbox) -> None:
+    limits = QueueLimits(max_forms=1)
+    first = outbox.enqueue("dukcapil", "POST", "/f", FORM, b"a", T0, "desanet-form-k1", limits=limits)
+    again = outbox.enqueue("dukcapil", "POST", "/f", FORM, b"a", T0 + 1, "desanet-form-k1",
+                           limits=limits)
+    assert again.ref == first.ref and _rows(outbox) == 1
+    found = outbox.find_key("desanet-form-k1")
+    assert found is not None and found.ref == first.ref
+    assert outbox.find_key("desanet-form-other") is None
+
+
+def test_body_limit_is_configurable(outbox: Outbox) -> None:
+    with pytest.raises(SubmissionTooLarge):
+        outbox.enqueue("dukcapil", "POST", "/f", FORM, b"x" * 11, T0, limits=QueueLimits(max_body=10))
+    outbox.enqueue("dukcapil", "POST", "/f", FORM, b"x" * 10, T0, limits=QueueLimits(max_body=10))
+    assert _rows(outbox) == 1
+
+
+def test_version_1_file_gets_the_client_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway.cache.outbox import _SCHEMA
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA)
+    db.execute("INSERT INTO submissions (ref, idempotency_key, service, method, path_qs, headers, "
+               "body, created, state, next_attempt) VALUES ('DN-2222-3333', 'k', 's', 'POST', '/f', "
+               "'[]', x'61', 1.0, 'queued', 1.0)")
+    db.commit()
+    db.close()
+    box = Outbox(path)
+    try:
+        old = box.get("DN-2222-3333")
+        assert old is not None and old.client is None and old.body == b"a"
+        new = box.enqueue("s", "POST", "/f", [], b"b", T0, client="10.42.0.9")
+        assert box.get(new.ref) == new and new.client == "10.42.0.9"
+    finally:
+        box.close()
