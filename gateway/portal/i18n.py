@@ -95,7 +95,6 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Anda sudah keluar. Perangkat ini tidak lagi tersambung ke internet hotspot. "
             "Untuk tersambung lagi, masuk kembali di halaman ini."
         ),
-        "title_ref_not_found": "Nomor referensi tidak ditemukan",
         "local_services_link": "Layanan pemerintah desa",
         "local_services_hint": "Bisa dibuka tanpa masuk, juga saat internet desa terputus.",
         # sheet
@@ -175,7 +174,6 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "You have logged out. This device is no longer connected to the hotspot's "
             "internet. To connect again, log in on this page."
         ),
-        "title_ref_not_found": "Reference number not found",
         "local_services_link": "Village government services",
         "local_services_hint": "Open without logging in, also while the village internet is down.",
         # sheet

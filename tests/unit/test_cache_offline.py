@@ -161,6 +161,20 @@ async def test_same_token_queues_once_and_lands_on_one_receipt(site: Site) -> No
     assert other != token
 
 
+@pytest.mark.parametrize("ref", ["DN-ZZZZ-ZZZZ", "not-a-reference", "%3Cscript%3E"])
+async def test_a_wrong_reference_number_is_a_page_not_found(site: Site, ref: str) -> None:
+    token = token_of(await (await site.client.get("/dukcapil/formulir")).text())
+    site.origin.down = True
+    posted = await site.client.post("/dukcapil/formulir", data={"nama": "Budi", TOKEN_FIELD: token},
+                                    allow_redirects=False)
+    known = await site.client.get(posted.headers["Location"])  # positive control: a real receipt
+    assert known.status == 200 and "Formulir Anda tersimpan" in await known.text()
+    wrong = await site.client.get(f"/kiriman?ref={ref}")
+    body = await wrong.text()
+    assert wrong.status == 404
+    assert "<title>Halaman tidak ditemukan" in body and "<script>" not in body
+
+
 async def test_a_1mb_form_is_stored_whole(site: Site) -> None:
     site.origin.down = True
     body = bytes(range(256)) * 4096  # 1 MiB, the default limit

@@ -613,16 +613,6 @@ def test_no_voucher_seller_anywhere_in_the_catalog() -> None:
             assert "penjual" not in text.lower() and "seller" not in text.lower(), (lang, key)
 
 
-@pytest.mark.parametrize(("lang", "title"), [("id", "Nomor referensi tidak ditemukan"),
-                                             ("en", "Reference number not found")])
-def test_reference_number_title_is_not_page_not_found(lang: str, title: str) -> None:
-    """The title the receipt lookup (layanan.desa/kiriman) uses for an unknown reference."""
-    from gateway.portal.i18n import translate
-
-    assert translate(lang, "title_ref_not_found") == title
-    assert translate(lang, "title_ref_not_found") != translate(lang, "title_not_found")
-
-
 @pytest.mark.parametrize(("lang", "title", "text"), [
     ("id", "Anda sudah keluar", "Anda sudah keluar. Perangkat ini tidak lagi tersambung"),
     ("en", "You have logged out", "You have logged out. This device is no longer connected"),
