@@ -19,15 +19,20 @@ gateway offline or a client logged in.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
+import re
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from desanet_lab import LabInfo, LabSpec
+from desanet_lab import LabInfo, LabSpec, run_in
 from desanet_lab import plan as p
 
 pytest.importorskip("selenium", reason="needs selenium (a dev extra: pip install -e '.[dev]')")
@@ -45,7 +50,9 @@ from tests.integration.conftest import (
     LAB_TOOLS,
     PORTAL,
     LabFactory,
+    desanet_argv,
     desanet_json,
+    http,
     require_root,
     require_tools,
     unique_prefix,
@@ -221,3 +228,203 @@ def test_online_journey_terms_continue_voucher_logout(online_lab: LabInfo, tmp_p
         b.wait_url(on_portal, "the portal after the voucher logout")
         soft.check()
     print(f"online journey: {time.monotonic() - started:.1f} s in the browser")
+
+
+# -- offline ----------------------------------------------------------------------------------
+#
+# What this journey expects from the other parts of issue #8 (reconcile at merge):
+# - uplink: `desanet lab uplink down|up --prefix P` (falls back to taking the gateway's
+#   wan0 down, as test_local_services.py does, when desanet_lab.uplink is absent);
+#   `desanet status --json` has {"uplink": {"state": "up"|"down", ...}}; an http page
+#   opened by a logged-in villager while it is down shows "Internet desa sedang terputus"
+#   with a link to the services host (an <a href="http://layanan.desa/...">); the portal's
+#   page says "internet desa sedang terputus" too (any case).
+# - offline services: the origin's start page links "Formulir permohonan" to its form
+#   page ``formulir`` (a POST form with fields nama and keterangan and a "Kirim" button);
+#   the prefetch finds it (its URL appears in `desanet services --json` "prefetch");
+#   offline copies carry the banner <div id="desanet-offline"> "Salinan offline dari ...";
+#   a form posts to a 303 -> /kiriman?ref=DN-XXXX-XXXX receipt "Formulir Anda tersimpan";
+#   the same form sent twice (same one-time token) is one submission and one receipt;
+#   the status page says "Sudah terkirim ke layanan." once delivered.
+# - catalog badge while the service is unreachable: "Salinan offline dari ...".
+
+OFFLINE_PAGE = "Internet desa sedang terputus"
+BANNER_CSS = "#desanet-offline"
+BANNER_TEXT = "Salinan offline dari"
+CATALOG_ONLINE = "Terhubung"
+SERVICE_TITLE = "Data Kependudukan (lab)"
+FORM_LINK = "Formulir permohonan"
+FORM_BUTTON = "Kirim"
+RECEIPT = "Formulir Anda tersimpan"
+DELIVERED = "Sudah terkirim ke layanan."
+REF_RE = re.compile(r"DN-[0-9A-Z]{4}-[0-9A-Z]{4}")
+ORIGIN = f"http://{p.DUKCAPIL_HOST}"
+WAN_GW = "100.64.0.1"
+
+
+def origin_json(lab: LabInfo, path: str) -> dict[str, Any]:
+    proc = run_in(lab.wan, ["curl", "-sS", "--max-time", "5", f"{ORIGIN}{path}"])
+    assert proc.returncode == 0, f"origin {path}: {proc.stderr.strip()}"
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def uplink_state(lab: LabInfo) -> str:
+    return str(desanet_json(lab.control_socket, "status").get("uplink", {}).get("state"))
+
+
+def has_lab_uplink_command() -> bool:
+    return importlib.util.find_spec("desanet_lab.uplink") is not None
+
+
+@contextlib.contextmanager
+def uplink_cut(lab: LabInfo) -> Iterator[None]:
+    """The village uplink is cut inside the block and restored after it, whatever happens."""
+    if has_lab_uplink_command():
+        desanet_ok_lab(lab, "down")
+    else:
+        print("no `desanet lab uplink`: taking the gateway's wan0 down instead")
+        run_in(lab.gw, ["ip", "link", "set", p.WAN_INTERFACE, "down"], check=True)
+    try:
+        yield
+    finally:
+        if has_lab_uplink_command():
+            desanet_ok_lab(lab, "up")
+        else:
+            run_in(lab.gw, ["ip", "link", "set", p.WAN_INTERFACE, "up"], check=True)
+            if "default" not in run_in(lab.gw, ["ip", "-4", "route", "show", "default"]).stdout:
+                run_in(lab.gw, ["ip", "route", "replace", "default", "via", WAN_GW], check=True)
+
+
+def desanet_ok_lab(lab: LabInfo, state: str) -> None:
+    proc = subprocess.run([*desanet_argv(), "lab", "uplink", state, "--prefix", lab.prefix],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, f"desanet lab uplink {state}: {proc.stderr.strip()}"
+
+
+def reload_until(b: Browser, url: str, texts: tuple[str, ...], what: str,
+                 timeout: float = 30.0) -> str:
+    """Open ``url`` again and again (a villager tapping reload) until it shows ``texts``."""
+    def shown(_: Any) -> str | bool:
+        b.open(url)
+        text = b.text()
+        return text if all(t in text for t in texts) else False
+
+    return str(b.wait(shown, f"{url} to show {texts!r} ({what})", timeout))
+
+
+def banner(b: Browser) -> str:
+    """The offline banner's text, "" when the page has none."""
+    found = b.driver.find_elements("css selector", BANNER_CSS)
+    return str(found[0].text) if found else ""
+
+
+@pytest.fixture
+def offline_lab(make_lab_for_test: LabFactory) -> LabInfo:
+    return make_lab_for_test(LabSpec(prefix=PREFIX_OFFLINE, clients=1))
+
+
+def test_offline_journey_terputus_catalog_banner_form_once(offline_lab: LabInfo,
+                                                           tmp_path: Path) -> None:
+    lab = offline_lab
+    name = f"Warga {PREFIX_OFFLINE} {time.time_ns() % 10**6}"
+    site = f"http://{desanet_json(lab.control_socket, 'services')['hostname']}"
+    started = time.monotonic()
+    # The form page must be prefetched: the villager never opens it while online.
+    wait_until(lambda: f"{ORIGIN}/formulir" in json.dumps(
+        desanet_json(lab.control_socket, "services").get("prefetch", {})),
+        60, "the prefetch to find and keep the service's form page", interval=0.5)
+    with open_browser(lab.client(1).name, artifacts_dir(tmp_path, "offline")) as b:
+        # Online: log in on the portal, then the catalog and a service page, live.
+        b.open(f"{PORTAL}/")
+        b.tap_button(ACCEPT)
+        b.wait_text(CONNECTED)
+        b.step("online-connected")
+        b.open(f"{site}/")
+        b.wait_text(SERVICE_TITLE, CATALOG_ONLINE)
+        b.step("online-catalog")
+        # Positive control, by curl: the live service page has no banner. (Not in the browser:
+        # it would keep that copy for the origin's max-age and show it offline without asking.)
+        live = http(lab.client(1).name, f"{site}/dukcapil/")
+        assert live.status == 200 and "Dukcapil (lab)" in live.text, live
+        assert BANNER_CSS[1:] not in live.text, "a live page carries the offline banner"
+
+        with uplink_cut(lab):
+            wait_until(lambda: uplink_state(lab) == "down", 30, "the gateway to see the uplink down",
+                       interval=0.5)
+            # Any http site: the gateway's own page says the village internet is down ...
+            b.open(f"{INTERNET}/")
+            b.wait_text(OFFLINE_PAGE)
+            assert not on_portal(b.url), f"sent to the portal instead: {b.url}"
+            b.step("offline-terputus")
+            # ... and so does the portal's own page ...
+            b.open(f"{PORTAL}/")
+            b.wait(lambda _: OFFLINE_PAGE.lower() in b.text().lower(),
+                   "the portal to say the village internet is down")
+            b.step("offline-portal")
+            b.driver.back()
+            b.wait_text(OFFLINE_PAGE)
+            # ... and links to the village services, whose catalog says offline.
+            b.tap(b.element("css selector", f"a[href^='{site}']"))
+            b.wait_url(lambda u: u.startswith(f"{site}/"), "the services catalog")
+            reload_until(b, f"{site}/", (SERVICE_TITLE, BANNER_TEXT), "the catalog's offline badge")
+            assert CATALOG_ONLINE not in b.text(), b.text()
+            b.step("offline-catalog")
+            # The stored service page, marked as an offline copy.
+            b.tap_button(SERVICE_TITLE)
+            b.wait_text("Dukcapil (lab)", FORM_LINK)
+            assert b.url == f"{site}/dukcapil/", b.url
+            assert BANNER_TEXT in banner(b), f"no offline banner on the stored page: {b.text()[:400]}"
+            b.step("offline-service-banner")
+            # The form page (prefetched, never opened online) opens, with the banner.
+            b.tap_button(FORM_LINK)
+            b.wait_text("Formulir permohonan (lab)")
+            assert b.url == f"{site}/dukcapil/formulir", b.url
+            assert BANNER_TEXT in banner(b), f"no offline banner on the form: {b.text()[:400]}"
+            b.type_into("input[name='nama']", name)
+            b.type_into("textarea[name='keterangan']", "uji browser: dikirim dua kali")
+            b.step("offline-form-filled")
+            # Sent twice, as a double tap or a retry on a weak Wi-Fi does: the same filled-in
+            # form (same one-time token) once in the background, then by tapping "Kirim".
+            first = b.js("""
+                const form = document.querySelector("form[method='post']");
+                const body = new URLSearchParams(new FormData(form));
+                return fetch(form.action, {method: "POST", body: body, redirect: "follow"})
+                    .then(r => r.text().then(t => [r.status, r.url, t]));
+            """)
+            assert first[0] == 200 and "/kiriman?ref=" in first[1], first[:2]
+            first_refs = REF_RE.findall(first[2])
+            assert first_refs, f"no reference number after the first send: {first[2][:400]}"
+            b.tap_button(FORM_BUTTON)
+            receipt = b.wait_text(RECEIPT)
+            assert "/kiriman?ref=" in b.url, f"no Post/Redirect/Get to the receipt: {b.url}"
+            refs = set(REF_RE.findall(receipt))
+            assert refs == {first_refs[0]}, f"two sends, two receipts: {first_refs} then {refs}"
+            ref = first_refs[0]
+            b.step("offline-receipt")
+            # A refresh of the receipt sends nothing again.
+            b.driver.refresh()
+            b.wait_text(RECEIPT, ref)
+            outbox = desanet_json(lab.control_socket, "services")["outbox"]
+            waiting = sum(int(outbox.get(k, 0)) for k in ("queued", "unknown", "sending"))
+            assert waiting == 1, f"the form was queued {waiting} times: {outbox}"
+            assert not [s for s in origin_json(lab, "/_lab/submissions").values()
+                        if s.get("reference") == ref], "delivered while the uplink was down"
+
+        # Uplink back: the form is delivered, once.
+        wait_until(lambda: uplink_state(lab) == "up", 30, "the gateway to see the uplink up",
+                   interval=0.5)
+
+        def arrived() -> list[dict[str, Any]]:
+            return [s for s in origin_json(lab, "/_lab/submissions").values()
+                    if s.get("reference") == ref or name.replace(" ", "+") in str(s.get("body"))]
+
+        subs = wait_until(arrived, 60, f"the origin to receive {ref}", interval=0.5)
+        reload_until(b, f"{site}/kiriman?ref={ref}", (ref, DELIVERED), "the status page",
+                     timeout=30)
+        b.step("online-delivered")
+        subs = arrived()
+        assert len(subs) == 1, f"{ref} arrived {len(subs)} times: {subs}"
+        assert subs[0]["repeats"] == 0, f"{ref} was sent to the origin again: {subs[0]}"
+        assert subs[0]["reference"] == ref, subs[0]
+    print(f"offline journey: {time.monotonic() - started:.1f} s")
