@@ -235,6 +235,7 @@ class Browser:
 
     def start(self) -> Browser:
         sweep_leftover_temp()
+        self.artifacts.mkdir(parents=True, exist_ok=True)
         (self.temp / OWNER_FILE).write_text(f"{os.getpid()}\n")
         chromium, driver = chromium_path(), chromedriver_path()
         if chromium is None or driver is None:
