@@ -325,13 +325,15 @@ class Browser:
         shutil.rmtree(self.temp, ignore_errors=True)
 
     def _kill_leftovers(self) -> None:
-        """Kill processes in the namespace that belong to this browser (named by its temp dir)."""
+        """Kill processes in the namespace that belong to this browser: those whose command
+        line or environment (HOME, TMPDIR: the relay, chromedriver, Chromium) name its temp dir."""
         mark = str(self.temp).encode()
         ours = []
         with contextlib.suppress(Exception):
             for pid in nsa.namespace_pids(self.ns):
                 with contextlib.suppress(OSError):
-                    if mark in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    proc = Path(f"/proc/{pid}")
+                    if mark in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes():
                         ours.append(pid)
         if ours:
             nsa.stop_pids(ours, grace=1.0)
