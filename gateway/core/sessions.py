@@ -9,9 +9,21 @@ then to the kernel:
 * login:  store.start_session -> shaping.add -> firewall.authorize. A crash
           in between is healed at start, when converge rebuilds the kernel
           from the store.
-* logout: store.end_session -> firewall.revoke -> shaping.remove. A crash in
-          between leaves a kernel entry the store no longer backs; the sweep
-          removes it, so nobody regains access.
+* logout: store.end_session -> firewall.revoke -> end its connections ->
+          shaping.remove. A crash in between leaves a kernel entry the store no
+          longer backs; the sweep removes it, so nobody regains access.
+
+Connections: the kernel's verdicts are bound to tracked connections, so a
+login also ends the client's connections the portal redirect caught (a
+browser's keep-alive would stay on the portal), and a cut-off ends all of
+them (a download in progress would flow on). Failing to do so is logged, not
+raised: the sets, the truth of who may pass, are already right.
+
+Timing: the kernel enforces expiry and idle itself (set element timeouts);
+the sweep turns them into ended sessions, events and ended connections. It
+runs every few seconds and, through ``set_wakeup``, is asked for again at the
+next expiry or end of an idle window it knows of, so a session ends within
+about a second of its deadline (never more often than ``MIN_SWEEP_GAP``).
 
 :class:`~gateway.core.locks.SessionLocks` (shared with the reconciler's
 converge) lets changes of different clients run at once, orders two changes
@@ -27,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.clock import Clock
 from gateway.config.schema import Config
@@ -40,6 +52,9 @@ from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
 
 log = logging.getLogger("desanet.sessions")
+
+MIN_SWEEP_GAP = 1.0  # seconds between two sweeps asked for by deadlines (bounds the cost)
+DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before it
 
 
 class SessionService:
@@ -66,6 +81,16 @@ class SessionService:
         # of the kernel may still show them, and they are no stale leftovers.
         self._revocations = 0
         self._revoked: dict[tuple[str, str], int] = {}
+        self._wakeup: Callable[[float], None] | None = None
+        self._last_sweep = float("-inf")
+
+    def set_wakeup(self, wakeup: Callable[[float], None]) -> None:
+        """``wakeup(at)`` asks for a sweep at wall-clock time ``at`` (the reconciler's timer)."""
+        self._wakeup = wakeup
+
+    def _wake_at(self, deadline: float) -> None:
+        if self._wakeup is not None:
+            self._wakeup(max(deadline + DEADLINE_SLACK, self._last_sweep + MIN_SWEEP_GAP))
 
     def now(self) -> int:
         return self.clock.now()
@@ -151,6 +176,9 @@ class SessionService:
                 await self._cut_off(session)
                 self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
                 raise
+            # After the sets: a connection tracked again from here is not redirected.
+            await self._end_connections(ip, redirected_only=True)
+        self._wake_at(min(session.expires, session.started + session.idle_timeout))
         log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
         self.bus.publish(SessionStarted(mac, ip, source, session.plan, session.voucher,
                                         session.expires))
@@ -235,6 +263,7 @@ class SessionService:
         """End expired and idle sessions; drop kernel entries the store does not back."""
         ended: list[tuple[Session, EndReason]] = []
         mark = self._revocations
+        self._last_sweep = snapshot = self.clock.time()
         # The kernel's sets are listed before taking the lock: at 5,000 clients that
         # takes a while, and logins must not wait for it. Safe: a session started since
         # cannot be idle yet (see idle_sessions), an entry added since is not in the
@@ -262,10 +291,15 @@ class SessionService:
                 # The address's class and map entry belong to a live session if any.
                 cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
                 await self.firewall.revoke(mac, ip, cls)
+                if ip not in live_ips:
+                    await self._end_connections(ip, redirected_only=False)
                 log.warning("removed kernel authorization with no session: %s %s", mac, ip)
         for s, reason in ended:
             log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
+        deadline = next_deadline(live, active, snapshot)
+        if deadline is not None:
+            self._wake_at(deadline)
 
     async def _cut_off_locked(self, session: Session) -> None:
         async with self.locks.client(session.mac, session.ip):
@@ -287,9 +321,37 @@ class SessionService:
             return
         class_text = None if users else self.shaping.class_text(session)
         await self.firewall.revoke(session.mac, session.ip, class_text)
+        if not users:  # else the address's connections are the other phone's now
+            await self._end_connections(session.ip, redirected_only=False)
         # Counted once the kernel has done it: a sweep snapshot taken before this
         # point may still show the entry, one taken after cannot.
         self._revocations += 1
         self._revoked[(session.mac, session.ip)] = self._revocations
         if class_text is not None:
             await self.shaping.remove(session)
+
+    async def _end_connections(self, ip: str, redirected_only: bool) -> None:
+        """End the address's tracked connections; a refusal is logged, never raised."""
+        try:
+            await self.firewall.end_connections(ip, redirected_only)
+        except DesanetError as exc:
+            log.error("could not end the tracked connections of %s: %s", ip, exc)
+
+
+def next_deadline(
+    sessions: Iterable[Session], active: Mapping[tuple[str, str], int], snapshot: float
+) -> float | None:
+    """The earliest wall-clock time at which one of ``sessions`` expires or may go idle.
+
+    ``active`` maps a client to the whole seconds its idle window had left when
+    the kernel's set was listed at ``snapshot``; the kernel truncates, so the
+    window ends within the second after. A client not in it (logged in since)
+    cannot be idle before its idle timeout has passed since its start.
+    """
+    best: float | None = None
+    for s in sessions:
+        left = active.get((s.mac, s.ip))
+        idle = s.started + s.idle_timeout if left is None else snapshot + left + 1
+        due = min(float(s.expires), max(idle, float(s.started + s.idle_timeout)))
+        best = due if best is None else min(best, due)
+    return best
