@@ -48,7 +48,9 @@ class FirewallPort(Protocol):
         ``ct state established`` on the way back) outlive a change of the sets:
         after this, each flow's next packet meets the current rules. At login
         (``redirected_only``) only the connections the NAT redirected end; at a
-        cut-off all of them. Raises FirewallError.
+        cut-off every flow but TCP (the forward chain resets a TCP connection at
+        the client's next packet; deleting it would leave the client hanging).
+        Raises FirewallError.
         """
 
 

@@ -15,9 +15,10 @@ then to the kernel:
 
 Connections: the kernel's verdicts are bound to tracked connections, so a
 login also ends the client's connections the portal redirect caught (a
-browser's keep-alive would stay on the portal), and a cut-off ends all of
-them (a download in progress would flow on). Failing to do so is logged, not
-raised: the sets, the truth of who may pass, are already right.
+browser's keep-alive would stay on the portal), and a cut-off ends its flows
+(a UDP stream in progress would flow on; see ``FirewallPort.end_connections``).
+Failing to do so is logged, not raised: the sets, the truth of who may pass,
+are already right.
 
 Timing: the kernel enforces expiry and idle itself (set element timeouts);
 the sweep turns them into ended sessions, events and ended connections. It

@@ -8,16 +8,26 @@ an established flow is accepted by ``ct state established``, so a stream
 started before a deauth keeps flowing while its entry lives. Deleting the
 entries makes the next packet of each flow meet the current rules.
 
-Cost: one netlink request. The kernel itself walks its table and deletes
-what matches the filter (the client's IPv4 source address in the original
-direction, plus a status mask): no entry is copied to user space, and the
-Python side does not grow with the size of the table. Kernels older than
-6.x refuse a filtered flush (EOPNOTSUPP); then the entries are listed with
-the same filter applied by the kernel (CTA_FILTER, Linux 5.8+) and deleted
-one by one: Python work grows with that client's entries only. Before 5.8
-the kernel ignores the filter; pyroute2 then filters in Python, which costs
-O(table) per call: acceptable on the small tables of a village gateway,
-and logged once so it is visible.
+What ends when:
+
+* at login, the connections the NAT redirected (status DST_NAT): the next
+  packet of such a connection reaches the real site, which resets it, and the
+  browser opens a new one that is not redirected;
+* at a cut-off, every flow but TCP (UDP such as QUIC or a media stream, ICMP,
+  tunnels): they may flow towards the client only. TCP entries stay on
+  purpose: the client acknowledges what it receives, the forward chain
+  answers that acknowledgement with a reset, and the client's download ends
+  at once. Deleting them instead would drop the server's next segment at the
+  WAN and leave the client waiting on a silent connection.
+
+Cost: at login one netlink request: the kernel walks its table and deletes
+what matches the filter (the client's IPv4 source in the original direction,
+plus the status mask); nothing is copied to user space. Kernels that refuse a
+filtered flush (EOPNOTSUPP, before 6.x) get the listing below. At a cut-off
+the kernel lists only that client's entries (CTA_FILTER, Linux 5.8+) and
+they are deleted one by one: Python work grows with that client's entries,
+not with the table. A kernel before 5.8 ignores the filter; pyroute2 then
+filters in Python, at O(table) per call (acceptable for a village's table).
 """
 
 from __future__ import annotations
@@ -49,13 +59,15 @@ class Conntrack:
         self._flush_filter: bool | None = None  # None: not tried yet on this kernel
 
     def end_client(self, ip: str, redirected_only: bool = False) -> int | None:
-        """Delete the conntrack entries whose original source is ``ip`` (IPv4).
+        """Delete conntrack entries whose original source is ``ip`` (IPv4).
 
-        ``redirected_only`` keeps every entry the NAT did not redirect (used at
-        login, so a walled-garden download in progress survives it). Returns how
-        many entries were deleted, or None when the kernel deleted them in one
-        filtered flush (it does not say how many). Blocks: netlink round trips.
-        Raises FirewallError when the kernel refuses or the address is not IPv4.
+        ``redirected_only`` (at login): only what the NAT redirected, so a
+        walled-garden download in progress survives the login. Otherwise (a
+        cut-off): every entry but TCP ones (see the module's docstring).
+        Returns how many entries were deleted, or None when the kernel deleted
+        them in one filtered flush (it does not say how many). Blocks: netlink
+        round trips. Raises FirewallError when the kernel refuses or the
+        address is not IPv4.
         """
         try:
             socket.inet_pton(socket.AF_INET, ip)
@@ -63,9 +75,9 @@ class Conntrack:
             raise FirewallError(f"conntrack: {ip!r} is not an IPv4 address") from None
         with self._lock:
             try:
-                if self._flush_filter is not False:
+                if redirected_only and self._flush_filter is not False:
                     try:
-                        self._flush(ip, redirected_only)
+                        self._flush_redirected(ip)
                         self._flush_filter = True
                         return None
                     except netlink_errors() as exc:
@@ -103,8 +115,12 @@ class Conntrack:
         t.attrs()  # computes t.flags, the CTA_FILTER mask of the fields set
         return t
 
-    def _flush(self, ip: str, redirected_only: bool) -> None:
-        """One IPCTNL_MSG_CT_DELETE with CTA_FILTER: the kernel deletes every match."""
+    def _flush_redirected(self, ip: str) -> None:
+        """One IPCTNL_MSG_CT_DELETE with CTA_FILTER: the kernel deletes every match.
+
+        (Only the login's filter can be flushed this way: a filter cannot say
+        "every protocol but TCP".)
+        """
         from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
         from pyroute2.netlink.nfnetlink.nfctsocket import (
             IPCTNL_MSG_CT_DELETE,
@@ -113,13 +129,10 @@ class Conntrack:
         )
 
         t = self._tuple(ip)
-        fields: dict[str, Any] = {
-            "tuple_orig": t,
-            "cta_filter": {"attrs": [["CTA_FILTER_ORIG_FLAGS", t.flags]]},
-        }
-        if redirected_only:
-            fields.update(status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
-        self._socket().request(nfct_msg.create_from(**fields), IPCTNL_MSG_CT_DELETE,
+        msg = nfct_msg.create_from(
+            tuple_orig=t, cta_filter={"attrs": [["CTA_FILTER_ORIG_FLAGS", t.flags]]},
+            status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
+        self._socket().request(msg, IPCTNL_MSG_CT_DELETE,
                                msg_flags=NLM_F_REQUEST | NLM_F_ACK,
                                terminate=terminate_error_msg)
 
@@ -132,6 +145,8 @@ class Conntrack:
         for entry in entries:
             if redirected_only and not entry.status & IPS_DST_NAT:
                 continue
+            if not redirected_only and entry.tuple_orig.proto == socket.IPPROTO_TCP:
+                continue  # the forward chain resets it at the client's next packet
             try:
                 sock.delete(entry)
             except NetlinkError as exc:

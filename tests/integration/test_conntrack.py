@@ -1,10 +1,11 @@
 """The conntrack adapter against the real kernel, in a scratch network namespace.
 
-UDP datagrams over loopback from two source addresses create tracked flows;
-one of them is redirected by an nftables NAT rule (as the portal redirect
-does). ``Conntrack.end_client`` must delete exactly one address's entries
-(all of them, or only the redirected ones), by the kernel's filtered flush
-and by the one-by-one fallback for kernels that refuse it.
+UDP datagrams and a TCP connection over loopback from two source addresses
+create tracked flows; one UDP flow is redirected by an nftables NAT rule (as
+the portal redirect does). ``Conntrack.end_client`` must delete exactly one
+address's entries: at login the redirected ones (by the kernel's filtered
+flush, and one by one as for kernels that refuse it), at a cut-off every one
+but TCP.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ import json, socket, sys
 from gateway.firewall.conntrack import Conntrack
 from pyroute2 import Conntrack as Py
 redirected_only, fallback = sys.argv[1] == "1", sys.argv[2] == "1"
+srv = socket.create_server(("127.0.0.1", 6002))
+held = []
 for src in ("127.0.0.2", "127.0.0.3"):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((src, 0))
     for port in (6000, 6001, 7000):
         s.sendto(b"x", ("127.0.0.1", port))
+    held.append(socket.create_connection(("127.0.0.1", 6002), source_address=(src, 0)))
 def flows():
     return sorted((str(e.tuple_orig.saddr), int(e.tuple_orig.dport))
                   for e in Py().dump_entries())
@@ -65,14 +69,14 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True, timeout=10)
 
 
-ALL = [(src, port) for src in ("127.0.0.2", "127.0.0.3") for port in (6000, 6001, 7000)]
+ALL = [(src, port) for src in ("127.0.0.2", "127.0.0.3") for port in (6000, 6001, 6002, 7000)]
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["filtered-flush", "one-by-one"])
 @pytest.mark.parametrize(("redirected_only", "gone"), [
-    (False, [("127.0.0.2", 6000), ("127.0.0.2", 6001), ("127.0.0.2", 7000)]),
+    (False, [("127.0.0.2", 6000), ("127.0.0.2", 6001), ("127.0.0.2", 7000)]),  # TCP 6002 stays
     (True, [("127.0.0.2", 7000)]),
-], ids=["all", "redirected"])
+], ids=["cut-off", "login"])
 def test_end_client_deletes_exactly_that_addresses_entries(
         netns: str, fallback: bool, redirected_only: bool, gone: list[tuple[str, int]]) -> None:
     out = subprocess.run(
@@ -85,5 +89,5 @@ def test_end_client_deletes_exactly_that_addresses_entries(
     after = [tuple(x) for x in got["after"]]
     assert all(flow in before for flow in ALL), f"control: every flow was tracked: {before}"
     assert sorted(set(before) - set(after)) == gone
-    if fallback:
+    if fallback or not redirected_only:  # counted when deleted one by one
         assert got["n"] == len(gone)

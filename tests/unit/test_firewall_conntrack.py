@@ -1,5 +1,6 @@
-"""The conntrack adapter's choices without a kernel: filtered flush first, one-by-one
-deletion when the kernel refuses it, errors mapped to FirewallError.
+"""The conntrack adapter's choices without a kernel: at login a filtered flush of the
+redirected entries (one by one when the kernel refuses it); at a cut-off every entry but
+TCP ones, one by one; errors mapped to FirewallError.
 
 The real kernel is exercised in tests/integration/test_conntrack.py.
 """
@@ -7,6 +8,7 @@ The real kernel is exercised in tests/integration/test_conntrack.py.
 from __future__ import annotations
 
 import errno
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +19,21 @@ from gateway.errors import FirewallError
 from gateway.firewall.conntrack import IPS_DST_NAT, Conntrack
 
 
+@dataclass(frozen=True)
+class Tuple:
+    saddr: str
+    proto: int
+
+
 @dataclass
 class Entry:
     saddr: str
     status: int
+    proto: int = socket.IPPROTO_UDP
+
+    @property
+    def tuple_orig(self) -> Tuple:
+        return Tuple(self.saddr, self.proto)
 
 
 @dataclass
@@ -60,45 +73,48 @@ def adapter(sock: FakeSocket) -> Conntrack:
     return ct
 
 
-ENTRIES = [Entry("10.42.0.101", IPS_DST_NAT), Entry("10.42.0.101", 0),
-           Entry("10.42.0.102", IPS_DST_NAT)]
+TCP = socket.IPPROTO_TCP
+REDIRECTED, UDP_FLOW, TCP_FLOW = (Entry("10.42.0.101", IPS_DST_NAT, TCP),
+                                  Entry("10.42.0.101", 0), Entry("10.42.0.101", 0, TCP))
+OTHER = Entry("10.42.0.102", IPS_DST_NAT)
+ENTRIES = [REDIRECTED, UDP_FLOW, TCP_FLOW, OTHER]
 
 
-@pytest.mark.parametrize(("redirected_only", "status"), [(False, None), (True, IPS_DST_NAT)])
-def test_a_kernel_that_flushes_by_filter_gets_one_request(
-        redirected_only: bool, status: int | None) -> None:
+def test_login_is_one_filtered_flush_of_the_redirected_entries() -> None:
     sock = FakeSocket(list(ENTRIES))
-    assert adapter(sock).end_client("10.42.0.101", redirected_only) is None
-    assert sock.flushes == [{"saddr": True, "status": status}]
+    assert adapter(sock).end_client("10.42.0.101", redirected_only=True) is None
+    assert sock.flushes == [{"saddr": True, "status": IPS_DST_NAT}]
     assert sock.dumps == 0
 
 
-@pytest.mark.parametrize(("redirected_only", "left"), [
-    (False, [Entry("10.42.0.102", IPS_DST_NAT)]),
-    (True, [Entry("10.42.0.101", 0), Entry("10.42.0.102", IPS_DST_NAT)]),
-])
-def test_a_kernel_refusing_the_filtered_flush_gets_one_delete_per_entry(
-        redirected_only: bool, left: list[Entry]) -> None:
+def test_a_cut_off_deletes_every_entry_of_the_address_but_tcp_ones() -> None:
+    sock = FakeSocket(list(ENTRIES))
+    assert adapter(sock).end_client("10.42.0.101") == 1
+    assert sock.entries == [REDIRECTED, TCP_FLOW, OTHER]
+    assert sock.flushes == [] and sock.dumps == 1
+
+
+def test_a_kernel_refusing_the_filtered_flush_gets_one_delete_per_redirected_entry() -> None:
     sock = FakeSocket(list(ENTRIES), flush_error=errno.EOPNOTSUPP)
     ct = adapter(sock)
-    assert ct.end_client("10.42.0.101", redirected_only) == 2 - redirected_only
-    assert sock.entries == left
+    assert ct.end_client("10.42.0.101", redirected_only=True) == 1
+    assert sock.entries == [UDP_FLOW, TCP_FLOW, OTHER]
     sock.flush_error = None
-    ct.end_client("10.42.0.102")
+    assert ct.end_client("10.42.0.102", redirected_only=True) == 1
     assert sock.flushes == []  # the refusal is remembered: no second try
-    assert sock.entries == ([] if not redirected_only else [Entry("10.42.0.101", 0)])
+    assert sock.entries == [UDP_FLOW, TCP_FLOW]
 
 
 def test_an_entry_gone_before_its_delete_is_no_error() -> None:
-    sock = FakeSocket(list(ENTRIES), flush_error=errno.EOPNOTSUPP, gone={0})
-    assert adapter(sock).end_client("10.42.0.101") == 1
+    sock = FakeSocket(list(ENTRIES), gone={1})
+    assert adapter(sock).end_client("10.42.0.101") == 0
 
 
 def test_other_kernel_refusals_are_firewall_errors() -> None:
     sock = FakeSocket(list(ENTRIES), flush_error=errno.EPERM)
     with pytest.raises(FirewallError, match=r"10\.42\.0\.101"):
-        adapter(sock).end_client("10.42.0.101")
-    assert sock.dumps == 0 and len(sock.entries) == 3
+        adapter(sock).end_client("10.42.0.101", redirected_only=True)
+    assert sock.dumps == 0 and len(sock.entries) == 4
 
 
 @pytest.mark.parametrize("bad", ["", "10.42.0", "fe80::1", "10.42.0.1; flush"])
