@@ -7,10 +7,11 @@ These tests hold such connections across a login, a deauth and an expiry:
 
 - a TCP connection opened to an http site before login (a browser's
   preconnect) must not be answered by the portal after login;
-- a download in progress (TCP, and a UDP stream that only flows towards the
-  client) stops soon after ``desanet clients deauth`` and after the session
-  expires. The product target is one second; the deadline asserted here is
-  generous for a busy machine, and the measured delay is printed (``-s``).
+- a download in progress (TCP, and a UDP stream) stops soon after ``desanet
+  clients deauth``, after the session expires, and after the client went idle
+  (a UDP stream the client never answers: only the client's own packets keep
+  it active). The product target is one second; the deadline asserted here
+  is generous for a busy machine, and the measured delay is printed (``-s``).
 
 The streams come from small servers this module starts in the lab's WAN
 namespace; curl and a UDP receiver run in the clients' namespaces.
@@ -48,6 +49,8 @@ from tests.integration.conftest import (
 pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
 
 SESSION = 30  # seconds: long enough for the deauth tests, short enough to wait for
+IDLE = 8  # seconds without a packet from the client
+KEEPALIVE = 1.0  # the UDP receivers that answer send this often (well inside IDLE)
 STREAM_TCP, STREAM_UDP = 18080, 18081  # the stream servers' ports on the internet host
 CHUNK_EVERY = 0.02  # the servers send a chunk every 20 ms: 1 s of silence means stopped
 QUIET = 1.0
@@ -97,20 +100,23 @@ print("ready", flush=True)
 threading.Event().wait()
 """
 
-# Ask for a UDP stream once (the client sends nothing after), count what arrives.
+# Ask for a UDP stream, count what arrives; answer every KEEPALIVE s (0: never answer).
 UDP_RECEIVER = r"""
 import os, socket, sys, time
-host, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, port, out, keepalive = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.05)
 s.sendto(b"start", (host, port))
-n, end = 0, time.monotonic() + 90
+n, end, last = 0, time.monotonic() + 90, time.monotonic()
 while time.monotonic() < end:
     try:
         s.recv(1000)
         n += 1
     except OSError:
         pass
+    if keepalive and time.monotonic() - last >= keepalive:
+        s.sendto(b"ack", ("192.0.2.1", 9))  # any outside address: only the client's packet counts
+        last = time.monotonic()
     with open(out + ".tmp", "w") as f:
         f.write(str(n))
     os.replace(out + ".tmp", out)
@@ -140,7 +146,8 @@ except OSError as exc:
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    return make_lab(LabSpec(prefix=unique_prefix("ct"), clients=3, session_length=f"{SESSION}s"))
+    return make_lab(LabSpec(prefix=unique_prefix("ct"), clients=4, session_length=f"{SESSION}s",
+                            idle_timeout=f"{IDLE}s"))
 
 
 @pytest.fixture(scope="module")
@@ -244,11 +251,12 @@ class Download:
 class UdpStream:
     """A client that asked once for a UDP stream and counts the datagrams arriving."""
 
-    def __init__(self, client: str, tmp: Path) -> None:
+    def __init__(self, client: str, tmp: Path, keepalive: float = KEEPALIVE) -> None:
         self.path = tmp / f"{client}-udp"
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [nsa.IP, "netns", "exec", client, sys.executable, "-c", UDP_RECEIVER,
-             p.INTERNET_V4, str(STREAM_UDP), str(self.path)],
+             p.INTERNET_V4, str(STREAM_UDP), str(self.path), str(keepalive)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.flow = Flow(lambda: file_count(self.path))
 
@@ -381,3 +389,25 @@ def test_a_download_in_progress_stops_when_the_session_expires(
         down.close()
         udp.close()
     assert internet(c3).redirected_to_portal()
+
+
+def test_a_stream_the_client_never_answers_stops_when_the_client_goes_idle(
+        lab: LabInfo, streams: None, tmp_path: Path) -> None:
+    c4 = ns(lab, 4)
+    assert login_terms(c4).status == 303
+    udp = UdpStream(c4, tmp_path, keepalive=0)  # the client's last packet: "start"
+    try:
+        udp.flow.grows(20)
+        last_packet = udp.started  # at the latest: the receiver sent "start" after this
+        wait_until(lambda: time.monotonic() >= last_packet + IDLE - 1, IDLE + 5,
+                   "the idle timeout's last second", interval=0.2)
+        udp.flow.grows(5)  # control: still flowing just before the idle timeout
+        t0 = last_packet + IDLE
+        stop = stopped(t0, {"udp": udp.flow})
+        report("idle timeout -> UDP stream stopped", stop["udp"])
+        assert stop["udp"] <= DEADLINE
+    finally:
+        udp.close()
+    rows = {c["mac"]: c for c in desanet_json(lab.control_socket, "clients")["clients"]}
+    assert not rows.get(mac(4), {}).get("authorized"), rows.get(mac(4))
+    assert internet(c4).redirected_to_portal()
