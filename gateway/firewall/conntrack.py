@@ -10,7 +10,8 @@ entries makes the next packet of each flow meet the current rules.
 
 What ends when:
 
-* at login, the connections the NAT redirected (status DST_NAT): the next
+* at login, the connections the portal redirect caught (TCP to port 80 with
+  status DST_NAT; a DNS query redirected to dnsmasq is left alone): the next
   packet of such a connection reaches the real site, which resets it, and the
   browser opens a new one that is not redirected;
 * at a cut-off, every flow but TCP (UDP such as QUIC or a media stream, ICMP,
@@ -39,6 +40,7 @@ import threading
 from typing import Any
 
 from gateway.errors import FirewallError
+from gateway.firewall.planner import REDIRECTED_PORT
 from gateway.kernel import netlink_errors
 
 log = logging.getLogger("desanet.firewall.conntrack")
@@ -61,8 +63,8 @@ class Conntrack:
     def end_client(self, ip: str, redirected_only: bool = False) -> int | None:
         """Delete conntrack entries whose original source is ``ip`` (IPv4).
 
-        ``redirected_only`` (at login): only what the NAT redirected, so a
-        walled-garden download in progress survives the login. Otherwise (a
+        ``redirected_only`` (at login): only what the portal redirect caught,
+        so a walled-garden download in progress survives the login. Otherwise (a
         cut-off): every entry but TCP ones (see the module's docstring).
         Returns how many entries were deleted, or None when the kernel deleted
         them in one filtered flush (it does not say how many). Blocks: netlink
@@ -108,10 +110,13 @@ class Conntrack:
         return self._sock
 
     @staticmethod
-    def _tuple(ip: str) -> Any:
+    def _tuple(ip: str, redirected_only: bool) -> Any:
         from pyroute2.conntrack import NFCTAttrTuple
 
-        t = NFCTAttrTuple(saddr=ip)
+        if redirected_only:
+            t = NFCTAttrTuple(saddr=ip, proto=socket.IPPROTO_TCP, dport=REDIRECTED_PORT)
+        else:
+            t = NFCTAttrTuple(saddr=ip)
         t.attrs()  # computes t.flags, the CTA_FILTER mask of the fields set
         return t
 
@@ -128,7 +133,7 @@ class Conntrack:
             terminate_error_msg,
         )
 
-        t = self._tuple(ip)
+        t = self._tuple(ip, redirected_only=True)
         msg = nfct_msg.create_from(
             tuple_orig=t, cta_filter={"attrs": [["CTA_FILTER_ORIG_FLAGS", t.flags]]},
             status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
@@ -140,7 +145,7 @@ class Conntrack:
         from pyroute2.netlink.exceptions import NetlinkError
 
         sock = self._socket()
-        entries = list(sock.dump_entries(tuple_orig=self._tuple(ip)))
+        entries = list(sock.dump_entries(tuple_orig=self._tuple(ip, redirected_only)))
         deleted = 0
         for entry in entries:
             if redirected_only and not entry.status & IPS_DST_NAT:

@@ -60,6 +60,7 @@ TABLE = "desanet"
 FAMILY = "inet"
 GARDEN_DNS_TIMEOUT = 86400  # walled-garden names stay allowed a day after they resolve
 TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
+REDIRECTED_PORT = 80  # unauthorized clients' TCP to this port goes to the portal
 
 MacIp = tuple[str, str]
 
@@ -169,7 +170,7 @@ def plan_ruleset(
     ip daddr {{ {lan_ip} }} return
     ip daddr @garden4 return
     ip daddr @garden_dns4 return
-    tcp dport 80 redirect to :{portal.redirect_port}
+    tcp dport {REDIRECTED_PORT} redirect to :{portal.redirect_port}
   }}
   chain nat_postrouting {{
     type nat hook postrouting priority srcnat; policy accept;

@@ -1,11 +1,11 @@
 """The conntrack adapter against the real kernel, in a scratch network namespace.
 
-UDP datagrams and a TCP connection over loopback from two source addresses
-create tracked flows; one UDP flow is redirected by an nftables NAT rule (as
-the portal redirect does). ``Conntrack.end_client`` must delete exactly one
-address's entries: at login the redirected ones (by the kernel's filtered
-flush, and one by one as for kernels that refuse it), at a cut-off every one
-but TCP.
+UDP datagrams and TCP connections over loopback from two source addresses
+create tracked flows; TCP to port 80 and UDP to port 53 are redirected by
+nftables NAT rules, as the gateway redirects unauthorized http and all DNS.
+``Conntrack.end_client`` must delete exactly one address's entries: at login
+its redirected http connections (by the kernel's filtered flush, and one by
+one as for kernels that refuse it), at a cut-off every one but TCP.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ NS = unique_prefix("ctk")  # a scratch namespace, not a lab
 RULES = """
 table inet t {
   chain out { type filter hook output priority 0; ct state new counter; }
-  chain nat { type nat hook output priority -100; udp dport 7000 redirect to :7001; }
+  chain nat {
+    type nat hook output priority -100;
+    tcp dport 80 redirect to :8080;
+    udp dport 53 redirect to :5353;
+  }
 }
 """
 
@@ -36,14 +40,15 @@ import json, socket, sys
 from gateway.firewall.conntrack import Conntrack
 from pyroute2 import Conntrack as Py
 redirected_only, fallback = sys.argv[1] == "1", sys.argv[2] == "1"
-srv = socket.create_server(("127.0.0.1", 6002))
+servers = [socket.create_server(("127.0.0.1", port)) for port in (6002, 8080)]
 held = []
 for src in ("127.0.0.2", "127.0.0.3"):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((src, 0))
-    for port in (6000, 6001, 7000):
+    for port in (53, 6000, 6001):
         s.sendto(b"x", ("127.0.0.1", port))
-    held.append(socket.create_connection(("127.0.0.1", 6002), source_address=(src, 0)))
+    for port in (80, 6002):
+        held.append(socket.create_connection(("127.0.0.1", port), source_address=(src, 0)))
 def flows():
     return sorted((str(e.tuple_orig.saddr), int(e.tuple_orig.dport))
                   for e in Py().dump_entries())
@@ -69,13 +74,13 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True, timeout=10)
 
 
-ALL = [(src, port) for src in ("127.0.0.2", "127.0.0.3") for port in (6000, 6001, 6002, 7000)]
+ALL = [(src, port) for src in ("127.0.0.2", "127.0.0.3") for port in (53, 80, 6000, 6001, 6002)]
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["filtered-flush", "one-by-one"])
 @pytest.mark.parametrize(("redirected_only", "gone"), [
-    (False, [("127.0.0.2", 6000), ("127.0.0.2", 6001), ("127.0.0.2", 7000)]),  # TCP 6002 stays
-    (True, [("127.0.0.2", 7000)]),
+    (False, [("127.0.0.2", 53), ("127.0.0.2", 6000), ("127.0.0.2", 6001)]),  # TCP stays
+    (True, [("127.0.0.2", 80)]),  # the redirected DNS query stays
 ], ids=["cut-off", "login"])
 def test_end_client_deletes_exactly_that_addresses_entries(
         netns: str, fallback: bool, redirected_only: bool, gone: list[tuple[str, int]]) -> None:
