@@ -13,7 +13,7 @@ import pytest
 
 from gateway.core.events import EndReason, SessionEnded
 from gateway.core.reconcile import SWEEP_INTERVAL, SWEEP_JOB
-from gateway.core.sessions import DEADLINE_SLACK, MIN_SWEEP_GAP, next_deadline
+from gateway.core.sessions import DEADLINE_SLACK, LISTING_SHARE, MIN_SWEEP_GAP, next_deadline
 from gateway.errors import FirewallError
 from gateway.firewall.fake import FakeFirewall
 from gateway.model import ClientView, Session
@@ -173,6 +173,24 @@ async def test_deadlines_never_ask_for_sweeps_closer_than_the_minimum_gap(core: 
     core.firewall.active[(A, IP1)] = 0  # listed in its last second
     await core.sessions.sweep()
     assert asked[-1] >= NOW + MIN_SWEEP_GAP
+
+
+async def test_a_slow_listing_of_the_kernel_sets_spaces_the_deadline_sweeps(
+        core: Core) -> None:
+    asked: list[float] = []
+    core.sessions.set_wakeup(asked.append)
+    await core.sessions.authorize(A, IP1, "terms")
+    real = core.firewall.active_clients
+
+    async def slow() -> dict[tuple[str, str], int]:
+        core.clock.advance(0.2)  # the monotonic clock: a listing of a very large village
+        return await real()
+
+    core.firewall.active_clients = slow  # type: ignore[method-assign]
+    core.clock.advance(1801)
+    core.firewall.active[(A, IP1)] = 0  # traffic in its last second: due in a second
+    await core.sessions.sweep()
+    assert asked[-1] == NOW + 1801 + LISTING_SHARE * 0.2  # not NOW + 1801 + 1
 
 
 # -- the reconciler's timer --------------------------------------------------------------
