@@ -47,10 +47,10 @@ class FirewallPort(Protocol):
         Verdicts bound to a tracked connection (the portal redirect of port 80,
         ``ct state established`` on the way back) outlive a change of the sets:
         after this, each flow's next packet meets the current rules. At login
-        (``redirected_only``) only the connections the NAT redirected end; at a
-        cut-off every flow but TCP (the forward chain resets a TCP connection at
-        the client's next packet; deleting it would leave the client hanging).
-        Raises FirewallError.
+        (``redirected_only``) only the http connections the portal redirect
+        caught end; at a cut-off its UDP flows (the forward chain resets a TCP
+        connection at the client's next packet; deleting it would leave the
+        client hanging). Raises FirewallError.
         """
 
 

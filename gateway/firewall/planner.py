@@ -30,8 +30,8 @@ connections at once: a TCP download ends at the client's next acknowledgement
 (reset). The download direction is accepted by ``ct state established``, and
 the port-80 redirect is bound to a connection's first packet; so the daemon
 also deletes conntrack entries (:mod:`gateway.firewall.conntrack`): the
-redirected ones at login, all but TCP at a cut-off (a UDP stream towards the
-client would flow on otherwise). With client isolation, nothing from the LAN
+redirected ones at login, the UDP ones at a cut-off (a UDP stream towards
+the client would flow on otherwise). With client isolation, nothing from the LAN
 is routed back into the LAN (the bridge table only stops frames bridged port
 to port).
 
