@@ -29,11 +29,12 @@ kernel walks its table in C and deletes what matches; nothing is copied to
 user space (measured on a busy 2-core VM: 2-4 ms, 10-25 ms with 20,000
 entries in the table). pyroute2 takes about a millisecond to parse an entry
 and a round trip per delete (20 UDP flows: ~40-80 ms), so listing and
-deleting from Python is the fallback only: for
-kernels that refuse a filtered flush (EOPNOTSUPP, before Linux 6.x), which
-still filter the listing (5.8+), so the work follows the client's matching
-entries. Before 5.8 the kernel ignores the filter and pyroute2 filters in
-Python, at O(table) per call.
+deleting from Python is only the fallback for kernels that cannot delete by
+filter: they take the partial tuple for an exact one and answer EINVAL (a
+partial tuple never matches a real entry), or answer EOPNOTSUPP; the first
+try tells. Such kernels still filter the listing (5.8+), so the work follows
+the client's matching entries; before 5.8 the kernel ignores the filter and
+pyroute2 filters in Python, at O(table) per call.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ from gateway.kernel import netlink_errors
 log = logging.getLogger("desanet.firewall.conntrack")
 
 IPS_DST_NAT = 1 << 5  # include/uapi/linux/netfilter/nf_conntrack_common.h
-_FILTER_REFUSED = (errno.EOPNOTSUPP, errno.EINVAL)
+# How a kernel without filtered deletes answers the first try: it reads our partial tuple
+# as an exact one (EINVAL; ENOENT to be safe) or refuses the filter (EOPNOTSUPP).
+_FILTER_REFUSED = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOENT)
 
 
 class Conntrack:
