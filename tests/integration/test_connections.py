@@ -209,7 +209,6 @@ class Flow:
                    interval=0.05)
 
 
-
 def stopped(t0: float, flows: dict[str, Flow], also: Callable[[], object] = lambda: None,
             ) -> dict[str, float]:
     """Watch ``flows`` together until none grew for QUIET seconds; for each, how long after
