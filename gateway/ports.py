@@ -41,6 +41,18 @@ class FirewallPort(Protocol):
 
     async def authorized_clients(self) -> dict[MacIp, int]: ...
 
+    async def end_connections(self, ip: str, redirected_only: bool) -> None:
+        """Delete the connection-tracking entries the client at ``ip`` opened.
+
+        Verdicts bound to a tracked connection (the portal redirect of port 80,
+        ``ct state established`` on the way back) outlive a change of the sets:
+        after this, each flow's next packet meets the current rules. At login
+        (``redirected_only``) only the http connections the portal redirect
+        caught end; at a cut-off its UDP flows (the forward chain resets a TCP
+        connection at the client's next packet; deleting it would leave the
+        client hanging). Raises FirewallError.
+        """
+
 
 class ShaperPort(Protocol):
     """HTB trees on the LAN (downloads) and WAN (uploads) devices."""

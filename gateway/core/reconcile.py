@@ -14,7 +14,10 @@ runs it holds the session lock, so no login interleaves with a rebuild.
 expired and idle sessions, counter samples, pruning old sessions, upstream
 probes, the nightly prefetch, the confirm-window deadline). Each job has an
 interval and a next-due time on the monotonic clock; one failing job is
-logged and retried at its next turn, never ends the loop.
+logged and retried at its next turn, never ends the loop. A job can also be
+asked for earlier (:meth:`Reconciler.run_at`): the session service asks for
+the sweep at the next expiry or idle deadline, so sessions end on time
+rather than up to ``SWEEP_INTERVAL`` late.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from gateway.shaping.service import ShapingService
 
 log = logging.getLogger("desanet.reconcile")
 
-SWEEP_INTERVAL = 5.0
+SWEEP_INTERVAL = 5.0  # the sweep's regular turn; deadlines bring it forward (run_at)
+SWEEP_JOB = "sweep"  # the name the daemon registers the session sweep under
+HURRIED_RETRY = 0.2  # a job asked for while still running looks again this soon
 SAMPLE_INTERVAL = 5.0
 PRUNE_INTERVAL = 3600.0
 SESSION_HISTORY = 90 * 86400  # ended sessions are kept this long (who was online when)
@@ -85,6 +90,7 @@ class Job:
     action: Callable[[], Awaitable[None]]
     due: float = 0.0
     running: asyncio.Task[None] | None = None
+    hurried: bool = False  # brought forward by run_at: a deadline depends on this turn
 
 
 class Reconciler:
@@ -107,6 +113,7 @@ class Reconciler:
         self.clock = clock
         self.jobs: list[Job] = []
         self._wake = asyncio.Event()
+        sessions.set_wakeup(lambda at: self.run_at(SWEEP_JOB, at))
 
     # -- converge ------------------------------------------------------------------
 
@@ -246,6 +253,17 @@ class Reconciler:
         self.jobs.append(Job(name, interval, action, due))
         self._wake.set()
 
+    def run_at(self, name: str, at: float) -> None:
+        """Run job ``name`` at wall-clock time ``at`` when that comes before its next turn.
+
+        Does nothing for a job not registered (yet). Does not block.
+        """
+        due = self.clock.monotonic() + max(0.0, at - self.clock.time())
+        for job in self.jobs:
+            if job.name == name and due < job.due:
+                job.due, job.hurried = due, True
+                self._wake.set()
+
     def wake(self) -> None:
         """Look at the jobs again now (a job was added, or a test moved the clock)."""
         self._wake.set()
@@ -264,8 +282,12 @@ class Reconciler:
                 for job in self.jobs:
                     if job.due > now:
                         continue
+                    hurried, job.hurried = job.hurried, False
                     job.due = now + job.interval
                     if job.running is not None and not job.running.done():
+                        if hurried:  # a deadline waits on it: run it right after this one
+                            job.due, job.hurried = now + HURRIED_RETRY, True
+                            continue
                         log.debug("periodic job %s is still running; skipping a turn", job.name)
                         continue
                     job.running = asyncio.create_task(self._run_job(job), name=f"job-{job.name}")

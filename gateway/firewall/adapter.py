@@ -4,7 +4,8 @@
 process, or an ``nft`` child). Benchmarks and root tests drive it directly.
 The daemon holds ``KernelFirewall``, which implements
 :class:`gateway.ports.FirewallPort` by running each call on the one kernel
-worker thread, so the event loop never waits for nftables.
+worker thread, so the event loop never waits for nftables. It also ends a
+client's tracked connections (:mod:`gateway.firewall.conntrack`, netlink).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
 from gateway.errors import FirewallError
+from gateway.firewall.conntrack import Conntrack
 from gateway.firewall.nft import Nft
 from gateway.firewall.planner import (
     FAMILY,
@@ -126,9 +128,11 @@ class KernelFirewall:
     (FirewallError), raised unchanged.
     """
 
-    def __init__(self, firewall: Firewall, worker: KernelWorker) -> None:
+    def __init__(self, firewall: Firewall, worker: KernelWorker,
+                 conntrack: Conntrack | None = None) -> None:
         self.firewall = firewall
         self.worker = worker
+        self.conntrack = conntrack or Conntrack()
 
     @property
     def backend(self) -> str:
@@ -163,6 +167,10 @@ class KernelFirewall:
     async def remove(self) -> None:
         """Delete our tables. Awaits the kernel worker (nft)."""
         await self.worker.call(self.firewall.remove)
+
+    async def end_connections(self, ip: str, redirected_only: bool) -> None:
+        """Delete the client's conntrack entries. Awaits the kernel worker (netlink)."""
+        await self.worker.call(self.conntrack.end_client, ip, redirected_only)
 
 
 def _parse_elem(elem: Any) -> tuple[Any, int]:

@@ -35,6 +35,8 @@ class FakeFirewall(FaultInjection):
         self.classes: dict[str, str] = {}  # ip -> HTB class text ("1:105")
         self.authorize_log: list[tuple[Session, str | None]] = []
         self.revoke_log: list[tuple[str, str, str | None]] = []
+        # end_connections calls in order: (ip, redirected_only)
+        self.conntrack_log: list[tuple[str, bool]] = []
 
     @property
     def backend(self) -> str:
@@ -89,6 +91,10 @@ class FakeFirewall(FaultInjection):
     async def client_classes(self) -> dict[str, str]:
         self._fault("client_classes", changes=False)
         return dict(self.classes)
+
+    async def end_connections(self, ip: str, redirected_only: bool) -> None:
+        self._fault("end_connections")
+        self.conntrack_log.append((ip, redirected_only))
 
     async def remove(self) -> None:
         self._fault("remove")

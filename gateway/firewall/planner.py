@@ -26,8 +26,14 @@ gateway's dnsmasq; unauthorized port-80 traffic is redirected to the
 portal's redirect port; everything else from an unauthorized client to the
 outside is rejected unless it goes to the walled garden. The forward chain
 checks *every* packet (not only new connections), so a deauth cuts running
-connections at once. With client isolation, nothing from the LAN is routed
-back into the LAN (the bridge table only stops frames bridged port to port).
+connections at once: a TCP download ends at the client's next acknowledgement
+(reset). The download direction is accepted by ``ct state established``, and
+the port-80 redirect is bound to a connection's first packet; so the daemon
+also deletes conntrack entries (:mod:`gateway.firewall.conntrack`): the
+redirected ones at login, the UDP ones at a cut-off (a UDP stream towards
+the client would flow on otherwise). With client isolation, nothing from the LAN
+is routed back into the LAN (the bridge table only stops frames bridged port
+to port).
 
 A full apply replaces the table in one transaction (add, delete, re-create),
 so there is never a moment without rules; sessions and the dynamic sets the
@@ -54,6 +60,7 @@ TABLE = "desanet"
 FAMILY = "inet"
 GARDEN_DNS_TIMEOUT = 86400  # walled-garden names stay allowed a day after they resolve
 TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
+REDIRECTED_PORT = 80  # unauthorized clients' TCP to this port goes to the portal
 
 MacIp = tuple[str, str]
 
@@ -164,7 +171,7 @@ def plan_ruleset(
     ip daddr {{ {lan_ip} }} return
     ip daddr @garden4 return
     ip daddr @garden_dns4 return
-    tcp dport 80 redirect to :{portal.redirect_port}
+    tcp dport {REDIRECTED_PORT} redirect to :{portal.redirect_port}
   }}
   chain nat_postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
