@@ -1,0 +1,364 @@
+"""The uplink state: the transition table, the monitor's thresholds, the service,
+the prober's pure parts. FakeClock and the fake prober; nothing sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.config import Config
+from gateway.core.events import EventBus, UplinkChanged
+from gateway.core.lifecycle import IllegalTransition
+from gateway.core.uplink import (
+    UPLINK,
+    ProbeResult,
+    UplinkMonitor,
+    UplinkService,
+    UplinkStatus,
+    probe_targets,
+)
+from gateway.errors import ConfigError
+from gateway.netinfo.fake_uplink import FakeUplinkProber
+from gateway.netinfo.uplink import (
+    UplinkProber,
+    dns_query,
+    is_answer_to,
+    probe_dns,
+    resolvers_in,
+    uplink_is_up,
+)
+from tests.unit.conftest import make_config
+
+NOW = 1_700_000_000
+OK = ProbeResult(True, 12.5)
+FAIL = ProbeResult(False, None, "timeout")
+
+
+def test_table_is_exactly_the_documented_moves() -> None:
+    expected = {
+        ("unknown", "recovered"): "up", ("unknown", "failed"): "down",
+        ("unknown", "link_lost"): "down", ("up", "failed"): "down",
+        ("up", "link_lost"): "down", ("down", "recovered"): "up",
+    }
+    got = {(s, e): UPLINK.next(s, e) for s, e in UPLINK.pairs() if UPLINK.is_legal(s, e)}
+    assert got == expected
+    assert len(list(UPLINK.pairs())) == 9  # 3 states x 3 events: the other 3 are illegal
+    with pytest.raises(IllegalTransition, match="recovered is not allowed in state up"):
+        UPLINK.next("up", "recovered")
+
+
+def test_first_good_round_decides_up_and_stamps_the_time() -> None:
+    clock = FakeClock(NOW)
+    mon = UplinkMonitor(clock)
+    assert mon.status.state == "unknown"
+    clock.advance(3)
+    changed = mon.round(OK)
+    assert changed is not None and changed.state == "up"
+    assert changed.since == NOW + 3 and changed.latency_ms == 12.5 and changed.reason == "probes"
+    assert mon.round(OK) is None  # no change, no news
+
+
+def test_down_only_after_fail_after_rounds_in_a_row() -> None:
+    clock = FakeClock(NOW)
+    mon = UplinkMonitor(clock, fail_after=3, recover_after=2)
+    mon.round(OK)
+    # two failures, then a success: the counter starts again (no flapping on lost packets)
+    assert mon.round(FAIL) is None and mon.round(FAIL) is None
+    assert mon.round(OK) is None and mon.status.state == "up"
+    assert mon.round(FAIL) is None and mon.round(FAIL) is None
+    assert mon.status.latency_ms is None  # the last round failed
+    clock.advance(6)
+    changed = mon.round(FAIL)
+    assert changed is not None and changed.state == "down" and changed.since == NOW + 6
+    assert mon.round(FAIL) is None  # still down: nothing fired
+
+
+def test_up_again_only_after_recover_after_good_rounds() -> None:
+    mon = UplinkMonitor(FakeClock(NOW), fail_after=1, recover_after=2)
+    mon.round(FAIL)
+    assert mon.status.state == "down"
+    assert mon.round(OK) is None  # one lucky answer is not enough
+    assert mon.round(FAIL) is None
+    assert mon.round(OK) is None
+    changed = mon.round(OK)
+    assert changed is not None and changed.state == "up"
+
+
+def test_link_loss_is_down_at_once_and_from_unknown_too() -> None:
+    mon = UplinkMonitor(FakeClock(NOW), fail_after=3)
+    changed = mon.link_lost()
+    assert changed is not None and changed.state == "down" and changed.reason == "link"
+    assert mon.link_lost() is None
+    mon2 = UplinkMonitor(FakeClock(NOW))
+    mon2.round(OK)
+    changed = mon2.link_lost()
+    assert changed is not None and changed.state == "down"
+
+
+def test_unknown_goes_down_after_failures_without_a_first_success() -> None:
+    mon = UplinkMonitor(FakeClock(NOW), fail_after=2)
+    assert mon.round(FAIL) is None and mon.status.state == "unknown"
+    changed = mon.round(FAIL)
+    assert changed is not None and changed.state == "down"
+
+
+def test_status_json_has_epoch_and_local_iso() -> None:
+    st = UplinkStatus("down", NOW, "link", None, NOW + 4)
+    data = st.as_json("Asia/Makassar")
+    assert data == {"state": "down", "since": NOW, "since_iso": "2023-11-15T06:13:20+08:00",
+                    "latency_ms": None, "reason": "link", "checked": NOW + 4}
+
+
+# -- probe targets (pure) --------------------------------------------------------------------
+
+
+def test_targets_default_to_dns_upstreams_then_system_resolvers_never_loopback() -> None:
+    cfg = make_config(dhcp={"upstream_dns": ["192.0.2.1", "192.0.2.1", "127.0.0.1"]})
+    assert probe_targets(cfg, ["198.51.100.9"]) == (["192.0.2.1"], [])
+    assert probe_targets(make_config(), ["127.0.0.53", "198.51.100.9"]) == (["198.51.100.9"], [])
+    cfg = make_config(uplink={"probe_dns": ["203.0.113.1"], "probe_tcp": ["1.1.1.1:443",
+                                                                          "[2001:db8::1]:80"]})
+    assert probe_targets(cfg, ["198.51.100.9"]) == (
+        ["203.0.113.1"], [("1.1.1.1", 443), ("2001:db8::1", 80)])
+
+
+@pytest.mark.parametrize("bad", ["example.com:443", "1.1.1.1", "1.1.1.1:0", "1.1.1.1:x"])
+def test_probe_tcp_must_be_an_ip_and_port(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"uplink\.probe_tcp"):
+        make_config(uplink={"probe_tcp": [bad]})
+    # positive control beside it
+    assert make_config(uplink={"probe_tcp": ["192.0.2.7:80"]}).uplink.probe_tcp == ["192.0.2.7:80"]
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+def service(cfg: Config | None = None, **prober: Any
+            ) -> tuple[UplinkService, FakeUplinkProber, EventBus, FakeClock]:
+    clock = FakeClock(NOW)
+    bus = EventBus(clock)
+    fake = FakeUplinkProber(**prober)
+    current = cfg or make_config()
+    return UplinkService(lambda: current, fake, bus, clock), fake, bus, clock
+
+
+async def test_service_publishes_changes_and_tells_listeners() -> None:
+    svc, fake, bus, clock = service()
+    heard: list[str] = []
+
+    async def listener(st: UplinkStatus) -> None:
+        heard.append(st.state)
+
+    svc.listeners.append(listener)
+    await svc.check()
+    await svc.check()
+    assert svc.status.state == "up" and not svc.down
+    fake.reachable = False
+    for _ in range(3):
+        clock.advance(2)
+        await svc.check()
+    assert svc.down
+    fake.link = False
+    await svc.check()  # already down: nothing new
+    fake.link, fake.reachable = True, True
+    await svc.check()
+    await svc.check()
+    assert [s.event for s in bus.since(0)] == [
+        UplinkChanged(True, NOW, "probes", 20.0),
+        UplinkChanged(False, NOW + 6, "probes", None),
+        UplinkChanged(True, NOW + 6, "probes", 20.0),
+    ]
+    assert heard == ["up", "down", "up"]
+    # a round ends before the next is due (the loop would skip a turn otherwise)
+    assert fake.rounds[0] == (["192.0.2.53"], [], 1.5)
+
+
+async def test_link_loss_skips_the_probes() -> None:
+    svc, fake, bus, _ = service(link=False)
+    await svc.check()
+    assert svc.down and svc.status.reason == "link" and fake.rounds == []
+    assert bus.since(0)[0].event == UplinkChanged(False, NOW, "link", None)
+
+
+async def test_without_probe_targets_the_link_decides() -> None:
+    svc, fake, _, _ = service(resolvers=())
+    await svc.check()
+    assert svc.status.state == "up" and fake.rounds == []
+
+
+async def test_thresholds_follow_a_config_reload() -> None:
+    holder = [make_config()]
+    clock = FakeClock(NOW)
+    fake = FakeUplinkProber()
+    svc = UplinkService(lambda: holder[0], fake, EventBus(clock), clock)
+    await svc.check()
+    holder[0] = make_config(uplink={"fail_after": 1})
+    fake.reachable = False
+    await svc.check()
+    assert svc.down
+
+
+async def test_a_failing_listener_is_retried_and_does_not_stop_the_others() -> None:
+    svc, _, _, _ = service(link=False)
+    calls: list[str] = []
+
+    async def broken(st: UplinkStatus) -> None:
+        calls.append("broken")
+        if calls.count("broken") == 1:
+            raise RuntimeError("dnsmasq refused")
+
+    async def fine(st: UplinkStatus) -> None:
+        calls.append("fine")
+
+    svc.listeners += [broken, fine]
+    await svc.check()
+    assert calls == ["broken", "fine"]
+    await svc.check()  # no change, but the failed listener hears it again
+    assert calls == ["broken", "fine", "broken"]
+    await svc.check()
+    assert calls == ["broken", "fine", "broken"]
+
+
+# -- the prober's pure parts, and a real DNS exchange on loopback ----------------------------
+
+
+def test_link_needs_carrier_and_a_default_route(tmp_path: Any) -> None:
+    dev = tmp_path / "wan0"
+    dev.mkdir()
+    (dev / "operstate").write_text("up\n")
+    route = tmp_path / "route"
+    head = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+    route.write_text(head + "wan0\t00000000\t0100400A\t0003\t0\t0\t0\t00000000\n")
+    assert uplink_is_up("wan0", str(tmp_path), str(route))
+    (dev / "operstate").write_text("lowerlayerdown\n")
+    assert not uplink_is_up("wan0", str(tmp_path), str(route))
+    (dev / "operstate").write_text("up\n")
+    route.write_text(head + "wan0\t0000400A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n")
+    assert not uplink_is_up("wan0", str(tmp_path), str(route))
+    assert not uplink_is_up("eth9", str(tmp_path), str(route))
+
+
+def test_resolv_conf_and_dns_messages() -> None:
+    text = "# x\nnameserver 192.0.2.53\nsearch lab\nnameserver fe80::1%eth0\n"
+    assert resolvers_in(text) == ["192.0.2.53", "fe80::1"]
+    q = dns_query(0x1234)
+    assert q[:2] == b"\x12\x34" and len(q) == 17
+    reply = b"\x12\x34\x81\x83" + q[4:]  # NXDOMAIN still proves the resolver answered
+    assert is_answer_to(reply, 0x1234)
+    assert not is_answer_to(q, 0x1234)  # our own query echoed back is no answer
+    assert not is_answer_to(b"\x43\x21\x81\x80" + q[4:], 0x1234)
+
+
+async def test_real_dns_probe_against_a_loopback_responder() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    async def answer_once() -> None:
+        data, addr = await loop.sock_recvfrom(sock, 512)
+        await loop.sock_sendto(sock, data[:2] + b"\x81\x80" + data[4:], addr)
+
+    responder = asyncio.create_task(answer_once())
+    try:
+        latency = await probe_dns("127.0.0.1", 2.0, port=port)
+        assert latency >= 0
+        await responder
+        # positive control's counterpart: nobody answers -> the probe times out
+        with pytest.raises((TimeoutError, OSError)):
+            await probe_dns("127.0.0.1", 0.2, port=port)
+    finally:
+        sock.close()
+
+
+async def test_prober_round_is_ok_when_any_target_answers() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    closed.close()  # a port nobody listens on: refused
+    try:
+        prober = UplinkProber()
+        good = await prober.probe([], [("127.0.0.1", dead), ("127.0.0.1", port)], 2.0)
+        assert good.ok and good.latency_ms is not None
+        bad = await prober.probe([], [("127.0.0.1", dead)], 2.0)
+        assert not bad.ok and "ConnectionRefusedError" in bad.detail
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# -- dnsmasq's offline answers -------------------------------------------------------------------
+
+
+def test_offline_dns_lines_only_while_down() -> None:
+    from gateway.services.dnsmasq import render_dnsmasq_conf
+
+    cfg = make_config(walled_garden={"hostnames": ["layanan.lab", "dukcapil.go.id"]},
+                      local_services={"enabled": True})
+    up = render_dnsmasq_conf(cfg, "/s", "/r")
+    down = render_dnsmasq_conf(cfg, "/s", "/r", uplink_down=True)
+    assert "address=/#/" not in up  # positive control: normal DNS while up
+    added = [line for line in down.splitlines() if line not in up.splitlines()]
+    assert added == ["# uplink down (desanet): outside names point at the gateway",
+                     "address=/#/10.42.0.1", "server=/layanan.lab/dukcapil.go.id/#"]
+    # local names keep their own answers
+    assert "address=/portal.desa/10.42.0.1" in down and "address=/layanan.desa/10.42.0.1" in down
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/usr/sbin/dnsmasq"), reason="needs dnsmasq")
+async def test_dnsmasq_accepts_the_offline_config_and_switches_back(tmp_path: Any) -> None:
+    from gateway.services.dnsmasq import Dnsmasq
+
+    dm = Dnsmasq.in_dirs("/usr/sbin/dnsmasq", str(tmp_path), str(tmp_path))
+    cfg = make_config(programs={"dnsmasq": "/usr/sbin/dnsmasq"},
+                      walled_garden={"hostnames": ["layanan.lab"]})
+    assert await dm.configure(cfg)
+    conf = tmp_path / "dnsmasq.conf"
+    # `dnsmasq --test` checks the offline file; not running, so nothing restarts
+    assert await dm.set_uplink_down(True, cfg)
+    assert "address=/#/10.42.0.1" in conf.read_text()
+    assert not await dm.set_uplink_down(True, cfg)
+    # a config apply while down keeps the offline answers
+    assert not await dm.configure(cfg)
+    assert await dm.set_uplink_down(False, cfg)
+    assert "address=/#/" not in conf.read_text()
+
+
+# -- `desanet status` -------------------------------------------------------------------------------
+
+
+def test_status_line_in_local_time() -> None:
+    from gateway.cli_format import uplink_status_line
+
+    down = {"state": "down", "since": NOW, "since_iso": "x", "latency_ms": None, "reason": "link"}
+    assert uplink_status_line(down, "Asia/Jakarta") == (
+        "  uplink:          DOWN since 15 Nov 2023 05:13 WIB (link or default route lost)")
+    up = {"state": "up", "since": NOW, "latency_ms": 23.4, "reason": "probes"}
+    assert uplink_status_line(up, "Asia/Jayapura") == (
+        "  uplink:          up since 15 Nov 2023 07:13 WIT, last probe 23 ms")
+    assert "unknown" in uplink_status_line({"state": "unknown"})
+    assert "unknown" in uplink_status_line(None)  # an older daemon sends nothing
+
+
+async def test_status_answer_carries_the_uplink(tmp_path: Any) -> None:
+    from tests.unit.corekit import build_core
+
+    core = build_core(tmp_path)
+    await core.start()
+    data = await core.ops.status()
+    assert data["uplink"]["state"] == "unknown" and data["timezone"] == "Asia/Jakarta"
+    svc = UplinkService(core.holder.get, FakeUplinkProber(link=False), core.bus, core.clock)
+    core.ops.uplink = svc
+    await svc.check()
+    data = await core.ops.status()
+    assert data["uplink"] == {"state": "down", "since": core.clock.now(),
+                              "since_iso": data["uplink"]["since_iso"], "latency_ms": None,
+                              "reason": "link", "checked": core.clock.now()}
+    assert data["uplink"]["since_iso"].endswith("+07:00")
