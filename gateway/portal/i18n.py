@@ -81,6 +81,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_step2": "Buka {url} atau halaman web apa saja.",
         "sheet_step3": "Ketik kode di atas, lalu tekan \u201cMasuk dengan voucher\u201d.",
         "sheet_cut": "Gunting mengikuti garis putus-putus.",
+        # uplink
+        "offline_title": "Internet desa sedang terputus",
+        "offline_body": "Sambungan internet desa sedang putus, jadi {host} tidak dapat dibuka "
+                        "sekarang. Coba lagi nanti.",
+        "offline_local": "Layanan desa tetap bisa dipakai tanpa internet.",
+        "offline_local_link": "Buka layanan desa ({host})",
+        "offline_retry": "Coba lagi",
+        "offline_notice": "Internet desa sedang terputus. Layanan desa tetap bisa dipakai.",
+        "connected_offline": "Anda terhubung ke hotspot desa, tetapi internet desa sedang "
+                             "terputus.",
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -141,6 +151,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_step2": "Open {url} or any web page.",
         "sheet_step3": "Type the code above and tap \u201cConnect with voucher\u201d.",
         "sheet_cut": "Cut along the dashed lines.",
+        # uplink
+        "offline_title": "The village internet is down",
+        "offline_body": "The village's internet connection is cut, so {host} cannot be opened "
+                        "right now. Please try again later.",
+        "offline_local": "The village services still work without the internet.",
+        "offline_local_link": "Open the village services ({host})",
+        "offline_retry": "Try again",
+        "offline_notice": "The village internet is down. The village services still work.",
+        "connected_offline": "You are connected to the village hotspot, but the village "
+                             "internet is down.",
     },
 }
 

@@ -37,8 +37,9 @@ def captive_api_url(cfg: Config) -> str:
     return cfg.portal_url + "api/captive"
 
 
-def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
-    """Return dnsmasq.conf text for this config (pure)."""
+def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str,
+                        uplink_down: bool = False) -> str:
+    """Return dnsmasq.conf text for this config (pure); ``uplink_down``: see offline_lines."""
     net = cfg.network.lan_address.network
     lan_ip = cfg.lan_ip
     domain = cfg.dhcp.local_domain
@@ -79,7 +80,23 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         lines.append(
             f"nftset=/{names}/4#inet#{TABLE}#garden_dns4,6#inet#{TABLE}#garden_dns6"
         )
+    lines += offline_lines(cfg) if uplink_down else []
     return "\n".join(lines) + "\n"
+
+
+def offline_lines(cfg: Config) -> list[str]:
+    """While the village uplink is down, every outside name resolves to the gateway,
+    whose web server answers any host with the "Internet desa sedang terputus" page
+    instead of leaving a browser with a DNS error. The more specific names above
+    (portal, local services, the local domain, DHCP host names) win over ``#``;
+    walled-garden names still go to the upstream servers (a local one may answer).
+    The answers carry TTL 0 (dnsmasq's default local-ttl), so phones ask again
+    once the uplink is back."""
+    lines = ["# uplink down (desanet): outside names point at the gateway",
+             f"address=/#/{cfg.lan_ip}"]
+    if cfg.walled_garden.hostnames:
+        lines.append(f"server=/{'/'.join(cfg.walled_garden.hostnames)}/#")
+    return lines
 
 
 def read_leases(path: str) -> dict[str, str]:
@@ -129,6 +146,10 @@ class Dnsmasq:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        # The uplink state reaches the rendered file; one lock keeps a config apply
+        # and an uplink change from writing over each other with a stale flag.
+        self.uplink_down = False
+        self._conf_lock: asyncio.Lock | None = None
 
     @classmethod
     def in_dirs(cls, binary: str, state_dir: str, run_dir: str, *,
@@ -150,7 +171,23 @@ class Dnsmasq:
     def render(self, cfg: Config) -> str:
         """The dnsmasq.conf text for ``cfg`` in this supervisor's directories (pure)."""
         return render_dnsmasq_conf(cfg, self.state_dir or cfg.store.state_dir,
-                                   self.run_dir or cfg.store.run_dir)
+                                   self.run_dir or cfg.store.run_dir, self.uplink_down)
+
+    def _lock(self) -> asyncio.Lock:
+        if self._conf_lock is None:
+            self._conf_lock = asyncio.Lock()
+        return self._conf_lock
+
+    async def set_uplink_down(self, down: bool, cfg: Config) -> bool:
+        """Switch the offline answers (see :func:`offline_lines`) on or off and restart
+        a running dnsmasq when the file changed; True when it did. Does not block the
+        loop; raises ServiceError as :meth:`configure` and :meth:`start`."""
+        async with self._lock():
+            self.uplink_down = down
+            changed = await self._configure(cfg)
+        if changed and self.running:
+            await self.restart()
+        return changed
 
     async def configure(self, cfg: Config) -> bool:
         """Write the config for ``cfg`` atomically; True when it changed.
@@ -160,6 +197,10 @@ class Dnsmasq:
         place, when the file cannot be written or dnsmasq refuses the config.
         The running child is not restarted: the caller restarts it on True.
         """
+        async with self._lock():
+            return await self._configure(cfg)
+
+    async def _configure(self, cfg: Config) -> bool:
         text = self.render(cfg)
         binary = cfg.programs.dnsmasq
         if await asyncio.to_thread(self._current) == text and binary == self.binary:
