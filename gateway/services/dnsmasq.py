@@ -70,7 +70,7 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str,
         f"pid-file={run_dir}/dnsmasq.pid",
         "log-facility=-",
     ]
-    if cfg.dhcp.upstream_dns:
+    if cfg.dhcp.upstream_dns and not uplink_down:
         lines.append("no-resolv")
         lines += [f"server={addr}" for addr in cfg.dhcp.upstream_dns]
     for mac in cfg.access.blocked_macs:
@@ -87,15 +87,20 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str,
 def offline_lines(cfg: Config) -> list[str]:
     """While the village uplink is down, every outside name resolves to the gateway,
     whose web server answers any host with the "Internet desa sedang terputus" page
-    instead of leaving a browser with a DNS error. The more specific names above
-    (portal, local services, the local domain, DHCP host names) win over ``#``;
-    walled-garden names still go to the upstream servers (a local one may answer).
-    The answers carry TTL 0 (dnsmasq's default local-ttl), so phones ask again
-    once the uplink is back."""
+    instead of leaving a browser with a DNS error.
+
+    Nothing is forwarded then (no default upstream, ``local=/#/``): dnsmasq would
+    otherwise forward the AAAA half of each lookup to a dead upstream and every
+    phone would wait for it to time out; this way AAAA gets NODATA at once. The
+    more specific names above (portal, local services, the local domain, DHCP
+    host names) win over ``#``; walled-garden names still go to the configured
+    upstreams (a local one may answer). Answers carry TTL 0 (dnsmasq's default
+    local-ttl), so phones ask again once the uplink is back."""
     lines = ["# uplink down (desanet): outside names point at the gateway",
-             f"address=/#/{cfg.lan_ip}"]
+             "no-resolv", f"address=/#/{cfg.lan_ip}", "local=/#/"]
     if cfg.walled_garden.hostnames:
-        lines.append(f"server=/{'/'.join(cfg.walled_garden.hostnames)}/#")
+        names = "/".join(cfg.walled_garden.hostnames)
+        lines += [f"server=/{names}/{addr}" for addr in cfg.dhcp.upstream_dns]
     return lines
 
 

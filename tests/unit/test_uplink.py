@@ -301,13 +301,20 @@ def test_offline_dns_lines_only_while_down() -> None:
     from gateway.services.dnsmasq import render_dnsmasq_conf
 
     cfg = make_config(walled_garden={"hostnames": ["layanan.lab", "dukcapil.go.id"]},
-                      local_services={"enabled": True})
+                      local_services={"enabled": True},
+                      dhcp={"upstream_dns": ["192.0.2.53", "192.0.2.54"]})
     up = render_dnsmasq_conf(cfg, "/s", "/r")
     down = render_dnsmasq_conf(cfg, "/s", "/r", uplink_down=True)
     assert "address=/#/" not in up  # positive control: normal DNS while up
+    assert "server=192.0.2.53" in up.splitlines()
     added = [line for line in down.splitlines() if line not in up.splitlines()]
     assert added == ["# uplink down (desanet): outside names point at the gateway",
-                     "address=/#/10.42.0.1", "server=/layanan.lab/dukcapil.go.id/#"]
+                     "address=/#/10.42.0.1", "local=/#/",
+                     "server=/layanan.lab/dukcapil.go.id/192.0.2.53",
+                     "server=/layanan.lab/dukcapil.go.id/192.0.2.54"]
+    # nothing forwarded by default while down: AAAA must not wait for a dead upstream
+    assert "server=192.0.2.53" not in down.splitlines()
+    assert down.splitlines().count("no-resolv") == 1
     # local names keep their own answers
     assert "address=/portal.desa/10.42.0.1" in down and "address=/layanan.desa/10.42.0.1" in down
 
