@@ -46,6 +46,7 @@ from gateway.kernel import DatabaseWorker, KernelWorker
 from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
 from gateway.netinfo.uplink import LinkEvents, UplinkProber
 from gateway.services.dnsmasq import Dnsmasq
+from gateway.services.offline_dns import OfflineDns
 from gateway.shaping.service import ShapingService
 from gateway.shaping.tc import KernelShaper, Shaper
 from gateway.store.db import AsyncStore
@@ -131,6 +132,16 @@ class Daemon:
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
                              self._local_follows_uplink(servers, bus)]
+
+        # While the uplink is down, dnsmasq asks this responder for outside names.
+        offline_dns = OfflineDns(lambda: holder.get().lan_ip)
+        try:
+            await offline_dns.start()
+            dhcp.offline_server = offline_dns.server
+            _on_close(stack, "offline DNS", offline_dns.close)
+        except OSError as exc:
+            log.error("cannot start the offline DNS responder (%s); while the uplink is "
+                      "down, villagers will see DNS errors instead of the notice", exc)
 
         # Start-up goes through the same converge as every later change.
         _on_close(stack, "dnsmasq", dhcp.stop)

@@ -37,9 +37,8 @@ def captive_api_url(cfg: Config) -> str:
     return cfg.portal_url + "api/captive"
 
 
-def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str,
-                        uplink_down: bool = False) -> str:
-    """Return dnsmasq.conf text for this config (pure); ``uplink_down``: see offline_lines."""
+def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
+    """Return dnsmasq.conf text for this config (pure)."""
     net = cfg.network.lan_address.network
     lan_ip = cfg.lan_ip
     domain = cfg.dhcp.local_domain
@@ -70,7 +69,9 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str,
         f"pid-file={run_dir}/dnsmasq.pid",
         "log-facility=-",
     ]
-    if cfg.dhcp.upstream_dns and not uplink_down:
+    # uplink: the upstream while the uplink is down (see servers_text), re-read on SIGHUP
+    lines.append(f"servers-file={run_dir}/{SERVERS_FILE}")
+    if cfg.dhcp.upstream_dns:
         lines.append("no-resolv")
         lines += [f"server={addr}" for addr in cfg.dhcp.upstream_dns]
     for mac in cfg.access.blocked_macs:
@@ -80,28 +81,27 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str,
         lines.append(
             f"nftset=/{names}/4#inet#{TABLE}#garden_dns4,6#inet#{TABLE}#garden_dns6"
         )
-    lines += offline_lines(cfg) if uplink_down else []
     return "\n".join(lines) + "\n"
 
 
-def offline_lines(cfg: Config) -> list[str]:
-    """While the village uplink is down, every outside name resolves to the gateway,
-    whose web server answers any host with the "Internet desa sedang terputus" page
-    instead of leaving a browser with a DNS error.
+SERVERS_FILE = "dnsmasq.servers"
 
-    Nothing is forwarded then (no default upstream, ``local=/#/``): dnsmasq would
-    otherwise forward the AAAA half of each lookup to a dead upstream and every
-    phone would wait for it to time out; this way AAAA gets NODATA at once. The
-    more specific names above (portal, local services, the local domain, DHCP
-    host names) win over ``#``; walled-garden names still go to the configured
-    upstreams (a local one may answer). Answers carry TTL 0 (dnsmasq's default
-    local-ttl), so phones ask again once the uplink is back."""
-    lines = ["# uplink down (desanet): outside names point at the gateway",
-             "no-resolv", f"address=/#/{cfg.lan_ip}", "local=/#/"]
+
+def servers_text(cfg: Config, offline_server: str | None) -> str:
+    """dnsmasq.servers (pure): empty while the uplink is up; while it is down, the
+    daemon's offline responder (gateway/services/offline_dns.py) joins the upstreams.
+    They are down, so the responder answers every outside name with the gateway's
+    address at once (AAAA: NODATA) and browsers reach the "terputus" page; names
+    dnsmasq answers itself never get here. Walled-garden names keep going to the
+    configured upstreams only (a local one may still answer)."""
+    if offline_server is None:
+        return "# desanet: the uplink is up; the upstreams are in dnsmasq.conf\n"
+    lines = ["# desanet: the uplink is down; outside names point at the gateway",
+             f"server={offline_server}"]
     if cfg.walled_garden.hostnames:
         names = "/".join(cfg.walled_garden.hostnames)
         lines += [f"server=/{names}/{addr}" for addr in cfg.dhcp.upstream_dns]
-    return lines
+    return "\n".join(lines) + "\n"
 
 
 def read_leases(path: str) -> dict[str, str]:
@@ -151,9 +151,11 @@ class Dnsmasq:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
-        # The uplink state reaches the rendered file; one lock keeps a config apply
-        # and an uplink change from writing over each other with a stale flag.
+        # uplink: while down, dnsmasq.servers names the offline responder (set by the
+        # daemon); one lock keeps a config apply and an uplink change from writing
+        # over each other with a stale state.
         self.uplink_down = False
+        self.offline_server: str | None = None
         self._conf_lock: asyncio.Lock | None = None
 
     @classmethod
@@ -176,22 +178,46 @@ class Dnsmasq:
     def render(self, cfg: Config) -> str:
         """The dnsmasq.conf text for ``cfg`` in this supervisor's directories (pure)."""
         return render_dnsmasq_conf(cfg, self.state_dir or cfg.store.state_dir,
-                                   self.run_dir or cfg.store.run_dir, self.uplink_down)
+                                   self.run_dir or cfg.store.run_dir)
 
     def _lock(self) -> asyncio.Lock:
         if self._conf_lock is None:
             self._conf_lock = asyncio.Lock()
         return self._conf_lock
 
+    def _servers_path(self, cfg: Config) -> Path:
+        return Path(self.run_dir or cfg.store.run_dir, SERVERS_FILE)
+
+    def _write_servers(self, cfg: Config) -> bool:
+        """Write dnsmasq.servers for the uplink state atomically; True when it changed.
+        Blocks (file I/O)."""
+        text = servers_text(cfg, self.offline_server if self.uplink_down else None)
+        path = self._servers_path(cfg)
+        try:
+            if path.read_text() == text:
+                return False
+        except OSError:
+            pass
+        tmp = path.with_name(path.name + ".tmp")  # not dnsmasq.tmp: the config's own
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ServiceError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return True
+
     async def set_uplink_down(self, down: bool, cfg: Config) -> bool:
-        """Switch the offline answers (see :func:`offline_lines`) on or off and restart
-        a running dnsmasq when the file changed; True when it did. Does not block the
-        loop; raises ServiceError as :meth:`configure` and :meth:`start`."""
+        """Point outside names at the gateway (``down``) or back at the upstreams, and
+        have a running dnsmasq re-read its servers (SIGHUP: no restart, no gap for
+        lookups, the cache of real answers is cleared). True when anything changed.
+        Does not block the loop; raises ServiceError when the file cannot be written."""
         async with self._lock():
             self.uplink_down = down
-            changed = await self._configure(cfg)
-        if changed and self.running:
-            await self.restart()
+            changed = await asyncio.to_thread(self._write_servers, cfg)
+            if changed and self.running and self._proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.send_signal(signal.SIGHUP)
         return changed
 
     async def configure(self, cfg: Config) -> bool:
@@ -214,6 +240,8 @@ class Dnsmasq:
         try:
             if self.check_config:
                 await self._test(new, binary)
+            # for the uplink state; only once the config passed (a refused one changes nothing)
+            await asyncio.to_thread(self._write_servers, cfg)
             await asyncio.to_thread(os.replace, new, self.conf_path)
         except BaseException:
             with contextlib.suppress(OSError):

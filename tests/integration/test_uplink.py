@@ -96,6 +96,7 @@ def test_link_cut_reaches_status_events_and_villagers_then_recovers(lab: LabInfo
     assert has_internet(ns), http(ns, "http://internet.lab/")
     before = desanet_json(lab.control_socket, "events", "--no-follow")
     seq = max((e["seq"] for e in before), default=0)
+    dnsmasq_pid = desanet_json(lab.control_socket, "status")["dnsmasq"]["pid"]
     with cut(lab, "link"):
         down = wait_until(lambda: (u := uplink(lab))["state"] == "down" and u, DETECT,
                           "desanet status to say the uplink is down")
@@ -128,6 +129,8 @@ def test_link_cut_reaches_status_events_and_villagers_then_recovers(lab: LabInfo
         assert http(other, "http://internet.lab/").redirected_to_portal()
         assert TERPUTUS in http(other, f"{PORTAL}/").text
 
+        # dnsmasq re-read its servers instead of restarting: no gap for lookups
+        assert desanet_json(lab.control_socket, "status")["dnsmasq"]["pid"] == dnsmasq_pid
         events = desanet_json(lab.control_socket, "events", "--since", str(seq), "--no-follow")
         changes = [e for e in events if e["type"] == "uplink_changed"]
         assert changes and changes[-1]["up"] is False and changes[-1]["reason"] == "link"

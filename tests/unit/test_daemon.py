@@ -230,12 +230,13 @@ async def test_uplink_down_switches_dnsmasq_to_offline_answers_and_back(tmp_path
 
     core = build_core(tmp_path)
     dm = Dnsmasq.in_dirs("dnsmasq", str(tmp_path), str(tmp_path), check_config=False)
+    dm.offline_server = "127.0.0.1#5999"
     follow = Daemon._dns_follows_uplink(core.holder, dm)
     await follow(UplinkStatus("down", 1.0, "link"))
-    conf = (tmp_path / "dnsmasq.conf").read_text()
-    assert "address=/#/10.42.0.1" in conf
+    servers = tmp_path / "dnsmasq.servers"
+    assert "server=127.0.0.1#5999" in servers.read_text()
     await follow(UplinkStatus("up", 2.0, "probes"))
-    assert "address=/#/" not in (tmp_path / "dnsmasq.conf").read_text()
+    assert "server=" not in servers.read_text()
 
 
 async def test_catalog_badges_follow_the_uplink_at_once(tmp_path: Path) -> None:

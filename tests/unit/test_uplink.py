@@ -297,45 +297,71 @@ async def test_prober_round_is_ok_when_any_target_answers() -> None:
 # -- dnsmasq's offline answers -------------------------------------------------------------------
 
 
-def test_offline_dns_lines_only_while_down() -> None:
-    from gateway.services.dnsmasq import render_dnsmasq_conf
+def test_offline_servers_only_while_down() -> None:
+    from gateway.services.dnsmasq import render_dnsmasq_conf, servers_text
 
     cfg = make_config(walled_garden={"hostnames": ["layanan.lab", "dukcapil.go.id"]},
-                      local_services={"enabled": True},
                       dhcp={"upstream_dns": ["192.0.2.53", "192.0.2.54"]})
-    up = render_dnsmasq_conf(cfg, "/s", "/r")
-    down = render_dnsmasq_conf(cfg, "/s", "/r", uplink_down=True)
-    assert "address=/#/" not in up  # positive control: normal DNS while up
-    assert "server=192.0.2.53" in up.splitlines()
-    added = [line for line in down.splitlines() if line not in up.splitlines()]
-    assert added == ["# uplink down (desanet): outside names point at the gateway",
-                     "address=/#/10.42.0.1", "local=/#/",
-                     "server=/layanan.lab/dukcapil.go.id/192.0.2.53",
-                     "server=/layanan.lab/dukcapil.go.id/192.0.2.54"]
-    # nothing forwarded by default while down: AAAA must not wait for a dead upstream
-    assert "server=192.0.2.53" not in down.splitlines()
-    assert down.splitlines().count("no-resolv") == 1
-    # local names keep their own answers
-    assert "address=/portal.desa/10.42.0.1" in down and "address=/layanan.desa/10.42.0.1" in down
+    conf = render_dnsmasq_conf(cfg, "/s", "/r").splitlines()
+    assert "servers-file=/r/dnsmasq.servers" in conf and "server=192.0.2.53" in conf
+    up = servers_text(cfg, None)
+    assert "server=" not in up  # positive control: the upstreams alone while up
+    assert servers_text(cfg, "127.0.0.1#5999").splitlines()[1:] == [
+        "server=127.0.0.1#5999",
+        "server=/layanan.lab/dukcapil.go.id/192.0.2.53",
+        "server=/layanan.lab/dukcapil.go.id/192.0.2.54"]
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/usr/sbin/dnsmasq"), reason="needs dnsmasq")
-async def test_dnsmasq_accepts_the_offline_config_and_switches_back(tmp_path: Any) -> None:
+async def test_dnsmasq_accepts_the_servers_file_and_switches_back(tmp_path: Any) -> None:
     from gateway.services.dnsmasq import Dnsmasq
 
     dm = Dnsmasq.in_dirs("/usr/sbin/dnsmasq", str(tmp_path), str(tmp_path))
+    dm.offline_server = "127.0.0.1#5999"
     cfg = make_config(programs={"dnsmasq": "/usr/sbin/dnsmasq"},
                       walled_garden={"hostnames": ["layanan.lab"]})
-    assert await dm.configure(cfg)
-    conf = tmp_path / "dnsmasq.conf"
-    # `dnsmasq --test` checks the offline file; not running, so nothing restarts
-    assert await dm.set_uplink_down(True, cfg)
-    assert "address=/#/10.42.0.1" in conf.read_text()
+    assert await dm.configure(cfg)  # `dnsmasq --test` reads the servers file too
+    servers = tmp_path / "dnsmasq.servers"
+    assert "server=" not in servers.read_text()
+    assert await dm.set_uplink_down(True, cfg)  # not running: nothing to signal
+    assert "server=127.0.0.1#5999" in servers.read_text()
     assert not await dm.set_uplink_down(True, cfg)
-    # a config apply while down keeps the offline answers
-    assert not await dm.configure(cfg)
+    assert not await dm.configure(cfg)  # a config apply while down keeps it
+    assert "server=127.0.0.1#5999" in servers.read_text()
     assert await dm.set_uplink_down(False, cfg)
-    assert "address=/#/" not in conf.read_text()
+    assert "server=" not in servers.read_text()
+
+
+def test_offline_answers_a_with_the_gateway_and_nodata_for_the_rest() -> None:
+    from gateway.services.offline_dns import offline_answer
+
+    def query(qtype: int, ident: int = 0xBEEF) -> bytes:
+        name = b"".join(bytes([len(x)]) + x for x in (b"internet", b"lab")) + b"\0"
+        return (ident.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01"
+                + name + qtype.to_bytes(2, "big") + b"\x00\x01" + b"\x00" * 11)
+
+    a = offline_answer(query(1), "10.42.0.1")
+    assert a is not None and a[:2] == b"\xbe\xef"
+    assert a[2:4] == b"\x81\x80" and a[6:8] == b"\x00\x01"  # response, RD, RA; one answer
+    assert a.endswith(b"\x00\x01\x00\x01\x00\x00\x00\x00\x00\x04\x0a\x2a\x00\x01")  # TTL 0
+    aaaa = offline_answer(query(28), "10.42.0.1")
+    assert aaaa is not None and aaaa[2:4] == b"\x81\x80" and aaaa[6:8] == b"\x00\x00"  # NODATA
+    assert offline_answer(a, "10.42.0.1") is None  # a response is never answered
+    assert offline_answer(b"\x00" * 5, "10.42.0.1") is None
+    assert offline_answer(query(1)[:20], "10.42.0.1") is None  # cut in the name
+
+
+async def test_offline_responder_answers_over_udp() -> None:
+    from gateway.services.offline_dns import OfflineDns
+
+    dns = OfflineDns(lambda: "10.42.0.1")
+    await dns.start()
+    try:
+        assert dns.server == f"127.0.0.1#{dns.port}"
+        latency = await probe_dns("127.0.0.1", 2.0, port=dns.port)  # any answer counts
+        assert latency >= 0
+    finally:
+        await dns.close()
 
 
 # -- `desanet status` -------------------------------------------------------------------------------
