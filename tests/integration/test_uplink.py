@@ -73,6 +73,11 @@ def cut(lab: LabInfo, mode: str) -> Iterator[float]:
         wait_until(lambda: uplink(lab)["state"] == "up", 30, "the uplink to be up again")
 
 
+def service_state(lab: LabInfo) -> str:
+    state: str = desanet_json(lab.control_socket, "services")["services"]["dukcapil"]["state"]
+    return state
+
+
 def c1(lab: LabInfo) -> str:
     return lab.client(1).name
 
@@ -118,10 +123,11 @@ def test_link_cut_reaches_status_events_and_villagers_then_recovers(lab: LabInfo
         assert page.headers.get("cache-control") == "no-store"
         assert terputus(lab, "http://situs-baru.example/")
 
-        # local names keep working: the catalog (offline badge) and the portal
+        # local names keep working: the catalog (its badge already offline) and the portal
+        assert service_state(lab) == "offline"
         catalog = http(ns, "http://layanan.desa/")
         assert catalog.status == 200 and "Layanan pemerintah" in catalog.text, catalog
-        assert "Data Kependudukan (lab)" in catalog.text
+        assert "Data Kependudukan (lab)" in catalog.text and "Terhubung" not in catalog.text
         status_page = http(ns, f"{PORTAL}/")
         assert status_page.status == 200 and "internet desa sedang terputus" in status_page.text
         # a villager who is not logged in still goes to the portal, which says so too
@@ -136,6 +142,7 @@ def test_link_cut_reaches_status_events_and_villagers_then_recovers(lab: LabInfo
         assert changes and changes[-1]["up"] is False and changes[-1]["reason"] == "link"
     # back: up within the deadline (the context waited), and the site loads again
     wait_until(lambda: has_internet(ns), DETECT, "internet.lab to load again")
+    wait_until(lambda: service_state(lab) == "online", DETECT, "the catalog badge online")
     assert not terputus(lab, "http://internet.lab/")
     events = desanet_json(lab.control_socket, "events", "--since", str(seq), "--no-follow")
     assert [e["up"] for e in events if e["type"] == "uplink_changed"] == [False, True]
