@@ -160,3 +160,28 @@ def test_silent_cut_is_noticed_by_the_probes(lab: LabInfo) -> None:
     wait_until(lambda: has_internet(ns), DETECT, "internet.lab to load again")
     r = http(ns, "http://internet.lab/")
     assert r.text.strip() == INTERNET_BODY
+
+
+def test_a_lost_link_is_seen_from_netlink_not_the_next_probe(
+        make_lab_for_test: LabFactory) -> None:
+    """Probe rounds a minute apart: only the kernel's link event can tell within 10 s."""
+    slow = make_lab_for_test(LabSpec(prefix=unique_prefix("ul"), clients=1, extra={
+        "uplink": {"probe_interval": "60s", "recover_after": 1}}))
+
+    def state() -> str:
+        value: str = desanet_json(slow.control_socket, "status")["uplink"]["state"]
+        return value
+
+    def slow_uplink(*args: str) -> None:
+        proc = subprocess.run([*desanet_argv(), "lab", "uplink", *args, "--prefix", slow.prefix],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert proc.returncode == 0, proc.stderr
+
+    wait_until(lambda: state() == "up", DETECT, "the first probe round at start")
+    slow_uplink("down")
+    try:
+        wait_until(lambda: state() == "down", DETECT, "the link event to mark the uplink down")
+    finally:
+        slow_uplink("up")
+    # the carrier comes back: another event, one good round (recover_after = 1)
+    wait_until(lambda: state() == "up", DETECT, "the link event to bring the uplink back")
