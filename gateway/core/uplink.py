@@ -184,8 +184,13 @@ def _outside(addr: str) -> bool:
 Listener = Callable[[UplinkStatus], Awaitable[None]]
 
 
+TICK = 1.0  # the reconcile loop's job interval; rounds follow uplink.probe_interval
+
+
 class UplinkService:
-    """Runs the monitor from the prober; the reconcile loop calls :meth:`check`."""
+    """Runs the monitor from the prober. The reconcile loop calls :meth:`tick` every
+    :data:`TICK` seconds; a round runs when ``uplink.probe_interval`` (read per round,
+    so a config apply changes it) has passed, or at once after :meth:`poke`."""
 
     def __init__(self, config: Callable[[], Config], prober: UplinkProberPort, bus: EventBus,
                  clock: Clock) -> None:
@@ -196,6 +201,9 @@ class UplinkService:
         self.monitor = UplinkMonitor(clock, cfg.fail_after, cfg.recover_after)
         self.listeners: list[Listener] = []
         self._retry: list[Listener] = []  # listeners that failed on the last change
+        self._clock = clock
+        self._next_round: float | None = None
+        self._poked = False
 
     @property
     def status(self) -> UplinkStatus:
@@ -208,6 +216,19 @@ class UplinkService:
 
     def status_json(self) -> dict[str, Any]:
         return self.monitor.status.as_json(self._config().site.timezone)
+
+    def poke(self) -> None:
+        """Observe at the next tick, whatever the interval (a netlink link event)."""
+        self._poked = True
+
+    async def tick(self) -> None:
+        """A round when one is due (see the class docstring); else nothing."""
+        now = self._clock.monotonic()
+        if not self._poked and self._next_round is not None and now < self._next_round:
+            return
+        self._poked = False
+        self._next_round = now + self._config().uplink.probe_interval
+        await self.check()
 
     async def check(self) -> None:
         """One observation: the link, then (with the link present) a probe round.

@@ -36,7 +36,7 @@ from gateway.core.reconcile import (
     Reconciler,
 )
 from gateway.core.sessions import SessionService
-from gateway.core.uplink import UplinkService, UplinkStatus
+from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import systemd
 from gateway.daemon.servers import DaemonServers
@@ -157,8 +157,13 @@ class Daemon:
         reconciler.every("samples", SAMPLE_INTERVAL, shaping.sample)
         reconciler.every("prune", PRUNE_INTERVAL, self._pruner(store, clock), first_in=60.0)
         reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
-        reconciler.every("uplink", float(cfg.uplink.probe_interval), uplink.check, first_in=0.0)
-        link_events = LinkEvents(lambda: reconciler.run_soon("uplink"))
+        reconciler.every("uplink", TICK, uplink.tick, first_in=0.0)
+
+        def link_changed() -> None:
+            uplink.poke()
+            reconciler.run_soon("uplink")
+
+        link_events = LinkEvents(link_changed)
         try:
             link_events.start()
             _on_close(stack, "link events", link_events.close)

@@ -395,3 +395,32 @@ async def test_status_answer_carries_the_uplink(tmp_path: Any) -> None:
                               "since_iso": data["uplink"]["since_iso"], "latency_ms": None,
                               "reason": "link", "checked": core.clock.now()}
     assert data["uplink"]["since_iso"].endswith("+07:00")
+
+
+async def test_ticks_run_a_round_per_interval_a_poke_at_once_and_follow_a_reload() -> None:
+    holder = [make_config(uplink={"probe_interval": "3s"})]
+    clock = FakeClock(NOW)
+    fake = FakeUplinkProber()
+    svc = UplinkService(lambda: holder[0], fake, EventBus(clock), clock)
+    await svc.tick()  # the first tick observes at once
+    assert len(fake.rounds) == 1
+    for _ in range(2):
+        clock.advance(1)
+        await svc.tick()
+    assert len(fake.rounds) == 1  # 2 s later: not due yet
+    clock.advance(1)
+    await svc.tick()
+    assert len(fake.rounds) == 2  # 3 s: due
+    svc.poke()  # a netlink event: look now
+    await svc.tick()
+    assert len(fake.rounds) == 3
+    holder[0] = make_config(uplink={"probe_interval": "10s"})  # a config apply
+    clock.advance(3)
+    await svc.tick()
+    assert len(fake.rounds) == 4  # due by the old interval; the next one by the new
+    clock.advance(9)
+    await svc.tick()
+    assert len(fake.rounds) == 4
+    clock.advance(1)
+    await svc.tick()
+    assert len(fake.rounds) == 5 and fake.rounds[-1][2] == 7.5
