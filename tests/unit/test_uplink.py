@@ -424,3 +424,25 @@ async def test_ticks_run_a_round_per_interval_a_poke_at_once_and_follow_a_reload
     clock.advance(1)
     await svc.tick()
     assert len(fake.rounds) == 5 and fake.rounds[-1][2] == 7.5
+
+
+async def test_run_soon_runs_a_job_now_instead_of_at_its_interval(tmp_path: Any) -> None:
+    from tests.unit.corekit import build_core
+
+    core = build_core(tmp_path)
+    ran = asyncio.Event()
+
+    async def job() -> None:
+        ran.set()
+
+    core.reconciler.every("uplink", 3600.0, job)  # not due for an hour of (fake) time
+    loop_task = asyncio.create_task(core.reconciler.run())
+    try:
+        core.reconciler.run_soon("nothing-by-that-name")  # ignored
+        await asyncio.sleep(0)
+        assert not ran.is_set()
+        core.reconciler.run_soon("uplink")
+        await asyncio.wait_for(ran.wait(), 5)
+    finally:
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
