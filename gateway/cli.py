@@ -21,6 +21,7 @@ from gateway.cli_format import (
     format_event,
     print_changes,
     print_problems,
+    uplink_status_line,
 )
 from gateway.config import DEFAULT_PATH, load_config
 from gateway.config.units import format_duration, format_left, format_rate, human_rate
@@ -255,6 +256,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  ready:           {data['ready']}")
     print(f"  portal:          {data['portal_url']}  mode={data['portal_mode']}")
     print(f"  LAN address:     {data['lan_ip']}")
+    print(uplink_status_line(data.get("uplink"), data.get("timezone")))
     print(f"  active sessions: {data['sessions_active']}")
     print(f"  uptime:          {format_left(data['uptime'])}")
     print(f"  firewall:        nftables via {data['firewall']['backend']}")

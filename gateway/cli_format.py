@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config.diff import ABSENT, Change, format_changes
 from gateway.control.schema import ConfigChangeOut, EventOut
+from gateway.timefmt import DEFAULT_TIMEZONE, format_datetime
 
 
 def fmt_time(ts: float | None) -> str:
@@ -79,3 +80,16 @@ def config_status_lines(config: Any) -> list[str]:
     if isinstance(refusal, dict) and refusal.get("reason"):
         lines.append(f"  last refused:    {fmt_time(refusal.get('time'))}: {refusal['reason']}")
     return lines
+
+
+def uplink_status_line(uplink: Any, tz: str | None = None) -> str:
+    """`desanet status` line about the uplink: state, since when (local time), latency."""
+    if not isinstance(uplink, dict) or uplink.get("state") not in ("up", "down"):
+        return "  uplink:          unknown (not decided yet)"
+    since = format_datetime(uplink.get("since"), tz or DEFAULT_TIMEZONE, "en")
+    state = "DOWN" if uplink["state"] == "down" else "up"
+    why = {"link": "link or default route lost", "probes": "probes"}.get(uplink.get("reason", ""))
+    latency = uplink.get("latency_ms")
+    extra = f", last probe {latency:.0f} ms" if isinstance(latency, int | float) else ""
+    return f"  uplink:          {state} since {since}" + (f" ({why})" if why and state == "DOWN"
+                                                          else "") + extra

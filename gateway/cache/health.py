@@ -41,6 +41,15 @@ class ServiceHealth:
         self.requests += 1
         self.errors += 1
 
+    def mark_offline(self, now: float, why: str) -> bool:
+        """The gateway's uplink is down, so this service is too (no request was made);
+        True when it was not offline yet."""
+        was = self.state
+        self.state = "offline"
+        self.last_error = now
+        self.last_error_text = why[:200]
+        return was != "offline"
+
     def as_json(self) -> dict[str, object]:
         return {
             "state": self.state,

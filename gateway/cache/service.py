@@ -303,6 +303,13 @@ class LocalServices:
                 self._next_prefetch = now + _seconds_until(hour, minute, cfg.site.timezone)
             await self.prefetch(only_missing=True)
 
+    def uplink_lost(self) -> None:
+        """The gateway's uplink went down: every service is offline from now on, so the
+        catalog says so at once (a probe or a villager's request brings it back)."""
+        now = time.time()
+        for slug in self.services():
+            self._health_of(slug).mark_offline(now, "uplink down")
+
     def health_states(self) -> dict[str, str]:
         return {slug: self._health_of(slug).state for slug in self.services()}
 

@@ -506,6 +506,36 @@ def lan_problems(network: Network, dhcp: Dhcp, shaping: Shaping) -> list[str]:
     return problems
 
 
+# uplink (Step 5): how the gateway decides that the village uplink is down.
+def _ip_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        ok = bool(sep) and port.isdigit() and 1 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{json_quote(value)} is not an address and port; write e.g. "
+                         "\"1.1.1.1:443\" (an IP address: probes must not depend on DNS)")
+    return value
+
+
+IpPort = Annotated[str, AfterValidator(_ip_port)]
+
+
+class Uplink(_Section):
+    """Probes of the uplink: a round every ``probe_interval``; down after ``fail_after``
+    failed rounds in a row, up again after ``recover_after`` good ones. DNS probes go
+    to ``probe_dns`` (default: dhcp.upstream_dns, else the gateway's own resolvers)."""
+
+    probe_interval: Duration = Field(2, le=60, examples=["2s"])
+    fail_after: int = Field(3, ge=1, le=20, examples=[3])
+    recover_after: int = Field(2, ge=1, le=20, examples=[2])
+    probe_dns: list[IPAddress] = Field(default_factory=list, examples=[["1.1.1.1"]])
+    probe_tcp: list[IpPort] = Field(default_factory=list, examples=[["1.1.1.1:443"]])
+
+
 class Config(_Section):
     site: Site
     network: Network
@@ -518,6 +548,7 @@ class Config(_Section):
     store: Store = Store()
     programs: Programs = Programs()
     local_services: LocalServices = LocalServices()
+    uplink: Uplink = Uplink()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -131,6 +131,9 @@ class ConfigRefused(Event):
 class UplinkChanged(Event):
     type: ClassVar[str] = "uplink_changed"
     up: bool
+    since: int = 0  # when it changed (epoch seconds)
+    reason: str = ""  # "link" (carrier or default route gone) or "probes"
+    latency_ms: float | None = None  # of the probe round that brought it up
 
 
 @dataclass(frozen=True, slots=True)

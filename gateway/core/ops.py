@@ -35,6 +35,12 @@ class LocalSitePort(Protocol):
     async def prefetch(self, only_missing: bool = False) -> dict[str, Any]: ...
 
 
+class UplinkReadPort(Protocol):
+    """The uplink state (core/uplink.py UplinkService)."""
+
+    def status_json(self) -> dict[str, Any]: ...
+
+
 def session_json(s: Session, now: int) -> dict[str, Any]:
     data = asdict(s)
     data["remaining"] = s.remaining(now)
@@ -80,6 +86,7 @@ class GatewayOps:
         self._local_site = local_site
         self.ready = False
         self.started_at = clock.now()
+        self.uplink: UplinkReadPort | None = None  # uplink: set by the daemon
 
     def now(self) -> int:
         return self.clock.now()
@@ -104,6 +111,9 @@ class GatewayOps:
             "config_path": self.config.path,
             "config": self.config.status_json(),
             "shaping": self.shaping.status_json(),
+            "timezone": cfg.site.timezone,
+            "uplink": self.uplink.status_json() if self.uplink is not None
+            else {"state": "unknown", "since": None, "since_iso": None, "latency_ms": None},
         }
 
     async def clients(self) -> list[dict[str, Any]]:

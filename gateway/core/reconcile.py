@@ -264,6 +264,14 @@ class Reconciler:
                 job.due, job.hurried = due, True
                 self._wake.set()
 
+    def run_soon(self, name: str) -> None:
+        """Make job ``name`` due now (a netlink event says the uplink may have changed).
+        Unknown names are ignored; a run in progress is not doubled."""
+        for job in self.jobs:
+            if job.name == name:
+                job.due = self.clock.monotonic()
+        self._wake.set()
+
     def wake(self) -> None:
         """Look at the jobs again now (a job was added, or a test moved the clock)."""
         self._wake.set()

@@ -25,7 +25,7 @@ from gateway.config.pending import TrialRecord, TrialStore, recover_trial, recov
 from gateway.config.schema import Config
 from gateway.control.api import create_control_app
 from gateway.core.configuration import ConfigService
-from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged, UplinkChanged
+from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged
 from gateway.core.ops import GatewayOps
 from gateway.core.reconcile import (
     PRUNE_INTERVAL,
@@ -36,6 +36,7 @@ from gateway.core.reconcile import (
     Reconciler,
 )
 from gateway.core.sessions import SessionService
+from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import systemd
 from gateway.daemon.servers import DaemonServers
@@ -43,8 +44,9 @@ from gateway.errors import ConfigError, DesanetError
 from gateway.firewall.adapter import Firewall, KernelFirewall
 from gateway.kernel import DatabaseWorker, KernelWorker
 from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
-from gateway.netinfo.uplink import uplink_is_up
+from gateway.netinfo.uplink import LinkEvents, UplinkProber
 from gateway.services.dnsmasq import Dnsmasq
+from gateway.services.offline_dns import OfflineDns
 from gateway.shaping.service import ShapingService
 from gateway.shaping.tc import KernelShaper, Shaper
 from gateway.store.db import AsyncStore
@@ -55,7 +57,6 @@ log = logging.getLogger("desanet.daemon")
 PROBE_INTERVAL = 30.0
 PREFETCH_CHECK_INTERVAL = 60.0
 TRIAL_CHECK_INTERVAL = 1.0
-UPLINK_CHECK_INTERVAL = 5.0
 
 
 class Daemon:
@@ -126,6 +127,21 @@ class Daemon:
         ops = GatewayOps(sessions, vouchers, shaping, config, bus, clock, firewall, dhcp,
                          neighbours, lambda: servers.local)
         self.ops = ops
+        uplink = UplinkService(holder.get, UplinkProber(), bus, clock)
+        ops.uplink = uplink
+        servers.uplink_down = lambda: uplink.down
+        uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
+                             self._local_follows_uplink(servers, bus)]
+
+        # While the uplink is down, dnsmasq asks this responder for outside names.
+        offline_dns = OfflineDns(lambda: holder.get().lan_ip)
+        try:
+            await offline_dns.start()
+            dhcp.offline_server = offline_dns.server
+            _on_close(stack, "offline DNS", offline_dns.close)
+        except OSError as exc:
+            log.error("cannot start the offline DNS responder (%s); while the uplink is "
+                      "down, villagers will see DNS errors instead of the notice", exc)
 
         # Start-up goes through the same converge as every later change.
         _on_close(stack, "dnsmasq", dhcp.stop)
@@ -141,8 +157,19 @@ class Daemon:
         reconciler.every("samples", SAMPLE_INTERVAL, shaping.sample)
         reconciler.every("prune", PRUNE_INTERVAL, self._pruner(store, clock), first_in=60.0)
         reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
-        reconciler.every("uplink", UPLINK_CHECK_INTERVAL, self._uplink_watch(holder, bus),
-                         first_in=0.0)
+        reconciler.every("uplink", TICK, uplink.tick, first_in=0.0)
+
+        def link_changed() -> None:
+            uplink.poke()
+            reconciler.run_soon("uplink")
+
+        link_events = LinkEvents(link_changed)
+        try:
+            link_events.start()
+            _on_close(stack, "link events", link_events.close)
+        except OSError as exc:
+            log.warning("no netlink link events (%s); the uplink is checked every %ss only",
+                        exc, cfg.uplink.probe_interval)
         reconciler.every("upstream-probe", PROBE_INTERVAL, self._probe(servers, bus))
         reconciler.every("prefetch", PREFETCH_CHECK_INTERVAL, self._prefetch(servers),
                          first_in=1.0)
@@ -202,16 +229,34 @@ class Daemon:
         return prune
 
     @staticmethod
-    def _uplink_watch(holder: ConfigHolder, bus: EventBus) -> Callable[[], Awaitable[None]]:
-        last: list[bool | None] = [None]
+    def _dns_follows_uplink(holder: ConfigHolder, dhcp: Dnsmasq
+                            ) -> Callable[[UplinkStatus], Awaitable[None]]:
+        """While the uplink is down, outside names resolve to the gateway (its web
+        server then shows the "terputus" page); restored when it is back."""
+        async def follow(st: UplinkStatus) -> None:
+            await dhcp.set_uplink_down(st.down, holder.get())
+        return follow
 
-        async def watch() -> None:
-            up = await asyncio.to_thread(uplink_is_up, holder.get().network.wan_interface)
-            if up != last[0]:
-                if last[0] is not None or not up:
-                    bus.publish(UplinkChanged(up))
-                last[0] = up
-        return watch
+    @classmethod
+    def _local_follows_uplink(cls, servers: DaemonServers, bus: EventBus
+                              ) -> Callable[[UplinkStatus], Awaitable[None]]:
+        """The catalog's badges follow the uplink at once, not at the next minute's
+        probe; when it is back a probe round now also starts delivering queued forms."""
+        probe = cls._probe(servers, bus)
+
+        async def follow(st: UplinkStatus) -> None:
+            local = servers.local
+            if local is None:
+                return
+            if not st.down:
+                await probe()
+                return
+            before = local.health_states()
+            local.uplink_lost()
+            for slug, state in local.health_states().items():
+                if before.get(slug) != state:
+                    bus.publish(ServiceHealthChanged(slug, state))
+        return follow
 
     @staticmethod
     def _probe(servers: DaemonServers, bus: EventBus) -> Callable[[], Awaitable[None]]:

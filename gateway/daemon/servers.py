@@ -52,6 +52,7 @@ class DaemonServers:
         self._portal: web.AppRunner | None = None
         self._control: web.AppRunner | None = None
         self._limiter: RateLimiter | None = None
+        self.uplink_down: Callable[[], bool] = lambda: False  # set by the daemon (uplink)
 
     # -- ServersPort --------------------------------------------------------------------
 
@@ -103,7 +104,8 @@ class DaemonServers:
         if self._limiter is None:
             self._limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
         app = create_portal_app(self._config, self._backend, limiter=self._limiter,
-                                local_hosts=self.local_hosts)
+                                local_hosts=self.local_hosts,
+                                uplink_down=lambda: self.uplink_down())
         try:
             ssl_context = await self._tls_context(cfg)
         except ServiceError as exc:

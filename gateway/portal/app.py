@@ -160,6 +160,8 @@ class Portal:
         self.limiter = limiter
         self._hosts: tuple[Config | None, frozenset[str]] = (None, frozenset())
         self.local_hosts: LocalHosts = {}
+        # uplink: is the village uplink known to be down? (the daemon's UplinkService)
+        self.uplink_down: Callable[[], bool] = lambda: False
 
     @property
     def cfg(self) -> Config:
@@ -240,7 +242,7 @@ class Portal:
             other_lang_name=LANGUAGE_NAMES[other],
             other_lang_href=_home(url, lang=other),
             url=url,
-            **context,
+            **{"uplink_down": self.uplink_down(), **self._services_link(), **context},
         )
         return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
@@ -288,6 +290,31 @@ class Portal:
 
     def has_session(self, client: ClientView) -> bool:
         return client.session is not None and client.session.remaining(self.backend.now()) > 0
+
+    # -- uplink down ---------------------------------------------------------
+
+    def _services_link(self) -> dict[str, str | None]:
+        ls = self.cfg.local_services
+        return {"services_url": f"http://{ls.hostname}/" if ls.enabled else None,
+                "services_host": ls.hostname}
+
+    async def offline_page(self, request: web.Request, host: str) -> web.Response | None:
+        """The "Internet desa sedang terputus" page for an outside page an authorized
+        client opened while the uplink is down (DNS sends outside names to us then);
+        None when the client is not logged in (it goes to the portal as always)."""
+        client = await self.client(request)
+        trusted = client.mac is not None and client.mac in self.cfg.access.trusted_macs
+        if not (trusted or self.has_session(client)):
+            return None
+        original = safe_url(f"http://{host}{request.raw_path}")
+        shown = host_without_port(host)
+        response = self.page(
+            "offline.html", "id", title_key="offline_title", url=None, uplink_down=False,
+            blocks=[(lang, translator(lang)) for lang in ("id", "en")], host=shown,
+            retry_url=original, portal_url=self.cfg.portal_url, portal_host=self.cfg.portal.hostname,
+        )
+        response.force_close()  # the next request may go to the real site again
+        return response
 
     # -- handlers ----------------------------------------------------------
 
@@ -420,6 +447,10 @@ class Portal:
             return await local(request)
         target = self.cfg.portal_url
         host = request.headers.get(hdrs.HOST)
+        if host and self.uplink_down():
+            offline = await self.offline_page(request, host)
+            if offline is not None:
+                return offline
         if host:
             original = f"http://{host}{request.raw_path}"
             if len(original) <= MAX_URL:
@@ -467,6 +498,7 @@ def create_portal_app(
     *,
     limiter: RateLimiter | None = None,
     local_hosts: Mapping[str, Handler] | Callable[[], Mapping[str, Handler]] | None = None,
+    uplink_down: Callable[[], bool] | None = None,
 ) -> web.Application:
     """The portal app; serve it on both the portal port and the redirect port.
 
@@ -483,6 +515,8 @@ def create_portal_app(
         portal.local_hosts = local_hosts
     else:
         portal.local_hosts = {k.lower(): v for k, v in (local_hosts or {}).items()}
+    if uplink_down is not None:
+        portal.uplink_down = uplink_down
     app = web.Application(
         client_max_size=MAX_BODY, middlewares=[portal.redirect_foreign, portal.error_pages]
     )

@@ -105,6 +105,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_created": "dibuat {date}",
         "sheet_scan_login": "Pindai untuk masuk",
         "sheet_scan_wifi": "Pindai untuk Wi-Fi",
+        # uplink
+        "offline_title": "Internet desa sedang terputus",
+        "offline_body": "Sambungan internet desa sedang putus, jadi {host} tidak dapat dibuka "
+                        "sekarang. Coba lagi nanti.",
+        "offline_local": "Layanan desa ({host}) tetap bisa dipakai tanpa internet.",
+        "offline_local_link": "Buka layanan desa",
+        "offline_retry": "Coba lagi",
+        "offline_notice": "Internet desa sedang terputus. Layanan desa tetap bisa dipakai.",
+        "connected_offline": "Anda terhubung ke hotspot desa, tetapi internet desa sedang "
+                             "terputus.",
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -184,6 +194,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "sheet_created": "made {date}",
         "sheet_scan_login": "Scan to log in",
         "sheet_scan_wifi": "Scan for Wi-Fi",
+        # uplink
+        "offline_title": "The village internet is down",
+        "offline_body": "The village's internet connection is cut, so {host} cannot be opened "
+                        "right now. Please try again later.",
+        "offline_local": "The village services ({host}) still work without the internet.",
+        "offline_local_link": "Open the village services",
+        "offline_retry": "Try again",
+        "offline_notice": "The village internet is down. The village services still work.",
+        "connected_offline": "You are connected to the village hotspot, but the village "
+                             "internet is down.",
     },
 }
 

@@ -70,6 +70,8 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         f"pid-file={run_dir}/dnsmasq.pid",
         "log-facility=-",
     ]
+    # uplink: the upstream while the uplink is down (see servers_text), re-read on SIGHUP
+    lines.append(f"servers-file={run_dir}/{SERVERS_FILE}")
     if cfg.dhcp.upstream_dns:
         lines.append("no-resolv")
         lines += [f"server={addr}" for addr in cfg.dhcp.upstream_dns]
@@ -80,6 +82,26 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         lines.append(
             f"nftset=/{names}/4#inet#{TABLE}#garden_dns4,6#inet#{TABLE}#garden_dns6"
         )
+    return "\n".join(lines) + "\n"
+
+
+SERVERS_FILE = "dnsmasq.servers"
+
+
+def servers_text(cfg: Config, offline_server: str | None) -> str:
+    """dnsmasq.servers (pure): empty while the uplink is up; while it is down, the
+    daemon's offline responder (gateway/services/offline_dns.py) joins the upstreams.
+    They are down, so the responder answers every outside name with the gateway's
+    address at once (AAAA: NODATA) and browsers reach the "terputus" page; names
+    dnsmasq answers itself never get here. Walled-garden names keep going to the
+    configured upstreams only (a local one may still answer)."""
+    if offline_server is None:
+        return "# desanet: the uplink is up; the upstreams are in dnsmasq.conf\n"
+    lines = ["# desanet: the uplink is down; outside names point at the gateway",
+             f"server={offline_server}"]
+    if cfg.walled_garden.hostnames:
+        names = "/".join(cfg.walled_garden.hostnames)
+        lines += [f"server=/{names}/{addr}" for addr in cfg.dhcp.upstream_dns]
     return "\n".join(lines) + "\n"
 
 
@@ -130,6 +152,12 @@ class Dnsmasq:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        # uplink: while down, dnsmasq.servers names the offline responder (set by the
+        # daemon); one lock keeps a config apply and an uplink change from writing
+        # over each other with a stale state.
+        self.uplink_down = False
+        self.offline_server: str | None = None
+        self._conf_lock: asyncio.Lock | None = None
 
     @classmethod
     def in_dirs(cls, binary: str, state_dir: str, run_dir: str, *,
@@ -153,6 +181,46 @@ class Dnsmasq:
         return render_dnsmasq_conf(cfg, self.state_dir or cfg.store.state_dir,
                                    self.run_dir or cfg.store.run_dir)
 
+    def _lock(self) -> asyncio.Lock:
+        if self._conf_lock is None:
+            self._conf_lock = asyncio.Lock()
+        return self._conf_lock
+
+    def _servers_path(self, cfg: Config) -> Path:
+        return Path(self.run_dir or cfg.store.run_dir, SERVERS_FILE)
+
+    def _write_servers(self, cfg: Config) -> bool:
+        """Write dnsmasq.servers for the uplink state atomically; True when it changed.
+        Blocks (file I/O)."""
+        text = servers_text(cfg, self.offline_server if self.uplink_down else None)
+        path = self._servers_path(cfg)
+        try:
+            if path.read_text() == text:
+                return False
+        except OSError:
+            pass
+        tmp = path.with_name(path.name + ".tmp")  # not dnsmasq.tmp: the config's own
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ServiceError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return True
+
+    async def set_uplink_down(self, down: bool, cfg: Config) -> bool:
+        """Point outside names at the gateway (``down``) or back at the upstreams, and
+        have a running dnsmasq re-read its servers (SIGHUP: no restart, no gap for
+        lookups, the cache of real answers is cleared). True when anything changed.
+        Does not block the loop; raises ServiceError when the file cannot be written."""
+        async with self._lock():
+            self.uplink_down = down
+            changed = await asyncio.to_thread(self._write_servers, cfg)
+            if changed and self.running and self._proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.send_signal(signal.SIGHUP)
+        return changed
+
     async def configure(self, cfg: Config) -> bool:
         """Write the config for ``cfg`` atomically; True when it changed.
 
@@ -161,6 +229,10 @@ class Dnsmasq:
         place, when the file cannot be written or dnsmasq refuses the config.
         The running child is not restarted: the caller restarts it on True.
         """
+        async with self._lock():
+            return await self._configure(cfg)
+
+    async def _configure(self, cfg: Config) -> bool:
         text = self.render(cfg)
         binary = cfg.programs.dnsmasq
         if await asyncio.to_thread(self._current) == text and binary == self.binary:
@@ -169,6 +241,8 @@ class Dnsmasq:
         try:
             if self.check_config:
                 await self._test(new, binary)
+            # for the uplink state; only once the config passed (a refused one changes nothing)
+            await asyncio.to_thread(self._write_servers, cfg)
             await asyncio.to_thread(os.replace, new, self.conf_path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -79,6 +79,8 @@ class LabInfo:
             f"{ex} gw -- nft list ruleset",
             f"desanet status --socket {self.control_socket}",
             f"desanet clients --socket {self.control_socket}",
+            f"desanet lab uplink down{opt}",
+            f"desanet lab uplink up{opt}",
             f"desanet lab down{opt}",
         ]
 

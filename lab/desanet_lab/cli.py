@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from desanet_lab import api
+from desanet_lab import api, uplink
 from desanet_lab import plan as p
 from gateway.errors import DesanetError
 
@@ -59,6 +59,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("member", help="gw, wan or cN")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     ex.set_defaults(func=cmd_exec)
+
+    link = sub.add_parser(
+        "uplink", help="cut or restore the village uplink (to see what villagers see offline)",
+        description="`down` cuts the gateway's uplink on the ISP side, `up` restores it. "
+                    "--mode link: the ISP end of the WAN link goes dark (the gateway loses "
+                    "carrier); --mode silent: the link stays up but nothing answers (only "
+                    "probes notice). Then watch `desanet status`.",
+    )
+    _prefix_arg(link)
+    link.add_argument("state", choices=("down", "up"), help="down: cut it; up: restore it")
+    link.add_argument("--mode", choices=uplink.CUT_MODES, default="link",
+                      help="how `down` cuts: link (default) or silent")
+    link.set_defaults(func=cmd_uplink)
 
 
 def _fail(exc: DesanetError) -> int:
@@ -119,6 +132,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return subprocess.call(["ip", "netns", "exec", ns, *cmd])
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_uplink(args: argparse.Namespace) -> int:
+    try:
+        if args.state == "down":
+            uplink.uplink_down(args.prefix, args.mode)
+        else:
+            uplink.uplink_up(args.prefix)
+    except DesanetError as exc:
+        return _fail(exc)
+    how = f" ({args.mode})" if args.state == "down" else ""
+    print(f"uplink of lab {args.prefix!r} is {'cut' if args.state == 'down' else 'restored'}"
+          f"{how}; the gateway notices within 10 s (`desanet status`)")
+    return 0
 
 
 def _show(info: api.LabInfo, as_json: bool) -> None:

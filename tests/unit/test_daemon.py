@@ -21,9 +21,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.config.pending import TrialRecord, TrialStore
-from gateway.core.events import UplinkChanged
 from gateway.core.reconcile import Reconciler
-from gateway.daemon import main as daemon_main
 from gateway.daemon.main import Daemon, _on_close, _task_on_stack
 from gateway.daemon.servers import DaemonServers, prepare_socket_dir
 from gateway.errors import ApplyFailed, ServiceError
@@ -226,20 +224,53 @@ async def test_start_finds_a_pending_trial_and_restores_the_previous_file(tmp_pa
     assert recovered is None and text == previous
 
 
-async def test_uplink_watch_publishes_changes_only(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_uplink_down_switches_dnsmasq_to_offline_answers_and_back(tmp_path: Path) -> None:
+    from gateway.core.uplink import UplinkStatus
+    from gateway.services.dnsmasq import Dnsmasq
+
     core = build_core(tmp_path)
-    states = iter([True, True, False, False, True])
-    monkeypatch.setattr(daemon_main, "uplink_is_up", lambda _dev: next(states))
-    watch = Daemon._uplink_watch(core.holder, core.bus)
-    for _ in range(5):
-        await watch()
-    assert [s.event for s in core.events()] == [UplinkChanged(False), UplinkChanged(True)]
+    dm = Dnsmasq.in_dirs("dnsmasq", str(tmp_path), str(tmp_path), check_config=False)
+    dm.offline_server = "127.0.0.1#5999"
+    follow = Daemon._dns_follows_uplink(core.holder, dm)
+    await follow(UplinkStatus("down", 1.0, "link"))
+    servers = tmp_path / "dnsmasq.servers"
+    assert "server=127.0.0.1#5999" in servers.read_text()
+    await follow(UplinkStatus("up", 2.0, "probes"))
+    assert "server=" not in servers.read_text()
 
 
-async def test_uplink_down_at_start_is_published(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_catalog_badges_follow_the_uplink_at_once(tmp_path: Path) -> None:
+    from typing import cast
+
+    from gateway.cache.health import ServiceHealth
+    from gateway.cache.service import LocalServices
+    from gateway.core.events import ServiceHealthChanged
+    from gateway.core.uplink import UplinkStatus
+
+    class Site:
+        def __init__(self) -> None:
+            self.health = {"dukcapil": ServiceHealth("dukcapil", "online")}
+            self.probes = 0
+
+        def health_states(self) -> dict[str, str]:
+            return {k: v.state for k, v in self.health.items()}
+
+        def uplink_lost(self) -> None:
+            for h in self.health.values():
+                h.mark_offline(0.0, "uplink down")
+
+        async def probe(self) -> None:
+            self.probes += 1
+            self.health["dukcapil"].record_ok(1.0)
+
     core = build_core(tmp_path)
-    monkeypatch.setattr(daemon_main, "uplink_is_up", lambda _dev: False)
-    await Daemon._uplink_watch(core.holder, core.bus)()
-    assert [s.event for s in core.events()] == [UplinkChanged(False)]
+    servers, _ = _daemon_servers(core)
+    site = Site()
+    servers.local = cast(LocalServices, site)
+    follow = Daemon._local_follows_uplink(servers, core.bus)
+    await follow(UplinkStatus("down", 1.0, "link"))
+    assert site.health_states() == {"dukcapil": "offline"} and site.probes == 0
+    await follow(UplinkStatus("up", 2.0, "probes"))  # back: probe now, not in a minute
+    assert site.probes == 1 and site.health_states() == {"dukcapil": "online"}
+    assert [s.event for s in core.events()] == [ServiceHealthChanged("dukcapil", "offline"),
+                                                ServiceHealthChanged("dukcapil", "online")]

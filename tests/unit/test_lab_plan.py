@@ -157,3 +157,21 @@ def test_udhcpc_script_is_valid_sh_and_never_writes_host_resolv_conf() -> None:
     assert subprocess.run(["sh", "-n"], input=script, text=True, timeout=10).returncode == 0
     assert "/etc/netns/$LAB_NS" in script
     assert "> /etc/resolv.conf" not in script
+
+
+def test_silent_uplink_cut_drops_what_the_gateway_sends() -> None:
+    from desanet_lab.uplink import CUT_TABLE, silent_cut_rules
+
+    rules = silent_cut_rules()
+    assert f"table inet {CUT_TABLE}" in rules
+    assert 'iifname "isp0" drop' in rules and "hook prerouting" in rules
+
+
+def test_uplink_cut_refuses_an_unknown_mode_before_touching_anything() -> None:
+    from typing import Any, cast
+
+    from desanet_lab.uplink import uplink_down
+    from gateway.errors import LabError
+
+    with pytest.raises(LabError, match="unknown uplink cut 'unplug'"):
+        uplink_down("dn", cast(Any, "unplug"))
