@@ -31,6 +31,8 @@ from gateway.portal.ratelimit import RateLimiter
 
 log = logging.getLogger("desanet.servers")
 
+PORTAL_BACKLOG = 1024  # pending connections per portal port (somaxconn is 4096)
+
 
 def enable_ipv4_forwarding() -> None:
     try:
@@ -104,7 +106,10 @@ class DaemonServers:
         await runner.setup()
         for port in (cfg.portal.http_port, cfg.portal.redirect_port):
             try:
-                await web.TCPSite(runner, cfg.lan_ip, port, reuse_address=True).start()
+                # backlog: phones arrive together (a bus, a meeting); aiohttp's default of 128
+                # drops the rest's SYNs and they wait 1 s for the retransmission.
+                await web.TCPSite(runner, cfg.lan_ip, port, reuse_address=True,
+                                  backlog=PORTAL_BACKLOG).start()
             except OSError as exc:
                 await runner.cleanup()
                 raise ServiceError(
