@@ -124,7 +124,7 @@ def test_a_changed_mac_for_the_same_address_is_seen(lab: LabInfo) -> None:
 AGENT = r'''
 import asyncio, json, sys
 from gateway.kernel import KernelWorker
-from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
+from gateway.netinfo.neighbours import KernelNeighbours, Neighbours, open_event_socket
 
 class Counting(Neighbours):
     gets = 0
@@ -138,15 +138,21 @@ class Counting(Neighbours):
 
 async def main():
     worker = KernelWorker()
-    port = KernelNeighbours(Counting("/nonexistent/leases"), worker, lambda: sys.argv[1])
+    buffer = int(sys.argv[2])
+    port = KernelNeighbours(Counting("/nonexistent/leases"), worker, lambda: sys.argv[1],
+                            lambda: open_event_socket(buffer))
     await port.start()
     loop = asyncio.get_running_loop()
     print(json.dumps({"entries": len(port.map), "synced": port.map.synced}), flush=True)
     while line := await loop.run_in_executor(None, sys.stdin.readline):
-        ip = line.split()[1]
-        mac = await port.mac_of(ip)
+        cmd, arg = line.split()
+        if cmd == "pause":  # stop taking events: they pile up in the socket (test only)
+            port._stop_reading()
+        elif cmd == "resume":
+            port._start_reading()
+        mac = await port.mac_of(arg)
         print(json.dumps({"mac": mac, "gets": Counting.gets, "dumps": Counting.dumps,
-                          "events": port.map.applied}), flush=True)
+                          "events": port.map.applied, "synced": port.map.synced}), flush=True)
     await port.close()
     worker.shutdown()
 
@@ -155,8 +161,9 @@ asyncio.run(main())
 
 
 class Agent:
-    def __init__(self, gw: str) -> None:
-        self.proc = subprocess.Popen([nsa.IP, "netns", "exec", gw, sys.executable, "-c", AGENT, LAN],
+    def __init__(self, gw: str, buffer: int = 4 << 20) -> None:
+        self.proc = subprocess.Popen([nsa.IP, "netns", "exec", gw, sys.executable, "-c", AGENT, LAN,
+                                      str(buffer)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.hello = self._read()
 
@@ -166,9 +173,9 @@ class Agent:
         assert line, f"the agent died (exit {self.proc.wait(timeout=10)})"
         return dict(json.loads(line))
 
-    def ask(self, ip: str) -> dict[str, Any]:
+    def ask(self, ip: str, cmd: str = "mac_of") -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"mac_of {ip}\n")
+        self.proc.stdin.write(f"{cmd} {ip}\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -234,3 +241,35 @@ def test_the_map_follows_the_kernel_by_events(lab: LabInfo, agent: Agent) -> Non
     # Lookups of addresses with no entry: ip (deleted), 12 and 13 (unusable: none),
     # the stray one (unknown on the LAN): a single request each time it was unknown.
     assert 1 <= final["gets"] <= 8
+
+
+def test_an_overrun_is_repaired_by_a_new_dump(lab: LabInfo) -> None:
+    # A tiny receive buffer, and the agent stops taking events while 300 entries change:
+    # the kernel drops events (ENOBUFS), and the map must be rebuilt from a dump.
+    a = Agent(lab.gw, buffer=4096)
+    try:
+        assert a.hello["synced"]
+        first = a.ask(fill_ip(20), "pause")
+        assert first["mac"] == fill_mac(20)
+        moved = "02:c1:dd:00:{:02x}:{:02x}"
+        lines = [f"neigh replace {fill_ip(i)} lladdr {moved.format(i // 256, i % 256)} dev {LAN} "
+                 "nud permanent" for i in range(20, 320)]
+        with tempfile.NamedTemporaryFile("w", suffix=".batch") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            in_namespace(lab.gw, nsa.IP, "-batch", f.name, timeout=60)
+        resumed = a.ask(fill_ip(20), "resume")  # this lookup meets the overrun
+        assert not resumed["synced"] or resumed["dumps"] >= 2
+        wait_until(lambda: a.ask(fill_ip(319))["dumps"] >= 2, 10, "the map to be dumped again")
+        for i in (20, 170, 319):
+            assert a.mac_of(fill_ip(i)) == moved.format(i // 256, i % 256)
+        assert a.mac_of(fill_ip(320)) == fill_mac(320)  # positive control: untouched entry
+    finally:
+        assert a.close() == 0
+        # put the module's fill back as it was
+        lines = [f"neigh replace {fill_ip(i)} lladdr {fill_mac(i)} dev {LAN} nud permanent"
+                 for i in range(20, 320)]
+        with tempfile.NamedTemporaryFile("w", suffix=".batch") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            in_namespace(lab.gw, nsa.IP, "-batch", f.name, timeout=60)
