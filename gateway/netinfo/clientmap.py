@@ -97,7 +97,12 @@ class ClientMap:
         return UNUSABLE if mac is None else mac
 
     def ip_of(self, mac: str) -> str | None:
-        """An IPv4 address whose usable entry names ``mac`` (a scan: control API only)."""
+        """An IPv4 address whose usable entry names ``mac`` (a scan: control API only).
+
+        None while not synced.
+        """
+        if not self.synced:
+            return None
         mac = mac.lower()
         for ip, have in self._by_ip.items():
             if have == mac and ":" not in ip:

@@ -283,13 +283,13 @@ class KernelNeighbours:
 
     async def ip_of(self, mac: str) -> str | None:
         """Leases first (kernel worker), then the map (or a dump while it is not synced)."""
+        ip = await self.worker.call(self.neighbours.ip_of, mac, self._interface(), False)
+        if ip is not None:
+            return ip
         self._refresh()
-        synced = self.map.synced
-        ip = await self.worker.call(self.neighbours.ip_of, mac, self._interface(), not synced)
-        if ip is None and synced:
-            self._refresh()
-            ip = self.map.ip_of(mac)
-        return ip
+        if self.map.synced:
+            return self.map.ip_of(mac)
+        return await self.worker.call(self.neighbours.ip_of, mac, self._interface(), True)
 
     async def leases(self) -> dict[str, str]:
         """DHCP leases: IPv4 address -> MAC. Awaits the kernel worker (a stat, maybe a read)."""
@@ -383,6 +383,9 @@ class KernelNeighbours:
             return False
         if self._closed or self._events is None:
             return False
+        # A dump the kernel marks interrupted (NLM_F_DUMP_INTR: the table changed under it)
+        # is still fine: what changed has its event queued, applied just below, and an
+        # entry it skipped is found by the single lookup that a miss costs.
         self.map.replace(ifindex, dump)
         self._synced_for = name
         log.debug("client map of %s: %d entries", name, len(self.map))

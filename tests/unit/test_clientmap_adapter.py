@@ -330,3 +330,10 @@ def test_requests_take_their_own_answer_and_skip_late_ones(tmp_path: Path,
         n.close()
         kernel.close()
     assert n.kernel_mac_of("10.42.0.5", None) is UNKNOWN  # no LAN interface: nothing asked
+
+
+async def test_ip_of_while_the_map_is_rebuilt_dumps_the_lan(rig: Rig) -> None:
+    rig.port.map.invalidate()
+    assert rig.port.map.ip_of(B) is None  # the map says nothing now
+    assert await rig.port.ip_of(B) == "10.42.0.6"  # from a dump on the kernel worker
+    assert rig.kernel.dumps[-1] == "br-lan" and len(rig.kernel.dumps) >= 2
