@@ -106,8 +106,10 @@ class Daemon:
         firewall = KernelFirewall(Firewall(), kernel)
         shaper = KernelShaper(Shaper(), kernel)
         _on_close(stack, "shaper", shaper.close)
-        neighbours = KernelNeighbours(Neighbours(str(state_dir / "dnsmasq.leases")), kernel)
+        neighbours = KernelNeighbours(Neighbours(str(state_dir / "dnsmasq.leases")), kernel,
+                                      lambda: holder.get().network.lan_interface)
         _on_close(stack, "neighbours", neighbours.close)
+        await neighbours.start()  # the client map: one dump, then neighbour events
         dhcp = Dnsmasq(cfg.programs.dnsmasq, str(run_dir / "dnsmasq.conf"),
                        str(run_dir / "dnsmasq.pid"), state_dir=str(state_dir),
                        run_dir=str(run_dir))

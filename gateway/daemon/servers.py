@@ -33,6 +33,8 @@ from gateway.portal.tls import TlsError, server_context, tls_problems, warnings_
 
 log = logging.getLogger("desanet.servers")
 
+PORTAL_BACKLOG = 1024  # pending connections per portal port (somaxconn is 4096)
+
 
 def enable_ipv4_forwarding() -> None:
     try:
@@ -123,8 +125,10 @@ class DaemonServers:
             listeners.append((cfg.portal.https_port, ssl_context))
         for port, context in listeners:
             try:
+                # backlog: phones arrive together (a bus, a meeting); aiohttp's default of 128
+                # drops the rest's SYNs and they wait 1 s for the retransmission.
                 await web.TCPSite(runner, cfg.lan_ip, port, reuse_address=True,
-                                  ssl_context=context).start()
+                                  ssl_context=context, backlog=PORTAL_BACKLOG).start()
             except OSError as exc:
                 await runner.cleanup()
                 raise ServiceError(
