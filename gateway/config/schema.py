@@ -98,6 +98,22 @@ Rate = Annotated[int, BeforeValidator(_rate)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 Mac = Annotated[str, AfterValidator(normalize_mac)]
 Hostname = Annotated[str, AfterValidator(normalize_hostname)]
+
+
+def normalize_garden_name(value: str) -> str:
+    """A walled-garden name: an exact host name, or ``*.`` and a name for its subdomains
+    (explicit only: a plain name never opens its subdomains)."""
+    text = value.strip()
+    if text.startswith("*."):
+        try:
+            return "*." + normalize_hostname(text[2:])
+        except ValueError:
+            raise ValueError(f"{json_quote(value)} is not a host name or a wildcard; write e.g. "
+                             "\"dukcapil.kemendagri.go.id\" or \"*.kemendagri.go.id\"") from None
+    return normalize_hostname(text)
+
+
+GardenName = Annotated[str, AfterValidator(normalize_garden_name)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -261,7 +277,8 @@ class WalledGarden(_Section):
     addresses: list[IPNetwork] = Field(
         default_factory=list, examples=[["203.0.113.10/32"]]
     )
-    hostnames: list[Hostname] = Field(default_factory=list, examples=[["dukcapil.kemendagri.go.id"]])
+    # dns: exact names; "*.example.go.id" opens the subdomains of example.go.id (not itself)
+    hostnames: list[GardenName] = Field(default_factory=list, examples=[["dukcapil.kemendagri.go.id"]])
 
 
 class Access(_Section):

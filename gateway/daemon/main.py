@@ -26,6 +26,8 @@ from gateway.config.schema import Config
 from gateway.control.api import create_control_app
 from gateway.core.configuration import ConfigService
 from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged
+from gateway.core.garden import INTERVAL as GARDEN_INTERVAL
+from gateway.core.garden import GardenService
 from gateway.core.ops import GatewayOps
 from gateway.core.reconcile import (
     PRUNE_INTERVAL,
@@ -46,7 +48,9 @@ from gateway.kernel import DatabaseWorker, KernelWorker
 from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
 from gateway.netinfo.uplink import LinkEvents, UplinkProber
 from gateway.services.dnsmasq import Dnsmasq
+from gateway.services.garden_dns import GardenResolver
 from gateway.services.offline_dns import OfflineDns
+from gateway.services.prelogin_dns import DnsPair, prelogin_dnsmasq
 from gateway.shaping.service import ShapingService
 from gateway.shaping.tc import KernelShaper, Shaper
 from gateway.store.db import AsyncStore
@@ -113,12 +117,14 @@ class Daemon:
         dhcp = Dnsmasq(cfg.programs.dnsmasq, str(run_dir / "dnsmasq.conf"),
                        str(run_dir / "dnsmasq.pid"), state_dir=str(state_dir),
                        run_dir=str(run_dir))
+        # dns: clients not logged in get the pre-login resolver (gateway/services/prelogin_dns.py)
+        dns = DnsPair(dhcp, prelogin_dnsmasq(cfg.programs.dnsmasq, str(run_dir)))
 
         shaping = ShapingService(holder.get, shaper, clock)
         sessions = SessionService(holder.get, store, firewall, shaping, neighbours, clock, bus)
         vouchers = VoucherService(holder.get, store, sessions, clock, bus)
         servers = DaemonServers(holder.get, sessions, state_dir)
-        reconciler = Reconciler(holder, sessions, shaping, firewall, dhcp, servers, clock)
+        reconciler = Reconciler(holder, sessions, shaping, firewall, dns, servers, clock)
         config = ConfigService(holder, reconciler, bus, clock, state_dir, self.config_path, text)
         config.check_network = servers.check_network
         if recovered is not None:
@@ -126,7 +132,7 @@ class Daemon:
         if self.unreadable is not None:
             config.note_unreadable_file(*self.unreadable)
         self.config = config
-        ops = GatewayOps(sessions, vouchers, shaping, config, bus, clock, firewall, dhcp,
+        ops = GatewayOps(sessions, vouchers, shaping, config, bus, clock, firewall, dns,
                          neighbours, lambda: servers.local)
         self.ops = ops
         uplink = UplinkService(holder.get, UplinkProber(), bus, clock)
@@ -146,7 +152,7 @@ class Daemon:
                       "down, villagers will see DNS errors instead of the notice", exc)
 
         # Start-up goes through the same converge as every later change.
-        _on_close(stack, "dnsmasq", dhcp.stop)
+        _on_close(stack, "dnsmasq", dns.stop)
         _on_close(stack, "local services", servers.stop_local_services)
         _on_close(stack, "portal", servers.stop_portal)
         await config.start()
@@ -160,6 +166,11 @@ class Daemon:
         reconciler.every("prune", PRUNE_INTERVAL, self._pruner(store, clock), first_in=60.0)
         reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
         reconciler.every("uplink", TICK, uplink.tick, first_in=0.0)
+        # dns: exact walled-garden names, resolved by the daemon and opened for their TTL
+        garden = GardenService(holder.get, firewall,
+                               GardenResolver(lambda: (holder.get().lan_ip, 53)),
+                               dns.publish_garden, clock)
+        reconciler.every("garden", GARDEN_INTERVAL, garden.tick, first_in=0.0)
 
         def link_changed() -> None:
             uplink.poke()

@@ -10,7 +10,7 @@ client's tracked connections (:mod:`gateway.firewall.conntrack`, netlink).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
@@ -23,6 +23,7 @@ from gateway.firewall.planner import (
     CarriedState,
     MacIp,
     plan_authorize,
+    plan_garden,
     plan_revoke,
     plan_ruleset,
 )
@@ -104,8 +105,14 @@ class Firewall:
         )
 
     def garden_dns(self) -> dict[str, int]:
-        """Walled-garden addresses dnsmasq resolved -> seconds left. Blocks: runs nft."""
+        """Walled-garden addresses open by name -> seconds left. Blocks: runs nft."""
         return {**self._plain_elements("garden_dns4"), **self._plain_elements("garden_dns6")}
+
+    def open_garden(self, elements: Mapping[str, int]) -> None:
+        """Open walled-garden addresses for their seconds (clamped). Blocks: runs nft."""
+        script = plan_garden(elements)
+        if script:
+            self.nft.run(script)
 
     def _plain_elements(self, name: str) -> dict[str, int]:
         return {str(k): v for k, v in self._elements(name).items()}
@@ -163,6 +170,14 @@ class KernelFirewall:
     async def client_classes(self) -> dict[str, str]:
         """The kernel's address -> HTB class map. Awaits the kernel worker (nft)."""
         return await self.worker.call(self.firewall.client_classes)
+
+    async def open_garden(self, elements: Mapping[str, int]) -> None:
+        """Open walled-garden addresses (core.garden). Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.open_garden, dict(elements))
+
+    async def garden_addresses(self) -> dict[str, int]:
+        """Walled-garden addresses open by name -> seconds left. Awaits the kernel worker."""
+        return await self.worker.call(self.firewall.garden_dns)
 
     async def remove(self) -> None:
         """Delete our tables. Awaits the kernel worker (nft)."""

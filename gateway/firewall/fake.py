@@ -11,7 +11,7 @@ does not pass by itself: a test makes a client idle by deleting it from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.config.schema import Config
@@ -37,6 +37,7 @@ class FakeFirewall(FaultInjection):
         self.revoke_log: list[tuple[str, str, str | None]] = []
         # end_connections calls in order: (ip, redirected_only)
         self.conntrack_log: list[tuple[str, bool]] = []
+        self.garden: dict[str, int] = {}  # walled-garden address -> seconds (core.garden)
 
     @property
     def backend(self) -> str:
@@ -61,6 +62,8 @@ class FakeFirewall(FaultInjection):
         self.applied += 1
         self.last_config = cfg
         self.last_carry_garden = carry_garden
+        if not carry_garden:
+            self.garden.clear()
 
     async def authorize(self, session: Session, now: int, class_text: str | None) -> None:
         self._fault("authorize")
@@ -96,12 +99,21 @@ class FakeFirewall(FaultInjection):
         self._fault("end_connections")
         self.conntrack_log.append((ip, redirected_only))
 
+    async def open_garden(self, elements: Mapping[str, int]) -> None:
+        self._fault("open_garden")
+        self.garden.update(elements)
+
+    async def garden_addresses(self) -> dict[str, int]:
+        self._fault("garden_addresses", changes=False)
+        return dict(self.garden)
+
     async def remove(self) -> None:
         self._fault("remove")
         self.applied = 0
         self.authorized.clear()
         self.active.clear()
         self.classes.clear()
+        self.garden.clear()
 
 
 def _check(x: FakeFirewall) -> FirewallPort:  # mypy: the fake satisfies the port

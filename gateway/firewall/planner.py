@@ -16,8 +16,22 @@ cost does not depend on how many clients are online.
                 the next packet cannot quietly revive it) and the daemon's
                 sweep ends the session.
 * ``trusted_mac`` / ``blocked_mac``: from config.
-* ``garden4/6`` interval sets of walled-garden CIDRs; ``garden_dns4/6`` are
-                filled by dnsmasq (nftset) as walled-garden names resolve.
+* ``garden4/6`` interval sets of walled-garden CIDRs; ``garden_dns4/6`` hold the
+                addresses of walled-garden names: exact names are resolved by the
+                daemon (:mod:`gateway.core.garden`), each element's timeout the DNS
+                TTL clamped to [GARDEN_TTL_FLOOR, GARDEN_TTL_CAP]; explicit wildcards
+                (``*.example.go.id``) are filled by the pre-login dnsmasq (nftset,
+                the set's default timeout). Either opens TCP 80/443 only.
+* ``dns_meter4`` per-client query rate before login (dynamic, limit per source).
+
+DNS (docs/walled-garden.md): a client that is neither trusted nor authorized
+has its port-53 traffic redirected to the pre-login resolver
+(:mod:`gateway.services.prelogin_dns`, port PRELOGIN_DNS_PORT), which
+answers only the portal's and local names, the OS connectivity checks and the
+walled garden, so nothing else ever reaches an upstream (no IP-over-DNS
+tunnel). The NAT decision is cached per connection, so the input chain also
+drops anything that reaches the full resolver's port 53 from a client that
+is neither trusted nor authorized any more, on every packet.
 
 Packet path from the LAN: blocked MACs are dropped everywhere; IPv6 from
 the LAN is dropped (``network.ipv6 = "drop"``), so it can never bypass the
@@ -58,7 +72,15 @@ from gateway.shaping.plan import (
 
 TABLE = "desanet"
 FAMILY = "inet"
-GARDEN_DNS_TIMEOUT = 86400  # walled-garden names stay allowed a day after they resolve
+# Walled-garden addresses stay open for their DNS TTL, at least the floor (CDN TTLs
+# of 20 s would flap) and at most the cap (an address the name left stays open no
+# longer); the cap is also the set's default timeout, which wildcard entries get.
+GARDEN_TTL_FLOOR = 60
+GARDEN_TTL_CAP = 3600
+GARDEN_TCP_PORTS = (80, 443)  # the walled garden is web only
+PRELOGIN_DNS_PORT = 5053  # the pre-login resolver, on the LAN address
+DNS_RATE_BEFORE_LOGIN = 20  # queries per second per client before login ...
+DNS_BURST_BEFORE_LOGIN = 60  # ... after a burst of this many (a phone's first seconds)
 TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
 REDIRECTED_PORT = 80  # unauthorized clients' TCP to this port goes to the portal
 
@@ -142,8 +164,9 @@ def plan_ruleset(
             _set("blocked_mac", "ether_addr", elems=cfg.access.blocked_macs),
             _set("garden4", "ipv4_addr", "interval", elems=garden4),
             _set("garden6", "ipv6_addr", "interval", elems=garden6),
-            _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns4),
-            _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns6),
+            _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns4),
+            _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns6),
+            _set("dns_meter4", "ipv4_addr", "dynamic,timeout", "timeout 60s; size 65535;"),
         ]
     )
     if cfg.shaping.enabled:
@@ -156,6 +179,8 @@ def plan_ruleset(
     # Client isolation also at layer 3: without this, a client with a route to
     # a neighbour via the gateway would be forwarded back out of the LAN.
     hairpin = f"oifname {lan} drop\n    " if cfg.network.client_isolation else ""
+    garden_ports = "{ " + ", ".join(str(n) for n in GARDEN_TCP_PORTS) + " }"
+    dns_guard = _dns_guard(authorized)
 
     chains = f"""
   chain nat_prerouting {{
@@ -165,13 +190,21 @@ def plan_ruleset(
   chain lan_nat {{
     ether saddr @blocked_mac return
     meta nfproto ipv6 return
-    meta l4proto {{ tcp, udp }} th dport 53 ip daddr != {lan_ip} redirect to :53
+    meta l4proto {{ tcp, udp }} th dport 53 jump lan_dns
     ether saddr @trusted_mac return
     {authorized} return
     ip daddr {{ {lan_ip} }} return
     ip daddr @garden4 return
     ip daddr @garden_dns4 return
     tcp dport {REDIRECTED_PORT} redirect to :{portal.redirect_port}
+  }}
+  chain lan_dns {{
+    ether saddr @trusted_mac goto lan_dns_full
+    {authorized} goto lan_dns_full
+    meta l4proto {{ tcp, udp }} redirect to :{PRELOGIN_DNS_PORT}
+  }}
+  chain lan_dns_full {{
+    ip daddr != {lan_ip} meta l4proto {{ tcp, udp }} redirect to :53
   }}
   chain nat_postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
@@ -186,9 +219,9 @@ def plan_ruleset(
   chain lan_input {{
     ether saddr @blocked_mac drop
     meta nfproto ipv6 drop
-    ct state established,related accept
+    {dns_guard}ct state established,related accept
     udp dport 67 accept
-    meta l4proto {{ tcp, udp }} th dport 53 accept
+    meta l4proto {{ tcp, udp }} th dport {{ 53, {PRELOGIN_DNS_PORT} }} accept
     tcp dport {ports} accept
     icmp type echo-request limit rate 20/second accept
     meta l4proto tcp reject with tcp reset
@@ -213,8 +246,8 @@ def plan_ruleset(
     {hairpin}ct state invalid drop
     ether saddr @trusted_mac accept
     ether saddr . ip saddr @active4 {authorized} update @active4 {{ ether saddr . ip saddr }} accept
-    ip daddr @garden4 accept
-    ip daddr @garden_dns4 accept
+    ip daddr @garden4 tcp dport {garden_ports} accept
+    ip daddr @garden_dns4 tcp dport {garden_ports} accept
     meta l4proto tcp reject with tcp reset
     reject with icmpx admin-prohibited
   }}
@@ -229,6 +262,43 @@ def plan_ruleset(
         f"table {FAMILY} {TABLE} {{\n{sets}{chains}}}\n"
     )
     return script + _bridge_table(cfg)
+
+
+def _dns_guard(authorized: str) -> str:
+    """lan_input rules before ``ct state established``, so they see every packet.
+
+    The pre-login resolver's port: a per-client rate (past it, packets are
+    dropped). The full resolver's port 53, reached after NAT: only trusted and
+    authorized clients; a flow that began while its client was logged in (the
+    NAT decision is taken once per connection) ends at its cut-off here.
+    """
+    rate = f"limit rate over {DNS_RATE_BEFORE_LOGIN}/second burst {DNS_BURST_BEFORE_LOGIN} packets"
+    not_authorized = authorized.replace(" @auth4", " != @auth4")
+    return (
+        f"meta l4proto {{ tcp, udp }} th dport {PRELOGIN_DNS_PORT} "
+        f"update @dns_meter4 {{ ip saddr {rate} }} drop\n"
+        f"    meta l4proto {{ tcp, udp }} th dport 53 ether saddr != @trusted_mac "
+        f"{not_authorized} drop\n    "
+    )
+
+
+def plan_garden(elements: Mapping[str, int]) -> str:
+    """nft commands that open walled-garden addresses (``ip -> seconds``) or refresh
+    their timeouts; one transaction. Each is clamped to [floor, cap]."""
+    lines = []
+    for ip, ttl in sorted(elements.items()):
+        name = "garden_dns4" if is_ipv4(ip) else "garden_dns6"
+        timeout = garden_timeout(ttl)
+        # add-delete-add: an existing element gets the new timeout atomically
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {ip} timeout {timeout}s }}")
+        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {ip} }}")
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {ip} timeout {timeout}s }}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def garden_timeout(ttl: int) -> int:
+    """Seconds a walled-garden address stays open for a DNS TTL (pure)."""
+    return max(GARDEN_TTL_FLOOR, min(GARDEN_TTL_CAP, int(ttl)))
 
 
 def client_class_text(cfg: Config, ip: str) -> str:

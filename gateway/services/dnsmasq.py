@@ -1,9 +1,11 @@
 """dnsmasq: config rendering (pure) and the child-process supervisor.
 
-dnsmasq is the LAN's DHCP server and DNS resolver. The firewall sends every
-DNS query from the LAN to it, and it fills the walled-garden nftables sets
-(``nftset=``) as walled-garden names resolve, so hostnames in the walled
-garden work even when their addresses change.
+dnsmasq is the LAN's DHCP server and DNS resolver. The firewall sends the
+DNS queries of trusted and logged-in clients to it; everyone else's go to a
+second, pre-login instance (:mod:`gateway.services.prelogin_dns`) that knows
+only the names a client needs before login. The gateway's own names are
+``host-record`` lines and no DHCP client may claim them (``dhcp-ignore-names``
+for reserved names), so one DHCP packet cannot take ``portal.desa`` over.
 
 ``Dnsmasq`` implements :class:`gateway.ports.DhcpServerPort`. Its methods
 are async and never block the loop: the child runs under asyncio's
@@ -18,12 +20,12 @@ import ctypes
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config.schema import Config
 from gateway.errors import ServiceError
-from gateway.firewall.planner import TABLE
 
 if TYPE_CHECKING:
     from gateway.ports import DhcpServerPort
@@ -36,6 +38,46 @@ _PR_SET_PDEATHSIG = 1
 def captive_api_url(cfg: Config) -> str:
     # RFC 8908 wants https for the API (recent Android ignores http): used when configured.
     return (cfg.portal_https_url or cfg.portal_url) + "api/captive"
+
+
+RESERVED_TAG = "desanet-reserved"
+
+
+def gateway_names(cfg: Config) -> list[str]:
+    """The host names the gateway answers with its own LAN address."""
+    names = [cfg.portal.hostname]
+    if cfg.local_services.enabled and cfg.local_services.hostname not in names:
+        names.append(cfg.local_services.hostname)
+    return names
+
+
+def reserved_name_lines(cfg: Config) -> list[str]:
+    """dnsmasq lines that keep DHCP clients from claiming the gateway's names (pure).
+
+    A client sending hostname ``portal`` would otherwise publish ``portal.desa``
+    for its own address; its name is ignored (it still gets its lease). WPAD is
+    never answered: a client named ``wpad`` could hand proxy settings to others.
+    """
+    domain = cfg.dhcp.local_domain
+    labels = ["wpad"]
+    for host in (cfg.portal.hostname, cfg.local_services.hostname):
+        label = host.split(".", 1)[0]
+        if label not in labels:
+            labels.append(label)
+    lines = []
+    for label in labels:
+        star = "*" if label == "wpad" else ""
+        lines.append(f"dhcp-name-match=set:{RESERVED_TAG},{label}{star}")
+        lines.append(f"dhcp-name-match=set:{RESERVED_TAG},{label}.{domain}")
+    lines.append(f"dhcp-ignore-names=tag:{RESERVED_TAG}")
+    lines += ["address=/wpad/", f"address=/wpad.{domain}/"]  # NXDOMAIN
+    lines += [f"host-record={name},{cfg.lan_ip}" for name in gateway_names(cfg)]
+    return lines
+
+
+def garden_domains(cfg: Config) -> list[str]:
+    """Walled-garden names as dnsmasq domains (a ``*.`` wildcard becomes its domain)."""
+    return [name.removeprefix("*.") for name in cfg.walled_garden.hostnames]
 
 
 def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
@@ -54,9 +96,7 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         "cache-size=1000",
         f"local=/{domain}/",
         f"domain={domain}",
-        f"address=/{cfg.portal.hostname}/{lan_ip}",
-        *([f"address=/{cfg.local_services.hostname}/{lan_ip}"]
-          if cfg.local_services.enabled else []),
+        *reserved_name_lines(cfg),
         f"dhcp-range={cfg.dhcp.range_start},{cfg.dhcp.range_end},{net.netmask},{cfg.dhcp.lease_time}",
         f"dhcp-option=option:router,{lan_ip}",
         f"dhcp-option=option:dns-server,{lan_ip}",
@@ -77,11 +117,8 @@ def render_dnsmasq_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         lines += [f"server={addr}" for addr in cfg.dhcp.upstream_dns]
     for mac in cfg.access.blocked_macs:
         lines.append(f"dhcp-host={mac},ignore")
-    if cfg.walled_garden.hostnames:
-        names = "/".join(cfg.walled_garden.hostnames)
-        lines.append(
-            f"nftset=/{names}/4#inet#{TABLE}#garden_dns4,6#inet#{TABLE}#garden_dns6"
-        )
+    # No nftset here: this instance serves logged-in clients; the walled garden is
+    # filled by the daemon (exact names) and the pre-login instance (wildcards).
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +137,7 @@ def servers_text(cfg: Config, offline_server: str | None) -> str:
     lines = ["# desanet: the uplink is down; outside names point at the gateway",
              f"server={offline_server}"]
     if cfg.walled_garden.hostnames:
-        names = "/".join(cfg.walled_garden.hostnames)
+        names = "/".join(garden_domains(cfg))
         lines += [f"server=/{names}/{addr}" for addr in cfg.dhcp.upstream_dns]
     return "\n".join(lines) + "\n"
 
@@ -141,8 +178,15 @@ class Dnsmasq:
 
     def __init__(self, binary: str, conf_path: str, pid_path: str, *,
                  state_dir: str | None = None, run_dir: str | None = None,
-                 check_config: bool = True) -> None:
+                 check_config: bool = True,
+                 renderer: Callable[[Config, str, str], str] = render_dnsmasq_conf,
+                 name: str = "dnsmasq", servers_file: bool = True) -> None:
         self.binary = binary
+        # dns: the pre-login instance is this class with its own renderer and no
+        # servers file (gateway/services/prelogin_dns.py)
+        self.renderer = renderer
+        self.name = name
+        self.servers_file = servers_file
         self.conf_path = conf_path
         self.pid_path = pid_path
         self.state_dir = state_dir
@@ -178,8 +222,8 @@ class Dnsmasq:
 
     def render(self, cfg: Config) -> str:
         """The dnsmasq.conf text for ``cfg`` in this supervisor's directories (pure)."""
-        return render_dnsmasq_conf(cfg, self.state_dir or cfg.store.state_dir,
-                                   self.run_dir or cfg.store.run_dir)
+        return self.renderer(cfg, self.state_dir or cfg.store.state_dir,
+                             self.run_dir or cfg.store.run_dir)
 
     def _lock(self) -> asyncio.Lock:
         if self._conf_lock is None:
@@ -192,6 +236,8 @@ class Dnsmasq:
     def _write_servers(self, cfg: Config) -> bool:
         """Write dnsmasq.servers for the uplink state atomically; True when it changed.
         Blocks (file I/O)."""
+        if not self.servers_file:
+            return False
         text = servers_text(cfg, self.offline_server if self.uplink_down else None)
         path = self._servers_path(cfg)
         try:
@@ -323,7 +369,7 @@ class Dnsmasq:
                 f"dnsmasq exited at once with code {self._proc.returncode}; "
                 f"check {self.conf_path} and that ports 53/67 are free"
             )
-        log.info("dnsmasq started (pid %s)", self._proc.pid)
+        log.info("%s started (pid %s)", self.name, self._proc.pid)
 
     async def _supervise(self) -> None:
         delay = 1.0
@@ -332,7 +378,7 @@ class Dnsmasq:
             code = await self._proc.wait()
             if self._stopping:
                 return
-            log.error("dnsmasq exited with code %s; restarting in %.0fs", code, delay)
+            log.error("%s exited with code %s; restarting in %.0fs", self.name, code, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
             try:

@@ -67,6 +67,9 @@ INTERNET_HOST = "internet.lab"
 GOVERNMENT_HOST = "layanan.lab"
 DUKCAPIL_HOST = "dukcapil.lab"  # test origin of the local services cache (gov_origin)
 OUTSIDE_HOST = "outside.lab"
+# dns: names under the walled garden's that point at the internet host (an attacker's)
+GARDEN_EVIL_HOST = "evil.layanan.lab"
+GARDEN_CNAME_HOST = "cdn.layanan.lab"
 CONNCHECK_HOSTS = (
     "connectivitycheck.gstatic.com",
     "clients3.google.com",

@@ -30,7 +30,12 @@ ISP_RECORDS: dict[str, tuple[str, ...]] = {
     p.GOVERNMENT_HOST: (p.GOVERNMENT_V4,),
     p.DUKCAPIL_HOST: (p.GOVERNMENT_V4,),
     **{host: (p.CONNCHECK_V4,) for host in p.CONNCHECK_HOSTS},
+    # dns: an attacker's name under the walled garden's, at the internet host's address
+    p.GARDEN_EVIL_HOST: (p.INTERNET_V4,),
 }
+# alias -> target, for the ISP resolver: a garden subdomain that is a CNAME to the
+# internet host (an attacker's address), for the walled-garden tests
+ISP_CNAMES: dict[str, str] = {p.GARDEN_CNAME_HOST: p.INTERNET_HOST}
 # ... and for the "outside" resolver (198.51.100.99): a distinct answer for
 # internet.lab so a test can tell which resolver a client really asked.
 OUTSIDE_RECORDS: dict[str, tuple[str, ...]] = {
@@ -70,7 +75,8 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def resolver_argv(listen: str, records: dict[str, tuple[str, ...]], pidfile: Path) -> list[str]:
+def resolver_argv(listen: str, records: dict[str, tuple[str, ...]], pidfile: Path,
+                  cnames: dict[str, str] | None = None) -> list[str]:
     """dnsmasq as an authoritative-looking resolver that knows only ``records``.
 
     ``--address=/#/`` with no address makes every other name NXDOMAIN
@@ -83,6 +89,7 @@ def resolver_argv(listen: str, records: dict[str, tuple[str, ...]], pidfile: Pat
         "--log-facility=-", "--log-queries", f"--pid-file={pidfile}", "--address=/#/",
     ]
     argv += [f"--host-record={name},{','.join(addrs)}" for name, addrs in records.items()]
+    argv += [f"--cname={alias},{target}" for alias, target in (cnames or {}).items()]
     return argv
 
 
@@ -126,14 +133,15 @@ def start_wan_services(lab: p.LabPlan) -> dict[str, int]:
     """Start both resolvers and the origin in the WAN namespace; wait until ready."""
     logs = lab.state_dir / "logs"
     pids: dict[str, int] = {}
-    for name, listen, records in (
-        ("isp-resolver", p.ISP_RESOLVER, ISP_RECORDS),
-        ("outside-resolver", p.OUTSIDE_RESOLVER, OUTSIDE_RECORDS),
+    for name, listen, records, cnames in (
+        ("isp-resolver", p.ISP_RESOLVER, ISP_RECORDS, ISP_CNAMES),
+        ("outside-resolver", p.OUTSIDE_RESOLVER, OUTSIDE_RECORDS, {}),
     ):
         pidfile = lab.state_dir / f"{name}.pid"
         pidfile.unlink(missing_ok=True)
         log = logs / f"{name}.log"
-        proc = netns.spawn(lab.prefix, lab.wan, resolver_argv(listen, records, pidfile), log)
+        proc = netns.spawn(lab.prefix, lab.wan, resolver_argv(listen, records, pidfile, cnames),
+                           log)
         _wait_for(f"dnsmasq ({name}) in {lab.wan}", functools.partial(_pidfile_written, pidfile),
                   10.0, proc, log)
         pids[name] = proc.pid

@@ -132,15 +132,16 @@ async def test_fake_dhcp_server_changes_when_dnsmasq_would(tmp_path: Path) -> No
         base,
         make_config(portal={"terms_en": "New terms"}),  # not dnsmasq's business
         make_config(dhcp={"range_start": "10.42.0.100", "range_end": "10.42.0.200"}),
-        make_config(walled_garden={"hostnames": ["layanan.go.id"]}),
         base,
+        # dns: the walled garden is the pre-login instance's and the daemon's business
+        make_config(walled_garden={"hostnames": ["layanan.go.id"]}),
         make_config(programs={"dnsmasq": shutil.which("dnsmasq")}),  # same text, new binary
     ]
     answers = [(await real.configure(c), await fake.configure(c)) for c in configs]
     assert [r for r, _ in answers] == [f for _, f in answers] == [True, False, False, True, True,
-                                                                 True, True]
+                                                                 False, True]
     assert fake.text == (tmp_path / "run" / "dnsmasq.conf").read_text()
-    assert len(fake.configs) == 5
+    assert len(fake.configs) == 4
 
 
 async def test_dnsmasq_refusing_a_config_keeps_the_running_one(tmp_path: Path) -> None:

@@ -100,8 +100,11 @@ def test_unauthorized_path() -> None:
     cfg = make_config(portal={"redirect_port": 2051, "http_port": 8080})
     script = plan_ruleset(cfg, [], NOW)
     nat = chain(script, "lan_nat")
-    # every DNS query, UDP or TCP, to any resolver goes to our dnsmasq
-    assert "meta l4proto { tcp, udp } th dport 53 ip daddr != 10.42.0.1 redirect to :53" in nat
+    # every DNS query, UDP or TCP, to any resolver goes to our dnsmasq (dns: before login
+    # its pre-login instance, tests/unit/test_dns_policy.py)
+    assert "meta l4proto { tcp, udp } th dport 53 jump lan_dns" in nat
+    assert "ip daddr != 10.42.0.1 meta l4proto { tcp, udp } redirect to :53" in chain(
+        script, "lan_dns_full")
     assert nat.strip().endswith("tcp dport 80 redirect to :2051")
     fwd = chain(script, "lan_forward")
     # every packet is checked, not only new connections: deauth cuts at once
