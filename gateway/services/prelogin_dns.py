@@ -52,7 +52,10 @@ CONF_NAME = "dnsmasq-prelogin.conf"
 PID_NAME = "dnsmasq-prelogin.pid"
 HOSTS_DIR = "garden-hosts"  # dnsmasq watches it (inotify): no signal, no restart
 HOSTS_FILE = "garden"
-LOCAL_TTL = 30  # seconds a client may cache a garden answer (under the garden floor)
+# TTL of every local answer: 0. A phone must ask again after login (a browser that
+# kept "any name = the gateway" would land on the portal again), and a garden answer
+# is then never older than the open addresses.
+LOCAL_TTL = 0
 
 
 def render_prelogin_conf(cfg: Config, state_dir: str, run_dir: str) -> str:

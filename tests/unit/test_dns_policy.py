@@ -331,3 +331,57 @@ async def test_garden_resolver_against_a_local_server() -> None:
         assert await resolver.resolve("layanan.go.id") == [("192.0.2.5", 120)]
     finally:
         transport.close()
+
+
+class _Part:
+    """Stands in for one Dnsmasq supervisor in DnsPair tests."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.running = False
+        self.restarts = 0
+        self.changes = True
+        self.log: list[str] = []
+
+    async def configure(self, cfg: Config) -> bool:
+        return self.changes
+
+    async def start(self) -> None:
+        self.log.append("start")
+        self.running = True
+
+    async def stop(self) -> None:
+        self.log.append("stop")
+        self.running = False
+
+    async def restart(self) -> None:
+        self.log.append("restart")
+
+
+async def test_dns_pair_restarts_only_what_changed(tmp_path: Path) -> None:
+    full, pre = _Part(str(tmp_path)), _Part(str(tmp_path))
+    pair = DnsPair(full, pre)  # type: ignore[arg-type]
+    assert await pair.configure(make_config()) is True
+    await pair.start()
+    assert (full.log, pre.log) == (["start"], ["start"])
+    full.changes = False  # e.g. a wildcard garden name: the pre-login instance only
+    assert await pair.configure(make_config()) is True
+    await pair.restart()
+    assert (full.log, pre.log) == (["start"], ["start", "restart"])  # DHCP never paused
+    pre.changes = False
+    assert await pair.configure(make_config()) is False
+
+
+async def test_dns_pair_start_failure_stops_what_it_started(tmp_path: Path) -> None:
+    from gateway.errors import ServiceError
+
+    full, pre = _Part(str(tmp_path)), _Part(str(tmp_path))
+
+    async def refuse() -> None:
+        raise ServiceError("dnsmasq-prelogin exited at once")
+
+    pre.start = refuse  # type: ignore[method-assign]
+    pair = DnsPair(full, pre)  # type: ignore[arg-type]
+    with pytest.raises(ServiceError):
+        await pair.start()
+    assert full.log == ["start", "stop"] and not full.running
