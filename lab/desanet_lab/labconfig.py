@@ -40,7 +40,7 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
             "idle_timeout": spec.idle_timeout,
         },
         # Only a hostname for the government service: its address must reach
-        # the walled garden through dnsmasq's nftset as it resolves. The CIDR
+        # the walled garden as the daemon resolves it (docs/walled-garden.md). The CIDR
         # is a documentation example that exercises the static path.
         "walled_garden": {
             "hostnames": [p.GOVERNMENT_HOST],
