@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help=f"gateway config file (default {DEFAULT_PATH})")
     parser.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}; "
                         "$DESANET_SOCKET; or the one running lab)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str,
             json_flag: bool = False) -> argparse.ArgumentParser:
@@ -505,17 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = add(sub, "run", cmd_run, "run the gateway daemon (systemd Type=notify)")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="log debug lines too (malformed requests, skipped work)")
 
     config = sub.add_parser("config", help="check, diff, apply (with a trial), confirm, roll back")
-    csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True,
+                                 help="what to do with the config")
     check = add(csub, "check", cmd_config_check,
                 "validate a config file; print every problem; exit 2 if invalid")
-    check.add_argument("file")
+    check.add_argument("file", help="the TOML config file to check")
     ap = add(csub, "apply", cmd_config_apply,
              "validate a config file, show what changes and apply it to the running gateway",
              json_flag=True)
-    ap.add_argument("file")
+    ap.add_argument("file", help="the TOML config file to apply")
     ap.add_argument("--confirm", metavar="DURATION",
                     help='trial: keep the previous config and bring it back unless '
                          '`desanet config confirm` runs within DURATION, e.g. "5m"')
@@ -524,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bring the previous config back now (ends a trial)", json_flag=True)
     add(csub, "show", cmd_config_show, "print the running config (TOML)", json_flag=True)
     df = add(csub, "diff", cmd_config_diff, "what applying FILE would change", json_flag=True)
-    df.add_argument("file")
+    df.add_argument("file", help="the TOML config file to compare with the running one")
 
     add(sub, "reload", cmd_reload, "re-read the config file and apply it (systemctl reload); "
         "exit 1 if refused", json_flag=True)
@@ -538,19 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     clients = add(sub, "clients", cmd_clients_list, "list clients (default), auth, deauth",
                   json_flag=True)
-    clsub = clients.add_subparsers(dest="clients_command", metavar="SUBCOMMAND")
+    clsub = clients.add_subparsers(dest="clients_command", metavar="SUBCOMMAND",
+                                   help="what to do (default: list)")
     add(clsub, "list", cmd_clients_list, "list authorized clients and DHCP clients",
         json_flag=True)
     a = add(clsub, "auth", cmd_clients_auth, "authorize a client by MAC", json_flag=True)
-    a.add_argument("mac")
+    a.add_argument("mac", help="the client's MAC address, e.g. 02:00:00:00:00:01")
     a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table)")
     a.add_argument("--duration", help='session length, e.g. "4h" (default: portal.session_length)')
     a.add_argument("--plan", help="shaping plan name")
     d = add(clsub, "deauth", cmd_clients_deauth, "end a client's session now", json_flag=True)
-    d.add_argument("mac")
+    d.add_argument("mac", help="the client's MAC address")
     pl = add(clsub, "plan", cmd_clients_plan,
              "move a live client to another shaping plan (connections kept)", json_flag=True)
-    pl.add_argument("mac")
+    pl.add_argument("mac", help="the client's MAC address")
     pl.add_argument("plan", help='a name from shaping.plans, or "default"')
 
     add(sub, "shaping", cmd_shaping, "per-class traffic counters of the shaping trees",
@@ -559,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     services = add(sub, "services", cmd_services,
                    "government-services cache: hit ratio, upstream health, queued forms",
                    json_flag=True)
-    ssub = services.add_subparsers(dest="services_command", metavar="SUBCOMMAND")
+    ssub = services.add_subparsers(dest="services_command", metavar="SUBCOMMAND",
+                                   help="what to do (default: show the state)")
     add(ssub, "prefetch", cmd_services_prefetch, "warm the prefetch URLs now", json_flag=True)
 
     vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
