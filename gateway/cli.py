@@ -294,10 +294,17 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
 
 def cmd_clients_auth(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"mac": args.mac}
-    for key in ("ip", "duration", "plan"):
+    for key in ("ip", "duration", "plan", "force"):
         if getattr(args, key):
             body[key] = getattr(args, key)
-    data = _client(args).request("POST", "/v1/clients/auth", body)
+    try:
+        data = _client(args).request("POST", "/v1/clients/auth", body)
+    except ControlError as exc:
+        if exc.reason != "voucher_session":
+            raise
+        print(f"refused: {exc}; nothing changed. Add --force to replace the voucher session "
+              "with this one.", file=sys.stderr)
+        return 1
     if args.json:
         _print_json(data)
     else:
@@ -549,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table)")
     a.add_argument("--duration", help='session length, e.g. "4h" (default: portal.session_length)')
     a.add_argument("--plan", help="shaping plan name")
+    a.add_argument("--force", action="store_true",
+                   help="replace the client's voucher session too (refused without it, so "
+                        "a villager's paid time is not cut short by mistake)")
     d = add(clsub, "deauth", cmd_clients_deauth, "end a client's session now", json_flag=True)
     d.add_argument("mac", help="the client's MAC address")
     pl = add(clsub, "plan", cmd_clients_plan,
