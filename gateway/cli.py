@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.cli_connect import DEFAULT_SOCKET, resolve_socket, unreachable_hint
 from gateway.cli_format import (
     clock_time,
     config_status_lines,
@@ -24,35 +24,11 @@ from gateway.cli_format import (
 )
 from gateway.config import DEFAULT_PATH, load_config
 from gateway.config.units import format_duration, format_left, format_rate, human_rate
-from gateway.control.client import ControlClient
+from gateway.control.client import UNREACHABLE, ControlClient
 from gateway.control.schema import ConfigApplyRequest, Out, parse_request
 from gateway.errors import ConfigError, ControlError, DesanetError, Invalid
 
 __all__ = ["build_parser", "format_event", "main"]
-
-DEFAULT_SOCKET = "/run/desanet/control.sock"
-LAB_SOCKETS = "/run/desanet-lab/*/control.sock"
-
-
-def resolve_socket(args: argparse.Namespace) -> str:
-    """--socket, $DESANET_SOCKET, the config's control.socket, the default, or the one lab."""
-    if getattr(args, "socket", None):
-        return str(args.socket)
-    if os.environ.get("DESANET_SOCKET"):
-        return os.environ["DESANET_SOCKET"]
-    config = getattr(args, "config", None)
-    if config or Path(DEFAULT_PATH).exists():
-        try:
-            return load_config(config or DEFAULT_PATH).control.socket
-        except ConfigError:
-            pass
-    if Path(DEFAULT_SOCKET).exists():
-        return DEFAULT_SOCKET
-    labs = sorted(glob.glob(LAB_SOCKETS))
-    if len(labs) == 1:
-        return labs[0]
-    return DEFAULT_SOCKET
-
 
 def _client(args: argparse.Namespace) -> ControlClient:
     return ControlClient(resolve_socket(args))
@@ -606,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -624,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ControlError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if exc.reason == UNREACHABLE:
+            for line in unreachable_hint(resolve_socket(args), argv):
+                print(line, file=sys.stderr)
         return 2 if exc.kind == "invalid" else 1
     except DesanetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -87,6 +87,7 @@ class GatewayOps:
             "ready": self.ready,
             "site": cfg.site.name,
             "village": cfg.site.village,
+            "timezone": cfg.site.timezone,  # for clients that show local dates (the CLI)
             "uptime": now - self.started_at,
             "portal_url": cfg.portal_url,
             "lan_ip": cfg.lan_ip,
