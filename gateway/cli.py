@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.cli_connect import DEFAULT_SOCKET, resolve_socket, unreachable_hint
+from gateway.cli_connect import DEFAULT_SOCKET, SiteZone, resolve_socket, unreachable_hint
 from gateway.cli_format import (
+    class_owners,
     clock_time,
     config_status_lines,
     fmt_time,
     format_event,
     print_changes,
     print_problems,
+    services_lines,
+    shaping_lines,
+    with_iso,
 )
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.config.units import format_duration, format_left, format_rate, human_rate
+from gateway.config.units import format_duration, format_left, format_rate
 from gateway.control.client import UNREACHABLE, ControlClient
 from gateway.control.schema import ConfigApplyRequest, Out, parse_request
 from gateway.errors import ConfigError, ControlError, DesanetError, Invalid
@@ -34,8 +38,18 @@ def _client(args: argparse.Namespace) -> ControlClient:
     return ControlClient(resolve_socket(args))
 
 
+# The site's time zone for the dates this call prints (see gateway/cli_connect.py); main()
+# points it at the daemon the call talks to.
+_site = SiteZone(lambda: ControlClient(DEFAULT_SOCKET))
+
+
+def _zone() -> str:
+    return _site.name
+
+
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    # The daemon's keys unchanged, plus an ISO 8601 sibling for each epoch time.
+    print(json.dumps(with_iso(data, _zone()), indent=2, sort_keys=True))
 
 
 def _vouchers_path(batch: str | None) -> str:
@@ -128,7 +142,7 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     print(f"applied {args.file}: config {out.version}{was}")
     print_changes(out.changes)
     if out.trial is not None:
-        deadline = clock_time(out.trial.deadline)
+        deadline = clock_time(out.trial.deadline, _zone())
         print(f"trial: until {deadline} ({format_left(int(out.trial.deadline - time.time()))} "
               f"left); the previous config {out.trial.previous_version} is kept")
         print(f"run `desanet config confirm` from a new connection (a new SSH login) before "
@@ -211,9 +225,10 @@ def cmd_events(args: argparse.Namespace) -> int:
             waiting = False
             for event in page.events:
                 if args.json:
-                    print(json.dumps(event.to_json(), sort_keys=True, ensure_ascii=False))
+                    print(json.dumps(with_iso(event.to_json(), _zone()), sort_keys=True,
+                                     ensure_ascii=False))
                 else:
-                    print(format_event(event))
+                    print(format_event(event, _zone()))
             sys.stdout.flush()
             since = page.next
             if args.no_follow:
@@ -224,6 +239,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     data = _client(args).request("GET", "/v1/status")
+    _site.learn(data)
     if args.json:
         _print_json(data)
         return 0
@@ -242,7 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{format_rate(shaping['uplink_up'])} up, leaf qdisc {shaping['leaf_qdisc'] or '-'}")
     else:
         print("  shaping:         off")
-    for line in config_status_lines(data.get("config")):
+    for line in config_status_lines(data.get("config"), _zone()):
         print(line)
     return 0
 
@@ -285,7 +301,7 @@ def cmd_clients_auth(args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         c = data["client"]
-        print(f"authorized {c['mac']} ({c['ip']}) until {fmt_time(c['expires'])}")
+        print(f"authorized {c['mac']} ({c['ip']}) until {fmt_time(c['expires'], _zone())}")
     return 0
 
 
@@ -309,22 +325,18 @@ def cmd_clients_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_shaping(args: argparse.Namespace) -> int:
-    data = _client(args).request("GET", "/v1/shaping")
+    client = _client(args)
+    data = client.request("GET", "/v1/shaping")
     if args.json:
         _print_json(data)
         return 0
     if not data["enabled"]:
         print("shaping is off (shaping.enabled = false)")
         return 0
-    print(f"leaf qdisc: {data['leaf_qdisc']}  uplink: {format_rate(data['uplink_down'])} down, "
-          f"{format_rate(data['uplink_up'])} up")
-    for direction, tree in data["directions"].items():
-        print(f"{direction} ({tree['device']}):")
-        print(f"  {'CLASS':14} {'BYTES':>12} {'PKTS':>9} {'DROPS':>7} {'BACKLOG':>8} {'RATE':>10}")
-        for name, c in tree["classes"].items():
-            print(f"  {name:14} {c.get('bytes', 0):>12} {c.get('packets', 0):>9} "
-                  f"{c.get('drops', 0):>7} {c.get('backlog', 0):>8} "
-                  f"{human_rate(c.get('rate_bps', 0)):>10}")
+    # Client classes are named by tc class id only; the client list says whose they are.
+    owners = class_owners(client.request("GET", "/v1/clients").get("clients"))
+    for line in shaping_lines(data, owners):
+        print(line)
     return 0
 
 
@@ -336,16 +348,8 @@ def cmd_services(args: argparse.Namespace) -> int:
     if not data["enabled"]:
         print("local services are off (local_services.enabled = false)")
         return 0
-    cache = data["cache"]
-    ratio = cache["hit_ratio"]
-    print(f"http://{data['hostname']}/  cache {cache['entries']} objects, "
-          f"{cache['bytes'] // 1024} KiB of {cache['max_bytes'] // 1048576} MiB, hit ratio "
-          f"{'-' if ratio is None else f'{ratio:.0%}'}")
-    print(f"  from cache {cache['bytes_from_cache']} B, fetched {cache['bytes_from_upstream']} B, "
-          f"stale served {cache['stale_served']}")
-    for slug, h in data["services"].items():
-        print(f"  {slug:16} {h['state']:8} errors {h['errors']}/{h['requests']}")
-    print(f"  queued forms: {data['outbox'] or 'none'}")
+    for line in services_lines(data, _zone()):
+        print(line)
     return 0
 
 
@@ -581,9 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _site
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    _site = SiteZone(lambda: _client(args))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

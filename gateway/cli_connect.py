@@ -20,11 +20,11 @@ import glob
 import os
 import shlex
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.control.client import ControlClient
 from gateway.errors import ConfigError, ControlError
 from gateway.timefmt import DEFAULT_TIMEZONE, is_known_zone
 
@@ -100,12 +100,29 @@ def _without_socket(argv: list[str]) -> list[str]:
     return out
 
 
-def site_zone(client: ControlClient, status: dict[str, Any] | None = None) -> str:
-    """The site's time zone from a status answer (asked for when not given)."""
-    if status is None:
-        try:
-            status = client.status()
-        except ControlError:
-            return DEFAULT_TIMEZONE
-    name = status.get("timezone")
+def zone_of(status: Any) -> str:
+    """The site's time zone named in a status answer; the default if it names none we know."""
+    name = status.get("timezone") if isinstance(status, dict) else None
     return name if isinstance(name, str) and is_known_zone(name) else DEFAULT_TIMEZONE
+
+
+class SiteZone:
+    """The zone for the dates one CLI call prints: asked of the daemon once, when needed."""
+
+    def __init__(self, client: Callable[[], Any]) -> None:
+        self._client = client
+        self._name: str | None = None
+
+    def learn(self, status: Any) -> None:
+        """Take it from a status answer the command already has (no second request)."""
+        self._name = zone_of(status)
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            try:
+                self.learn(self._client().request("GET", "/v1/status"))
+            except ControlError:
+                return DEFAULT_TIMEZONE  # not kept: the next date may find the daemon back
+        assert self._name is not None
+        return self._name

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway import cli, cli_connect
-from gateway.cli_connect import labs_up, site_zone, unreachable_hint
+from gateway.cli_connect import SiteZone, labs_up, unreachable_hint
 from gateway.errors import ControlError
 
 
@@ -89,8 +89,11 @@ def test_the_lab_that_was_tried_is_not_offered_again(lab_root: str) -> None:
 class StatusOnly:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
+        self.asked = 0
 
-    def status(self) -> Any:
+    def request(self, method: str, path: str) -> Any:
+        assert (method, path) == ("GET", "/v1/status")
+        self.asked += 1
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
@@ -100,10 +103,27 @@ class StatusOnly:
     ({"timezone": "Asia/Makassar"}, "Asia/Makassar"),
     ({"timezone": "Mars/Olympus"}, "Asia/Jakarta"),  # unknown here: the default
     ({}, "Asia/Jakarta"),  # an older daemon
-    (ControlError("down", 503, "unavailable"), "Asia/Jakarta"),
 ])
-def test_site_zone_comes_from_the_status_answer(answer: Any, zone: str) -> None:
-    assert site_zone(StatusOnly(answer)) == zone  # type: ignore[arg-type]
+def test_site_zone_comes_from_the_status_answer_once(answer: Any, zone: str) -> None:
+    daemon = StatusOnly(answer)
+    site = SiteZone(lambda: daemon)
+    assert (site.name, site.name) == (zone, zone)
+    assert daemon.asked == 1
+
+
+def test_site_zone_asks_again_after_the_daemon_was_down() -> None:
+    daemon = StatusOnly(ControlError("down", 503, "unavailable"))
+    site = SiteZone(lambda: daemon)
+    assert site.name == "Asia/Jakarta"
+    daemon.answer = {"timezone": "Asia/Jayapura"}
+    assert site.name == "Asia/Jayapura"
+
+
+def test_site_zone_learnt_from_a_status_answer_asks_nothing() -> None:
+    daemon = StatusOnly(AssertionError("must not be asked"))
+    site = SiteZone(lambda: daemon)
+    site.learn({"timezone": "Asia/Makassar"})
+    assert site.name == "Asia/Makassar" and daemon.asked == 0
 
 
 def test_resolve_socket_picks_the_one_lab(monkeypatch: pytest.MonkeyPatch) -> None:
