@@ -194,6 +194,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         out = _client(args).reload(_who())
     except ControlError as exc:
+        if exc.kind == "unavailable":
+            raise  # not reached, or the answer was lost: no refusal to report
         # The file on disk was refused (even an invalid one): that is a refusal of
         # the reload, exit 1, as systemd's ExecReload and scripts expect.
         print(f"reload refused, the running config stays: {exc}", file=sys.stderr)

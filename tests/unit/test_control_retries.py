@@ -192,3 +192,12 @@ async def test_async_client_read_is_asked_once_more(scripted: list[ScriptedDaemo
     async with AsyncControlClient(d.path) as api:
         assert await api.request("GET", "/v1/status") == {"ok": True}
     assert len(d.requests) == 2
+
+
+def test_a_reload_whose_answer_is_lost_is_no_refusal(
+        scripted: list[ScriptedDaemon], sock_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    d = start(scripted, sock_dir, "drop")
+    assert cli.main(["--socket", d.path, "reload"]) == 1
+    err = capsys.readouterr().err
+    assert "sent; outcome unknown" in err and "check with `desanet status`" in err
+    assert "refused" not in err and "running config stays" not in err
