@@ -10,12 +10,16 @@ daemon's message, HTTP status, ``kind``, ``field`` and ``reason``; a daemon
 that cannot be reached is a ControlError with status 503, kind "unavailable",
 reason "unreachable".
 
-Retries: a request that changes something (POST) is never sent twice. It
-always goes on a new connection (a kept-alive one may have been closed by the
-daemon meanwhile), so a failure to connect or to send it means nothing was
-done; a failure after it was sent (no answer, the connection cut, a timeout)
-is reason "outcome_unknown" and says which list command shows what happened.
-A read (GET) changes nothing and is tried once more on a new connection.
+Retries: a request that changes something (POST) is never sent twice once
+the daemon may have got it. Failing to connect, or to send (the head and body
+go in one ``sendall``; on a unix socket a closed peer refuses the first byte),
+means the daemon got nothing: that is tried once more on a new connection. A
+failure after sending (no answer, the connection cut, a timeout) is reason
+"outcome_unknown" and says which list command shows what happened. A change
+rides a kept-alive connection only if it answered within ``reuse_for``
+seconds (far inside the daemon's idle timeout), so the daemon closing an idle
+connection cannot cut a change short. A read (GET) changes nothing and is
+tried once more after any failure.
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 # Methods that change nothing: safe to send again when the answer was lost.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# A change reuses a kept-alive connection that answered this recently (seconds); aiohttp
+# closes idle ones after an hour.
+REUSE_FOR_CHANGES = 30.0
 UNREACHABLE = "unreachable"
 OUTCOME_UNKNOWN = "outcome_unknown"
 
@@ -171,19 +178,21 @@ def events_path(since: int, timeout: float) -> str:
 
 
 class ControlClient:
-    """One persistent connection for reads; every change on a new one (see the module doc)."""
+    """One persistent connection; see the module doc for when a request is sent again."""
 
-    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
+    def __init__(self, socket_path: str, timeout: float = 10.0,
+                 reuse_for: float = REUSE_FOR_CHANGES) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.reuse_for = reuse_for
         self._conn: _UnixHTTPConnection | None = None
-        self._used = False  # the connection has carried a request before
+        self._answered: float | None = None  # monotonic time of the connection's last answer
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._used = False
+        self._answered = None
 
     def _connect(self, wait: float) -> _UnixHTTPConnection:
         """The open connection, or a new one; raises ControlError("unreachable")."""
@@ -216,8 +225,9 @@ class ControlClient:
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         wait = self.timeout if timeout is None else timeout
         idempotent = method in IDEMPOTENT
-        if not idempotent and self._used:
-            self.close()  # a change never rides a connection the daemon may have closed
+        if not idempotent and self._answered is not None \
+                and time.monotonic() - self._answered > self.reuse_for:
+            self.close()  # idle a while: the daemon may close it under a change
         for attempt in (1, 2):
             again = attempt == 1 and idempotent
             conn = self._connect(wait)
@@ -227,12 +237,11 @@ class ControlClient:
                 conn.request(method, path, body=payload, headers=headers)
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                if again:
-                    continue
+                if attempt == 1:
+                    continue  # nothing reached the daemon: safe for a change too
                 raise ControlError(f"{method} {path}: the daemon closed the connection before "
                                    f"the request was sent ({exc}); nothing was done", 503,
                                    "unavailable") from exc
-            self._used = True
             try:
                 resp = conn.getresponse()
                 raw = resp.read()
@@ -247,6 +256,7 @@ class ControlClient:
                     raise ControlError(f"{method} {path}: the daemon closed the connection "
                                        f"without an answer ({exc})", 503, "unavailable") from exc
                 raise outcome_unknown(method, path, f"the connection was cut: {exc}") from exc
+            self._answered = time.monotonic()
             if resp.will_close:
                 self.close()
             return decode_answer(method, path, resp.status, raw)

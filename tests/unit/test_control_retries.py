@@ -2,7 +2,8 @@
 
 A tiny raw daemon on a unix socket follows a script, one step per connection:
 "drop" reads the whole request and closes without answering, "hang" reads it
-and never answers, "answer" replies 200 with JSON. It counts what arrived.
+and never answers, "answer" replies 200 with JSON, "answer_close" replies and
+then closes the kept-alive connection. It counts what arrived.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ScriptedDaemon:
         self.script = list(script)
         self.requests: list[bytes] = []
         self.connections = 0
+        self.closed = threading.Event()  # set each time the daemon closed a connection
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(path)
@@ -77,6 +79,9 @@ class ScriptedDaemon:
                         self._stop.wait()
                         break
                     conn.sendall(ANSWER)
+                    if step == "answer_close":
+                        break
+            self.closed.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -140,15 +145,39 @@ def test_a_read_is_asked_at_most_twice(scripted: list[ScriptedDaemon], sock_dir:
     assert len(d.requests) == 2
 
 
-def test_a_change_never_rides_a_kept_alive_connection(
+def test_a_change_rides_a_connection_that_just_answered(
         scripted: list[ScriptedDaemon], sock_dir: str) -> None:
     d = start(scripted, sock_dir)
     client = ControlClient(d.path)
     client.request("GET", "/v1/status")
     client.request("GET", "/v1/clients")
+    client.request("POST", "/v1/clients/deauth", {"mac": "02:00:00:00:00:01"})
+    assert d.connections == 1 and len(d.requests) == 3
+
+
+def test_a_change_after_a_long_idle_takes_a_new_connection(
+        scripted: list[ScriptedDaemon], sock_dir: str) -> None:
+    d = start(scripted, sock_dir)
+    client = ControlClient(d.path, reuse_for=-1)  # every connection counts as idle too long
+    client.request("GET", "/v1/status")
+    client.request("GET", "/v1/clients")
     assert d.connections == 1  # reads share one connection
     client.request("POST", "/v1/clients/deauth", {"mac": "02:00:00:00:00:01"})
     assert d.connections == 2 and len(d.requests) == 3
+
+
+def test_a_change_on_a_connection_the_daemon_closed_is_sent_once_on_a_new_one(
+        scripted: list[ScriptedDaemon], sock_dir: str) -> None:
+    d = start(scripted, sock_dir, "answer_close", "answer")
+    client = ControlClient(d.path)
+    client.request("GET", "/v1/status")
+    assert d.closed.wait(5)
+    # The daemon closed it (a restart, say) without saying so: sending fails, nothing
+    # reached the daemon, so the change goes once on a new connection.
+    assert client.request("POST", "/v1/clients/auth", {"mac": "02:00:00:00:00:01"}) == \
+        {"ok": True}
+    assert d.requests == [b"GET /v1/status HTTP/1.1", b"POST /v1/clients/auth HTTP/1.1"]
+    assert d.connections == 2
 
 
 def test_no_daemon_is_unreachable_not_outcome_unknown(sock_dir: str) -> None:
