@@ -4,6 +4,7 @@ dates and ISO times from the daemon's own zone (root, netns, the real daemon).""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.integration.conftest import (
     require_root,
     require_tools,
     unique_prefix,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
@@ -73,3 +75,24 @@ def test_auth_refuses_to_replace_a_voucher_session_without_force(lab: LabInfo) -
     assert client["expires_iso"] == iso(client["expires"], ZONE)
     assert client["expires_iso"].endswith("+08:00")
     assert row()["source"] == "manual"
+
+
+def test_shaping_names_the_client_by_mac_and_ip(lab: LabInfo) -> None:
+    sock, mac = lab.control_socket, p.client_mac(1)
+    desanet_json(sock, "clients", "auth", mac, "--force")
+    ip = next(c["ip"] for c in desanet_json(sock, "clients")["clients"] if c["mac"] == mac)
+
+    def named() -> bool:  # the class shows once the reconcile timer has sampled it
+        out = desanet(sock, "shaping")
+        assert out.rc == 0, out.stderr
+        return any(f"{mac} {ip}" in line for line in out.stdout.splitlines())
+
+    wait_until(named, 30, "desanet shaping to name the client's class by MAC and IP",
+               interval=0.5)
+
+
+def test_cannot_reach_lists_this_lab(lab: LabInfo, tmp_path: Path) -> None:
+    res = desanet(str(tmp_path / "none.sock"), "status")
+    assert res.rc == 1
+    assert "cannot reach the daemon" in res.stderr
+    assert f"desanet --socket {lab.control_socket} status" in res.stderr
