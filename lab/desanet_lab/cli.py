@@ -190,7 +190,7 @@ def format_human(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="desanet")
-    register(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True, help="what to do"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("desanet lab: needs root (network namespaces)", file=sys.stderr)
