@@ -87,7 +87,6 @@ class GatewayOps:
             "ready": self.ready,
             "site": cfg.site.name,
             "village": cfg.site.village,
-            "timezone": cfg.site.timezone,  # for clients that show local dates (the CLI)
             "uptime": now - self.started_at,
             "portal_url": cfg.portal_url,
             "lan_ip": cfg.lan_ip,
@@ -99,6 +98,7 @@ class GatewayOps:
             "config_path": self.config.path,
             "config": self.config.status_json(),
             "shaping": self.shaping.status_json(),
+            "timezone": cfg.site.timezone,
         }
 
     async def clients(self) -> list[dict[str, Any]]:
