@@ -24,8 +24,8 @@ TIME_KEYS = frozenset({"time", "started", "expires", "created", "first_used", "d
 
 
 def fmt_time(ts: float | None, tz: str = DEFAULT_TIMEZONE) -> str:
-    """``2 Des 2026 14:05 WIB``; a dash for no time."""
-    return format_datetime(ts, tz)
+    """``2 Dec 2026 14:05 WIB`` (English months, as the rest of the CLI); a dash for none."""
+    return format_datetime(ts, tz, "en")
 
 
 def clock_time(ts: float, tz: str = DEFAULT_TIMEZONE) -> str:

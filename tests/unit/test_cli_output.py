@@ -17,6 +17,10 @@ ZONE = "Asia/Makassar"  # not this machine's zone, nor the default: the daemon's
 STATUS = {"site": "Hotspot", "village": "Desa", "timezone": ZONE}
 
 
+def local(ts: float) -> str:
+    return format_datetime(ts, ZONE, "en")
+
+
 class Canned:
     def __init__(self, answers: dict[str, Any]) -> None:
         self.answers = {"/v1/status": STATUS, **answers}
@@ -71,12 +75,12 @@ def test_services_prints_no_raw_dicts_human_sizes_and_local_dates(
     assert "42 objects, 3.2 MiB of 512 MiB, hit ratio 81%" in out
     assert "1.5 KiB served from the cache, 10 MiB fetched upstream, 3 stale copies" in out
     assert "queued forms: 2 queued, 5 delivered" in out
-    assert f"last prefetch: {format_datetime(NOW - 90, ZONE)}, 2 fetched, 1 failed" in out
+    assert f"last prefetch: {local(NOW - 90)}, 2 fetched, 1 failed" in out
     dukcapil = next(line for line in out.splitlines() if "dukcapil" in line)
-    assert "online" in dukcapil and "0/12" in dukcapil and format_datetime(NOW, ZONE) in dukcapil
+    assert "online" in dukcapil and "0/12" in dukcapil and local(NOW) in dukcapil
     assert "WITA" in dukcapil
     bpjs = next(line for line in out.splitlines() if "bpjs" in line)
-    assert f"{format_datetime(NOW - 60, ZONE)} (connection refused)" in bpjs
+    assert f"{local(NOW - 60)} (connection refused)" in bpjs
 
 
 def test_services_with_nothing_yet(monkeypatch: pytest.MonkeyPatch,
@@ -158,7 +162,7 @@ def test_clients_auth_says_until_when_in_the_site_zone(
     answer = {"client": {"mac": "02:00:00:00:00:01", "ip": "10.42.0.101", "expires": NOW}}
     run(monkeypatch, {"/v1/clients/auth": answer}, "clients", "auth", "02:00:00:00:00:01")
     assert capsys.readouterr().out.strip() == (
-        f"authorized 02:00:00:00:00:01 (10.42.0.101) until {format_datetime(NOW, ZONE)}")
+        f"authorized 02:00:00:00:00:01 (10.42.0.101) until {local(NOW)}")
 
 
 def test_status_asks_once_for_its_zone(monkeypatch: pytest.MonkeyPatch,
@@ -171,7 +175,7 @@ def test_status_asks_once_for_its_zone(monkeypatch: pytest.MonkeyPatch,
                                                           "time": NOW, "version": "a"}}}
     canned = run(monkeypatch, {"/v1/status": status}, "status")
     assert canned.asked == ["/v1/status"]
-    assert f"at {format_datetime(NOW, ZONE)}" in capsys.readouterr().out
+    assert f"at {local(NOW)}" in capsys.readouterr().out
 
 
 def test_with_iso_leaves_non_times_alone() -> None:
