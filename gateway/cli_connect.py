@@ -82,7 +82,8 @@ def unreachable_hint(tried: str, argv: list[str], pattern: str = LAB_SOCKETS) ->
     if not labs:
         return []
     rest = shlex.join(_without_socket(argv))
-    lines = ["labs that are up; pick one with --socket (or $DESANET_SOCKET):"]
+    lines = ["labs that are up; pick one with --socket (or $DESANET_SOCKET; the lab's own "
+             "commands take --prefix P, e.g. `desanet lab status --prefix P`):"]
     lines += [f"  lab {prefix!r}: desanet --socket {path} {rest}".rstrip() for prefix, path in labs]
     return lines
 
