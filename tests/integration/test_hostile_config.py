@@ -16,6 +16,9 @@ One lab for the module; each test leaves the original config file and version.
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +38,7 @@ from tests.integration.conftest import (
     desanet,
     desanet_json,
     desanet_ok,
+    gateway_pid,
     has_internet,
     http,
     in_namespace,
@@ -149,6 +153,23 @@ def test_hostile_value_is_refused_by_check_apply_and_reload(
     res = desanet(lab.control_socket, "reload")
     assert res.rc == 1 and path in res.stderr, res.describe()
     assert "reloaded:" not in res.stdout
+    assert_unchanged(lab, ver)
+
+
+def test_sighup_with_a_hostile_file_is_refused(lab: LabInfo, original: tuple[str, str]) -> None:
+    """`systemctl reload` is SIGHUP: the same refusal, visible in `desanet status`."""
+    text, ver = original
+    started = time.time()
+    Path(lab.config_path).write_text(variant(text, dict(HOSTILE[0][0])), encoding="utf-8")
+    os.kill(gateway_pid(lab), signal.SIGHUP)
+
+    def refusal() -> dict[str, Any] | None:
+        found = desanet_json(lab.control_socket, "status")["config"]["last_refusal"]
+        fresh = found and found["source"] == "sighup" and found["time"] >= int(started)
+        return found if fresh else None
+
+    found = wait_until(refusal, 15, "the SIGHUP reload to be refused")
+    assert HOSTILE[0][1] in found["reason"], found
     assert_unchanged(lab, ver)
 
 
