@@ -626,6 +626,11 @@ def lan_problems(network: Network, dhcp: Dhcp, shaping: Shaping) -> list[str]:
                 f"dhcp.{name} = {addr} is not a usable host of network.lan_address {net}; "
                 f'write e.g. "{net.network_address + 100}"'
             )
+    for i, server in enumerate(dhcp.upstream_dns):
+        # dnsmasq asking itself (the gateway's LAN address) or no host loops or fails
+        if server == gw or server.is_unspecified or server.is_multicast:
+            problems.append(f"dhcp.upstream_dns[{i}] = {server} is not an outside resolver "
+                            '(it is the gateway itself or no host); write e.g. "1.1.1.1"')
     if not problems and int(dhcp.range_start) > int(dhcp.range_end):
         problems.append("dhcp.range_start is after dhcp.range_end; swap them")
     if shaping.enabled and net.prefixlen < 17:

@@ -235,6 +235,9 @@ HOSTILE = [
      'upstream = "https://a.example"\noffline_for = "400d"\n',
      "local_services.services[0].offline_for: 400d is above"),
     ('[uplink]\nprobe_interval = "1h"\n', "uplink.probe_interval"),
+    ('upstream_dns = ["1.1.1.1", "10.42.0.1"]\n',
+     "dhcp.upstream_dns[1] = 10.42.0.1 is not an outside resolver"),
+    ('upstream_dns = ["0.0.0.0"]\n', "dhcp.upstream_dns[0] = 0.0.0.0 is not an outside resolver"),
 ]
 
 
@@ -251,7 +254,7 @@ def test_each_hostile_value_is_refused_with_its_field_path(extra: str, expected:
     '[access]\ntrusted_macs = ["02:00:00:aa:bb:cc", "AC-DE-48-00-11-22"]\n',
     '[portal]\nsession_length = "366d"\nidle_timeout = "30d"\n',
     '[portal]\nsession_length = "18s"\nidle_timeout = "6s"\n',  # the lab's short sessions
-    'lease_time = "2m"\n',
+    'lease_time = "2m"\nupstream_dns = ["1.1.1.1", "10.42.0.53", "127.0.0.53"]\n',
     '[shaping]\nuplink_down = "100gbit"\nuplink_up = "100gbit"\nlan_rate = "100gbit"\n'
     'client_down = "8kbit"\nclient_up = "8kbit"\nunauthorized_down = "8kbit"\n'
     'unauthorized_up = "8kbit"\n',
