@@ -22,6 +22,7 @@ from gateway.cli_format import (
     format_event,
     print_changes,
     print_problems,
+    print_restart_needed,
     services_lines,
     shaping_lines,
     uplink_status_line,
@@ -135,7 +136,12 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     # The window is checked here too: nothing is sent unless everything is valid.
     request = parse_request(ConfigApplyRequest, {"text": text, "confirm": args.confirm,
                                                  "by": _who()})
-    out = _client(args).config_apply(request.text, request.confirm, request.by)
+    try:
+        out = _client(args).config_apply(request.text, request.confirm, request.by)
+    except ControlError as exc:
+        if print_restart_needed(exc, "applied"):
+            return 1
+        raise
     if args.json:
         _print_out(out)
         return 0
@@ -199,7 +205,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
             raise  # not reached, or the answer was lost: no refusal to report
         # The file on disk was refused (even an invalid one): that is a refusal of
         # the reload, exit 1, as systemd's ExecReload and scripts expect.
-        print(f"reload refused, the running config stays: {exc}", file=sys.stderr)
+        if not print_restart_needed(exc, "reloaded"):
+            print(f"reload refused, the running config stays: {exc}", file=sys.stderr)
         return 1
     if args.json:
         _print_out(out)

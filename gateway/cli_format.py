@@ -12,9 +12,10 @@ import json
 import sys
 from typing import Any
 
-from gateway.config.diff import ABSENT, Change, format_changes
+from gateway.config.diff import ABSENT, Change, format_changes, needs_restart
 from gateway.config.units import format_rate, human_rate
 from gateway.control.schema import ConfigChangeOut, EventOut
+from gateway.errors import ControlError
 from gateway.timefmt import DEFAULT_TIMEZONE, format_datetime, format_time, iso
 
 # Keys whose number is a Unix time in the daemon's answers.
@@ -81,8 +82,18 @@ def print_changes(changes: list[ConfigChangeOut], indent: str = "  ") -> None:
     lines = change_lines(changes)
     if not lines:
         print(f"{indent}no changes")
-    for line in lines:
-        print(f"{indent}{line}")
+    for change, line in zip(changes, lines, strict=True):
+        mark = "  (needs restart)" if needs_restart(change.path) else ""
+        print(f"{indent}{line}{mark}")
+
+
+def print_restart_needed(exc: ControlError, verb: str) -> bool:
+    """Say "needs restart" (not "refused", never "reloaded") for a change of settings
+    only a restart may change; False for any other error."""
+    if exc.reason != "restart_needed":
+        return False
+    print(f"not {verb}: {exc}", file=sys.stderr)
+    return True
 
 
 def format_event(event: EventOut, tz: str = DEFAULT_TIMEZONE) -> str:

@@ -538,3 +538,39 @@ def test_printing_an_unknown_batch_is_an_error(monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["vouchers", "print", "--batch", "posyandu mie"]) == 1
     err = capsys.readouterr().err
     assert "no batch named 'posyandu mie'" in err
+
+
+# config (Step 6): a moved state dir or socket is "needs restart", never "reloaded"
+def test_reload_and_apply_of_a_restart_only_setting_say_needs_restart(
+        daemon: FakeDaemon, valid_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.control.errors import error_body
+    from gateway.core.configuration import RestartNeeded
+
+    refusal = RestartNeeded([("store.state_dir", "/var/lib/desanet", "/srv/desanet")])
+    status, body = error_body(refusal)
+    assert (status, body["reason"]) == (409, "restart_needed")
+    assert body["problems"] == ["store.state_dir: '/var/lib/desanet' -> '/srv/desanet' "
+                                "needs a restart"]
+    for path, argv, verb in (("/v1/reload", ["reload"], "reloaded"),
+                             ("/v1/config/apply", ["config", "apply", valid_file], "applied")):
+        daemon.errors[path] = refusal
+        assert run(daemon, *argv) == 1
+        out, err = capsys.readouterr()
+        assert f"not {verb}: needs restart: store.state_dir cannot change" in err
+        assert "nothing was changed" in err and "systemctl restart desanet" in err
+        assert "reloaded:" not in out and "applied " not in out
+        del daemon.errors[path]
+    # positive control: the same commands without the refusal
+    assert run(daemon, "reload") == 0
+    assert "reloaded: config aaaaaaaaaaaa" in capsys.readouterr().out
+
+
+def test_diff_marks_settings_that_need_a_restart(
+        daemon: FakeDaemon, valid_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.answers["/v1/config/diff"] = {"changes": [
+        {"path": "control.socket", "old": "/run/desanet/control.sock", "new": "/run/x.sock"},
+        CHANGES[0]]}
+    assert run(daemon, "config", "diff", valid_file) == 0
+    out = capsys.readouterr().out
+    assert "control.socket: '/run/desanet/control.sock' -> '/run/x.sock'  (needs restart)" in out
+    assert "portal.terms_text: 'Setuju' -> 'Saya setuju'\n" in out  # no mark
