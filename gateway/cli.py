@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import sys
@@ -14,53 +13,45 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.cli_connect import DEFAULT_SOCKET, SiteZone, resolve_socket, unreachable_hint
 from gateway.cli_format import (
+    class_owners,
     clock_time,
     config_status_lines,
     fmt_time,
     format_event,
     print_changes,
     print_problems,
+    print_restart_needed,
+    services_lines,
+    shaping_lines,
     uplink_status_line,
+    with_iso,
 )
 from gateway.config import DEFAULT_PATH, load_config
-from gateway.config.units import format_duration, format_left, format_rate, human_rate
-from gateway.control.client import ControlClient
+from gateway.config.units import format_duration, format_left, format_rate
+from gateway.control.client import UNREACHABLE, ControlClient
 from gateway.control.schema import ConfigApplyRequest, Out, parse_request
 from gateway.errors import ConfigError, ControlError, DesanetError, Invalid
 
 __all__ = ["build_parser", "format_event", "main"]
 
-DEFAULT_SOCKET = "/run/desanet/control.sock"
-LAB_SOCKETS = "/run/desanet-lab/*/control.sock"
-
-
-def resolve_socket(args: argparse.Namespace) -> str:
-    """--socket, $DESANET_SOCKET, the config's control.socket, the default, or the one lab."""
-    if getattr(args, "socket", None):
-        return str(args.socket)
-    if os.environ.get("DESANET_SOCKET"):
-        return os.environ["DESANET_SOCKET"]
-    config = getattr(args, "config", None)
-    if config or Path(DEFAULT_PATH).exists():
-        try:
-            return load_config(config or DEFAULT_PATH).control.socket
-        except ConfigError:
-            pass
-    if Path(DEFAULT_SOCKET).exists():
-        return DEFAULT_SOCKET
-    labs = sorted(glob.glob(LAB_SOCKETS))
-    if len(labs) == 1:
-        return labs[0]
-    return DEFAULT_SOCKET
-
-
 def _client(args: argparse.Namespace) -> ControlClient:
     return ControlClient(resolve_socket(args))
 
 
+# The site's time zone for the dates this call prints (see gateway/cli_connect.py); main()
+# points it at the daemon the call talks to.
+_site = SiteZone(lambda: ControlClient(DEFAULT_SOCKET))
+
+
+def _zone() -> str:
+    return _site.name
+
+
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    # The daemon's keys unchanged, plus an ISO 8601 sibling for each epoch time.
+    print(json.dumps(with_iso(data, _zone()), indent=2, sort_keys=True))
 
 
 def _vouchers_path(batch: str | None) -> str:
@@ -145,7 +136,12 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     # The window is checked here too: nothing is sent unless everything is valid.
     request = parse_request(ConfigApplyRequest, {"text": text, "confirm": args.confirm,
                                                  "by": _who()})
-    out = _client(args).config_apply(request.text, request.confirm, request.by)
+    try:
+        out = _client(args).config_apply(request.text, request.confirm, request.by)
+    except ControlError as exc:
+        if print_restart_needed(exc, "applied"):
+            return 1
+        raise
     if args.json:
         _print_out(out)
         return 0
@@ -153,7 +149,7 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     print(f"applied {args.file}: config {out.version}{was}")
     print_changes(out.changes)
     if out.trial is not None:
-        deadline = clock_time(out.trial.deadline)
+        deadline = clock_time(out.trial.deadline, _zone())
         print(f"trial: until {deadline} ({format_left(int(out.trial.deadline - time.time()))} "
               f"left); the previous config {out.trial.previous_version} is kept")
         print(f"run `desanet config confirm` from a new connection (a new SSH login) before "
@@ -205,9 +201,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         out = _client(args).reload(_who())
     except ControlError as exc:
+        if exc.kind == "unavailable":
+            raise  # not reached, or the answer was lost: no refusal to report
         # The file on disk was refused (even an invalid one): that is a refusal of
         # the reload, exit 1, as systemd's ExecReload and scripts expect.
-        print(f"reload refused, the running config stays: {exc}", file=sys.stderr)
+        if not print_restart_needed(exc, "reloaded"):
+            print(f"reload refused, the running config stays: {exc}", file=sys.stderr)
         return 1
     if args.json:
         _print_out(out)
@@ -236,9 +235,10 @@ def cmd_events(args: argparse.Namespace) -> int:
             waiting = False
             for event in page.events:
                 if args.json:
-                    print(json.dumps(event.to_json(), sort_keys=True, ensure_ascii=False))
+                    print(json.dumps(with_iso(event.to_json(), _zone()), sort_keys=True,
+                                     ensure_ascii=False))
                 else:
-                    print(format_event(event))
+                    print(format_event(event, _zone()))
             sys.stdout.flush()
             since = page.next
             if args.no_follow:
@@ -249,6 +249,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     data = _client(args).request("GET", "/v1/status")
+    _site.learn(data)
     if args.json:
         _print_json(data)
         return 0
@@ -268,7 +269,7 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{format_rate(shaping['uplink_up'])} up, leaf qdisc {shaping['leaf_qdisc'] or '-'}")
     else:
         print("  shaping:         off")
-    for line in config_status_lines(data.get("config")):
+    for line in config_status_lines(data.get("config"), _zone()):
         print(line)
     return 0
 
@@ -296,15 +297,22 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
 
 def cmd_clients_auth(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"mac": args.mac}
-    for key in ("ip", "duration", "plan"):
+    for key in ("ip", "duration", "plan", "force"):
         if getattr(args, key):
             body[key] = getattr(args, key)
-    data = _client(args).request("POST", "/v1/clients/auth", body)
+    try:
+        data = _client(args).request("POST", "/v1/clients/auth", body)
+    except ControlError as exc:
+        if exc.reason != "voucher_session":
+            raise
+        print(f"refused: {exc}; nothing changed. Add --force to replace the voucher session "
+              "with this one.", file=sys.stderr)
+        return 1
     if args.json:
         _print_json(data)
     else:
         c = data["client"]
-        print(f"authorized {c['mac']} ({c['ip']}) until {fmt_time(c['expires'])}")
+        print(f"authorized {c['mac']} ({c['ip']}) until {fmt_time(c['expires'], _zone())}")
     return 0
 
 
@@ -328,22 +336,18 @@ def cmd_clients_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_shaping(args: argparse.Namespace) -> int:
-    data = _client(args).request("GET", "/v1/shaping")
+    client = _client(args)
+    data = client.request("GET", "/v1/shaping")
     if args.json:
         _print_json(data)
         return 0
     if not data["enabled"]:
         print("shaping is off (shaping.enabled = false)")
         return 0
-    print(f"leaf qdisc: {data['leaf_qdisc']}  uplink: {format_rate(data['uplink_down'])} down, "
-          f"{format_rate(data['uplink_up'])} up")
-    for direction, tree in data["directions"].items():
-        print(f"{direction} ({tree['device']}):")
-        print(f"  {'CLASS':14} {'BYTES':>12} {'PKTS':>9} {'DROPS':>7} {'BACKLOG':>8} {'RATE':>10}")
-        for name, c in tree["classes"].items():
-            print(f"  {name:14} {c.get('bytes', 0):>12} {c.get('packets', 0):>9} "
-                  f"{c.get('drops', 0):>7} {c.get('backlog', 0):>8} "
-                  f"{human_rate(c.get('rate_bps', 0)):>10}")
+    # Client classes are named by tc class id only; the client list says whose they are.
+    owners = class_owners(client.request("GET", "/v1/clients").get("clients"))
+    for line in shaping_lines(data, owners):
+        print(line)
     return 0
 
 
@@ -355,16 +359,8 @@ def cmd_services(args: argparse.Namespace) -> int:
     if not data["enabled"]:
         print("local services are off (local_services.enabled = false)")
         return 0
-    cache = data["cache"]
-    ratio = cache["hit_ratio"]
-    print(f"http://{data['hostname']}/  cache {cache['entries']} objects, "
-          f"{cache['bytes'] // 1024} KiB of {cache['max_bytes'] // 1048576} MiB, hit ratio "
-          f"{'-' if ratio is None else f'{ratio:.0%}'}")
-    print(f"  from cache {cache['bytes_from_cache']} B, fetched {cache['bytes_from_upstream']} B, "
-          f"stale served {cache['stale_served']}")
-    for slug, h in data["services"].items():
-        print(f"  {slug:16} {h['state']:8} errors {h['errors']}/{h['requests']}")
-    print(f"  queued forms: {data['outbox'] or 'none'}")
+    for line in services_lines(data, _zone()):
+        print(line)
     return 0
 
 
@@ -522,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help=f"gateway config file (default {DEFAULT_PATH})")
     parser.add_argument("--socket", help=f"control socket (default {DEFAULT_SOCKET}; "
                         "$DESANET_SOCKET; or the one running lab)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
 
     def add(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str,
             json_flag: bool = False) -> argparse.ArgumentParser:
@@ -536,17 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = add(sub, "run", cmd_run, "run the gateway daemon (systemd Type=notify)")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="log debug lines too (malformed requests, skipped work)")
 
     config = sub.add_parser("config", help="check, diff, apply (with a trial), confirm, roll back")
-    csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    csub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True,
+                                 help="what to do with the config")
     check = add(csub, "check", cmd_config_check,
                 "validate a config file; print every problem; exit 2 if invalid")
-    check.add_argument("file")
+    check.add_argument("file", help="the TOML config file to check")
     ap = add(csub, "apply", cmd_config_apply,
              "validate a config file, show what changes and apply it to the running gateway",
              json_flag=True)
-    ap.add_argument("file")
+    ap.add_argument("file", help="the TOML config file to apply")
     ap.add_argument("--confirm", metavar="DURATION",
                     help='trial: keep the previous config and bring it back unless '
                          '`desanet config confirm` runs within DURATION, e.g. "5m"')
@@ -555,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bring the previous config back now (ends a trial)", json_flag=True)
     add(csub, "show", cmd_config_show, "print the running config (TOML)", json_flag=True)
     df = add(csub, "diff", cmd_config_diff, "what applying FILE would change", json_flag=True)
-    df.add_argument("file")
+    df.add_argument("file", help="the TOML config file to compare with the running one")
 
     add(sub, "reload", cmd_reload, "re-read the config file and apply it (systemctl reload); "
         "exit 1 if refused", json_flag=True)
@@ -569,19 +567,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     clients = add(sub, "clients", cmd_clients_list, "list clients (default), auth, deauth",
                   json_flag=True)
-    clsub = clients.add_subparsers(dest="clients_command", metavar="SUBCOMMAND")
+    clsub = clients.add_subparsers(dest="clients_command", metavar="SUBCOMMAND",
+                                   help="what to do (default: list)")
     add(clsub, "list", cmd_clients_list, "list authorized clients and DHCP clients",
         json_flag=True)
     a = add(clsub, "auth", cmd_clients_auth, "authorize a client by MAC", json_flag=True)
-    a.add_argument("mac")
+    a.add_argument("mac", help="the client's MAC address, e.g. 02:00:00:00:00:01")
     a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table)")
     a.add_argument("--duration", help='session length, e.g. "4h" (default: portal.session_length)')
     a.add_argument("--plan", help="shaping plan name")
+    a.add_argument("--force", action="store_true",
+                   help="replace the client's voucher session too (refused without it, so "
+                        "a villager's paid time is not cut short by mistake)")
     d = add(clsub, "deauth", cmd_clients_deauth, "end a client's session now", json_flag=True)
-    d.add_argument("mac")
+    d.add_argument("mac", help="the client's MAC address")
     pl = add(clsub, "plan", cmd_clients_plan,
              "move a live client to another shaping plan (connections kept)", json_flag=True)
-    pl.add_argument("mac")
+    pl.add_argument("mac", help="the client's MAC address")
     pl.add_argument("plan", help='a name from shaping.plans, or "default"')
 
     add(sub, "shaping", cmd_shaping, "per-class traffic counters of the shaping trees",
@@ -590,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     services = add(sub, "services", cmd_services,
                    "government-services cache: hit ratio, upstream health, queued forms",
                    json_flag=True)
-    ssub = services.add_subparsers(dest="services_command", metavar="SUBCOMMAND")
+    ssub = services.add_subparsers(dest="services_command", metavar="SUBCOMMAND",
+                                   help="what to do (default: show the state)")
     add(ssub, "prefetch", cmd_services_prefetch, "warm the prefetch URLs now", json_flag=True)
 
     vouchers = sub.add_parser("vouchers", help="create, list, revoke and print vouchers")
@@ -628,8 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _site
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    _site = SiteZone(lambda: _client(args))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -647,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ControlError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if exc.reason == UNREACHABLE:
+            for line in unreachable_hint(resolve_socket(args), argv):
+                print(line, file=sys.stderr)
         return 2 if exc.kind == "invalid" else 1
     except DesanetError as exc:
         print(f"error: {exc}", file=sys.stderr)

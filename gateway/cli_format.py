@@ -1,23 +1,67 @@
-"""Text the `desanet` command prints: pure formatting, no daemon calls."""
+"""Text the `desanet` command prints: pure formatting, no daemon calls.
+
+Dates are the site's local time (``tz``, the daemon's ``site.timezone``) through
+:mod:`gateway.timefmt`; sizes are in KiB/MiB/GiB; ``--json`` output keeps every
+key and value as the daemon sent it and adds an ISO 8601 sibling
+(``expires`` -> ``expires_iso``) to each epoch time (:func:`with_iso`).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
-from gateway.config.diff import ABSENT, Change, format_changes
+from gateway.config.diff import ABSENT, Change, format_changes, needs_restart
+from gateway.config.units import format_rate, human_rate
 from gateway.control.schema import ConfigChangeOut, EventOut
-from gateway.timefmt import DEFAULT_TIMEZONE, format_datetime
+from gateway.errors import ControlError
+from gateway.timefmt import DEFAULT_TIMEZONE, format_datetime, format_time, iso
+
+# Keys whose number is a Unix time in the daemon's answers.
+TIME_KEYS = frozenset({"time", "started", "expires", "created", "first_used", "deadline",
+                       "finished", "last_ok", "last_error", "sampled_at", "since", "last_seen",
+                       "ended", "changed"})
 
 
-def fmt_time(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+def fmt_time(ts: float | None, tz: str = DEFAULT_TIMEZONE) -> str:
+    """``2 Dec 2026 14:05 WIB`` (English months, as the rest of the CLI); a dash for none."""
+    return format_datetime(ts, tz, "en")
 
 
-def clock_time(ts: float) -> str:
-    return time.strftime("%H:%M", time.localtime(ts))
+def clock_time(ts: float, tz: str = DEFAULT_TIMEZONE) -> str:
+    """``14:05 WIB``."""
+    return format_time(ts, tz)
+
+
+def with_iso(data: Any, tz: str = DEFAULT_TIMEZONE) -> Any:
+    """``data`` with ``<key>_iso`` beside every epoch time in TIME_KEYS; nothing else changed."""
+    if isinstance(data, list):
+        return [with_iso(item, tz) for item in data]
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out[key] = with_iso(value, tz)
+        sibling = f"{key}_iso"
+        if key in TIME_KEYS and sibling not in data and (
+                value is None or (isinstance(value, int | float) and not isinstance(value, bool))):
+            out[sibling] = iso(value, tz)
+    return out
+
+
+def format_bytes(n: float | None) -> str:
+    """``512 B``, ``1.5 KiB``, ``12 MiB``, ``3.2 GiB`` (binary units, as df -h)."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)} B"
+    return f"{value:.1f} {unit}" if abs(value) < 10 else f"{value:.0f} {unit}"
 
 
 def print_problems(source: str, problems: list[str]) -> None:
@@ -38,13 +82,23 @@ def print_changes(changes: list[ConfigChangeOut], indent: str = "  ") -> None:
     lines = change_lines(changes)
     if not lines:
         print(f"{indent}no changes")
-    for line in lines:
-        print(f"{indent}{line}")
+    for change, line in zip(changes, lines, strict=True):
+        mark = "  (needs restart)" if needs_restart(change.path) else ""
+        print(f"{indent}{line}{mark}")
 
 
-def format_event(event: EventOut) -> str:
-    """"HH:MM:SS type key=value ..." for `desanet events`."""
-    parts = [time.strftime("%H:%M:%S", time.localtime(event.time)), event.type]
+def print_restart_needed(exc: ControlError, verb: str) -> bool:
+    """Say "needs restart" (not "refused", never "reloaded") for a change of settings
+    only a restart may change; False for any other error."""
+    if exc.reason != "restart_needed":
+        return False
+    print(f"not {verb}: {exc}", file=sys.stderr)
+    return True
+
+
+def format_event(event: EventOut, tz: str = DEFAULT_TIMEZONE) -> str:
+    """"HH:MM:SS WIB type key=value ..." for `desanet events`."""
+    parts = [format_time(event.time, tz, seconds=True), event.type]
     for key, value in (event.model_extra or {}).items():
         if value is None or value == "" or value == []:
             continue
@@ -57,7 +111,7 @@ def format_event(event: EventOut) -> str:
     return " ".join(parts)
 
 
-def config_status_lines(config: Any) -> list[str]:
+def config_status_lines(config: Any, tz: str = DEFAULT_TIMEZONE) -> list[str]:
     """`desanet status` lines about the config; tolerant of daemons that send less."""
     if not isinstance(config, dict):
         return [f"  config:          {config}"] if isinstance(config, str) else []
@@ -66,7 +120,7 @@ def config_status_lines(config: Any) -> list[str]:
     trial = config.get("trial")
     if isinstance(trial, dict) and trial.get("deadline"):
         by = f", by {trial['by']}" if trial.get("by") else ""
-        lines.append(f"  trial:           PENDING until {clock_time(trial['deadline'])}{by}; "
+        lines.append(f"  trial:           PENDING until {clock_time(trial['deadline'], tz)}{by}; "
                      f"`desanet config confirm` keeps it, else "
                      f"{trial.get('previous_version') or 'the previous config'} comes back")
     change = config.get("last_change")
@@ -75,10 +129,89 @@ def config_status_lines(config: Any) -> list[str]:
         extra = "".join(f" {k} {change[k]}" for k in ("by", "source") if change.get(k))
         reason = f": {change['reason']}" if change.get("reason") else ""
         lines.append(f"  last change:     {what} {change.get('version') or ''} "
-                     f"at {fmt_time(change.get('time'))}{extra}{reason}".replace("  at", " at"))
+                     f"at {fmt_time(change.get('time'), tz)}{extra}{reason}".replace("  at", " at"))
     refusal = config.get("last_refusal")
     if isinstance(refusal, dict) and refusal.get("reason"):
-        lines.append(f"  last refused:    {fmt_time(refusal.get('time'))}: {refusal['reason']}")
+        lines.append(f"  last refused:    {fmt_time(refusal.get('time'), tz)}: {refusal['reason']}")
+    return lines
+
+
+# -- desanet services ---------------------------------------------------------------------------
+
+
+def _counts(counts: Any, empty: str) -> str:
+    """{"queued": 2, "delivered": 1, "failed": 0} -> "2 queued, 1 delivered"."""
+    if not isinstance(counts, dict):
+        return str(counts) if counts else empty
+    shown = [f"{n} {state}" for state, n in counts.items() if n]
+    return ", ".join(shown) or empty
+
+
+def services_lines(data: dict[str, Any], tz: str = DEFAULT_TIMEZONE) -> list[str]:
+    """`desanet services`: the cache, each upstream's health, the form queue, prefetch."""
+    cache = data["cache"]
+    ratio = cache.get("hit_ratio")
+    lines = [
+        f"http://{data['hostname']}/  cache {cache['entries']} objects, "
+        f"{format_bytes(cache['bytes'])} of {format_bytes(cache['max_bytes'])}, hit ratio "
+        f"{'-' if ratio is None else f'{ratio:.0%}'}",
+        f"  {format_bytes(cache.get('bytes_from_cache'))} served from the cache, "
+        f"{format_bytes(cache.get('bytes_from_upstream'))} fetched upstream, "
+        f"{cache.get('stale_served', 0)} stale copies served",
+    ]
+    services = data.get("services") or {}
+    if services:
+        lines.append(f"  {'SERVICE':16} {'STATE':8} {'ERRORS':>9}  {'LAST OK':22} LAST ERROR")
+        for slug, h in services.items():
+            errors = f"{h.get('errors', 0)}/{h.get('requests', 0)}"
+            last_error = fmt_time(h.get("last_error"), tz)
+            if h.get("last_error_text"):
+                last_error += f" ({h['last_error_text']})"
+            lines.append(f"  {slug:16} {h.get('state', '-'):8} {errors:>9}  "
+                         f"{fmt_time(h.get('last_ok'), tz):22} {last_error}")
+    lines.append(f"  queued forms: {_counts(data.get('outbox'), 'none')}")
+    prefetch = data.get("prefetch") or {}
+    if prefetch.get("finished"):
+        results: dict[str, int] = {}
+        for result in (prefetch.get("results") or {}).values():
+            results[str(result)] = results.get(str(result), 0) + 1
+        lines.append(f"  last prefetch: {fmt_time(prefetch['finished'], tz)}, "
+                     f"{_counts(results, 'nothing to fetch')}")
+    else:
+        lines.append("  last prefetch: not yet")
+    return lines
+
+
+# -- desanet shaping ----------------------------------------------------------------------------
+
+
+def class_owners(clients: Any) -> dict[str, str]:
+    """tc class id ("1:165") -> "MAC IP" of the authorized client it shapes."""
+    owners: dict[str, str] = {}
+    for c in clients if isinstance(clients, list) else []:
+        shaping = c.get("shaping") if isinstance(c, dict) else None
+        if isinstance(shaping, dict) and shaping.get("class"):
+            owners[str(shaping["class"])] = f"{c.get('mac', '?')} {c.get('ip', '?')}"
+    return owners
+
+
+def shaping_lines(data: dict[str, Any], owners: dict[str, str]) -> list[str]:
+    """`desanet shaping`: each class's counters, client classes named by MAC and IP."""
+    lines = [f"leaf qdisc: {data['leaf_qdisc']}  uplink: {format_rate(data['uplink_down'])} "
+             f"down, {format_rate(data['uplink_up'])} up"]
+    for direction, tree in data["directions"].items():
+        lines.append(f"{direction} ({tree['device']}):")
+        lines.append(f"  {'CLASS':14} {'CLIENT':33} {'BYTES':>9} {'PKTS':>9} {'DROPS':>7} "
+                     f"{'BACKLOG':>8} {'RATE':>10}")
+        for name, c in tree["classes"].items():
+            classid = str(c.get("class") or name)
+            # A named class (uplink, unauthorized ...) shapes no one client; a client
+            # class with no session behind it is a leftover the next converge removes.
+            who = owners.get(classid, "-" if classid != name else "(no session)")
+            lines.append(f"  {name:14} {who:33} {format_bytes(c.get('bytes', 0)):>9} "
+                         f"{c.get('packets', 0):>9} {c.get('drops', 0):>7} "
+                         f"{format_bytes(c.get('backlog', 0)):>8} "
+                         f"{human_rate(c.get('rate_bps', 0)):>10}")
     return lines
 
 

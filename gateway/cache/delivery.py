@@ -62,7 +62,7 @@ from multidict import CIMultiDict
 from gateway.cache.outbox import Outbox, OutboxStateError, Outcome, Submission
 from gateway.errors import DesanetError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("desanet.delivery")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 503})
 SessionFactory = Callable[[list[aiohttp.TraceConfig]], aiohttp.ClientSession]

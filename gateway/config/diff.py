@@ -139,6 +139,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE - 3] + "..."
 
 
+# Settings the daemon reads only at start (where its state and control socket live):
+# a reload or an apply that changes one is refused as "needs restart"
+# (gateway/core/configuration.py), and `config diff` marks them.
+RESTART_ONLY_PATHS = ("store.state_dir", "store.run_dir", "control.socket")
+
+
+def needs_restart(path: str) -> bool:
+    """True for a setting only a restart of the daemon may change."""
+    return path in RESTART_ONLY_PATHS
+
+
 def canonical_json(config: Mapping[str, Any]) -> str:
     """Key-sorted, compact JSON; dates and other non-JSON TOML values as text."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -154,5 +165,6 @@ def config_version(config: str | Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:12]
 
 
-__all__ = ["ABSENT", "SECRET_WORDS", "Change", "canonical_json", "config_changes",
-           "config_version", "format_change", "format_changes", "is_secret", "redact"]
+__all__ = ["ABSENT", "RESTART_ONLY_PATHS", "SECRET_WORDS", "Change", "canonical_json",
+           "config_changes", "config_version", "format_change", "format_changes", "is_secret",
+           "needs_restart", "redact"]

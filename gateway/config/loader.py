@@ -6,6 +6,7 @@ Every problem is reported at once, each line starting with the field path
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -16,7 +17,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from gateway.config.schema import CROSS_FIELD, Config, Dhcp, Network, Shaping, lan_problems
+from gateway.config.schema import (
+    CROSS_FIELD,
+    Config,
+    Dhcp,
+    Network,
+    Shaping,
+    WalledGarden,
+    garden_problems,
+    lan_problems,
+)
 from gateway.errors import ConfigError
 
 DEFAULT_PATH = "/etc/desanet/gateway.toml"
@@ -72,11 +82,17 @@ def _cross_checks_despite(exc: ValidationError, data: dict[str, Any]) -> list[st
         return []
     try:
         network = Network.model_validate(data.get("network"))
-        dhcp = Dhcp.model_validate(data.get("dhcp"))
-        shaping = Shaping.model_validate(data.get("shaping", {}))
     except ValidationError:
         return []
-    return lan_problems(network, dhcp, shaping)
+    problems = []
+    with contextlib.suppress(ValidationError):
+        dhcp = Dhcp.model_validate(data.get("dhcp"))
+        shaping = Shaping.model_validate(data.get("shaping", {}))
+        problems += lan_problems(network, dhcp, shaping)
+    with contextlib.suppress(ValidationError):
+        problems += garden_problems(network, WalledGarden.model_validate(
+            data.get("walled_garden", {})))
+    return problems
 
 
 def _path(loc: tuple[Any, ...]) -> str:

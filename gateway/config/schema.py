@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -24,6 +25,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gateway.config.units import (
+    format_duration,
+    format_rate,
+    format_size,
     json_quote,
     parse_duration,
     parse_rate,
@@ -88,15 +92,59 @@ def _ip_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainValidator(_ip_address)]
 IPNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_ip_network)]
+
+
+# -- bounds (config): every duration, rate and size has a floor and a cap ---------------
+# A value outside them is refused by `desanet config check`, apply and reload with the
+# field path, instead of failing later deep inside nft, tc or SQLite (docs/configuration.md).
+DAY = 86400
+MAX_DURATION = 366 * DAY  # as the control API's durations: a year (and a leap day)
+MIN_RATE = 8_000  # 1 kB/s: below this HTB's burst and quantum arithmetic degenerate
+MAX_RATE = 100 * 10**9  # 100gbit: within tc's 64-bit rates (u64 bytes/s), above any uplink
+MIN_SIZE = 1024
+MAX_SIZE = 1024**5  # 1 PiB: far beyond any disk, far below SQLite's 64-bit integers
+
+
+def within(low: int, high: int, show: Callable[[int], str], example: str) -> AfterValidator:
+    """A validator refusing a parsed value outside [low, high] (None passes: unset)."""
+    def check(value: int | None) -> int | None:
+        if value is None:
+            return None
+        if value < low:
+            raise ValueError(f"{show(value)} is below the least allowed here, {show(low)}; "
+                             f"write e.g. {example}")
+        if value > high:
+            raise ValueError(f"{show(value)} is above the most allowed here, {show(high)}; "
+                             f"write e.g. {example}")
+        return value
+    return AfterValidator(check)
+
+
+def seconds_within(low: int, high: int, example: str) -> AfterValidator:
+    return within(low, high, format_duration, example)
+
+
 def _optional_rate(value: object) -> int | None:
     return None if value is None else _rate(value)
 
 
-OptionalRate = Annotated[int | None, BeforeValidator(_optional_rate)]
-Duration = Annotated[int, BeforeValidator(_duration)]
-Rate = Annotated[int, BeforeValidator(_rate)]
+_RATE_BOUNDS = within(MIN_RATE, MAX_RATE, format_rate, '"10mbit"')
+OptionalRate = Annotated[int | None, BeforeValidator(_optional_rate), _RATE_BOUNDS]
+Duration = Annotated[int, BeforeValidator(_duration), seconds_within(1, MAX_DURATION, '"4h"')]
+Rate = Annotated[int, BeforeValidator(_rate), _RATE_BOUNDS]
 IfName = Annotated[str, AfterValidator(_ifname)]
-Mac = Annotated[str, AfterValidator(normalize_mac)]
+
+
+def _unicast_mac(value: str) -> str:
+    # Broadcast, multicast and all-zero addresses are no single device: as a trusted MAC
+    # ff:ff:ff:ff:ff:ff would match frames no villager sends, or open the portal to some.
+    if int(value[:2], 16) & 1 or value == "00:00:00:00:00:00":
+        raise ValueError(f"{json_quote(value)} is a broadcast, multicast or zero MAC, not one "
+                         'device; write a device\'s own MAC, e.g. "02:00:00:aa:bb:cc"')
+    return value
+
+
+Mac = Annotated[str, AfterValidator(normalize_mac), AfterValidator(_unicast_mac)]
 Hostname = Annotated[str, AfterValidator(normalize_hostname)]
 
 
@@ -196,10 +244,46 @@ class Site(_Section):
         return self
 
 
+# config: where a LAN may live. Loopback is accepted for tests that run the portal on one
+# machine; a real box's LAN address is also checked against its interfaces at apply.
+LAN_RANGES = tuple(ipaddress.IPv4Network(n) for n in
+                   ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"))
+LAN_PREFIXES = (16, 30)
+
+
+def _lan_address(value: object) -> ipaddress.IPv4Interface:
+    example = 'write it as a string with the prefix length, e.g. "10.42.0.1/24"'
+    if isinstance(value, ipaddress.IPv4Interface):
+        value = str(value)
+    if not isinstance(value, str) or "/" not in value:
+        # TOML's lan_address = 12345 would otherwise be read as 0.0.48.57/32.
+        raise ValueError(f"{json_quote(value)} is not an IPv4 address with a prefix length; "
+                         f"{example}")
+    try:
+        iface = ipaddress.IPv4Interface(value.strip())
+    except ValueError:
+        raise ValueError(f"{json_quote(value)} is not an IPv4 address with a prefix length; "
+                         f"{example}") from None
+    net, low, high = iface.network, *LAN_PREFIXES
+    if not any(iface.ip in r for r in LAN_RANGES):
+        raise ValueError(f"{json_quote(value)} is not a private address (10.0.0.0/8, "
+                         f"172.16.0.0/12 or 192.168.0.0/16); {example}")
+    if not low <= net.prefixlen <= high:
+        raise ValueError(f"{json_quote(value)} has prefix /{net.prefixlen}; a LAN here is "
+                         f"/{low} to /{high}; {example}")
+    if iface.ip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"{json_quote(value)} is the network's own or broadcast address, not a "
+                         f"host; write e.g. \"{net.network_address + 1}/{net.prefixlen}\"")
+    return iface
+
+
+LanAddress = Annotated[ipaddress.IPv4Interface, PlainValidator(_lan_address)]
+
+
 class Network(_Section):
     lan_interface: IfName = Field(examples=["br-lan"])
     wan_interface: IfName = Field(examples=["eth0"])
-    lan_address: ipaddress.IPv4Interface = Field(examples=["10.42.0.1/24"])
+    lan_address: LanAddress = Field(examples=["10.42.0.1/24"])
     # Only "drop" exists today: clients get no IPv6 and every IPv6 packet from
     # the LAN is dropped, so IPv6 can never bypass the portal.
     ipv6: Literal["drop"] = Field("drop", examples=["drop"])
@@ -209,7 +293,9 @@ class Network(_Section):
 class Dhcp(_Section):
     range_start: ipaddress.IPv4Address = Field(examples=["10.42.0.100"])
     range_end: ipaddress.IPv4Address = Field(examples=["10.42.0.250"])
-    lease_time: Duration = Field(43200, examples=["12h"])
+    # dnsmasq refuses leases under 2 minutes
+    lease_time: Annotated[Duration, seconds_within(120, 30 * DAY, '"12h"')] = Field(
+        43200, examples=["12h"])
     upstream_dns: list[IPAddress] = Field(
         default_factory=list, examples=[["1.1.1.1", "8.8.8.8"]]
     )
@@ -222,7 +308,8 @@ class Portal(_Section):
     http_port: Port = Field(80, examples=[80])
     redirect_port: Port = Field(2050, examples=[2050])
     session_length: Duration = Field(4 * 3600, examples=["4h"])
-    idle_timeout: Duration = Field(30 * 60, examples=["30m"])
+    idle_timeout: Annotated[Duration, seconds_within(1, 30 * DAY, '"30m"')] = Field(
+        30 * 60, examples=["30m"])
     voucher_attempts_per_minute: int = Field(5, ge=1, le=60, examples=[5])
     max_clients: int = Field(1000, ge=1, le=65000, examples=[1000])
     terms_id: str = Field(
@@ -273,10 +360,44 @@ class Portal(_Section):
         return self
 
 
+# config: what a walled-garden prefix may never be. The garden is open to everyone
+# before login, so a short prefix (0.0.0.0/0) or a special range opens the portal.
+GARDEN_MIN_PREFIX = {4: 16, 6: 32}
+GARDEN_NEVER: tuple[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] = tuple(
+    (why, ipaddress.ip_network(n)) for why, n in (
+        ("\"this network\" (0.0.0.0/8)", "0.0.0.0/8"), ("loopback", "127.0.0.0/8"),
+        ("link-local", "169.254.0.0/16"), ("multicast", "224.0.0.0/4"),
+        ("reserved or broadcast", "240.0.0.0/4"), ("unspecified or loopback", "::/127"),
+        ("IPv4-mapped", "::ffff:0:0/96"), ("link-local", "fe80::/10"),
+        ("multicast", "ff00::/8")))
+# Private and shared (CGNAT) ranges: only with walled_garden.allow_private_addresses.
+PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+
+
+def _garden_prefix(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    shortest = GARDEN_MIN_PREFIX[net.version]
+    if net.prefixlen < shortest:
+        raise ValueError(
+            f"{json_quote(str(net))} is too large for the walled garden (/{net.prefixlen}; at "
+            f"most a /{shortest}): everyone reaches it before login; list the service's own "
+            'addresses, e.g. "203.0.113.10/32"')
+    for why, bad in GARDEN_NEVER:
+        if net.version == bad.version and net.overlaps(bad):
+            raise ValueError(f"{json_quote(str(net))} is {why}, not an internet service; "
+                             'write e.g. "203.0.113.10/32"')
+    return net
+
+
 class WalledGarden(_Section):
-    addresses: list[IPNetwork] = Field(
+    addresses: list[Annotated[IPNetwork, AfterValidator(_garden_prefix)]] = Field(
         default_factory=list, examples=[["203.0.113.10/32"]]
     )
+    # A service on the ISP's private network (10.x, 172.16.x, 192.168.x, 100.64.x):
+    # refused unless set, so a typo cannot open a private range to everyone.
+    allow_private_addresses: bool = Field(False, examples=[False])
     # dns: exact names; "*.example.go.id" opens the subdomains of example.go.id (not itself)
     hostnames: list[GardenName] = Field(default_factory=list, examples=[["dukcapil.kemendagri.go.id"]])
 
@@ -431,7 +552,7 @@ def _url_path(value: str) -> str:
     return value
 
 
-Size = Annotated[int, BeforeValidator(_size)]
+Size = Annotated[int, BeforeValidator(_size), within(MIN_SIZE, MAX_SIZE, format_size, '"500mb"')]
 TimeOfDay = Annotated[str, AfterValidator(_time_of_day)]
 UpstreamUrl = Annotated[str, AfterValidator(_upstream)]
 UrlPath = Annotated[str, AfterValidator(_url_path)]
@@ -456,17 +577,31 @@ class GovService(_Section):
 class LocalServices(_Section):
     enabled: bool = Field(False, examples=[True])
     hostname: Hostname = Field("layanan.desa", examples=["layanan.desa"])
-    cache_size: Size = Field(2 * 1024**3, examples=["2gb"])
+    cache_size: Annotated[Size, within(16 * 1024**2, 1024**4, format_size, '"2gb"')] = Field(
+        2 * 1024**3, examples=["2gb"])
     prefetch_at: TimeOfDay = Field("02:30", examples=["02:30"])
     prefetch_rate: Rate = Field(1_000_000, examples=["1mbit"])
-    request_timeout: Duration = Field(15, examples=["15s"])
+    request_timeout: Annotated[Duration, seconds_within(1, 300, '"15s"')] = Field(
+        15, examples=["15s"])
     # offline: limits of the queue of forms kept while a service is unreachable.
-    max_form_size: Size = Field(1024**2, examples=["1mb"])
+    max_form_size: Annotated[Size, within(1024, 100 * 1024**2, format_size, '"1mb"')] = Field(
+        1024**2, examples=["1mb"])
     queue_max_forms: int = Field(1000, ge=1, le=1_000_000, examples=[1000])
-    queue_max_size: Size = Field(64 * 1024**2, examples=["64mb"])
+    queue_max_size: Annotated[Size, within(1024**2, 100 * 1024**3, format_size, '"64mb"')] = \
+        Field(64 * 1024**2, examples=["64mb"])
     queue_per_client_hour: int = Field(30, ge=1, le=100_000, examples=[30])
     queue_min_free_disk: Size = Field(100 * 1024**2, examples=["100mb"])
     services: list[GovService] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _form_fits_queue(self) -> LocalServices:
+        if self.max_form_size > self.queue_max_size:
+            raise PydanticCustomError(
+                "form_above_queue",
+                "max_form_size {form} is above queue_max_size {queue}: no form could ever be "
+                'queued; write e.g. max_form_size = "1mb"',
+                {"form": format_size(self.max_form_size), "queue": format_size(self.queue_max_size)})
+        return self
 
     @model_validator(mode="after")
     def _unique_slugs(self) -> LocalServices:
@@ -508,6 +643,11 @@ def lan_problems(network: Network, dhcp: Dhcp, shaping: Shaping) -> list[str]:
                 f"dhcp.{name} = {addr} is not a usable host of network.lan_address {net}; "
                 f'write e.g. "{net.network_address + 100}"'
             )
+    for i, server in enumerate(dhcp.upstream_dns):
+        # dnsmasq asking itself (the gateway's LAN address) or no host loops or fails
+        if server == gw or server.is_unspecified or server.is_multicast:
+            problems.append(f"dhcp.upstream_dns[{i}] = {server} is not an outside resolver "
+                            '(it is the gateway itself or no host); write e.g. "1.1.1.1"')
     if not problems and int(dhcp.range_start) > int(dhcp.range_end):
         problems.append("dhcp.range_start is after dhcp.range_end; swap them")
     if shaping.enabled and net.prefixlen < 17:
@@ -520,6 +660,25 @@ def lan_problems(network: Network, dhcp: Dhcp, shaping: Shaping) -> list[str]:
             f"network.wan_interface {network.wan_interface!r} is also network.lan_interface; "
             "the LAN and the uplink need two interfaces"
         )
+    return problems
+
+
+def garden_problems(network: Network, garden: WalledGarden) -> list[str]:
+    """Walled-garden prefixes against the LAN: never overlapping it (the garden would
+    open client-to-client and gateway traffic), private only when allowed explicitly."""
+    problems = []
+    lan = network.lan_address.network
+    for i, net in enumerate(garden.addresses):
+        path = f"walled_garden.addresses[{i}] = {json_quote(str(net))}"
+        if net.version == 4 and net.overlaps(lan):
+            problems.append(f"{path} overlaps the LAN (network.lan_address {lan}); the garden "
+                            'is for internet services, e.g. "203.0.113.10/32"')
+        elif not garden.allow_private_addresses and any(
+                net.version == r.version and net.overlaps(r)
+                for r in PRIVATE_RANGES):
+            problems.append(f"{path} is a private or shared range; set "
+                            "walled_garden.allow_private_addresses = true if a service really "
+                            'lives there, or list its public address, e.g. "203.0.113.10/32"')
     return problems
 
 
@@ -570,6 +729,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         problems = lan_problems(self.network, self.dhcp, self.shaping)
+        problems += garden_problems(self.network, self.walled_garden)
         if problems:
             # One error carrying every problem; the loader splits it into lines.
             raise PydanticCustomError(CROSS_FIELD, "\n".join(problems))

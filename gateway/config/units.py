@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 
 
 def json_quote(value: object) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value)
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+# Digits are bounded so a number too long to be a value is refused here with its example,
+# not by int()/float() deep inside (Python's digit limit, a float that overflows to inf).
+_DURATION_RE = re.compile(r"^\s*(\d{1,18})\s*(s|m|h|d)?\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
+_RATE_RE = re.compile(r"^(\d{1,18}(?:\.\d{1,9})?)(bit|kbit|mbit|gbit)$")
 _RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
 
 
@@ -71,7 +74,8 @@ def parse_rate(text: str) -> int:
     match = _RATE_RE.match(text.strip().lower())
     if not match:
         raise ValueError(f"{json_quote(text)} is not a rate; write e.g. \"10mbit\" or \"512kbit\"")
-    bits = int(float(match.group(1)) * _RATE_UNITS[match.group(2)])
+    # Decimal: exact, so "9999999999999gbit" is reported as written, not as a rounded float
+    bits = int(Decimal(match.group(1)) * _RATE_UNITS[match.group(2)])
     if bits <= 0:
         raise ValueError(f"{json_quote(text)} must be above zero; write e.g. \"512kbit\"")
     return bits
@@ -92,7 +96,7 @@ def format_rate(bits: int) -> str:
     return f"{bits}bit"
 
 
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)(b|kb|mb|gb)$")
+_SIZE_RE = re.compile(r"^(\d{1,18}(?:\.\d{1,9})?)(b|kb|mb|gb)$")
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -104,10 +108,18 @@ def parse_size(text: str) -> int:
     match = _SIZE_RE.match(text.strip().lower())
     if not match:
         raise ValueError(f"{json_quote(text)} is not a size; write e.g. \"500mb\" or \"2gb\"")
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
     if size <= 0:
         raise ValueError(f"{json_quote(text)} must be above zero; write e.g. \"500mb\"")
     return size
+
+
+def format_size(size: int) -> str:
+    """Shortest exact spelling: 2147483648 -> "2gb", 1536 -> "1536b"."""
+    for unit, step in (("gb", 1024**3), ("mb", 1024**2), ("kb", 1024)):
+        if size % step == 0 and size >= step:
+            return f"{size // step}{unit}"
+    return f"{size}b"
 
 
 def parse_time_of_day(text: str) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 The twin of :mod:`gateway.control.client` for asyncio programs (the TUI):
 same typed helpers, same :class:`~gateway.errors.ControlError` on an error
 answer, and :meth:`AsyncControlClient.follow_events` to follow the gateway
-live::
+live. Retries follow :mod:`gateway.control.client`: a change (POST) is sent
+once, on a new connection, and a lost answer is reason "outcome_unknown"::
 
     async with AsyncControlClient("/run/desanet/control.sock") as api:
         status = await api.status()
@@ -21,9 +22,12 @@ import aiohttp
 
 from gateway.control.client import (
     CONVERGE_TIMEOUT,
+    IDEMPOTENT,
     LONG_POLL_MARGIN,
     decode_answer,
     events_path,
+    no_answer,
+    outcome_unknown,
     parse_answer,
     unreachable,
 )
@@ -65,8 +69,10 @@ class AsyncControlClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # force_close: no kept-alive connection the daemon may have closed meanwhile,
+            # so a failure after connecting means the request reached the daemon.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket_path),
+                connector=aiohttp.UnixConnector(path=self.socket_path, force_close=True),
                 base_url="http://localhost",
             )
         return self._session
@@ -75,21 +81,27 @@ class AsyncControlClient:
                       timeout: float | None = None) -> Any:
         """Send one request; return the decoded JSON or raise ControlError."""
         wait = self.timeout if timeout is None else timeout
-        try:
-            async with self._http().request(
-                method, path, json=body, timeout=aiohttp.ClientTimeout(total=wait)
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorError as exc:
-            raise unreachable(self.socket_path, exc.os_error) from exc
-        except TimeoutError as exc:
-            raise ControlError(f"the daemon did not answer {method} {path} within {wait:g}s",
-                               504, "unavailable") from exc
-        except aiohttp.ClientError as exc:
-            raise ControlError(f"control socket {self.socket_path}: {exc}", 503,
-                               "unavailable") from exc
-        return decode_answer(method, path, status, raw)
+        idempotent = method in IDEMPOTENT
+        for attempt in (1, 2):
+            try:
+                async with self._http().request(
+                    method, path, json=body, timeout=aiohttp.ClientTimeout(total=wait)
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent
+                raise unreachable(self.socket_path, exc.os_error) from exc
+            except TimeoutError as exc:
+                raise no_answer(method, path, wait) from exc
+            except aiohttp.ClientError as exc:
+                if idempotent and attempt == 1:
+                    continue  # a read: ask once more
+                if idempotent:
+                    raise ControlError(f"{method} {path}: no answer from the daemon ({exc})",
+                                       503, "unavailable") from exc
+                raise outcome_unknown(method, path, f"the connection was cut: {exc}") from exc
+            return decode_answer(method, path, status, raw)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # -- typed helpers (see ControlClient) ---------------------------------------------
 

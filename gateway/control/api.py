@@ -156,7 +156,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     @routes.post("/v1/clients/auth")
     async def auth(request: web.Request) -> web.Response:
         req = parse_request_bytes(AuthRequest, await _body(request))
-        session = await ops.authorize(req.mac, req.ip, req.duration, req.plan)
+        session = await ops.authorize(req.mac, req.ip, req.duration, req.plan, force=req.force)
         return web.json_response({"client": _session(session, ops.now())})
 
     @routes.post("/v1/clients/deauth")

@@ -7,7 +7,19 @@ raises ``RequestInvalid`` before anything is sent) and return an answer model.
 
 Every error answer becomes :class:`~gateway.errors.ControlError` with the
 daemon's message, HTTP status, ``kind``, ``field`` and ``reason``; a daemon
-that cannot be reached is a ControlError with status 503, kind "unavailable".
+that cannot be reached is a ControlError with status 503, kind "unavailable",
+reason "unreachable".
+
+Retries: a request that changes something (POST) is never sent twice once
+the daemon may have got it. Failing to connect, or to send (the head and body
+go in one ``sendall``; on a unix socket a closed peer refuses the first byte),
+means the daemon got nothing: that is tried once more on a new connection. A
+failure after sending (no answer, the connection cut, a timeout) is reason
+"outcome_unknown" and says which list command shows what happened. A change
+rides a kept-alive connection only if it answered within ``reuse_for``
+seconds (far inside the daemon's idle timeout), so the daemon closing an idle
+connection cannot cut a change short. A read (GET) changes nothing and is
+tried once more after any failure.
 """
 
 from __future__ import annotations
@@ -79,11 +91,44 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 # -- shared with aclient.py -----------------------------------------------------------
 
+# Methods that change nothing: safe to send again when the answer was lost.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# A change reuses a kept-alive connection that answered this recently (seconds); aiohttp
+# closes idle ones after an hour.
+REUSE_FOR_CHANGES = 30.0
+UNREACHABLE = "unreachable"
+OUTCOME_UNKNOWN = "outcome_unknown"
+
+# Where to look after a change whose answer was lost (longest path prefix first).
+_CHECK_WITH = (("/v1/clients", "desanet clients"), ("/v1/vouchers", "desanet vouchers list"),
+               ("/v1/services", "desanet services"), ("/v1/config", "desanet status"),
+               ("/v1/reload", "desanet status"))
+
+
+def check_with(path: str) -> str:
+    """The command that shows whether a change to ``path`` happened."""
+    return next((cmd for prefix, cmd in _CHECK_WITH if path.startswith(prefix)),
+                "desanet status")
+
 
 def unreachable(socket_path: str, exc: BaseException) -> ControlError:
     reason = getattr(exc, "strerror", None) or exc
     return ControlError(f"cannot reach the daemon at {socket_path} ({reason}); "
-                        "is `desanet run` running, and are you root?", 503, "unavailable")
+                        "is `desanet run` running, and are you root?", 503, "unavailable",
+                        reason=UNREACHABLE)
+
+
+def outcome_unknown(method: str, path: str, why: str) -> ControlError:
+    """A change was sent and its answer lost: it may or may not have happened."""
+    return ControlError(f"{method} {path}: sent; outcome unknown ({why}), check with "
+                        f"`{check_with(path)}`", 504, "unavailable", reason=OUTCOME_UNKNOWN)
+
+
+def no_answer(method: str, path: str, wait: float) -> ControlError:
+    if method in IDEMPOTENT:
+        return ControlError(f"the daemon did not answer {method} {path} within {wait:g}s", 504,
+                            "unavailable")
+    return outcome_unknown(method, path, f"no answer within {wait:g}s")
 
 
 def decode_answer(method: str, path: str, status: int, raw: bytes) -> Any:
@@ -133,17 +178,36 @@ def events_path(since: int, timeout: float) -> str:
 
 
 class ControlClient:
-    """One persistent connection; reconnects once if the daemon closed it."""
+    """One persistent connection; see the module doc for when a request is sent again."""
 
-    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
+    def __init__(self, socket_path: str, timeout: float = 10.0,
+                 reuse_for: float = REUSE_FOR_CHANGES) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.reuse_for = reuse_for
         self._conn: _UnixHTTPConnection | None = None
+        self._answered: float | None = None  # monotonic time of the connection's last answer
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._answered = None
+
+    def _connect(self, wait: float) -> _UnixHTTPConnection:
+        """The open connection, or a new one; raises ControlError("unreachable")."""
+        if self._conn is None:
+            self._conn = _UnixHTTPConnection(self.socket_path, wait)
+        self._conn.timeout = wait
+        if self._conn.sock is None:
+            try:
+                self._conn.connect()
+            except OSError as exc:  # refused, no such file, not root, accept backlog full
+                self.close()
+                raise unreachable(self.socket_path, exc) from exc
+        else:
+            self._conn.sock.settimeout(wait)
+        return self._conn
 
     def __enter__(self) -> ControlClient:
         return self
@@ -160,30 +224,43 @@ class ControlClient:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         wait = self.timeout if timeout is None else timeout
+        idempotent = method in IDEMPOTENT
+        if not idempotent and self._answered is not None \
+                and time.monotonic() - self._answered > self.reuse_for:
+            self.close()  # idle a while: the daemon may close it under a change
         for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = _UnixHTTPConnection(self.socket_path, wait)
-            self._conn.timeout = wait
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(wait)
+            again = attempt == 1 and idempotent
+            conn = self._connect(wait)
             try:
-                self._conn.request(method, path, body=payload, headers=headers)
-                resp = self._conn.getresponse()
-                raw = resp.read()
-                break
-            except (ConnectionError, http.client.HTTPException, BrokenPipeError) as exc:
+                # One sendall of head and body: when it fails, the daemon has not got
+                # the whole request and cannot have acted on it.
+                conn.request(method, path, body=payload, headers=headers)
+            except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                if attempt == 2:
-                    raise ControlError(f"control socket {self.socket_path}: {exc}", 503,
-                                       "unavailable") from exc
+                if attempt == 1:
+                    continue  # nothing reached the daemon: safe for a change too
+                raise ControlError(f"{method} {path}: the daemon closed the connection before "
+                                   f"the request was sent ({exc}); nothing was done", 503,
+                                   "unavailable") from exc
+            try:
+                resp = conn.getresponse()
+                raw = resp.read()
             except TimeoutError as exc:
                 self.close()
-                raise ControlError(f"the daemon did not answer {method} {path} within "
-                                   f"{wait:g}s", 504, "unavailable") from exc
-            except OSError as exc:
+                raise no_answer(method, path, wait) from exc
+            except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise unreachable(self.socket_path, exc) from exc
-        return decode_answer(method, path, resp.status, raw)
+                if again:
+                    continue
+                if idempotent:
+                    raise ControlError(f"{method} {path}: the daemon closed the connection "
+                                       f"without an answer ({exc})", 503, "unavailable") from exc
+                raise outcome_unknown(method, path, f"the connection was cut: {exc}") from exc
+            self._answered = time.monotonic()
+            if resp.will_close:
+                self.close()
+            return decode_answer(method, path, resp.status, raw)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # -- typed helpers ---------------------------------------------------------------
 

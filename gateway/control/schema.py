@@ -174,6 +174,8 @@ class AuthRequest(Request):
     ip: IPv4 = None
     duration: OptionalDuration = None
     plan: PlanName = None
+    # A villager's voucher session is replaced only when asked for (refused otherwise).
+    force: bool = Field(False, strict=True, examples=[False])
 
 
 class DeauthRequest(Request):

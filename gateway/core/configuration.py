@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.clock import Clock
-from gateway.config.diff import config_changes, config_version, format_changes
+from gateway.config.diff import RESTART_ONLY_PATHS, config_changes, config_version, format_changes
 from gateway.config.loader import parse_config_text, write_config_atomic
 from gateway.config.pending import TrialRecord, TrialStore
 from gateway.config.schema import Config
@@ -53,26 +53,49 @@ MAX_CONFIRM = 24 * 3600
 
 
 # Where the daemon keeps its state and its control socket: they cannot move under a
-# running daemon (the trial record itself lives in the state directory), so a change
-# of them is refused with a clear message: edit the file and restart the service.
-RESTART_ONLY: tuple[tuple[str, str], ...] = (
-    ("store", "state_dir"), ("store", "run_dir"), ("control", "socket"),
-)
+# running daemon (the trial record itself lives in the state directory, so a trial
+# that moved it could never be rolled back after a power cut). A change of them is
+# refused as a whole, nothing applied, with "needs restart": the technician edits the
+# file and restarts the service. (Checked: every other setting is applied by converge
+# or read per request; the daemon reads only these at start, gateway/daemon/main.py.)
+RESTART_ONLY: tuple[tuple[str, str], ...] = tuple(
+    (section, name) for section, name in (p.split(".") for p in RESTART_ONLY_PATHS))
+
+
+class RestartNeeded(Refused):
+    """A change of settings only a restart may change; ``problems`` has one line per
+    field path (the control API passes them on), ``fields`` the paths."""
+
+    def __init__(self, changed: list[tuple[str, object, object]]) -> None:
+        self.fields = [path for path, _, _ in changed]
+        self.problems = [f"{path}: {old!r} -> {new!r} needs a restart" for path, old, new
+                         in changed]
+        super().__init__(
+            "restart_needed",
+            f"needs restart: {', '.join(self.fields)} cannot change while the daemon runs (its "
+            "state and control socket live there); nothing was changed. Keep the new value in "
+            "the config file and restart the service (systemctl restart desanet)")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
-    return [f"{section}.{name}" for section, name in RESTART_ONLY
-            if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)]
+    return [path for path, _, _ in _restart_only(old, new)]
+
+
+def _restart_only(old: Config, new: Config) -> list[tuple[str, object, object]]:
+    out = []
+    for section, name in RESTART_ONLY:
+        a, b = getattr(getattr(old, section), name), getattr(getattr(new, section), name)
+        if a != b:
+            out.append((f"{section}.{name}", a, b))
+    return out
 
 
 def refuse_restart_only(old: Config, new: Config) -> None:
-    """Raises Refused("restart_needed") when ``new`` moves the state dir or the socket."""
-    moved = restart_only_changes(old, new)
-    if moved:
-        raise Refused("restart_needed",
-                      f"{', '.join(moved)} cannot change while the daemon runs (its state and "
-                      "control socket live there); put the new value in the config file and "
-                      "restart the service (systemctl restart desanet)")
+    """Raises RestartNeeded (a Refused "restart_needed") when ``new`` moves the state
+    dir or the socket."""
+    changed = _restart_only(old, new)
+    if changed:
+        raise RestartNeeded(changed)
 
 
 def version_of(cfg: Config) -> str:

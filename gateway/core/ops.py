@@ -152,9 +152,12 @@ class GatewayOps:
     # -- clients ---------------------------------------------------------------------------
 
     async def authorize(self, mac: str, ip: str | None, duration: int | None,
-                        plan: str | None) -> Session:
-        """Raises Invalid, NotFound, PortalDenied, FirewallError/ShapingError."""
-        return await self.sessions.authorize(mac, ip, "manual", duration=duration, plan=plan)
+                        plan: str | None, force: bool = False) -> Session:
+        """Raises Invalid, NotFound, PortalDenied, FirewallError/ShapingError, and
+        Refused("voucher_session") when ``mac`` is online on a voucher and not ``force``:
+        an operator's grant must not silently cut short the time a villager paid for."""
+        return await self.sessions.authorize(mac, ip, "manual", duration=duration, plan=plan,
+                                             keep_voucher=not force)
 
     async def deauthorize(self, mac: str) -> Session:
         """Raises NotFound."""

@@ -49,10 +49,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 from gateway.clock import Clock
 from gateway.config.schema import Config
+from gateway.config.units import format_left
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
 from gateway.core.session_rules import idle_sessions, new_session, stale_kernel_entries
-from gateway.errors import DesanetError, Invalid, NotFound, PortalDenied
+from gateway.errors import DesanetError, Invalid, NotFound, PortalDenied, Refused
 from gateway.model import ClientView, Session, SessionSource, Voucher
 from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
@@ -62,6 +63,8 @@ log = logging.getLogger("desanet.sessions")
 MIN_SWEEP_GAP = 1.0  # seconds between two sweeps asked for by deadlines (bounds the cost)
 LISTING_SHARE = 20  # ... and at least this many times the last listing of the kernel's sets
 DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before it
+# Refused.reason when a manual grant would replace a villager's voucher session.
+VOUCHER_SESSION = "voucher_session"
 
 
 class SessionService:
@@ -144,13 +147,16 @@ class SessionService:
         duration: int | None = None,
         plan: str | None = None,
         voucher_code: str | None = None,
+        keep_voucher: bool = False,
     ) -> Session:
         """Start (or replace) ``mac``'s session and open the kernel for it.
 
         ``ip`` None means "look it up" (DHCP lease, then neighbour table).
         Raises Invalid (plan, ip), NotFound (no address known), PortalDenied
-        (blocked, full), VoucherError, and FirewallError/ShapingError when the
-        kernel refuses (the session is then ended again).
+        (blocked, full), VoucherError, Refused("voucher_session") with
+        ``keep_voucher`` when the current session is a voucher's, and
+        FirewallError/ShapingError when the kernel refuses (the session is then
+        ended again).
         """
         cfg = self._config()
         self.check_plan(plan)
@@ -169,6 +175,12 @@ class SessionService:
             def admit(current: Session | None, active: int) -> None:
                 if current is None and active >= cfg.portal.max_clients:
                     raise PortalDenied("full")
+                # Checked inside the login's transaction: a voucher login that lands
+                # just before cannot be replaced unseen.
+                if keep_voucher and current is not None and current.voucher is not None:
+                    raise Refused(VOUCHER_SESSION, f"{mac} is online with voucher "
+                                  f"{current.voucher} ({format_left(current.remaining(now))} "
+                                  "left); replacing that session needs force")
 
             def build(voucher: Voucher | None) -> Session:
                 return new_session(cfg, mac, client_ip, now, source, voucher, duration, plan)

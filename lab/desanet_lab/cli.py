@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build a village out of network namespaces (WAN with origin servers "
                     "and resolvers, the gateway running the real daemon, N DHCP clients).",
     )
-    sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+    sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True,
+                             help="what to do with the lab")
 
     up = sub.add_parser("up", help="build the lab (tears down a leftover one first)")
     _prefix_arg(up)
@@ -53,11 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex = sub.add_parser(
         "exec", help="run a command in a lab namespace (gw, wan, c1, c2, ...)",
         description="Run CMD in a lab namespace, e.g. "
-                    "`desanet lab exec c1 -- curl -i http://internet.lab/`.",
+                    "`desanet lab exec c1 -- curl -i http://internet.lab/`. "
+                    "--prefix may come before or after the member.",
     )
     _prefix_arg(ex)
     ex.add_argument("member", help="gw, wan or cN")
-    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    # REMAINDER takes everything after the member, so `exec c1 --prefix P -- CMD`
+    # arrives here whole: cmd_exec reads the lab's own options before the "--".
+    ex.add_argument("cmd", nargs=argparse.REMAINDER,
+                    help="[--prefix P] -- CMD [ARGS...]: the command to run")
     ex.set_defaults(func=cmd_exec)
 
     link = sub.add_parser(
@@ -111,10 +116,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if info.present else 1
 
 
+def split_exec_args(prefix: str, rest: list[str]) -> tuple[str, list[str]]:
+    """(prefix, CMD) from what follows the member: ``[--prefix P] [--] CMD...``.
+
+    Only options before the ``--`` (or before the first word that is not one)
+    belong to the lab; everything after is the command's, untouched
+    (``exec c1 -- curl --prefix x`` passes ``--prefix x`` to curl).
+    """
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word == "--":
+            return prefix, rest[i + 1:]
+        if word.startswith("--prefix="):
+            prefix = word.split("=", 1)[1]
+            i += 1
+        elif word == "--prefix":
+            if i + 1 == len(rest):
+                return prefix, []  # no value and no command: the caller says how
+            prefix = rest[i + 1]
+            i += 2
+        else:
+            break
+    return prefix, rest[i:]
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    args.prefix, cmd = split_exec_args(args.prefix, list(args.cmd))
     if not cmd:
         print("desanet lab exec: give a command after --, "
               "e.g. `desanet lab exec c1 -- curl -i http://internet.lab/`", file=sys.stderr)
@@ -189,7 +217,7 @@ def format_human(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="desanet")
-    register(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True, help="what to do"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("desanet lab: needs root (network namespaces)", file=sys.stderr)

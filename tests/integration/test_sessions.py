@@ -375,7 +375,9 @@ def test_wrong_voucher_and_rate_limit(lab_a: LabInfo) -> None:
         3, "the rate-limit warning in the gateway log")
     assert any(mac(4) in ln and ip4 in ln for ln in log), log
     failed = log_lines(log_since(gw_log(lab_a), offset), "WARNING", "voucher login failed")
-    assert len(failed) == 5 and all(mac(4) in ln for ln in failed), failed
+    # Five identical failures: the first is written, the repeats are counted by the log's
+    # repeat filter (daemon/logs.py) and summed up later, so the SD card is not flooded.
+    assert 1 <= len(failed) <= 5 and all(mac(4) in ln and ip4 in ln for ln in failed), failed
 
 
 # -- 4. deauth ----------------------------------------------------------------------

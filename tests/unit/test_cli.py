@@ -14,6 +14,7 @@ import pytest
 from gateway import cli
 from gateway.config.units import format_left, parse_duration
 from gateway.errors import ApplyFailed, ConfigError, Conflict, ControlError
+from gateway.timefmt import format_time, iso
 
 NOW = 1_700_000_000
 
@@ -298,9 +299,19 @@ def test_apply_with_trial_prints_deadline(
     assert run(daemon, "config", "apply", valid_file, "--confirm", "5m") == 0
     assert daemon.requests[0][2]["confirm"] == 300
     out = capsys.readouterr().out
-    hhmm = time.strftime("%H:%M", time.localtime(deadline))
+    # The site's zone, as the daemon's status answer names it, not this machine's.
+    daemon.answers["/v1/status"]["timezone"] = "Asia/Makassar"
+    hhmm = format_time(deadline, "Asia/Jakarta")
     assert (f"run `desanet config confirm` from a new connection (a new SSH login) before {hhmm} "
             "or the previous config comes back") in out
+    assert run(daemon, "config", "apply", valid_file, "--confirm", "5m") == 0
+    assert f"before {format_time(deadline, 'Asia/Makassar')} or" in capsys.readouterr().out
+    assert "WITA" in format_time(deadline, "Asia/Makassar")
+    assert run(daemon, "config", "apply", valid_file, "--confirm", "5m", "--json") == 0
+    trial = json.loads(capsys.readouterr().out)["trial"]
+    assert trial["deadline"] == deadline  # epoch kept; ISO beside it, in the site's zone
+    assert trial["deadline_iso"] == iso(deadline, "Asia/Makassar")
+    assert trial["deadline_iso"].endswith("+08:00")
 
 
 def test_apply_json_is_the_answer(daemon: FakeDaemon, valid_file: str,
@@ -336,9 +347,10 @@ def test_confirm_rollback_show_diff(daemon: FakeDaemon, valid_file: str,
     assert json.loads(capsys.readouterr().out)["config"] == {"site": {"name": "x"}}
     assert run(daemon, "config", "diff", valid_file) == 0
     assert "portal.terms_text: 'Setuju' -> 'Saya setuju'" in capsys.readouterr().out
-    assert [r[1] for r in daemon.requests] == ["/v1/config/confirm", "/v1/config/rollback",
-                                               "/v1/config", "/v1/config", "/v1/config/diff"]
-    assert daemon.requests[4][2] == {"text": VALID_TOML}
+    asked = [r for r in daemon.requests if r[1] != "/v1/status"]  # status: the time zone
+    assert [r[1] for r in asked] == ["/v1/config/confirm", "/v1/config/rollback",
+                                     "/v1/config", "/v1/config", "/v1/config/diff"]
+    assert asked[4][2] == {"text": VALID_TOML}
 
 
 def test_confirm_without_trial_is_1(daemon: FakeDaemon,
@@ -363,14 +375,17 @@ def test_unreachable_daemon_is_1(tmp_path: Any, capsys: pytest.CaptureFixture[st
 
 def test_events_no_follow(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(daemon, "events", "--no-follow", "--json") == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line) for line in lines] == daemon.events
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Every key as the daemon sent it, and the time also in ISO 8601 (site zone).
+    assert [{k: v for k, v in e.items() if k != "time_iso"} for e in lines] == daemon.events
+    assert lines[0]["time_iso"] == iso(NOW, "Asia/Jakarta")
     assert daemon.requests[0][1] == "/v1/events?since=0&timeout=0"
     assert run(daemon, "events", "--no-follow", "--since", "1") == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1
-    assert out[0].split(" ", 1)[1] == ('config_applied version=bbbbbbbbbbbb by="budi cli" '
+    assert out[0].split(" ", 2)[2] == ('config_applied version=bbbbbbbbbbbb by="budi cli" '
                                        'source=cli changes=["portal.terms_text"]')
+    assert out[0].split(" ", 2)[:2] == format_time(NOW + 5, "Asia/Jakarta", seconds=True).split()
 
 
 def test_events_follow_until_ctrl_c(daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch,
@@ -395,12 +410,11 @@ def test_events_follow_until_ctrl_c(daemon: FakeDaemon, monkeypatch: pytest.Monk
 def test_format_event_plain() -> None:
     from gateway.control.schema import EventOut
 
-    event = EventOut.model_validate({"seq": 9, "time": 0.0, "type": "session_ended",
+    event = EventOut.model_validate({"seq": 9, "time": float(NOW), "type": "session_ended",
                                      "mac": "02:00:00:00:00:01", "reason": "idle",
                                      "voucher": None})
-    text = cli.format_event(event)
-    assert text.endswith(" session_ended mac=02:00:00:00:00:01 reason=idle")
-    assert len(text.split()[0]) == 8  # HH:MM:SS
+    text = cli.format_event(event, "Asia/Jayapura")
+    assert text == "07:13:20 WIT session_ended mac=02:00:00:00:00:01 reason=idle"
 
 
 @pytest.mark.parametrize(("config", "expected", "absent"), [
@@ -524,3 +538,39 @@ def test_printing_an_unknown_batch_is_an_error(monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["vouchers", "print", "--batch", "posyandu mie"]) == 1
     err = capsys.readouterr().err
     assert "no batch named 'posyandu mie'" in err
+
+
+# config (Step 6): a moved state dir or socket is "needs restart", never "reloaded"
+def test_reload_and_apply_of_a_restart_only_setting_say_needs_restart(
+        daemon: FakeDaemon, valid_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.control.errors import error_body
+    from gateway.core.configuration import RestartNeeded
+
+    refusal = RestartNeeded([("store.state_dir", "/var/lib/desanet", "/srv/desanet")])
+    status, body = error_body(refusal)
+    assert (status, body["reason"]) == (409, "restart_needed")
+    assert body["problems"] == ["store.state_dir: '/var/lib/desanet' -> '/srv/desanet' "
+                                "needs a restart"]
+    for path, argv, verb in (("/v1/reload", ["reload"], "reloaded"),
+                             ("/v1/config/apply", ["config", "apply", valid_file], "applied")):
+        daemon.errors[path] = refusal
+        assert run(daemon, *argv) == 1
+        out, err = capsys.readouterr()
+        assert f"not {verb}: needs restart: store.state_dir cannot change" in err
+        assert "nothing was changed" in err and "systemctl restart desanet" in err
+        assert "reloaded:" not in out and "applied " not in out
+        del daemon.errors[path]
+    # positive control: the same commands without the refusal
+    assert run(daemon, "reload") == 0
+    assert "reloaded: config aaaaaaaaaaaa" in capsys.readouterr().out
+
+
+def test_diff_marks_settings_that_need_a_restart(
+        daemon: FakeDaemon, valid_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.answers["/v1/config/diff"] = {"changes": [
+        {"path": "control.socket", "old": "/run/desanet/control.sock", "new": "/run/x.sock"},
+        CHANGES[0]]}
+    assert run(daemon, "config", "diff", valid_file) == 0
+    out = capsys.readouterr().out
+    assert "control.socket: '/run/desanet/control.sock' -> '/run/x.sock'  (needs restart)" in out
+    assert "portal.terms_text: 'Setuju' -> 'Saya setuju'\n" in out  # no mark

@@ -30,11 +30,12 @@ MAC = "02:00:00:00:00:01"
 
 @pytest.mark.parametrize(("model", "data", "expected"), [
     (AuthRequest, {"mac": "02-00-00-AA-BB-CC"},
-     {"mac": "02:00:00:aa:bb:cc", "ip": None, "duration": None, "plan": None}),
+     {"mac": "02:00:00:aa:bb:cc", "ip": None, "duration": None, "plan": None,
+      "force": False}),
     (AuthRequest, {"mac": MAC, "ip": " 10.42.0.5", "duration": "4h", "plan": "school"},
-     {"mac": MAC, "ip": "10.42.0.5", "duration": 14400, "plan": "school"}),
-    (AuthRequest, {"mac": MAC, "duration": 90}, {"mac": MAC, "ip": None, "duration": 90,
-                                                 "plan": None}),
+     {"mac": MAC, "ip": "10.42.0.5", "duration": 14400, "plan": "school", "force": False}),
+    (AuthRequest, {"mac": MAC, "duration": 90, "force": True},
+     {"mac": MAC, "ip": None, "duration": 90, "plan": None, "force": True}),
     (DeauthRequest, {"mac": MAC.upper()}, {"mac": MAC}),
     (PlanRequest, {"mac": MAC, "plan": None}, {"mac": MAC, "plan": None}),
     (VoucherCreateRequest, {"duration": "1d"},
@@ -143,7 +144,8 @@ def test_request_bytes() -> None:
 
 def test_request_to_json_round_trips() -> None:
     req = AuthRequest(mac="02-00-00-00-00-01", duration="4h")
-    assert req.to_json() == {"mac": MAC, "ip": None, "duration": 14400, "plan": None}
+    assert req.to_json() == {"mac": MAC, "ip": None, "duration": 14400, "plan": None,
+                             "force": False}
     assert parse_request(AuthRequest, req.to_json()) == req
 
 

@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 def _loopback_config(http_port: int, redirect_port: int) -> Config:
     return make_config(
-        network={"lan_address": "127.0.0.1/8"},
+        network={"lan_address": "127.0.0.1/24"},
         dhcp={"range_start": "127.0.0.100", "range_end": "127.0.0.200"},
         portal={"http_port": http_port, "redirect_port": redirect_port},
     )

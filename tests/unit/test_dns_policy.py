@@ -385,3 +385,16 @@ async def test_dns_pair_start_failure_stops_what_it_started(tmp_path: Path) -> N
     with pytest.raises(ServiceError):
         await pair.start()
     assert full.log == ["start", "stop"] and not full.running
+
+
+def test_reserved_names_follow_the_configured_hostnames() -> None:
+    cfg = make_config(portal={"hostname": "hotspot.sukamaju.example.id"},
+                      dhcp={"local_domain": "sukamaju"})
+    lines = render_dnsmasq_conf(cfg, "/s", "/r").splitlines()
+    assert "host-record=hotspot.sukamaju.example.id,10.42.0.1" in lines
+    assert "dhcp-name-match=set:desanet-reserved,hotspot" in lines
+    assert "dhcp-name-match=set:desanet-reserved,hotspot.sukamaju" in lines
+    assert "address=/wpad.sukamaju/" in lines
+    pre = render_prelogin_conf(cfg, "/s", "/r").splitlines()
+    assert "host-record=hotspot.sukamaju.example.id,10.42.0.1" in pre
+    assert "server=/sukamaju/10.42.0.1#53" in pre

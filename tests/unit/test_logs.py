@@ -1,13 +1,16 @@
-"""Log lines for journald (priority prefix, no timestamp) and for a terminal."""
+"""Log lines for journald (priority prefix, no timestamp) and for a terminal; repeated lines
+held back; malformed requests one debug line; one logger naming scheme."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
-from gateway.daemon.logs import log_formatter
+from gateway.daemon.logs import MalformedRequestFilter, RepeatFilter, log_formatter
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -30,3 +33,187 @@ def test_every_line_of_a_multi_line_message_keeps_the_priority() -> None:
 def test_on_a_terminal_lines_keep_their_timestamp() -> None:
     line = log_formatter({}).format(record(logging.INFO, "ready"))
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO desanet.config: ready$", line)
+
+
+# -- repeated lines ---------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def line(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 7, msg, args, None)
+
+
+def repeat_filter(window: float = 60.0) -> tuple[RepeatFilter, Clock, list[str]]:
+    clock = Clock()
+    summaries: list[str] = []
+    f = RepeatFilter(lambda r: summaries.append(f"{r.name} {r.levelname} {r.getMessage()}"),
+                     window=window, clock=clock)
+    return f, clock, summaries
+
+
+def test_identical_errors_are_written_once_per_window_then_counted() -> None:
+    f, clock, summaries = repeat_filter()
+    err = ("desanet.dnsmasq", logging.ERROR, "dnsmasq exited with %d", 2)
+    assert f.filter(line(*err)) is True
+    passed = []
+    for _ in range(5):
+        clock.now += 10
+        passed.append(f.filter(line(*err)))
+    assert passed == [False] * 5 and summaries == []
+    clock.now += 10  # 60 s after the first: the window is over
+    assert f.filter(line(*err)) is True  # written again, after the count of the window before
+    assert summaries == ["desanet.dnsmasq ERROR suppressed 5 similar message(s) in 60s: "
+                         "dnsmasq exited with 2"]
+
+
+def test_the_count_is_written_at_the_next_line_of_any_logger() -> None:
+    f, clock, summaries = repeat_filter()
+    err = ("desanet.portal", logging.WARNING, "voucher rate limit hit")
+    f.filter(line(*err))
+    f.filter(line(*err))
+    clock.now += 61
+    assert f.filter(line("desanet.sessions", logging.INFO, "authorized")) is True
+    assert summaries == ["desanet.portal WARNING suppressed 1 similar message(s) in 60s: "
+                         "voucher rate limit hit"]
+
+
+def test_different_text_logger_or_level_are_not_similar() -> None:
+    # Positive control for the key: only the very same line is held back.
+    f, _, summaries = repeat_filter()
+    lines = [("desanet.a", logging.ERROR, "x %s", 1), ("desanet.a", logging.ERROR, "x %s", 2),
+             ("desanet.b", logging.ERROR, "x %s", 1), ("desanet.a", logging.WARNING, "x %s", 1)]
+    assert [f.filter(line(*x)) for x in lines] == [True] * 4
+    assert summaries == []
+
+
+def test_info_lines_are_never_held_back() -> None:
+    f, _, _ = repeat_filter()
+    assert all(f.filter(line("desanet.portal", logging.INFO, "login")) for _ in range(5))
+
+
+def test_a_window_with_no_repeat_writes_no_summary_and_at_exit_open_counts_are_written() -> None:
+    f, clock, summaries = repeat_filter()
+    f.filter(line("desanet.a", logging.ERROR, "once"))
+    clock.now += 120
+    f.filter(line("desanet.b", logging.ERROR, "twice"))
+    f.filter(line("desanet.b", logging.ERROR, "twice"))
+    assert summaries == []
+    clock.now += 5
+    f.flush()
+    assert summaries == ["desanet.b ERROR suppressed 1 similar message(s) in 5s: twice"]
+
+
+def test_summaries_reach_the_handler_through_the_filter_unharmed() -> None:
+    clock = Clock()
+    out: list[str] = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            out.append(self.format(record))
+
+    handler = ListHandler()
+    handler.addFilter(RepeatFilter(handler.handle, window=60, clock=clock))
+    for _ in range(3):
+        handler.handle(line("desanet.x", logging.ERROR, "boom"))
+    clock.now += 60
+    handler.handle(line("desanet.x", logging.ERROR, "boom"))
+    assert out == ["boom", "suppressed 2 similar message(s) in 60s: boom", "boom"]
+
+
+# -- malformed requests -----------------------------------------------------------------------
+
+
+async def send_raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("with_filter", [True, False])
+async def test_a_malformed_request_is_one_debug_line(
+        with_filter: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, access_log=None)  # as the daemon runs its servers
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server_log = logging.getLogger("aiohttp.server")
+    flt = MalformedRequestFilter()
+    if with_filter:
+        server_log.addFilter(flt)
+    caplog.set_level(logging.DEBUG, logger="desanet")
+    try:
+        good = await send_raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        bad = await send_raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    finally:
+        server_log.removeFilter(flt)
+        await runner.cleanup()
+    assert good.startswith(b"HTTP/1.1 200") and b" 400 " in bad.split(b"\r\n")[0]
+    records = [r for r in caplog.records if r.name in ("aiohttp.server", "desanet.http")]
+    if with_filter:
+        assert [(r.name, r.levelname, r.exc_info) for r in records] == \
+            [("desanet.http", "DEBUG", None)]
+        assert records[0].getMessage().startswith("malformed request from 127.0.0.1: ")
+    else:  # the control: what aiohttp does on its own, per request
+        assert [(r.name, r.levelname) for r in records] == [("aiohttp.server", "ERROR")]
+        assert records[0].exc_info is not None
+
+
+async def test_a_handler_bug_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1,
+                               "Error handling request from %s", ("127.0.0.1",), None)
+    try:
+        raise KeyError("bug")
+    except KeyError:
+        import sys
+        record.exc_info = sys.exc_info()
+    assert MalformedRequestFilter().filter(record) is True
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+
+
+# -- one naming scheme --------------------------------------------------------------------------
+
+
+def test_every_logger_of_ours_is_named_desanet_dot_something() -> None:
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for path in [*root.glob("gateway/**/*.py"), *root.glob("lab/desanet_lab/**/*.py")]:
+        for match in re.finditer(r"getLogger\(([^)]*)\)", path.read_text(encoding="utf-8")):
+            found.append((path.relative_to(root).as_posix(), match.group(1)))
+    assert found, "the scan found no logger at all"
+    bad = [(p, arg) for p, arg in found
+           if not re.fullmatch(r'"desanet\.[a-z_.]+"', arg) and p != "gateway/daemon/logs.py"]
+    assert bad == []
+
+
+def test_a_body_the_portal_could_not_read_is_one_debug_line() -> None:
+    from aiohttp.http_exceptions import TransferEncodingError
+
+    record = logging.LogRecord("desanet.portal", logging.ERROR, __file__, 1,
+                               "portal request %s %s failed", ("POST", "/login"), None)
+    try:
+        raise TransferEncodingError("Not enough data\n   for chunk")
+    except TransferEncodingError:
+        import sys
+        record.exc_info = sys.exc_info()
+    assert MalformedRequestFilter().filter(record) is False  # debug is off here
+    assert (record.levelname, record.exc_info) == ("DEBUG", None)
+    assert record.getMessage() == ("portal request POST /login failed: malformed request: "
+                                   "Not enough data for chunk")

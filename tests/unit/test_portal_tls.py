@@ -233,7 +233,7 @@ def _loopback(cert: Path | None, key: Path | None, https_port: int) -> Config:
                               "https_port": https_port}
     if cert is not None and key is not None:
         portal.update(tls_certificate=str(cert), tls_key=str(key))
-    return make_config(network={"lan_address": "127.0.0.1/8"},
+    return make_config(network={"lan_address": "127.0.0.1/24"},
                        dhcp={"range_start": "127.0.0.100", "range_end": "127.0.0.200"},
                        portal=portal)
 
