@@ -53,6 +53,8 @@ log = logging.getLogger("desanet.portal")
 MAX_BODY = 16 * 1024
 MAX_URL = 2048
 LANG_COOKIE = "lang"
+# Seconds between reloads of the "menyambungkan" page (see logged_in_foreign_page).
+RECONNECT_RETRY = 5
 LOGGED_OUT = "keluar"  # ?keluar=1: the login page after a logout says "Anda sudah keluar"
 LANG_COOKIE_AGE = 365 * 24 * 3600
 CAPTIVE_JSON = "application/captive+json"
@@ -298,21 +300,29 @@ class Portal:
         return {"services_url": f"http://{ls.hostname}/" if ls.enabled else None,
                 "services_host": ls.hostname}
 
-    async def offline_page(self, request: web.Request, host: str) -> web.Response | None:
-        """The "Internet desa sedang terputus" page for an outside page an authorized
-        client opened while the uplink is down (DNS sends outside names to us then);
-        None when the client is not logged in (it goes to the portal as always)."""
+    async def logged_in_foreign_page(self, request: web.Request, host: str) -> web.Response | None:
+        """What an authorized client gets when its request for an outside site reached us;
+        None when the client is not logged in (it goes to the portal as always).
+
+        While the uplink is down (DNS sends outside names to us then): "Internet desa sedang
+        terputus". Otherwise the browser still holds the answer our pre-login resolver gave
+        for that name (Chrome keeps it up to a minute whatever the TTL): a page that says so
+        and reloads the same address until the browser asks DNS again and reaches the site.
+        """
         client = await self.client(request)
         trusted = client.mac is not None and client.mac in self.cfg.access.trusted_macs
         if not (trusted or self.has_session(client)):
             return None
         original = safe_url(f"http://{host}{request.raw_path}")
-        shown = host_without_port(host)
+        down = self.uplink_down()
         response = self.page(
-            "offline.html", "id", title_key="offline_title", url=None, uplink_down=False,
-            blocks=[(lang, translator(lang)) for lang in ("id", "en")], host=shown,
+            "offline.html" if down else "reconnect.html", "id",
+            title_key="offline_title" if down else "reconnect_title", url=None, uplink_down=False,
+            blocks=[(lang, translator(lang)) for lang in ("id", "en")], host=host_without_port(host),
             retry_url=original, portal_url=self.cfg.portal_url, portal_host=self.cfg.portal.hostname,
         )
+        if not down and original:
+            response.headers["Refresh"] = f"{RECONNECT_RETRY}; url={original}"
         response.force_close()  # the next request may go to the real site again
         return response
 
@@ -447,10 +457,10 @@ class Portal:
             return await local(request)
         target = self.cfg.portal_url
         host = request.headers.get(hdrs.HOST)
-        if host and self.uplink_down():
-            offline = await self.offline_page(request, host)
-            if offline is not None:
-                return offline
+        if host:
+            page = await self.logged_in_foreign_page(request, host)
+            if page is not None:
+                return page
         if host:
             original = f"http://{host}{request.raw_path}"
             if len(original) <= MAX_URL:

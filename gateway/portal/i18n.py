@@ -115,6 +115,11 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "offline_notice": "Internet desa sedang terputus. Layanan desa tetap bisa dipakai.",
         "connected_offline": "Anda terhubung ke hotspot desa, tetapi internet desa sedang "
                              "terputus.",
+        "reconnect_title": "Menyambungkan\u2026",
+        "reconnect_body": "Anda sudah masuk. Browser masih memakai alamat lama untuk {host}; "
+                          "halaman ini dimuat ulang sendiri sampai {host} terbuka (paling lama "
+                          "sekitar satu menit).",
+        "reconnect_now": "Muat ulang sekarang",
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -204,6 +209,10 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "offline_notice": "The village internet is down. The village services still work.",
         "connected_offline": "You are connected to the village hotspot, but the village "
                              "internet is down.",
+        "reconnect_title": "Connecting\u2026",
+        "reconnect_body": "You are logged in. The browser still uses an old address for {host}; "
+                          "this page reloads by itself until {host} opens (about a minute at most).",
+        "reconnect_now": "Reload now",
     },
 }
 

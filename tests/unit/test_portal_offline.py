@@ -60,10 +60,22 @@ async def test_logged_in_villager_gets_the_terputus_page_for_any_outside_host() 
         assert 'href="http://example.com/berita?id=7"' in text  # "coba lagi"
         assert resp.headers["Cache-Control"] == "no-store"
         assert resp.headers.get("Connection", "").lower() == "close"
-        # positive control: the uplink is back -> the usual redirect (stale DNS answer)
+        # positive control: the uplink is back -> not the terputus page but "menyambungkan",
+        # reloading the same address until the browser's stale DNS answer expires
         switch.down = False
         resp = await get(client, "/berita", headers={"Host": "example.com"})
-        assert resp.status == 302
+        text = await resp.text()
+        assert resp.status == 200 and "Internet desa sedang terputus" not in text
+        assert "Menyambungkan" in text and "Connecting" in text
+        assert resp.headers["Refresh"] == "5; url=http://example.com/berita"
+        assert resp.headers.get("Connection", "").lower() == "close"
+
+
+async def test_a_client_not_logged_in_gets_no_reconnect_page() -> None:
+    async with portal(Switch(down=False)) as (client, _):
+        resp = await get(client, "/berita", headers={"Host": "example.com"})
+        assert resp.status == 302 and "Refresh" not in resp.headers
+        assert resp.headers["Location"].startswith("http://portal.desa/")
 
 
 async def test_not_logged_in_still_goes_to_the_portal_which_says_internet_is_down() -> None:
