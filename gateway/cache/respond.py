@@ -200,18 +200,33 @@ async def stream_upstream(
     detail: str,
     rewrite: Any = None,
     first: bytes = b"",
+    window: tuple[int, int] | str | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Stream an upstream response to the villager, teeing it into ``writer``.
 
     If the villager goes away the download still completes into the cache
     (others may be waiting for it). Returns the response and bytes read.
     ``first``: the start of the body, already read from ``upstream`` by the caller.
+    ``window``: the villager asked for a range of this (whole, 200) answer: it gets
+    a 206 with those bytes (or a 416 for "unsatisfiable") while all of it is stored.
     """
     headers = upstream_headers_for_client(upstream.headers, rewrite)
     headers["Cache-Status"] = cache_status(detail)
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if upstream.content_length is not None:
-        resp.content_length = upstream.content_length
+    status, reason = upstream.status, upstream.reason
+    size = upstream.content_length
+    lo, hi = 0, -1  # the part of the body the villager gets (inclusive); hi < 0: all
+    if window is not None and size is not None:
+        headers["Accept-Ranges"] = "bytes"
+        if window == "unsatisfiable":
+            status, reason, size, hi = 416, None, 0, -2
+            headers["Content-Range"] = f"bytes */{upstream.content_length}"
+        elif isinstance(window, tuple):
+            lo, hi = window
+            status, reason, size = 206, None, hi - lo + 1
+            headers["Content-Range"] = f"bytes {lo}-{hi}/{upstream.content_length}"
+    resp = web.StreamResponse(status=status, reason=reason, headers=headers)
+    if size is not None:
+        resp.content_length = size
     client_alive = True
     try:
         await resp.prepare(request)
@@ -220,16 +235,23 @@ async def stream_upstream(
     received = 0
     if request.method != "HEAD":
         async for chunk in _with_first(first, upstream):
+            start = received
             received += len(chunk)
             if writer is not None:
                 writer.write(chunk)
-            if client_alive:
-                try:
-                    await resp.write(chunk)
-                except (ConnectionResetError, RuntimeError):
+            if not client_alive:
+                continue
+            piece = chunk if hi == -1 else chunk[max(0, lo - start):max(0, hi + 1 - start)]
+            try:
+                if piece:
+                    await resp.write(piece)
+                if hi != -1 and received > hi:
+                    await resp.write_eof()  # its range is complete; the fill goes on
                     client_alive = False
-                    if writer is None:
-                        break
+            except (ConnectionResetError, RuntimeError):
+                client_alive = False
+            if not client_alive and writer is None:
+                break
     if client_alive:
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await resp.write_eof()
