@@ -114,6 +114,7 @@ class ClientBusy(Refused):
 
 
 DEFAULT_MISSES_PER_CLIENT = 4
+STALE_POOL_FAILURE = 0.5  # seconds: a read timeout faster than this is a broken pooled connection
 
 
 class CachingProxy:
@@ -207,11 +208,23 @@ class CachingProxy:
         with the uplink (a probe must learn the truth within its connect timeout).
         """
         health = self._health(service.slug)
+        safe = method in ("GET", "HEAD") and not fresh_connection
         try:
-            safe = method in ("GET", "HEAD") and not fresh_connection
             session = self.session() if safe else self.unsafe_session()
-            resp = await session.request(method, url, headers=headers, data=data,
-                                         allow_redirects=False)
+            started = time.monotonic()
+            try:
+                resp = await session.request(method, url, headers=headers, data=data,
+                                             allow_redirects=False)
+            except aiohttp.ServerTimeoutError:
+                if not safe or time.monotonic() - started > STALE_POOL_FAILURE:
+                    raise
+                # A read timeout at once is a pooled connection aiohttp already broke:
+                # after a body read slower than it arrived (a villager's shaped download),
+                # aiohttp re-arms the read timer on the connection it has returned to the
+                # pool, and the timer fires there. Nothing reached the upstream: ask again
+                # on a new connection (GET and HEAD only).
+                resp = await self.unsafe_session().request(method, url, headers=headers,
+                                                           allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
             self.metrics.upstream_errors += 1

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -270,3 +271,28 @@ async def test_a_client_with_too_many_misses_in_flight_gets_429(site: Site) -> N
     assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
     await _wait_for(lambda: site.services.proxy.fetches_in_flight() == 0)  # stored, slots free
     assert (await site.raw("GET", "/dukcapil/hold-third"))[0] == 200
+
+
+# -- a pooled connection broken by a slow reader -------------------------------------------------
+
+
+async def test_an_immediate_read_timeout_is_retried_on_a_new_connection(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp can re-arm its read timer on a connection it already pooled (after a body
+    read slower than it arrived); the next request on it fails at once. That must not
+    become a 504 nor mark the service offline."""
+    pooled = site.services.proxy.session()
+    real = pooled.request
+    calls = []
+
+    async def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(pooled, "request", broken_once)
+    status, text, _ = await site.raw("GET", "/dukcapil/after-slow")
+    assert (status, text) == (200, "page /after-slow")
+    assert site.services.health_states()["dukcapil"] == "online"
+    assert site.origin.count("GET", "/base/after-slow") == 1
