@@ -22,6 +22,9 @@ from gateway.cache.rules import (
 from gateway.cache.store import BodyWriter, CacheStore, Entry
 
 CHUNK = 256 * 1024
+# What writing to a villager who went away raises (aiohttp: "Connection lost" is a
+# plain ConnectionError; RuntimeError once the transport is closed).
+CLIENT_GONE: tuple[type[BaseException], ...] = (ConnectionError, RuntimeError)
 # Connection-level fields: never copied between the upstream and the villager.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -172,25 +175,32 @@ async def serve_entry(
             return small
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = max(0, last - first + 1)
-        await resp.prepare(request)
-        if request.method == "HEAD" or resp.content_length == 0:
-            await resp.write_eof()
-            return resp
-        if data is not None:
-            await resp.write(data[first:last + 1])
-            await resp.write_eof()
-            return resp
-        assert body is not None
-        body.seek(first)
-        left = last - first + 1
-        while left > 0:
-            chunk = body.read(min(CHUNK, left))
-            if not chunk:
-                break  # the file shrank under us; the client sees a short body and retries
-            await resp.write(chunk)
-            left -= len(chunk)
-        await resp.write_eof()
+        # A villager who hangs up mid-download is no error: the answer just ends.
+        with contextlib.suppress(*CLIENT_GONE):
+            await _send_stored(request, resp, data, body, first, last)
         return resp
+
+
+async def _send_stored(request: web.Request, resp: web.StreamResponse, data: bytes | None,
+                       body: BinaryIO | None, first: int, last: int) -> None:
+    await resp.prepare(request)
+    if request.method == "HEAD" or resp.content_length == 0:
+        await resp.write_eof()
+        return
+    if data is not None:
+        await resp.write(data[first:last + 1])
+        await resp.write_eof()
+        return
+    assert body is not None
+    body.seek(first)
+    left = last - first + 1
+    while left > 0:
+        chunk = body.read(min(CHUNK, left))
+        if not chunk:
+            break  # the file shrank under us; the client sees a short body and retries
+        await resp.write(chunk)
+        left -= len(chunk)
+    await resp.write_eof()
 
 
 async def stream_upstream(
@@ -230,7 +240,7 @@ async def stream_upstream(
     client_alive = True
     try:
         await resp.prepare(request)
-    except (ConnectionResetError, RuntimeError):
+    except CLIENT_GONE:
         client_alive = False
     received = 0
     if request.method != "HEAD":
@@ -248,12 +258,12 @@ async def stream_upstream(
                 if hi != -1 and received > hi:
                     await resp.write_eof()  # its range is complete; the fill goes on
                     client_alive = False
-            except (ConnectionResetError, RuntimeError):
+            except CLIENT_GONE:
                 client_alive = False
             if not client_alive and writer is None:
                 break
     if client_alive:
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
+        with contextlib.suppress(*CLIENT_GONE):
             await resp.write_eof()
     return resp, received
 

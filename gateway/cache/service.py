@@ -136,8 +136,8 @@ class LocalServices:
             return await self._route(request)
         except web.HTTPException:
             raise
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the villager went away: nothing to show, nothing to log
         except Exception:
             log.exception("layanan request %s %s failed", request.method, request.path)
             if _answer_started(request):
