@@ -64,9 +64,9 @@ from gateway.cache.respond import (
 )
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
-from gateway.cache.store import CacheStore, Entry
+from gateway.cache.store import BodyWriter, CacheStore, Entry
 from gateway.config.schema import GovService
-from gateway.errors import Refused, UpstreamDown
+from gateway.errors import Refused, StoreError, UpstreamDown
 
 log = logging.getLogger("desanet.cache")
 
@@ -348,6 +348,19 @@ class CachingProxy:
             del self._inflight[key]
             done.set_result(None)
 
+    async def _commit(self, writer: BodyWriter) -> bool:
+        """Publish a stored body; a full or failing disk only means it is not stored (the
+        villager already has the answer), said in one line without a traceback."""
+        try:
+            await asyncio.to_thread(writer.commit)
+        except (OSError, StoreError) as exc:
+            log.warning("cache: %s not stored: %s", writer.key, exc)
+            return False
+        if writer.failed is not None:
+            log.warning("cache: %s not stored: %s", writer.key, writer.failed)
+            return False
+        return True
+
     def _too_large(self, upstream: aiohttp.ClientResponse) -> bool:
         size = upstream.content_length
         return upstream.status == 200 and size is not None and size > self.store.max_object_bytes
@@ -385,7 +398,7 @@ class CachingProxy:
                     if writer is not None:
                         if upstream.content_length in (None, len(first)):
                             writer.write(first)
-                            await asyncio.to_thread(writer.commit)
+                            await self._commit(writer)
                         else:
                             writer.abort()
                         writer = None
@@ -403,7 +416,7 @@ class CachingProxy:
         if writer is not None:
             complete = upstream.content_length is None or received == upstream.content_length
             if complete:
-                await asyncio.to_thread(writer.commit)
+                await self._commit(writer)
             else:
                 writer.abort()
         return resp
@@ -510,8 +523,7 @@ class CachingProxy:
                 except BaseException:
                     writer.abort()
                     raise
-                await asyncio.to_thread(writer.commit)
-                return "stored"
+                return "stored" if await self._commit(writer) else "error"
         finally:
             del self._inflight[key]
             done.set_result(None)

@@ -296,3 +296,37 @@ async def test_an_immediate_read_timeout_is_retried_on_a_new_connection(
     assert (status, text) == (200, "page /after-slow")
     assert site.services.health_states()["dukcapil"] == "online"
     assert site.origin.count("GET", "/base/after-slow") == 1
+
+
+async def test_a_full_disk_while_caching_still_serves_the_answer(
+        site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    store = site.services.store
+    real_begin = store.begin
+
+    def begin_on_full_disk(key: str, meta: Any) -> Any:
+        writer = real_begin(key, meta)
+        writer._file.close()  # type: ignore[union-attr]
+        writer._file = FullDisk()  # type: ignore[assignment]
+        return writer
+
+    monkeypatch.setattr(store, "begin", begin_on_full_disk)
+    caplog.set_level(logging.WARNING)
+    url = site.client.make_url("/dukcapil/big")
+    async with site.client.session.get(url) as resp:
+        assert resp.status == 200 and await resp.read() == BIG
+    # the handler gives up the body after the villager has it all
+    await _wait_for(lambda: any("not stored" in r.getMessage() for r in caplog.records))
+    assert [r.levelname for r in caplog.records if "not stored" in r.getMessage()] == ["WARNING"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    monkeypatch.undo()  # positive control: with room on the disk it is stored
+    async with site.client.session.get(url) as resp:
+        assert resp.status == 200 and await resp.read() == BIG
+        assert resp.headers["Cache-Status"] == "desanet; fwd=miss; stored"
+    assert site.origin.count("GET", "/base/big") == 2
