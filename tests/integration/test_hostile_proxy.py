@@ -3,7 +3,7 @@ issue #9: the proxy must not be a way around shaping, and odd methods or paths m
 neither reach the upstream nor break the site.
 
 One lab: shaping on (uplink 20 Mbit/s down, unauthorized 1 Mbit/s), c1 never logs in,
-c2 is authorized on the default plan (ceil = the uplink). The origin is ``dukcapil.lab``
+c2 is authorized on the default plan (ceil = the uplink), c3's MAC is trusted. The origin is ``dukcapil.lab``
 in the WAN namespace (lab/desanet_lab/gov_origin.py); ``/_lab/targets`` lists the raw
 request lines it received, so "reached the upstream" is judged at the origin, not by
 what the client sees. Rates are bounds with wide margins over a fixed-size window
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.integration.conftest import (
     require_root,
     require_tools,
     unique_prefix,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "tc")]
@@ -51,8 +53,9 @@ BIG_MB = 16  # more than the authorized client can fetch in WINDOW at the uplink
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    info = make_lab(LabSpec(prefix=PREFIX, clients=2, extra={
-        "shaping": SHAPING, "local_services": {"cache_size": "1gb"}}))
+    info = make_lab(LabSpec(prefix=PREFIX, clients=3, extra={
+        "shaping": SHAPING, "local_services": {"cache_size": "1gb"},
+        "access": {"trusted_macs": [p.client_mac(3)]}}))
     assert all(c.ipv4 for c in info.clients), f"DHCP failed: {info.clients}"
     desanet_ok(info.control_socket, "clients", "auth", p.client_mac(2))
     return info
@@ -136,6 +139,37 @@ def test_a_miss_to_an_unauthorized_client_is_held_to_its_class(
     assert fast.bps > 4 * UNAUTHORIZED_DOWN, f"authorized client got only {mbit(fast.bps)}"
     # Both hung up mid-download (curl --max-time): a villager leaving is not an error.
     assert logged_errors(lab)[errors:] == []
+
+
+def test_a_trusted_macs_miss_goes_in_the_trusted_class(lab: LabInfo) -> None:
+    """The trusted class comes from a conntrack mark set on input (metered_input)."""
+    before = class_bytes(lab, "1:4")
+    got = download(lab, 3, big_url())
+    assert got.status == 200 and got.size > 0, got
+    assert class_bytes(lab, "1:4") - before >= 0.9 * got.size
+    assert got.bps > 4 * UNAUTHORIZED_DOWN, f"trusted client got only {mbit(got.bps)}"
+
+
+def test_a_client_gets_only_a_few_misses_at_once(lab: LabInfo) -> None:
+    """max_misses_per_client (4): a fifth upstream fetch from the same phone is a 429 page
+    and never reaches the origin; another phone is not affected."""
+    tag = uuid.uuid4().hex[:8]
+    # Each held 4.5 s by the origin: under the lab's request_timeout (5 s), long enough
+    # to send the fifth while they are in flight.
+    slow = [f"{SVC}/slow?ms=4500&x={tag}-{i}" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(http, ns(lab, 1), url, timeout=20) for url in slow]
+        wait_until(lambda: sum(f"x={tag}-" in t for t in origin_targets(lab)) == 4, 4,
+                   "the four slow misses to reach the origin")
+        refused = http(ns(lab, 1), f"{SVC}/slow?ms=10&x={tag}-fifth")
+        other = http(ns(lab, 2), f"{SVC}/slow?ms=10&x={tag}-other")  # positive control
+        statuses = [f.result().status for f in held]
+    assert refused.status == 429 and "retry-after" in refused.headers, refused
+    assert "Tunggu sebentar" in refused.body
+    assert other.status == 200 and statuses == [200] * 4
+    targets = origin_targets(lab)
+    assert not [t for t in targets if f"x={tag}-fifth" in t]
+    assert [t for t in targets if f"x={tag}-other" in t]
 
 
 def test_a_range_miss_stores_the_whole_object_once(lab: LabInfo) -> None:
