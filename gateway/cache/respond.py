@@ -249,19 +249,18 @@ async def stream_upstream(
             received += len(chunk)
             if writer is not None:
                 writer.write(chunk)
-            if not client_alive:
-                continue
-            piece = chunk if hi == -1 else chunk[max(0, lo - start):max(0, hi + 1 - start)]
-            try:
-                if piece:
-                    await resp.write(piece)
-                if hi != -1 and received > hi:
-                    await resp.write_eof()  # its range is complete; the fill goes on
+            if client_alive:
+                piece = chunk if hi == -1 else chunk[max(0, lo - start):max(0, hi + 1 - start)]
+                try:
+                    if piece:
+                        await resp.write(piece)
+                    if hi != -1 and received > hi:
+                        await resp.write_eof()  # its range is complete; the fill goes on
+                        client_alive = False
+                except CLIENT_GONE:
                     client_alive = False
-            except CLIENT_GONE:
-                client_alive = False
-            if not client_alive and writer is None:
-                break
+            if not client_alive and (writer is None or not writer.storing):
+                break  # nobody reads it and it will not be stored: stop the download
     if client_alive:
         with contextlib.suppress(*CLIENT_GONE):
             await resp.write_eof()

@@ -121,6 +121,11 @@ class BodyWriter:
         self.failed: OSError | None = None  # the disk refused a write: not stored
         self._done = False
 
+    @property
+    def storing(self) -> bool:
+        """False once the body can no longer be stored (too large, disk refused, done)."""
+        return not (self.too_large or self.failed is not None or self._done)
+
     def write(self, chunk: bytes) -> None:
         """Append a chunk (buffered, no fsync).  Past the size limit the body is
         dropped at once (temp file deleted) and ``commit`` will return None."""

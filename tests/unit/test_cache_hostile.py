@@ -34,6 +34,8 @@ class Origin:
         self.status = 200  # what /flaky answers
         self.release = asyncio.Event()
         self.holding = 0
+        self.huge_sent = 0
+        self.huge_done = asyncio.Event()
 
     def count(self, method: str, prefix: str) -> int:
         return sum(1 for m, target in self.seen if m == method and target.startswith(prefix))
@@ -52,6 +54,17 @@ class Origin:
                 return web.Response(status=self.status, text=f"error {self.status}",
                                     headers={"Cache-Control": "max-age=3600"})
             return web.Response(text="good copy", headers={"Cache-Control": "max-age=0"})
+        if path == "/huge":  # 1 GiB, streamed; counts what it managed to send
+            resp = web.StreamResponse(headers={"Cache-Control": "max-age=3600"})
+            resp.content_length = 1 << 30
+            await resp.prepare(request)
+            try:
+                while self.huge_sent < 1 << 30:
+                    await resp.write(BIG)
+                    self.huge_sent += len(BIG)
+            finally:
+                self.huge_done.set()
+            return resp
         if path.startswith("/hold"):
             self.holding += 1
             await self.release.wait()
@@ -330,3 +343,27 @@ async def test_a_full_disk_while_caching_still_serves_the_answer(
         assert resp.status == 200 and await resp.read() == BIG
         assert resp.headers["Cache-Status"] == "desanet; fwd=miss; stored"
     assert site.origin.count("GET", "/base/big") == 2
+
+
+async def test_nobody_reading_and_nothing_to_store_stops_the_download(site: Site) -> None:
+    """An object too large to store, and the villager hung up: the gateway stops
+    downloading it (before, it read the whole object from the uplink for nobody)."""
+    site.services.store.max_object_bytes = 1 << 20
+    front = web.Application()
+    front.router.add_route("*", "/{tail:.*}", site.services.handle)
+    runner = web.AppRunner(front)  # as the daemon's: handlers run on after a hang-up
+    await runner.setup()
+    try:
+        tcp = web.TCPSite(runner, "127.0.0.1", 0)
+        await tcp.start()
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /dukcapil/huge HTTP/1.1\r\nHost: layanan.desa\r\n\r\n")
+        await writer.drain()
+        head = await reader.read(4096)
+        assert head.startswith(b"HTTP/1.1 200")  # positive control: the download had started
+        writer.transport.abort()
+        await asyncio.wait_for(site.origin.huge_done.wait(), 60)
+    finally:
+        await runner.cleanup()
+    assert site.origin.huge_sent < 256 << 20, f"{site.origin.huge_sent >> 20} MiB for nobody"
