@@ -70,6 +70,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "receipt_state": "Status:",
         "receipt_saved_at": "Disimpan: {when}",
         "not_found_service": "Layanan ini tidak ada di katalog desa.",
+        # proxy (Step 6)
+        "method_not_allowed": "Permintaan {method} tidak dilayani di sini. Buka halaman ini "
+                              "dari katalog layanan desa.",
+        "bad_path": "Alamat ini tidak bisa dibuka (berisi bagian yang tidak diizinkan, "
+                    "misalnya \"..\"). Buka layanan dari katalog desa.",
+        "busy_title": "Tunggu sebentar",
+        "busy_body": "Ponsel Anda sedang mengunduh beberapa halaman sekaligus dari layanan ini. "
+                     "Tunggu sampai selesai, lalu coba lagi.",
     },
     "en": {
         "catalog_title": "Government services",
@@ -121,6 +129,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "receipt_state": "Status:",
         "receipt_saved_at": "Saved: {when}",
         "not_found_service": "This service is not in the village catalog.",
+        # proxy (Step 6)
+        "method_not_allowed": "{method} requests are not served here. Open this page from "
+                              "the village services catalog.",
+        "bad_path": "This address cannot be opened (it has a part that is not allowed, such "
+                    "as \"..\"). Open the service from the village catalog.",
+        "busy_title": "Please wait a moment",
+        "busy_body": "Your phone is already downloading several pages from this service at "
+                     "once. Wait until they finish, then try again.",
     },
 }
 

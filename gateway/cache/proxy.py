@@ -29,6 +29,13 @@ except HTML pages up to 2 MiB that get an edit (gateway/cache/htmledit.py):
   POST forms (gateway/cache/forms.py), on hits and on misses alike.
 
 The store always keeps the upstream's bytes; edits are made per answer.
+
+Answers that carry upstream bytes (misses, pass-through) are shaped in the
+villager's own class (gateway/cache/shapemark.py), and a villager may have at
+most ``max_misses_per_client`` of them in flight (:class:`ClientBusy`). A range
+request for something not stored fetches the whole object into the store once
+and sends the villager its range from the stream (an object too large to store
+is passed through with its range).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,10 +62,11 @@ from gateway.cache.respond import (
     serve_entry,
     stream_upstream,
 )
-from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict
-from gateway.cache.store import CacheStore, Entry
+from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
+from gateway.cache.shapemark import mark_metered
+from gateway.cache.store import BodyWriter, CacheStore, Entry
 from gateway.config.schema import GovService
-from gateway.errors import UpstreamDown
+from gateway.errors import Refused, StoreError, UpstreamDown
 
 log = logging.getLogger("desanet.cache")
 
@@ -96,6 +105,18 @@ UPSTREAM_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
 )
 
+class ClientBusy(Refused):
+    """One villager already has ``limit`` upstream fetches in flight."""
+
+    def __init__(self, client: str, limit: int) -> None:
+        self.client, self.limit = client, limit
+        super().__init__("client_busy", f"{client} already has {limit} upstream fetches in flight")
+
+
+DEFAULT_MISSES_PER_CLIENT = 4
+STALE_POOL_FAILURE = 0.5  # seconds: a read timeout faster than this is a broken pooled connection
+
+
 class CachingProxy:
     def __init__(
         self,
@@ -113,6 +134,30 @@ class CachingProxy:
         self._background: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._unsafe_session: aiohttp.ClientSession | None = None
+        self.max_misses_per_client = DEFAULT_MISSES_PER_CLIENT
+        self._fetching: Counter[str] = Counter()  # upstream fetches in flight per LAN address
+
+    def fetches_in_flight(self) -> int:
+        return sum(self._fetching.values())
+
+    @contextlib.contextmanager
+    def fetch_slot(self, request: web.Request) -> Iterator[None]:
+        """Hold one of the villager's upstream-fetch slots for the block.
+
+        A fill the villager walked away from still holds its slot until it is
+        complete, so opening many misses and hanging up cannot make the gateway
+        download more at once for one phone.
+        """
+        client = request.remote or "?"
+        if self._fetching[client] >= self.max_misses_per_client:
+            raise ClientBusy(client, self.max_misses_per_client)
+        self._fetching[client] += 1
+        try:
+            yield
+        finally:
+            self._fetching[client] -= 1
+            if self._fetching[client] <= 0:
+                del self._fetching[client]
 
     # -- upstream ---------------------------------------------------------------
 
@@ -163,11 +208,23 @@ class CachingProxy:
         with the uplink (a probe must learn the truth within its connect timeout).
         """
         health = self._health(service.slug)
+        safe = method in ("GET", "HEAD") and not fresh_connection
         try:
-            safe = method in ("GET", "HEAD") and not fresh_connection
             session = self.session() if safe else self.unsafe_session()
-            resp = await session.request(method, url, headers=headers, data=data,
-                                         allow_redirects=False)
+            started = time.monotonic()
+            try:
+                resp = await session.request(method, url, headers=headers, data=data,
+                                             allow_redirects=False)
+            except aiohttp.ServerTimeoutError:
+                if not safe or time.monotonic() - started > STALE_POOL_FAILURE:
+                    raise
+                # A read timeout at once is a pooled connection aiohttp already broke:
+                # after a body read slower than it arrived (a villager's shaped download),
+                # aiohttp re-arms the read timer on the connection it has returned to the
+                # pool, and the timer fires there. Nothing reached the upstream: ask again
+                # on a new connection (GET and HEAD only).
+                resp = await self.unsafe_session().request(method, url, headers=headers,
+                                                           allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
             self.metrics.upstream_errors += 1
@@ -234,15 +291,17 @@ class CachingProxy:
                 if served is not None:
                     return served
                 continue
-            if entry is None and (request.method == "HEAD" or "range" in req_h):
-                return await self._passthrough(request, service, url, req_h, rewrite)
+            if entry is None and request.method == "HEAD":
+                with self.fetch_slot(request):
+                    return await self._passthrough(request, service, url, req_h, rewrite)
             waiting = self._inflight.get(key)
             if waiting is not None and attempt == 0:
                 self.metrics.collapsed += 1
                 await asyncio.shield(waiting)
                 continue
-            return await self._lead(request, service, url, key, req_h, entry, decision, rewrite,
-                                    timezone)
+            with self.fetch_slot(request):
+                return await self._lead(request, service, url, key, req_h, entry, decision,
+                                        rewrite, timezone)
         return web.Response(status=502, text="the cached copy kept failing; try again\n")
 
     async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
@@ -279,11 +338,32 @@ class CachingProxy:
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
+                if "range" in req_h and self._too_large(upstream):
+                    # Never stored: fetching all of it for one range would be waste.
+                    upstream.release()
+                    return await self._passthrough(request, service, url, req_h, rewrite)
                 return await self._store_and_stream(request, upstream, key, req_h, request_time,
                                                     rewrite, self._edit(service, None, False, timezone))
         finally:
             del self._inflight[key]
             done.set_result(None)
+
+    async def _commit(self, writer: BodyWriter) -> bool:
+        """Publish a stored body; a full or failing disk only means it is not stored (the
+        villager already has the answer), said in one line without a traceback."""
+        try:
+            await asyncio.to_thread(writer.commit)
+        except (OSError, StoreError) as exc:
+            log.warning("cache: %s not stored: %s", writer.key, exc)
+            return False
+        if writer.failed is not None:
+            log.warning("cache: %s not stored: %s", writer.key, writer.failed)
+            return False
+        return True
+
+    def _too_large(self, upstream: aiohttp.ClientResponse) -> bool:
+        size = upstream.content_length
+        return upstream.status == 200 and size is not None and size > self.store.max_object_bytes
 
     async def _freshen(self, entry: Entry, upstream: aiohttp.ClientResponse,
                        request_time: float) -> Entry:
@@ -297,7 +377,9 @@ class CachingProxy:
                                 key: str, req_h: dict[str, str], request_time: float,
                                 rewrite: Callable[[str], str],
                                 edit: Edit | None = None) -> web.StreamResponse:
+        mark_metered(request)  # the upstream's bytes: shaped in the villager's class
         resp_h = header_dict(upstream.headers)
+        window = _range_window(req_h, upstream)
         writer = None
         if rules.is_storable("GET", upstream.status, req_h, resp_h):
             meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
@@ -308,7 +390,7 @@ class CachingProxy:
         first = b""
         try:
             if (edit is not None and request.method == "GET" and upstream.status == 200
-                    and is_html(resp_h)):
+                    and is_html(resp_h) and window is None):
                 # A small page is read whole so its forms can get the token.
                 first, whole = await read_small_page(upstream)
                 if whole:
@@ -316,7 +398,7 @@ class CachingProxy:
                     if writer is not None:
                         if upstream.content_length in (None, len(first)):
                             writer.write(first)
-                            await asyncio.to_thread(writer.commit)
+                            await self._commit(writer)
                         else:
                             writer.abort()
                         writer = None
@@ -325,7 +407,7 @@ class CachingProxy:
                         return edited_upstream_response(upstream, edited, detail, rewrite)
                     return await _send_read(request, upstream, first, detail, rewrite)
             resp, received = await stream_upstream(request, upstream, writer, detail, rewrite,
-                                                   first)
+                                                   first, window)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -334,7 +416,7 @@ class CachingProxy:
         if writer is not None:
             complete = upstream.content_length is None or received == upstream.content_length
             if complete:
-                await asyncio.to_thread(writer.commit)
+                await self._commit(writer)
             else:
                 writer.abort()
         return resp
@@ -355,6 +437,7 @@ class CachingProxy:
         headers = self.forward_headers(req_h)
         if "range" in req_h:
             headers["range"] = req_h["range"]
+        mark_metered(request)
         upstream = await self.open_upstream(service, request.method, url, headers)
         async with upstream:
             self.metrics.passthrough += 1
@@ -440,8 +523,7 @@ class CachingProxy:
                 except BaseException:
                     writer.abort()
                     raise
-                await asyncio.to_thread(writer.commit)
-                return "stored"
+                return "stored" if await self._commit(writer) else "error"
         finally:
             del self._inflight[key]
             done.set_result(None)
@@ -449,6 +531,21 @@ class CachingProxy:
 
 class _TooLarge(Exception):
     pass
+
+
+def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse
+                  ) -> tuple[int, int] | str | None:
+    """The part of a whole-object fill the villager asked for with ``Range``.
+
+    (first, last), "unsatisfiable", or None for the whole answer: no range, an answer
+    other than a 200 of known length, or an ``If-Range`` (its validator belongs to a
+    copy we never saw; RFC 9110 lets a server ignore Range then).
+    """
+    if "range" not in req_h or "if-range" in req_h:
+        return None
+    if upstream.status != 200 or upstream.content_length is None:
+        return None
+    return parse_range(req_h["range"], upstream.content_length)
 
 
 async def _read_into(upstream: aiohttp.ClientResponse, writer: Any, rate_bps: int | None,

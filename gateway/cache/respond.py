@@ -22,6 +22,9 @@ from gateway.cache.rules import (
 from gateway.cache.store import BodyWriter, CacheStore, Entry
 
 CHUNK = 256 * 1024
+# What writing to a villager who went away raises (aiohttp: "Connection lost" is a
+# plain ConnectionError; RuntimeError once the transport is closed).
+CLIENT_GONE: tuple[type[BaseException], ...] = (ConnectionError, RuntimeError)
 # Connection-level fields: never copied between the upstream and the villager.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -172,25 +175,32 @@ async def serve_entry(
             return small
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = max(0, last - first + 1)
-        await resp.prepare(request)
-        if request.method == "HEAD" or resp.content_length == 0:
-            await resp.write_eof()
-            return resp
-        if data is not None:
-            await resp.write(data[first:last + 1])
-            await resp.write_eof()
-            return resp
-        assert body is not None
-        body.seek(first)
-        left = last - first + 1
-        while left > 0:
-            chunk = body.read(min(CHUNK, left))
-            if not chunk:
-                break  # the file shrank under us; the client sees a short body and retries
-            await resp.write(chunk)
-            left -= len(chunk)
-        await resp.write_eof()
+        # A villager who hangs up mid-download is no error: the answer just ends.
+        with contextlib.suppress(*CLIENT_GONE):
+            await _send_stored(request, resp, data, body, first, last)
         return resp
+
+
+async def _send_stored(request: web.Request, resp: web.StreamResponse, data: bytes | None,
+                       body: BinaryIO | None, first: int, last: int) -> None:
+    await resp.prepare(request)
+    if request.method == "HEAD" or resp.content_length == 0:
+        await resp.write_eof()
+        return
+    if data is not None:
+        await resp.write(data[first:last + 1])
+        await resp.write_eof()
+        return
+    assert body is not None
+    body.seek(first)
+    left = last - first + 1
+    while left > 0:
+        chunk = body.read(min(CHUNK, left))
+        if not chunk:
+            break  # the file shrank under us; the client sees a short body and retries
+        await resp.write(chunk)
+        left -= len(chunk)
+    await resp.write_eof()
 
 
 async def stream_upstream(
@@ -200,38 +210,59 @@ async def stream_upstream(
     detail: str,
     rewrite: Any = None,
     first: bytes = b"",
+    window: tuple[int, int] | str | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Stream an upstream response to the villager, teeing it into ``writer``.
 
     If the villager goes away the download still completes into the cache
     (others may be waiting for it). Returns the response and bytes read.
     ``first``: the start of the body, already read from ``upstream`` by the caller.
+    ``window``: the villager asked for a range of this (whole, 200) answer: it gets
+    a 206 with those bytes (or a 416 for "unsatisfiable") while all of it is stored.
     """
     headers = upstream_headers_for_client(upstream.headers, rewrite)
     headers["Cache-Status"] = cache_status(detail)
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if upstream.content_length is not None:
-        resp.content_length = upstream.content_length
+    status, reason = upstream.status, upstream.reason
+    size = upstream.content_length
+    lo, hi = 0, -1  # the part of the body the villager gets (inclusive); hi < 0: all
+    if window is not None and size is not None:
+        headers["Accept-Ranges"] = "bytes"
+        if window == "unsatisfiable":
+            status, reason, size, hi = 416, None, 0, -2
+            headers["Content-Range"] = f"bytes */{upstream.content_length}"
+        elif isinstance(window, tuple):
+            lo, hi = window
+            status, reason, size = 206, None, hi - lo + 1
+            headers["Content-Range"] = f"bytes {lo}-{hi}/{upstream.content_length}"
+    resp = web.StreamResponse(status=status, reason=reason, headers=headers)
+    if size is not None:
+        resp.content_length = size
     client_alive = True
     try:
         await resp.prepare(request)
-    except (ConnectionResetError, RuntimeError):
+    except CLIENT_GONE:
         client_alive = False
     received = 0
     if request.method != "HEAD":
         async for chunk in _with_first(first, upstream):
+            start = received
             received += len(chunk)
             if writer is not None:
                 writer.write(chunk)
             if client_alive:
+                piece = chunk if hi == -1 else chunk[max(0, lo - start):max(0, hi + 1 - start)]
                 try:
-                    await resp.write(chunk)
-                except (ConnectionResetError, RuntimeError):
+                    if piece:
+                        await resp.write(piece)
+                    if hi != -1 and received > hi:
+                        await resp.write_eof()  # its range is complete; the fill goes on
+                        client_alive = False
+                except CLIENT_GONE:
                     client_alive = False
-                    if writer is None:
-                        break
+            if not client_alive and (writer is None or not writer.storing):
+                break  # nobody reads it and it will not be stored: stop the download
     if client_alive:
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
+        with contextlib.suppress(*CLIENT_GONE):
             await resp.write_eof()
     return resp, received
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -27,9 +27,10 @@ from gateway.cache.delivery import Deliverer
 from gateway.cache.health import ServiceHealth
 from gateway.cache.outbox import Outbox, QueueFull, Submission, SubmissionTooLarge, normalize_ref
 from gateway.cache.prefetch import Prefetcher
-from gateway.cache.proxy import CachingProxy, UpstreamDown
+from gateway.cache.proxy import CachingProxy, ClientBusy, UpstreamDown
 from gateway.cache.respond import stream_upstream
 from gateway.cache.rules import header_dict, invalidates
+from gateway.cache.shapemark import mark_metered
 from gateway.cache.store import CacheStore
 from gateway.cache.submit import REFUSALS, BodyRefused, limits_of, read_form
 from gateway.config.schema import Config, GovService
@@ -39,6 +40,12 @@ log = logging.getLogger("desanet.services")
 
 PROBE_INTERVAL = 30.0  # seconds between upstream health checks when nothing else asked
 SAFE_METHODS = ("GET", "HEAD")
+# What may reach a service's upstream; anything else (TRACE, OPTIONS, PUT, CONNECT, ...)
+# is answered here with 405, online or offline.
+PROXIED_METHODS = ("GET", "HEAD", "POST")
+# Characters kept as they are when a villager's raw path is passed on: the path's own
+# delimiters and existing %-escapes (so an encoded "?" or "#" stays part of the path).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 class LocalServices:
@@ -119,29 +126,74 @@ class LocalServices:
     # -- HTTP --------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Every request for the catalog's host name, inside one error boundary.
+
+        The portal app hands these requests over before its own error pages, so a
+        failure here (the store's StoreError, a full disk) is caught here: a clear page
+        in the villager's language, and the traceback logged once.
+        """
+        try:
+            return await self._route(request)
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the villager went away: nothing to show, nothing to log
+        except Exception:
+            log.exception("layanan request %s %s failed", request.method, request.path)
+            if _answer_started(request):
+                raise  # part of an answer is out: the connection can only be closed
+            cfg = self._config()
+            lang = pages.pick_lang(request, cfg)
+            return pages.message(cfg, lang, 500, "title_error", pages.t_for(lang)("server_error"))
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
         cfg = self._config()
+        self.proxy.max_misses_per_client = cfg.local_services.max_misses_per_client
         path = request.path
-        if path == "/":
-            return self.catalog(cfg, pages.pick_lang(request, cfg), request)
-        if path == "/kiriman" or path.startswith("/kiriman/"):
+        if path == "/" or path == "/kiriman" or path.startswith("/kiriman/"):
+            if request.method not in SAFE_METHODS:
+                return self._not_allowed(cfg, request, SAFE_METHODS)
+            if path == "/":
+                return self.catalog(cfg, pages.pick_lang(request, cfg), request)
             return self.submission(cfg, pages.pick_lang(request, cfg), request)
-        slug, _, rest = path.lstrip("/").partition("/")
+        slug, _, _ = path.lstrip("/").partition("/")
         service = self._service(slug)
         if service is None:
             lang = pages.pick_lang(request, cfg)
             return pages.message(cfg, lang, 404, "title_not_found",
                                  pages.t_for(lang)("not_found_service"))
+        if request.method not in PROXIED_METHODS:
+            return self._not_allowed(cfg, request, PROXIED_METHODS)
         if "/" not in path.lstrip("/"):
             raise web.HTTPFound(f"/{slug}/")
-        url = service.upstream + "/" + rest + (f"?{request.query_string}" if request.query_string else "")
+        target = upstream_target(request.rel_url.raw_path, request.rel_url.raw_query_string)
+        if target is None:
+            lang = pages.pick_lang(request, cfg)
+            return pages.message(cfg, lang, 400, "title_error", pages.t_for(lang)("bad_path"))
+        rest, query = target
+        url = service.upstream + "/" + rest + (f"?{query}" if query else "")
         rewrite = self._rewriter(service)
         try:
             if request.method in SAFE_METHODS:
                 return await self.proxy.get(request, service, url, rewrite, cfg.site.timezone)
             return await self._submit(request, cfg, pages.pick_lang(request, cfg), service, url,
-                                      rest, rewrite)
+                                      rest, query, rewrite)
         except UpstreamDown:
             return self._unavailable(cfg, pages.pick_lang(request, cfg), service, "unavailable_body")
+        except ClientBusy as exc:
+            log.info("%s: %s", service.slug, exc)
+            lang = pages.pick_lang(request, cfg)
+            resp = pages.message(cfg, lang, 429, "busy_title", pages.t_for(lang)("busy_body"))
+            resp.headers["Retry-After"] = "10"
+            return resp
+
+    @staticmethod
+    def _not_allowed(cfg: Config, request: web.Request, allowed: tuple[str, ...]) -> web.Response:
+        lang = pages.pick_lang(request, cfg)
+        resp = pages.message(cfg, lang, 405, "title_error",
+                             pages.t_for(lang)("method_not_allowed", method=request.method[:16]))
+        resp.headers["Allow"] = ", ".join(allowed)
+        return resp
 
     def _unavailable(self, cfg: Config, lang: str, service: GovService, key: str) -> web.Response:
         title = service.title_id if lang == "id" else service.title_en
@@ -199,7 +251,8 @@ class LocalServices:
                             content_type="text/html")
 
     async def _submit(self, request: web.Request, cfg: Config, lang: str, service: GovService,
-                      url: str, rest: str, rewrite: Callable[[str], str]) -> web.StreamResponse:
+                      url: str, rest: str, query: str,
+                      rewrite: Callable[[str], str]) -> web.StreamResponse:
         t = pages.t_for(lang)
         limits = limits_of(cfg.local_services)
         read = await read_form(request, limits.max_body)
@@ -209,7 +262,7 @@ class LocalServices:
                                  t(read.message_key, limit=limit_mb))
         req_h = header_dict(request.headers)
         headers = self.proxy.forward_headers(req_h)
-        path_qs = "/" + rest + (f"?{request.query_string}" if request.query_string else "")
+        path_qs = "/" + rest + (f"?{query}" if query else "")
         # The one-time token the gateway put into the form (gateway/cache/forms.py): taken
         # out of the body, it fixes the key, so a refresh or a double tap is stored once.
         token, body = forms.take_token(read, req_h.get("content-type"))
@@ -224,7 +277,10 @@ class LocalServices:
         uncertain = False
         if self._health_of(service.slug).state != "offline":
             try:
-                upstream = await self.proxy.open_upstream(service, request.method, url, headers, body)
+                with self.proxy.fetch_slot(request):
+                    mark_metered(request)  # the upstream's answer: shaped in the villager's class
+                    upstream = await self.proxy.open_upstream(service, request.method, url,
+                                                              headers, body)
             except UpstreamDown as exc:
                 # Queue it with the same idempotency key. Unless the connection
                 # was never made (refused, unreachable, DNS, connect timeout; the
@@ -350,3 +406,25 @@ def _location_rewriter(service: GovService) -> Callable[[str], str]:
         return location
 
     return rewrite
+
+
+def upstream_target(raw_path: str, raw_query: str) -> tuple[str, str] | None:
+    """(path under the service's base, query) from a villager's raw (still %-encoded)
+    request path ``/<slug>/<rest>`` and query.
+
+    Works on the raw (still %-encoded) form, so an encoded "?" or "#" (%3F, %23) stays
+    part of the path and never becomes a query or a fragment upstream. None (a 400)
+    when any segment is "." or "..", also %-encoded (once or twice) or hidden behind an
+    encoded slash or backslash: such a path could leave the service's base URL.
+    """
+    rest = raw_path.lstrip("/").partition("/")[2]
+    decoded = unquote(unquote(rest)).replace("\\", "/")
+    if any(part in (".", "..") for part in decoded.split("/")):
+        return None
+    return quote(rest, safe=_PATH_SAFE), quote(raw_query, safe=_PATH_SAFE + "?")
+
+
+def _answer_started(request: web.Request) -> bool:
+    """True once bytes of an answer went out on this request's connection."""
+    writer = getattr(request, "writer", None)
+    return bool(getattr(writer, "output_size", 0))

@@ -118,7 +118,13 @@ class BodyWriter:
         self._file: BinaryIO | None = open(self.tmp_path, "xb")  # noqa: SIM115 - closed in commit/abort
         self.size = 0
         self.too_large = False
+        self.failed: OSError | None = None  # the disk refused a write: not stored
         self._done = False
+
+    @property
+    def storing(self) -> bool:
+        """False once the body can no longer be stored (too large, disk refused, done)."""
+        return not (self.too_large or self.failed is not None or self._done)
 
     def write(self, chunk: bytes) -> None:
         """Append a chunk (buffered, no fsync).  Past the size limit the body is
@@ -132,8 +138,16 @@ class BodyWriter:
             self.too_large = True
             self._discard()
             return
+        if self.failed is not None:
+            return
         assert self._file is not None
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            # Disk full or a failing SD card: this body is not stored, but the villager
+            # still gets the whole answer (the caller streams it on).
+            self.failed = exc
+            self._discard()
 
     def _discard(self) -> None:
         if self._file is not None:
@@ -147,7 +161,7 @@ class BodyWriter:
         if self._done:
             raise StoreError("cache body writer committed twice; start a new one with begin()")
         self._done = True
-        if self.too_large or self._file is None:
+        if self.too_large or self.failed is not None or self._file is None:
             self._discard()
             return None
         try:

@@ -83,6 +83,9 @@ DNS_RATE_BEFORE_LOGIN = 20  # queries per second per client before login ...
 DNS_BURST_BEFORE_LOGIN = 60  # ... after a burst of this many (a phone's first seconds)
 TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
 REDIRECTED_PORT = 80  # unauthorized clients' TCP to this port goes to the portal
+# Socket mark (SO_MARK) the government-services proxy puts on a villager's connection
+# when the answer carries bytes fetched from the uplink ("MS": metered service).
+METERED_MARK = 0x4D53
 
 MacIp = tuple[str, str]
 
@@ -255,7 +258,7 @@ def plan_ruleset(
     type filter hook output priority filter; policy accept;
     oifname {lan} meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type nd-router-advert drop
 {_classify_output(cfg)}  }}
-"""
+{_classify_metered(cfg)}"""
     script = (
         f"table {FAMILY} {TABLE} {{}}\n"
         f"delete table {FAMILY} {TABLE}\n"
@@ -338,6 +341,35 @@ def _classify_output(cfg: Config) -> str:
     wan = _quote(cfg.network.wan_interface)
     local = classid_text(LOCAL_MINOR)
     return f"    oifname {{ {lan}, {wan} }} meta priority set {local}\n"
+
+
+def _classify_metered(cfg: Config) -> str:
+    """Answers of the government-services proxy that carry uplink bytes (misses,
+    pass-through, form answers) are shaped like the client's forwarded traffic.
+
+    The proxy marks such a villager's socket with METERED_MARK (gateway/cache/
+    shapemark.py). This chain runs after ``filter_output`` (higher priority number)
+    and overrides its "local" class: unauthorized by default, the trusted class for a
+    trusted MAC's connection (marked on input, as in the forward chain), the client's
+    own class by address. Cache hits stay "local": they never cross the uplink.
+    """
+    if not cfg.shaping.enabled:
+        return ""
+    lan = _quote(cfg.network.lan_interface)
+    trusted = classid_text(TRUSTED_MINOR)
+    unauthorized = classid_text(UNAUTHORIZED_MINOR)
+    mark = f"{METERED_MARK:#x}"
+    return f"""  chain metered_input {{
+    type filter hook input priority filter + 10; policy accept;
+    iifname {lan} ether saddr @trusted_mac ct mark set {TRUSTED_CT_MARK:#x}
+  }}
+  chain metered_output {{
+    type filter hook output priority filter + 10; policy accept;
+    oifname {lan} meta mark {mark} meta priority set {unauthorized}
+    oifname {lan} meta mark {mark} ct mark {TRUSTED_CT_MARK:#x} meta priority set {trusted}
+    oifname {lan} meta mark {mark} meta priority set ip daddr map @client_class
+  }}
+"""
 
 
 def _bridge_table(cfg: Config) -> str:

@@ -15,6 +15,8 @@ returns the counters as JSON.
 - ``/form``        POST with an Idempotency-Key; a repeated key gets the first answer
 - ``/formulir``    GET: an HTML page with a POST form (max-age=60, ETag), linked from
                    ``/`` so the gateway's prefetch finds it; POST: as ``/form``
+- ``/_lab/targets``  the last 200 request lines received (method and raw target, still
+                   %-encoded): what exactly reached the origin (tests of path handling)
 - ``/_lab/submissions``  what ``/form`` and ``/formulir`` received, per key (with the
                    body's length and sha256; the body itself when it is short)
 """
@@ -34,6 +36,7 @@ _COUNTS: Counter[str] = Counter()
 _SUBMISSIONS: dict[str, dict[str, object]] = {}
 _STARTED = formatdate(usegmt=True)
 _CHUNK = bytes(range(256)) * 256  # 64 KiB
+_TARGETS: list[str] = []  # "METHOD raw-target", newest last
 
 
 def _page(title: str, body: str, extra: str = "") -> str:
@@ -62,6 +65,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
     _COUNTS[path] += 1
     _COUNTS[f"{request.method} {path}"] += 1  # e.g. "GET /": tells a refetch from a probe
+    if path != "/_lab/targets":
+        _TARGETS.append(f"{request.method} {request.raw_path}")
+        del _TARGETS[:-200]
     if path == "/":
         text = _page("Dukcapil (lab)", "Layanan data kependudukan desa.",
                      '<p><a href="formulir">Formulir permohonan</a></p>')
@@ -95,6 +101,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _form(request)
     if path == "/_lab/submissions":
         return web.json_response(_SUBMISSIONS)
+    if path == "/_lab/targets":
+        return web.json_response(_TARGETS)
     if path == "/_lab/stats":
         return web.json_response(dict(_COUNTS))
     return web.Response(status=404, text=f"no such page: {path}\n")
