@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 
+from gateway.daemon.logflood import FloodFilter
+
 # syslog priorities: err 3, warning 4, info 6, debug 7
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
              logging.DEBUG: 7}
@@ -35,4 +37,5 @@ def log_formatter(environ: dict[str, str] | None = None) -> logging.Formatter:
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(log_formatter())
+    handler.addFilter(FloodFilter())  # portalsec: what clients can cause cannot flood the card
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])

@@ -144,6 +144,8 @@ def plan_ruleset(
             _set("garden6", "ipv6_addr", "interval", elems=garden6),
             _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns4),
             _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_DNS_TIMEOUT}s;", dns6),
+            # portalsec: per-address connection counts to the portal ports (ct count)
+            _set("portal_conns4", "ipv4_addr", "dynamic", "size 65535;"),
         ]
     )
     if cfg.shaping.enabled:
@@ -189,6 +191,7 @@ def plan_ruleset(
     ct state established,related accept
     udp dport 67 accept
     meta l4proto {{ tcp, udp }} th dport 53 accept
+    {_portal_conn_limit(cfg, ports)}
     tcp dport {ports} accept
     icmp type echo-request limit rate 20/second accept
     meta l4proto tcp reject with tcp reset
@@ -229,6 +232,16 @@ def plan_ruleset(
         f"table {FAMILY} {TABLE} {{\n{sets}{chains}}}\n"
     )
     return script + _bridge_table(cfg)
+
+
+def _portal_conn_limit(cfg: Config, ports: str) -> str:
+    """One LAN address may hold at most ``portal.max_connections_per_client`` open TCP
+    connections to the portal's ports (http, redirect, https; the local services share
+    the http port); more are reset before the daemon accepts them. Established ones
+    were accepted above, so only a connection's first packet is counted here."""
+    limit = cfg.portal.max_connections_per_client
+    return (f"tcp dport {ports} ct state new add @portal_conns4 "
+            f"{{ ip saddr ct count over {limit} }} reject with tcp reset")
 
 
 def client_class_text(cfg: Config, ip: str) -> str:

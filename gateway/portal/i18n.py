@@ -115,6 +115,15 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "offline_notice": "Internet desa sedang terputus. Layanan desa tetap bisa dipakai.",
         "connected_offline": "Anda terhubung ke hotspot desa, tetapi internet desa sedang "
                              "terputus.",
+        # portalsec
+        "form_expired": (
+            "Formulir ini sudah kedaluwarsa atau tidak dikirim dari halaman portal Anda. "
+            "Silakan tekan tombolnya sekali lagi."
+        ),
+        "rate_limited_village": (
+            "Terlalu banyak kode voucher salah dicoba di jaringan desa dalam satu menit "
+            "terakhir. Coba lagi dalam {seconds} detik, atau minta bantuan petugas."
+        ),
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -204,6 +213,15 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "offline_notice": "The village internet is down. The village services still work.",
         "connected_offline": "You are connected to the village hotspot, but the village "
                              "internet is down.",
+        # portalsec
+        "form_expired": (
+            "This form has expired or was not sent from your portal page. "
+            "Please press its button once more."
+        ),
+        "rate_limited_village": (
+            "Too many wrong voucher codes were tried on the village network in the last "
+            "minute. Try again in {seconds} seconds, or ask the staff for help."
+        ),
     },
 }
 

@@ -115,8 +115,22 @@ async def get(client: TestClient[Any, Any], path: str, **kw: Any) -> ClientRespo
     return await client.get(path, headers=headers, allow_redirects=False, **kw)
 
 
+TOKEN = re.compile(r'name="csrf" value="([0-9a-f]*)"')
+
+
+async def form_token(client: TestClient[Any, Any]) -> str:
+    """The form token of this client's portal page, as a browser would post it."""
+    page = await get(client, "/")
+    found = TOKEN.search(await page.text())
+    assert found, "the portal page has no form token"
+    return found.group(1)
+
+
 async def post(client: TestClient[Any, Any], path: str, data: Any, **kw: Any) -> ClientResponse:
+    """A form post; to /login and /logout with this client's form token unless data has one."""
     headers = {**PORTAL, **kw.pop("headers", {})}
+    if path in ("/login", "/logout") and isinstance(data, dict) and "csrf" not in data:
+        data = {**data, "csrf": await form_token(client)}
     return await client.post(path, data=data, headers=headers, allow_redirects=False, **kw)
 
 
