@@ -51,6 +51,7 @@ class FloodFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         noisy = _noisy(record.name)
+        template = str(record.msg)  # before the arguments are put in: one key per message
         if noisy and record.exc_info:
             exc = record.exc_info[1]
             record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
@@ -59,12 +60,9 @@ class FloodFilter(logging.Filter):
             record.exc_text = None
         if not noisy and record.levelno < logging.WARNING:
             return True
-        return self._allow(record, noisy)
+        return self._allow(record, template)
 
-    def _allow(self, record: logging.LogRecord, noisy: bool) -> bool:
-        template = str(record.msg)
-        if noisy:  # the exception text made the template unique: count by its start
-            template = template.split(":", 1)[0]
+    def _allow(self, record: logging.LogRecord, template: str) -> bool:
         key = (record.name, template, record.levelno)
         now = self._clock()
         state = self._seen.get(key)

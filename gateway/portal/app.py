@@ -188,9 +188,11 @@ class Portal:
         self.backend = backend
         self.limiter = limiter
         # wrong voucher codes across every client (see the module docstring)
-        self.village = village or RateLimiter(
-            limit=self.cfg.portal.voucher_failures_per_minute, window=60.0, max_keys=1)
-        self.tokens = tokens or FormTokens()
+        if village is None:  # (a RateLimiter has a len(): no "or" here)
+            village = RateLimiter(limit=self.cfg.portal.voucher_failures_per_minute,
+                                  window=60.0, max_keys=1)
+        self.village = village
+        self.tokens = FormTokens() if tokens is None else tokens
         self._hosts: tuple[Config | None, frozenset[str]] = (None, frozenset())
         self.local_hosts: LocalHosts = {}
         # uplink: is the village uplink known to be down? (the daemon's UplinkService)
@@ -560,8 +562,8 @@ class Portal:
                         request.remote, exc)
             lang = self.language(request)
             return self.message(lang, 400, "title_error", translator(lang)("bad_request"))
-        except web.HTTPException:
-            raise
+        except (web.HTTPException, ConnectionError):
+            raise  # a client that went away (or a body cut for stalling) is no failure of ours
         except Exception:
             # A backend failure (store, firewall): say so kindly, keep the traceback.
             log.exception("portal request %s %s failed", request.method, request.path)

@@ -29,12 +29,8 @@ MIN_BODY_BYTES = 1024  # ... and how much more of it must have come in meanwhile
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class BodyTooSlow(web.HTTPRequestTimeout):
-    """The body stalled: the read fails with this (a 408, never a 500 or a traceback)."""
-
-    def __init__(self) -> None:
-        super().__init__(text="408: the request body came too slowly\n",
-                         headers={"Connection": "close"})
+class BodyTooSlow(ConnectionError):
+    """The body stalled: the handler's read fails with this; the answer is a 408."""
 
 
 class _Watch:
@@ -72,16 +68,20 @@ def make_body_deadline(every: float = BODY_CHECK, least: int = MIN_BODY_BYTES) -
             return await handler(request)
         watch = _Watch(request, every, least)
         try:
-            return await handler(request)
+            answer = await handler(request)
         except Exception:
             if not watch.cut:
                 raise
+        else:
+            if not watch.cut:
+                return answer
         finally:
             watch.cancel()
         # Whatever the handler made of the failed read, the answer is a 408, sent now,
         # and the connection closes at once: aiohttp would otherwise linger to read the
         # rest of the body.
-        response = BodyTooSlow()
+        response = web.Response(status=408, text="408: the request body came too slowly\n")
+        response.force_close()
         await response.prepare(request)
         await response.write_eof()
         request.protocol.force_close()
