@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     form_token,
     has_internet,
     http,
+    in_namespace,
     login_terms,
     portal_post,
     require_root,
@@ -124,6 +125,9 @@ def test_one_client_cannot_hold_more_than_its_share_of_slow_connections(lab: Lab
         # the header timeout cuts the slow ones (they never finish their headers)
         wait_until(lambda: agent.get("cut") >= PER_CLIENT, 30, "slow headers cut by the daemon")
         assert 0 < agent.get("max_open") <= PER_CLIENT, agent.last
+        # the firewall counts c1's connections (the refusals are its resets, not timeouts)
+        counted = in_namespace(lab.gw, "nft", "list", "set", "inet", "desanet", "portal_conns4")
+        assert lab.client(1).ipv4 and lab.client(1).ipv4 in counted, counted
         # positive control: while c1 keeps attacking, another client and the CLI are served
         assert portal_loads(c2)
         assert status_answers(lab)
