@@ -121,13 +121,28 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return status, b"\r\nconnection: close" in low, body
 
 
+def _form_token(target: str, port: int, host: str) -> str:
+    """This client's form token from the portal page (login and logout posts need it)."""
+    import http.client
+    import re
+    c = http.client.HTTPConnection(target, port, timeout=10)
+    c.request("GET", "/", headers={"Host": host})
+    found = re.search(rb'name="csrf" value="([0-9a-f]*)"', c.getresponse().read())
+    c.close()
+    return found.group(1).decode() if found else ""
+
+
 def agent_load(args: argparse.Namespace) -> int:
     """``--conns`` connections, each request after the last answer, for ``--seconds``."""
     body = args.body or ""
+    token = ""
+    if args.method == "POST" and (args.path in ("/login", "/logout") or args.then_path):
+        token = "csrf=" + _form_token(args.target, args.port, args.host)
+        body = f"{body}&{token}" if body else token
     request = _request(args.method, args.path, args.host, body)
     # --then-path: a second request after each timed one (not timed): a logout after each login,
     # so that every login is a real one (a client with a session is only redirected).
-    then = _request("POST", args.then_path, args.host, "") if args.then_path else b""
+    then = _request("POST", args.then_path, args.host, token) if args.then_path else b""
     lat: list[int] = []
     status: dict[str, int] = {}
     errors: list[str] = []

@@ -144,6 +144,16 @@ def _post(target: str, path: str, body: str) -> tuple[int, int, str]:
         conn.close()
 
 
+def _form_token(target: str) -> str:
+    conn = http.client.HTTPConnection(target, 80, timeout=AGENT_TIMEOUT)
+    try:
+        conn.request("GET", "/", headers={"Host": PORTAL_HOST})
+        found = re.search(rb'name="csrf" value="([0-9a-f]*)"', conn.getresponse().read())
+    finally:
+        conn.close()
+    return found.group(1).decode() if found else ""
+
+
 def agent_login(args: argparse.Namespace) -> int:
     """For every "go N" line on stdin: N terms logins + logouts; one JSON line per go."""
     print(json.dumps({"ready": True}), flush=True)
@@ -152,9 +162,10 @@ def agent_login(args: argparse.Namespace) -> int:
         if not parts or parts[0] != "go":
             continue
         out: dict[str, Any] = {"login": [], "logout": [], "failures": [], "t0": time.monotonic_ns()}
+        token = "csrf=" + _form_token(args.target)  # the forms' token, bound to this client
         for _ in range(int(parts[1])):
-            for name, path, body in (("login", "/login", "action=terms&lang=en&url="),
-                                     ("logout", "/logout", "")):
+            for name, path, body in (("login", "/login", f"action=terms&lang=en&url=&{token}"),
+                                     ("logout", "/logout", token)):
                 lat, status, err = _post(args.target, path, body)
                 out[name].append(lat)
                 if status != 303 or err:

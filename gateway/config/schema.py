@@ -326,6 +326,18 @@ class Portal(_Section):
         None, examples=["/etc/desanet/tls/portal.crt"])
     tls_key: AbsolutePath | None = Field(None, examples=["/etc/desanet/tls/portal.key"])
     https_port: Port = Field(443, examples=[443])
+    # portalsec (Step 6): what one client, and all of them, may cost the portal.
+    # Wrong voucher codes per minute across every client (rotating MACs multiplies
+    # the per-client budget); a right code does not count.
+    voucher_failures_per_minute: int = Field(30, ge=1, le=10000, examples=[30])
+    # Open TCP connections one LAN address may hold to the portal ports (nftables ct count).
+    max_connections_per_client: int = Field(64, ge=4, le=10000, examples=[64])
+    # Open connections the portal serves at once (more are closed at accept), also
+    # bounded by the daemon's file-handle limit minus a reserve for the control socket.
+    max_connections: int = Field(4000, ge=16, le=100000, examples=[4000])
+    # A request's headers must arrive within this time of the connection (or of the
+    # previous answer); a body must keep arriving at >= 1 KiB per 10 s.
+    header_timeout: Duration = Field(15, ge=1, le=300, examples=["15s"])
 
     @property
     def https(self) -> bool:

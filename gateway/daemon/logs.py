@@ -13,29 +13,25 @@ the journal readable when something outside misbehaves:
 * :class:`MalformedRequestFilter`: a client that sends a broken HTTP request
   to the portal or the control API is one debug line (``desanet.http``), not
   an error with a traceback per request from aiohttp's server logger.
-* :class:`RepeatFilter`: the same warning or error line from the same logger
-  is written once per window; the copies are counted and a line
-  ``suppressed K similar messages ...`` follows when the window is over (at
-  the next line logged, as a filter has no timer of its own).
+* :class:`~gateway.daemon.logflood.FloodFilter` on the handler: warnings and
+  errors are limited per logger and message template (so lines that differ
+  only by a client's address count as one), library tracebacks become one
+  line, and the next line written says how many were left out.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp.http_exceptions import HttpProcessingError
+
+from gateway.daemon.logflood import FloodFilter
 
 # syslog priorities: err 3, warning 4, info 6, debug 7
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
              logging.DEBUG: 7}
 
-REPEAT_WINDOW = 60.0  # seconds an identical warning/error line stays quiet
-MAX_TRACKED = 1000  # distinct lines tracked at once; beyond, lines pass unfiltered
 
 
 class JournalFormatter(logging.Formatter):
@@ -85,74 +81,10 @@ class MalformedRequestFilter(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
-@dataclass
-class _Seen:
-    since: float  # when the first line of this window was written
-    where: tuple[str, int]  # its pathname and line, for the summary
-    suppressed: int = 0
-
-
-class RepeatFilter(logging.Filter):
-    """Write an identical warning/error (same logger, level and text) once per window.
-
-    ``sink`` receives the summary records (``suppressed K similar messages``);
-    :func:`setup_logging` passes the handler's ``handle``. ``clock`` is
-    monotonic seconds (a fake one in tests).
-    """
-
-    def __init__(self, sink: Callable[[logging.LogRecord], object],
-                 window: float = REPEAT_WINDOW, clock: Callable[[], float] = time.monotonic,
-                 level: int = logging.WARNING) -> None:
-        super().__init__()
-        self._sink = sink
-        self.window = window
-        self._clock = clock
-        self._level = level
-        self._seen: dict[tuple[str, int, str], _Seen] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "desanet_summary", False):
-            return True
-        now = self._clock()
-        self.flush(now)
-        if record.levelno < self._level:
-            return True
-        key = (record.name, record.levelno, record.getMessage())
-        seen = self._seen.get(key)
-        if seen is not None:
-            seen.suppressed += 1
-            return False
-        if len(self._seen) < MAX_TRACKED:
-            # Not the record itself: it may hold a traceback and its frames.
-            self._seen[key] = _Seen(now, (record.pathname, record.lineno))
-        return True
-
-    def flush(self, now: float | None = None) -> None:
-        """Close the windows that are over (all of them with ``now`` None: at exit)."""
-        at = self._clock() if now is None else now
-        over = [key for key, seen in self._seen.items()
-                if now is None or now - seen.since >= self.window]
-        for key in over:
-            seen = self._seen.pop(key)
-            if seen.suppressed:
-                self._sink(self._summary(key, seen, min(at - seen.since, self.window)))
-
-    @staticmethod
-    def _summary(key: tuple[str, int, str], seen: _Seen, span: float) -> logging.LogRecord:
-        name, level, text = key
-        record = logging.LogRecord(name, level, *seen.where,
-                                   "suppressed %d similar message(s) in %ds: %s",
-                                   (seen.suppressed, round(span), text), None)
-        record.desanet_summary = True
-        return record
-
-
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(log_formatter())
-    repeats = RepeatFilter(handler.handle)
-    handler.addFilter(repeats)
-    atexit.register(repeats.flush)  # counts still open at exit are written too
+    handler.addFilter(FloodFilter())  # what clients can cause cannot flood the SD card
     malformed = MalformedRequestFilter()
     for name in REQUEST_LOGGERS:
         logging.getLogger(name).addFilter(malformed)

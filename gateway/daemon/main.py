@@ -41,7 +41,7 @@ from gateway.core.sessions import SessionService
 from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import systemd
-from gateway.daemon.servers import DaemonServers
+from gateway.daemon.servers import DaemonServers, raise_file_limit
 from gateway.errors import ConfigError, DesanetError
 from gateway.firewall.adapter import Firewall, KernelFirewall
 from gateway.kernel import DatabaseWorker, KernelWorker
@@ -124,6 +124,8 @@ class Daemon:
         sessions = SessionService(holder.get, store, firewall, shaping, neighbours, clock, bus)
         vouchers = VoucherService(holder.get, store, sessions, clock, bus)
         servers = DaemonServers(holder.get, sessions, state_dir)
+        # portalsec: room for the portal's connections under its cap, and a reserve beside it
+        servers.file_limit = raise_file_limit()
         reconciler = Reconciler(holder, sessions, shaping, firewall, dns, servers, clock)
         config = ConfigService(holder, reconciler, bus, clock, state_dir, self.config_path, text)
         config.check_network = servers.check_network

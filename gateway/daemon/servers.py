@@ -6,6 +6,16 @@ start or stop the government-services site when it is switched on or off.
 The portal app reads the running config per request, so any other change
 reaches villagers without dropping their connections or resetting the
 voucher rate limiter (one limiter lives here for the daemon's lifetime).
+
+Slow or many connections (portalsec, Step 6): the portal's server closes a
+connection whose request headers have not all come within
+``portal.header_timeout`` (aiohttp's keep-alive timer, which runs from the
+connect), a stalled body is cut (:mod:`gateway.portal.guard`), nftables caps
+each client's open connections (``portal.max_connections_per_client``), and
+:class:`CappedRunner` closes new portal connections at accept above
+``portal.max_connections`` — which is itself kept under half of the file-handle
+limit less a reserve (a portal connection may open an upstream one), so the
+control socket, the store and dnsmasq's pipes always find a handle.
 """
 
 from __future__ import annotations
@@ -14,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import ssl
 import stat
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,12 +40,117 @@ from gateway.core.reconcile import local_site_settings, portal_listen
 from gateway.errors import ServiceError
 from gateway.portal.app import Handler, create_portal_app
 from gateway.portal.backend import PortalBackend
+from gateway.portal.csrf import FormTokens
 from gateway.portal.ratelimit import RateLimiter
 from gateway.portal.tls import TlsError, server_context, tls_problems, warnings_for
 
 log = logging.getLogger("desanet.servers")
 
 PORTAL_BACKLOG = 1024  # pending connections per portal port (somaxconn is 4096)
+FILE_LIMIT = 65536  # RLIMIT_NOFILE the daemon raises its soft limit to (within the hard one)
+FILE_RESERVE = 512  # handles never given to portal connections: control socket, store, dnsmasq
+LINGER = 2.0  # seconds aiohttp reads the unread rest of a body before closing
+
+
+def raise_file_limit(target: int = FILE_LIMIT) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``target`` (never above the hard limit,
+    never lower); return the soft limit in force. Does not block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, want, exc)
+    return soft
+
+
+def connection_cap(cfg: Config, soft_limit: int | None = None) -> int:
+    """Portal connections served at once: the config's cap, kept under half of what
+    the file-handle limit leaves after the reserve (each may proxy one upstream)."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit == resource.RLIM_INFINITY:
+        return cfg.portal.max_connections
+    return max(16, min(cfg.portal.max_connections, (soft_limit - FILE_RESERVE) // 2))
+
+
+class _Counted(asyncio.Protocol):
+    """Passes everything to aiohttp's handler; leaves the live set when the connection ends."""
+
+    def __init__(self, inner: asyncio.Protocol, live: weakref.WeakSet[_Counted]) -> None:
+        self.inner = inner
+        self.live = live
+        live.add(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.live.discard(self)
+        self.inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()  # a reset at once: the handle is free again before the next accept
+
+
+class CappedFactory:
+    """The protocol factory the portal's sites listen with: aiohttp's server while
+    fewer than ``cap()`` connections are open (a weak set, so a connection whose TLS
+    handshake failed never stays counted), else a protocol that resets the connection."""
+
+    def __init__(self, server: web.Server, cap: Callable[[], int]) -> None:
+        self.server = server
+        self.cap = cap
+        self.live: weakref.WeakSet[_Counted] = weakref.WeakSet()
+        self.refused = 0
+
+    @property
+    def open(self) -> int:
+        return len(self.live)
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.live) >= self.cap():
+            self.refused += 1
+            log.warning("portal connection refused: %d open, the cap (portal.max_connections "
+                        "and the open-files limit) is %d", len(self.live), self.cap())
+            return _Refused()
+        return _Counted(self.server(), self.live)
+
+
+class CappedRunner(web.AppRunner):
+    """An AppRunner whose sites accept through one :class:`CappedFactory`."""
+
+    def __init__(self, app: web.Application, cap: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._cap = cap
+        self.factory: CappedFactory | None = None
+
+    @property
+    def server(self) -> web.Server | None:
+        inner = super().server
+        if inner is None:
+            return None
+        if self.factory is None or self.factory.server is not inner:
+            self.factory = CappedFactory(inner, self._cap)
+        # Sites only call it to create connections: the wrapper stands in for the Server.
+        return self.factory  # type: ignore[return-value]
 
 
 def enable_ipv4_forwarding() -> None:
@@ -54,6 +171,9 @@ class DaemonServers:
         self._portal: web.AppRunner | None = None
         self._control: web.AppRunner | None = None
         self._limiter: RateLimiter | None = None
+        self._village: RateLimiter | None = None
+        self._tokens = FormTokens()  # one secret per daemon run: pages keep working on reload
+        self.file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # set by the daemon
         self.uplink_down: Callable[[], bool] = lambda: False  # set by the daemon (uplink)
 
     # -- ServersPort --------------------------------------------------------------------
@@ -105,7 +225,11 @@ class DaemonServers:
         await self.stop_portal()
         if self._limiter is None:
             self._limiter = RateLimiter(limit=cfg.portal.voucher_attempts_per_minute, window=60.0)
+        if self._village is None:
+            self._village = RateLimiter(limit=cfg.portal.voucher_failures_per_minute,
+                                        window=60.0, max_keys=1)
         app = create_portal_app(self._config, self._backend, limiter=self._limiter,
+                                village=self._village, tokens=self._tokens,
                                 local_hosts=self.local_hosts,
                                 uplink_down=lambda: self.uplink_down())
         try:
@@ -117,7 +241,10 @@ class DaemonServers:
             # missing since it last ran must not lock the village out of the http portal.
             log.error("%s; serving the portal over http only", exc)
             ssl_context = None
-        runner = web.AppRunner(app, access_log=None)
+        # keepalive_timeout also bounds the wait for a request's headers (see the docstring).
+        runner = CappedRunner(app, lambda: connection_cap(self._config(), self.file_limit),
+                              access_log=None, keepalive_timeout=float(cfg.portal.header_timeout),
+                              lingering_time=LINGER)
         await runner.setup()
         listeners: list[tuple[int, ssl.SSLContext | None]] = [
             (cfg.portal.http_port, None), (cfg.portal.redirect_port, None)]
@@ -161,6 +288,8 @@ class DaemonServers:
         """Settings the portal reads from objects it keeps (applied without restarts)."""
         if self._limiter is not None:
             self._limiter.limit = cfg.portal.voucher_attempts_per_minute
+        if self._village is not None:
+            self._village.limit = cfg.portal.voucher_failures_per_minute
 
     def local_hosts(self) -> Mapping[str, Handler]:
         local = self.local

@@ -170,6 +170,8 @@ def plan_ruleset(
             _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns4),
             _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns6),
             _set("dns_meter4", "ipv4_addr", "dynamic,timeout", "timeout 60s; size 65535;"),
+            # portalsec: per-address connection counts to the portal ports (ct count)
+            _set("portal_conns4", "ipv4_addr", "dynamic", "size 65535;"),
         ]
     )
     if cfg.shaping.enabled:
@@ -225,6 +227,7 @@ def plan_ruleset(
     {dns_guard}ct state established,related accept
     udp dport 67 accept
     meta l4proto {{ tcp, udp }} th dport {{ 53, {PRELOGIN_DNS_PORT} }} accept
+    {_portal_conn_limit(cfg, ports)}
     tcp dport {ports} accept
     icmp type echo-request limit rate 20/second accept
     meta l4proto tcp reject with tcp reset
@@ -302,6 +305,16 @@ def plan_garden(elements: Mapping[str, int]) -> str:
 def garden_timeout(ttl: int) -> int:
     """Seconds a walled-garden address stays open for a DNS TTL (pure)."""
     return max(GARDEN_TTL_FLOOR, min(GARDEN_TTL_CAP, int(ttl)))
+
+
+def _portal_conn_limit(cfg: Config, ports: str) -> str:
+    """One LAN address may hold at most ``portal.max_connections_per_client`` open TCP
+    connections to the portal's ports (http, redirect, https; the local services share
+    the http port); more are reset before the daemon accepts them. Established ones
+    were accepted above, so only a connection's first packet is counted here."""
+    limit = cfg.portal.max_connections_per_client
+    return (f"tcp dport {ports} ct state new add @portal_conns4 "
+            f"{{ ip saddr ct count over {limit} }} reject with tcp reset")
 
 
 def client_class_text(cfg: Config, ip: str) -> str:

@@ -13,10 +13,22 @@ header, not by the port:
   the RFC 8908 captive-portal API.
 
 Who the client is comes from ``backend.identify(request.remote)``; the
-backend owns sessions, vouchers and the firewall. The app owns only the
-voucher rate limiter. Every voucher attempt counts against the limit, good
-or bad (simpler, and it bounds backend work too); the limit is checked
-before the backend sees the code.
+backend owns sessions, vouchers and the firewall. The app owns the voucher
+rate limiters and the form tokens. Two limits are checked before the backend
+sees a code: the client's (every attempt counts, good or bad: simpler, and it
+bounds backend work too) and the village's, which counts wrong codes only
+(``portal.voucher_failures_per_minute``): every check takes a place in it and
+a right code gives the place back. So an attacker rotating MACs gets no more
+guesses than the village budget, while a bus of villagers typing right codes
+never trips it. While wrong codes have spent it, every check waits (429 with
+Retry-After) until the oldest one is a minute old: no code is looked at then,
+or the guessing would simply go on; the wait ends by itself at most a minute
+after the guessing stops, and terms logins and staff (``desanet clients auth``)
+are not affected.
+
+Login and logout forms carry a token bound to the client (:mod:`csrf`): a
+post without a valid one, whatever its Origin says, gets the form again (403).
+The RFC 8908 API takes no posts and needs none.
 
 Pages use no JavaScript, inline their CSS, and every value is escaped by
 Jinja2 autoescaping. All responses carry ``Cache-Control: no-store`` and a
@@ -35,6 +47,9 @@ from aiohttp import hdrs, web
 from gateway.config.schema import Config
 from gateway.errors import VoucherError
 from gateway.portal.backend import ClientView, PortalBackend, PortalDenied
+from gateway.portal.csrf import FIELD as TOKEN_FIELD
+from gateway.portal.csrf import FormTokens
+from gateway.portal.guard import body_deadline
 from gateway.portal.i18n import (
     LANGUAGE_NAMES,
     denied_message_key,
@@ -46,15 +61,25 @@ from gateway.portal.i18n import (
 )
 from gateway.portal.ratelimit import RateLimiter
 from gateway.portal.templating import render
+from gateway.portal.urls import (
+    MAX_URL,
+    _continue_url,
+    _home,
+    _query_voucher,
+    _url_label,
+    host_without_port,
+    redirect,
+    safe_url,
+)
 from gateway.portal.vouchers import normalize_code
 
 log = logging.getLogger("desanet.portal")
 
 MAX_BODY = 16 * 1024
-MAX_URL = 2048
 LANG_COOKIE = "lang"
 # Seconds between reloads of the "menyambungkan" page (see logged_in_foreign_page).
 RECONNECT_RETRY = 5
+VILLAGE = "village"  # the village-wide voucher budget's key
 LOGGED_OUT = "keluar"  # ?keluar=1: the login page after a logout says "Anda sudah keluar"
 LANG_COOKIE_AGE = 365 * 24 * 3600
 CAPTIVE_JSON = "application/captive+json"
@@ -66,83 +91,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-# OS connectivity probes: after login there is no point offering to
-# "continue" to them, the OS re-probes by itself.
-PROBE_HOSTS = frozenset({
-    "connectivitycheck.gstatic.com", "connectivitycheck.android.com", "clients3.google.com",
-    "captive.apple.com", "www.msftconnecttest.com", "www.msftncsi.com",
-    "detectportal.firefox.com", "nmcheck.gnome.org",
-})
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LocalHosts = Mapping[str, Handler] | Callable[[], Mapping[str, Handler]]
-
-
-def host_without_port(host: str) -> str:
-    """Lower-case host name of a Host header value, port and trailing dot removed."""
-    value = host.strip().lower()
-    if value.startswith("["):  # [IPv6]:port
-        end = value.find("]")
-        return value[1:end] if end > 0 else value
-    if value.count(":") == 1:
-        value = value.split(":", 1)[0]
-    return value.rstrip(".")
-
-
-def safe_url(value: str | None) -> str | None:
-    """``value`` when it is an absolute http(s) URL fit to link to, else None.
-
-    Refuses javascript:, data:, scheme-relative and backslash tricks, and
-    anything with spaces or control characters.
-    """
-    if not value or len(value) > MAX_URL:
-        return None
-    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in value):
-        return None
-    try:
-        parts = urlsplit(value)
-        hostname = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not hostname:
-        return None
-    return value
-
-
-def _continue_url(value: str | None) -> str | None:
-    url = safe_url(value)
-    if url is None or (urlsplit(url).hostname or "") in PROBE_HOSTS:
-        return None
-    return url
-
-
-def _query_voucher(value: str | None) -> str:
-    """The code of a ``?voucher=`` link in canonical form, or "" for anything that is
-    not a well-formed code (never echoed back as typed)."""
-    try:
-        return normalize_code(value) if value else ""
-    except VoucherError:
-        return ""
-
-
-def _url_label(url: str | None) -> str | None:
-    """The host of ``url`` (what a villager recognises), for the "continue" button."""
-    if url is None:
-        return None
-    host = urlsplit(url).hostname
-    return host or url
-
-
-def _home(url: str | None, **extra: str) -> str:
-    params = dict(extra)
-    if url:
-        params["url"] = url
-    return "/?" + urlencode(params) if params else "/"
-
-
-def redirect(status: int, location: str) -> web.Response:
-    """A redirect whose Location is sent exactly as built (already URL-encoded)."""
-    return web.Response(status=status, headers={hdrs.LOCATION: location})
 
 
 def _form_text(form: Mapping[str, object], name: str) -> str:
@@ -150,16 +100,35 @@ def _form_text(form: Mapping[str, object], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+class BadForm(Exception):
+    """A form body that cannot be parsed (a multipart body without boundary or field name)."""
+
+
+async def read_form(request: web.Request) -> Mapping[str, object]:
+    """The posted form; BadForm for a body aiohttp cannot parse (a 400, never a 500)."""
+    try:
+        return await request.post()
+    except ValueError as exc:  # aiohttp's multipart parser: missing boundary, name, ...
+        raise BadForm(str(exc)) from exc
+
+
 class Portal:
     """Request handlers; one instance per app, reachable as ``app[PORTAL_KEY]``."""
 
     def __init__(self, config: Config | Callable[[], Config], backend: PortalBackend,
-                 limiter: RateLimiter) -> None:
+                 limiter: RateLimiter, village: RateLimiter | None = None,
+                 tokens: FormTokens | None = None) -> None:
         # The config is read on every request, so a reload that changes only
         # texts or modes needs no restart of the listeners (open connections stay).
         self._config = config if callable(config) else (lambda: config)
         self.backend = backend
         self.limiter = limiter
+        # wrong voucher codes across every client (see the module docstring)
+        if village is None:  # (a RateLimiter has a len(): no "or" here)
+            village = RateLimiter(limit=self.cfg.portal.voucher_failures_per_minute,
+                                  window=60.0, max_keys=1)
+        self.village = village
+        self.tokens = FormTokens() if tokens is None else tokens
         self._hosts: tuple[Config | None, frozenset[str]] = (None, frozenset())
         self.local_hosts: LocalHosts = {}
         # uplink: is the village uplink known to be down? (the daemon's UplinkService)
@@ -265,6 +234,7 @@ class Portal:
         error: str | None = None,
         voucher: str = "",
         logged_out: bool = False,
+        client: ClientView | None = None,
     ) -> web.Response:
         mode = self.cfg.portal.mode
         terms = self.cfg.portal.terms_en if lang == "en" else self.cfg.portal.terms_id
@@ -273,7 +243,7 @@ class Portal:
             status=status, url=url, error=error, terms=terms, voucher=voucher[:24],
             notice=translator(lang)("logged_out") if logged_out else None,
             allow_terms=mode in ("terms", "both"), allow_voucher=mode in ("voucher", "both"),
-            local_services_url=self.local_services_url(),
+            local_services_url=self.local_services_url(), csrf=self.token(client),
         )
 
     def local_services_url(self) -> str | None:
@@ -289,6 +259,35 @@ class Portal:
 
     async def client(self, request: web.Request) -> ClientView:
         return await self.backend.identify(request.remote or "")
+
+    def token(self, client: ClientView | None) -> str:
+        """The form token for ``client``'s pages ("" when unknown: such a post is refused)."""
+        return "" if client is None else self.tokens.issue(client.ip, client.mac)
+
+    def token_valid(self, form: Mapping[str, object], client: ClientView) -> bool:
+        return self.tokens.valid(_form_text(form, TOKEN_FIELD), client.ip, client.mac)
+
+    def refuse_token(self, request: web.Request, client: ClientView, lang: str,
+                     url: str | None) -> web.Response:
+        """403 with the form again (a fresh token): an old page after a restart, or a
+        post another site made the villager's browser send."""
+        log.warning("refused %s without a valid form token: ip=%s mac=%s origin=%r",
+                    request.path, client.ip, client.mac, request.headers.get(hdrs.ORIGIN))
+        error = translator(lang)("form_expired")
+        if self.has_session(client):
+            return self.status_page(lang, url, client, status=403, error=error)
+        return self.login_page(lang, url, status=403, error=error, client=client)
+
+    def status_page(self, lang: str, url: str | None, client: ClientView, *,
+                    status: int = 200, error: str | None = None) -> web.Response:
+        assert client.session is not None
+        remaining = client.session.remaining(self.backend.now())
+        return self.page(
+            "status.html", lang, title_key="title_status", status=status, url=safe_url(url),
+            continue_url=_continue_url(url), continue_label=_url_label(_continue_url(url)),
+            remaining=format_remaining(remaining, lang), error=error,
+            local_services_url=self.local_services_url(), csrf=self.token(client),
+        )
 
     def has_session(self, client: ClientView) -> bool:
         return client.session is not None and client.session.remaining(self.backend.now()) > 0
@@ -333,19 +332,13 @@ class Portal:
         lang = self.language(request)
         client = await self.client(request)
         if client.session is not None and self.has_session(client):
-            remaining = client.session.remaining(self.backend.now())
-            url = request.query.get("url")
-            response = self.page(
-                "status.html", lang, title_key="title_status", url=safe_url(url),
-                continue_url=_continue_url(url), continue_label=_url_label(_continue_url(url)),
-                remaining=format_remaining(remaining, lang),
-                local_services_url=self.local_services_url(),
-            )
+            response = self.status_page(lang, request.query.get("url"), client)
         else:
             # sheet: a voucher card's QR code opens /?voucher=CODE; a valid code is filled in.
             response = self.login_page(lang, safe_url(request.query.get("url")),
                                        logged_out=request.query.get(LOGGED_OUT) == "1",
-                                       voucher=_query_voucher(request.query.get("voucher")))
+                                       voucher=_query_voucher(request.query.get("voucher")),
+                                       client=client)
         if query_lang:
             response.set_cookie(
                 LANG_COOKIE, query_lang, max_age=LANG_COOKIE_AGE, path="/",
@@ -359,12 +352,14 @@ class Portal:
     async def login(self, request: web.Request) -> web.Response:
         if self.cross_origin(request):
             return self.refuse_cross_origin(request)
-        form = await request.post()
+        form = await read_form(request)
         lang = self.language(request, supported(_form_text(form, "lang")))
         url = safe_url(_form_text(form, "url"))
         action = _form_text(form, "action")
         t = translator(lang)
         client = await self.client(request)
+        if not self.token_valid(form, client):
+            return self.refuse_token(request, client, lang, url)
         if self.has_session(client):
             return redirect(303, _home(url))
         mode = self.cfg.portal.mode
@@ -394,31 +389,55 @@ class Portal:
         """Redeem a voucher; None on success, else the error page to send."""
         t = translator(lang)
         key = client.mac or client.ip
-        if not self.limiter.allow(key):
+        now = self.limiter.now()
+        if not self.limiter.allow(key, now):
             retry = max(1, self.limiter.retry_after(key))
             log.warning("voucher rate limit hit: ip=%s mac=%s retry_after=%ds",
                         client.ip, client.mac, retry)
-            response = self.login_page(
-                lang, url, status=429, error=t("rate_limited", seconds=retry), voucher=raw
-            )
-            response.headers[hdrs.RETRY_AFTER] = str(retry)
-            return response
+            return self._limited(lang, url, raw, client, t("rate_limited", seconds=retry), retry)
         try:
-            code = normalize_code(raw)
+            code = normalize_code(raw)  # a malformed code is no guess: no village place
+        except VoucherError as exc:
+            return self._wrong(lang, url, raw, client, exc.reason)
+        taken = self.village.now()
+        if not self.village.allow(VILLAGE, taken):
+            self.limiter.refund(key, now)  # no code was looked at: not this client's attempt
+            retry = max(1, self.village.retry_after(VILLAGE))
+            log.warning("village voucher limit hit (%d wrong codes a minute): ip=%s mac=%s "
+                        "retry_after=%ds", self.village.limit, client.ip, client.mac, retry)
+            return self._limited(lang, url, raw, client,
+                                 t("rate_limited_village", seconds=retry), retry)
+        try:
             await self.backend.login_voucher(client, code)
         except VoucherError as exc:
-            log.warning("voucher login failed: reason=%s ip=%s mac=%s",
-                        exc.reason, client.ip, client.mac)
-            return self.login_page(
-                lang, url, status=403, error=t(voucher_message_key(exc.reason)), voucher=raw
-            )
+            return self._wrong(lang, url, raw, client, exc.reason)
+        except BaseException:
+            # not a wrong code (the store or the kernel failed): no guess was answered
+            self.village.refund(VILLAGE, taken)
+            raise
+        self.village.refund(VILLAGE, taken)  # a right code costs the village nothing
         return None
+
+    def _wrong(self, lang: str, url: str | None, raw: str, client: ClientView,
+               reason: str) -> web.Response:
+        log.warning("voucher login failed: reason=%s ip=%s mac=%s", reason, client.ip, client.mac)
+        return self.login_page(lang, url, status=403, voucher=raw, client=client,
+                               error=translator(lang)(voucher_message_key(reason)))
+
+    def _limited(self, lang: str, url: str | None, raw: str, client: ClientView, error: str,
+                 retry: int) -> web.Response:
+        response = self.login_page(lang, url, status=429, error=error, voucher=raw, client=client)
+        response.headers[hdrs.RETRY_AFTER] = str(retry)
+        return response
 
     async def logout(self, request: web.Request) -> web.Response:
         if self.cross_origin(request):
             return self.refuse_cross_origin(request)
-        await request.post()
+        form = await read_form(request)
         client = await self.client(request)
+        if not self.token_valid(form, client):
+            lang = self.language(request, supported(_form_text(form, "lang")))
+            return self.refuse_token(request, client, lang, None)
         if client.session is not None:
             await self.backend.logout(client)
             log.info("logout: ip=%s mac=%s", client.ip, client.mac)
@@ -482,8 +501,13 @@ class Portal:
         except web.HTTPRequestEntityTooLarge:
             lang = self.language(request)
             return self.message(lang, 413, "title_error", translator(lang)("too_large"))
-        except web.HTTPException:
-            raise
+        except BadForm as exc:
+            log.warning("unreadable form in %s %s from %s: %s", request.method, request.path,
+                        request.remote, exc)
+            lang = self.language(request)
+            return self.message(lang, 400, "title_error", translator(lang)("bad_request"))
+        except (web.HTTPException, ConnectionError):
+            raise  # a client that went away (or a body cut for stalling) is no failure of ours
         except Exception:
             # A backend failure (store, firewall): say so kindly, keep the traceback.
             log.exception("portal request %s %s failed", request.method, request.path)
@@ -507,6 +531,8 @@ def create_portal_app(
     backend: PortalBackend,
     *,
     limiter: RateLimiter | None = None,
+    village: RateLimiter | None = None,
+    tokens: FormTokens | None = None,
     local_hosts: Mapping[str, Handler] | Callable[[], Mapping[str, Handler]] | None = None,
     uplink_down: Callable[[], bool] | None = None,
 ) -> web.Application:
@@ -520,7 +546,7 @@ def create_portal_app(
     current = cfg() if callable(cfg) else cfg
     if limiter is None:
         limiter = RateLimiter(limit=current.portal.voucher_attempts_per_minute, window=60.0)
-    portal = Portal(cfg, backend, limiter)
+    portal = Portal(cfg, backend, limiter, village, tokens)
     if callable(local_hosts):
         portal.local_hosts = local_hosts
     else:
@@ -528,7 +554,8 @@ def create_portal_app(
     if uplink_down is not None:
         portal.uplink_down = uplink_down
     app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[portal.redirect_foreign, portal.error_pages]
+        client_max_size=MAX_BODY,
+        middlewares=[body_deadline, portal.redirect_foreign, portal.error_pages]
     )
     app[PORTAL_KEY] = portal
     app.router.add_get("/", portal.index)

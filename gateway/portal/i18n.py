@@ -120,6 +120,15 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
                           "halaman ini dimuat ulang sendiri sampai {host} terbuka (paling lama "
                           "sekitar satu menit).",
         "reconnect_now": "Muat ulang sekarang",
+        # portalsec
+        "form_expired": (
+            "Formulir ini sudah kedaluwarsa atau tidak dikirim dari halaman portal Anda. "
+            "Silakan tekan tombolnya sekali lagi."
+        ),
+        "rate_limited_village": (
+            "Terlalu banyak kode voucher salah dicoba di jaringan desa dalam satu menit "
+            "terakhir. Coba lagi dalam {seconds} detik, atau minta bantuan petugas."
+        ),
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -213,6 +222,15 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "reconnect_body": "You are logged in. The browser still uses an old address for {host}; "
                           "this page reloads by itself until {host} opens (about a minute at most).",
         "reconnect_now": "Reload now",
+        # portalsec
+        "form_expired": (
+            "This form has expired or was not sent from your portal page. "
+            "Please press its button once more."
+        ),
+        "rate_limited_village": (
+            "Too many wrong voucher codes were tried on the village network in the last "
+            "minute. Try again in {seconds} seconds, or ask the staff for help."
+        ),
     },
 }
 

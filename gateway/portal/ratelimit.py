@@ -93,6 +93,27 @@ class RateLimiter:
             return 0
         return max(1, math.ceil(hits[0] + self.window - t))
 
+    def now(self) -> float:
+        """The limiter's clock; pass it to :meth:`allow` and :meth:`refund` as one time."""
+        return self._clock()
+
+    def refund(self, key: str, at: float) -> None:
+        """Give back the attempt :meth:`allow` recorded for ``key`` at ``at``.
+
+        The portal's village-wide budget counts wrong codes only: every check takes
+        a place first (so concurrent checks cannot overrun it) and a right code
+        gives it back.
+        """
+        hits = self._hits.get(key)
+        if hits is None:
+            return
+        try:
+            hits.remove(float(at))
+        except ValueError:
+            return  # already left the window
+        if not hits:
+            del self._hits[key]
+
     def reset(self, key: str) -> None:
         self._hits.pop(key, None)
 

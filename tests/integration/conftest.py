@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -399,9 +400,28 @@ def has_internet(ns: str, *, by_address: bool = False) -> bool:
     return r.status == 200 and r.body.strip() == INTERNET_BODY
 
 
+_FORM_TOKEN = re.compile(r'name="csrf" value="([0-9a-f]*)"')
+
+
+def form_token(ns: str, base: str = PORTAL, **kw: Any) -> str:
+    """The form token of the portal page ``ns`` sees (bound to its address and MAC);
+    login and logout posts need it (portalsec, Step 6). ``kw`` goes to http()."""
+    page = http(ns, f"{base}/", **kw)
+    found = _FORM_TOKEN.search(page.body)
+    assert found, f"no form token on {base}/ for {ns}: {page.status} {page.error}"
+    return found.group(1)
+
+
+def portal_post(ns: str, url: str, form: Mapping[str, str], **kw: Any) -> Http:
+    """POST a portal form (``url`` ends in /login or /logout) as the villager's page
+    does: with the form token of the same portal (fetched first, same ``kw``)."""
+    base = url.rsplit("/", 1)[0]
+    return http(ns, url, form={**form, "csrf": form_token(ns, base, **kw)}, **kw)
+
+
 def login_terms(ns: str) -> Http:
     """Accept the terms on the portal, as a villager's browser does."""
-    return http(ns, f"{PORTAL}/login", form={"action": "terms"})
+    return portal_post(ns, f"{PORTAL}/login", {"action": "terms"})
 
 
 def in_namespace(ns: str, *argv: str, timeout: float = 10.0) -> str:

@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     LabFactory,
     desanet,
     desanet_json,
+    form_token,
     in_namespace,
     internet,
     login_terms,
@@ -321,7 +322,8 @@ def test_a_connection_opened_before_login_is_not_answered_by_the_portal_after_it
     out = in_namespace(c1, "curl", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
                        "-w", "%{http_code} ", INTERNET_URL,
                        "--next", "-s", "-o", "/dev/null", "-w", "%{http_code} ",
-                       "-d", "action=terms", f"http://{p.PORTAL_HOSTNAME}/login",
+                       "-d", "action=terms", "-d", f"csrf={form_token(c1)}",
+                       f"http://{p.PORTAL_HOSTNAME}/login",
                        "--next", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
                        "-w", "%{http_code}", INTERNET_URL)
     assert out.split() == ["302", "303", "200"], out

@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     LAB_TOOLS,
     Http,
     LabFactory,
+    form_token,
     http,
     require_root,
     require_tools,
@@ -319,7 +320,8 @@ def ipv4(lab: Lab, k: int) -> str:
 @pytest.fixture(scope="module")
 def login_c3(lab: Lab) -> Http:
     """c3 accepts the terms on the portal, as a villager's browser does."""
-    res = curl(lab, "c3", PORTAL + "login", "-d", "action=terms")
+    res = curl(lab, "c3", PORTAL + "login", "-d", "action=terms",
+               "-d", f"csrf={form_token(lab.ns('c3'), PORTAL.rstrip('/'))}")
     ping(lab, "c3", p.LAN_IP)  # settle ARP / bridge learning before the next test
     return res
 

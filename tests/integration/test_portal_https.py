@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     desanet_json,
     has_internet,
     http,
+    portal_post,
     require_root,
     require_tools,
     unique_prefix,
@@ -166,8 +167,8 @@ def test_login_status_and_logout_over_https(
     same_origin = [f"Origin: {HTTPS_PORTAL}", "Sec-Fetch-Site: same-origin"]
     link = 'href="http://layanan.desa/"'
     assert not has_internet(c1)
-    login = http(c1, f"{HTTPS_PORTAL}/login", form={"action": "terms"}, headers=same_origin,
-                 extra=tls)
+    login = portal_post(c1, f"{HTTPS_PORTAL}/login", {"action": "terms"}, headers=same_origin,
+                        extra=tls)
     assert login.status == 303, login.error
     try:
         wait_until(lambda: has_internet(c1), 10, "c1 online after the https login")
@@ -176,8 +177,8 @@ def test_login_status_and_logout_over_https(
         assert link in status.body
         assert http(c1, "http://layanan.desa/").status == 200  # the link leads somewhere
     finally:
-        out = http(c1, f"{HTTPS_PORTAL}/logout", form={"lang": "id"}, headers=same_origin,
-                   extra=tls)
+        out = portal_post(c1, f"{HTTPS_PORTAL}/logout", {"lang": "id"}, headers=same_origin,
+                          extra=tls)
     assert out.status == 303 and out.location == "/?keluar=1", out
     page = http(c1, f"{HTTPS_PORTAL}/?keluar=1", extra=tls)
     assert page.status == 200 and "Anda sudah keluar" in page.body

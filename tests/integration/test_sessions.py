@@ -39,11 +39,13 @@ from tests.integration.conftest import (
     desanet,
     desanet_json,
     ensure_gateway,
+    form_token,
     has_internet,
     http,
     in_namespace,
     internet,
     login_terms,
+    portal_post,
     require_root,
     require_tools,
     start_gateway,
@@ -124,11 +126,11 @@ def gw_status(socket: str) -> dict[str, Any]:
 
 
 def login_voucher(ns: str, code: str) -> Http:
-    return http(ns, f"{PORTAL}/login", form={"action": "voucher", "voucher": code})
+    return portal_post(ns, f"{PORTAL}/login", {"action": "voucher", "voucher": code})
 
 
 def logout(ns: str) -> Http:
-    return http(ns, f"{PORTAL}/logout", form={"x": "1"})
+    return portal_post(ns, f"{PORTAL}/logout", {"x": "1"})
 
 
 def captive_api(ns: str) -> dict[str, Any]:
@@ -417,7 +419,7 @@ def test_a_kept_alive_connection_is_not_sent_back_to_the_portal_after_login(
     out = in_namespace(c1, "curl", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
                        "-w", "%{http_code} ", INTERNET_URL,
                        "--next", "-s", "-o", "/dev/null", "-w", "%{http_code} ",
-                       "-d", "action=terms", f"{PORTAL}/login",
+                       "-d", "action=terms", "-d", f"csrf={form_token(c1)}", f"{PORTAL}/login",
                        "--next", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
                        "-w", "%{http_code}", INTERNET_URL)
     assert out.split() == ["302", "303", "200"], out

@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     desanet_json,
     has_internet,
     http,
+    portal_post,
     require_root,
     require_tools,
     unique_prefix,
@@ -66,7 +67,8 @@ def test_a_printed_card_logs_a_phone_in(lab: LabInfo) -> None:
     assert hostile.status == 200 and "<script" not in hostile.body
     assert re.search(r'name="voucher" value=""', hostile.body)
 
-    login = http(client, f"{PORTAL}/login", form={"action": "voucher", "voucher": filled.group(1)})
+    login = portal_post(client, f"{PORTAL}/login",
+                        {"action": "voucher", "voucher": filled.group(1)})
     assert login.status == 303, login
     assert has_internet(client)
 

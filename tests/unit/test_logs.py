@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon.logs import MalformedRequestFilter, RepeatFilter, log_formatter
+from gateway.daemon.logs import MalformedRequestFilter, log_formatter
 
 
 def record(level: int, msg: str) -> logging.LogRecord:
@@ -48,86 +48,6 @@ class Clock:
 
 def line(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
     return logging.LogRecord(name, level, __file__, 7, msg, args, None)
-
-
-def repeat_filter(window: float = 60.0) -> tuple[RepeatFilter, Clock, list[str]]:
-    clock = Clock()
-    summaries: list[str] = []
-    f = RepeatFilter(lambda r: summaries.append(f"{r.name} {r.levelname} {r.getMessage()}"),
-                     window=window, clock=clock)
-    return f, clock, summaries
-
-
-def test_identical_errors_are_written_once_per_window_then_counted() -> None:
-    f, clock, summaries = repeat_filter()
-    err = ("desanet.dnsmasq", logging.ERROR, "dnsmasq exited with %d", 2)
-    assert f.filter(line(*err)) is True
-    passed = []
-    for _ in range(5):
-        clock.now += 10
-        passed.append(f.filter(line(*err)))
-    assert passed == [False] * 5 and summaries == []
-    clock.now += 10  # 60 s after the first: the window is over
-    assert f.filter(line(*err)) is True  # written again, after the count of the window before
-    assert summaries == ["desanet.dnsmasq ERROR suppressed 5 similar message(s) in 60s: "
-                         "dnsmasq exited with 2"]
-
-
-def test_the_count_is_written_at_the_next_line_of_any_logger() -> None:
-    f, clock, summaries = repeat_filter()
-    err = ("desanet.portal", logging.WARNING, "voucher rate limit hit")
-    f.filter(line(*err))
-    f.filter(line(*err))
-    clock.now += 61
-    assert f.filter(line("desanet.sessions", logging.INFO, "authorized")) is True
-    assert summaries == ["desanet.portal WARNING suppressed 1 similar message(s) in 60s: "
-                         "voucher rate limit hit"]
-
-
-def test_different_text_logger_or_level_are_not_similar() -> None:
-    # Positive control for the key: only the very same line is held back.
-    f, _, summaries = repeat_filter()
-    lines = [("desanet.a", logging.ERROR, "x %s", 1), ("desanet.a", logging.ERROR, "x %s", 2),
-             ("desanet.b", logging.ERROR, "x %s", 1), ("desanet.a", logging.WARNING, "x %s", 1)]
-    assert [f.filter(line(*x)) for x in lines] == [True] * 4
-    assert summaries == []
-
-
-def test_info_lines_are_never_held_back() -> None:
-    f, _, _ = repeat_filter()
-    assert all(f.filter(line("desanet.portal", logging.INFO, "login")) for _ in range(5))
-
-
-def test_a_window_with_no_repeat_writes_no_summary_and_at_exit_open_counts_are_written() -> None:
-    f, clock, summaries = repeat_filter()
-    f.filter(line("desanet.a", logging.ERROR, "once"))
-    clock.now += 120
-    f.filter(line("desanet.b", logging.ERROR, "twice"))
-    f.filter(line("desanet.b", logging.ERROR, "twice"))
-    assert summaries == []
-    clock.now += 5
-    f.flush()
-    assert summaries == ["desanet.b ERROR suppressed 1 similar message(s) in 5s: twice"]
-
-
-def test_summaries_reach_the_handler_through_the_filter_unharmed() -> None:
-    clock = Clock()
-    out: list[str] = []
-
-    class ListHandler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            out.append(self.format(record))
-
-    handler = ListHandler()
-    handler.addFilter(RepeatFilter(handler.handle, window=60, clock=clock))
-    for _ in range(3):
-        handler.handle(line("desanet.x", logging.ERROR, "boom"))
-    clock.now += 60
-    handler.handle(line("desanet.x", logging.ERROR, "boom"))
-    assert out == ["boom", "suppressed 2 similar message(s) in 60s: boom", "boom"]
-
-
-# -- malformed requests -----------------------------------------------------------------------
 
 
 async def send_raw(port: int, data: bytes) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import Config, parse_config
@@ -19,6 +19,7 @@ from gateway.errors import VoucherError
 from gateway.model import Session
 from gateway.portal.app import create_portal_app, host_without_port, safe_url
 from gateway.portal.backend import ClientView, PortalDenied
+from gateway.portal.csrf import FormTokens
 from gateway.portal.ratelimit import RateLimiter
 
 MAC = "02:00:00:00:00:01"
@@ -104,8 +105,11 @@ async def portal(
     cfg: Config | None = None,
     backend: FakeBackend | None = None,
     limiter: RateLimiter | None = None,
+    village: RateLimiter | None = None,
+    tokens: FormTokens | None = None,
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_portal_app(cfg or make_cfg(), backend or FakeBackend(), limiter=limiter)
+    app = create_portal_app(cfg or make_cfg(), backend or FakeBackend(), limiter=limiter,
+                            village=village, tokens=tokens)
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -115,8 +119,22 @@ async def get(client: TestClient[Any, Any], path: str, **kw: Any) -> ClientRespo
     return await client.get(path, headers=headers, allow_redirects=False, **kw)
 
 
+TOKEN = re.compile(r'name="csrf" value="([0-9a-f]*)"')
+
+
+async def form_token(client: TestClient[Any, Any]) -> str:
+    """The form token of this client's portal page, as a browser would post it."""
+    page = await get(client, "/")
+    found = TOKEN.search(await page.text())
+    assert found, "the portal page has no form token"
+    return found.group(1)
+
+
 async def post(client: TestClient[Any, Any], path: str, data: Any, **kw: Any) -> ClientResponse:
+    """A form post; to /login and /logout with this client's form token unless data has one."""
     headers = {**PORTAL, **kw.pop("headers", {})}
+    if path in ("/login", "/logout") and isinstance(data, dict) and "csrf" not in data:
+        data = {**data, "csrf": await form_token(client)}
     return await client.post(path, data=data, headers=headers, allow_redirects=False, **kw)
 
 
@@ -702,3 +720,171 @@ async def test_offline_services_link_names_the_configured_host_and_port() -> Non
     async with portal(cfg) as client:
         body = await (await get(client, "/", headers={"Host": "portal.desa:8080"})).text()
     assert 'href="http://layanan.sukamaju:8080/"' in body
+
+
+# -- portalsec (Step 6): form tokens, unreadable forms, the village voucher budget -------------
+
+@pytest.mark.parametrize("headers", [{}, {"Origin": "null"}, {"Origin": "http://portal.desa"}])
+async def test_a_logout_without_the_form_token_is_refused_with_the_form_again(
+        headers: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    """Another site can make a browser post without Origin or with Origin: null: only the
+    token, which that site cannot read, tells the villager's own form apart."""
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        assert (await post(client, "/login", {"action": "terms"})).status == 303
+        for token in ("", "0" * 32, "zz"):
+            with caplog.at_level(logging.WARNING, logger="desanet.portal"):
+                resp = await post(client, "/logout", {"csrf": token}, headers=headers)
+            body = await resp.text()
+            assert resp.status == 403, token
+            assert "Formulir ini sudah kedaluwarsa" in body
+            assert 'action="/logout"' in body and TOKEN.search(body)  # the form again
+            assert_portal_headers(resp)
+        assert ("logout", "127.0.0.1") not in backend.calls and MAC in backend.sessions
+        assert "without a valid form token" in caplog.records[-1].getMessage()
+        # positive control: the token of the villager's own status page logs out
+        resp = await post(client, "/logout", {}, headers=headers)
+        assert resp.status == 303 and MAC not in backend.sessions
+
+
+async def test_a_login_without_the_form_token_is_refused_with_the_login_form() -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login", {"action": "terms", "csrf": "", "lang": "en"})
+        body = await resp.text()
+        assert resp.status == 403 and "This form has expired" in body
+        assert 'action="/login"' in body and TOKEN.search(body)
+        assert backend.calls == []
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK",
+                                             "csrf": "f" * 32})
+        assert resp.status == 403 and backend.calls == []
+
+
+async def test_a_token_is_bound_to_the_client_and_to_the_daemon_run() -> None:
+    clock = Clock()
+    tokens = FormTokens(b"k" * 32, window=100, clock=clock)
+    token = tokens.issue("10.42.0.5", MAC)
+    assert tokens.valid(token, "10.42.0.5", MAC)
+    assert not tokens.valid(token, "10.42.0.6", MAC)  # another address
+    assert not tokens.valid(token, "10.42.0.5", "02:00:00:00:00:02")  # another MAC
+    assert not FormTokens(b"x" * 32, window=100, clock=clock).valid(token, "10.42.0.5", MAC)
+    clock.t = 150  # the next window still takes it ...
+    assert tokens.valid(token, "10.42.0.5", MAC)
+    clock.t = 200  # ... the one after does not
+    assert not tokens.valid(token, "10.42.0.5", MAC)
+
+
+async def test_a_token_of_another_client_is_refused() -> None:
+    backend = FakeBackend()
+    tokens = FormTokens()
+    async with portal(backend=backend, tokens=tokens) as client:
+        stolen = tokens.issue("10.42.0.77", "02:00:00:00:00:77")
+        resp = await post(client, "/login", {"action": "terms", "csrf": stolen})
+        assert resp.status == 403 and backend.calls == []
+
+
+MULTIPART_GARBAGE = [
+    ("multipart/form-data", b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n"),
+    ("multipart/form-data; boundary=x",
+     b"--x\r\nContent-Disposition: form-data\r\n\r\nterms\r\n--x--\r\n"),
+    ("multipart/form-data; boundary=x", b"garbage"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body"), MULTIPART_GARBAGE)
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+async def test_an_unreadable_multipart_form_is_a_400_page(
+        path: str, content_type: str, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        with caplog.at_level(logging.WARNING):
+            resp = await post(client, path, body, headers={"Content-Type": content_type})
+        text = await resp.text()
+        assert resp.status == 400 and "Formulir tidak lengkap" in text
+        assert_portal_headers(resp)
+        assert backend.calls == []
+        assert not any(r.exc_info for r in caplog.records)  # no traceback for a bad request
+        # positive control: a well-formed multipart form with the token is read
+        token = await form_token(client)
+        form = FormData({"action": "terms", "csrf": token})
+        form.add_field("lang", "id", content_type="text/plain")  # forces multipart
+        ok = await client.post("/login", data=form, headers=PORTAL, allow_redirects=False)
+        assert ok.status == 303
+
+
+def wrong(i: int) -> dict[str, str]:
+    return {"action": "voucher", "voucher": f"ZZZZ{'23456789'[i % 8]}-ZZZZZ"}
+
+
+async def test_rotating_macs_share_the_village_budget_of_wrong_codes() -> None:
+    """5 a minute per MAC, but 6 wrong codes a minute for the whole village: a sixth MAC
+    gets no guess; a right code neither needs nor spends a place; the wait ends."""
+    backend = FakeBackend()
+    clock = Clock()
+    limiter = RateLimiter(limit=5, window=60, clock=clock)
+    village = RateLimiter(limit=6, window=60, max_keys=1, clock=clock)
+    async with portal(backend=backend, limiter=limiter, village=village) as client:
+        statuses = []
+        for i in range(4):  # four MACs, two wrong codes each
+            backend.macs["127.0.0.1"] = f"02:00:00:00:01:0{i}"
+            for j in range(2):
+                statuses.append((await post(client, "/login", wrong(i * 2 + j))).status)
+        assert statuses == [403] * 6 + [429] * 2
+        assert len([c for c in backend.calls if c[0] == "voucher"]) == 6
+        resp = await post(client, "/login", wrong(0))
+        text = await resp.text()
+        assert resp.status == 429 and resp.headers["Retry-After"] == "60"
+        assert "Terlalu banyak kode voucher salah dicoba di jaringan desa" in text
+        # A refused check is no attempt of the client's own: its budget is untouched.
+        assert limiter.retry_after("02:00:00:00:01:03") == 0
+        # While the budget is spent even a right code waits (else guessing would go on) ...
+        backend.macs["127.0.0.1"] = "02:00:00:00:02:00"
+        assert (await post(client, "/login", {"action": "voucher",
+                                              "voucher": "ABCDE-FGHJK"})).status == 429
+        # ... and gets in once the oldest wrong code is a minute old.
+        clock.t = 60
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK"})
+        assert resp.status == 303
+
+
+async def test_right_codes_do_not_spend_the_village_budget() -> None:
+    """A bus of villagers with right codes: 20 logins, the budget (3) never trips."""
+    backend = FakeBackend()
+    village = RateLimiter(limit=3, window=60, max_keys=1, clock=Clock())
+    async with portal(backend=backend, village=village) as client:
+        for i in range(20):
+            backend.macs["127.0.0.1"] = f"02:00:00:00:03:{i:02x}"
+            code = f"GDDD{'23456789'[i % 8]}-{'ABCDEFGHJK'[i % 10]}2222"
+            backend.vouchers[code] = None
+            resp = await post(client, "/login", {"action": "voucher", "voucher": code})
+            assert resp.status == 303, i
+        assert village.retry_after("village") == 0
+        # and a malformed code is no guess either
+        backend.macs["127.0.0.1"] = "02:00:00:00:04:00"
+        for _ in range(4):
+            resp = await post(client, "/login", {"action": "voucher", "voucher": "??"})
+            assert resp.status == 403
+        assert village.retry_after("village") == 0
+
+
+async def test_village_budget_comes_from_config() -> None:
+    backend = FakeBackend()
+    async with portal(make_cfg(voucher_failures_per_minute=2), backend) as client:
+        statuses = []
+        for i in range(3):
+            backend.macs["127.0.0.1"] = f"02:00:00:00:05:0{i}"
+            statuses.append((await post(client, "/login", wrong(i))).status)
+        assert statuses == [403, 403, 429]
+
+
+async def test_a_backend_failure_gives_the_village_place_back() -> None:
+    backend = FakeBackend()
+    village = RateLimiter(limit=1, window=60, max_keys=1, clock=Clock())
+
+    async def broken(client: ClientView, code: str) -> Session:
+        raise RuntimeError("store is gone")
+    backend.login_voucher = broken  # type: ignore[method-assign]
+    async with portal(backend=backend, village=village) as client:
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK"})
+        assert resp.status == 500
+        assert village.retry_after("village") == 0

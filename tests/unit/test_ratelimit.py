@@ -119,3 +119,19 @@ def test_reset_and_validation() -> None:
     for kwargs in ({"limit": 0}, {"window": 0}, {"max_keys": 0}):
         with pytest.raises(ValueError):
             RateLimiter(**cast(Any, kwargs))
+
+
+def test_refund_gives_back_the_attempt_recorded_at_that_time() -> None:
+    clock = Clock()
+    limiter = RateLimiter(limit=2, window=60, clock=clock)
+    t = limiter.now()
+    assert limiter.allow("village", t) and limiter.allow("village", t)
+    assert not limiter.allow("village", t)
+    limiter.refund("village", t)  # a right code: its place comes back
+    assert limiter.allow("village", t)
+    limiter.refund("village", t - 999)  # a time never recorded changes nothing
+    assert not limiter.allow("village", t)
+    limiter.refund("nobody", t)
+    clock.t += 60
+    limiter.refund("village", t)  # left the window already: nothing to give back
+    assert limiter.allow("village")
