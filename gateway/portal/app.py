@@ -100,6 +100,16 @@ def _form_text(form: Mapping[str, object], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def sent_by_browser(request: web.Request) -> bool:
+    """Whether a post carries what every current browser adds to a form post (Origin,
+    Referer or Sec-Fetch-*). A login without a form token is accepted only without
+    them: a villager's own tool (``curl -d action=terms``, as the docs show) has no
+    page to take a token from, and a cross-site form in a browser always says so.
+    Logout always needs the token (ending someone's session is the harm to stop)."""
+    headers = request.headers
+    return any(h in headers for h in (hdrs.ORIGIN, hdrs.REFERER, "Sec-Fetch-Site", "Sec-Fetch-Mode"))
+
+
 class BadForm(Exception):
     """A form body that cannot be parsed (a multipart body without boundary or field name)."""
 
@@ -358,7 +368,9 @@ class Portal:
         action = _form_text(form, "action")
         t = translator(lang)
         client = await self.client(request)
-        if not self.token_valid(form, client):
+        # A wrong token is always refused; none at all only from a browser (see sent_by_browser).
+        if not self.token_valid(form, client) and (
+                _form_text(form, TOKEN_FIELD) or sent_by_browser(request)):
             return self.refuse_token(request, client, lang, url)
         if self.has_session(client):
             return redirect(303, _home(url))

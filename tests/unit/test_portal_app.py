@@ -747,17 +747,38 @@ async def test_a_logout_without_the_form_token_is_refused_with_the_form_again(
         assert resp.status == 303 and MAC not in backend.sessions
 
 
-async def test_a_login_without_the_form_token_is_refused_with_the_login_form() -> None:
+BROWSER_POSTS = [{"Origin": "null"}, {"Origin": "http://evil.example"},
+                 {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+                 {"Referer": "http://evil.example/"}]
+
+
+@pytest.mark.parametrize("headers", BROWSER_POSTS)
+async def test_a_browser_login_without_the_form_token_is_refused_with_the_login_form(
+        headers: dict[str, str]) -> None:
     backend = FakeBackend()
     async with portal(backend=backend) as client:
-        resp = await post(client, "/login", {"action": "terms", "csrf": "", "lang": "en"})
+        resp = await post(client, "/login", {"action": "terms", "csrf": "", "lang": "en"},
+                          headers=headers)
         body = await resp.text()
-        assert resp.status == 403 and "This form has expired" in body
-        assert 'action="/login"' in body and TOKEN.search(body)
-        assert backend.calls == []
-        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK",
-                                             "csrf": "f" * 32})
         assert resp.status == 403 and backend.calls == []
+        if headers == {"Origin": "null"}:
+            # (a visibly cross-site post is refused before the token is looked at)
+            assert "This form has expired" in body
+            assert 'action="/login"' in body and TOKEN.search(body)
+        resp = await post(client, "/login", {"action": "voucher", "voucher": "ABCDE-FGHJK",
+                                             "csrf": "f" * 32}, headers=headers)
+        assert resp.status == 403 and backend.calls == []
+
+
+async def test_a_tool_without_browser_headers_may_log_in_without_a_token_but_not_out() -> None:
+    """``curl -d action=terms http://portal.desa/login`` (the docs, the lab) still logs in;
+    a logout always needs the token of the villager's own page."""
+    backend = FakeBackend()
+    async with portal(backend=backend) as client:
+        resp = await post(client, "/login", {"action": "terms", "csrf": ""})
+        assert resp.status == 303 and MAC in backend.sessions
+        resp = await post(client, "/logout", {"csrf": ""})
+        assert resp.status == 403 and MAC in backend.sessions
 
 
 async def test_a_token_is_bound_to_the_client_and_to_the_daemon_run() -> None:
