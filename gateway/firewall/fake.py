@@ -11,7 +11,7 @@ does not pass by itself: a test makes a client idle by deleting it from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.config.schema import Config
@@ -37,6 +37,8 @@ class FakeFirewall(FaultInjection):
         self.revoke_log: list[tuple[str, str, str | None]] = []
         # end_connections calls in order: (ip, redirected_only)
         self.conntrack_log: list[tuple[str, bool]] = []
+        self.leases: dict[str, str] = {}  # the lease sets: ip -> mac
+        self.lease_syncs = 0
 
     @property
     def backend(self) -> str:
@@ -91,6 +93,11 @@ class FakeFirewall(FaultInjection):
     async def client_classes(self) -> dict[str, str]:
         self._fault("client_classes", changes=False)
         return dict(self.classes)
+
+    async def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:
+        self._fault("sync_leases")
+        self.leases = dict(leases)
+        self.lease_syncs += 1
 
     async def end_connections(self, ip: str, redirected_only: bool) -> None:
         self._fault("end_connections")

@@ -115,6 +115,11 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "offline_notice": "Internet desa sedang terputus. Layanan desa tetap bisa dipakai.",
         "connected_offline": "Anda terhubung ke hotspot desa, tetapi internet desa sedang "
                              "terputus.",
+        # lan
+        "denied_in_use": (
+            "Perangkat dengan alamat yang sama sudah masuk dari sambungan lain. Jika itu "
+            "perangkat Anda, tunggu sampai sesinya berakhir atau minta bantuan pengelola hotspot."
+        ),
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -204,11 +209,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         "offline_notice": "The village internet is down. The village services still work.",
         "connected_offline": "You are connected to the village hotspot, but the village "
                              "internet is down.",
+        # lan
+        "denied_in_use": (
+            "A device with the same address is already logged in from another connection. If "
+            "it is yours, wait until its session ends or ask the hotspot operator for help."
+        ),
     },
 }
 
 VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use"})
-DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac"})
+DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use"})
 
 
 def supported(lang: str | None) -> str | None:
