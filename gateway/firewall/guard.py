@@ -18,9 +18,9 @@ claim against them, in the kernel, before anything else looks at a packet:
 * **ARP** (``arp desanet``, the host's ARP input on the LAN interface): a claim
   of the gateway's address, of an address outside the LAN, or of a leased
   address by another MAC is dropped, so nobody can move the gateway's
-  neighbour entry of a villager to their own MAC. The bridge table also
-  drops claims of the gateway's address between bridge ports (this matters
-  when client isolation is off and clients hear each other's ARP).
+  neighbour entry of a villager to their own MAC. The bridge table checks
+  ARP between bridge ports the same way (this matters when client
+  isolation is off and clients hear each other's ARP).
 * **DHCP** (``lan_dhcp``, from ``lan_input``): a message whose client hardware
   address (BOOTP ``chaddr``) is not the frame's Ethernet source is dropped:
   it asks for a lease, or releases one, in someone else's name. nft cannot
@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from gateway.config.schema import Config
 
 ARP_FAMILY = "arp"
+BRIDGE_FAMILY = "bridge"
 # One MAC's DHCP messages: a normal exchange is 2, a renewal 1, a client retrying
 # without answers about 1 a second for a while.
 DHCP_PER_MAC = "10/minute burst 10 packets"
@@ -141,16 +142,21 @@ def arp_table(table: str, cfg: Config, lan: str, leases: Mapping[str, str]) -> s
     )
 
 
-def bridge_guard_chain(cfg: Config) -> str:
-    """A bridge-table chain: nobody on a bridge port speaks ARP for the gateway's address.
+def bridge_guard(cfg: Config, leases: Mapping[str, str]) -> str:
+    """Lease sets and a chain of the bridge table: ARP between bridge ports is checked too.
 
-    The gateway's own frames leave through the bridge's output hook, never
-    its prerouting, so every such claim seen here is forged.
+    Nobody on a bridge port speaks for the gateway's address (the gateway's own
+    frames leave through the bridge's output hook, never its prerouting, so
+    every such claim seen here is forged), nor for a leased address from
+    another MAC. With client isolation on, clients never hear each other
+    anyway; with it off this keeps them from poisoning each other's caches.
     """
-    return (
+    return lease_sets(cfg, leases, dhcp=False) + (
         "  chain guard {\n"
         "    type filter hook prerouting priority filter; policy accept;\n"
         f"    ether type arp arp saddr ip {cfg.network.lan_address.ip} drop\n"
+        "    ether type arp arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 "
+        "drop\n"
         "  }\n"
     )
 
@@ -158,15 +164,16 @@ def bridge_guard_chain(cfg: Config) -> str:
 def plan_leases(inet: tuple[str, str], cfg: Config, leases: Mapping[str, str]) -> str:
     """nft commands that replace the lease sets with ``leases``; one transaction.
 
-    ``inet`` is the (family, table) of the main table; the arp table has the
-    same name. O(leases): run only when the lease file changed.
+    ``inet`` is the (family, table) of the main table; the arp and bridge
+    tables have the same name. O(leases): run only when the lease file changed.
     """
     family, table = inet
     pairs = lease_pairs(cfg, leases)
     macs = sorted({mac for _, mac in pairs})
     lines: list[str] = []
     for fam, names in ((family, ("lease4", "lease_ip4", "lease_mac")),
-                       (ARP_FAMILY, ("lease4", "lease_ip4"))):
+                       (ARP_FAMILY, ("lease4", "lease_ip4")),
+                       (BRIDGE_FAMILY, ("lease4", "lease_ip4"))):
         for name in names:
             lines.append(f"flush set {fam} {table} {name}")
         elems = {"lease4": [f"{ip} . {mac}" for ip, mac in pairs],

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.config.schema import Config
-from gateway.firewall.guard import arp_table, bridge_guard_chain, guard_chains, lease_sets
+from gateway.firewall.guard import arp_table, bridge_guard, guard_chains, lease_sets
 from gateway.model import Session
 from gateway.shaping.plan import (
     LOCAL_MINOR,
@@ -233,7 +233,7 @@ def plan_ruleset(
         f"delete table {FAMILY} {TABLE}\n"
         f"table {FAMILY} {TABLE} {{\n{sets}{chains}}}\n"
     )
-    return script + _bridge_table(cfg) + arp_table(TABLE, cfg, lan, carried.leases)
+    return script + _bridge_table(cfg, carried.leases) + arp_table(TABLE, cfg, lan, carried.leases)
 
 
 def client_class_text(cfg: Config, ip: str) -> str:
@@ -275,8 +275,9 @@ def _classify_output(cfg: Config) -> str:
     return f"    oifname {{ {lan}, {wan} }} meta priority set {local}\n"
 
 
-def _bridge_table(cfg: Config) -> str:
-    """Client isolation: frames bridged from one LAN port to another are dropped.
+def _bridge_table(cfg: Config, leases: Mapping[str, str]) -> str:
+    """ARP checks between bridge ports (guard.py), and client isolation: frames
+    bridged from one LAN port to another are dropped.
 
     The test kernel lacks ``meta ibrname``, so the chain drops every bridged
     (port-to-port) frame; the gateway is expected to own only the LAN bridge.
@@ -289,7 +290,7 @@ def _bridge_table(cfg: Config) -> str:
         "    drop\n"
         "  }\n"
     ) if cfg.network.client_isolation else ""
-    return head + f"table bridge {TABLE} {{\n{bridge_guard_chain(cfg)}{isolate}}}\n"
+    return head + f"table bridge {TABLE} {{\n{bridge_guard(cfg, leases)}{isolate}}}\n"
 
 
 def plan_authorize(session: Session, now: int, class_text: str | None = None) -> str:

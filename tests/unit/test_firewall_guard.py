@@ -82,6 +82,9 @@ def test_arp_for_the_gateway_or_against_a_lease_is_dropped(isolation: bool) -> N
     # Between bridge ports too, with or without isolation.
     bridge = table(script, "bridge")
     assert "ether type arp arp saddr ip 10.42.0.1 drop" in bridge
+    assert ("ether type arp arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 "
+            "drop") in bridge
+    assert "10.42.0.101 . 02:d5:00:00:00:01" in bridge
     assert ("chain isolate" in bridge) is isolation
 
 
@@ -103,6 +106,7 @@ def test_plan_leases_replaces_both_tables_sets_in_one_script() -> None:
     assert ("add element arp desanet lease4 { 10.42.0.101 . 02:d5:00:00:00:01, "
             "10.42.0.102 . 02:d5:00:00:00:02 }") in lines
     assert "flush set arp desanet lease_ip4" in lines
+    assert "add element bridge desanet lease_ip4 { 10.42.0.101, 10.42.0.102 }" in lines
     # No leases: flushes only (an empty "add element" is a syntax error).
     assert all(line.startswith("flush") for line in
                plan_leases(("inet", "desanet"), make_config(), {}).splitlines())
