@@ -344,6 +344,7 @@ class SessionService:
                 self._leases_synced = leases
                 self._leases_synced_at = self.clock.monotonic()
         except DesanetError as exc:
+            self._leases_synced = None  # try again at the next sweep
             log.error("could not write the DHCP leases into the firewall: %s", exc)
 
     async def _cut_off_locked(self, session: Session) -> None:
