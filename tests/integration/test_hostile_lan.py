@@ -48,8 +48,10 @@ ATTACKER, VICTIM, BYSTANDER = 1, 2, 3
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    info = make_lab(LabSpec(prefix=PREFIX, clients=3,
-                            extra={"network": {"client_isolation": False}}))
+    info = make_lab(LabSpec(prefix=PREFIX, clients=3, extra={
+        "network": {"client_isolation": False},
+        "dhcp": {"new_client_rate": 4, "new_client_burst": 40},  # the defaults, whatever the lab's
+    }))
     assert login_terms(info.client(VICTIM).name).status == 303
     wait_until(lambda: leases_in_firewall(info) >= 3, 20, "the three leases in the firewall")
     return info

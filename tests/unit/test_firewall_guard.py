@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from gateway.errors import ConfigError
 from gateway.firewall.guard import lease_pairs, plan_leases
 from gateway.firewall.planner import CarriedState, plan_ruleset
 from tests.unit.conftest import make_config
@@ -110,3 +111,11 @@ def test_plan_leases_replaces_both_tables_sets_in_one_script() -> None:
     # No leases: flushes only (an empty "add element" is a syntax error).
     assert all(line.startswith("flush") for line in
                plan_leases(("inet", "desanet"), make_config(), {}).splitlines())
+
+
+@pytest.mark.parametrize(("key", "value"), [("new_client_rate", 0), ("new_client_rate", 10**6),
+                                            ("new_client_burst", 0), ("new_client_burst", "x")])
+def test_the_dhcp_budget_is_bounded(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_config(dhcp={key: value})
+    assert f"dhcp.{key}" in str(err.value)
