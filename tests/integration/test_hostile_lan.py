@@ -142,6 +142,15 @@ elif kind == "udp":
         sendp(Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst)
               / UDP(sport=40000, dport=dport) / b"forged", iface="eth0", count=3)
     print("[]")
+elif kind == "release":
+    # [ether_src, ip_src, chaddr, ciaddr, gateway MAC, gateway address]: DHCPRELEASE
+    for src, ip_src, chaddr, ciaddr, gw_mac, gw_ip in arg["frames"]:
+        sendp(Ether(src=src, dst=gw_mac) / IP(src=ip_src, dst=gw_ip)
+              / UDP(sport=68, dport=67) / BOOTP(chaddr=mac_bytes(chaddr), ciaddr=ciaddr,
+                                               xid=random.getrandbits(32))
+              / DHCP(options=[("message-type", "release"), ("server_id", gw_ip), "end"]),
+              iface="eth0")
+    print("[]")
 elif kind == "dhcp":
     # Full exchanges: [ether_src, chaddr, client_id or null] each; DISCOVER, then a
     # REQUEST for what is offered. Prints per exchange {"offer": ip, "ack": ip}.
@@ -313,6 +322,36 @@ def test_dhcp_whose_client_address_is_not_the_frames_source_gets_no_lease(
         run(gw_ns(lab), "nft", "flush", "chain", "inet", "desanet", "lan_dhcp")
         (forged,) = dhcp(lab, ATTACKER, [(c1mac, unguarded, None)])
         assert forged["ack"] and lease_file(lab).get(forged["ack"]) == unguarded, forged
+    finally:
+        reload(lab)
+
+
+def test_a_forged_dhcp_release_does_not_free_anothers_lease(lab: LabInfo) -> None:
+    rng = random.Random(4)
+    victim, owner, third = random_mac(rng), random_mac(rng), random_mac(rng)
+    got = dhcp(lab, ATTACKER, [(victim, victim, None), (owner, owner, None),
+                               (third, third, None)])
+    ips = [r["ack"] for r in got]
+    assert all(ips), got
+    gmac, c1mac, ip1 = gw_mac(lab), p.client_mac(ATTACKER), ip_of(lab, ATTACKER)
+
+    def release(src: str, ip_src: str, chaddr: str, ip: str | None) -> None:
+        scapy(lab, ATTACKER, "release",
+              {"frames": [[src, ip_src, chaddr, ip, gmac, p.LAN_IP]]})
+
+    # The attacker's own frame and address; the victim's lease in the message.
+    release(c1mac, ip1, victim, ips[0])
+    # Positive control: the owner's own release frees its lease. It was sent after
+    # the forged one: once it is seen, the forged one has been handled too.
+    release(owner, str(ips[1]), owner, ips[1])
+    wait_until(lambda: owner not in lease_file(lab).values(), 10, "the owner's release")
+    assert lease_file(lab).get(str(ips[0])) == victim
+    # The test can see the attack: without the DHCP guard it frees the lease.
+    try:
+        run(gw_ns(lab), "nft", "flush", "chain", "inet", "desanet", "lan_dhcp")
+        release(c1mac, ip1, third, ips[2])
+        wait_until(lambda: third not in lease_file(lab).values(), 10,
+                   "the unguarded forged release")
     finally:
         reload(lab)
 
