@@ -574,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag=True)
     a = add(clsub, "auth", cmd_clients_auth, "authorize a client by MAC", json_flag=True)
     a.add_argument("mac")
-    a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table)")
+    a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table; "
+                   "needed when the MAC holds several leases, as a copied MAC does)")
     a.add_argument("--duration", help='session length, e.g. "4h" (default: portal.session_length)')
     a.add_argument("--plan", help="shaping plan name")
     d = add(clsub, "deauth", cmd_clients_deauth, "end a client's session now", json_flag=True)
