@@ -68,7 +68,7 @@ log = logging.getLogger("desanet.sessions")
 MIN_SWEEP_GAP = 1.0  # seconds between two sweeps asked for by deadlines (bounds the cost)
 LISTING_SHARE = 20  # ... and at least this many times the last listing of the kernel's sets
 DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before it
-LEASE_RESYNC = 60.0  # s: the lease sets are written again this often even when unchanged
+LEASE_RESYNC = 15.0  # s: the lease sets are written again this often even when unchanged
 
 
 class SessionService:
