@@ -36,6 +36,10 @@ claim against them, in the kernel, before anything else looks at a packet:
   Wi-Fi interface sit dozens of villagers, so a per-port limit would punish
   them all together, and a Wi-Fi LAN without a bridge has one port only.
 
+Every drop carries a counter: ``nft list table inet desanet`` (and ``arp``,
+``bridge``) shows a technician what was refused, e.g. a phone whose lease
+moved and is waiting for the next sync.
+
 The lease sets (``lease4``: address . MAC, ``lease_ip4``, ``lease_mac``) are
 filled from the lease file by :func:`plan_leases` as it changes (the
 session sweep syncs them) and carried across full applies. A lease that
@@ -108,16 +112,16 @@ def guard_chains(cfg: Config, lan: str) -> str:
   }}
   chain lan_source {{
     ip saddr 0.0.0.0 udp sport 68 udp dport 67 return
-    ip saddr != {iface.network} drop
-    ip saddr {{ {iface.ip}, {iface.network.network_address}, {iface.network.broadcast_address} }} drop
-    ip saddr @lease_ip4 ip saddr . ether saddr != @lease4 drop
+    ip saddr != {iface.network} counter drop
+    ip saddr {{ {iface.ip}, {iface.network.network_address}, {iface.network.broadcast_address} }} counter drop
+    ip saddr @lease_ip4 ip saddr . ether saddr != @lease4 counter drop
   }}
   chain lan_dhcp {{
     update @dhcp_pair {{ @ll,48,48 . @ll,48,48 }}
-    @ll,48,48 . @th,288,48 != @dhcp_pair drop
-    update @dhcp_mac {{ ether saddr limit rate over {DHCP_PER_MAC} }} drop
+    @ll,48,48 . @th,288,48 != @dhcp_pair counter drop
+    update @dhcp_mac {{ ether saddr limit rate over {DHCP_PER_MAC} }} counter drop
     ether saddr @lease_mac return
-    limit rate over {dhcp.new_client_rate}/second burst {dhcp.new_client_burst} packets drop
+    limit rate over {dhcp.new_client_rate}/second burst {dhcp.new_client_burst} packets counter drop
   }}
 """
 
@@ -134,9 +138,9 @@ def arp_table(table: str, cfg: Config, lan: str, leases: Mapping[str, str]) -> s
         f"    iifname {lan} jump lan_arp\n"
         "  }\n"
         "  chain lan_arp {\n"
-        f"    arp saddr ip {iface.ip} drop\n"
-        f"    arp saddr ip != {{ 0.0.0.0, {iface.network} }} drop\n"
-        "    arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 drop\n"
+        f"    arp saddr ip {iface.ip} counter drop\n"
+        f"    arp saddr ip != {{ 0.0.0.0, {iface.network} }} counter drop\n"
+        "    arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 counter drop\n"
         "  }\n"
         "}\n"
     )
@@ -154,9 +158,9 @@ def bridge_guard(cfg: Config, leases: Mapping[str, str]) -> str:
     return lease_sets(cfg, leases, dhcp=False) + (
         "  chain guard {\n"
         "    type filter hook prerouting priority filter; policy accept;\n"
-        f"    ether type arp arp saddr ip {cfg.network.lan_address.ip} drop\n"
+        f"    ether type arp arp saddr ip {cfg.network.lan_address.ip} counter drop\n"
         "    ether type arp arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 "
-        "drop\n"
+        "counter drop\n"
         "  }\n"
     )
 

@@ -45,9 +45,9 @@ def test_forged_sources_are_dropped_before_anything_else() -> None:
     assert hook[1] == 'iifname "br-lan" meta nfproto ipv4 jump lan_source'
     assert chain(script, "lan_source") == [
         "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",  # DHCP before an address
-        "ip saddr != 10.42.0.0/24 drop",  # a forged internet source
-        "ip saddr { 10.42.0.1, 10.42.0.0, 10.42.0.255 } drop",  # the gateway's own
-        "ip saddr @lease_ip4 ip saddr . ether saddr != @lease4 drop",  # a neighbour's lease
+        "ip saddr != 10.42.0.0/24 counter drop",  # a forged internet source
+        "ip saddr { 10.42.0.1, 10.42.0.0, 10.42.0.255 } counter drop",  # the gateway's own
+        "ip saddr @lease_ip4 ip saddr . ether saddr != @lease4 counter drop",  # a neighbour's lease
     ]
 
 
@@ -60,10 +60,10 @@ def test_dhcp_is_checked_at_the_head_of_lan_input() -> None:
     assert jump < head.index("ct state established,related accept")
     assert chain(script, "lan_dhcp") == [
         "update @dhcp_pair { @ll,48,48 . @ll,48,48 }",
-        "@ll,48,48 . @th,288,48 != @dhcp_pair drop",  # chaddr (UDP payload +28) != source
-        "update @dhcp_mac { ether saddr limit rate over 10/minute burst 10 packets } drop",
+        "@ll,48,48 . @th,288,48 != @dhcp_pair counter drop",  # chaddr (UDP payload +28) != source
+        "update @dhcp_mac { ether saddr limit rate over 10/minute burst 10 packets } counter drop",
         "ether saddr @lease_mac return",
-        "limit rate over 3/second burst 30 packets drop",
+        "limit rate over 3/second burst 30 packets counter drop",
     ]
 
 
@@ -74,17 +74,17 @@ def test_arp_for_the_gateway_or_against_a_lease_is_dropped(isolation: bool) -> N
     arp = table(script, "arp")
     assert 'iifname "br-lan" jump lan_arp' in arp
     assert chain(script, "lan_arp") == [
-        "arp saddr ip 10.42.0.1 drop",
-        "arp saddr ip != { 0.0.0.0, 10.42.0.0/24 } drop",
-        "arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 drop",
+        "arp saddr ip 10.42.0.1 counter drop",
+        "arp saddr ip != { 0.0.0.0, 10.42.0.0/24 } counter drop",
+        "arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 counter drop",
     ]
     assert ("set lease4 { type ipv4_addr . ether_addr; elements = { 10.42.0.101 . "
             "02:d5:00:00:00:01, 10.42.0.102 . 02:d5:00:00:00:02 }; }") in arp
     # Between bridge ports too, with or without isolation.
     bridge = table(script, "bridge")
-    assert "ether type arp arp saddr ip 10.42.0.1 drop" in bridge
+    assert "ether type arp arp saddr ip 10.42.0.1 counter drop" in bridge
     assert ("ether type arp arp saddr ip @lease_ip4 arp saddr ip . arp saddr ether != @lease4 "
-            "drop") in bridge
+            "counter drop") in bridge
     assert "10.42.0.101 . 02:d5:00:00:00:01" in bridge
     assert ("chain isolate" in bridge) is isolation
 
