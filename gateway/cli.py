@@ -573,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag=True)
     a = add(clsub, "auth", cmd_clients_auth, "authorize a client by MAC", json_flag=True)
     a.add_argument("mac", help="the client's MAC address, e.g. 02:00:00:00:00:01")
-    a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table)")
+    a.add_argument("--ip", help="client IPv4 (default: from DHCP lease / neighbour table; "
+                   "needed when the MAC holds several leases, as a copied MAC does)")
     a.add_argument("--duration", help='session length, e.g. "4h" (default: portal.session_length)')
     a.add_argument("--plan", help="shaping plan name")
     a.add_argument("--force", action="store_true",

@@ -73,6 +73,22 @@ class Conflict(DesanetError):
     """The request is well formed but the current state does not allow it."""
 
 
+class AmbiguousClient(Conflict):
+    """A MAC holds several DHCP leases: "authorize that MAC" could open a copier's address.
+
+    ``addresses`` lists them; the caller names one (``ip``). reason "several_leases".
+    """
+
+    def __init__(self, mac: str, addresses: list[str]) -> None:
+        self.mac = mac
+        self.addresses = addresses
+        self.reason = "several_leases"
+        super().__init__(
+            f"{mac} holds {len(addresses)} DHCP leases ({', '.join(addresses)}): another "
+            "device may be copying its MAC; not authorized. Check which address is the "
+            "villager's (ask them, or look at the device) and pass it: --ip ADDRESS")
+
+
 class Refused(DesanetError):
     """A rule refused the request; ``reason`` is a stable key for messages and clients."""
 

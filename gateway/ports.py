@@ -11,7 +11,7 @@ so a service only awaits and the event loop never blocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.schema import Config
@@ -40,6 +40,10 @@ class FirewallPort(Protocol):
         ...
 
     async def authorized_clients(self) -> dict[MacIp, int]: ...
+
+    async def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:
+        """Replace the kernel's lease sets (address -> MAC) that ARP, source and DHCP
+        checks trust (firewall/guard.py). Raises FirewallError."""
 
     async def end_connections(self, ip: str, redirected_only: bool) -> None:
         """Delete the connection-tracking entries the client at ``ip`` opened.

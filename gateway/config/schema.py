@@ -300,6 +300,10 @@ class Dhcp(_Section):
         default_factory=list, examples=[["1.1.1.1", "8.8.8.8"]]
     )
     local_domain: str = Field("desa", pattern=r"^[a-z0-9-]{1,63}$", examples=["desa"])
+    # lan: DHCP messages a second (and the burst) from MACs that hold no lease, all
+    # together: a flood of invented MACs takes the pool in minutes, not seconds.
+    new_client_rate: int = Field(4, ge=1, le=1000, examples=[4])
+    new_client_burst: int = Field(40, ge=1, le=10000, examples=[40])
 
 
 class Portal(_Section):

@@ -46,6 +46,7 @@ TABLE: dict[type[BaseException], Mapping] = {
     E.SubmissionTooLarge: Mapping(413, INVALID),
     E.NotFound: Mapping(404, NOT_FOUND),
     E.Conflict: Mapping(409, CONFLICT),
+    E.AmbiguousClient: Mapping(409, CONFLICT),  # reason "several_leases"
     E.OutboxStateError: Mapping(409, CONFLICT),
     E.Refused: Mapping(409, REFUSED),
     E.PortalDenied: Mapping(409, REFUSED),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 
 from gateway.config.schema import Config
@@ -62,3 +63,37 @@ def stale_kernel_entries(
     """Kernel authorizations with no active session behind them."""
     wanted = {(s.mac, s.ip) for s in sessions}
     return [key for key in authorized if key not in wanted]
+
+
+# -- identity (lan): whose address a MAC may claim -------------------------------------
+
+
+def leased_addresses(leases: Mapping[str, str], mac: str) -> list[str]:
+    """The addresses the DHCP leases give ``mac`` (sorted); two or more mean someone
+    asked for a lease in its name (another client id, same MAC)."""
+    mac = mac.lower()
+    return sorted((ip for ip, m in leases.items() if m.lower() == mac), key=_ip_key)
+
+
+def _ip_key(ip: str) -> tuple[int, str]:
+    try:
+        return int(ipaddress.IPv4Address(ip)), ip
+    except ValueError:
+        return -1, ip
+
+
+def takeover_refused(current: Session | None, ip: str, source: SessionSource,
+                     leases: Mapping[str, str]) -> bool:
+    """True when a portal login must not replace ``current``.
+
+    A portal login (terms or voucher) proves nothing about who owns the MAC:
+    anyone can copy it. So a login from ``ip`` never ends the same MAC's live
+    session on another address while that address is still leased to the MAC
+    (its owner is still there). When the old address's lease is gone or went
+    to another MAC, the phone really moved (a new lease) and the login
+    replaces the old session as before. Staff (``manual``) may always
+    replace; a re-login from the same address is the owner's own.
+    """
+    if current is None or current.ip == ip or source == "manual":
+        return False
+    return leases.get(current.ip, "").lower() == current.mac.lower()

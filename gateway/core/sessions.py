@@ -52,8 +52,14 @@ from gateway.config.schema import Config
 from gateway.config.units import format_left
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
-from gateway.core.session_rules import idle_sessions, new_session, stale_kernel_entries
-from gateway.errors import DesanetError, Invalid, NotFound, PortalDenied, Refused
+from gateway.core.session_rules import (
+    idle_sessions,
+    leased_addresses,
+    new_session,
+    stale_kernel_entries,
+    takeover_refused,
+)
+from gateway.errors import AmbiguousClient, DesanetError, Invalid, NotFound, PortalDenied, Refused
 from gateway.model import ClientView, Session, SessionSource, Voucher
 from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
@@ -65,6 +71,7 @@ LISTING_SHARE = 20  # ... and at least this many times the last listing of the k
 DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before it
 # Refused.reason when a manual grant would replace a villager's voucher session.
 VOUCHER_SESSION = "voucher_session"
+LEASE_RESYNC = 15.0  # s: the lease sets are written again this often even when unchanged
 
 
 class SessionService:
@@ -94,6 +101,8 @@ class SessionService:
         self._wakeup: Callable[[float], None] | None = None
         self._last_sweep = float("-inf")
         self._listing = 0.0  # seconds the last sweep's listing of the kernel's sets took
+        self._leases_synced: dict[str, str] | None = None  # what the lease sets hold
+        self._leases_synced_at = float("-inf")
 
     def set_wakeup(self, wakeup: Callable[[float], None]) -> None:
         """``wakeup(at)`` asks for a sweep at wall-clock time ``at`` (the reconciler's timer)."""
@@ -152,15 +161,21 @@ class SessionService:
         """Start (or replace) ``mac``'s session and open the kernel for it.
 
         ``ip`` None means "look it up" (DHCP lease, then neighbour table).
-        Raises Invalid (plan, ip), NotFound (no address known), PortalDenied
-        (blocked, full), VoucherError, Refused("voucher_session") with
-        ``keep_voucher`` when the current session is a voucher's, and
-        FirewallError/ShapingError when the kernel refuses (the session is then
-        ended again).
+        Raises Invalid (plan, ip), NotFound (no address known), AmbiguousClient
+        (no ``ip`` and the MAC holds several leases), PortalDenied (blocked, full,
+        in_use: a portal login would end the MAC's live session on another
+        address that is still leased to it, see ``takeover_refused``),
+        VoucherError, Refused("voucher_session") with ``keep_voucher`` when the
+        current session is a voucher's, and FirewallError/ShapingError when the kernel refuses
+        (the session is then ended again).
         """
         cfg = self._config()
         self.check_plan(plan)
+        leases = await self.neighbours.leases() if ip is None or source != "manual" else {}
         if ip is None:
+            several = leased_addresses(leases, mac)
+            if len(several) > 1:
+                raise AmbiguousClient(mac, several)
             ip = await self.neighbours.ip_of(mac)
             if not ip:
                 raise NotFound(f"no IPv4 address known for {mac} (no DHCP lease, no neighbour "
@@ -173,6 +188,8 @@ class SessionService:
             now = self.now()
 
             def admit(current: Session | None, active: int) -> None:
+                if takeover_refused(current, client_ip, source, leases):
+                    raise PortalDenied("in_use")
                 if current is None and active >= cfg.portal.max_clients:
                     raise PortalDenied("full")
                 # Checked inside the login's transaction: a voucher login that lands
@@ -282,6 +299,7 @@ class SessionService:
 
     async def sweep(self) -> None:
         """End expired and idle sessions; drop kernel entries the store does not back."""
+        await self._sync_leases()
         ended: list[tuple[Session, EndReason]] = []
         mark = self._revocations
         self._last_sweep = snapshot = self.clock.time()
@@ -323,6 +341,22 @@ class SessionService:
         deadline = next_deadline(live, active, snapshot)
         if deadline is not None:
             self._wake_at(deadline)
+
+    async def _sync_leases(self) -> None:
+        """Give the kernel's lease sets (ARP, source and DHCP checks) the lease file's
+        content when it changed, and every LEASE_RESYNC seconds anyway (a ruleset
+        rebuilt from scratch starts empty). A failure is logged, never raised: the
+        sweep's own work must go on."""
+        try:
+            leases = await self.neighbours.leases()
+            due = self.clock.monotonic() - self._leases_synced_at >= LEASE_RESYNC
+            if leases != self._leases_synced or due:
+                await self.firewall.sync_leases(self._config(), leases)
+                self._leases_synced = leases
+                self._leases_synced_at = self.clock.monotonic()
+        except DesanetError as exc:
+            self._leases_synced = None  # try again at the next sweep
+            log.error("could not write the DHCP leases into the firewall: %s", exc)
 
     async def _cut_off_locked(self, session: Session) -> None:
         async with self.locks.client(session.mac, session.ip):

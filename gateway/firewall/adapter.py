@@ -10,12 +10,15 @@ client's tracked connections (:mod:`gateway.firewall.conntrack`, netlink).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
 from gateway.errors import FirewallError
 from gateway.firewall.conntrack import Conntrack
+from gateway.firewall.guard import ARP_FAMILY, plan_leases
 from gateway.firewall.nft import Nft
 from gateway.firewall.planner import (
     FAMILY,
@@ -33,12 +36,16 @@ from gateway.model import Session
 if TYPE_CHECKING:
     from gateway.ports import FirewallPort
 
+log = logging.getLogger("desanet.firewall")
+SYSCTL_ROOT = Path("/proc/sys")
+
 
 class Firewall:
     """Synchronous nftables adapter; every method blocks (runs nft in-process)."""
 
-    def __init__(self, nft: Nft | None = None) -> None:
+    def __init__(self, nft: Nft | None = None, sysctl_root: Path | None = SYSCTL_ROOT) -> None:
         self.nft = nft or Nft()
+        self.sysctl_root = sysctl_root  # None: leave sysctls alone (benchmarks, unit tests)
 
     def apply(
         self, cfg: Config, sessions: Iterable[Session], now: int, carry_garden: bool = True
@@ -49,6 +56,31 @@ class Firewall:
         """
         carried = self.read_carried_state(carry_garden)
         self.nft.run(plan_ruleset(cfg, sessions, now, carried))
+        self.set_rp_filter(cfg.network.lan_interface)
+
+    def set_rp_filter(self, interface: str) -> None:
+        """Strict reverse-path filtering on the LAN: a source not routed back through it
+        is dropped by the kernel too (the nft source check comes first). Blocks: writes
+        a sysctl. A missing interface is logged, not raised (it may come later)."""
+        if self.sysctl_root is None:
+            return
+        path = self.sysctl_root / "net/ipv4/conf" / interface / "rp_filter"
+        try:
+            path.write_text("1\n")
+        except OSError as exc:
+            log.warning("cannot set rp_filter on %s: %s", interface, exc)
+
+    def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:
+        """Replace the lease sets (address -> MAC) in one transaction. Blocks: runs nft."""
+        self.nft.run(plan_leases((FAMILY, TABLE), cfg, leases))
+
+    def leases(self) -> dict[str, str]:
+        """The lease set as the kernel has it: address -> MAC. Blocks: runs nft."""
+        try:
+            pairs = self._elements("lease4")
+        except FirewallError:
+            return {}  # a table from before the lease sets
+        return {str(ip): str(mac) for (ip, mac) in pairs}
 
     def authorize(self, session: Session, now: int, class_text: str | None = None) -> None:
         """Add the client to the authorized sets (and its class map). Blocks: runs nft."""
@@ -76,6 +108,7 @@ class Firewall:
         self.nft.run(
             f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
             f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
+            f"table {ARP_FAMILY} {TABLE} {{}}\ndelete table {ARP_FAMILY} {TABLE}\n"
         )
 
     def table_exists(self) -> bool:
@@ -102,6 +135,7 @@ class Firewall:
             garden_dns4=self._plain_elements("garden_dns4") if carry_garden else {},
             garden_dns6=self._plain_elements("garden_dns6") if carry_garden else {},
             from_live_table=True,
+            leases=self.leases(),
         )
 
     def garden_dns(self) -> dict[str, int]:
@@ -178,6 +212,10 @@ class KernelFirewall:
     async def garden_addresses(self) -> dict[str, int]:
         """Walled-garden addresses open by name -> seconds left. Awaits the kernel worker."""
         return await self.worker.call(self.firewall.garden_dns)
+
+    async def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:
+        """Replace the lease sets. Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.sync_leases, cfg, leases)
 
     async def remove(self) -> None:
         """Delete our tables. Awaits the kernel worker (nft)."""

@@ -38,6 +38,8 @@ class FakeFirewall(FaultInjection):
         # end_connections calls in order: (ip, redirected_only)
         self.conntrack_log: list[tuple[str, bool]] = []
         self.garden: dict[str, int] = {}  # walled-garden address -> seconds (core.garden)
+        self.leases: dict[str, str] = {}  # the lease sets: ip -> mac
+        self.lease_syncs = 0
 
     @property
     def backend(self) -> str:
@@ -94,6 +96,11 @@ class FakeFirewall(FaultInjection):
     async def client_classes(self) -> dict[str, str]:
         self._fault("client_classes", changes=False)
         return dict(self.classes)
+
+    async def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:
+        self._fault("sync_leases")
+        self.leases = dict(leases)
+        self.lease_syncs += 1
 
     async def end_connections(self, ip: str, redirected_only: bool) -> None:
         self._fault("end_connections")

@@ -61,6 +61,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.config.schema import Config
+from gateway.firewall.guard import arp_table, bridge_guard, guard_chains, lease_sets
 from gateway.model import Session
 from gateway.shaping.plan import (
     LOCAL_MINOR,
@@ -104,6 +105,8 @@ class CarriedState:
     # then really idle. After a reboot (no table) every session gets one
     # fresh idle window instead.
     from_live_table: bool = False
+    # lan: DHCP leases (address -> MAC) in the lease sets, kept until the next sync.
+    leases: Mapping[str, str] = field(default_factory=dict)
 
 
 def _elements(items: Iterable[str]) -> str:
@@ -174,6 +177,7 @@ def plan_ruleset(
             _set("portal_conns4", "ipv4_addr", "dynamic", "size 65535;"),
         ]
     )
+    sets += lease_sets(cfg, carried.leases, dhcp=True)
     if cfg.shaping.enabled:
         sets += _set("client_class", "ipv4_addr : classid", elems=[
             f"{s.ip} : {client_class_text(cfg, s.ip)}" for s in sessions if s.expires > now
@@ -224,7 +228,8 @@ def plan_ruleset(
   chain lan_input {{
     ether saddr @blocked_mac drop
     meta nfproto ipv6 drop
-    {dns_guard}ct state established,related accept
+    {dns_guard}udp dport 67 jump lan_dhcp
+    ct state established,related accept
     udp dport 67 accept
     meta l4proto {{ tcp, udp }} th dport {{ 53, {PRELOGIN_DNS_PORT} }} accept
     {_portal_conn_limit(cfg, ports)}
@@ -241,7 +246,7 @@ def plan_ruleset(
     tcp dport 22 accept
     drop
   }}
-  chain filter_forward {{
+{guard_chains(cfg, lan)}  chain filter_forward {{
     type filter hook forward priority filter; policy drop;
 {_classify_forward(cfg)}    iifname {lan} jump lan_forward
     oifname {lan} ct state established,related accept
@@ -267,7 +272,7 @@ def plan_ruleset(
         f"delete table {FAMILY} {TABLE}\n"
         f"table {FAMILY} {TABLE} {{\n{sets}{chains}}}\n"
     )
-    return script + _bridge_table(cfg)
+    return script + _bridge_table(cfg, carried.leases) + arp_table(TABLE, cfg, lan, carried.leases)
 
 
 def _dns_guard(authorized: str) -> str:
@@ -385,24 +390,22 @@ def _classify_metered(cfg: Config) -> str:
 """
 
 
-def _bridge_table(cfg: Config) -> str:
-    """Client isolation: frames bridged from one LAN port to another are dropped.
+def _bridge_table(cfg: Config, leases: Mapping[str, str]) -> str:
+    """ARP checks between bridge ports (guard.py), and client isolation: frames
+    bridged from one LAN port to another are dropped.
 
     The test kernel lacks ``meta ibrname``, so the chain drops every bridged
     (port-to-port) frame; the gateway is expected to own only the LAN bridge.
     Frames to the gateway itself take the bridge input hook and pass.
     """
     head = f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
-    if not cfg.network.client_isolation:
-        return head
-    return head + (
-        f"table bridge {TABLE} {{\n"
+    isolate = (
         "  chain isolate {\n"
         "    type filter hook forward priority filter; policy accept;\n"
         "    drop\n"
         "  }\n"
-        "}\n"
-    )
+    ) if cfg.network.client_isolation else ""
+    return head + f"table bridge {TABLE} {{\n{bridge_guard(cfg, leases)}{isolate}}}\n"
 
 
 def plan_authorize(session: Session, now: int, class_text: str | None = None) -> str:

@@ -129,6 +129,11 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Terlalu banyak kode voucher salah dicoba di jaringan desa dalam satu menit "
             "terakhir. Coba lagi dalam {seconds} detik, atau minta bantuan petugas."
         ),
+        # lan
+        "denied_in_use": (
+            "Perangkat dengan alamat yang sama sudah masuk dari sambungan lain. Jika itu "
+            "perangkat Anda, tunggu sampai sesinya berakhir atau minta bantuan pengelola hotspot."
+        ),
     },
     "en": {
         "title_login": "Connect to the internet",
@@ -231,11 +236,16 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Too many wrong voucher codes were tried on the village network in the last "
             "minute. Try again in {seconds} seconds, or ask the staff for help."
         ),
+        # lan
+        "denied_in_use": (
+            "A device with the same address is already logged in from another connection. If "
+            "it is yours, wait until its session ends or ask the hotspot operator for help."
+        ),
     },
 }
 
 VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use"})
-DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac"})
+DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use"})
 
 
 def supported(lang: str | None) -> str | None:

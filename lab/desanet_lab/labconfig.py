@@ -32,6 +32,10 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
             "range_end": p.DHCP_RANGE[1],
             "lease_time": "12h",
             "upstream_dns": [p.ISP_RESOLVER],
+            # lan: every lab client joins at once as a new MAC; a village's phones
+            # do not (docs/hostile-lan.md). Defaults (4/s, 40) for small labs.
+            "new_client_rate": max(4, len(lab.clients) // 2),
+            "new_client_burst": max(40, 4 * len(lab.clients)),
         },
         "portal": {
             "mode": spec.portal_mode,

@@ -242,6 +242,8 @@ def _domain_errors() -> list[tuple[E.DesanetError, int, str]]:
         (E.NotFound("no session"), 404, "not_found"),
         (E.Conflict("later"), 409, "conflict"),
         (E.OutboxStateError("delivered"), 409, "conflict"),
+        (E.AmbiguousClient("02:d5:00:00:00:01", ["10.42.0.101", "10.42.0.102"]), 409,
+         "conflict"),
         (IllegalTransition("config trial", "none", "confirm", ()), 409, "conflict"),
         (E.Refused("same_connection"), 409, "refused"),
         (E.PortalDenied("full"), 409, "refused"),

@@ -200,6 +200,9 @@ async def test_refused_request_names_the_problem_and_changes_nothing(
 async def test_relogin_on_a_new_address_cuts_the_old_one_off(core: Core) -> None:
     await core.sessions.authorize(A, IP1, "terms")
     seq = core.bus.last_seq
+    # The phone really moved: dnsmasq gave it IP3 and its lease of IP1 is gone.
+    del core.neighbours.lease_table[IP1]
+    core.neighbours.add(IP3, A)
     s = await core.sessions.authorize(A, IP3, "terms")
     assert s.ip == IP3
     assert set(core.firewall.authorized) == {(A, IP3)}
