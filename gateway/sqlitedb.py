@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from gateway.errors import StoreError
 
@@ -71,6 +72,25 @@ def quick_check(conn: sqlite3.Connection) -> str:
     return str(row[0]) if row else "no answer"
 
 
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """Open ``path`` for reading only, without writing anything next to it.
+
+    A WAL database normally needs its -shm file (created on open); on a full or
+    read-only disk that fails, so fall back to ``immutable=1``, which reads the
+    main file alone (complete after a clean stop; a crash's last commits in the
+    -wal are then missed). Raises sqlite3.Error."""
+    uri = f"file:{quote(str(path))}"
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+        return conn
+    except sqlite3.Error:
+        conn.close()
+    conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA schema_version").fetchone()
+    return conn
+
+
 class Healing(Protocol):
     """Opens a :class:`Database` whatever state its file is in (gateway.store.heal)."""
 
@@ -86,6 +106,11 @@ class Database:
         self.version = version
         self.foreign_keys = foreign_keys
         self.memory = False  # True: running on an in-memory copy (see open_memory)
+        # Called with ("corrupt" | "unwritable", error) when a read or write fails that
+        # way after the open (a disk that filled, an SD card going bad), and with
+        # ("writable", None) at the first commit after an "unwritable"; set by the healing.
+        self.on_failure: Callable[[str, sqlite3.Error | None], None] | None = None
+        self._unwritable = False
         self.lock = threading.RLock()
         self.conn = healing.open(self) if healing is not None else self.open_file()
 
@@ -133,7 +158,7 @@ class Database:
         and what changes is lost at restart (the caller reports it)."""
         conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         if source is not None:
-            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+            src = open_readonly(source)
             try:
                 src.backup(conn)
             finally:
@@ -156,6 +181,12 @@ class Database:
         with self.lock:
             self.conn.close()
 
+    def _failed(self, exc: sqlite3.Error) -> None:
+        kind = classify(exc)
+        self._unwritable = self._unwritable or kind == "unwritable"
+        if kind != "other" and self.on_failure is not None:
+            self.on_failure(kind, exc)
+
     # -- use -----------------------------------------------------------------------
 
     @contextmanager
@@ -165,6 +196,7 @@ class Database:
             try:
                 yield self.conn
             except sqlite3.Error as exc:
+                self._failed(exc)
                 raise StoreError(
                     f"{self.what} error in {self.path}: {exc}; "
                     "check the disk (SD card) and the file's permissions"
@@ -178,9 +210,14 @@ class Database:
                 self.conn.execute("BEGIN IMMEDIATE")
                 yield self.conn
                 self.conn.execute("COMMIT")
+                if self._unwritable:
+                    self._unwritable = False
+                    if self.on_failure is not None:
+                        self.on_failure("writable", None)
             except sqlite3.Error as exc:
                 with suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
+                self._failed(exc)
                 hint = " (the disk is full: free space on the SD card)" \
                     if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" else ""
                 raise StoreError(f"{self.what} error in {self.path}: {exc}{hint}") from exc

@@ -52,7 +52,7 @@ from typing import BinaryIO
 from gateway.cache.memindex import BODY_CACHE_BYTES, BODY_CACHE_ITEM, BodyCache, MemIndex
 from gateway.cache.rules import StoredMeta
 from gateway.errors import StoreError
-from gateway.sqlitedb import classify
+from gateway.sqlitedb import classify, open_readonly
 from gateway.store.health import DEGRADED
 
 MAX_OBJECT_FRACTION = 8  # a single body may use at most max_bytes / 8
@@ -249,11 +249,22 @@ class CacheStore:
 
     @staticmethod
     def _memory_db(path: Path, exc: sqlite3.Error) -> sqlite3.Connection:
-        DEGRADED.report("cache index", str(path), "unwritable",
-                        f"{exc}; the cache index runs in memory until restart",
-                        memory_only=True)
+        """The index in memory, loaded from the file when it reads (so the cached bodies
+        stay referenced and are not removed as orphans)."""
         db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        loaded = "a copy of it"
+        try:
+            src = open_readonly(path)
+            try:
+                src.backup(db)
+            finally:
+                src.close()
+        except sqlite3.Error:
+            loaded = "an empty one (the file does not read)"
         db.executescript(_SCHEMA)
+        DEGRADED.report("cache index", str(path), "unwritable",
+                        f"{exc}; the cache index runs in memory ({loaded}) until restart",
+                        memory_only=True)
         return db
 
     def _recover(self) -> None:

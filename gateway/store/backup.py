@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gateway.errors import StoreError
-from gateway.sqlitedb import DB_MODE, Database, quick_check
+from gateway.sqlitedb import DB_MODE, Database, open_readonly, quick_check
 
 BACKUP_INTERVAL = 600.0  # seconds between periodic backups
 KEEP = 2
@@ -69,7 +69,7 @@ def list_backups(directory: str | Path, stem: str) -> list[Path]:
 def check_file(path: str | Path) -> str:
     """"ok", or why ``path`` is not a usable database (read-only open, quick_check)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = open_readonly(path)
     except sqlite3.Error as exc:
         return str(exc)
     try:
@@ -144,7 +144,7 @@ def copy_in(source: str | Path, path: str | Path) -> None:
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, DB_MODE)
         os.close(fd)
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src = open_readonly(source)
         dst = sqlite3.connect(tmp)
         try:
             src.backup(dst)

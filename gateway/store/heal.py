@@ -58,6 +58,7 @@ class Heal:
         return latest_good(self.backups, stem) if self.backups is not None else None
 
     def open(self, db: Database) -> sqlite3.Connection:
+        db.on_failure = lambda kind, exc: self._failed_at_runtime(db, kind, exc)
         path = Path(db.path)
         stem = path.stem
         if not path.exists():
@@ -70,6 +71,17 @@ class Heal:
             return self._corrupt(db, path, stem, exc)
         except Unwritable as exc:
             return self._unwritable(db, path, stem, exc)
+
+    def _failed_at_runtime(self, db: Database, kind: str, exc: sqlite3.Error | None) -> None:
+        if kind == "writable":
+            if self.health.resolve(db.path, "unwritable at runtime"):
+                log.warning("%s %s can be written again", db.what, db.path)
+            return
+        what = ("is damaged: restart desanet to move it aside and restore the last backup"
+                if kind == "corrupt" else
+                "cannot be written (disk full?): logins and vouchers cannot be saved until "
+                "there is room on the disk (SD card)")
+        self.health.report(db.what, db.path, f"{kind} at runtime", f"{exc}; the file {what}")
 
     def _missing(self, db: Database, path: Path, stem: str) -> sqlite3.Connection:
         orphans = move_aside(path, "orphan") if _companions(path) else None
@@ -128,7 +140,8 @@ class Heal:
             db.what, str(path), "unwritable",
             f"{exc}; running on an in-memory copy"
             + (f" of {source}" if source else " (empty)")
-            + ": logins work but are lost at restart. Free space on the disk and restart.",
+            + ": the hotspot works, but what changes is lost at restart. "
+            "Free space on the disk (SD card) and restart desanet.",
             restored_from=source if source != str(path) else None, memory_only=True)
         return conn
 

@@ -50,6 +50,14 @@ class Health:
         log.error("DEGRADED: %s %s is %s: %s", what, path, problem, detail)
         return p
 
+    def resolve(self, path: str, problem: str) -> bool:
+        """Forget a problem that went away by itself (a disk with room again)."""
+        with self._lock:
+            before = len(self._problems)
+            self._problems = [q for q in self._problems
+                              if not (q.path == path and q.problem == problem)]
+            return len(self._problems) != before
+
     def problems(self) -> list[Problem]:
         with self._lock:
             return list(self._problems)

@@ -270,6 +270,28 @@ def test_a_full_disk_at_write_is_a_clear_store_error(tmp_path: Path) -> None:
     db.conn = Full()  # type: ignore[assignment]
     with pytest.raises(StoreError, match="disk is full"):
         store.start_session(sess(A, "10.42.0.10"))
+    assert problems() == ["unwritable at runtime"]  # shown in `desanet status`
+    db.conn = real
+    store.start_session(sess(A, "10.42.0.10"))  # room again: the problem goes away
+    assert problems() == []
+    store.close()
+
+
+def test_corruption_found_at_runtime_is_reported(tmp_path: Path) -> None:
+    store = Store(tmp_path / "desanet.db")
+    db = store._database
+
+    class Damaged:
+        def execute(self, sql: str, *args: object) -> object:
+            err = sqlite3.DatabaseError("database disk image is malformed")
+            err.sqlite_errorname = "SQLITE_CORRUPT"  # type: ignore[attr-defined]
+            raise err
+
+    real = db.conn
+    db.conn = Damaged()  # type: ignore[assignment]
+    with pytest.raises(StoreError):
+        store.active_sessions(NOW)
+    assert problems() == ["corrupt at runtime"]
     db.conn = real
     store.close()
 
