@@ -48,7 +48,7 @@ def fsync_file(path: str | Path) -> None:
 
 
 def _pattern(stem: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(stem)}-\d{{8}}T\d{{6}}Z(-\d+)?\.db$")
+    return re.compile(rf"^{re.escape(stem)}-(\d{{8}}T\d{{6}}Z)(?:-(\d+))?\.db$")
 
 
 def list_backups(directory: str | Path, stem: str) -> list[Path]:
@@ -57,13 +57,12 @@ def list_backups(directory: str | Path, stem: str) -> list[Path]:
     if not d.is_dir():
         return []
     pat = _pattern(stem)
-
-    def order(p: Path) -> tuple[str, int]:
-        name = p.name[:-3]
-        base, _, n = name.partition("Z-")
-        return (base, int(n) if n.isdigit() else 0)
-
-    return sorted((p for p in d.iterdir() if pat.match(p.name)), key=order)
+    found = []
+    for p in d.iterdir():
+        m = pat.match(p.name)
+        if m:
+            found.append(((m.group(1), int(m.group(2) or 0)), p))
+    return [p for _, p in sorted(found)]
 
 
 def check_file(path: str | Path) -> str:
