@@ -252,6 +252,8 @@ class Daemon:
             except StoreError as exc:
                 DEGRADED.report("state database", store.path, "backup failing",
                                 f"{exc}; the older backups are kept")
+            else:
+                DEGRADED.resolve(store.path, "backup failing")
         return backup
 
     @classmethod
