@@ -84,7 +84,13 @@ class Heal:
         self.health.report(db.what, db.path, f"{kind} at runtime", f"{exc}; the file {what}")
 
     def _missing(self, db: Database, path: Path, stem: str) -> sqlite3.Connection:
-        orphans = move_aside(path, "orphan") if _companions(path) else None
+        orphans = None
+        if _companions(path):
+            try:
+                orphans = move_aside(path, "orphan")
+            except OSError as err:  # SQLite would replay them into the restored copy
+                log.error("cannot move the orphaned -wal/-shm of %s aside: %s", path, err)
+                return self._unwritable(db, path, stem, Unwritable(str(err)))
         good = self._good_backup(stem)
         conn, memory = self._restore(db, path, good)
         what = f"restored from the backup {good}" if good else "no usable backup: started empty"
@@ -125,7 +131,11 @@ class Heal:
     def _unwritable(self, db: Database, path: Path, stem: str, exc: StoreError
                     ) -> sqlite3.Connection:
         source: str | None = None
-        if path.exists() and path.stat().st_size and check_file(path) == "ok":
+        try:
+            readable = path.stat().st_size > 0 and check_file(path) == "ok"
+        except OSError:
+            readable = False
+        if readable:
             source = str(path)
         else:
             good = self._good_backup(stem)

@@ -85,8 +85,9 @@ def backups(lab: LabInfo) -> list[Path]:
 
 def portal_answers(lab: LabInfo, k: int) -> None:
     """DHCP (a fresh lease), DNS (the portal's name) and the portal page itself."""
-    run_in(ns(lab, k), ["busybox", "udhcpc", "-f", "-q", "-n", "-t", "5", "-T", "1",
-                        "-i", p.CLIENT_INTERFACE, "-s", "/bin/true"], timeout=20)
+    dhcp = run_in(ns(lab, k), ["busybox", "udhcpc", "-f", "-q", "-n", "-t", "5", "-T", "1",
+                               "-i", p.CLIENT_INTERFACE, "-s", "/bin/true"], timeout=20)
+    assert dhcp.returncode == 0, f"no DHCP answer: {dhcp.stdout}{dhcp.stderr}"
     look = run_in(ns(lab, k), ["busybox", "nslookup", p.PORTAL_HOSTNAME, p.LAN_IP])
     assert p.LAN_IP in look.stdout.split("Name:", 1)[-1], look.stdout + look.stderr
     r = http(ns(lab, k), f"{PORTAL}/")
