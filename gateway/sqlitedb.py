@@ -55,12 +55,22 @@ def classify(exc: sqlite3.Error) -> str:
 
 
 def restrict(path: str) -> None:
-    """Create ``path`` (and tighten it and its WAL files) as owner-only."""
+    """Create ``path`` (and tighten it and its WAL files) as owner-only.
+
+    A new file's directory entry is fsynced: SQLite syncs the file's data, and on
+    file systems other than ext4 that does not make its name survive a power cut."""
+    created = not os.path.exists(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, DB_MODE)
     try:
         os.fchmod(fd, DB_MODE)
     finally:
         os.close(fd)
+    if created:
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     for extra in (path + "-wal", path + "-shm"):
         with suppress(FileNotFoundError):
             os.chmod(extra, DB_MODE)

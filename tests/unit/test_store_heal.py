@@ -396,7 +396,8 @@ ALLOWED_WRITES = {
                            "temp file + rename so dnsmasq never reads half a file",
     "daemon/servers.py": "/proc/sys (a sysctl, not a file on disk)",
     "store/backup.py": "backups and restores: temp file, fsync, rename, fsync dir",
-    "sqlitedb.py": "creates the database file owner-only before SQLite opens it",
+    "sqlitedb.py": "creates the database file owner-only, fsyncs its directory, before "
+                   "SQLite opens it",
 }
 _WRITE_MODES = ("w", "a", "x", "+")
 
