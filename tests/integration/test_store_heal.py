@@ -372,12 +372,14 @@ def power_cut_round(tmp: Path, mode: str, acks: int) -> tuple[int, int]:
     return acked + 1, max(0, acked + 1 - have)
 
 
+@require_tools("mkfs.ext4", "mount", "umount")
 @pytest.mark.parametrize("acks", [40, 200])
 def test_power_cut_keeps_every_acknowledged_commit(tmp_path: Path, acks: int) -> None:
     acked, lost = power_cut_round(tmp_path, "full", acks)
     assert acked >= acks and lost == 0, f"{lost} of {acked} acknowledged commits lost"
 
 
+@require_tools("mkfs.ext4", "mount", "umount")
 @pytest.mark.parametrize("mode", ["off", "normal"])
 def test_negative_control_without_fsync_a_power_cut_loses_commits(tmp_path: Path,
                                                                   mode: str) -> None:
