@@ -18,6 +18,7 @@ from gateway.cli_format import (
     class_owners,
     clock_time,
     config_status_lines,
+    degraded_status_lines,
     fmt_time,
     format_event,
     print_changes,
@@ -255,6 +256,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"{data['site']} ({data['village']})")
     print(f"  ready:           {data['ready']}")
+    for line in degraded_status_lines(data.get("degraded"), data.get("timezone")):
+        print(line)
     print(f"  portal:          {data['portal_url']}  mode={data['portal_mode']}")
     print(f"  LAN address:     {data['lan_ip']}")
     print(uplink_status_line(data.get("uplink"), data.get("timezone")))

@@ -226,3 +226,18 @@ def uplink_status_line(uplink: Any, tz: str | None = None) -> str:
     extra = f", last probe {latency:.0f} ms" if isinstance(latency, int | float) else ""
     return f"  uplink:          {state} since {since}" + (f" ({why})" if why and state == "DOWN"
                                                           else "") + extra
+
+
+def degraded_status_lines(degraded: Any, tz: str | None = None) -> list[str]:
+    """`desanet status` lines for what the daemon runs without (a damaged database it
+    healed around): loud, first, one line each; none when all is well."""
+    if not isinstance(degraded, list) or not degraded:
+        return []
+    lines = [f"  DEGRADED:        {len(degraded)} problem(s); see the log (journalctl -u desanet)"]
+    for p in degraded:
+        if not isinstance(p, dict):
+            continue
+        when = format_datetime(p.get("since"), tz or DEFAULT_TIMEZONE, "en")
+        lines.append(f"    {p.get('what', '?')} {p.get('problem', '?')} since {when}: "
+                     f"{p.get('detail', '')}")
+    return lines

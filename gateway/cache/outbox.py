@@ -67,6 +67,7 @@ from gateway.core.lifecycle import OutboxOutcome as Outcome
 from gateway.core.lifecycle import OutboxState as State
 from gateway.errors import OutboxStateError, Refused, StoreError, SubmissionTooLarge
 from gateway.sqlitedb import Database
+from gateway.store.heal import Heal
 
 STATES: tuple[State, ...] = FORMS_OUTBOX.states
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -217,7 +218,10 @@ class Outbox:
     def __init__(self, path: str | Path, rng: random.Random | None = None) -> None:
         self.path = str(path)
         self._rng = rng or random.Random()
-        self._database = Database(self.path, _SCHEMA, SCHEMA_VERSION, "submission outbox")
+        # A damaged outbox is moved aside and a fresh one started (reported as degraded):
+        # queued forms must not keep the portal down.
+        self._database = Database(self.path, _SCHEMA, SCHEMA_VERSION, "submission outbox",
+                                  healing=Heal())
         self._lock = self._database.lock
         self._db = self._database.conn
         self._tx = self._database.tx

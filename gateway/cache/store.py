@@ -52,6 +52,8 @@ from typing import BinaryIO
 from gateway.cache.memindex import BODY_CACHE_BYTES, BODY_CACHE_ITEM, BodyCache, MemIndex
 from gateway.cache.rules import StoredMeta
 from gateway.errors import StoreError
+from gateway.sqlitedb import classify, open_readonly
+from gateway.store.health import DEGRADED
 
 MAX_OBJECT_FRACTION = 8  # a single body may use at most max_bytes / 8
 TOUCH_FLUSH_SECONDS = 30.0
@@ -231,23 +233,53 @@ class CacheStore:
         return db
 
     def _open_db(self) -> sqlite3.Connection:
-        """Open the index; a corrupt index is moved aside (the cache is rebuildable)."""
+        """Open the index; a corrupt index is moved aside (the cache is rebuildable), and
+        one that cannot be written (disk full) runs in memory; both reported as degraded."""
+        path = self.directory / "index.db"
         try:
             db = self._connect()
-            if db.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+            problem = db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem == "ok":
                 return db
             db.close()
-        except sqlite3.DatabaseError:
-            pass
+        except sqlite3.DatabaseError as exc:
+            if classify(exc) == "unwritable":
+                return self._memory_db(path, exc)
+            problem = str(exc)
         stamp = int(time.time())
         for suffix in ("", "-wal", "-shm"):
             src = self.directory / f"index.db{suffix}"
             if src.exists():
                 os.replace(src, self.directory / f"index.db.corrupt-{stamp}{suffix}")
+        DEGRADED.report("cache index", str(path), "corrupt",
+                        f"{problem}; moved aside as index.db.corrupt-{stamp}, the cache "
+                        "starts empty and fills again", moved_to=f"{path}.corrupt-{stamp}")
         try:
             return self._connect()
         except sqlite3.Error as exc:
+            if classify(exc) == "unwritable":
+                return self._memory_db(path, exc)
             raise StoreError(f"cannot create cache index in {self.directory}: {exc}") from exc
+
+    @staticmethod
+    def _memory_db(path: Path, exc: sqlite3.Error) -> sqlite3.Connection:
+        """The index in memory, loaded from the file when it reads (so the cached bodies
+        stay referenced and are not removed as orphans)."""
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        loaded = "a copy of it"
+        try:
+            src = open_readonly(path)
+            try:
+                src.backup(db)
+            finally:
+                src.close()
+        except sqlite3.Error:
+            loaded = "an empty one (the file does not read)"
+        db.executescript(_SCHEMA)
+        DEGRADED.report("cache index", str(path), "unwritable",
+                        f"{exc}; the cache index runs in memory ({loaded}) until restart",
+                        memory_only=True)
+        return db
 
     def _recover(self) -> None:
         """Delete temp files, rows without a complete body, and unreferenced bodies."""

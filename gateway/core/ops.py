@@ -87,6 +87,8 @@ class GatewayOps:
         self.ready = False
         self.started_at = clock.now()
         self.uplink: UplinkReadPort | None = None  # uplink: set by the daemon
+        # heals: what the daemon runs without (store/health.py DEGRADED), set by the daemon
+        self.degraded: Callable[[], list[dict[str, Any]]] = list
 
     def now(self) -> int:
         return self.clock.now()
@@ -114,6 +116,9 @@ class GatewayOps:
             "timezone": cfg.site.timezone,
             "uplink": self.uplink.status_json() if self.uplink is not None
             else {"state": "unknown", "since": None, "since_iso": None, "latency_ms": None},
+            # What the daemon runs without (a damaged database healed around); [] when well.
+            "degraded": [{**p, "since_iso": iso(p["since"], cfg.site.timezone)}
+                         for p in self.degraded()],
         }
 
     async def clients(self) -> list[dict[str, Any]]:

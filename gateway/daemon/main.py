@@ -42,7 +42,7 @@ from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import systemd
 from gateway.daemon.servers import DaemonServers, raise_file_limit
-from gateway.errors import ConfigError, DesanetError
+from gateway.errors import ConfigError, DesanetError, StoreError
 from gateway.firewall.adapter import Firewall, KernelFirewall
 from gateway.kernel import DatabaseWorker, KernelWorker
 from gateway.netinfo.neighbours import KernelNeighbours, Neighbours
@@ -53,7 +53,10 @@ from gateway.services.offline_dns import OfflineDns
 from gateway.services.prelogin_dns import DnsPair, prelogin_dnsmasq
 from gateway.shaping.service import ShapingService
 from gateway.shaping.tc import KernelShaper, Shaper
+from gateway.store.backup import BACKUP_INTERVAL, list_backups
 from gateway.store.db import AsyncStore
+from gateway.store.heal import adopt_kernel_sessions
+from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
 
 log = logging.getLogger("desanet.daemon")
@@ -105,9 +108,17 @@ class Daemon:
         database = DatabaseWorker()
         _on_close(stack, "database worker", lambda: asyncio.to_thread(database.shutdown))
 
-        store = AsyncStore(Store(state_dir / "desanet.db"), database)
-        _on_close(stack, "store", store.close)
+        # A missing, corrupt or unwritable database never keeps the hotspot down: it is
+        # healed around (store/heal.py) and reported in `desanet status`.
+        DEGRADED.clear()
+        store_file = await asyncio.to_thread(Store, state_dir / "desanet.db")
+        store = AsyncStore(store_file, database)
+        _on_close(stack, "store", self._closer(store))
         firewall = KernelFirewall(Firewall(), kernel)
+        # Before the first converge writes the sets from the store: keep who the kernel
+        # still lets through when the store was lost or restored from an older backup.
+        await adopt_kernel_sessions(store, firewall, store_file.heal,
+                                    cfg.portal.idle_timeout, clock.now())
         shaper = KernelShaper(Shaper(), kernel)
         _on_close(stack, "shaper", shaper.close)
         neighbours = KernelNeighbours(Neighbours(str(state_dir / "dnsmasq.leases")), kernel,
@@ -139,6 +150,7 @@ class Daemon:
         self.ops = ops
         uplink = UplinkService(holder.get, UplinkProber(), bus, clock)
         ops.uplink = uplink
+        ops.degraded = DEGRADED.json
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
                              self._local_follows_uplink(servers, bus)]
@@ -173,6 +185,8 @@ class Daemon:
                                GardenResolver(lambda: (holder.get().lan_ip, 53)),
                                dns.publish_garden, clock)
         reconciler.every("garden", GARDEN_INTERVAL, garden.tick, first_in=0.0)
+        first_backup = BACKUP_INTERVAL if list_backups(store_file.backups, "desanet") else 5.0
+        reconciler.every("backup", BACKUP_INTERVAL, self._backup(store), first_in=first_backup)
 
         def link_changed() -> None:
             uplink.poke()
@@ -242,6 +256,28 @@ class Daemon:
             if gone:
                 log.info("forgot %d sessions that ended over 90 days ago", gone)
         return prune
+
+    @staticmethod
+    def _backup(store: AsyncStore) -> Callable[[], Awaitable[None]]:
+        async def backup() -> None:
+            try:
+                await store.backup()
+            except StoreError as exc:
+                DEGRADED.report("state database", store.path, "backup failing",
+                                f"{exc}; the older backups are kept")
+            else:
+                DEGRADED.resolve(store.path, "backup failing")
+        return backup
+
+    @classmethod
+    def _closer(cls, store: AsyncStore) -> Callable[[], Awaitable[None]]:
+        """At a clean stop: a last backup, then close."""
+        backup = cls._backup(store)
+
+        async def close() -> None:
+            await backup()
+            await store.close()
+        return close
 
     @staticmethod
     def _dns_follows_uplink(holder: ConfigHolder, dhcp: Dnsmasq

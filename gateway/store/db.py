@@ -10,6 +10,7 @@ the database, VoucherError(reason) for the voucher rules.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.kernel import DatabaseWorker
@@ -126,6 +127,12 @@ class AsyncStore:
         Awaits the database worker.
         """
         return await self.worker.call(self.store.redeem_voucher, code, mac, now)
+
+    async def backup(self) -> Path | None:
+        """A consistent copy into the backup directory (None when running in memory).
+
+        Awaits the database worker; raises StoreError (the older backups stay)."""
+        return await self.worker.call(self.store.backup)
 
     async def close(self) -> None:
         """Awaits the database worker (one SQLite read or fsynced write)."""

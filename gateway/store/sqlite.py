@@ -18,6 +18,8 @@ from pathlib import Path
 from gateway.errors import VoucherError
 from gateway.model import Session, Voucher
 from gateway.sqlitedb import Database
+from gateway.store.backup import KEEP, backup
+from gateway.store.heal import Heal
 
 # 2: vouchers.batch_name and vouchers.serial (see _migrate).
 SCHEMA_VERSION = 2
@@ -79,10 +81,16 @@ class Store:
     the one database worker thread.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, backups: str | Path | None = None,
+                 heal: Heal | None = None) -> None:
+        """``backups``: where :meth:`backup` writes and a damaged or missing file is
+        restored from (default: ``backups/`` beside the file). Never refuses to open
+        a damaged file: see :mod:`gateway.store.heal` (``heal.problem`` says what was done)."""
         self.path = str(path)
+        self.backups = Path(backups) if backups is not None else Path(self.path).parent / "backups"
+        self.heal = heal or Heal(self.backups)
         self._database = Database(self.path, _SCHEMA, SCHEMA_VERSION, "state database",
-                                  foreign_keys=True)
+                                  foreign_keys=True, healing=self.heal)
         self._tx = self._database.tx
         self._read = self._database.read
         self._migrate()
@@ -104,6 +112,18 @@ class Store:
 
     def close(self) -> None:
         self._database.close()
+
+    @property
+    def memory_only(self) -> bool:
+        """Running on an in-memory copy (the file could not be written at open)."""
+        return self._database.memory
+
+    def backup(self, keep: int = KEEP) -> Path | None:
+        """A consistent, checked copy into :attr:`backups`, keeping the newest ``keep``;
+        None (nothing written) when running in memory. Raises StoreError."""
+        if self._database.memory:
+            return None
+        return backup(self._database, self.backups, keep)
 
     # -- sessions ---------------------------------------------------------
 
