@@ -41,6 +41,15 @@ class FirewallPort(Protocol):
 
     async def authorized_clients(self) -> dict[MacIp, int]: ...
 
+    async def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
+        """Is the client in the authorized set, and in the activity set? Raises FirewallError."""
+        ...
+
+    async def intact(self) -> bool:
+        """Are our tables still as the last apply left them (not flushed, deleted or made
+        again by hand)? True before the first apply. Cheap: no set elements listed."""
+        ...
+
     async def end_connections(self, ip: str, redirected_only: bool) -> None:
         """Delete the connection-tracking entries the client at ``ip`` opened.
 
@@ -72,6 +81,11 @@ class ShaperPort(Protocol):
     async def delete(self, device: str, cls: HtbClass) -> None: ...
 
     async def stats(self, device: str) -> dict[int, ClassStats]: ...
+
+    async def intact(self, device: str) -> bool:
+        """Is our root qdisc on ``device``? False when it was deleted or replaced, or the
+        device is gone or was created again. Cheap: no dump of the classes."""
+        ...
 
 
 class NeighboursPort(Protocol):

@@ -28,6 +28,8 @@ from gateway.core.configuration import ConfigService
 from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged
 from gateway.core.ops import GatewayOps
 from gateway.core.reconcile import (
+    KERNEL_CHECK_INTERVAL,
+    KERNEL_JOB,
     PRUNE_INTERVAL,
     SAMPLE_INTERVAL,
     SESSION_HISTORY,
@@ -161,9 +163,16 @@ class Daemon:
         reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
         reconciler.every("uplink", TICK, uplink.tick, first_in=0.0)
 
+        async def check_kernel() -> None:
+            await reconciler.check_kernel()
+
+        # Puts back a flushed table or deleted trees (see Reconciler.check_kernel).
+        reconciler.every(KERNEL_JOB, KERNEL_CHECK_INTERVAL, check_kernel)
+
         def link_changed() -> None:
             uplink.poke()
             reconciler.run_soon("uplink")
+            reconciler.run_soon(KERNEL_JOB)  # an interface created again has no tree yet
 
         link_events = LinkEvents(link_changed)
         try:

@@ -10,7 +10,8 @@ client's tracked connections (:mod:`gateway.firewall.conntrack`, netlink).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
@@ -22,6 +23,7 @@ from gateway.firewall.planner import (
     TABLE,
     CarriedState,
     MacIp,
+    element_key,
     plan_authorize,
     plan_revoke,
     plan_ruleset,
@@ -32,12 +34,17 @@ from gateway.model import Session
 if TYPE_CHECKING:
     from gateway.ports import FirewallPort
 
+# Chains whose rule count tells a flushed table from ours: the forward path and the redirect.
+CHECKED_CHAINS = ("lan_forward", "lan_nat")
+TableShape = tuple[tuple[tuple[str, int], ...], tuple[int, ...]]
+
 
 class Firewall:
     """Synchronous nftables adapter; every method blocks (runs nft in-process)."""
 
     def __init__(self, nft: Nft | None = None) -> None:
         self.nft = nft or Nft()
+        self._expect: TableShape | None = None  # our tables as the last apply left them
 
     def apply(
         self, cfg: Config, sessions: Iterable[Session], now: int, carry_garden: bool = True
@@ -46,8 +53,12 @@ class Firewall:
 
         Blocks: reads the live sets, then runs one nft transaction.
         """
+        sessions = list(sessions)
         carried = self.read_carried_state(carry_garden)
+        if carried.from_live_table:
+            carried = unwritten_get_a_window(carried, self.authorized_clients(), sessions, now)
         self.nft.run(plan_ruleset(cfg, sessions, now, carried))
+        self._expect = self._shape()
 
     def authorize(self, session: Session, now: int, class_text: str | None = None) -> None:
         """Add the client to the authorized sets (and its class map). Blocks: runs nft."""
@@ -72,18 +83,47 @@ class Firewall:
 
     def remove(self) -> None:
         """Delete our tables (idempotent). Blocks: runs nft."""
+        self._expect = None
         self.nft.run(
             f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n"
             f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
         )
 
-    def table_exists(self) -> bool:
-        """Blocks: runs nft."""
+    def intact(self) -> bool:
+        """Are our tables still as the last :meth:`apply` left them? Blocks: two small
+        nft listings (the tables, and the rules of two chains: no set elements, so
+        the cost does not grow with the clients).
+
+        False when a table is gone or was made again by someone else (another
+        handle: ``nft flush ruleset``, a hand-made table), or a chain lost or
+        gained rules (``nft flush table``); True before the first apply.
+        """
+        if self._expect is None:
+            return True
         try:
-            self.nft.run(f"list table {FAMILY} {TABLE}")
+            return self._shape() == self._expect
         except FirewallError:
             return False
-        return True
+
+    def _shape(self) -> TableShape:
+        tables = tuple(sorted(
+            (str(t["family"]), int(t["handle"]))
+            for item in self.nft.run_json("list tables")
+            if (t := item.get("table")) and t.get("name") == TABLE))
+        rules = tuple(
+            sum(1 for item in self.nft.run_json(f"list chain {FAMILY} {TABLE} {chain}")
+                if "rule" in item)
+            for chain in CHECKED_CHAINS)
+        return tables, rules
+
+    def table_exists(self) -> bool:
+        """Blocks: runs nft (lists the tables only, not their contents)."""
+        try:
+            tables = self.nft.run_json("list tables")
+        except FirewallError:
+            return False
+        return any((t := item.get("table")) and t.get("family") == FAMILY
+                   and t.get("name") == TABLE for item in tables)
 
     def active_clients(self) -> dict[MacIp, int]:
         """Clients with traffic inside their idle window -> seconds left in it. Blocks."""
@@ -92,6 +132,22 @@ class Firewall:
     def authorized_clients(self) -> dict[MacIp, int]:
         """Authorized clients -> seconds left of their session. Blocks: runs nft."""
         return {_mac_ip(k): left for k, left in self._elements("auth4").items()}
+
+    def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
+        """Is the client in ``auth4``, and in ``active4``? Blocks: two nft look-ups of one
+        element each. Raises FirewallError when the table itself is gone."""
+        key = element_key(mac, ip)
+        found = self._holds("auth4", key), self._holds("active4", key)
+        if not any(found) and not self.table_exists():
+            raise FirewallError(f"the nftables table {FAMILY} {TABLE} is missing")
+        return found
+
+    def _holds(self, name: str, key: str) -> bool:
+        try:
+            self.nft.run(f"get element {FAMILY} {TABLE} {name} {{ {key} }}")
+        except FirewallError:
+            return False
+        return True
 
     def read_carried_state(self, carry_garden: bool = True) -> CarriedState:
         if not self.table_exists():
@@ -152,6 +208,15 @@ class KernelFirewall:
         """Cut the client off. Awaits the kernel worker (nft)."""
         await self.worker.call(self.firewall.revoke, mac, ip, class_text)
 
+    async def intact(self) -> bool:
+        """Our tables as the last apply left them? Awaits the kernel worker (two small
+        nft listings)."""
+        return await self.worker.call(self.firewall.intact)
+
+    async def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
+        """In ``auth4``, in ``active4``? Awaits the kernel worker (two or three small nft calls)."""
+        return await self.worker.call(self.firewall.client_entry, mac, ip)
+
     async def active_clients(self) -> dict[MacIp, int]:
         """Clients inside their idle window -> seconds left. Awaits the kernel worker (nft)."""
         return await self.worker.call(self.firewall.active_clients)
@@ -171,6 +236,26 @@ class KernelFirewall:
     async def end_connections(self, ip: str, redirected_only: bool) -> None:
         """Delete the client's conntrack entries. Awaits the kernel worker (netlink)."""
         await self.worker.call(self.conntrack.end_client, ip, redirected_only)
+
+
+def unwritten_get_a_window(carried: CarriedState, authorized: Mapping[MacIp, int],
+                           sessions: Iterable[Session], now: int) -> CarriedState:
+    """Give a fresh idle window to each session the live table has never held (pure).
+
+    The store commits a login before the kernel hears of it; a crash in between
+    leaves a session the store holds and ``auth4`` does not. Such a session is
+    no idle one (the kernel never had the chance to see its traffic): without
+    this it would be rebuilt into ``auth4`` but not ``active4``, its traffic
+    dropped while the portal says "online", until the idle timeout ended it.
+    A session in ``auth4`` but not in ``active4`` is idle and stays out.
+    """
+    active = dict(carried.active)
+    for s in sessions:
+        key = (s.mac, s.ip)
+        left = s.expires - now
+        if left > 0 and key not in authorized and key not in active:
+            active[key] = min(s.idle_timeout, left)
+    return replace(carried, active=active)
 
 
 def _parse_elem(elem: Any) -> tuple[Any, int]:
