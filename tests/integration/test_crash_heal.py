@@ -22,11 +22,13 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 
 import pytest
 
 from desanet_lab import LabInfo, LabSpec, run_in
+from desanet_lab import netns as nsa
 from desanet_lab import plan as p
 from gateway.control.client import ControlClient
 from gateway.errors import DesanetError
@@ -46,7 +48,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
+pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "tc")]
 
 PREFIX = unique_prefix("ch")
 CLIENTS = 4
@@ -170,3 +172,106 @@ def test_kill9_during_logins_shuts_nobody_out(lab: LabInfo) -> None:
                     reason="slow tier: set DESANET_SLOW=1 (50 kill -9 rounds)")
 def test_kill9_during_logins_fifty_rounds(lab: LabInfo) -> None:
     crash_rounds(lab, SLOW_ROUNDS, seed=random.randrange(1 << 30))
+
+
+# -- a broken kernel state is rebuilt ------------------------------------------------------
+
+
+def deauth(lab: LabInfo, k: int) -> None:
+    with ControlClient(lab.control_socket, timeout=10.0) as control, \
+            contextlib.suppress(DesanetError):
+        control.request("POST", "/v1/clients/deauth", {"mac": mac(k)})
+
+
+def root_kind(lab: LabInfo, device: str) -> str:
+    """The kind and handle of ``device``'s root qdisc ("htb 1:"), or "" when none."""
+    proc = run_in(lab.gw, ["tc", "-j", "qdisc", "show", "dev", device, "root"], timeout=10)
+    if proc.returncode != 0:
+        return ""
+    found = json.loads(proc.stdout or "[]")
+    return f"{found[0]['kind']} {found[0]['handle']}" if found else ""
+
+
+def has_class(lab: LabInfo, device: str, classid: str) -> bool:
+    proc = run_in(lab.gw, ["tc", "class", "show", "dev", device, "classid", classid], timeout=10)
+    return proc.returncode == 0 and "htb" in proc.stdout
+
+
+def client_classid(lab: LabInfo, k: int) -> str:
+    ip = lab.client(k).ipv4
+    assert ip is not None
+    return f"1:{0x100 + int(ip.rsplit('.', 1)[1]):x}"
+
+
+def in_gw(lab: LabInfo, *argv: str) -> None:
+    proc = run_in(lab.gw, list(argv), timeout=10)
+    assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr.strip()}"
+
+
+@pytest.fixture
+def settled(lab: LabInfo) -> LabInfo:
+    """The daemon running, c1 online and out (positive control), the others offline
+    and sent to the portal (positive control)."""
+    ensure_gateway(lab)
+    for k in range(2, CLIENTS + 1):
+        deauth(lab, k)
+    if mac(1) not in online_in_store(lab.control_socket):
+        assert login_terms(lab.client(1).name).status == 303
+    assert has_internet(lab.client(1).name, by_address=True)
+    assert internet(lab.client(2).name, by_address=True).redirected_to_portal()
+    return lab
+
+
+def test_a_flushed_ruleset_is_put_back(settled: LabInfo) -> None:
+    lab = settled
+    c1, c2, c3 = (lab.client(k).name for k in (1, 2, 3))
+    in_gw(lab, "nft", "flush", "ruleset")
+    wait_until(lambda: has_internet(c1, by_address=True), HEAL_DEADLINE,
+               "the authorized client to reach the origin again")
+    wait_until(lambda: internet(c2, by_address=True).redirected_to_portal(), HEAL_DEADLINE,
+               "the unauthorized client to be sent to the portal again")
+    assert (mac(1), str(lab.client(1).ipv4)) in kernel_set(lab.gw, "active4")
+    assert login_terms(c3).status == 303, "a login after the repair"
+    assert has_internet(c3, by_address=True)
+
+
+def test_deleted_root_qdiscs_are_put_back(settled: LabInfo) -> None:
+    lab = settled
+    c1, c3 = lab.client(1).name, lab.client(3).name
+    cls = client_classid(lab, 1)
+    assert root_kind(lab, p.LAN_INTERFACE) == "htb 1:" and has_class(lab, p.LAN_INTERFACE, cls)
+    for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
+        in_gw(lab, "tc", "qdisc", "del", "dev", dev, "root")
+    assert root_kind(lab, p.LAN_INTERFACE) != "htb 1:"
+    wait_until(lambda: all(root_kind(lab, d) == "htb 1:"
+                           for d in (p.LAN_INTERFACE, p.WAN_INTERFACE)),
+               HEAL_DEADLINE, "both HTB roots back")
+    wait_until(lambda: has_class(lab, p.LAN_INTERFACE, cls) and
+               has_class(lab, p.WAN_INTERFACE, cls), HEAL_DEADLINE, "c1's classes back")
+    assert has_internet(c1, by_address=True)
+    assert login_terms(c3).status == 303, "a login after the repair"
+    assert has_internet(c3, by_address=True)
+    assert has_class(lab, p.LAN_INTERFACE, client_classid(lab, 3))
+
+
+def wan_link_commands(lab: LabInfo) -> list[list[str]]:
+    """The lab's own `ip` commands that build the WAN link (veth pair, addresses, routes)."""
+    plan = p.plan_lab(LabSpec(prefix=lab.prefix, clients=CLIENTS))
+    return [cmd for cmd in p.topology_commands(plan)
+            if p.WAN_INTERFACE in cmd or p.ISP_INTERFACE in cmd]
+
+
+def test_a_wan_interface_created_again_gets_its_tree_again(settled: LabInfo) -> None:
+    lab = settled
+    c1 = lab.client(1).name
+    cls = client_classid(lab, 1)
+    in_gw(lab, "ip", "link", "del", p.WAN_INTERFACE)  # a USB modem unplugged: both ends go
+    assert not has_internet(c1, by_address=True)
+    for cmd in wan_link_commands(lab):  # ... and plugged in again: a new, bare interface
+        subprocess.run([nsa.IP, *cmd], check=True, capture_output=True, timeout=10)
+    wait_until(lambda: root_kind(lab, p.WAN_INTERFACE) == "htb 1:", HEAL_DEADLINE,
+               "the new WAN interface's HTB root")
+    wait_until(lambda: has_class(lab, p.WAN_INTERFACE, cls), HEAL_DEADLINE,
+               "c1's upload class on the new WAN interface")
+    wait_until(lambda: has_internet(c1, by_address=True), HEAL_DEADLINE,
+               "c1 to reach the origin again")
