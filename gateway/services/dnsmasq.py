@@ -21,9 +21,11 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.clock import Clock, SystemClock
 from gateway.config.schema import Config
 from gateway.errors import ServiceError
 from gateway.firewall.planner import TABLE
+from gateway.services.backoff import RestartBackoff
 
 if TYPE_CHECKING:
     from gateway.ports import DhcpServerPort
@@ -141,7 +143,7 @@ class Dnsmasq:
 
     def __init__(self, binary: str, conf_path: str, pid_path: str, *,
                  state_dir: str | None = None, run_dir: str | None = None,
-                 check_config: bool = True) -> None:
+                 check_config: bool = True, clock: Clock | None = None) -> None:
         self.binary = binary
         self.conf_path = conf_path
         self.pid_path = pid_path
@@ -152,6 +154,8 @@ class Dnsmasq:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        self._backoff = RestartBackoff((clock or SystemClock()).monotonic)
+        self._sleep = asyncio.sleep  # the supervisor's wait (a test replaces it)
         # uplink: while down, dnsmasq.servers names the offline responder (set by the
         # daemon); one lock keeps a config apply and an uplink change from writing
         # over each other with a stale state.
@@ -306,6 +310,8 @@ class Dnsmasq:
         """
         self._stopping = False
         await self._kill_stale()
+        self._backoff.reset()
+        self._backoff.started()
         await self._spawn()
         self._watch = asyncio.create_task(self._supervise(), name="dnsmasq-supervisor")
 
@@ -326,15 +332,15 @@ class Dnsmasq:
         log.info("dnsmasq started (pid %s)", self._proc.pid)
 
     async def _supervise(self) -> None:
-        delay = 1.0
         while not self._stopping:
             assert self._proc is not None
             code = await self._proc.wait()
             if self._stopping:
                 return
+            delay = self._backoff.delay()  # doubles while it dies at once; 1 s after a stable run
             log.error("dnsmasq exited with code %s; restarting in %.0fs", code, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await self._sleep(delay)
+            self._backoff.started()
             try:
                 await self._spawn()
                 self.restarts += 1
