@@ -156,9 +156,11 @@ class SessionService:
             return
         try:
             authorized, active = await self.firewall.client_entry(session.mac, session.ip)
-        except DesanetError as exc:
-            log.error("could not look up the kernel entries of %s (%s): %s",
-                      session.mac, session.ip, exc)
+        except DesanetError as exc:  # the table itself is gone: the reconciler rebuilds it
+            log.warning("could not look up the kernel entries of %s (%s): %s",
+                        session.mac, session.ip, exc)
+            if self._suspect is not None:
+                self._suspect()
             return
         now = self.now()
         if authorized and (active or now - session.started >= session.idle_timeout):

@@ -38,6 +38,7 @@ from tests.integration.conftest import (
     desanet_json,
     ensure_gateway,
     has_internet,
+    http,
     internet,
     login_terms,
     require_root,
@@ -233,6 +234,22 @@ def test_a_flushed_ruleset_is_put_back(settled: LabInfo) -> None:
     assert (mac(1), str(lab.client(1).ipv4)) in kernel_set(lab.gw, "active4")
     assert login_terms(c3).status == 303, "a login after the repair"
     assert has_internet(c3, by_address=True)
+
+
+def test_a_lost_kernel_entry_is_put_back(settled: LabInfo) -> None:
+    """Entries of a live session deleted by hand (as a crash of an older version left
+    them): the next portal visit, or at the latest the sweep, puts them back."""
+    lab = settled
+    c1 = lab.client(1).name
+    key = f"{mac(1)} . {lab.client(1).ipv4}"
+    for name in ("auth4", "active4"):
+        in_gw(lab, "nft", "delete", "element", "inet", "desanet", name, "{", key, "}")
+    assert not has_internet(c1, by_address=True), "the entries were not deleted"
+    captive = http(c1, f"http://{p.PORTAL_HOSTNAME}/api/captive")
+    assert captive.status == 200 and json.loads(captive.body)["captive"] is False
+    wait_until(lambda: has_internet(c1, by_address=True), HEAL_DEADLINE,
+               "c1 to reach the origin again")
+    assert (mac(1), str(lab.client(1).ipv4)) in kernel_set(lab.gw, "active4")
 
 
 def test_deleted_root_qdiscs_are_put_back(settled: LabInfo) -> None:
