@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
 from gateway.errors import FirewallError
+from gateway.firewall import nftcheck
 from gateway.firewall.conntrack import Conntrack
 from gateway.firewall.nft import Nft
 from gateway.firewall.planner import (
@@ -23,7 +24,6 @@ from gateway.firewall.planner import (
     TABLE,
     CarriedState,
     MacIp,
-    element_key,
     plan_authorize,
     plan_revoke,
     plan_ruleset,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 # Chains whose rule count tells a flushed table from ours: the forward path and the redirect.
 CHECKED_CHAINS = ("lan_forward", "lan_nat")
-TableShape = tuple[tuple[tuple[str, int], ...], tuple[int, ...]]
+TableShape = tuple[tuple[int | None, ...], tuple[int, ...]]  # table handles, rule counts
 
 
 class Firewall:
@@ -90,9 +90,9 @@ class Firewall:
         )
 
     def intact(self) -> bool:
-        """Are our tables still as the last :meth:`apply` left them? Blocks: two small
-        nft listings (the tables, and the rules of two chains: no set elements, so
-        the cost does not grow with the clients).
+        """Are our tables still as the last :meth:`apply` left them? Blocks: four small
+        nfnetlink requests (two tables' handles, two chains' rules; ~0.5 ms in all,
+        whatever the number of clients: see :mod:`gateway.firewall.nftcheck`).
 
         False when a table is gone or was made again by someone else (another
         handle: ``nft flush ruleset``, a hand-made table), or a chain lost or
@@ -105,25 +105,19 @@ class Firewall:
         except FirewallError:
             return False
 
-    def _shape(self) -> TableShape:
-        tables = tuple(sorted(
-            (str(t["family"]), int(t["handle"]))
-            for item in self.nft.run_json("list tables")
-            if (t := item.get("table")) and t.get("name") == TABLE))
-        rules = tuple(
-            sum(1 for item in self.nft.run_json(f"list chain {FAMILY} {TABLE} {chain}")
-                if "rule" in item)
-            for chain in CHECKED_CHAINS)
+    @staticmethod
+    def _shape() -> TableShape:
+        tables = tuple(nftcheck.table_handle(family, TABLE) for family in (FAMILY, "bridge"))
+        rules = tuple(nftcheck.rule_count(FAMILY, TABLE, chain) for chain in CHECKED_CHAINS)
         return tables, rules
 
     def table_exists(self) -> bool:
-        """Blocks: runs nft (lists the tables only, not their contents)."""
+        """Blocks: one nfnetlink request (not an nft listing: that costs ~35 ms with
+        5,000 clients even for the table names)."""
         try:
-            tables = self.nft.run_json("list tables")
+            return nftcheck.table_handle(FAMILY, TABLE) is not None
         except FirewallError:
             return False
-        return any((t := item.get("table")) and t.get("family") == FAMILY
-                   and t.get("name") == TABLE for item in tables)
 
     def active_clients(self) -> dict[MacIp, int]:
         """Clients with traffic inside their idle window -> seconds left in it. Blocks."""
@@ -134,20 +128,15 @@ class Firewall:
         return {_mac_ip(k): left for k, left in self._elements("auth4").items()}
 
     def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
-        """Is the client in ``auth4``, and in ``active4``? Blocks: two nft look-ups of one
-        element each. Raises FirewallError when the table itself is gone."""
-        key = element_key(mac, ip)
-        found = self._holds("auth4", key), self._holds("active4", key)
+        """Is the client in ``auth4``, and in ``active4``? Blocks: two nfnetlink look-ups
+        of one element each (~0.1 ms, where ``nft get element`` costs ~65 ms with 5,000
+        clients). Raises FirewallError when the table itself is gone."""
+        key = nftcheck.mac_ip_key(mac, ip)
+        found = (nftcheck.has_element(FAMILY, TABLE, "auth4", key),
+                 nftcheck.has_element(FAMILY, TABLE, "active4", key))
         if not any(found) and not self.table_exists():
             raise FirewallError(f"the nftables table {FAMILY} {TABLE} is missing")
         return found
-
-    def _holds(self, name: str, key: str) -> bool:
-        try:
-            self.nft.run(f"get element {FAMILY} {TABLE} {name} {{ {key} }}")
-        except FirewallError:
-            return False
-        return True
 
     def read_carried_state(self, carry_garden: bool = True) -> CarriedState:
         if not self.table_exists():
@@ -209,12 +198,12 @@ class KernelFirewall:
         await self.worker.call(self.firewall.revoke, mac, ip, class_text)
 
     async def intact(self) -> bool:
-        """Our tables as the last apply left them? Awaits the kernel worker (two small
-        nft listings)."""
+        """Our tables as the last apply left them? Awaits the kernel worker (four small
+        nfnetlink requests)."""
         return await self.worker.call(self.firewall.intact)
 
     async def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
-        """In ``auth4``, in ``active4``? Awaits the kernel worker (two or three small nft calls)."""
+        """In ``auth4``, in ``active4``? Awaits the kernel worker (two or three nfnetlink requests)."""
         return await self.worker.call(self.firewall.client_entry, mac, ip)
 
     async def active_clients(self) -> dict[MacIp, int]:
