@@ -174,6 +174,11 @@ class SessionService:
             current = await self.store.active_session(session.mac, now)
             if current is None or current.ip != session.ip:
                 return  # ended or moved meanwhile: nothing of this session to restore
+            try:  # again under the lock: a login's kernel write may just have landed
+                if all(await self.firewall.client_entry(current.mac, current.ip)):
+                    return
+            except DesanetError:
+                pass  # the restore below says what is wrong
             await self._restore(current, now)
 
     async def _restore(self, session: Session, now: int) -> None:
