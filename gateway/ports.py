@@ -44,6 +44,16 @@ class FirewallPort(Protocol):
     async def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:
         """Replace the kernel's lease sets (address -> MAC) that ARP, source and DHCP
         checks trust (firewall/guard.py). Raises FirewallError."""
+        ...
+
+    async def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
+        """Is the client in the authorized set, and in the activity set? Raises FirewallError."""
+        ...
+
+    async def intact(self) -> bool:
+        """Are our tables still as the last apply left them (not flushed, deleted or made
+        again by hand)? True before the first apply. Cheap: no set elements listed."""
+        ...
 
     async def end_connections(self, ip: str, redirected_only: bool) -> None:
         """Delete the connection-tracking entries the client at ``ip`` opened.
@@ -76,6 +86,11 @@ class ShaperPort(Protocol):
     async def delete(self, device: str, cls: HtbClass) -> None: ...
 
     async def stats(self, device: str) -> dict[int, ClassStats]: ...
+
+    async def intact(self, device: str) -> bool:
+        """Is our root qdisc on ``device``? False when it was deleted or replaced, or the
+        device is gone or was created again. Cheap: no dump of the classes."""
+        ...
 
 
 class NeighboursPort(Protocol):

@@ -18,6 +18,16 @@ logged and retried at its next turn, never ends the loop. A job can also be
 asked for earlier (:meth:`Reconciler.run_at`): the session service asks for
 the sweep at the next expiry or idle deadline, so sessions end on time
 rather than up to ``SWEEP_INTERVAL`` late.
+
+Healing (:meth:`Reconciler.check_kernel`, every ``KERNEL_CHECK_INTERVAL`` and at
+once on a netlink link event or a login the kernel refused): the kernel state
+is a cache of the config and the sessions, and a hand edit (``nft flush
+ruleset``, ``tc qdisc del``) or a modem's interface created again can take it
+away while the daemon runs. The check is cheap (the table's handles and two
+chains' rule counts, the root qdisc of each device: nothing that grows with the
+clients); what it finds missing is built again from the store, with the
+sessions to itself, like a converge's shaping and firewall steps. A table made
+again carries no idle state, so every session gets one fresh idle window.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from gateway.clock import Clock
 from gateway.config.apply import Step, run_steps
 from gateway.config.schema import Config
 from gateway.core.sessions import SessionService
+from gateway.errors import DesanetError
 from gateway.model import Session
 from gateway.ports import DhcpServerPort, FirewallPort
 from gateway.shaping.service import ShapingService
@@ -43,6 +54,8 @@ SWEEP_INTERVAL = 5.0  # the sweep's regular turn; deadlines bring it forward (ru
 SWEEP_JOB = "sweep"  # the name the daemon registers the session sweep under
 HURRIED_RETRY = 0.2  # a job asked for while still running looks again this soon
 SAMPLE_INTERVAL = 5.0
+KERNEL_CHECK_INTERVAL = 2.0  # the product promises a repair within 10 s
+KERNEL_JOB = "kernel-check"  # the name the daemon registers check_kernel under
 PRUNE_INTERVAL = 3600.0
 SESSION_HISTORY = 90 * 86400  # ended sessions are kept this long (who was online when)
 
@@ -114,6 +127,8 @@ class Reconciler:
         self.jobs: list[Job] = []
         self._wake = asyncio.Event()
         sessions.set_wakeup(lambda at: self.run_at(SWEEP_JOB, at))
+        sessions.set_kernel_suspect(lambda: self.run_soon(KERNEL_JOB))
+        self._repair_failing: str | None = None  # the last failed repair, logged once
 
     # -- converge ------------------------------------------------------------------
 
@@ -243,6 +258,53 @@ class Reconciler:
 
         steps.append(Step("limits", limits_new, limits_old))
         return steps
+
+    # -- healing -----------------------------------------------------------------------
+
+    async def check_kernel(self) -> list[str]:
+        """Rebuild what is missing from the kernel: the nftables table, the HTB trees.
+
+        Returns the parts rebuilt (empty when all was in place). A repair that
+        fails (the device is still gone) is logged once, at error, and tried
+        again at the next turn; it raises nothing.
+        """
+        cfg = self.holder.current
+        broken = []
+        try:
+            if not await self.shaping.intact(cfg):
+                broken.append("shaping")
+            if not await self.firewall.intact():
+                broken.append("firewall")
+        except DesanetError as exc:
+            self._repair_failed(f"could not check the kernel state: {exc}")
+            return []
+        if not broken:
+            self._repair_failing = None
+            return []
+        async with self.sessions.locks.exclusive():
+            cfg = self.holder.current  # a converge may have run while we waited
+            try:
+                sessions = await self.sessions.active()
+                if "shaping" in broken:
+                    await self.shaping.converge(cfg, sessions)
+                if "firewall" in broken:  # after the classes its map steers into
+                    await self.firewall.apply(cfg, sessions, self.clock.now())
+            except DesanetError as exc:
+                self._repair_failed(f"the kernel lost our {' and '.join(broken)} state and "
+                                    f"rebuilding it failed: {exc}; trying again")
+                return []
+        self._repair_failing = None
+        log.warning("the kernel had lost our %s state (removed by hand, or an interface was "
+                    "created again); rebuilt it for %d sessions", " and ".join(broken),
+                    len(sessions))
+        return broken
+
+    def _repair_failed(self, message: str) -> None:
+        if message != self._repair_failing:
+            log.error("%s", message)
+        else:
+            log.debug("%s", message)
+        self._repair_failing = message
 
     # -- timers ------------------------------------------------------------------------
 

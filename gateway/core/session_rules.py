@@ -97,3 +97,28 @@ def takeover_refused(current: Session | None, ip: str, source: SessionSource,
     if current is None or current.ip == ip or source == "manual":
         return False
     return leases.get(current.ip, "").lower() == current.mac.lower()
+
+
+def missing_kernel_entries(
+    sessions: Iterable[Session],
+    authorized: Iterable[tuple[str, str]],
+    active: Mapping[tuple[str, str], int],
+    now: int,
+    listed_at: float,
+) -> list[Session]:
+    """Live sessions the kernel does not let out although it should.
+
+    A session missing from ``auth4`` (the kernel lost it: a crash between the
+    store's commit and the kernel write, a table flushed by hand), or missing
+    from ``active4`` while younger than its idle timeout (it cannot be idle
+    yet). Sessions started within a second or two of ``listed_at`` (when the
+    kernel's sets were listed) are left out: their entries may have gone in
+    after the listing.
+    """
+    auth = set(authorized)
+    return [
+        s for s in sessions
+        if s.started + 2 < listed_at and (
+            (s.mac, s.ip) not in auth
+            or ((s.mac, s.ip) not in active and now - s.started < s.idle_timeout))
+    ]

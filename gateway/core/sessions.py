@@ -8,7 +8,9 @@ then to the kernel:
 
 * login:  store.start_session -> shaping.add -> firewall.authorize. A crash
           in between is healed at start, when converge rebuilds the kernel
-          from the store.
+          from the store: a session the live table never held gets a fresh
+          idle window there (it is no idle one), so every session the store
+          holds is then fully in the kernel.
 * logout: store.end_session -> firewall.revoke -> end its connections ->
           shaping.remove. A crash in between leaves a kernel entry the store no
           longer backs; the sweep removes it, so nobody regains access.
@@ -19,6 +21,16 @@ browser's keep-alive would stay on the portal), and a cut-off ends its flows
 (a UDP stream in progress would flow on; see ``FirewallPort.end_connections``).
 Failing to do so is logged, not raised: the sets, the truth of who may pass,
 are already right.
+
+Healing: whatever else takes a live session's entry out of the kernel (a hand
+edit, a crash of an older version), two places put it back. The sweep compares
+the store with the sets it lists anyway; a portal visit (``identify``: the status
+page, the captive-portal API, a login that finds the client online) asks the
+kernel for that one client's entries, at most every ``ENTRY_CHECK_INTERVAL``
+seconds per client. Both re-add the session as it is in the store; a session
+in ``auth4`` but out of ``active4`` after its first idle window is idle, and the
+sweep ends it as before. A refused login also asks the reconciler to check the
+whole kernel state at once (``set_kernel_suspect``).
 
 Timing: the kernel enforces expiry and idle itself (set element timeouts);
 the sweep turns them into ended sessions, events and ended connections. It
@@ -55,6 +67,7 @@ from gateway.core.locks import SessionLocks
 from gateway.core.session_rules import (
     idle_sessions,
     leased_addresses,
+    missing_kernel_entries,
     new_session,
     stale_kernel_entries,
     takeover_refused,
@@ -72,6 +85,8 @@ DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before 
 # Refused.reason when a manual grant would replace a villager's voucher session.
 VOUCHER_SESSION = "voucher_session"
 LEASE_RESYNC = 15.0  # s: the lease sets are written again this often even when unchanged
+ENTRY_CHECK_INTERVAL = 10.0  # a client's kernel entries are checked at most this often on visits
+ENTRY_CHECK_MEMORY = 4096  # clients remembered as checked (then the oldest half is forgotten)
 
 
 class SessionService:
@@ -103,10 +118,17 @@ class SessionService:
         self._listing = 0.0  # seconds the last sweep's listing of the kernel's sets took
         self._leases_synced: dict[str, str] | None = None  # what the lease sets hold
         self._leases_synced_at = float("-inf")
+        self._suspect: Callable[[], None] | None = None
+        self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
 
     def set_wakeup(self, wakeup: Callable[[float], None]) -> None:
         """``wakeup(at)`` asks for a sweep at wall-clock time ``at`` (the reconciler's timer)."""
         self._wakeup = wakeup
+
+    def set_kernel_suspect(self, suspect: Callable[[], None]) -> None:
+        """``suspect()`` asks for a check of the whole kernel state now (the kernel
+        refused a login: its table or trees may have gone). Must not block."""
+        self._suspect = suspect
 
     def _wake_at(self, deadline: float) -> None:
         if self._wakeup is not None:
@@ -119,12 +141,68 @@ class SessionService:
     # -- portal backend ---------------------------------------------------------------
 
     async def identify(self, ip: str) -> ClientView:
-        """Who is behind this LAN address right now. Raises StoreError."""
+        """Who is behind this LAN address right now. Raises StoreError.
+
+        A client the store says is online whose kernel entries are missing gets
+        them back here (see "Healing" above): the portal says "online" only when
+        the kernel lets the client out.
+        """
         mac = await self.neighbours.mac_of(ip)
         session = await self.store.active_session(mac, self.now()) if mac else None
         if session is not None and session.ip != ip:
             session = None
+        if session is not None:
+            await self._check_entry(session)
         return ClientView(ip=ip, mac=mac, session=session)
+
+    async def _check_entry(self, session: Session) -> None:
+        """Put back the client's kernel entries when the kernel lost them; never raises
+        (a portal page must not fail for it: the sweep tries again)."""
+        key = (session.mac, session.ip)
+        mono = self.clock.monotonic()
+        if mono - self._checked.get(key, float("-inf")) < ENTRY_CHECK_INTERVAL:
+            return
+        try:
+            authorized, active = await self.firewall.client_entry(session.mac, session.ip)
+        except DesanetError as exc:  # the table itself is gone: the reconciler rebuilds it
+            log.warning("could not look up the kernel entries of %s (%s): %s",
+                        session.mac, session.ip, exc)
+            if self._suspect is not None:
+                self._suspect()
+            return
+        now = self.now()
+        if authorized and (active or now - session.started >= session.idle_timeout):
+            if len(self._checked) >= ENTRY_CHECK_MEMORY:
+                oldest = sorted(self._checked, key=self._checked.__getitem__)
+                for k in oldest[:ENTRY_CHECK_MEMORY // 2]:
+                    del self._checked[k]
+            self._checked[key] = mono
+            return  # whole, or idle (the sweep ends it)
+        async with self.locks.client(session.mac, session.ip):
+            current = await self.store.active_session(session.mac, now)
+            if current is None or current.ip != session.ip:
+                return  # ended or moved meanwhile: nothing of this session to restore
+            try:  # again under the lock: a login's kernel write may just have landed
+                if all(await self.firewall.client_entry(current.mac, current.ip)):
+                    return
+            except DesanetError:
+                pass  # the restore below says what is wrong
+            await self._restore(current, now)
+
+    async def _restore(self, session: Session, now: int) -> None:
+        """Re-add a live session's classes and entries (call holding its lock or the
+        exclusive one). A refusal is logged, never raised."""
+        try:
+            await self.shaping.add(session)
+            await self.firewall.authorize(session, now, self.shaping.class_text(session))
+        except DesanetError as exc:
+            log.error("could not restore the kernel entries of %s (%s): %s",
+                      session.mac, session.ip, exc)
+            if self._suspect is not None:
+                self._suspect()
+            return
+        log.warning("restored the kernel entries of %s (%s): the kernel had lost them "
+                    "while the session was live", session.mac, session.ip)
 
     async def login_terms(self, client: ClientView) -> Session:
         """Authorize after the terms were accepted. Raises PortalDenied."""
@@ -210,6 +288,8 @@ class SessionService:
                 await self.shaping.add(session)
                 await self.firewall.authorize(session, now, self.shaping.class_text(session))
             except DesanetError:
+                if self._suspect is not None:
+                    self._suspect()  # the table or a tree may be gone: check at once
                 await self.store.end_session(mac, now, EndReason.KERNEL_REFUSED)
                 await self._cut_off(session)
                 self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
@@ -317,7 +397,9 @@ class SessionService:
                 await self._cut_off(s)
                 ended.append((s, EndReason.EXPIRED))
             sessions = await self.store.active_sessions(now)
-            for s in idle_sessions(sessions, active, now):
+            # Out of auth4 is no idleness but a lost entry: restored below, not ended.
+            listed = [s for s in sessions if (s.mac, s.ip) in authorized]
+            for s in idle_sessions(listed, active, now):
                 await self.store.end_session(s.mac, now, EndReason.IDLE)
                 await self._cut_off(s)
                 ended.append((s, EndReason.IDLE))
@@ -335,6 +417,8 @@ class SessionService:
                 if ip not in live_ips:
                     await self._end_connections(ip, redirected_only=False)
                 log.warning("removed kernel authorization with no session: %s %s", mac, ip)
+            for s in missing_kernel_entries(live, authorized, active, now, snapshot):
+                await self._restore(s, now)
         for s, reason in ended:
             log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))

@@ -30,6 +30,8 @@ from gateway.core.garden import INTERVAL as GARDEN_INTERVAL
 from gateway.core.garden import GardenService
 from gateway.core.ops import GatewayOps
 from gateway.core.reconcile import (
+    KERNEL_CHECK_INTERVAL,
+    KERNEL_JOB,
     PRUNE_INTERVAL,
     SAMPLE_INTERVAL,
     SESSION_HISTORY,
@@ -188,9 +190,16 @@ class Daemon:
         first_backup = BACKUP_INTERVAL if list_backups(store_file.backups, "desanet") else 5.0
         reconciler.every("backup", BACKUP_INTERVAL, self._backup(store), first_in=first_backup)
 
+        async def check_kernel() -> None:
+            await reconciler.check_kernel()
+
+        # Puts back a flushed table or deleted trees (see Reconciler.check_kernel).
+        reconciler.every(KERNEL_JOB, KERNEL_CHECK_INTERVAL, check_kernel)
+
         def link_changed() -> None:
             uplink.poke()
             reconciler.run_soon("uplink")
+            reconciler.run_soon(KERNEL_JOB)  # an interface created again has no tree yet
 
         link_events = LinkEvents(link_changed)
         try:

@@ -3,10 +3,13 @@
 ``apply`` fills ``authorized`` and ``active`` from the sessions the way
 :func:`gateway.firewall.planner.plan_ruleset` fills ``auth4`` and
 ``active4``: expired sessions are left out, a client missing from the live
-``active`` set stays idle across a re-apply, and the first apply (no table
-yet, e.g. after a reboot) gives every session one fresh idle window. Time
-does not pass by itself: a test makes a client idle by deleting it from
-``active``.
+``active`` set stays idle across a re-apply, a session the live table never
+held (a crash between the store's commit and the kernel write) and every
+session at the first apply (no table yet, e.g. after a reboot) get one fresh
+idle window. Time does not pass by itself: a test makes a client idle by
+deleting it from ``active``. ``flush_by_hand()`` does what ``nft flush
+ruleset`` does: the table is gone (reads and element changes then fail, as
+the kernel's do) until the next ``apply``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.config.schema import Config
+from gateway.errors import FirewallError
 from gateway.faults import FaultInjection
 from gateway.firewall.planner import MacIp
 from gateway.model import Session
@@ -40,6 +44,20 @@ class FakeFirewall(FaultInjection):
         self.garden: dict[str, int] = {}  # walled-garden address -> seconds (core.garden)
         self.leases: dict[str, str] = {}  # the lease sets: ip -> mac
         self.lease_syncs = 0
+        self.flushed = False  # the table was removed behind the daemon's back
+
+    def flush_by_hand(self) -> None:
+        """What ``nft flush ruleset`` does to us (tests only)."""
+        self.flushed = True
+        self.applied = 0
+        self.authorized.clear()
+        self.active.clear()
+        self.classes.clear()
+
+    def _table(self) -> None:
+        if self.flushed:
+            raise FirewallError("nftables refused the change: No such file or directory "
+                                "(the table inet desanet is gone)")
 
     @property
     def backend(self) -> str:
@@ -57,7 +75,8 @@ class FakeFirewall(FaultInjection):
                 continue
             key = (s.mac, s.ip)
             authorized[key] = left
-            idle_left = self.active.get(key) if live else min(s.idle_timeout, left)
+            held = live and key in self.authorized  # else never in the kernel: a fresh window
+            idle_left = self.active.get(key) if held else min(s.idle_timeout, left)
             if idle_left is not None:
                 active[key] = max(1, idle_left)
         self.authorized, self.active = authorized, active
@@ -66,9 +85,11 @@ class FakeFirewall(FaultInjection):
         self.last_carry_garden = carry_garden
         if not carry_garden:
             self.garden.clear()
+        self.flushed = False
 
     async def authorize(self, session: Session, now: int, class_text: str | None) -> None:
         self._fault("authorize")
+        self._table()
         left = max(1, session.expires - now)
         key = (session.mac, session.ip)
         self.authorized[key] = left
@@ -79,6 +100,7 @@ class FakeFirewall(FaultInjection):
 
     async def revoke(self, mac: str, ip: str, class_text: str | None) -> None:
         self._fault("revoke")
+        self._table()
         self.authorized.pop((mac, ip), None)
         self.active.pop((mac, ip), None)
         if class_text is not None:
@@ -87,11 +109,22 @@ class FakeFirewall(FaultInjection):
 
     async def active_clients(self) -> dict[MacIp, int]:
         self._fault("active_clients", changes=False)
+        self._table()
         return dict(self.active)
 
     async def authorized_clients(self) -> dict[MacIp, int]:
         self._fault("authorized_clients", changes=False)
+        self._table()
         return dict(self.authorized)
+
+    async def client_entry(self, mac: str, ip: str) -> tuple[bool, bool]:
+        self._fault("client_entry", changes=False)
+        self._table()
+        return (mac, ip) in self.authorized, (mac, ip) in self.active
+
+    async def intact(self) -> bool:
+        self._fault("intact", changes=False)
+        return not self.flushed
 
     async def client_classes(self) -> dict[str, str]:
         self._fault("client_classes", changes=False)

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.clock import Clock, SystemClock
 from gateway.config.schema import Config
 from gateway.errors import ServiceError
+from gateway.services.backoff import RestartBackoff
 
 if TYPE_CHECKING:
     from gateway.ports import DhcpServerPort
@@ -180,7 +182,8 @@ class Dnsmasq:
                  state_dir: str | None = None, run_dir: str | None = None,
                  check_config: bool = True,
                  renderer: Callable[[Config, str, str], str] = render_dnsmasq_conf,
-                 name: str = "dnsmasq", servers_file: bool = True) -> None:
+                 name: str = "dnsmasq", servers_file: bool = True,
+                 clock: Clock | None = None) -> None:
         self.binary = binary
         # dns: the pre-login instance is this class with its own renderer and no
         # servers file (gateway/services/prelogin_dns.py)
@@ -196,6 +199,8 @@ class Dnsmasq:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        self._backoff = RestartBackoff((clock or SystemClock()).monotonic)
+        self._sleep = asyncio.sleep  # the supervisor's wait (a test replaces it)
         # uplink: while down, dnsmasq.servers names the offline responder (set by the
         # daemon); one lock keeps a config apply and an uplink change from writing
         # over each other with a stale state.
@@ -352,6 +357,8 @@ class Dnsmasq:
         """
         self._stopping = False
         await self._kill_stale()
+        self._backoff.reset()
+        self._backoff.started()
         await self._spawn()
         self._watch = asyncio.create_task(self._supervise(), name="dnsmasq-supervisor")
 
@@ -372,15 +379,15 @@ class Dnsmasq:
         log.info("%s started (pid %s)", self.name, self._proc.pid)
 
     async def _supervise(self) -> None:
-        delay = 1.0
         while not self._stopping:
             assert self._proc is not None
             code = await self._proc.wait()
             if self._stopping:
                 return
+            delay = self._backoff.delay()  # doubles while it dies at once; 1 s after a stable run
             log.error("%s exited with code %s; restarting in %.0fs", self.name, code, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await self._sleep(delay)
+            self._backoff.started()
             try:
                 await self._spawn()
                 self.restarts += 1

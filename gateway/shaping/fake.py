@@ -4,7 +4,10 @@ Per device, a dict of HTB classes by minor; ``reconcile`` computes its
 changes with the same pure :func:`gateway.shaping.plan.diff_classes` the real
 ``Shaper`` uses, so the number of operations it reports is the real one.
 A test sets counters with ``set_stats`` and, with ``devices=``, which
-interfaces exist (the real shaper refuses a missing one).
+interfaces exist (the real shaper refuses a missing one). ``lose_root(device)``
+does what deleting the root qdisc by hand (or creating the device again) does:
+the device's classes are gone, single-class changes there fail, and
+``intact`` says so until the next ``reconcile``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ class FakeShaper(FaultInjection):
         self.reconciles = 0
         self._leaf = leaf
         self._leaf_kind: str | None = None
+        self.lost_roots: set[str] = set()
+
+    def lose_root(self, device: str) -> None:
+        """The root qdisc of ``device`` deleted behind the daemon's back (tests only)."""
+        self.lost_roots.add(device)
+        self.classes.pop(device, None)
 
     @property
     def leaf_kind(self) -> str | None:
@@ -45,9 +54,16 @@ class FakeShaper(FaultInjection):
             raise ShapingError(f"interface {device!r} does not exist; check network.* in the config")
         return self.classes.setdefault(device, {})
 
+    def _rooted(self, device: str) -> dict[int, HtbClass]:
+        have = self._device(device)
+        if device in self.lost_roots:
+            raise ShapingError(f"tc add-class on {device} failed: no root qdisc")
+        return have
+
     async def reconcile(self, tree: DeviceTree) -> int:
         self._fault("reconcile")
         have = self._device(tree.device)
+        self.lost_roots.discard(tree.device)
         ops = diff_classes(tree, have)
         self.classes[tree.device] = tree.by_minor()
         if tree.classes and self._leaf_kind is None:
@@ -63,7 +79,7 @@ class FakeShaper(FaultInjection):
 
     async def upsert(self, device: str, cls: HtbClass) -> None:
         self._fault("upsert")
-        have = self._device(device)
+        have = self._rooted(device)
         old = have.get(cls.minor)
         if old is not None and old.same_shape(cls):
             return
@@ -73,7 +89,7 @@ class FakeShaper(FaultInjection):
 
     async def delete(self, device: str, cls: HtbClass) -> None:
         self._fault("delete")
-        if self._device(device).pop(cls.minor, None) is not None:
+        if self._rooted(device).pop(cls.minor, None) is not None:
             self.ops += 1
 
     async def stats(self, device: str) -> dict[int, ClassStats]:
@@ -83,6 +99,11 @@ class FakeShaper(FaultInjection):
         set_ = self.counters.get(device, {})
         return {minor: set_.get(minor, ClassStats(minor, 0, 0, 0, 0, 0))
                 for minor in sorted({*have, *set_})}
+
+    async def intact(self, device: str) -> bool:
+        self._fault("intact", changes=False)
+        return device in self.classes and device not in self.lost_roots and (
+            self.devices is None or device in self.devices)
 
     async def close(self) -> None:
         pass

@@ -96,6 +96,16 @@ class ShapingService:
             count += await self._shaper.reconcile(tree)
         return count
 
+    async def intact(self, cfg: Config) -> bool:
+        """Are our root qdiscs on both devices of ``cfg`` (True with shaping off)?
+        Cheap: one netlink request per device. Raises ShapingError."""
+        if not cfg.shaping.enabled:
+            return True
+        for dev in (cfg.network.lan_interface, cfg.network.wan_interface):
+            if not await self._shaper.intact(dev):
+                return False
+        return True
+
     async def add(self, session: Session) -> None:
         """Create or update the client's classes. Raises ShapingError."""
         if self.enabled:

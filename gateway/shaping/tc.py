@@ -12,9 +12,12 @@ running each call on the one kernel worker thread.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.errors import ShapingError
 from gateway.kernel import KernelWorker, netlink_errors
@@ -131,6 +134,20 @@ class Shaper:
                 self._call("del", index=index, handle=_ROOT_HANDLE, parent=_TC_H_ROOT)
             self._known.pop(device, None)
 
+    def intact(self, device: str) -> bool:
+        """Is our HTB root qdisc on ``device``? Blocks: one netlink request for the
+        device's root qdisc (no dump: the cost does not grow with the clients).
+
+        False when the root was deleted or replaced by hand, the device is gone, or
+        it was created again (a PPP or USB modem's interface comes back bare).
+        """
+        try:
+            index = socket.if_nametoindex(device)
+        except OSError:
+            return False
+        root = root_qdisc(index)
+        return root is not None and root == ("htb", _ROOT_HANDLE)
+
     def stats(self, device: str) -> dict[int, ClassStats]:
         """Counters of our classes, by minor. Blocks: one class dump."""
         with self._lock:
@@ -245,6 +262,65 @@ class Shaper:
             raise ShapingError(f"tc {args[0]} {kwargs.get('handle', '')!s} failed: {exc}") from exc
 
 
+# rtnetlink, just enough to ask for one device's root qdisc (linux/rtnetlink.h,
+# linux/pkt_sched.h): nlmsghdr = len u32, type u16, flags u16, seq u32, pid u32;
+# tcmsg = family u8, pad u8, pad u16, ifindex s32, handle u32, parent u32, info u32.
+_RTM_NEWQDISC, _RTM_GETQDISC, _NLMSG_ERROR = 36, 38, 2
+_NLM_F_REQUEST, _NLM_F_ECHO = 0x1, 0x8  # without ECHO the kernel only multicasts the answer
+_TCA_KIND = 1
+_HDR = struct.Struct("=IHHII")
+_TCMSG = struct.Struct("=BBHiIII")
+
+
+def root_qdisc(index: int) -> tuple[str, int] | None:
+    """(kind, handle) of the root qdisc of interface ``index``; None when the device is
+    gone. Blocks: one netlink request and its answer, on a socket of its own."""
+    body = _TCMSG.pack(0, 0, 0, index, 0, _TC_H_ROOT, 0)
+    flags = _NLM_F_REQUEST | _NLM_F_ECHO
+    request = _HDR.pack(_HDR.size + len(body), _RTM_GETQDISC, flags, 1, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(5.0)
+        sock.send(request)
+        for _ in range(8):  # the answer, or an error; never more than a few messages
+            found = _root_answer(sock.recv(65536), index)
+            if found is not False:
+                return found
+    raise ShapingError(f"no answer for the root qdisc of interface {index}")
+
+
+def _root_answer(data: bytes, index: int) -> tuple[str, int] | Literal[False] | None:
+    """The (kind, handle) or None (no device / a built-in root: nothing of ours) in one
+    netlink read; False when the read held neither."""
+    offset = 0
+    while offset + _HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
+        if length < _HDR.size:
+            break
+        if kind == _NLMSG_ERROR:
+            code = -struct.unpack_from("=i", data, offset + _HDR.size)[0]
+            # ENODEV: gone; EINVAL: a built-in root (noqueue, pfifo_fast is not) the
+            # kernel does not report; ENOENT: no root at all.
+            if code in (0, errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                return None
+            raise ShapingError(f"asking for the root qdisc of interface {index} failed: "
+                               f"{errno.errorcode.get(code, code)}")
+        if kind == _RTM_NEWQDISC:
+            start = offset + _HDR.size
+            handle = _TCMSG.unpack_from(data, start)[4]
+            pos = start + _TCMSG.size
+            while pos + 4 <= offset + length:
+                alen, atype = struct.unpack_from("=HH", data, pos)
+                if alen < 4:
+                    break
+                if atype == _TCA_KIND:
+                    name = data[pos + 4:pos + alen].split(b"\0", 1)[0].decode()
+                    return name, handle
+                pos += (alen + 3) & ~3
+            return "", handle
+        offset += (length + 3) & ~3
+    return False
+
+
 class KernelShaper:
     """ShaperPort over a synchronous ``Shaper``: every call runs on the kernel worker.
 
@@ -279,6 +355,10 @@ class KernelShaper:
     async def delete(self, device: str, cls: HtbClass) -> None:
         """Delete one class (nothing when we know of none). Awaits the kernel worker."""
         await self.worker.call(self.shaper.delete, device, cls)
+
+    async def intact(self, device: str) -> bool:
+        """Our root qdisc on ``device``? Awaits the kernel worker (one netlink request)."""
+        return await self.worker.call(self.shaper.intact, device)
 
     async def stats(self, device: str) -> dict[int, ClassStats]:
         """Counters of our classes. Awaits the kernel worker (one class dump)."""
