@@ -48,12 +48,14 @@ METHODS = frozenset({"GET", "HEAD", "POST"})
 # request key: the portal adds none of its own headers to a relayed answer
 RELAYED: Any = (web.RequestKey("desanet_relayed", bool) if hasattr(web, "RequestKey")
                 else "desanet_relayed")  # aiohttp < 3.13: a plain key
-# Headers of one connection, not of the message (RFC 9110 7.6.1), plus what the
-# relay sets itself (Host: the original; Content-Length: from the body it sends).
+# Headers of one connection, not of the message (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
     "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
 })
+# ... and what the relay sets itself: the original name, the length of what it
+# sends; Expect: the body is read whole before the site is asked.
+_SET_BY_RELAY = frozenset({"host", "content-length", "expect"})
 TEST_NETWORKS = tuple(ipaddress.ip_network(n) for n in
                       ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 _NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z]"
@@ -108,6 +110,20 @@ def forwarded_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str
              for t in v.split(",")}
     drop = HOP_BY_HOP | named
     return [(k, v) for k, v in pairs if k.lower() not in drop]
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body (it is small: at most ``MAX_BODY``, else BodyTooLarge)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(MAX_BODY + 1 - size)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyTooLarge()
 
 
 def _upstream_headers(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
@@ -185,14 +201,12 @@ class Passthrough:
     async def _relay(self, request: web.Request, name: str) -> web.StreamResponse | None:
         body = b""
         if request.method == "POST":
-            body = await request.content.read(MAX_BODY + 1)
-            if len(body) > MAX_BODY:
-                raise BodyTooLarge()
+            body = await read_body(request)
         address = await self._address(name)
         if address is None:
             return None
         headers = [(k, v) for k, v in forwarded_headers(request.headers.items())
-                   if k.lower() not in (hdrs.HOST.lower(), hdrs.CONTENT_LENGTH.lower())]
+                   if k.lower() not in _SET_BY_RELAY]
         headers.append((hdrs.HOST, name))
         try:
             upstream = await self.session().request(

@@ -228,3 +228,23 @@ async def test_relays_in_flight_per_client_are_capped() -> None:
         assert relay.in_flight == {}
         resp = await client.get("/again", headers=SITE)  # positive control: room again
         assert "desanet-lab internet OK" in await resp.text()
+
+
+async def test_a_body_sent_in_pieces_is_relayed_whole() -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for part in (b"nama=", b"Siti", b"&desa=Sukamaju"):
+            yield part
+            await asyncio.sleep(0)
+
+    async with setup(Resolver("127.0.0.1")) as (client, origin, _):
+        resp = await client.post("/", headers={**SITE, "Expect": "100-continue"}, data=pieces())
+        assert resp.status == 200  # chunked, no Content-Length
+        assert origin.seen[-1][3] == b"nama=Siti&desa=Sukamaju"
+        assert "Expect" not in origin.seen[-1][2]
+
+        async def too_much() -> AsyncIterator[bytes]:
+            for _ in range(MAX_BODY // 1024 + 1):
+                yield b"x" * 1024
+
+        resp = await client.post("/", headers=SITE, data=too_much())
+        assert resp.status == 413 and len(origin.seen) == 1
