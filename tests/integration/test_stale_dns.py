@@ -11,11 +11,13 @@ connections that arrive at each address.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from desanet_lab import LabInfo, LabSpec
+from desanet_lab import LabInfo, LabSpec, run_in
 from desanet_lab import plan as p
+from gateway.shaping.plan import LOCAL_MINOR, TRUSTED_MINOR
 from tests.integration.conftest import (
     INTERNET_BODY,
     INTERNET_URL,
@@ -40,7 +42,9 @@ COUNTERS = {"site": p.INTERNET_V4, "modem": p.WAN_ISP_V4}
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    info = make_lab(LabSpec(prefix=unique_prefix("sd"), clients=2))
+    # c1 logs in, c2 never does, c3's MAC is trusted (its own fixed shaping class)
+    info = make_lab(LabSpec(prefix=unique_prefix("sd"), clients=3, extra={
+        "access": {"trusted_macs": [p.client_mac(3)]}}))
     rules = [f"add table inet {WATCH}",
              f"add chain inet {WATCH} input {{ type filter hook input priority 0; }}"]
     for name, address in COUNTERS.items():
@@ -116,3 +120,25 @@ def test_the_relay_never_connects_to_a_private_answer(lab: LabInfo) -> None:
         assert connections(lab, "site") == site
     finally:
         deauth(lab, 1)
+
+
+def class_bytes(lab: LabInfo, minor: int) -> int:
+    out = run_in(lab.gw, ["tc", "-s", "class", "show", "dev", p.LAN_INTERFACE,
+                          "classid", f"1:{minor:x}"], check=True).stdout
+    match = re.search(r"Sent (\d+) bytes", out)
+    assert match, f"class 1:{minor:x} not on {p.LAN_INTERFACE}: {out!r}"
+    return int(match.group(1))
+
+
+def test_a_relayed_answer_is_shaped_in_the_clients_class(lab: LabInfo) -> None:
+    """The relay's answer carries uplink bytes: the trusted client's class counts them,
+    not the gateway's "local" class (which is not charged to the uplink)."""
+    c3 = lab.client(3).name
+    size = 1 << 20  # mb=1
+    trusted, local = class_bytes(lab, TRUSTED_MINOR), class_bytes(lab, LOCAL_MINOR)
+    got = in_namespace(c3, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                       "--resolve", stale(p.DUKCAPIL_HOST), f"http://{p.DUKCAPIL_HOST}/big?mb=1",
+                       timeout=60)
+    assert got.split() == ["200", str(size)], got
+    assert class_bytes(lab, TRUSTED_MINOR) - trusted >= size
+    assert class_bytes(lab, LOCAL_MINOR) - local < size // 10
