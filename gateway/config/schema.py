@@ -342,6 +342,11 @@ class Portal(_Section):
     # A request's headers must arrive within this time of the connection (or of the
     # previous answer); a body must keep arriving at >= 1 KiB per 10 s.
     header_timeout: Duration = Field(15, ge=1, le=300, examples=["15s"])
+    # stale (Step 6): a logged-in client's request that its stale pre-login DNS answer
+    # sent to the gateway is relayed to global addresses only; this also allows the
+    # documentation prefixes (192.0.2/24, 198.51.100/24, 203.0.113/24): the lab's
+    # "internet" lives there. Never needed in a real village.
+    relay_test_networks: bool = Field(False, examples=[False])
 
     @property
     def https(self) -> bool:

@@ -41,6 +41,7 @@ from gateway.errors import ServiceError
 from gateway.portal.app import Handler, create_portal_app
 from gateway.portal.backend import PortalBackend
 from gateway.portal.csrf import FormTokens
+from gateway.portal.passthrough import Passthrough
 from gateway.portal.ratelimit import RateLimiter
 from gateway.portal.tls import TlsError, server_context, tls_problems, warnings_for
 
@@ -231,7 +232,8 @@ class DaemonServers:
         app = create_portal_app(self._config, self._backend, limiter=self._limiter,
                                 village=self._village, tokens=self._tokens,
                                 local_hosts=self.local_hosts,
-                                uplink_down=lambda: self.uplink_down())
+                                uplink_down=lambda: self.uplink_down(),
+                                passthrough=self._passthrough())
         try:
             ssl_context = await self._tls_context(cfg)
         except ServiceError as exc:
@@ -296,6 +298,16 @@ class DaemonServers:
         if local is None:
             return {}
         return {self._config().local_services.hostname.lower(): local.handle}
+
+    def _passthrough(self) -> Passthrough:
+        """stale: the relay for requests a stale pre-login DNS answer sent to the portal;
+        names resolved by the full LAN resolver, as the walled garden's are."""
+        from gateway.services.garden_dns import GardenResolver
+
+        return Passthrough(GardenResolver(lambda: (self._config().lan_ip, 53)),
+                           lan=lambda: self._config().network.lan_address.network,
+                           own_addresses=own_addresses,
+                           test_networks=lambda: self._config().portal.relay_test_networks)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -363,3 +375,23 @@ def prepare_socket_dir(socket_path: Path) -> None:
             f"uid {st.st_uid}; expected a directory only this user (root) can write to, e.g. "
             "/run/desanet/control.sock, or run chmod go-w on it"
         )
+
+
+_OWN_FOR = 30.0  # seconds a list of the gateway's own addresses is reused
+_own: tuple[float, frozenset[str]] = (-_OWN_FOR, frozenset())
+
+
+def own_addresses() -> frozenset[str]:
+    """stale: every IPv4 address of this box (the relay never connects to one of them);
+    getifaddrs is quick, and read at most every ``_OWN_FOR`` seconds."""
+    import time
+
+    import netifaces
+
+    global _own
+    now = time.monotonic()
+    if now - _own[0] >= _OWN_FOR:
+        found = {a["addr"] for i in netifaces.interfaces()
+                 for a in netifaces.ifaddresses(i).get(netifaces.AF_INET, []) if a.get("addr")}
+        _own = (now, frozenset(found))
+    return _own[1]

@@ -59,6 +59,7 @@ from gateway.portal.i18n import (
     translator,
     voucher_message_key,
 )
+from gateway.portal.passthrough import RELAYED, BodyTooLarge, Passthrough
 from gateway.portal.ratelimit import RateLimiter
 from gateway.portal.templating import render
 from gateway.portal.urls import (
@@ -143,6 +144,8 @@ class Portal:
         self.local_hosts: LocalHosts = {}
         # uplink: is the village uplink known to be down? (the daemon's UplinkService)
         self.uplink_down: Callable[[], bool] = lambda: False
+        # stale: relays a logged-in client's request that its stale DNS answer sent here
+        self.passthrough: Passthrough | None = None
 
     @property
     def cfg(self) -> Config:
@@ -309,14 +312,16 @@ class Portal:
         return {"services_url": f"http://{ls.hostname}/" if ls.enabled else None,
                 "services_host": ls.hostname}
 
-    async def logged_in_foreign_page(self, request: web.Request, host: str) -> web.Response | None:
+    async def logged_in_foreign_page(self, request: web.Request, host: str
+                                     ) -> web.StreamResponse | None:
         """What an authorized client gets when its request for an outside site reached us;
         None when the client is not logged in (it goes to the portal as always).
 
         While the uplink is down (DNS sends outside names to us then): "Internet desa sedang
         terputus". Otherwise the browser still holds the answer our pre-login resolver gave
-        for that name (Chrome keeps it up to a minute whatever the TTL): a page that says so
-        and reloads the same address until the browser asks DNS again and reaches the site.
+        for that name (Chrome keeps it up to a minute whatever the TTL): the gateway fetches
+        the page from the real site (:mod:`passthrough`); what it may not relay gets a page
+        that says so and reloads the same address until the browser asks DNS again.
         """
         client = await self.client(request)
         trusted = client.mac is not None and client.mac in self.cfg.access.trusted_macs
@@ -324,6 +329,14 @@ class Portal:
             return None
         original = safe_url(f"http://{host}{request.raw_path}")
         down = self.uplink_down()
+        if not down and self.passthrough is not None:
+            try:
+                relayed = await self.passthrough.relay(request, host)
+            except BodyTooLarge:
+                lang = self.language(request)
+                return self.message(lang, 413, "title_error", translator(lang)("too_large"))
+            if relayed is not None:
+                return relayed
         response = self.page(
             "offline.html" if down else "reconnect.html", "id",
             title_key="offline_title" if down else "reconnect_title", url=None, uplink_down=False,
@@ -528,7 +541,7 @@ class Portal:
 
     @staticmethod
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-        if request.get(LOCAL_REQUEST):
+        if request.get(LOCAL_REQUEST) or request.get(RELAYED):
             return
         response.headers.setdefault(hdrs.CACHE_CONTROL, "no-store")
         response.headers.update(SECURITY_HEADERS)
@@ -547,6 +560,7 @@ def create_portal_app(
     tokens: FormTokens | None = None,
     local_hosts: Mapping[str, Handler] | Callable[[], Mapping[str, Handler]] | None = None,
     uplink_down: Callable[[], bool] | None = None,
+    passthrough: Passthrough | None = None,
 ) -> web.Application:
     """The portal app; serve it on both the portal port and the redirect port.
 
@@ -554,6 +568,8 @@ def create_portal_app(
     ``local_hosts`` maps other host names served by the gateway itself (the
     local services catalog) to the handler that answers all their requests;
     a callable is asked per request (the catalog may be switched on by a reload).
+    ``passthrough`` relays a logged-in client's request for an outside site that a
+    stale pre-login DNS answer sent here (without it: the "menyambungkan" page).
     """
     current = cfg() if callable(cfg) else cfg
     if limiter is None:
@@ -576,4 +592,10 @@ def create_portal_app(
     app.router.add_post("/logout", portal.logout)
     app.router.add_get("/api/captive", portal.captive_api)
     app.on_response_prepare.append(portal.add_headers)
+    if passthrough is not None:
+        portal.passthrough = passthrough
+
+        async def close_relay(_: web.Application) -> None:
+            await passthrough.close()
+        app.on_cleanup.append(close_relay)
     return app

@@ -42,6 +42,8 @@ def base_config(lab: p.LabPlan, spec: p.LabSpec) -> dict[str, Any]:
             "hostname": p.PORTAL_HOSTNAME,
             "session_length": spec.session_length,
             "idle_timeout": spec.idle_timeout,
+            # stale: the lab's "internet" has documentation addresses (198.51.100.x)
+            "relay_test_networks": True,
         },
         # Only a hostname for the government service: its address must reach
         # the walled garden as the daemon resolves it (docs/walled-garden.md). The CIDR

@@ -70,6 +70,9 @@ OUTSIDE_HOST = "outside.lab"
 # dns: names under the walled garden's that point at the internet host (an attacker's)
 GARDEN_EVIL_HOST = "evil.layanan.lab"
 GARDEN_CNAME_HOST = "cdn.layanan.lab"
+# stale: a name whose public answer is the ISP's own link address (a modem's admin page):
+# the gateway's relay for stale pre-login DNS answers must never connect there
+PRIVATE_ANSWER_HOST = "modem.lab"
 CONNCHECK_HOSTS = (
     "connectivitycheck.gstatic.com",
     "clients3.google.com",

@@ -32,6 +32,8 @@ ISP_RECORDS: dict[str, tuple[str, ...]] = {
     **{host: (p.CONNCHECK_V4,) for host in p.CONNCHECK_HOSTS},
     # dns: an attacker's name under the walled garden's, at the internet host's address
     p.GARDEN_EVIL_HOST: (p.INTERNET_V4,),
+    # stale: a public name that points at the ISP's link address (not global)
+    p.PRIVATE_ANSWER_HOST: (p.WAN_ISP_V4,),
 }
 # alias -> target, for the ISP resolver: a garden subdomain that is a CNAME to the
 # internet host (an attacker's address), for the walled-garden tests

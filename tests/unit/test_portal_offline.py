@@ -60,8 +60,10 @@ async def test_logged_in_villager_gets_the_terputus_page_for_any_outside_host() 
         assert 'href="http://example.com/berita?id=7"' in text  # "coba lagi"
         assert resp.headers["Cache-Control"] == "no-store"
         assert resp.headers.get("Connection", "").lower() == "close"
-        # positive control: the uplink is back -> not the terputus page but "menyambungkan",
-        # reloading the same address until the browser's stale DNS answer expires
+        # positive control: the uplink is back -> not the terputus page. This portal has no
+        # relay (create_portal_app without passthrough; with one the site's own answer is
+        # relayed, tests/unit/test_portal_passthrough.py), so "menyambungkan", reloading the
+        # same address until the browser's stale DNS answer expires
         switch.down = False
         resp = await get(client, "/berita", headers={"Host": "example.com"})
         text = await resp.text()
