@@ -258,6 +258,11 @@ def _gone(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 0)[0])
 
 
+# SIGKILL, SIGTERM (asyncio: -signal), and an adopted dnsmasq's unknown exit (-1). A crash
+# of its own (SIGSEGV, SIGABRT) or an exit with an error code keeps the doubling backoff.
+_KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM, -1})
+
+
 class Dnsmasq:
     """Runs dnsmasq as a supervised child; restarts it if it dies.
 
@@ -488,6 +493,11 @@ class Dnsmasq:
             code = await self._proc.wait()
             if self._stopping:
                 return
+            if code in _KILLED_FROM_OUTSIDE:
+                # it ran (it passed its start check) until something killed it (an admin,
+                # the OOM killer, or an adopted one: its exit code is unknown): not a
+                # failure to run, so it comes back after the first delay every time
+                self._backoff.reset()
             delay = self._backoff.delay()  # doubles while it dies at once; 1 s after a stable run
             log.error("%s exited with code %s; restarting in %.0fs", self.name,
                       code if code != -1 or not self.adopted else "unknown (adopted)", delay)

@@ -151,3 +151,29 @@ async def test_start_replaces_a_leftover_with_another_config(
         assert dm.running and not dm.adopted and dm.pid != old.pid
     finally:
         await dm.stop()
+
+
+async def test_a_dnsmasq_killed_from_outside_comes_back_after_the_first_delay(
+        tmp_path: Path) -> None:
+    binary = tmp_path / "dnsmasq"
+    binary.write_text("#!/bin/sh\nexec sleep 600\n")
+    binary.chmod(0o755)
+    dm = supervisor(tmp_path)
+    waited: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waited.append(delay)
+
+    dm._sleep = sleep
+    await dm.start()
+    try:
+        for n, sig in enumerate((signal.SIGKILL, signal.SIGKILL, signal.SIGTERM,
+                                 signal.SIGABRT, signal.SIGABRT), start=1):
+            pid = dm.pid
+            assert pid is not None
+            os.kill(pid, sig)
+            await until(lambda n=n: dm.restarts == n and dm.running, f"restart {n}")
+        # kills from outside: the first delay each time; crashes of its own double (control)
+        assert waited == [1.0, 1.0, 1.0, 2.0, 4.0]
+    finally:
+        await dm.stop()
