@@ -219,11 +219,7 @@ class Adopted:
     def _exited(self) -> None:
         if self.returncode is None:
             self.returncode = -1
-        if self._fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        self.close()
         if self._exit is not None and not self._exit.done():
             self._exit.set_result(None)
 
@@ -250,6 +246,8 @@ class Adopted:
     def close(self) -> None:
         """Forget the process without waiting (the pidfd is closed)."""
         if self._fd >= 0:
+            if self._exit is not None:  # a wait registered the pidfd with the loop
+                asyncio.get_running_loop().remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -517,11 +515,13 @@ class Dnsmasq:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         if self._proc and self._proc.returncode is None:
-            self._proc.terminate()
+            with contextlib.suppress(ProcessLookupError):  # it died just now
+                self._proc.terminate()
             try:
                 await asyncio.wait_for(self._proc.wait(), 5)
             except TimeoutError:
-                self._proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
                 await self._proc.wait()
 
     async def restart(self) -> None:
