@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import hashlib
 import logging
 import os
+import select
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from gateway.clock import Clock, SystemClock
 from gateway.config.schema import Config
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from gateway.ports import DhcpServerPort
 
 log = logging.getLogger("desanet.dnsmasq")
-
-_PR_SET_PDEATHSIG = 1
 
 
 def captive_api_url(cfg: Config) -> str:
@@ -158,15 +157,108 @@ def read_leases(path: str) -> dict[str, str]:
     return leases
 
 
-def _die_with_parent() -> None:
-    # Best effort only: dnsmasq drops privileges to an unprivileged user and
-    # the kernel clears the parent-death signal on that switch. What really
-    # keeps an orphaned dnsmasq (after a kill -9 of the daemon) from blocking
-    # ports 53/67 is Dnsmasq._kill_stale at the next start, and systemd's
-    # KillMode=control-group on a gateway.
-    with contextlib.suppress(OSError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+# -- adoption: a dnsmasq that outlived the daemon keeps serving ------------------------------
+#
+# dnsmasq is not tied to the daemon's life (no parent-death signal): after a crash
+# (kill -9, the watchdog) it keeps answering DHCP and DNS, and the next start adopts it
+# when it is provably ours and runs the config we would give it now. Otherwise the
+# next start replaces it. A clean stop (SIGTERM) still stops it: a gateway stopped on
+# purpose must not keep serving.
+
+Verdict = Literal["adopt", "replace", "start"]
+
+
+def conf_digest(text: str | None) -> str:
+    """What the spawn record keeps of the config a dnsmasq was started with (pure)."""
+    return hashlib.sha256((text or "").encode()).hexdigest()
+
+
+def spawn_record(pid: int, conf_text: str | None) -> str:
+    """The spawn record's text (pure): the pid and the digest of the config it got."""
+    return f"{pid} {conf_digest(conf_text)}\n"
+
+
+def decide_leftover(pid_text: str | None, cmdline: bytes | None, record: str | None, *,
+                    binary: str, conf_path: str, conf_text: str | None) -> Verdict:
+    """What to do at start with the dnsmasq our pid file names (pure).
+
+    ``pid_text``: the pid file (None: none); ``cmdline``: /proc/<pid>/cmdline (None: no
+    such process); ``record``: the spawn record we wrote when we started it;
+    ``conf_text``: the config we want now. "start": nothing of ours runs, start one;
+    "replace": ours but another binary or another config (a SIGHUP does not re-read
+    DHCP ranges), stop it and start one; "adopt": ours with this very config, keep it.
+    A process that does not name our config file is not ours and is left alone.
+    """
+    try:
+        pid = int((pid_text or "").strip())
+    except ValueError:
+        return "start"
+    if pid <= 0 or cmdline is None:
+        return "start"
+    argv = cmdline.decode(errors="replace").rstrip("\0").split("\0")
+    if f"--conf-file={conf_path}" not in argv:
+        return "start"
+    if argv[0] != binary or record != spawn_record(pid, conf_text):
+        return "replace"
+    return "adopt"
+
+
+class Adopted:
+    """A dnsmasq started by an earlier run of the daemon: not our child, so it cannot be
+    waited for; a pidfd (readable once it exits) tells the loop instead, and signals go
+    through the pidfd, never to a pid that may have been reused. Quacks like the
+    ``asyncio.subprocess.Process`` the supervisor otherwise holds; its exit code is
+    unknown (``returncode`` becomes -1)."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._fd = pidfd
+        self.returncode: int | None = None
+        self._exit: asyncio.Future[None] | None = None
+
+    def _exited(self) -> None:
+        if self.returncode is None:
+            self.returncode = -1
+        self.close()
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(None)
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            if self._exit is None:
+                self._exit = asyncio.get_running_loop().create_future()
+                asyncio.get_running_loop().add_reader(self._fd, self._exited)
+            await asyncio.shield(self._exit)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError(self.pid)
+        signal.pidfd_send_signal(self._fd, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Forget the process without waiting (the pidfd is closed)."""
+        if self._fd >= 0:
+            if self._exit is not None:  # a wait registered the pidfd with the loop
+                asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _gone(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
+# SIGKILL, SIGTERM (asyncio: -signal), and an adopted dnsmasq's unknown exit (-1). A crash
+# of its own (SIGSEGV, SIGABRT) or an exit with an error code keeps the doubling backoff.
+_KILLED_FROM_OUTSIDE = frozenset({-signal.SIGKILL, -signal.SIGTERM, -1})
 
 
 class Dnsmasq:
@@ -195,7 +287,8 @@ class Dnsmasq:
         self.state_dir = state_dir
         self.run_dir = run_dir
         self.check_config = check_config
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | Adopted | None = None
+        self.adopted = False  # the running dnsmasq was started by an earlier run of ours
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
@@ -350,26 +443,40 @@ class Dnsmasq:
                 f"{out.decode(errors='replace').strip()[:500] or 'no message'}"
             )
 
+    @property
+    def record_path(self) -> str:
+        """The spawn record: pid and config digest of the dnsmasq we started last."""
+        return str(Path(self.conf_path).with_suffix(".spawned"))
+
     async def start(self) -> None:
         """Start dnsmasq and its supervisor; raise ServiceError when it refuses to run.
 
-        Does not block the loop (async child; waits 0.2 s to see it stay up).
+        A dnsmasq left running by an earlier run of ours (the daemon crashed) is adopted
+        when it runs this binary with this config, else replaced: no DHCP/DNS gap over a
+        daemon restart. Does not block the loop (async child; waits 0.2 s to see it stay up).
         """
         self._stopping = False
-        await self._kill_stale()
         self._backoff.reset()
         self._backoff.started()
-        await self._spawn()
+        self.adopted = False
+        if not await self._take_over_leftover():
+            await self._spawn()
         self._watch = asyncio.create_task(self._supervise(), name="dnsmasq-supervisor")
 
     async def _spawn(self) -> None:
         argv = [self.binary, "--keep-in-foreground", f"--conf-file={self.conf_path}"]
+        conf = await asyncio.to_thread(self._read_quiet, self.conf_path)
         try:
+            # its own session: a signal to the daemon's process group does not reach it
             self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+                *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
             )
         except OSError as exc:
             raise ServiceError(f"cannot start dnsmasq ({self.binary}): {exc}") from exc
+        self.adopted = False
+        # best effort: without the record the next start replaces instead of adopting
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write_record, spawn_record(self._proc.pid, conf))
         await asyncio.sleep(0.2)
         if self._proc.returncode is not None:
             raise ServiceError(
@@ -384,8 +491,14 @@ class Dnsmasq:
             code = await self._proc.wait()
             if self._stopping:
                 return
+            if code in _KILLED_FROM_OUTSIDE:
+                # it ran (it passed its start check) until something killed it (an admin,
+                # the OOM killer, or an adopted one: its exit code is unknown): not a
+                # failure to run, so it comes back after the first delay every time
+                self._backoff.reset()
             delay = self._backoff.delay()  # doubles while it dies at once; 1 s after a stable run
-            log.error("%s exited with code %s; restarting in %.0fs", self.name, code, delay)
+            log.error("%s exited with code %s; restarting in %.0fs", self.name,
+                      code if code != -1 or not self.adopted else "unknown (adopted)", delay)
             await self._sleep(delay)
             self._backoff.started()
             try:
@@ -402,11 +515,13 @@ class Dnsmasq:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         if self._proc and self._proc.returncode is None:
-            self._proc.terminate()
+            with contextlib.suppress(ProcessLookupError):  # it died just now
+                self._proc.terminate()
             try:
                 await asyncio.wait_for(self._proc.wait(), 5)
             except TimeoutError:
-                self._proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
                 await self._proc.wait()
 
     async def restart(self) -> None:
@@ -414,21 +529,61 @@ class Dnsmasq:
         await self.stop()
         await self.start()
 
-    async def _kill_stale(self) -> None:
-        """Stop a dnsmasq left by an earlier run of ours (same pid file and config)."""
+    @staticmethod
+    def _read_quiet(path: str) -> str | None:
         try:
-            pid = int(Path(self.pid_path).read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except (OSError, ValueError):
-            return
-        if self.conf_path in cmdline:
-            log.warning("stopping stale dnsmasq pid %s", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            for _ in range(50):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                await asyncio.sleep(0.05)
+            return Path(path).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _write_record(self, text: str) -> None:
+        tmp = Path(self.record_path + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.record_path)
+
+    def _inspect_leftover(self) -> tuple[Verdict, Adopted | None]:
+        """Blocks (file reads). The pidfd is opened before the cmdline is read, so what
+        is judged is the process the pidfd holds, not a later owner of the pid."""
+        pid_text = self._read_quiet(self.pid_path)
+        try:
+            pid = int((pid_text or "").strip())
+            fd = os.pidfd_open(pid)
+        except (ValueError, OSError):  # no pid file, no such process, or no pidfd (kernel < 5.3)
+            return "start", None
+        try:
+            cmdline: bytes | None = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = None
+        if _gone(fd):
+            cmdline = None
+        verdict = decide_leftover(pid_text, cmdline, self._read_quiet(self.record_path),
+                                  binary=self.binary, conf_path=self.conf_path,
+                                  conf_text=self._read_quiet(self.conf_path))
+        if verdict == "start":
+            os.close(fd)
+            return verdict, None
+        return verdict, Adopted(pid, fd)
+
+    async def _take_over_leftover(self) -> bool:
+        """Adopt (True) or stop (False) a dnsmasq left running by an earlier run of ours."""
+        verdict, proc = await asyncio.to_thread(self._inspect_leftover)
+        if proc is None:
+            return False
+        if verdict == "adopt":
+            self._proc, self.adopted = proc, True
+            log.info("%s pid %s from the earlier run kept (same config): adopted",
+                     self.name, proc.pid)
+            return True
+        log.warning("stopping %s pid %s from the earlier run (another config or binary)",
+                    self.name, proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.close()
+            log.error("%s pid %s did not exit after SIGKILL", self.name, proc.pid)
+        return False
 
 
 def _check(x: Dnsmasq) -> DhcpServerPort:  # mypy: the adapter satisfies its port
