@@ -121,10 +121,27 @@ def _tc_add(dev: str, cls: Any) -> list[float]:
 def _tc_install(dev: str, tree: Any) -> list[float]:
     from gateway.shaping.plan import diff_classes
 
-    times = [_tc("qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "2")]
+    times = [_tc("qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "3")]
     for op in diff_classes(tree, {}):  # the same classes, parents first
         times += _tc_add(dev, op.cls)
     return times
+
+
+def _tc_batch_install(dev: str, tree: Any, path: Path) -> float:
+    """The same tree as one `tc -batch` file (all classes, then all leaves), timed."""
+    from gateway.shaping.plan import classid_text, diff_classes, leaf_limit_packets
+
+    lines = [f"qdisc replace dev {dev} root handle 1: htb default 3"]
+    for op in diff_classes(tree, {}):
+        cls = op.cls
+        parent = "1:" if cls.parent_minor is None else classid_text(cls.parent_minor)
+        lines.append(f"class add dev {dev} parent {parent} classid {classid_text(cls.minor)} htb "
+                     f"rate {cls.rate}bit ceil {cls.ceil}bit prio {cls.prio} quantum {cls.quantum}")
+        if cls.minor != 1:
+            lines.append(f"qdisc add dev {dev} parent {classid_text(cls.minor)} handle "
+                         f"{cls.minor:x}: pfifo limit {leaf_limit_packets(cls)}")
+    path.write_text("\n".join(lines) + "\n")
+    return _tc("-batch", str(path))
 
 
 def _clear(dev: str) -> None:
@@ -153,7 +170,15 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
         ops_run: list[Any] = []
         row["restart_s"] = _timed(lambda: ops_run.extend(again.reconcile(tree)))  # noqa: B023
         assert not ops_run, f"restart reconcile ran {len(ops_run)} ops"
+        # the periodic check: the same Shaper again (leaf kind known), nothing to do
+        row["noop_s"] = min(_timed(lambda: ops_run.extend(again.reconcile(tree)))  # noqa: B023
+                            for _ in range(3))
+        assert not ops_run, f"no-op reconcile ran {len(ops_run)} ops"
         again.close()
+        _clear(LAN)
+        row["tc_batch_s"] = _tc_batch_install(LAN, tree, Path(f"/tmp/bsh{os.getpid()}.tc"))
+        Path(f"/tmp/bsh{os.getpid()}.tc").unlink()
+        assert _kernel_counts(LAN) == expected
         _clear(LAN)
         per_cmd = _tc_install(LAN, tree)
         row["tc_s"] = sum(per_cmd)
@@ -211,19 +236,25 @@ def _machine() -> str:
 
 def report(data: dict[str, Any]) -> str:
     lines = [f"machine: {data['machine']}", f"leaf qdisc: {data['leaf']} (one device, the download tree)", ""]
-    lines.append("| operation | pyroute2 (desanet) | tc process per command | tc / pyroute2 |")
-    lines.append("| --- | --- | --- | --- |")
+    lines.append("| full install | desanet (netlink batches) | `tc -batch` (one process) | "
+                 "desanet / tc -batch | tc process per command |")
+    lines.append("| --- | --- | --- | --- | --- |")
     for n, row in data["install"].items():
         n_i = int(n)
-        py, tc = row["pyroute2_s"], row["tc_s"]
+        py, batch, tc = row["pyroute2_s"], row["tc_batch_s"], row["tc_s"]
         lines.append(
-            f"| full install, {n_i:,} clients ({row['classes']:,} classes + leaves) | "
-            f"{py:.2f} s = {py / n_i * 1000:.2f} ms/client | "
+            f"| {n_i:,} clients ({row['classes']:,} classes + leaves) | "
+            f"{py:.2f} s = {py / n_i * 1000:.3f} ms/client | "
+            f"{batch:.2f} s = {batch / n_i * 1000:.3f} ms/client | {py / batch:.1f}x | "
             f"{tc:.2f} s = {tc / n_i * 1000:.2f} ms/client ({row['tc_processes']:,} processes, "
-            f"p50 {row['tc_cmd_p50_ms']:.2f} ms each) | {tc / py:.1f}x |")
+            f"p50 {row['tc_cmd_p50_ms']:.2f} ms each) |")
+    lines += ["", "| reconcile with nothing to do | restart (new Shaper) | periodic check "
+              "(same Shaper, best of 3) |", "| --- | --- | --- |"]
     for n, row in data["install"].items():
-        lines.append(f"| restart reconcile, {int(n):,} present (dump + diff, 0 ops) | "
-                     f"{row['restart_s'] * 1000:.0f} ms | - | - |")
+        lines.append(f"| {int(n):,} present (root check + class dump + diff, 0 ops) | "
+                     f"{row['restart_s'] * 1000:.0f} ms | {row['noop_s'] * 1000:.0f} ms |")
+    lines += ["", "| single client | desanet | tc process per command | tc / desanet |",
+              "| --- | --- | --- | --- |"]
     ops = data["ops"]
     for what, label in (("add", "add one client"), ("del", "remove one client")):
         py, tc = ops[f"pyroute2_{what}"], ops[f"tc_{what}"]
