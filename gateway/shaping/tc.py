@@ -297,14 +297,16 @@ class Shaper:
         return _ROOT_HANDLE if cls.parent_minor is None else classid(cls.parent_minor)
 
     def _leaf_in_use(self, index: int) -> str | None:
+        qdiscs = tcnl.qdisc_kinds(index)
         try:
-            qdiscs = tcnl.dump_qdisc_kinds(index)
+            for kind, _handle, parent in qdiscs:
+                if parent != _TC_H_ROOT and parent >> 16 == ROOT_MAJOR and parent & 0xFFFF \
+                        and kind in (*LEAF_PREFERENCE, "pfifo"):
+                    return kind  # the first leaf tells: they are all of one kind
         except OSError as exc:
             raise ShapingError(f"reading the qdiscs of interface {index} failed: {exc}") from exc
-        for kind, _handle, parent in qdiscs:
-            if parent != _TC_H_ROOT and parent >> 16 == ROOT_MAJOR and parent & 0xFFFF \
-                    and kind in (*LEAF_PREFERENCE, "pfifo"):
-                return kind
+        finally:
+            qdiscs.close()
         return None
 
     def _attach_leaf(self, index: int, cls: HtbClass) -> None:

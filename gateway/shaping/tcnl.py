@@ -23,7 +23,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,35 +244,47 @@ class HtbParms:
 
 
 def dump_htb_classes(index: int) -> list[HtbParms]:
-    """The HTB classes of interface ``index``: a full dump, decoding only the shape."""
+    """The HTB classes of interface ``index``: a full dump, decoding only the shape.
+
+    Runs every few seconds over thousands of classes, hence the flat loop: only the
+    top-level attributes are walked, and only TCA_OPTIONS is opened."""
     out: list[HtbParms] = []
+    attr, tcmsg, opt, u64 = _ATTR.unpack_from, _TCMSG.unpack_from, _HTB_OPT.unpack_from, _U64.unpack_from
     for data, start, end in _dump(RTM_GETTCLASS, index):
-        _fam, _p1, _p2, _idx, handle, parent, _info = _TCMSG.unpack_from(data, start)
+        handle, parent = tcmsg(data, start)[4:6]
         is_htb = False
         parms: tuple[Any, ...] | None = None
         rate64 = ceil64 = 0
-        for atype, a, b in _attrs(data, start + _TCMSG.size, end):
+        pos = start + _TCMSG.size
+        while pos + 4 <= end:
+            length, atype = attr(data, pos)
+            if length < 4 or pos + length > end:
+                break
+            atype &= 0x3FFF
             if atype == TCA_KIND:
-                is_htb = data[a:b].rstrip(b"\0") == b"htb"
+                is_htb = data[pos + 4:pos + length] == b"htb\0"
             elif atype == TCA_OPTIONS:
-                for otype, oa, ob in _attrs(data, a, b):
+                for otype, oa, ob in _attrs(data, pos + 4, pos + length):
                     if otype == TCA_HTB_PARMS and ob - oa >= _HTB_OPT.size:
-                        parms = _HTB_OPT.unpack_from(data, oa)
+                        parms = opt(data, oa)
                     elif otype == TCA_HTB_RATE64:
-                        rate64 = _U64.unpack_from(data, oa)[0]
+                        rate64 = u64(data, oa)[0]
                     elif otype == TCA_HTB_CEIL64:
-                        ceil64 = _U64.unpack_from(data, oa)[0]
+                        ceil64 = u64(data, oa)[0]
+                if is_htb:  # the kernel sends the kind first; the statistics that follow
+                    break   # are not needed
+            pos += (length + 3) & ~3
         if not is_htb or parms is None:
             continue
-        rate = rate64 or _RATESPEC.unpack(parms[0])[5]
-        ceil = ceil64 or _RATESPEC.unpack(parms[1])[5]
+        rate = rate64 or _U32.unpack_from(parms[0], 8)[0]  # tc_ratespec.rate
+        ceil = ceil64 or _U32.unpack_from(parms[1], 8)[0]
         out.append(HtbParms(handle, parent, rate * 8, ceil * 8, parms[6]))
     return out
 
 
-def dump_qdisc_kinds(index: int) -> list[tuple[str, int, int]]:
-    """(kind, handle, parent) of every qdisc of interface ``index``."""
-    out = []
+def qdisc_kinds(index: int) -> Generator[tuple[str, int, int], None, None]:
+    """(kind, handle, parent) of each qdisc of interface ``index``, as the dump arrives
+    (stop early by closing the iterator: the socket goes with it)."""
     for data, start, end in _dump(RTM_GETQDISC, index):
         handle, parent = _TCMSG.unpack_from(data, start)[4:6]
         name = ""
@@ -280,8 +292,7 @@ def dump_qdisc_kinds(index: int) -> list[tuple[str, int, int]]:
             if atype == TCA_KIND:
                 name = data[a:b].split(b"\0", 1)[0].decode(errors="replace")
                 break
-        out.append((name, handle, parent))
-    return out
+        yield name, handle, parent
 
 
 @dataclass(frozen=True, slots=True)

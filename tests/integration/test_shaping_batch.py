@@ -111,9 +111,9 @@ try:
 except ShapingError as exc:
     error = str(exc)
 import socket
-from gateway.shaping.tcnl import dump_qdisc_kinds
+from gateway.shaping.tcnl import qdisc_kinds
 between = [f"1:{m:x}" for m in shaper.observe("v0")]
-between_leaves = [f"1:{p & 0xFFFF:x}" for _k, _h, p in dump_qdisc_kinds(socket.if_nametoindex("v0"))]
+between_leaves = [f"1:{p & 0xFFFF:x}" for _k, _h, p in qdisc_kinds(socket.if_nametoindex("v0"))]
 repaired = shaper.reconcile(tree)
 print(json.dumps({"error": error, "dup": f"1:{dup.minor:x}", "label": dup.label,
                   "good": [f"1:{c.minor:x}" for c in good[:2]], "between": between,
