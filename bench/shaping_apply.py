@@ -1,4 +1,4 @@
-"""Shaping tree apply time: desanet's pyroute2 adapter vs one `tc` process per command.
+"""Shaping tree apply time: desanet's netlink adapter vs `tc -batch` vs one `tc` per command.
 
 Usage (root; creates and removes its own scratch network namespace)::
 
@@ -17,14 +17,17 @@ twice the figures below):
   qdisc, the 4 fixed classes and, per client, one HTB class and its leaf
   qdisc (pfifo here: this kernel has no fq_codel/cake, so the adapter also
   pays one failed fq_codel and one failed cake probe on its first leaf).
-  pyroute2: ``Shaper.reconcile(tree)``, exactly what the daemon runs at
-  start. tc: ``tc qdisc replace ... htb`` and then ``tc class add`` +
-  ``tc qdisc add ... pfifo`` per class, one process each, as wondershaper and
-  sqm-scripts do.
-* **restart reconcile, N present** (pyroute2 only) - a new ``Shaper`` (as after
-  a daemon restart) reconciles the full tree: dump all classes, diff, no ops.
+  desanet: ``Shaper.reconcile(tree)``, exactly what the daemon runs at
+  start (class and leaf requests batched, many per netlink send).
+  ``tc -batch``: the same commands in one file, one process (the fair "fast
+  tc" baseline, as LibreQoS loads its trees). tc per command: ``tc qdisc
+  replace ... htb`` and then ``tc class add`` + ``tc qdisc add ... pfifo`` per
+  class, one process each, as wondershaper and sqm-scripts do.
+* **reconcile with nothing to do, N present** (desanet only) - a new
+  ``Shaper`` (as after a daemon restart), then the same one three more times
+  (the periodic check; best of 3): root check, class dump, diff, no ops.
 * **add / remove one client with 1,000 present** - ``--ops`` new clients, each
-  added then removed. pyroute2: ``Shaper.upsert`` / ``Shaper.delete`` (one
+  added then removed. desanet: ``Shaper.upsert`` / ``Shaper.delete`` (one
   class + one leaf qdisc / one class delete). tc: ``tc class add`` + ``tc
   qdisc add`` / ``tc class del``.
 
