@@ -256,7 +256,7 @@ class Shaper:
                 owners.append((op, True))
         if not requests:
             return
-        codes = self._run(index, requests)
+        codes = self._run(index, requests, frozenset(i for i, (_op, leaf) in enumerate(owners) if leaf))
         failed = [(op, leaf, code) for (op, leaf), code in zip(owners, codes, strict=True) if code]
         if not failed:
             return
@@ -270,9 +270,10 @@ class Shaper:
         raise ShapingError(f"tc {op.action} {what}{label} on interface {index} failed: "
                            f"{errno.errorcode.get(code, code)} ({os.strerror(code)}){more}")
 
-    def _run(self, index: int, requests: list[tcnl.Request]) -> list[int]:
+    def _run(self, index: int, requests: list[tcnl.Request],
+             joined: frozenset[int] = frozenset()) -> list[int]:
         try:
-            return self._batcher.run(requests)
+            return self._batcher.run(requests, joined)
         except OSError as exc:
             raise ShapingError(f"tc batch of {len(requests)} changes on interface {index} "
                                f"failed: {exc}") from exc

@@ -172,16 +172,23 @@ class Batcher:
             self._sock.close()
             self._sock = None
 
-    def run(self, requests: list[Request]) -> list[int]:
-        """Send all ``requests`` (in order, ``CHUNK`` per send); one errno per request.
+    def run(self, requests: list[Request], joined: frozenset[int] = frozenset()) -> list[int]:
+        """Send all ``requests`` (in order, about ``CHUNK`` per send); one errno per request.
 
         The kernel runs every message of a send even after one fails, so a
-        failure is reported beside the others' outcomes, never hidden."""
+        failure is reported beside the others' outcomes, never hidden. Request
+        ``i`` in ``joined`` goes in the same send as request ``i - 1`` (a class and
+        its leaf: a send that fails must not leave a class without its leaf)."""
         if self._sock is None:
             self._sock = open_socket()
         codes: list[int] = []
-        for start in range(0, len(requests), CHUNK):
-            codes += self._chunk(self._sock, requests[start:start + CHUNK])
+        start = 0
+        while start < len(requests):
+            stop = min(start + CHUNK, len(requests))
+            while stop < len(requests) and stop in joined:
+                stop += 1
+            codes += self._chunk(self._sock, requests[start:stop])
+            start = stop
         return codes
 
     def _chunk(self, sock: socket.socket, requests: list[Request]) -> list[int]:
