@@ -165,7 +165,7 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
         row: dict[str, Any] = {"classes": len(tree.classes)}
         _clear(LAN)
         shaper = Shaper()
-        row["pyroute2_s"] = _timed(lambda: shaper.reconcile(tree))  # noqa: B023
+        row["desanet_s"] = _timed(lambda: shaper.reconcile(tree))  # noqa: B023
         row["leaf"] = shaper.leaf_kind
         assert _kernel_counts(LAN) == expected, (_kernel_counts(LAN), expected)
         shaper.close()
@@ -197,10 +197,10 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
     newcomers = [client_class(cfg, s, "down") for s in _sessions(present, ops)]
     shaper = Shaper()
     shaper.reconcile(tree)
-    series: dict[str, list[float]] = {"pyroute2_add": [], "pyroute2_del": [], "tc_add": [], "tc_del": []}
+    series: dict[str, list[float]] = {"desanet_add": [], "desanet_del": [], "tc_add": [], "tc_del": []}
     for cls in newcomers:
-        series["pyroute2_add"].append(_timed(lambda: shaper.upsert(LAN, cls)))  # noqa: B023
-        series["pyroute2_del"].append(_timed(lambda: shaper.delete(LAN, cls)))  # noqa: B023
+        series["desanet_add"].append(_timed(lambda: shaper.upsert(LAN, cls)))  # noqa: B023
+        series["desanet_del"].append(_timed(lambda: shaper.delete(LAN, cls)))  # noqa: B023
     assert _kernel_counts(LAN)[0] == len(tree.classes)
     for cls in newcomers:
         series["tc_add"].append(sum(_tc_add(LAN, cls)))
@@ -244,7 +244,7 @@ def report(data: dict[str, Any]) -> str:
     lines.append("| --- | --- | --- | --- | --- |")
     for n, row in data["install"].items():
         n_i = int(n)
-        py, batch, tc = row["pyroute2_s"], row["tc_batch_s"], row["tc_s"]
+        py, batch, tc = row["desanet_s"], row["tc_batch_s"], row["tc_s"]
         lines.append(
             f"| {n_i:,} clients ({row['classes']:,} classes + leaves) | "
             f"{py:.2f} s = {py / n_i * 1000:.3f} ms/client | "
@@ -260,7 +260,7 @@ def report(data: dict[str, Any]) -> str:
               "| --- | --- | --- | --- |"]
     ops = data["ops"]
     for what, label in (("add", "add one client"), ("del", "remove one client")):
-        py, tc = ops[f"pyroute2_{what}"], ops[f"tc_{what}"]
+        py, tc = ops[f"desanet_{what}"], ops[f"tc_{what}"]
         lines.append(
             f"| {label}, {data['ops_present']:,} present, p50 / p99 ({len(py)} ops) | "
             f"{_pct(py, .5) * 1000:.2f} / {_pct(py, .99) * 1000:.2f} ms | "

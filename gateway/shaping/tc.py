@@ -1,8 +1,8 @@
 """tc adapter: HTB trees through netlink (no `tc` processes).
 
 Class and leaf changes go in batches of raw rtnetlink requests and the class
-dump decodes only the shape (:mod:`gateway.shaping.tcnl`); pyroute2 is kept
-for the rare root qdisc changes and the counters.
+and counter dumps decode only what is used (:mod:`gateway.shaping.tcnl`);
+pyroute2 is kept for the rare root qdisc changes.
 
 Reads the kernel's classes back, so the daemon can reconcile after a restart
 instead of rebuilding; only the differences computed by
@@ -160,18 +160,14 @@ class Shaper:
     def stats(self, device: str) -> dict[int, ClassStats]:
         """Counters of our classes, by minor. Blocks: one class dump."""
         with self._lock:
-            out: dict[int, ClassStats] = {}
-            for msg in self._ip().get_classes(self._index(device)):
-                if msg["handle"] >> 16 != ROOT_MAJOR:
-                    continue
-                st = msg.get_attr("TCA_STATS2")
-                basic = (st.get_attr("TCA_STATS_BASIC") if st else None) or {}
-                queue = (st.get_attr("TCA_STATS_QUEUE") if st else None) or {}
-                minor = msg["handle"] & 0xFFFF
-                out[minor] = ClassStats(minor, basic.get("bytes", 0), basic.get("packets", 0),
-                                        queue.get("drops", 0), queue.get("backlog", 0),
-                                        queue.get("overlimits", 0))
-            return out
+            index = self._index(device)
+            try:
+                dumped = tcnl.dump_class_counters(index)
+            except OSError as exc:
+                raise ShapingError(f"reading the counters of {device} failed: {exc}") from exc
+            return {c.handle & 0xFFFF: ClassStats(c.handle & 0xFFFF, c.bytes, c.packets, c.drops,
+                                                  c.backlog, c.overlimits)
+                    for c in dumped if c.handle >> 16 == ROOT_MAJOR}
 
     # -- internals --------------------------------------------------------------
 

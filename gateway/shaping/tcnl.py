@@ -289,6 +289,45 @@ def dump_htb_classes(index: int) -> list[HtbParms]:
     return out
 
 
+TCA_STATS2 = 7
+TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS_PKT64 = 1, 3, 8
+_BASIC = struct.Struct("=QI")  # gnet_stats_basic: bytes, packets
+_QUEUE = struct.Struct("=IIIII")  # gnet_stats_queue: qlen, backlog, drops, requeues, overlimits
+
+
+@dataclass(frozen=True, slots=True)
+class ClassCounters:
+    handle: int
+    bytes: int
+    packets: int
+    drops: int
+    backlog: int
+    overlimits: int
+
+
+def dump_class_counters(index: int) -> list[ClassCounters]:
+    """Counters of every class of interface ``index`` (TCA_STATS2 only: basic and queue)."""
+    out: list[ClassCounters] = []
+    for data, start, end in _dump(RTM_GETTCLASS, index):
+        handle = _TCMSG.unpack_from(data, start)[4]
+        nbytes = packets = drops = backlog = overlimits = 0
+        pkt64 = None
+        for atype, a, b in _attrs(data, start + _TCMSG.size, end):
+            if atype != TCA_STATS2:
+                continue
+            for stype, sa, sb in _attrs(data, a, b):
+                if stype == TCA_STATS_BASIC and sb - sa >= _BASIC.size:
+                    nbytes, packets = _BASIC.unpack_from(data, sa)
+                elif stype == TCA_STATS_PKT64 and sb - sa >= 8:
+                    pkt64 = _U64.unpack_from(data, sa)[0]
+                elif stype == TCA_STATS_QUEUE and sb - sa >= _QUEUE.size:
+                    _qlen, backlog, drops, _requeues, overlimits = _QUEUE.unpack_from(data, sa)
+            break
+        out.append(ClassCounters(handle, nbytes, packets if pkt64 is None else pkt64, drops,
+                                 backlog, overlimits))
+    return out
+
+
 def qdisc_kinds(index: int) -> Generator[tuple[str, int, int], None, None]:
     """(kind, handle, parent) of each qdisc of interface ``index``, as the dump arrives
     (stop early by closing the iterator: the socket goes with it)."""
