@@ -25,7 +25,8 @@ twice the figures below):
   class, one process each, as wondershaper and sqm-scripts do.
 * **reconcile with nothing to do, N present** (desanet only) - a new
   ``Shaper`` (as after a daemon restart), then the same one three more times
-  (the periodic check; best of 3): root check, class dump, diff, no ops.
+  (the periodic check; best of 3): root check, class dump, diff, no ops;
+  and ``Shaper.stats`` (the counters the reconcile loop samples; best of 3).
 * **add / remove one client with 1,000 present** - ``--ops`` new clients, each
   added then removed. desanet: ``Shaper.upsert`` / ``Shaper.delete`` (one
   class + one leaf qdisc / one class delete). tc: ``tc class add`` + ``tc
@@ -177,6 +178,7 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
         row["noop_s"] = min(_timed(lambda: ops_run.extend(again.reconcile(tree)))  # noqa: B023
                             for _ in range(3))
         assert not ops_run, f"no-op reconcile ran {len(ops_run)} ops"
+        row["stats_s"] = min(_timed(lambda: again.stats(LAN)) for _ in range(3))  # noqa: B023
         again.close()
         _clear(LAN)
         row["tc_batch_s"] = _tc_batch_install(LAN, tree, Path(f"/tmp/bsh{os.getpid()}.tc"))
@@ -252,10 +254,12 @@ def report(data: dict[str, Any]) -> str:
             f"{tc:.2f} s = {tc / n_i * 1000:.2f} ms/client ({row['tc_processes']:,} processes, "
             f"p50 {row['tc_cmd_p50_ms']:.2f} ms each) |")
     lines += ["", "| reconcile with nothing to do | restart (new Shaper) | periodic check "
-              "(same Shaper, best of 3) |", "| --- | --- | --- |"]
+              "(same Shaper, best of 3) | counters (`Shaper.stats`, best of 3) |",
+              "| --- | --- | --- | --- |"]
     for n, row in data["install"].items():
         lines.append(f"| {int(n):,} present (root check + class dump + diff, 0 ops) | "
-                     f"{row['restart_s'] * 1000:.0f} ms | {row['noop_s'] * 1000:.0f} ms |")
+                     f"{row['restart_s'] * 1000:.0f} ms | {row['noop_s'] * 1000:.0f} ms | "
+                     f"{row['stats_s'] * 1000:.0f} ms |")
     lines += ["", "| single client | desanet | tc process per command | tc / desanet |",
               "| --- | --- | --- | --- |"]
     ops = data["ops"]
