@@ -1,4 +1,4 @@
-"""Shaping tree apply time: desanet's pyroute2 adapter vs one `tc` process per command.
+"""Shaping tree apply time: desanet's netlink adapter vs `tc -batch` vs one `tc` per command.
 
 Usage (root; creates and removes its own scratch network namespace)::
 
@@ -17,14 +17,18 @@ twice the figures below):
   qdisc, the 4 fixed classes and, per client, one HTB class and its leaf
   qdisc (pfifo here: this kernel has no fq_codel/cake, so the adapter also
   pays one failed fq_codel and one failed cake probe on its first leaf).
-  pyroute2: ``Shaper.reconcile(tree)``, exactly what the daemon runs at
-  start. tc: ``tc qdisc replace ... htb`` and then ``tc class add`` +
-  ``tc qdisc add ... pfifo`` per class, one process each, as wondershaper and
-  sqm-scripts do.
-* **restart reconcile, N present** (pyroute2 only) - a new ``Shaper`` (as after
-  a daemon restart) reconciles the full tree: dump all classes, diff, no ops.
+  desanet: ``Shaper.reconcile(tree)``, exactly what the daemon runs at
+  start (class and leaf requests batched, many per netlink send).
+  ``tc -batch``: the same commands in one file, one process (the fair "fast
+  tc" baseline, as LibreQoS loads its trees). tc per command: ``tc qdisc
+  replace ... htb`` and then ``tc class add`` + ``tc qdisc add ... pfifo`` per
+  class, one process each, as wondershaper and sqm-scripts do.
+* **reconcile with nothing to do, N present** (desanet only) - a new
+  ``Shaper`` (as after a daemon restart), then the same one three more times
+  (the periodic check; best of 3): root check, class dump, diff, no ops;
+  and ``Shaper.stats`` (the counters the reconcile loop samples; best of 3).
 * **add / remove one client with 1,000 present** - ``--ops`` new clients, each
-  added then removed. pyroute2: ``Shaper.upsert`` / ``Shaper.delete`` (one
+  added then removed. desanet: ``Shaper.upsert`` / ``Shaper.delete`` (one
   class + one leaf qdisc / one class delete). tc: ``tc class add`` + ``tc
   qdisc add`` / ``tc class del``.
 
@@ -121,10 +125,27 @@ def _tc_add(dev: str, cls: Any) -> list[float]:
 def _tc_install(dev: str, tree: Any) -> list[float]:
     from gateway.shaping.plan import diff_classes
 
-    times = [_tc("qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "2")]
+    times = [_tc("qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "3")]
     for op in diff_classes(tree, {}):  # the same classes, parents first
         times += _tc_add(dev, op.cls)
     return times
+
+
+def _tc_batch_install(dev: str, tree: Any, path: Path) -> float:
+    """The same tree as one `tc -batch` file (all classes, then all leaves), timed."""
+    from gateway.shaping.plan import classid_text, diff_classes, leaf_limit_packets
+
+    lines = [f"qdisc replace dev {dev} root handle 1: htb default 3"]
+    for op in diff_classes(tree, {}):
+        cls = op.cls
+        parent = "1:" if cls.parent_minor is None else classid_text(cls.parent_minor)
+        lines.append(f"class add dev {dev} parent {parent} classid {classid_text(cls.minor)} htb "
+                     f"rate {cls.rate}bit ceil {cls.ceil}bit prio {cls.prio} quantum {cls.quantum}")
+        if cls.minor != 1:
+            lines.append(f"qdisc add dev {dev} parent {classid_text(cls.minor)} handle "
+                         f"{cls.minor:x}: pfifo limit {leaf_limit_packets(cls)}")
+    path.write_text("\n".join(lines) + "\n")
+    return _tc("-batch", str(path))
 
 
 def _clear(dev: str) -> None:
@@ -145,7 +166,7 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
         row: dict[str, Any] = {"classes": len(tree.classes)}
         _clear(LAN)
         shaper = Shaper()
-        row["pyroute2_s"] = _timed(lambda: shaper.reconcile(tree))  # noqa: B023
+        row["desanet_s"] = _timed(lambda: shaper.reconcile(tree))  # noqa: B023
         row["leaf"] = shaper.leaf_kind
         assert _kernel_counts(LAN) == expected, (_kernel_counts(LAN), expected)
         shaper.close()
@@ -153,7 +174,16 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
         ops_run: list[Any] = []
         row["restart_s"] = _timed(lambda: ops_run.extend(again.reconcile(tree)))  # noqa: B023
         assert not ops_run, f"restart reconcile ran {len(ops_run)} ops"
+        # the periodic check: the same Shaper again (leaf kind known), nothing to do
+        row["noop_s"] = min(_timed(lambda: ops_run.extend(again.reconcile(tree)))  # noqa: B023
+                            for _ in range(3))
+        assert not ops_run, f"no-op reconcile ran {len(ops_run)} ops"
+        row["stats_s"] = min(_timed(lambda: again.stats(LAN)) for _ in range(3))  # noqa: B023
         again.close()
+        _clear(LAN)
+        row["tc_batch_s"] = _tc_batch_install(LAN, tree, Path(f"/tmp/bsh{os.getpid()}.tc"))
+        Path(f"/tmp/bsh{os.getpid()}.tc").unlink()
+        assert _kernel_counts(LAN) == expected
         _clear(LAN)
         per_cmd = _tc_install(LAN, tree)
         row["tc_s"] = sum(per_cmd)
@@ -169,10 +199,10 @@ def inner(sizes: list[int], ops: int) -> dict[str, Any]:
     newcomers = [client_class(cfg, s, "down") for s in _sessions(present, ops)]
     shaper = Shaper()
     shaper.reconcile(tree)
-    series: dict[str, list[float]] = {"pyroute2_add": [], "pyroute2_del": [], "tc_add": [], "tc_del": []}
+    series: dict[str, list[float]] = {"desanet_add": [], "desanet_del": [], "tc_add": [], "tc_del": []}
     for cls in newcomers:
-        series["pyroute2_add"].append(_timed(lambda: shaper.upsert(LAN, cls)))  # noqa: B023
-        series["pyroute2_del"].append(_timed(lambda: shaper.delete(LAN, cls)))  # noqa: B023
+        series["desanet_add"].append(_timed(lambda: shaper.upsert(LAN, cls)))  # noqa: B023
+        series["desanet_del"].append(_timed(lambda: shaper.delete(LAN, cls)))  # noqa: B023
     assert _kernel_counts(LAN)[0] == len(tree.classes)
     for cls in newcomers:
         series["tc_add"].append(sum(_tc_add(LAN, cls)))
@@ -211,22 +241,30 @@ def _machine() -> str:
 
 def report(data: dict[str, Any]) -> str:
     lines = [f"machine: {data['machine']}", f"leaf qdisc: {data['leaf']} (one device, the download tree)", ""]
-    lines.append("| operation | pyroute2 (desanet) | tc process per command | tc / pyroute2 |")
-    lines.append("| --- | --- | --- | --- |")
+    lines.append("| full install | desanet (netlink batches) | `tc -batch` (one process) | "
+                 "desanet / tc -batch | tc process per command |")
+    lines.append("| --- | --- | --- | --- | --- |")
     for n, row in data["install"].items():
         n_i = int(n)
-        py, tc = row["pyroute2_s"], row["tc_s"]
+        py, batch, tc = row["desanet_s"], row["tc_batch_s"], row["tc_s"]
         lines.append(
-            f"| full install, {n_i:,} clients ({row['classes']:,} classes + leaves) | "
-            f"{py:.2f} s = {py / n_i * 1000:.2f} ms/client | "
+            f"| {n_i:,} clients ({row['classes']:,} classes + leaves) | "
+            f"{py:.2f} s = {py / n_i * 1000:.3f} ms/client | "
+            f"{batch:.2f} s = {batch / n_i * 1000:.3f} ms/client | {py / batch:.1f}x | "
             f"{tc:.2f} s = {tc / n_i * 1000:.2f} ms/client ({row['tc_processes']:,} processes, "
-            f"p50 {row['tc_cmd_p50_ms']:.2f} ms each) | {tc / py:.1f}x |")
+            f"p50 {row['tc_cmd_p50_ms']:.2f} ms each) |")
+    lines += ["", "| reconcile with nothing to do | restart (new Shaper) | periodic check "
+              "(same Shaper, best of 3) | counters (`Shaper.stats`, best of 3) |",
+              "| --- | --- | --- | --- |"]
     for n, row in data["install"].items():
-        lines.append(f"| restart reconcile, {int(n):,} present (dump + diff, 0 ops) | "
-                     f"{row['restart_s'] * 1000:.0f} ms | - | - |")
+        lines.append(f"| {int(n):,} present (root check + class dump + diff, 0 ops) | "
+                     f"{row['restart_s'] * 1000:.0f} ms | {row['noop_s'] * 1000:.0f} ms | "
+                     f"{row['stats_s'] * 1000:.0f} ms |")
+    lines += ["", "| single client | desanet | tc process per command | tc / desanet |",
+              "| --- | --- | --- | --- |"]
     ops = data["ops"]
     for what, label in (("add", "add one client"), ("del", "remove one client")):
-        py, tc = ops[f"pyroute2_{what}"], ops[f"tc_{what}"]
+        py, tc = ops[f"desanet_{what}"], ops[f"tc_{what}"]
         lines.append(
             f"| {label}, {data['ops_present']:,} present, p50 / p99 ({len(py)} ops) | "
             f"{_pct(py, .5) * 1000:.2f} / {_pct(py, .99) * 1000:.2f} ms | "

@@ -1,4 +1,8 @@
-"""tc adapter: HTB trees through pyroute2 netlink (no `tc` processes).
+"""tc adapter: HTB trees through netlink (no `tc` processes).
+
+Class and leaf changes go in batches of raw rtnetlink requests and the class
+and counter dumps decode only what is used (:mod:`gateway.shaping.tcnl`);
+pyroute2 is kept for the rare root qdisc changes.
 
 Reads the kernel's classes back, so the daemon can reconcile after a restart
 instead of rebuilding; only the differences computed by
@@ -14,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
-import struct
 import threading
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ShapingError
 from gateway.kernel import KernelWorker, netlink_errors
+from gateway.shaping import tcnl
 from gateway.shaping.plan import (
     DEFAULT_MINOR,
     ROOT_MAJOR,
@@ -30,6 +35,7 @@ from gateway.shaping.plan import (
     HtbClass,
     TcOp,
     classid,
+    classid_text,
     diff_classes,
     leaf_limit_packets,
 )
@@ -54,6 +60,7 @@ class Shaper:
         # Classes we know exist, per device: we are the tree's only writer, so
         # single-client changes need no dump of thousands of classes.
         self._known: dict[str, dict[int, HtbClass]] = {}
+        self._batcher = tcnl.Batcher()  # class and leaf changes, many per send
 
     def _ip(self) -> Any:
         if self._ipr is None:
@@ -63,16 +70,18 @@ class Shaper:
         return self._ipr
 
     def close(self) -> None:
-        """Close the netlink socket. Blocks briefly."""
+        """Close the netlink sockets. Blocks briefly."""
+        self._batcher.close()
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
 
     def _index(self, device: str) -> int:
-        found = self._ip().link_lookup(ifname=device)
-        if not found:
-            raise ShapingError(f"interface {device!r} does not exist; check network.* in the config")
-        return int(found[0])
+        try:
+            return socket.if_nametoindex(device)
+        except OSError:
+            raise ShapingError(
+                f"interface {device!r} does not exist; check network.* in the config") from None
 
     # -- whole trees ----------------------------------------------------------
 
@@ -151,90 +160,150 @@ class Shaper:
     def stats(self, device: str) -> dict[int, ClassStats]:
         """Counters of our classes, by minor. Blocks: one class dump."""
         with self._lock:
-            out: dict[int, ClassStats] = {}
-            for msg in self._ip().get_classes(self._index(device)):
-                if msg["handle"] >> 16 != ROOT_MAJOR:
-                    continue
-                st = msg.get_attr("TCA_STATS2")
-                basic = (st.get_attr("TCA_STATS_BASIC") if st else None) or {}
-                queue = (st.get_attr("TCA_STATS_QUEUE") if st else None) or {}
-                minor = msg["handle"] & 0xFFFF
-                out[minor] = ClassStats(minor, basic.get("bytes", 0), basic.get("packets", 0),
-                                        queue.get("drops", 0), queue.get("backlog", 0),
-                                        queue.get("overlimits", 0))
-            return out
+            index = self._index(device)
+            try:
+                dumped = tcnl.dump_class_counters(index)
+            except OSError as exc:
+                raise ShapingError(f"reading the counters of {device} failed: {exc}") from exc
+            return {c.handle & 0xFFFF: ClassStats(c.handle & 0xFFFF, c.bytes, c.packets, c.drops,
+                                                  c.backlog, c.overlimits)
+                    for c in dumped if c.handle >> 16 == ROOT_MAJOR}
 
     # -- internals --------------------------------------------------------------
 
-    def _root(self, index: int) -> Any:
-        for q in self._ip().get_qdiscs(index):
-            if q["parent"] == _TC_H_ROOT:
-                return q
-        return None
+    def _root_info(self, index: int) -> tcnl.RootQdisc | None:
+        try:
+            return tcnl.root_qdisc(index)
+        except OSError as exc:
+            raise ShapingError(f"asking for the root qdisc of interface {index} failed: {exc}") \
+                from exc
 
     def _root_is_ours(self, index: int) -> bool:
-        q = self._root(index)
-        return q is not None and q.get_attr("TCA_KIND") == "htb" and q["handle"] == _ROOT_HANDLE
+        root = self._root_info(index)
+        return root is not None and root.kind == "htb" and root.handle == _ROOT_HANDLE
 
     def _ensure_root(self, index: int) -> None:
-        if self._root_is_ours(index):
-            opts = self._root(index).get_attr("TCA_OPTIONS")
-            init = opts.get_attr("TCA_HTB_INIT") if opts else None
-            if init is None or init.get("defcls") == DEFAULT_MINOR:
-                return
-            # A tree from an older desanet with another default class. HTB
-            # cannot change its default in place, so it is rebuilt (once).
-        # First start, an old tree, or someone replaced it: the only moments
-        # the device's queueing is rebuilt. (A "replace" with our own handle
-        # would be taken as a change, which HTB refuses: delete, then add.)
-        if self._root_is_ours(index):
+        root = self._root_info(index)
+        ours = root is not None and root.kind == "htb" and root.handle == _ROOT_HANDLE
+        if ours and root is not None and root.defcls in (None, DEFAULT_MINOR):
+            return
+        # First start, an old tree with another default class (HTB cannot change
+        # its default in place), or someone replaced it: the only moments the
+        # device's queueing is rebuilt. (A "replace" with our own handle would be
+        # taken as a change, which HTB refuses: delete, then add.)
+        if ours:
             self._call("del", index=index, handle=_ROOT_HANDLE, parent=_TC_H_ROOT)
         self._call("replace", "htb", index, _ROOT_HANDLE, parent=_TC_H_ROOT,
                    default=DEFAULT_MINOR)
 
     def _observe(self, index: int) -> dict[int, HtbClass]:
+        try:
+            dumped = tcnl.dump_htb_classes(index)
+        except OSError as exc:
+            raise ShapingError(f"reading the classes of interface {index} failed: {exc}") from exc
         found: dict[int, HtbClass] = {}
-        for msg in self._ip().get_classes(index):
-            if msg.get_attr("TCA_KIND") != "htb" or msg["handle"] >> 16 != ROOT_MAJOR:
+        for c in dumped:
+            if c.handle >> 16 != ROOT_MAJOR:
                 continue
-            opts = msg.get_attr("TCA_OPTIONS")
-            parms = opts.get_attr("TCA_HTB_PARMS") if opts else None
-            if parms is None:
-                continue
-            rate = (opts.get_attr("TCA_HTB_RATE64") or parms["rate"]) * 8
-            ceil = (opts.get_attr("TCA_HTB_CEIL64") or parms["ceil"]) * 8
-            parent = msg["parent"]
             # HTB reports a top-level class's parent as TC_H_ROOT, not as the
             # qdisc handle 1:0 that it was added under.
-            parent_minor = None if parent in (_ROOT_HANDLE, _TC_H_ROOT) else parent & 0xFFFF
-            minor = msg["handle"] & 0xFFFF
-            found[minor] = HtbClass(minor, parent_minor, rate, ceil, parms["prio"], "")
+            parent_minor = None if c.parent in (_ROOT_HANDLE, _TC_H_ROOT) else c.parent & 0xFFFF
+            minor = c.handle & 0xFFFF
+            found[minor] = HtbClass(minor, parent_minor, c.rate, c.ceil, c.prio, "")
         return found
 
     def _apply(self, index: int, ops: list[TcOp]) -> None:
+        if self.leaf_kind is None:
+            # The first leaf decides the kind by trying each (one request at a
+            # time); everything before and after it goes in batches.
+            first = next((i for i, op in enumerate(ops)
+                          if op.action == "add" and op.cls.minor != UPLINK_MINOR), None)
+            if first is not None:
+                self._batch(index, ops[:first])
+                cls = ops[first].cls
+                self._batch(index, [ops[first]], leaves=False)
+                try:
+                    self._attach_leaf(index, cls)
+                except ShapingError:
+                    self._forget(index, [cls])
+                    raise
+                ops = ops[first + 1:]
+        self._batch(index, ops)
+
+    def _batch(self, index: int, ops: list[TcOp], leaves: bool = True) -> None:
+        """Run ``ops`` (and the leaves of added classes) in a few netlink sends.
+
+        Raises ShapingError naming the first class the kernel refused. A class
+        whose leaf was refused is deleted again, so the next reconcile adds both."""
+        requests: list[tcnl.Request] = []
+        owners: list[tuple[TcOp, bool]] = []  # (op, is the leaf qdisc)
         for op in ops:
             cls = op.cls
+            handle, parent = classid(cls.minor), self._parent_id(cls)
             if op.action == "delete":
-                self._call("del-class", index=index, handle=classid(cls.minor),
-                           parent=self._parent_id(cls))
+                requests.append(tcnl.delete_class(index, handle, parent))
+                owners.append((op, False))
                 continue
-            self._call("add-class" if op.action == "add" else "change-class", "htb", index,
-                       classid(cls.minor), parent=self._parent_id(cls), rate=f"{cls.rate}bit",
-                       ceil=f"{cls.ceil}bit", prio=cls.prio, quantum=cls.quantum)
-            if op.action == "add" and cls.minor != UPLINK_MINOR:
-                self._attach_leaf(index, cls)
+            requests.append(tcnl.htb_class(index, handle, parent, cls.rate, cls.ceil, cls.prio,
+                                           cls.quantum, create=op.action == "add"))
+            owners.append((op, False))
+            if leaves and op.action == "add" and cls.minor != UPLINK_MINOR:
+                requests.append(self._leaf_request(index, cls))
+                owners.append((op, True))
+        if not requests:
+            return
+        codes = self._run(index, requests, frozenset(i for i, (_op, leaf) in enumerate(owners) if leaf))
+        failed = [(op, leaf, code) for (op, leaf), code in zip(owners, codes, strict=True) if code]
+        if not failed:
+            return
+        refused = {op.cls.minor for op, leaf, _ in failed if not leaf}
+        self._forget(index, [op.cls for op, leaf, _ in failed if leaf and op.cls.minor not in refused])
+        op, leaf, code = failed[0]
+        what = f"leaf qdisc of class {classid_text(op.cls.minor)}" if leaf \
+            else f"class {classid_text(op.cls.minor)}"
+        label = f" ({op.cls.label})" if op.cls.label else ""
+        more = f"; {len(failed) - 1} more of {len(requests)} changes failed" if len(failed) > 1 else ""
+        raise ShapingError(f"tc {op.action} {what}{label} on interface {index} failed: "
+                           f"{errno.errorcode.get(code, code)} ({os.strerror(code)}){more}")
+
+    def _run(self, index: int, requests: list[tcnl.Request],
+             joined: frozenset[int] = frozenset()) -> list[int]:
+        try:
+            return self._batcher.run(requests, joined)
+        except OSError as exc:
+            raise ShapingError(f"tc batch of {len(requests)} changes on interface {index} "
+                               f"failed: {exc}") from exc
+
+    def _forget(self, index: int, classes: list[HtbClass]) -> None:
+        """Best effort: delete classes left without their leaf qdisc."""
+        if not classes:
+            return
+        try:
+            self._batcher.run([tcnl.delete_class(index, classid(c.minor), self._parent_id(c))
+                               for c in classes])
+        except OSError as exc:
+            log.warning("could not delete %d half-made classes: %s", len(classes), exc)
+
+    def _leaf_request(self, index: int, cls: HtbClass) -> tcnl.Request:
+        kind = self.leaf_kind or "pfifo"
+        limit = leaf_limit_packets(cls) if kind == "pfifo" else None
+        return tcnl.leaf_qdisc(index, cls.minor << 16, classid(cls.minor), kind, limit)
 
     @staticmethod
     def _parent_id(cls: HtbClass) -> int:
         return _ROOT_HANDLE if cls.parent_minor is None else classid(cls.parent_minor)
 
     def _leaf_in_use(self, index: int) -> str | None:
-        for q in self._ip().get_qdiscs(index):
-            kind = q.get_attr("TCA_KIND")
-            parent = q["parent"]
-            if parent != _TC_H_ROOT and parent >> 16 == ROOT_MAJOR and parent & 0xFFFF \
-                    and kind in (*LEAF_PREFERENCE, "pfifo"):
-                return str(kind)
+        qdiscs = tcnl.qdisc_kinds(index)
+        try:
+            for kind, _handle, parent in qdiscs:
+                if parent != _TC_H_ROOT and parent >> 16 == ROOT_MAJOR and parent & 0xFFFF \
+                        and kind in (*LEAF_PREFERENCE, "pfifo"):
+                    return kind  # the first leaf tells: they are all of one kind
+        except OSError as exc:
+            raise ShapingError(f"reading the qdiscs of interface {index} failed: {exc}") from exc
+        finally:
+            qdiscs.close()
         return None
 
     def _attach_leaf(self, index: int, cls: HtbClass) -> None:
@@ -244,81 +313,35 @@ class Shaper:
         for kind in candidates:
             if kind == "pfifo":
                 break
-            try:
-                self._ip().tc("replace", kind, index, handle, parent=parent)
-            except netlink_errors() as exc:  # kernel without this qdisc: try the next
-                log.info("leaf qdisc %s refused (%s); trying the next", kind, exc)
+            code = self._run(index, [tcnl.leaf_qdisc(index, handle, parent, kind)])[0]
+            if code:  # kernel without this qdisc: try the next
+                log.info("leaf qdisc %s refused (%s); trying the next", kind, os.strerror(code))
                 continue
             self.leaf_kind = kind
             return
         self.leaf_kind = "pfifo"
-        self._call("replace", "pfifo", index, handle, parent=parent,
-                   limit=leaf_limit_packets(cls))
+        code = self._run(index, [tcnl.leaf_qdisc(index, handle, parent, "pfifo",
+                                                 leaf_limit_packets(cls))])[0]
+        if code:
+            raise ShapingError(f"tc add leaf qdisc of class {classid_text(cls.minor)} on "
+                               f"interface {index} failed: {os.strerror(code)}")
 
     def _call(self, *args: Any, **kwargs: Any) -> None:
+        """One pyroute2 request: the root qdisc only (rare, and its options are many)."""
         try:
             self._ip().tc(*args, **kwargs)
         except netlink_errors() as exc:
             raise ShapingError(f"tc {args[0]} {kwargs.get('handle', '')!s} failed: {exc}") from exc
 
 
-# rtnetlink, just enough to ask for one device's root qdisc (linux/rtnetlink.h,
-# linux/pkt_sched.h): nlmsghdr = len u32, type u16, flags u16, seq u32, pid u32;
-# tcmsg = family u8, pad u8, pad u16, ifindex s32, handle u32, parent u32, info u32.
-_RTM_NEWQDISC, _RTM_GETQDISC, _NLMSG_ERROR = 36, 38, 2
-_NLM_F_REQUEST, _NLM_F_ECHO = 0x1, 0x8  # without ECHO the kernel only multicasts the answer
-_TCA_KIND = 1
-_HDR = struct.Struct("=IHHII")
-_TCMSG = struct.Struct("=BBHiIII")
-
-
 def root_qdisc(index: int) -> tuple[str, int] | None:
     """(kind, handle) of the root qdisc of interface ``index``; None when the device is
     gone. Blocks: one netlink request and its answer, on a socket of its own."""
-    body = _TCMSG.pack(0, 0, 0, index, 0, _TC_H_ROOT, 0)
-    flags = _NLM_F_REQUEST | _NLM_F_ECHO
-    request = _HDR.pack(_HDR.size + len(body), _RTM_GETQDISC, flags, 1, 0) + body
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.settimeout(5.0)
-        sock.send(request)
-        for _ in range(8):  # the answer, or an error; never more than a few messages
-            found = _root_answer(sock.recv(65536), index)
-            if found is not False:
-                return found
-    raise ShapingError(f"no answer for the root qdisc of interface {index}")
-
-
-def _root_answer(data: bytes, index: int) -> tuple[str, int] | Literal[False] | None:
-    """The (kind, handle) or None (no device / a built-in root: nothing of ours) in one
-    netlink read; False when the read held neither."""
-    offset = 0
-    while offset + _HDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
-        if length < _HDR.size:
-            break
-        if kind == _NLMSG_ERROR:
-            code = -struct.unpack_from("=i", data, offset + _HDR.size)[0]
-            # ENODEV: gone; EINVAL: a built-in root (noqueue, pfifo_fast is not) the
-            # kernel does not report; ENOENT: no root at all.
-            if code in (0, errno.ENODEV, errno.ENOENT, errno.EINVAL):
-                return None
-            raise ShapingError(f"asking for the root qdisc of interface {index} failed: "
-                               f"{errno.errorcode.get(code, code)}")
-        if kind == _RTM_NEWQDISC:
-            start = offset + _HDR.size
-            handle = _TCMSG.unpack_from(data, start)[4]
-            pos = start + _TCMSG.size
-            while pos + 4 <= offset + length:
-                alen, atype = struct.unpack_from("=HH", data, pos)
-                if alen < 4:
-                    break
-                if atype == _TCA_KIND:
-                    name = data[pos + 4:pos + alen].split(b"\0", 1)[0].decode()
-                    return name, handle
-                pos += (alen + 3) & ~3
-            return "", handle
-        offset += (length + 3) & ~3
-    return False
+    try:
+        root = tcnl.root_qdisc(index)
+    except OSError as exc:
+        raise ShapingError(f"asking for the root qdisc of interface {index} failed: {exc}") from exc
+    return None if root is None else (root.kind, root.handle)
 
 
 class KernelShaper:
