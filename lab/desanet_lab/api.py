@@ -72,10 +72,8 @@ class LabInfo:
             f"{ex} c1 -- curl -i http://connectivitycheck.gstatic.com/generate_204",
             f"{ex} c1 -- curl -i http://{p.GOVERNMENT_HOST}/",
             f"{ex} c1 -- busybox nslookup {p.INTERNET_HOST} {p.OUTSIDE_RESOLVER}",
-            # the login form carries a token bound to the client: take it from the page
-            f"{ex} c1 -- sh -c 'curl -i -d action=terms -d csrf=$(curl -s {self.portal_url}"
-            f" | sed -n \"s/.*name=.csrf. value=.\\([0-9a-f]*\\).*/\\1/p\" | head -1)"
-            f" {self.portal_url}login'",
+            # a tool without a browser's headers may log in without the form token
+            f"{ex} c1 -- curl -i -d action=terms {self.portal_url}login",
             f"{ex} c1 -- curl -i http://{p.INTERNET_HOST}/",
             f"{ex} c1 -- curl -s http://layanan.desa/",
             f"{ex} c1 -- curl -si http://layanan.desa/dukcapil/",
