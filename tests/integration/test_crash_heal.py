@@ -246,7 +246,10 @@ def test_a_lost_kernel_entry_is_put_back(settled: LabInfo) -> None:
     key = f"{mac(1)} . {lab.client(1).ipv4}"
     for name in ("auth4", "active4"):
         in_gw(lab, "nft", "delete", "element", "inet", "desanet", name, "{", key, "}")
-    assert not has_internet(c1, by_address=True), "the entries were not deleted"
+    # (no traffic check here: any http request of c1 now reaches the portal, which is a
+    # visit that repairs the entries; the kernel's sets show the loss)
+    assert (mac(1), str(lab.client(1).ipv4)) not in kernel_set(lab.gw, "auth4"), \
+        "the entries were not deleted"
     captive = http(c1, f"http://{p.PORTAL_HOSTNAME}/api/captive")
     assert captive.status == 200 and json.loads(captive.body)["captive"] is False
     wait_until(lambda: has_internet(c1, by_address=True), HEAL_DEADLINE,
