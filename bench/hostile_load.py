@@ -2,7 +2,7 @@
 
 Usage (root; builds and removes its own virtual village)::
 
-    .venv/bin/python bench/hostile_load.py [--rounds 2] [--seconds 20] [--prefix bhl] [--json out.json]
+    .venv/bin/python bench/hostile_load.py [--rounds 3] [--seconds 20] [--prefix bhl] [--json out.json]
 
 Question: when one client holds slow TCP connections to the portal ports
 (a slowloris: headers sent one byte at a time) and another floods the DNS
@@ -540,7 +540,7 @@ def lab_mod_config(path: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2, help="baseline + attack window pairs")
+    ap.add_argument("--rounds", type=int, default=3, help="baseline + attack window pairs")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each measured window")
     ap.add_argument("--ramp", type=float, default=5.0,
                     help="seconds the attack runs before its window opens")
