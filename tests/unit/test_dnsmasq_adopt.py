@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def standin(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
                 f"--conf-file={conf}"]
         proc = subprocess.Popen(argv, executable=sys.executable, stdin=subprocess.DEVNULL)
         procs.append(proc)
+        # The stand-in must look like our dnsmasq before the supervisor inspects it: wait
+        # (with a deadline) until the kernel shows its command line.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while f"--conf-file={conf}".encode() not in cmdline.read_bytes():
+            assert time.monotonic() < deadline, f"stand-in cmdline: {cmdline.read_bytes()!r}"
+            time.sleep(0.01)
         (tmp_path / "dnsmasq.pid").write_text(f"{proc.pid}\n")
         return proc
 
