@@ -46,14 +46,19 @@ Decisions worth knowing (all documented again where they are made):
 
 from __future__ import annotations
 
-import calendar
-import email.utils
 import functools
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Literal, TypeVar
+
+# Field parsing lives in httpfields.py; the names other modules import from here stay here.
+from gateway.cache.httpfields import DELTA_MAX as DELTA_MAX
+from gateway.cache.httpfields import delta_seconds, field_names, split_list
+from gateway.cache.httpfields import format_http_date as format_http_date
+from gateway.cache.httpfields import header_dict as header_dict
+from gateway.cache.httpfields import parse_cache_control as parse_cache_control
+from gateway.cache.httpfields import parse_http_date as parse_http_date
 
 Headers = Mapping[str, str]
 
@@ -63,7 +68,6 @@ UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 40
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 HEURISTIC_FRACTION = 0.10
 HEURISTIC_MAX = 86400.0
-DELTA_MAX = 2**31  # RFC 9111 §1.2.2
 
 # Never stored, never updated from a 304 (connection handling, framing, privacy).
 _HOP_BY_HOP = frozenset({
@@ -72,94 +76,6 @@ _HOP_BY_HOP = frozenset({
 })
 _NOT_FROM_304 = frozenset({"content-length", "content-encoding", "content-range", "content-type",
                            "set-cookie", "vary"})
-
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-# --------------------------------------------------------------------------- headers
-
-def header_dict(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Lower-case keys, repeated fields joined with ", " (works for CIMultiDict too)."""
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        key = name.lower()
-        out[key] = f"{out[key]}, {value}" if key in out else value
-    return out
-
-
-def _split_list(value: str) -> list[str]:
-    """Split a comma list, respecting quoted strings."""
-    items: list[str] = []
-    buf: list[str] = []
-    quoted = escaped = False
-    for ch in value:
-        if escaped:
-            escaped = False
-        elif ch == "\\" and quoted:
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == "," and not quoted:
-            items.append("".join(buf).strip())
-            buf = []
-            continue
-        buf.append(ch)
-    items.append("".join(buf).strip())
-    return [i for i in items if i]
-
-
-def parse_cache_control(value: str | None) -> dict[str, str | None]:
-    """Directives by lower-case name; value None when absent, quotes removed.
-
-    Junk (empty items, names that are not tokens) is ignored; when a directive
-    repeats, the first occurrence wins (RFC 9111 §4.2.1).
-    """
-    out: dict[str, str | None] = {}
-    for item in _split_list(value or ""):
-        name, sep, raw = item.partition("=")
-        name = name.strip().lower()
-        if not _TOKEN.match(name) or name in out:
-            continue
-        arg: str | None = None
-        if sep:
-            raw = raw.strip()
-            arg = re.sub(r"\\(.)", r"\1", raw[1:-1]) if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
-        out[name] = arg
-    return out
-
-
-def _delta(value: str | None) -> float | None:
-    """delta-seconds; None if absent; 0 if invalid (invalid freshness means stale)."""
-    if value is None:
-        return None
-    v = value.strip()
-    if not v.isdigit():
-        return 0.0
-    return float(min(int(v), DELTA_MAX))
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_http_date(value: str | None) -> float | None:
-    """IMF-fixdate, RFC 850 or asctime (always GMT) -> POSIX seconds; None if invalid.
-
-    Memoized: every cache hit parses the stored Date (and Expires, Last-Modified)
-    again, and the same few strings come back over and over."""
-    parsed = email.utils.parsedate_tz(value.strip()) if value else None
-    if parsed is None:
-        return None
-    try:
-        return float(calendar.timegm((*parsed[:6], 0, 1, 0)) - (parsed[9] or 0))
-    except (OverflowError, ValueError):
-        return None
-
-
-def format_http_date(ts: float) -> str:
-    return email.utils.formatdate(ts, usegmt=True)
-
-
-def _field_names(value: str | None) -> set[str]:
-    return {n.strip().lower() for n in (value or "").split(",") if n.strip()}
 
 
 # --------------------------------------------------------------------------- stored metadata
@@ -190,9 +106,9 @@ class StoredMeta:
 def storable_headers(response_headers: Headers) -> dict[str, str]:
     """Drop hop-by-hop fields, Set-Cookie and fields named by qualified private/no-cache."""
     cc = parse_cache_control(response_headers.get("cache-control"))
-    drop = set(_HOP_BY_HOP) | {"set-cookie"} | _field_names(response_headers.get("connection"))
+    drop = set(_HOP_BY_HOP) | {"set-cookie"} | field_names(response_headers.get("connection"))
     for directive in ("private", "no-cache"):
-        drop |= _field_names(cc.get(directive))
+        drop |= field_names(cc.get(directive))
     return {k: v for k, v in response_headers.items() if k not in drop}
 
 
@@ -244,9 +160,9 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
     ``response_time`` stands in for a missing Date."""
     cc = parse_cache_control(response_headers.get("cache-control"))
     if shared and "s-maxage" in cc:
-        return _delta(cc["s-maxage"] or "")
+        return delta_seconds(cc["s-maxage"] or "")
     if "max-age" in cc:
-        return _delta(cc["max-age"] or "")
+        return delta_seconds(cc["max-age"] or "")
     date = parse_http_date(response_headers.get("date"))
     if date is None:
         date = response_time
@@ -265,7 +181,7 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
 
 def _corrected_initial_age(age: str | None, date: str | None, request_time: float,
                            response_time: float) -> float:
-    age_value = _delta(age) or 0.0
+    age_value = delta_seconds(age) or 0.0
     date_ts = parse_http_date(date)
     date_value = response_time if date_ts is None else date_ts
     apparent_age = max(0.0, response_time - date_value)
@@ -306,8 +222,8 @@ def _facts_for(status: int, request_time: float, response_time: float, cache_con
         vary_names=None if names is None else tuple(names),
         must_revalidate=bool({"must-revalidate", "proxy-revalidate", "s-maxage"} & cc.keys()),
         no_cache="no-cache" in cc and not cc["no-cache"],
-        stale_if_error=_delta(cc.get("stale-if-error")),
-        stale_while_revalidate=_delta(cc.get("stale-while-revalidate")),
+        stale_if_error=delta_seconds(cc.get("stale-if-error")),
+        stale_while_revalidate=delta_seconds(cc.get("stale-while-revalidate")),
     )
 
 
@@ -336,7 +252,7 @@ def _normalize_value(value: str | None) -> str | None:
 
 def vary_key_headers(response_headers: Headers) -> list[str] | None:
     """Sorted lower-case field names listed by Vary; [] if none; None for Vary: *."""
-    names = _field_names(response_headers.get("vary"))
+    names = field_names(response_headers.get("vary"))
     return None if "*" in names else sorted(names)
 
 
@@ -393,7 +309,7 @@ class Decision:
 def _request_cc(request_headers: Headers) -> dict[str, str | None]:
     if "cache-control" in request_headers:
         return parse_cache_control(request_headers["cache-control"])
-    if "no-cache" in _field_names(request_headers.get("pragma")):
+    if "no-cache" in field_names(request_headers.get("pragma")):
         return {"no-cache": None}  # HTTP/1.0 Pragma, only without Cache-Control (RFC 9111 §5.4)
     return {}
 
@@ -426,7 +342,7 @@ def decide(request_method: str, request_headers: Headers, stored: StoredMeta | N
     if not must_reval:
         windows = [facts.stale_if_error]
         if not resp_no_cache:
-            windows.append(_delta(req.get("stale-if-error")) if "stale-if-error" in req else None)
+            windows.append(delta_seconds(req.get("stale-if-error")) if "stale-if-error" in req else None)
             windows.append(float(offline_for))
         best = max((w for w in windows if w is not None), default=None)
         if best is not None:
@@ -439,16 +355,16 @@ def decide(request_method: str, request_headers: Headers, stored: StoredMeta | N
     if req:
         if "no-cache" in req:
             return _revalidate("request no-cache", only_cached, now, age, stale, until, must_reval)
-        if "max-age" in req and age > (_delta(req["max-age"]) or 0.0):
+        if "max-age" in req and age > (delta_seconds(req["max-age"]) or 0.0):
             return _revalidate("older than request max-age", only_cached, now, age, stale, until,
                                must_reval)
-        if "min-fresh" in req and lifetime - age < (_delta(req["min-fresh"]) or 0.0):
+        if "min-fresh" in req and lifetime - age < (delta_seconds(req["min-fresh"]) or 0.0):
             return _revalidate("not fresh enough for request min-fresh", only_cached, now, age,
                                stale, until, must_reval)
     if not stale:
         return Decision(Kind.FRESH, "fresh", age)
     if not must_reval and "max-stale" in req:
-        limit = _delta(req["max-stale"]) if req["max-stale"] is not None else float("inf")
+        limit = delta_seconds(req["max-stale"]) if req["max-stale"] is not None else float("inf")
         if staleness <= (limit or 0.0):
             return Decision(Kind.FRESH, "stale within request max-stale", age, True)
     swr = facts.stale_while_revalidate
@@ -536,7 +452,7 @@ def not_modified_for_request(request_headers: Headers, stored: StoredMeta) -> bo
     response time)."""
     inm = request_headers.get("if-none-match")
     if inm is not None:
-        tags = _split_list(inm)
+        tags = split_list(inm)
         if "*" in tags:
             return True
         etag = stored.headers.get("etag")
