@@ -343,7 +343,8 @@ class CachingProxy:
                     upstream.release()
                     return await self._passthrough(request, service, url, req_h, rewrite)
                 return await self._store_and_stream(request, upstream, key, req_h, request_time,
-                                                    rewrite, self._edit(service, None, False, timezone))
+                                                    rewrite, self._edit(service, None, False, timezone),
+                                                    replacing=entry.meta if entry else None)
         finally:
             del self._inflight[key]
             done.set_result(None)
@@ -376,12 +377,13 @@ class CachingProxy:
     async def _store_and_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                                 key: str, req_h: dict[str, str], request_time: float,
                                 rewrite: Callable[[str], str],
-                                edit: Edit | None = None) -> web.StreamResponse:
+                                edit: Edit | None = None,
+                                replacing: StoredMeta | None = None) -> web.StreamResponse:
         mark_metered(request)  # the upstream's bytes: shaped in the villager's class
         resp_h = header_dict(upstream.headers)
         window = _range_window(req_h, upstream)
         writer = None
-        if rules.is_storable("GET", upstream.status, req_h, resp_h):
+        if rules.is_storable("GET", upstream.status, req_h, resp_h, replacing=replacing):
             meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
                                       request_time, time.time())
             writer = self.store.begin(key, meta)
@@ -505,7 +507,8 @@ class CachingProxy:
                     await self._freshen(entry, upstream, request_time)
                     return "not-modified"
                 resp_h = header_dict(upstream.headers)
-                if not rules.is_storable("GET", upstream.status, req_h, resp_h):
+                if not rules.is_storable("GET", upstream.status, req_h, resp_h,
+                                         replacing=entry.meta if entry else None):
                     return "not-storable"
                 meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
                                           request_time, time.time())

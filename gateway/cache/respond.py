@@ -14,6 +14,7 @@ from gateway.cache.htmledit import MAX_EDIT_BYTES, Edit, edit_page, edited_heade
 from gateway.cache.rules import (
     StoredMeta,
     age_header,
+    format_http_date,
     header_dict,
     if_range_ok,
     not_modified_for_request,
@@ -30,8 +31,10 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
-# Answered from the stored metadata, so the two sides never disagree.
-_OWN = frozenset({"content-length", "age", "cache-status", "date"})
+# Answered from the stored metadata, so the two sides never disagree.  Date is not
+# among them: a stored answer keeps the origin's Date (RFC 9110 §6.6.1), the time it
+# was generated, which Age counts from.
+_OWN = frozenset({"content-length", "age", "cache-status"})
 _NOT_MODIFIED_FIELDS = ("cache-control", "content-location", "date", "etag", "expires", "vary",
                         "last-modified")
 
@@ -56,6 +59,8 @@ def _client_base(meta: StoredMeta) -> CIMultiDict[str]:
     for name, value in meta.headers.items():
         if name not in HOP_BY_HOP and name not in _OWN:
             base[name] = value
+    if "date" not in meta.headers:  # the origin sent none: the cache adds when it got it
+        base["Date"] = format_http_date(meta.response_time)
     if len(_CLIENT_HEADERS) >= _CLIENT_HEADERS_MAX:
         del _CLIENT_HEADERS[next(iter(_CLIENT_HEADERS))]  # the oldest
     _CLIENT_HEADERS[id(meta)] = (meta, base)

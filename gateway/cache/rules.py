@@ -32,7 +32,12 @@ Decisions worth knowing (all documented again where they are made):
   (``public`` or ``s-maxage``), and Set-Cookie itself is never stored.
 - Qualified ``private="f"`` / ``no-cache="f"``: the response is stored without
   the named fields (RFC 9111 §5.2.2.4, §5.2.2.7).
-- Invalid freshness values (``max-age=abc``, ``Expires: 0``) mean stale.
+- Invalid freshness values (``max-age=abc``, conflicting duplicate ``max-age``, an
+  ``Expires`` that is not a strict HTTP-date) mean stale; see httpfields.py for
+  how each field is parsed.
+- Any final status but 206/304 is stored with explicit freshness; a 5xx never
+  replaces a stored non-5xx answer (``is_storable(replacing=...)``).
+- ``CDN-Cache-Control`` (RFC 9213), when valid, replaces Cache-Control and Expires.
 - ``offline_for`` is the operator's policy for a service: when the upstream
   fails (unreachable, timeout, 500/502/503/504), a stale copy may be served up
   to ``offline_for`` seconds after it became stale.  It applies on error only,
@@ -54,7 +59,13 @@ from typing import Literal, TypeVar
 
 # Field parsing lives in httpfields.py; the names other modules import from here stay here.
 from gateway.cache.httpfields import DELTA_MAX as DELTA_MAX
-from gateway.cache.httpfields import delta_seconds, field_names, split_list
+from gateway.cache.httpfields import (
+    delta_seconds,
+    field_names,
+    parse_age,
+    parse_targeted_cache_control,
+    split_list,
+)
 from gateway.cache.httpfields import format_http_date as format_http_date
 from gateway.cache.httpfields import header_dict as header_dict
 from gateway.cache.httpfields import parse_cache_control as parse_cache_control
@@ -63,7 +74,9 @@ from gateway.cache.httpfields import parse_http_date as parse_http_date
 Headers = Mapping[str, str]
 
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
-# Status codes whose semantics we understand well enough to store (RFC 9111 §3, must-understand).
+# Status codes whose semantics we understand: with must-understand only these are stored
+# (RFC 9111 §5.2.2.3).  Without it any final status other than 206/304 may be stored
+# when the response says so explicitly (§3).
 UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 451, 501})
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 HEURISTIC_FRACTION = 0.10
@@ -105,7 +118,7 @@ class StoredMeta:
 
 def storable_headers(response_headers: Headers) -> dict[str, str]:
     """Drop hop-by-hop fields, Set-Cookie and fields named by qualified private/no-cache."""
-    cc = parse_cache_control(response_headers.get("cache-control"))
+    cc, _ = response_cache_control(response_headers)
     drop = set(_HOP_BY_HOP) | {"set-cookie"} | field_names(response_headers.get("connection"))
     for directive in ("private", "no-cache"):
         drop |= field_names(cc.get(directive))
@@ -114,17 +127,43 @@ def storable_headers(response_headers: Headers) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- storability
 
-def is_storable(method: str, status: int, request_headers: Headers, response_headers: Headers) -> bool:
+def response_cache_control(response_headers: Headers) -> tuple[dict[str, str | None], bool]:
+    """The response directives this cache obeys, and whether they came from a targeted field.
+
+    This gateway is a targeted cache for ``CDN-Cache-Control`` (RFC 9213 §3: it is
+    the shared cache in front of the origins, the role the field addresses).  A
+    valid, non-empty CDN-Cache-Control replaces Cache-Control *and* Expires for
+    this cache's storing and freshness (§2.2); one that fails to parse as a
+    Dictionary is ignored and Cache-Control applies.  Either field is forwarded
+    downstream unchanged: the villager's browser is not a CDN and ignores it."""
+    targeted = parse_targeted_cache_control(response_headers.get("cdn-cache-control"))
+    if targeted is not None:
+        return targeted, True
+    return parse_cache_control(response_headers.get("cache-control")), False
+
+
+def is_storable(method: str, status: int, request_headers: Headers, response_headers: Headers,
+                *, replacing: StoredMeta | None = None) -> bool:
     """RFC 9111 §3 for a shared cache.  GET only (HEAD is answered from GET, never stored);
-    no 206/304/1xx; 5xx other than 501 never stored so they can't replace a good copy."""
+    no 206/304/1xx.  Any other final status is stored when the response allows it
+    explicitly (public, s-maxage, max-age, Expires) or its status is heuristically
+    cacheable; with must-understand only the statuses this cache understands.
+
+    ``replacing``: the stored response this one would replace.  A 5xx never replaces
+    a stored answer that is not itself a 5xx: a failing upstream must not evict the
+    good copy that offline villagers and stale-if-error rely on (the error is passed
+    on, the copy kept).  With nothing stored, a 5xx with explicit freshness is
+    stored as the origin asked."""
     if method.upper() != "GET" or status < 200 or status in (206, 304):
         return False
+    if status >= 500 and replacing is not None and replacing.status < 500:
+        return False
     req_cc = parse_cache_control(request_headers.get("cache-control"))
-    cc = parse_cache_control(response_headers.get("cache-control"))
+    cc, targeted = response_cache_control(response_headers)
     if "must-understand" in cc:
         if status not in UNDERSTOOD_STATUSES:
             return False
-    elif "no-store" in cc or status not in UNDERSTOOD_STATUSES:
+    elif "no-store" in cc:
         return False
     if "no-store" in req_cc:
         return False
@@ -138,7 +177,7 @@ def is_storable(method: str, status: int, request_headers: Headers, response_hea
     if "set-cookie" in response_headers and not shareable:
         return False
     return bool(
-        shareable or "max-age" in cc or "expires" in response_headers
+        shareable or "max-age" in cc or ("expires" in response_headers and not targeted)
         or status in HEURISTIC_STATUSES
     )
 
@@ -157,8 +196,10 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
     freshness (treat as 0).  s-maxage (shared only) > max-age > Expires - Date >
     heuristic 10 % of Date - Last-Modified capped at 24 h (heuristic only for
     heuristically cacheable statuses or ``public``, never with response no-cache).
-    ``response_time`` stands in for a missing Date."""
-    cc = parse_cache_control(response_headers.get("cache-control"))
+    ``response_time`` stands in for a missing or invalid Date.  An invalid Expires
+    (not an HTTP-date, e.g. "0", another zone, two values) means already expired
+    (RFC 9111 §5.3).  A valid CDN-Cache-Control replaces Cache-Control and Expires."""
+    cc, targeted = response_cache_control(response_headers)
     if shared and "s-maxage" in cc:
         return delta_seconds(cc["s-maxage"] or "")
     if "max-age" in cc:
@@ -166,7 +207,7 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
     date = parse_http_date(response_headers.get("date"))
     if date is None:
         date = response_time
-    if "expires" in response_headers:
+    if "expires" in response_headers and not targeted:
         expires = parse_http_date(response_headers["expires"])
         if expires is None or date is None:
             return 0.0
@@ -181,7 +222,7 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
 
 def _corrected_initial_age(age: str | None, date: str | None, request_time: float,
                            response_time: float) -> float:
-    age_value = delta_seconds(age) or 0.0
+    age_value = parse_age(age)
     date_ts = parse_http_date(date)
     date_value = response_time if date_ts is None else date_ts
     apparent_age = max(0.0, response_time - date_value)
@@ -210,12 +251,13 @@ class _StoredFacts:
 @functools.lru_cache(maxsize=4096)
 def _facts_for(status: int, request_time: float, response_time: float, cache_control: str | None,
                date: str | None, expires: str | None, last_modified: str | None, age: str | None,
-               vary: str | None) -> _StoredFacts:
+               vary: str | None, cdn_cache_control: str | None) -> _StoredFacts:
     headers = {name: value for name, value in (
         ("cache-control", cache_control), ("date", date), ("expires", expires),
-        ("last-modified", last_modified), ("vary", vary)) if value is not None}
+        ("last-modified", last_modified), ("vary", vary),
+        ("cdn-cache-control", cdn_cache_control)) if value is not None}
     names = vary_key_headers(headers)
-    cc = parse_cache_control(cache_control)
+    cc, _ = response_cache_control(headers)
     return _StoredFacts(
         lifetime=freshness_lifetime(headers, status=status, response_time=response_time) or 0.0,
         initial_age=_corrected_initial_age(age, date, request_time, response_time),
@@ -233,7 +275,8 @@ def _facts(stored: StoredMeta) -> _StoredFacts:
     h = stored.headers
     return _facts_for(stored.status, stored.request_time, stored.response_time,
                       h.get("cache-control"), h.get("date"), h.get("expires"),
-                      h.get("last-modified"), h.get("age"), h.get("vary"))
+                      h.get("last-modified"), h.get("age"), h.get("vary"),
+                      h.get("cdn-cache-control"))
 
 
 def age_header(stored: StoredMeta, now: float) -> str:

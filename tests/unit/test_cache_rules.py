@@ -61,7 +61,8 @@ def stored(cc: str | None = None, *, status: int = 200, extra: dict[str, str] | 
     ("Max-Age=60, PUBLIC", {"max-age": "60", "public": None}),
     ('private="set-cookie, x-a", no-cache', {"private": "set-cookie, x-a", "no-cache": None}),
     (' , ,max-age = 5 ,,', {"max-age": "5"}),
-    ("max-age=5, max-age=10", {"max-age": "5"}),  # first wins
+    # Step 7: conflicting values make the directive invalid (stale), RFC 9111 §4.2.1
+    ("max-age=5, max-age=10", {"max-age": ""}),
     ('a b, =x, ok, "q"', {"ok": None}),  # junk ignored
     ('ext="a \\"quoted\\" , comma"', {"ext": 'a "quoted" , comma'}),
 ])
@@ -101,8 +102,10 @@ AUTH = {"authorization": "Bearer x"}
     ("GET", 302, {}, {}, False),  # not heuristically cacheable, no explicit freshness
     ("GET", 302, {}, {"cache-control": "max-age=60"}, True),
     ("GET", 404, {}, {}, True),
-    ("GET", 503, {}, {"cache-control": "max-age=60"}, False),  # never let an error replace a copy
-    ("GET", 299, {}, {"cache-control": "max-age=60"}, False),  # status not understood
+    # Step 7: explicit freshness makes any final status storable (RFC 9111 §3); a 5xx only
+    # never *replaces* a good copy (is_storable(replacing=...), tests/unit/test_cache_rfc_parse.py)
+    ("GET", 503, {}, {"cache-control": "max-age=60"}, True),
+    ("GET", 299, {}, {"cache-control": "max-age=60"}, True),
     ("GET", 200, {}, {"cache-control": "no-store, must-understand, max-age=60"}, True),
     ("GET", 200, {}, {"cache-control": "no-cache"}, True),  # stored, always revalidated
 ])
