@@ -440,12 +440,29 @@ class CachingProxy:
         if "range" in req_h:
             headers["range"] = req_h["range"]
         mark_metered(request)
+        request_time = time.time()
         upstream = await self.open_upstream(service, request.method, url, headers)
         async with upstream:
             self.metrics.passthrough += 1
             resp, received = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
             self.metrics.bytes_from_upstream += received
+            if request.method == "HEAD":
+                await self._head_answered(f"GET {url}", req_h, upstream, request_time)
             return resp
+
+    async def _head_answered(self, key: str, req_h: dict[str, str],
+                             upstream: aiohttp.ClientResponse, request_time: float) -> None:
+        """A 200 to a HEAD updates the stored GET answer it could have been served from,
+        or marks it stale when it contradicts it (RFC 9111 4.3.5)."""
+        entry = self._pick(key, req_h) if upstream.status == 200 else None
+        if entry is None:
+            return
+        meta = rules.update_from_head(entry.meta, header_dict(upstream.headers), entry.size,
+                                      request_time, time.time())
+        try:
+            await asyncio.to_thread(self.store.update_meta, entry.id, meta)
+        except (OSError, StoreError) as exc:
+            log.warning("cache: %s not updated from a HEAD answer: %s", key, exc)
 
     # -- background refresh and prefetch ------------------------------------------
 
@@ -466,8 +483,10 @@ class CachingProxy:
 
         async def recheck() -> None:
             with contextlib.suppress(UpstreamDown):
+                request_time = time.time()
                 resp = await self.open_upstream(service, "HEAD", url, {}, fresh_connection=True)
                 resp.release()
+                await self._head_answered(f"GET {url}", {}, resp, request_time)
 
         task = asyncio.create_task(recheck(), name=name)
         self._background.add(task)

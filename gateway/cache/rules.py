@@ -100,6 +100,9 @@ class StoredMeta:
     ``headers`` are the response headers as stored (lower-case keys, filtered by
     ``storable_headers``); ``vary`` maps each field named by the response's Vary
     to the normalized request value it was fetched with (None: absent).
+    ``stale``: known to be stale whatever its freshness says, because a HEAD
+    answer showed the origin's copy changed (``update_from_head``); it is
+    revalidated before use but, unlike a deleted copy, still serves offline.
     """
 
     status: int
@@ -107,6 +110,7 @@ class StoredMeta:
     request_time: float
     response_time: float
     vary: dict[str, str | None] = field(default_factory=dict)
+    stale: bool = False
 
     @classmethod
     def capture(cls, status: int, request_headers: Headers, response_headers: Headers,
@@ -375,7 +379,7 @@ def decide(request_method: str, request_headers: Headers, stored: StoredMeta | N
     lifetime = facts.lifetime
     age = facts.initial_age + max(0.0, now - stored.response_time)
     staleness = age - lifetime  # > 0 when stale
-    stale = staleness > 0 or lifetime == 0
+    stale = staleness > 0 or lifetime == 0 or stored.stale
     expired_at = now - staleness
     must_reval = facts.must_revalidate
     resp_no_cache = facts.no_cache
@@ -485,7 +489,32 @@ def freshen_with_304(stored: StoredMeta, response_304_headers: Headers, request_
     for name, value in incoming.items():
         if name not in _NOT_FROM_304:
             headers[name] = value
-    return replace(stored, headers=headers, request_time=request_time, response_time=response_time)
+    return replace(stored, headers=headers, request_time=request_time, response_time=response_time,
+                   stale=False)
+
+
+def head_matches(stored: StoredMeta, head_headers: Headers, stored_size: int | None) -> bool:
+    """Does a 200 answer to HEAD describe this stored GET answer? (RFC 9111 §4.3.5)
+
+    Every validator the HEAD answer carries (ETag, Last-Modified) must have the
+    same value in the stored answer, and its Content-Length, if any, must be the
+    stored body's size.  A HEAD answer with none of these contradicts nothing."""
+    for name in ("etag", "last-modified"):
+        value = head_headers.get(name)
+        if value is not None and value.strip() != stored.headers.get(name, "").strip():
+            return False
+    length = head_headers.get("content-length")
+    return length is None or (stored_size is not None and length.strip() == str(stored_size))
+
+
+def update_from_head(stored: StoredMeta, head_headers: Headers, stored_size: int | None,
+                     request_time: float, response_time: float) -> StoredMeta:
+    """The stored GET answer after a 200 to a HEAD for the same request (RFC 9111
+    §4.3.5): its headers updated as from a 304 when the HEAD describes it, else
+    the same answer marked stale (the origin has another one now)."""
+    if head_matches(stored, head_headers, stored_size):
+        return freshen_with_304(stored, head_headers, request_time, response_time)
+    return replace(stored, stale=True)
 
 
 def not_modified_for_request(request_headers: Headers, stored: StoredMeta) -> bool:

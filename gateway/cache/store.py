@@ -86,13 +86,14 @@ class Entry:
 
 def _meta_to_json(meta: StoredMeta) -> str:
     return json.dumps({"status": meta.status, "headers": meta.headers, "request_time": meta.request_time,
-                       "response_time": meta.response_time, "vary": meta.vary})
+                       "response_time": meta.response_time, "vary": meta.vary,
+                       **({"stale": True} if meta.stale else {})})
 
 
 def _meta_from_json(text: str) -> StoredMeta:
     d = json.loads(text)
     return StoredMeta(int(d["status"]), dict(d["headers"]), float(d["request_time"]),
-                      float(d["response_time"]), dict(d.get("vary", {})))
+                      float(d["response_time"]), dict(d.get("vary", {})), bool(d.get("stale")))
 
 
 def _vary_key(meta: StoredMeta) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 
 from gateway.cache.httpfields import parse_age, parse_sf_dictionary, parse_targeted_cache_control
 from gateway.cache.rules import (
@@ -21,13 +21,15 @@ from gateway.cache.rules import (
     StoredMeta,
     decide,
     format_http_date,
+    freshen_with_304,
     freshness_lifetime,
     is_storable,
     parse_cache_control,
     parse_http_date,
     storable_headers,
+    update_from_head,
 )
-from gateway.cache.store import Entry
+from gateway.cache.store import CacheStore, Entry
 from tests.unit.cachesite import Answer, CacheSite, cache_site
 
 NOV_1994 = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT (the RFC's example)
@@ -435,3 +437,90 @@ async def test_a_hit_without_a_stored_date_gets_the_time_it_was_received(tmp_pat
         hit, _ = await get(site, "/a", headers={"Cache-Control": "max-stale"})
         assert "hit" in hit.headers["Cache-Status"]
         assert hit.headers.getall("Date") == [format_http_date(T0 + 1)]
+
+
+# -- a HEAD answer updates the stored GET answer (RFC 9111 §4.3.5) ----------------------------
+
+LM = format_http_date(T0 - 86400)
+HELD = StoredMeta(200, {"date": DATE, "etag": '"v1"', "last-modified": LM, "content-length": "4",
+                        "cache-control": "max-age=60", "content-type": "text/plain"}, T0, T0)
+
+
+@pytest.mark.parametrize("head, updated", [
+    ({"etag": '"v1"', "content-length": "4"}, True),
+    ({"etag": '"v1"', "last-modified": LM}, True),
+    ({"last-modified": LM}, True),
+    ({}, True),  # contradicts nothing
+    ({"content-length": "4"}, True),
+    ({"etag": '"v2"'}, False),
+    ({"etag": 'W/"v1"'}, False),  # not the same value
+    ({"etag": '"v1"', "content-length": "5"}, False),
+    ({"last-modified": format_http_date(T0)}, False),
+    ({"content-length": "999"}, False),
+], ids=["etag-and-length", "both-validators", "last-modified", "nothing", "length",
+        "other-etag", "weak-etag", "other-length", "other-last-modified", "only-length-differs"])
+def test_update_from_head(head: dict[str, str], updated: bool) -> None:
+    head = {"date": format_http_date(T0 + 100), "cache-control": "max-age=3600", "x-new": "1",
+            "content-type": "text/html", **head}
+    meta = update_from_head(HELD, head, 4, T0 + 100, T0 + 100)
+    if updated:
+        assert not meta.stale and meta.headers["x-new"] == "1"
+        assert meta.headers["cache-control"] == "max-age=3600" and meta.response_time == T0 + 100
+        assert meta.headers["content-type"] == "text/plain"  # describes the stored body
+        assert decide("GET", {}, meta, T0 + 200, offline_for=0).kind is Kind.FRESH
+    else:
+        assert meta.stale and meta.headers == HELD.headers and meta.response_time == T0
+        decision = decide("GET", {}, meta, T0 + 1, offline_for=3600)  # fresh by its age alone
+        assert decision.kind is Kind.REVALIDATE and decision.stale_on_error  # still kept offline
+
+
+def test_a_stale_mark_survives_the_store_and_goes_with_a_304(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path, 10**6)
+    with store.begin("GET http://o/a", HELD) as writer:
+        writer.write(b"body")
+        entry = writer.commit()
+    assert entry is not None
+    store.update_meta(entry.id, replace(HELD, stale=True))
+    store.close()
+    store = CacheStore(tmp_path, 10**6)
+    [again] = store.lookup("GET http://o/a")
+    assert again.meta.stale
+    assert not freshen_with_304(again.meta, {"etag": '"v1"'}, T0, T0).stale
+    store.close()
+
+
+def by_method(get: Answer, head: Answer) -> Any:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return (head if request.method == "HEAD" else get).response()
+    return handle
+
+
+@pytest.mark.parametrize("head, body, updated", [
+    ({"ETag": '"v1"', "Cache-Control": "max-age=3600", "X-New": "1"}, "v1!!", True),
+    ({"Cache-Control": "max-age=3600", "X-New": "1"}, "v1!!", True),
+    ({"ETag": '"v2"', "Cache-Control": "max-age=3600", "X-New": "1"}, "v1!!", False),
+    ({"ETag": '"v1"', "Cache-Control": "max-age=3600", "X-New": "1"}, "longer", False),
+], ids=["same-etag", "no-validator", "other-etag", "other-length"])
+async def test_the_offline_probe_head_updates_the_stored_copy(
+        tmp_path: Path, head: dict[str, str], body: str, updated: bool) -> None:
+    async with cache_site(tmp_path, offline_for="1h") as site:
+        site.origin.script("/a", by_method(
+            Answer(200, {"ETag": '"v1"', "Cache-Control": "max-age=3600"}, "v1!!"),
+            Answer(200, head, body)))
+        await get(site, "/a")
+        site.services.uplink_lost()
+        resp, _ = await get(site, "/a")  # a hit; the service is offline: a HEAD probes it
+        assert "hit" in resp.headers["Cache-Status"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while not (stored_entry(site, "/a").meta.stale or "x-new" in stored_entry(site, "/a").meta.headers):
+            assert loop.time() < deadline, "the HEAD answer was not applied"
+            await asyncio.sleep(0.005)
+        assert [s.method for s in site.origin.requests_for("/a")] == ["GET", "HEAD"]
+        resp, got = await get(site, "/a")
+        if updated:  # served from the updated copy, with the HEAD's fields
+            assert "hit" in resp.headers["Cache-Status"] and resp.headers["X-New"] == "1"
+            assert got == b"v1!!" and len(site.origin.requests_for("/a")) == 2
+        else:  # the stored copy is stale now: asked again
+            assert [s.method for s in site.origin.requests_for("/a")] == ["GET", "HEAD", "GET"]
+            assert site.origin.requests_for("/a")[2].headers["if-none-match"] == '"v1"'
