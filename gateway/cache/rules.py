@@ -199,7 +199,7 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
     """Seconds the response is fresh for; None when there is no explicit or heuristic
     freshness (treat as 0).  s-maxage (shared only) > max-age > Expires - Date >
     heuristic 10 % of Date - Last-Modified capped at 24 h (heuristic only for
-    heuristically cacheable statuses or ``public``, never with response no-cache).
+    heuristically cacheable statuses or a ``public`` non-5xx, never with response no-cache).
     ``response_time`` stands in for a missing or invalid Date.  An invalid Expires
     (not an HTTP-date, e.g. "0", another zone, two values) means already expired
     (RFC 9111 §5.3).  A valid CDN-Cache-Control replaces Cache-Control and Expires."""
@@ -216,7 +216,9 @@ def freshness_lifetime(response_headers: Headers, shared: bool = True, *, status
         if expires is None or date is None:
             return 0.0
         return max(0.0, expires - date)
-    if "no-cache" in cc or not (status in HEURISTIC_STATUSES or "public" in cc):
+    # RFC 9111 §4.2.2 allows heuristics for ``public`` answers of any status; a 5xx
+    # is kept out: a server's failure is never guessed fresh (only said fresh explicitly).
+    if "no-cache" in cc or not (status in HEURISTIC_STATUSES or ("public" in cc and status < 500)):
         return None
     last_modified = parse_http_date(response_headers.get("last-modified"))
     if last_modified is None or date is None:

@@ -268,6 +268,23 @@ def test_storable_statuses(status: int, resp: dict[str, str], replacing: StoredM
     assert is_storable("GET", status, {}, resp, replacing=replacing) is ok
 
 
+@pytest.mark.parametrize("status, cc, lifetime", [
+    (200, None, 8640.0),
+    (302, "public", 8640.0),  # public allows heuristics (§4.2.2)
+    (451, "public", 8640.0),
+    (302, None, None),  # neither heuristically cacheable nor public
+    (599, "public", None),  # a server failure is never guessed fresh
+    (503, "public", None),
+    (501, None, 8640.0),  # heuristically cacheable by definition
+    (200, "no-cache", None),
+], ids=["200", "302-public", "451-public", "302", "599-public", "503-public", "501", "no-cache"])
+def test_heuristic_freshness(status: int, cc: str | None, lifetime: float | None) -> None:
+    headers = {"date": DATE, "last-modified": format_http_date(T0 - 86400)}
+    if cc is not None:
+        headers["cache-control"] = cc
+    assert freshness_lifetime(headers, status=status) == lifetime
+
+
 # -- CDN-Cache-Control (RFC 9213) -----------------------------------------------------------
 
 @pytest.mark.parametrize("value, expected", [
