@@ -53,9 +53,10 @@ import aiohttp
 from aiohttp import web
 
 from gateway import timefmt
-from gateway.cache import forms, rules
+from gateway.cache import forms, rangeproxy, rules
 from gateway.cache.health import ServiceHealth
 from gateway.cache.htmledit import Edit, edit_page, is_html
+from gateway.cache.ranges import if_range_matches
 from gateway.cache.respond import (
     edited_upstream_response,
     read_small_page,
@@ -291,6 +292,16 @@ class CachingProxy:
                 if served is not None:
                     return served
                 continue
+            if entry is None and attempt == 0 and key in self._inflight:
+                # A fill of this URL is in flight: a HEAD or a range waits for it too and
+                # is then answered from the stored copy (one upstream request, not two).
+                self.metrics.collapsed += 1
+                await asyncio.shield(self._inflight[key])
+                continue
+            if entry is None and rangeproxy.wants_part(request, req_h):
+                part = await rangeproxy.from_partial(self, request, service, url, key, req_h, rewrite)
+                if part is not None:
+                    return part
             if entry is None and request.method == "HEAD":
                 with self.fetch_slot(request):
                     return await self._passthrough(request, service, url, req_h, rewrite)
@@ -338,6 +349,9 @@ class CachingProxy:
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
+                if upstream.status == 206:  # a part (the upstream chose to send one): kept as such
+                    return await rangeproxy.stream_part(self, request, upstream, key, req_h,
+                                                        request_time, rewrite)
                 if "range" in req_h and self._too_large(upstream):
                     # Never stored: fetching all of it for one range would be waste.
                     upstream.release()
@@ -435,11 +449,16 @@ class CachingProxy:
     async def _passthrough(self, request: web.Request, service: GovService, url: str,
                            req_h: dict[str, str], rewrite: Callable[[str], str]) -> web.StreamResponse:
         headers = self.forward_headers(req_h)
-        if "range" in req_h:
-            headers["range"] = req_h["range"]
+        for name in ("range", "if-range"):  # If-Range too: a part of another copy must not come back
+            if name in req_h:
+                headers[name] = req_h[name]
         mark_metered(request)
+        request_time = time.time()
         upstream = await self.open_upstream(service, request.method, url, headers)
         async with upstream:
+            if request.method == "GET" and upstream.status == 206:  # kept as a partial entry
+                return await rangeproxy.stream_part(self, request, upstream, f"GET {url}", req_h,
+                                                    request_time, rewrite)
             self.metrics.passthrough += 1
             resp, received = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
             self.metrics.bytes_from_upstream += received
@@ -538,12 +557,14 @@ def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse
     """The part of a whole-object fill the villager asked for with ``Range``.
 
     (first, last), "unsatisfiable", or None for the whole answer: no range, an answer
-    other than a 200 of known length, or an ``If-Range`` (its validator belongs to a
-    copy we never saw; RFC 9110 lets a server ignore Range then).
+    other than a 200 of known length, or an ``If-Range`` that does not name this
+    answer's representation strongly (RFC 9110 §13.1.5: then the whole object is due).
     """
-    if "range" not in req_h or "if-range" in req_h:
+    if "range" not in req_h:
         return None
     if upstream.status != 200 or upstream.content_length is None:
+        return None
+    if not if_range_matches(req_h, header_dict(upstream.headers)):
         return None
     return parse_range(req_h["range"], upstream.content_length)
 
