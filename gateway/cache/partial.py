@@ -7,7 +7,10 @@ column is set (``{"length": N, "held": [[first, last], ...]}``) and whose
 ``size`` is the number of bytes held (what it costs the disk, for the size
 limit and eviction).  Its body file is ``N`` bytes long (made with
 ``ftruncate``, so it is sparse): byte *i* of the representation is at offset
-*i*, and only the held ranges are ever read.
+*i*, and only the held ranges are ever read.  The store's file system must
+keep holes sparse (ext4, as on the gateway image); a representation longer
+than the whole cache is never kept as parts, so a file system without holes
+can at worst use the cache's size once.
 
 ``PartialWriter`` receives the bytes of one 206 answer (``first``..``last``):
 
@@ -31,12 +34,22 @@ any older complete copy of the same key and Vary values.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from gateway.cache.ranges import Held, missing
+from gateway.cache.ranges import (
+    Held,
+    PartialState,
+    add_range,
+    held_bytes,
+    is_complete,
+    missing,
+    strong_validator,
+)
 from gateway.cache.rules import StoredMeta
 from gateway.errors import StoreError
 
@@ -158,3 +171,99 @@ def part_meta(meta: StoredMeta) -> StoredMeta:
 
 def held_json(length: int, held: Held) -> dict[str, object]:
     return {"length": length, "held": [list(r) for r in held]}
+
+
+# -- the store's side (CacheStore.begin_partial and the commit), kept here so that the
+# store module stays about complete entries; these use its lock, index and SQLite.
+
+
+def begin(store: CacheStore, key: str, meta: StoredMeta, first: int, last: int,
+          length: int) -> PartialWriter | None:
+    """See ``CacheStore.begin_partial``."""
+    from gateway.cache.store import _vary_key
+
+    validator = strong_validator(meta.headers)
+    vary = _vary_key(meta)
+    base = None
+    if validator is not None:
+        for e in store.lookup_partial(key):
+            if (e.partial is not None and e.partial.length == length
+                    and _vary_key(e.meta) == vary and strong_validator(e.meta.headers) == validator):
+                base = e
+    held = add_range(base.partial.held if base is not None and base.partial else (), first, last)
+    if held_bytes(held) > store.max_object_bytes or not 0 <= first <= last < length:
+        return None
+    if length > store.max_bytes:
+        return None  # its sparse file may not be longer than the whole cache (see above)
+    try:
+        return PartialWriter(store, key, part_meta(meta), first, last, length, base)
+    except OSError as exc:
+        if base is not None:
+            return None  # its file went (evicted meanwhile): this part is not stored
+        raise StoreError(f"cannot create a temp file in {store.directory / 'tmp'}: {exc}") from exc
+
+
+def publish(store: CacheStore, writer: PartialWriter) -> Entry | None:
+    """Index what ``writer`` wrote (its file is fsync'ed): a new row, or the grown ranges of
+    its base row; a complete one becomes a 200.  None when the base row went meanwhile."""
+    from gateway.cache.store import Entry, _fsync_dir, _meta_to_json, _vary_key
+
+    got = writer.written()
+    assert got is not None
+    combine = writer.tmp_path is None
+    if not combine:
+        assert writer.tmp_path is not None
+        os.replace(writer.tmp_path, writer.path)
+        _fsync_dir(store.directory / "bodies")
+    vary = _vary_key(writer.meta)
+    now = time.time()
+    db = store._db
+    with store._lock:
+        held = add_range((), *got)
+        entry_id: int | None = None
+        if combine:
+            assert writer.base is not None
+            current = store._index.by_id(writer.base.id)
+            if current is None or current.path != writer.path or current.partial is None:
+                return None  # replaced or evicted while we wrote: these bytes are nobody's
+            held = add_range(current.partial.held, *got)
+            entry_id = current.id
+        done = is_complete(held, writer.length)
+        meta = complete_meta(writer.meta, writer.length) if done else writer.meta
+        size = writer.length if done else held_bytes(held)
+        ranges = None if done else json.dumps(held_json(writer.length, held))
+        try:
+            with store._tx():
+                # A complete copy replaces every older row of these Vary values; a part
+                # replaces only another partial entry (another representation).
+                old = db.execute(
+                    "SELECT id, size, body FROM entries WHERE key = ? AND vary = ? AND id != ?"
+                    + ("" if done else " AND ranges IS NOT NULL"),
+                    (writer.key, vary, -1 if entry_id is None else entry_id)).fetchall()
+                db.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in old])
+                if entry_id is not None:
+                    before = int(db.execute("SELECT size FROM entries WHERE id = ?",
+                                            (entry_id,)).fetchone()[0])
+                    db.execute("UPDATE entries SET meta = ?, vary = ?, size = ?, ranges = ? WHERE id = ?",
+                               (_meta_to_json(meta), vary, size, ranges, entry_id))
+                else:
+                    before = 0
+                    cur = db.execute(
+                        "INSERT INTO entries (key, vary, meta, size, body, last_used, ranges) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (writer.key, vary, _meta_to_json(meta), size, writer.path.name, now, ranges))
+                    entry_id = int(cur.lastrowid or 0)
+        except BaseException:
+            if not combine:
+                with contextlib.suppress(OSError):
+                    os.unlink(writer.path)
+            raise
+        for r in old:
+            store._forget(r[0])
+        store._unlink_bodies([r[2] for r in old])
+        store._total += size - before - sum(r[1] for r in old)
+        entry = Entry(entry_id, writer.key, meta, size, writer.path, now,
+                      None if done else PartialState(writer.length, held))
+        store._index.add(entry)
+        store._evict()
+    return entry

@@ -28,6 +28,10 @@ bodies up to 64 KiB (32 MiB in all) are kept after their first read.
 ``touch`` only records the time in memory; the times are flushed in one
 transaction every ``TOUCH_FLUSH_SECONDS``, before eviction and at close, so
 the hit path costs no disk write (a crash only loses LRU recency).
+Partial entries (206 answers, gateway/cache/partial.py) are rows with a
+``ranges`` column: their body file is as long as the whole representation
+(sparse), ``size`` counts the bytes held, and ``lookup`` never returns them
+(``lookup_partial`` does); recovery checks their file against the whole length.
 Pinned keys (``set_pins``: the pages and forms a service lists) are never
 evicted; they still count towards the size, and they are replaced by newer
 copies and deleted on invalidation like any other entry.
@@ -49,9 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.cache import partial as parts
 from gateway.cache.memindex import BODY_CACHE_BYTES, BODY_CACHE_ITEM, BodyCache, MemIndex
-from gateway.cache.partial import PartialWriter, complete_meta, held_json, part_meta
-from gateway.cache.ranges import PartialState, add_range, held_bytes, is_complete, strong_validator
+from gateway.cache.partial import PartialWriter
+from gateway.cache.ranges import PartialState
 from gateway.cache.rules import StoredMeta
 from gateway.errors import StoreError
 from gateway.sqlitedb import classify, open_readonly
@@ -479,88 +484,10 @@ class CacheStore:
         key, Vary values and strong validator; any other partial entry of that key and
         Vary values is replaced at commit.  None when the bytes held would pass
         ``max_object_bytes`` (nothing is stored).  See gateway/cache/partial.py."""
-        validator = strong_validator(meta.headers)
-        vary = _vary_key(meta)
-        base = None
-        if validator is not None:
-            for e in self.lookup_partial(key):
-                if (e.partial is not None and e.partial.length == length
-                        and _vary_key(e.meta) == vary and strong_validator(e.meta.headers) == validator):
-                    base = e
-        held = add_range(base.partial.held if base is not None and base.partial else (), first, last)
-        if held_bytes(held) > self.max_object_bytes or not 0 <= first <= last < length:
-            return None
-        try:
-            return PartialWriter(self, key, part_meta(meta), first, last, length, base)
-        except OSError as exc:
-            if base is not None:
-                return None  # its file went (evicted meanwhile): this part is not stored
-            raise StoreError(f"cannot create a temp file in {self.directory / 'tmp'}: {exc}") from exc
+        return parts.begin(self, key, meta, first, last, length)
 
     def _publish_partial(self, writer: PartialWriter) -> Entry | None:
-        """Index what ``writer`` wrote (its file is fsync'ed); see gateway/cache/partial.py."""
-        got = writer.written()
-        assert got is not None
-        combine = writer.tmp_path is None
-        if not combine:
-            assert writer.tmp_path is not None
-            os.replace(writer.tmp_path, writer.path)
-            _fsync_dir(self.directory / "bodies")
-        vary = _vary_key(writer.meta)
-        now = time.time()
-        with self._lock:
-            held = add_range((), *got)
-            entry_id: int | None = None
-            if combine:
-                assert writer.base is not None
-                current = self._index.by_id(writer.base.id)
-                if current is None or current.path != writer.path or current.partial is None:
-                    return None  # replaced or evicted while we wrote: these bytes are nobody's
-                held = add_range(current.partial.held, *got)
-                entry_id = current.id
-            done = is_complete(held, writer.length)
-            meta = complete_meta(writer.meta, writer.length) if done else writer.meta
-            size = writer.length if done else held_bytes(held)
-            ranges = None if done else json.dumps(held_json(writer.length, held))
-            try:
-                with self._tx():
-                    # A complete copy replaces every older row of these Vary values; a part
-                    # replaces only another partial entry (another representation).
-                    old = self._db.execute(
-                        "SELECT id, size, body FROM entries WHERE key = ? AND vary = ? AND id != ?"
-                        + ("" if done else " AND ranges IS NOT NULL"),
-                        (writer.key, vary, entry_id if entry_id is not None else -1)).fetchall()
-                    self._db.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in old])
-                    if entry_id is not None:
-                        before = self._db.execute("SELECT size FROM entries WHERE id = ?",
-                                                  (entry_id,)).fetchone()[0]
-                        self._db.execute(
-                            "UPDATE entries SET meta = ?, vary = ?, size = ?, ranges = ? WHERE id = ?",
-                            (_meta_to_json(meta), vary, size, ranges, entry_id))
-                        last_used = now
-                    else:
-                        before = 0
-                        cur = self._db.execute(
-                            "INSERT INTO entries (key, vary, meta, size, body, last_used, ranges) "
-                            "VALUES (?,?,?,?,?,?,?)",
-                            (writer.key, vary, _meta_to_json(meta), size, writer.path.name, now, ranges))
-                        entry_id = int(cur.lastrowid or 0)
-                        last_used = now
-            except BaseException:
-                if not combine:
-                    with contextlib.suppress(OSError):
-                        os.unlink(writer.path)
-                raise
-            for r in old:
-                self._forget(r[0])
-            self._unlink_bodies([r[2] for r in old])
-            self._total += size - before - sum(r[1] for r in old)
-            self._index.remove(entry_id)
-            entry = Entry(entry_id, writer.key, meta, size, writer.path, last_used,
-                          None if done else PartialState(writer.length, held))
-            self._index.add(entry)
-            self._evict()
-        return entry
+        return parts.publish(self, writer)
 
     def open_partial(self, entry: Entry) -> BinaryIO | None:
         """A partial entry's body opened for reading (held ranges only!), or None when it

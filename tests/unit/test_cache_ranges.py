@@ -417,11 +417,12 @@ def test_store_another_validator_replaces_and_a_complete_part_becomes_a_200(tmp_
 
 
 def test_store_parts_obey_the_object_limit_and_eviction(tmp_path: Path) -> None:
-    data = os.urandom(100_000)
+    data = os.urandom(50_000)
     with CacheStore(tmp_path, 80_000) as store:  # max object 10,000 bytes
         assert store.begin_partial("k", _meta(), 0, 10_000, len(data)) is None  # 10,001 bytes
         _part(store, 0, 9_999, data).commit()
         assert store.begin_partial("k", _meta(), 10_000, 10_000, len(data)) is None  # would pass it
+        assert store.begin_partial("long", _meta(), 0, 99, 80_001) is None  # longer than the cache
         for i in range(10):
             w = store.begin_partial(f"other{i}", _meta(), 0, 9_999, len(data))
             assert w is not None
