@@ -13,8 +13,11 @@ rest (RFC 9111 §3.3, §3.4; RFC 9110 §14):
   disk.  Otherwise the range is asked upstream with ``If-Range`` set to the
   stored strong validator, so a changed object comes back whole (200) instead of
   as a part of another representation; the 206 that comes back is combined
-  into the entry.  If the upstream fails, a stored range is served stale when
-  the rules allow (``may_serve_stale``), as for complete copies.
+  into the entry.  When the stored ranges hold the range but it is stale, the
+  request also carries the stored validators (If-None-Match / If-Modified-Since):
+  a 304 refreshes the part's headers and the range is served from disk.  If the
+  upstream fails, a stored range is served stale when the rules allow
+  (``may_serve_stale``), as for complete copies.
 * ``stream_part``: any 206 the upstream sends for a GET (a range of an object
   too large to store whole, or the ranged request above) is streamed to the
   villager and kept with ``CacheStore.begin_partial`` when a 200 with the same
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.cache import rules
 from gateway.cache.ranges import covers, if_range_matches, parse_content_range, strong_validator
@@ -48,6 +52,9 @@ if TYPE_CHECKING:
     from gateway.cache.proxy import CachingProxy
 
 log = logging.getLogger("desanet.cache")
+# What a 304 to the villager carries (RFC 9110 §15.4.5), as for complete copies.
+_NOT_MODIFIED_FIELDS = ("cache-control", "content-location", "date", "etag", "expires", "vary",
+                        "last-modified")
 
 
 def wants_part(request: web.Request, req_h: dict[str, str]) -> bool:
@@ -85,6 +92,10 @@ async def from_partial(proxy: CachingProxy, request: web.Request, service: GovSe
     headers["if-range"] = req_h.get("if-range") or _if_range_for(part.meta) or ""
     if not headers["if-range"]:
         del headers["if-range"]
+    if held:
+        # Every byte asked for is stored, only stale: a 304 (RFC 9110 §13.2.2 evaluates
+        # If-None-Match before Range) refreshes the part without sending the bytes again.
+        headers.update(rules.conditional_request_headers(part.meta))
     with proxy.fetch_slot(request):
         return await _ask_upstream(proxy, request, service, url, key, req_h, rewrite, headers,
                                    part, wanted, decision, held)
@@ -106,6 +117,18 @@ async def _ask_upstream(proxy: CachingProxy, request: web.Request, service: GovS
                 return served
         raise
     async with upstream:
+        if upstream.status == 304 and held:
+            resp_h = header_dict(upstream.headers)
+            if rules.freshen_applies(part.meta, resp_h):
+                meta = rules.freshen_with_304(part.meta, resp_h, request_time, time.time())
+                await asyncio.to_thread(proxy.store.update_meta, part.id, meta)
+                fresh = Entry(part.id, part.key, meta, part.size, part.path, part.last_used,
+                              part.partial)
+                served = await serve_part(proxy, request, fresh, wanted, time.time(),
+                                          "hit; fwd=stale; fwd-status=304", "revalidated", req_h)
+                if served is not None:
+                    return served
+            return web.Response(status=502, text="stored part lost; try again\n")
         if upstream.status == 206:
             return await stream_part(proxy, request, upstream, key, req_h, request_time, rewrite)
         if upstream.status == 200:  # the object changed (If-Range failed) or has no ranges
@@ -131,8 +154,9 @@ async def serve_part(proxy: CachingProxy, request: web.Request, part: Entry,
     """A 206 (or 416) from a partial entry's held bytes; None when its file is unusable."""
     assert part.partial is not None
     meta = part.meta
-    if rules.not_modified_for_request(req_h, meta):
-        headers = stored_headers_for_client(meta, now)
+    if rules.not_modified_for_request(req_h, meta):  # the villager's own copy is current
+        headers = CIMultiDict((k, v) for k, v in meta.headers.items() if k in _NOT_MODIFIED_FIELDS)
+        headers["Age"] = rules.age_header(meta, now)
         headers["Cache-Status"] = cache_status(detail)
         return web.Response(status=304, headers=headers)
     headers = stored_headers_for_client(meta, now)

@@ -92,6 +92,8 @@ class Ranged:
             return web.Response(status=503, text="down")
         headers = {"ETag": self.etag, "Cache-Control": self.cache_control,
                    "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        if self.etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
         status, first, last = 200, 0, len(self.body) - 1
         spec = request.headers.get("Range", "")
         if_range = request.headers.get("If-Range")
@@ -267,6 +269,8 @@ async def test_if_range_is_honoured_for_parts(tmp_path: Path) -> None:
         seen = len(site.origin.seen)
         resp, body = await get_range(site, "/big", "bytes=10-19", **{"If-Range": ETAG})
         assert resp.status == 206 and body == BIG[10:20] and len(site.origin.seen) == seen
+        resp, body = await get_range(site, "/big", "bytes=10-19", **{"If-None-Match": ETAG})
+        assert resp.status == 304 and body == b"" and len(site.origin.seen) == seen
         # The villager holds another copy: the whole object is due, from the origin.
         resp, body = await get_range(site, "/big", "bytes=10-19", **{"If-Range": '"old"'})
         assert resp.status == 200 and body == BIG
@@ -303,8 +307,12 @@ async def test_a_stale_part_is_revalidated_and_served_on_error(
         site.origin.script("/big", origin)
         await get_range(site, "/big", "bytes=0-99")
         seen = len(site.origin.seen)
-        resp, body = await get_range(site, "/big", "bytes=0-99")  # stale: asked again
+        resp, body = await get_range(site, "/big", "bytes=0-99")  # stale: asked again ...
         assert body == BIG[:100] and len(site.origin.seen) == seen + 1
+        # ... conditionally: the 304 refreshes the part, whose bytes are not sent again.
+        asked = site.origin.seen[-1].headers
+        assert asked["if-none-match"] == ETAG and asked["range"] == "bytes=0-99"
+        assert resp.headers["Cache-Status"] == "desanet; hit; fwd=stale; fwd-status=304"
         origin.down = True
         resp, body = await get_range(site, "/big", "bytes=0-99")
         if served_stale:
