@@ -35,7 +35,9 @@ villager's own class (gateway/cache/shapemark.py), and a villager may have at
 most ``max_misses_per_client`` of them in flight (:class:`ClientBusy`). A range
 request for something not stored fetches the whole object into the store once
 and sends the villager its range from the stream (an object too large to store
-is passed through with its range).
+is passed through with its range). 206 answers are kept as parts and ranges are
+served from them (gateway/cache/rangeproxy.py); a HEAD or range request that
+arrives during a fill of its URL waits for it, as other requests do.
 """
 
 from __future__ import annotations
