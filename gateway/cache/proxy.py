@@ -351,6 +351,10 @@ class CachingProxy:
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
+                if not self._stores_whole(upstream, req_h):
+                    # Nothing whole will be stored: requests waiting for this fill (a HEAD, a
+                    # range, the same page) need not wait for its body; they go on themselves.
+                    self._release_waiters(key, done)
                 if upstream.status == 206:  # a part (the upstream chose to send one): kept as such
                     return await rangeproxy.stream_part(self, request, upstream, key, req_h,
                                                         request_time, rewrite)
@@ -361,8 +365,19 @@ class CachingProxy:
                 return await self._store_and_stream(request, upstream, key, req_h, request_time,
                                                     rewrite, self._edit(service, None, False, timezone))
         finally:
+            self._release_waiters(key, done)
+
+    def _release_waiters(self, key: str, done: asyncio.Future[None]) -> None:
+        """End this fill's turn for ``key`` (once; a later fill's marker is left alone)."""
+        if self._inflight.get(key) is done:
             del self._inflight[key]
+        if not done.done():
             done.set_result(None)
+
+    def _stores_whole(self, upstream: aiohttp.ClientResponse, req_h: dict[str, str]) -> bool:
+        """Will this answer be stored as a complete copy (as far as its head tells)?"""
+        return (upstream.status != 206 and not self._too_large(upstream)
+                and rules.is_storable("GET", upstream.status, req_h, header_dict(upstream.headers)))
 
     async def _commit(self, writer: BodyWriter) -> bool:
         """Publish a stored body; a full or failing disk only means it is not stored (the

@@ -78,7 +78,7 @@ async def small_cache_site(tmp_path: Path) -> AsyncIterator[RangeSite]:
 class Ranged:
     """An origin path that serves ``body`` as a real server does: Range honoured (one
     range), If-Range compared strongly with its ETag, 503 while ``down``; ``hold`` makes
-    it wait for ``release`` before sending the body."""
+    the next request wait for ``release`` before sending its body."""
 
     def __init__(self, body: bytes, etag: str = ETAG, cache_control: str = "max-age=3600") -> None:
         self.body, self.etag, self.cache_control = body, etag, cache_control
@@ -105,7 +105,10 @@ class Ranged:
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = last - first + 1
         await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
         if self.hold:
+            self.hold = False
             self.holding.set()
             await self.release.wait()
         await resp.write(self.body[first:last + 1])
@@ -345,6 +348,29 @@ async def test_range_and_head_wait_for_a_fill_in_flight(tmp_path: Path) -> None:
         resp, got = await head
         assert resp.status == 200 and resp.headers["Content-Length"] == str(len(body)) and got == b""
         assert [(s.method, s.headers.get("range")) for s in site.origin.seen] == [("GET", None)]
+
+
+@pytest.mark.parametrize(("path", "origin"), [
+    ("/nostore", Ranged(SMALL * 1000, cache_control="no-store")),
+    ("/big", Ranged(BIG)),  # too large to store whole
+])
+async def test_a_fill_that_stores_nothing_whole_keeps_no_one_waiting(
+        tmp_path: Path, path: str, origin: Ranged) -> None:
+    async with small_cache_site(tmp_path) as site:
+        origin.hold = True
+        site.origin.script(path, origin)
+        fill = asyncio.create_task(site.get(path))
+        await asyncio.wait_for(origin.holding.wait(), 5)
+        # Answered by the origin while the first download is still held (the deadline
+        # only ends a test that would otherwise hang).
+        resp, got = await asyncio.wait_for(get_range(site, path, "bytes=10-19"), 10)
+        assert resp.status == 206 and got == origin.body[10:20]
+        resp, _ = await asyncio.wait_for(site.request("HEAD", path), 10)
+        assert resp.status == 200
+        assert not fill.done()
+        origin.release.set()
+        resp, got = await fill
+        assert resp.status == 200 and got == origin.body
 
 
 async def _until(check: Any, timeout: float = 5.0) -> None:
