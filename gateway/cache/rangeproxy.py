@@ -82,6 +82,7 @@ async def from_partial(proxy: CachingProxy, request: web.Request, service: GovSe
         served = await serve_part(proxy, request, part, wanted, now, "hit", "hits", req_h)
         if served is not None:
             return served
+        held = False  # its file was unusable (now dropped): the bytes must come again
     if decision.kind is Kind.GATEWAY_TIMEOUT or "only-if-cached" in rules.parse_cache_control(
             req_h.get("cache-control")):
         return web.Response(status=504, text="not in cache (only-if-cached)\n")

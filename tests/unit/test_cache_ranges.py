@@ -21,6 +21,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.cache.ranges import (
+    Held,
+    add_range,
+    covers,
+    if_range_matches,
+    missing,
+    parse_content_range,
+    strong_validator,
+)
 from gateway.cache.rules import StoredMeta
 from gateway.cache.service import LocalServices
 from gateway.cache.store import CacheStore
@@ -381,7 +390,94 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+# -- the pure part: gateway/cache/ranges.py ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("bytes 0-99/5000", (0, 99, 5000)),
+    ("BYTES  4999-4999/5000", (4999, 4999, 5000)),
+    ("bytes 0-99/*", None),  # the whole length unknown: cannot place the part
+    ("bytes */5000", None),  # the 416 form
+    ("bytes 100-99/5000", None),
+    ("bytes 0-5000/5000", None),  # past the end
+    ("items 0-9/10", None),
+    (None, None),
+])
+def test_parse_content_range(value: str | None, expected: tuple[int, int, int] | None) -> None:
+    assert parse_content_range(value) == expected
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"etag": '"a"'}, 'etag "a"'),
+    ({"etag": 'W/"a"', "last-modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+      "date": "Tue, 02 Jan 2024 00:00:00 GMT"}, None),  # weak tag: no fallback to the date
+    ({"etag": "a"}, None),  # not a quoted tag
+    ({"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT", "date": "Mon, 01 Jan 2024 00:01:00 GMT"},
+     "last-modified 1704067200"),  # 60 s before Date: strong for a cache
+    ({"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT", "date": "Mon, 01 Jan 2024 00:00:59 GMT"},
+     None),  # too close to Date: may have changed within its second
+    ({"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"}, None),  # no Date
+    ({}, None),
+])
+def test_strong_validator(headers: dict[str, str], expected: str | None) -> None:
+    assert strong_validator(headers) == expected
+
+
+@pytest.mark.parametrize(("held", "add", "expected"), [
+    ((), (5, 9), ((5, 9),)),
+    (((0, 4),), (5, 9), ((0, 9),)),  # adjacent: merged
+    (((0, 4), (20, 29)), (3, 21), ((0, 29),)),
+    (((10, 19),), (0, 4), ((0, 4), (10, 19))),
+    (((0, 99),), (10, 20), ((0, 99),)),
+])
+def test_add_range(held: Held, add: tuple[int, int], expected: Held) -> None:
+    assert add_range(held, *add) == expected
+
+
+@pytest.mark.parametrize(("held", "span", "covered", "gaps"), [
+    (((0, 99),), (10, 20), True, []),
+    (((0, 49), (60, 99)), (40, 70), False, [(50, 59)]),
+    (((10, 19),), (0, 29), False, [(0, 9), (20, 29)]),
+    ((), (0, 9), False, [(0, 9)]),
+])
+def test_covers_and_missing(held: Held, span: tuple[int, int], covered: bool,
+                            gaps: list[tuple[int, int]]) -> None:
+    assert covers(held, *span) is covered
+    assert missing(held, *span) == gaps
+
+
+@pytest.mark.parametrize(("if_range", "headers", "expected"), [
+    (None, {"etag": '"a"'}, True),
+    ('"a"', {"etag": '"a"'}, True),
+    ('"b"', {"etag": '"a"'}, False),
+    ('W/"a"', {"etag": 'W/"a"'}, False),  # weak tags never satisfy If-Range
+    ('"a"', {"etag": 'W/"a"'}, False),
+    ("Mon, 01 Jan 2024 00:00:00 GMT", {"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+                                       "date": "Mon, 01 Jan 2024 00:00:05 GMT"}, True),
+    ("Mon, 01 Jan 2024 00:00:00 GMT", {"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+                                       "date": "Mon, 01 Jan 2024 00:00:00 GMT"}, False),
+    ("Sun, 31 Dec 2023 00:00:00 GMT", {"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+                                       "date": "Tue, 02 Jan 2024 00:00:00 GMT"}, False),
+])
+def test_if_range_matches(if_range: str | None, headers: dict[str, str], expected: bool) -> None:
+    req = {} if if_range is None else {"if-range": if_range}
+    assert if_range_matches(req, headers) is expected
+
+
 # -- the store: crash safety and accounting of partial entries --------------------------------
+
+
+def test_store_an_index_from_before_partial_entries_opens(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 1 << 20) as store:
+        writer = store.begin("old", StoredMeta(200, {"cache-control": "max-age=60"}, 1.0, 1.0, {}))
+        writer.write(b"kept")
+        writer.commit()
+        store._db.execute("ALTER TABLE entries DROP COLUMN ranges")  # as written before
+    with CacheStore(tmp_path, 1 << 20) as store:
+        [entry] = store.lookup("old")
+        assert store.read_small(entry) == b"kept" and entry.partial is None
+        _part(store, 0, 9, os.urandom(100)).commit()
+        assert store.lookup_partial("k") != []
 
 
 def _meta(etag: str = ETAG) -> StoredMeta:
