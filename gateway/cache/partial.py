@@ -244,8 +244,9 @@ def publish(store: CacheStore, writer: PartialWriter) -> Entry | None:
                 if entry_id is not None:
                     before = int(db.execute("SELECT size FROM entries WHERE id = ?",
                                             (entry_id,)).fetchone()[0])
-                    db.execute("UPDATE entries SET meta = ?, vary = ?, size = ?, ranges = ? WHERE id = ?",
-                               (_meta_to_json(meta), vary, size, ranges, entry_id))
+                    db.execute("UPDATE entries SET meta = ?, vary = ?, size = ?, ranges = ?, "
+                               "last_used = MAX(last_used, ?) WHERE id = ?",
+                               (_meta_to_json(meta), vary, size, ranges, now, entry_id))
                 else:
                     before = 0
                     cur = db.execute(
