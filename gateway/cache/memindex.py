@@ -7,7 +7,9 @@ Theory of operation
 memory and update both in the same locked section:
 
 * ``MemIndex``: key -> the stored variants (``Entry`` with the parsed
-  ``StoredMeta``), and id -> ``Entry``.  Loaded once at open, after crash
+  ``StoredMeta``), key -> the partial entries (206 parts, ``Entry.partial`` set;
+  kept apart so that no caller looking for a complete response ever gets one),
+  and id -> ``Entry``.  Loaded once at open, after crash
   recovery and eviction; then changed only by ``_publish`` (insert, replacing
   the same key and Vary values), ``update_meta`` (304), ``delete`` and
   eviction, always *after* their SQLite transaction committed.  A failed
@@ -43,6 +45,7 @@ class MemIndex:
 
     def __init__(self) -> None:
         self._by_key: dict[str, list[Entry]] = {}
+        self._partials: dict[str, list[Entry]] = {}
         self._by_id: dict[int, Entry] = {}
 
     def __len__(self) -> int:
@@ -50,6 +53,12 @@ class MemIndex:
 
     def get(self, key: str) -> list[Entry]:
         return self._by_key.get(key, [])
+
+    def get_partials(self, key: str) -> list[Entry]:
+        return self._partials.get(key, [])
+
+    def _lists(self, entry: Entry) -> dict[str, list[Entry]]:
+        return self._by_key if entry.partial is None else self._partials
 
     def by_id(self, entry_id: int) -> Entry | None:
         return self._by_id.get(entry_id)
@@ -59,7 +68,7 @@ class MemIndex:
 
     def add(self, entry: Entry) -> None:
         self.remove(entry.id)
-        variants = self._by_key.setdefault(entry.key, [])
+        variants = self._lists(entry).setdefault(entry.key, [])
         variants.append(entry)
         if len(variants) > 1 and variants[-2].id > entry.id:
             variants.sort(key=lambda e: e.id)
@@ -70,7 +79,10 @@ class MemIndex:
         old = self._by_id.get(entry.id)
         if old is None:
             return
-        variants = self._by_key[old.key]
+        if (old.partial is None) != (entry.partial is None):
+            self.add(entry)  # moved between the complete and the partial lists
+            return
+        variants = self._lists(old)[old.key]
         for i, e in enumerate(variants):
             if e.id == entry.id:
                 variants[i] = entry
@@ -80,15 +92,17 @@ class MemIndex:
         old = self._by_id.pop(entry_id, None)
         if old is None:
             return None
-        variants = [e for e in self._by_key[old.key] if e.id != entry_id]
+        lists = self._lists(old)
+        variants = [e for e in lists[old.key] if e.id != entry_id]
         if variants:
-            self._by_key[old.key] = variants
+            lists[old.key] = variants
         else:
-            del self._by_key[old.key]
+            del lists[old.key]
         return old
 
     def clear(self) -> None:
         self._by_key.clear()
+        self._partials.clear()
         self._by_id.clear()
 
 

@@ -35,7 +35,9 @@ villager's own class (gateway/cache/shapemark.py), and a villager may have at
 most ``max_misses_per_client`` of them in flight (:class:`ClientBusy`). A range
 request for something not stored fetches the whole object into the store once
 and sends the villager its range from the stream (an object too large to store
-is passed through with its range).
+is passed through with its range). 206 answers are kept as parts and ranges are
+served from them (gateway/cache/rangeproxy.py); a HEAD or range request that
+arrives during a fill of its URL waits for it, as other requests do.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ import aiohttp
 from aiohttp import web
 
 from gateway import timefmt
-from gateway.cache import forms, rules
+from gateway.cache import forms, rangeproxy, rules
 from gateway.cache.health import ServiceHealth
 from gateway.cache.htmledit import Edit, edit_page, is_html
+from gateway.cache.ranges import if_range_matches
 from gateway.cache.respond import (
     edited_upstream_response,
     read_small_page,
@@ -291,6 +294,16 @@ class CachingProxy:
                 if served is not None:
                     return served
                 continue
+            if entry is None and attempt == 0 and key in self._inflight:
+                # A fill of this URL is in flight: a HEAD or a range waits for it too and
+                # is then answered from the stored copy (one upstream request, not two).
+                self.metrics.collapsed += 1
+                await asyncio.shield(self._inflight[key])
+                continue
+            if entry is None and rangeproxy.wants_part(request, req_h):
+                part = await rangeproxy.from_partial(self, request, service, url, key, req_h, rewrite)
+                if part is not None:
+                    return part
             if entry is None and request.method == "HEAD":
                 with self.fetch_slot(request):
                     return await self._passthrough(request, service, url, req_h, rewrite)
@@ -338,6 +351,13 @@ class CachingProxy:
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
+                if not self._stores_whole(upstream, req_h):
+                    # Nothing whole will be stored: requests waiting for this fill (a HEAD, a
+                    # range, the same page) need not wait for its body; they go on themselves.
+                    self._release_waiters(key, done)
+                if upstream.status == 206:  # a part (the upstream chose to send one): kept as such
+                    return await rangeproxy.stream_part(self, request, upstream, key, req_h,
+                                                        request_time, rewrite)
                 if "range" in req_h and self._too_large(upstream):
                     # Never stored: fetching all of it for one range would be waste.
                     upstream.release()
@@ -346,8 +366,19 @@ class CachingProxy:
                                                     rewrite, self._edit(service, None, False, timezone),
                                                     replacing=entry.meta if entry else None)
         finally:
+            self._release_waiters(key, done)
+
+    def _release_waiters(self, key: str, done: asyncio.Future[None]) -> None:
+        """End this fill's turn for ``key`` (once; a later fill's marker is left alone)."""
+        if self._inflight.get(key) is done:
             del self._inflight[key]
+        if not done.done():
             done.set_result(None)
+
+    def _stores_whole(self, upstream: aiohttp.ClientResponse, req_h: dict[str, str]) -> bool:
+        """Will this answer be stored as a complete copy (as far as its head tells)?"""
+        return (upstream.status != 206 and not self._too_large(upstream)
+                and rules.is_storable("GET", upstream.status, req_h, header_dict(upstream.headers)))
 
     async def _commit(self, writer: BodyWriter) -> bool:
         """Publish a stored body; a full or failing disk only means it is not stored (the
@@ -437,12 +468,16 @@ class CachingProxy:
     async def _passthrough(self, request: web.Request, service: GovService, url: str,
                            req_h: dict[str, str], rewrite: Callable[[str], str]) -> web.StreamResponse:
         headers = self.forward_headers(req_h)
-        if "range" in req_h:
-            headers["range"] = req_h["range"]
+        for name in ("range", "if-range"):  # If-Range too: a part of another copy must not come back
+            if name in req_h:
+                headers[name] = req_h[name]
         mark_metered(request)
         request_time = time.time()
         upstream = await self.open_upstream(service, request.method, url, headers)
         async with upstream:
+            if request.method == "GET" and upstream.status == 206:  # kept as a partial entry
+                return await rangeproxy.stream_part(self, request, upstream, f"GET {url}", req_h,
+                                                    request_time, rewrite)
             self.metrics.passthrough += 1
             resp, received = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
             self.metrics.bytes_from_upstream += received
@@ -560,12 +595,14 @@ def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse
     """The part of a whole-object fill the villager asked for with ``Range``.
 
     (first, last), "unsatisfiable", or None for the whole answer: no range, an answer
-    other than a 200 of known length, or an ``If-Range`` (its validator belongs to a
-    copy we never saw; RFC 9110 lets a server ignore Range then).
+    other than a 200 of known length, or an ``If-Range`` that does not name this
+    answer's representation strongly (RFC 9110 §13.1.5: then the whole object is due).
     """
-    if "range" not in req_h or "if-range" in req_h:
+    if "range" not in req_h:
         return None
     if upstream.status != 200 or upstream.content_length is None:
+        return None
+    if not if_range_matches(req_h, header_dict(upstream.headers)):
         return None
     return parse_range(req_h["range"], upstream.content_length)
 

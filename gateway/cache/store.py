@@ -28,6 +28,10 @@ bodies up to 64 KiB (32 MiB in all) are kept after their first read.
 ``touch`` only records the time in memory; the times are flushed in one
 transaction every ``TOUCH_FLUSH_SECONDS``, before eviction and at close, so
 the hit path costs no disk write (a crash only loses LRU recency).
+Partial entries (206 answers, gateway/cache/partial.py) are rows with a
+``ranges`` column: their body file is as long as the whole representation
+(sparse), ``size`` counts the bytes held, and ``lookup`` never returns them
+(``lookup_partial`` does); recovery checks their file against the whole length.
 Pinned keys (``set_pins``: the pages and forms a service lists) are never
 evicted; they still count towards the size, and they are replaced by newer
 copies and deleted on invalidation like any other entry.
@@ -49,7 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.cache import partial as parts
 from gateway.cache.memindex import BODY_CACHE_BYTES, BODY_CACHE_ITEM, BodyCache, MemIndex
+from gateway.cache.partial import PartialWriter
+from gateway.cache.ranges import PartialState
 from gateway.cache.rules import StoredMeta
 from gateway.errors import StoreError
 from gateway.sqlitedb import classify, open_readonly
@@ -66,7 +73,8 @@ CREATE TABLE IF NOT EXISTS entries (
     meta TEXT NOT NULL,
     size INTEGER NOT NULL,
     body TEXT NOT NULL UNIQUE,
-    last_used REAL NOT NULL
+    last_used REAL NOT NULL,
+    ranges TEXT
 );
 CREATE INDEX IF NOT EXISTS entries_key ON entries(key);
 CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
@@ -82,6 +90,7 @@ class Entry:
     size: int
     path: Path
     last_used: float
+    partial: PartialState | None = None  # set for a partial entry (gateway/cache/partial.py)
 
 
 def _meta_to_json(meta: StoredMeta) -> str:
@@ -94,6 +103,21 @@ def _meta_from_json(text: str) -> StoredMeta:
     d = json.loads(text)
     return StoredMeta(int(d["status"]), dict(d["headers"]), float(d["request_time"]),
                       float(d["response_time"]), dict(d.get("vary", {})), bool(d.get("stale")))
+
+
+def _partial_from_json(text: str | None) -> PartialState | None:
+    if text is None:
+        return None
+    d = json.loads(text)
+    return PartialState(int(d["length"]), tuple((int(a), int(b)) for a, b in d["held"]))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Indexes written before partial entries existed get the ``ranges`` column (NULL:
+    every old row is a complete entry)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    if "ranges" not in columns:
+        db.execute("ALTER TABLE entries ADD COLUMN ranges TEXT")
 
 
 def _vary_key(meta: StoredMeta) -> str:
@@ -219,7 +243,8 @@ class CacheStore:
         self._db = self._open_db()
         self._recover()
         self._total = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
-        for row in self._db.execute("SELECT id, key, meta, size, body, last_used FROM entries ORDER BY id"):
+        for row in self._db.execute(
+                "SELECT id, key, meta, size, body, last_used, ranges FROM entries ORDER BY id"):
             self._index.add(self._entry(row))
         with self._lock:
             self._evict()
@@ -231,6 +256,7 @@ class CacheStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        _migrate(db)
         return db
 
     def _open_db(self) -> sqlite3.Connection:
@@ -277,6 +303,7 @@ class CacheStore:
         except sqlite3.Error:
             loaded = "an empty one (the file does not read)"
         db.executescript(_SCHEMA)
+        _migrate(db)
         DEGRADED.report("cache index", str(path), "unwritable",
                         f"{exc}; the cache index runs in memory ({loaded}) until restart",
                         memory_only=True)
@@ -290,9 +317,11 @@ class CacheStore:
         bodies = self.directory / "bodies"
         referenced: set[str] = set()
         bad: list[int] = []
-        for entry_id, body, size in self._db.execute("SELECT id, body, size FROM entries").fetchall():
+        for entry_id, body, size, ranges in self._db.execute(
+                "SELECT id, body, size, ranges FROM entries").fetchall():
+            partial = _partial_from_json(ranges)  # a partial body is as long as the whole
             try:
-                ok = (bodies / body).stat().st_size == size
+                ok = (bodies / body).stat().st_size == (size if partial is None else partial.length)
             except OSError:
                 ok = False
             if ok:
@@ -322,10 +351,11 @@ class CacheStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cache index update failed: {exc}; the cache keeps its previous state") from exc
 
-    def _entry(self, row: tuple[int, str, str, int, str, float]) -> Entry:
-        entry_id, key, meta, size, body, last_used = row
+    def _entry(self, row: tuple[int, str, str, int, str, float, str | None]) -> Entry:
+        entry_id, key, meta, size, body, last_used, ranges = row
         last_used = max(last_used, self._touches.get(entry_id, last_used))
-        return Entry(entry_id, key, _meta_from_json(meta), size, self.directory / "bodies" / body, last_used)
+        return Entry(entry_id, key, _meta_from_json(meta), size, self.directory / "bodies" / body,
+                     last_used, _partial_from_json(ranges))
 
     def _unlink_bodies(self, names: list[str]) -> None:
         for name in names:
@@ -344,6 +374,11 @@ class CacheStore:
                 out.append(e if t is None or t <= e.last_used
                            else Entry(e.id, e.key, e.meta, e.size, e.path, t))
             return out
+
+    def lookup_partial(self, key: str) -> list[Entry]:
+        """The partial entries stored for ``key`` (one per Vary values); from memory."""
+        with self._lock:
+            return list(self._index.get_partials(key))
 
     def newest_response(self, key_prefix: str) -> float | None:
         """When the newest stored response under ``key_prefix`` arrived (None: nothing stored)."""
@@ -443,6 +478,33 @@ class CacheStore:
             self._evict()
         return entry
 
+    def begin_partial(self, key: str, meta: StoredMeta, first: int, last: int,
+                      length: int) -> PartialWriter | None:
+        """Start storing bytes ``first``..``last`` of a ``length``-byte representation (a
+        206 answer; ``meta`` its metadata).  Combined into the partial entry of the same
+        key, Vary values and strong validator; any other partial entry of that key and
+        Vary values is replaced at commit.  None when the bytes held would pass
+        ``max_object_bytes`` (nothing is stored).  See gateway/cache/partial.py."""
+        return parts.begin(self, key, meta, first, last, length)
+
+    def _publish_partial(self, writer: PartialWriter) -> Entry | None:
+        return parts.publish(self, writer)
+
+    def open_partial(self, entry: Entry) -> BinaryIO | None:
+        """A partial entry's body opened for reading (held ranges only!), or None when it
+        is missing or not as long as the representation (then the entry is dropped)."""
+        assert entry.partial is not None
+        try:
+            f = open(entry.path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError:
+            self._drop_broken(entry.id)
+            return None
+        if os.fstat(f.fileno()).st_size != entry.partial.length:
+            f.close()
+            self._drop_broken(entry.id)
+            return None
+        return f
+
     def _forget(self, entry_id: int) -> None:
         """Drop a deleted row from the memory views (lock held, after the commit)."""
         self._touches.pop(entry_id, None)
@@ -490,7 +552,8 @@ class CacheStore:
                                  (_meta_to_json(meta), _vary_key(meta), entry_id))
             old = self._index.by_id(entry_id)
             if old is not None:  # same body: the cached bytes stay valid
-                self._index.replace(Entry(old.id, old.key, meta, old.size, old.path, old.last_used))
+                self._index.replace(Entry(old.id, old.key, meta, old.size, old.path, old.last_used,
+                                          old.partial))
 
     def touch(self, entry_id: int, now: float) -> None:
         """Record a hit for LRU; in memory, flushed in batches (see module docstring)."""
@@ -527,8 +590,9 @@ class CacheStore:
             self._unlink_bodies([row[1]])
 
     def delete_key(self, key: str) -> None:
-        """Remove every variant of ``key`` (invalidation after an unsafe request)."""
-        for entry in self.lookup(key):
+        """Remove every variant of ``key``, partial ones too (invalidation after an unsafe
+        request)."""
+        for entry in [*self.lookup(key), *self.lookup_partial(key)]:
             self.delete(entry.id)
 
     def close(self) -> None:

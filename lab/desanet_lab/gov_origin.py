@@ -12,6 +12,9 @@ returns the counters as JSON.
 - ``/slow``        cacheable, answers after ``?ms=`` milliseconds (request collapsing)
 - ``/swr``         max-age=1, stale-while-revalidate=30
 - ``/big``         ``?mb=N`` deterministic bytes, max-age=3600, streamed
+- ``/ranged``     ``?mb=N`` as ``/big`` (ETag ``"ranged-<size>"``, Last-Modified) but a
+                   real server's ranges: one ``Range`` honoured (206 with Content-Range),
+                   ``If-Range`` compared strongly with the ETag (whole 200 when it differs)
 - ``/form``        POST with an Idempotency-Key; a repeated key gets the first answer
 - ``/formulir``    GET: an HTML page with a POST form (max-age=60, ETag), linked from
                    ``/`` so the gateway's prefetch finds it; POST: as ``/form``
@@ -93,6 +96,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                             headers={"Cache-Control": "max-age=1, stale-while-revalidate=30"})
     if path == "/big":
         return await _big(request)
+    if path == "/ranged":
+        return await _ranged(request)
     if path == "/form":
         return await _form(request)
     if path == "/formulir" and request.method in ("GET", "HEAD"):
@@ -122,6 +127,44 @@ async def _big(request: web.Request) -> web.StreamResponse:
         piece = _CHUNK[: min(len(_CHUNK), size - sent)]
         await resp.write(piece)
         sent += len(piece)
+    await resp.write_eof()
+    return resp
+
+
+def _byte_range(spec: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range, clamped; None otherwise."""
+    unit, _, value = spec.partition("=")
+    first_s, dash, last_s = value.strip().partition("-")
+    if unit.strip() != "bytes" or not dash or "," in value:
+        return None
+    if not first_s:
+        return (max(0, size - int(last_s)), size - 1) if last_s.isdigit() and int(last_s) else None
+    if not first_s.isdigit() or (last_s and not last_s.isdigit()) or int(first_s) >= size:
+        return None
+    return int(first_s), min(int(last_s), size - 1) if last_s else size - 1
+
+
+async def _ranged(request: web.Request) -> web.StreamResponse:
+    size = int(float(request.query.get("mb", "1")) * 1024 * 1024)
+    etag = f'"ranged-{size}"'
+    headers = {"Cache-Control": "max-age=3600", "Content-Type": "application/octet-stream",
+               "ETag": etag, "Last-Modified": _STARTED, "Accept-Ranges": "bytes"}
+    status, first, last = 200, 0, size - 1
+    wanted = _byte_range(request.headers.get("Range", ""), size)
+    if wanted is not None and request.headers.get("If-Range", etag) == etag:
+        status, (first, last) = 206, wanted
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = last - first + 1
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    at = first  # byte i of the object is _CHUNK[i % len(_CHUNK)], as in /big
+    while at <= last:
+        offset = at % len(_CHUNK)
+        piece = _CHUNK[offset: offset + min(len(_CHUNK) - offset, last + 1 - at)]
+        await resp.write(piece)
+        at += len(piece)
     await resp.write_eof()
     return resp
 
