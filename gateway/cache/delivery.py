@@ -49,7 +49,6 @@ may run per outbox file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
 import time
@@ -59,6 +58,7 @@ from types import SimpleNamespace
 import aiohttp
 from multidict import CIMultiDict
 
+from gateway.asynctools import wait_event
 from gateway.cache.outbox import Outbox, OutboxStateError, Outcome, Submission
 from gateway.errors import DesanetError
 
@@ -192,8 +192,7 @@ class Deliverer:
                     await self._start_round(None)
                 except DesanetError as exc:
                     log.error("submission delivery round failed: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await wait_event(self._wake, self.poll_interval)
         finally:
             await self.aclose()
 

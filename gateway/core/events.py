@@ -233,8 +233,9 @@ class EventBus:
             self._changed = asyncio.Condition()
         cond = self._changed
         async with cond:
-            try:
-                await asyncio.wait_for(cond.wait_for(lambda: self._seq > seq), timeout)
+            try:  # asyncio.timeout, not wait_for: never loses a caller's cancel (asynctools)
+                async with asyncio.timeout(timeout):
+                    await cond.wait_for(lambda: self._seq > seq)
             except TimeoutError:
                 return []
         return self.since(seq)

@@ -33,12 +33,12 @@ again carries no idle state, so every session gets one fresh idle window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.asynctools import wait_event
 from gateway.clock import Clock
 from gateway.config.apply import Step, run_steps
 from gateway.config.schema import Config
@@ -365,8 +365,7 @@ class Reconciler:
                 wait = min((j.due for j in self.jobs), default=now + 60.0) \
                     - self.clock.monotonic()
                 if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    await wait_event(self._wake, wait)
                 else:
                     await asyncio.sleep(0)  # let the jobs just started run
         finally:
