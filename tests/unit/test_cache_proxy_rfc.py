@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.cache import forward
 from tests.unit.cachesite import Answer, cache_site
@@ -239,3 +240,96 @@ async def test_a_connection_failure_still_makes_the_service_offline(tmp_path: Pa
         resp, _ = await site.request("POST", "/form", data={"a": "1"})
         assert resp.status == 303  # queued at once
         assert site.origin.requests_for("/form") == []
+
+
+# -- 4. invalidation after unsafe requests ---------------------------------------------------
+
+# (method, answer status, answer headers, paths whose stored copy is dropped)
+INVALIDATION = [
+    ("POST", 200, {}, {"/x/y"}),
+    ("PUT", 204, {}, {"/x/y"}),
+    ("DELETE", 200, {}, {"/x/y"}),
+    ("PATCH", 200, {}, {"/x/y"}),
+    ("POST", 303, {"Location": "/a"}, {"/x/y", "/a"}),
+    ("POST", 201, {"Location": "b"}, {"/x/y", "/x/b"}),  # relative to the target
+    ("POST", 200, {"Content-Location": "../a"}, {"/x/y", "/a"}),
+    ("POST", 200, {"Location": "{origin}/a", "Content-Location": "/x/b?q=1#frag"},
+     {"/x/y", "/a", "/x/b?q=1"}),
+    ("POST", 201, {"Location": "http://other.invalid/a"}, {"/x/y"}),  # another origin: not ours
+    ("POST", 500, {"Location": "/a"}, set()),  # an error invalidates nothing
+    ("POST", 404, {}, set()),
+]
+STORED = ["/x/y", "/a", "/x/b", "/x/b?q=1"]
+
+
+@pytest.mark.parametrize(("method", "status", "headers", "dropped"), INVALIDATION)
+async def test_an_unsafe_answer_invalidates_its_uris_on_the_same_service(
+        tmp_path: Path, method: str, status: int, headers: dict[str, str],
+        dropped: set[str]) -> None:
+    async with cache_site(tmp_path) as site:
+        base = site.services.services()["svc"].upstream
+        for path in STORED:
+            site.origin.script(path, Answer(200, FRESH, f"copy {path}"))
+            await site.get(path)
+        answer = {k: v.replace("{origin}", base) for k, v in headers.items()}
+        site.origin.scripts["/x/y"] = lambda request: _answer(request, status, answer, method)
+        resp, _ = await site.request(method, "/x/y", data=b"d")
+        assert resp.status == status
+        still = {p for p in STORED if site.services.store.lookup(f"GET {base}{p}")}
+        assert still == set(STORED) - dropped
+
+
+async def _answer(request: web.Request, status: int, headers: dict[str, str],
+                  method: str) -> web.StreamResponse:
+    if request.method == "GET":
+        return web.Response(text="copy", headers=FRESH)
+    assert request.method == method
+    return web.Response(status=status, headers=headers, text="done")
+
+
+def test_invalidated_keys_stay_under_the_service_base() -> None:
+    base = "http://gov.example/app"
+    target = "http://gov.example/app/f/submit"
+    keys = forward.invalidated_keys(base, target, {"location": "/app/ok",
+                                                   "content-location": "/elsewhere/x"})
+    assert keys == [f"GET {target}", "GET http://gov.example/app/ok"]
+    assert forward.invalidated_keys(base, target, {"location": "/application"}) == [f"GET {target}"]
+    assert forward.invalidated_keys(base, target, {"location": "HTTP://GOV.EXAMPLE/app/a%20b"}) == [
+        f"GET {target}", "GET http://gov.example/app/a%20b"]
+
+
+# -- 5. a POST answer that may serve a later GET ------------------------------------------------
+
+# (answer status, answer headers, whether a later GET is served from the store)
+POST_STORED = [
+    (200, {"Content-Location": "/p", "Cache-Control": "max-age=60"}, True),
+    (200, {"Content-Location": "{origin}/p", "Cache-Control": "s-maxage=60"}, True),
+    (200, {"Content-Location": "/p", "Expires": "Sun, 01 Jan 2040 00:00:00 GMT"}, True),
+    (200, {"Cache-Control": "max-age=60"}, False),  # no Content-Location
+    (200, {"Content-Location": "/q", "Cache-Control": "max-age=60"}, False),  # another URI
+    (200, {"Content-Location": "/p"}, False),  # no explicit freshness
+    (200, {"Content-Location": "/p", "Cache-Control": "max-age=60, no-store"}, False),
+    (200, {"Content-Location": "/p", "Cache-Control": "max-age=60, private"}, False),
+    (201, {"Content-Location": "/p", "Cache-Control": "max-age=60"}, False),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "stored"), POST_STORED)
+async def test_a_post_answer_for_its_own_uri_may_serve_a_later_get(
+        tmp_path: Path, status: int, headers: dict[str, str], stored: bool) -> None:
+    async with cache_site(tmp_path) as site:
+        base = site.services.services()["svc"].upstream
+        answer = {k: v.replace("{origin}", base) for k, v in headers.items()}
+
+        async def origin(request: Any) -> Any:
+            if request.method == "POST":
+                return web.Response(status=status, headers=answer, text="post answer")
+            return web.Response(text="get answer", headers=FRESH)
+
+        site.origin.script("/p", origin)
+        resp, body = await site.request("POST", "/p", data=b"d")
+        assert (resp.status, body) == (status, b"post answer")
+        resp, body = await site.get("/p")
+        assert body == (b"post answer" if stored else b"get answer")
+        assert [s.method for s in site.origin.requests_for("/p")] == (
+            ["POST"] if stored else ["POST", "GET"])
