@@ -71,6 +71,7 @@ from gateway.cache.respond import (
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
 from gateway.cache.store import BodyWriter, CacheStore, Entry
+from gateway.cache.upstream import connector as upstream_connector
 from gateway.config.schema import GovService
 from gateway.errors import Refused, StoreError, UpstreamDown
 
@@ -164,6 +165,7 @@ class CachingProxy:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
+                connector=upstream_connector(),
                 auto_decompress=False,  # stored bytes must match the stored Content-Encoding
                 cookie_jar=aiohttp.DummyCookieJar(),  # never mix villagers' cookies
                 timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
@@ -184,7 +186,7 @@ class CachingProxy:
         """
         if self._unsafe_session is None or self._unsafe_session.closed:
             self._unsafe_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True),
+                connector=upstream_connector(force_close=True),
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),

@@ -1,0 +1,130 @@
+"""Malformed origin answers (issue #10): a raw asyncio origin writes exactly the bytes of
+each case; the cache must do as nginx does (trust Content-Length, never reuse the
+connection) instead of turning a readable answer into "service unreachable"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.cache.service import LocalServices
+from gateway.cache.upstream import TrustLengthProtocol, connector
+from tests.unit.cachesite import SLUG, site_config
+
+
+class RawOrigin:
+    """Answers each request on a connection with the next scripted bytes for its path."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[bytes]] = {}
+        self.connections = 0
+        self.requests: list[tuple[int, str]] = []  # (connection number, request line)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode()
+                self.requests.append((number, line))
+                path = line.split(" ")[1]
+                for piece in self.answers[path]:
+                    writer.write(piece)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def raw_site(tmp_path: Path) -> AsyncIterator[tuple[RawOrigin, TestClient[Any, Any],
+                                                          LocalServices]]:
+    origin = RawOrigin()
+    server = await asyncio.start_server(origin.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = site_config(f"http://127.0.0.1:{port}")
+    services = LocalServices(lambda: cfg, tmp_path)
+    front = web.Application()
+    front.router.add_route("*", "/{tail:.*}", services.handle)
+    try:
+        async with TestClient(TestServer(front)) as client:
+            yield origin, client, services
+    finally:
+        await services.stop()
+        server.close()
+        await server.wait_closed()
+
+
+def answer(body: bytes, length: int | None = None, extra: str = "") -> bytes:
+    size = len(body) if length is None else length
+    return (f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nCache-Control: max-age=60\r\n{extra}"
+            f"\r\n").encode() + body
+
+
+GOOD = answer(b"ok")
+# (pieces the origin writes for /a, what the villager gets, whether /b reuses the connection)
+CASES = [
+    ([answer(b"hello world, more than five", length=5)], b"hello", False),
+    ([answer(b"hello")], b"hello", True),  # positive control: a well-framed answer
+    ([answer(b"hel"), b"lo"], b"hel", False),  # two writes, the excess separate
+    ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=60\r\n\r\n"
+      b"5\r\nhello\r\n0\r\n\r\n"], b"hello", True),  # chunked: left to the parser
+    ([b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n", answer(b"hello")],
+     b"hello", True),  # an interim answer, then the final one
+]
+
+
+@pytest.mark.parametrize(("pieces", "body", "reused"), CASES)
+async def test_a_body_longer_than_its_length_is_trimmed_and_the_connection_dropped(
+        tmp_path: Path, pieces: list[bytes], body: bytes, reused: bool) -> None:
+    async with raw_site(tmp_path) as (origin, client, _):
+        origin.answers["/a"] = pieces
+        origin.answers["/b"] = [GOOD]
+        resp = await client.get(f"/{SLUG}/a")
+        assert (resp.status, await resp.read()) == (200, body)
+        resp = await client.get(f"/{SLUG}/b")
+        assert (resp.status, await resp.read()) == (200, b"ok")
+        connection_of = dict((line.split(" ")[1], n) for n, line in origin.requests)
+        assert (connection_of["/b"] == connection_of["/a"]) is reused
+        # Stored as announced: the next villager gets the same bytes from the cache.
+        resp = await client.get(f"/{SLUG}/a")
+        assert await resp.read() == body and resp.headers["Cache-Status"].startswith(
+            "desanet; hit")
+
+
+async def test_head_and_bodyless_answers_keep_the_connection(tmp_path: Path) -> None:
+    """Negative: a HEAD answer's Content-Length announces no body; nothing is dropped."""
+    async with raw_site(tmp_path) as (origin, client, _):
+        origin.answers["/a"] = [answer(b"", length=5)]
+        origin.answers["/b"] = [GOOD]
+        resp = await client.head(f"/{SLUG}/a")
+        assert resp.status == 200
+        resp = await client.get(f"/{SLUG}/b")
+        assert await resp.read() == b"ok"
+        assert len({n for n, _ in origin.requests}) == 1
+
+
+def test_the_connector_uses_the_trimming_protocol() -> None:
+    """The aiohttp internal this relies on (the connector's protocol factory)."""
+    async def check() -> None:
+        conn = connector()
+        try:
+            made = conn._factory()  # type: ignore[attr-defined]
+            assert isinstance(made, TrustLengthProtocol) and isinstance(made, ResponseHandler)
+            assert hasattr(made, "_skip_payload")
+        finally:
+            await conn.close()
+
+    asyncio.run(check())
+    assert aiohttp.__version__
