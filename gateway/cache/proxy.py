@@ -71,6 +71,7 @@ from gateway.cache.respond import (
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
 from gateway.cache.store import BodyWriter, CacheStore, Entry
+from gateway.cache.upstream import InterimResponse, interim_to
 from gateway.cache.upstream import connector as upstream_connector
 from gateway.config.schema import GovService
 from gateway.errors import Refused, StoreError, UpstreamDown
@@ -166,6 +167,7 @@ class CachingProxy:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=upstream_connector(),
+                response_class=InterimResponse,  # 1xx answers reach the villager
                 auto_decompress=False,  # stored bytes must match the stored Content-Encoding
                 cookie_jar=aiohttp.DummyCookieJar(),  # never mix villagers' cookies
                 timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
@@ -187,6 +189,7 @@ class CachingProxy:
         if self._unsafe_session is None or self._unsafe_session.closed:
             self._unsafe_session = aiohttp.ClientSession(
                 connector=upstream_connector(force_close=True),
+                response_class=InterimResponse,  # 1xx answers reach the villager
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
@@ -203,13 +206,15 @@ class CachingProxy:
 
     async def open_upstream(self, service: GovService, method: str, url: str,
                             headers: dict[str, str], data: bytes | None = None,
-                            fresh_connection: bool = False) -> aiohttp.ClientResponse:
+                            fresh_connection: bool = False,
+                            interim: web.Request | None = None) -> aiohttp.ClientResponse:
         """Send one upstream request; raise UpstreamDown when no answer arrived (refused,
         timed out, DNS, cut). Any answer is returned, 5xx included: it is the origin's
         word, and it counts against this URL only, never against the service's health.
 
         ``fresh_connection`` avoids a pooled connection that may have died silently
         with the uplink (a probe must learn the truth within its connect timeout).
+        ``interim``: the villager's request that 1xx answers are forwarded to.
         """
         health = self._health(service.slug)
         safe = method in ("GET", "HEAD") and not fresh_connection
@@ -217,8 +222,9 @@ class CachingProxy:
             session = self.session() if safe else self.unsafe_session()
             started = time.monotonic()
             try:
-                resp = await session.request(method, url, headers=headers, data=data,
-                                             allow_redirects=False)
+                with interim_to(interim):
+                    resp = await session.request(method, url, headers=headers, data=data,
+                                                 allow_redirects=False)
             except aiohttp.ServerTimeoutError:
                 if not safe or time.monotonic() - started > STALE_POOL_FAILURE:
                     raise
@@ -227,8 +233,9 @@ class CachingProxy:
                 # aiohttp re-arms the read timer on the connection it has returned to the
                 # pool, and the timer fires there. Nothing reached the upstream: ask again
                 # on a new connection (GET and HEAD only).
-                resp = await self.unsafe_session().request(method, url, headers=headers,
-                                                           allow_redirects=False)
+                with interim_to(interim):
+                    resp = await self.unsafe_session().request(method, url, headers=headers,
+                                                               allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
             self.metrics.upstream_errors += 1
@@ -340,7 +347,8 @@ class CachingProxy:
                 headers.update(rules.conditional_request_headers(entry.meta))
             request_time = time.time()
             try:
-                upstream = await self.open_upstream(service, "GET", url, headers)
+                upstream = await self.open_upstream(service, "GET", url, headers,
+                                                    interim=request)
             except UpstreamDown as exc:
                 return await self._on_error(request, entry, decision, exc,
                                             self._edit(service, entry, True, timezone))
@@ -492,7 +500,8 @@ class CachingProxy:
                 headers[name] = req_h[name]
         mark_metered(request)
         request_time = time.time()
-        upstream = await self.open_upstream(service, request.method, url, headers)
+        upstream = await self.open_upstream(service, request.method, url, headers,
+                                            interim=request)
         async with upstream:
             if request.method == "GET" and upstream.status == 206:  # kept as a partial entry
                 return await rangeproxy.stream_part(self, request, upstream, f"GET {url}", req_h,

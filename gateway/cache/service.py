@@ -283,7 +283,7 @@ class LocalServices:
                 with self.proxy.fetch_slot(request):
                     mark_metered(request)  # the upstream's answer: shaped in the villager's class
                     upstream = await self.proxy.open_upstream(service, request.method, url,
-                                                              headers, body)
+                                                              headers, body, interim=request)
             except UpstreamDown as exc:
                 # No answer: queue it with the same idempotency key. Unless the
                 # connection was never made (refused, unreachable, DNS, connect

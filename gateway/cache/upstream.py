@@ -1,5 +1,5 @@
 """The upstream connections of the cache: aiohttp's client, hardened against one malformed
-answer that nginx tolerates.
+answer that nginx tolerates, and passing interim (1xx) answers on to the villager.
 
 An origin that sends more body than its ``Content-Length`` says (a miscounted length)
 makes aiohttp's parser read the excess as the next response's status line; the error
@@ -18,13 +18,18 @@ the connector's protocol factory (``_factory``) and the HEAD flag ``_skip_payloa
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
 
 log = logging.getLogger("desanet.cache")
 
@@ -139,3 +144,73 @@ def connector(**kwargs: Any) -> aiohttp.TCPConnector:
     else:  # another aiohttp: keep its own protocol rather than break
         log.warning("aiohttp's connector changed: Content-Length excess is not trimmed")
     return conn
+
+
+# -- interim (1xx) answers -------------------------------------------------------------------
+#
+# RFC 9110 §15.2: a proxy forwards 1xx answers (e.g. 103 Early Hints) unless it asked for
+# them itself. aiohttp's client reads and discards them inside ClientResponse.start; the
+# response class below looks at each message start() reads and hands the interim ones
+# to the hook set for the current task (the villager's request being answered).
+
+InterimHook = Callable[[int, str, list[tuple[bytes, bytes]]], None]
+_interim_hook: contextvars.ContextVar[InterimHook | None] = contextvars.ContextVar(
+    "desanet_interim_hook", default=None)
+
+
+class InterimResponse(aiohttp.ClientResponse):
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        hook = _interim_hook.get()
+        protocol = connection.protocol
+        if hook is None or protocol is None:
+            return await super().start(connection)
+        read = protocol.read
+
+        async def read_and_show() -> Any:
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:
+                hook(message.code, message.reason, list(message.raw_headers))
+            return message, payload
+
+        setattr(protocol, "read", read_and_show)  # noqa: B010 (an instance attribute, for start())
+        try:
+            return await super().start(connection)
+        finally:
+            delattr(protocol, "read")
+
+
+@contextlib.contextmanager
+def interim_to(request: web.BaseRequest | None) -> Iterator[None]:
+    """Within the block, 1xx answers from the upstream are written to ``request``'s
+    connection at once, before its final answer (not to an HTTP/1.0 client, §15.2)."""
+    if request is None or request.version < (1, 1):
+        yield
+        return
+
+    def send(code: int, reason: str, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        transport = request.transport
+        if transport is None or transport.is_closing() or _prepared(request):
+            return
+        lines = [f"HTTP/1.1 {code} {reason}".encode("latin-1", "replace")]
+        lines += [name + b": " + value for name, value in raw_headers
+                  if name.decode("latin-1").lower() not in _INTERIM_DROPPED]
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    token = _interim_hook.set(send)
+    try:
+        yield
+    finally:
+        _interim_hook.reset(token)
+
+
+# Connection-level fields are not passed on (RFC 9110 §7.6.1), in 1xx answers either.
+_INTERIM_DROPPED = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization", "content-length",
+})
+
+
+def _prepared(request: web.BaseRequest) -> bool:
+    """The final answer's head is out already: too late for an interim one."""
+    writer = getattr(request, "writer", None)
+    return bool(getattr(writer, "output_size", 0))

@@ -128,3 +128,60 @@ def test_the_connector_uses_the_trimming_protocol() -> None:
 
     asyncio.run(check())
     assert aiohttp.__version__
+
+
+EARLY_HINTS = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+               b"Keep-Alive: timeout=5\r\n\r\n")
+
+
+async def raw_exchange(client: TestClient[Any, Any], request: bytes) -> bytes:
+    """What the villager's side of the connection receives, to the end."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+# (villager's request line, method, whether the 103 reaches the villager)
+INTERIM = [
+    ("GET /svc/a HTTP/1.1", "GET", True),
+    ("HEAD /svc/a HTTP/1.1", "HEAD", True),
+    ("POST /svc/a HTTP/1.1", "POST", True),
+    ("GET /svc/a HTTP/1.0", "GET", False),  # never a 1xx to an HTTP/1.0 client (§15.2)
+]
+
+
+@pytest.mark.parametrize(("line", "method", "forwarded"), INTERIM)
+async def test_interim_answers_reach_the_villager_before_the_final_one(
+        tmp_path: Path, line: str, method: str, forwarded: bool) -> None:
+    async with raw_site(tmp_path) as (origin, client, _):
+        origin.answers["/a"] = [EARLY_HINTS, answer(b"hello")]
+        body = b"a=1" if method == "POST" else b""
+        got = await raw_exchange(client, f"{line}\r\nHost: layanan.desa\r\nConnection: close\r\n"
+                                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert origin.requests and origin.requests[0][1].startswith(method)
+        if forwarded:
+            interim, _, final = got.partition(b"\r\n\r\n")
+            assert interim == b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload"
+        else:
+            final = got
+            assert b"103" not in got.split(b"\r\n", 1)[0]
+        assert final.startswith(b"HTTP/1.1 200 OK\r\n") or final.startswith(b"HTTP/1.0 200 OK")
+        if method != "HEAD":
+            assert final.endswith(b"\r\n\r\nhello")
+
+
+async def test_interim_answers_are_not_sent_for_a_background_fetch(tmp_path: Path) -> None:
+    """Negative: a fetch nobody waits for (prefetch, refresh) forwards nothing, and its
+    answer is still stored."""
+    async with raw_site(tmp_path) as (origin, client, services):
+        origin.answers["/a"] = [EARLY_HINTS, answer(b"hello")]
+        service = services.services()[SLUG]
+        assert await services.proxy.refresh(service, service.upstream + "/a") == "stored"
+        got = await raw_exchange(client, b"GET /svc/a HTTP/1.1\r\nHost: layanan.desa\r\n"
+                                         b"Connection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"hello")
+        assert len(origin.requests) == 1  # a hit
