@@ -26,8 +26,8 @@ Bodies are streamed in 256 KiB pieces in both directions, never held whole,
 except HTML pages up to 2 MiB that get an edit (gateway/cache/htmledit.py):
 
 * a stored copy served because the upstream failed on this request, or while
-  the service is known to be offline (its last request failed; a background
-  HEAD then checks whether it is back), gets the offline banner;
+  the service is known to be offline (its last request got no answer; a
+  background HEAD then checks whether it is back), gets the offline banner;
 * for a service with ``queue_posts`` every page gets a one-time token in its
   POST forms (gateway/cache/forms.py), on hits and on misses alike.
 
