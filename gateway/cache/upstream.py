@@ -67,6 +67,10 @@ class TrustLengthProtocol(ResponseHandler):
         if not self._framed or not data:
             super().data_received(data)
             return
+        if self._left is not None and len(data) < self._left:  # the common case: all body
+            self._left -= len(data)
+            super().data_received(data)
+            return
         out, dropped = self._frame(data)
         super().data_received(out)
         if dropped:

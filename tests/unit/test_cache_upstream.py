@@ -73,10 +73,13 @@ def answer(body: bytes, length: int | None = None, extra: str = "") -> bytes:
 
 
 GOOD = answer(b"ok")
+LARGE = bytes(range(256)) * 2048  # 512 KiB: many reads
 # (pieces the origin writes for /a, what the villager gets, whether /b reuses the connection)
 CASES = [
     ([answer(b"hello world, more than five", length=5)], b"hello", False),
     ([answer(b"hello")], b"hello", True),  # positive control: a well-framed answer
+    ([answer(LARGE + b"excess", length=len(LARGE))], LARGE, False),
+    ([answer(LARGE)], LARGE, True),
     ([answer(b"hel"), b"lo"], b"hel", False),  # two writes, the excess separate
     ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=60\r\n\r\n"
       b"5\r\nhello\r\n0\r\n\r\n"], b"hello", True),  # chunked: left to the parser
