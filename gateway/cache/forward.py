@@ -67,6 +67,13 @@ def request_headers(req_h: Mapping[str, str], *, conditionals: bool = True,
     return out
 
 
+def answers_preconditions(req_h: Mapping[str, str], status: int) -> bool:
+    """A 304 or 412 to a request that carried the villager's own preconditions: an answer
+    about those conditions, passed through and never stored (another request without
+    them must get the representation)."""
+    return status in (304, 412) and any(name in req_h for name in CONDITIONAL)
+
+
 def _same_service_url(base: str, url: str) -> str | None:
     """``url`` as the store spells it when it is under the service's upstream ``base``."""
     b, u = urlsplit(base), urlsplit(url)

@@ -378,6 +378,12 @@ class CachingProxy:
                     # Never stored: fetching all of it for one range would be waste.
                     upstream.release()
                     return await self._passthrough(request, service, url, req_h, rewrite)
+                if entry is None and forward.answers_preconditions(req_h, upstream.status):
+                    # The villager's own 304/412: about its conditions, never stored.
+                    mark_metered(request)
+                    self.metrics.passthrough += 1
+                    resp, _ = await stream_upstream(request, upstream, None, "fwd=miss", rewrite)
+                    return resp
                 return await self._store_and_stream(request, upstream, key, req_h, request_time,
                                                     rewrite, self._edit(service, None, False, timezone),
                                                     replacing=entry.meta if entry else None)
