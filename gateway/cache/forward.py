@@ -26,8 +26,9 @@ HOP_BY_HOP = frozenset({
     "upgrade", "proxy-authenticate", "proxy-authorization",
 })
 # Set by the gateway for its own connection: Host (the upstream's), the body's framing
-# (the body was read whole), Expect (the villager's 100-continue was answered here).
-GATEWAY_SET = frozenset({"host", "content-length", "expect"})
+# (the body was read whole), its coding (aiohttp's server hands the body over decoded,
+# so it goes upstream decoded), Expect (the villager's 100-continue was answered here).
+GATEWAY_SET = frozenset({"host", "content-length", "content-encoding", "expect"})
 # The privacy policy: the upstream sees the gateway's address, never a villager's. Fields
 # that carry client addresses are dropped as they come from the LAN (they could also be
 # forged there), and the gateway adds none of its own.

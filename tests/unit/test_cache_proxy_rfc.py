@@ -5,6 +5,8 @@ and records what it received; each table has its negative cases beside the posit
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,24 @@ async def test_fields_named_by_connection_are_dropped_and_via_is_appended(tmp_pa
         assert "x-secret" not in seen.headers and seen.headers["x-open"] == "2"
         assert seen.headers["via"] == "1.1 phone, 1.1 desanet"
         assert seen.headers["host"] != "layanan.desa"  # the upstream's own
+
+
+async def test_a_compressed_request_body_goes_upstream_decoded_without_its_coding(
+        tmp_path: Path) -> None:
+    """aiohttp's server decodes a request body with Content-Encoding; passing the field on
+    with the decoded bytes would make the origin decode them again."""
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the decoded size counts
+        yield gzip.compress(b"nama=Budi")
+
+    async with cache_site(tmp_path) as site:
+        site.origin.script("/form", Answer(201, {}, "ok"))
+        resp, _ = await site.request("POST", "/form", data=chunked(),
+                                     headers={"Content-Encoding": "gzip",
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status == 201
+        (seen,) = site.origin.requests_for("/form")
+        assert seen.body == b"nama=Budi" and "content-encoding" not in seen.headers
+        assert seen.headers["content-type"] == "application/x-www-form-urlencoded"
 
 
 def test_request_headers_pure() -> None:
