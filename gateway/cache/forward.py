@@ -27,8 +27,10 @@ HOP_BY_HOP = frozenset({
 })
 # Set by the gateway for its own connection: Host (the upstream's), the body's framing
 # (the body was read whole), its coding (aiohttp's server hands the body over decoded,
-# so it goes upstream decoded), Expect (the villager's 100-continue was answered here).
-GATEWAY_SET = frozenset({"host", "content-length", "content-encoding", "expect"})
+# so it goes upstream decoded), Expect (the villager's 100-continue was answered here),
+# and the reference the outbox gives a delivered form (never a villager's to choose).
+GATEWAY_SET = frozenset({"host", "content-length", "content-encoding", "expect",
+                         "x-desanet-reference"})
 # The privacy policy: the upstream sees the gateway's address, never a villager's. Fields
 # that carry client addresses are dropped as they come from the LAN (they could also be
 # forged there), and the gateway adds none of its own.

@@ -38,6 +38,7 @@ FORWARDING = [
     ("X-Forwarded-For", "10.42.0.7", False),  # privacy policy
     ("Forwarded", "for=10.42.0.7", False),
     ("X-Real-IP", "10.42.0.7", False),
+    ("X-Desanet-Reference", "DN-AAAA-BBBB", False),  # the outbox's to set
 ]
 
 
