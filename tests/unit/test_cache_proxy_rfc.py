@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from gateway.cache import forward
+from gateway.cache.health import MAX_FAILING_URLS, ServiceHealth
 from tests.unit.cachesite import Answer, cache_site
 
 FRESH = {"Cache-Control": "max-age=3600"}
@@ -246,6 +247,41 @@ async def test_one_failing_url_does_not_make_the_service_offline(tmp_path: Path)
         site.origin.script("/broken", Answer(200, {}, "fixed"))
         assert (await site.get("/broken"))[1] == b"fixed"
         assert site.services.status_json()["services"]["svc"]["failing_urls"] == {}
+
+
+# (outcomes in turn: an HTTP status or "none" for no answer, state after them)
+HEALTH = [
+    ([200], "online"),
+    ([500, 503, 599], "online"),  # answers, however bad: the server is reachable
+    (["none"], "offline"),
+    (["none", 503], "online"),  # an answer again: back
+    ([200, "none"], "offline"),
+]
+
+
+@pytest.mark.parametrize(("outcomes", "state"), HEALTH)
+def test_service_state_comes_from_connection_level_outcomes(outcomes: list[int | str],
+                                                            state: str) -> None:
+    health = ServiceHealth("svc")
+    for n, outcome in enumerate(outcomes):
+        if outcome == "none":
+            health.record_error(float(n), "ClientConnectorError")
+        else:
+            assert isinstance(outcome, int)
+            health.record_answer(float(n), "http://o/a", outcome)
+    assert health.state == state
+
+
+def test_failing_urls_are_per_url_bounded_and_cleared_by_a_good_answer() -> None:
+    health = ServiceHealth("svc")
+    for n in range(40):
+        health.record_answer(float(n), f"http://o/{n}", 500)
+    assert len(health.failing) == MAX_FAILING_URLS
+    assert "http://o/39" in health.failing and "http://o/0" not in health.failing  # newest kept
+    health.record_answer(50.0, "http://o/39", 200)
+    assert "http://o/39" not in health.failing and "http://o/38" in health.failing
+    health.record_answer(51.0, "http://o/38", 404)  # the origin's word, not a failure
+    assert "http://o/38" not in health.failing
 
 
 async def test_a_connection_failure_still_makes_the_service_offline(tmp_path: Path) -> None:
