@@ -89,7 +89,7 @@ class TrustLengthProtocol(ResponseHandler):
                 end = self._head.find(_HEAD_END, max(0, before - 3))
                 if end < 0:
                     if len(self._head) > _MAX_HEAD:
-                        self._framed = False
+                        self._framed, self._head = False, b""
                     return bytes(out + data[pos:]), 0
                 taken = end + 4 - before
                 out += data[pos:pos + taken]
