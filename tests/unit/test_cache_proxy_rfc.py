@@ -386,6 +386,7 @@ async def test_a_post_answer_for_its_own_uri_may_serve_a_later_get(
         site.origin.script("/p", origin)
         resp, body = await site.request("POST", "/p", data=b"d")
         assert (resp.status, body) == (status, b"post answer")
+        assert (resp.headers["Cache-Status"] == "desanet; fwd=bypass; stored") is stored
         resp, body = await site.get("/p")
         assert body == (b"post answer" if stored else b"get answer")
         assert [s.method for s in site.origin.requests_for("/p")] == (
