@@ -12,10 +12,13 @@ For GET and HEAD the stored copy (if any) and the request go through
                               stored). A 304 freshens the stored copy; a new
                               storable answer is streamed to the villager and
                               into the store at the same time. A refused or
-                              timed-out connection or a 5xx counts as an error:
-                              the stored copy is then served when the rules and
-                              the service's ``offline_for`` allow it, and is never
-                              evicted by a failed revalidation.
+                              timed-out connection or a 500/502/503/504 counts
+                              as an error: the stored copy is then served when
+                              the rules and the service's ``offline_for`` allow
+                              it, and is never evicted by a failed revalidation.
+                              Without a usable copy the villager gets the
+                              origin's own error answer; only when no answer
+                              arrived at all is there a page of ours (UpstreamDown).
 
 Concurrent requests for the same URL wait for the first one (collapsing) and
 then re-decide, normally finding a fresh copy: one upstream request, not N.
@@ -23,8 +26,8 @@ Bodies are streamed in 256 KiB pieces in both directions, never held whole,
 except HTML pages up to 2 MiB that get an edit (gateway/cache/htmledit.py):
 
 * a stored copy served because the upstream failed on this request, or while
-  the service is known to be offline (its last request failed; a background
-  HEAD then checks whether it is back), gets the offline banner;
+  the service is known to be offline (its last request got no answer; a
+  background HEAD then checks whether it is back), gets the offline banner;
 * for a service with ``queue_posts`` every page gets a one-time token in its
   POST forms (gateway/cache/forms.py), on hits and on misses alike.
 
@@ -55,7 +58,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import timefmt
-from gateway.cache import forms, rangeproxy, rules
+from gateway.cache import forms, forward, rangeproxy, rules
 from gateway.cache.health import ServiceHealth
 from gateway.cache.htmledit import Edit, edit_page, is_html
 from gateway.cache.ranges import if_range_matches
@@ -68,16 +71,12 @@ from gateway.cache.respond import (
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
 from gateway.cache.store import BodyWriter, CacheStore, Entry
+from gateway.cache.upstream import InterimResponse, interim_to
+from gateway.cache.upstream import connector as upstream_connector
 from gateway.config.schema import GovService
 from gateway.errors import Refused, StoreError, UpstreamDown
 
 log = logging.getLogger("desanet.cache")
-
-# What a villager's request may carry to the upstream. Conditional fields are
-# the cache's own business; cookies and credentials pass (the rules keep such
-# answers out of the shared store unless the upstream marks them public).
-FORWARD_REQUEST_HEADERS = ("accept", "accept-language", "accept-encoding", "user-agent",
-                           "cookie", "authorization", "content-type", "cache-control", "pragma")
 
 
 @dataclass
@@ -167,6 +166,8 @@ class CachingProxy:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
+                connector=upstream_connector(),
+                response_class=InterimResponse,  # 1xx answers reach the villager
                 auto_decompress=False,  # stored bytes must match the stored Content-Encoding
                 cookie_jar=aiohttp.DummyCookieJar(),  # never mix villagers' cookies
                 timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
@@ -187,7 +188,8 @@ class CachingProxy:
         """
         if self._unsafe_session is None or self._unsafe_session.closed:
             self._unsafe_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True),
+                connector=upstream_connector(force_close=True),
+                response_class=InterimResponse,  # 1xx answers reach the villager
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
@@ -204,11 +206,15 @@ class CachingProxy:
 
     async def open_upstream(self, service: GovService, method: str, url: str,
                             headers: dict[str, str], data: bytes | None = None,
-                            fresh_connection: bool = False) -> aiohttp.ClientResponse:
-        """Send one upstream request; raise UpstreamDown on connection errors and 5xx.
+                            fresh_connection: bool = False,
+                            interim: web.Request | None = None) -> aiohttp.ClientResponse:
+        """Send one upstream request; raise UpstreamDown when no answer arrived (refused,
+        timed out, DNS, cut). Any answer is returned, 5xx included: it is the origin's
+        word, and it counts against this URL only, never against the service's health.
 
         ``fresh_connection`` avoids a pooled connection that may have died silently
         with the uplink (a probe must learn the truth within its connect timeout).
+        ``interim``: the villager's request that 1xx answers are forwarded to.
         """
         health = self._health(service.slug)
         safe = method in ("GET", "HEAD") and not fresh_connection
@@ -216,8 +222,9 @@ class CachingProxy:
             session = self.session() if safe else self.unsafe_session()
             started = time.monotonic()
             try:
-                resp = await session.request(method, url, headers=headers, data=data,
-                                             allow_redirects=False)
+                with interim_to(interim):
+                    resp = await session.request(method, url, headers=headers, data=data,
+                                                 allow_redirects=False)
             except aiohttp.ServerTimeoutError:
                 if not safe or time.monotonic() - started > STALE_POOL_FAILURE:
                     raise
@@ -226,24 +233,24 @@ class CachingProxy:
                 # aiohttp re-arms the read timer on the connection it has returned to the
                 # pool, and the timer fires there. Nothing reached the upstream: ask again
                 # on a new connection (GET and HEAD only).
-                resp = await self.unsafe_session().request(method, url, headers=headers,
-                                                           allow_redirects=False)
+                with interim_to(interim):
+                    resp = await self.unsafe_session().request(method, url, headers=headers,
+                                                               allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
             self.metrics.upstream_errors += 1
             raise UpstreamDown(f"{type(exc).__name__}: {exc}") from exc
         if resp.status in rules.ERROR_STATUSES:
-            health.record_error(time.time(), f"HTTP {resp.status}")
             self.metrics.upstream_errors += 1
-            resp.release()
-            raise UpstreamDown(f"HTTP {resp.status}", resp.status)
-        if health.record_ok(time.time()) and self.on_upstream_back is not None:
+        if health.record_answer(time.time(), url, resp.status) and self.on_upstream_back is not None:
             self.on_upstream_back(service.slug)
         return resp
 
     @staticmethod
-    def forward_headers(request_headers: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in request_headers.items() if k in FORWARD_REQUEST_HEADERS}
+    def forward_headers(request_headers: dict[str, str], *, conditionals: bool = True,
+                        ranges: bool = True) -> dict[str, str]:
+        """The villager's end-to-end fields for the upstream (gateway/cache/forward.py)."""
+        return forward.request_headers(request_headers, conditionals=conditionals, ranges=ranges)
 
     # -- GET / HEAD -----------------------------------------------------------------
 
@@ -333,15 +340,24 @@ class CachingProxy:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = done
         try:
-            headers = self.forward_headers(req_h)
+            # A miss carries the villager's own preconditions (their answer, e.g. a 304, is
+            # passed through, not stored); a revalidation carries the cache's validators.
+            headers = self.forward_headers(req_h, conditionals=entry is None, ranges=False)
             if entry is not None:
                 headers.update(rules.conditional_request_headers(entry.meta))
             request_time = time.time()
             try:
-                upstream = await self.open_upstream(service, "GET", url, headers)
+                upstream = await self.open_upstream(service, "GET", url, headers,
+                                                    interim=request)
             except UpstreamDown as exc:
                 return await self._on_error(request, entry, decision, exc,
                                             self._edit(service, entry, True, timezone))
+            if upstream.status in rules.ERROR_STATUSES and entry is not None:
+                stale = await self._stale_on_error(request, entry, decision,
+                                                   self._edit(service, entry, True, timezone))
+                if stale is not None:
+                    upstream.release()
+                    return stale
             async with upstream:
                 if upstream.status == 304 and entry is not None:
                     refreshed = await self._freshen(entry, upstream, request_time)
@@ -362,6 +378,12 @@ class CachingProxy:
                     # Never stored: fetching all of it for one range would be waste.
                     upstream.release()
                     return await self._passthrough(request, service, url, req_h, rewrite)
+                if entry is None and forward.answers_preconditions(req_h, upstream.status):
+                    # The villager's own 304/412: about its conditions, never stored.
+                    mark_metered(request)
+                    self.metrics.passthrough += 1
+                    resp, _ = await stream_upstream(request, upstream, None, "fwd=miss", rewrite)
+                    return resp
                 return await self._store_and_stream(request, upstream, key, req_h, request_time,
                                                     rewrite, self._edit(service, None, False, timezone),
                                                     replacing=entry.meta if entry else None)
@@ -379,6 +401,10 @@ class CachingProxy:
         """Will this answer be stored as a complete copy (as far as its head tells)?"""
         return (upstream.status != 206 and not self._too_large(upstream)
                 and rules.is_storable("GET", upstream.status, req_h, header_dict(upstream.headers)))
+
+    async def commit(self, writer: BodyWriter) -> bool:
+        """:meth:`_commit` for the unsafe-answer path (gateway/cache/unsafe.py)."""
+        return await self._commit(writer)
 
     async def _commit(self, writer: BodyWriter) -> bool:
         """Publish a stored body; a full or failing disk only means it is not stored (the
@@ -456,14 +482,21 @@ class CachingProxy:
 
     async def _on_error(self, request: web.Request, entry: Entry | None, decision: Decision,
                         exc: UpstreamDown, edit: Edit | None) -> web.StreamResponse:
-        now = time.time()
-        if entry is not None and rules.may_serve_stale(decision, now):
-            resp = await self._serve(request, entry, now, "hit; detail=stale-if-error",
-                                     counter="stale_served", edit=edit)
+        if entry is not None:
+            resp = await self._stale_on_error(request, entry, decision, edit)
             if resp is not None:
                 return resp
         log.warning("upstream failed and no usable copy: %s", exc)
         raise exc
+
+    async def _stale_on_error(self, request: web.Request, entry: Entry, decision: Decision,
+                              edit: Edit | None) -> web.StreamResponse | None:
+        """The stored copy after an upstream error, when the rules allow it; else None."""
+        now = time.time()
+        if not rules.may_serve_stale(decision, now):
+            return None
+        return await self._serve(request, entry, now, "hit; detail=stale-if-error",
+                                 counter="stale_served", edit=edit)
 
     async def _passthrough(self, request: web.Request, service: GovService, url: str,
                            req_h: dict[str, str], rewrite: Callable[[str], str]) -> web.StreamResponse:
@@ -473,7 +506,8 @@ class CachingProxy:
                 headers[name] = req_h[name]
         mark_metered(request)
         request_time = time.time()
-        upstream = await self.open_upstream(service, request.method, url, headers)
+        upstream = await self.open_upstream(service, request.method, url, headers,
+                                            interim=request)
         async with upstream:
             if request.method == "GET" and upstream.status == 206:  # kept as a partial entry
                 return await rangeproxy.stream_part(self, request, upstream, f"GET {url}", req_h,
@@ -548,7 +582,8 @@ class CachingProxy:
         self._inflight[key] = done
         try:
             entry = self._pick(key, req_h)
-            headers = self.forward_headers(req_h)
+            # Nobody waits for this answer: the villager's own preconditions stay here.
+            headers = self.forward_headers(req_h, conditionals=False, ranges=False)
             if entry is not None:
                 headers.update(rules.conditional_request_headers(entry.meta))
             request_time = time.time()
@@ -557,6 +592,8 @@ class CachingProxy:
             except UpstreamDown:
                 return "error"
             async with upstream:
+                if upstream.status in rules.ERROR_STATUSES:
+                    return "error"
                 if upstream.status == 304 and entry is not None:
                     await self._freshen(entry, upstream, request_time)
                     return "not-modified"

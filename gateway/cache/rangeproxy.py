@@ -107,16 +107,26 @@ async def _ask_upstream(proxy: CachingProxy, request: web.Request, service: GovS
                         headers: dict[str, str], part: Entry, wanted: tuple[int, int] | str,
                         decision: rules.Decision, held: bool) -> web.StreamResponse:
     request_time = time.time()
-    try:
-        upstream = await proxy.open_upstream(service, "GET", url, headers)
-    except UpstreamDown:
+
+    async def stale_on_error() -> web.StreamResponse | None:
         now = time.time()
         if held and decision.kind is Kind.REVALIDATE and rules.may_serve_stale(decision, now):
-            served = await serve_part(proxy, request, part, wanted, now, "hit; detail=stale-if-error",
-                                      "stale_served", req_h)
-            if served is not None:
-                return served
+            return await serve_part(proxy, request, part, wanted, now,
+                                    "hit; detail=stale-if-error", "stale_served", req_h)
+        return None
+
+    try:
+        upstream = await proxy.open_upstream(service, "GET", url, headers, interim=request)
+    except UpstreamDown:
+        served = await stale_on_error()
+        if served is not None:
+            return served
         raise
+    if upstream.status in rules.ERROR_STATUSES:  # an error answer: the part may stand in too
+        served = await stale_on_error()
+        if served is not None:
+            upstream.release()
+            return served
     async with upstream:
         if upstream.status == 304 and held:
             resp_h = header_dict(upstream.headers)

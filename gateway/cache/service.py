@@ -22,14 +22,13 @@ import aiohttp
 from aiohttp import web
 
 from gateway import timefmt
-from gateway.cache import forms, pages
+from gateway.cache import forms, forward, pages, unsafe
 from gateway.cache.delivery import Deliverer
 from gateway.cache.health import ServiceHealth
 from gateway.cache.outbox import Outbox, QueueFull, Submission, SubmissionTooLarge, normalize_ref
 from gateway.cache.prefetch import Prefetcher
 from gateway.cache.proxy import CachingProxy, ClientBusy, UpstreamDown
-from gateway.cache.respond import stream_upstream
-from gateway.cache.rules import header_dict, invalidates
+from gateway.cache.rules import header_dict
 from gateway.cache.shapemark import mark_metered
 from gateway.cache.store import CacheStore
 from gateway.cache.submit import REFUSALS, BodyRefused, limits_of, read_form
@@ -40,12 +39,13 @@ log = logging.getLogger("desanet.services")
 
 PROBE_INTERVAL = 30.0  # seconds between upstream health checks when nothing else asked
 SAFE_METHODS = ("GET", "HEAD")
-# What may reach a service's upstream; anything else (TRACE, OPTIONS, PUT, CONNECT, ...)
-# is answered here with 405, online or offline.
-PROXIED_METHODS = ("GET", "HEAD", "POST")
+# What may reach a service's upstream: the safe methods through the cache, the unsafe
+# ones as pass-through (their answer invalidates what they change, gateway/cache/unsafe.py).
+# Anything else (TRACE, OPTIONS, CONNECT, WebDAV, ...) is answered here with 405.
+PROXIED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
 # Characters kept as they are when a villager's raw path is passed on: the path's own
 # delimiters and existing %-escapes (so an encoded "?" or "#" stays part of the path).
-_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_PATH_SAFE = forward.PATH_SAFE
 
 
 class LocalServices:
@@ -275,28 +275,31 @@ class LocalServices:
             key = str(uuid.uuid4())
         headers["idempotency-key"] = key
         uncertain = False
-        if self._health_of(service.slug).state != "offline":
+        # A service known unreachable (its last connection failed) that queues forms: queue
+        # at once rather than make the villager wait for a connect timeout.
+        if self._health_of(service.slug).state != "offline" or not service.queue_posts:
+            request_time = time.time()
             try:
                 with self.proxy.fetch_slot(request):
                     mark_metered(request)  # the upstream's answer: shaped in the villager's class
                     upstream = await self.proxy.open_upstream(service, request.method, url,
-                                                              headers, body)
+                                                              headers, body, interim=request)
             except UpstreamDown as exc:
-                # Queue it with the same idempotency key. Unless the connection
-                # was never made (refused, unreachable, DNS, connect timeout; the
-                # request always goes on a new connection), the upstream may
-                # already have it: say so.
-                # A 503 says the request was not processed (as delivery.RETRY_STATUSES).
-                uncertain = exc.status != 503 and not isinstance(
+                # No answer: queue it with the same idempotency key. Unless the
+                # connection was never made (refused, unreachable, DNS, connect
+                # timeout; the request always goes on a new connection), the
+                # upstream may already have it: say so.
+                uncertain = not isinstance(
                     exc.__cause__, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
             else:
                 async with upstream:
-                    if invalidates(request.method, upstream.status):
-                        await asyncio.to_thread(self.store.delete_key, f"GET {url}")
-                        if f"GET {url}" in await asyncio.to_thread(self.store.pins):
-                            self.proxy.refresh_later(service, url)  # a kept form page
-                    resp, _ = await stream_upstream(request, upstream, None, "fwd=bypass", rewrite)
-                    return resp
+                    # The origin's answer goes to the villager, 5xx included, except a 503
+                    # for a service that queues forms: a 503 says "not processed" (RFC 9110
+                    # §15.6.4, as delivery.RETRY_STATUSES), so the form is kept and
+                    # delivered later instead of lost.
+                    if upstream.status != 503 or not service.queue_posts:
+                        return await unsafe.pass_answer(self.proxy, request, service, url,
+                                                        req_h, upstream, request_time, rewrite)
         if not service.queue_posts:
             return self._unavailable(cfg, lang, service, "queue_off_body")
         try:

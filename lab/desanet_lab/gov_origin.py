@@ -22,6 +22,15 @@ returns the counters as JSON.
                    %-encoded): what exactly reached the origin (tests of path handling)
 - ``/_lab/submissions``  what ``/form`` and ``/formulir`` received, per key (with the
                    body's length and sha256; the body itself when it is short)
+
+Proxy behaviour (issue #10):
+
+- ``/revalvary``   Vary: Accept-Language, max-age=0 and an ETag per language: every use
+                   is revalidated; 304 when If-None-Match matches that language's tag
+- ``/scripted/<name>``  answers the status set by ``/_lab/script?name=<name>&status=N``
+                   (200 until set: a copy that may stand in on error for 10 minutes;
+                   otherwise the origin's own error page, with Retry-After)
+- ``/_lab/seen?path=P``  the request headers received for ``P`` (of the two above)
 """
 
 from __future__ import annotations
@@ -110,6 +119,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return web.json_response(_TARGETS)
     if path == "/_lab/stats":
         return web.json_response(dict(_COUNTS))
+    proxy_answer = _proxy_lab(request)
+    if proxy_answer is not None:
+        return proxy_answer
     return web.Response(status=404, text=f"no such page: {path}\n")
 
 
@@ -193,3 +205,35 @@ async def _form(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(delay)
     return web.Response(text=json.dumps({"received": number}), status=201,
                         content_type="application/json")
+
+
+# -- issue #10: proxy behaviour (scripted statuses, headers as received) ------------------------
+
+_SCRIPTED: dict[str, int] = {}  # /scripted/<name> -> the status it answers
+_SEEN: dict[str, list[dict[str, str]]] = {}  # path -> headers of each request received
+
+
+def _proxy_lab(request: web.Request) -> web.Response | None:
+    path = request.path
+    if path in ("/revalvary",) or path.startswith("/scripted/"):
+        _SEEN.setdefault(path, []).append(dict(request.headers))
+        del _SEEN[path][:-50]
+    if path == "/_lab/script":
+        _SCRIPTED[request.query["name"]] = int(request.query["status"])
+        return web.json_response(_SCRIPTED)
+    if path == "/_lab/seen":
+        return web.json_response(_SEEN.get(request.query.get("path", ""), []))
+    if path == "/revalvary":
+        lang = "en" if request.headers.get("Accept-Language", "").lower().startswith("en") else "id"
+        text = _page("Hello" if lang == "en" else "Halo", f"revalidated {lang}")
+        return _html(text, {"Cache-Control": "max-age=0", "Vary": "Accept-Language",
+                            "ETag": f'"reval-{lang}"'}, request)
+    if path.startswith("/scripted/"):
+        name = path.removeprefix("/scripted/")
+        status = _SCRIPTED.get(name, 200)
+        if status == 200:
+            return web.Response(text=f"copy of {name}\n",
+                                headers={"Cache-Control": "max-age=0, stale-if-error=600"})
+        return web.Response(status=status, text=f"lab origin says {status}\n",
+                            headers={"Retry-After": "30", "X-Lab-Origin": "yes"})
+    return None

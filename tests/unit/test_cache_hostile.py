@@ -70,7 +70,7 @@ class Origin:
             await self.release.wait()
             self.holding -= 1
             return web.Response(text="held", headers={"Cache-Control": "max-age=3600"})
-        if request.method == "POST":
+        if request.method in ("POST", "PUT", "DELETE", "PATCH"):
             return web.Response(status=201, text="ok")
         return web.Response(text=f"page {path}", headers={"Cache-Control": "max-age=3600"})
 
@@ -122,10 +122,15 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 # -- methods ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["TRACE", "OPTIONS", "PUT", "DELETE", "PATCH", "PROPFIND"])
-async def test_only_get_head_and_post_reach_the_upstream(site: Site, method: str) -> None:
+# Issue #10: PUT, DELETE and PATCH are legitimate API methods and now pass through (their
+# answers invalidate what they change); the others stay refused here.
+ALLOWED = "GET, HEAD, POST, PUT, DELETE, PATCH"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "OPTIONS", "PROPFIND", "MKCOL"])
+async def test_only_http_api_methods_reach_the_upstream(site: Site, method: str) -> None:
     status, text, headers = await site.raw(method, "/dukcapil/page")
-    assert status == 405 and headers["Allow"] == "GET, HEAD, POST"
+    assert status == 405 and headers["Allow"] == ALLOWED
     assert "tidak dilayani" in text  # Bahasa Indonesia first
     assert site.origin.count(method, "/base") == 0
     # positive control: the same page by GET, and a POST, do reach it
@@ -133,6 +138,13 @@ async def test_only_get_head_and_post_reach_the_upstream(site: Site, method: str
     assert (await site.raw("POST", "/dukcapil/form", data={"a": "1"}))[0] == 201
     assert site.origin.count("GET", "/base/page") == 1
     assert site.origin.count("POST", "/base/form") == 1
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+async def test_put_delete_and_patch_pass_through(site: Site, method: str) -> None:
+    status, text, _ = await site.raw(method, "/dukcapil/thing", data=b"x")
+    assert (status, text) == (201, "ok")
+    assert site.origin.count(method, "/base/thing") == 1
 
 
 @pytest.mark.parametrize("method", ["TRACE", "OPTIONS"])

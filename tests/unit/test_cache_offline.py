@@ -1,7 +1,8 @@
 """The government-services site in one process: a small aiohttp origin on localhost as the
-upstream, LocalServices.handle as the villagers' server. Offline means the origin answers
-503 (an upstream error, as a cut link is): banner, prefetched form, one-time token with
-Post/Redirect/Get, whole bodies and queue limits."""
+upstream, LocalServices.handle as the villagers' server. Offline means no answer arrives:
+the origin hangs up on every request, as a cut link does (since issue #10 a 5xx answer is
+the origin's word, passed through, and does not make a service offline): banner,
+prefetched form, one-time token with Post/Redirect/Get, whole bodies and queue limits."""
 
 from __future__ import annotations
 
@@ -36,8 +37,12 @@ class Origin:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
-        if self.down:
+        if self.down and request.method == "POST":  # "not processed": the form is queued
             return web.Response(status=503, text="down")
+        if self.down:  # no answer at all: the connection is closed under the request
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=503, text="never sent")
         if request.method == "POST":
             self.posts.append((request.headers.get("Idempotency-Key"), await request.content.read()))
             return web.Response(status=201, text="ok")
