@@ -36,9 +36,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from gateway.core.lifecycle import TELEMETRY_OUTBOX, TelemetryState
+from gateway.kernel import Worker
 from gateway.sqlitedb import Database
 from gateway.store.heal import Heal
 
@@ -175,3 +176,44 @@ class InFlight:
             TELEMETRY_OUTBOX.next(self._state.pop(seq), "connection_lost")
         self._by_mid.clear()
         return seqs
+
+
+class OutboxPort(Protocol):
+    """What the telemetry service needs of the outbox; every method may await the disk."""
+
+    async def next_session(self) -> int: ...
+    async def add(self, session: int, items: Sequence[NewMessage]) -> list[int]: ...
+    async def pending(self, after: int = 0, limit: int = 100) -> list[Message]: ...
+    async def ack(self, seqs: Iterable[int]) -> int: ...
+    async def count(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+class AsyncTelemetryOutbox:
+    """The outbox on the database worker: no method blocks the loop (each awaits the worker)."""
+
+    def __init__(self, box: TelemetryOutbox, worker: Worker) -> None:
+        self.box = box
+        self.worker = worker
+
+    async def next_session(self) -> int:
+        return await self.worker.call(self.box.next_session)
+
+    async def add(self, session: int, items: Sequence[NewMessage]) -> list[int]:
+        return await self.worker.call(self.box.add, session, items)
+
+    async def pending(self, after: int = 0, limit: int = 100) -> list[Message]:
+        return await self.worker.call(self.box.pending, after, limit)
+
+    async def ack(self, seqs: Iterable[int]) -> int:
+        return await self.worker.call(self.box.ack, list(seqs))
+
+    async def count(self) -> int:
+        return await self.worker.call(self.box.count)
+
+    async def close(self) -> None:
+        await self.worker.call(self.box.close)
+
+
+def _check(box: AsyncTelemetryOutbox) -> OutboxPort:
+    return box  # mypy checks the adapter against its port

@@ -429,3 +429,15 @@ def in_namespace(ns: str, *argv: str, timeout: float = 10.0) -> str:
     proc = run_in(ns, list(argv), timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(argv)} in {ns}: {proc.stderr.strip()}"
     return proc.stdout
+
+
+# -- the MQTT broker (tests/integration/mosquitto.py) ------------------------------------------------
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Any]:
+    """A real Mosquitto on a free loopback port with its own config, stopped after the test."""
+    from tests.integration.mosquitto import running_broker
+
+    with running_broker(tmp_path / "broker") as broker:
+        yield broker
