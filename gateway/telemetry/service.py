@@ -116,11 +116,12 @@ class TelemetryService:
     async def stop(self) -> None:
         """Stop both tasks; a connected link says goodbye with its Will (offline)."""
         self._stopping = True
-        deadline = self._clock.monotonic() + STOP_DRAIN
-        while self._link is not None and len(self._flight) and self._clock.monotonic() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_DRAIN
+        while self._link is not None and len(self._flight) and loop.time() < deadline:
             self._ack_seen.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_seen.wait(), deadline - self._clock.monotonic())
+                await asyncio.wait_for(self._ack_seen.wait(), deadline - loop.time())
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
