@@ -63,16 +63,25 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 class Broker:
     """One Mosquitto; ``start``/``stop`` (SIGTERM: it saves its state)/``kill`` may repeat."""
 
-    def __init__(self, workdir: Path, port: int, host: str = "127.0.0.1", ns: str | None = None) -> None:
+    def __init__(self, workdir: Path, port: int, host: str = "127.0.0.1", ns: str | None = None,
+                 tls_port: int | None = None, pki: Pki | None = None) -> None:
         self.dir = Path(workdir)
-        self.port, self.host, self.ns = port, host, ns
+        self.port, self.host, self.ns, self.tls_port = port, host, ns, tls_port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pki = pki
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "mosquitto.log"
         self.conf = self.dir / "mosquitto.conf"
-        lines = [f"listener {port} {host}", "allow_anonymous true", "persistence true",
+        lines = ["per_listener_settings true", "persistence true",
                  f"persistence_location {self.dir}/", f"log_dest file {self.log}",
-                 "log_type all", "log_timestamp_format %H:%M:%S"]
+                 "log_type all", "log_timestamp_format %H:%M:%S",
+                 f"listener {port} {host}", "allow_anonymous true"]
+        if tls_port is not None:
+            assert pki is not None, "a TLS listener needs a PKI (make_pki)"
+            # Devices log in with their certificate (its CN is their user name), nothing else.
+            lines += [f"listener {tls_port} {host}", f"cafile {pki.ca}", f"certfile {pki.server_cert}",
+                      f"keyfile {pki.server_key}", "require_certificate true",
+                      "use_identity_as_username true", "allow_anonymous false"]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to "mosquitto", who cannot write here
         self.conf.write_text("\n".join(lines) + "\n")
@@ -97,7 +106,9 @@ class Broker:
                 return False
             with self.log.open("rb") as fh:
                 fh.seek(mark)
-                return f"listen socket on port {self.port}".encode() in fh.read()
+                seen = fh.read()
+            ports = [self.port] + ([self.tls_port] if self.tls_port else [])
+            return all(f"listen socket on port {port}".encode() in seen for port in ports)
         _wait(listening, timeout, f"mosquitto to listen on {self.host}:{self.port}")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -125,6 +136,65 @@ class Broker:
         self.stop()
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA, the broker's certificate (for ``host``) and a device certificate (CN ``device``)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    device_cert: Path
+    device_key: Path
+
+
+def make_pki(where: Path, host: str = "127.0.0.1", device: str = "s1") -> Pki:
+    """Generate the PKI with ``cryptography`` (EC P-256, valid for a day)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    where.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+        crt, pem = where / f"{stem}.crt", where / f"{stem}.key"
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+        return crt, pem
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("desanet test CA")).issuer_name(name("desanet test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    ca_path, _ = write("ca", ca, ca_key)
+
+    def issue(stem: str, cn: str, san: x509.GeneralName | None) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        if san is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        return write(stem, builder.sign(ca_key, hashes.SHA256()), key)
+
+    server = issue("server", host, x509.IPAddress(ipaddress.ip_address(host)))
+    dev = issue("device", device, None)
+    return Pki(ca_path, server[0], server[1], dev[0], dev[1])
 
 
 @dataclass(frozen=True)
@@ -201,6 +271,12 @@ class Consumer:
 
 
 @contextlib.contextmanager
-def running_broker(workdir: Path, host: str = "127.0.0.1", ns: str | None = None) -> Iterator[Broker]:
-    with Broker(workdir, free_port(), host, ns) as broker:
+def running_broker(workdir: Path, host: str = "127.0.0.1", ns: str | None = None,
+                   tls: bool = False) -> Iterator[Broker]:
+    """A broker on free ports; with ``tls`` also a TLS listener (``tls_port``) that takes
+    only device certificates of ``broker.pki`` (``make_pki``)."""
+    pki = make_pki(workdir / "pki", host) if tls else None
+    with Broker(workdir, free_port(), host, ns, tls_port=free_port() if tls else None,
+                pki=pki) as broker:
+        broker.pki = pki
         yield broker
