@@ -90,6 +90,8 @@ class TelemetryService:
         self._lost = asyncio.Event()
         self._status_due = False
         self._stopping = False
+        self._in_use: Telemetry | None = None  # the settings of the current connection
+        self._reconfigured = asyncio.Event()
         self._ack_seen = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # counters for `desanet status` and (later) the telemetry message
@@ -154,7 +156,16 @@ class TelemetryService:
             seq = batch[-1].seq
             if any(s.event.type.startswith("config_") for s in batch):
                 self._status_due = True  # the status carries the config version
+                self._check_settings()
             self._wake.set()
+
+    def _check_settings(self) -> None:
+        """A config that changed ``[telemetry]`` ends the connection with the Will (offline);
+        the next one uses the new settings, or none while telemetry is disabled."""
+        if self._in_use is not None and self._settings() != self._in_use:
+            log.info("MQTT: the telemetry settings changed; connecting again with the new ones")
+            self._lost.set()
+        self._reconfigured.set()
 
     # -- the connection --------------------------------------------------------------------
 
@@ -164,6 +175,11 @@ class TelemetryService:
         attempt = 0
         while True:
             cfg = self._settings()
+            if not cfg.enabled:
+                log.info("MQTT: telemetry is disabled; not connecting")
+                self._reconfigured.clear()
+                await self._reconfigured.wait()
+                continue
             try:
                 link = await self._open(cfg)
             except LinkError as exc:
@@ -185,8 +201,13 @@ class TelemetryService:
                 back = self._flight.lost()
                 if back:
                     log.info("MQTT: %d message(s) in flight will be sent again", len(back))
-                # a clean stop says goodbye with the Will (offline), a lost link cannot
-                await link.close(will=self._stopping)
+                # a clean stop or new settings say goodbye with the Will (offline);
+                # a lost link cannot
+                await link.close(will=self._stopping or self._settings() != cfg)
+                self._in_use = None
+            if self._settings() != cfg:
+                attempt = 0
+                continue  # new settings: connect with them at once
             delay = reconnect_delay(attempt, cfg.reconnect_min, cfg.reconnect_max,
                                     cfg.reconnect_jitter, self._rng)
             log.warning("MQTT connection lost; reconnecting in %.1fs", delay)
@@ -206,6 +227,7 @@ class TelemetryService:
                                    lambda reason: self._gone(generation, reason))
         self._generation = generation
         self._link = link
+        self._in_use = cfg
         log.info("MQTT connected to %s:%d", cfg.host, cfg.port)
         return link
 

@@ -41,6 +41,7 @@ class Rig:
     box: TelemetryOutbox
     sleeps: list[float]
     version: list[str]
+    settings: list[Telemetry]
 
     def emit(self, n: int, start: int = 0) -> None:
         for i in range(start, start + n):
@@ -78,12 +79,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
     tel = Telemetry(enabled=True, broker="mqtt://broker.example", site_id=SITE, start_delay_max=30,
                     reconnect_min=5, reconnect_max=60, reconnect_jitter=0.5, status_interval=0)
-    svc = TelemetryService(lambda: tel, AsyncTelemetryOutbox(box, worker), broker.connect,
+    settings = [tel]
+    svc = TelemetryService(lambda: settings[0], AsyncTelemetryOutbox(box, worker), broker.connect,
                            Events(bus), lambda: version[0], "9.9.9", FakeClock(),
                            rng=random.Random(7), sleep=sleep)
     await svc.start()
     try:
-        yield Rig(svc, broker, bus, box, sleeps, version)
+        yield Rig(svc, broker, bus, box, sleeps, version, settings)
     finally:
         await svc.stop()
         box.close()
@@ -175,3 +177,29 @@ def test_reconnect_delay_doubles_to_the_cap_with_jitter(attempt: int, low: float
     assert all(low * 0.5 <= d <= high for d in found)
     assert max(found) - min(found) > high * 0.3  # really spread, not one value
     assert reconnect_delay(attempt, 5, 600, 0.0, rng) == high
+
+
+async def test_new_settings_say_goodbye_and_connect_with_them(rig: Rig) -> None:
+    await until(lambda: rig.svc.connected, "the first connection")
+    rig.settings[0] = rig.settings[0].model_copy(update={"site_id": "s2"})
+    rig.bus.publish(ConfigApplied("ba9876543210", "0123456789ab", ChangeSource.CLI))
+    await until(lambda: len(rig.broker.links) == 2 and rig.svc.connected, "a connection as s2")
+    assert rig.broker.links[0].closed_with_will is True  # s1 is offline now
+    second = rig.broker.links[1].settings
+    assert second.client_id == "desanet-s2" and second.will_topic == "desanet/v1/s2/status"
+    await until(lambda: any(p.topic == "desanet/v1/s2/status" for p in rig.broker.published),
+                "the status of s2")
+
+
+async def test_disabled_at_runtime_goes_offline_and_stays_away(rig: Rig) -> None:
+    await until(lambda: rig.svc.connected, "the first connection")
+    rig.settings[0] = rig.settings[0].model_copy(update={"enabled": False})
+    rig.bus.publish(ConfigApplied("ba9876543210", "0123456789ab", ChangeSource.CLI))
+    await until(lambda: rig.broker.links[0].closed_with_will is True, "the goodbye")
+    rig.emit(3)  # still queued durably, for when it is enabled again
+    await until(lambda: rig.box.count() >= 3, "events queued")
+    assert len(rig.broker.links) == 1 and not rig.svc.connected
+    rig.settings[0] = rig.settings[0].model_copy(update={"enabled": True})
+    rig.bus.publish(ConfigApplied("0123456789ab", "ba9876543210", ChangeSource.CLI))
+    await until(lambda: rig.box.count() == 0, "the queue sent once enabled again")
+    assert len(rig.broker.links) == 2
