@@ -16,15 +16,15 @@ from typing import Any
 from gateway.core.events import Event
 
 VERSION = 1  # the "v" of every payload; a change that breaks a consumer raises it
-REASON_MAX = 200  # free-text reasons are cut here
-
-
-def _cut(text: object) -> str:
-    return str(text)[:REASON_MAX]
-
-
 def _keep(value: object) -> object:
     return value
+
+
+def _paths(changes: object) -> list[str]:
+    """Config change lines ("access.trusted_macs: [] -> ['02:..']") cut to their field
+    paths: the values may name a device (a trusted MAC) or hold a secret."""
+    items = changes if isinstance(changes, list | tuple) else []
+    return [str(line).split(": ", 1)[0] for line in items]
 
 
 # Per event type: output key -> (event field, transform). Anything not listed is dropped.
@@ -36,13 +36,13 @@ EVENT_FIELDS: Mapping[str, Mapping[str, tuple[str, _F]]] = {
     "plan_changed": {"plan": ("plan", _keep)},
     "config_applied": {"version": ("version", _keep),
                        "previous_version": ("previous_version", _keep),
-                       "source": ("source", _keep), "changes": ("changes", _keep),
+                       "source": ("source", _keep), "changes": ("changes", _paths),
                        "trial_deadline": ("trial_deadline", _keep)},
     "config_confirmed": {"version": ("version", _keep), "source": ("source", _keep)},
+    # Their free-text reasons are left out: they quote config values and file paths.
     "config_rolled_back": {"version": ("version", _keep), "from_version": ("from_version", _keep),
-                           "source": ("source", _keep), "reason": ("reason", _cut)},
-    "config_refused": {"source": ("source", _keep), "step": ("step", _keep),
-                       "reason": ("reason", _cut)},
+                           "source": ("source", _keep)},
+    "config_refused": {"source": ("source", _keep), "step": ("step", _keep)},
     "uplink_changed": {"up": ("up", _keep), "since": ("since", _keep), "reason": ("reason", _keep),
                        "latency_ms": ("latency_ms", _keep)},
     "service_health_changed": {"service": ("service", _keep), "state": ("state", _keep)},

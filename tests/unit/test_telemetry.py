@@ -154,10 +154,12 @@ ALL_EVENTS: list[ev.Event] = [
     ev.SessionStarted(MAC, IP, "terms"),
     ev.SessionEnded(MAC, IP, ev.EndReason.IDLE),
     ev.PlanChanged(MAC, "school"),
-    ev.ConfigApplied("0123456789ab", "ba9876543210", ev.ChangeSource.CLI, BY, ("portal.terms_id",), 99),
+    ev.ConfigApplied("0123456789ab", "ba9876543210", ev.ChangeSource.CLI, BY,
+                     ("portal.terms_id: 'a' -> 'b'", f"access.trusted_macs: [] -> ['{MAC}']"), 99),
     ev.ConfigConfirmed("0123456789ab", ev.ChangeSource.CLI, BY),
-    ev.ConfigRolledBack("ba9876543210", "0123456789ab", ev.ChangeSource.TIMER, "deadline", BY),
-    ev.ConfigRefused(ev.ChangeSource.SIGHUP, "x" * 500, "firewall", BY),
+    ev.ConfigRolledBack("ba9876543210", "0123456789ab", ev.ChangeSource.TIMER,
+                        f"the config failed at start (access.trusted_macs[0]: {MAC})", BY),
+    ev.ConfigRefused(ev.ChangeSource.SIGHUP, f"access.blocked_macs[0]: \"{MAC}\" ...", "firewall", BY),
     ev.UplinkChanged(False, 1, "probes", None),
     ev.ServiceHealthChanged("dukcapil", "down"),
     ev.VoucherBatchCreated("warung-budi", 20, "basic", 3600),
@@ -182,6 +184,11 @@ def test_event_payloads_carry_no_personal_data_and_validate(event: ev.Event) -> 
         assert secret not in text
     jsonschema.validate(json.loads(text), EVENT_SCHEMA)
     assert body["type"] == event.type and body["seq"] == 3 and body["session"] == 6
+
+
+def test_config_changes_are_sent_as_field_paths_only() -> None:
+    applied = next(e for e in ALL_EVENTS if isinstance(e, ev.ConfigApplied))
+    assert payloads.event_data(applied)["changes"] == ["portal.terms_id", "access.trusted_macs"]
 
 
 def test_an_unknown_event_type_publishes_its_type_only() -> None:
