@@ -291,3 +291,29 @@ def test_telemetry_outbox_table(state: str, event: str, to: str | None) -> None:
                 ("in_flight", "connection_lost"): "queued", ("in_flight", "refused"): "queued"}
     assert expected.get((state, event)) == to
     assert TELEMETRY_OUTBOX.is_final("acked")
+
+
+# -- docs/mqtt.md: every worked example is a valid payload -------------------------------------------
+
+MQTT_DOC = SCHEMAS.parent / "mqtt.md"
+
+
+def test_the_worked_examples_in_docs_mqtt_validate() -> None:
+    import re
+
+    text = MQTT_DOC.read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", text, re.S)]
+    statuses = [b for b in blocks if "online" in b]
+    events = [b for b in blocks if "seq" in b]
+    assert len(statuses) == 2 and len(events) == 1
+    for body in statuses:
+        jsonschema.validate(body, STATUS_SCHEMA)
+    envelope = {k: events[0][k] for k in ("v", "site", "session", "seq", "time")}
+    rows = re.findall(r"^\| `([a-z_]+)`.*\| `(\{\"type\".*\})` \|$", text, re.M)
+    assert {t for t, _ in rows} >= set(payloads.EVENT_FIELDS) - {"voucher_released"}
+    for kind, example in [("event", events[0]), *rows]:
+        body = example if isinstance(example, dict) else {**envelope, **json.loads(example)}
+        jsonschema.validate(body, EVENT_SCHEMA)
+        if kind != "event":  # the table shows exactly the fields the gateway sends
+            assert body["type"] == kind
+            assert set(json.loads(str(example))) - {"type"} == set(payloads.EVENT_FIELDS[kind])
