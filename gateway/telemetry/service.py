@@ -112,8 +112,18 @@ class TelemetryService:
         self.session = await self._outbox.next_session()
         log.info("telemetry session %d: reporting to %s as %s", self.session,
                  self._settings().broker, self._settings().site_id)
-        self._tasks = [asyncio.create_task(self._follow_events(), name="telemetry-events"),
-                       asyncio.create_task(self._run(), name="telemetry-connection")]
+        self._tasks = [asyncio.create_task(self._kept(self._follow_events), name="telemetry-events"),
+                       asyncio.create_task(self._kept(self._run), name="telemetry-connection")]
+
+    async def _kept(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job``; a bug that raises is logged and the job starts again (after a pause),
+        so telemetry never stops for good while the gateway runs."""
+        while True:
+            try:
+                await job()
+            except Exception:
+                log.exception("telemetry %s failed; starting it again", job.__name__)
+                await self._sleep(STORE_RETRY)
 
     async def stop(self) -> None:
         """Stop both tasks; a connected link says goodbye with its Will (offline)."""

@@ -112,6 +112,8 @@ def test_online_on_connect_offline_will_after_kill_then_online_with_a_new_sessio
     again = valid(consumer.wait_for(status_is(True), 30, "online again", after=seen))
     assert again["session"] == online["session"] + 1
     assert retained_status(broker, "3") == again
+    for m in consumer.messages():
+        valid(m)  # every payload seen, not only those waited for
 
 
 def outbox_size(lab: LabInfo) -> int:
@@ -161,3 +163,5 @@ def test_events_made_while_the_broker_is_down_arrive_in_order_across_a_kill(
     consumer.wait_for(status_is(True, sessions[3]), 30, "the status of the new session", after=seen)
     # a message leaves the outbox once the broker acknowledged it
     wait_until(lambda: outbox_size(lab) == 0, 30, "the outbox to empty")
+    for m in consumer.messages():
+        valid(m)
