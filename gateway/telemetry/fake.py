@@ -28,6 +28,7 @@ class FakeBroker:
     up: bool = True
     auto_ack: bool = True
     refuse_next: int = 0  # answer the next N publishes with an error PUBACK
+    drop_at_connect: int = 0  # the next N connections are lost right after their CONNACK
     links: list[FakeLink] = field(default_factory=list)
     published: list[Published] = field(default_factory=list)
     attempts: int = 0
@@ -38,6 +39,10 @@ class FakeBroker:
             raise LinkError(f"cannot connect to {settings.host}:{settings.port}: refused (fake)")
         link = FakeLink(self, len(self.links), settings, on_ack, on_lost)
         self.links.append(link)
+        if self.drop_at_connect > 0:
+            self.drop_at_connect -= 1
+            asyncio.get_running_loop().call_soon(link.drop, "lost right after CONNACK (fake)")
+            await asyncio.sleep(0)  # the loss is reported before the caller resumes
         return link
 
 

@@ -231,11 +231,13 @@ class TelemetryService:
             will_topic=topics.status, will_payload=will, tls=cfg.tls, ca_file=cfg.ca_file,
             cert_file=cfg.cert_file, key_file=cfg.key_file, username=cfg.username,
             password=cfg.password)
-        generation = self._generation + 1
+        # The new generation counts before the CONNACK: a loss reported right after it (while
+        # this coroutine has not resumed yet) must not be taken for an old connection's.
+        self._generation += 1
+        generation = self._generation
         self._lost.clear()
         link = await self._connect(settings, lambda mid, ok: self._ack(generation, mid, ok),
                                    lambda reason: self._gone(generation, reason))
-        self._generation = generation
         self._link = link
         self._in_use = cfg
         log.info("MQTT connected to %s:%d", cfg.host, cfg.port)
@@ -271,7 +273,6 @@ class TelemetryService:
                     body = payloads.message(who, row.seq, row.session, row.created, json.loads(row.body))
                     topic = topics.event if row.kind == "event" else topics.telemetry
                     self._flight.published(row.seq, link.publish(topic, payloads.encode(body)))
-                    self._ack_seen.clear()
                     self.sent += 1
                 if len(rows) == room:
                     continue  # maybe more behind them

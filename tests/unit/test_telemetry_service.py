@@ -203,3 +203,13 @@ async def test_disabled_at_runtime_goes_offline_and_stays_away(rig: Rig) -> None
     rig.bus.publish(ConfigApplied("0123456789ab", "ba9876543210", ChangeSource.CLI))
     await until(lambda: rig.box.count() == 0, "the queue sent once enabled again")
     assert len(rig.broker.links) == 2
+
+
+async def test_a_loss_reported_before_connect_returns_is_not_missed(rig: Rig) -> None:
+    await until(lambda: rig.svc.connected, "the first connection")
+    rig.broker.drop_at_connect = 1
+    rig.broker.links[0].drop()
+    rig.emit(2)
+    await until(lambda: len(rig.broker.links) == 3 and rig.box.count() == 0,
+                "a third connection that sends the events")
+    assert [m["seq"] for m in rig.sent(link=2)] == [1, 2]
