@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,7 +44,8 @@ from gateway.errors import DesanetError
 
 log = logging.getLogger("desanet.mqtt")
 
-CONNECT_TIMEOUT = 30.0  # TCP + TLS + CONNACK over a satellite link
+CONNECT_TIMEOUT = 30.0  # paho's socket timeout for TCP and TLS over a satellite link
+CONNACK_TIMEOUT = 30.0  # then the broker's answer
 CLOSE_TIMEOUT = 10.0
 DISCONNECT_WITH_WILL = 4  # MQTT 5 reason code 0x04
 
@@ -100,6 +102,10 @@ class MqttLink:
         self._loop = asyncio.get_running_loop()
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._gone = False
+        # Set when open() gave up: a connect still running on its worker thread must not
+        # start paho's loop afterwards (a zombie connection with our client id and Will).
+        self._abandoned = False
+        self._start_lock = threading.Lock()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                                    protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
         self._client.on_connect = self._paho_connect
@@ -108,11 +114,12 @@ class MqttLink:
 
     @classmethod
     async def open(cls, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
-                   timeout: float = CONNECT_TIMEOUT) -> MqttLink:
+                   timeout: float = CONNACK_TIMEOUT) -> MqttLink:
         """Connect and wait for the broker's CONNACK. Raises LinkError (nothing left running)."""
         link = cls(settings, on_ack, on_lost)
         try:
-            await asyncio.wait_for(asyncio.to_thread(link._connect_blocking), timeout)
+            # paho's own socket timeout ends a connect that hangs; this one is a backstop
+            await asyncio.wait_for(asyncio.to_thread(link._connect_blocking), CONNECT_TIMEOUT + 5)
             await asyncio.wait_for(asyncio.shield(link._connected), timeout)
         except (OSError, ssl.SSLError, ValueError, TimeoutError) as exc:
             await link._stop_thread()
@@ -133,7 +140,13 @@ class MqttLink:
         self._client.will_set(s.will_topic, s.will_payload, qos=1, retain=True)
         self._client.connect_timeout = CONNECT_TIMEOUT
         self._client.connect(s.host, s.port, keepalive=s.keepalive, clean_start=True)
-        self._client.loop_start()
+        with self._start_lock:
+            if self._abandoned:
+                sock = self._client.socket()
+                if sock is not None:
+                    sock.close()
+                return
+            self._client.loop_start()
 
     # -- paho's thread -> the loop ---------------------------------------------------------
 
@@ -188,6 +201,8 @@ class MqttLink:
 
     async def _stop_thread(self) -> None:
         self._gone = True
+        with self._start_lock:  # held only around loop_start: microseconds
+            self._abandoned = True
         try:
             # loop_stop joins paho's thread (at most ~1 s after the socket is closed)
             await asyncio.wait_for(asyncio.to_thread(self._client.loop_stop), CLOSE_TIMEOUT)

@@ -138,3 +138,22 @@ async def test_events_made_while_the_broker_is_down_follow_in_order(
             # QoS 1 may deliver a copy (same seq) after a reconnect; first arrivals are in order
             assert list(dict.fromkeys(seqs)) == list(range(1, 11))
             assert svc.connects >= 2
+
+
+async def test_a_broker_that_never_answers_times_out_and_leaves_nothing_running() -> None:
+    import threading
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the CONNECT, never answers
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    before = {t.name for t in threading.enumerate()}
+    settings = LinkSettings(host="127.0.0.1", port=port, client_id="desanet-x", keepalive=60,
+                            will_topic="desanet/v1/x/status", will_payload=b"{}")
+    async with server:
+        with pytest.raises(LinkError, match="cannot connect"):
+            await MqttLink.open(settings, lambda mid, ok: None, lambda reason: None, timeout=0.5)
+    leftover = {t.name for t in threading.enumerate() if t.is_alive()} - before
+    assert not [n for n in leftover if "paho" in n.lower()], leftover
