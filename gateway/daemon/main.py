@@ -246,6 +246,7 @@ class Daemon:
             log.error("telemetry is off: %s", exc)
             return
         _on_close(stack, "telemetry", telemetry.stop)
+        ops.telemetry = telemetry
 
     async def _load_config(self) -> tuple[Config, str | None, TrialRecord | None]:
         if self.config_path is None:

@@ -32,7 +32,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.clock import Clock
 from gateway.config.telemetry import Telemetry
@@ -98,10 +98,20 @@ class TelemetryService:
         self.connects = 0
         self.sent = 0
         self.acked = 0
+        self.backlog = 0  # messages in the outbox (queued or awaiting their PUBACK)
+        self.last_connected: int | None = None
 
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    def status_json(self) -> dict[str, Any]:
+        """For `desanet status`: whether the gateway reports, and what waits to be sent."""
+        cfg = self._settings()
+        return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
+                "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
+                "connects": self.connects, "sent": self.sent, "acked": self.acked,
+                "last_connected": self.last_connected}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
@@ -110,6 +120,7 @@ class TelemetryService:
         """Count this start (the session counter, one fsync), then run both tasks.
         Raises StoreError when the outbox cannot be written."""
         self.session = await self._outbox.next_session()
+        self.backlog = await self._outbox.count()
         log.info("telemetry session %d: reporting to %s as %s", self.session,
                  self._settings().broker, self._settings().site_id)
         self._tasks = [asyncio.create_task(self._kept(self._follow_events), name="telemetry-events"),
@@ -164,6 +175,7 @@ class TelemetryService:
                 await self._sleep(STORE_RETRY)
                 continue
             seq = batch[-1].seq
+            self.backlog += len(items)
             if any(s.event.type.startswith("config_") for s in batch):
                 self._status_due = True  # the status carries the config version
                 self._check_settings()
@@ -240,6 +252,7 @@ class TelemetryService:
                                    lambda reason: self._gone(generation, reason))
         self._link = link
         self._in_use = cfg
+        self.last_connected = self._clock.now()
         log.info("MQTT connected to %s:%d", cfg.host, cfg.port)
         return link
 
@@ -314,7 +327,7 @@ class TelemetryService:
         while self._acked:
             batch = set(self._acked)
             try:
-                await self._outbox.ack(batch)
+                self.backlog -= await self._outbox.ack(batch)
             except StoreError as exc:
                 log.error("cannot remove %d sent message(s) from the outbox: %s (they may be "
                           "sent again after a restart)", len(batch), exc)

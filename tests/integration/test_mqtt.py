@@ -163,5 +163,7 @@ def test_events_made_while_the_broker_is_down_arrive_in_order_across_a_kill(
     consumer.wait_for(status_is(True, sessions[3]), 30, "the status of the new session", after=seen)
     # a message leaves the outbox once the broker acknowledged it
     wait_until(lambda: outbox_size(lab) == 0, 30, "the outbox to empty")
+    tel = desanet_json(lab.control_socket, "status")["telemetry"]
+    assert tel["connected"] and tel["backlog"] == 0 and tel["session"] == sessions[3]
     for m in consumer.messages():
         valid(m)

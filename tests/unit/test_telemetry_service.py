@@ -120,8 +120,11 @@ async def test_broker_down_events_wait_then_go_in_order_with_jittered_backoff(ri
     for k, delay in enumerate(delays, start=1):  # lost: 5 s; then 10, 20, 40, 60 (cap) ...
         base = min(60, 5 * 2 ** (k - 1))
         assert base * 0.5 <= delay <= base, (k, delay)
+    assert rig.svc.status_json()["backlog"] == 5 and not rig.svc.status_json()["connected"]
     rig.broker.up = True
     await until(lambda: len(rig.sent()) == 5, "the backlog")
+    await until(lambda: rig.svc.status_json()["backlog"] == 0, "the backlog count to reach 0")
+    assert rig.svc.status_json()["connected"] and rig.svc.status_json()["session"] == 1
     assert [m["seq"] for m in rig.sent()] == [1, 2, 3, 4, 5]
     last_status = rig.statuses()[-1]
     first_event = next(p for p in rig.broker.published if p.topic == EVENT)
@@ -213,3 +216,19 @@ async def test_a_loss_reported_before_connect_returns_is_not_missed(rig: Rig) ->
     await until(lambda: len(rig.broker.links) == 3 and rig.box.count() == 0,
                 "a third connection that sends the events")
     assert [m["seq"] for m in rig.sent(link=2)] == [1, 2]
+
+
+@pytest.mark.parametrize(("data", "line"), [
+    (None, "  telemetry:       off"),
+    ({"enabled": False}, "  telemetry:       off"),
+    ({"enabled": True, "connected": True, "broker": "mqtts://m.example:8883", "site_id": "s1",
+      "session": 4, "backlog": 0},
+     "  telemetry:       connected to mqtts://m.example:8883 as s1, session 4, 0 message(s) waiting"),
+    ({"enabled": True, "connected": False, "broker": "mqtt://m.example", "site_id": "s1",
+      "session": 4, "backlog": 12},
+     "  telemetry:       NOT connected to mqtt://m.example as s1, session 4, 12 message(s) waiting"),
+])
+def test_the_status_line(data: dict[str, Any] | None, line: str) -> None:
+    from gateway.cli_format import telemetry_status_line
+
+    assert telemetry_status_line(data) == line
