@@ -1,7 +1,8 @@
 """Telemetry against a real Mosquitto in the lab's WAN: status, Last Will, durable events.
 
 The broker runs in the WAN namespace (the region's broker, reached over the
-gateway's uplink), with its own config and persistence; the consumer is a
+gateway's uplink), with its own config and persistence; the gateway logs in
+over TLS with its device certificate (a test CA); the consumer is a
 real MQTT 5 subscriber with a persistent session beside it
 (tests/integration/mosquitto.py). The daemon is the lab's real one, with
 ``[telemetry]`` pointing at the broker. Every payload seen is checked against
@@ -34,7 +35,7 @@ from tests.integration.conftest import (
     unique_prefix,
     wait_until,
 )
-from tests.integration.mosquitto import Broker, Consumer, Received, free_port
+from tests.integration.mosquitto import Broker, Consumer, Pki, Received, free_port, make_pki
 
 pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "mosquitto")]
 
@@ -46,12 +47,20 @@ EVENT = f"desanet/v1/{SITE}/event"
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 SCHEMA = {STATUS: json.loads((SCHEMAS / "status.schema.json").read_text()),
           EVENT: json.loads((SCHEMAS / "event.schema.json").read_text())}
-PORT = free_port()
+PORT, TLS_PORT = free_port(), free_port()  # the consumer's plain listener; the gateway's TLS one
 
 
 @pytest.fixture(scope="module")
-def lab(make_lab: LabFactory) -> LabInfo:
-    telemetry = {"enabled": True, "broker": f"mqtt://{p.WAN_ISP_V4}:{PORT}", "site_id": SITE,
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A region's CA, the broker's certificate for its WAN address, this gateway's certificate."""
+    return make_pki(tmp_path_factory.mktemp("pki"), host=p.WAN_ISP_V4, device=SITE)
+
+
+@pytest.fixture(scope="module")
+def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
+    telemetry = {"enabled": True, "broker": f"mqtts://{p.WAN_ISP_V4}:{TLS_PORT}", "site_id": SITE,
+                 "ca_file": str(pki.ca), "cert_file": str(pki.device_cert),
+                 "key_file": str(pki.device_key),
                  "start_delay_max": "0s", "reconnect_min": "1s", "reconnect_max": "2s",
                  "keepalive": "30s"}
     return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
@@ -59,8 +68,9 @@ def lab(make_lab: LabFactory) -> LabInfo:
 
 
 @pytest.fixture(scope="module")
-def broker(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with Broker(tmp_path_factory.mktemp("broker"), PORT, host=p.WAN_ISP_V4, ns=lab.wan) as b:
+def broker(lab: LabInfo, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with Broker(tmp_path_factory.mktemp("broker"), PORT, host=p.WAN_ISP_V4, ns=lab.wan,
+                tls_port=TLS_PORT, pki=pki) as b:
         yield b
 
 
