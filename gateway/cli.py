@@ -26,6 +26,7 @@ from gateway.cli_format import (
     print_restart_needed,
     services_lines,
     shaping_lines,
+    telemetry_status_line,
     uplink_status_line,
     with_iso,
 )
@@ -261,6 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  portal:          {data['portal_url']}  mode={data['portal_mode']}")
     print(f"  LAN address:     {data['lan_ip']}")
     print(uplink_status_line(data.get("uplink"), data.get("timezone")))
+    print(telemetry_status_line(data.get("telemetry")))
     print(f"  active sessions: {data['sessions_active']}")
     print(f"  uptime:          {format_left(data['uptime'])}")
     print(f"  firewall:        nftables via {data['firewall']['backend']}")

@@ -228,6 +228,16 @@ def uplink_status_line(uplink: Any, tz: str | None = None) -> str:
                                                           else "") + extra
 
 
+def telemetry_status_line(telemetry: Any) -> str:
+    """`desanet status` line about the reports to the region's broker (docs/mqtt.md)."""
+    if not isinstance(telemetry, dict) or not telemetry.get("enabled"):
+        return "  telemetry:       off"
+    state = "connected to" if telemetry.get("connected") else "NOT connected to"
+    backlog = telemetry.get("backlog", 0)
+    return (f"  telemetry:       {state} {telemetry.get('broker')} as {telemetry.get('site_id')}, "
+            f"session {telemetry.get('session')}, {backlog} message(s) waiting")
+
+
 def degraded_status_lines(degraded: Any, tz: str | None = None) -> list[str]:
     """`desanet status` lines for what the daemon runs without (a damaged database it
     healed around): loud, first, one line each; none when all is well."""

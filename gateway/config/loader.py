@@ -27,6 +27,7 @@ from gateway.config.schema import (
     garden_problems,
     lan_problems,
 )
+from gateway.config.telemetry import FIELD_LINES
 from gateway.errors import ConfigError
 
 DEFAULT_PATH = "/etc/desanet/gateway.toml"
@@ -66,7 +67,7 @@ def format_errors(exc: ValidationError, root: type[BaseModel] = Config) -> list[
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        if err["type"] == CROSS_FIELD:
+        if err["type"] in (CROSS_FIELD, FIELD_LINES):
             lines += err["msg"].splitlines()  # each line names its own field
             continue
         path = _path(loc) or "(top level)"

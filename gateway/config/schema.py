@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gateway.config.telemetry import Telemetry
 from gateway.config.units import (
     format_duration,
     format_rate,
@@ -749,6 +750,7 @@ class Config(_Section):
     programs: Programs = Programs()
     local_services: LocalServices = LocalServices()
     uplink: Uplink = Uplink()
+    telemetry: Telemetry = Telemetry()  # MQTT to the region's broker (config/telemetry.py)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

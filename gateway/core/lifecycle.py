@@ -59,6 +59,12 @@ already have reached the upstream.
 ``none`` they allow a new apply. While a trial is ``pending`` every apply is
 refused (confirm or roll back first), and a late ``deadline`` after a confirm
 is refused too, so a stale timer can never undo a confirmed config.
+
+:data:`TELEMETRY_OUTBOX` (``gateway/telemetry/outbox.py``; a row on disk is ``queued``,
+``in_flight`` lives in memory, an ``acked`` row is deleted)::
+
+    queued ──publish──▶ in_flight ──puback──▶ acked            (final)
+                        in_flight ──connection_lost | refused──▶ queued
 """
 
 from __future__ import annotations
@@ -274,15 +280,36 @@ CONFIG_TRIAL: TransitionTable[ConfigTrialState, ConfigTrialEvent] = TransitionTa
     },
 )
 
+
+# -- the telemetry outbox (gateway/telemetry/outbox.py) -------------------------------
+
+TelemetryState = Literal["queued", "in_flight", "acked"]
+TelemetryEvent = Literal["publish", "puback", "connection_lost", "refused"]
+
+TELEMETRY_OUTBOX: TransitionTable[TelemetryState, TelemetryEvent] = TransitionTable(
+    "telemetry outbox",
+    {
+        ("queued", "publish"): "in_flight",
+        ("in_flight", "puback"): "acked",
+        ("in_flight", "connection_lost"): "queued",  # sent again, same seq, on the next connection
+        ("in_flight", "refused"): "queued",  # the broker's PUBACK said no (e.g. not authorized)
+    },
+    states=get_args(TelemetryState),
+    events=get_args(TelemetryEvent),
+)
+
 __all__ = [
     "CONFIG_TRIAL",
     "FORMS_OUTBOX",
+    "TELEMETRY_OUTBOX",
     "ConfigTrialEvent",
     "ConfigTrialState",
     "IllegalTransition",
     "OutboxEvent",
     "OutboxOutcome",
     "OutboxState",
+    "TelemetryEvent",
+    "TelemetryState",
     "TransitionTable",
     "outbox_result_event",
 ]

@@ -41,6 +41,12 @@ class UplinkReadPort(Protocol):
     def status_json(self) -> dict[str, Any]: ...
 
 
+class TelemetryReadPort(Protocol):
+    """Reports to the region's broker (telemetry/service.py TelemetryService)."""
+
+    def status_json(self) -> dict[str, Any]: ...
+
+
 def session_json(s: Session, now: int) -> dict[str, Any]:
     data = asdict(s)
     data["remaining"] = s.remaining(now)
@@ -87,6 +93,7 @@ class GatewayOps:
         self.ready = False
         self.started_at = clock.now()
         self.uplink: UplinkReadPort | None = None  # uplink: set by the daemon
+        self.telemetry: TelemetryReadPort | None = None  # set by the daemon when enabled
         # heals: what the daemon runs without (store/health.py DEGRADED), set by the daemon
         self.degraded: Callable[[], list[dict[str, Any]]] = list
 
@@ -116,6 +123,8 @@ class GatewayOps:
             "timezone": cfg.site.timezone,
             "uplink": self.uplink.status_json() if self.uplink is not None
             else {"state": "unknown", "since": None, "since_iso": None, "latency_ms": None},
+            "telemetry": self.telemetry.status_json() if self.telemetry is not None
+            else {"enabled": False},
             # What the daemon runs without (a damaged database healed around); [] when well.
             "degraded": [{**p, "since_iso": iso(p["since"], cfg.site.timezone)}
                          for p in self.degraded()],

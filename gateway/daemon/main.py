@@ -60,6 +60,9 @@ from gateway.store.db import AsyncStore
 from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
+from gateway.telemetry.mqtt import connect as mqtt_connect
+from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
+from gateway.telemetry.service import TelemetryService
 
 log = logging.getLogger("desanet.daemon")
 
@@ -175,6 +178,8 @@ class Daemon:
 
         await servers.start_control(create_control_app(ops), cfg.control.socket)
         _on_close(stack, "control socket", servers.stop_control)
+        if cfg.telemetry.enabled:
+            await self._start_telemetry(stack, holder, ops, database, state_dir)
 
         await shaping.sample()
         reconciler.every("sweep", SWEEP_INTERVAL, sessions.sweep)
@@ -220,6 +225,28 @@ class Daemon:
         systemd.notify("READY=1\nSTATUS=portal and firewall up")
         log.info("gateway ready: portal %s, %d active sessions", cfg.portal_url,
                  await store.count_active(clock.now()))
+
+    async def _start_telemetry(self, stack: contextlib.AsyncExitStack, holder: ConfigHolder,
+                               ops: GatewayOps, database: DatabaseWorker, state_dir: Path) -> None:
+        """Reports to the region's broker (docs/mqtt.md). Stops first (it is registered after
+        the rest): the Will says offline while the gateway still serves. A broken outbox is
+        logged and the gateway runs without telemetry, never the other way round."""
+        try:
+            box = await asyncio.to_thread(TelemetryOutbox, state_dir / "telemetry.db")
+        except StoreError as exc:
+            log.error("telemetry is off: cannot open its outbox: %s", exc)
+            return
+        outbox = AsyncTelemetryOutbox(box, database)
+        _on_close(stack, "telemetry outbox", outbox.close)
+        telemetry = TelemetryService(lambda: holder.get().telemetry, outbox, mqtt_connect, ops,
+                                     lambda: ops.config.version, software_version(), self.clock)
+        try:
+            await telemetry.start()
+        except StoreError as exc:
+            log.error("telemetry is off: %s", exc)
+            return
+        _on_close(stack, "telemetry", telemetry.stop)
+        ops.telemetry = telemetry
 
     async def _load_config(self) -> tuple[Config, str | None, TrialRecord | None]:
         if self.config_path is None:
@@ -363,6 +390,15 @@ async def _watchdog(interval: float) -> None:
     while True:
         systemd.notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+def software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("desanet")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def run_daemon(config_path: str) -> None:

@@ -429,3 +429,19 @@ def in_namespace(ns: str, *argv: str, timeout: float = 10.0) -> str:
     proc = run_in(ns, list(argv), timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(argv)} in {ns}: {proc.stderr.strip()}"
     return proc.stdout
+
+
+# -- the MQTT broker (tests/integration/mosquitto.py) ------------------------------------------------
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Any]:
+    """A real Mosquitto with its own config, stopped after the test: a plain listener on a
+    free loopback port (``port``) and a TLS one (``tls_port``) taking only device
+    certificates of its test CA (``pki``). Not root: no namespace needed."""
+    from tests.integration.mosquitto import have_mosquitto, running_broker
+
+    if not have_mosquitto():
+        pytest.skip("needs mosquitto (apt-get install mosquitto mosquitto-clients)")
+    with running_broker(tmp_path / "broker", tls=True) as broker:
+        yield broker

@@ -1,0 +1,156 @@
+"""The ``[telemetry]`` section: reporting to the region's MQTT broker (docs/mqtt.md).
+
+Off by default. When ``enabled``, ``broker`` and ``site_id`` are required;
+TLS files belong to ``mqtts://`` only, a client certificate comes with its
+key, a password with a user name. Every problem names its field path like
+the rest of the schema (the loader prefixes ``telemetry.``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from gateway.config.units import format_duration, json_quote, parse_duration
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+_SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_LEVEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_KEEPALIVE = 65535  # the CONNECT packet's keepalive is 16 bits of seconds
+# The error type of a section check whose message is lines that each start with their
+# own field path (the loader prints them as they are, like the cross-section checks).
+FIELD_LINES = "field_lines"
+
+
+def _path(value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{json_quote(value)} is not an absolute path; write e.g. "
+                         "\"/etc/desanet/mqtt/device.crt\"")
+    return value
+
+
+def _broker(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in DEFAULT_PORTS or not parts.hostname or port == -1 or port == 0
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or parts.username is not None):
+        raise ValueError(f"{json_quote(value)} is not a broker URL; write e.g. "
+                         "\"mqtts://mqtt.diskominfo.example.go.id:8883\" (mqtt:// or mqtts://, "
+                         "host and optional port, no path; user name and password go in "
+                         "telemetry.username / telemetry.password)")
+    return value
+
+
+def _site_id(value: str) -> str:
+    if value and not _SITE_RE.match(value):
+        raise ValueError(f"{json_quote(value)} is not a site id: 1-63 lower-case letters, digits, "
+                         "'-' or '_' (it is one MQTT topic level); write e.g. \"jabar-sukamaju\"")
+    return value
+
+
+def _prefix(value: str) -> str:
+    levels = value.split("/")
+    if value.startswith("$") or not all(_LEVEL_RE.match(x) for x in levels):
+        raise ValueError(f"{json_quote(value)} is not a topic prefix: levels of letters, digits, "
+                         "'.', '-' or '_' separated by '/', no wildcards, no leading '$' or '/'; "
+                         "write e.g. \"desanet/v1\"")
+    return value
+
+
+def _seconds(low: int, high: int, example: str) -> BeforeValidator:
+    """A duration ("30s", "5m", or seconds) within [low, high]; 0 is allowed when low is 0."""
+    def parse(value: object) -> int:
+        seconds = 0 if value in (0, "0", "0s") and low == 0 else parse_duration(value)  # type: ignore[arg-type]
+        if not low <= seconds <= high:
+            raise ValueError(f"{format_duration(seconds) if seconds else '0s'} is outside "
+                             f"{format_duration(low) if low else '0s'} to {format_duration(high)}; "
+                             f"write e.g. {example}")
+        return seconds
+    return BeforeValidator(parse)
+
+
+BrokerUrl = Annotated[str, AfterValidator(_broker)]
+FilePath = Annotated[str, AfterValidator(_path)]
+
+
+class Telemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, examples=[True])
+    broker: BrokerUrl | None = Field(None, examples=["mqtts://mqtt.diskominfo.example.go.id:8883"])
+    # One topic level naming this gateway: <topic_prefix>/<site_id>/status ...
+    site_id: Annotated[str, AfterValidator(_site_id)] = Field("", examples=["jabar-sukamaju"])
+    topic_prefix: Annotated[str, AfterValidator(_prefix)] = Field("desanet/v1", examples=["desanet/v1"])
+    # TLS (mqtts:// only): the region's CA (default: the system's CAs) and this device's
+    # certificate and key, both or neither.
+    ca_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/ca.crt"])
+    cert_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/device.crt"])
+    key_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/device.key"])
+    username: str | None = Field(None, min_length=1, max_length=256, examples=["jabar-sukamaju"])
+    password: str | None = Field(None, min_length=1, max_length=256)
+    # Satellite links: a long keepalive costs few bytes; the broker declares the gateway
+    # offline (its Will) after 1.5 x keepalive without a packet.
+    keepalive: Annotated[int, _seconds(10, MAX_KEEPALIVE, '"5m"')] = Field(300, examples=["5m"])
+    # Reconnect waits double from reconnect_min to reconnect_max, each shortened by a
+    # random part of up to reconnect_jitter of itself, so a region does not retry in step.
+    reconnect_min: Annotated[int, _seconds(1, 3600, '"5s"')] = Field(5, examples=["5s"])
+    reconnect_max: Annotated[int, _seconds(1, 86400, '"10m"')] = Field(600, examples=["10m"])
+    reconnect_jitter: float = Field(0.5, ge=0.0, le=1.0, examples=[0.5])
+    # The first connection waits a random time up to this long (a power cut that ends
+    # for a whole district must not bring every gateway to the broker in one second).
+    start_delay_max: Annotated[int, _seconds(0, 3600, '"60s"')] = Field(60, examples=["60s"])
+    # The retained status is sent again this often (0: only on connect and on change).
+    status_interval: Annotated[int, _seconds(0, 86400, '"1h"')] = Field(3600, examples=["1h"])
+    telemetry_interval: Annotated[int, _seconds(10, 86400, '"5m"')] = Field(300, examples=["5m"])
+
+    @property
+    def tls(self) -> bool:
+        return self.broker is not None and self.broker.startswith("mqtts:")
+
+    @property
+    def host(self) -> str:
+        assert self.broker is not None
+        return urlsplit(self.broker).hostname or ""
+
+    @property
+    def port(self) -> int:
+        assert self.broker is not None
+        parts = urlsplit(self.broker)
+        return parts.port or DEFAULT_PORTS[parts.scheme]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Telemetry:
+        problems = []
+        if self.enabled and self.broker is None:
+            problems.append('telemetry.broker: required when telemetry is enabled; write e.g. '
+                            'broker = "mqtts://mqtt.diskominfo.example.go.id:8883"')
+        if self.enabled and not self.site_id:
+            problems.append('telemetry.site_id: required when telemetry is enabled; write e.g. '
+                            'site_id = "jabar-sukamaju"')
+        tls_files = [n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n)]
+        if tls_files and self.broker is not None and not self.tls:
+            problems.append(f"telemetry.{tls_files[0]}: set but broker {self.broker} is not mqtts:// "
+                            "(TLS files need TLS); "
+                            'write e.g. broker = "mqtts://mqtt.example.go.id:8883"')
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            problems.append(f"telemetry.{missing}: missing; a client certificate needs both cert_file and "
+                            'key_file (e.g. "/etc/desanet/mqtt/device.key"), or neither')
+        if self.password is not None and self.username is None:
+            problems.append('telemetry.username: missing; a password is set without it; '
+                            'write e.g. username = "jabar-sukamaju"')
+        if self.reconnect_min > self.reconnect_max:
+            problems.append(f"telemetry.reconnect_min: {format_duration(self.reconnect_min)} is above "
+                            f"reconnect_max {format_duration(self.reconnect_max)}; "
+                            'write e.g. reconnect_min = "5s", reconnect_max = "10m"')
+        if problems:
+            raise PydanticCustomError(FIELD_LINES, "\n".join(problems))
+        return self

@@ -1,0 +1,223 @@
+"""The MQTT adapter: one connection to the broker on paho-mqtt 2.x (MQTT 5).
+
+Theory of operation
+-------------------
+A :class:`MqttLink` is ONE connection: it is opened once and, when lost or
+closed, thrown away; the telemetry service makes a new one for the next
+attempt, after its own jittered backoff. paho's automatic reconnect is off
+(``reconnect_on_failure=False``) and its in-memory queue is never relied on:
+a message not acknowledged on this connection is still in our durable
+outbox, and goes out again on the next one. A fresh paho client per
+connection cannot send an old connection's leftovers a second time.
+
+The event loop never blocks: the blocking ``connect`` (name lookup, TCP, TLS
+handshake, reading the certificate files) runs in a worker thread, then
+paho's network loop runs on its own thread (``loop_start``). paho calls our
+callbacks on that thread; each hands its result to the event loop with
+``call_soon_threadsafe``, so the service only ever sees them on the loop.
+``publish`` only queues a packet and wakes paho's thread (a short lock): it
+may be called from the loop.
+
+The Last Will (retained, QoS 1) is the status with ``online: false``; the
+broker publishes it when the connection is lost without a DISCONNECT (kill -9,
+power cut, uplink gone past 1.5 x keepalive), and at a clean stop too, as the
+DISCONNECT carries reason 0x04, "Disconnect with Will Message".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import DesanetError
+
+log = logging.getLogger("desanet.mqtt")
+
+CONNECT_TIMEOUT = 30.0  # paho's socket timeout for TCP and TLS over a satellite link
+CONNACK_TIMEOUT = 30.0  # then the broker's answer
+CLOSE_TIMEOUT = 10.0
+DISCONNECT_WITH_WILL = 4  # MQTT 5 reason code 0x04
+
+
+class LinkError(DesanetError):
+    """The connection could not be made, or is gone."""
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    host: str
+    port: int
+    client_id: str
+    keepalive: int
+    will_topic: str
+    will_payload: bytes
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+# What paho reports back, on the event loop: PUBACK of ``mid`` (ok=False: the broker
+# answered with an error code, e.g. not authorized), and the connection gone (a reason).
+OnAck = Callable[[int, bool], None]
+OnLost = Callable[[str], None]
+
+
+class Link(Protocol):
+    """One open connection (see the module docstring)."""
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        """Queue a QoS 1 message; its message id. Does not block. Raises LinkError."""
+        ...
+
+    async def close(self, will: bool = True) -> None:
+        """Disconnect (with ``will``: the broker publishes the Last Will) and stop the thread."""
+        ...
+
+
+class Connect(Protocol):
+    async def __call__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> Link: ...
+
+
+class MqttLink:
+    """One paho client and its network thread (see the module docstring)."""
+
+    def __init__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> None:
+        self.settings = settings
+        self._on_ack = on_ack
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self._connected: asyncio.Future[None] = self._loop.create_future()
+        self._gone = False
+        # Set when open() gave up: a connect still running on its worker thread must not
+        # start paho's loop afterwards (a zombie connection with our client id and Will).
+        self._abandoned = False
+        self._start_lock = threading.Lock()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                                   protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        self._client.on_connect = self._paho_connect
+        self._client.on_disconnect = self._paho_disconnect
+        self._client.on_publish = self._paho_publish
+
+    @classmethod
+    async def open(cls, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
+                   timeout: float = CONNACK_TIMEOUT) -> MqttLink:
+        """Connect and wait for the broker's CONNACK. Raises LinkError (nothing left running)."""
+        link = cls(settings, on_ack, on_lost)
+        try:
+            # paho's own socket timeout ends a connect that hangs; this one is a backstop
+            await asyncio.wait_for(asyncio.to_thread(link._connect_blocking), CONNECT_TIMEOUT + 5)
+            await asyncio.wait_for(asyncio.shield(link._connected), timeout)
+        except (OSError, ssl.SSLError, ValueError, TimeoutError) as exc:
+            await link._stop_thread()
+            raise LinkError(f"cannot connect to {settings.host}:{settings.port}: "
+                            f"{exc or type(exc).__name__}") from exc
+        except BaseException:
+            await link._stop_thread()
+            raise
+        return link
+
+    def _connect_blocking(self) -> None:
+        """Blocks (files, DNS, TCP, TLS): runs on a worker thread."""
+        s = self.settings
+        if s.tls:
+            self._client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+        if s.username is not None:
+            self._client.username_pw_set(s.username, s.password)
+        self._client.will_set(s.will_topic, s.will_payload, qos=1, retain=True)
+        self._client.connect_timeout = CONNECT_TIMEOUT
+        self._client.connect(s.host, s.port, keepalive=s.keepalive, clean_start=True)
+        with self._start_lock:
+            if self._abandoned:
+                sock = self._client.socket()
+                if sock is not None:
+                    sock.close()
+                return
+            self._client.loop_start()
+
+    # -- paho's thread -> the loop ---------------------------------------------------------
+
+    def _post(self, fn: Callable[..., None], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the daemon is gone, nobody to tell
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _paho_connect(self, client: paho.Client, userdata: object, flags: object,
+                      reason: ReasonCode, properties: object) -> None:
+        self._post(self._connack, reason.is_failure, str(reason))
+
+    def _paho_disconnect(self, client: paho.Client, userdata: object, flags: object,
+                         reason: ReasonCode, properties: object) -> None:
+        self._post(self._lost, str(reason))
+
+    def _paho_publish(self, client: paho.Client, userdata: object, mid: int,
+                      reason: ReasonCode, properties: object) -> None:
+        self._post(self._on_ack, mid, not reason.is_failure)
+
+    # -- on the loop ----------------------------------------------------------------------
+
+    def _connack(self, failed: bool, reason: str) -> None:
+        if self._connected.done():
+            return
+        if failed:
+            self._connected.set_exception(LinkError(f"the broker refused the connection: {reason}"))
+        else:
+            self._connected.set_result(None)
+
+    def _lost(self, reason: str) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(LinkError(f"connection closed before CONNACK: {reason}"))
+            return
+        if not self._gone:
+            self._gone = True
+            self._on_lost(reason)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        if self._gone:
+            raise LinkError("the connection is gone")
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LinkError(f"publish failed: {paho.error_string(info.rc)}")
+        return info.mid
+
+    async def close(self, will: bool = True) -> None:
+        if not self._gone and self._connected.done() and self._connected.exception() is None:
+            self._gone = True
+            code = DISCONNECT_WITH_WILL if will else 0
+            self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
+        await self._stop_thread()
+
+    async def _stop_thread(self) -> None:
+        self._gone = True
+        with self._start_lock:  # held only around loop_start: microseconds
+            self._abandoned = True
+        try:
+            # loop_stop joins paho's thread (at most ~1 s after the socket is closed)
+            await asyncio.wait_for(asyncio.to_thread(self._client.loop_stop), CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("the MQTT network thread did not stop within %ss", CLOSE_TIMEOUT)
+        if not self._connected.done():
+            self._connected.cancel()
+        elif not self._connected.cancelled():
+            self._connected.exception()  # retrieved: no "never retrieved" warning
+
+
+async def connect(settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> Link:
+    """The :class:`Connect` the daemon uses: a real connection through paho."""
+    return await MqttLink.open(settings, on_ack, on_lost)
+
+
+def _check() -> Connect:
+    return connect  # mypy checks the adapter against its port

@@ -1,0 +1,93 @@
+"""What the gateway publishes, as JSON (pure); the shapes are docs/schemas/*.schema.json.
+
+No personal data leaves the village (UU 27/2022): events are reduced to an
+allow-list of fields per type (:data:`EVENT_FIELDS`), so a MAC, an address,
+a voucher code or the name of who ran a command never reaches the broker. A
+new event type publishes its type and nothing else until it is listed here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.events import Event
+
+VERSION = 1  # the "v" of every payload; a change that breaks a consumer raises it
+def _keep(value: object) -> object:
+    return value
+
+
+def _paths(changes: object) -> list[str]:
+    """Config change lines ("access.trusted_macs: [] -> ['02:..']") cut to their field
+    paths: the values may name a device (a trusted MAC) or hold a secret."""
+    items = changes if isinstance(changes, list | tuple) else []
+    return [str(line).split(": ", 1)[0] for line in items]
+
+
+# Per event type: output key -> (event field, transform). Anything not listed is dropped.
+_F = Callable[[object], object]
+EVENT_FIELDS: Mapping[str, Mapping[str, tuple[str, _F]]] = {
+    "session_started": {"source": ("source", _keep), "plan": ("plan", _keep),
+                        "with_voucher": ("voucher", lambda v: v is not None)},
+    "session_ended": {"reason": ("reason", _keep)},
+    "plan_changed": {"plan": ("plan", _keep)},
+    "config_applied": {"version": ("version", _keep),
+                       "previous_version": ("previous_version", _keep),
+                       "source": ("source", _keep), "changes": ("changes", _paths),
+                       "trial_deadline": ("trial_deadline", _keep)},
+    "config_confirmed": {"version": ("version", _keep), "source": ("source", _keep)},
+    # Their free-text reasons are left out: they quote config values and file paths.
+    "config_rolled_back": {"version": ("version", _keep), "from_version": ("from_version", _keep),
+                           "source": ("source", _keep)},
+    "config_refused": {"source": ("source", _keep), "step": ("step", _keep)},
+    "uplink_changed": {"up": ("up", _keep), "since": ("since", _keep), "reason": ("reason", _keep),
+                       "latency_ms": ("latency_ms", _keep)},
+    "service_health_changed": {"service": ("service", _keep), "state": ("state", _keep)},
+    "voucher_batch_created": {"count": ("count", _keep), "plan": ("plan", _keep),
+                              "duration": ("duration", _keep)},
+    "voucher_revoked": {"sessions_ended": ("sessions_ended", _keep)},
+    "voucher_released": {"sessions_ended": ("sessions_ended", _keep)},
+}
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """The publishable part of ``event``: its type and its allow-listed fields."""
+    plain = event.to_json()
+    data: dict[str, Any] = {"type": event.type}
+    for key, (name, transform) in EVENT_FIELDS.get(event.type, {}).items():
+        if name in plain:
+            data[key] = transform(plain[name])
+    return data
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What every status names: the software, when it started, its session counter."""
+
+    site: str
+    version: str
+    boot_time: int
+    session: int
+
+
+def status(who: Identity, config_version: str, online: bool = True) -> dict[str, Any]:
+    """The retained status; with ``online=False`` it is the Last Will."""
+    return {"v": VERSION, "online": online, "site": who.site, "version": who.version,
+            "config_version": config_version, "boot_time": who.boot_time,
+            "session": who.session}
+
+
+def message(who: Identity, seq: int, session: int, created: float, data: Mapping[str, Any]
+            ) -> dict[str, Any]:
+    """An outbox message as sent: ``session`` and ``created`` are those of its making,
+    ``seq`` its place in this gateway's sequence (the consumer dedupes by site and seq)."""
+    return {"v": VERSION, "site": who.site, "session": session, "seq": seq,
+            "time": round(created, 3), **data}
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact JSON, UTF-8."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,335 @@
+"""TelemetryService: the daemon's reports to the region's broker (docs/mqtt.md).
+
+Theory of operation
+-------------------
+Two tasks, both on the event loop:
+
+- **events**: follows the core facade's event stream (``GatewayOps.wait_events``,
+  the bus's replay ring), reduces each event to its allow-listed fields
+  (:mod:`gateway.telemetry.payloads`: no personal data) and commits them to the
+  durable outbox, a batch per transaction.
+- **connection**: waits a random start delay (up to ``start_delay_max``), then
+  connects; a failed attempt or a lost connection waits ``reconnect_min``
+  doubling to ``reconnect_max``, each shortened by a random part of up to
+  ``reconnect_jitter`` (:func:`reconnect_delay`). On every connect it publishes
+  the retained status (``online: true``, the session counter), then sends the
+  outbox from its lowest ``seq``, at most :data:`WINDOW` messages awaiting
+  their PUBACK at a time. A PUBACK removes its message (several per
+  transaction); a lost connection puts the ones in flight back, and the next
+  connection sends them again, in order, with the same ``seq``.
+
+The status is sent again when the running config changes (its
+``config_version``) and every ``status_interval``. Settings are read at each
+connect; a change of the ``[telemetry]`` section takes effect at the next
+connection (a later part will reconnect at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from gateway.clock import Clock
+from gateway.config.telemetry import Telemetry
+from gateway.core.events import Stamped
+from gateway.errors import StoreError
+from gateway.telemetry import payloads
+from gateway.telemetry.mqtt import Connect, Link, LinkError, LinkSettings
+from gateway.telemetry.outbox import InFlight, NewMessage, OutboxPort
+from gateway.telemetry.topics import Topics
+
+log = logging.getLogger("desanet.mqtt")
+
+STOP_DRAIN = 2.0  # a clean stop waits this long for the PUBACKs of messages in flight
+WINDOW = 20  # messages awaiting PUBACK at once (paho's default max_inflight_messages)
+EVENT_WAIT = 60.0  # long-poll of the event stream
+STORE_RETRY = 5.0  # after the outbox could not be written
+
+
+class EventSource(Protocol):
+    """The part of the core facade (GatewayOps) telemetry reads."""
+
+    async def wait_events(self, seq: int, timeout: float) -> list[Stamped]: ...
+
+
+def reconnect_delay(attempt: int, low: float, high: float, jitter: float,
+                    rng: random.Random) -> float:
+    """Seconds before attempt ``attempt`` + 1: ``low`` doubling to ``high``, minus up to
+    ``jitter`` of itself at random (pure, rng injected)."""
+    base = min(high, low * 2 ** max(0, min(attempt - 1, 40)))
+    return base * (1.0 - jitter * rng.random())
+
+
+class TelemetryService:
+    def __init__(self, settings: Callable[[], Telemetry], outbox: OutboxPort, connect: Connect,
+                 events: EventSource, config_version: Callable[[], str], version: str,
+                 clock: Clock, rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._connect = connect
+        self._events = events
+        self._config_version = config_version
+        self._version = version
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.boot_time = clock.now()
+        self.session = 0
+        self._link: Link | None = None
+        self._generation = 0
+        self._flight = InFlight()
+        self._acked: set[int] = set()  # acknowledged, not yet deleted from the outbox
+        self._flushing: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._status_due = False
+        self._stopping = False
+        self._in_use: Telemetry | None = None  # the settings of the current connection
+        self._reconfigured = asyncio.Event()
+        self._ack_seen = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # counters for `desanet status` and (later) the telemetry message
+        self.connects = 0
+        self.sent = 0
+        self.acked = 0
+        self.backlog = 0  # messages in the outbox (queued or awaiting their PUBACK)
+        self.last_connected: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    def status_json(self) -> dict[str, Any]:
+        """For `desanet status`: whether the gateway reports, and what waits to be sent."""
+        cfg = self._settings()
+        return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
+                "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
+                "connects": self.connects, "sent": self.sent, "acked": self.acked,
+                "last_connected": self.last_connected}
+
+    def identity(self) -> payloads.Identity:
+        return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
+
+    async def start(self) -> None:
+        """Count this start (the session counter, one fsync), then run both tasks.
+        Raises StoreError when the outbox cannot be written."""
+        self.session = await self._outbox.next_session()
+        self.backlog = await self._outbox.count()
+        log.info("telemetry session %d: reporting to %s as %s", self.session,
+                 self._settings().broker, self._settings().site_id)
+        self._tasks = [asyncio.create_task(self._kept(self._follow_events), name="telemetry-events"),
+                       asyncio.create_task(self._kept(self._run), name="telemetry-connection")]
+
+    async def _kept(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job``; a bug that raises is logged and the job starts again (after a pause),
+        so telemetry never stops for good while the gateway runs."""
+        while True:
+            try:
+                await job()
+            except Exception:
+                log.exception("telemetry %s failed; starting it again", job.__name__)
+                await self._sleep(STORE_RETRY)
+
+    async def stop(self) -> None:
+        """Stop both tasks; a connected link says goodbye with its Will (offline)."""
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_DRAIN
+        while self._link is not None and len(self._flight) and loop.time() < deadline:
+            self._ack_seen.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_seen.wait(), deadline - loop.time())
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close(will=True)
+        await self._flush_acks()
+
+    # -- events into the outbox ------------------------------------------------------------
+
+    async def _follow_events(self) -> None:
+        seq = 0
+        while True:
+            batch = await self._events.wait_events(seq, EVENT_WAIT)
+            if not batch:
+                continue
+            if batch[0].seq > seq + 1:
+                log.error("telemetry missed events %d-%d: the event ring moved past them",
+                          seq + 1, batch[0].seq - 1)
+            items = [NewMessage("event", s.time, json.dumps(payloads.event_data(s.event)))
+                     for s in batch]
+            try:
+                await self._outbox.add(self.session, items)
+            except StoreError as exc:
+                log.error("cannot queue %d event(s) for the broker: %s; trying again", len(items), exc)
+                await self._sleep(STORE_RETRY)
+                continue
+            seq = batch[-1].seq
+            self.backlog += len(items)
+            if any(s.event.type.startswith("config_") for s in batch):
+                self._status_due = True  # the status carries the config version
+                self._check_settings()
+            self._wake.set()
+
+    def _check_settings(self) -> None:
+        """A config that changed ``[telemetry]`` ends the connection with the Will (offline);
+        the next one uses the new settings, or none while telemetry is disabled."""
+        if self._in_use is not None and self._settings() != self._in_use:
+            log.info("MQTT: the telemetry settings changed; connecting again with the new ones")
+            self._lost.set()
+        self._reconfigured.set()
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        cfg = self._settings()
+        await self._sleep(self._rng.uniform(0, cfg.start_delay_max))
+        attempt = 0
+        while True:
+            cfg = self._settings()
+            if not cfg.enabled:
+                log.info("MQTT: telemetry is disabled; not connecting")
+                self._reconfigured.clear()
+                await self._reconfigured.wait()
+                continue
+            try:
+                link = await self._open(cfg)
+            except LinkError as exc:
+                attempt += 1
+                delay = reconnect_delay(attempt, cfg.reconnect_min, cfg.reconnect_max,
+                                        cfg.reconnect_jitter, self._rng)
+                log.warning("MQTT: %s; next attempt in %.1fs", exc, delay)
+                await self._sleep(delay)
+                continue
+            attempt = 1  # a lost connection waits reconnect_min (jittered) before the next
+            self.connects += 1
+            try:
+                await self._serve(link, cfg)
+            except (LinkError, StoreError) as exc:
+                log.warning("MQTT: %s; starting the connection over", exc)
+            finally:
+                self._link = None
+                self._generation += 1
+                back = self._flight.lost()
+                if back:
+                    log.info("MQTT: %d message(s) in flight will be sent again", len(back))
+                # a clean stop or new settings say goodbye with the Will (offline);
+                # a lost link cannot
+                await link.close(will=self._stopping or self._settings() != cfg)
+                self._in_use = None
+            if self._settings() != cfg:
+                attempt = 0
+                continue  # new settings: connect with them at once
+            delay = reconnect_delay(attempt, cfg.reconnect_min, cfg.reconnect_max,
+                                    cfg.reconnect_jitter, self._rng)
+            log.warning("MQTT connection lost; reconnecting in %.1fs", delay)
+            await self._sleep(delay)
+
+    async def _open(self, cfg: Telemetry) -> Link:
+        topics = Topics(cfg.topic_prefix, cfg.site_id)
+        will = payloads.encode(payloads.status(self.identity(), self._config_version(), online=False))
+        settings = LinkSettings(
+            host=cfg.host, port=cfg.port, client_id=f"desanet-{cfg.site_id}", keepalive=cfg.keepalive,
+            will_topic=topics.status, will_payload=will, tls=cfg.tls, ca_file=cfg.ca_file,
+            cert_file=cfg.cert_file, key_file=cfg.key_file, username=cfg.username,
+            password=cfg.password)
+        # The new generation counts before the CONNACK: a loss reported right after it (while
+        # this coroutine has not resumed yet) must not be taken for an old connection's.
+        self._generation += 1
+        generation = self._generation
+        self._lost.clear()
+        link = await self._connect(settings, lambda mid, ok: self._ack(generation, mid, ok),
+                                   lambda reason: self._gone(generation, reason))
+        self._link = link
+        self._in_use = cfg
+        self.last_connected = self._clock.now()
+        log.info("MQTT connected to %s:%d", cfg.host, cfg.port)
+        return link
+
+    def _publish_status(self, link: Link, topics: Topics) -> None:
+        body = payloads.status(self.identity(), self._config_version(), online=True)
+        link.publish(topics.status, payloads.encode(body), retain=True)
+        self._status_due = False
+
+    async def _serve(self, link: Link, cfg: Telemetry) -> None:
+        """Send until the connection is lost (returns) or fails (raises LinkError)."""
+        topics = Topics(cfg.topic_prefix, cfg.site_id)
+        who = self.identity()
+        self._publish_status(link, topics)
+        last_status = self._clock.monotonic()
+        cursor = 0
+        while not self._lost.is_set():
+            self._wake.clear()
+            if self._status_due or (cfg.status_interval and
+                                    self._clock.monotonic() - last_status >= cfg.status_interval):
+                self._publish_status(link, topics)
+                last_status = self._clock.monotonic()
+            room = WINDOW - len(self._flight)
+            if room > 0:
+                rows = await self._outbox.pending(after=cursor, limit=room)
+                if self._lost.is_set():
+                    break
+                for row in rows:
+                    cursor = row.seq
+                    if row.seq in self._acked:
+                        continue  # acknowledged on an earlier connection, delete pending
+                    body = payloads.message(who, row.seq, row.session, row.created, json.loads(row.body))
+                    topic = topics.event if row.kind == "event" else topics.telemetry
+                    self._flight.published(row.seq, link.publish(topic, payloads.encode(body)))
+                    self.sent += 1
+                if len(rows) == room:
+                    continue  # maybe more behind them
+            timeout = cfg.status_interval or None
+            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._lost.wait())]
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    def _ack(self, generation: int, mid: int, ok: bool) -> None:
+        if generation != self._generation:
+            return  # an old connection's late PUBACK: its messages are queued again anyway
+        if not ok:
+            seq = self._flight.refused(mid)
+            if seq is not None:
+                log.error("MQTT: the broker refused message %d (check the broker's ACL for this "
+                          "site); it stays queued and the connection starts over", seq)
+                self._gone(generation, "message refused")
+            return
+        seq = self._flight.acked(mid)
+        self._ack_seen.set()
+        if seq is None:
+            return  # the status (not from the outbox)
+        self._acked.add(seq)
+        self.acked += 1
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_acks(), name="telemetry-acks")
+        self._wake.set()
+
+    def _gone(self, generation: int, reason: str) -> None:
+        if generation == self._generation:
+            log.info("MQTT connection gone: %s", reason)
+            self._lost.set()
+
+    async def _flush_acks(self) -> None:
+        """Delete acknowledged messages, all that arrived meanwhile in one transaction."""
+        while self._acked:
+            batch = set(self._acked)
+            try:
+                self.backlog -= await self._outbox.ack(batch)
+            except StoreError as exc:
+                log.error("cannot remove %d sent message(s) from the outbox: %s (they may be "
+                          "sent again after a restart)", len(batch), exc)
+                return
+            self._acked -= batch

@@ -1,0 +1,179 @@
+"""Telemetry against a real Mosquitto in the lab's WAN: status, Last Will, durable events.
+
+The broker runs in the WAN namespace (the region's broker, reached over the
+gateway's uplink), with its own config and persistence; the gateway logs in
+over TLS with its device certificate (a test CA); the consumer is a
+real MQTT 5 subscriber with a persistent session beside it
+(tests/integration/mosquitto.py). The daemon is the lab's real one, with
+``[telemetry]`` pointing at the broker. Every payload seen is checked against
+docs/schemas (jsonschema).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from desanet_lab import LabInfo, LabSpec
+from desanet_lab import plan as p
+from gateway.sqlitedb import open_readonly
+from tests.integration.conftest import (
+    LAB_TOOLS,
+    LabFactory,
+    desanet_json,
+    ensure_gateway,
+    require_root,
+    require_tools,
+    start_gateway,
+    stop_gateway,
+    unique_prefix,
+    wait_until,
+)
+from tests.integration.mosquitto import Broker, Consumer, Pki, Received, free_port, make_pki
+
+pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "mosquitto")]
+
+PREFIX = unique_prefix("mq")
+SITE = "lab-mq"
+TOPICS = "desanet/v1/#"
+STATUS = f"desanet/v1/{SITE}/status"
+EVENT = f"desanet/v1/{SITE}/event"
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+SCHEMA = {STATUS: json.loads((SCHEMAS / "status.schema.json").read_text()),
+          EVENT: json.loads((SCHEMAS / "event.schema.json").read_text())}
+PORT, TLS_PORT = free_port(), free_port()  # the consumer's plain listener; the gateway's TLS one
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A region's CA, the broker's certificate for its WAN address, this gateway's certificate."""
+    return make_pki(tmp_path_factory.mktemp("pki"), host=p.WAN_ISP_V4, device=SITE)
+
+
+@pytest.fixture(scope="module")
+def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
+    telemetry = {"enabled": True, "broker": f"mqtts://{p.WAN_ISP_V4}:{TLS_PORT}", "site_id": SITE,
+                 "ca_file": str(pki.ca), "cert_file": str(pki.device_cert),
+                 "key_file": str(pki.device_key),
+                 "start_delay_max": "0s", "reconnect_min": "1s", "reconnect_max": "2s",
+                 "keepalive": "30s"}
+    return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
+                            extra={"telemetry": telemetry}))
+
+
+@pytest.fixture(scope="module")
+def broker(lab: LabInfo, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with Broker(tmp_path_factory.mktemp("broker"), PORT, host=p.WAN_ISP_V4, ns=lab.wan,
+                tls_port=TLS_PORT, pki=pki) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def consumer(broker: Broker) -> Iterator[Consumer]:
+    with broker.consumer(TOPICS) as c:
+        yield c
+
+
+def valid(m: Received) -> dict[str, Any]:
+    body: dict[str, Any] = m.json
+    jsonschema.validate(body, SCHEMA[m.topic])
+    return body
+
+
+def status_is(online: bool, session: int | None = None) -> Callable[[Received], bool]:
+    def match(m: Received) -> bool:
+        if m.topic != STATUS:
+            return False
+        body = valid(m)
+        return body["online"] is online and (session is None or body["session"] == session)
+    return match
+
+
+def retained_status(broker: Broker, tag: str) -> dict[str, Any]:
+    """What a new subscriber is given for the status topic (the retained message)."""
+    with broker.consumer(STATUS, client_id=f"probe-{tag}") as probe:
+        got = probe.wait_for(lambda m: m.retain, 10, "the retained status")
+    return valid(got)
+
+
+def test_online_on_connect_offline_will_after_kill_then_online_with_a_new_session(
+        lab: LabInfo, broker: Broker, consumer: Consumer) -> None:
+    start_gateway(lab)
+    online = valid(consumer.wait_for(status_is(True), 30, "the gateway's online status"))
+    assert online["site"] == SITE and online["session"] >= 1
+    assert online["config_version"] == desanet_json(lab.control_socket, "status")["config"]["version"]
+    assert retained_status(broker, "1") == online  # retained: a late subscriber sees it
+
+    seen = len(consumer.messages())
+    stop_gateway(lab, signal.SIGKILL)
+    will = valid(consumer.wait_for(status_is(False, online["session"]), 30, "the offline Will",
+                                   after=seen))
+    assert will["boot_time"] == online["boot_time"]
+    assert retained_status(broker, "2")["online"] is False
+
+    seen = len(consumer.messages())
+    start_gateway(lab)
+    again = valid(consumer.wait_for(status_is(True), 30, "online again", after=seen))
+    assert again["session"] == online["session"] + 1
+    assert retained_status(broker, "3") == again
+    for m in consumer.messages():
+        valid(m)  # every payload seen, not only those waited for
+
+
+def outbox_size(lab: LabInfo) -> int:
+    conn = open_readonly(Path(lab.state_dir) / "state" / "telemetry.db")
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _batch_events(consumer: Consumer, after: int) -> list[dict[str, Any]]:
+    return [valid(m) for m in consumer.messages()[after:]
+            if m.topic == EVENT and m.json["type"] == "voucher_batch_created"]
+
+
+def test_events_made_while_the_broker_is_down_arrive_in_order_across_a_kill(
+        lab: LabInfo, broker: Broker, consumer: Consumer) -> None:
+    ensure_gateway(lab)
+    consumer.wait_for(status_is(True), 30, "the gateway online")
+    seen = len(consumer.messages())
+    broker.stop()
+    counts = [1, 2, 3]
+    for n in counts:  # each batch is one event on the bus, queued in the outbox
+        desanet_json(lab.control_socket, "vouchers", "create", "--count", str(n), "--duration", "1h")
+    assert outbox_size(lab) >= len(counts)
+    stop_gateway(lab, signal.SIGKILL)  # the queued events exist only in the outbox now
+    start_gateway(lab)
+    for n in (4, 5):
+        desanet_json(lab.control_socket, "vouchers", "create", "--count", str(n), "--duration", "1h")
+    broker.start()
+    counts += [4, 5]
+
+    def all_arrived() -> bool:
+        return len({e["seq"] for e in _batch_events(consumer, seen)}) >= len(counts)
+    wait_until(all_arrived, 60, "every voucher batch event at the consumer")
+    events = _batch_events(consumer, seen)
+    first: dict[int, dict[str, Any]] = {}
+    for e in events:  # QoS 1 may repeat one: the same seq, the same content
+        assert first.setdefault(e["seq"], e) == e
+    seqs = [e["seq"] for e in events if first[e["seq"]] is e]
+    assert seqs == sorted(seqs), f"not in sequence order: {seqs}"
+    assert [first[s]["count"] for s in seqs] == counts  # none lost, none reordered
+    sessions = [first[s]["session"] for s in seqs]
+    assert sessions[0] == sessions[2] < sessions[3] == sessions[4]  # made before / after the kill
+    for e in events:
+        assert not {"mac", "ip", "code", "voucher", "batch"} & set(e)
+    consumer.wait_for(status_is(True, sessions[3]), 30, "the status of the new session", after=seen)
+    # a message leaves the outbox once the broker acknowledged it
+    wait_until(lambda: outbox_size(lab) == 0, 30, "the outbox to empty")
+    tel = desanet_json(lab.control_socket, "status")["telemetry"]
+    assert tel["connected"] and tel["backlog"] == 0 and tel["session"] == sessions[3]
+    for m in consumer.messages():
+        valid(m)
