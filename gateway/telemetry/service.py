@@ -34,6 +34,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from gateway.asynctools import wait_event
 from gateway.clock import Clock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
@@ -143,8 +144,7 @@ class TelemetryService:
         deadline = loop.time() + STOP_DRAIN
         while self._link is not None and len(self._flight) and loop.time() < deadline:
             self._ack_seen.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_seen.wait(), deadline - loop.time())
+            await wait_event(self._ack_seen, deadline - loop.time())
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
