@@ -28,7 +28,9 @@ forms gets a one-time token on every answer). Anything else falls through to the
 path, unchanged.
 
 ``Age`` (RFC 9111 §5.1) is the only part that changes: the header set is rebuilt when
-the whole-second age changes, at most once a second per object.
+the whole-second age changes, at most once a second per object. The hit is counted in
+the proxy's metrics as the full path counts it, and the store's LRU time of the entry is
+updated at most once a second (``TOUCH_EVERY``).
 
 Coherence: the store calls ``forget`` (``CacheStore.on_change``) after every change to
 a key's entries (insert, replacement, 304 update, delete, eviction, close), possibly
@@ -66,6 +68,9 @@ MAX_PREPARED_BYTES = 16 * 1024 * 1024  # their bodies, in all (they share the st
 # A prepared answer is re-derived from the full path at least this often, so the fast
 # path can never run far ahead of the rules even for a long max-age.
 MAX_PREPARED_FOR = 60.0
+# The store's LRU time of a busy object is updated at most this often (seconds): recency
+# to the second is all eviction needs, and the touch takes the store's lock.
+TOUCH_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -80,6 +85,7 @@ class Prepared:
     initial_age: float
     age: int  # the whole-second age ``headers`` carry
     headers: CIMultiDict[str]
+    touched: float = 0.0  # when the store last heard of a hit on it
 
 
 class HitPath:
@@ -125,7 +131,9 @@ class HitPath:
         if age != prep.age:
             prep.headers = _client_headers(prep.meta, now)
             prep.age = age
-        self.store.touch(prep.entry_id, now)
+        if now - prep.touched >= TOUCH_EVERY:
+            self.store.touch(prep.entry_id, now)
+            prep.touched = now
         metrics = self._metrics
         metrics.requests += 1
         metrics.hits += 1

@@ -127,7 +127,15 @@ async def test_metrics_and_lru_follow_fast_hits(tmp_path: Path, clock: Clock) ->
         assert metrics.requests == requests + 3
         assert metrics.bytes_from_cache == sent + 3 * len(SMALL)
         url = site.services.services()[SLUG].upstream
-        assert site.services.store.lookup(f"GET {url}/a")[0].last_used == clock.now
+        store = site.services.store
+        assert store.lookup(f"GET {url}/a")[0].last_used == clock.now
+        touched = clock.now
+        clock.now += 0.5
+        await site.get("/a")
+        assert store.lookup(f"GET {url}/a")[0].last_used == touched  # once a second at most
+        clock.now += 0.6
+        await site.get("/a")
+        assert store.lookup(f"GET {url}/a")[0].last_used == clock.now
 
 
 # -- what must fall through to the full path ---------------------------------------------
