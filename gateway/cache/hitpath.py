@@ -109,6 +109,11 @@ class HitPath:
     def __len__(self) -> int:
         return len(self._prepared)
 
+    @property
+    def bytes(self) -> int:
+        """Body bytes the prepared answers hold (shared with the store's body memory)."""
+        return self._bytes
+
     # -- the fast path ---------------------------------------------------------------------
 
     def answer(self, request: web.Request, config: Config) -> web.Response | None:
@@ -151,6 +156,9 @@ class HitPath:
                 or resp.headers.get("Cache-Status") != HIT
                 or any(name in request.headers for name in _DISQUALIFYING)):
             return
+        health = self._health.get(service.slug)
+        if health is not None and health.state == "offline":
+            return  # it would not be used until the service is back
         changes = self.store.changes
         entries = self.store.lookup(key)
         if len(entries) != 1:
@@ -176,6 +184,7 @@ class HitPath:
             return  # the entry changed while this was built: the next hit learns again
         target = request.raw_path
         with self._lock:
+            self._drop_locked(target)  # an older answer (another configuration)
             self._make_room(len(body))
             self._prepared[target] = prep
             self._targets.setdefault(key, set()).add(target)

@@ -204,6 +204,7 @@ async def test_offline_service_takes_the_full_path(tmp_path: Path, clock: Clock)
         await warm(site, "/a")
         site.services.uplink_lost()
         await site.get("/a")
+        await site.get("/a")
         assert served(site) == 0
 
 
@@ -218,6 +219,7 @@ async def test_config_reload_takes_the_full_path(tmp_path: Path, clock: Clock) -
         assert served(site) == 0
         await site.get("/a")  # prepared again under the new configuration
         assert served(site) == 1
+        assert (len(site.services.hits), site.services.hits.bytes) == (1, len(SMALL))
 
 
 # -- prepared answers go when the stored entry changes -----------------------------------
@@ -307,3 +309,20 @@ async def test_store_close_forgets_everything(tmp_path: Path, clock: Clock) -> N
         hits = site.services.hits
         assert len(hits) == 1
     assert len(hits) == 0
+
+
+async def test_prepared_answers_are_bounded(tmp_path: Path, clock: Clock,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cache import hitpath
+    monkeypatch.setattr(hitpath, "MAX_PREPARED", 2)
+    async with cache_site(tmp_path) as site:
+        hits = site.services.hits
+        for name in ("/a", "/b", "/c"):
+            site.origin.script(name, Answer(200, PLAIN, SMALL))
+            await warm(site, name)
+        assert (len(hits), hits.bytes) == (2, 2 * len(SMALL))
+        await site.get("/a")  # the oldest went: full path (which prepares it again)
+        assert served(site) == 0
+        await site.get("/c")
+        assert served(site) == 1
+        assert (len(hits), hits.bytes) == (2, 2 * len(SMALL))
