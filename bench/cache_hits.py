@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 ORIGIN_PORT = 18090
 DESANET_PORT = 18081
 NGINX_PORT = 18082
+BARE_PORT = 18083
 SMALL_BYTES = 2048
 BIG_MB = 50
 SMALL_PATH = f"/dukcapil/big?mb={SMALL_BYTES / 1048576!r}"
@@ -153,16 +154,18 @@ def serve_origin(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def serve_desanet(port: int, state_dir: Path, origin: int) -> None:
+def serve_desanet(port: int, state_dir: Path, origin: int, hit_path: bool = True) -> None:
     from aiohttp import web
 
     from gateway.cache.service import LocalServices
     from gateway.config import parse_config_text
+    from gateway.daemon import eventloop
 
     cfg = parse_config_text(CONFIG_TOML.format(origin=origin), source="bench")
 
     async def main() -> None:
         local = LocalServices(lambda: cfg, state_dir)
+        local.hits.enabled = hit_path
         await local.start()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", local.handle)
@@ -175,7 +178,36 @@ def serve_desanet(port: int, state_dir: Path, origin: int) -> None:
         await runner.cleanup()
         await local.stop()
 
-    asyncio.run(main())
+    factory, which = eventloop.choose()  # the daemon's loop (DESANET_EVENT_LOOP)
+    print(f"desanet: event loop {which}", flush=True)
+    eventloop.run(main(), factory)
+
+
+def serve_bare(port: int) -> None:
+    """The ceiling of the HTTP stack: a bare aiohttp handler answering a constant body
+    from memory with the daemon's loop and server settings (no cache, no routing work)."""
+    from aiohttp import web
+
+    from gateway.daemon import eventloop
+
+    body = b"x" * SMALL_BYTES
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    factory, _ = eventloop.choose()
+    eventloop.run(main(), factory)
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -223,8 +255,11 @@ class Bench:
         state = self.tmp / "desanet-state"
         state.mkdir()
         self.spawn("desanet", [*me, "--serve-desanet", str(DESANET_PORT), "--state-dir",
-                               str(state)], self.server_cpu)
+                               str(state), *(["--no-hit-path"] if self.args.no_hit_path else [])],
+                   self.server_cpu)
         self.wait_port(DESANET_PORT, "desanet")
+        self.spawn("bare", [*me, "--serve-bare", str(BARE_PORT)], self.server_cpu)
+        self.wait_port(BARE_PORT, "bare")
         user = "www-data"
         with contextlib.suppress(KeyError, OSError):
             import pwd
@@ -357,31 +392,42 @@ def desanet_rss(b: Bench) -> int:
     return 0
 
 
+SERVERS = ("desanet", "nginx", "bare")
+PORTS = {"desanet": DESANET_PORT, "nginx": NGINX_PORT, "bare": BARE_PORT}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, list[dict[str, float]]]] = {
-        name: {"small": [], "one": [], "big": []} for name in ("desanet", "nginx")}
+        name: {"small": [], "one": [], "big": []} for name in SERVERS}
     with bench(args) as b:
         b.warm()
         warm_stats = b.origin_stats()
         rss_before = desanet_rss(b)
         for rep in range(args.repeats):
-            order = ("desanet", "nginx") if rep % 2 == 0 else ("nginx", "desanet")
+            # Rotate the order, so no server always runs right after another one.
+            order = SERVERS[rep % 3:] + SERVERS[:rep % 3]
             for name in order:
-                port = DESANET_PORT if name == "desanet" else NGINX_PORT
+                port = PORTS[name]
                 results[name]["small"].append(
                     b.wrk(f"http://127.0.0.1:{port}{SMALL_PATH}", args.connections, args.duration))
                 results[name]["one"].append(
                     b.wrk(f"http://127.0.0.1:{port}{SMALL_PATH}", 1, args.duration))
-                results[name]["big"].append(
-                    b.wrk(f"http://127.0.0.1:{port}{BIG_PATH}", 4, args.duration))
+                if name != "bare":  # the bare handler has no big object
+                    results[name]["big"].append(
+                        b.wrk(f"http://127.0.0.1:{port}{BIG_PATH}", 4, args.duration))
         rss_after = desanet_rss(b)
         after = b.origin_stats()
         diff = {path: n - warm_stats.get(path, 0) for path, n in after.items()}
-        diff["/_lab/stats"] -= 1  # this stats call
+        # The origin counts each request twice, by path and by "METHOD path".
+        for name in ("/_lab/stats", "GET /_lab/stats"):
+            diff[name] = diff.get(name, 0) - 1  # this stats call
         upstream_during = diff.pop("/big", 0)
-        other = {path: n for path, n in diff.items() if n}
+        other = {path: n for path, n in diff.items()
+                 if n and " " in path and not path.endswith(" /big")}
+        said = re.search(r"desanet: event loop (.*)", (b.tmp / "desanet.log").read_text())
     return {"results": results, "upstream_during": upstream_during, "upstream_other": other,
-            "rss_mb": (rss_before / 1e6, rss_after / 1e6)}
+            "rss_mb": (rss_before / 1e6, rss_after / 1e6),
+            "loop": said.group(1) if said else "event loop unknown"}
 
 
 def median(rows: list[dict[str, float]], key: str) -> float:
@@ -402,8 +448,11 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> None:
     print(f"wrk: 1 thread; small object {SMALL_BYTES} B with {args.connections} connections, "
           f"and 1 connection, {BIG_MB} MiB object with 4 connections; {args.duration} s per run, median of "
           f"{args.repeats}; server on CPU 0, wrk on CPU 1")
+    print(f"desanet: {out['loop']}; hit path {'off' if args.no_hit_path else 'on'}; "
+          "bare: an aiohttp handler answering the same 2 KiB from memory, same loop")
     print()
-    head = f"{'':34}{'desanet':>12}{'nginx':>12}{'desanet/nginx':>15}"
+    head = (f"{'':34}{'desanet':>12}{'bare':>12}{'nginx':>12}{'desanet/nginx':>15}"
+            f"{'bare/nginx':>12}")
     print(head)
     rows = [
         ("small: requests/s", "small", "rps", 1.0, "{:12.0f}"),
@@ -417,7 +466,13 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> None:
     for label, kind, key, scale, fmt in rows:
         d = median(res["desanet"][kind], key) * scale
         n = median(res["nginx"][kind], key) * scale
-        print(f"{label:34}{fmt.format(d)}{fmt.format(n)}{d / n:15.2f}")
+        if res["bare"][kind]:
+            bare = median(res["bare"][kind], key) * scale
+            bare_cols = f"{fmt.format(bare)}"
+            ratio = f"{bare / n:12.2f}"
+        else:
+            bare_cols, ratio = f"{'-':>12}", f"{'-':>12}"
+        print(f"{label:34}{fmt.format(d)}{bare_cols}{fmt.format(n)}{d / n:15.2f}{ratio}")
     print()
     print(f"upstream requests for the benchmarked objects during the timed runs: "
           f"{out['upstream_during']} (0 = every timed request was a cache hit)")
@@ -438,15 +493,21 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32,
                     help="keep-alive connections for the small object (default 32)")
     ap.add_argument("--json", action="store_true", help="also print every run as JSON")
+    ap.add_argument("--no-hit-path", action="store_true",
+                    help="desanet without its prepared-answer hit path (for a before/after)")
     ap.add_argument("--serve-origin", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-desanet", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_origin:
         serve_origin(args.serve_origin)
         return 0
     if args.serve_desanet:
-        serve_desanet(args.serve_desanet, args.state_dir, ORIGIN_PORT)
+        serve_desanet(args.serve_desanet, args.state_dir, ORIGIN_PORT, not args.no_hit_path)
+        return 0
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
         return 0
     missing = missing_requirements()
     if missing:

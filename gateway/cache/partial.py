@@ -266,5 +266,6 @@ def publish(store: CacheStore, writer: PartialWriter) -> Entry | None:
         entry = Entry(entry_id, writer.key, meta, size, writer.path, now,
                       None if done else PartialState(writer.length, held))
         store._index.add(entry)
+        store._changed(writer.key)  # e.g. a prepared hit (hitpath.py) of this key must go
         store._evict()
     return entry

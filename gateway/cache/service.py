@@ -25,6 +25,7 @@ from gateway import timefmt
 from gateway.cache import forms, forward, pages, unsafe
 from gateway.cache.delivery import Deliverer
 from gateway.cache.health import ServiceHealth
+from gateway.cache.hitpath import HitPath
 from gateway.cache.outbox import Outbox, QueueFull, Submission, SubmissionTooLarge, normalize_ref
 from gateway.cache.prefetch import Prefetcher
 from gateway.cache.proxy import CachingProxy, ClientBusy, UpstreamDown
@@ -63,6 +64,7 @@ class LocalServices:
         self.deliverer = Deliverer(self.outbox, self._upstream_for,
                                    timeout=float(cfg.request_timeout))
         self.prefetcher = Prefetcher(self.store, self.proxy)
+        self.hits = HitPath(self.store, self.health, self.proxy.metrics)
         self._prefetched_for: Config | None = None  # the configuration the last prefetch saw
         # Per-request lookups, rebuilt when the configuration object changes (reload).
         self._services_of: tuple[Config | None, dict[str, GovService]] = (None, {})
@@ -132,6 +134,9 @@ class LocalServices:
         failure here (the store's StoreError, a full disk) is caught here: a clear page
         in the villager's language, and the traceback logged once.
         """
+        fast = self.hits.answer(request, self._config())  # a fresh hit prepared earlier
+        if fast is not None:
+            return fast
         try:
             return await self._route(request)
         except web.HTTPException:
@@ -175,7 +180,9 @@ class LocalServices:
         rewrite = self._rewriter(service)
         try:
             if request.method in SAFE_METHODS:
-                return await self.proxy.get(request, service, url, rewrite, cfg.site.timezone)
+                resp = await self.proxy.get(request, service, url, rewrite, cfg.site.timezone)
+                self.hits.learn(request, cfg, service, f"GET {url}", resp)
+                return resp
             return await self._submit(request, cfg, pages.pick_lang(request, cfg), service, url,
                                       rest, query, rewrite)
         except UpstreamDown:

@@ -48,7 +48,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -227,6 +227,9 @@ class CacheStore:
         self._last_flush = time.monotonic()
         self._index = MemIndex()
         self._bodies = BodyCache(body_cache_bytes, body_cache_item)
+        # Change notifications for views built on top of the index (gateway/cache/hitpath.py).
+        self.changes = 0  # bumped after every change to the index, before the listeners run
+        self._listeners: list[Callable[[str | None], None]] = []
         try:
             for sub in ("bodies", "tmp"):
                 (self.directory / sub).mkdir(parents=True, exist_ok=True)
@@ -475,6 +478,7 @@ class CacheStore:
             self._total += writer.size - sum(r[1] for r in old)
             entry = Entry(int(cur.lastrowid or 0), writer.key, writer.meta, writer.size, final, now)
             self._index.add(entry)
+            self._changed(writer.key)
             self._evict()
         return entry
 
@@ -508,8 +512,22 @@ class CacheStore:
     def _forget(self, entry_id: int) -> None:
         """Drop a deleted row from the memory views (lock held, after the commit)."""
         self._touches.pop(entry_id, None)
-        self._index.remove(entry_id)
+        old = self._index.remove(entry_id)
         self._bodies.discard(entry_id)
+        if old is not None:
+            self._changed(old.key)
+
+    def on_change(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(key)`` after every change to the entries of ``key`` (insert,
+        replacement, 304 update, delete, eviction), ``listener(None)`` when everything goes
+        (close).  It runs with the store's lock held, possibly on a worker thread: it must
+        be quick and must not call the store."""
+        self._listeners.append(listener)
+
+    def _changed(self, key: str | None) -> None:
+        self.changes += 1
+        for listener in self._listeners:
+            listener(key)
 
     def _evict(self) -> None:
         """Delete least recently used entries until the total fits (lock held)."""
@@ -554,6 +572,7 @@ class CacheStore:
             if old is not None:  # same body: the cached bytes stay valid
                 self._index.replace(Entry(old.id, old.key, meta, old.size, old.path, old.last_used,
                                           old.partial))
+                self._changed(old.key)
 
     def touch(self, entry_id: int, now: float) -> None:
         """Record a hit for LRU; in memory, flushed in batches (see module docstring)."""
@@ -601,6 +620,7 @@ class CacheStore:
                 self._flush_touches()
             self._index.clear()
             self._bodies.clear()
+            self._changed(None)
             self._db.close()
             self._lockfile.close()
 

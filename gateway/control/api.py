@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,10 @@ class Origin:
 
     connection: int
     login_session: int | None
+    # The connection's transport itself, held while this origin is remembered: a closed
+    # transport's id() may be reused by the next connection's (uvloop keeps a free list
+    # of transport objects), so a new connection could otherwise look like the old one.
+    transport: object = field(default=None, compare=False, repr=False)
 
 
 _NO_SESSION = 4294967295  # (u32)-1: the process has no login session (e.g. started by init)
@@ -110,7 +114,7 @@ def _origin(request: web.Request) -> Origin:
             session = None if value == _NO_SESSION else value
         except (OSError, ValueError):
             session = None  # the peer is gone or the kernel has no audit sessions
-    return Origin(id(transport), session)
+    return Origin(id(transport), session, transport)
 
 
 def _out(model: type[Out], data: dict[str, Any]) -> dict[str, Any]:

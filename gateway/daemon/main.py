@@ -42,7 +42,7 @@ from gateway.core.reconcile import (
 from gateway.core.sessions import SessionService
 from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
-from gateway.daemon import systemd
+from gateway.daemon import eventloop, systemd
 from gateway.daemon.servers import DaemonServers, raise_file_limit
 from gateway.errors import ConfigError, DesanetError, StoreError
 from gateway.firewall.adapter import Firewall, KernelFirewall
@@ -402,4 +402,6 @@ def software_version() -> str:
 
 
 def run_daemon(config_path: str) -> None:
-    asyncio.run(Daemon(config_path).run())
+    factory, which = eventloop.choose()
+    log.info("event loop: %s", which)
+    eventloop.run(Daemon(config_path).run(), factory)

@@ -107,8 +107,11 @@ class _Counted(asyncio.Protocol):
 
 class _Refused(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()  # a reset at once: the handle is free again before the next accept
+        # A reset at once: the handle is free again before the next accept. (uvloop's
+        # transports are not asyncio.Transport subclasses: ask for abort, not the type.)
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
 
 
 class CappedFactory:
