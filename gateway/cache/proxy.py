@@ -425,9 +425,18 @@ class CachingProxy:
 
     async def _freshen(self, entry: Entry, upstream: aiohttp.ClientResponse,
                        request_time: float) -> Entry:
-        """Apply a 304 to the stored copy (RFC 9111 4.3.4); return the updated entry."""
-        meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
-                                      request_time, time.time())
+        """Apply a 304 to the stored copy (RFC 9111 4.3.4); return the updated entry.
+
+        A 304 whose ETag names another representation than the stored one must not
+        update it (4.3.4): the copy is left as it was. It still answers this request
+        (the origin said 304 to the stored copy's own validators), and the next one
+        revalidates again."""
+        headers_304 = header_dict(upstream.headers)
+        if not rules.freshen_applies(entry.meta, headers_304):
+            log.warning("cache: %s: a 304 with another ETag (%s) left the stored copy as it was",
+                        entry.key, headers_304.get("etag"))
+            return entry
+        meta = rules.freshen_with_304(entry.meta, headers_304, request_time, time.time())
         await asyncio.to_thread(self.store.update_meta, entry.id, meta)
         return Entry(entry.id, entry.key, meta, entry.size, entry.path, entry.last_used)
 

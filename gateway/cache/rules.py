@@ -87,8 +87,10 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
+# They describe the stored body (Content-MD5 is a digest of it; ETag names it and only a
+# 304 with the same ETag updates at all, see freshen_applies), or they are kept for privacy.
 _NOT_FROM_304 = frozenset({"content-length", "content-encoding", "content-range", "content-type",
-                           "set-cookie", "vary"})
+                           "content-md5", "etag", "set-cookie", "vary"})
 
 
 # --------------------------------------------------------------------------- stored metadata
@@ -479,9 +481,10 @@ def freshen_with_304(stored: StoredMeta, response_304_headers: Headers, request_
                      response_time: float) -> StoredMeta:
     """Merge a 304's headers into the stored response (RFC 9111 §3.2, §4.3.4).
 
-    Content-Length, Content-Encoding, Content-Range, Content-Type, Vary and
-    Set-Cookie are kept from the stored response (they describe the body we
-    hold); hop-by-hop fields are ignored.  The times are replaced, so the age
+    Content-Length, Content-Encoding, Content-Range, Content-Type, Content-MD5,
+    ETag, Vary and Set-Cookie are kept from the stored response (they describe the
+    body we hold; §3.2 lets a cache keep the fields its stored body depends on);
+    hop-by-hop fields are ignored.  Call it only when ``freshen_applies``.  The times are replaced, so the age
     restarts from the 304's Date / Age.
     """
     incoming = storable_headers(response_304_headers)

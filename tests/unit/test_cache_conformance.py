@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cache.rules import format_http_date
+from gateway.cache.rules import StoredMeta, format_http_date, freshen_applies, freshen_with_304
 from tests.unit.cachesite import Answer, cache_site
 
 # -- 1. a villager's conditional GET answered from a fresh stored copy (RFC 9111 §4.3.2) -------
@@ -73,3 +73,59 @@ async def test_a_conditional_request_for_a_stale_copy_is_revalidated_first(tmp_p
         assert resp.status == 304 and resp.headers["ETag"] == '"v1"'
         assert len(site.origin.requests_for("/a")) == 2
         assert site.origin.requests_for("/a")[1].headers["if-none-match"] == '"v1"'
+
+
+# -- 3. what a 304 updates in the stored copy (RFC 9111 §3.2, §4.3.4) ------------------------
+
+STORED_304 = StoredMeta(200, {"etag": '"v1"', "content-md5": "rL0Y20zC+Fzt72VPzMSk2A==",
+                              "content-type": "text/plain", "cache-control": "max-age=2",
+                              "x-note": "old", "content-length": "4"}, NOW - 10, NOW - 10)
+
+# (field in the 304, value, the stored value afterwards)
+FIELDS_FROM_304 = [
+    ("x-note", "new", "new"),  # any other field is replaced
+    ("cache-control", "max-age=60", "max-age=60"),
+    ("content-md5", "N7UdGUp1E+RbVvZSTy1R8g==", "rL0Y20zC+Fzt72VPzMSk2A=="),  # digest of our body
+    ("etag", 'W/"v1"', '"v1"'),  # names our body
+    ("content-type", "text/plain;charset=utf-8", "text/plain"),  # kept: describes our bytes
+    ("content-length", "0", "4"),
+    ("set-cookie", "a=1", None),  # never stored
+    ("connection", "close", None),  # hop-by-hop
+]
+
+
+@pytest.mark.parametrize(("name", "value", "after"), FIELDS_FROM_304)
+def test_the_fields_a_304_updates(name: str, value: str, after: str | None) -> None:
+    incoming = {"etag": '"v1"', name: value} if name != "etag" else {name: value}
+    assert freshen_applies(STORED_304, incoming)
+    meta = freshen_with_304(STORED_304, incoming, NOW, NOW)
+    assert meta.headers.get(name) == after
+    assert meta.response_time == NOW  # the age restarts
+
+
+# (ETag in the 304, whether it selects the stored '"v1"')
+SELECTS = [(None, True), ('"v1"', True), ('W/"v1"', True), ('"v2"', False), ('W/"v2"', False)]
+
+
+@pytest.mark.parametrize(("etag", "selects"), SELECTS)
+def test_a_304_updates_only_the_copy_its_etag_names(etag: str | None, selects: bool) -> None:
+    assert freshen_applies(STORED_304, {} if etag is None else {"etag": etag}) is selects
+
+
+async def test_a_304_naming_another_etag_leaves_the_stored_copy_as_it_was(tmp_path: Path) -> None:
+    async with cache_site(tmp_path) as site:
+        site.origin.script(
+            "/a",
+            Answer(200, {"Cache-Control": "max-age=0", "ETag": '"v1"', "Content-MD5": "old"}, b"x"),
+            Answer(304, {"Cache-Control": "max-age=3600", "ETag": '"v2"', "Content-MD5": "new"}, b""),
+            Answer(304, {"Cache-Control": "max-age=3600", "ETag": '"v1"', "Content-MD5": "new"}, b""))
+        await site.get("/a")
+        resp, body = await site.get("/a")  # the origin's 304 answers this request ...
+        assert (resp.status, body, resp.headers["ETag"]) == (200, b"x", '"v1"')
+        assert resp.headers["Content-MD5"] == "old"
+        resp, body = await site.get("/a")  # ... but did not freshen the copy: asked again
+        assert len(site.origin.requests_for("/a")) == 3
+        assert (resp.status, body, resp.headers["ETag"]) == (200, b"x", '"v1"')
+        assert resp.headers["Content-MD5"] == "old"  # a matching 304 keeps it too
+        await site.get("/a")  # now fresh for an hour
+        assert len(site.origin.requests_for("/a")) == 3
