@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from gateway.cache.rules import StoredMeta, format_http_date, freshen_applies, freshen_with_304
 from tests.unit.cachesite import Answer, cache_site
@@ -129,3 +130,43 @@ async def test_a_304_naming_another_etag_leaves_the_stored_copy_as_it_was(tmp_pa
         assert resp.headers["Content-MD5"] == "old"  # a matching 304 keeps it too
         await site.get("/a")  # now fresh for an hour
         assert len(site.origin.requests_for("/a")) == 3
+
+
+# -- 5. extension methods reach the origin and invalidate like any unsafe method (§4.4) -------
+
+# (method, the origin's status for it, whether the stored /a, /loc and /cl are dropped)
+INVALIDATING = [
+    ("M-SEARCH", 200, True),
+    ("PROPFIND", 207, True),
+    ("M-SEARCH", 302, True),
+    ("M-SEARCH", 500, False),  # a failed request changes nothing
+    ("M-SEARCH", 404, False),
+    ("OPTIONS", 200, False),  # safe (RFC 9110 §9.2.1)
+    ("POST", 200, True),
+]
+
+
+@pytest.mark.parametrize(("method", "status", "dropped"), INVALIDATING)
+async def test_an_unsafe_extension_method_invalidates_the_urls_it_names(
+        tmp_path: Path, method: str, status: int, dropped: bool) -> None:
+    async with cache_site(tmp_path) as site:
+        fresh = {"Cache-Control": "max-age=3600"}
+        for path in ("/a", "/loc", "/cl"):
+            site.origin.script(path, Answer(200, fresh, f"page {path}"))
+            await site.get(path)
+
+        async def answer(request: web.Request) -> web.StreamResponse:
+            if request.method == "GET":
+                return web.Response(text="page /a", headers=fresh)
+            return web.Response(status=status, text=f"{request.method} answered",
+                                headers={"Location": "/loc", "Content-Location": "/cl"})
+
+        site.origin.script("/a", answer)
+        resp, body = await site.request(method, "/a", data=b"body")
+        assert (resp.status, body) == (status, f"{method} answered".encode())
+        (seen,) = [s for s in site.origin.requests_for("/a") if s.method == method]
+        assert seen.body == b"body"
+        for path in ("/a", "/loc", "/cl"):
+            await site.get(path)
+            gets = [s for s in site.origin.requests_for(path) if s.method == "GET"]
+            assert len(gets) == (2 if dropped else 1), path
