@@ -155,6 +155,7 @@ class LocalServices:
     async def _route(self, request: web.Request) -> web.StreamResponse:
         cfg = self._config()
         self.proxy.max_misses_per_client = cfg.local_services.max_misses_per_client
+        self.proxy.max_waiting_per_client = cfg.local_services.max_waiting_per_client
         path = request.path
         if path == "/" or path == "/kiriman" or path.startswith("/kiriman/"):
             if request.method not in SAFE_METHODS:
@@ -271,7 +272,7 @@ class LocalServices:
                                                    limit=f"{limits.max_body / 1048576:g}"))
         req_h = header_dict(request.headers)
         request_time = time.time()
-        with self.proxy.fetch_slot(request):
+        async with self.proxy.fetch_slot(request):
             mark_metered(request)  # the upstream's answer: shaped in the villager's class
             upstream = await self.proxy.open_upstream(
                 service, request.method, url, self.proxy.forward_headers(req_h),
@@ -310,7 +311,7 @@ class LocalServices:
         if self._health_of(service.slug).state != "offline" or not service.queue_posts:
             request_time = time.time()
             try:
-                with self.proxy.fetch_slot(request):
+                async with self.proxy.fetch_slot(request):
                     mark_metered(request)  # the upstream's answer: shaped in the villager's class
                     upstream = await self.proxy.open_upstream(service, request.method, url,
                                                               headers, body, interim=request)
