@@ -170,3 +170,30 @@ async def test_an_unsafe_extension_method_invalidates_the_urls_it_names(
             await site.get(path)
             gets = [s for s in site.origin.requests_for(path) if s.method == "GET"]
             assert len(gets) == (2 if dropped else 1), path
+
+
+# -- 6. a 206 is kept as a part only when its Content-Range describes its body -----------------
+
+# (Content-Range, body, ETag, whether the same range comes from the stored part next time)
+PARTS = [
+    ("bytes 5-9/10", b"56789", '"p1"', True),
+    ("bytes 5-9/10", b"56789", None, True),  # one part alone mixes nothing
+    ("bytes 4-9/10", b"01234", '"p1"', False),  # claims 6 bytes, carries 5: never stored
+    ("bytes 5-9/*", b"56789", '"p1"', False),  # unknown length: nothing to place it in
+]
+
+
+@pytest.mark.parametrize(("content_range", "body", "etag", "reused"), PARTS)
+async def test_a_part_is_stored_only_when_it_is_what_it_says(
+        tmp_path: Path, content_range: str, body: bytes, etag: str | None, reused: bool) -> None:
+    headers = {"Cache-Control": "max-age=3600", "Content-Range": content_range}
+    if etag is not None:
+        headers["ETag"] = etag
+    async with cache_site(tmp_path) as site:
+        site.origin.script("/a", Answer(206, headers, body))
+        first, got = await site.get("/a", headers={"Range": "bytes=-5"})
+        assert (first.status, got) == (206, body)
+        second, got = await site.get("/a", headers={"Range": "bytes=-5"})
+        assert (second.status, got) == (206, body)
+        assert len(site.origin.requests_for("/a")) == (1 if reused else 2)
+        assert second.headers["Cache-Status"].startswith("desanet; hit") is reused
