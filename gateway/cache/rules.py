@@ -119,7 +119,7 @@ class StoredMeta:
                 request_time: float, response_time: float) -> StoredMeta:
         names = vary_key_headers(response_headers) or []
         return cls(status, storable_headers(response_headers), request_time, response_time,
-                   {n: _normalize_value(request_headers.get(n)) for n in names})
+                   {n: _normalize_value(request_headers.get(n), n) for n in names})
 
 
 def storable_headers(response_headers: Headers) -> dict[str, str]:
@@ -295,9 +295,17 @@ def age_header(stored: StoredMeta, now: float) -> str:
 
 # --------------------------------------------------------------------------- Vary
 
-def _normalize_value(value: str | None) -> str | None:
+# Request fields named by Vary whose values compare case-insensitively: language tags
+# (RFC 4647 §2), content codings and charsets (RFC 9110 §8.4.1, §12.5.2), and the "q"
+# parameter.  Their order is kept: without q-values it may still mean a preference.
+_CASELESS_VARY = frozenset({"accept-language", "accept-encoding", "accept-charset"})
+
+
+def _normalize_value(value: str | None, name: str = "") -> str | None:
     if value is None:
         return None
+    if name in _CASELESS_VARY:
+        value = value.lower()
     return ",".join(" ".join(part.split()) for part in value.split(",") if part.strip())
 
 
@@ -311,7 +319,7 @@ def vary_matches(stored: StoredMeta, request_headers: Headers) -> bool:
     names = _facts(stored).vary_names
     if names is None:
         return False
-    return all(_normalize_value(request_headers.get(n)) == stored.vary.get(n) for n in names)
+    return all(_normalize_value(request_headers.get(n), n) == stored.vary.get(n) for n in names)
 
 
 T = TypeVar("T")

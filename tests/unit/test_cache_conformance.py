@@ -197,3 +197,27 @@ async def test_a_part_is_stored_only_when_it_is_what_it_says(
         assert (second.status, got) == (206, body)
         assert len(site.origin.requests_for("/a")) == (1 if reused else 2)
         assert second.headers["Cache-Status"].startswith("desanet; hit") is reused
+
+
+# -- 7. Vary: which request values count as the same (RFC 9111 §4.1) ---------------------------
+
+# (Vary, the first request's value, the second's, whether the second is a hit)
+VARY_SAME = [
+    ("Accept-Language", "en, de", "eN, De", True),  # language tags ignore case
+    ("Accept-Language", "en,de", "en,  de", True),  # and list whitespace
+    ("Accept-Encoding", "gzip, br", "GZIP, br", True),
+    ("Accept-Language", "en, de", "de, en", False),  # order may be a preference: kept
+    ("Accept-Language", "en", "de", False),
+    ("X-Token", "abc", "ABC", False),  # an unknown field's case may matter
+]
+
+
+@pytest.mark.parametrize(("vary", "first", "second", "hit"), VARY_SAME)
+async def test_vary_values_compare_as_their_field_defines(
+        tmp_path: Path, vary: str, first: str, second: str, hit: bool) -> None:
+    async with cache_site(tmp_path) as site:
+        site.origin.script("/a", Answer(200, {"Cache-Control": "max-age=3600", "Vary": vary}, b"x"))
+        await site.get("/a", headers={vary: first})
+        resp, _ = await site.get("/a", headers={vary: second})
+        assert len(site.origin.requests_for("/a")) == (1 if hit else 2)
+        assert resp.headers["Cache-Status"].startswith("desanet; hit") is hit
