@@ -281,6 +281,15 @@ class CachingProxy:
                 with interim_to(interim):
                     resp = await self.unsafe_session().request(method, url, headers=headers,
                                                                allow_redirects=False)
+            except aiohttp.ServerDisconnectedError:
+                if not safe:
+                    raise
+                # The origin closed the pooled connection (its keep-alive timeout) as the
+                # request went out on it, before any answer: a GET or HEAD is asked again
+                # on a new connection (RFC 9110 §9.2.2), as a browser would.
+                with interim_to(interim):
+                    resp = await self.unsafe_session().request(method, url, headers=headers,
+                                                               allow_redirects=False)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.record_error(time.time(), f"{type(exc).__name__}: {exc}")
             self.metrics.upstream_errors += 1

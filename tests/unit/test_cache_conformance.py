@@ -221,3 +221,29 @@ async def test_vary_values_compare_as_their_field_defines(
         resp, _ = await site.get("/a", headers={vary: second})
         assert len(site.origin.requests_for("/a")) == (1 if hit else 2)
         assert resp.headers["Cache-Status"].startswith("desanet; hit") is hit
+
+
+# -- a pooled connection the origin closed as the request went out ------------------------------
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("HEAD", True), ("POST", False),
+                                                 ("M-SEARCH", False)])
+async def test_a_connection_closed_before_any_answer_is_retried_for_get_and_head_only(
+        tmp_path: Path, method: str, retried: bool) -> None:
+    calls: list[str] = []
+
+    async def drop_first(request: web.Request) -> web.StreamResponse:
+        calls.append(request.method)
+        if len(calls) == 1:
+            assert request.transport is not None
+            request.transport.close()  # no answer at all: the client sees a disconnect
+            return web.Response()
+        return web.Response(text="answer", headers={"Cache-Control": "no-store"})
+
+    async with cache_site(tmp_path) as site:
+        site.origin.script("/a", drop_first)
+        resp, body = await site.request(method, "/a")
+        if retried:
+            assert resp.status == 200 and body == (b"" if method == "HEAD" else b"answer")
+            assert calls == [method, method]
+        else:  # not idempotent: never sent twice; the villager gets our page
+            assert resp.status == 504 and calls == [method]
