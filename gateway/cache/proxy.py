@@ -35,7 +35,8 @@ The store always keeps the upstream's bytes; edits are made per answer.
 
 Answers that carry upstream bytes (misses, pass-through) are shaped in the
 villager's own class (gateway/cache/shapemark.py), and a villager may have at
-most ``max_misses_per_client`` of them in flight (:class:`ClientBusy`). A range
+most ``max_misses_per_client`` of them in flight; more wait for a slot, up to
+``max_waiting_per_client``, beyond that :class:`ClientBusy` (429). A range
 request for something not stored fetches the whole object into the store once
 and sends the villager its range from the stream (an object too large to store
 is passed through with its range). 206 answers are kept as parts and ranges are
@@ -49,8 +50,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,14 +109,17 @@ UPSTREAM_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 class ClientBusy(Refused):
-    """One villager already has ``limit`` upstream fetches in flight."""
+    """One villager already has ``limit`` upstream fetches in flight and ``waiting`` more
+    waiting for one of them."""
 
-    def __init__(self, client: str, limit: int) -> None:
-        self.client, self.limit = client, limit
-        super().__init__("client_busy", f"{client} already has {limit} upstream fetches in flight")
+    def __init__(self, client: str, limit: int, waiting: int = 0) -> None:
+        self.client, self.limit, self.waiting = client, limit, waiting
+        super().__init__("client_busy", f"{client} already has {limit} upstream fetches in "
+                                        f"flight and {waiting} waiting")
 
 
-DEFAULT_MISSES_PER_CLIENT = 4
+DEFAULT_MISSES_PER_CLIENT = 6
+DEFAULT_WAITING_PER_CLIENT = 64
 STALE_POOL_FAILURE = 0.5  # seconds: a read timeout faster than this is a broken pooled connection
 
 
@@ -137,29 +141,70 @@ class CachingProxy:
         self._session: aiohttp.ClientSession | None = None
         self._unsafe_session: aiohttp.ClientSession | None = None
         self.max_misses_per_client = DEFAULT_MISSES_PER_CLIENT
+        self.max_waiting_per_client = DEFAULT_WAITING_PER_CLIENT
         self._fetching: Counter[str] = Counter()  # upstream fetches in flight per LAN address
+        # Per LAN address, the requests waiting for one of its slots, first come first served.
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
     def fetches_in_flight(self) -> int:
         return sum(self._fetching.values())
 
-    @contextlib.contextmanager
-    def fetch_slot(self, request: web.Request) -> Iterator[None]:
+    def fetches_waiting(self) -> int:
+        return sum(len(queue) for queue in self._waiting.values())
+
+    @contextlib.asynccontextmanager
+    async def fetch_slot(self, request: web.Request) -> AsyncIterator[None]:
         """Hold one of the villager's upstream-fetch slots for the block.
 
-        A fill the villager walked away from still holds its slot until it is
-        complete, so opening many misses and hanging up cannot make the gateway
-        download more at once for one phone.
+        With all ``max_misses_per_client`` slots busy, the request waits for one (in
+        arrival order): a phone browser opens six connections per host, and a page's
+        images must not get 429s. Only beyond ``max_waiting_per_client`` waiting is the
+        answer :class:`ClientBusy` (429). A fill the villager walked away from still
+        holds its slot until it is complete, so opening many misses and hanging up
+        cannot make the gateway download more at once for one phone.
         """
         client = request.remote or "?"
-        if self._fetching[client] >= self.max_misses_per_client:
-            raise ClientBusy(client, self.max_misses_per_client)
-        self._fetching[client] += 1
+        await self._acquire(client)
         try:
             yield
         finally:
-            self._fetching[client] -= 1
-            if self._fetching[client] <= 0:
-                del self._fetching[client]
+            self._release(client)
+
+    async def _acquire(self, client: str) -> None:
+        queue = self._waiting.get(client)
+        if not queue and self._fetching[client] < self.max_misses_per_client:
+            self._fetching[client] += 1
+            return
+        if queue is None:
+            queue = self._waiting[client] = deque()
+        if len(queue) >= self.max_waiting_per_client:
+            raise ClientBusy(client, self.max_misses_per_client, len(queue))
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn  # a finishing fetch hands its slot over (see _release)
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._release(client)  # handed over as the wait was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(turn)
+                if not queue and self._waiting.get(client) is queue:
+                    del self._waiting[client]
+            raise
+
+    def _release(self, client: str) -> None:
+        queue = self._waiting.get(client)
+        while queue:
+            turn = queue.popleft()
+            if not queue:
+                del self._waiting[client]
+            if not turn.done():
+                turn.set_result(None)  # the slot goes to the next in line; the count stays
+                return
+        self._fetching[client] -= 1
+        if self._fetching[client] <= 0:
+            del self._fetching[client]
 
     # -- upstream ---------------------------------------------------------------
 
@@ -233,6 +278,15 @@ class CachingProxy:
                 # aiohttp re-arms the read timer on the connection it has returned to the
                 # pool, and the timer fires there. Nothing reached the upstream: ask again
                 # on a new connection (GET and HEAD only).
+                with interim_to(interim):
+                    resp = await self.unsafe_session().request(method, url, headers=headers,
+                                                               allow_redirects=False)
+            except aiohttp.ServerDisconnectedError:
+                if not safe:
+                    raise
+                # The origin closed the pooled connection (its keep-alive timeout) as the
+                # request went out on it, before any answer: a GET or HEAD is asked again
+                # on a new connection (RFC 9110 §9.2.2), as a browser would.
                 with interim_to(interim):
                     resp = await self.unsafe_session().request(method, url, headers=headers,
                                                                allow_redirects=False)
@@ -312,14 +366,14 @@ class CachingProxy:
                 if part is not None:
                     return part
             if entry is None and request.method == "HEAD":
-                with self.fetch_slot(request):
+                async with self.fetch_slot(request):
                     return await self._passthrough(request, service, url, req_h, rewrite)
             waiting = self._inflight.get(key)
             if waiting is not None and attempt == 0:
                 self.metrics.collapsed += 1
                 await asyncio.shield(waiting)
                 continue
-            with self.fetch_slot(request):
+            async with self.fetch_slot(request):
                 return await self._lead(request, service, url, key, req_h, entry, decision,
                                         rewrite, timezone)
         return web.Response(status=502, text="the cached copy kept failing; try again\n")
@@ -425,9 +479,18 @@ class CachingProxy:
 
     async def _freshen(self, entry: Entry, upstream: aiohttp.ClientResponse,
                        request_time: float) -> Entry:
-        """Apply a 304 to the stored copy (RFC 9111 4.3.4); return the updated entry."""
-        meta = rules.freshen_with_304(entry.meta, header_dict(upstream.headers),
-                                      request_time, time.time())
+        """Apply a 304 to the stored copy (RFC 9111 4.3.4); return the updated entry.
+
+        A 304 whose ETag names another representation than the stored one must not
+        update it (4.3.4): the copy is left as it was. It still answers this request
+        (the origin said 304 to the stored copy's own validators), and the next one
+        revalidates again."""
+        headers_304 = header_dict(upstream.headers)
+        if not rules.freshen_applies(entry.meta, headers_304):
+            log.warning("cache: %s: a 304 with another ETag (%s) left the stored copy as it was",
+                        entry.key, headers_304.get("etag"))
+            return entry
+        meta = rules.freshen_with_304(entry.meta, headers_304, request_time, time.time())
         await asyncio.to_thread(self.store.update_meta, entry.id, meta)
         return Entry(entry.id, entry.key, meta, entry.size, entry.path, entry.last_used)
 

@@ -97,7 +97,7 @@ async def from_partial(proxy: CachingProxy, request: web.Request, service: GovSe
         # Every byte asked for is stored, only stale: a 304 (RFC 9110 §13.2.2 evaluates
         # If-None-Match before Range) refreshes the part without sending the bytes again.
         headers.update(rules.conditional_request_headers(part.meta))
-    with proxy.fetch_slot(request):
+    async with proxy.fetch_slot(request):
         return await _ask_upstream(proxy, request, service, url, key, req_h, rewrite, headers,
                                    part, wanted, decision, held)
 

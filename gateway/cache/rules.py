@@ -87,8 +87,10 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
+# They describe the stored body (Content-MD5 is a digest of it; ETag names it and only a
+# 304 with the same ETag updates at all, see freshen_applies), or they are kept for privacy.
 _NOT_FROM_304 = frozenset({"content-length", "content-encoding", "content-range", "content-type",
-                           "set-cookie", "vary"})
+                           "content-md5", "etag", "set-cookie", "vary"})
 
 
 # --------------------------------------------------------------------------- stored metadata
@@ -117,7 +119,7 @@ class StoredMeta:
                 request_time: float, response_time: float) -> StoredMeta:
         names = vary_key_headers(response_headers) or []
         return cls(status, storable_headers(response_headers), request_time, response_time,
-                   {n: _normalize_value(request_headers.get(n)) for n in names})
+                   {n: _normalize_value(request_headers.get(n), n) for n in names})
 
 
 def storable_headers(response_headers: Headers) -> dict[str, str]:
@@ -293,9 +295,17 @@ def age_header(stored: StoredMeta, now: float) -> str:
 
 # --------------------------------------------------------------------------- Vary
 
-def _normalize_value(value: str | None) -> str | None:
+# Request fields named by Vary whose values compare case-insensitively: language tags
+# (RFC 4647 §2), content codings and charsets (RFC 9110 §8.4.1, §12.5.2), and the "q"
+# parameter.  Their order is kept: without q-values it may still mean a preference.
+_CASELESS_VARY = frozenset({"accept-language", "accept-encoding", "accept-charset"})
+
+
+def _normalize_value(value: str | None, name: str = "") -> str | None:
     if value is None:
         return None
+    if name in _CASELESS_VARY:
+        value = value.lower()
     return ",".join(" ".join(part.split()) for part in value.split(",") if part.strip())
 
 
@@ -309,7 +319,7 @@ def vary_matches(stored: StoredMeta, request_headers: Headers) -> bool:
     names = _facts(stored).vary_names
     if names is None:
         return False
-    return all(_normalize_value(request_headers.get(n)) == stored.vary.get(n) for n in names)
+    return all(_normalize_value(request_headers.get(n), n) == stored.vary.get(n) for n in names)
 
 
 T = TypeVar("T")
@@ -479,9 +489,10 @@ def freshen_with_304(stored: StoredMeta, response_304_headers: Headers, request_
                      response_time: float) -> StoredMeta:
     """Merge a 304's headers into the stored response (RFC 9111 §3.2, §4.3.4).
 
-    Content-Length, Content-Encoding, Content-Range, Content-Type, Vary and
-    Set-Cookie are kept from the stored response (they describe the body we
-    hold); hop-by-hop fields are ignored.  The times are replaced, so the age
+    Content-Length, Content-Encoding, Content-Range, Content-Type, Content-MD5,
+    ETag, Vary and Set-Cookie are kept from the stored response (they describe the
+    body we hold; §3.2 lets a cache keep the fields its stored body depends on);
+    hop-by-hop fields are ignored.  Call it only when ``freshen_applies``.  The times are replaced, so the age
     restarts from the 304's Date / Age.
     """
     incoming = storable_headers(response_304_headers)

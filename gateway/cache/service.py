@@ -40,10 +40,16 @@ log = logging.getLogger("desanet.services")
 
 PROBE_INTERVAL = 30.0  # seconds between upstream health checks when nothing else asked
 SAFE_METHODS = ("GET", "HEAD")
-# What may reach a service's upstream: the safe methods through the cache, the unsafe
-# ones as pass-through (their answer invalidates what they change, gateway/cache/unsafe.py).
-# Anything else (TRACE, OPTIONS, CONNECT, WebDAV, ...) is answered here with 405.
-PROXIED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+# Every method reaches a service's upstream but these two, answered here with 405: TRACE
+# echoes the request back (with the villager's cookies, to any script on the page), and
+# CONNECT would make the gateway a tunnel. GET and HEAD go through the cache; the form
+# methods through _submit (kept for later when the service queues forms); the rest
+# (OPTIONS, WebDAV, M-SEARCH, other extensions) are passed through (gateway/cache/unsafe.py;
+# an answer to an unsafe one invalidates what it changes, RFC 9111 §4.4).
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+FORM_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# What a 405 names as allowed (RFC 9110 §15.5.6): the well-known ones; extensions pass too.
+ALLOWED_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")
 # Characters kept as they are when a villager's raw path is passed on: the path's own
 # delimiters and existing %-escapes (so an encoded "?" or "#" stays part of the path).
 _PATH_SAFE = forward.PATH_SAFE
@@ -154,6 +160,7 @@ class LocalServices:
     async def _route(self, request: web.Request) -> web.StreamResponse:
         cfg = self._config()
         self.proxy.max_misses_per_client = cfg.local_services.max_misses_per_client
+        self.proxy.max_waiting_per_client = cfg.local_services.max_waiting_per_client
         path = request.path
         if path == "/" or path == "/kiriman" or path.startswith("/kiriman/"):
             if request.method not in SAFE_METHODS:
@@ -161,14 +168,14 @@ class LocalServices:
             if path == "/":
                 return self.catalog(cfg, pages.pick_lang(request, cfg), request)
             return self.submission(cfg, pages.pick_lang(request, cfg), request)
+        if request.method in REFUSED_METHODS:
+            return self._not_allowed(cfg, request, ALLOWED_METHODS)
         slug, _, _ = path.lstrip("/").partition("/")
         service = self._service(slug)
         if service is None:
             lang = pages.pick_lang(request, cfg)
             return pages.message(cfg, lang, 404, "title_not_found",
                                  pages.t_for(lang)("not_found_service"))
-        if request.method not in PROXIED_METHODS:
-            return self._not_allowed(cfg, request, PROXIED_METHODS)
         if "/" not in path.lstrip("/"):
             raise web.HTTPFound(f"/{slug}/")
         target = upstream_target(request.rel_url.raw_path, request.rel_url.raw_query_string)
@@ -183,6 +190,8 @@ class LocalServices:
                 resp = await self.proxy.get(request, service, url, rewrite, cfg.site.timezone)
                 self.hits.learn(request, cfg, service, f"GET {url}", resp)
                 return resp
+            if request.method not in FORM_METHODS:
+                return await self._pass(request, cfg, service, url, rewrite)
             return await self._submit(request, cfg, pages.pick_lang(request, cfg), service, url,
                                       rest, query, rewrite)
         except UpstreamDown:
@@ -257,6 +266,28 @@ class LocalServices:
                             text=f'<!doctype html><a href="{location}">{sub.ref}</a>\n',
                             content_type="text/html")
 
+    async def _pass(self, request: web.Request, cfg: Config, service: GovService, url: str,
+                    rewrite: Callable[[str], str]) -> web.StreamResponse:
+        """OPTIONS and extension methods: sent on as they came, never queued (they are no
+        form a villager filled in), the origin's answer passed back."""
+        limits = limits_of(cfg.local_services)
+        read = await read_form(request, limits.max_body)
+        if isinstance(read, BodyRefused):
+            lang = pages.pick_lang(request, cfg)
+            return pages.message(cfg, lang, read.status, "title_error",
+                                 pages.t_for(lang)(read.message_key,
+                                                   limit=f"{limits.max_body / 1048576:g}"))
+        req_h = header_dict(request.headers)
+        request_time = time.time()
+        async with self.proxy.fetch_slot(request):
+            mark_metered(request)  # the upstream's answer: shaped in the villager's class
+            upstream = await self.proxy.open_upstream(
+                service, request.method, url, self.proxy.forward_headers(req_h),
+                read or None, interim=request)
+            async with upstream:
+                return await unsafe.pass_answer(self.proxy, request, service, url, req_h,
+                                                upstream, request_time, rewrite)
+
     async def _submit(self, request: web.Request, cfg: Config, lang: str, service: GovService,
                       url: str, rest: str, query: str,
                       rewrite: Callable[[str], str]) -> web.StreamResponse:
@@ -287,7 +318,7 @@ class LocalServices:
         if self._health_of(service.slug).state != "offline" or not service.queue_posts:
             request_time = time.time()
             try:
-                with self.proxy.fetch_slot(request):
+                async with self.proxy.fetch_slot(request):
                     mark_metered(request)  # the upstream's answer: shaped in the villager's class
                     upstream = await self.proxy.open_upstream(service, request.method, url,
                                                               headers, body, interim=request)

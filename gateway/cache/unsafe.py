@@ -1,4 +1,5 @@
-"""The origin's answer to an unsafe request (POST, PUT, DELETE, PATCH), passed through.
+"""The origin's answer to a request other than GET/HEAD (a form, OPTIONS, an extension
+method such as M-SEARCH), passed through.
 
 Whatever the origin answered (a 5xx too) goes to the villager as it came; on the way
 the store learns from it:

@@ -614,8 +614,10 @@ class LocalServices(_Section):
     queue_per_client_hour: int = Field(30, ge=1, le=100_000, examples=[30])
     queue_min_free_disk: Size = Field(100 * 1024**2, examples=["100mb"])
     # proxy: upstream fetches one LAN address may have in flight at once (misses,
-    # pass-through, forms); one more gets a 429 page (docs/local-services.md).
-    max_misses_per_client: int = Field(4, ge=1, le=1000, examples=[4])
+    # pass-through, forms); more wait for a free one, first come first served, up to
+    # max_waiting_per_client; one more gets a 429 page (docs/local-services.md).
+    max_misses_per_client: int = Field(6, ge=1, le=1000, examples=[6])
+    max_waiting_per_client: int = Field(64, ge=0, le=10_000, examples=[64])
     services: list[GovService] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -151,24 +151,27 @@ def test_a_trusted_macs_miss_goes_in_the_trusted_class(lab: LabInfo) -> None:
 
 
 def test_a_client_gets_only_a_few_misses_at_once(lab: LabInfo) -> None:
-    """max_misses_per_client (4): a fifth upstream fetch from the same phone is a 429 page
-    and never reaches the origin; another phone is not affected."""
+    """max_misses_per_client (6 by default): a seventh upstream fetch from the same phone
+    waits for one of the six to end (no 429: a browser opens six connections per host),
+    then is answered; another phone is not affected."""
     tag = uuid.uuid4().hex[:8]
     # Each held 4.5 s by the origin: under the lab's request_timeout (5 s), long enough
-    # to send the fifth while they are in flight.
-    slow = [f"{SVC}/slow?ms=4500&x={tag}-{i}" for i in range(4)]
-    with ThreadPoolExecutor(4) as pool:
+    # to send the seventh while they are in flight.
+    slow = [f"{SVC}/slow?ms=4500&x={tag}-{i}" for i in range(6)]
+    with ThreadPoolExecutor(7) as pool:
         held = [pool.submit(http, ns(lab, 1), url, timeout=20) for url in slow]
-        wait_until(lambda: sum(f"x={tag}-" in t for t in origin_targets(lab)) == 4, 4,
-                   "the four slow misses to reach the origin")
-        refused = http(ns(lab, 1), f"{SVC}/slow?ms=10&x={tag}-fifth")
+        wait_until(lambda: sum(f"x={tag}-" in t for t in origin_targets(lab)) == 6, 4,
+                   "the six slow misses to reach the origin")
+        waiting = pool.submit(http, ns(lab, 1), f"{SVC}/slow?ms=10&x={tag}-seventh", timeout=20)
         other = http(ns(lab, 2), f"{SVC}/slow?ms=10&x={tag}-other")  # positive control
+        early = [t for t in origin_targets(lab) if f"x={tag}-seventh" in t]
         statuses = [f.result().status for f in held]
-    assert refused.status == 429 and "retry-after" in refused.headers, refused
-    assert "Tunggu sebentar" in refused.body
-    assert other.status == 200 and statuses == [200] * 4
+        seventh = waiting.result()
+    assert other.status == 200 and statuses == [200] * 6
+    assert not early, "the seventh went upstream while six of the phone's were in flight"
+    assert seventh.status == 200, seventh
     targets = origin_targets(lab)
-    assert not [t for t in targets if f"x={tag}-fifth" in t]
+    assert [t for t in targets if f"x={tag}-seventh" in t]
     assert [t for t in targets if f"x={tag}-other" in t]
 
 
@@ -187,14 +190,15 @@ def test_a_range_miss_stores_the_whole_object_once(lab: LabInfo) -> None:
 # -- methods and paths ----------------------------------------------------------------------------
 
 
-# Issue #10: PUT, DELETE and PATCH pass through to the upstream (legitimate API methods);
-# TRACE, OPTIONS, CONNECT and WebDAV methods stay refused here.
-@pytest.mark.parametrize("method", ["TRACE", "OPTIONS", "PROPFIND"])
-def test_only_http_api_methods_reach_the_upstream(lab: LabInfo, method: str) -> None:
+# Issue #10: every method passes through to the upstream (PUT, DELETE, PATCH, OPTIONS,
+# WebDAV, extensions) except TRACE (it would echo the villager's cookies back) and CONNECT
+# (a tunnel), refused here.
+@pytest.mark.parametrize("method", ["TRACE"])
+def test_trace_never_reaches_the_upstream(lab: LabInfo, method: str) -> None:
     tag = uuid.uuid4().hex[:8]
     refused = http(ns(lab, 1), f"{SVC}/m-{tag}", method=method)
     assert refused.status == 405
-    assert refused.headers["allow"] == "GET, HEAD, POST, PUT, DELETE, PATCH"
+    assert refused.headers["allow"] == "GET, HEAD, OPTIONS, POST, PUT, DELETE, PATCH"
     assert "tidak dilayani" in refused.body
     assert not [t for t in origin_targets(lab) if tag in t]
     # positive control: a GET of the same path does reach the origin
@@ -202,8 +206,8 @@ def test_only_http_api_methods_reach_the_upstream(lab: LabInfo, method: str) -> 
     assert f"GET /m-{tag}" in origin_targets(lab)
 
 
-@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
-def test_put_delete_and_patch_pass_through(lab: LabInfo, method: str) -> None:
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND", "M-SEARCH"])
+def test_other_methods_pass_through(lab: LabInfo, method: str) -> None:
     tag = uuid.uuid4().hex[:8]
     answer = http(ns(lab, 1), f"{SVC}/m-{tag}", method=method, data="x")
     assert answer.status == 404, answer  # the origin's own answer
