@@ -50,8 +50,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -63,6 +62,7 @@ from gateway.cache import forms, forward, rangeproxy, rules
 from gateway.cache.health import ServiceHealth
 from gateway.cache.htmledit import Edit, edit_page, is_html
 from gateway.cache.ranges import if_range_matches
+from gateway.cache.refresh import refresh as refresh_url
 from gateway.cache.respond import (
     edited_upstream_response,
     read_small_page,
@@ -71,11 +71,12 @@ from gateway.cache.respond import (
 )
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
+from gateway.cache.slots import FetchSlots
 from gateway.cache.store import BodyWriter, CacheStore, Entry
 from gateway.cache.upstream import InterimResponse, interim_to
 from gateway.cache.upstream import connector as upstream_connector
 from gateway.config.schema import GovService
-from gateway.errors import Refused, StoreError, UpstreamDown
+from gateway.errors import StoreError, UpstreamDown
 
 log = logging.getLogger("desanet.cache")
 
@@ -108,18 +109,6 @@ UPSTREAM_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
 )
 
-class ClientBusy(Refused):
-    """One villager already has ``limit`` upstream fetches in flight and ``waiting`` more
-    waiting for one of them."""
-
-    def __init__(self, client: str, limit: int, waiting: int = 0) -> None:
-        self.client, self.limit, self.waiting = client, limit, waiting
-        super().__init__("client_busy", f"{client} already has {limit} upstream fetches in "
-                                        f"flight and {waiting} waiting")
-
-
-DEFAULT_MISSES_PER_CLIENT = 6
-DEFAULT_WAITING_PER_CLIENT = 64
 STALE_POOL_FAILURE = 0.5  # seconds: a read timeout faster than this is a broken pooled connection
 
 
@@ -140,71 +129,14 @@ class CachingProxy:
         self._background: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._unsafe_session: aiohttp.ClientSession | None = None
-        self.max_misses_per_client = DEFAULT_MISSES_PER_CLIENT
-        self.max_waiting_per_client = DEFAULT_WAITING_PER_CLIENT
-        self._fetching: Counter[str] = Counter()  # upstream fetches in flight per LAN address
-        # Per LAN address, the requests waiting for one of its slots, first come first served.
-        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self.slots = FetchSlots()
 
     def fetches_in_flight(self) -> int:
-        return sum(self._fetching.values())
+        return self.slots.in_flight()
 
-    def fetches_waiting(self) -> int:
-        return sum(len(queue) for queue in self._waiting.values())
-
-    @contextlib.asynccontextmanager
-    async def fetch_slot(self, request: web.Request) -> AsyncIterator[None]:
-        """Hold one of the villager's upstream-fetch slots for the block.
-
-        With all ``max_misses_per_client`` slots busy, the request waits for one (in
-        arrival order): a phone browser opens six connections per host, and a page's
-        images must not get 429s. Only beyond ``max_waiting_per_client`` waiting is the
-        answer :class:`ClientBusy` (429). A fill the villager walked away from still
-        holds its slot until it is complete, so opening many misses and hanging up
-        cannot make the gateway download more at once for one phone.
-        """
-        client = request.remote or "?"
-        await self._acquire(client)
-        try:
-            yield
-        finally:
-            self._release(client)
-
-    async def _acquire(self, client: str) -> None:
-        queue = self._waiting.get(client)
-        if not queue and self._fetching[client] < self.max_misses_per_client:
-            self._fetching[client] += 1
-            return
-        if queue is None:
-            queue = self._waiting[client] = deque()
-        if len(queue) >= self.max_waiting_per_client:
-            raise ClientBusy(client, self.max_misses_per_client, len(queue))
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(turn)
-        try:
-            await turn  # a finishing fetch hands its slot over (see _release)
-        except BaseException:
-            if turn.done() and not turn.cancelled():
-                self._release(client)  # handed over as the wait was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    queue.remove(turn)
-                if not queue and self._waiting.get(client) is queue:
-                    del self._waiting[client]
-            raise
-
-    def _release(self, client: str) -> None:
-        queue = self._waiting.get(client)
-        while queue:
-            turn = queue.popleft()
-            if not queue:
-                del self._waiting[client]
-            if not turn.done():
-                turn.set_result(None)  # the slot goes to the next in line; the count stays
-                return
-        self._fetching[client] -= 1
-        if self._fetching[client] <= 0:
-            del self._fetching[client]
+    def fetch_slot(self, request: web.Request) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the villager's upstream-fetch slots for the block (gateway/cache/slots.py)."""
+        return self.slots.hold(request.remote or "?")
 
     # -- upstream ---------------------------------------------------------------
 
@@ -630,64 +562,9 @@ class CachingProxy:
 
     async def refresh(self, service: GovService, url: str, req_h: dict[str, str] | None = None,
                       rate_bps: int | None = None, max_bytes: int | None = None) -> str:
-        """Bring one URL's stored copy up to date without a villager waiting.
-
-        Returns "fresh", "not-modified", "stored", "not-storable", "too-large" or "error".
-        ``rate_bps`` caps the download speed (prefetch must not crowd out villagers);
-        a body over ``max_bytes`` is dropped ("too-large").
-        """
-        key = f"GET {url}"
-        req_h = req_h or {}
-        if key in self._inflight:
-            await asyncio.shield(self._inflight[key])
-            return "fresh"
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = done
-        try:
-            entry = self._pick(key, req_h)
-            # Nobody waits for this answer: the villager's own preconditions stay here.
-            headers = self.forward_headers(req_h, conditionals=False, ranges=False)
-            if entry is not None:
-                headers.update(rules.conditional_request_headers(entry.meta))
-            request_time = time.time()
-            try:
-                upstream = await self.open_upstream(service, "GET", url, headers)
-            except UpstreamDown:
-                return "error"
-            async with upstream:
-                if upstream.status in rules.ERROR_STATUSES:
-                    return "error"
-                if upstream.status == 304 and entry is not None:
-                    await self._freshen(entry, upstream, request_time)
-                    return "not-modified"
-                resp_h = header_dict(upstream.headers)
-                if not rules.is_storable("GET", upstream.status, req_h, resp_h,
-                                         replacing=entry.meta if entry else None):
-                    return "not-storable"
-                meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
-                                          request_time, time.time())
-                if max_bytes is not None and (upstream.content_length or 0) > max_bytes:
-                    return "too-large"
-                writer = self.store.begin(key, meta)
-                try:
-                    await _read_into(upstream, writer, rate_bps, self.metrics, max_bytes)
-                except _TooLarge:
-                    writer.abort()
-                    return "too-large"
-                except (aiohttp.ClientError, OSError, TimeoutError):
-                    writer.abort()
-                    return "error"
-                except BaseException:
-                    writer.abort()
-                    raise
-                return "stored" if await self._commit(writer) else "error"
-        finally:
-            del self._inflight[key]
-            done.set_result(None)
-
-
-class _TooLarge(Exception):
-    pass
+        """Bring one URL's stored copy up to date without a villager waiting; see
+        :func:`gateway.cache.refresh.refresh` for the outcomes."""
+        return await refresh_url(self, service, url, req_h, rate_bps, max_bytes)
 
 
 def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse
@@ -705,25 +582,6 @@ def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse
     if not if_range_matches(req_h, header_dict(upstream.headers)):
         return None
     return parse_range(req_h["range"], upstream.content_length)
-
-
-async def _read_into(upstream: aiohttp.ClientResponse, writer: Any, rate_bps: int | None,
-                     metrics: Metrics, max_bytes: int | None = None) -> None:
-    started = time.monotonic()
-    received = 0
-    async for chunk in upstream.content.iter_chunked(64 * 1024):
-        writer.write(chunk)
-        received += len(chunk)
-        if max_bytes is not None and received > max_bytes:
-            raise _TooLarge
-        metrics.bytes_from_upstream += len(chunk)
-        if rate_bps:
-            # Sleep until the average rate is back under the cap.
-            ahead = received * 8 / rate_bps - (time.monotonic() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-    if upstream.content_length is not None and received != upstream.content_length:
-        raise aiohttp.ClientPayloadError("upstream body shorter than its Content-Length")
 
 
 async def _send_read(request: web.Request, upstream: aiohttp.ClientResponse, body: bytes,

@@ -28,9 +28,10 @@ from gateway.cache.health import ServiceHealth
 from gateway.cache.hitpath import HitPath
 from gateway.cache.outbox import Outbox, QueueFull, Submission, SubmissionTooLarge, normalize_ref
 from gateway.cache.prefetch import Prefetcher
-from gateway.cache.proxy import CachingProxy, ClientBusy, UpstreamDown
+from gateway.cache.proxy import CachingProxy, UpstreamDown
 from gateway.cache.rules import header_dict
 from gateway.cache.shapemark import mark_metered
+from gateway.cache.slots import ClientBusy
 from gateway.cache.store import CacheStore
 from gateway.cache.submit import REFUSALS, BodyRefused, limits_of, read_form
 from gateway.config.schema import Config, GovService
@@ -159,8 +160,8 @@ class LocalServices:
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         cfg = self._config()
-        self.proxy.max_misses_per_client = cfg.local_services.max_misses_per_client
-        self.proxy.max_waiting_per_client = cfg.local_services.max_waiting_per_client
+        self.proxy.slots.limit = cfg.local_services.max_misses_per_client
+        self.proxy.slots.waiting_limit = cfg.local_services.max_waiting_per_client
         path = request.path
         if path == "/" or path == "/kiriman" or path.startswith("/kiriman/"):
             if request.method not in SAFE_METHODS:

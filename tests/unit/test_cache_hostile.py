@@ -19,8 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from gateway.cache.proxy import CachingProxy, ClientBusy
+from gateway.cache.proxy import CachingProxy
 from gateway.cache.service import LocalServices, upstream_target
+from gateway.cache.slots import ClientBusy
 from gateway.config import Config, parse_config
 from gateway.errors import StoreError
 
@@ -299,7 +300,7 @@ async def test_a_client_with_too_many_misses_in_flight_gets_429(site: Site) -> N
     held = [asyncio.create_task(site.raw("GET", f"/dukcapil/hold{i}")) for i in range(2)]
     await _wait_for(lambda: site.origin.holding == 2)
     waiting = asyncio.create_task(site.raw("GET", "/dukcapil/hold-third"))
-    await _wait_for(lambda: site.services.proxy.fetches_waiting() == 1)
+    await _wait_for(lambda: site.services.proxy.slots.waiting() == 1)
     assert site.origin.count("GET", "/base/hold-third") == 0  # it waits, not yet sent
     status, text, headers = await site.raw("GET", "/dukcapil/hold-fourth")
     assert status == 429 and headers["Retry-After"] and "Tunggu" in text
@@ -323,13 +324,13 @@ async def test_misses_beyond_the_slots_wait_their_turn_in_order(site: Site) -> N
     later = []
     for i in range(6):
         later.append(asyncio.create_task(site.raw("GET", f"/dukcapil/img{i}")))
-        await _wait_for(lambda i=i: site.services.proxy.fetches_waiting() == i + 1)
+        await _wait_for(lambda i=i: site.services.proxy.slots.waiting() == i + 1)
     site.origin.release.set()
     assert [r[0] for r in await asyncio.gather(*held, *later)] == [200] * 8
     images = [target for _, target in site.origin.seen if target.startswith("/base/img")]
     assert images == [f"/base/img{i}" for i in range(6)]
     await _wait_for(lambda: site.services.proxy.fetches_in_flight() == 0)  # stored, slots free
-    assert site.services.proxy.fetches_waiting() == 0
+    assert site.services.proxy.slots.waiting() == 0
 
 
 class _Phone:
@@ -338,7 +339,7 @@ class _Phone:
 
 async def test_a_waiter_that_goes_away_gives_up_its_place() -> None:
     proxy = CachingProxy(None, None, 1.0)  # type: ignore[arg-type]  # only the slots are used
-    proxy.max_misses_per_client, proxy.max_waiting_per_client = 1, 2
+    proxy.slots.limit, proxy.slots.waiting_limit = 1, 2
     phone: Any = _Phone()
     order: list[str] = []
 
@@ -352,16 +353,16 @@ async def test_a_waiter_that_goes_away_gives_up_its_place() -> None:
     await _wait_for(lambda: order == ["first"])
     gone = asyncio.create_task(fetch("gone", gate))
     kept = asyncio.create_task(fetch("kept", gate))
-    await _wait_for(lambda: proxy.fetches_waiting() == 2)
+    await _wait_for(lambda: proxy.slots.waiting() == 2)
     with pytest.raises(ClientBusy):  # two waiting: the third is refused
         async with proxy.fetch_slot(phone):
             pass
     gone.cancel()
-    await _wait_for(lambda: proxy.fetches_waiting() == 1)
+    await _wait_for(lambda: proxy.slots.waiting() == 1)
     gate.set()
     await asyncio.gather(first, kept)
     assert gone.cancelled() and order == ["first", "kept"]
-    assert proxy.fetches_in_flight() == 0 and proxy.fetches_waiting() == 0
+    assert proxy.fetches_in_flight() == 0 and proxy.slots.waiting() == 0
 
 
 # -- a pooled connection broken by a slow reader -------------------------------------------------

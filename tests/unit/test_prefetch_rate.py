@@ -9,7 +9,8 @@ from typing import Any, cast
 import pytest
 
 from gateway.cache import proxy
-from gateway.cache.proxy import Metrics, _read_into
+from gateway.cache.proxy import Metrics
+from gateway.cache.refresh import read_into as _read_into
 
 
 class FakeContent:
