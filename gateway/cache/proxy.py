@@ -300,6 +300,10 @@ class CachingProxy:
             if entry is None and request.method == "HEAD":
                 async with self.fetch_slot(request):
                     return await self._passthrough(request, service, url, req_h, rewrite)
+            if entry is not None and request.method == "HEAD" and decision.kind is Kind.REVALIDATE:
+                async with self.fetch_slot(request):
+                    return await self._head_through(request, service, url, req_h, entry, decision,
+                                                    rewrite, self._edit(service, entry, True, timezone))
             waiting = self._inflight.get(key)
             if waiting is not None and attempt == 0:
                 self.metrics.collapsed += 1
@@ -512,6 +516,30 @@ class CachingProxy:
             self.metrics.bytes_from_upstream += received
             if request.method == "HEAD":
                 await self._head_answered(f"GET {url}", req_h, upstream, request_time)
+            return resp
+
+    async def _head_through(self, request: web.Request, service: GovService, url: str,
+                            req_h: dict[str, str], entry: Entry, decision: Decision,
+                            rewrite: Callable[[str], str], edit: Edit | None) -> web.StreamResponse:
+        """A HEAD for a stale stored copy goes upstream as a HEAD (no body crosses the
+        uplink); its answer goes to the villager and updates the stored GET answer
+        (RFC 9111 4.3.5). No answer, or a 5xx, serves the stored copy when the rules
+        allow it, as for a GET."""
+        headers = self.forward_headers(req_h, ranges=False)
+        request_time = time.time()
+        try:
+            upstream = await self.open_upstream(service, "HEAD", url, headers, interim=request)
+        except UpstreamDown as exc:
+            return await self._on_error(request, entry, decision, exc, edit)
+        async with upstream:
+            if upstream.status in rules.ERROR_STATUSES:
+                stale = await self._stale_on_error(request, entry, decision, edit)
+                if stale is not None:
+                    return stale
+            mark_metered(request)
+            self.metrics.passthrough += 1
+            resp, _ = await stream_upstream(request, upstream, None, "fwd=stale", rewrite)
+            await self._head_answered(f"GET {url}", req_h, upstream, request_time)
             return resp
 
     async def _head_answered(self, key: str, req_h: dict[str, str],
