@@ -197,6 +197,12 @@ async def _send_stored(request: web.Request, resp: web.StreamResponse, data: byt
         await resp.write_eof()
         return
     assert body is not None
+    await send_file_range(resp, body, first, last)
+
+
+async def send_file_range(resp: web.StreamResponse, body: BinaryIO, first: int, last: int) -> None:
+    """Write bytes ``first``..``last`` of an open stored body in CHUNK pieces, then end the
+    answer (the head must be sent already)."""
     body.seek(first)
     left = last - first + 1
     while left > 0:
