@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.config.loader import write_file_atomic
 from gateway.config.units import parse_duration
 from gateway.errors import DesanetError, Invalid
 from gateway.telemetry import commands as c
@@ -53,16 +54,13 @@ def keygen(path: Path, force: bool = False) -> str:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     public = c.public_key_text(key.public_key())
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # an existing file (--force) may have had more
-            fh.write(pem)
-        Path(f"{path}.pub").write_text(public + "\n")
-    except FileExistsError:
+    if path.exists() and not force:
         raise FleetError(f"{path} exists; not overwriting an operator key (choose another "
-                         "--out, or --force to replace it)") from None
+                         "--out, or --force to replace it)")
+    try:  # owner-only temp file, fsync, rename: never half a key, never readable by others
+        write_file_atomic(path, pem.decode())
+        write_file_atomic(f"{path}.pub", public + "\n")
+        os.chmod(f"{path}.pub", 0o644)
     except OSError as exc:
         raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return public

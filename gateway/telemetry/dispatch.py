@@ -163,6 +163,9 @@ class Dispatcher:
                     "error": str(exc).replace("field ", "field args.")}
         except Exception as exc:
             _, err = error_body(exc)  # the control API's table: one mapping of domain errors
+            detail = err.pop("reason", None)  # a Refused error's own key, e.g. "unknown"
+            if detail:
+                err["detail"] = detail
             if not isinstance(exc, DesanetError):
                 log.exception("MQTT command %s (%s) failed", cmd.id, cmd.name)
             else:

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.clock import FakeClock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import CommandHandled, Event, Stamped
-from gateway.errors import Conflict, NotFound, StoreError
+from gateway.errors import Conflict, NotFound, StoreError, VoucherError
 from gateway.kernel import DatabaseWorker
 from gateway.model import Session, Voucher
 from gateway.telemetry import commands as c
@@ -35,6 +36,8 @@ TOPICS = Topics("desanet/v1", SITE)
 KEY = Ed25519PrivateKey.generate()
 KEYS = [c.public_key_text(KEY.public_key())]
 MAC = "02:00:00:00:00:01"
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+RESPONSE_SCHEMA = json.loads((SCHEMAS / "command-response.schema.json").read_text())
 
 
 class FakeOps:
@@ -88,6 +91,7 @@ class Rig:
         reply = await self.dispatcher.handle(Incoming(TOPICS.cmd_req, payload, response_topic,
                                                       b"corr"))
         assert reply.correlation == b"corr"
+        jsonschema.validate(json.loads(payloads.encode(reply.body)), RESPONSE_SCHEMA)
         return reply.body
 
 
@@ -201,7 +205,8 @@ async def test_status_takes_no_arguments(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("error,kind", [(NotFound("no session for that MAC"), "not_found"),
-                                        (Conflict("local_services.enabled is false"), "conflict")])
+                                        (Conflict("local_services.enabled is false"), "conflict"),
+                                        (VoucherError("unknown", "no such voucher"), "refused")])
 async def test_domain_errors_are_mapped_by_the_control_api_table(rig: Rig, error: Exception,
                                                                   kind: str) -> None:
     rig.ops.fail = error

@@ -127,3 +127,43 @@ def test_public_key_text_errors(text: str, problem: str) -> None:
 def test_public_key_text_round_trips() -> None:
     key = OPERATOR.public_key()
     assert c.parse_public_key(c.public_key_text(key)).public_bytes_raw() == key.public_bytes_raw()
+
+
+# -- docs/schemas and the worked examples of docs/mqtt.md "Commands" ---------------------------
+
+DOCS = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs"
+REQUEST_SCHEMA = json.loads((DOCS / "schemas" / "command-request.schema.json").read_text())
+RESPONSE_SCHEMA = json.loads((DOCS / "schemas" / "command-response.schema.json").read_text())
+
+
+def test_a_signed_request_validates_against_its_schema() -> None:
+    import jsonschema
+
+    outer = json.loads(signed(body()))
+    jsonschema.validate(outer, REQUEST_SCHEMA)
+    jsonschema.validate(json.loads(outer["body"]), REQUEST_SCHEMA["$defs"]["body"])
+    with pytest.raises(jsonschema.ValidationError):  # the schema is not a rubber stamp
+        jsonschema.validate(json.loads(body(name="deauth", args={})), REQUEST_SCHEMA["$defs"]["body"])
+
+
+def test_the_worked_command_examples_in_docs_mqtt_validate_and_verify() -> None:
+    import re
+
+    import jsonschema
+
+    text = (DOCS / "mqtt.md").read_text()
+    section = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", section, re.S)]
+    requests = [b for b in blocks if "sig" in b]
+    responses = [b for b in blocks if "ok" in b]
+    assert len(requests) == 1 and len(responses) == 2
+    jsonschema.validate(requests[0], REQUEST_SCHEMA)
+    key = c.parse_public_key(re.findall(r'command_keys = \["(ed25519:[^"]+)"\]', section)[0])
+    inner = json.loads(requests[0]["body"])
+    cmd = c.verify(json.dumps(requests[0]).encode(), [key], inner["site"], inner["issued"])
+    jsonschema.validate(inner, REQUEST_SCHEMA["$defs"]["body"])
+    for answer in responses:
+        jsonschema.validate(answer, RESPONSE_SCHEMA)
+        assert answer["id"] == cmd.id
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    assert set(c.REASONS) | {"failed"} <= documented
