@@ -24,6 +24,7 @@ import secrets
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,18 +114,27 @@ def _broker(url: str) -> tuple[str, int, bool]:
         parts.scheme == "mqtts"
 
 
-def send(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Sign, publish, wait for the answer; the answer, or None after the deadline."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+@dataclass(frozen=True)
+class BrokerAccess:
+    """How the operator reaches the broker."""
 
-    host, port, tls = _broker(args.broker)
+    url: str
+    ca: str | None = None
+    cert: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+def send(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Sign the command of ``args``, send it, wait; the answer, or None after the deadline."""
     timeout = parse_duration(args.timeout)
     lifetime = parse_duration(args.lifetime)
     if not 0 < lifetime <= c.MAX_LIFETIME:
         raise Invalid("--lifetime", args.lifetime, f"at most {c.MAX_LIFETIME // 3600}h", "10m")
+    access = BrokerAccess(args.broker, args.ca, args.cert, args.key_file, args.username,
+                          args.password)
+    _broker(access.url)  # a bad URL is refused before the key is read
     try:
         topics = Topics(args.prefix, args.site)
     except ValueError as exc:
@@ -134,10 +144,22 @@ def send(args: argparse.Namespace) -> dict[str, Any] | None:
     now = int(time.time())
     body = c.body_json(cid, args.site, args.command, parse_args_pairs(args.arg, args.args),
                        now, now + lifetime)
-    payload = c.sign(body, key)
+    return exchange(access, topics, c.sign(body, key), timeout)
+
+
+def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: float
+             ) -> dict[str, Any] | None:
+    """Publish ``payload`` on the site's ``cmd/req`` with a response topic under its
+    ``cmd/res`` and random correlation data; the answer carrying that correlation data,
+    or None when none came within ``timeout`` seconds. Blocks. Raises FleetError."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    host, port, tls = _broker(access.url)
     reply_topic = f"{topics.cmd_res}/{secrets.token_hex(8)}"
     correlation = secrets.token_bytes(16)
-
     answer: dict[str, Any] = {}
     subscribed, answered = threading.Event(), threading.Event()
     failure: list[str] = []
@@ -168,9 +190,9 @@ def send(args: argparse.Namespace) -> dict[str, Any] | None:
                          protocol=MQTTProtocolVersion.MQTTv5)
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     if tls:
-        client.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key_file)
-    if args.username:
-        client.username_pw_set(args.username, args.password)
+        client.tls_set(ca_certs=access.ca, certfile=access.cert, keyfile=access.key_file)
+    if access.username:
+        client.username_pw_set(access.username, access.password)
     deadline = time.monotonic() + timeout
     try:
         client.connect(host, port, keepalive=60, clean_start=True)
@@ -179,7 +201,7 @@ def send(args: argparse.Namespace) -> dict[str, Any] | None:
     client.loop_start()
     try:
         if not subscribed.wait(max(0.0, deadline - time.monotonic())):
-            raise FleetError(f"no answer from the broker {host}:{port} within {args.timeout}")
+            raise FleetError(f"no answer from the broker {host}:{port} within {timeout:g} s")
         if failure:
             raise FleetError(failure[0])
         props = Properties(PacketTypes.PUBLISH)
