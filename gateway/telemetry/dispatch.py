@@ -181,7 +181,14 @@ class Dispatcher:
     async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
         _no_args(args)
         status = await self._ops.status()
-        return {k: status[k] for k in STATUS_KEYS if k in status}
+        out = {k: status[k] for k in STATUS_KEYS if k in status}
+        if isinstance(status.get("config"), dict):
+            # the version and whether it is on trial; not its last change (who ran it, and
+            # the changed values, which may name a trusted device) nor a refusal's text
+            trial = status["config"].get("trial") or {}
+            out["config"] = {"version": status["config"].get("version"),
+                             "trial_deadline": trial.get("deadline")}
+        return out
 
     async def _do_rebirth(self, args: Mapping[str, Any]) -> dict[str, Any]:
         _no_args(args)

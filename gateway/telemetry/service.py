@@ -330,7 +330,11 @@ class TelemetryService:
         task.add_done_callback(self._answering.discard)
 
     async def _answer(self, commands: CommandPort, msg: Incoming) -> None:
-        reply = await commands.handle(msg)
+        try:
+            reply = await commands.handle(msg)
+        except Exception:  # a bug: the request goes unanswered, the service carries on
+            log.exception("MQTT: a command could not be handled")
+            return
         link = self._link
         if link is None:
             log.warning("MQTT: the connection was lost before the answer to a command; the "

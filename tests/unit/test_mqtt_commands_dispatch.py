@@ -48,7 +48,9 @@ class FakeOps:
     async def status(self) -> dict[str, Any]:
         self.calls.append(("status", None))
         return {"ready": True, "uptime": 5, "sessions_active": 2, "lan_ip": "10.0.0.1",
-                "config_path": "/etc/x"}
+                "config_path": "/etc/x",
+                "config": {"version": "abc", "path": "/etc/x", "last_change": {"by": "budi"},
+                           "trial": {"deadline": 99, "by": "budi"}, "last_refusal": "x"}}
 
     async def deauthorize(self, mac: str) -> Session:
         self.calls.append(("deauthorize", mac))
@@ -109,7 +111,8 @@ def handled(rig: Rig) -> list[tuple[str | None, str | None, str, str | None]]:
     ("vouchers.revoke", {"code": "ABCDE-FGHJK"}, ("revoke_voucher", "ABCDE-FGHJK"),
      {"revoked": True, "batch": "b1"}),
     ("prefetch", {}, ("prefetch", None), {"fetched": 3}),
-    ("status", {}, ("status", None), {"ready": True, "uptime": 5, "sessions_active": 2}),
+    ("status", {}, ("status", None), {"ready": True, "uptime": 5, "sessions_active": 2,
+                                      "config": {"version": "abc", "trial_deadline": 99}}),
 ])
 async def test_each_command_calls_its_facade_method_once(rig: Rig, name: str, args: dict[str, Any],
                                                          call: tuple[str, Any],

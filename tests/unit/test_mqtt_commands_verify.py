@@ -167,3 +167,21 @@ def test_the_worked_command_examples_in_docs_mqtt_validate_and_verify() -> None:
         assert answer["id"] == cmd.id
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
     assert set(c.REASONS) | {"failed"} <= documented
+
+
+# -- telemetry.command_keys in the config --------------------------------------------------------
+
+def test_command_keys_are_read_from_the_config_and_bad_ones_name_their_field() -> None:
+    from gateway.config import parse_config_text
+    from gateway.errors import ConfigError
+    from tests.unit.test_telemetry import BASE
+
+    good = c.public_key_text(OPERATOR.public_key())
+    tel = parse_config_text(BASE + f'command_keys = ["{good}"]\n').telemetry
+    assert tel.command_keys == (good,)
+    assert parse_config_text(BASE).telemetry.command_keys == ()
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(BASE + f'command_keys = ["{good}", "ssh-ed25519 AAAA"]\n')
+    assert any(line.startswith("telemetry.command_keys[1]") or
+               line.startswith("telemetry.command_keys.1") for line in info.value.problems), \
+        info.value.problems
