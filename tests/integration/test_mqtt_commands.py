@@ -210,6 +210,32 @@ async def test_the_fleet_send_command_line_prints_the_answer(mosquitto: Broker, 
     assert ops.deauthorized == [MAC]
 
 
+
+async def test_an_mqtt_311_operator_gets_the_answer_on_cmd_res_by_id(mosquitto: Broker,
+                                                                    tmp_path: Path) -> None:
+    import paho.mqtt.publish as publish
+
+    site = "s3"
+    key = Ed25519PrivateKey.generate()
+    tel = Telemetry(enabled=True, broker=mosquitto.url, site_id=site, start_delay_max=0,
+                    reconnect_min=1, reconnect_max=2, status_interval=0,
+                    command_keys=(c.public_key_text(key.public_key()),))
+    ops, events = RecordingOps(), []  # type: ignore[var-annotated]
+    res = Topics(PREFIX, site).cmd_res
+    with mosquitto.consumer(res, client_id="op-311") as consumer:
+        async with gateway(tmp_path, tel, ops, events):
+            await online(mosquitto, site, key)
+            # paho's publish.single speaks MQTT 3.1.1: no response topic, no correlation data
+            await asyncio.to_thread(publish.single, Topics(PREFIX, site).cmd_req,
+                                    request(key, site, "deauth", {"mac": MAC}, "cmd-311-00001"),
+                                    qos=1, hostname=mosquitto.host, port=mosquitto.port)
+            got = await asyncio.to_thread(consumer.wait_for,
+                                          lambda m: m.json.get("id") == "cmd-311-00001", 20,
+                                          "the answer on cmd/res")
+    assert got.topic == res and got.json["ok"] is True
+    jsonschema.validate(got.json, RESPONSE)
+    assert ops.deauthorized == [MAC]
+
 # -- the lab: the real daemon, the broker in the WAN, `desanet fleet send` there ------------------
 
 LAB_SITE = "lab-cmd"
