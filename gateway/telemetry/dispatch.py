@@ -19,11 +19,15 @@ The telemetry service hands each message of ``<prefix>/<site>/cmd/req`` to
 4. Every command and its outcome becomes a ``command_handled`` event (id,
    name, outcome, reason; never the arguments, which may name a MAC or a code).
 
-Commands run one at a time (a lock): two copies of one id arriving together
-cannot both pass the replay check. The response goes to the request's MQTT 5
-response topic with its correlation data, when that topic lies under this
-gateway's ``cmd/res`` (the broker's ACL lets a device publish only in its own
-subtree); otherwise, and for MQTT 3.1.1 clients, to ``cmd/res``, where the
+The replay check and the record of a new id happen under a lock, so two
+copies of one id arriving together cannot both pass; the commands themselves
+run outside it (a long prefetch does not hold up a deauth), and a copy that
+arrives while the first still runs is refused as replayed with ``first: null``.
+
+The response goes to the request's MQTT 5 response topic with its
+correlation data, when that topic lies under this gateway's ``cmd/res`` (the
+broker's ACL lets a device publish only in its own subtree); otherwise, and
+for MQTT 3.1.1 clients, to ``cmd/res``, where the
 operator matches the response by ``id``.
 """
 
@@ -111,10 +115,20 @@ class Dispatcher:
     async def handle(self, msg: Incoming) -> Reply:
         """Verify, run once, record, answer. Never raises for a bad request."""
         async with self._lock:
-            body = await self._handle(msg)
-        return Reply(self.reply_topic(msg), body, msg.correlation)
+            admitted = await self._admit(msg)
+        if isinstance(admitted, dict):
+            return Reply(self.reply_topic(msg), admitted, msg.correlation)
+        cmd, base = admitted
+        out = await self._run(cmd, base)
+        async with self._lock:
+            try:
+                await self._seen.finish(cmd.id, out)
+            except StoreError as exc:
+                log.error("MQTT command %s: its response is not recorded: %s", cmd.id, exc)
+        return Reply(self.reply_topic(msg), out, msg.correlation)
 
-    async def _handle(self, msg: Incoming) -> dict[str, Any]:
+    async def _admit(self, msg: Incoming) -> dict[str, Any] | tuple[c.Command, dict[str, Any]]:
+        """The refusal's answer, or the command, recorded as begun (under the lock)."""
         topics = self._topics()
         now = self._clock.time()
         base: dict[str, Any] = {"v": c.VERSION, "site": topics.site, "time": int(now)}
@@ -145,12 +159,7 @@ class Dispatcher:
             self._event(CommandHandled(cmd.id, cmd.name, "failed", "unavailable"))
             return {**base, "ok": False, "reason": "failed", "kind": "unavailable",
                     "error": f"cannot record the command: {exc}"}
-        out = await self._run(cmd, base)
-        try:
-            await self._seen.finish(cmd.id, out)
-        except StoreError as exc:
-            log.error("MQTT command %s: its response is not recorded: %s", cmd.id, exc)
-        return out
+        return cmd, base
 
     async def _run(self, cmd: c.Command, base: dict[str, Any]) -> dict[str, Any]:
         try:

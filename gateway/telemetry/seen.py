@@ -81,7 +81,11 @@ class SeenCommands:
             oldest = min(self._entries.values(), key=lambda e: e.expires)
             del self._entries[oldest.id]
         self._entries[cid] = Seen(cid, keep_until, None)
-        self._save()
+        try:
+            self._save()
+        except StoreError:
+            del self._entries[cid]  # not recorded: it may be sent again and run then
+            raise
 
     def finish_blocking(self, cid: str, response: dict[str, Any]) -> None:
         entry = self._entries.get(cid)

@@ -227,6 +227,41 @@ async def test_without_a_durable_record_nothing_runs(rig: Rig, monkeypatch: pyte
     assert (body["ok"], body["kind"]) == (False, "unavailable") and rig.ops.calls == []
 
 
+async def test_a_record_that_could_not_be_written_does_not_block_a_retry(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: SeenCommands) -> None:
+        raise StoreError("disk full")
+    request = rig.request("deauth", {"mac": MAC})
+    with monkeypatch.context() as m:
+        m.setattr(SeenCommands, "_save", full)
+        assert (await rig.send(request))["kind"] == "unavailable"
+    assert (await rig.send(request))["ok"] is True  # the disk has room again
+    assert rig.ops.calls == [("deauthorize", MAC)]
+
+
+async def test_copies_arriving_together_have_one_effect(rig: Rig) -> None:
+    request = rig.request("deauth", {"mac": MAC})
+    bodies = await asyncio.gather(*(rig.send(request) for _ in range(5)))
+    assert sorted(b["ok"] for b in bodies) == [False] * 4 + [True]
+    assert {b.get("reason") for b in bodies if not b["ok"]} == {c.REPLAYED}
+    assert rig.ops.calls == [("deauthorize", MAC)]
+
+
+async def test_a_long_command_does_not_hold_up_another(rig: Rig) -> None:
+    gate = asyncio.Event()
+    original = rig.ops.prefetch
+
+    async def slow() -> dict[str, Any]:
+        await gate.wait()
+        return await original()
+    rig.ops.prefetch = slow  # type: ignore[method-assign]
+    long = asyncio.create_task(rig.send(rig.request("prefetch", id="cmd-long-01")))
+    quick = await asyncio.wait_for(rig.send(rig.request("deauth", {"mac": MAC})), 5)
+    assert quick["ok"] is True and not long.done()
+    gate.set()
+    assert (await long)["ok"] is True
+
+
 @pytest.mark.parametrize("asked,used", [
     (None, TOPICS.cmd_res),
     (TOPICS.cmd_res + "/op-7f3a", TOPICS.cmd_res + "/op-7f3a"),
