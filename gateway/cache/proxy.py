@@ -261,7 +261,7 @@ class CachingProxy:
         """Answer a GET or HEAD for ``url``; ``timezone`` dates the offline banner."""
         self.metrics.requests += 1
         key = f"GET {url}"
-        req_h = header_dict(request.headers)
+        req_h = forward.end_to_end(header_dict(request.headers))
         for attempt in range(3):
             now = time.time()
             entry = self._pick(key, req_h)

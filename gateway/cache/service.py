@@ -278,7 +278,7 @@ class LocalServices:
             return pages.message(cfg, lang, read.status, "title_error",
                                  pages.t_for(lang)(read.message_key,
                                                    limit=f"{limits.max_body / 1048576:g}"))
-        req_h = header_dict(request.headers)
+        req_h = forward.end_to_end(header_dict(request.headers))
         request_time = time.time()
         async with self.proxy.fetch_slot(request):
             mark_metered(request)  # the upstream's answer: shaped in the villager's class
@@ -299,7 +299,7 @@ class LocalServices:
             limit_mb = f"{limits.max_body / 1048576:g}"
             return pages.message(cfg, lang, read.status, "title_error",
                                  t(read.message_key, limit=limit_mb))
-        req_h = header_dict(request.headers)
+        req_h = forward.end_to_end(header_dict(request.headers))
         headers = self.proxy.forward_headers(req_h)
         path_qs = "/" + rest + (f"?{query}" if query else "")
         # The one-time token the gateway put into the form (gateway/cache/forms.py): taken
