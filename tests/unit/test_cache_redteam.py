@@ -3,6 +3,9 @@ to another villager's answers. Each case beside its positive control."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,52 @@ async def test_a_field_named_by_connection_selects_no_variant(
 def test_end_to_end_drops_only_the_fields_connection_names(
         req_h: dict[str, str], kept: dict[str, str]) -> None:
     assert forward.end_to_end(req_h) == kept
+
+
+async def _until(check: Callable[[], bool], deadline: float = 5.0) -> None:
+    async with asyncio.timeout(deadline):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("refresh_first", [True, False])
+async def test_a_fill_started_while_a_miss_waited_for_its_slot_never_strands_its_waiters(
+        tmp_path: Path, refresh_first: bool) -> None:
+    """A villager's miss waits for one of its slots; meanwhile a background refresh of the
+    same URL starts and a second request waits for that refresh. The first miss then gets
+    its slot and fetches too. Whichever fill ends first, the second request is answered
+    (the refresh must not drop the miss's in-flight mark and then fail to wake its own
+    waiters) and no in-flight mark is left behind."""
+    async with cache_site(tmp_path) as site:
+        proxy = site.services.proxy
+        refresh_gate, miss_gate = asyncio.Event(), asyncio.Event()
+        calls = 0
+
+        async def origin(request: web.Request) -> web.Response:
+            nonlocal calls
+            calls += 1
+            await (refresh_gate if calls == 1 else miss_gate).wait()
+            return web.Response(text="x", headers={"Cache-Control": "max-age=60"})
+
+        site.origin.script("/x", origin)
+        service = site.services.services()["svc"]
+        slots = contextlib.AsyncExitStack()
+        for _ in range(proxy.slots.limit):  # the villager's slots are all busy
+            await slots.enter_async_context(proxy.slots.hold("127.0.0.1"))
+        miss = asyncio.create_task(site.get("/x"))
+        await _until(lambda: proxy.slots.waiting() == 1)
+        refresh = asyncio.create_task(proxy.refresh(service, service.upstream + "/x"))
+        await _until(lambda: calls == 1)
+        waiter = asyncio.create_task(site.get("/x"))
+        await _until(lambda: proxy.metrics.collapsed == 1)
+        await slots.aclose()
+        await _until(lambda: calls == 2)  # the miss fetches on its own
+        first, second = (refresh_gate, miss_gate) if refresh_first else (miss_gate, refresh_gate)
+        first.set()
+        await _until(lambda: refresh.done() if refresh_first else miss.done())
+        second.set()
+        async with asyncio.timeout(5):
+            (resp, body), _, outcome = await asyncio.gather(waiter, miss, refresh)
+        assert resp.status == 200 and body == b"x"
+        assert outcome in ("stored", "fresh")
+        await _until(lambda: not proxy._inflight)  # the miss's handler ends after its answer
