@@ -306,8 +306,13 @@ class CachingProxy:
                 await asyncio.shield(waiting)
                 continue
             async with self.fetch_slot(request):
-                return await self._lead(request, service, url, key, req_h, entry, decision,
-                                        rewrite, timezone)
+                # A fill of this URL may have begun while this one waited for its slot.
+                waiting = self._inflight.get(key)
+                if waiting is None or attempt == 2:
+                    return await self._lead(request, service, url, key, req_h, entry, decision,
+                                            rewrite, timezone)
+            self.metrics.collapsed += 1
+            await asyncio.shield(waiting)  # then decide again: normally a fresh copy
         return web.Response(status=502, text="the cached copy kept failing; try again\n")
 
     async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
