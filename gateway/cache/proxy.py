@@ -275,7 +275,8 @@ class CachingProxy:
                 return web.Response(status=504, text="not in cache (only-if-cached)\n")
             if entry is not None and decision.kind is Kind.FRESH:
                 served = await self._serve(request, entry, now, "hit", counter="hits", req_h=req_h,
-                                           edit=self._edit(service, entry, offline, timezone))
+                                           edit=self._edit(service, entry, offline, timezone),
+                                           rewrite=rewrite)
                 if served is not None:
                     return served
                 continue
@@ -283,7 +284,8 @@ class CachingProxy:
                 self._refresh_in_background(service, url, key, req_h)
                 served = await self._serve(request, entry, now, "hit; detail=stale-while-revalidate",
                                            counter="stale_while_revalidate", req_h=req_h,
-                                           edit=self._edit(service, entry, offline, timezone))
+                                           edit=self._edit(service, entry, offline, timezone),
+                                           rewrite=rewrite)
                 if served is not None:
                     return served
                 continue
@@ -317,8 +319,9 @@ class CachingProxy:
 
     async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
                      counter: str, req_h: dict[str, str] | None = None,
-                     edit: Edit | None = None) -> web.StreamResponse | None:
-        resp = await serve_entry(request, self.store, entry, now, detail, req_h, edit)
+                     edit: Edit | None = None, rewrite: Callable[[str], str] | None = None
+                     ) -> web.StreamResponse | None:
+        resp = await serve_entry(request, self.store, entry, now, detail, req_h, edit, rewrite)
         if resp is not None:
             setattr(self.metrics, counter, getattr(self.metrics, counter) + 1)
             if request.method != "HEAD" and resp.status in (200, 206):
@@ -342,10 +345,11 @@ class CachingProxy:
                                                     interim=request)
             except UpstreamDown as exc:
                 return await self._on_error(request, entry, decision, exc,
-                                            self._edit(service, entry, True, timezone))
+                                            self._edit(service, entry, True, timezone), rewrite)
             if upstream.status in rules.ERROR_STATUSES and entry is not None:
                 stale = await self._stale_on_error(request, entry, decision,
-                                                   self._edit(service, entry, True, timezone))
+                                                   self._edit(service, entry, True, timezone),
+                                                   rewrite)
                 if stale is not None:
                     upstream.release()
                     return stale
@@ -354,7 +358,8 @@ class CachingProxy:
                     refreshed = await self._freshen(entry, upstream, request_time)
                     resp = await self._serve(request, refreshed, time.time(),
                                              "hit; fwd=stale; fwd-status=304", "revalidated", req_h,
-                                             self._edit(service, refreshed, False, timezone))
+                                             self._edit(service, refreshed, False, timezone),
+                                             rewrite)
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
@@ -481,22 +486,24 @@ class CachingProxy:
         return resp
 
     async def _on_error(self, request: web.Request, entry: Entry | None, decision: Decision,
-                        exc: UpstreamDown, edit: Edit | None) -> web.StreamResponse:
+                        exc: UpstreamDown, edit: Edit | None,
+                        rewrite: Callable[[str], str] | None = None) -> web.StreamResponse:
         if entry is not None:
-            resp = await self._stale_on_error(request, entry, decision, edit)
+            resp = await self._stale_on_error(request, entry, decision, edit, rewrite)
             if resp is not None:
                 return resp
         log.warning("upstream failed and no usable copy: %s", exc)
         raise exc
 
     async def _stale_on_error(self, request: web.Request, entry: Entry, decision: Decision,
-                              edit: Edit | None) -> web.StreamResponse | None:
+                              edit: Edit | None, rewrite: Callable[[str], str] | None = None
+                              ) -> web.StreamResponse | None:
         """The stored copy after an upstream error, when the rules allow it; else None."""
         now = time.time()
         if not rules.may_serve_stale(decision, now):
             return None
         return await self._serve(request, entry, now, "hit; detail=stale-if-error",
-                                 counter="stale_served", edit=edit)
+                                 counter="stale_served", edit=edit, rewrite=rewrite)
 
     async def _passthrough(self, request: web.Request, service: GovService, url: str,
                            req_h: dict[str, str], rewrite: Callable[[str], str]) -> web.StreamResponse:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway.cache import forward
-from tests.unit.cachesite import cache_site
+from tests.unit.cachesite import Answer, cache_site
 
 VARIED = {"Cache-Control": "max-age=3600", "Vary": "Accept-Language"}
 
@@ -116,3 +116,34 @@ async def test_a_miss_that_waited_for_its_slot_joins_a_fill_begun_meanwhile(
             assert await refresh == "stored"
         assert resp.status == 200 and body == b"x"
         assert len(site.origin.requests_for("/x")) == 1
+
+
+# (how the second request is answered, its method, the stored answer's Location) -> the
+# Location the villager gets: the origin's own URLs always come back into layanan.desa, as
+# on the first (miss) answer; another site's URL is left as it is.
+@pytest.mark.parametrize(("second", "method", "location", "expected"), [
+    ("hit", "GET", "{up}/b", "/svc/b"),
+    ("hit", "HEAD", "{up}/b", "/svc/b"),
+    ("hit", "GET", "/b", "/b"),  # relative: the villager's browser resolves it under /svc/
+    ("hit", "GET", "http://other.example/b", "http://other.example/b"),
+    ("revalidated", "GET", "{up}/b", "/svc/b"),
+    ("stale-if-error", "GET", "{up}/b", "/svc/b"),
+])
+async def test_a_stored_redirect_points_into_layanan_desa(
+        tmp_path: Path, second: str, method: str, location: str, expected: str) -> None:
+    async with cache_site(tmp_path) as site:
+        up = site.services.services()["svc"].upstream
+        cc = {"hit": "max-age=60", "revalidated": "max-age=0",
+              "stale-if-error": "max-age=0, stale-if-error=60"}[second]
+        stored = Answer(301, {"Location": location.format(up=up), "Cache-Control": cc,
+                              "ETag": '"r1"'}, b"moved")
+        then = {"hit": stored, "revalidated": Answer(304, {"ETag": '"r1"'}, b""),
+                "stale-if-error": Answer(503, {}, b"down")}[second]
+        site.origin.script("/a", stored, then)
+        first, _ = await site.get("/a")
+        assert first.headers["Location"] == expected
+        resp, _ = await site.request(method, "/a")
+        assert resp.status == 301
+        assert second in resp.headers["Cache-Status"] or (
+            second == "revalidated" and "fwd-status=304" in resp.headers["Cache-Status"])
+        assert resp.headers["Location"] == expected
