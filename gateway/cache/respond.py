@@ -74,11 +74,15 @@ def stored_headers_for_client(meta: StoredMeta, now: float) -> CIMultiDict[str]:
 
 
 def upstream_headers_for_client(headers: Mapping[str, str] | Any, rewrite: Any = None) -> CIMultiDict[str]:
-    """Copy an upstream response's fields (repeated ones such as Set-Cookie kept apart)."""
+    """Copy an upstream response's fields (repeated ones such as Set-Cookie kept apart),
+    without the hop-by-hop ones and those its Connection names (RFC 9110 §7.6.1)."""
     out: CIMultiDict[str] = CIMultiDict()
+    getall = getattr(headers, "getall", None)  # a multidict: every Connection line counts
+    listed = getall("connection", []) if getall else [headers.get("connection", "")]
+    named = {n.strip().lower() for n in ",".join(listed).split(",")}
     for name, value in headers.items():
         low = name.lower()
-        if low in HOP_BY_HOP or low == "content-length":
+        if low in HOP_BY_HOP or low in named or low == "content-length":
             continue
         if low == "location" and rewrite is not None:
             value = rewrite(value)

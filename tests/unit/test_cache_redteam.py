@@ -147,3 +147,16 @@ async def test_a_stored_redirect_points_into_layanan_desa(
         assert second in resp.headers["Cache-Status"] or (
             second == "revalidated" and "fwd-status=304" in resp.headers["Cache-Status"])
         assert resp.headers["Location"] == expected
+
+
+@pytest.mark.parametrize("cc", ["no-store", "max-age=60"])
+async def test_response_fields_the_origin_names_in_connection_stay_on_its_hop(
+        tmp_path: Path, cc: str) -> None:
+    """RFC 9110 §7.6.1: a proxy drops the fields the upstream's Connection names, passed
+    through (no-store) as well as stored; the other fields pass (control)."""
+    async with cache_site(tmp_path) as site:
+        site.origin.script("/a", Answer(200, {"Connection": "X-Hop", "X-Hop": "secret",
+                                              "X-Kept": "1", "Cache-Control": cc}))
+        for _ in range(2):
+            resp, _ = await site.get("/a")
+            assert "X-Hop" not in resp.headers and resp.headers["X-Kept"] == "1"
