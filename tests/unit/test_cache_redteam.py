@@ -160,3 +160,34 @@ async def test_response_fields_the_origin_names_in_connection_stay_on_its_hop(
         for _ in range(2):
             resp, _ = await site.get("/a")
             assert "X-Hop" not in resp.headers and resp.headers["X-Kept"] == "1"
+
+
+async def personal(request: web.Request) -> web.Response:
+    who = request.cookies.get("sid", "nobody")
+    return web.Response(text=f"hello {who}", headers=_PERSONAL_HEADERS[request.path])
+
+_PERSONAL_HEADERS = {
+    "/me": {"Cache-Control": "max-age=300"},
+    "/heuristic": {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"},
+    "/public": {"Cache-Control": "public, max-age=300"},
+    "/shared": {"Cache-Control": "s-maxage=300"},
+    "/varied": {"Cache-Control": "max-age=300", "Vary": "Cookie"},
+}
+
+
+# (path, whether another villager may get the answer made for villager A's cookie)
+@pytest.mark.parametrize(("path", "shared"), [
+    ("/me", False),  # max-age is for A's browser; the answer may be A's own page
+    ("/heuristic", False),
+    ("/public", True),  # the origin says any villager may have it
+    ("/shared", True),
+    ("/varied", False),  # stored per cookie: B (no cookie) gets their own answer
+])
+async def test_an_answer_to_a_villagers_cookie_reaches_others_only_when_marked_shared(
+        tmp_path: Path, path: str, shared: bool) -> None:
+    async with cache_site(tmp_path) as site:
+        site.origin.script(path, personal)
+        _, mine = await site.get(path, headers={"Cookie": "sid=A"})
+        _, theirs = await site.get(path)
+        assert mine == b"hello A"
+        assert theirs == (b"hello A" if shared else b"hello nobody")
