@@ -135,8 +135,10 @@ class CachingProxy:
         return self.slots.in_flight()
 
     def fetch_slot(self, request: web.Request) -> contextlib.AbstractAsyncContextManager[None]:
-        """One of the villager's upstream-fetch slots for the block (gateway/cache/slots.py)."""
-        return self.slots.hold(request.remote or "?")
+        """One of the villager's upstream-fetch slots for the block (gateway/cache/slots.py);
+        a GET or HEAD whose villager hung up while it waited fetches nothing (ClientGone)."""
+        gone = _client_gone(request) if request.method in ("GET", "HEAD") else None
+        return self.slots.hold(request.remote or "?", gone)
 
     # -- upstream ---------------------------------------------------------------
 
@@ -577,6 +579,13 @@ class CachingProxy:
         """Bring one URL's stored copy up to date without a villager waiting; see
         :func:`gateway.cache.refresh.refresh` for the outcomes."""
         return await refresh_url(self, service, url, req_h, rate_bps, max_bytes)
+
+
+def _client_gone(request: web.Request) -> Callable[[], bool]:
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+    return gone
 
 
 def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse

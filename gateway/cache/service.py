@@ -31,7 +31,7 @@ from gateway.cache.prefetch import Prefetcher
 from gateway.cache.proxy import CachingProxy, UpstreamDown
 from gateway.cache.rules import header_dict
 from gateway.cache.shapemark import mark_metered
-from gateway.cache.slots import ClientBusy
+from gateway.cache.slots import ClientBusy, ClientGone
 from gateway.cache.store import CacheStore
 from gateway.cache.submit import REFUSALS, BodyRefused, limits_of, read_form
 from gateway.config.schema import Config, GovService
@@ -197,6 +197,8 @@ class LocalServices:
                                       rest, query, rewrite)
         except UpstreamDown:
             return self._unavailable(cfg, pages.pick_lang(request, cfg), service, "unavailable_body")
+        except ClientGone:
+            return web.Response(status=499)  # nobody reads it: the villager hung up waiting
         except ClientBusy as exc:
             log.info("%s: %s", service.slug, exc)
             lang = pages.pick_lang(request, cfg)

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway.cache import forward
+from gateway.cache.slots import ClientBusy, ClientGone, FetchSlots
 from tests.unit.cachesite import Answer, cache_site
 
 VARIED = {"Cache-Control": "max-age=3600", "Vary": "Accept-Language"}
@@ -191,3 +192,61 @@ async def test_an_answer_to_a_villagers_cookie_reaches_others_only_when_marked_s
         _, theirs = await site.get(path)
         assert mine == b"hello A"
         assert theirs == (b"hello A" if shared else b"hello nobody")
+
+
+async def test_a_villager_who_hung_up_while_waiting_for_a_slot_costs_no_download(
+        tmp_path: Path) -> None:
+    """The gateway's HTTP server does not cancel a handler when its client goes (aiohttp's
+    default), so a miss that waited for a slot must itself notice that nobody waits for it
+    any more: its turn passes on and nothing is fetched for it. The live request queued
+    behind it is answered (control)."""
+    async with cache_site(tmp_path) as site:
+        runner = site.client.server.runner
+        assert runner is not None and runner.server is not None
+        runner.server.handler_cancellation = False  # as the daemon's runner (the test one cancels)
+        proxy = site.services.proxy
+        site.origin.script("/gone", Answer(200, {"Cache-Control": "max-age=60"}, b"gone"))
+        site.origin.script("/live", Answer(200, {"Cache-Control": "max-age=60"}, b"live"))
+        slots = contextlib.AsyncExitStack()
+        for _ in range(proxy.slots.limit):
+            await slots.enter_async_context(proxy.slots.hold("127.0.0.1"))
+        _, writer = await asyncio.open_connection("127.0.0.1", site.client.port)
+        writer.write(b"GET /svc/gone HTTP/1.1\r\nHost: layanan.desa\r\n\r\n")
+        await writer.drain()
+        await _until(lambda: proxy.slots.waiting() == 1)
+        writer.close()
+        await writer.wait_closed()
+        live = asyncio.create_task(site.get("/live"))
+        await _until(lambda: proxy.slots.waiting() == 2)
+        await slots.aclose()
+        async with asyncio.timeout(5):
+            resp, body = await live
+        assert resp.status == 200 and body == b"live"
+        assert site.origin.requests_for("/gone") == []
+        await _until(lambda: proxy.slots.waiting() == 0 and proxy.fetches_in_flight() == 0)
+
+
+async def test_waiters_whose_villager_left_make_room_in_a_full_queue() -> None:
+    """At the waiting limit, waiters whose villager is gone are dropped (ClientGone) before
+    a new request is refused; a live waiter is kept (control) and refusal still comes when
+    all are live."""
+    slots = FetchSlots(limit=1, waiting_limit=2)
+    left = {"a": False, "b": False}
+    async with slots.hold("phone"):
+        a = asyncio.create_task(_wait_turn(slots, lambda: left["a"]))
+        b = asyncio.create_task(_wait_turn(slots, lambda: left["b"]))
+        await _until(lambda: slots.waiting() == 2)
+        with pytest.raises(ClientBusy):  # both live: the limit holds
+            await _wait_turn(slots, lambda: False)
+        left["a"] = True
+        c = asyncio.create_task(_wait_turn(slots, lambda: False))
+        await _until(lambda: a.done() and slots.waiting() == 2)
+        assert isinstance(a.exception(), ClientGone)
+    async with asyncio.timeout(5):
+        assert await b == "served" and await c == "served"
+    assert slots.in_flight() == 0 and slots.waiting() == 0
+
+
+async def _wait_turn(slots: FetchSlots, gone: Callable[[], bool]) -> str:
+    async with slots.hold("phone", gone):
+        return "served"
