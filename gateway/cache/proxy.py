@@ -71,7 +71,7 @@ from gateway.cache.respond import (
 )
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
-from gateway.cache.slots import FetchSlots
+from gateway.cache.slots import FetchSlots, disconnected
 from gateway.cache.store import BodyWriter, CacheStore, Entry
 from gateway.cache.upstream import InterimResponse, interim_to
 from gateway.cache.upstream import connector as upstream_connector
@@ -137,7 +137,7 @@ class CachingProxy:
     def fetch_slot(self, request: web.Request) -> contextlib.AbstractAsyncContextManager[None]:
         """One of the villager's upstream-fetch slots for the block (gateway/cache/slots.py);
         a GET or HEAD whose villager hung up while it waited fetches nothing (ClientGone)."""
-        gone = _client_gone(request) if request.method in ("GET", "HEAD") else None
+        gone = disconnected(request) if request.method in ("GET", "HEAD") else None
         return self.slots.hold(request.remote or "?", gone)
 
     # -- upstream ---------------------------------------------------------------
@@ -579,13 +579,6 @@ class CachingProxy:
         """Bring one URL's stored copy up to date without a villager waiting; see
         :func:`gateway.cache.refresh.refresh` for the outcomes."""
         return await refresh_url(self, service, url, req_h, rate_bps, max_bytes)
-
-
-def _client_gone(request: web.Request) -> Callable[[], bool]:
-    def gone() -> bool:
-        transport = request.transport
-        return transport is None or transport.is_closing()
-    return gone
 
 
 def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse

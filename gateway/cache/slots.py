@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from gateway.errors import Refused
 
@@ -39,6 +40,19 @@ class ClientGone(Exception):
 
 
 Gone = Callable[[], bool]  # True once nobody waits for the request's answer any more
+
+
+class _Connected(Protocol):
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+
+
+def disconnected(request: _Connected) -> Gone:
+    """``gone`` for a request of the HTTP server: its connection is closed or closing."""
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+    return gone
 
 
 class FetchSlots:
