@@ -13,7 +13,9 @@ from aiohttp import web
 
 from gateway.cache import forward
 from gateway.cache.slots import ClientBusy, ClientGone, FetchSlots
+from gateway.cache.upstream import MAX_INTERIM
 from tests.unit.cachesite import Answer, cache_site
+from tests.unit.test_cache_upstream import EARLY_HINTS, answer, raw_exchange, raw_site
 
 VARIED = {"Cache-Control": "max-age=3600", "Vary": "Accept-Language"}
 
@@ -250,3 +252,18 @@ async def test_waiters_whose_villager_left_make_room_in_a_full_queue() -> None:
 async def _wait_turn(slots: FetchSlots, gone: Callable[[], bool]) -> str:
     async with slots.hold("phone", gone):
         return "served"
+
+
+@pytest.mark.parametrize(("hints", "forwarded"), [(2, 2), (MAX_INTERIM, MAX_INTERIM),
+                                                  (500, MAX_INTERIM)])
+async def test_a_flood_of_interim_answers_is_not_all_passed_on(
+        tmp_path: Path, hints: int, forwarded: int) -> None:
+    """1xx answers are forwarded (control), but an origin that sends hundreds cannot make
+    the gateway queue all of them for a villager's phone: the first few pass, the final
+    answer still arrives."""
+    async with raw_site(tmp_path) as (origin, client, _):
+        origin.answers["/a"] = [EARLY_HINTS * hints, answer(b"hello")]
+        got = await raw_exchange(client, b"GET /svc/a HTTP/1.1\r\nHost: layanan.desa\r\n"
+                                         b"Connection: close\r\n\r\n")
+        assert got.count(b"HTTP/1.1 103 ") == forwarded
+        assert got.endswith(b"\r\n\r\nhello")
