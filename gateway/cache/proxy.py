@@ -544,10 +544,10 @@ class CachingProxy:
         try:
             upstream = await self.open_upstream(service, "HEAD", url, headers, interim=request)
         except UpstreamDown as exc:
-            return await self._on_error(request, entry, decision, exc, edit)
+            return await self._on_error(request, entry, decision, exc, edit, rewrite)
         async with upstream:
             if upstream.status in rules.ERROR_STATUSES:
-                stale = await self._stale_on_error(request, entry, decision, edit)
+                stale = await self._stale_on_error(request, entry, decision, edit, rewrite)
                 if stale is not None:
                     return stale
             mark_metered(request)
