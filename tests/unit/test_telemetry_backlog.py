@@ -379,3 +379,43 @@ def test_the_status_line_names_drops() -> None:
     data["dropped"] = {"event": 1, "telemetry": 9}
     assert telemetry_status_line(data).endswith(
         "3 message(s) waiting, dropped 9 telemetry and 1 event message(s) (backlog full)")
+
+
+# -- docs/mqtt.md: the worked example is what the outbox does ------------------------------------
+
+def test_the_backlog_worked_example_in_docs_mqtt_validates_and_matches_the_policy(tmp_path: Path) -> None:
+    import re
+
+    import jsonschema
+
+    from tests.unit.test_telemetry import EVENT_SCHEMA, MQTT_DOC, STATUS_SCHEMA
+
+    text = MQTT_DOC.read_text()
+    section = text.split("## Backlog after an outage", 1)[1].split("\n## ", 1)[0]
+    made = re.search(r"Made during the outage, in order: (.*?)\.", section, re.S)
+    assert made is not None
+    kinds = re.findall(r"(telemetry|event) (\d+)", made.group(1))
+    bound = int(re.search(r"backlog_max_messages = (\d+)", section).group(1))  # type: ignore[union-attr]
+    (block,) = re.findall(r"```\n(.*?)\n```", section, re.S)
+    lines = [line.split(" ", 1) for line in block.splitlines()]
+    status = json.loads(lines[0][1])
+    assert lines[0][0].endswith("/status")
+    jsonschema.validate(status, STATUS_SCHEMA)
+    events = [json.loads(body) for topic, body in lines[1:]]
+    assert all(topic.endswith("/event") for topic, _ in lines[1:])
+    for body in events:
+        jsonschema.validate(body, EVENT_SCHEMA)
+
+    # replay the outage through the real outbox
+    box = TelemetryOutbox(tmp_path / "t.db", Bound(max_messages=bound, max_bytes=10**6))
+    first = int(kinds[0][1])
+    for kind, seq in kinds:
+        (got,) = box.add(42, [msg(kind, i=int(seq))])
+        assert got - 1 == int(seq) - first  # the doc's numbers are consecutive
+    survivors = [m.seq - 1 + first for m in box.pending()]
+    assert [e["seq"] for e in events if e.get("hist")] == survivors
+    assert status["dropped"] == box.totals.dropped
+    live = [e for e in events if not e.get("hist")]
+    assert [e["seq"] for e in live] == [survivors[-1] + 1]  # made after the reconnect
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    box.close()
