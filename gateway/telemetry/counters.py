@@ -16,7 +16,8 @@ it records ``seq_floor`` (the highest number of that batch) and a new
 ``seq_reserved`` here. At open, an outbox whose sequence is below
 ``seq_floor`` is not the one that made those numbers (moved aside, lost,
 replaced): it continues above ``seq_reserved``. A few numbers are then skipped,
-never repeated.
+never repeated. The outbox mirrors the session counter, and keeps its own
+sequence, so losing this file alone sends neither back.
 """
 
 from __future__ import annotations

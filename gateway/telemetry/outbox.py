@@ -184,10 +184,15 @@ class TelemetryOutbox:
     def next_session(self) -> int:
         """Increment the session counter and return it (1 at the first start). Blocks.
 
-        Kept in the counter file; a schema-1 outbox's own counter is honoured once."""
+        Kept in the counter file and mirrored here: the next one is above both, so
+        losing either file alone never sends it back."""
         with self._db.read() as db:
             row = db.execute("SELECT value FROM counters WHERE name='session'").fetchone()
-        return self.counters.next_session(at_least=int(row[0]) if row else 0)
+        session = self.counters.next_session(at_least=int(row[0]) if row else 0)
+        with self._db.tx() as db:
+            db.execute("INSERT INTO counters (name, value) VALUES ('session', ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (session,))
+        return session
 
     def add(self, session: int, items: Sequence[NewMessage]) -> list[int]:
         """Commit ``items`` (in order) and return their sequence numbers; drop what

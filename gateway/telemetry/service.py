@@ -116,7 +116,7 @@ class TelemetryService:
         return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
                 "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
-                "last_connected": self.last_connected, "dropped": self._outbox.totals().dropped}
+                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped)}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)

@@ -274,6 +274,16 @@ def test_a_schema_1_outbox_keeps_its_session_and_messages(tmp_path: Path) -> Non
     box.close()
 
 
+def test_a_lost_counter_file_does_not_send_the_session_back(tmp_path: Path) -> None:
+    box = TelemetryOutbox(tmp_path / "t.db")
+    assert [box.next_session() for _ in range(3)] == [1, 2, 3]
+    box.close()
+    (tmp_path / "t.counters").unlink()
+    box = TelemetryOutbox(tmp_path / "t.db")
+    assert box.next_session() == 4  # the outbox's mirror of it
+    box.close()
+
+
 @pytest.mark.parametrize("text", ["{", '{"session": 1}', '{"session": -1, "seq_floor": 0, "seq_reserved": 0}',
                                   '[]'])
 def test_a_damaged_counter_file_is_refused_with_what_to_do(tmp_path: Path, text: str) -> None:
