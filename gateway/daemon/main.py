@@ -62,7 +62,7 @@ from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
 from gateway.telemetry.dispatch import Dispatcher
 from gateway.telemetry.mqtt import connect as mqtt_connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
+from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox, backlog_bound
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.topics import Topics
@@ -235,7 +235,8 @@ class Daemon:
         the rest): the Will says offline while the gateway still serves. A broken outbox is
         logged and the gateway runs without telemetry, never the other way round."""
         try:
-            box = await asyncio.to_thread(TelemetryOutbox, state_dir / "telemetry.db")
+            box = await asyncio.to_thread(TelemetryOutbox, state_dir / "telemetry.db",
+                                          lambda: backlog_bound(holder.get().telemetry))
         except StoreError as exc:
             log.error("telemetry is off: cannot open its outbox: %s", exc)
             return

@@ -114,7 +114,6 @@ class TelemetryService:
         self.connects = 0
         self.sent = 0
         self.acked = 0
-        self.backlog = 0  # messages in the outbox (queued or awaiting their PUBACK)
         self.last_connected: int | None = None
         self.commands: CommandPort | None = None  # set by the daemon when commands are on
         self._answering: set[asyncio.Task[None]] = set()
@@ -123,13 +122,18 @@ class TelemetryService:
     def connected(self) -> bool:
         return self._link is not None
 
+    @property
+    def backlog(self) -> int:
+        """Messages in the outbox (queued or awaiting their PUBACK)."""
+        return self._outbox.totals().count
+
     def status_json(self) -> dict[str, Any]:
         """For `desanet status`: whether the gateway reports, and what waits to be sent."""
         cfg = self._settings()
         return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
                 "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
-                "last_connected": self.last_connected}
+                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped)}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
@@ -138,7 +142,6 @@ class TelemetryService:
         """Count this start (the session counter, one fsync), then run both tasks.
         Raises StoreError when the outbox cannot be written."""
         self.session = await self._outbox.next_session()
-        self.backlog = await self._outbox.count()
         log.info("telemetry session %d: reporting to %s as %s", self.session,
                  self._settings().broker, self._settings().site_id)
         self._tasks = [asyncio.create_task(self._kept(self._follow_events), name="telemetry-events"),
@@ -192,7 +195,6 @@ class TelemetryService:
                 await self._sleep(STORE_RETRY)
                 continue
             seq = batch[-1].seq
-            self.backlog += len(items)
             if any(s.event.type.startswith("config_") for s in batch):
                 self._status_due = True  # the status carries the config version
                 self._check_settings()
@@ -275,7 +277,8 @@ class TelemetryService:
         return link
 
     def _publish_status(self, link: Link, topics: Topics) -> None:
-        body = payloads.status(self.identity(), self._config_version(), online=True)
+        body = payloads.status(self.identity(), self._config_version(), online=True,
+                               dropped=self._outbox.totals().dropped)
         link.publish(topics.status, payloads.encode(body), retain=True)
         self._status_due = False
 
@@ -288,6 +291,7 @@ class TelemetryService:
         self._publish_status(link, topics)
         last_status = self._clock.monotonic()
         cursor = 0
+        backlog_top = self._outbox.totals().last_seq  # what waits now was queued offline
         while not self._lost.is_set():
             self._wake.clear()
             if self._status_due or (cfg.status_interval and
@@ -303,7 +307,11 @@ class TelemetryService:
                     cursor = row.seq
                     if row.seq in self._acked:
                         continue  # acknowledged on an earlier connection, delete pending
-                    body = payloads.message(who, row.seq, row.session, row.created, json.loads(row.body))
+                    hist = payloads.historical(row.seq, row.session, backlog_top, self.session,
+                                               row.created, self._clock.time(),
+                                               cfg.telemetry_interval)
+                    body = payloads.message(who, row.seq, row.session, row.created,
+                                            json.loads(row.body), hist)
                     topic = topics.event if row.kind == "event" else topics.telemetry
                     self._flight.published(row.seq, link.publish(topic, payloads.encode(body)))
                     self.sent += 1
@@ -375,7 +383,7 @@ class TelemetryService:
         while self._acked:
             batch = set(self._acked)
             try:
-                self.backlog -= await self._outbox.ack(batch)
+                await self._outbox.ack(batch)
             except StoreError as exc:
                 log.error("cannot remove %d sent message(s) from the outbox: %s (they may be "
                           "sent again after a restart)", len(batch), exc)

@@ -1,4 +1,5 @@
-"""Telemetry against a real Mosquitto in the lab's WAN: status, Last Will, durable events.
+"""Telemetry against a real Mosquitto in the lab's WAN: status, Last Will, durable events,
+the backlog's bound and drop policy.
 
 The broker runs in the WAN namespace (the region's broker, reached over the
 gateway's uplink), with its own config and persistence; the gateway logs in
@@ -22,6 +23,7 @@ import pytest
 
 from desanet_lab import LabInfo, LabSpec
 from desanet_lab import plan as p
+from gateway.control.client import ControlClient
 from gateway.sqlitedb import open_readonly
 from tests.integration.conftest import (
     LAB_TOOLS,
@@ -48,6 +50,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 SCHEMA = {STATUS: json.loads((SCHEMAS / "status.schema.json").read_text()),
           EVENT: json.loads((SCHEMAS / "event.schema.json").read_text())}
 PORT, TLS_PORT = free_port(), free_port()  # the consumer's plain listener; the gateway's TLS one
+BOUND = 100  # the outbox's bound (the smallest the config takes)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
                  "ca_file": str(pki.ca), "cert_file": str(pki.device_cert),
                  "key_file": str(pki.device_key),
                  "start_delay_max": "0s", "reconnect_min": "1s", "reconnect_max": "2s",
-                 "keepalive": "30s"}
+                 "keepalive": "30s", "backlog_max_messages": BOUND}
     return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
                             extra={"telemetry": telemetry}))
 
@@ -177,3 +180,75 @@ def test_events_made_while_the_broker_is_down_arrive_in_order_across_a_kill(
     assert tel["connected"] and tel["backlog"] == 0 and tel["session"] == sessions[3]
     for m in consumer.messages():
         valid(m)
+
+
+def outbox_seqs(lab: LabInfo) -> tuple[list[int], int]:
+    """The seqs in the outbox and the highest handed out, read from its file at one moment."""
+    conn = open_readonly(Path(lab.state_dir) / "state" / "telemetry.db")
+    try:
+        conn.execute("BEGIN")  # one snapshot for both reads
+        seqs = [int(r[0]) for r in conn.execute("SELECT seq FROM messages ORDER BY seq")]
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
+        return seqs, int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def make_batches(lab: LabInfo, n: int) -> None:
+    """``n`` voucher batches, each one event (through the control socket, no CLI start-up)."""
+    with ControlClient(lab.control_socket, timeout=20) as client:
+        for _ in range(n):
+            client.request("POST", "/v1/vouchers", {"count": 1, "duration": 3600, "max_devices": 1})
+
+
+def test_an_outage_past_the_bound_keeps_the_newest_events_and_counts_the_rest(
+        lab: LabInfo, broker: Broker, consumer: Consumer) -> None:
+    ensure_gateway(lab)
+    consumer.wait_for(status_is(True), 30, "the gateway online")
+    wait_until(lambda: outbox_size(lab) == 0, 30, "an empty outbox before the outage")
+    before = desanet_json(lab.control_socket, "status")["telemetry"]["dropped"]
+    seen = len(consumer.messages())
+    queued, top = outbox_seqs(lab)
+    # Every seq from here on is delivered or counted dropped (the daemon may still be making
+    # messages of its own, e.g. after the last test's restart: they count too).
+    first = queued[0] if queued else top + 1
+    broker.stop()
+    make_batches(lab, BOUND // 2 + 10)
+    stop_gateway(lab, signal.SIGKILL)  # the bound and the counts hold across a crash
+    start_gateway(lab)
+    make_batches(lab, BOUND // 2 + 10)
+    held, last = outbox_seqs(lab)
+    assert last - first + 1 > BOUND + 10
+    # events only (the daemon's other messages are events too): the newest BOUND wait
+    assert held == list(range(last - BOUND + 1, last + 1))
+    tel = desanet_json(lab.control_socket, "status")["telemetry"]
+    assert tel["backlog"] == BOUND
+    restart = len(consumer.messages())
+    broker.start()
+
+    wait_until(lambda: outbox_size(lab) == 0, 60, "the backlog sent and acknowledged")
+    final = outbox_seqs(lab)[1]  # the daemon may have made more of its own meanwhile
+    tel = desanet_json(lab.control_socket, "status")["telemetry"]
+
+    def seqs(msgs: list[Received]) -> list[int]:
+        return list(dict.fromkeys(valid(m)["seq"] for m in msgs if m.topic == EVENT
+                                  and m.json["seq"] >= first))  # first arrivals, in order
+    live = seqs(consumer.messages()[seen:restart])  # sent before the broker stopped
+    backlog = [s for s in seqs(consumer.messages()[restart:]) if s not in live]
+    assert backlog == sorted(backlog), "not in seq order"
+    assert {m.json["seq"] for m in consumer.messages()[restart:]
+            if m.topic == EVENT and m.json["seq"] <= last and not m.json.get("hist")} == set()
+    lost = [s for s in range(first, final + 1) if s not in live and s not in backlog]
+    assert len(lost) >= last - first + 1 - BOUND  # the outage made more than the bound
+    assert max(lost) < min(backlog)  # the oldest events were dropped, the newest kept
+    dropped = {"event": before["event"] + len(lost), "telemetry": before["telemetry"]}
+    assert tel["dropped"] == dropped  # every missing seq is counted, none more
+    # the status sent at the reconnect names the drops of the outage (the daemon's own
+    # events may add one later, in the next status)
+    status = valid(consumer.wait_for(lambda m: m.topic == STATUS and m.json["online"], 30,
+                                     "the status at the reconnect", after=restart))
+    assert status["session"] == tel["session"]
+    assert status["dropped"]["telemetry"] == before["telemetry"]
+    assert before["event"] + last - first + 1 - BOUND <= status["dropped"]["event"] <= dropped["event"]
+    counters = json.loads((Path(lab.state_dir) / "state" / "telemetry.counters").read_text())
+    assert counters["session"] == tel["session"] and counters["seq_reserved"] >= last
