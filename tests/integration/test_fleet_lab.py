@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from desanet_lab import LabInfo, LabSpec, lab_device_cert
+from desanet_lab import LabInfo, LabSpec, lab_device_cert, lab_down, netns
 from desanet_lab import plan as p
 from tests.integration.conftest import (
     LAB_TOOLS,
@@ -191,3 +191,13 @@ def test_another_gateway_cannot_publish_under_the_first_ones_subtree(
     assert "forged by desa-b" not in op.received(forged)
     refused = dev.wait_for(lambda x: x.get("topic") == forged and "puback" in x, "the PUBACK")
     assert refused["puback"] == "Not authorized"
+
+
+def test_lab_down_stops_the_broker_and_removes_its_files(lab: LabInfo) -> None:
+    # Last in this module: the module's lab is gone afterwards (its teardown is idempotent).
+    b = lab_status()["broker"]
+    assert b["running"] and netns.pid_alive(b["pid"])
+    lab_down(PREFIX)
+    wait_until(lambda: not netns.pid_alive(b["pid"]), 10, "mosquitto to stop")
+    assert not Path(b["config"]).parent.exists()
+    assert not Path(b["ca_key"]).exists()
