@@ -202,8 +202,9 @@ class Watcher:
         self.client.loop_stop()
 
     def pump(self, until: float) -> bool:
-        """Handle what paho's thread queued, waiting up to ``until`` (monotonic) for the
-        first note; True when the table or the connection state changed."""
+        """Handle what paho's thread queued until the queue is empty or ``until`` (monotonic)
+        passed, waiting for the first note up to then (so a flood of messages still lets
+        the caller draw); True when the table or the connection state changed."""
         changed = False
         wait = max(0.0, until - time.monotonic())
         while True:
@@ -211,8 +212,10 @@ class Watcher:
                 kind, data = self.notes.get(timeout=wait)
             except queue.Empty:
                 return changed
-            wait = 0.0
             changed = self._handle(kind, data) or changed
+            if time.monotonic() >= until:
+                return changed
+            wait = 0.0
 
     def _handle(self, kind: str, data: Any) -> bool:
         if kind == "connack":
@@ -275,7 +278,8 @@ def run_live(w: Watcher, timeout: float | None, out: TextIO, as_json: bool) -> i
     (at most once a second); --json prints one document per line."""
     tty = out.isatty() and not as_json
     end = None if timeout is None else time.monotonic() + timeout
-    dirty, drawn = True, 0.0
+    # The first screen waits for the retained statuses (or a second), not "connecting".
+    dirty, drawn, first = True, time.monotonic(), True
 
     def draw() -> None:
         now = time.time()
@@ -291,9 +295,9 @@ def run_live(w: Watcher, timeout: float | None, out: TextIO, as_json: bool) -> i
         next_draw = drawn + REDRAW_EVERY
         limit = next_draw if end is None else min(next_draw, end)
         dirty = w.pump(limit) or dirty
-        if time.monotonic() >= next_draw and (dirty or tty):
+        if (time.monotonic() >= next_draw and (dirty or tty)) or (first and w.complete):
             draw()
-            dirty, drawn = False, time.monotonic()
+            dirty, drawn, first = False, time.monotonic(), False
     if dirty:
         draw()
     return 0
