@@ -630,13 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="language of the sheet: id or en (default: site.language)")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
 
-    from gateway.fleet import watch as fleet_watch
+    from gateway.fleet.cli import register as register_fleet
 
-    fleet = sub.add_parser("fleet", help="the operator's side: watch every gateway of a region")
-    fsub = fleet.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True,
-                                help="what to do with the fleet")
-    fleet_watch.register(fsub)
-
+    register_fleet(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)

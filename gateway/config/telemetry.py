@@ -65,6 +65,12 @@ def _prefix(value: str) -> str:
     return value
 
 
+def _command_key(value: str) -> str:
+    from gateway.telemetry.commands import parse_public_key  # pure; cryptography loads lazily
+    parse_public_key(value)
+    return value
+
+
 def _seconds(low: int, high: int, example: str) -> BeforeValidator:
     """A duration ("30s", "5m", or seconds) within [low, high]; 0 is allowed when low is 0."""
     def parse(value: object) -> int:
@@ -110,6 +116,10 @@ class Telemetry(BaseModel):
     # The retained status is sent again this often (0: only on connect and on change).
     status_interval: Annotated[int, _seconds(0, 86400, '"1h"')] = Field(3600, examples=["1h"])
     telemetry_interval: Annotated[int, _seconds(10, 86400, '"5m"')] = Field(300, examples=["5m"])
+    # Operator public keys that may sign remote commands (docs/mqtt.md "Commands"), each
+    # "ed25519:<base64>" as `desanet fleet keygen` prints it. Empty: every command is refused.
+    command_keys: tuple[Annotated[str, AfterValidator(_command_key)], ...] = Field(
+        (), max_length=64, examples=[["ed25519:oTGk9NsPtQuU+7rspgO9JW6YxyVuOISoU06MIRGPtJg="]])
 
     @property
     def tls(self) -> bool:

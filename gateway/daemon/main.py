@@ -60,9 +60,12 @@ from gateway.store.db import AsyncStore
 from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
+from gateway.telemetry.dispatch import Dispatcher
 from gateway.telemetry.mqtt import connect as mqtt_connect
 from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
+from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.topics import Topics
 
 log = logging.getLogger("desanet.daemon")
 
@@ -240,6 +243,14 @@ class Daemon:
         _on_close(stack, "telemetry outbox", outbox.close)
         telemetry = TelemetryService(lambda: holder.get().telemetry, outbox, mqtt_connect, ops,
                                      lambda: ops.config.version, software_version(), self.clock)
+        try:  # remote commands (docs/mqtt.md "Commands"), subscribed from the first connection
+            seen = await asyncio.to_thread(SeenCommands, state_dir / "commands.json")
+            telemetry.commands = Dispatcher(
+                ops, seen, lambda: holder.get().telemetry.command_keys,
+                lambda: Topics(holder.get().telemetry.topic_prefix, holder.get().telemetry.site_id),
+                self.clock, ops.bus.publish, telemetry.rebirth)
+        except StoreError as exc:
+            log.error("remote commands are off: %s", exc)
         try:
             await telemetry.start()
         except StoreError as exc:

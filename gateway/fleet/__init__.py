@@ -1,1 +1,1 @@
-"""`desanet fleet`: the operator's side of the MQTT tree (docs/mqtt.md)."""
+"""The operator's side of the fleet: `desanet fleet` (keys, signed commands, the live watch)."""

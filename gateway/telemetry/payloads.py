@@ -50,6 +50,9 @@ EVENT_FIELDS: Mapping[str, Mapping[str, tuple[str, _F]]] = {
                               "duration": ("duration", _keep)},
     "voucher_revoked": {"sessions_ended": ("sessions_ended", _keep)},
     "voucher_released": {"sessions_ended": ("sessions_ended", _keep)},
+    # the command's arguments are left out: a deauth names a MAC, a revoke a voucher code
+    "command_handled": {"id": ("id", _keep), "name": ("name", _keep),
+                        "outcome": ("outcome", _keep), "reason": ("reason", _keep)},
 }
 
 

@@ -18,6 +18,14 @@ Two tasks, both on the event loop:
   transaction); a lost connection puts the ones in flight back, and the next
   connection sends them again, in order, with the same ``seq``.
 
+Remote commands (docs/mqtt.md "Commands"): when the daemon sets ``commands``
+(a :class:`gateway.telemetry.dispatch.Dispatcher`), each connection subscribes
+to ``cmd/req`` before it publishes the status (so an operator who sees the
+gateway online can send at once); each request is handed to the dispatcher
+on a task of its own and its reply published on this connection. A reply lost
+with the connection is not queued: the operator sends the same command (id)
+again and gets the recorded response.
+
 The status is sent again when the running config changes (its
 ``config_version``) and every ``status_interval``. Settings are read at each
 connect; a change of the ``[telemetry]`` section takes effect at the next
@@ -40,7 +48,8 @@ from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
 from gateway.errors import StoreError
 from gateway.telemetry import payloads
-from gateway.telemetry.mqtt import Connect, Link, LinkError, LinkSettings
+from gateway.telemetry.dispatch import Reply
+from gateway.telemetry.mqtt import Connect, Incoming, Link, LinkError, LinkSettings
 from gateway.telemetry.outbox import InFlight, NewMessage, OutboxPort
 from gateway.telemetry.topics import Topics
 
@@ -56,6 +65,12 @@ class EventSource(Protocol):
     """The part of the core facade (GatewayOps) telemetry reads."""
 
     async def wait_events(self, seq: int, timeout: float) -> list[Stamped]: ...
+
+
+class CommandPort(Protocol):
+    """Remote commands (telemetry/dispatch.py Dispatcher)."""
+
+    async def handle(self, msg: Incoming) -> Reply: ...
 
 
 def reconnect_delay(attempt: int, low: float, high: float, jitter: float,
@@ -101,6 +116,8 @@ class TelemetryService:
         self.acked = 0
         self.backlog = 0  # messages in the outbox (queued or awaiting their PUBACK)
         self.last_connected: int | None = None
+        self.commands: CommandPort | None = None  # set by the daemon when commands are on
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -145,9 +162,9 @@ class TelemetryService:
         while self._link is not None and len(self._flight) and loop.time() < deadline:
             self._ack_seen.clear()
             await wait_event(self._ack_seen, deadline - loop.time())
-        for task in self._tasks:
+        for task in [*self._tasks, *self._answering]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._answering]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         link, self._link = self._link, None
@@ -249,7 +266,8 @@ class TelemetryService:
         generation = self._generation
         self._lost.clear()
         link = await self._connect(settings, lambda mid, ok: self._ack(generation, mid, ok),
-                                   lambda reason: self._gone(generation, reason))
+                                   lambda reason: self._gone(generation, reason),
+                                   lambda msg: self._command(topics, msg))
         self._link = link
         self._in_use = cfg
         self.last_connected = self._clock.now()
@@ -265,6 +283,8 @@ class TelemetryService:
         """Send until the connection is lost (returns) or fails (raises LinkError)."""
         topics = Topics(cfg.topic_prefix, cfg.site_id)
         who = self.identity()
+        if self.commands is not None:
+            link.subscribe(topics.cmd_req)
         self._publish_status(link, topics)
         last_status = self._clock.monotonic()
         cursor = 0
@@ -296,6 +316,34 @@ class TelemetryService:
             finally:
                 for w in waits:
                     w.cancel()
+
+    def rebirth(self) -> None:
+        """Send the status again now (the ``rebirth`` command)."""
+        self._status_due = True
+        self._wake.set()
+
+    def _command(self, topics: Topics, msg: Incoming) -> None:
+        if self.commands is None or msg.topic != topics.cmd_req or self._stopping:
+            return
+        task = asyncio.create_task(self._answer(self.commands, msg), name="telemetry-command")
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, commands: CommandPort, msg: Incoming) -> None:
+        try:
+            reply = await commands.handle(msg)
+        except Exception:  # a bug: the request goes unanswered, the service carries on
+            log.exception("MQTT: a command could not be handled")
+            return
+        link = self._link
+        if link is None:
+            log.warning("MQTT: the connection was lost before the answer to a command; the "
+                        "operator may send it again (same id) to read the recorded answer")
+            return
+        try:
+            link.publish(reply.topic, payloads.encode(reply.body), correlation=reply.correlation)
+        except LinkError as exc:
+            log.warning("MQTT: cannot send the answer to a command: %s", exc)
 
     def _ack(self, generation: int, mid: int, ok: bool) -> None:
         if generation != self._generation:
