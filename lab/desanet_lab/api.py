@@ -79,7 +79,8 @@ class LabInfo:
             f"{ex} c1 -- curl -s http://layanan.desa/",
             f"{ex} c1 -- curl -si http://layanan.desa/dukcapil/",
             f"{ex} gw -- nft list ruleset",
-            *([broker.watch_command(self.broker, opt)] if self.broker else []),
+            *([broker.watch_command(self.broker, opt), broker.send_command(self.broker, opt)]
+              if self.broker else []),
             f"desanet status --socket {self.control_socket}",
             f"desanet clients --socket {self.control_socket}",
             f"desanet lab uplink down{opt}",
@@ -150,7 +151,9 @@ def lab_up(spec: LabSpec | None = None) -> LabInfo:
     """Build the lab described by ``spec`` and return what was built."""
     spec = spec or LabSpec()
     plan = p.plan_lab(spec)
-    config_text, config = labconfig.lab_config_text(plan, spec)
+    signing = broker.new_command_key() if spec.broker else None
+    config_text, config = labconfig.lab_config_text(
+        plan, spec, command_key=signing.public if signing else None)
     for tool in ("ip", "busybox"):
         if shutil.which(tool) is None:
             raise LabError(f"`{tool}` is not installed; apt-get install iproute2 busybox")
@@ -169,7 +172,7 @@ def lab_up(spec: LabSpec | None = None) -> LabInfo:
             netns.set_sysctl(plan.gw, key, value)
         services.start_wan_services(plan)
         if spec.broker:
-            broker.start_broker(plan)
+            broker.start_broker(plan, signing)
         meta: dict[str, Any] = {
             "prefix": plan.prefix, "clients": len(plan.clients),
             "gateway": spec.start_gateway, "portal_url": config.portal_url,

@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from desanet_lab import netns, pki
 from desanet_lab import plan as p
 from gateway.errors import LabError
+from gateway.telemetry.commands import public_key_text
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 READY_TIMEOUT = 15.0
@@ -53,6 +57,11 @@ class BrokerFiles:
 
     def device(self, site: str) -> pki.Pair:
         return pki.Pair(self.pki_dir / f"{site}.crt", self.pki_dir / f"{site}.key")
+
+    @property
+    def command_key(self) -> Path:
+        """The operator's Ed25519 signing key for `desanet fleet send` (``.pub`` beside it)."""
+        return self.pki_dir / "commands.key"
 
     @property
     def conf(self) -> Path:
@@ -129,6 +138,22 @@ def make_pki(f: BrokerFiles, sites: tuple[str, ...] = (p.LAB_SITE_ID,)) -> None:
         pki.issue(ca, site, site)
 
 
+@dataclass(frozen=True)
+class CommandKey:
+    """The lab operator's command-signing key: its PEM and the public key the gateway gets
+    in ``telemetry.command_keys`` (made before the config, which is validated first)."""
+
+    pem: bytes
+    public: str
+
+
+def new_command_key() -> CommandKey:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return CommandKey(pem, public_key_text(key.public_key()))
+
+
 def device_cert(prefix: str, site: str) -> pki.Pair:
     """A new certificate for gateway ``site`` from the CA of running lab ``prefix`` (a second,
     simulated gateway; the broker's ACL gives it ``desanet/v1/<site>/#``)."""
@@ -150,14 +175,18 @@ def _listening(log: Path, mark: int) -> bool:
     return f"listen socket on port {p.MQTT_PORT}".encode() in seen
 
 
-def start_broker(lab: p.LabPlan) -> int:
-    """Make the PKI, write the config and ACL, run Mosquitto in the WAN; its pid once it listens."""
+def start_broker(lab: p.LabPlan, signing: CommandKey | None = None) -> int:
+    """Make the PKI (and write ``signing``), write the config and ACL, run Mosquitto in the
+    WAN; its pid once it listens."""
     if not have_mosquitto():
         raise LabError(f"{MOSQUITTO} is missing; apt-get install mosquitto (or `desanet lab up "
                        "--no-broker` for a lab without the region's broker)")
     f = files(lab)
     f.dir.mkdir(parents=True, exist_ok=True)
     make_pki(f)
+    if signing is not None:
+        pki.write_private(f.command_key, signing.pem)
+        f.command_key.with_name("commands.key.pub").write_text(signing.public + "\n")
     f.acl.write_text(acl_text())
     f.conf.write_text(mosquitto_conf_text(f, run_as_root=os.geteuid() == 0))
     mark = f.log.stat().st_size if f.log.exists() else 0
@@ -185,6 +214,7 @@ def describe(lab: p.LabPlan) -> dict[str, Any]:
         "ca": str(f.ca.cert), "ca_key": str(f.ca.key),
         "operator_cert": str(f.operator.cert), "operator_key": str(f.operator.key),
         "gateway_cert": str(gw.cert), "gateway_key": str(gw.key),
+        "command_key": str(f.command_key),
         "config": str(f.conf), "acl": str(f.acl), "log": str(f.log), "pidfile": str(f.pidfile),
     }
 
@@ -193,3 +223,10 @@ def watch_command(info: dict[str, Any], prefix_opt: str = "") -> str:
     """The `desanet fleet watch` a user runs against the lab's broker (from its WAN)."""
     return (f"desanet lab exec{prefix_opt} wan -- desanet fleet watch --broker {info['url']} "
             f"--ca {info['ca']} --cert {info['operator_cert']} --key {info['operator_key']}")
+
+
+def send_command(info: dict[str, Any], prefix_opt: str = "") -> str:
+    """A signed `status` command to the lab's gateway through the broker (from its WAN)."""
+    return (f"desanet lab exec{prefix_opt} wan -- desanet fleet send {info['site_id']} status "
+            f"--broker {info['url']} --key {info['command_key']} --ca {info['ca']} "
+            f"--cert {info['operator_cert']} --key-file {info['operator_key']}")

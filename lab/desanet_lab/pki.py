@@ -47,6 +47,11 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """A private key file: mode 0600 from its first byte, replaced whole."""
+    _write(path, data, 0o600)
+
+
 def _save(where: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pair:
     pair = Pair(where / f"{stem}.crt", where / f"{stem}.key")
     _write(pair.key, key.private_bytes(serialization.Encoding.PEM,

@@ -92,6 +92,22 @@ def test_the_gateway_reports_online_and_fleet_watch_shows_it(lab: LabInfo) -> No
     assert row["config_version"] == desanet_json(lab.control_socket, "status")["config"]["version"]
 
 
+def test_a_signed_command_reaches_the_gateway_through_the_labs_broker(lab: LabInfo) -> None:
+    b = lab_status()["broker"]
+    hint = next(c for c in lab_status()["try"] if "fleet send" in c)
+    assert f"--key {b['command_key']}" in hint and f"--key-file {b['operator_key']}" in hint
+    wait_until(lambda: desanet_json(lab.control_socket, "status")["telemetry"]["connected"], 60,
+               "the gateway connected to the broker")
+    done = subprocess.run(["ip", "netns", "exec", lab.wan, *desanet_argv(), "fleet", "send", SITE,
+                           "status", "--broker", b["url"], "--key", b["command_key"],
+                           "--ca", b["ca"], "--cert", b["operator_cert"],
+                           "--key-file", b["operator_key"], "--json", "--timeout", "20s"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr + done.stdout
+    answer = json.loads(done.stdout)
+    assert answer["result"]["ready"] is True, answer
+
+
 class Probe:
     """tests/integration/mqtt_probe.py in the lab's WAN with one certificate."""
 

@@ -120,3 +120,18 @@ def test_the_watch_hint_uses_the_operator_files() -> None:
                           "mqtts://mqtt.lab:8883 --ca /run/desanet-lab/t1/mqtt/pki/ca.crt")
     assert cmd.endswith("--cert /run/desanet-lab/t1/mqtt/pki/operator.crt "
                         "--key /run/desanet-lab/t1/mqtt/pki/operator.key")
+
+
+def test_the_lab_operator_signing_key_is_provisioned_in_the_gateway(tmp_path: Path) -> None:
+    from gateway.telemetry.commands import parse_public_key
+
+    signing = broker.new_command_key()
+    lab = p.plan_lab(p.LabSpec(prefix="t1"))
+    _, config = labconfig.lab_config_text(lab, p.LabSpec(prefix="t1"), command_key=signing.public)
+    assert config.telemetry.command_keys == (signing.public,)
+    parse_public_key(signing.public)  # the form gateways read
+    d = broker.describe(lab)
+    hint = broker.send_command(d)
+    assert hint.startswith("desanet lab exec wan -- desanet fleet send desa-lab status --broker "
+                           "mqtts://mqtt.lab:8883 --key /run/desanet-lab/t1/mqtt/pki/commands.key")
+    assert hint.endswith("--key-file /run/desanet-lab/t1/mqtt/pki/operator.key")
