@@ -1,1 +1,1 @@
-"""The operator's side of the fleet: `desanet fleet` (keys, signed commands)."""
+"""The operator's side of the fleet: `desanet fleet` (keys, signed commands, the live watch)."""

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.config.loader import write_file_atomic
 from gateway.config.units import parse_duration
 from gateway.errors import DesanetError, Invalid
+from gateway.fleet import watch
 from gateway.telemetry import commands as c
 from gateway.telemetry.topics import Topics
 
@@ -251,10 +252,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `fleet` to the `desanet` parser's subcommands."""
-    fleet = sub.add_parser("fleet", help="operator tools: keys and signed commands to gateways",
-                           description="operator tools: keys and signed commands to gateways")
+    fleet = sub.add_parser("fleet", help="operator tools: keys, signed commands, the live watch",
+                           description="operator tools: keys and signed commands to gateways, "
+                                       "a live table of every gateway")
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True,
                                 help="what to do")
+    watch.register(fsub)  # `desanet fleet watch` (gateway/fleet/watch.py)
     kg = fsub.add_parser("keygen", help="make an operator key pair (Ed25519)",
                          description="make an operator key pair (Ed25519)")
     kg.set_defaults(func=cmd_keygen)

@@ -5,7 +5,17 @@ Public API::
     from desanet_lab import LabSpec, lab_up, lab_down, lab_status, run_in, client_ns
 """
 
-from desanet_lab.api import ClientInfo, Lab, LabInfo, lab_dhcp, lab_down, lab_status, lab_up, run_in
+from desanet_lab.api import (
+    ClientInfo,
+    Lab,
+    LabInfo,
+    lab_device_cert,
+    lab_dhcp,
+    lab_down,
+    lab_status,
+    lab_up,
+    run_in,
+)
 from desanet_lab.plan import LabPlan, LabSpec, client_ns, plan_lab, topology_commands
 
 __all__ = [
@@ -15,6 +25,7 @@ __all__ = [
     "LabPlan",
     "LabSpec",
     "client_ns",
+    "lab_device_cert",
     "lab_dhcp",
     "lab_down",
     "lab_status",

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from desanet_lab import labconfig, netns, services
+from desanet_lab import broker, labconfig, netns, pki, services
 from desanet_lab import plan as p
 from desanet_lab.plan import LabSpec, client_ns
 from gateway.errors import LabError
@@ -51,6 +51,7 @@ class LabInfo:
     portal_ip_url: str = f"http://{p.LAN_IP}/"
     state_dir: str = ""
     present: bool = True
+    broker: dict[str, Any] | None = None  # broker.describe() and "running"; None: no broker
 
     @property
     def control_socket(self) -> str:
@@ -78,6 +79,8 @@ class LabInfo:
             f"{ex} c1 -- curl -s http://layanan.desa/",
             f"{ex} c1 -- curl -si http://layanan.desa/dukcapil/",
             f"{ex} gw -- nft list ruleset",
+            *([broker.watch_command(self.broker, opt), broker.send_command(self.broker, opt)]
+              if self.broker else []),
             f"desanet status --socket {self.control_socket}",
             f"desanet clients --socket {self.control_socket}",
             f"desanet lab uplink down{opt}",
@@ -127,6 +130,7 @@ class LabInfo:
                 "wan_gateway": p.WAN_GW_V4,
                 "wan_isp": p.WAN_ISP_V4,
             },
+            "broker": self.broker,
             "try": self.try_commands(),
         }
 
@@ -147,12 +151,17 @@ def lab_up(spec: LabSpec | None = None) -> LabInfo:
     """Build the lab described by ``spec`` and return what was built."""
     spec = spec or LabSpec()
     plan = p.plan_lab(spec)
-    config_text, config = labconfig.lab_config_text(plan, spec)
+    signing = broker.new_command_key() if spec.broker else None
+    config_text, config = labconfig.lab_config_text(
+        plan, spec, command_key=signing.public if signing else None)
     for tool in ("ip", "busybox"):
         if shutil.which(tool) is None:
             raise LabError(f"`{tool}` is not installed; apt-get install iproute2 busybox")
     if not Path(services.DNSMASQ).exists():
         raise LabError(f"{services.DNSMASQ} is missing; apt-get install dnsmasq-base")
+    if spec.broker and not broker.have_mosquitto():
+        raise LabError(f"{broker.MOSQUITTO} is missing; apt-get install mosquitto (or "
+                       "`desanet lab up --no-broker` for a lab without the region's broker)")
     if lab_namespaces(plan.prefix) or plan.state_dir.exists():
         lab_down(plan.prefix)
     try:
@@ -162,10 +171,13 @@ def lab_up(spec: LabSpec | None = None) -> LabInfo:
         for key, value in p.GATEWAY_SYSCTLS:
             netns.set_sysctl(plan.gw, key, value)
         services.start_wan_services(plan)
+        if spec.broker:
+            broker.start_broker(plan, signing)
         meta: dict[str, Any] = {
             "prefix": plan.prefix, "clients": len(plan.clients),
             "gateway": spec.start_gateway, "portal_url": config.portal_url,
             "portal_ip_url": _ip_url(config.lan_ip, config.portal.http_port),
+            "broker": broker.describe(plan) if spec.broker else None,
         }
         plan.info_path.write_text(json.dumps(meta, indent=2) + "\n")
         if spec.start_gateway:
@@ -176,6 +188,12 @@ def lab_up(spec: LabSpec | None = None) -> LabInfo:
         lab_down(plan.prefix)
         raise
     return lab_status(plan.prefix)
+
+
+def lab_device_cert(site: str, prefix: str = p.DEFAULT_PREFIX) -> pki.Pair:
+    """A certificate (and key) for another gateway ``site`` from the CA of running lab
+    ``prefix``: the lab's broker gives it ``desanet/v1/<site>/#`` and nothing else."""
+    return broker.device_cert(prefix, site)
 
 
 def lab_dhcp(prefix: str = p.DEFAULT_PREFIX) -> dict[str, str]:
@@ -264,6 +282,13 @@ def lab_status(prefix: str = p.DEFAULT_PREFIX) -> LabInfo:
     pid = _read_pid(sd / "gateway.pid")
     running = pid is not None and netns.pid_alive(pid) and gw in names and (
         pid in netns.namespace_pids(gw))
+    mqtt = meta.get("broker")
+    if isinstance(mqtt, dict):
+        bpid = _read_pid(Path(mqtt["pidfile"]))
+        mqtt = {**mqtt, "pid": bpid, "running": bpid is not None and netns.pid_alive(bpid)
+                and wan in names and bpid in netns.namespace_pids(wan)}
+    else:
+        mqtt = None
     return LabInfo(
         prefix=prefix, wan=wan, gw=gw, clients=clients,
         wan_addresses=_cidrs(netns.addresses(wan)) if wan in names else [],
@@ -271,7 +296,7 @@ def lab_status(prefix: str = p.DEFAULT_PREFIX) -> LabInfo:
         gateway_pid=pid, gateway_running=running,
         portal_url=meta.get("portal_url", f"http://{p.PORTAL_HOSTNAME}/"),
         portal_ip_url=meta.get("portal_ip_url", f"http://{p.LAN_IP}/"),
-        state_dir=str(sd), present=bool(names),
+        state_dir=str(sd), present=bool(names), broker=mqtt,
     )
 
 

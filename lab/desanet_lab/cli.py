@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--json", action="store_true", help="print the result as JSON")
     up.add_argument("--no-gateway", action="store_true",
                     help="do not start the gateway daemon (and so no DHCP in the clients)")
+    up.add_argument("--no-broker", action="store_true",
+                    help="no MQTT broker in the WAN (and telemetry off in the gateway's config)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove the lab: processes, namespaces, files")
@@ -86,7 +88,7 @@ def _fail(exc: DesanetError) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     spec = p.LabSpec(prefix=args.prefix, clients=args.clients,
-                     start_gateway=not args.no_gateway)
+                     start_gateway=not args.no_gateway, broker=not args.no_broker)
     try:
         info = api.lab_up(spec)
     except DesanetError as exc:
@@ -208,11 +210,22 @@ def format_human(data: dict[str, Any]) -> str:
         f"({data['addresses']['government']})",
         f"  resolvers      ISP {data['addresses']['isp_resolver']}, "
         f"outside {data['addresses']['outside_resolver']}",
+        *_broker_lines(data.get("broker")),
         "",
         "Try:",
         *(f"  {cmd}" for cmd in data["try"]),
     ]
     return "\n".join(lines)
+
+
+def _broker_lines(b: dict[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+    state = "running" if b.get("running") else "not running"
+    return [f"  MQTT broker    {b['url']} ({b['address']}:{b['port']} in {b['namespace']}, "
+            f"{state}); gateway site {b['site_id']}",
+            f"  operator       --ca {b['ca']} --cert {b['operator_cert']} "
+            f"--key {b['operator_key']}"]
 
 
 def main(argv: list[str] | None = None) -> int:

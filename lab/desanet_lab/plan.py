@@ -54,12 +54,14 @@ INTERNET_V4 = "198.51.100.10"
 INTERNET_V6 = "2001:db8:100::10"
 GOVERNMENT_V4 = "198.51.100.20"
 CONNCHECK_V4 = "198.51.100.30"
+MQTT_V4 = "198.51.100.40"  # the region's MQTT broker (Mosquitto, TLS)
 WAN_SERVICE_ADDRESSES = (
     f"{ISP_RESOLVER}/32",
     f"{INTERNET_V4}/32",
     f"{GOVERNMENT_V4}/32",
     f"{CONNCHECK_V4}/32",
     f"{OUTSIDE_RESOLVER}/32",
+    f"{MQTT_V4}/32",
     f"{INTERNET_V6}/128",
 )
 
@@ -81,6 +83,13 @@ CONNCHECK_HOSTS = (
     "detectportal.firefox.com",
 )
 PORTAL_HOSTNAME = "portal.desa"
+MQTT_HOST = "mqtt.lab"
+MQTT_PORT = 8883
+MQTT_PREFIX = "desanet/v1"
+LAB_SITE_ID = "desa-lab"  # the lab gateway's telemetry.site_id and its certificate's CN
+# The operator's certificate CN: never a valid site id (a '.'), so the broker's per-device
+# pattern (desanet/v1/<CN>/#) gives it no gateway's subtree.
+OPERATOR_CN = "operator.lab"
 UDP_ECHO_PORT = 9999
 TLS_PORT = 443
 
@@ -151,6 +160,7 @@ class LabSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     start_gateway: bool = True
     dhcp: bool = True
+    broker: bool = True  # run Mosquitto in the WAN as the region's broker; the gateway reports
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,11 @@ class LabPlan:
     @property
     def info_path(self) -> Path:
         return self.state_dir / "lab.json"
+
+    @property
+    def mqtt_dir(self) -> Path:
+        """The broker's config, ACL, persistence and log, and the lab's PKI."""
+        return self.state_dir / "mqtt"
 
 
 def plan_lab(spec: LabSpec) -> LabPlan:

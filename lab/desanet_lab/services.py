@@ -34,6 +34,8 @@ ISP_RECORDS: dict[str, tuple[str, ...]] = {
     p.GARDEN_EVIL_HOST: (p.INTERNET_V4,),
     # stale: a public name that points at the ISP's link address (not global)
     p.PRIVATE_ANSWER_HOST: (p.WAN_ISP_V4,),
+    # the region's MQTT broker (desanet_lab/broker.py)
+    p.MQTT_HOST: (p.MQTT_V4,),
 }
 # alias -> target, for the ISP resolver: a garden subdomain that is a CNAME to the
 # internet host (an attacker's address), for the walled-garden tests

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from desanet_lab import LabInfo, LabSpec, lab_down, lab_status, lab_up, run_in, services
+from desanet_lab import LabInfo, LabSpec, broker, lab_down, lab_status, lab_up, run_in, services
 from desanet_lab import netns as nsa
 from desanet_lab import plan as p
 
@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # -- marks -------------------------------------------------------------------------------------------
 
 # What every lab needs (`desanet lab up` checks the same); add the module's own tools.
-LAB_TOOLS: tuple[str, ...] = ("ip", "busybox", "curl", "nft", services.DNSMASQ)
+LAB_TOOLS: tuple[str, ...] = ("ip", "busybox", "curl", "nft", services.DNSMASQ,
+                              broker.MOSQUITTO)  # the region's broker in the WAN
 
 require_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (network namespaces, nftables, tc): run as root")
