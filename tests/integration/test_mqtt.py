@@ -44,9 +44,11 @@ SITE = "lab-mq"
 TOPICS = "desanet/v1/#"
 STATUS = f"desanet/v1/{SITE}/status"
 EVENT = f"desanet/v1/{SITE}/event"
+TELEMETRY = f"desanet/v1/{SITE}/telemetry"
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 SCHEMA = {STATUS: json.loads((SCHEMAS / "status.schema.json").read_text()),
-          EVENT: json.loads((SCHEMAS / "event.schema.json").read_text())}
+          EVENT: json.loads((SCHEMAS / "event.schema.json").read_text()),
+          TELEMETRY: json.loads((SCHEMAS / "telemetry.schema.json").read_text())}
 PORT, TLS_PORT = free_port(), free_port()  # the consumer's plain listener; the gateway's TLS one
 
 
@@ -62,7 +64,10 @@ def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
                  "ca_file": str(pki.ca), "cert_file": str(pki.device_cert),
                  "key_file": str(pki.device_key),
                  "start_delay_max": "0s", "reconnect_min": "1s", "reconnect_max": "2s",
-                 "keepalive": "30s"}
+                 "keepalive": "30s",
+                 # time-compressed periodic telemetry: a report every 10 s, every 2nd one full
+                 "telemetry_interval": "10s", "telemetry_sample_interval": "5s",
+                 "telemetry_full_every": 2}
     return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
                             extra={"telemetry": telemetry}))
 
@@ -174,6 +179,41 @@ def test_events_made_while_the_broker_is_down_arrive_in_order_across_a_kill(
     # a message leaves the outbox once the broker acknowledged it
     wait_until(lambda: outbox_size(lab) == 0, 30, "the outbox to empty")
     tel = desanet_json(lab.control_socket, "status")["telemetry"]
-    assert tel["connected"] and tel["backlog"] == 0 and tel["session"] == sessions[3]
+    assert tel["connected"] and tel["session"] == sessions[3]
+    # (a telemetry report may be queued at any moment: the backlog is 0 again soon after)
+    wait_until(lambda: desanet_json(lab.control_socket, "status")["telemetry"]["backlog"] == 0,
+               30, "an empty backlog")
     for m in consumer.messages():
         valid(m)
+
+
+def test_telemetry_reports_arrive_validate_and_share_the_events_sequence(
+        lab: LabInfo, broker: Broker, consumer: Consumer) -> None:
+    ensure_gateway(lab)
+    session = valid(consumer.wait_for(status_is(True), 30, "the gateway online"))["session"]
+    seen = len(consumer.messages())
+    desanet_json(lab.control_socket, "vouchers", "create", "--count", "2", "--duration", "1h")
+
+    def is_full(m: Received) -> bool:
+        return m.topic == TELEMETRY and m.json.get("f") is True and m.json["session"] >= session
+    full = valid(consumer.wait_for(is_full, 60, "a full telemetry report", after=seen))
+    status = desanet_json(lab.control_socket, "status")
+    assert full["site"] == SITE and full["session"] == status["telemetry"]["session"]
+    for key in ("mem", "dsk", "upt", "ld", "ul", "ca", "li", "fv", "bl", "rc"):
+        assert key in full, key
+    assert set(full["rx"]) == {p.LAN_INTERFACE, p.WAN_INTERFACE}  # the config's two, no other
+    later = len(consumer.messages())
+    consumer.wait_for(lambda m: m.topic == TELEMETRY and m.json["seq"] > full["seq"], 60,
+                      "the next telemetry report", after=later)
+    # one sequence for events and reports: a seq is never used by two different messages
+    by_seq: dict[int, dict[str, Any]] = {}
+    for m in consumer.messages()[seen:]:
+        if m.topic in (EVENT, TELEMETRY):
+            body = valid(m)
+            assert by_seq.setdefault(body["seq"], body) == body
+    reports = [b for b in by_seq.values() if "type" not in b]
+    assert len(reports) >= 2 and any(b.get("type") == "voucher_batch_created" for b in by_seq.values())
+    wire = json.dumps(reports)
+    client = lab.client(1)
+    for secret in (status["lan_ip"], client.mac, client.mac.replace(":", ""), *client.addresses):
+        assert secret not in wire
