@@ -13,9 +13,11 @@ what to send:
 
 - a **gauge** is sent when it moved by more than its deadband since the value
   last sent (or went from a number to unknown and back);
-- a **counter** (cumulative at the source) is sent as its increase since the
-  last report that carried it, when it increased by more than its deadband
-  (a counter that went down was restarted: its new value is the increase);
+- a **counter** (cumulative at the source: bytes, logins, drops) goes in full
+  reports only, as its increase since the previous full report (a counter
+  that went down was restarted: its new value is the increase). Counters move
+  in nearly every interval; sent by exception they would make every report
+  go out, while an hourly sum loses nothing but resolution;
 - a **full** report, every ``telemetry_full_every`` intervals and the first
   after a start, carries every metric (``"f": true``), so a consumer that
   missed the exceptions or just subscribed catches up;
@@ -46,7 +48,7 @@ Sample = dict[str, Value]
 @dataclass(frozen=True)
 class Metric:
     kind: Kind  # "full": sent in full reports only (e.g. uptime, which moves every second)
-    deadband: float = 0.0  # a gauge or counter moves by more than this to be sent
+    deadband: float = 0.0  # a gauge moves by more than this to be sent
     fold: Fold = "last"  # how the samples of one interval become the reported value
     doc: str = ""
 
@@ -63,23 +65,23 @@ METRICS: Mapping[str, Metric] = {
     # network
     "ul": Metric("gauge", 0, "last", "uplink: 1 up, 0 down, null unknown"),
     "lat": Metric("gauge", 100, "mean", "uplink probe latency, ms"),
-    "rx": Metric("counter", 0, "last", "bytes received per interface since the last report"),
-    "tx": Metric("counter", 0, "last", "bytes sent per interface since the last report"),
+    "rx": Metric("counter", 0, "last", "bytes received per interface"),
+    "tx": Metric("counter", 0, "last", "bytes sent per interface"),
     # portal
     "cc": Metric("gauge", 2, "last", "clients connected (DHCP leases)"),
     "ca": Metric("gauge", 2, "last", "clients authorized (active sessions)"),
-    "li": Metric("counter", 0, "last", "logins (voucher or terms) since the last report"),
-    "fv": Metric("counter", 0, "last", "wrong voucher codes since the last report"),
+    "li": Metric("counter", 0, "last", "logins (voucher or terms)"),
+    "fv": Metric("counter", 0, "last", "voucher codes refused"),
     # shaping
-    "sd": Metric("counter", 0, "last", "packets the shaper dropped since the last report"),
+    "sd": Metric("counter", 0, "last", "packets the shaper dropped"),
     # local services
     "hr": Metric("gauge", 0.05, "last", "cache hit ratio since the daemon started, 0-1"),
-    "bs": Metric("counter", 0, "last", "bytes served from the cache (saved upstream) since the last report"),
+    "bs": Metric("counter", 0, "last", "bytes served from the cache (saved upstream)"),
     "sv": Metric("gauge", 0, "last", "local services per health state (online, offline, unknown)"),
     "qf": Metric("gauge", 0, "last", "forms waiting to be delivered"),
     # MQTT
     "bl": Metric("gauge", 0, "last", "messages waiting in the outbox (events and telemetry)"),
-    "rc": Metric("counter", 0, "last", "connections to the broker since the last report"),
+    "rc": Metric("counter", 0, "last", "connections to the broker"),
 }
 FAMILIES = ("rx", "tx", "sv")  # nested: {"rx": {"eth0": 1200}}; flat in a sample as "rx/eth0"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,14}$")  # IFNAMSIZ is 16 with the NUL
@@ -241,10 +243,9 @@ class Reporter:
             elif spec.kind == "counter":
                 if value is None:
                     continue
-                base = self._base.get(key, value)
-                delta = value - base if value >= base else value  # below: the source restarted
-                if full or delta > spec.deadband:
-                    _put(body, key, delta)
+                if full:
+                    base = self._base.get(key, value)
+                    _put(body, key, value - base if value >= base else value)  # below: restarted
                     self._base[key] = value
             else:
                 last = self._sent.get(key)

@@ -139,14 +139,15 @@ def test_gauges_are_sent_when_they_move_past_their_deadband(
     assert [shown(b) for b in run([{key: v} for v in values])] == sent
 
 
-@pytest.mark.parametrize(("values", "sent"), [
-    ([5, 5, 7, 7, 10], [0, None, 2, None, 3]),  # increases since the last report that had one
-    ([5, 8, 2, 4], [0, 3, 2, 2]),  # went down: the source restarted, its value is the increase
-    ([None, 3, 4], [None, None, 1]),  # counts from the first sample that had it
+@pytest.mark.parametrize(("values", "full_every", "sent"), [
+    # in full reports only, as the increase since the previous full report
+    ([5, 5, 7, 7, 10, 12], 2, [0, None, 2, None, 3, None]),
+    ([5, 8, 2, 4], 1, [0, 3, 2, 2]),  # went down: the source restarted, its value is the increase
+    ([None, 3, 4], 1, [None, 0, 1]),  # counts from the first sample that had it
 ])
-def test_counters_send_their_increase_since_the_last_report(
-        values: list[int | None], sent: list[int | None]) -> None:
-    reports = run([{"li": v} for v in values])
+def test_counters_send_their_increase_in_full_reports(
+        values: list[int | None], full_every: int, sent: list[int | None]) -> None:
+    reports = run([{"li": v} for v in values], full_every)
     assert [None if b is None else b.get("li") for b in reports] == sent
 
 
@@ -174,13 +175,13 @@ def test_a_full_report_resets_the_deadband_reference() -> None:
 
 
 def test_a_health_state_that_empties_is_sent_as_zero_and_a_gone_interface_is_forgotten() -> None:
-    reports = run([{"sv/online": 2, "sv/offline": 1, "rx/eth0": 5},
-                   {"sv/online": 3, "rx/eth1": 7},
-                   {"sv/online": 3, "rx/eth1": 9, "rx/eth0": 100},
-                   {"sv/online": 3, "rx/eth1": 9, "rx/eth0": 150}])
-    assert reports[1] == {"sv": {"online": 3, "offline": 0}}
-    assert reports[2] == {"rx": {"eth1": 2}}  # eth0 came back: it counts from here
-    assert reports[3] == {"rx": {"eth0": 50}}
+    reports = run([{"sv/online": 2, "sv/offline": 1}, {"sv/online": 3}, {"sv/online": 3}])
+    assert reports[1:] == [{"sv": {"online": 3, "offline": 0}}, None]
+    reports = run([{"rx/eth0": 5}, {"rx/eth1": 7}, {"rx/eth1": 9, "rx/eth0": 100},
+                   {"rx/eth1": 9, "rx/eth0": 150}], full_every=1)
+    assert [r and r["rx"] for r in reports] == [
+        {"eth0": 0}, {"eth1": 0}, {"eth1": 2, "eth0": 0},  # eth0 came back: it counts from here
+        {"eth1": 0, "eth0": 50}]
 
 
 def test_samples_of_an_interval_fold_by_mean_max_or_last() -> None:

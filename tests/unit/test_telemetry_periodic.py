@@ -32,6 +32,7 @@ class Gateway:
     def __init__(self) -> None:
         self.calls = 0
         self.logins = 0
+        self.authorized = 3
         self.fail_next = 0
 
     async def readings(self) -> Readings:
@@ -39,7 +40,8 @@ class Gateway:
         if self.fail_next:
             self.fail_next -= 1
             raise StoreError("the lease file is unreadable (test)")
-        status: dict[str, Any] = {"sessions_active": 3, "uplink": {"state": "up", "latency_ms": 600},
+        status: dict[str, Any] = {"sessions_active": self.authorized,
+                                  "uplink": {"state": "up", "latency_ms": 600},
                                   "portal": {"logins": self.logins, "voucher_failures": 0},
                                   "clients": [{"mac": "02:00:00:00:00:01", "ip": "10.42.0.9"}]}
         return Readings(SystemReadings(cpu=10.0, memory=40.0, uptime=1000 + self.calls,
@@ -98,20 +100,22 @@ async def test_reports_share_the_events_sequence_and_send_what_moved(tmp_path: P
         assert first["session"] == 1 and sent()[0][0] == EVENT
         assert [body["seq"] for _, body in sent()] == [1, 2]  # the event, then the report
 
-        gateway.logins = 5
+        gateway.logins, gateway.authorized = 5, 6
         bus.publish(ServiceHealthChanged("dukcapil", "offline"))
         await until(lambda: len(sent()) == 3, "the second event")
         await samples(5)
         await until(lambda: len(reports()) == 2, "the second report")
-        assert reports()[1] == {**{k: reports()[1][k] for k in ("v", "site", "session", "seq", "time")},
-                                "li": 3, "rx": {"eth0": 500}, "tx": {"eth0": 50}}  # what moved
+        envelope = {k: reports()[1][k] for k in ("v", "site", "session", "seq", "time")}
+        assert reports()[1] == {**envelope, "ca": 6}  # what moved; counters wait for a full one
         assert [body["seq"] for _, body in sent()] == [1, 2, 3, 4]
 
         gateway.fail_next = 1  # a sample that cannot be read is skipped, the loop goes on
-        await samples(5)
-        await samples(5)  # the third report (after the second) is full again
-        await until(lambda: len(reports()) == 4, "the fourth report")
-        assert "f" not in reports()[2] and reports()[3]["f"] is True
+        await samples(5)  # nothing moved: no third report
+        await samples(5)  # the fourth interval's is full again
+        await until(lambda: len(reports()) == 3, "the full report")
+        again = reports()[2]
+        assert again["f"] is True and again["seq"] == 5  # nothing was sent in between
+        assert (again["li"], again["rx"], again["ca"]) == (3, {"eth0": 1500}, 6)
         for body in reports():
             jsonschema.validate(body, SCHEMA)
             assert "10.42.0.9" not in json.dumps(body) and "02:00" not in json.dumps(body)
