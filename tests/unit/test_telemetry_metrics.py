@@ -217,3 +217,31 @@ async def test_the_facade_counts_logins_and_wrong_codes(tmp_path: Path) -> None:
     assert got["clients_connected"] == 2 and got["sessions_active"] == 1
     one = sample(Readings(SystemReadings(), got))
     assert (one["li"], one["fv"], one["cc"], one["ca"]) == (1, 1, 2, 1)
+
+
+def test_the_machine_readings_are_numbers_in_range(tmp_path: Path) -> None:
+    from gateway.telemetry.sysinfo import read_system
+
+    first, second = read_system(tmp_path, ["lo", "no-such-if0"]), read_system(tmp_path, ["lo"])
+    for one in (first, second):
+        assert one.memory is not None and 0 < one.memory <= 100
+        assert one.disk is not None and 0 <= one.disk <= 100
+        assert one.uptime is not None and one.uptime > 0
+        assert set(one.interfaces) == {"lo"}  # only the interfaces asked for, if they exist
+    assert second.cpu is not None and 0 <= second.cpu <= 100
+    body = Reporter(1)
+    body.add(sample(Readings(second, {})))
+    jsonschema.validate({"v": 1, "site": "s1", "session": 1, "seq": 1, "time": 1.0,
+                         **(body.report() or {})}, SCHEMA)
+
+
+def test_the_second_worked_example_in_docs_mqtt_is_what_the_reporter_sends() -> None:
+    """docs/mqtt.md: after the full report, CPU 12->14 and latency 612->640 stay within their
+    deadbands, three more authorized clients do not, logins and bytes wait."""
+    reporter = Reporter(12)
+    reporter.add({"cpu": 12, "ca": 7, "lat": 612, "li": 0, "rx/eth0": 0})
+    reporter.add({"cpu": 12, "ca": 7, "lat": 612, "li": 3, "rx/eth0": 3_210_000})
+    assert reporter.report() == {"f": True, "cpu": 12, "ca": 7, "lat": 612, "li": 3,
+                                 "rx": {"eth0": 3_210_000}}
+    reporter.add({"cpu": 14, "ca": 10, "lat": 640, "li": 6, "rx/eth0": 5_050_000})
+    assert reporter.report() == {"ca": 10}
