@@ -630,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="language of the sheet: id or en (default: site.language)")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
 
+    from gateway.fleet.cli import register as register_fleet
+
+    register_fleet(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)

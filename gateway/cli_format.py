@@ -234,8 +234,11 @@ def telemetry_status_line(telemetry: Any) -> str:
         return "  telemetry:       off"
     state = "connected to" if telemetry.get("connected") else "NOT connected to"
     backlog = telemetry.get("backlog", 0)
+    dropped = telemetry.get("dropped") or {}
+    lost = (f", dropped {dropped.get('telemetry', 0)} telemetry and {dropped.get('event', 0)} "
+            "event message(s) (backlog full)") if any(dropped.values()) else ""
     return (f"  telemetry:       {state} {telemetry.get('broker')} as {telemetry.get('site_id')}, "
-            f"session {telemetry.get('session')}, {backlog} message(s) waiting")
+            f"session {telemetry.get('session')}, {backlog} message(s) waiting{lost}")
 
 
 def degraded_status_lines(degraded: Any, tz: str | None = None) -> list[str]:

@@ -48,6 +48,16 @@ VIA = "1.1 desanet"  # RFC 9110 §7.6.3: pseudonym, no host name or port
 PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
+def end_to_end(req_h: dict[str, str]) -> dict[str, str]:
+    """``req_h`` without the fields its ``Connection`` names (RFC 9110 §7.6.1): they never
+    reach the upstream, so they must not select a stored variant (Vary) or be recorded as
+    the ones the stored answer was chosen for either."""
+    named = {name.strip().lower() for name in req_h.get("connection", "").split(",")}
+    if not any(name in req_h for name in named if name != "connection"):
+        return req_h
+    return {k: v for k, v in req_h.items() if k == "connection" or k not in named}
+
+
 def request_headers(req_h: Mapping[str, str], *, conditionals: bool = True,
                     ranges: bool = True) -> dict[str, str]:
     """The fields of a villager's request (``rules.header_dict`` form) that go upstream.

@@ -51,13 +51,14 @@ from gateway.cache.ranges import (
     strong_validator,
 )
 from gateway.cache.rules import StoredMeta
+from gateway.cache.staged import StagedFile
 from gateway.errors import StoreError
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore, Entry
 
 
-class PartialWriter:
+class PartialWriter(StagedFile):
     """Streams the bytes ``first``..``last`` of a ``length``-byte representation.
 
     ``base``: the partial entry to combine into (same key, Vary values and strong
@@ -117,27 +118,11 @@ class PartialWriter:
         """The range that arrived (a prefix of first..last), None if nothing did."""
         return (self.first, self.first + self.received - 1) if self.received else None
 
-    def commit(self) -> Entry | None:
-        """fsync and record what arrived; None if nothing is stored. Blocking."""
-        if self._done:
-            raise StoreError("partial cache writer committed twice")
-        self._done = True
-        if self.failed is not None or self._file is None or self.written() is None:
-            self._discard()
-            return None
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            return self._store._publish_partial(self)
-        except BaseException:
-            self._discard()
-            raise
+    def _worth_keeping(self) -> bool:
+        return self.written() is not None
 
-    def abort(self) -> None:
-        self._done = True
-        self._discard()
+    def _publish(self) -> Entry | None:
+        return self._store._publish_partial(self)
 
     def _discard(self) -> None:
         if self._file is not None:
@@ -146,13 +131,6 @@ class PartialWriter:
         if self.tmp_path is not None:  # never the published file of a base entry
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp_path)
-
-    def __enter__(self) -> PartialWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if not self._done:
-            self.abort()
 
 
 def complete_meta(meta: StoredMeta, length: int) -> StoredMeta:

@@ -71,7 +71,7 @@ from gateway.cache.respond import (
 )
 from gateway.cache.rules import Decision, Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
-from gateway.cache.slots import FetchSlots
+from gateway.cache.slots import FetchSlots, disconnected
 from gateway.cache.store import BodyWriter, CacheStore, Entry
 from gateway.cache.upstream import InterimResponse, interim_to
 from gateway.cache.upstream import connector as upstream_connector
@@ -135,8 +135,10 @@ class CachingProxy:
         return self.slots.in_flight()
 
     def fetch_slot(self, request: web.Request) -> contextlib.AbstractAsyncContextManager[None]:
-        """One of the villager's upstream-fetch slots for the block (gateway/cache/slots.py)."""
-        return self.slots.hold(request.remote or "?")
+        """One of the villager's upstream-fetch slots for the block (gateway/cache/slots.py);
+        a GET or HEAD whose villager hung up while it waited fetches nothing (ClientGone)."""
+        gone = disconnected(request) if request.method in ("GET", "HEAD") else None
+        return self.slots.hold(request.remote or "?", gone)
 
     # -- upstream ---------------------------------------------------------------
 
@@ -261,7 +263,7 @@ class CachingProxy:
         """Answer a GET or HEAD for ``url``; ``timezone`` dates the offline banner."""
         self.metrics.requests += 1
         key = f"GET {url}"
-        req_h = header_dict(request.headers)
+        req_h = forward.end_to_end(header_dict(request.headers))
         for attempt in range(3):
             now = time.time()
             entry = self._pick(key, req_h)
@@ -275,7 +277,8 @@ class CachingProxy:
                 return web.Response(status=504, text="not in cache (only-if-cached)\n")
             if entry is not None and decision.kind is Kind.FRESH:
                 served = await self._serve(request, entry, now, "hit", counter="hits", req_h=req_h,
-                                           edit=self._edit(service, entry, offline, timezone))
+                                           edit=self._edit(service, entry, offline, timezone),
+                                           rewrite=rewrite)
                 if served is not None:
                     return served
                 continue
@@ -283,7 +286,8 @@ class CachingProxy:
                 self._refresh_in_background(service, url, key, req_h)
                 served = await self._serve(request, entry, now, "hit; detail=stale-while-revalidate",
                                            counter="stale_while_revalidate", req_h=req_h,
-                                           edit=self._edit(service, entry, offline, timezone))
+                                           edit=self._edit(service, entry, offline, timezone),
+                                           rewrite=rewrite)
                 if served is not None:
                     return served
                 continue
@@ -300,20 +304,30 @@ class CachingProxy:
             if entry is None and request.method == "HEAD":
                 async with self.fetch_slot(request):
                     return await self._passthrough(request, service, url, req_h, rewrite)
+            if entry is not None and request.method == "HEAD" and decision.kind is Kind.REVALIDATE:
+                async with self.fetch_slot(request):
+                    return await self._head_through(request, service, url, req_h, entry, decision,
+                                                    rewrite, self._edit(service, entry, True, timezone))
             waiting = self._inflight.get(key)
             if waiting is not None and attempt == 0:
                 self.metrics.collapsed += 1
                 await asyncio.shield(waiting)
                 continue
             async with self.fetch_slot(request):
-                return await self._lead(request, service, url, key, req_h, entry, decision,
-                                        rewrite, timezone)
+                # A fill of this URL may have begun while this one waited for its slot.
+                waiting = self._inflight.get(key)
+                if waiting is None or attempt == 2:
+                    return await self._lead(request, service, url, key, req_h, entry, decision,
+                                            rewrite, timezone)
+            self.metrics.collapsed += 1
+            await asyncio.shield(waiting)  # then decide again: normally a fresh copy
         return web.Response(status=502, text="the cached copy kept failing; try again\n")
 
     async def _serve(self, request: web.Request, entry: Entry, now: float, detail: str,
                      counter: str, req_h: dict[str, str] | None = None,
-                     edit: Edit | None = None) -> web.StreamResponse | None:
-        resp = await serve_entry(request, self.store, entry, now, detail, req_h, edit)
+                     edit: Edit | None = None, rewrite: Callable[[str], str] | None = None
+                     ) -> web.StreamResponse | None:
+        resp = await serve_entry(request, self.store, entry, now, detail, req_h, edit, rewrite)
         if resp is not None:
             setattr(self.metrics, counter, getattr(self.metrics, counter) + 1)
             if request.method != "HEAD" and resp.status in (200, 206):
@@ -337,10 +351,11 @@ class CachingProxy:
                                                     interim=request)
             except UpstreamDown as exc:
                 return await self._on_error(request, entry, decision, exc,
-                                            self._edit(service, entry, True, timezone))
+                                            self._edit(service, entry, True, timezone), rewrite)
             if upstream.status in rules.ERROR_STATUSES and entry is not None:
                 stale = await self._stale_on_error(request, entry, decision,
-                                                   self._edit(service, entry, True, timezone))
+                                                   self._edit(service, entry, True, timezone),
+                                                   rewrite)
                 if stale is not None:
                     upstream.release()
                     return stale
@@ -349,7 +364,8 @@ class CachingProxy:
                     refreshed = await self._freshen(entry, upstream, request_time)
                     resp = await self._serve(request, refreshed, time.time(),
                                              "hit; fwd=stale; fwd-status=304", "revalidated", req_h,
-                                             self._edit(service, refreshed, False, timezone))
+                                             self._edit(service, refreshed, False, timezone),
+                                             rewrite)
                     if resp is not None:
                         return resp
                     return web.Response(status=502, text="stored copy lost; try again\n")
@@ -476,22 +492,24 @@ class CachingProxy:
         return resp
 
     async def _on_error(self, request: web.Request, entry: Entry | None, decision: Decision,
-                        exc: UpstreamDown, edit: Edit | None) -> web.StreamResponse:
+                        exc: UpstreamDown, edit: Edit | None,
+                        rewrite: Callable[[str], str] | None = None) -> web.StreamResponse:
         if entry is not None:
-            resp = await self._stale_on_error(request, entry, decision, edit)
+            resp = await self._stale_on_error(request, entry, decision, edit, rewrite)
             if resp is not None:
                 return resp
         log.warning("upstream failed and no usable copy: %s", exc)
         raise exc
 
     async def _stale_on_error(self, request: web.Request, entry: Entry, decision: Decision,
-                              edit: Edit | None) -> web.StreamResponse | None:
+                              edit: Edit | None, rewrite: Callable[[str], str] | None = None
+                              ) -> web.StreamResponse | None:
         """The stored copy after an upstream error, when the rules allow it; else None."""
         now = time.time()
         if not rules.may_serve_stale(decision, now):
             return None
         return await self._serve(request, entry, now, "hit; detail=stale-if-error",
-                                 counter="stale_served", edit=edit)
+                                 counter="stale_served", edit=edit, rewrite=rewrite)
 
     async def _passthrough(self, request: web.Request, service: GovService, url: str,
                            req_h: dict[str, str], rewrite: Callable[[str], str]) -> web.StreamResponse:
@@ -512,6 +530,30 @@ class CachingProxy:
             self.metrics.bytes_from_upstream += received
             if request.method == "HEAD":
                 await self._head_answered(f"GET {url}", req_h, upstream, request_time)
+            return resp
+
+    async def _head_through(self, request: web.Request, service: GovService, url: str,
+                            req_h: dict[str, str], entry: Entry, decision: Decision,
+                            rewrite: Callable[[str], str], edit: Edit | None) -> web.StreamResponse:
+        """A HEAD for a stale stored copy goes upstream as a HEAD (no body crosses the
+        uplink); its answer goes to the villager and updates the stored GET answer
+        (RFC 9111 4.3.5). No answer, or a 5xx, serves the stored copy when the rules
+        allow it, as for a GET."""
+        headers = self.forward_headers(req_h, ranges=False)
+        request_time = time.time()
+        try:
+            upstream = await self.open_upstream(service, "HEAD", url, headers, interim=request)
+        except UpstreamDown as exc:
+            return await self._on_error(request, entry, decision, exc, edit, rewrite)
+        async with upstream:
+            if upstream.status in rules.ERROR_STATUSES:
+                stale = await self._stale_on_error(request, entry, decision, edit, rewrite)
+                if stale is not None:
+                    return stale
+            mark_metered(request)
+            self.metrics.passthrough += 1
+            resp, _ = await stream_upstream(request, upstream, None, "fwd=stale", rewrite)
+            await self._head_answered(f"GET {url}", req_h, upstream, request_time)
             return resp
 
     async def _head_answered(self, key: str, req_h: dict[str, str],

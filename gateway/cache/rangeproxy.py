@@ -41,7 +41,13 @@ from multidict import CIMultiDict
 
 from gateway.cache import rules
 from gateway.cache.ranges import covers, if_range_matches, parse_content_range, strong_validator
-from gateway.cache.respond import CHUNK, CLIENT_GONE, cache_status, stored_headers_for_client, stream_upstream
+from gateway.cache.respond import (
+    CLIENT_GONE,
+    cache_status,
+    send_file_range,
+    stored_headers_for_client,
+    stream_upstream,
+)
 from gateway.cache.rules import Kind, StoredMeta, header_dict, parse_range
 from gateway.cache.shapemark import mark_metered
 from gateway.cache.store import Entry
@@ -188,15 +194,7 @@ async def serve_part(proxy: CachingProxy, request: web.Request, part: Entry,
         resp.content_length = last - first + 1
         with contextlib.suppress(*CLIENT_GONE):
             await resp.prepare(request)
-            body.seek(first)
-            left = last - first + 1
-            while left > 0:
-                chunk = body.read(min(CHUNK, left))
-                if not chunk:
-                    break  # the file shrank under us; the client sees a short body and retries
-                await resp.write(chunk)
-                left -= len(chunk)
-            await resp.write_eof()
+            await send_file_range(resp, body, first, last)
     setattr(proxy.metrics, counter, getattr(proxy.metrics, counter) + 1)
     proxy.metrics.bytes_from_cache += last - first + 1
     return resp

@@ -74,8 +74,9 @@ async def refresh(proxy: CachingProxy, service: GovService, url: str,
                 raise
             return "stored" if await proxy._commit(writer) else "error"
     finally:
-        del proxy._inflight[key]
-        done.set_result(None)
+        # Another fill may have taken the mark meanwhile (a miss that waited for a slot):
+        # its mark is left to it, and this fill's waiters are woken in any case.
+        proxy._release_waiters(key, done)
 
 
 class _TooLarge(Exception):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -74,11 +74,15 @@ def stored_headers_for_client(meta: StoredMeta, now: float) -> CIMultiDict[str]:
 
 
 def upstream_headers_for_client(headers: Mapping[str, str] | Any, rewrite: Any = None) -> CIMultiDict[str]:
-    """Copy an upstream response's fields (repeated ones such as Set-Cookie kept apart)."""
+    """Copy an upstream response's fields (repeated ones such as Set-Cookie kept apart),
+    without the hop-by-hop ones and those its Connection names (RFC 9110 §7.6.1)."""
     out: CIMultiDict[str] = CIMultiDict()
+    getall = getattr(headers, "getall", None)  # a multidict: every Connection line counts
+    listed = getall("connection", []) if getall else [headers.get("connection", "")]
+    named = {n.strip().lower() for n in ",".join(listed).split(",")}
     for name, value in headers.items():
         low = name.lower()
-        if low in HOP_BY_HOP or low == "content-length":
+        if low in HOP_BY_HOP or low in named or low == "content-length":
             continue
         if low == "location" and rewrite is not None:
             value = rewrite(value)
@@ -121,12 +125,15 @@ def _serve_edited(request: web.Request, store: CacheStore, entry: Entry, now: fl
 async def serve_entry(
     request: web.Request, store: CacheStore, entry: Entry, now: float, detail: str,
     req_h: Mapping[str, str] | None = None, edit: Edit | None = None,
+    rewrite: Callable[[str], str] | None = None,
 ) -> web.StreamResponse | None:
     """Answer from a stored entry; None when its body turned out unusable.
 
     ``req_h``: the request headers as ``rules.header_dict`` gives them, if the
     caller has them already. ``edit``: the banner / form token to put into an
-    HTML page (see gateway/cache/htmledit.py); other answers go out unchanged."""
+    HTML page (see gateway/cache/htmledit.py); other answers go out unchanged.
+    ``rewrite``: maps a stored ``Location`` into layanan.desa, as on a miss (the store
+    keeps the origin's own)."""
     meta = entry.meta
     if req_h is None:
         req_h = header_dict(request.headers)
@@ -153,6 +160,8 @@ async def serve_entry(
         store.touch(entry.id, now)
         headers = stored_headers_for_client(meta, now)
         headers["Cache-Status"] = cache_status(detail)
+        if rewrite is not None and "Location" in headers:
+            headers["Location"] = rewrite(headers["Location"])
         status, first, last = meta.status, 0, entry.size - 1
         wanted = parse_range(req_h.get("range"), entry.size) if meta.status == 200 else None
         if wanted is not None and if_range_ok(req_h, meta):
@@ -197,6 +206,12 @@ async def _send_stored(request: web.Request, resp: web.StreamResponse, data: byt
         await resp.write_eof()
         return
     assert body is not None
+    await send_file_range(resp, body, first, last)
+
+
+async def send_file_range(resp: web.StreamResponse, body: BinaryIO, first: int, last: int) -> None:
+    """Write bytes ``first``..``last`` of an open stored body in CHUNK pieces, then end the
+    answer (the head must be sent already)."""
     body.seek(first)
     left = last - first + 1
     while left > 0:

@@ -28,8 +28,9 @@ Decisions worth knowing (all documented again where they are made):
 - HEAD responses are never stored; a HEAD request is answered from a stored
   GET response.  206 and 304 responses are never stored: we keep complete
   objects only and serve ranges from them (``parse_range``).
-- Responses with ``Set-Cookie`` are stored only when explicitly shareable
-  (``public`` or ``s-maxage``), and Set-Cookie itself is never stored.
+- Responses with ``Set-Cookie``, or to a request with ``Cookie`` (unless they
+  ``Vary: Cookie``), are stored only when explicitly shareable (``public`` or
+  ``s-maxage``), and Set-Cookie itself is never stored.
 - Qualified ``private="f"`` / ``no-cache="f"``: the response is stored without
   the named fields (RFC 9111 §5.2.2.4, §5.2.2.7).
 - Invalid freshness values (``max-age=abc``, conflicting duplicate ``max-age``, an
@@ -181,6 +182,11 @@ def is_storable(method: str, status: int, request_headers: Headers, response_hea
     if "authorization" in request_headers and not (shareable or "must-revalidate" in cc):
         return False
     if "set-cookie" in response_headers and not shareable:
+        return False
+    # An answer to a request with the villager's cookies may be their own page (a session):
+    # shared only when the origin says so, or stored per cookie (Vary: Cookie).
+    if ("cookie" in request_headers and not shareable
+            and "cookie" not in field_names(response_headers.get("vary"))):
         return False
     return bool(
         shareable or "max-age" in cc or ("expires" in response_headers and not targeted)

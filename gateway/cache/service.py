@@ -31,7 +31,7 @@ from gateway.cache.prefetch import Prefetcher
 from gateway.cache.proxy import CachingProxy, UpstreamDown
 from gateway.cache.rules import header_dict
 from gateway.cache.shapemark import mark_metered
-from gateway.cache.slots import ClientBusy
+from gateway.cache.slots import ClientBusy, ClientGone
 from gateway.cache.store import CacheStore
 from gateway.cache.submit import REFUSALS, BodyRefused, limits_of, read_form
 from gateway.config.schema import Config, GovService
@@ -197,6 +197,8 @@ class LocalServices:
                                       rest, query, rewrite)
         except UpstreamDown:
             return self._unavailable(cfg, pages.pick_lang(request, cfg), service, "unavailable_body")
+        except ClientGone:
+            return web.Response(status=499)  # nobody reads it: the villager hung up waiting
         except ClientBusy as exc:
             log.info("%s: %s", service.slug, exc)
             lang = pages.pick_lang(request, cfg)
@@ -278,7 +280,7 @@ class LocalServices:
             return pages.message(cfg, lang, read.status, "title_error",
                                  pages.t_for(lang)(read.message_key,
                                                    limit=f"{limits.max_body / 1048576:g}"))
-        req_h = header_dict(request.headers)
+        req_h = forward.end_to_end(header_dict(request.headers))
         request_time = time.time()
         async with self.proxy.fetch_slot(request):
             mark_metered(request)  # the upstream's answer: shaped in the villager's class
@@ -299,7 +301,7 @@ class LocalServices:
             limit_mb = f"{limits.max_body / 1048576:g}"
             return pages.message(cfg, lang, read.status, "title_error",
                                  t(read.message_key, limit=limit_mb))
-        req_h = header_dict(request.headers)
+        req_h = forward.end_to_end(header_dict(request.headers))
         headers = self.proxy.forward_headers(req_h)
         path_qs = "/" + rest + (f"?{query}" if query else "")
         # The one-time token the gateway put into the form (gateway/cache/forms.py): taken

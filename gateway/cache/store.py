@@ -58,6 +58,7 @@ from gateway.cache.memindex import BODY_CACHE_BYTES, BODY_CACHE_ITEM, BodyCache,
 from gateway.cache.partial import PartialWriter
 from gateway.cache.ranges import PartialState
 from gateway.cache.rules import StoredMeta
+from gateway.cache.staged import StagedFile
 from gateway.errors import StoreError
 from gateway.sqlitedb import classify, open_readonly
 from gateway.store.health import DEGRADED
@@ -132,7 +133,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class BodyWriter:
+class BodyWriter(StagedFile):
     """Streams one body to ``tmp/``; ``commit`` publishes it, ``abort`` drops it.
 
     Use as a context manager to abort automatically when an exception escapes.
@@ -183,34 +184,11 @@ class BodyWriter:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp_path)
 
-    def commit(self) -> Entry | None:
-        """fsync, publish and index the body; None if it was too large. Blocking."""
-        if self._done:
-            raise StoreError("cache body writer committed twice; start a new one with begin()")
-        self._done = True
-        if self.too_large or self.failed is not None or self._file is None:
-            self._discard()
-            return None
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            return self._store._publish(self)
-        except BaseException:
-            self._discard()
-            raise
+    def _worth_keeping(self) -> bool:
+        return not self.too_large
 
-    def abort(self) -> None:
-        self._done = True
-        self._discard()
-
-    def __enter__(self) -> BodyWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if not self._done:
-            self.abort()
+    def _publish(self) -> Entry | None:
+        return self._store._publish(self)
 
 
 class CacheStore:

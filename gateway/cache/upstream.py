@@ -157,6 +157,7 @@ def connector(**kwargs: Any) -> aiohttp.TCPConnector:
 # response class below looks at each message start() reads and hands the interim ones
 # to the hook set for the current task (the villager's request being answered).
 
+MAX_INTERIM = 8  # interim answers passed on per request; an origin may loop on them
 InterimHook = Callable[[int, str, list[tuple[bytes, bytes]]], None]
 _interim_hook: contextvars.ContextVar[InterimHook | None] = contextvars.ContextVar(
     "desanet_interim_hook", default=None)
@@ -191,10 +192,15 @@ def interim_to(request: web.BaseRequest | None) -> Iterator[None]:
         yield
         return
 
+    sent = 0
+
     def send(code: int, reason: str, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        nonlocal sent
         transport = request.transport
-        if transport is None or transport.is_closing() or _prepared(request):
-            return
+        if (transport is None or transport.is_closing() or _prepared(request)
+                or sent >= MAX_INTERIM):
+            return  # (beyond MAX_INTERIM: written without back-pressure, they would pile up)
+        sent += 1
         lines = [f"HTTP/1.1 {code} {reason}".encode("latin-1", "replace")]
         lines += [name + b": " + value for name, value in raw_headers
                   if name.decode("latin-1").lower() not in _INTERIM_DROPPED]

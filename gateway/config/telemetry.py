@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from gateway.config.units import format_duration, json_quote, parse_duration
+from gateway.config.units import format_duration, format_size, json_quote, parse_duration, parse_size
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -65,6 +65,12 @@ def _prefix(value: str) -> str:
     return value
 
 
+def _command_key(value: str) -> str:
+    from gateway.telemetry.commands import parse_public_key  # pure; cryptography loads lazily
+    parse_public_key(value)
+    return value
+
+
 def _seconds(low: int, high: int, example: str) -> BeforeValidator:
     """A duration ("30s", "5m", or seconds) within [low, high]; 0 is allowed when low is 0."""
     def parse(value: object) -> int:
@@ -74,6 +80,18 @@ def _seconds(low: int, high: int, example: str) -> BeforeValidator:
                              f"{format_duration(low) if low else '0s'} to {format_duration(high)}; "
                              f"write e.g. {example}")
         return seconds
+    return BeforeValidator(parse)
+
+
+def _bytes(low: int, high: int, example: str) -> BeforeValidator:
+    """A size ("4mb", "512kb", or bytes) within [low, high]."""
+    def parse(value: object) -> int:
+        size = value if isinstance(value, int) and not isinstance(value, bool) \
+            else parse_size(value)  # type: ignore[arg-type]
+        if not low <= size <= high:
+            raise ValueError(f"{format_size(size) if size > 0 else size} is outside "
+                             f"{format_size(low)} to {format_size(high)}; write e.g. {example}")
+        return size
     return BeforeValidator(parse)
 
 
@@ -115,6 +133,19 @@ class Telemetry(BaseModel):
     telemetry_interval: Annotated[int, _seconds(10, 86400, '"5m"')] = Field(300, examples=["5m"])
     telemetry_sample_interval: Annotated[int, _seconds(5, 86400, '"1m"')] = Field(60, examples=["1m"])
     telemetry_full_every: int = Field(12, ge=1, le=10000, examples=[12])
+    # Operator public keys that may sign remote commands (docs/mqtt.md "Commands"), each
+    # "ed25519:<base64>" as `desanet fleet keygen` prints it. Empty: every command is refused.
+    command_keys: tuple[Annotated[str, AfterValidator(_command_key)], ...] = Field(
+        (), max_length=64, examples=[["ed25519:oTGk9NsPtQuU+7rspgO9JW6YxyVuOISoU06MIRGPtJg="]])
+    # The outbox's bound (docs/mqtt.md "Backlog after an outage"): past it the oldest
+    # telemetry is dropped, then the oldest events, each drop counted. A day at the
+    # defaults is ~288 telemetry messages and, in a busy village, ~1,000-1,500 events
+    # (two per login, uplink changes): 10,000 messages keep about a week. Bodies are
+    # ~100-600 bytes, so 4 MiB holds about as many, ~8 MB on disk with SQLite's
+    # overhead (a sliver of an SD card) and a few minutes to send at 256 kbit/s.
+    backlog_max_messages: int = Field(10_000, ge=100, le=1_000_000, examples=[10_000])
+    backlog_max_bytes: Annotated[int, _bytes(64 * 1024, 1024**3, '"4mb"')] = Field(
+        4 * 1024 * 1024, examples=["4mb"])
 
     @property
     def tls(self) -> bool:

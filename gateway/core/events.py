@@ -168,6 +168,19 @@ class VoucherReleased(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CommandHandled(Event):
+    """A remote command (MQTT, telemetry/dispatch.py) and its outcome: "ok", "refused"
+    (not carried out; ``reason`` says why) or "failed" (the facade raised; ``reason`` is
+    the error's kind). ``id``/``name`` are None when the request did not say them."""
+
+    type: ClassVar[str] = "command_handled"
+    id: str | None
+    name: str | None
+    outcome: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Stamped:
     seq: int
     time: float
@@ -251,7 +264,7 @@ def event_json(stamped: Stamped) -> dict[str, Any]:
 
 
 __all__ = [
-    "ChangeSource", "ConfigApplied", "ConfigConfirmed", "ConfigRefused", "ConfigRolledBack",
+    "ChangeSource", "CommandHandled", "ConfigApplied", "ConfigConfirmed", "ConfigRefused", "ConfigRolledBack",
     "EndReason", "Event", "EventBus", "PlanChanged", "ServiceHealthChanged", "SessionEnded",
     "SessionStarted", "Stamped", "UplinkChanged", "VoucherBatchCreated", "VoucherReleased", "VoucherRevoked",
 ]

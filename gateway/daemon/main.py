@@ -60,11 +60,14 @@ from gateway.store.db import AsyncStore
 from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
+from gateway.telemetry.dispatch import Dispatcher
 from gateway.telemetry.metrics import Readings
 from gateway.telemetry.mqtt import connect as mqtt_connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
+from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox, backlog_bound
+from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.sysinfo import read_system
+from gateway.telemetry.topics import Topics
 
 log = logging.getLogger("desanet.daemon")
 
@@ -234,7 +237,8 @@ class Daemon:
         the rest): the Will says offline while the gateway still serves. A broken outbox is
         logged and the gateway runs without telemetry, never the other way round."""
         try:
-            box = await asyncio.to_thread(TelemetryOutbox, state_dir / "telemetry.db")
+            box = await asyncio.to_thread(TelemetryOutbox, state_dir / "telemetry.db",
+                                          lambda: backlog_bound(holder.get().telemetry))
         except StoreError as exc:
             log.error("telemetry is off: cannot open its outbox: %s", exc)
             return
@@ -249,6 +253,14 @@ class Daemon:
         telemetry = TelemetryService(lambda: holder.get().telemetry, outbox, mqtt_connect, ops,
                                      lambda: ops.config.version, software_version(), self.clock,
                                      readings=readings)
+        try:  # remote commands (docs/mqtt.md "Commands"), subscribed from the first connection
+            seen = await asyncio.to_thread(SeenCommands, state_dir / "commands.json")
+            telemetry.commands = Dispatcher(
+                ops, seen, lambda: holder.get().telemetry.command_keys,
+                lambda: Topics(holder.get().telemetry.topic_prefix, holder.get().telemetry.site_id),
+                self.clock, ops.bus.publish, telemetry.rebirth)
+        except StoreError as exc:
+            log.error("remote commands are off: %s", exc)
         try:
             await telemetry.start()
         except StoreError as exc:

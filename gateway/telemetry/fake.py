@@ -11,7 +11,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.telemetry.mqtt import Connect, Link, LinkError, LinkSettings, OnAck, OnLost
+from gateway.telemetry.mqtt import (
+    Connect,
+    Incoming,
+    Link,
+    LinkError,
+    LinkSettings,
+    OnAck,
+    OnLost,
+    OnMessage,
+)
 
 
 @dataclass
@@ -21,6 +30,7 @@ class Published:
     topic: str
     payload: bytes
     retain: bool
+    correlation: bytes | None = None
 
 
 @dataclass
@@ -33,11 +43,12 @@ class FakeBroker:
     published: list[Published] = field(default_factory=list)
     attempts: int = 0
 
-    async def connect(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> Link:
+    async def connect(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
+                      on_message: OnMessage | None = None) -> Link:
         self.attempts += 1
         if not self.up:
             raise LinkError(f"cannot connect to {settings.host}:{settings.port}: refused (fake)")
-        link = FakeLink(self, len(self.links), settings, on_ack, on_lost)
+        link = FakeLink(self, len(self.links), settings, on_ack, on_lost, on_message)
         self.links.append(link)
         if self.drop_at_connect > 0:
             self.drop_at_connect -= 1
@@ -48,19 +59,22 @@ class FakeBroker:
 
 class FakeLink:
     def __init__(self, broker: FakeBroker, number: int, settings: LinkSettings, on_ack: OnAck,
-                 on_lost: OnLost) -> None:
+                 on_lost: OnLost, on_message: OnMessage | None = None) -> None:
         self.broker, self.number, self.settings = broker, number, settings
-        self._on_ack, self._on_lost = on_ack, on_lost
+        self._on_ack, self._on_lost, self._on_message = on_ack, on_lost, on_message
+        self.subscriptions: list[str] = []
         self._mid = 0
         self.gone = False
         self.closed_with_will: bool | None = None
         self.unacked: list[int] = []
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: bytes, retain: bool = False,
+                correlation: bytes | None = None) -> int:
         if self.gone:
             raise LinkError("the connection is gone (fake)")
         self._mid += 1
-        self.broker.published.append(Published(self.number, self._mid, topic, payload, retain))
+        self.broker.published.append(Published(self.number, self._mid, topic, payload, retain,
+                                               correlation))
         if self.broker.refuse_next > 0:
             self.broker.refuse_next -= 1
             asyncio.get_running_loop().call_soon(self._on_ack, self._mid, False)
@@ -69,6 +83,17 @@ class FakeLink:
         else:
             self.unacked.append(self._mid)
         return self._mid
+
+    def subscribe(self, topic: str) -> None:
+        if self.gone:
+            raise LinkError("the connection is gone (fake)")
+        self.subscriptions.append(topic)
+
+    def deliver(self, message: Incoming) -> None:
+        """A message arrives on a subscription (the test plays the operator)."""
+        assert message.topic in self.subscriptions, f"not subscribed to {message.topic}"
+        if self._on_message is not None:
+            self._on_message(message)
 
     def ack(self, mid: int, ok: bool = True) -> None:
         """The PUBACK of ``mid`` arrives (even after the connection is gone: a late one)."""

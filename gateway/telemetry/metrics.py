@@ -82,6 +82,7 @@ METRICS: Mapping[str, Metric] = {
     # MQTT
     "bl": Metric("gauge", 0, "last", "messages waiting in the outbox (events and telemetry)"),
     "rc": Metric("counter", 0, "last", "connections to the broker"),
+    "dr": Metric("counter", 0, "last", "messages dropped from a full outbox (events and telemetry)"),
 }
 FAMILIES = ("rx", "tx", "sv")  # nested: {"rx": {"eth0": 1200}}; flat in a sample as "rx/eth0"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,14}$")  # IFNAMSIZ is 16 with the NUL
@@ -168,6 +169,9 @@ def sample(r: Readings) -> Sample:
     if isinstance(tel, Mapping) and tel.get("enabled"):
         out["bl"] = _num(tel.get("backlog"))
         out["rc"] = _num(tel.get("connects"))
+        dropped = tel.get("dropped")
+        if isinstance(dropped, Mapping):
+            out["dr"] = sum(int(_num(n) or 0) for n in dropped.values())
     return out
 
 

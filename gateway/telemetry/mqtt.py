@@ -38,6 +38,7 @@ from typing import Protocol
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import DesanetError
@@ -70,17 +71,37 @@ class LinkSettings:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """A message received on a subscription (the command topic), with its MQTT 5
+    request/response properties when the sender set them."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
 # What paho reports back, on the event loop: PUBACK of ``mid`` (ok=False: the broker
-# answered with an error code, e.g. not authorized), and the connection gone (a reason).
+# answered with an error code, e.g. not authorized), the connection gone (a reason),
+# and a message received.
 OnAck = Callable[[int, bool], None]
 OnLost = Callable[[str], None]
+OnMessage = Callable[[Incoming], None]
 
 
 class Link(Protocol):
     """One open connection (see the module docstring)."""
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
-        """Queue a QoS 1 message; its message id. Does not block. Raises LinkError."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False,
+                correlation: bytes | None = None) -> int:
+        """Queue a QoS 1 message (with MQTT 5 correlation data when given); its message id.
+        Does not block. Raises LinkError."""
+        ...
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribe at QoS 1; messages go to the ``on_message`` given at connect. Does not
+        block. Raises LinkError."""
         ...
 
     async def close(self, will: bool = True) -> None:
@@ -89,16 +110,19 @@ class Link(Protocol):
 
 
 class Connect(Protocol):
-    async def __call__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> Link: ...
+    async def __call__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
+                       on_message: OnMessage | None = None) -> Link: ...
 
 
 class MqttLink:
     """One paho client and its network thread (see the module docstring)."""
 
-    def __init__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> None:
+    def __init__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
+                 on_message: OnMessage | None = None) -> None:
         self.settings = settings
         self._on_ack = on_ack
         self._on_lost = on_lost
+        self._on_message = on_message
         self._loop = asyncio.get_running_loop()
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._gone = False
@@ -111,12 +135,14 @@ class MqttLink:
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_publish = self._paho_publish
+        self._client.on_message = self._paho_message
 
     @classmethod
     async def open(cls, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
-                   timeout: float = CONNACK_TIMEOUT) -> MqttLink:
+                   timeout: float = CONNACK_TIMEOUT, on_message: OnMessage | None = None
+                   ) -> MqttLink:
         """Connect and wait for the broker's CONNACK. Raises LinkError (nothing left running)."""
-        link = cls(settings, on_ack, on_lost)
+        link = cls(settings, on_ack, on_lost, on_message)
         try:
             # paho's own socket timeout ends a connect that hangs; this one is a backstop
             await asyncio.wait_for(asyncio.to_thread(link._connect_blocking), CONNECT_TIMEOUT + 5)
@@ -166,6 +192,17 @@ class MqttLink:
                       reason: ReasonCode, properties: object) -> None:
         self._post(self._on_ack, mid, not reason.is_failure)
 
+    def _paho_message(self, client: paho.Client, userdata: object,
+                      message: paho.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        reply = getattr(props, "ResponseTopic", None)
+        corr = getattr(props, "CorrelationData", None)
+        msg = Incoming(message.topic, bytes(message.payload),
+                       reply if isinstance(reply, str) else None,
+                       bytes(corr) if isinstance(corr, bytes | bytearray) else None)
+        if self._on_message is not None:
+            self._post(self._on_message, msg)
+
     # -- on the loop ----------------------------------------------------------------------
 
     def _connack(self, failed: bool, reason: str) -> None:
@@ -184,13 +221,25 @@ class MqttLink:
             self._gone = True
             self._on_lost(reason)
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: bytes, retain: bool = False,
+                correlation: bytes | None = None) -> int:
         if self._gone:
             raise LinkError("the connection is gone")
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LinkError(f"publish failed: {paho.error_string(info.rc)}")
         return info.mid
+
+    def subscribe(self, topic: str) -> None:
+        if self._gone:
+            raise LinkError("the connection is gone")
+        rc, _ = self._client.subscribe(topic, qos=1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LinkError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
 
     async def close(self, will: bool = True) -> None:
         if not self._gone and self._connected.done() and self._connected.exception() is None:
@@ -214,9 +263,10 @@ class MqttLink:
             self._connected.exception()  # retrieved: no "never retrieved" warning
 
 
-async def connect(settings: LinkSettings, on_ack: OnAck, on_lost: OnLost) -> Link:
+async def connect(settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
+                  on_message: OnMessage | None = None) -> Link:
     """The :class:`Connect` the daemon uses: a real connection through paho."""
-    return await MqttLink.open(settings, on_ack, on_lost)
+    return await MqttLink.open(settings, on_ack, on_lost, on_message=on_message)
 
 
 def _check() -> Connect:

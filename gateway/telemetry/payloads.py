@@ -50,6 +50,9 @@ EVENT_FIELDS: Mapping[str, Mapping[str, tuple[str, _F]]] = {
                               "duration": ("duration", _keep)},
     "voucher_revoked": {"sessions_ended": ("sessions_ended", _keep)},
     "voucher_released": {"sessions_ended": ("sessions_ended", _keep)},
+    # the command's arguments are left out: a deauth names a MAC, a revoke a voucher code
+    "command_handled": {"id": ("id", _keep), "name": ("name", _keep),
+                        "outcome": ("outcome", _keep), "reason": ("reason", _keep)},
 }
 
 
@@ -73,19 +76,37 @@ class Identity:
     session: int
 
 
-def status(who: Identity, config_version: str, online: bool = True) -> dict[str, Any]:
-    """The retained status; with ``online=False`` it is the Last Will."""
-    return {"v": VERSION, "online": online, "site": who.site, "version": who.version,
+def status(who: Identity, config_version: str, online: bool = True,
+           dropped: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The retained status; with ``online=False`` it is the Last Will. ``dropped``: the
+    backlog's drops per kind, sent only once there was one (a few bytes, once a connect)."""
+    body = {"v": VERSION, "online": online, "site": who.site, "version": who.version,
             "config_version": config_version, "boot_time": who.boot_time,
             "session": who.session}
+    if dropped and any(dropped.values()):
+        body["dropped"] = dict(dropped)
+    return body
 
 
-def message(who: Identity, seq: int, session: int, created: float, data: Mapping[str, Any]
-            ) -> dict[str, Any]:
+def historical(seq: int, made_in: int, backlog_top: int, session: int, created: float,
+               now: float, interval: float) -> bool:
+    """Whether a message is sent from the backlog rather than live: it was queued while
+    the gateway was not connected (in the outbox when this connection began, i.e. ``seq``
+    up to ``backlog_top``; or made by an earlier run of the daemon), or it is older than
+    one telemetry ``interval`` when sent."""
+    return seq <= backlog_top or made_in < session or now - created > interval
+
+
+def message(who: Identity, seq: int, session: int, created: float, data: Mapping[str, Any],
+            hist: bool = False) -> dict[str, Any]:
     """An outbox message as sent: ``session`` and ``created`` are those of its making,
-    ``seq`` its place in this gateway's sequence (the consumer dedupes by site and seq)."""
-    return {"v": VERSION, "site": who.site, "session": session, "seq": seq,
+    ``seq`` its place in this gateway's sequence (the consumer dedupes by site and seq);
+    ``"hist": true`` marks one sent from the backlog (:func:`historical`), absent when live."""
+    body = {"v": VERSION, "site": who.site, "session": session, "seq": seq,
             "time": round(created, 3), **data}
+    if hist:
+        body["hist"] = True
+    return body
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:

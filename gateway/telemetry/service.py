@@ -23,6 +23,14 @@ Two tasks, both on the event loop:
   deadbands, a full report every ``telemetry_full_every``) into the same
   outbox every ``telemetry_interval``, so it shares the events' ``seq``.
 
+Remote commands (docs/mqtt.md "Commands"): when the daemon sets ``commands``
+(a :class:`gateway.telemetry.dispatch.Dispatcher`), each connection subscribes
+to ``cmd/req`` before it publishes the status (so an operator who sees the
+gateway online can send at once); each request is handed to the dispatcher
+on a task of its own and its reply published on this connection. A reply lost
+with the connection is not queued: the operator sends the same command (id)
+again and gets the recorded response.
+
 The status is sent again when the running config changes (its
 ``config_version``) and every ``status_interval``. Settings are read at each
 connect; a change of the ``[telemetry]`` section takes effect at the next
@@ -45,7 +53,8 @@ from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
 from gateway.errors import DesanetError, StoreError
 from gateway.telemetry import metrics, payloads
-from gateway.telemetry.mqtt import Connect, Link, LinkError, LinkSettings
+from gateway.telemetry.dispatch import Reply
+from gateway.telemetry.mqtt import Connect, Incoming, Link, LinkError, LinkSettings
 from gateway.telemetry.outbox import InFlight, NewMessage, OutboxPort
 from gateway.telemetry.topics import Topics
 
@@ -61,6 +70,12 @@ class EventSource(Protocol):
     """The part of the core facade (GatewayOps) telemetry reads."""
 
     async def wait_events(self, seq: int, timeout: float) -> list[Stamped]: ...
+
+
+class CommandPort(Protocol):
+    """Remote commands (telemetry/dispatch.py Dispatcher)."""
+
+    async def handle(self, msg: Incoming) -> Reply: ...
 
 
 def reconnect_delay(attempt: int, low: float, high: float, jitter: float,
@@ -106,12 +121,18 @@ class TelemetryService:
         self.connects = 0
         self.sent = 0
         self.acked = 0
-        self.backlog = 0  # messages in the outbox (queued or awaiting their PUBACK)
         self.last_connected: int | None = None
+        self.commands: CommandPort | None = None  # set by the daemon when commands are on
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
         return self._link is not None
+
+    @property
+    def backlog(self) -> int:
+        """Messages in the outbox (queued or awaiting their PUBACK)."""
+        return self._outbox.totals().count
 
     def status_json(self) -> dict[str, Any]:
         """For `desanet status`: whether the gateway reports, and what waits to be sent."""
@@ -119,7 +140,7 @@ class TelemetryService:
         return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
                 "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
-                "last_connected": self.last_connected}
+                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped)}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
@@ -128,7 +149,6 @@ class TelemetryService:
         """Count this start (the session counter, one fsync), then run both tasks.
         Raises StoreError when the outbox cannot be written."""
         self.session = await self._outbox.next_session()
-        self.backlog = await self._outbox.count()
         log.info("telemetry session %d: reporting to %s as %s", self.session,
                  self._settings().broker, self._settings().site_id)
         self._tasks = [asyncio.create_task(self._kept(self._follow_events), name="telemetry-events"),
@@ -155,9 +175,9 @@ class TelemetryService:
         while self._link is not None and len(self._flight) and loop.time() < deadline:
             self._ack_seen.clear()
             await wait_event(self._ack_seen, deadline - loop.time())
-        for task in self._tasks:
+        for task in [*self._tasks, *self._answering]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._answering]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         link, self._link = self._link, None
@@ -185,7 +205,6 @@ class TelemetryService:
                 await self._sleep(STORE_RETRY)
                 continue
             seq = batch[-1].seq
-            self.backlog += len(items)
             if any(s.event.type.startswith("config_") for s in batch):
                 self._status_due = True  # the status carries the config version
                 self._check_settings()
@@ -218,7 +237,6 @@ class TelemetryService:
             except StoreError as exc:
                 log.error("cannot queue a telemetry report for the broker: %s; skipping it", exc)
                 continue
-            self.backlog += 1
             self._wake.set()
 
     def _check_settings(self) -> None:
@@ -289,7 +307,8 @@ class TelemetryService:
         generation = self._generation
         self._lost.clear()
         link = await self._connect(settings, lambda mid, ok: self._ack(generation, mid, ok),
-                                   lambda reason: self._gone(generation, reason))
+                                   lambda reason: self._gone(generation, reason),
+                                   lambda msg: self._command(topics, msg))
         self._link = link
         self._in_use = cfg
         self.last_connected = self._clock.now()
@@ -297,7 +316,8 @@ class TelemetryService:
         return link
 
     def _publish_status(self, link: Link, topics: Topics) -> None:
-        body = payloads.status(self.identity(), self._config_version(), online=True)
+        body = payloads.status(self.identity(), self._config_version(), online=True,
+                               dropped=self._outbox.totals().dropped)
         link.publish(topics.status, payloads.encode(body), retain=True)
         self._status_due = False
 
@@ -305,9 +325,12 @@ class TelemetryService:
         """Send until the connection is lost (returns) or fails (raises LinkError)."""
         topics = Topics(cfg.topic_prefix, cfg.site_id)
         who = self.identity()
+        if self.commands is not None:
+            link.subscribe(topics.cmd_req)
         self._publish_status(link, topics)
         last_status = self._clock.monotonic()
         cursor = 0
+        backlog_top = self._outbox.totals().last_seq  # what waits now was queued offline
         while not self._lost.is_set():
             self._wake.clear()
             if self._status_due or (cfg.status_interval and
@@ -323,7 +346,11 @@ class TelemetryService:
                     cursor = row.seq
                     if row.seq in self._acked:
                         continue  # acknowledged on an earlier connection, delete pending
-                    body = payloads.message(who, row.seq, row.session, row.created, json.loads(row.body))
+                    hist = payloads.historical(row.seq, row.session, backlog_top, self.session,
+                                               row.created, self._clock.time(),
+                                               cfg.telemetry_interval)
+                    body = payloads.message(who, row.seq, row.session, row.created,
+                                            json.loads(row.body), hist)
                     topic = topics.event if row.kind == "event" else topics.telemetry
                     self._flight.published(row.seq, link.publish(topic, payloads.encode(body)))
                     self.sent += 1
@@ -336,6 +363,34 @@ class TelemetryService:
             finally:
                 for w in waits:
                     w.cancel()
+
+    def rebirth(self) -> None:
+        """Send the status again now (the ``rebirth`` command)."""
+        self._status_due = True
+        self._wake.set()
+
+    def _command(self, topics: Topics, msg: Incoming) -> None:
+        if self.commands is None or msg.topic != topics.cmd_req or self._stopping:
+            return
+        task = asyncio.create_task(self._answer(self.commands, msg), name="telemetry-command")
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, commands: CommandPort, msg: Incoming) -> None:
+        try:
+            reply = await commands.handle(msg)
+        except Exception:  # a bug: the request goes unanswered, the service carries on
+            log.exception("MQTT: a command could not be handled")
+            return
+        link = self._link
+        if link is None:
+            log.warning("MQTT: the connection was lost before the answer to a command; the "
+                        "operator may send it again (same id) to read the recorded answer")
+            return
+        try:
+            link.publish(reply.topic, payloads.encode(reply.body), correlation=reply.correlation)
+        except LinkError as exc:
+            log.warning("MQTT: cannot send the answer to a command: %s", exc)
 
     def _ack(self, generation: int, mid: int, ok: bool) -> None:
         if generation != self._generation:
@@ -367,7 +422,7 @@ class TelemetryService:
         while self._acked:
             batch = set(self._acked)
             try:
-                self.backlog -= await self._outbox.ack(batch)
+                await self._outbox.ack(batch)
             except StoreError as exc:
                 log.error("cannot remove %d sent message(s) from the outbox: %s (they may be "
                           "sent again after a restart)", len(batch), exc)

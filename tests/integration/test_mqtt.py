@@ -1,4 +1,5 @@
-"""Telemetry against a real Mosquitto in the lab's WAN: status, Last Will, durable events.
+"""Telemetry against a real Mosquitto in the lab's WAN: status, Last Will, durable events,
+the backlog's bound and drop policy.
 
 The broker runs in the WAN namespace (the region's broker, reached over the
 gateway's uplink), with its own config and persistence; the gateway logs in
@@ -22,6 +23,7 @@ import pytest
 
 from desanet_lab import LabInfo, LabSpec
 from desanet_lab import plan as p
+from gateway.control.client import ControlClient
 from gateway.sqlitedb import open_readonly
 from tests.integration.conftest import (
     LAB_TOOLS,
@@ -50,6 +52,7 @@ SCHEMA = {STATUS: json.loads((SCHEMAS / "status.schema.json").read_text()),
           EVENT: json.loads((SCHEMAS / "event.schema.json").read_text()),
           TELEMETRY: json.loads((SCHEMAS / "telemetry.schema.json").read_text())}
 PORT, TLS_PORT = free_port(), free_port()  # the consumer's plain listener; the gateway's TLS one
+BOUND = 100  # the outbox's bound (the smallest the config takes)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +67,7 @@ def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
                  "ca_file": str(pki.ca), "cert_file": str(pki.device_cert),
                  "key_file": str(pki.device_key),
                  "start_delay_max": "0s", "reconnect_min": "1s", "reconnect_max": "2s",
-                 "keepalive": "30s",
-                 # time-compressed periodic telemetry: a report every 10 s, every 2nd one full
-                 "telemetry_interval": "10s", "telemetry_sample_interval": "5s",
-                 "telemetry_full_every": 2}
+                 "keepalive": "30s", "backlog_max_messages": BOUND}
     return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
                             extra={"telemetry": telemetry}))
 
@@ -187,33 +187,73 @@ def test_events_made_while_the_broker_is_down_arrive_in_order_across_a_kill(
         valid(m)
 
 
-def test_telemetry_reports_arrive_validate_and_share_the_events_sequence(
+def outbox_seqs(lab: LabInfo) -> tuple[list[int], int]:
+    """The seqs in the outbox and the highest handed out, read from its file at one moment."""
+    conn = open_readonly(Path(lab.state_dir) / "state" / "telemetry.db")
+    try:
+        conn.execute("BEGIN")  # one snapshot for both reads
+        seqs = [int(r[0]) for r in conn.execute("SELECT seq FROM messages ORDER BY seq")]
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
+        return seqs, int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def make_batches(lab: LabInfo, n: int) -> None:
+    """``n`` voucher batches, each one event (through the control socket, no CLI start-up)."""
+    with ControlClient(lab.control_socket, timeout=20) as client:
+        for _ in range(n):
+            client.request("POST", "/v1/vouchers", {"count": 1, "duration": 3600, "max_devices": 1})
+
+
+def test_an_outage_past_the_bound_keeps_the_newest_events_and_counts_the_rest(
         lab: LabInfo, broker: Broker, consumer: Consumer) -> None:
     ensure_gateway(lab)
-    session = valid(consumer.wait_for(status_is(True), 30, "the gateway online"))["session"]
+    consumer.wait_for(status_is(True), 30, "the gateway online")
+    wait_until(lambda: outbox_size(lab) == 0, 30, "an empty outbox before the outage")
+    before = desanet_json(lab.control_socket, "status")["telemetry"]["dropped"]
     seen = len(consumer.messages())
-    desanet_json(lab.control_socket, "vouchers", "create", "--count", "2", "--duration", "1h")
+    queued, top = outbox_seqs(lab)
+    # Every seq from here on is delivered or counted dropped (the daemon may still be making
+    # messages of its own, e.g. after the last test's restart: they count too).
+    first = queued[0] if queued else top + 1
+    broker.stop()
+    make_batches(lab, BOUND // 2 + 10)
+    stop_gateway(lab, signal.SIGKILL)  # the bound and the counts hold across a crash
+    start_gateway(lab)
+    make_batches(lab, BOUND // 2 + 10)
+    held, last = outbox_seqs(lab)
+    assert last - first + 1 > BOUND + 10
+    # events only (the daemon's other messages are events too): the newest BOUND wait
+    assert held == list(range(last - BOUND + 1, last + 1))
+    tel = desanet_json(lab.control_socket, "status")["telemetry"]
+    assert tel["backlog"] == BOUND
+    restart = len(consumer.messages())
+    broker.start()
 
-    def is_full(m: Received) -> bool:
-        return m.topic == TELEMETRY and m.json.get("f") is True and m.json["session"] >= session
-    full = valid(consumer.wait_for(is_full, 60, "a full telemetry report", after=seen))
-    status = desanet_json(lab.control_socket, "status")
-    assert full["site"] == SITE and full["session"] == status["telemetry"]["session"]
-    for key in ("mem", "dsk", "upt", "ld", "ul", "ca", "li", "fv", "bl", "rc"):
-        assert key in full, key
-    assert set(full["rx"]) == {p.LAN_INTERFACE, p.WAN_INTERFACE}  # the config's two, no other
-    later = len(consumer.messages())
-    consumer.wait_for(lambda m: m.topic == TELEMETRY and m.json["seq"] > full["seq"], 60,
-                      "the next telemetry report", after=later)
-    # one sequence for events and reports: a seq is never used by two different messages
-    by_seq: dict[int, dict[str, Any]] = {}
-    for m in consumer.messages()[seen:]:
-        if m.topic in (EVENT, TELEMETRY):
-            body = valid(m)
-            assert by_seq.setdefault(body["seq"], body) == body
-    reports = [b for b in by_seq.values() if "type" not in b]
-    assert len(reports) >= 2 and any(b.get("type") == "voucher_batch_created" for b in by_seq.values())
-    wire = json.dumps(reports)
-    client = lab.client(1)
-    for secret in (status["lan_ip"], client.mac, client.mac.replace(":", ""), *client.addresses):
-        assert secret not in wire
+    wait_until(lambda: outbox_size(lab) == 0, 60, "the backlog sent and acknowledged")
+    final = outbox_seqs(lab)[1]  # the daemon may have made more of its own meanwhile
+    tel = desanet_json(lab.control_socket, "status")["telemetry"]
+
+    def seqs(msgs: list[Received]) -> list[int]:
+        return list(dict.fromkeys(valid(m)["seq"] for m in msgs if m.topic == EVENT
+                                  and m.json["seq"] >= first))  # first arrivals, in order
+    live = seqs(consumer.messages()[seen:restart])  # sent before the broker stopped
+    backlog = [s for s in seqs(consumer.messages()[restart:]) if s not in live]
+    assert backlog == sorted(backlog), "not in seq order"
+    assert {m.json["seq"] for m in consumer.messages()[restart:]
+            if m.topic == EVENT and m.json["seq"] <= last and not m.json.get("hist")} == set()
+    lost = [s for s in range(first, final + 1) if s not in live and s not in backlog]
+    assert len(lost) >= last - first + 1 - BOUND  # the outage made more than the bound
+    assert max(lost) < min(backlog)  # the oldest events were dropped, the newest kept
+    dropped = {"event": before["event"] + len(lost), "telemetry": before["telemetry"]}
+    assert tel["dropped"] == dropped  # every missing seq is counted, none more
+    # the status sent at the reconnect names the drops of the outage (the daemon's own
+    # events may add one later, in the next status)
+    status = valid(consumer.wait_for(lambda m: m.topic == STATUS and m.json["online"], 30,
+                                     "the status at the reconnect", after=restart))
+    assert status["session"] == tel["session"]
+    assert status["dropped"]["telemetry"] == before["telemetry"]
+    assert before["event"] + last - first + 1 - BOUND <= status["dropped"]["event"] <= dropped["event"]
+    counters = json.loads((Path(lab.state_dir) / "state" / "telemetry.counters").read_text())
+    assert counters["session"] == tel["session"] and counters["seq_reserved"] >= last

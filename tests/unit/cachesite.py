@@ -11,6 +11,7 @@ Use it through the ``cache_site`` fixture (tests/unit/conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -117,6 +118,17 @@ class CacheSite:
 
     async def get(self, path: str, **kw: Any) -> tuple[ClientResponse, bytes]:
         return await self.request("GET", path, **kw)
+
+    async def settled(self, method: str, path: str, **kw: Any) -> tuple[ClientResponse, bytes]:
+        """``request``, returned once the cache is done with it: a body may be committed
+        to the store just after the villager has it, and the next request must see it."""
+        resp, body = await self.request(method, path, **kw)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while self.services.proxy.fetches_in_flight():
+            assert loop.time() < deadline, "the cache kept fetching"
+            await asyncio.sleep(0.005)
+        return resp, body
 
 
 @asynccontextmanager

@@ -333,8 +333,16 @@ async def test_misses_beyond_the_slots_wait_their_turn_in_order(site: Site) -> N
     assert site.services.proxy.slots.waiting() == 0
 
 
+class _Open:
+    @staticmethod
+    def is_closing() -> bool:
+        return False
+
+
 class _Phone:
     remote = "10.42.0.9"
+    method = "GET"
+    transport = _Open()  # still connected (cancelled by the test, as aiohttp's test server does)
 
 
 async def test_a_waiter_that_goes_away_gives_up_its_place() -> None:

@@ -346,15 +346,7 @@ def test_cdn_cache_control_must_revalidate_is_honoured() -> None:
 # -- through the proxy, with a real origin ---------------------------------------------------
 
 async def get(site: CacheSite, path: str, **kw: Any) -> tuple[ClientResponse, bytes]:
-    """A GET, returned once the cache is done with it (a body may be committed to the
-    store just after the villager has it)."""
-    resp, body = await site.get(path, **kw)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while site.services.proxy.fetches_in_flight():
-        assert loop.time() < deadline, "the cache kept fetching"
-        await asyncio.sleep(0.005)
-    return resp, body
+    return await site.settled("GET", path, **kw)
 
 
 OLD_DATE = "Tue, 14 Nov 2023 22:13:20 GMT"

@@ -99,6 +99,11 @@ AUTH = {"authorization": "Bearer x"}
     ("GET", 200, {}, {"cache-control": "max-age=60", "vary": "*"}, False),
     ("GET", 200, {}, {"cache-control": "max-age=60", "set-cookie": "sid=1"}, False),
     ("GET", 200, {}, {"cache-control": "public, max-age=60", "set-cookie": "sid=1"}, True),
+    ("GET", 200, {"cookie": "sid=1"}, {"cache-control": "max-age=60"}, False),
+    ("GET", 200, {"cookie": "sid=1"}, {"last-modified": "Mon, 01 Jan 2024 00:00:00 GMT"}, False),
+    ("GET", 200, {"cookie": "sid=1"}, {"cache-control": "public, max-age=60"}, True),
+    ("GET", 200, {"cookie": "sid=1"}, {"cache-control": "s-maxage=60"}, True),
+    ("GET", 200, {"cookie": "sid=1"}, {"cache-control": "max-age=60", "vary": "Cookie"}, True),
     ("GET", 302, {}, {}, False),  # not heuristically cacheable, no explicit freshness
     ("GET", 302, {}, {"cache-control": "max-age=60"}, True),
     ("GET", 404, {}, {}, True),

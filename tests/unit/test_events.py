@@ -11,6 +11,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.core.events import (
     ChangeSource,
+    CommandHandled,
     ConfigApplied,
     ConfigConfirmed,
     ConfigRefused,
@@ -154,6 +155,9 @@ SHAPES: list[tuple[Event, dict[str, Any]]] = [
     (VoucherReleased("ABCDE-FGHJK", "02:00:00:00:00:0a", 1),
      {"type": "voucher_released", "code": "ABCDE-FGHJK", "mac": "02:00:00:00:00:0a",
       "sessions_ended": 1}),
+    (CommandHandled("op-0000001", "deauth", "refused", "expired"),
+     {"type": "command_handled", "id": "op-0000001", "name": "deauth", "outcome": "refused",
+      "reason": "expired"}),
 ]
 
 

@@ -173,6 +173,7 @@ ALL_EVENTS: list[ev.Event] = [
     ev.VoucherBatchCreated("warung-budi", 20, "basic", 3600),
     ev.VoucherRevoked(CODE, 2),
     ev.VoucherReleased(CODE, MAC, 1),
+    ev.CommandHandled("cmd-0001", "deauth", "refused", "replayed"),
 ]
 
 

@@ -48,7 +48,8 @@ def gateway_status(**over: Any) -> dict[str, Any]:
                 "1:10": {"class": "1:10", "bytes": 5, "packets": 1, "drops": 2, "mac": MAC}}},
             "up": {"device": "ifb0", "classes": {"uplink": {"class": "1:1", "drops": 1}}}}},
         "telemetry": {"enabled": True, "connected": True, "broker": "mqtt://b", "site_id": "s",
-                      "backlog": 4, "connects": 2, "sent": 10, "acked": 9},
+                      "backlog": 4, "connects": 2, "sent": 10, "acked": 9,
+                      "dropped": {"event": 1, "telemetry": 5}},
         "portal": {"logins": 5, "voucher_failures": 2},
         "services": {
             "enabled": True, "hostname": HOST,
@@ -74,7 +75,7 @@ def test_a_sample_reads_the_named_numbers() -> None:
         "ul": 1, "lat": 612, "cc": 9, "ca": 7, "li": 5, "fv": 2, "sd": 6,
         "hr": 0.75, "bs": 123456, "sv/online": 2, "sv/offline": 1,
         "qf": 4,  # queued, sending and unknown (asked again) wait; delivered and rejected are done
-        "bl": 4, "rc": 2,
+        "bl": 4, "rc": 2, "dr": 6,
     }
 
 

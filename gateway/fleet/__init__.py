@@ -1,0 +1,1 @@
+"""The operator's side of the fleet: `desanet fleet` (keys, signed commands)."""

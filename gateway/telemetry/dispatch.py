@@ -1,0 +1,225 @@
+"""Remote commands: a verified request -> one GatewayOps call -> the response.
+
+Theory of operation
+-------------------
+The telemetry service hands each message of ``<prefix>/<site>/cmd/req`` to
+:meth:`Dispatcher.handle` and publishes the :class:`Reply` it returns. Here:
+
+1. :func:`gateway.telemetry.commands.verify` (signature, site, validity); a
+   refusal is answered with its reason and changes nothing.
+2. The record of seen ids (:mod:`gateway.telemetry.seen`): a known id is
+   refused as ``replayed`` and the answer carries the first response
+   (``first``), so applying an id twice has one effect and an operator whose
+   answer was lost can send the same command again to read it.
+3. The id is recorded durably, then the command calls the facade method the
+   control API calls for the same thing (``deauth`` -> ``deauthorize``, ...),
+   with the arguments parsed by the control API's own request models, so
+   validation and errors exist once; a domain error is answered with
+   ``reason: "failed"`` and the control API's error ``kind``.
+4. Every command and its outcome becomes a ``command_handled`` event (id,
+   name, outcome, reason; never the arguments, which may name a MAC or a code).
+
+The replay check and the record of a new id happen under a lock, so two
+copies of one id arriving together cannot both pass; the commands themselves
+run outside it (a long prefetch does not hold up a deauth), and a copy that
+arrives while the first still runs is refused as replayed with ``first: null``.
+
+The response goes to the request's MQTT 5 response topic with its
+correlation data, when that topic lies under this gateway's ``cmd/res`` (the
+broker's ACL lets a device publish only in its own subtree); otherwise, and
+for MQTT 3.1.1 clients, to ``cmd/res``, where the
+operator matches the response by ``id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.clock import Clock
+from gateway.control.errors import error_body
+from gateway.control.schema import DeauthRequest, RequestInvalid, VoucherRevokeRequest, parse_request
+from gateway.core.events import CommandHandled, Event
+from gateway.errors import DesanetError, StoreError
+from gateway.model import Session, Voucher
+from gateway.telemetry import commands as c
+from gateway.telemetry.mqtt import Incoming
+from gateway.telemetry.seen import SeenCommands
+from gateway.telemetry.topics import Topics
+
+log = logging.getLogger("desanet.mqtt")
+
+# What of the facade's status an operator is sent: the gateway's health, no client data.
+STATUS_KEYS = ("ready", "uptime", "portal_mode", "sessions_active", "config", "uplink",
+               "telemetry", "degraded")
+
+
+@dataclass(frozen=True)
+class Reply:
+    topic: str
+    body: dict[str, Any]
+    correlation: bytes | None
+
+
+class CommandOps(Protocol):
+    """The part of GatewayOps commands call (the same methods the control API calls)."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def deauthorize(self, mac: str) -> Session: ...
+
+    async def revoke_voucher(self, code: str) -> Voucher: ...
+
+    async def prefetch(self) -> dict[str, Any]: ...
+
+
+class Dispatcher:
+    def __init__(self, ops: CommandOps, seen: SeenCommands, keys: Callable[[], Iterable[str]],
+                 topics: Callable[[], Topics], clock: Clock, publish_event: Callable[[Event], object],
+                 rebirth: Callable[[], None]) -> None:
+        self._ops = ops
+        self._seen = seen
+        self._keys = keys
+        self._topics = topics
+        self._clock = clock
+        self._event = publish_event
+        self._rebirth = rebirth
+        self._lock = asyncio.Lock()
+        self._handlers: Mapping[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "status": self._status, "rebirth": self._do_rebirth, "deauth": self._deauth,
+            "vouchers.revoke": self._revoke, "prefetch": self._prefetch}
+        assert set(self._handlers) == set(c.NAMES)
+
+    def _public_keys(self) -> list[Ed25519PublicKey]:
+        out = []
+        for text in self._keys():
+            try:
+                out.append(c.parse_public_key(text))
+            except ValueError as exc:  # the config validates them; a stale file may not
+                log.error("telemetry.command_keys: %s", exc)
+        return out
+
+    def reply_topic(self, msg: Incoming) -> str:
+        res = self._topics().cmd_res
+        wanted = msg.response_topic
+        if wanted and (wanted == res or wanted.startswith(res + "/")) \
+                and not any(ch in wanted for ch in "+#\0"):
+            return wanted
+        return res
+
+    async def handle(self, msg: Incoming) -> Reply:
+        """Verify, run once, record, answer. Never raises for a bad request."""
+        async with self._lock:
+            admitted = await self._admit(msg)
+        if isinstance(admitted, dict):
+            return Reply(self.reply_topic(msg), admitted, msg.correlation)
+        cmd, base = admitted
+        out = await self._run(cmd, base)
+        async with self._lock:
+            try:
+                await self._seen.finish(cmd.id, out)
+            except StoreError as exc:
+                log.error("MQTT command %s: its response is not recorded: %s", cmd.id, exc)
+        return Reply(self.reply_topic(msg), out, msg.correlation)
+
+    async def _admit(self, msg: Incoming) -> dict[str, Any] | tuple[c.Command, dict[str, Any]]:
+        """The refusal's answer, or the command, recorded as begun (under the lock)."""
+        topics = self._topics()
+        now = self._clock.time()
+        base: dict[str, Any] = {"v": c.VERSION, "site": topics.site, "time": int(now)}
+        try:
+            cmd = c.verify(msg.payload, self._public_keys(), topics.site, now)
+        except c.CommandRefused as refused:
+            log.warning("MQTT command %s refused: %s: %s", refused.id or "(no id)", refused.reason,
+                        refused)
+            self._event(CommandHandled(refused.id, refused.name, "refused", refused.reason))
+            out = {**base, "id": refused.id, "name": refused.name, "ok": False,
+                   "reason": refused.reason, "error": str(refused)}
+            if refused.field:
+                out["field"] = refused.field
+            return out
+        base.update(id=cmd.id, name=cmd.name)
+        first = self._seen.get(cmd.id)
+        if first is not None:
+            log.warning("MQTT command %s (%s) refused: replayed", cmd.id, cmd.name)
+            self._event(CommandHandled(cmd.id, cmd.name, "refused", c.REPLAYED))
+            return {**base, "ok": False, "reason": c.REPLAYED,
+                    "error": "this command id was already received"
+                    + ("" if first.response else " (its outcome was not recorded)"),
+                    "first": first.response}
+        try:
+            await self._seen.begin(cmd.id, cmd.expires + c.CLOCK_SKEW, now)
+        except StoreError as exc:  # without the record a replay could not be refused
+            log.error("MQTT command %s not carried out: %s", cmd.id, exc)
+            self._event(CommandHandled(cmd.id, cmd.name, "failed", "unavailable"))
+            return {**base, "ok": False, "reason": "failed", "kind": "unavailable",
+                    "error": f"cannot record the command: {exc}"}
+        return cmd, base
+
+    async def _run(self, cmd: c.Command, base: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = await self._handlers[cmd.name](cmd.args)
+        except RequestInvalid as exc:
+            fld = f"args.{exc.field}"
+            log.warning("MQTT command %s (%s) refused: malformed %s", cmd.id, cmd.name, fld)
+            self._event(CommandHandled(cmd.id, cmd.name, "refused", c.MALFORMED))
+            return {**base, "ok": False, "reason": c.MALFORMED, "field": fld,
+                    "error": str(exc).replace("field ", "field args.")}
+        except Exception as exc:
+            _, err = error_body(exc)  # the control API's table: one mapping of domain errors
+            detail = err.pop("reason", None)  # a Refused error's own key, e.g. "unknown"
+            if detail:
+                err["detail"] = detail
+            if not isinstance(exc, DesanetError):
+                log.exception("MQTT command %s (%s) failed", cmd.id, cmd.name)
+            else:
+                log.warning("MQTT command %s (%s) failed: %s", cmd.id, cmd.name, exc)
+            self._event(CommandHandled(cmd.id, cmd.name, "failed", err["kind"]))
+            return {**base, "ok": False, "reason": "failed", **err}
+        log.info("MQTT command %s (%s) done", cmd.id, cmd.name)
+        self._event(CommandHandled(cmd.id, cmd.name, "ok", None))
+        return {**base, "ok": True, "result": result}
+
+    # -- the commands: parse the arguments, call the facade, shape the answer ----------------
+
+    async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        _no_args(args)
+        status = await self._ops.status()
+        out = {k: status[k] for k in STATUS_KEYS if k in status}
+        if isinstance(status.get("config"), dict):
+            # the version and whether it is on trial; not its last change (who ran it, and
+            # the changed values, which may name a trusted device) nor a refusal's text
+            trial = status["config"].get("trial") or {}
+            out["config"] = {"version": status["config"].get("version"),
+                             "trial_deadline": trial.get("deadline")}
+        return out
+
+    async def _do_rebirth(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        _no_args(args)
+        self._rebirth()
+        return {"status_sent": True}
+
+    async def _deauth(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        req = parse_request(DeauthRequest, dict(args))
+        await self._ops.deauthorize(req.mac)
+        return {"deauthorized": True}  # not the MAC nor the address: no personal data back
+
+    async def _revoke(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        req = parse_request(VoucherRevokeRequest, dict(args))
+        voucher = await self._ops.revoke_voucher(req.code)
+        return {"revoked": True, "batch": voucher.batch}
+
+    async def _prefetch(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        _no_args(args)
+        return await self._ops.prefetch()
+
+
+def _no_args(args: Mapping[str, Any]) -> None:
+    if args:
+        raise RequestInvalid([f"field {sorted(args)[0]}: this command takes no arguments"],
+                             [str(sorted(args)[0])], args[sorted(args)[0]])
