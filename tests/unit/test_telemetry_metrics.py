@@ -194,11 +194,12 @@ def test_samples_of_an_interval_fold_by_mean_max_or_last() -> None:
 
 
 def test_the_schema_declares_every_metric_and_refuses_any_other_key() -> None:
-    declared = set(SCHEMA["properties"]) - {"v", "site", "session", "seq", "time", "f"}
+    declared = set(SCHEMA["properties"]) - {"v", "site", "session", "seq", "time", "hist", "f"}
     assert declared == set(METRICS)
     assert set(FAMILIES) <= declared
     base = {"v": 1, "site": "s1", "session": 1, "seq": 9, "time": 1.5}
     jsonschema.validate({**base, "cpu": 3}, SCHEMA)
+    jsonschema.validate({**base, "hist": True, "cpu": 3}, SCHEMA)  # sent from the backlog
     for bad in ({"mac": MAC}, {"ip": IP}, {"cpu": 101}, {"rx": {IP: 5}}, {"ul": 2},
                 {"sv": {"Online": 1}}):
         with pytest.raises(jsonschema.ValidationError):
