@@ -127,7 +127,12 @@ class Telemetry(BaseModel):
     start_delay_max: Annotated[int, _seconds(0, 3600, '"60s"')] = Field(60, examples=["60s"])
     # The retained status is sent again this often (0: only on connect and on change).
     status_interval: Annotated[int, _seconds(0, 86400, '"1h"')] = Field(3600, examples=["1h"])
+    # Periodic telemetry (docs/mqtt.md "Telemetry"): readings are taken every
+    # telemetry_sample_interval and folded into one report every telemetry_interval, which is
+    # sent only with what moved past its deadband, and in full every telemetry_full_every reports.
     telemetry_interval: Annotated[int, _seconds(10, 86400, '"5m"')] = Field(300, examples=["5m"])
+    telemetry_sample_interval: Annotated[int, _seconds(5, 86400, '"1m"')] = Field(60, examples=["1m"])
+    telemetry_full_every: int = Field(12, ge=1, le=10000, examples=[12])
     # Operator public keys that may sign remote commands (docs/mqtt.md "Commands"), each
     # "ed25519:<base64>" as `desanet fleet keygen` prints it. Empty: every command is refused.
     command_keys: tuple[Annotated[str, AfterValidator(_command_key)], ...] = Field(
@@ -182,6 +187,11 @@ class Telemetry(BaseModel):
             problems.append(f"telemetry.reconnect_min: {format_duration(self.reconnect_min)} is above "
                             f"reconnect_max {format_duration(self.reconnect_max)}; "
                             'write e.g. reconnect_min = "5s", reconnect_max = "10m"')
+        if self.telemetry_sample_interval > self.telemetry_interval:
+            problems.append(f"telemetry.telemetry_sample_interval: "
+                            f"{format_duration(self.telemetry_sample_interval)} is above "
+                            f"telemetry_interval {format_duration(self.telemetry_interval)}; write e.g. "
+                            'telemetry_sample_interval = "1m", telemetry_interval = "5m"')
         if problems:
             raise PydanticCustomError(FIELD_LINES, "\n".join(problems))
         return self

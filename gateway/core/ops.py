@@ -130,6 +130,16 @@ class GatewayOps:
                          for p in self.degraded()],
         }
 
+    async def metrics(self) -> dict[str, Any]:
+        """What periodic telemetry reads (gateway/telemetry/metrics.py picks the counts out of
+        it): the status, the local services' status, the number of DHCP leases and the
+        portal's counters since the daemon started. It holds personal data (the services'
+        failing URLs, ...): only the telemetry's allow-list of numbers leaves the gateway."""
+        return {**await self.status(), "services": self.services_status(),
+                "clients_connected": len(await self._neighbours.leases()),
+                "portal": {"logins": self.sessions.logins,
+                           "voucher_failures": self.sessions.voucher_failures}}
+
     async def clients(self) -> list[dict[str, Any]]:
         """Authorized sessions (with idle time left and shaping), then DHCP-only clients."""
         now = self.now()

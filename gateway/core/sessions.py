@@ -72,7 +72,15 @@ from gateway.core.session_rules import (
     stale_kernel_entries,
     takeover_refused,
 )
-from gateway.errors import AmbiguousClient, DesanetError, Invalid, NotFound, PortalDenied, Refused
+from gateway.errors import (
+    AmbiguousClient,
+    DesanetError,
+    Invalid,
+    NotFound,
+    PortalDenied,
+    Refused,
+    VoucherError,
+)
 from gateway.model import ClientView, Session, SessionSource, Voucher
 from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
@@ -120,6 +128,10 @@ class SessionService:
         self._leases_synced_at = float("-inf")
         self._suspect: Callable[[], None] | None = None
         self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
+        # Since the daemon started, for telemetry (counts only): villagers' logins through the
+        # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
+        self.logins = 0
+        self.voucher_failures = 0
 
     def set_wakeup(self, wakeup: Callable[[float], None]) -> None:
         """``wakeup(at)`` asks for a sweep at wall-clock time ``at`` (the reconciler's timer)."""
@@ -210,7 +222,9 @@ class SessionService:
             raise PortalDenied("mode")
         if client.mac is None:
             raise PortalDenied("no_mac")
-        return await self.authorize(client.mac, client.ip, "terms")
+        session = await self.authorize(client.mac, client.ip, "terms")
+        self.logins += 1
+        return session
 
     async def login_voucher(self, client: ClientView, code: str) -> Session:
         """Redeem a canonical voucher code. Raises VoucherError(reason) or PortalDenied."""
@@ -218,7 +232,13 @@ class SessionService:
             raise PortalDenied("mode")
         if client.mac is None:
             raise PortalDenied("no_mac")
-        return await self.authorize(client.mac, client.ip, "voucher", voucher_code=code)
+        try:
+            session = await self.authorize(client.mac, client.ip, "voucher", voucher_code=code)
+        except VoucherError:
+            self.voucher_failures += 1
+            raise
+        self.logins += 1
+        return session
 
     async def logout(self, client: ClientView) -> None:
         if client.mac is not None:

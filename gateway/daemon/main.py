@@ -61,10 +61,12 @@ from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
 from gateway.telemetry.dispatch import Dispatcher
+from gateway.telemetry.metrics import Readings
 from gateway.telemetry.mqtt import connect as mqtt_connect
 from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox, backlog_bound
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.sysinfo import read_system
 from gateway.telemetry.topics import Topics
 
 log = logging.getLogger("desanet.daemon")
@@ -242,8 +244,15 @@ class Daemon:
             return
         outbox = AsyncTelemetryOutbox(box, database)
         _on_close(stack, "telemetry outbox", outbox.close)
+        async def readings() -> Readings:
+            net = holder.get().network
+            system = await asyncio.to_thread(read_system, state_dir,
+                                             (net.lan_interface, net.wan_interface))
+            return Readings(system, await ops.metrics())
+
         telemetry = TelemetryService(lambda: holder.get().telemetry, outbox, mqtt_connect, ops,
-                                     lambda: ops.config.version, software_version(), self.clock)
+                                     lambda: ops.config.version, software_version(), self.clock,
+                                     readings=readings)
         try:  # remote commands (docs/mqtt.md "Commands"), subscribed from the first connection
             seen = await asyncio.to_thread(SeenCommands, state_dir / "commands.json")
             telemetry.commands = Dispatcher(

@@ -18,6 +18,11 @@ Two tasks, both on the event loop:
   transaction); a lost connection puts the ones in flight back, and the next
   connection sends them again, in order, with the same ``seq``.
 
+- **metrics** (when the daemon gives it readings): a sample every
+  ``telemetry_sample_interval``, a report (:mod:`gateway.telemetry.metrics`:
+  deadbands, a full report every ``telemetry_full_every``) into the same
+  outbox every ``telemetry_interval``, so it shares the events' ``seq``.
+
 Remote commands (docs/mqtt.md "Commands"): when the daemon sets ``commands``
 (a :class:`gateway.telemetry.dispatch.Dispatcher`), each connection subscribes
 to ``cmd/req`` before it publishes the status (so an operator who sees the
@@ -46,8 +51,8 @@ from gateway.asynctools import wait_event
 from gateway.clock import Clock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
-from gateway.errors import StoreError
-from gateway.telemetry import payloads
+from gateway.errors import DesanetError, StoreError
+from gateway.telemetry import metrics, payloads
 from gateway.telemetry.dispatch import Reply
 from gateway.telemetry.mqtt import Connect, Incoming, Link, LinkError, LinkSettings
 from gateway.telemetry.outbox import InFlight, NewMessage, OutboxPort
@@ -85,7 +90,8 @@ class TelemetryService:
     def __init__(self, settings: Callable[[], Telemetry], outbox: OutboxPort, connect: Connect,
                  events: EventSource, config_version: Callable[[], str], version: str,
                  clock: Clock, rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 readings: Callable[[], Awaitable[metrics.Readings]] | None = None) -> None:
         self._settings = settings
         self._outbox = outbox
         self._connect = connect
@@ -95,6 +101,7 @@ class TelemetryService:
         self._clock = clock
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._readings = readings
         self.boot_time = clock.now()
         self.session = 0
         self._link: Link | None = None
@@ -146,6 +153,9 @@ class TelemetryService:
                  self._settings().broker, self._settings().site_id)
         self._tasks = [asyncio.create_task(self._kept(self._follow_events), name="telemetry-events"),
                        asyncio.create_task(self._kept(self._run), name="telemetry-connection")]
+        if self._readings is not None:
+            self._tasks.append(asyncio.create_task(self._kept(self._report_metrics),
+                                                   name="telemetry-metrics"))
 
     async def _kept(self, job: Callable[[], Awaitable[None]]) -> None:
         """Run ``job``; a bug that raises is logged and the job starts again (after a pause),
@@ -198,6 +208,35 @@ class TelemetryService:
             if any(s.event.type.startswith("config_") for s in batch):
                 self._status_due = True  # the status carries the config version
                 self._check_settings()
+            self._wake.set()
+
+    # -- periodic telemetry into the outbox ---------------------------------------------------
+
+    async def _sample(self, reporter: metrics.Reporter) -> None:
+        assert self._readings is not None
+        try:
+            reporter.add(metrics.sample(await self._readings()))
+        except (OSError, DesanetError) as exc:
+            log.warning("telemetry: no sample this time: %s", exc)
+
+    async def _report_metrics(self) -> None:
+        reporter = metrics.Reporter(self._settings().telemetry_full_every)
+        await self._sample(reporter)  # at start: the counters count from here
+        while True:
+            cfg = self._settings()
+            reporter.full_every = cfg.telemetry_full_every
+            for _ in range(max(1, round(cfg.telemetry_interval / cfg.telemetry_sample_interval))):
+                await self._sleep(cfg.telemetry_sample_interval)
+                await self._sample(reporter)
+            body = reporter.report()
+            if body is None:
+                continue  # nothing moved past its deadband
+            item = NewMessage("telemetry", self._clock.time(), json.dumps(body, separators=(",", ":")))
+            try:
+                await self._outbox.add(self.session, [item])
+            except StoreError as exc:
+                log.error("cannot queue a telemetry report for the broker: %s; skipping it", exc)
+                continue
             self._wake.set()
 
     def _check_settings(self) -> None:

@@ -70,6 +70,9 @@ status_interval = 0
     assert (tel.host, tel.port, tel.tls) == ("mqtt.example.go.id", 8883, True)
     assert (tel.keepalive, tel.reconnect_min, tel.reconnect_max) == (600, 2, 1800)
     assert tel.start_delay_max == 0 and tel.status_interval == 0
+    defaults = parse_config_text(BASE).telemetry
+    assert (defaults.telemetry_interval, defaults.telemetry_sample_interval,
+            defaults.telemetry_full_every) == (300, 60, 12)
     assert parse_config_text(BASE + 'broker = "mqtt://10.0.0.5:1884"').telemetry.port == 1884
 
 
@@ -95,6 +98,10 @@ status_interval = 0
     ("reconnect_jitter = 1.5", ["telemetry.reconnect_jitter: 1.5 is not valid"]),
     ('start_delay_max = "2h"', ["telemetry.start_delay_max: 2h is outside 0s to 1h"]),
     ("brokr = 1", ["telemetry.brokr: unknown key"]),
+    ('telemetry_interval = "1m"\ntelemetry_sample_interval = "2m"',
+     ["telemetry.telemetry_sample_interval: 2m is above telemetry_interval 1m"]),
+    ('telemetry_sample_interval = "1s"', ["telemetry.telemetry_sample_interval: 1s is outside 5s"]),
+    ("telemetry_full_every = 0", ["telemetry.telemetry_full_every: "]),
 ])
 def test_telemetry_config_errors_name_the_field(text: str, expected: list[str]) -> None:
     found = problems(text)
@@ -145,6 +152,7 @@ def test_topics_refuse_wildcards_and_empty_levels(prefix: str, site: str) -> Non
 
 STATUS_SCHEMA = json.loads((SCHEMAS / "status.schema.json").read_text())
 EVENT_SCHEMA = json.loads((SCHEMAS / "event.schema.json").read_text())
+TELEMETRY_SCHEMA = json.loads((SCHEMAS / "telemetry.schema.json").read_text())
 WHO = payloads.Identity(site="jabar-sukamaju", version="0.1.0", boot_time=1_764_000_000, session=7)
 
 # Every event type with values a person could be found by; none may appear in a payload.
@@ -305,8 +313,12 @@ def test_the_worked_examples_in_docs_mqtt_validate() -> None:
     text = MQTT_DOC.read_text()
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", text, re.S)]
     statuses = [b for b in blocks if "online" in b]
-    events = [b for b in blocks if "seq" in b]
-    assert len(statuses) == 2 and len(events) == 1
+    events = [b for b in blocks if "type" in b]
+    reports = [b for b in blocks if "seq" in b and "type" not in b]
+    assert len(statuses) == 2 and len(events) == 1 and len(reports) == 2
+    for body in reports:
+        jsonschema.validate(body, TELEMETRY_SCHEMA)
+    assert reports[0]["f"] is True and "f" not in reports[1]
     for body in statuses:
         jsonschema.validate(body, STATUS_SCHEMA)
     envelope = {k: events[0][k] for k in ("v", "site", "session", "seq", "time")}
