@@ -269,10 +269,13 @@ class CachingProxy:
             entry = self._pick(key, req_h)
             # The last contact with the upstream failed: a stored copy is all there is.
             offline = self._health(service.slug).state == "offline"
-            if offline:
-                self._recheck(service, url)  # so the banner goes as soon as the link is back
             decision = rules.decide(request.method, req_h, entry.meta if entry else None, now,
                                     offline_for=service.offline_for)
+            if offline and decision.kind in _ANSWERED_WITHOUT_UPSTREAM:
+                # So the banner goes as soon as the link is back. A request that goes upstream
+                # anyway (a revalidation, a miss, a background refresh) tells that itself: a
+                # HEAD beside it would cost the uplink a second request and race its answer.
+                self._recheck(service, url)
             if decision.kind is Kind.GATEWAY_TIMEOUT:
                 return web.Response(status=504, text="not in cache (only-if-cached)\n")
             if entry is not None and decision.kind is Kind.FRESH:
@@ -607,6 +610,11 @@ class CachingProxy:
         """Bring one URL's stored copy up to date without a villager waiting; see
         :func:`gateway.cache.refresh.refresh` for the outcomes."""
         return await refresh_url(self, service, url, req_h, rate_bps, max_bytes)
+
+
+# Decisions answered from the store alone: only these start a background recheck of an
+# offline service (stale-while-revalidate has its own background refresh).
+_ANSWERED_WITHOUT_UPSTREAM = frozenset({Kind.FRESH, Kind.GATEWAY_TIMEOUT})
 
 
 def _range_window(req_h: dict[str, str], upstream: aiohttp.ClientResponse
