@@ -6,7 +6,8 @@ traffic of every client that is neither trusted nor logged in to this
 instance (``PRELOGIN_DNS_PORT`` on the LAN address, no DHCP), rate-limited
 per client; logged-in clients reach the full instance. It answers:
 
-* the gateway's names (portal, local services) with the LAN address, and
+* the gateway's names (portal, local services) with the LAN address (TTL
+  ``GATEWAY_NAME_TTL``: it does not change at login), and
   the village's own names (``*.desa``: DHCP host names) from the full instance;
 * the OS connectivity-check hosts, forwarded to the full instance, so phones
   see the captive portal (and, while the uplink is down, the full instance's
@@ -56,6 +57,10 @@ HOSTS_FILE = "garden"
 # kept "any name = the gateway" would land on the portal again), and a garden answer
 # is then never older than the open addresses.
 LOCAL_TTL = 0
+# TTL of the gateway's own names (portal, local services): their address is the same
+# before and after login, so a phone may keep it; asking again for every request of a
+# page would run into the pre-login query rate limit (docs/walled-garden.md, "Rate").
+GATEWAY_NAME_TTL = 300
 
 
 def render_prelogin_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
@@ -81,7 +86,7 @@ def render_prelogin_conf(cfg: Config, state_dir: str, run_dir: str) -> str:
         "local=/#/",
         "address=/wpad/",
         f"address=/wpad.{domain}/",
-        *[f"host-record={name},{lan_ip}" for name in gateway_names(cfg)],
+        *[f"host-record={name},{lan_ip},{GATEWAY_NAME_TTL}" for name in gateway_names(cfg)],
         f"server=/{domain}/{full}",
         f"server=/{'/'.join(CONNECTIVITY_CHECK_HOSTS)}/{full}",
     ]

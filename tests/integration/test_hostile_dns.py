@@ -24,6 +24,7 @@ from gateway.firewall.planner import (
     DNS_RATE_BEFORE_LOGIN,
     GARDEN_TTL_FLOOR,
 )
+from gateway.services.prelogin_dns import GATEWAY_NAME_TTL
 from tests.integration.conftest import (
     LAB_TOOLS,
     LabFactory,
@@ -64,15 +65,16 @@ def parse(msg):
     i = 12
     for _ in range(qd):
         i = skip(msg, i) + 4
-    out = []
+    out, ttls = [], []
     for _ in range(an):
         i = skip(msg, i)
-        rtype, _, _, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
+        rtype, _, ttl, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
         i += 10
         if rtype == 1 and rdlen == 4:
             out.append(socket.inet_ntoa(msg[i:i + 4]))
+            ttls.append(ttl)
         i += rdlen
-    return {"rcode": flags & 0xF, "a": out, "answers": an}
+    return {"rcode": flags & 0xF, "a": out, "answers": an, "ttl": ttls}
 
 def one(server, name, qtype, transport):
     q = query(name, int(qtype), secrets.randbelow(65536))
@@ -336,3 +338,16 @@ def test_prelogin_resolver_runs_beside_the_full_one(lab: LabInfo) -> None:
     assert sum(":67 " in line for line in udp.splitlines()) == 1, udp
     # the ISP resolver's log is the one the tunnel test reads: it does log queries
     assert "query[" in isp_log(lab)
+
+
+def test_before_login_the_gateways_names_are_kept_and_other_names_are_not(lab: LabInfo) -> None:
+    """A phone (or a page's many requests) may keep the gateway's own names for
+    GATEWAY_NAME_TTL: their address never changes at login, and asking again for every
+    request would run into the pre-login query rate limit. Every other name keeps TTL 0,
+    so nothing of "any name = the gateway" sticks after login (the control)."""
+    k_ns = ns(lab, 2)  # never logged in here
+    for name in (p.PORTAL_HOSTNAME, "layanan.desa"):
+        got = dns(k_ns, name)
+        assert got["a"] == [p.LAN_IP] and got["ttl"] == [GATEWAY_NAME_TTL], (name, got)
+    other = dns(k_ns, "www.example.com")
+    assert other["a"] == [p.LAN_IP] and other["ttl"] == [0], other

@@ -28,6 +28,7 @@ from gateway.services.dnsmasq import Dnsmasq, render_dnsmasq_conf, servers_text
 from gateway.services.garden_dns import build_query, parse_answer
 from gateway.services.prelogin_dns import (
     CONNECTIVITY_CHECK_HOSTS,
+    GATEWAY_NAME_TTL,
     DnsPair,
     hosts_text,
     prelogin_dnsmasq,
@@ -140,7 +141,8 @@ def test_prelogin_instance_forwards_only_what_a_client_needs() -> None:
     nftset = [x for x in lines if x.startswith("nftset=")]
     assert nftset == ["nftset=/kemendagri.go.id/4#inet#desanet#garden_dns4,"
                       "6#inet#desanet#garden_dns6"]
-    assert "host-record=portal.desa,10.42.0.1" in lines
+    assert f"host-record=portal.desa,10.42.0.1,{GATEWAY_NAME_TTL}" in lines
+    assert "local-ttl=0" in lines  # every other local answer: asked again after login
 
 
 def test_prelogin_instance_without_wildcards_fills_no_set() -> None:
@@ -396,5 +398,5 @@ def test_reserved_names_follow_the_configured_hostnames() -> None:
     assert "dhcp-name-match=set:desanet-reserved,hotspot.sukamaju" in lines
     assert "address=/wpad.sukamaju/" in lines
     pre = render_prelogin_conf(cfg, "/s", "/r").splitlines()
-    assert "host-record=hotspot.sukamaju.example.id,10.42.0.1" in pre
+    assert f"host-record=hotspot.sukamaju.example.id,10.42.0.1,{GATEWAY_NAME_TTL}" in pre
     assert "server=/sukamaju/10.42.0.1#53" in pre
