@@ -22,8 +22,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 def main() -> None:
     host, port, ca, cert, key, out = sys.argv[1:7]
     fh = open(out, "a", buffering=1)  # noqa: SIM115 (open for the life of the process)
-    pending: dict[int, Any] = {}
-    lock = threading.Lock()  # a SUBACK/PUBACK may come back before its mid is noted
+    pending: dict[int, Any] = {}  # mid -> what was sent, until its ack
+    early: dict[int, tuple[dict[str, Any], str]] = {}  # acks that came before their mid was noted
+    # Only the two dicts are under this lock, never a paho call: paho runs on_publish
+    # with its own message lock held, and publish() takes that lock, so holding ours
+    # across publish() while an earlier PUBACK's callback waits for it would deadlock.
+    lock = threading.Lock()
 
     def record(data: dict[str, Any]) -> None:
         fh.write(json.dumps(data) + "\n")
@@ -36,7 +40,19 @@ def main() -> None:
 
     def acked(mid: int, data: dict[str, Any], key: str) -> None:
         with lock:
-            record({**data, key: pending.pop(mid, None)})
+            if mid not in pending:
+                early[mid] = (data, key)
+                return
+            sent = pending.pop(mid)
+        record({**data, key: sent})
+
+    def note(mid: int, sent: Any) -> None:
+        with lock:
+            ack = early.pop(mid, None)
+            if ack is None:
+                pending[mid] = sent
+                return
+        record({**ack[0], ack[1]: sent})
 
     client.on_subscribe = lambda c, u, mid, rcs, p: acked(
         mid, {"suback": [str(r) for r in rcs]}, "filters")
@@ -47,13 +63,11 @@ def main() -> None:
     client.loop_start()
     for line in sys.stdin:
         cmd = json.loads(line)
-        with lock:
-            if "sub" in cmd:
-                _, mid = client.subscribe([(f, 1) for f in cmd["sub"]])
-                pending[mid] = cmd["sub"]
-            elif "pub" in cmd:
-                mid = client.publish(cmd["pub"], cmd["payload"].encode(), qos=1).mid
-                pending[mid] = cmd["pub"]
+        if "sub" in cmd:
+            _, mid = client.subscribe([(f, 1) for f in cmd["sub"]])
+            note(mid, cmd["sub"])
+        elif "pub" in cmd:
+            note(client.publish(cmd["pub"], cmd["payload"].encode(), qos=1).mid, cmd["pub"])
     client.disconnect()
     client.loop_stop()
 
