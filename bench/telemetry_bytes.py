@@ -50,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.config.telemetry import Telemetry
 from gateway.kernel import DatabaseWorker
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry import metrics
 from gateway.telemetry.mqtt import connect as mqtt_connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.sysinfo import read_system
 from tests.integration.mosquitto import Broker, free_port, make_pki

@@ -60,7 +60,7 @@ already have reached the upstream.
 refused (confirm or roll back first), and a late ``deadline`` after a confirm
 is refused too, so a stale timer can never undo a confirmed config.
 
-:data:`TELEMETRY_OUTBOX` (``gateway/telemetry/outbox.py``; a row on disk is ``queued``,
+:data:`TELEMETRY_OUTBOX` (``gateway/store/telemetry_outbox.py``; a row on disk is ``queued``,
 ``in_flight`` lives in memory, an ``acked`` row is deleted)::
 
     queued ──publish──▶ in_flight ──puback──▶ acked            (final)
@@ -281,7 +281,7 @@ CONFIG_TRIAL: TransitionTable[ConfigTrialState, ConfigTrialEvent] = TransitionTa
 )
 
 
-# -- the telemetry outbox (gateway/telemetry/outbox.py) -------------------------------
+# -- the telemetry outbox (gateway/store/telemetry_outbox.py) -------------------------------
 
 TelemetryState = Literal["queued", "in_flight", "acked"]
 TelemetryEvent = Literal["publish", "puback", "connection_lost", "refused"]

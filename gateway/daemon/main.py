@@ -60,10 +60,11 @@ from gateway.store.db import AsyncStore
 from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
 from gateway.store.sqlite import Store
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.dispatch import Dispatcher
 from gateway.telemetry.metrics import Readings
 from gateway.telemetry.mqtt import connect as mqtt_connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox, backlog_bound
+from gateway.telemetry.outbox import backlog_bound
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.sysinfo import read_system

@@ -27,8 +27,9 @@ from gateway.clock import SystemClock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import EventBus, ServiceHealthChanged
 from gateway.kernel import DatabaseWorker
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.mqtt import connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, NewMessage, TelemetryOutbox, backlog_bound
+from gateway.telemetry.outbox import NewMessage, backlog_bound
 from gateway.telemetry.service import TelemetryService
 from tests.integration.mosquitto import Broker, Consumer
 from tests.integration.test_mqtt_link import EVENT, SCHEMA, STATUS, Events, arrived, status, tls_settings

@@ -42,10 +42,10 @@ from gateway.errors import NotFound
 from gateway.fleet.cli import BrokerAccess, exchange, keygen, load_key
 from gateway.kernel import DatabaseWorker
 from gateway.model import Session, Voucher
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry import commands as c
 from gateway.telemetry.dispatch import Dispatcher
 from gateway.telemetry.mqtt import connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.topics import Topics

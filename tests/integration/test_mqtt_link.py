@@ -22,8 +22,8 @@ from gateway.clock import SystemClock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import EventBus, ServiceHealthChanged, Stamped
 from gateway.kernel import DatabaseWorker
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.mqtt import LinkError, LinkSettings, MqttLink, connect
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.service import TelemetryService
 from tests.integration.mosquitto import Broker, Consumer, Received
 

@@ -21,12 +21,12 @@ from gateway.core.events import CommandHandled, Event, Stamped
 from gateway.errors import Conflict, NotFound, StoreError, VoucherError
 from gateway.kernel import DatabaseWorker
 from gateway.model import Session, Voucher
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry import commands as c
 from gateway.telemetry import payloads
 from gateway.telemetry.dispatch import STATUS_KEYS, Dispatcher
 from gateway.telemetry.fake import FakeBroker, FakeLink
 from gateway.telemetry.mqtt import Incoming
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.topics import Topics

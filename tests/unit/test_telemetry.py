@@ -14,8 +14,9 @@ from gateway.config import parse_config_text
 from gateway.core import events as ev
 from gateway.core.lifecycle import TELEMETRY_OUTBOX, IllegalTransition
 from gateway.errors import ConfigError
+from gateway.store.telemetry_outbox import TelemetryOutbox
 from gateway.telemetry import payloads
-from gateway.telemetry.outbox import InFlight, NewMessage, TelemetryOutbox
+from gateway.telemetry.outbox import InFlight, NewMessage
 from gateway.telemetry.topics import Topics, fleet_filter
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"

@@ -15,9 +15,10 @@ import pytest
 from gateway.errors import StoreError
 from gateway.sqlitedb import open_readonly
 from gateway.store.health import DEGRADED
+from gateway.store.telemetry_outbox import TelemetryOutbox
 from gateway.telemetry import payloads
 from gateway.telemetry.counters import SEQ_BLOCK, CounterFile
-from gateway.telemetry.outbox import Bound, NewMessage, TelemetryOutbox
+from gateway.telemetry.outbox import Bound, NewMessage
 from tests.unit import test_telemetry_service as service_tests
 from tests.unit.test_telemetry_service import Rig, until
 

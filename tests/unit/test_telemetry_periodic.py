@@ -16,9 +16,9 @@ from gateway.config.telemetry import Telemetry
 from gateway.core.events import EventBus, ServiceHealthChanged
 from gateway.errors import StoreError
 from gateway.kernel import DatabaseWorker
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.fake import FakeBroker
 from gateway.telemetry.metrics import Readings, SystemReadings
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.service import TelemetryService
 from tests.unit.test_telemetry_service import EVENT, SITE, Events, until
 

@@ -16,8 +16,8 @@ from gateway.clock import FakeClock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import ChangeSource, ConfigApplied, EventBus, ServiceHealthChanged, Stamped
 from gateway.kernel import DatabaseWorker
+from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.fake import FakeBroker, Published
-from gateway.telemetry.outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.service import TelemetryService, reconnect_delay
 
 SITE = "s1"
