@@ -123,6 +123,13 @@ def decode(payload: bytes, site: str) -> dict[str, Any]:
     return body
 
 
+def unpack(payload: bytes, site: str, leaf: str) -> list[dict[str, Any]]:
+    """The messages one PUBLISH of ``site`` on ``leaf`` carries, each version checked;
+    raises Rejected. Every consumer (watch, serve) reads payloads through here, so a new
+    wire form (e.g. a batch of reports in one PUBLISH) is decoded in one place."""
+    return [decode(payload, site)]
+
+
 @dataclass
 class FleetTable:
     """Every gateway under ``prefix`` (see the module docstring)."""
@@ -154,8 +161,10 @@ class FleetTable:
             del self.sites[site]
             return True
         try:
-            body = decode(payload, site)
-            changed = self._status(row, body) if leaf == "status" else self._numbered(row, leaf, body)
+            changed = False
+            for body in unpack(payload, site, leaf):
+                changed |= (self._status(row, body) if leaf == "status"
+                            else self._numbered(row, leaf, body))
         except Rejected as exc:
             row.rejected += 1
             row.problem = f"{leaf}: {exc}"
