@@ -1,0 +1,1 @@
+"""`desanet tui`: the technician's terminal UI (Textual), Bahasa Indonesia first."""
