@@ -131,6 +131,23 @@ class Gateway:
         self.client.loop_stop()
 
 
+def traffic(gw: Gateway, n: int, dup_every: int = 10) -> int:
+    """``n`` messages, events and telemetry in turn (telemetry ``cc`` = its seq), a copy of
+    every ``dup_every``-th right after it; the number of copies."""
+    copies = 0
+    for i in range(n):
+        if i % 2:
+            body = gw.telemetry({"cc": gw.seq + 1, "bl": 0})
+            topic = gw.topics.telemetry
+        else:
+            body = gw.event({"type": "session_ended", "reason": "idle"})
+            topic = gw.topics.event
+        if dup_every and i % dup_every == dup_every - 1:
+            gw.resend(topic, body)
+            copies += 1
+    return copies
+
+
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db, timeout=30) as c:
         return c.execute(sql).fetchall()

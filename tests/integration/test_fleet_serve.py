@@ -16,29 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mosquitto import Broker, free_port
-from tests.integration.serve_harness import Gateway, Serve, query, scrape, wait_until
+from tests.integration.serve_harness import Gateway, Serve, query, scrape, traffic, wait_until
 
 pytestmark = [pytest.mark.integration]
 
 SITES = 4
 PER_SITE = 100  # numbered messages per site
-
-
-def _traffic(gw: Gateway, n: int, dup_every: int = 10) -> int:
-    """``n`` messages, events and telemetry in turn (telemetry ``cc`` = its seq), a copy of
-    every ``dup_every``-th right after it; the number of copies."""
-    copies = 0
-    for i in range(n):
-        if i % 2:
-            body = gw.telemetry({"cc": gw.seq + 1, "bl": 0})
-            topic = gw.topics.telemetry
-        else:
-            body = gw.event({"type": "session_ended", "reason": "idle"})
-            topic = gw.topics.event
-        if dup_every and i % dup_every == dup_every - 1:
-            gw.resend(topic, body)
-            copies += 1
-    return copies
 
 
 def _check_stored(db: Path, sites: list[Gateway]) -> None:
@@ -68,7 +51,7 @@ def test_two_instances_in_a_group_split_the_messages_without_loss_or_duplicate(
         for gw in sites:
             gw.status()
         for gw in sites:
-            copies += _traffic(gw, PER_SITE)
+            copies += traffic(gw, PER_SITE)
         total = SITES * PER_SITE
         wait_until(lambda: query(db, "SELECT COUNT(*) FROM messages")[0][0] == total
                    and query(db, "SELECT SUM(duplicates) FROM gateways")[0][0] == copies,
@@ -100,7 +83,7 @@ def test_kill_9_of_one_instance_loses_nothing(mosquitto: Broker, tmp_path: Path)
                 gw.status()
             for _ in range(6):
                 for gw in sites:
-                    _traffic(gw, 50, dup_every=0)
+                    traffic(gw, 50, dup_every=0)
         except BaseException as exc:
             errors.append(exc)
         finally:
