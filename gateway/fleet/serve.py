@@ -56,6 +56,9 @@ KEEPALIVE = 60
 SESSION_EXPIRY = 7 * 86400  # the broker keeps our queue this long while we are away
 CONNECT_TIMEOUT = 15.0
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason 0x8E
+# Mosquitto 2.0 closes a taken-over connection without saying why: this many connections in
+# a row that each ended within SHORT_LIVED seconds mean another client uses our id.
+SHORT_LIVED, SHORT_IN_A_ROW = 10.0, 5
 
 
 class ServeError(DesanetError):
@@ -107,7 +110,7 @@ def options(args: argparse.Namespace) -> Options:
     if args.password_file is not None:
         try:
             with open(args.password_file, encoding="utf-8") as fh:
-                password = fh.read().rstrip("\r\n")
+                password = (fh.read().splitlines() or [""])[0]
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"--password-file: cannot read {args.password_file}: "
                             f"{getattr(exc, 'strerror', None) or exc}")
@@ -142,6 +145,8 @@ class Consumer:
         self.gen = 0  # written by paho's thread at each CONNACK, read by the main thread
         self.stop = threading.Event()
         self.connected_once = False
+        self.connected_at = 0.0  # monotonic
+        self.short_lived = 0  # connections in a row that ended soon after they began
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id,
                                   protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
         self.client.reconnect_delay_set(1, 30)
@@ -229,12 +234,18 @@ class Consumer:
                 log(f"reconnected to {url}")
             self.connected_once = True
             self.metrics.connected.set(1)
+            self.connected_at = time.monotonic()
         elif kind == "lost":
             code, reason = data
             self.metrics.connected.set(0)
-            if code == SESSION_TAKEN_OVER:
+            short = self.connected_once and time.monotonic() - self.connected_at < SHORT_LIVED
+            self.short_lived = self.short_lived + 1 if short else 0
+            if code == SESSION_TAKEN_OVER or self.short_lived >= SHORT_IN_A_ROW:
                 raise ServeError(f"--client-id: another client connected to {url} as "
-                                 f"{self.o.client_id!r}; give every instance its own --client-id")
+                                 f"{self.o.client_id!r}" + ("" if code == SESSION_TAKEN_OVER else
+                                 f" (the broker closed {SHORT_IN_A_ROW} connections in a row "
+                                 "soon after they began)") + "; give every instance its own "
+                                 "--client-id")
             if not self.connected_once:
                 raise ServeError(f"--broker: {url} closed the connection before accepting it "
                                  f"({reason}); does it want a client certificate (--cert, --key), "

@@ -69,20 +69,28 @@ class Serve:
                                  f"{self.text()}{self.broker.tail()}")
         return True
 
+    def exited(self) -> int | None:
+        """The exit code, or None while it runs."""
+        return None if self.proc is None else self.proc.poll()
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
+    def stop(self) -> int | None:
+        """SIGTERM; the exit code (None: it had to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return self.proc.returncode
         self.proc.terminate()
         try:
-            self.proc.wait(15)
+            return self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+            return None
 
 
 class Gateway:

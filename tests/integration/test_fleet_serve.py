@@ -160,10 +160,27 @@ def test_prometheus_endpoint_has_the_fleet_and_the_consumer(mosquitto: Broker,
         assert {k: got.get(k) for k in expect} == expect
         assert got['desanet_gateway_last_seen_timestamp_seconds{site="desa-lab"}'] > 0
         assert 'desanet_gateway_last_seen_timestamp_seconds{site="desa-off"}' not in got
-        s.stop()
+        assert s.stop() == 0  # SIGTERM: a clean stop
     finally:
         gw.close()
         off.close()
+
+
+def test_a_second_instance_with_the_same_client_id_is_named(mosquitto: Broker,
+                                                            tmp_path: Path) -> None:
+    first = Serve(tmp_path, mosquitto, f"sqlite://{tmp_path}/a.db", "same").start()
+    second = Serve(tmp_path / "b", mosquitto, f"sqlite://{tmp_path}/b.db", "same")
+    (tmp_path / "b").mkdir()
+    try:
+        second.start()
+        # They take the session from each other until one gives up, naming the option.
+        gave_up = wait_until(lambda: next((s for s in (first, second) if s.exited()), None), 60,
+                             "one of the two to give up")
+        assert gave_up.exited() == 1
+        assert "error: --client-id: another client connected" in gave_up.text()
+    finally:
+        first.stop()
+        second.stop()
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
