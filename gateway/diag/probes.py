@@ -52,7 +52,9 @@ REASON_WORDS: dict[str, tuple[str, str]] = {
     "unreachable": ("tidak ada rute ke server (uplink putus?)",
                     "no route to the server (is the uplink down?)"),
     "tls-verify": ("sertifikat server tidak dipercaya", "the server's certificate is not trusted"),
-    "tls-rejected": ("server menolak sertifikat gateway", "the server refused the gateway's certificate"),
+    "tls-rejected": ("server menolak sertifikat gateway (sesi TLS ditutup sebelum menjawab)",
+                     "the server refused the gateway's certificate (it closed the TLS session "
+                     "before answering)"),
     "tls": ("jabat tangan TLS gagal", "the TLS handshake failed"),
     "closed": ("server menutup koneksi", "the server closed the connection"),
     "error": ("kesalahan jaringan", "network error"),
@@ -194,7 +196,12 @@ def mqtt_connect(host: str, port: int, tls: bool, timeout: float, ca_file: str |
             sock.sendall(connect_packet(client_id, 10, username, password))
             code = parse_connack(_recv_exact(sock, 4))
         except (OSError, EOFError, ValueError) as exc:
-            # TLS 1.3: a refused client certificate shows only here, as an alert
+            # TLS 1.3: a refused client certificate shows only here, after the handshake:
+            # an alert, or the broker closing the TLS session before any CONNACK.
+            if tls and isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, EOFError,
+                                        ConnectionResetError)):
+                return MqttProbe("mqtt", "tls-rejected", str(exc) or type(exc).__name__,
+                                 time.monotonic() - started)
             return fail("mqtt", exc)
         if code:
             return MqttProbe("mqtt", f"connack-{code}", CONNACK_WORDS.get(code, f"code {code}"),
