@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import Config
-from gateway.config.units import format_rate
+from gateway.config.units import human_rate
 from gateway.diag import dnsquery, probes
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, Status, verdict, worst
@@ -305,7 +305,7 @@ def classify_speed(name: str, probe: probes.HttpProbe, target: int) -> CheckResu
                         f"The test file is too small ({probe.size} bytes) to measure speed."),
                        ("Pilih berkas yang lebih besar dengan --speed-url (mis. 1 MB).",
                         "Pick a larger file with --speed-url (e.g. 1 MB)."), **details)
-    shown, want = format_rate(rate), format_rate(target)
+    shown, want = human_rate(rate), human_rate(target)
     if rate < target:
         return verdict(name, "warn",
                        (f"Uplink lambat: {shown}, di bawah target {want}.",
@@ -314,8 +314,8 @@ def classify_speed(name: str, probe: probes.HttpProbe, target: int) -> CheckResu
                         "pengguna untuk hasil yang adil.",
                         "Check the signal/antenna and the modem; ask the ISP. Test when few "
                         "people use it for a fair figure."), **details)
-    return verdict(name, "ok", (f"Uplink {shown} (target {want}).",
-                                f"Uplink {shown} (target {want})."), **details)
+    return verdict(name, "ok", (f"Kecepatan uplink {shown}, memenuhi target {want}.",
+                                f"Uplink speed {shown}, meets the target {want}."), **details)
 
 
 async def check_speed(ctx: DiagContext) -> CheckResult:
