@@ -137,7 +137,7 @@ class Offer:
 def classify_offers(name: str, offers: Iterable[Offer], own_ips: set[str], own_macs: set[str],
                     own_server: str | None) -> CheckResult:
     """Every answering server that is not this gateway is rogue. ``own_server`` says what
-    listens on UDP 67 here (e.g. "dnsmasq (pid 42)"), None when nothing does."""
+    listens on UDP 67 here (e.g. "dnsmasq, pid 42"), None when nothing does."""
     unique = {(o.server_id or o.source_ip, o.source_mac): o for o in offers}
     own: list[Offer] = []
     rogue: list[Offer] = []
@@ -227,14 +227,14 @@ def _discover(iface: str, wait: float) -> list[Offer]:
 
 
 def _own_dhcp_server() -> str | None:
-    """The process listening on UDP 67 in this network namespace, e.g. "dnsmasq (pid 42)"."""
+    """The process listening on UDP 67 in this network namespace, e.g. "dnsmasq, pid 42"."""
     import psutil
 
     for conn in psutil.net_connections(kind="udp4"):
         if conn.laddr and conn.laddr.port == 67:
             try:
                 proc = psutil.Process(conn.pid) if conn.pid else None
-                return f"{proc.name()} (pid {conn.pid})" if proc else "pid ?"
+                return f"{proc.name()}, pid {conn.pid}" if proc else "pid ?"
             except psutil.Error:
                 return f"pid {conn.pid}"
     return None

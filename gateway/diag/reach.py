@@ -159,8 +159,8 @@ def classify_http(name: str, probes_: Sequence[tuple[str, probes.HttpProbe]]) ->
     status = worst(statuses)
     details: dict[str, Any] = {"services": rows}
     if status == "ok":
-        return verdict(name, "ok", (f"Semua {len(rows)} layanan pemerintah bisa dihubungi.",
-                                    f"All {len(rows)} government services are reachable."),
+        return verdict(name, "ok", (f"Semua layanan pemerintah ({len(rows)}) bisa dihubungi.",
+                                    f"All government services ({len(rows)}) are reachable."),
                        **details)
     advice = (("Layanan yang gagal tetap dilayani dari cache selama masih ada salinannya. "
                "Bila 'diblokir': periksa firewall ISP/modem; bila 'ditolak' atau galat 5xx: "

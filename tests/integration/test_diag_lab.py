@@ -19,13 +19,16 @@ import pytest
 from desanet_lab import LabInfo, LabSpec, services
 from desanet_lab import netns as nsa
 from desanet_lab import plan as p
+from gateway.diag import CHECKS
 from tests.integration.conftest import (
     LAB_TOOLS,
     LabFactory,
     desanet_argv,
+    ensure_gateway,
     in_namespace,
     require_root,
     require_tools,
+    stop_gateway,
     unique_prefix,
     wait_exit,
     wait_until,
@@ -35,6 +38,7 @@ pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "
 
 PREFIX = unique_prefix("dg")
 BLOCK = "diagblock"  # the nftables table of this module's faults in the WAN
+CHECK_NAMES = tuple(CHECKS)
 ROGUE_RANGE = ("10.42.0.50", "10.42.0.60")  # the rogue server offers from outside the gateway's
 
 
@@ -165,3 +169,34 @@ def test_unreachable_broker_is_reported_with_the_reason(lab: LabInfo, action: st
     assert r["status"] == "fail", r
     assert (r["details"]["stage"], r["details"]["reason"]) == ("tcp", reason)
     assert rc == 1
+
+
+@pytest.mark.parametrize("target, status", [("1kbit", "ok"), ("100gbit", "warn")])
+def test_uplink_speed_against_the_target(lab: LabInfo, target: str, status: str) -> None:
+    """A 1 MB download from the government origin, judged against the target given."""
+    proc = subprocess.run(
+        [nsa.IP, "netns", "exec", lab.gw, *desanet_argv(), "diag", "--config", lab.config_path,
+         "--json", "speed", "--speed-url", f"http://{p.DUKCAPIL_HOST}/big?mb=1",
+         "--speed-target", target], capture_output=True, text=True, timeout=60, check=False)
+    [r] = json.loads(proc.stdout)
+    assert r["status"] == status, r
+    assert r["details"]["bytes"] == 1024 * 1024 and r["details"]["bits_per_second"] > 0
+    assert proc.returncode == 0  # slow is a warning, not a failure
+
+
+def test_diagnostics_work_with_the_daemon_down(lab: LabInfo) -> None:
+    """Every check runs and says so when the daemon is stopped; the lab's daemon is
+    started again afterwards."""
+    stop_gateway(lab)
+    try:
+        rc, res = diag(lab, *CHECK_NAMES)
+        assert res["config"]["status"] == "ok"
+        assert res["daemon"]["status"] == "fail"
+        assert "not running" in res["daemon"]["summary_en"]
+        # dnsmasq went with the daemon: no DHCP server at all on the LAN now
+        assert res["rogue-dhcp"]["status"] == "warn", res["rogue-dhcp"]
+        assert res["dns"]["status"] == "fail"  # the gateway's DNS is dnsmasq too
+        assert res["http"]["status"] == "ok"  # the uplink itself still works
+        assert rc == 1
+    finally:
+        ensure_gateway(lab)
