@@ -114,7 +114,8 @@ def cmd_diag(args: argparse.Namespace) -> int:
         return 2
     options = DiagOptions(timeout=args.timeout, speed_url=args.speed_url,
                           speed_target=args.speed_target, speed_bytes=args.speed_bytes,
-                          dns_name=args.dns_name, socket=getattr(args, "socket", None),
+                          dns_name=args.dns_name,
+                          socket=getattr(args, "socket", None) or os.environ.get("DESANET_SOCKET"),
                           log_file=args.log_file)
     results = asyncio.run(run_checks(args.checks or None, getattr(args, "config", None), options))
     if args.json:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import secrets
 import threading
 from collections.abc import Iterable
@@ -93,7 +94,14 @@ def classify_devices(name: str, answers: Iterable[tuple[str, str]], gateway_ip: 
                     f"{len(devices)} devices answered on the LAN."), **details)
 
 
+def quiet_scapy() -> None:
+    """Keep scapy's import-time warnings (no IPv6 route, no libpcap) off the terminal: the
+    TUI owns it while these checks run."""
+    logging.getLogger("scapy").setLevel(logging.ERROR)
+
+
 def _arp_scan(iface: str, gateway_ip: str, targets: list[str], timeout: float) -> list[tuple[str, str]]:
+    quiet_scapy()
     from scapy.arch import get_if_hwaddr
     from scapy.layers.l2 import ARP, Ether
     from scapy.sendrecv import srp
@@ -185,6 +193,7 @@ def _option(options: list[Any], key: str) -> str:
 
 
 def _discover(iface: str, wait: float) -> list[Offer]:
+    quiet_scapy()
     from scapy.layers.dhcp import BOOTP, DHCP
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether

@@ -164,10 +164,12 @@ def classify_http(name: str, probes_: Sequence[tuple[str, probes.HttpProbe]]) ->
                        **details)
     advice = (("Layanan yang gagal tetap dilayani dari cache selama masih ada salinannya. "
                "Bila 'diblokir': periksa firewall ISP/modem; bila 'ditolak' atau galat 5xx: "
-               "server layanan sedang bermasalah, hubungi pengelolanya (Diskominfo).",
+               "server layanan sedang bermasalah, hubungi pengelolanya (Diskominfo); bila "
+               "TLS: periksa jam (pemeriksaan `clock`).",
                "Failing services are still served from the cache while copies last. If "
                "'blocked': check the ISP's or modem's firewall; if 'refused' or a 5xx: the "
-               "service's server has trouble, contact its operator (Diskominfo)."))
+               "service's server has trouble, contact its operator (Diskominfo); if TLS: "
+               "check the clock (the `clock` check)."))
     return verdict(name, status, ("Layanan bermasalah: " + "; ".join(lines_id) + ".",
                                   "Services in trouble: " + "; ".join(lines_en) + "."),
                    advice, **details)

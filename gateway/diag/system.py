@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import datetime
+import json
 import os
 import re
 import shutil
@@ -393,11 +394,37 @@ def tail(path: Path, n: int, block: int = 65536) -> list[str]:
     return lines[-n:]
 
 
+LEVELS = {0: "CRITICAL", 1: "CRITICAL", 2: "CRITICAL", 3: "ERROR", 4: "WARNING", 5: "INFO",
+          6: "INFO", 7: "DEBUG"}
+
+
+def journal_lines(text: str) -> list[str]:
+    """``journalctl -o json`` records as "time LEVEL message" lines: the journal keeps the
+    level as the record's PRIORITY, not in its text."""
+    lines = []
+    for raw in text.splitlines():
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        msg = rec.get("MESSAGE", "")
+        if isinstance(msg, list):  # journald's form of a message that is not UTF-8
+            msg = bytes(msg).decode(errors="replace")
+        try:
+            when = datetime.datetime.fromtimestamp(int(rec["__REALTIME_TIMESTAMP"]) / 1e6,
+                                                   datetime.UTC).isoformat(timespec="seconds")
+        except (KeyError, ValueError):
+            when = "?"
+        level = LEVELS.get(int(rec.get("PRIORITY", 6)), "INFO")
+        lines.append(f"{when} {level} {msg}")
+    return lines
+
+
 def _log_lines(config_path: str, log_file: str | None, n: int) -> tuple[list[str], str]:
     if log_file is None:
         rc, out = _run(["journalctl", "-u", "desanet", "-n", str(n), "--no-pager", "-q",
-                        "-o", "short-iso"], 5)
-        lines = [x for x in out.splitlines() if x.strip()]
+                        "-o", "json"], 5)
+        lines = journal_lines(out)
         if rc == 0 and lines:
             return lines, "journalctl -u desanet"
     candidates = [Path(log_file)] if log_file else [Path(config_path).parent / "gateway.log",

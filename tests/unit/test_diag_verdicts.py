@@ -344,6 +344,20 @@ def test_log_verdicts_and_tail(tmp_path: Path) -> None:
     assert system.tail(f, 3) == ["line 9997", "line 9998", "line 9999"]
 
 
+def test_journal_records_keep_their_level() -> None:
+    text = "\n".join([
+        '{"__REALTIME_TIMESTAMP": "1764676800000000", "PRIORITY": "6", "MESSAGE": "started"}',
+        '{"__REALTIME_TIMESTAMP": "1764676801000000", "PRIORITY": "3", '
+        '"MESSAGE": "gateway.dnsmasq: exited 2"}',
+        '{"PRIORITY": "4", "MESSAGE": [98, 97, 100, 255]}', "not json"])
+    lines = system.journal_lines(text)
+    assert lines[0] == "2025-12-02T12:00:00+00:00 INFO started"
+    assert lines[1].endswith("ERROR gateway.dnsmasq: exited 2")
+    assert lines[2].startswith("? WARNING bad")
+    assert len(lines) == 3
+    assert system.classify_logs("logs", lines, "journalctl -u desanet").status == "warn"
+
+
 def test_daemon_verdicts() -> None:
     down = seen(system.classify_daemon("daemon", None, "unreachable", True, "/run/x.sock"))
     assert down.status == "fail" and "systemctl start desanet" in down.advice_en
