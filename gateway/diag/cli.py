@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.config.units import parse_rate, parse_size
 from gateway.diag.context import DEFAULT_SPEED_BYTES, DEFAULT_SPEED_TARGET, DEFAULT_TIMEOUT, DiagOptions
+from gateway.diag.oui import RANDOM
 from gateway.diag.registry import CHECKS, run_checks, unknown_names
 from gateway.diag.result import CheckResult
 
@@ -37,6 +38,34 @@ def language_from_env(env: Mapping[str, str]) -> str:
     return "id"
 
 
+MAX_LISTED = 20  # devices listed under the ARP scan's row; --json has them all
+
+
+def detail_lines(r: CheckResult, lang: str) -> list[str]:
+    """What a technician reads off a row besides its words: the devices an ARP scan found,
+    the servers that answered a DHCP discover."""
+    if r.name == "arp-scan":
+        devices = r.details.get("devices") or []
+        random = "MAC acak" if lang == "id" else "random MAC"  # a phone's private address
+        lines = [f"{d['ip']:<15} {d['mac']}  {random if d['vendor'] == RANDOM else d['vendor']}"
+                 .rstrip() for d in devices[:MAX_LISTED]]
+        if len(devices) > MAX_LISTED:
+            more = len(devices) - MAX_LISTED
+            lines.append(f"(+{more} lagi; --json untuk semuanya)" if lang == "id"
+                         else f"(+{more} more; --json lists them all)")
+        return lines
+    if r.name == "rogue-dhcp":
+        mark = {"id": ("LIAR", "gateway"), "en": ("ROGUE", "gateway")}[lang]
+        return [f"{s['server']:<15} {s['mac']}  {mark[0] if s['rogue'] else mark[1]}"
+                for s in r.details.get("servers") or []]
+    return []
+
+
+def _wrap(text: str, width: int, **kw: Any) -> list[str]:
+    # Paths and addresses stay whole: never broken at a hyphen or inside a long word.
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False, **kw)
+
+
 def render_table(results: Sequence[CheckResult], lang: str, width: int = WIDTH) -> str:
     words = STATUS_WORDS[lang]
     head = ("PEMERIKSAAN", "STATUS", "HASIL") if lang == "id" else ("CHECK", "STATUS", "RESULT")
@@ -44,11 +73,12 @@ def render_table(results: Sequence[CheckResult], lang: str, width: int = WIDTH) 
     text_width = max(20, width - indent)
     out = [f"{head[0]:<{NAME_WIDTH}} {head[1]:<6} {head[2]}"]
     for r in results:
-        lines = textwrap.wrap(r.summary(lang), text_width) or [""]
+        lines = _wrap(r.summary(lang), text_width) or [""]
         out.append(f"{r.name:<{NAME_WIDTH}} {words[r.status]:<6} {lines[0]}")
         out += [" " * indent + x for x in lines[1:]]
+        out += [" " * (indent + 2) + x for x in detail_lines(r, lang)]
         if r.status != "ok":
-            out += [" " * indent + x for x in textwrap.wrap(
+            out += [" " * indent + x for x in _wrap(
                 "-> " + r.advice(lang), text_width, subsequent_indent="   ")]
     counts = {s: sum(1 for r in results if r.status == s) for s in words}
     tally = ", ".join(f"{n} {words[s]}" for s, n in counts.items() if n)

@@ -148,6 +148,27 @@ def test_table_fits_a_serial_console_and_shows_advice_for_problems() -> None:
     assert "Rogue" not in text and "Rogue DHCP" in diag_cli.render_table(results(), "en")
 
 
+def test_table_lists_devices_and_dhcp_servers() -> None:
+    devices = [{"ip": f"10.42.0.{100 + i}", "mac": f"02:d5:00:00:00:{i:02x}", "vendor": "random"}
+               for i in range(25)]
+    scan = verdict("arp-scan", "ok", ("25 perangkat.", "25 devices."), devices=devices)
+    dhcp = verdict("rogue-dhcp", "fail", ("Liar.", "Rogue."), ("Cari.", "Find."), servers=[
+        {"server": "192.168.1.1", "mac": "c8:3a:35:00:00:09", "rogue": True}])
+    text = diag_cli.render_table([scan, dhcp], "en")
+    assert "10.42.0.100     02:d5:00:00:00:00  random MAC" in text
+    assert "02:d5:00:00:00:00  MAC acak" in diag_cli.render_table([scan], "id")
+    assert "10.42.0.124" not in text and "(+5 more; --json lists them all)" in text
+    assert "192.168.1.1     c8:3a:35:00:00:09  ROGUE" in text
+    assert "LIAR" in diag_cli.render_table([dhcp], "id")
+    assert all(len(x) <= 80 for x in text.splitlines())
+
+
+def test_long_paths_are_not_broken_at_hyphens() -> None:
+    r = verdict("logs", "ok", ("Tidak ada galat (/run/desanet-lab/dgx/gateway.log).",
+                               "No errors in the last 20 lines (/run/desanet-lab/dgx/gateway.log)."))
+    assert "/run/desanet-lab/dgx/gateway.log" in diag_cli.render_table([r], "en", width=60)
+
+
 @pytest.mark.parametrize("env, lang", [
     ({}, "id"), ({"LANG": "C.UTF-8"}, "id"), ({"LANG": "en_US.UTF-8"}, "en"),
     ({"LANG": "en_US.UTF-8", "LC_ALL": "id_ID.UTF-8"}, "id"),
