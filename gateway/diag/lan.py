@@ -97,7 +97,9 @@ def classify_devices(name: str, answers: Iterable[tuple[str, str]], gateway_ip: 
 def quiet_scapy() -> None:
     """Keep scapy's import-time warnings (no IPv6 route, no libpcap) off the terminal: the
     TUI owns it while these checks run."""
-    logging.getLogger("scapy").setLevel(logging.ERROR)
+    from scapy.error import log_scapy  # scapy's own logger (light: no routes loaded yet)
+
+    log_scapy.setLevel(logging.ERROR)
 
 
 def _arp_scan(iface: str, gateway_ip: str, targets: list[str], timeout: float) -> list[tuple[str, str]]:
