@@ -57,6 +57,8 @@ REASON_WORDS: dict[str, tuple[str, str]] = {
                      "before answering)"),
     "tls": ("jabat tangan TLS gagal", "the TLS handshake failed"),
     "closed": ("server menutup koneksi", "the server closed the connection"),
+    "files": ("berkas sertifikat atau kunci tidak bisa dibaca",
+              "the certificate or key files cannot be read"),
     "error": ("kesalahan jaringan", "network error"),
 }
 
@@ -188,6 +190,10 @@ def mqtt_connect(host: str, port: int, tls: bool, timeout: float, ca_file: str |
                 ctx = ssl.create_default_context(cafile=ca_file)
                 if cert_file and key_file:
                     ctx.load_cert_chain(cert_file, key_file)
+            except (OSError, ValueError) as exc:  # missing, unreadable or not PEM
+                return MqttProbe("tls", "files", str(exc) or type(exc).__name__,
+                                 time.monotonic() - started)
+            try:
                 sock = ctx.wrap_socket(raw, server_hostname=host)
             except OSError as exc:
                 return fail("tls", exc)

@@ -39,7 +39,7 @@ def _checks(*checks: Check) -> dict[str, Check]:
 
 CHECKS: dict[str, Check] = _checks(
     Check("config", "Berkas konfigurasi", "Config file", system.check_config, needs_config=False),
-    Check("daemon", "Layanan desanet", "desanet daemon", system.check_daemon),
+    Check("daemon", "Layanan desanet", "desanet daemon", system.check_daemon, needs_config=False),
     Check("arp-scan", "Perangkat di LAN", "Devices on the LAN", lan.check_arp_scan),
     Check("rogue-dhcp", "Server DHCP liar", "Rogue DHCP server", lan.check_rogue_dhcp),
     Check("dns", "DNS", "DNS", reach.check_dns),

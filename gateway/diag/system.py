@@ -114,8 +114,10 @@ def _daemon_status(socket_path: str, timeout: float) -> tuple[dict[str, Any] | N
 
 
 async def check_daemon(ctx: DiagContext) -> CheckResult:
-    assert ctx.config is not None
-    path = ctx.options.socket or ctx.config.control.socket
+    from gateway.cli_connect import DEFAULT_SOCKET
+
+    # Without a readable config the daemon may still run (on its last good config).
+    path = ctx.options.socket or (ctx.config.control.socket if ctx.config else DEFAULT_SOCKET)
     status, error = await asyncio.to_thread(_daemon_status, path, ctx.options.timeout)
     return classify_daemon("daemon", status, error, _has_systemd(), path)
 

@@ -102,3 +102,11 @@ def test_broker_that_never_answers_times_out_in_the_handshake(tmp_path: Path,
     assert r.status == "fail"
     assert (r.details["stage"], r.details["reason"]) == ("tls", "timeout"), r
     assert "no answer" in r.summary_en
+
+
+def test_unreadable_certificate_files_are_named(mosquitto: Any, tmp_path: Path) -> None:
+    files = {**device_files(mosquitto.pki), "key_file": tmp_path / "missing.key"}
+    r = mqtt(config(tmp_path, f"mqtts://127.0.0.1:{mosquitto.tls_port}", **files))
+    assert r.status == "fail"
+    assert (r.details["stage"], r.details["reason"]) == ("tls", "files"), r
+    assert "cannot be read" in r.summary_en and "tidak bisa dibaca" in r.summary_id

@@ -55,13 +55,18 @@ async def test_results_come_in_registry_order(good: str) -> None:
     assert results[0].status == "ok" and good in results[0].summary_en
 
 
-async def test_missing_config_fails_its_check_and_skips_those_needing_it(tmp_path: Path) -> None:
+async def test_missing_config_fails_its_check_and_skips_those_needing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = str(tmp_path / "nowhere.toml")
+    monkeypatch.setattr("gateway.cli_connect.DEFAULT_SOCKET", str(tmp_path / "none.sock"))
     config, dns, disk = await run_checks(["config", "dns", "disk"], missing)
     assert config.status == "fail" and "file not found" in config.summary_en
     assert config.details["problems"]
     assert dns.status == "skip" and "`config`" in dns.advice_en
     assert disk.status != "skip"  # reads the system, config or not
+    [daemon] = await run_checks(["daemon"], missing)
+    assert daemon.status == "fail"  # asked at the default socket: nobody there
+    assert daemon.details["socket"] == str(tmp_path / "none.sock")
 
 
 @pytest.fixture
