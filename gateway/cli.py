@@ -633,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.fleet.cli import register as register_fleet
 
     register_fleet(sub)
+    from gateway.diag.cli import register as register_diag  # works without the daemon
+
+    register_diag(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)
