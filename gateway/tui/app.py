@@ -68,7 +68,7 @@ class DesanetApp(App[None]):
     def __init__(self, api: TuiApi, *, host: HostReader | None = None,
                  diagnostics: tuple[list[str], DiagRunner] | None = None,
                  poll: float | None = 2.0, config_path: str | None = None,
-                 lang: Language | None = None) -> None:
+                 lang: Language | None = None, systemd: bool | None = None) -> None:
         super().__init__()
         if lang is not None:
             set_language(lang)
@@ -77,6 +77,8 @@ class DesanetApp(App[None]):
         self.diagnostics = diagnostics
         self.poll = poll
         self.config_path = config_path
+        # Whether the daemon-down page can start the daemon with systemctl (None: look).
+        self.systemd = systemd
         self.status: dict[str, Any] = {}
         self.clients: list[dict[str, Any]] = []
         self.services: dict[str, Any] = {}

@@ -97,7 +97,9 @@ class DiagnosticsScreen(Page):
 
     def action_back(self) -> None:
         if self.desanet.is_down and len(self.app.screen_stack) > 1:
-            self.app.pop_screen()
+            self.app.pop_screen()  # back to the daemon-down page it was opened from
+        elif not self.desanet.is_down:
+            self.desanet.action_page("dashboard")
 
     def _run(self, names: list[str] | None) -> None:
         if self.runner is None or self.running:

@@ -37,7 +37,7 @@ class DownScreen(Page):
     def show(self) -> None:
         socket = self.desanet.api.socket_path
         how = tr("Tekan s untuk menyalakannya (systemctl start desanet).",
-                 "Press s to start it (systemctl start desanet).") if has_systemd() else tr(
+                 "Press s to start it (systemctl start desanet).") if self._systemd() else tr(
             "Systemd tidak ada di sini: jalankan `desanet run --config /etc/desanet/gateway.toml` "
             "sebagai root di terminal lain.",
             "No systemd here: run `desanet run --config /etc/desanet/gateway.toml` as root in "
@@ -56,6 +56,10 @@ class DownScreen(Page):
                "This screen goes away by itself once the daemon answers (r: check now)."),
         ]))
 
+    def _systemd(self) -> bool:
+        known = self.desanet.systemd
+        return has_systemd() if known is None else known
+
     def action_page(self, name: str) -> None:
         self.desanet.action_page(name)
 
@@ -63,7 +67,7 @@ class DownScreen(Page):
         self.desanet.request_refresh()
 
     def action_start(self) -> None:
-        if not has_systemd():
+        if not self._systemd():
             self.notify(tr("Tanpa systemd: jalankan `desanet run` sendiri.",
                            "No systemd: run `desanet run` yourself."))
             return
