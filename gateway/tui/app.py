@@ -14,6 +14,7 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from textual.app import App
@@ -25,32 +26,44 @@ from gateway.tui.dialogs import error_text
 from gateway.tui.host import HostReader, HostStats, PsutilHost, Throughput
 from gateway.tui.i18n import Language, language, on_change, set_language, tr
 
-# Diagnostics as the screen runs them: the check names, and a runner of some of them
-# (None: all) returning gateway.diag's CheckResult objects.
+# A runner of some checks (None: all) returning gateway.diag's CheckResult objects.
 DiagRunner = Callable[[list[str] | None], Awaitable[list[Any]]]
 EVENTS_KEPT = 50
 
 
-def load_diagnostics(config_path: str | None = None) -> tuple[list[str], DiagRunner] | None:
+@dataclass(frozen=True)
+class Diagnostics:
+    """The checks as the diagnostics page runs them (tests hand it a stand-in)."""
+
+    names: list[str]
+    run: DiagRunner
+    titles: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (id, en)
+
+
+def load_diagnostics(config_path: str | None = None) -> Diagnostics | None:
     """gateway.diag's checks, or None while that package is not installed."""
     try:
         from gateway.diag import CHECKS, run_checks  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "gateway.diag":
+            raise  # installed but broken: say so, do not pretend it is missing
         return None
-    names = [name if isinstance(name, str) else str(getattr(name, "name", name))
-             for name in CHECKS]
+    titles = {str(name): (str(getattr(c, "title_id", name)), str(getattr(c, "title_en", name)))
+              for name, c in dict(CHECKS).items()}
 
     async def run(only: list[str] | None) -> list[Any]:
         return list(await run_checks(names=only, config_path=config_path))
 
-    return names, run
+    return Diagnostics(list(titles), run, titles)
 
 
 def wizard_class() -> type[Any] | None:
     """The setup wizard's screen (gateway/tui/wizard.py), when it is there."""
     try:
         from gateway.tui.wizard import SetupWizard  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "gateway.tui.wizard":
+            raise  # installed but broken: say so, do not pretend it is missing
         return None
     return SetupWizard
 
@@ -66,7 +79,7 @@ class DesanetApp(App[None]):
     KEYS: tuple[Key, ...] = (("l", "language", "English", "Bahasa"), ("q", "quit", "Keluar", "Quit"))
 
     def __init__(self, api: TuiApi, *, host: HostReader | None = None,
-                 diagnostics: tuple[list[str], DiagRunner] | None = None,
+                 diagnostics: Diagnostics | None = None,
                  poll: float | None = 2.0, config_path: str | None = None,
                  lang: Language | None = None, systemd: bool | None = None) -> None:
         super().__init__()
@@ -194,6 +207,8 @@ class DesanetApp(App[None]):
     # -- keys -----------------------------------------------------------------------------
 
     def action_page(self, name: str) -> None:
+        if not isinstance(self.screen, Page):
+            return  # a dialog or the wizard is open: it is closed first (Esc)
         if self.is_down and name != "diagnostics":
             self.notify(tr("Daemon mati: hanya diagnosa dan pengaturan tersedia.",
                            "Daemon down: only diagnostics and setup are available."))
@@ -205,6 +220,8 @@ class DesanetApp(App[None]):
         self.switch_screen(name)
 
     def action_setup(self) -> None:
+        if not isinstance(self.screen, Page):
+            return
         wizard = wizard_class()
         if wizard is None:
             self.notify(tr("Wizard pengaturan belum terpasang.",

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.control.client import unreachable
 from gateway.control.schema import ConfigShowOut, EventsOut
+from gateway.tui.app import Diagnostics
 from gateway.tui.host import HostStats
 
 T0 = 1_780_000_000  # a fixed clock: 2026-05-28 in Asia/Jakarta
@@ -208,5 +209,6 @@ class StandInDiag:
         self.calls.append(names)
         return [RESULTS[n] for n in (names or CHECK_NAMES)]
 
-    def pair(self) -> tuple[list[str], Any]:
-        return list(CHECK_NAMES), self
+    def pair(self) -> Diagnostics:
+        return Diagnostics(list(CHECK_NAMES), self, {"dhcp_rogue": ("Server DHCP liar",
+                                                                     "Rogue DHCP server")})

@@ -6,6 +6,7 @@ gets them through its constructor so tests can hand it a stand-in.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on
@@ -17,11 +18,18 @@ from gateway.tui.base import Key, Page, cells
 from gateway.tui.i18n import tr
 
 if TYPE_CHECKING:
-    from gateway.tui.app import DiagRunner
+    from gateway.tui.app import Diagnostics
 
 
 def _text(result: Any, what: str) -> str:
     return str(getattr(result, tr(f"{what}_id", f"{what}_en"), "") or "")
+
+
+def _details(result: Any, limit: int = 3) -> list[str]:
+    details = getattr(result, "details", None)
+    if not isinstance(details, dict):
+        return []
+    return [f"  {key}: {value}"[:76] for key, value in list(details.items())[:limit]]
 
 
 class DiagnosticsScreen(Page):
@@ -33,10 +41,10 @@ class DiagnosticsScreen(Page):
     )
     DEFAULT_CSS = "DiagnosticsScreen #advice { height: 6; padding: 0 1; border-top: solid $panel; }"
 
-    def __init__(self, diagnostics: tuple[list[str], DiagRunner] | None) -> None:
+    def __init__(self, diagnostics: Diagnostics | None) -> None:
         super().__init__()
-        self.names: list[str] = list(diagnostics[0]) if diagnostics else []
-        self.runner: DiagRunner | None = diagnostics[1] if diagnostics else None
+        self.diagnostics = diagnostics
+        self.names: list[str] = list(diagnostics.names) if diagnostics else []
         self.results: dict[str, Any] = {}
         self.running: set[str] = set()
         self.runs = 0  # finished runs, for tests to wait on
@@ -50,8 +58,9 @@ class DiagnosticsScreen(Page):
     def show(self) -> None:
         table = self.query_one("#checks", DataTable)
         keep = self.selected_key(table)
-        self.columns(table, (tr("Pemeriksaan", "Check"), 14), (tr("Hasil", "Verdict"), 12),
-                     (tr("Ringkasan", "Summary"), 46))
+        self.columns(table, (tr("Pemeriksaan", "Check"), 22), (tr("Hasil", "Verdict"), 12),
+                     (tr("Ringkasan", "Summary"), 36))
+        titles = self.diagnostics.titles if self.diagnostics else {}
         for name in self.names:
             result = self.results.get(name)
             if name in self.running:
@@ -60,7 +69,8 @@ class DiagnosticsScreen(Page):
                 verdict, summary = "-", ""
             else:
                 verdict, summary = view.check_status(str(result.status)), _text(result, "summary")
-            table.add_row(*cells(name, verdict, summary[:46]), key=name)
+            title = tr(*titles[name]) if name in titles else name
+            table.add_row(*cells(title, verdict, summary), key=name)
         if keep in self.names:
             table.move_cursor(row=self.names.index(keep))
         self._advice()
@@ -68,7 +78,7 @@ class DiagnosticsScreen(Page):
     @on(DataTable.RowHighlighted)
     def _advice(self) -> None:
         advice = self.query_one("#advice", Static)
-        if self.runner is None:
+        if self.diagnostics is None:
             advice.update(tr("Paket diagnosa (gateway.diag) belum terpasang.",
                              "The diagnostics package (gateway.diag) is not installed."))
             return
@@ -81,7 +91,7 @@ class DiagnosticsScreen(Page):
         lines = [f"{view.check_status(str(result.status))} {_text(result, 'summary')}"]
         if _text(result, "advice"):
             lines.append(tr("Saran: ", "Advice: ") + _text(result, "advice"))
-        advice.update("\n".join(lines))
+        advice.update("\n".join(lines + _details(result)))
 
     def action_run_all(self) -> None:
         self._run(None)
@@ -102,22 +112,28 @@ class DiagnosticsScreen(Page):
             self.desanet.action_page("dashboard")
 
     def _run(self, names: list[str] | None) -> None:
-        if self.runner is None or self.running:
+        if self.diagnostics is None or self.running:
             return
         self.running = set(names or self.names)
         self.show()
-        self.run_worker(self._check(names), exclusive=True, group="diag")
+        self.run_worker(self._check(sorted(self.running, key=self.names.index)),
+                        exclusive=True, group="diag")
 
-    async def _check(self, names: list[str] | None) -> None:
-        assert self.runner is not None
-        try:
-            results = await self.runner(names)
-        except Exception as exc:
-            self.notify_error(exc)
-            results = []
-        finally:
-            self.running = set()
-        for result in results:
-            self.results[str(result.name)] = result
+    async def _check(self, names: list[str]) -> None:
+        """Each check on its own, at once: a quick verdict (DNS) is shown without
+        waiting for the slowest (the speed test)."""
+        assert self.diagnostics is not None
+        run = self.diagnostics.run
+
+        async def one(name: str) -> None:
+            try:
+                for result in await run([name]):
+                    self.results[str(result.name)] = result
+            except Exception as exc:  # a check that cannot even start: say so, go on
+                self.notify_error(exc)
+            finally:
+                self.running.discard(name)
+                self.show()
+
+        await asyncio.gather(*(one(name) for name in names))
         self.runs += 1
-        self.show()
