@@ -21,7 +21,7 @@ from textual.app import App
 
 from gateway.errors import ControlError
 from gateway.tui.api import TuiApi, daemon_down
-from gateway.tui.base import PAGES, Key, Page, translated
+from gateway.tui.base import PAGES, Key, Page, background, translated
 from gateway.tui.dialogs import error_text
 from gateway.tui.host import HostReader, HostStats, PsutilHost, Throughput
 from gateway.tui.i18n import Language, language, on_change, set_language, tr
@@ -103,6 +103,7 @@ class DesanetApp(App[None]):
         self.is_down = False
         self.refreshes = 0
         self._since = 0
+        self._refreshing = self._again = False
         self._stop_listening = on_change(self._language_changed)
 
     # -- start and stop ---------------------------------------------------------------
@@ -114,13 +115,13 @@ class DesanetApp(App[None]):
         for name, page in make_pages(self).items():
             self.install_screen(page, name)
         self.push_screen("dashboard")
-        self.run_worker(self._start(), group="start")
+        background(self, self._start, group="start")
 
     async def _start(self) -> None:
         await self.refresh_all()
         if self.poll is not None:
             self.set_interval(self.poll, self.request_refresh)
-            self.run_worker(self._follow(), group="events")
+            background(self, self._follow, group="events")
 
     async def on_unmount(self) -> None:
         self._stop_listening()
@@ -129,7 +130,23 @@ class DesanetApp(App[None]):
     # -- reading the daemon -------------------------------------------------------------
 
     def request_refresh(self) -> None:
-        self.run_worker(self.refresh_all(), exclusive=True, group="refresh")
+        """Read everything again soon. Requests while a read runs make one more read after
+        it, never a cancelled one: a busy event stream must not starve the screen."""
+        if self._refreshing:
+            self._again = True
+            return
+        self._refreshing = True
+        background(self, self._refresh_loop, group="refresh")
+
+    async def _refresh_loop(self) -> None:
+        try:
+            while True:
+                self._again = False
+                await self.refresh_all()
+                if not self._again:
+                    return
+        finally:
+            self._refreshing = False
 
     async def refresh_all(self) -> None:
         """Everything the pages show, read at once; the daemon-down page if nobody answers."""
@@ -190,6 +207,8 @@ class DesanetApp(App[None]):
         self.is_down = True
         from gateway.tui.screens.down import DownScreen
 
+        if self.screen is self.get_screen("diagnostics"):
+            self.switch_screen("dashboard")  # so that 5 can open it over the down page
         self.push_screen(DownScreen())
 
     def daemon_back(self) -> None:
@@ -248,7 +267,7 @@ class DesanetApp(App[None]):
         self._keys()
         for screen in self.screen_stack:
             if isinstance(screen, Page):
-                self.run_worker(screen.retranslate(), group="language")
+                background(self, screen.retranslate, group="language")
 
 
 def run(socket_path: str, lang: Language | None = None, config_path: str | None = None) -> int:

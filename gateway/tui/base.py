@@ -3,10 +3,12 @@ on a language switch."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.text import Text
 from textual.binding import Binding, BindingsMap
+from textual.dom import DOMNode
 from textual.screen import Screen
 from textual.widgets import Static
 
@@ -26,6 +28,12 @@ PAGES: tuple[tuple[str, str, str, str], ...] = (
     ("4", "services", "Layanan", "Services"),
     ("5", "diagnostics", "Diagnosa", "Diagnostics"),
 )
+
+
+def background(node: DOMNode, work: Callable[[], Awaitable[object]], **options: Any) -> None:
+    """Run ``work`` as a worker of ``node``. A function, not a coroutine object: a worker
+    that never starts (the app is exiting) leaves no coroutine that was never awaited."""
+    node.run_worker(cast(Any, work), **options)
 
 
 def translated(keys: list[Key] | tuple[Key, ...]) -> BindingsMap:

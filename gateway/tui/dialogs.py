@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from textual import on
 from textual.app import ComposeResult
@@ -18,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from gateway.errors import DesanetError
+from gateway.tui.base import background
 from gateway.tui.i18n import tr
 
 
@@ -94,7 +96,7 @@ class Form(ModalScreen[str | None]):
             return
         self.busy = True
         self.query_one("#error", Static).update(tr("sedang dikirim ...", "sending ..."))
-        self.run_worker(self._run(self.values()), exclusive=True, group="form")
+        background(self, partial(self._run, self.values()), exclusive=True, group="form")
 
     async def _run(self, values: dict[str, str]) -> None:
         try:

@@ -49,7 +49,8 @@ def sock_path() -> Iterator[str]:
 
 
 async def serve(core: Core, path: str) -> web.AppRunner:
-    runner = web.AppRunner(core.control_app())
+    # An app's event long poll may be open at the end: do not wait out its 25 s.
+    runner = web.AppRunner(core.control_app(), shutdown_timeout=0.5)
     await runner.setup()
     await web.UnixSite(runner, path).start()
     return runner
@@ -239,3 +240,26 @@ async def test_w_opens_the_setup_wizard_with_the_socket(
         assert isinstance(app.screen, SetupWizard)
     assert opened == [{"client": None, "config_path": "/etc/desanet/gateway.toml",
                        "socket_path": served}]
+
+
+async def test_daemon_stops_while_the_app_runs(core: Core, sock_path: str) -> None:
+    """Polling and the event stream notice the daemon going; diagnostics stay at hand."""
+    runner = await serve(core, sock_path)
+    app = DesanetApp(ControlApi(sock_path), host=FakeHost(), poll=0.2, lang="en",
+                     diagnostics=StandInDiag().pair())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.refreshes >= 2, "reads while the daemon runs")
+        await pilot.press("5")
+        assert isinstance(app.screen, DiagnosticsScreen)
+        await runner.cleanup()  # the daemon stops
+        await until(pilot, lambda: isinstance(app.screen, DownScreen), "the daemon-down page")
+        await pilot.press("5")
+        await until(pilot, lambda: isinstance(app.screen, DiagnosticsScreen), "diagnostics")
+        await pilot.press("escape")
+        assert isinstance(app.screen, DownScreen)
+        runner = await serve(core, sock_path)  # and comes back: polling finds it
+        try:
+            await until(pilot, lambda: not app.is_down, "the daemon back")
+            await until(pilot, lambda: not isinstance(app.screen, DownScreen), "the page")
+        finally:
+            await runner.cleanup()

@@ -7,6 +7,7 @@ gets them through its constructor so tests can hand it a stand-in.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on
@@ -14,7 +15,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Static
 
 from gateway.tui import view
-from gateway.tui.base import Key, Page, cells
+from gateway.tui.base import Key, Page, background, cells
 from gateway.tui.i18n import tr
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class DiagnosticsScreen(Page):
             return
         self.running = set(names or self.names)
         self.show()
-        self.run_worker(self._check(sorted(self.running, key=self.names.index)),
+        background(self, partial(self._check, sorted(self.running, key=self.names.index)),
                         exclusive=True, group="diag")
 
     async def _check(self, names: list[str]) -> None:

@@ -10,7 +10,7 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.widgets import Footer, Static
 
-from gateway.tui.base import Key, Page
+from gateway.tui.base import Key, Page, background
 from gateway.tui.i18n import tr
 
 
@@ -71,7 +71,7 @@ class DownScreen(Page):
             self.notify(tr("Tanpa systemd: jalankan `desanet run` sendiri.",
                            "No systemd: run `desanet run` yourself."))
             return
-        self.run_worker(self._start(), exclusive=True, group="start-daemon")
+        background(self, self._start, exclusive=True, group="start-daemon")
 
     async def _start(self) -> None:
         proc = await asyncio.create_subprocess_exec(

@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from gateway.timefmt import DEFAULT_TIMEZONE, format_time
 from gateway.tui import view
-from gateway.tui.base import Key, Page, cells
+from gateway.tui.base import Key, Page, background, cells
 from gateway.tui.i18n import tr
 
 STATES = {"online": ("daring", "online"), "offline": ("LURING", "OFFLINE"),
@@ -71,7 +71,7 @@ class ServicesScreen(Page):
 
     def action_prefetch(self) -> None:
         self.notify(tr("Prefetch dimulai ...", "Prefetch started ..."))
-        self.run_worker(self._prefetch(), exclusive=True, group="prefetch")
+        background(self, self._prefetch, exclusive=True, group="prefetch")
 
     async def _prefetch(self) -> None:
         try:

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, Static
 from gateway.config.units import format_duration
 from gateway.errors import ControlError, Invalid
 from gateway.tui import view
-from gateway.tui.base import Key, Page, cells
+from gateway.tui.base import Key, Page, background, cells
 from gateway.tui.dialogs import Field, Form, confirm
 from gateway.tui.i18n import language, tr
 from gateway.tui.sheet import default_path, export_sheet
@@ -50,8 +50,12 @@ class VouchersScreen(Page):
         super().on_mount()
         self.action_refresh()
 
+    async def on_screen_resume(self) -> None:
+        await super().on_screen_resume()
+        self.action_refresh()  # vouchers are not in the app's periodic read: read them now
+
     def action_refresh(self) -> None:
-        self.run_worker(self.load(), exclusive=True, group="vouchers")
+        background(self, self.load, exclusive=True, group="vouchers")
 
     async def load(self) -> None:
         try:
