@@ -286,8 +286,7 @@ class SetupWizard(Screen[None]):
         elif self.step == "form":
             box.update(tr("Tidak ada masalah. F2: lihat perubahan.",
                           "No problems. F2: review the changes."))
-        else:
-            box.update("")
+        box.display = bool(self.problems) or self.step == "form"
 
     # -- language -----------------------------------------------------------------------
 

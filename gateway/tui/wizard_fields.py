@@ -267,6 +267,10 @@ def _write_plans(shaping: Any, text: str, new_plan: Callable[[str, str], Any]) -
     except ValueError as exc:
         raise ConfigError([str(exc)]) from None
     plans = shaping.get("plans")
+    if not wanted:
+        if plans is not None:
+            del shaping["plans"]  # an empty super-table would vanish from the text anyway
+        return
     if plans is None:
         plans = tomlkit.table(is_super_table=True) if isinstance(shaping, Table) else {}
         shaping["plans"] = plans

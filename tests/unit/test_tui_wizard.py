@@ -160,7 +160,7 @@ async def test_confirm_from_the_same_login_is_left_to_a_new_ssh_login(
     async with app.run_test(size=(80, 24)) as pilot:
         wizard = app.wizard
         await until(pilot, lambda: not wizard._loading, "the running config")
-        await retype(pilot, "portal.mode", "")  # a Select: arrows choose
+        await focus_by_keys(pilot, BY_PATH["portal.mode"].widget_id)  # a Select: arrows choose
         await pilot.press("enter", "up", "enter")
         await until(pilot, lambda: wizard.values["portal.mode"] == "voucher", "voucher mode")
         await pilot.press("f2")
