@@ -74,7 +74,7 @@ CASES: list[Case] = [
      c.NOT_YET_VALID, "issued"),
     ("expired", lambda: signed(body(issued=NOW - 900, expires=NOW - c.CLOCK_SKEW - 1)), c.EXPIRED,
      "expires"),
-    ("unknown command", lambda: signed(body(name="reboot")), c.UNKNOWN_COMMAND, "name"),
+    ("unknown command", lambda: signed(body(name="format_disk")), c.UNKNOWN_COMMAND, "name"),
     ("body not JSON", lambda: signed("{oops"), c.MALFORMED, "body"),
     ("body a list", lambda: signed("[]"), c.MALFORMED, "body"),
     ("wrong version", lambda: signed(body(v=2)), c.MALFORMED, "v"),
