@@ -65,6 +65,15 @@ def _prefix(value: str) -> str:
     return value
 
 
+def _protocol(value: object) -> str:
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    text = {"5.0": "5", "311": "3.1.1"}.get(text, text)
+    if text not in ("auto", "5", "3.1.1"):
+        raise ValueError(f"{json_quote(str(value))} is not an MQTT protocol version; write "
+                         '"auto" (MQTT 5, or 3.1.1 when the broker refuses 5), "5" or "3.1.1"')
+    return text
+
+
 def _command_key(value: str) -> str:
     from gateway.telemetry.commands import parse_public_key  # pure; cryptography loads lazily
     parse_public_key(value)
@@ -112,6 +121,9 @@ class Telemetry(BaseModel):
     ca_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/ca.crt"])
     cert_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/device.crt"])
     key_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/device.key"])
+    # MQTT version: "auto" speaks 5 and falls back to 3.1.1 when the broker refuses 5
+    # (docs/mqtt.md "MQTT 3.1.1"); "5" or "3.1.1" forces one.
+    protocol: Annotated[str, BeforeValidator(_protocol)] = Field("auto", examples=["auto"])
     username: str | None = Field(None, min_length=1, max_length=256, examples=["jabar-sukamaju"])
     password: str | None = Field(None, min_length=1, max_length=256)
     # Satellite links: a long keepalive costs few bytes; the broker declares the gateway

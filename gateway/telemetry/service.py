@@ -300,7 +300,7 @@ class TelemetryService:
             host=cfg.host, port=cfg.port, client_id=f"desanet-{cfg.site_id}", keepalive=cfg.keepalive,
             will_topic=topics.status, will_payload=will, tls=cfg.tls, ca_file=cfg.ca_file,
             cert_file=cfg.cert_file, key_file=cfg.key_file, username=cfg.username,
-            password=cfg.password)
+            password=cfg.password, protocol=cfg.protocol)
         # The new generation counts before the CONNACK: a loss reported right after it (while
         # this coroutine has not resumed yet) must not be taken for an old connection's.
         self._generation += 1
