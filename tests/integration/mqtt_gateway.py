@@ -5,8 +5,8 @@ SETTINGS_JSON is a ``[telemetry]`` section as JSON; the process runs the real
 TelemetryService (outbox on disk, the paho link with the protocol negotiation
 the daemon uses, the status and its Will, the periodic report from fixed
 readings, signed commands through the real dispatcher with a stand-in facade)
-with its sleeps sped up 10 times, until it is killed. It prints one line,
-"started", once the service runs.
+with its clock and sleeps sped up 10 times (the command checks keep the real
+clock), until it is killed. It prints one line, "started", once the service runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import json
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,25 @@ from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.topics import Topics
 
 SPEED = 10.0
+
+
+class FastClock:
+    """Time SPEED times faster than the wall clock, from the start of the process."""
+
+    def __init__(self) -> None:
+        self.wall0, self.mono0 = time.time(), time.monotonic()
+
+    def _gone(self) -> float:
+        return (time.monotonic() - self.mono0) * SPEED
+
+    def now(self) -> int:
+        return int(self.time())
+
+    def time(self) -> float:
+        return self.wall0 + self._gone()
+
+    def monotonic(self) -> float:
+        return self.mono0 + self._gone()
 
 
 class Ops:
@@ -72,7 +92,7 @@ async def main() -> None:
         await asyncio.sleep(delay / SPEED)
 
     svc = TelemetryService(lambda: tel, AsyncTelemetryOutbox(box, worker), connect, NoEvents(),
-                           lambda: "0123456789ab", "9.9.9", clock, rng=random.Random(3),
+                           lambda: "0123456789ab", "9.9.9", FastClock(), rng=random.Random(3),
                            sleep=sleep, readings=readings)
     svc.commands = Dispatcher(Ops(), SeenCommands(state / "commands.json"), lambda: tel.command_keys,
                               lambda: Topics(tel.topic_prefix, tel.site_id), clock,
