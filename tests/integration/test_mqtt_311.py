@@ -94,6 +94,7 @@ def settings(broker_url: str, site: str, key: Ed25519PrivateKey, **over: Any) ->
         "enabled": True, "broker": broker_url, "site_id": site, "start_delay_max": 0,
         "reconnect_min": 1, "reconnect_max": 2, "keepalive": 30,
         "telemetry_interval": 10, "telemetry_sample_interval": 5, "telemetry_full_every": 2,
+        "telemetry_send_interval": 0,
         "command_keys": [c.public_key_text(key.public_key())]}
     tel.update(over)
     Telemetry(**tel)  # a valid section

@@ -215,3 +215,19 @@ async def test_reports_wait_for_their_batch_and_an_event_takes_them_along_in_ord
         await svc.stop()
         box.close()
         worker.shutdown()
+
+
+def test_the_docs_batch_example_is_valid_and_unpacks_to_valid_reports() -> None:
+    import re
+
+    text = (SCHEMAS.parent / "mqtt.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", text, re.S)]
+    batches = [b for b in blocks if b.get("v") == batch.BATCH_VERSION]
+    assert len(batches) == 1
+    jsonschema.validate(batches[0], BATCH)
+    raw = json.dumps(batches[0], separators=(",", ":")).encode()
+    assert f"({len(raw)} bytes of\nJSON, {len(zlib.compress(raw, batch.LEVEL))} compressed" in text
+    reports = unpack(raw, batches[0]["site"], "telemetry")
+    assert [r["seq"] for r in reports] == [1207, 1208, 1209, 1210]
+    for r in reports:
+        jsonschema.validate(r, SINGLE)
