@@ -140,7 +140,9 @@ class TelemetryService:
         return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
                 "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
-                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped)}
+                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped),
+                # "5" or "3.1.1" while connected (docs/mqtt.md "MQTT 3.1.1")
+                "protocol": getattr(self._link, "protocol", None)}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
@@ -348,9 +350,10 @@ class TelemetryService:
                 todo = [r for r in rows if r.seq not in self._acked]
                 now = self._clock.time()
                 # a report waiting for its batch is not history: only past both intervals
-                age = cfg.telemetry_interval + cfg.telemetry_send_interval
-                hist = {r.seq: payloads.historical(r.seq, r.session, backlog_top, self.session,
-                                                   r.created, now, age) for r in todo}
+                hist = {r.seq: payloads.historical(
+                    r.seq, r.session, backlog_top, self.session, r.created, now,
+                    cfg.telemetry_interval + (cfg.telemetry_send_interval
+                                              if r.kind == "telemetry" else 0)) for r in todo}
                 hold = batch.held_until(todo, hist, now, cfg.telemetry_send_interval)
                 if hold is None:
                     cut = batch.groups(todo)

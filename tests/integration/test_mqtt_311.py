@@ -139,9 +139,10 @@ def test_forced_311_over_tls_status_telemetry_command_and_the_will_on_kill(
 async def test_forced_311_clean_stop_publishes_offline(mosquitto: Broker, tmp_path: Path) -> None:
     site = "s1"
     with mosquitto.consumer("desanet/v1/#") as consumer:
-        async with gateway(tmp_path, tls_settings(mosquitto, protocol="3.1.1")):
+        async with gateway(tmp_path, tls_settings(mosquitto, protocol="3.1.1")) as (svc, _):
             await asyncio.to_thread(wait, consumer, site, "status", "online",
                                     match=lambda b: b["online"])
+            assert svc.status_json()["protocol"] == "3.1.1"  # what `desanet status` shows
             seen = len(consumer.messages())
         stopped = await asyncio.to_thread(wait, consumer, site, "status", "offline at a clean stop",
                                           seen, lambda b: not b["online"])
