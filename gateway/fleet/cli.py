@@ -214,8 +214,10 @@ def send(args: argparse.Namespace) -> dict[str, Any] | None:
 def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: float
              ) -> dict[str, Any] | None:
     """Publish ``payload`` on the site's ``cmd/req`` with a response topic under its
-    ``cmd/res`` and random correlation data; the answer carrying that correlation data,
-    or None when none came within ``timeout`` seconds. Blocks. Raises FleetError."""
+    ``cmd/res`` and random correlation data; the answer carrying that correlation data (or,
+    from a gateway on MQTT 3.1.1, which never sees them, the answer on ``cmd/res`` with the
+    command's id), or None when none came within ``timeout`` seconds. Blocks. Raises
+    FleetError."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
     from paho.mqtt.packettypes import PacketTypes
@@ -224,6 +226,10 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
     host, port, tls = _broker(access.url)
     reply_topic = f"{topics.cmd_res}/{secrets.token_hex(8)}"
     correlation = secrets.token_bytes(16)
+    try:
+        cid = json.loads(json.loads(payload)["body"]).get("id")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        cid = None  # not a request we can read: only the correlation data can match
     answer: dict[str, Any] = {}
     subscribed, answered = threading.Event(), threading.Event()
     failure: list[str] = []
@@ -233,7 +239,7 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
             failure.append(f"the broker refused the connection: {reason}")
             subscribed.set()
             return
-        client.subscribe(reply_topic, qos=1)
+        client.subscribe([(reply_topic, 1), (topics.cmd_res, 1)])
 
     def on_subscribe(_c: object, _u: object, _m: object, reasons: Any, _p: object) -> None:
         if any(r.is_failure for r in reasons):
@@ -242,12 +248,17 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
 
     def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
-        if getattr(props, "CorrelationData", None) != correlation:
-            return  # someone else's answer
+        theirs = getattr(props, "CorrelationData", None)
         try:
-            answer.update(json.loads(msg.payload))
+            body = json.loads(msg.payload)
         except ValueError:
-            answer.update({"ok": False, "reason": "unreadable answer"})
+            body = {"ok": False, "reason": "unreadable answer"}
+        by_id = (msg.topic == topics.cmd_res and theirs is None and cid is not None
+                 and isinstance(body, dict) and body.get("id") == cid)  # a 3.1.1 gateway's
+        if theirs != correlation and not by_id:
+            return  # someone else's answer
+        answer.update(body if isinstance(body, dict) else {"ok": False,
+                                                           "reason": "unreadable answer"})
         answered.set()
 
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"desanet-op-{secrets.token_hex(6)}",

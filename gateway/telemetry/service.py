@@ -61,7 +61,7 @@ from gateway.clock import Clock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
 from gateway.errors import DesanetError, StoreError
-from gateway.telemetry import metrics, payloads
+from gateway.telemetry import batch, metrics, payloads
 from gateway.telemetry.dispatch import After, Reply
 from gateway.telemetry.mqtt import (
     Connect,
@@ -162,7 +162,9 @@ class TelemetryService:
         return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
                 "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
-                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped)}
+                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped),
+                # "5" or "3.1.1" while connected (docs/mqtt.md "MQTT 3.1.1")
+                "protocol": getattr(self._link, "protocol", None)}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
@@ -343,7 +345,7 @@ class TelemetryService:
             host=cfg.host, port=cfg.port, client_id=f"desanet-{cfg.site_id}", keepalive=cfg.keepalive,
             will_topic=topics.status, will_payload=will, tls=cfg.tls, ca_file=cfg.ca_file,
             cert_file=cfg.cert_file, key_file=cfg.key_file, username=cfg.username,
-            password=cfg.password)
+            password=cfg.password, protocol=cfg.protocol)
         # The new generation counts before the CONNACK: a loss reported right after it (while
         # this coroutine has not resumed yet) must not be taken for an old connection's.
         self._generation += 1
@@ -384,26 +386,38 @@ class TelemetryService:
                 self._publish_status(link, topics)
                 last_status = self._clock.monotonic()
             room = WINDOW - len(self._flight)
+            hold: float | None = None
             if room > 0:
-                rows = await self._outbox.pending(after=cursor, limit=room)
+                limit = room * batch.MAX_REPORTS
+                rows = await self._outbox.pending(after=cursor, limit=limit)
                 if self._lost.is_set():
                     break
-                for row in rows:
-                    cursor = row.seq
-                    if row.seq in self._acked:
-                        continue  # acknowledged on an earlier connection, delete pending
-                    hist = payloads.historical(row.seq, row.session, backlog_top, self.session,
-                                               row.created, self._clock.time(),
-                                               cfg.telemetry_interval)
-                    body = payloads.message(who, row.seq, row.session, row.created,
-                                            json.loads(row.body), hist)
-                    topic = topics.event if row.kind == "event" else topics.telemetry
-                    self._flight.published(row.seq, link.publish(topic, payloads.encode(body)))
-                    self.sent += 1
-                if len(rows) == room:
-                    continue  # maybe more behind them
+                # acknowledged on an earlier connection, delete pending: not sent again
+                todo = [r for r in rows if r.seq not in self._acked]
+                now = self._clock.time()
+                # a report waiting for its batch is not history: only past both intervals
+                hist = {r.seq: payloads.historical(
+                    r.seq, r.session, backlog_top, self.session, r.created, now,
+                    cfg.telemetry_interval + (cfg.telemetry_send_interval
+                                              if r.kind == "telemetry" else 0)) for r in todo}
+                hold = batch.held_until(todo, hist, now, cfg.telemetry_send_interval)
+                if hold is None:
+                    cut = batch.groups(todo)
+                    for group in cut[:room]:
+                        topic = topics.event if group[0].kind == "event" else topics.telemetry
+                        payload = batch.encode(who, group, hist, cfg.telemetry_compress)
+                        self._flight.published([r.seq for r in group], link.publish(topic, payload))
+                        self.sent += len(group)
+                        cursor = group[-1].seq
+                    if len(cut) <= room and rows:
+                        cursor = rows[-1].seq
+                    if len(cut) >= room or len(rows) == limit:
+                        continue  # maybe more behind them
             timeout = cfg.status_interval or None
-            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._lost.wait())]
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
+                                                asyncio.ensure_future(self._lost.wait())]
+            if hold is not None:  # the batch's time, on the service's (injectable) clock
+                waits.append(asyncio.ensure_future(self._sleep(hold - self._clock.time())))
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -500,18 +514,19 @@ class TelemetryService:
         if generation != self._generation:
             return  # an old connection's late PUBACK: its messages are queued again anyway
         if not ok:
-            seq = self._flight.refused(mid)
-            if seq is not None:
-                log.error("MQTT: the broker refused message %d (check the broker's ACL for this "
-                          "site); it stays queued and the connection starts over", seq)
+            seqs = self._flight.refused(mid)
+            if seqs:
+                log.error("MQTT: the broker refused message(s) %s (check the broker's ACL for "
+                          "this site); they stay queued and the connection starts over",
+                          ", ".join(map(str, seqs)))
                 self._gone(generation, "message refused")
             return
-        seq = self._flight.acked(mid)
+        seqs = self._flight.acked(mid)
         self._ack_seen.set()
-        if seq is None:
+        if not seqs:
             return  # the status (not from the outbox)
-        self._acked.add(seq)
-        self.acked += 1
+        self._acked.update(seqs)
+        self.acked += len(seqs)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_acks(), name="telemetry-acks")
         self._wake.set()
