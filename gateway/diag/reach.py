@@ -20,6 +20,7 @@ from gateway.config.units import human_rate
 from gateway.diag import dnsquery, probes
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, Status, verdict, worst
+from gateway.diag.threads import in_thread
 
 FALLBACK_DNS_NAME = "kemendagri.go.id"
 CERT_WARN_DAYS = 14  # a certificate renewal needs time on a village's uplink
@@ -123,7 +124,7 @@ async def check_dns(ctx: DiagContext) -> CheckResult:
     host = dns_name(cfg, ctx.options.dns_name)
     servers = [str(s) for s in cfg.dhcp.upstream_dns]
     if not servers:
-        text = await asyncio.to_thread(_read_text, "/etc/resolv.conf")
+        text = await in_thread(_read_text, "/etc/resolv.conf")
         servers = resolv_conf_servers(text, exclude=[cfg.lan_ip])
     t = ctx.options.timeout
     gateway, *upstream = await asyncio.gather(
@@ -186,7 +187,7 @@ async def check_http(ctx: DiagContext) -> CheckResult:
                        ("Tidak perlu tindakan (lihat local_services di konfigurasi).",
                         "Nothing to do (see local_services in the config)."))
     t = min(ctx.options.timeout, float(cfg.local_services.request_timeout))
-    found = await asyncio.gather(*(asyncio.to_thread(probes.http_get, s.upstream + "/", t)
+    found = await asyncio.gather(*(in_thread(probes.http_get, s.upstream + "/", t)
                                    for s in services))
     return classify_http("http", [(s.slug, p) for s, p in zip(services, found, strict=True)])
 
@@ -271,11 +272,11 @@ async def check_mqtt(ctx: DiagContext) -> CheckResult:
     cert_error = ""
     if tel.cert_file:
         try:
-            cert = await asyncio.to_thread(cert_days_left, tel.cert_file,
+            cert = await in_thread(cert_days_left, tel.cert_file,
                                            datetime.datetime.now(datetime.UTC))
         except (OSError, ValueError) as exc:
             cert_error = str(exc)
-    probe = await asyncio.to_thread(probes.mqtt_connect, tel.host, tel.port, tel.tls,
+    probe = await in_thread(probes.mqtt_connect, tel.host, tel.port, tel.tls,
                                     ctx.options.timeout, tel.ca_file, tel.cert_file,
                                     tel.key_file, tel.username, tel.password)
     return classify_mqtt("mqtt", tel.broker, probe, cert, cert_error)
@@ -332,6 +333,6 @@ async def check_speed(ctx: DiagContext) -> CheckResult:
                         "Skipped: no test address; give --speed-url."),
                        ("Mis. desanet diag speed --speed-url http://server/1mb.bin",
                         "E.g. desanet diag speed --speed-url http://server/1mb.bin"))
-    probe = await asyncio.to_thread(probes.http_get, url, max(ctx.options.timeout, 10.0),
+    probe = await in_thread(probes.http_get, url, max(ctx.options.timeout, 10.0),
                                     ctx.options.speed_bytes, SPEED_BUDGET)
     return classify_speed("speed", probe, ctx.options.speed_target)

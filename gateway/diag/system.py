@@ -6,7 +6,6 @@ functions of what was read (``parse_*`` and ``classify_*``, unit tested).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import datetime
@@ -21,6 +20,7 @@ from typing import Any
 
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict, worst
+from gateway.diag.threads import in_thread
 
 MIN_YEAR = 2025  # a clock before this was never set: TLS and voucher times are all wrong
 
@@ -118,7 +118,7 @@ async def check_daemon(ctx: DiagContext) -> CheckResult:
 
     # Without a readable config the daemon may still run (on its last good config).
     path = ctx.options.socket or (ctx.config.control.socket if ctx.config else DEFAULT_SOCKET)
-    status, error = await asyncio.to_thread(_daemon_status, path, ctx.options.timeout)
+    status, error = await in_thread(_daemon_status, path, ctx.options.timeout)
     return classify_daemon("daemon", status, error, _has_systemd(), path)
 
 
@@ -193,7 +193,7 @@ def _wifi_facts() -> tuple[list[str], str | None, dict[str, str] | None]:
 
 
 async def check_wifi(ctx: DiagContext) -> CheckResult:
-    radios, hostapd, conf = await asyncio.to_thread(_wifi_facts)
+    radios, hostapd, conf = await in_thread(_wifi_facts)
     return classify_wifi("wifi", radios, hostapd, conf)
 
 
@@ -281,7 +281,7 @@ async def check_disk(ctx: DiagContext) -> CheckResult:
     cfg = ctx.config
     state = cfg.store.state_dir if cfg else "/var/lib/desanet"
     min_free = max(200 * 1024 * 1024, cfg.local_services.queue_min_free_disk if cfg else 0)
-    rows = await asyncio.to_thread(_disk_rows, [state, "/"])
+    rows = await in_thread(_disk_rows, [state, "/"])
     return classify_disk("disk", rows, min_free)
 
 
@@ -351,7 +351,7 @@ def _clock_facts() -> tuple[bool | None, str]:
 
 
 async def check_clock(ctx: DiagContext) -> CheckResult:
-    synced, source = await asyncio.to_thread(_clock_facts)
+    synced, source = await in_thread(_clock_facts)
     return classify_clock("clock", datetime.datetime.now(datetime.UTC), synced, source)
 
 
@@ -438,6 +438,6 @@ def _log_lines(config_path: str, log_file: str | None, n: int) -> tuple[list[str
 
 
 async def check_logs(ctx: DiagContext) -> CheckResult:
-    lines, source = await asyncio.to_thread(_log_lines, ctx.config_path, ctx.options.log_file,
+    lines, source = await in_thread(_log_lines, ctx.config_path, ctx.options.log_file,
                                             ctx.options.log_lines)
     return classify_logs("logs", lines, source)

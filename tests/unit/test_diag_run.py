@@ -186,3 +186,34 @@ def test_language_from_the_environment(env: dict[str, str], lang: str) -> None:
 def test_exit_status() -> None:
     assert diag_cli.exit_status(results()) == 1
     assert diag_cli.exit_status(results()[::2]) == 0
+
+
+# -- probes in daemon threads -------------------------------------------------------------
+
+
+async def test_in_thread_returns_and_raises() -> None:
+    from gateway.diag.threads import in_thread
+
+    assert await in_thread(sum, [1, 2, 3]) == 6
+    with pytest.raises(ZeroDivisionError):
+        await in_thread(lambda: 1 / 0)
+
+
+def test_a_wedged_probe_does_not_hold_the_process_at_exit() -> None:
+    """The check gives up at its deadline and the process still ends (a default-executor
+    thread would be waited for by asyncio.run, forever)."""
+    import subprocess
+    import sys
+
+    code = ("import asyncio, threading\n"
+            "from gateway.diag.threads import in_thread\n"
+            "async def main():\n"
+            "    try:\n"
+            "        async with asyncio.timeout(0.1):\n"
+            "            await in_thread(threading.Event().wait)\n"
+            "    except TimeoutError:\n"
+            "        print('gave up')\n"
+            "asyncio.run(main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "gave up\n"), proc.stderr
