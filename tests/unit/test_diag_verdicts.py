@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
-from gateway.diag import dnsquery, lan, oui, probes, reach, system
+from gateway.diag import dnsquery, lan, logs, oui, probes, reach, system, wifi
 from gateway.diag.result import CheckResult, verdict, worst
 
 CFG = {"site": {"name": "T", "village": "T"},
@@ -275,17 +275,17 @@ def test_mqtt_connect_packet_and_connack() -> None:
 
 
 def test_wifi_verdicts() -> None:
-    conf = system.parse_hostapd_conf("# c\ninterface=wlan0\nssid=Hotspot Desa\n"
+    conf = wifi.parse_hostapd_conf("# c\ninterface=wlan0\nssid=Hotspot Desa\n"
                                      "country_code=ID\nchannel=6\n")
     assert conf["ssid"] == "Hotspot Desa"
-    none = seen(system.classify_wifi("wifi", [], None, None))
+    none = seen(wifi.classify_wifi("wifi", [], None, None))
     assert none.status == "skip" and "No Wi-Fi" in none.summary_en
-    assert seen(system.classify_wifi("wifi", ["wlan0"], None, None)).status == "fail"
-    wrong = seen(system.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)",
+    assert seen(wifi.classify_wifi("wifi", ["wlan0"], None, None)).status == "fail"
+    wrong = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)",
                                       {**conf, "country_code": "US"}))
     assert wrong.status == "fail" and "US" in wrong.summary_en
-    assert seen(system.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", {})).status == "fail"
-    good = seen(system.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf))
+    assert seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", {})).status == "fail"
+    good = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf))
     assert good.status == "ok" and "channel 6" in good.summary_en
 
 
@@ -334,14 +334,14 @@ def test_clock_verdicts() -> None:
 def test_log_verdicts_and_tail(tmp_path: Path) -> None:
     lines = ["2026-12-02 10:00:00 INFO gateway: started",
              "2026-12-02 10:00:01 ERROR gateway.dnsmasq: exited 2"]
-    bad = seen(system.classify_logs("logs", lines, "/x/gateway.log"))
+    bad = seen(logs.classify_logs("logs", lines, "/x/gateway.log"))
     assert bad.status == "warn" and "dnsmasq: exited 2" in bad.summary_en
-    assert seen(system.classify_logs("logs", lines[:1], "journalctl")).status == "ok"
-    assert seen(system.classify_logs("logs", ["<3>gateway: boom"], "journalctl")).status == "warn"
-    assert seen(system.classify_logs("logs", [], "")).status == "skip"
+    assert seen(logs.classify_logs("logs", lines[:1], "journalctl")).status == "ok"
+    assert seen(logs.classify_logs("logs", ["<3>gateway: boom"], "journalctl")).status == "warn"
+    assert seen(logs.classify_logs("logs", [], "")).status == "skip"
     f = tmp_path / "gateway.log"
     f.write_text("".join(f"line {i}\n" for i in range(10000)))
-    assert system.tail(f, 3) == ["line 9997", "line 9998", "line 9999"]
+    assert logs.tail(f, 3) == ["line 9997", "line 9998", "line 9999"]
 
 
 def test_journal_records_keep_their_level() -> None:
@@ -350,12 +350,12 @@ def test_journal_records_keep_their_level() -> None:
         '{"__REALTIME_TIMESTAMP": "1764676801000000", "PRIORITY": "3", '
         '"MESSAGE": "gateway.dnsmasq: exited 2"}',
         '{"PRIORITY": "4", "MESSAGE": [98, 97, 100, 255]}', "not json"])
-    lines = system.journal_lines(text)
+    lines = logs.journal_lines(text)
     assert lines[0] == "2025-12-02T12:00:00+00:00 INFO started"
     assert lines[1].endswith("ERROR gateway.dnsmasq: exited 2")
     assert lines[2].startswith("? WARNING bad")
     assert len(lines) == 3
-    assert system.classify_logs("logs", lines, "journalctl -u desanet").status == "warn"
+    assert logs.classify_logs("logs", lines, "journalctl -u desanet").status == "warn"
 
 
 def test_daemon_verdicts() -> None:
