@@ -126,8 +126,8 @@ async def check_arp_scan(ctx: DiagContext) -> CheckResult:
         return missing
     targets = scan_targets(net.lan_address.network,
                            (str(ctx.config.dhcp.range_start), str(ctx.config.dhcp.range_end)))
-    answers = await in_thread(_arp_scan, net.lan_interface, ctx.config.lan_ip,
-                                      targets, min(ctx.options.timeout, 3.0))
+    answers = await in_thread(_arp_scan, net.lan_interface, ctx.config.lan_ip, targets,
+                              min(ctx.options.timeout, 3.0))
     makers = await in_thread(oui.vendors, {m.lower() for _, m in answers})
     return classify_devices(name, answers, ctx.config.lan_ip, makers, len(targets))
 

@@ -101,5 +101,5 @@ def _log_lines(config_path: str, log_file: str | None, n: int) -> tuple[list[str
 
 async def check_logs(ctx: DiagContext) -> CheckResult:
     lines, source = await in_thread(_log_lines, ctx.config_path, ctx.options.log_file,
-                                            ctx.options.log_lines)
+                                    ctx.options.log_lines)
     return classify_logs("logs", lines, source)

@@ -273,12 +273,12 @@ async def check_mqtt(ctx: DiagContext) -> CheckResult:
     if tel.cert_file:
         try:
             cert = await in_thread(cert_days_left, tel.cert_file,
-                                           datetime.datetime.now(datetime.UTC))
+                                   datetime.datetime.now(datetime.UTC))
         except (OSError, ValueError) as exc:
             cert_error = str(exc)
     probe = await in_thread(probes.mqtt_connect, tel.host, tel.port, tel.tls,
-                                    ctx.options.timeout, tel.ca_file, tel.cert_file,
-                                    tel.key_file, tel.username, tel.password)
+                            ctx.options.timeout, tel.ca_file, tel.cert_file, tel.key_file,
+                            tel.username, tel.password)
     return classify_mqtt("mqtt", tel.broker, probe, cert, cert_error)
 
 
@@ -334,5 +334,5 @@ async def check_speed(ctx: DiagContext) -> CheckResult:
                        ("Mis. desanet diag speed --speed-url http://server/1mb.bin",
                         "E.g. desanet diag speed --speed-url http://server/1mb.bin"))
     probe = await in_thread(probes.http_get, url, max(ctx.options.timeout, 10.0),
-                                    ctx.options.speed_bytes, SPEED_BUDGET)
+                            ctx.options.speed_bytes, SPEED_BUDGET)
     return classify_speed("speed", probe, ctx.options.speed_target)
