@@ -74,15 +74,14 @@ def classify_dns(name: str, host: str, gateway: dnsquery.Outcome,
     up_ok = [o for o in upstream if o.answer is not None and o.answer.answered]
     up_bad = [o for o in upstream if o not in up_ok]
     details: dict[str, Any] = {"name": host, "gateway": _outcome_json(gateway),
-               "upstream": [_outcome_json(o) for o in upstream]}
+                               "upstream": [_outcome_json(o) for o in upstream]}
     bad = ", ".join(f"{o.server} ({o.error or (o.answer.rcode if o.answer else '?')})"
                     for o in up_bad)
     if not gw_ok:
         why = gateway.error or (gateway.answer.rcode if gateway.answer else "?")
-        also = ("" if up_ok or not upstream else
-                " Resolver upstream juga tidak menjawab.", " The upstream resolvers do not "
-                "answer either.")
-        also_id, also_en = also if also else ("", "")
+        also_id, also_en = ("", "") if up_ok or not upstream else (
+            " Resolver upstream juga tidak menjawab.",
+            " The upstream resolvers do not answer either.")
         return verdict(name, "fail",
                        (f"DNS gateway ({gateway.server}) tidak menjawab {host}: {why}. Warga "
                         f"tidak bisa membuka portal atau situs apa pun.{also_id}",
@@ -290,9 +289,9 @@ SPEED_BUDGET = 20.0  # s of reading: a slow uplink is measured on what arrived b
 
 def classify_speed(name: str, probe: probes.HttpProbe, target: int) -> CheckResult:
     rate = int(probe.size * 8 / probe.body_seconds) if probe.body_seconds > 0 else 0
-    details: dict[str, Any] = {"url": probe.url, "bytes": probe.size, "seconds": round(probe.body_seconds, 3),
-               "bits_per_second": rate, "target": target, "status": probe.status,
-               "reason": probe.reason}
+    details: dict[str, Any] = {
+        "url": probe.url, "bytes": probe.size, "seconds": round(probe.body_seconds, 3),
+        "bits_per_second": rate, "target": target, "status": probe.status, "reason": probe.reason}
     if probe.status == 0 or probe.status >= 400:
         why = (probes.reason_words(probe.reason, "id"), probes.reason_words(probe.reason, "en")) \
             if probe.status == 0 else (f"galat HTTP {probe.status}", f"HTTP error {probe.status}")

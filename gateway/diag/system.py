@@ -86,9 +86,10 @@ def classify_daemon(name: str, status: dict[str, Any] | None, error: str,
         problems_id.append("berjalan terbatas: " + ", ".join(degraded))
         problems_en.append("running degraded: " + ", ".join(degraded))
     uplink = (status.get("uplink") or {}).get("state", "unknown")
-    details: dict[str, Any] = {"socket": socket, "ready": status.get("ready"), "uplink": uplink,
-               "sessions_active": status.get("sessions_active"),
-               "dnsmasq_running": dnsmasq.get("running"), "degraded": degraded}
+    details: dict[str, Any] = {
+        "socket": socket, "ready": status.get("ready"), "uplink": uplink,
+        "sessions_active": status.get("sessions_active"),
+        "dnsmasq_running": dnsmasq.get("running"), "degraded": degraded}
     if problems_en:
         return verdict(name, "warn",
                        ("Layanan berjalan, tetapi: " + "; ".join(problems_id) + ".",
@@ -217,8 +218,8 @@ def parse_timedatectl(text: str) -> dict[str, str]:
 
 def classify_clock(name: str, now: datetime.datetime, synced: bool | None,
                    source: str) -> CheckResult:
-    details: dict[str, Any] = {"now": now.isoformat(timespec="seconds"), "synchronized": synced,
-               "source": source}
+    details: dict[str, Any] = {"now": now.isoformat(timespec="seconds"),
+                               "synchronized": synced, "source": source}
     if now.year < MIN_YEAR:
         return verdict(name, "fail",
                        (f"Jam sistem salah ({now:%Y-%m-%d}): sertifikat TLS, MQTT dan masa "

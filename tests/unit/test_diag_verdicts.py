@@ -181,6 +181,9 @@ def test_dns_verdicts(gw: dnsquery.Outcome, ups: list[dnsquery.Outcome], status:
                       words: str) -> None:
     r = seen(reach.classify_dns("dns", "dukcapil.lab", gw, ups))
     assert r.status == status and words in r.summary_en, r
+    both_down = gw.answer is None and all(o.answer is None for o in ups)
+    assert ("either" in r.summary_en) == both_down, r
+    assert ("juga tidak menjawab" in r.summary_id) == both_down, r
 
 
 # -- HTTP, speed ------------------------------------------------------------------------
