@@ -234,12 +234,10 @@ def classify_mqtt(name: str, broker: str, probe: probes.MqttProbe,
                    f"{probe.error}")
         else:
             why = (probes.reason_words(probe.reason, "id"), probes.reason_words(probe.reason, "en"))
-        stage_words = {"dns": ("DNS", "DNS"), "tcp": ("TCP", "TCP"), "tls": ("TLS", "TLS"),
-                       "mqtt": ("MQTT", "MQTT")}.get(probe.stage, (probe.stage, probe.stage))
+        stage = probe.stage.upper()  # DNS, TCP, TLS or MQTT: where it stopped
         return verdict(name, "fail",
-                       (f"Broker MQTT {broker} tidak bisa dihubungi ({stage_words[0]}): {why[0]}.",
-                        f"The MQTT broker {broker} cannot be reached ({stage_words[1]}): "
-                        f"{why[1]}."),
+                       (f"Broker MQTT {broker} tidak bisa dihubungi ({stage}): {why[0]}.",
+                        f"The MQTT broker {broker} cannot be reached ({stage}): {why[1]}."),
                        ("Laporan ke regional tertunda dan disimpan di antrean sampai broker "
                         "bisa dihubungi. Periksa uplink dan alamat telemetry.broker; bila TLS "
                         "gagal, periksa jam sistem dan berkas sertifikat (ca_file, cert_file).",
@@ -247,9 +245,11 @@ def classify_mqtt(name: str, broker: str, probe: probes.MqttProbe,
                         "Check the uplink and telemetry.broker; if TLS fails, check the system "
                         "clock and the certificate files (ca_file, cert_file)."), **details)
     if cert is not None and cert[0] < CERT_WARN_DAYS:
+        days = (("kurang dari 1 hari", "less than a day") if cert[0] < 1 else
+                (f"{cert[0]:.0f} hari", f"{cert[0]:.0f} days"))
         return verdict(name, "warn",
-                       (f"Broker terhubung, tetapi sertifikat klien habis dalam {cert[0]:.0f} hari.",
-                        f"Broker reached, but the client certificate expires in {cert[0]:.0f} days."),
+                       (f"Broker terhubung, tetapi sertifikat klien habis dalam {days[0]}.",
+                        f"Broker reached, but the client certificate expires in {days[1]}."),
                        ("Minta sertifikat baru ke operator regional sebelum habis.",
                         "Ask the regional operator for a new certificate before it expires."),
                        **details)

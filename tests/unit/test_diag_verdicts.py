@@ -230,6 +230,8 @@ def test_mqtt_verdicts() -> None:
     assert seen(reach.classify_mqtt("mqtt", B, mp("connected"), (200.0, 10.0))).status == "ok"
     soon = seen(reach.classify_mqtt("mqtt", B, mp("connected"), (3.0, 360.0)))
     assert soon.status == "warn" and "3 days" in soon.summary_en
+    today = seen(reach.classify_mqtt("mqtt", B, mp("connected"), (0.4, 360.0)))
+    assert "less than a day" in today.summary_en and "kurang dari 1 hari" in today.summary_id
     expired = seen(reach.classify_mqtt("mqtt", B, mp("mqtt", "tls-rejected"), (-5.0, 400.0)))
     assert expired.status == "fail" and "expired 5 days ago" in expired.summary_en
     early = seen(reach.classify_mqtt("mqtt", B, mp("tls", "tls-verify"), (300.0, -2.0)))
