@@ -8,6 +8,8 @@ failed is one short code (``refused``, ``timeout``, ``dns``, ``unreachable``,
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import errno
 import http.client
 import secrets
@@ -110,6 +112,23 @@ def http_get(url: str, timeout: float, max_bytes: int = 65536,
                          time.monotonic() - started)
     finally:
         conn.close()
+
+
+def http_date(url: str, timeout: float) -> datetime.datetime | None:
+    """The ``Date`` an HTTP server answers ``url`` with (its clock, to the second); None
+    when there is no answer or no readable date."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request("HEAD", parts.path or "/", headers={"User-Agent": "desanet-diag"})
+        value = conn.getresponse().getheader("Date")
+        when = email.utils.parsedate_to_datetime(value) if value else None
+    except (OSError, http.client.HTTPException, ValueError, TypeError):
+        return None
+    finally:
+        conn.close()
+    return when if when is not None and when.tzinfo is not None else None
 
 
 # -- MQTT -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ functions of what was read (``parse_*`` and ``classify_*``, unit tested).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import datetime
@@ -14,12 +15,15 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from gateway.diag import probes
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict, worst
 from gateway.diag.threads import in_thread
 
 MIN_YEAR = 2025  # a clock before this was never set: TLS and voucher times are all wrong
+MAX_SKEW = 120  # s off a server's clock: past this, certificates and vouchers go wrong
 
 
 def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str]:
@@ -216,10 +220,13 @@ def parse_timedatectl(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def classify_clock(name: str, now: datetime.datetime, synced: bool | None,
-                   source: str) -> CheckResult:
+def classify_clock(name: str, now: datetime.datetime, synced: bool | None, source: str,
+                   skew: float | None = None, reference: str = "") -> CheckResult:
+    """``skew``: this clock minus ``reference``'s (a server's HTTP Date), in seconds."""
     details: dict[str, Any] = {"now": now.isoformat(timespec="seconds"),
-                               "synchronized": synced, "source": source}
+                               "synchronized": synced, "source": source,
+                               "skew_seconds": None if skew is None else round(skew),
+                               "reference": reference}
     if now.year < MIN_YEAR:
         return verdict(name, "fail",
                        (f"Jam sistem salah ({now:%Y-%m-%d}): sertifikat TLS, MQTT dan masa "
@@ -230,6 +237,24 @@ def classify_clock(name: str, now: datetime.datetime, synced: bool | None,
                         "timedatectl set-time 'YYYY-MM-DD HH:MM'.",
                         "Connect the uplink so NTP sets the clock, or set it by hand: "
                         "timedatectl set-time 'YYYY-MM-DD HH:MM'."), **details)
+    if skew is not None and abs(skew) > MAX_SKEW:
+        ahead = ("lebih cepat", "ahead of") if skew > 0 else ("lebih lambat", "behind")
+        minutes = abs(skew) / 60
+        return verdict(name, "fail",
+                       (f"Jam sistem {minutes:.0f} menit {ahead[0]} dari jam {reference}: "
+                        "sertifikat TLS/MQTT dan waktu voucher bisa salah.",
+                        f"The system clock is {minutes:.0f} minutes {ahead[1]} {reference}'s: "
+                        "TLS/MQTT certificates and voucher times may go wrong."),
+                       ("Aktifkan NTP (timedatectl set-ntp true) dan pastikan uplink hidup; "
+                        "atau setel manual: timedatectl set-time 'YYYY-MM-DD HH:MM'.",
+                        "Turn NTP on (timedatectl set-ntp true) and make sure the uplink works; "
+                        "or set it by hand: timedatectl set-time 'YYYY-MM-DD HH:MM'."),
+                       **details)
+    if synced is None and skew is not None:
+        return verdict(name, "ok",
+                       (f"Jam cocok dengan jam {reference} (selisih {abs(skew):.0f} detik).",
+                        f"The clock agrees with {reference}'s (off by {abs(skew):.0f} s)."),
+                       **details)
     if synced is None:
         return verdict(name, "warn",
                        ("Tidak bisa memastikan jam tersinkron NTP.",
@@ -274,5 +299,16 @@ def _clock_facts() -> tuple[bool | None, str]:
 
 
 async def check_clock(ctx: DiagContext) -> CheckResult:
-    synced, source = await in_thread(_clock_facts)
-    return classify_clock("clock", datetime.datetime.now(datetime.UTC), synced, source)
+    # A second opinion from a server the gateway talks to anyway: its HTTP Date.
+    services = ctx.config.local_services.services if ctx.config else []
+    url = services[0].upstream + "/" if services else None
+    facts = in_thread(_clock_facts)
+    if url is None:
+        synced, source = await facts
+        return classify_clock("clock", datetime.datetime.now(datetime.UTC), synced, source)
+    (synced, source), remote = await asyncio.gather(
+        facts, in_thread(probes.http_date, url, ctx.options.timeout))
+    now = datetime.datetime.now(datetime.UTC)
+    skew = None if remote is None else (now - remote).total_seconds()
+    host = urlsplit(url).hostname or url
+    return classify_clock("clock", now, synced, source, skew, host if remote else "")

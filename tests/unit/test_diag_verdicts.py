@@ -334,6 +334,14 @@ def test_clock_verdicts() -> None:
     assert seen(system.classify_clock("clock", now, None, "adjtimex")).status == "warn"
     past = seen(system.classify_clock("clock", now.replace(year=1970), True, "timedatectl"))
     assert past.status == "fail" and "1970" in past.summary_en
+    fast = seen(system.classify_clock("clock", now, True, "timedatectl", 3600.0, "dukcapil.lab"))
+    assert fast.status == "fail" and "60 minutes ahead of dukcapil.lab" in fast.summary_en
+    slow = seen(system.classify_clock("clock", now, None, "adjtimex", -600.0, "dukcapil.lab"))
+    assert slow.status == "fail" and "10 minutes behind" in slow.summary_en
+    agrees = seen(system.classify_clock("clock", now, None, "adjtimex", 1.0, "dukcapil.lab"))
+    assert agrees.status == "ok" and agrees.details["skew_seconds"] == 1
+    drifting = seen(system.classify_clock("clock", now, False, "timedatectl", 1.0, "x.lab"))
+    assert drifting.status == "warn"
 
 
 def test_log_verdicts_and_tail(tmp_path: Path) -> None:
