@@ -27,8 +27,11 @@ def reason_of(exc: BaseException) -> str:
         return "tls-verify"
     if isinstance(exc, ssl.SSLError):
         text = str(exc).lower()
-        if "alert" in text and any(w in text for w in ("certificate", "unknown ca", "handshake")):
-            return "tls-rejected"  # the server refused our certificate (or its lack)
+        # An alert from the server: it refused our certificate (or its lack). "decrypt
+        # error" is a certificate whose issuer has the right name but another key.
+        if "alert" in text and any(w in text for w in ("certificate", "unknown ca", "handshake",
+                                                       "decrypt error", "access denied")):
+            return "tls-rejected"
         return "tls"
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "timeout"

@@ -259,6 +259,8 @@ def test_reasons_of_connection_failures() -> None:
         == "tls-verify"
     assert probes.reason_of(ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 "
                                             "alert certificate required")) == "tls-rejected"
+    assert probes.reason_of(ssl.SSLError(1, "[SSL: TLSV1_ALERT_DECRYPT_ERROR] tlsv1 alert "
+                                            "decrypt error")) == "tls-rejected"
     assert probes.reason_of(ssl.SSLError(1, "wrong version number")) == "tls"
     for code in probes.REASON_WORDS:
         assert probes.reason_words(code, "id") != probes.reason_words(code, "en")
