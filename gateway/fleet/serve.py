@@ -12,6 +12,14 @@ gateway's status at once. Statuses are few (one per connect and per hour) and
 merging one is idempotent (gateway/fleet/state.py), so every instance storing
 every status costs little and needs no coordination.
 
+The status subscription is QoS 0. A status is state, not history: the broker
+retains the newest and sends it again at every subscribe, which this client
+makes at every (re)connect, so a status missed while away or lost in a crash
+before its commit comes back. And at QoS 1 the retained statuses of a region
+would pass through the broker's per-client queue on subscribe: Mosquitto
+(``max_queued_messages`` 1000 by default) delivered 1,020 of 3,000 and
+dropped the rest; at QoS 0 they are written straight out.
+
 paho's network thread only queues each PUBLISH. The main thread takes what is
 queued (up to :data:`BATCH`), stores it in one database transaction
 (gateway/fleet/store.py) and only then acknowledges the messages to the
@@ -174,7 +182,9 @@ class Consumer:
             return
         self.gen += 1
         self.notes.put(("connected", bool(getattr(flags, "session_present", False))))
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters])
+        # Statuses at QoS 0: see the module docstring.
+        client.subscribe([(f, SubscribeOptions(qos=0 if f.endswith("/status") else 1))
+                          for f in self.filters])
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object,
                        reason: ReasonCode, properties: object) -> None:
