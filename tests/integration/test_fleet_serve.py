@@ -214,6 +214,28 @@ def test_a_second_instance_with_the_same_client_id_is_named(mosquitto: Broker,
         second.stop()
 
 
+def test_tls_with_a_client_certificate(mosquitto: Broker, tmp_path: Path) -> None:
+    pki = mosquitto.pki
+    assert pki is not None and mosquitto.tls_port is not None
+    url = f"mqtts://{mosquitto.host}:{mosquitto.tls_port}"
+    db = tmp_path / "fleet.db"
+    gw = Gateway(mosquitto, "desa-tls", session=2)
+    try:
+        gw.status()
+        s = Serve(tmp_path, mosquitto, f"sqlite://{db}", "tls", None, None, "--ca", str(pki.ca),
+                  "--cert", str(pki.device_cert), "--key", str(pki.device_key))
+        s.argv[s.argv.index("--broker") + 1] = url
+        s.start()
+        wait_until(lambda: query(db, "SELECT site, online FROM gateways") == [("desa-tls", 1)],
+                   30, "the status over TLS")
+        assert s.stop() == 0
+    finally:
+        gw.close()
+    # without a client certificate the broker refuses, and the error names --broker
+    done = _serve("--broker", url, "--ca", str(pki.ca), "--db", f"sqlite://{db}")
+    assert done.returncode == 1 and "error: --broker: " in done.stderr, done.stderr
+
+
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "fleet", "serve", *args],
                           capture_output=True, text=True, timeout=60)
