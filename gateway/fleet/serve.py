@@ -292,7 +292,8 @@ class Consumer:
                 out = self.store.apply(self.o.target.prefix, [r.msg for r in batch], time.time())
             except Exception as exc:  # any database failure: keep the messages, retry
                 self.metrics.db_errors.inc()
-                log(f"cannot store {len(batch)} message(s) in {redact(self.o.db)}: {exc}; "
+                why = " ".join(str(exc).split()) or type(exc).__name__  # one log line
+                log(f"cannot store {len(batch)} message(s) in {redact(self.o.db)}: {why}; "
                     f"retrying in {delay:g} s (nothing is acknowledged meanwhile)")
                 if self.stop.wait(delay):
                     return False
