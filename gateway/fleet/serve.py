@@ -364,9 +364,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="the consumer as a service: every gateway's latest state and events in "
                       "SQLite or PostgreSQL, Prometheus metrics",
-        description="Subscribe (QoS 1, a persistent session) to every gateway's status, "
-                    "telemetry and events, keep the latest state per gateway and every event in "
-                    "a database, each message exactly once, acknowledged only once stored; "
+        description="Subscribe (a persistent session) to every gateway's retained status and, "
+                    "at QoS 1, its telemetry and events; keep the latest state per gateway and "
+                    "every event in a database, each message exactly once, acknowledged only "
+                    "once stored; "
                     "optionally export Prometheus metrics. Several instances with one --group "
                     "split the load. See docs/fleet.md.")
     add_broker_arguments(s)
