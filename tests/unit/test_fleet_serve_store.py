@@ -84,7 +84,7 @@ def test_a_bad_payload_is_counted_and_changes_nothing_else(store: Store) -> None
            numbered("a", "telemetry", 3, ul=True),
            Incoming(f"{P}/a/event", json.dumps({"v": 1, "site": "b", "session": 1, "seq": 4,
                                                  "time": 1, "type": "x"}).encode(), False, 1.0),
-           Incoming(f"{P}/a/telemetry", json.dumps({"v": 2, "site": "a"}).encode(), False, 1.0),
+           Incoming(f"{P}/a/telemetry", json.dumps({"v": 99, "site": "a"}).encode(), False, 1.0),
            Incoming("elsewhere/a/event", b"{}", False, 1.0)]
     out = store.apply(P, [*bad, numbered("a", "telemetry", 5, cc=1)], 300)
     assert (out.rejected, out.ignored, out.stored["telemetry"]) == (5, 1, 1)
