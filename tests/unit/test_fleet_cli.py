@@ -75,6 +75,7 @@ def test_keygen_writes_a_sealing_key_that_opens_what_a_gateway_seals(
     seal_path = tmp_path / "op.key.x25519"
     assert printed["seal_key"] == str(seal_path) and stat.S_IMODE(seal_path.stat().st_mode) == 0o600
     key = sealkeys.load_seal_key(seal_path)
+    assert (tmp_path / "op.key.x25519.pub").read_text().strip() == printed["seal_public_key"]
     recipient = sealed.parse_public_key(printed["seal_public_key"])
     box = sealed.seal(b'{"codes":["ABCDE-FGHJK"]}', recipient,
                       c.sealed_context("s1", "cmd-00000001", "vouchers.create"))
