@@ -14,6 +14,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from gateway.diag.threads import in_thread
+
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 TYPE_A = 1
 
@@ -86,8 +88,8 @@ async def ask(server: str, name: str, timeout: float, port: int = 53) -> Outcome
     """Ask ``server`` for ``name``'s A records; never raises for a network failure."""
     started = time.monotonic()
     try:
-        answer = await asyncio.wait_for(asyncio.to_thread(_ask_blocking, server, port, name,
-                                                          timeout), timeout + 1)
+        async with asyncio.timeout(timeout + 1):
+            answer = await in_thread(_ask_blocking, server, port, name, timeout)
         return Outcome(server, answer, "", time.monotonic() - started)
     except TimeoutError:
         return Outcome(server, None, "timeout", time.monotonic() - started)

@@ -25,6 +25,7 @@ from typing import Any
 from gateway.diag import oui
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict
+from gateway.diag.threads import in_thread
 
 MAX_SCAN = 1024  # addresses: a /22; larger LANs are scanned in their DHCP range
 NEEDS_ROOT = (("Dilewati: perlu root untuk mengirim paket mentah di LAN.",
@@ -125,9 +126,9 @@ async def check_arp_scan(ctx: DiagContext) -> CheckResult:
         return missing
     targets = scan_targets(net.lan_address.network,
                            (str(ctx.config.dhcp.range_start), str(ctx.config.dhcp.range_end)))
-    answers = await asyncio.to_thread(_arp_scan, net.lan_interface, ctx.config.lan_ip,
-                                      targets, min(ctx.options.timeout, 3.0))
-    makers = await asyncio.to_thread(oui.vendors, {m.lower() for _, m in answers})
+    answers = await in_thread(_arp_scan, net.lan_interface, ctx.config.lan_ip, targets,
+                              min(ctx.options.timeout, 3.0))
+    makers = await in_thread(oui.vendors, {m.lower() for _, m in answers})
     return classify_devices(name, answers, ctx.config.lan_ip, makers, len(targets))
 
 
@@ -268,8 +269,8 @@ async def check_rogue_dhcp(ctx: DiagContext) -> CheckResult:
     iface = ctx.config.network.lan_interface
     if (missing := missing_interface(name, iface)) is not None:
         return missing
-    ips, macs = await asyncio.to_thread(_iface_addresses, iface)
+    ips, macs = await in_thread(_iface_addresses, iface)
     offers, own = await asyncio.gather(
-        asyncio.to_thread(_discover, iface, min(ctx.options.timeout, 3.0)),
-        asyncio.to_thread(_own_dhcp_server))
+        in_thread(_discover, iface, min(ctx.options.timeout, 3.0)),
+        in_thread(_own_dhcp_server))
     return classify_offers(name, offers, ips | {ctx.config.lan_ip}, macs, own)

@@ -8,6 +8,8 @@ failed is one short code (``refused``, ``timeout``, ``dns``, ``unreachable``,
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import errno
 import http.client
 import secrets
@@ -25,8 +27,11 @@ def reason_of(exc: BaseException) -> str:
         return "tls-verify"
     if isinstance(exc, ssl.SSLError):
         text = str(exc).lower()
-        if "alert" in text and any(w in text for w in ("certificate", "unknown ca", "handshake")):
-            return "tls-rejected"  # the server refused our certificate (or its lack)
+        # An alert from the server: it refused our certificate (or its lack). "decrypt
+        # error" is a certificate whose issuer has the right name but another key.
+        if "alert" in text and any(w in text for w in ("certificate", "unknown ca", "handshake",
+                                                       "decrypt error", "access denied")):
+            return "tls-rejected"
         return "tls"
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "timeout"
@@ -110,6 +115,23 @@ def http_get(url: str, timeout: float, max_bytes: int = 65536,
                          time.monotonic() - started)
     finally:
         conn.close()
+
+
+def http_date(url: str, timeout: float) -> datetime.datetime | None:
+    """The ``Date`` an HTTP server answers ``url`` with (its clock, to the second); None
+    when there is no answer or no readable date."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request("HEAD", parts.path or "/", headers={"User-Agent": "desanet-diag"})
+        value = conn.getresponse().getheader("Date")
+        when = email.utils.parsedate_to_datetime(value) if value else None
+    except (OSError, http.client.HTTPException, ValueError, TypeError):
+        return None
+    finally:
+        conn.close()
+    return when if when is not None and when.tzinfo is not None else None
 
 
 # -- MQTT -----------------------------------------------------------------------------

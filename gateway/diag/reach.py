@@ -20,6 +20,7 @@ from gateway.config.units import human_rate
 from gateway.diag import dnsquery, probes
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, Status, verdict, worst
+from gateway.diag.threads import in_thread
 
 FALLBACK_DNS_NAME = "kemendagri.go.id"
 CERT_WARN_DAYS = 14  # a certificate renewal needs time on a village's uplink
@@ -73,15 +74,14 @@ def classify_dns(name: str, host: str, gateway: dnsquery.Outcome,
     up_ok = [o for o in upstream if o.answer is not None and o.answer.answered]
     up_bad = [o for o in upstream if o not in up_ok]
     details: dict[str, Any] = {"name": host, "gateway": _outcome_json(gateway),
-               "upstream": [_outcome_json(o) for o in upstream]}
+                               "upstream": [_outcome_json(o) for o in upstream]}
     bad = ", ".join(f"{o.server} ({o.error or (o.answer.rcode if o.answer else '?')})"
                     for o in up_bad)
     if not gw_ok:
         why = gateway.error or (gateway.answer.rcode if gateway.answer else "?")
-        also = ("" if up_ok or not upstream else
-                " Resolver upstream juga tidak menjawab.", " The upstream resolvers do not "
-                "answer either.")
-        also_id, also_en = also if also else ("", "")
+        also_id, also_en = ("", "") if up_ok or not upstream else (
+            " Resolver upstream juga tidak menjawab.",
+            " The upstream resolvers do not answer either.")
         return verdict(name, "fail",
                        (f"DNS gateway ({gateway.server}) tidak menjawab {host}: {why}. Warga "
                         f"tidak bisa membuka portal atau situs apa pun.{also_id}",
@@ -123,7 +123,7 @@ async def check_dns(ctx: DiagContext) -> CheckResult:
     host = dns_name(cfg, ctx.options.dns_name)
     servers = [str(s) for s in cfg.dhcp.upstream_dns]
     if not servers:
-        text = await asyncio.to_thread(_read_text, "/etc/resolv.conf")
+        text = await in_thread(_read_text, "/etc/resolv.conf")
         servers = resolv_conf_servers(text, exclude=[cfg.lan_ip])
     t = ctx.options.timeout
     gateway, *upstream = await asyncio.gather(
@@ -186,7 +186,7 @@ async def check_http(ctx: DiagContext) -> CheckResult:
                        ("Tidak perlu tindakan (lihat local_services di konfigurasi).",
                         "Nothing to do (see local_services in the config)."))
     t = min(ctx.options.timeout, float(cfg.local_services.request_timeout))
-    found = await asyncio.gather(*(asyncio.to_thread(probes.http_get, s.upstream + "/", t)
+    found = await asyncio.gather(*(in_thread(probes.http_get, s.upstream + "/", t)
                                    for s in services))
     return classify_http("http", [(s.slug, p) for s, p in zip(services, found, strict=True)])
 
@@ -234,12 +234,10 @@ def classify_mqtt(name: str, broker: str, probe: probes.MqttProbe,
                    f"{probe.error}")
         else:
             why = (probes.reason_words(probe.reason, "id"), probes.reason_words(probe.reason, "en"))
-        stage_words = {"dns": ("DNS", "DNS"), "tcp": ("TCP", "TCP"), "tls": ("TLS", "TLS"),
-                       "mqtt": ("MQTT", "MQTT")}.get(probe.stage, (probe.stage, probe.stage))
+        stage = probe.stage.upper()  # DNS, TCP, TLS or MQTT: where it stopped
         return verdict(name, "fail",
-                       (f"Broker MQTT {broker} tidak bisa dihubungi ({stage_words[0]}): {why[0]}.",
-                        f"The MQTT broker {broker} cannot be reached ({stage_words[1]}): "
-                        f"{why[1]}."),
+                       (f"Broker MQTT {broker} tidak bisa dihubungi ({stage}): {why[0]}.",
+                        f"The MQTT broker {broker} cannot be reached ({stage}): {why[1]}."),
                        ("Laporan ke regional tertunda dan disimpan di antrean sampai broker "
                         "bisa dihubungi. Periksa uplink dan alamat telemetry.broker; bila TLS "
                         "gagal, periksa jam sistem dan berkas sertifikat (ca_file, cert_file).",
@@ -247,9 +245,11 @@ def classify_mqtt(name: str, broker: str, probe: probes.MqttProbe,
                         "Check the uplink and telemetry.broker; if TLS fails, check the system "
                         "clock and the certificate files (ca_file, cert_file)."), **details)
     if cert is not None and cert[0] < CERT_WARN_DAYS:
+        days = (("kurang dari 1 hari", "less than a day") if cert[0] < 1 else
+                (f"{cert[0]:.0f} hari", f"{cert[0]:.0f} days"))
         return verdict(name, "warn",
-                       (f"Broker terhubung, tetapi sertifikat klien habis dalam {cert[0]:.0f} hari.",
-                        f"Broker reached, but the client certificate expires in {cert[0]:.0f} days."),
+                       (f"Broker terhubung, tetapi sertifikat klien habis dalam {days[0]}.",
+                        f"Broker reached, but the client certificate expires in {days[1]}."),
                        ("Minta sertifikat baru ke operator regional sebelum habis.",
                         "Ask the regional operator for a new certificate before it expires."),
                        **details)
@@ -271,13 +271,13 @@ async def check_mqtt(ctx: DiagContext) -> CheckResult:
     cert_error = ""
     if tel.cert_file:
         try:
-            cert = await asyncio.to_thread(cert_days_left, tel.cert_file,
-                                           datetime.datetime.now(datetime.UTC))
+            cert = await in_thread(cert_days_left, tel.cert_file,
+                                   datetime.datetime.now(datetime.UTC))
         except (OSError, ValueError) as exc:
             cert_error = str(exc)
-    probe = await asyncio.to_thread(probes.mqtt_connect, tel.host, tel.port, tel.tls,
-                                    ctx.options.timeout, tel.ca_file, tel.cert_file,
-                                    tel.key_file, tel.username, tel.password)
+    probe = await in_thread(probes.mqtt_connect, tel.host, tel.port, tel.tls,
+                            ctx.options.timeout, tel.ca_file, tel.cert_file, tel.key_file,
+                            tel.username, tel.password)
     return classify_mqtt("mqtt", tel.broker, probe, cert, cert_error)
 
 
@@ -289,9 +289,9 @@ SPEED_BUDGET = 20.0  # s of reading: a slow uplink is measured on what arrived b
 
 def classify_speed(name: str, probe: probes.HttpProbe, target: int) -> CheckResult:
     rate = int(probe.size * 8 / probe.body_seconds) if probe.body_seconds > 0 else 0
-    details: dict[str, Any] = {"url": probe.url, "bytes": probe.size, "seconds": round(probe.body_seconds, 3),
-               "bits_per_second": rate, "target": target, "status": probe.status,
-               "reason": probe.reason}
+    details: dict[str, Any] = {
+        "url": probe.url, "bytes": probe.size, "seconds": round(probe.body_seconds, 3),
+        "bits_per_second": rate, "target": target, "status": probe.status, "reason": probe.reason}
     if probe.status == 0 or probe.status >= 400:
         why = (probes.reason_words(probe.reason, "id"), probes.reason_words(probe.reason, "en")) \
             if probe.status == 0 else (f"galat HTTP {probe.status}", f"HTTP error {probe.status}")
@@ -332,6 +332,6 @@ async def check_speed(ctx: DiagContext) -> CheckResult:
                         "Skipped: no test address; give --speed-url."),
                        ("Mis. desanet diag speed --speed-url http://server/1mb.bin",
                         "E.g. desanet diag speed --speed-url http://server/1mb.bin"))
-    probe = await asyncio.to_thread(probes.http_get, url, max(ctx.options.timeout, 10.0),
-                                    ctx.options.speed_bytes, SPEED_BUDGET)
+    probe = await in_thread(probes.http_get, url, max(ctx.options.timeout, 10.0),
+                            ctx.options.speed_bytes, SPEED_BUDGET)
     return classify_speed("speed", probe, ctx.options.speed_target)

@@ -13,9 +13,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.diag import lan, reach, system
+from gateway.diag import lan, logs, reach, system, wifi
 from gateway.diag.context import DiagContext, DiagOptions, load_context
 from gateway.diag.result import CheckResult, verdict
+from gateway.diag.threads import in_thread
 
 CheckFn = Callable[[DiagContext], Awaitable[CheckResult]]
 
@@ -46,10 +47,10 @@ CHECKS: dict[str, Check] = _checks(
     Check("http", "Layanan pemerintah (HTTP)", "Government services (HTTP)", reach.check_http),
     Check("mqtt", "Broker MQTT", "MQTT broker", reach.check_mqtt),
     Check("speed", "Kecepatan uplink", "Uplink speed", reach.check_speed, deadline=60.0),
-    Check("wifi", "Wi-Fi", "Wi-Fi", system.check_wifi, needs_config=False),
+    Check("wifi", "Wi-Fi", "Wi-Fi", wifi.check_wifi, needs_config=False),
     Check("disk", "Disk", "Disk", system.check_disk, needs_config=False),
     Check("clock", "Jam sistem", "System clock", system.check_clock, needs_config=False),
-    Check("logs", "Log terakhir", "Last log lines", system.check_logs, needs_config=False),
+    Check("logs", "Log terakhir", "Last log lines", logs.check_logs, needs_config=False),
 )
 
 
@@ -68,7 +69,7 @@ async def run_checks(names: Sequence[str] | None = None, config_path: str | None
     bad = unknown_names(wanted)
     if bad:
         raise ValueError(f"unknown check {', '.join(bad)}; the checks are: {', '.join(CHECKS)}")
-    ctx = await asyncio.to_thread(load_context, config_path, options)
+    ctx = await in_thread(load_context, config_path, options)
     ordered = [CHECKS[n] for n in CHECKS if n in wanted]
     return list(await asyncio.gather(*(_run_one(check, ctx) for check in ordered)))
 
@@ -81,7 +82,8 @@ async def _run_one(check: Check, ctx: DiagContext) -> CheckResult:
                        ("Perbaiki konfigurasi dulu (lihat pemeriksaan `config`).",
                         "Fix the config first (see the `config` check)."))
     try:
-        return await asyncio.wait_for(check.run(ctx), check.deadline)
+        async with asyncio.timeout(check.deadline):
+            return await check.run(ctx)
     except TimeoutError:
         return verdict(check.name, "fail",
                        (f"Pemeriksaan tidak selesai dalam {check.deadline:g} detik.",

@@ -1,4 +1,4 @@
-"""The box itself: config file, daemon, Wi-Fi, disk, clock and the last log lines.
+"""The box itself: config file, daemon, disk and clock (Wi-Fi: wifi.py; logs: logs.py).
 
 Each check reads files and runs small commands in a thread; the verdicts are pure
 functions of what was read (``parse_*`` and ``classify_*``, unit tested).
@@ -10,22 +10,23 @@ import asyncio
 import ctypes
 import ctypes.util
 import datetime
-import json
-import os
-import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from gateway.diag import probes
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict, worst
+from gateway.diag.threads import in_thread
 
 MIN_YEAR = 2025  # a clock before this was never set: TLS and voucher times are all wrong
+MAX_SKEW = 120  # s off a server's clock: past this, certificates and vouchers go wrong
 
 
-def _run(argv: Sequence[str], timeout: float) -> tuple[int, str]:
+def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str]:
     """(exit code, stdout); 127 when the program is missing. Blocks."""
     if shutil.which(argv[0]) is None:
         return 127, ""
@@ -89,9 +90,10 @@ def classify_daemon(name: str, status: dict[str, Any] | None, error: str,
         problems_id.append("berjalan terbatas: " + ", ".join(degraded))
         problems_en.append("running degraded: " + ", ".join(degraded))
     uplink = (status.get("uplink") or {}).get("state", "unknown")
-    details: dict[str, Any] = {"socket": socket, "ready": status.get("ready"), "uplink": uplink,
-               "sessions_active": status.get("sessions_active"),
-               "dnsmasq_running": dnsmasq.get("running"), "degraded": degraded}
+    details: dict[str, Any] = {
+        "socket": socket, "ready": status.get("ready"), "uplink": uplink,
+        "sessions_active": status.get("sessions_active"),
+        "dnsmasq_running": dnsmasq.get("running"), "degraded": degraded}
     if problems_en:
         return verdict(name, "warn",
                        ("Layanan berjalan, tetapi: " + "; ".join(problems_id) + ".",
@@ -118,83 +120,8 @@ async def check_daemon(ctx: DiagContext) -> CheckResult:
 
     # Without a readable config the daemon may still run (on its last good config).
     path = ctx.options.socket or (ctx.config.control.socket if ctx.config else DEFAULT_SOCKET)
-    status, error = await asyncio.to_thread(_daemon_status, path, ctx.options.timeout)
+    status, error = await in_thread(_daemon_status, path, ctx.options.timeout)
     return classify_daemon("daemon", status, error, _has_systemd(), path)
-
-
-# -- Wi-Fi ----------------------------------------------------------------------------
-
-
-def parse_hostapd_conf(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out
-
-
-def classify_wifi(name: str, radios: list[str], hostapd: str | None,
-                  conf: dict[str, str] | None) -> CheckResult:
-    """``radios``: wireless interfaces; ``hostapd``: the running hostapd's description or
-    None; ``conf``: its config file's settings (None when unreadable)."""
-    details: dict[str, Any] = {"interfaces": radios, "hostapd": hostapd or ""}
-    if not radios:
-        return verdict(name, "skip",
-                       ("Tidak ada Wi-Fi di gateway ini (LAN lewat kabel/access point).",
-                        "No Wi-Fi on this gateway (the LAN is cabled or uses access points)."),
-                       ("Tidak perlu tindakan; periksa access point secara terpisah.",
-                        "Nothing to do; check the access points separately."), **details)
-    if hostapd is None:
-        return verdict(name, "fail",
-                       (f"Ada Wi-Fi ({', '.join(radios)}) tetapi hostapd tidak berjalan: tidak "
-                        "ada hotspot.",
-                        f"Wi-Fi exists ({', '.join(radios)}) but hostapd is not running: no "
-                        "hotspot."),
-                       ("Jalankan: systemctl start hostapd; lihat journalctl -u hostapd.",
-                        "Start it: systemctl start hostapd; see journalctl -u hostapd."),
-                       **details)
-    conf = conf or {}
-    country, channel = conf.get("country_code", ""), conf.get("channel", "")
-    details.update(country=country, channel=channel, ssid=conf.get("ssid", ""))
-    if country.upper() != "ID":
-        return verdict(name, "fail",
-                       (f"Kode negara Wi-Fi bukan ID (tertulis: {country or 'kosong'}): "
-                        "kanal dan daya pancar bisa melanggar aturan Indonesia.",
-                        f"The Wi-Fi country code is not ID (found: {country or 'none'}): "
-                        "channels and power may break Indonesian rules."),
-                       ("Tulis country_code=ID di konfigurasi hostapd lalu mulai ulang hostapd.",
-                        "Set country_code=ID in hostapd's config and restart hostapd."),
-                       **details)
-    return verdict(name, "ok", (f"Hotspot Wi-Fi aktif (negara ID, kanal {channel or '?'}).",
-                                f"Wi-Fi hotspot up (country ID, channel {channel or '?'})."),
-                   **details)
-
-
-def _wifi_facts() -> tuple[list[str], str | None, dict[str, str] | None]:
-    import psutil
-
-    net = Path("/sys/class/net")
-    radios = sorted(d.name for d in net.iterdir()
-                    if (d / "wireless").exists() or (d / "phy80211").exists()) \
-        if net.is_dir() else []
-    for proc in psutil.process_iter(["name", "cmdline", "pid"]):
-        if proc.info["name"] == "hostapd":
-            args = [a for a in (proc.info["cmdline"] or [])[1:] if not a.startswith("-")]
-            conf = None
-            if args:
-                try:
-                    conf = parse_hostapd_conf(Path(args[-1]).read_text(errors="replace"))
-                except OSError:
-                    conf = None
-            return radios, f"hostapd (pid {proc.info['pid']})", conf
-    return radios, None, None
-
-
-async def check_wifi(ctx: DiagContext) -> CheckResult:
-    radios, hostapd, conf = await asyncio.to_thread(_wifi_facts)
-    return classify_wifi("wifi", radios, hostapd, conf)
 
 
 # -- disk -----------------------------------------------------------------------------
@@ -281,7 +208,7 @@ async def check_disk(ctx: DiagContext) -> CheckResult:
     cfg = ctx.config
     state = cfg.store.state_dir if cfg else "/var/lib/desanet"
     min_free = max(200 * 1024 * 1024, cfg.local_services.queue_min_free_disk if cfg else 0)
-    rows = await asyncio.to_thread(_disk_rows, [state, "/"])
+    rows = await in_thread(_disk_rows, [state, "/"])
     return classify_disk("disk", rows, min_free)
 
 
@@ -293,10 +220,13 @@ def parse_timedatectl(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def classify_clock(name: str, now: datetime.datetime, synced: bool | None,
-                   source: str) -> CheckResult:
-    details: dict[str, Any] = {"now": now.isoformat(timespec="seconds"), "synchronized": synced,
-               "source": source}
+def classify_clock(name: str, now: datetime.datetime, synced: bool | None, source: str,
+                   skew: float | None = None, reference: str = "") -> CheckResult:
+    """``skew``: this clock minus ``reference``'s (a server's HTTP Date), in seconds."""
+    details: dict[str, Any] = {"now": now.isoformat(timespec="seconds"),
+                               "synchronized": synced, "source": source,
+                               "skew_seconds": None if skew is None else round(skew),
+                               "reference": reference}
     if now.year < MIN_YEAR:
         return verdict(name, "fail",
                        (f"Jam sistem salah ({now:%Y-%m-%d}): sertifikat TLS, MQTT dan masa "
@@ -307,6 +237,24 @@ def classify_clock(name: str, now: datetime.datetime, synced: bool | None,
                         "timedatectl set-time 'YYYY-MM-DD HH:MM'.",
                         "Connect the uplink so NTP sets the clock, or set it by hand: "
                         "timedatectl set-time 'YYYY-MM-DD HH:MM'."), **details)
+    if skew is not None and abs(skew) > MAX_SKEW:
+        ahead = ("lebih cepat", "ahead of") if skew > 0 else ("lebih lambat", "behind")
+        minutes = abs(skew) / 60
+        return verdict(name, "fail",
+                       (f"Jam sistem {minutes:.0f} menit {ahead[0]} dari jam {reference}: "
+                        "sertifikat TLS/MQTT dan waktu voucher bisa salah.",
+                        f"The system clock is {minutes:.0f} minutes {ahead[1]} {reference}'s: "
+                        "TLS/MQTT certificates and voucher times may go wrong."),
+                       ("Aktifkan NTP (timedatectl set-ntp true) dan pastikan uplink hidup; "
+                        "atau setel manual: timedatectl set-time 'YYYY-MM-DD HH:MM'.",
+                        "Turn NTP on (timedatectl set-ntp true) and make sure the uplink works; "
+                        "or set it by hand: timedatectl set-time 'YYYY-MM-DD HH:MM'."),
+                       **details)
+    if synced is None and skew is not None:
+        return verdict(name, "ok",
+                       (f"Jam cocok dengan jam {reference} (selisih {abs(skew):.0f} detik).",
+                        f"The clock agrees with {reference}'s (off by {abs(skew):.0f} s)."),
+                       **details)
     if synced is None:
         return verdict(name, "warn",
                        ("Tidak bisa memastikan jam tersinkron NTP.",
@@ -342,7 +290,7 @@ def _adjtimex_synced() -> bool | None:
 
 
 def _clock_facts() -> tuple[bool | None, str]:
-    rc, out = _run(["timedatectl", "show", "--property=NTPSynchronized"], 5)
+    rc, out = run_command(["timedatectl", "show", "--property=NTPSynchronized"], 5)
     if rc == 0:
         value = parse_timedatectl(out).get("NTPSynchronized")
         if value in ("yes", "no"):
@@ -351,93 +299,16 @@ def _clock_facts() -> tuple[bool | None, str]:
 
 
 async def check_clock(ctx: DiagContext) -> CheckResult:
-    synced, source = await asyncio.to_thread(_clock_facts)
-    return classify_clock("clock", datetime.datetime.now(datetime.UTC), synced, source)
-
-
-# -- logs -----------------------------------------------------------------------------
-
-_TROUBLE = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b|^<[0-3]>")
-
-
-def classify_logs(name: str, lines: list[str], source: str) -> CheckResult:
-    details: dict[str, Any] = {"source": source, "lines": lines}
-    if not source:
-        return verdict(name, "skip",
-                       ("Tidak ada log desanet yang ditemukan.", "No desanet log found."),
-                       ("Beri berkasnya dengan --log-file, atau lihat journalctl -u desanet.",
-                        "Name the file with --log-file, or see journalctl -u desanet."),
-                       **details)
-    trouble = [x for x in lines if _TROUBLE.search(x)]
-    if trouble:
-        return verdict(name, "warn",
-                       (f"{len(trouble)} baris galat di {len(lines)} baris terakhir ({source}); "
-                        f"terakhir: {trouble[-1].strip()[:160]}",
-                        f"{len(trouble)} error lines in the last {len(lines)} ({source}); "
-                        f"latest: {trouble[-1].strip()[:160]}"),
-                       ("Baca baris-baris itu; kirim ke operator regional bila tidak jelas.",
-                        "Read those lines; send them to the regional operator if unclear."),
-                       **details)
-    return verdict(name, "ok", (f"Tidak ada galat di {len(lines)} baris terakhir ({source}).",
-                                f"No errors in the last {len(lines)} lines ({source})."),
-                   **details)
-
-
-def tail(path: Path, n: int, block: int = 65536) -> list[str]:
-    """The last ``n`` lines of a file, reading only its end."""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - block))
-        data = f.read()
-    lines = data.decode(errors="replace").splitlines()
-    if size > block:
-        lines = lines[1:]  # the first one is cut
-    return lines[-n:]
-
-
-LEVELS = {0: "CRITICAL", 1: "CRITICAL", 2: "CRITICAL", 3: "ERROR", 4: "WARNING", 5: "INFO",
-          6: "INFO", 7: "DEBUG"}
-
-
-def journal_lines(text: str) -> list[str]:
-    """``journalctl -o json`` records as "time LEVEL message" lines: the journal keeps the
-    level as the record's PRIORITY, not in its text."""
-    lines = []
-    for raw in text.splitlines():
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue
-        msg = rec.get("MESSAGE", "")
-        if isinstance(msg, list):  # journald's form of a message that is not UTF-8
-            msg = bytes(msg).decode(errors="replace")
-        try:
-            when = datetime.datetime.fromtimestamp(int(rec["__REALTIME_TIMESTAMP"]) / 1e6,
-                                                   datetime.UTC).isoformat(timespec="seconds")
-        except (KeyError, ValueError):
-            when = "?"
-        level = LEVELS.get(int(rec.get("PRIORITY", 6)), "INFO")
-        lines.append(f"{when} {level} {msg}")
-    return lines
-
-
-def _log_lines(config_path: str, log_file: str | None, n: int) -> tuple[list[str], str]:
-    if log_file is None:
-        rc, out = _run(["journalctl", "-u", "desanet", "-n", str(n), "--no-pager", "-q",
-                        "-o", "json"], 5)
-        lines = journal_lines(out)
-        if rc == 0 and lines:
-            return lines, "journalctl -u desanet"
-    candidates = [Path(log_file)] if log_file else [Path(config_path).parent / "gateway.log",
-                                                    Path("/var/log/desanet.log")]
-    for path in candidates:
-        if path.is_file():
-            return tail(path, n), str(path)
-    return [], ""
-
-
-async def check_logs(ctx: DiagContext) -> CheckResult:
-    lines, source = await asyncio.to_thread(_log_lines, ctx.config_path, ctx.options.log_file,
-                                            ctx.options.log_lines)
-    return classify_logs("logs", lines, source)
+    # A second opinion from a server the gateway talks to anyway: its HTTP Date.
+    services = ctx.config.local_services.services if ctx.config else []
+    url = services[0].upstream + "/" if services else None
+    facts = in_thread(_clock_facts)
+    if url is None:
+        synced, source = await facts
+        return classify_clock("clock", datetime.datetime.now(datetime.UTC), synced, source)
+    (synced, source), remote = await asyncio.gather(
+        facts, in_thread(probes.http_date, url, ctx.options.timeout))
+    now = datetime.datetime.now(datetime.UTC)
+    skew = None if remote is None else (now - remote).total_seconds()
+    host = urlsplit(url).hostname or url
+    return classify_clock("clock", now, synced, source, skew, host if remote else "")

@@ -193,12 +193,14 @@ def send(args: argparse.Namespace) -> dict[str, Any] | None:
     key = load_key(args.key)
     cmd_args = parse_args_pairs(args.arg, args.args)
     seal_key = None
-    if args.command in sealkeys.SEALING:  # the answer's codes are sealed to this key
+    # the answer's codes are sealed to this key; a recipient given in the arguments is
+    # someone else's: the answer is printed as it came
+    if args.command in sealkeys.SEALING and "recipient" not in cmd_args:
         try:
             seal_key = sealkeys.load_seal_key(args.seal_key or sealkeys.seal_key_path(args.key))
         except sealkeys.SealKeyError as exc:
             raise FleetError(str(exc)) from exc
-        cmd_args.setdefault("recipient", sealed.public_key_text(seal_key.public_key()))
+        cmd_args["recipient"] = sealed.public_key_text(seal_key.public_key())
     cid = args.id or f"op-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
     now = int(time.time())
     body = c.body_json(cid, args.site, args.command, cmd_args, now, now + lifetime)

@@ -1,7 +1,8 @@
 """The operator's X25519 key: what voucher codes (and any later secret) are sealed to.
 
 ``desanet fleet keygen --out KEY`` writes it beside the signing key, as
-``KEY.x25519`` (PKCS#8 PEM, mode 0600); ``fleet send`` reads it from there
+``KEY.x25519`` (PKCS#8 PEM, mode 0600) and its public key as ``KEY.x25519.pub``
+(``x25519:<base64>``, what a request's ``recipient`` holds); ``fleet send`` reads it from there
 (or ``--seal-key``), puts its public half into a ``vouchers.create`` as
 ``recipient`` and opens the sealed codes of the answer. It is a key of its
 own, not derived from the Ed25519 signing key: a key is used for one thing.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,14 @@ def write_seal_key(path: Path, force: bool = False) -> str:
     key = X25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
+    public = sealed.public_key_text(key.public_key())
     try:
         write_file_atomic(path, pem.decode())
+        write_file_atomic(f"{path}.pub", public + "\n")  # for whoever builds requests
+        os.chmod(f"{path}.pub", 0o644)
     except OSError as exc:
         raise SealKeyError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return sealed.public_key_text(key.public_key())
+    return public
 
 
 def load_seal_key(path: str | Path) -> X25519PrivateKey:

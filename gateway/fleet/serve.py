@@ -12,6 +12,14 @@ gateway's status at once. Statuses are few (one per connect and per hour) and
 merging one is idempotent (gateway/fleet/state.py), so every instance storing
 every status costs little and needs no coordination.
 
+The status subscription is QoS 0. A status is state, not history: the broker
+retains the newest and sends it again at every subscribe, which this client
+makes at every (re)connect, so a status missed while away or lost in a crash
+before its commit comes back. And at QoS 1 the retained statuses of a region
+would pass through the broker's per-client queue on subscribe: Mosquitto
+(``max_queued_messages`` 1000 by default) delivered 1,020 of 3,000 and
+dropped the rest; at QoS 0 they are written straight out.
+
 paho's network thread only queues each PUBLISH. The main thread takes what is
 queued (up to :data:`BATCH`), stores it in one database transaction
 (gateway/fleet/store.py) and only then acknowledges the messages to the
@@ -174,7 +182,9 @@ class Consumer:
             return
         self.gen += 1
         self.notes.put(("connected", bool(getattr(flags, "session_present", False))))
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters])
+        # Statuses at QoS 0: see the module docstring.
+        client.subscribe([(f, SubscribeOptions(qos=0 if f.endswith("/status") else 1))
+                          for f in self.filters])
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object,
                        reason: ReasonCode, properties: object) -> None:
@@ -282,7 +292,8 @@ class Consumer:
                 out = self.store.apply(self.o.target.prefix, [r.msg for r in batch], time.time())
             except Exception as exc:  # any database failure: keep the messages, retry
                 self.metrics.db_errors.inc()
-                log(f"cannot store {len(batch)} message(s) in {redact(self.o.db)}: {exc}; "
+                why = " ".join(str(exc).split()) or type(exc).__name__  # one log line
+                log(f"cannot store {len(batch)} message(s) in {redact(self.o.db)}: {why}; "
                     f"retrying in {delay:g} s (nothing is acknowledged meanwhile)")
                 if self.stop.wait(delay):
                     return False
@@ -353,9 +364,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="the consumer as a service: every gateway's latest state and events in "
                       "SQLite or PostgreSQL, Prometheus metrics",
-        description="Subscribe (QoS 1, a persistent session) to every gateway's status, "
-                    "telemetry and events, keep the latest state per gateway and every event in "
-                    "a database, each message exactly once, acknowledged only once stored; "
+        description="Subscribe (a persistent session) to every gateway's retained status and, "
+                    "at QoS 1, its telemetry and events; keep the latest state per gateway and "
+                    "every event in a database, each message exactly once, acknowledged only "
+                    "once stored; "
                     "optionally export Prometheus metrics. Several instances with one --group "
                     "split the load. See docs/fleet.md.")
     add_broker_arguments(s)

@@ -480,9 +480,10 @@ class TelemetryService:
         operator asked for it, and the recorded answer says it was done)."""
         if after.reconnect and not self._stopping:
             self._on_connected = after.on_connected
-            self._force_reconnect = True
-            log.info("MQTT: connecting again to prove the new config reaches the broker")
-            self._lost.set()
+            if self._link is not None:  # else the next connection comes anyway
+                self._force_reconnect = True
+                log.info("MQTT: connecting again to prove the new config reaches the broker")
+                self._lost.set()
         if after.run is not None:
             try:
                 await after.run()

@@ -13,8 +13,11 @@ import sys
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.telemetry import payloads
 from tests.integration.mosquitto import Broker, free_port
 from tests.integration.serve_harness import Gateway, Serve, query, scrape, traffic, wait_until
 
@@ -166,6 +169,34 @@ def test_prometheus_endpoint_has_the_fleet_and_the_consumer(mosquitto: Broker,
         off.close()
 
 
+def test_a_fresh_instance_learns_more_retained_statuses_than_the_broker_queues(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    """Mosquitto queues at most 1,000 QoS 1 messages per client by default; the retained
+    statuses a region has are more (see gateway/fleet/serve.py on QoS 0)."""
+    n = 1500
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="statuses",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        sent = [client.publish(f"desanet/v1/s{i:04d}/status", payloads.encode(payloads.status(
+            payloads.Identity(f"s{i:04d}", "0.1.0", 1, 1), "cfg", online=i % 2 == 0)),
+            qos=1, retain=True) for i in range(n)]
+        for info in sent:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    db = tmp_path / "fleet.db"
+    s = Serve(tmp_path, mosquitto, f"sqlite://{db}", "fresh").start()
+    try:
+        wait_until(lambda: query(db, "SELECT COUNT(*) FROM gateways")[0][0] == n, 60,
+                   f"{n} statuses")
+        assert query(db, "SELECT SUM(online), COUNT(*) FROM gateways") == [(n // 2, n)]
+    finally:
+        s.stop()
+
+
 def test_a_second_instance_with_the_same_client_id_is_named(mosquitto: Broker,
                                                             tmp_path: Path) -> None:
     first = Serve(tmp_path, mosquitto, f"sqlite://{tmp_path}/a.db", "same").start()
@@ -181,6 +212,28 @@ def test_a_second_instance_with_the_same_client_id_is_named(mosquitto: Broker,
     finally:
         first.stop()
         second.stop()
+
+
+def test_tls_with_a_client_certificate(mosquitto: Broker, tmp_path: Path) -> None:
+    pki = mosquitto.pki
+    assert pki is not None and mosquitto.tls_port is not None
+    url = f"mqtts://{mosquitto.host}:{mosquitto.tls_port}"
+    db = tmp_path / "fleet.db"
+    gw = Gateway(mosquitto, "desa-tls", session=2)
+    try:
+        gw.status()
+        s = Serve(tmp_path, mosquitto, f"sqlite://{db}", "tls", None, None, "--ca", str(pki.ca),
+                  "--cert", str(pki.device_cert), "--key", str(pki.device_key))
+        s.argv[s.argv.index("--broker") + 1] = url
+        s.start()
+        wait_until(lambda: query(db, "SELECT site, online FROM gateways") == [("desa-tls", 1)],
+                   30, "the status over TLS")
+        assert s.stop() == 0
+    finally:
+        gw.close()
+    # without a client certificate the broker refuses, and the error names --broker
+    done = _serve("--broker", url, "--ca", str(pki.ca), "--db", f"sqlite://{db}")
+    assert done.returncode == 1 and "error: --broker: " in done.stderr, done.stderr
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,15 +5,18 @@ Gateways (stand-ins with the real payload code) publish to the district broker;
 its bridge forwards their status, telemetry and events to the region (QoS 1, a
 persistent bridge session) and commands back. The region's broker is stopped
 for a while: the district queues, and the consumer still stores every message
-exactly once, with the status retained at the region.
+exactly once, with the status retained at the region; a Will published by the
+district broker reaches the region's consumer.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from gateway.telemetry import payloads
 from tests.integration.mosquitto import Broker, free_port
 from tests.integration.serve_harness import Gateway, Serve, query, traffic, wait_until
 
@@ -39,6 +42,7 @@ def test_a_bridged_district_loses_nothing_across_a_region_outage(mosquitto: Brok
     with district:
         serve = Serve(tmp_path, mosquitto, f"sqlite://{db}", "region-serve").start()
         gw = Gateway(district, "desa-x", session=4)
+        holder: subprocess.Popen[bytes] | None = None
         try:
             wait_until(lambda: "bridge-district-a" in mosquitto.log.read_text(), 30,
                        "the bridge to connect to the region")
@@ -61,6 +65,22 @@ def test_a_bridged_district_loses_nothing_across_a_region_outage(mosquitto: Brok
             wait_until(lambda: query(tmp_path / "fresh.db", "SELECT online, session FROM "
                                      "gateways") == [(1, 4)], 30, "the retained status")
             fresh.stop()
+            # The gateway's Will, published by the district broker, reaches the region.
+            will = payloads.encode(payloads.status(gw.who, "3f9a1c07b2de", online=False))
+            holder = subprocess.Popen(
+                ["mosquitto_sub", "-h", district.host, "-p", str(district.port), "-V", "mqttv5",
+                 "-i", "desanet-desa-x-will", "-t", "desanet/v1/desa-x/cmd/req", "-k", "5",
+                 "--will-topic", gw.topics.status, "--will-payload", will.decode(),
+                 "--will-qos", "1", "--will-retain"], stdout=subprocess.DEVNULL)
+            wait_until(lambda: "desanet-desa-x-will" in district.log.read_text(), 30,
+                       "the Will's holder to connect")
+            holder.kill()  # no DISCONNECT: the district broker publishes the Will
+            holder.wait(10)
+            wait_until(lambda: query(db, "SELECT online FROM gateways") == [(0,)], 30,
+                       "the Will through the bridge")
         finally:
+            if holder is not None and holder.poll() is None:
+                holder.kill()
+                holder.wait(10)
             gw.close()
             serve.stop()

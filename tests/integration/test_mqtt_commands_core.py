@@ -55,6 +55,7 @@ PREFIX = "desanet/v1"
 ROOT = Path(__file__).resolve().parents[2]
 RESPONSE = json.loads((ROOT / "docs" / "schemas" / "command-response.schema.json").read_text())
 STATUS = json.loads((ROOT / "docs" / "schemas" / "status.schema.json").read_text())
+EVENT = json.loads((ROOT / "docs" / "schemas" / "event.schema.json").read_text())
 
 
 @dataclass
@@ -148,6 +149,7 @@ def event_of(m: Received, site: str, kind: str) -> dict[str, Any] | None:
     if m.topic != Topics(PREFIX, site).event or m.json.get("type") != kind:
         return None
     body: dict[str, Any] = m.json
+    jsonschema.validate(body, EVENT)
     return body
 
 

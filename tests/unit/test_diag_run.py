@@ -186,3 +186,63 @@ def test_language_from_the_environment(env: dict[str, str], lang: str) -> None:
 def test_exit_status() -> None:
     assert diag_cli.exit_status(results()) == 1
     assert diag_cli.exit_status(results()[::2]) == 0
+
+
+# -- probes in daemon threads -------------------------------------------------------------
+
+
+async def test_in_thread_returns_and_raises() -> None:
+    from gateway.diag.threads import in_thread
+
+    assert await in_thread(sum, [1, 2, 3]) == 6
+    with pytest.raises(ZeroDivisionError):
+        await in_thread(lambda: 1 / 0)
+
+
+def test_a_wedged_probe_does_not_hold_the_process_at_exit() -> None:
+    """The check gives up at its deadline and the process still ends (a default-executor
+    thread would be waited for by asyncio.run, forever)."""
+    import subprocess
+    import sys
+
+    code = ("import asyncio, threading\n"
+            "from gateway.diag.threads import in_thread\n"
+            "async def main():\n"
+            "    try:\n"
+            "        async with asyncio.timeout(0.1):\n"
+            "            await in_thread(threading.Event().wait)\n"
+            "    except TimeoutError:\n"
+            "        print('gave up')\n"
+            "asyncio.run(main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "gave up\n"), proc.stderr
+
+
+# -- the LAN checks without root, or without the interface --------------------------------
+
+
+async def test_lan_checks_skip_without_root(good: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    scan, dhcp = await run_checks(["arp-scan", "rogue-dhcp"], good)
+    assert scan.status == dhcp.status == "skip"
+    assert "sudo desanet diag" in scan.advice_en and "root" in dhcp.summary_id
+
+
+async def test_lan_checks_name_a_missing_interface(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    path = tmp_path / "gateway.toml"
+    path.write_text(GOOD.replace('"br-lan"', '"nosuchlan0"'))
+    scan, dhcp = await run_checks(["arp-scan", "rogue-dhcp"], str(path))
+    for r in (scan, dhcp):
+        assert r.status == "fail" and "nosuchlan0" in r.summary_en and "nosuchlan0" in r.summary_id
+        assert "network.lan_interface" in r.advice_en
+
+
+def test_the_packaged_oui_list_names_a_maker() -> None:
+    from gateway.diag import oui
+
+    if not any(p.is_file() for p in oui.OUI_FILES):
+        pytest.skip("needs Debian's ieee-data (bash .ci/setup installs it)")
+    assert "Raspberry Pi" in oui.vendors(["b8:27:eb:12:34:56"])["b8:27:eb:12:34:56"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
-from gateway.diag import dnsquery, lan, oui, probes, reach, system
+from gateway.diag import dnsquery, lan, logs, oui, probes, reach, system, wifi
 from gateway.diag.result import CheckResult, verdict, worst
 
 CFG = {"site": {"name": "T", "village": "T"},
@@ -181,6 +181,9 @@ def test_dns_verdicts(gw: dnsquery.Outcome, ups: list[dnsquery.Outcome], status:
                       words: str) -> None:
     r = seen(reach.classify_dns("dns", "dukcapil.lab", gw, ups))
     assert r.status == status and words in r.summary_en, r
+    both_down = gw.answer is None and all(o.answer is None for o in ups)
+    assert ("either" in r.summary_en) == both_down, r
+    assert ("juga tidak menjawab" in r.summary_id) == both_down, r
 
 
 # -- HTTP, speed ------------------------------------------------------------------------
@@ -227,6 +230,8 @@ def test_mqtt_verdicts() -> None:
     assert seen(reach.classify_mqtt("mqtt", B, mp("connected"), (200.0, 10.0))).status == "ok"
     soon = seen(reach.classify_mqtt("mqtt", B, mp("connected"), (3.0, 360.0)))
     assert soon.status == "warn" and "3 days" in soon.summary_en
+    today = seen(reach.classify_mqtt("mqtt", B, mp("connected"), (0.4, 360.0)))
+    assert "less than a day" in today.summary_en and "kurang dari 1 hari" in today.summary_id
     expired = seen(reach.classify_mqtt("mqtt", B, mp("mqtt", "tls-rejected"), (-5.0, 400.0)))
     assert expired.status == "fail" and "expired 5 days ago" in expired.summary_en
     early = seen(reach.classify_mqtt("mqtt", B, mp("tls", "tls-verify"), (300.0, -2.0)))
@@ -254,6 +259,8 @@ def test_reasons_of_connection_failures() -> None:
         == "tls-verify"
     assert probes.reason_of(ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 "
                                             "alert certificate required")) == "tls-rejected"
+    assert probes.reason_of(ssl.SSLError(1, "[SSL: TLSV1_ALERT_DECRYPT_ERROR] tlsv1 alert "
+                                            "decrypt error")) == "tls-rejected"
     assert probes.reason_of(ssl.SSLError(1, "wrong version number")) == "tls"
     for code in probes.REASON_WORDS:
         assert probes.reason_words(code, "id") != probes.reason_words(code, "en")
@@ -275,17 +282,17 @@ def test_mqtt_connect_packet_and_connack() -> None:
 
 
 def test_wifi_verdicts() -> None:
-    conf = system.parse_hostapd_conf("# c\ninterface=wlan0\nssid=Hotspot Desa\n"
+    conf = wifi.parse_hostapd_conf("# c\ninterface=wlan0\nssid=Hotspot Desa\n"
                                      "country_code=ID\nchannel=6\n")
     assert conf["ssid"] == "Hotspot Desa"
-    none = seen(system.classify_wifi("wifi", [], None, None))
+    none = seen(wifi.classify_wifi("wifi", [], None, None))
     assert none.status == "skip" and "No Wi-Fi" in none.summary_en
-    assert seen(system.classify_wifi("wifi", ["wlan0"], None, None)).status == "fail"
-    wrong = seen(system.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)",
+    assert seen(wifi.classify_wifi("wifi", ["wlan0"], None, None)).status == "fail"
+    wrong = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)",
                                       {**conf, "country_code": "US"}))
     assert wrong.status == "fail" and "US" in wrong.summary_en
-    assert seen(system.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", {})).status == "fail"
-    good = seen(system.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf))
+    assert seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", {})).status == "fail"
+    good = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf))
     assert good.status == "ok" and "channel 6" in good.summary_en
 
 
@@ -329,19 +336,27 @@ def test_clock_verdicts() -> None:
     assert seen(system.classify_clock("clock", now, None, "adjtimex")).status == "warn"
     past = seen(system.classify_clock("clock", now.replace(year=1970), True, "timedatectl"))
     assert past.status == "fail" and "1970" in past.summary_en
+    fast = seen(system.classify_clock("clock", now, True, "timedatectl", 3600.0, "dukcapil.lab"))
+    assert fast.status == "fail" and "60 minutes ahead of dukcapil.lab" in fast.summary_en
+    slow = seen(system.classify_clock("clock", now, None, "adjtimex", -600.0, "dukcapil.lab"))
+    assert slow.status == "fail" and "10 minutes behind" in slow.summary_en
+    agrees = seen(system.classify_clock("clock", now, None, "adjtimex", 1.0, "dukcapil.lab"))
+    assert agrees.status == "ok" and agrees.details["skew_seconds"] == 1
+    drifting = seen(system.classify_clock("clock", now, False, "timedatectl", 1.0, "x.lab"))
+    assert drifting.status == "warn"
 
 
 def test_log_verdicts_and_tail(tmp_path: Path) -> None:
     lines = ["2026-12-02 10:00:00 INFO gateway: started",
              "2026-12-02 10:00:01 ERROR gateway.dnsmasq: exited 2"]
-    bad = seen(system.classify_logs("logs", lines, "/x/gateway.log"))
+    bad = seen(logs.classify_logs("logs", lines, "/x/gateway.log"))
     assert bad.status == "warn" and "dnsmasq: exited 2" in bad.summary_en
-    assert seen(system.classify_logs("logs", lines[:1], "journalctl")).status == "ok"
-    assert seen(system.classify_logs("logs", ["<3>gateway: boom"], "journalctl")).status == "warn"
-    assert seen(system.classify_logs("logs", [], "")).status == "skip"
+    assert seen(logs.classify_logs("logs", lines[:1], "journalctl")).status == "ok"
+    assert seen(logs.classify_logs("logs", ["<3>gateway: boom"], "journalctl")).status == "warn"
+    assert seen(logs.classify_logs("logs", [], "")).status == "skip"
     f = tmp_path / "gateway.log"
     f.write_text("".join(f"line {i}\n" for i in range(10000)))
-    assert system.tail(f, 3) == ["line 9997", "line 9998", "line 9999"]
+    assert logs.tail(f, 3) == ["line 9997", "line 9998", "line 9999"]
 
 
 def test_journal_records_keep_their_level() -> None:
@@ -350,12 +365,12 @@ def test_journal_records_keep_their_level() -> None:
         '{"__REALTIME_TIMESTAMP": "1764676801000000", "PRIORITY": "3", '
         '"MESSAGE": "gateway.dnsmasq: exited 2"}',
         '{"PRIORITY": "4", "MESSAGE": [98, 97, 100, 255]}', "not json"])
-    lines = system.journal_lines(text)
+    lines = logs.journal_lines(text)
     assert lines[0] == "2025-12-02T12:00:00+00:00 INFO started"
     assert lines[1].endswith("ERROR gateway.dnsmasq: exited 2")
     assert lines[2].startswith("? WARNING bad")
     assert len(lines) == 3
-    assert system.classify_logs("logs", lines, "journalctl -u desanet").status == "warn"
+    assert logs.classify_logs("logs", lines, "journalctl -u desanet").status == "warn"
 
 
 def test_daemon_verdicts() -> None:

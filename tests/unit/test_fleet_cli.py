@@ -75,6 +75,7 @@ def test_keygen_writes_a_sealing_key_that_opens_what_a_gateway_seals(
     seal_path = tmp_path / "op.key.x25519"
     assert printed["seal_key"] == str(seal_path) and stat.S_IMODE(seal_path.stat().st_mode) == 0o600
     key = sealkeys.load_seal_key(seal_path)
+    assert (tmp_path / "op.key.x25519.pub").read_text().strip() == printed["seal_public_key"]
     recipient = sealed.parse_public_key(printed["seal_public_key"])
     box = sealed.seal(b'{"codes":["ABCDE-FGHJK"]}', recipient,
                       c.sealed_context("s1", "cmd-00000001", "vouchers.create"))
@@ -104,3 +105,15 @@ def test_arguments_from_files_json_values_and_numbers(tmp_path: Path) -> None:
     for bad in [f"text=@{tmp_path / 'missing'}", "plan:=nul", ":=1"]:
         with pytest.raises(Invalid):
             fleet.parse_args_pairs([bad], None)
+
+
+def test_vouchers_create_without_a_sealing_key_is_refused_before_connecting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "op.key"
+    fleet.keygen(key)
+    (tmp_path / "op.key.x25519").unlink()
+    # port 9 of a documentation address: never reached, the missing key stops it first
+    code = cli.main(["fleet", "send", "s1", "vouchers.create", "count=2", "duration=1d",
+                     "--broker", "mqtt://192.0.2.1:9", "--key", str(key), "--timeout", "1s"])
+    err = capsys.readouterr().err
+    assert code == 1 and "X25519" in err and "--seal-only" in err, err

@@ -163,3 +163,24 @@ def test_the_database_is_left_consistent_when_a_batch_fails(store: Store, tmp_pa
     with sqlite3.connect(tmp_path / "fleet.db") as db:
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
         assert db.execute("SELECT COUNT(*) FROM gateways").fetchone()[0] == 1
+
+
+def test_a_batch_of_reports_is_stored_report_by_report(store: Store) -> None:
+    """A version 2 telemetry batch (zlib-compressed or not; the gateway's own code,
+    gateway/telemetry/batch.py) through table.unpack: each report deduped on its own."""
+    import zlib
+
+    from gateway.telemetry import batch, payloads
+
+    who = payloads.Identity("a", "0.1.0", 1000, 3)
+    reports = [batch.report(seq, 100.0 + seq, {"cc": seq}, hist=seq < 3) for seq in (1, 2, 3)]
+    plain = payloads.encode(batch.batch(who, 3, reports))
+    out = store.apply(P, [Incoming(f"{P}/a/telemetry", plain, False, 1.0)], 300)
+    assert out.stored["telemetry"] == 3 and out.lag == pytest.approx(300 - 103)
+    # the same batch again, compressed, with one more report: only that one is new
+    more = payloads.encode(batch.batch(who, 3, [*reports, batch.report(4, 104.0, {"cc": 4}, False)]))
+    out = store.apply(P, [Incoming(f"{P}/a/telemetry", zlib.compress(more), False, 2.0)], 300)
+    assert (out.stored["telemetry"], out.duplicates) == (1, 3)
+    s = row(store, "a")
+    assert (s.clients, s.messages, s.duplicates, s.last_seq) == (4, 4, 3, 4)
+    assert store.count("messages") == 4
