@@ -251,8 +251,9 @@ class GatewayOps:
                            "config again and edit that)")
         return await self.config.apply(text, confirm, by, source, connection)
 
-    async def config_confirm(self, by: str, connection: object | None = None) -> str:
-        return await self.config.confirm(by, connection)
+    async def config_confirm(self, by: str, connection: object | None = None,
+                             source: ChangeSource = ChangeSource.CLI) -> str:
+        return await self.config.confirm(by, connection, source)
 
     async def config_rollback(self, by: str) -> str:
         return await self.config.rollback(by, ChangeSource.CLI, "asked by an operator")

@@ -120,7 +120,8 @@ class CommandOps(Protocol):
                            source: ChangeSource = ChangeSource.CLI,
                            expected_version: str | None = None) -> ApplyResult: ...
 
-    async def config_confirm(self, by: str, connection: object | None = None) -> str: ...
+    async def config_confirm(self, by: str, connection: object | None = None,
+                             source: ChangeSource = ChangeSource.CLI) -> str: ...
 
     async def create_vouchers(self, count: int, duration: int, max_devices: int,
                               plan: str | None, batch: str | None, name: str | None = None,
@@ -296,7 +297,7 @@ class Dispatcher:
                             cmd.id, running, result.version)
                 return
             try:
-                await self._ops.config_confirm(by)
+                await self._ops.config_confirm(by, source=ChangeSource.MQTT)
             except DesanetError as exc:  # rolled back meanwhile, or the window ran out
                 log.warning("config.set %s: cannot confirm: %s", cmd.id, exc)
 

@@ -190,7 +190,7 @@ async def test_config_set_is_confirmed_by_the_gateway_once_it_is_back_on_the_bro
             await wait_until(lambda: rig.core.config.trial is None, "the trial confirmed")
             confirmed = await wait_for(consumer, lambda m: event_of(m, site, "config_confirmed")
                                        is not None, "the config_confirmed event")
-            assert confirmed.json["version"] == after
+            assert (confirmed.json["version"], confirmed.json["source"]) == (after, "mqtt")
             # the same command again: its first answer, no second apply
             again = await rig.ask(payload)
             assert (again["reason"], again["first"]) == (c.REPLAYED, answer)

@@ -170,7 +170,8 @@ async def test_config_set_applies_a_trial_and_confirms_it_only_when_the_transpor
     await reply.after.on_connected()
     assert rig.core.config.trial is None
     confirmed = [e for e in rig.core.events() if e.event.type == "config_confirmed"]
-    assert [s.event.to_json()["by"] for s in confirmed] == ["mqtt:cmd-config-1"]
+    assert [(s.event.to_json()["by"], s.event.to_json()["source"]) for s in confirmed] == \
+        [("mqtt:cmd-config-1", "mqtt")]
     applied = [s.event for s in rig.core.events() if s.event.type == "config_applied"]
     assert applied[-1].to_json()["source"] == "mqtt"
 
