@@ -202,7 +202,7 @@ class DesanetApp(App[None]):
     # -- the daemon going and coming back ---------------------------------------------
 
     def daemon_lost(self) -> None:
-        if self.is_down:
+        if self.is_down or not self.screen_stack:  # (no screens: the app is closing)
             return
         self.is_down = True
         from gateway.tui.screens.down import DownScreen
@@ -215,6 +215,8 @@ class DesanetApp(App[None]):
         from gateway.tui.screens.down import DownScreen
 
         self.is_down = False
+        if not self.screen_stack:
+            return
         # Off with the down page and whatever was opened over it (diagnostics).
         while len(self.screen_stack) > 2 and any(isinstance(s, DownScreen)
                                                  for s in self.screen_stack):
