@@ -191,6 +191,8 @@ class DesanetApp(App[None]):
                 continue
             if page.events:
                 self.events.extend(e.to_json() for e in page.events)
+                if any(e.type.startswith("config_") for e in page.events):
+                    self.config = {}  # plans, WAN interface: read the running config again
                 self.request_refresh()
             self._since = page.next
 
