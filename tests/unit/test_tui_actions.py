@@ -263,3 +263,40 @@ async def test_daemon_stops_while_the_app_runs(core: Core, sock_path: str) -> No
             await until(pilot, lambda: not isinstance(app.screen, DownScreen), "the page")
         finally:
             await runner.cleanup()
+
+
+async def test_authorize_then_change_plan(core: Core, served: str) -> None:
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("2")
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2, "two portal clients")
+        await pilot.press("down")
+        assert app.screen.selected_key(table) == MAC2  # type: ignore[attr-defined]
+        await pilot.press("a")
+        form = app.screen
+        assert isinstance(form, Form)
+        form.query_one("#f-duration", Input).value = "2h"
+        form.query_one("#f-plan", Input).value = "nosuchplan"
+        form.query_one("#f-duration", Input).focus()
+        await pilot.press("enter")
+        error = form.query_one("#error", Static)
+        await until(pilot, lambda: "plan" in str(error.render()), "the unknown plan named")
+        assert not core.firewall.authorized
+        form.query_one("#f-plan", Input).value = ""
+        await pilot.press("enter")
+        await until(pilot, lambda: (MAC2, IP2) in core.firewall.authorized, "the client online")
+        await until(pilot, lambda: any(c.get("mac") == MAC2 and c.get("authorized")
+                                       for c in app.clients), "the refreshed list")
+        assert app.screen.selected_key(table) == MAC2  # type: ignore[attr-defined]
+        await pilot.press("p")
+        form = app.screen
+        assert isinstance(form, Form)
+        form.query_one("#f-plan", Input).value = "school"
+        form.query_one("#f-plan", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen is not form, "the plan change")
+        sessions = {s.mac: s for s in await core.sessions.active()}
+        assert sessions[MAC2].plan == "school"
+        assert sessions[MAC2].expires - sessions[MAC2].started == 2 * 3600
