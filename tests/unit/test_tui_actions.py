@@ -300,3 +300,19 @@ async def test_authorize_then_change_plan(core: Core, served: str) -> None:
         sessions = {s.mac: s for s in await core.sessions.active()}
         assert sessions[MAC2].plan == "school"
         assert sessions[MAC2].expires - sessions[MAC2].started == 2 * 3600
+
+
+async def test_revoke_a_voucher(core: Core, served: str) -> None:
+    _, made = await core.ops.create_vouchers(2, 3600, 1, None, None, "Posyandu")
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("3")
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2, "the vouchers")
+        code = app.screen.selected_key(table)  # type: ignore[attr-defined]
+        await pilot.press("c", "y")
+        await until(pilot, lambda: "dicabut" in str(table.get_row(code)[1])
+                    or "revoked" in str(table.get_row(code)[1]), "the list read again")
+    state = {v.code: v.revoked for v in await core.store.vouchers()}
+    assert state == {made[0].code: code == made[0].code, made[1].code: code == made[1].code}
