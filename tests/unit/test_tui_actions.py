@@ -316,3 +316,36 @@ async def test_revoke_a_voucher(core: Core, served: str) -> None:
                     or "revoked" in str(table.get_row(code)[1]), "the list read again")
     state = {v.code: v.revoked for v in await core.store.vouchers()}
     assert state == {made[0].code: code == made[0].code, made[1].code: code == made[1].code}
+
+
+class StubSite:
+    """The local-services site as GatewayOps sees it (the real one needs upstreams)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.last: dict[str, object] = {}
+
+    def status_json(self) -> dict[str, object]:
+        return {"enabled": True, "hostname": "layanan.desa",
+                "cache": {"hit_ratio": 0.5, "entries": 1, "bytes": 1, "max_bytes": 2},
+                "services": {"dukcapil": {"state": "online", "requests": 4, "errors": 0}},
+                "outbox": {"queued": 1}, "prefetch": {"runs": self.runs, **self.last}}
+
+    async def prefetch(self, only_missing: bool = False) -> dict[str, object]:
+        self.runs += 1
+        self.last = {"started": 1, "finished": 2, "results": {"a": "ok", "b": "ok"}}
+        return self.last
+
+
+async def test_start_a_prefetch(core: Core, served: str) -> None:
+    site = StubSite()
+    core.servers.local = site  # type: ignore[assignment]
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("4")
+        summary = app.screen.query_one("#summary", Static)
+        assert "Prefetch: never" in str(summary.render())
+        await pilot.press("p")
+        await until(pilot, lambda: site.runs == 1, "the prefetch")
+        await until(pilot, lambda: "2 ok of 2" in str(summary.render()), "the result shown")
