@@ -104,6 +104,7 @@ class DesanetApp(App[None]):
         self.refreshes = 0
         self._since = 0
         self._refreshing = self._again = False
+        self._failing = ""  # the periodic read's error last shown
         self._stop_listening = on_change(self._language_changed)
 
     # -- start and stop ---------------------------------------------------------------
@@ -162,10 +163,12 @@ class DesanetApp(App[None]):
         except ControlError as exc:
             if daemon_down(exc):
                 self.daemon_lost()
-            else:
+            elif str(exc) != self._failing:  # once per problem, not at every poll
+                self._failing = str(exc)
                 self.report(exc)
             self.loaded = True
             return
+        self._failing = ""
         self.status, self.clients, self.services = status, clients, services
         wan = (self.config.get("network") or {}).get("wan_interface")
         try:
