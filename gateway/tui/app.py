@@ -104,6 +104,7 @@ class DesanetApp(App[None]):
         self.refreshes = 0
         self._since = 0
         self._refreshing = self._again = False
+        self._failing = ""  # the periodic read's error last shown
         self._stop_listening = on_change(self._language_changed)
 
     # -- start and stop ---------------------------------------------------------------
@@ -162,10 +163,12 @@ class DesanetApp(App[None]):
         except ControlError as exc:
             if daemon_down(exc):
                 self.daemon_lost()
-            else:
+            elif str(exc) != self._failing:  # once per problem, not at every poll
+                self._failing = str(exc)
                 self.report(exc)
             self.loaded = True
             return
+        self._failing = ""
         self.status, self.clients, self.services = status, clients, services
         wan = (self.config.get("network") or {}).get("wan_interface")
         try:
@@ -191,6 +194,8 @@ class DesanetApp(App[None]):
                 continue
             if page.events:
                 self.events.extend(e.to_json() for e in page.events)
+                if any(e.type.startswith("config_") for e in page.events):
+                    self.config = {}  # plans, WAN interface: read the running config again
                 self.request_refresh()
             self._since = page.next
 
@@ -202,7 +207,7 @@ class DesanetApp(App[None]):
     # -- the daemon going and coming back ---------------------------------------------
 
     def daemon_lost(self) -> None:
-        if self.is_down:
+        if self.is_down or not self.screen_stack:  # (no screens: the app is closing)
             return
         self.is_down = True
         from gateway.tui.screens.down import DownScreen
@@ -215,6 +220,8 @@ class DesanetApp(App[None]):
         from gateway.tui.screens.down import DownScreen
 
         self.is_down = False
+        if not self.screen_stack:
+            return
         # Off with the down page and whatever was opened over it (diagnostics).
         while len(self.screen_stack) > 2 and any(isinstance(s, DownScreen)
                                                  for s in self.screen_stack):

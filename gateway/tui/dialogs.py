@@ -13,7 +13,6 @@ from functools import partial
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
@@ -114,4 +113,4 @@ def confirm(question: str, action: Action, title: str = "") -> Form:
     return Form(title or tr("Yakin?", "Sure?"), [], action, question)
 
 
-__all__ = ["Binding", "Field", "Form", "confirm", "error_text"]
+__all__ = ["Field", "Form", "confirm", "error_text"]

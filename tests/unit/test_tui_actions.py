@@ -263,3 +263,89 @@ async def test_daemon_stops_while_the_app_runs(core: Core, sock_path: str) -> No
             await until(pilot, lambda: not isinstance(app.screen, DownScreen), "the page")
         finally:
             await runner.cleanup()
+
+
+async def test_authorize_then_change_plan(core: Core, served: str) -> None:
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("2")
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2, "two portal clients")
+        await pilot.press("down")
+        assert app.screen.selected_key(table) == MAC2  # type: ignore[attr-defined]
+        await pilot.press("a")
+        form = app.screen
+        assert isinstance(form, Form)
+        form.query_one("#f-duration", Input).value = "2h"
+        form.query_one("#f-plan", Input).value = "nosuchplan"
+        form.query_one("#f-duration", Input).focus()
+        await pilot.press("enter")
+        error = form.query_one("#error", Static)
+        await until(pilot, lambda: "plan" in str(error.render()), "the unknown plan named")
+        assert not core.firewall.authorized
+        form.query_one("#f-plan", Input).value = ""
+        await pilot.press("enter")
+        await until(pilot, lambda: (MAC2, IP2) in core.firewall.authorized, "the client online")
+        await until(pilot, lambda: any(c.get("mac") == MAC2 and c.get("authorized")
+                                       for c in app.clients), "the refreshed list")
+        assert app.screen.selected_key(table) == MAC2  # type: ignore[attr-defined]
+        await pilot.press("p")
+        form = app.screen
+        assert isinstance(form, Form)
+        form.query_one("#f-plan", Input).value = "school"
+        form.query_one("#f-plan", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen is not form, "the plan change")
+        sessions = {s.mac: s for s in await core.sessions.active()}
+        assert sessions[MAC2].plan == "school"
+        assert sessions[MAC2].expires - sessions[MAC2].started == 2 * 3600
+
+
+async def test_revoke_a_voucher(core: Core, served: str) -> None:
+    _, made = await core.ops.create_vouchers(2, 3600, 1, None, None, "Posyandu")
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("3")
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2, "the vouchers")
+        code = app.screen.selected_key(table)  # type: ignore[attr-defined]
+        await pilot.press("c", "y")
+        await until(pilot, lambda: "dicabut" in str(table.get_row(code)[1])
+                    or "revoked" in str(table.get_row(code)[1]), "the list read again")
+    state = {v.code: v.revoked for v in await core.store.vouchers()}
+    assert state == {made[0].code: code == made[0].code, made[1].code: code == made[1].code}
+
+
+class StubSite:
+    """The local-services site as GatewayOps sees it (the real one needs upstreams)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.last: dict[str, object] = {}
+
+    def status_json(self) -> dict[str, object]:
+        return {"enabled": True, "hostname": "layanan.desa",
+                "cache": {"hit_ratio": 0.5, "entries": 1, "bytes": 1, "max_bytes": 2},
+                "services": {"dukcapil": {"state": "online", "requests": 4, "errors": 0}},
+                "outbox": {"queued": 1}, "prefetch": {"runs": self.runs, **self.last}}
+
+    async def prefetch(self, only_missing: bool = False) -> dict[str, object]:
+        self.runs += 1
+        self.last = {"started": 1, "finished": 2, "results": {"a": "ok", "b": "ok"}}
+        return self.last
+
+
+async def test_start_a_prefetch(core: Core, served: str) -> None:
+    site = StubSite()
+    core.servers.local = site  # type: ignore[assignment]
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("4")
+        summary = app.screen.query_one("#summary", Static)
+        assert "Prefetch: never" in str(summary.render())
+        await pilot.press("p")
+        await until(pilot, lambda: site.runs == 1, "the prefetch")
+        await until(pilot, lambda: "2 ok of 2" in str(summary.render()), "the result shown")

@@ -83,3 +83,13 @@ def test_language_switch_at_run_time(snap_compare: Any) -> None:
     """Start in Bahasa Indonesia on the clients page, press l: everything in English."""
     app = DesanetApp(FakeApi(), host=FakeHost(), poll=None, lang="id")
     assert snap_compare(app, terminal_size=(80, 24), run_before=_prepare(("2", "l")))
+
+
+@pytest.mark.parametrize("page", ["dashboard", "diagnostics"])
+def test_without_colour(snap_compare: Any, monkeypatch: pytest.MonkeyPatch, page: str) -> None:
+    """NO_COLOR (a monochrome console): the open page, the uplink state and each verdict
+    still read in words and brackets."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = DesanetApp(FakeApi(), host=FakeHost(), diagnostics=StandInDiag().pair(), poll=None,
+                     lang="en")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_prepare(PAGES[page]))

@@ -21,7 +21,7 @@ class ClientsScreen(Page):
         ("a", "authorize", "Izinkan", "Authorize"),
         ("d", "deauthorize", "Putus", "Deauth"),
         ("p", "plan", "Paket", "Plan"),
-        ("x", "release", "Lepas perangkat", "Release device"),
+        ("x", "release", "Lepas voucher", "Release"),
         ("r", "refresh", "Muat ulang", "Refresh"),
     )
     DEFAULT_CSS = "ClientsScreen #detail { height: 2; padding: 0 1; }"
