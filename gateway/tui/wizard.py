@@ -108,7 +108,8 @@ class SetupWizard(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f2,ctrl+r", "review", show=False, priority=True),
         Binding("f3", "apply", show=False, priority=True),
-        Binding("escape", "back", show=False, priority=True),
+        # Not a priority binding: an open Select list takes its own Esc first.
+        Binding("escape", "back", show=False),
     ]
 
     def __init__(self, client: AsyncControlClient | None = None, config_path: str | None = None,
@@ -129,6 +130,7 @@ class SetupWizard(Screen[None]):
         self.outcome: Pair = ("", "")  # what the last apply did, both languages
         self.diff: list[str] = []
         self._loading = True
+        self._leaving = False  # Esc was pressed once over unsaved edits
         self._texts: list[tuple[Static, Pair]] = []
         self._stop_listening = lambda: None
 
@@ -202,6 +204,7 @@ class SetupWizard(Screen[None]):
                 text = ""
         self._set_base(text)
         self.values = dict(self.start)
+        self._leaving = False
         for field in FIELDS:
             self._fill(field, self.start[field.path])
         self._loading = False
@@ -259,6 +262,7 @@ class SetupWizard(Screen[None]):
         if value == self.values.get(field.path):
             return  # the echo of a value the wizard set itself
         self.values[field.path] = value
+        self._leaving = False
         self._validate()
 
     def _validate(self) -> None:
@@ -376,10 +380,16 @@ class SetupWizard(Screen[None]):
     def action_back(self) -> None:
         if self.step == "applying":
             return
-        if self.step == "form":
-            self.dismiss(None)
-        else:
+        if self.step != "form":
             self._to("form")
+        elif self.values != self.start and not self._leaving:
+            self._leaving = True  # unsaved edits: a second Esc closes without them
+            box = self.query_one("#wz-problems", Static)
+            box.display = True
+            box.update(tr("Perubahan belum diterapkan. Esc lagi: tutup tanpa menyimpan.",
+                          "The changes are not applied. Esc again: close without them."))
+        else:
+            self.dismiss(None)
 
     def action_apply(self) -> None:
         if self.step == "review" and self.diff and not self.problems:
@@ -402,7 +412,11 @@ class SetupWizard(Screen[None]):
         except OSError as exc:
             self.outcome = (f"Tidak disimpan: {exc}", f"Not saved: {exc}")
         else:
+            # The applied text is the form's new starting point (nothing left unsaved).
             self._set_base(text)
+            self.values = dict(self.start)
+            for field in FIELDS:
+                self._fill(field, self.start[field.path])
         self._to("done")
 
     async def _save(self, text: str) -> Pair:

@@ -216,6 +216,23 @@ async def test_language_switch_rerenders_the_texts(tmp_path: Path) -> None:
         assert "review" in str(keys.render())
 
 
+async def test_esc_over_unsaved_edits_asks_once_more(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    shutil.copy(EXAMPLE, path)
+    app = WizardApp(None, str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = app.wizard
+        await until(pilot, lambda: not wizard._loading, "the file")
+        await retype(pilot, "site.name", "X")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is wizard  # kept, and the technician is told
+        assert "Esc lagi" in str(wizard.query_one("#wz-problems", Static).render())
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is not wizard, "the wizard to close")
+    assert path.read_text(encoding="utf-8") == EXAMPLE.read_text(encoding="utf-8")
+
+
 async def test_a_socket_nobody_listens_on_means_editing_the_file(tmp_path: Path) -> None:
     # The TUI passes the socket path; with the daemon down the wizard edits the file.
     path = tmp_path / "gateway.toml"
