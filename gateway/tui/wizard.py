@@ -25,8 +25,6 @@ with the daemon down the same diff computed here. Apply (F3 in the review):
 from __future__ import annotations
 
 import asyncio
-import getpass
-import time
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,13 +36,19 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Input, Select, Static
 
-from gateway.config.diff import ABSENT, Change, config_changes, format_change
-from gateway.config.loader import DEFAULT_PATH, parse_config_text, write_config_atomic
+from gateway.config.loader import DEFAULT_PATH
 from gateway.control.aclient import AsyncControlClient
 from gateway.errors import ConfigError, ControlError
-from gateway.timefmt import DEFAULT_TIMEZONE, format_time
 from gateway.tui import i18n
 from gateway.tui.i18n import tr
+from gateway.tui.wizard_apply import (
+    CONFIRM_WINDOW,
+    Pair,
+    apply_trial,
+    confirm_from_new_connection,
+    diff_lines,
+    save_file,
+)
 from gateway.tui.wizard_fields import (
     FIELDS,
     GROUPS,
@@ -54,28 +58,6 @@ from gateway.tui.wizard_fields import (
     quick_check,
     values_of,
 )
-
-CONFIRM_WINDOW = 120  # seconds the trial runs before the daemon rolls it back by itself
-BY = "tui-wizard"
-
-Pair = tuple[str, str]
-
-
-def _by() -> str:
-    try:
-        return f"{BY}:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return BY
-
-
-def change_lines(changes: list[Any]) -> list[str]:
-    """The API's changes ({path, old, new}; None for absent) as `config diff` prints them."""
-    out = []
-    for c in changes:
-        old = ABSENT if c.old is None else c.old
-        new = ABSENT if c.new is None else c.new
-        out.append(format_change(Change(c.path, old, new)))
-    return out
 
 
 class SetupWizard(Screen[None]):
@@ -358,24 +340,11 @@ class SetupWizard(Screen[None]):
             return
         self.outcome = ("", "")
         try:
-            self.diff = await self._diff(self.text)
+            self.diff = await diff_lines(self.client, self.base, self.text)
         except ControlError as exc:
             self.diff = []
             self.outcome = (f"Daemon menolak: {exc}", f"The daemon refused: {exc}")
         self._to("review")
-
-    async def _diff(self, text: str) -> list[str]:
-        if self.client is not None:
-            return change_lines((await self.client.config_diff(text)).changes)
-        # Daemon down: the daemon's own comparison (validated configs, dotted paths).
-        new = parse_config_text(text).model_dump(mode="json")
-        try:
-            old = parse_config_text(self.base).model_dump(mode="json")
-        except ConfigError:
-            old = {}
-        changes = config_changes(old, new)
-        # Changes carry values; secrets stay hidden as `config diff` hides them.
-        return [format_change(c) for c in changes]
 
     def action_back(self) -> None:
         if self.step == "applying":
@@ -401,9 +370,12 @@ class SetupWizard(Screen[None]):
         text = self.text
         try:
             if self.client is None:
-                self.outcome = await self._save(text)
+                self.outcome = await save_file(self.config_path, text)
             else:
-                self.outcome = await self._trial(self.client, text)
+                applied = await apply_trial(self.client, text)
+                self.outcome = applied.running
+                self._show_review()
+                self.outcome = await confirm_from_new_connection(self.client, applied)
         except ControlError as exc:
             self.outcome = (f"Tidak diterapkan: {exc}", f"Not applied: {exc}")
         except ConfigError as exc:
@@ -419,54 +391,5 @@ class SetupWizard(Screen[None]):
                 self._fill(field, self.start[field.path])
         self._to("done")
 
-    async def _save(self, text: str) -> Pair:
-        """Daemon down: check and write the file atomically (the daemon reads it at start)."""
-        await asyncio.to_thread(write_config_atomic, self.config_path, text)
-        return (f"Tersimpan di {self.config_path}. Daemon tidak berjalan: jalankan "
-                "`systemctl start desanet` agar konfigurasi ini dipakai.",
-                f"Saved to {self.config_path}. The daemon is not running: start it "
-                "(`systemctl start desanet`) to run this config.")
 
-    async def _trial(self, client: AsyncControlClient, text: str) -> Pair:
-        applied = await client.config_apply(text, confirm=CONFIRM_WINDOW, by=_by())
-        zone = parse_config_text(text).site.timezone or DEFAULT_TIMEZONE
-        deadline = applied.trial.deadline if applied.trial else time.time() + CONFIRM_WINDOW
-        until = format_time(deadline, zone)
-        self.outcome = (f"Konfig {applied.version} berjalan sebagai uji coba sampai {until}; "
-                        "memeriksa koneksi baru...",
-                        f"Config {applied.version} runs as a trial until {until}; "
-                        "checking a new connection...")
-        self._show_review()
-        return await self._confirm(client, applied.version, until)
-
-    async def _confirm(self, client: AsyncControlClient, version: str, until: str) -> Pair:
-        """Confirm on a NEW control connection, only if it reaches the daemon and the trial
-        it sees is the one just applied."""
-        fresh = AsyncControlClient(client.socket_path, client.timeout)
-        try:
-            status = await fresh.status()
-            trial = (status.get("config") or {}).get("trial") or {}
-            if trial.get("version") != version:
-                return (f"Uji coba {version} tidak lagi berjalan (dikembalikan?); lihat "
-                        "`desanet status`.",
-                        f"Trial {version} is no longer running (rolled back?); see "
-                        "`desanet status`.")
-            confirmed = await fresh.config_confirm(by=_by())
-        except ControlError as exc:
-            if exc.reason == "same_connection":
-                return (f"Daemon meminta konfirmasi dari login baru: buka SSH baru dan jalankan "
-                        f"`desanet config confirm` sebelum {until}, atau konfig lama kembali.",
-                        f"The daemon wants the confirm from a new login: open a new SSH "
-                        f"session and run `desanet config confirm` before {until}, or the "
-                        "previous config comes back.")
-            return (f"Belum dikonfirmasi ({exc}); konfig lama kembali pada {until}.",
-                    f"Not confirmed ({exc}); the previous config comes back at {until}.")
-        finally:
-            await fresh.close()
-        return (f"Konfig {confirmed.version} diterapkan dan dikonfirmasi: koneksi baru ke "
-                "daemon berhasil setelah perubahan.",
-                f"Config {confirmed.version} applied and confirmed: a new connection reached "
-                "the daemon after the change.")
-
-
-__all__ = ["CONFIRM_WINDOW", "SetupWizard", "change_lines"]
+__all__ = ["SetupWizard"]

@@ -24,8 +24,10 @@ from textual.widgets import Static
 from gateway import cli
 from gateway.control import api
 from gateway.control.aclient import AsyncControlClient
+from gateway.errors import ControlError
 from gateway.tui import i18n
 from gateway.tui.wizard import SetupWizard
+from gateway.tui.wizard_apply import apply_trial, confirm_from_new_connection
 from gateway.tui.wizard_fields import BY_PATH, would_be_text
 from tests.unit.corekit import Core, build_core
 from tests.unit.wizardkit import WizardApp
@@ -243,3 +245,36 @@ async def test_a_socket_nobody_listens_on_means_editing_the_file(tmp_path: Path)
         assert app.wizard.client is None
         assert app.wizard.values["site.name"] == "Hotspot Desa Sukamaju"
         assert "cannot be reached" in app.wizard.outcome[1]
+
+
+async def test_a_change_the_box_refuses_is_not_applied(
+    core: Core, client: AsyncControlClient,
+) -> None:
+    # A WAN interface this box lacks passes `config check` but not the daemon: nothing
+    # runs, nothing is left to confirm.
+    core.config.check_network = lambda cfg: [
+        ("network.wan_interface", cfg.network.wan_interface, "an interface this box has")]
+    version, seq = core.config.version, core.bus.last_seq
+    text = EXAMPLE.read_text(encoding="utf-8").replace('wan_interface = "eth0"',
+                                                       'wan_interface = "eth9"')
+    with pytest.raises(ControlError) as caught:
+        await apply_trial(client, text)
+    assert "network.wan_interface" in str(caught.value)
+    assert core.config.version == version and core.config.trial is None
+    assert "config_applied" not in core.event_types(seq)
+
+
+async def test_no_confirm_for_a_trial_that_is_gone(
+    core: Core, client: AsyncControlClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rolled back (or replaced) before the new connection got there: nothing is
+    # confirmed, and the technician is sent to `desanet status`.
+    login_session(monkeypatch, None)
+    text = EXAMPLE.read_text(encoding="utf-8").replace("Desa Sukamaju", "Desa Lain")
+    trial = await apply_trial(client, text)
+    assert core.config.trial is not None
+    await client.config_rollback(by="test")
+    outcome = await confirm_from_new_connection(client, trial)
+    assert "desanet status" in outcome[1]
+    assert "config_confirmed" not in core.event_types()
+    assert core.cfg.site.village == "Desa Sukamaju"
