@@ -28,8 +28,7 @@ from tests.integration.conftest import (
     require_tools,
     unique_prefix,
 )
-from tests.unit.test_tui_wizard import error_text, retype, until
-from tests.unit.wizardkit import WizardApp
+from tests.unit.wizardkit import WizardApp, error_text, retype, until
 
 pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS, "nft")]
 PREFIX = unique_prefix("wz")

@@ -13,12 +13,11 @@ import io
 import shutil
 import tempfile
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from textual.pilot import Pilot
 from textual.widgets import Static
 
 from gateway import cli
@@ -26,11 +25,10 @@ from gateway.control import api
 from gateway.control.aclient import AsyncControlClient
 from gateway.errors import ControlError
 from gateway.tui import i18n
-from gateway.tui.wizard import SetupWizard
 from gateway.tui.wizard_apply import apply_trial, confirm_from_new_connection
 from gateway.tui.wizard_fields import BY_PATH, would_be_text
 from tests.unit.corekit import Core, build_core
-from tests.unit.wizardkit import WizardApp
+from tests.unit.wizardkit import WizardApp, error_text, focus_by_keys, retype, until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
 COMMENT = "# Check a change before applying it:"
@@ -71,31 +69,6 @@ def login_session(monkeypatch: pytest.MonkeyPatch, session: int | None) -> None:
     real = api._origin
     monkeypatch.setattr(api, "_origin", lambda request: dataclasses.replace(
         real(request), login_session=session))
-
-
-async def until(pilot: Pilot[None], ok: Callable[[], bool], what: str) -> None:
-    for _ in range(2000):  # a deadline in rounds of the app's own loop, not in seconds
-        if ok():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def focus_by_keys(pilot: Pilot[None], widget_id: str) -> None:
-    for _ in range(60):
-        if pilot.app.focused is not None and pilot.app.focused.id == widget_id:
-            return
-        await pilot.press("tab")
-    raise AssertionError(f"Tab never reached #{widget_id}")
-
-
-async def retype(pilot: Pilot[None], path: str, text: str) -> None:
-    await focus_by_keys(pilot, BY_PATH[path].widget_id)
-    await pilot.press("end", "ctrl+u", *text)
-
-
-def error_text(wizard: SetupWizard, path: str) -> str:
-    return str(wizard.query_one(f"#{BY_PATH[path].widget_id}-err", Static).render())
 
 
 def config_check_lines(tmp_path: Path, text: str) -> list[str]:
