@@ -5,9 +5,10 @@ Theory of operation
 -------------------
 The wizard edits the config *text*: the running one (``config show``) when the
 daemon answers, else the file at ``config_path``. Each keystroke writes the
-form's values into that text (:mod:`gateway.tui.wizard_fields`, comments kept)
-and runs the config loader on it, so every message is the line
-``desanet config check`` would print for the same file, shown under its field.
+form's values into that text, parsed, and runs the config loader on it, so
+every message is the line ``desanet config check`` would print for the file,
+shown under its field. At review the text itself is made (tomlkit, comments
+kept; :mod:`gateway.tui.wizard_fields`) and checked again.
 
 Review (F2) shows what would change: the control API's ``config diff``, or
 with the daemon down the same diff computed here. Apply (F3 in the review):
@@ -38,6 +39,7 @@ from textual.widgets import ContentSwitcher, Input, Select, Static
 
 from gateway.config.loader import DEFAULT_PATH
 from gateway.control.aclient import AsyncControlClient
+from gateway.control.client import UNREACHABLE
 from gateway.errors import ConfigError, ControlError
 from gateway.tui import i18n
 from gateway.tui.i18n import tr
@@ -113,6 +115,7 @@ class SetupWizard(Screen[None]):
         self.diff: list[str] = []
         self._loading = True
         self._leaving = False  # Esc was pressed once over unsaved edits
+        self._blocked: Pair | None = None  # why nothing can be applied, if so
         self._texts: list[tuple[Static, Pair]] = []
         self._stop_listening = lambda: None
 
@@ -170,11 +173,18 @@ class SetupWizard(Screen[None]):
                 text = shown.text
                 self.config_path = shown.path or self.config_path
             except ControlError as exc:
-                self.outcome = (f"Daemon tidak terjangkau ({exc}); mengedit berkas.",
-                                f"The daemon cannot be reached ({exc}); editing the file.")
-                if self._own_client and self.client is not None:
-                    await self.client.close()
-                self.client = None
+                if exc.reason != UNREACHABLE:
+                    # A daemon that answers but cannot show its config: writing the file
+                    # behind its back would skip the trial, so nothing can be applied.
+                    self._blocked = (f"Daemon tidak bisa menampilkan konfigurasinya: {exc}",
+                                     f"The daemon cannot show its config: {exc}")
+                    text = ""
+                else:
+                    self.outcome = (f"Daemon tidak terjangkau ({exc}); mengedit berkas.",
+                                    f"The daemon cannot be reached ({exc}); editing the file.")
+                    if self._own_client and self.client is not None:
+                        await self.client.close()
+                    self.client = None
         if text is None:
             try:
                 text = await asyncio.to_thread(Path(self.config_path).read_text, encoding="utf-8")
@@ -291,6 +301,8 @@ class SetupWizard(Screen[None]):
             if self.client is not None else \
             tr(f"Daemon mati: menyimpan ke {self.config_path}.",
                f"Daemon down: saving to {self.config_path}.")
+        if self._blocked is not None:
+            mode = tr(*self._blocked)
         self.query_one("#wz-mode", Static).update(mode)
         self._show_problems()
         self._show_review()
@@ -328,6 +340,11 @@ class SetupWizard(Screen[None]):
 
     async def action_review(self) -> None:
         if self.step != "form" or self._loading:
+            return
+        if self._blocked is not None:
+            box = self.query_one("#wz-problems", Static)
+            box.display = True
+            box.update(tr(*self._blocked))
             return
         # The text itself, checked as `desanet config check` checks a file.
         self.text, problems = check(self.base, self.start, self.values)

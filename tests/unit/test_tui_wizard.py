@@ -23,6 +23,7 @@ from textual.widgets import Static
 from gateway import cli
 from gateway.control import api
 from gateway.control.aclient import AsyncControlClient
+from gateway.control.schema import ConfigShowOut
 from gateway.errors import ControlError
 from gateway.tui import i18n
 from gateway.tui.wizard_apply import apply_trial, confirm_from_new_connection
@@ -251,3 +252,27 @@ async def test_no_confirm_for_a_trial_that_is_gone(
     assert "desanet status" in outcome[1]
     assert "config_confirmed" not in core.event_types()
     assert core.cfg.site.village == "Desa Sukamaju"
+
+
+class BrokenShow(AsyncControlClient):
+    """A daemon that answers but fails to show its config."""
+
+    async def config_show(self) -> ConfigShowOut:
+        raise ControlError("GET /v1/config failed with 500", 500, "internal")
+
+
+async def test_a_daemon_that_cannot_show_its_config_gets_nothing_applied(tmp_path: Path) -> None:
+    # Not "daemon down": writing the file behind a running daemon would skip the trial.
+    path = tmp_path / "gateway.toml"
+    shutil.copy(EXAMPLE, path)
+    app = WizardApp(BrokenShow(str(tmp_path / "x.sock")), str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = app.wizard
+        await until(pilot, lambda: not wizard._loading, "the load")
+        assert wizard.client is not None
+        await retype(pilot, "site.name", "X")
+        await pilot.press("f2")
+        await pilot.pause()
+        assert wizard.step == "form"
+        assert "tidak bisa menampilkan" in str(wizard.query_one("#wz-problems", Static).render())
+    assert path.read_text(encoding="utf-8") == EXAMPLE.read_text(encoding="utf-8")
