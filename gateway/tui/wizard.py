@@ -155,7 +155,7 @@ class SetupWizard(Screen[None]):
         yield Static("", id=field.widget_id + "-err", classes="wz-error")
 
     async def on_mount(self) -> None:
-        self._stop_listening = i18n.on_change(lambda _lang: self._retranslate())
+        self._stop_listening = i18n.on_change(self._language_changed)
         await self._load()
 
     async def on_unmount(self) -> None:
@@ -285,6 +285,11 @@ class SetupWizard(Screen[None]):
         box.display = bool(self.problems) or self.step == "form"
 
     # -- language -----------------------------------------------------------------------
+
+    def _language_changed(self, _lang: i18n.Language) -> None:
+        # The switch is the app's (process-wide); a screen already gone ignores it.
+        if self.is_attached and not self._loading:
+            self._retranslate()
 
     def _retranslate(self) -> None:
         for widget, pair in self._texts:
