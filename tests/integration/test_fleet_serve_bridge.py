@@ -1,0 +1,66 @@
+"""A district's Mosquitto bridged to the region's broker, `desanet fleet serve` on the
+region's (docs/fleet.md, "A region with thousands of gateways").
+
+Gateways (stand-ins with the real payload code) publish to the district broker;
+its bridge forwards their status, telemetry and events to the region (QoS 1, a
+persistent bridge session) and commands back. The region's broker is stopped
+for a while: the district queues, and the consumer still stores every message
+exactly once, with the status retained at the region.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.mosquitto import Broker, free_port
+from tests.integration.serve_harness import Gateway, Serve, query, traffic, wait_until
+
+pytestmark = [pytest.mark.integration]
+
+
+def bridge_lines(region: Broker, district: str) -> list[str]:
+    """The bridge of docs/fleet.md, pointed at ``region``."""
+    return [f"connection {district}", f"address {region.host}:{region.port}",
+            "bridge_protocol_version mqttv50", "cleansession false",
+            f"remote_clientid bridge-{district}", "restart_timeout 1 2",
+            "topic desanet/v1/+/status out 1", "topic desanet/v1/+/telemetry out 1",
+            "topic desanet/v1/+/event out 1", "topic desanet/v1/+/cmd/res/# out 1",
+            "topic desanet/v1/+/cmd/req in 1"]
+
+
+def test_a_bridged_district_loses_nothing_across_a_region_outage(mosquitto: Broker,
+                                                                 tmp_path: Path) -> None:
+    district = Broker(tmp_path / "district", free_port())
+    with district.conf.open("a") as fh:
+        fh.write("\n".join(bridge_lines(mosquitto, "district-a")) + "\n")
+    db = tmp_path / "fleet.db"
+    with district:
+        serve = Serve(tmp_path, mosquitto, f"sqlite://{db}", "region-serve").start()
+        gw = Gateway(district, "desa-x", session=4)
+        try:
+            wait_until(lambda: "bridge-district-a" in mosquitto.log.read_text(), 30,
+                       "the bridge to connect to the region")
+            gw.status()
+            traffic(gw, 20)
+            wait_until(lambda: query(db, "SELECT COUNT(*) FROM messages")[0][0] == 20, 30,
+                       "the first 20 through the bridge")
+            mosquitto.stop()  # the region's broker goes away; the district keeps taking
+            traffic(gw, 30)
+            mosquitto.start()
+            wait_until(lambda: query(db, "SELECT COUNT(*) FROM messages")[0][0] == 50, 90,
+                       "all 50 after the region's broker came back")
+            seqs = [r[0] for r in query(db, "SELECT seq FROM messages ORDER BY seq")]
+            assert seqs == list(range(1, 51))
+            row = query(db, "SELECT online, session, messages, clients FROM gateways "
+                            "WHERE site = 'desa-x'")[0]
+            assert row == (1, 4, 50, 50)
+            # the status is retained at the region: a new consumer learns it at once
+            fresh = Serve(tmp_path, mosquitto, f"sqlite://{tmp_path}/fresh.db", "fresh").start()
+            wait_until(lambda: query(tmp_path / "fresh.db", "SELECT online, session FROM "
+                                     "gateways") == [(1, 4)], 30, "the retained status")
+            fresh.stop()
+        finally:
+            gw.close()
+            serve.stop()
