@@ -5,9 +5,10 @@ Theory of operation
 -------------------
 The wizard edits the config *text*: the running one (``config show``) when the
 daemon answers, else the file at ``config_path``. Each keystroke writes the
-form's values into that text (:mod:`gateway.tui.wizard_fields`, comments kept)
-and runs the config loader on it, so every message is the line
-``desanet config check`` would print for the same file, shown under its field.
+form's values into that text, parsed, and runs the config loader on it, so
+every message is the line ``desanet config check`` would print for the file,
+shown under its field. At review the text itself is made (tomlkit, comments
+kept; :mod:`gateway.tui.wizard_fields`) and checked again.
 
 Review (F2) shows what would change: the control API's ``config diff``, or
 with the daemon down the same diff computed here. Apply (F3 in the review):
@@ -25,8 +26,6 @@ with the daemon down the same diff computed here. Apply (F3 in the review):
 from __future__ import annotations
 
 import asyncio
-import getpass
-import time
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,13 +37,20 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Input, Select, Static
 
-from gateway.config.diff import ABSENT, Change, config_changes, format_change
-from gateway.config.loader import DEFAULT_PATH, parse_config_text, write_config_atomic
+from gateway.config.loader import DEFAULT_PATH
 from gateway.control.aclient import AsyncControlClient
+from gateway.control.client import UNREACHABLE
 from gateway.errors import ConfigError, ControlError
-from gateway.timefmt import DEFAULT_TIMEZONE, format_time
 from gateway.tui import i18n
 from gateway.tui.i18n import tr
+from gateway.tui.wizard_apply import (
+    CONFIRM_WINDOW,
+    Pair,
+    apply_trial,
+    confirm_from_new_connection,
+    diff_lines,
+    save_file,
+)
 from gateway.tui.wizard_fields import (
     FIELDS,
     GROUPS,
@@ -54,28 +60,6 @@ from gateway.tui.wizard_fields import (
     quick_check,
     values_of,
 )
-
-CONFIRM_WINDOW = 120  # seconds the trial runs before the daemon rolls it back by itself
-BY = "tui-wizard"
-
-Pair = tuple[str, str]
-
-
-def _by() -> str:
-    try:
-        return f"{BY}:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return BY
-
-
-def change_lines(changes: list[Any]) -> list[str]:
-    """The API's changes ({path, old, new}; None for absent) as `config diff` prints them."""
-    out = []
-    for c in changes:
-        old = ABSENT if c.old is None else c.old
-        new = ABSENT if c.new is None else c.new
-        out.append(format_change(Change(c.path, old, new)))
-    return out
 
 
 class SetupWizard(Screen[None]):
@@ -108,7 +92,8 @@ class SetupWizard(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f2,ctrl+r", "review", show=False, priority=True),
         Binding("f3", "apply", show=False, priority=True),
-        Binding("escape", "back", show=False, priority=True),
+        # Not a priority binding: an open Select list takes its own Esc first.
+        Binding("escape", "back", show=False),
     ]
 
     def __init__(self, client: AsyncControlClient | None = None, config_path: str | None = None,
@@ -129,6 +114,8 @@ class SetupWizard(Screen[None]):
         self.outcome: Pair = ("", "")  # what the last apply did, both languages
         self.diff: list[str] = []
         self._loading = True
+        self._leaving = False  # Esc was pressed once over unsaved edits
+        self._blocked: Pair | None = None  # why nothing can be applied, if so
         self._texts: list[tuple[Static, Pair]] = []
         self._stop_listening = lambda: None
 
@@ -168,7 +155,7 @@ class SetupWizard(Screen[None]):
         yield Static("", id=field.widget_id + "-err", classes="wz-error")
 
     async def on_mount(self) -> None:
-        self._stop_listening = i18n.on_change(lambda _lang: self._retranslate())
+        self._stop_listening = i18n.on_change(self._language_changed)
         await self._load()
 
     async def on_unmount(self) -> None:
@@ -186,11 +173,18 @@ class SetupWizard(Screen[None]):
                 text = shown.text
                 self.config_path = shown.path or self.config_path
             except ControlError as exc:
-                self.outcome = (f"Daemon tidak terjangkau ({exc}); mengedit berkas.",
-                                f"The daemon cannot be reached ({exc}); editing the file.")
-                if self._own_client and self.client is not None:
-                    await self.client.close()
-                self.client = None
+                if exc.reason != UNREACHABLE:
+                    # A daemon that answers but cannot show its config: writing the file
+                    # behind its back would skip the trial, so nothing can be applied.
+                    self._blocked = (f"Daemon tidak bisa menampilkan konfigurasinya: {exc}",
+                                     f"The daemon cannot show its config: {exc}")
+                    text = ""
+                else:
+                    self.outcome = (f"Daemon tidak terjangkau ({exc}); mengedit berkas.",
+                                    f"The daemon cannot be reached ({exc}); editing the file.")
+                    if self._own_client and self.client is not None:
+                        await self.client.close()
+                    self.client = None
         if text is None:
             try:
                 text = await asyncio.to_thread(Path(self.config_path).read_text, encoding="utf-8")
@@ -202,6 +196,7 @@ class SetupWizard(Screen[None]):
                 text = ""
         self._set_base(text)
         self.values = dict(self.start)
+        self._leaving = False
         for field in FIELDS:
             self._fill(field, self.start[field.path])
         self._loading = False
@@ -259,6 +254,7 @@ class SetupWizard(Screen[None]):
         if value == self.values.get(field.path):
             return  # the echo of a value the wizard set itself
         self.values[field.path] = value
+        self._leaving = False
         self._validate()
 
     def _validate(self) -> None:
@@ -290,6 +286,11 @@ class SetupWizard(Screen[None]):
 
     # -- language -----------------------------------------------------------------------
 
+    def _language_changed(self, _lang: i18n.Language) -> None:
+        # The switch is the app's (process-wide); a screen already gone ignores it.
+        if self.is_attached and not self._loading:
+            self._retranslate()
+
     def _retranslate(self) -> None:
         for widget, pair in self._texts:
             widget.update(tr(*pair))
@@ -305,6 +306,8 @@ class SetupWizard(Screen[None]):
             if self.client is not None else \
             tr(f"Daemon mati: menyimpan ke {self.config_path}.",
                f"Daemon down: saving to {self.config_path}.")
+        if self._blocked is not None:
+            mode = tr(*self._blocked)
         self.query_one("#wz-mode", Static).update(mode)
         self._show_problems()
         self._show_review()
@@ -343,6 +346,11 @@ class SetupWizard(Screen[None]):
     async def action_review(self) -> None:
         if self.step != "form" or self._loading:
             return
+        if self._blocked is not None:
+            box = self.query_one("#wz-problems", Static)
+            box.display = True
+            box.update(tr(*self._blocked))
+            return
         # The text itself, checked as `desanet config check` checks a file.
         self.text, problems = check(self.base, self.start, self.values)
         self._show_field_problems(problems)
@@ -354,32 +362,25 @@ class SetupWizard(Screen[None]):
             return
         self.outcome = ("", "")
         try:
-            self.diff = await self._diff(self.text)
+            self.diff = await diff_lines(self.client, self.base, self.text)
         except ControlError as exc:
             self.diff = []
             self.outcome = (f"Daemon menolak: {exc}", f"The daemon refused: {exc}")
         self._to("review")
 
-    async def _diff(self, text: str) -> list[str]:
-        if self.client is not None:
-            return change_lines((await self.client.config_diff(text)).changes)
-        # Daemon down: the daemon's own comparison (validated configs, dotted paths).
-        new = parse_config_text(text).model_dump(mode="json")
-        try:
-            old = parse_config_text(self.base).model_dump(mode="json")
-        except ConfigError:
-            old = {}
-        changes = config_changes(old, new)
-        # Changes carry values; secrets stay hidden as `config diff` hides them.
-        return [format_change(c) for c in changes]
-
     def action_back(self) -> None:
         if self.step == "applying":
             return
-        if self.step == "form":
-            self.dismiss(None)
-        else:
+        if self.step != "form":
             self._to("form")
+        elif self.values != self.start and not self._leaving:
+            self._leaving = True  # unsaved edits: a second Esc closes without them
+            box = self.query_one("#wz-problems", Static)
+            box.display = True
+            box.update(tr("Perubahan belum diterapkan. Esc lagi: tutup tanpa menyimpan.",
+                          "The changes are not applied. Esc again: close without them."))
+        else:
+            self.dismiss(None)
 
     def action_apply(self) -> None:
         if self.step == "review" and self.diff and not self.problems:
@@ -391,9 +392,12 @@ class SetupWizard(Screen[None]):
         text = self.text
         try:
             if self.client is None:
-                self.outcome = await self._save(text)
+                self.outcome = await save_file(self.config_path, text)
             else:
-                self.outcome = await self._trial(self.client, text)
+                applied = await apply_trial(self.client, text)
+                self.outcome = applied.running
+                self._show_review()
+                self.outcome = await confirm_from_new_connection(self.client, applied)
         except ControlError as exc:
             self.outcome = (f"Tidak diterapkan: {exc}", f"Not applied: {exc}")
         except ConfigError as exc:
@@ -402,57 +406,12 @@ class SetupWizard(Screen[None]):
         except OSError as exc:
             self.outcome = (f"Tidak disimpan: {exc}", f"Not saved: {exc}")
         else:
+            # The applied text is the form's new starting point (nothing left unsaved).
             self._set_base(text)
+            self.values = dict(self.start)
+            for field in FIELDS:
+                self._fill(field, self.start[field.path])
         self._to("done")
 
-    async def _save(self, text: str) -> Pair:
-        """Daemon down: check and write the file atomically (the daemon reads it at start)."""
-        await asyncio.to_thread(write_config_atomic, self.config_path, text)
-        return (f"Tersimpan di {self.config_path}. Daemon tidak berjalan: jalankan "
-                "`systemctl start desanet` agar konfigurasi ini dipakai.",
-                f"Saved to {self.config_path}. The daemon is not running: start it "
-                "(`systemctl start desanet`) to run this config.")
 
-    async def _trial(self, client: AsyncControlClient, text: str) -> Pair:
-        applied = await client.config_apply(text, confirm=CONFIRM_WINDOW, by=_by())
-        zone = parse_config_text(text).site.timezone or DEFAULT_TIMEZONE
-        deadline = applied.trial.deadline if applied.trial else time.time() + CONFIRM_WINDOW
-        until = format_time(deadline, zone)
-        self.outcome = (f"Konfig {applied.version} berjalan sebagai uji coba sampai {until}; "
-                        "memeriksa koneksi baru...",
-                        f"Config {applied.version} runs as a trial until {until}; "
-                        "checking a new connection...")
-        self._show_review()
-        return await self._confirm(client, applied.version, until)
-
-    async def _confirm(self, client: AsyncControlClient, version: str, until: str) -> Pair:
-        """Confirm on a NEW control connection, only if it reaches the daemon and the trial
-        it sees is the one just applied."""
-        fresh = AsyncControlClient(client.socket_path, client.timeout)
-        try:
-            status = await fresh.status()
-            trial = (status.get("config") or {}).get("trial") or {}
-            if trial.get("version") != version:
-                return (f"Uji coba {version} tidak lagi berjalan (dikembalikan?); lihat "
-                        "`desanet status`.",
-                        f"Trial {version} is no longer running (rolled back?); see "
-                        "`desanet status`.")
-            confirmed = await fresh.config_confirm(by=_by())
-        except ControlError as exc:
-            if exc.reason == "same_connection":
-                return (f"Daemon meminta konfirmasi dari login baru: buka SSH baru dan jalankan "
-                        f"`desanet config confirm` sebelum {until}, atau konfig lama kembali.",
-                        f"The daemon wants the confirm from a new login: open a new SSH "
-                        f"session and run `desanet config confirm` before {until}, or the "
-                        "previous config comes back.")
-            return (f"Belum dikonfirmasi ({exc}); konfig lama kembali pada {until}.",
-                    f"Not confirmed ({exc}); the previous config comes back at {until}.")
-        finally:
-            await fresh.close()
-        return (f"Konfig {confirmed.version} diterapkan dan dikonfirmasi: koneksi baru ke "
-                "daemon berhasil setelah perubahan.",
-                f"Config {confirmed.version} applied and confirmed: a new connection reached "
-                "the daemon after the change.")
-
-
-__all__ = ["CONFIRM_WINDOW", "SetupWizard", "change_lines"]
+__all__ = ["SetupWizard"]

@@ -13,22 +13,23 @@ import io
 import shutil
 import tempfile
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from textual.pilot import Pilot
 from textual.widgets import Static
 
 from gateway import cli
 from gateway.control import api
 from gateway.control.aclient import AsyncControlClient
+from gateway.control.schema import ConfigShowOut
+from gateway.errors import ControlError
 from gateway.tui import i18n
-from gateway.tui.wizard import SetupWizard
+from gateway.tui.wizard_apply import apply_trial, confirm_from_new_connection
 from gateway.tui.wizard_fields import BY_PATH, would_be_text
 from tests.unit.corekit import Core, build_core
-from tests.unit.wizardkit import WizardApp
+from tests.unit.wizardkit import WizardApp, error_text, focus_by_keys, retype, until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
 COMMENT = "# Check a change before applying it:"
@@ -69,31 +70,6 @@ def login_session(monkeypatch: pytest.MonkeyPatch, session: int | None) -> None:
     real = api._origin
     monkeypatch.setattr(api, "_origin", lambda request: dataclasses.replace(
         real(request), login_session=session))
-
-
-async def until(pilot: Pilot[None], ok: Callable[[], bool], what: str) -> None:
-    for _ in range(2000):  # a deadline in rounds of the app's own loop, not in seconds
-        if ok():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def focus_by_keys(pilot: Pilot[None], widget_id: str) -> None:
-    for _ in range(60):
-        if pilot.app.focused is not None and pilot.app.focused.id == widget_id:
-            return
-        await pilot.press("tab")
-    raise AssertionError(f"Tab never reached #{widget_id}")
-
-
-async def retype(pilot: Pilot[None], path: str, text: str) -> None:
-    await focus_by_keys(pilot, BY_PATH[path].widget_id)
-    await pilot.press("end", "ctrl+u", *text)
-
-
-def error_text(wizard: SetupWizard, path: str) -> str:
-    return str(wizard.query_one(f"#{BY_PATH[path].widget_id}-err", Static).render())
 
 
 def config_check_lines(tmp_path: Path, text: str) -> list[str]:
@@ -216,6 +192,23 @@ async def test_language_switch_rerenders_the_texts(tmp_path: Path) -> None:
         assert "review" in str(keys.render())
 
 
+async def test_esc_over_unsaved_edits_asks_once_more(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    shutil.copy(EXAMPLE, path)
+    app = WizardApp(None, str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = app.wizard
+        await until(pilot, lambda: not wizard._loading, "the file")
+        await retype(pilot, "site.name", "X")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is wizard  # kept, and the technician is told
+        assert "Esc lagi" in str(wizard.query_one("#wz-problems", Static).render())
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is not wizard, "the wizard to close")
+    assert path.read_text(encoding="utf-8") == EXAMPLE.read_text(encoding="utf-8")
+
+
 async def test_a_socket_nobody_listens_on_means_editing_the_file(tmp_path: Path) -> None:
     # The TUI passes the socket path; with the daemon down the wizard edits the file.
     path = tmp_path / "gateway.toml"
@@ -226,3 +219,60 @@ async def test_a_socket_nobody_listens_on_means_editing_the_file(tmp_path: Path)
         assert app.wizard.client is None
         assert app.wizard.values["site.name"] == "Hotspot Desa Sukamaju"
         assert "cannot be reached" in app.wizard.outcome[1]
+
+
+async def test_a_change_the_box_refuses_is_not_applied(
+    core: Core, client: AsyncControlClient,
+) -> None:
+    # A WAN interface this box lacks passes `config check` but not the daemon: nothing
+    # runs, nothing is left to confirm.
+    core.config.check_network = lambda cfg: [
+        ("network.wan_interface", cfg.network.wan_interface, "an interface this box has")]
+    version, seq = core.config.version, core.bus.last_seq
+    text = EXAMPLE.read_text(encoding="utf-8").replace('wan_interface = "eth0"',
+                                                       'wan_interface = "eth9"')
+    with pytest.raises(ControlError) as caught:
+        await apply_trial(client, text)
+    assert "network.wan_interface" in str(caught.value)
+    assert core.config.version == version and core.config.trial is None
+    assert "config_applied" not in core.event_types(seq)
+
+
+async def test_no_confirm_for_a_trial_that_is_gone(
+    core: Core, client: AsyncControlClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rolled back (or replaced) before the new connection got there: nothing is
+    # confirmed, and the technician is sent to `desanet status`.
+    login_session(monkeypatch, None)
+    text = EXAMPLE.read_text(encoding="utf-8").replace("Desa Sukamaju", "Desa Lain")
+    trial = await apply_trial(client, text)
+    assert core.config.trial is not None
+    await client.config_rollback(by="test")
+    outcome = await confirm_from_new_connection(client, trial)
+    assert "desanet status" in outcome[1]
+    assert "config_confirmed" not in core.event_types()
+    assert core.cfg.site.village == "Desa Sukamaju"
+
+
+class BrokenShow(AsyncControlClient):
+    """A daemon that answers but fails to show its config."""
+
+    async def config_show(self) -> ConfigShowOut:
+        raise ControlError("GET /v1/config failed with 500", 500, "internal")
+
+
+async def test_a_daemon_that_cannot_show_its_config_gets_nothing_applied(tmp_path: Path) -> None:
+    # Not "daemon down": writing the file behind a running daemon would skip the trial.
+    path = tmp_path / "gateway.toml"
+    shutil.copy(EXAMPLE, path)
+    app = WizardApp(BrokenShow(str(tmp_path / "x.sock")), str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = app.wizard
+        await until(pilot, lambda: not wizard._loading, "the load")
+        assert wizard.client is not None
+        await retype(pilot, "site.name", "X")
+        await pilot.press("f2")
+        await pilot.pause()
+        assert wizard.step == "form"
+        assert "tidak bisa menampilkan" in str(wizard.query_one("#wz-problems", Static).render())
+    assert path.read_text(encoding="utf-8") == EXAMPLE.read_text(encoding="utf-8")
