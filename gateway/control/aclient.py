@@ -40,6 +40,7 @@ from gateway.control.schema import (
     ConfigRollbackOut,
     ConfigShowOut,
     ConfigTextRequest,
+    ConfirmRequest,
     EventOut,
     EventsOut,
     ReloadOut,
@@ -130,8 +131,11 @@ class AsyncControlClient:
                                          timeout=CONVERGE_TIMEOUT),
                             "POST /v1/config/apply")
 
-    async def config_confirm(self, by: str | None = None) -> ConfigConfirmOut:
-        body = parse_request(ByRequest, {"by": by}).to_json()
+    async def config_confirm(self, by: str | None = None,
+                             proof: str | None = None) -> ConfigConfirmOut:
+        """``proof="terminal"``: the caller saw its terminal answer after the change
+        (control/schema.py ConfirmRequest)."""
+        body = parse_request(ConfirmRequest, {"by": by, "proof": proof}).to_json()
         return parse_answer(ConfigConfirmOut,
                             await self.request("POST", "/v1/config/confirm", body,
                                          timeout=CONVERGE_TIMEOUT),

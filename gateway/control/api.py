@@ -30,6 +30,7 @@ from gateway.control.schema import (
     ConfigRollbackOut,
     ConfigShowOut,
     ConfigTextRequest,
+    ConfirmRequest,
     DeauthRequest,
     EventsOut,
     EventsQuery,
@@ -243,8 +244,9 @@ def create_control_app(ops: GatewayOps) -> web.Application:
 
     @routes.post("/v1/config/confirm")
     async def config_confirm(request: web.Request) -> web.Response:
-        req = parse_request_bytes(ByRequest, await _body(request))
-        version = await ops.config_confirm(req.by or "", _origin(request))
+        req = parse_request_bytes(ConfirmRequest, await _body(request))
+        version = await ops.config_confirm(req.by or "", _origin(request),
+                                           terminal_proof=req.proof == "terminal")
         return web.json_response(_out(ConfigConfirmOut, {"confirmed": True, "version": version}))
 
     @routes.post("/v1/config/rollback")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
@@ -233,6 +233,19 @@ class ByRequest(Request):
     """POST /v1/config/confirm, /v1/config/rollback (and /v1/reload): who asked."""
 
     by: By = None
+
+
+class ConfirmRequest(Request):
+    """POST /v1/config/confirm: who asked, and what proves their way in survived.
+
+    Without ``proof`` the daemon refuses a confirm from the connection or login session
+    that applied the trial (a script's apply-then-confirm proves nothing). ``"terminal"``
+    says the client saw its own terminal answer after the change ran (the TUI's cursor
+    position query, or a key the technician pressed): the technician's SSH or serial
+    session carried a round trip through the new config, so the same login may confirm."""
+
+    by: By = None
+    proof: Literal["terminal"] | None = None
 
 
 class EventsQuery(Request):

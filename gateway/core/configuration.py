@@ -302,12 +302,17 @@ class ConfigService:
         return result
 
     async def confirm(self, by: str, connection: object | None = None,
-                      source: ChangeSource = ChangeSource.CLI) -> str:
+                      source: ChangeSource = ChangeSource.CLI, terminal_proof: bool = False) -> str:
         """Keep the trial config. Raises IllegalTransition (no trial), Refused (the same
-        connection or login session as the apply; the window already ran out)."""
+        connection or login session as the apply; the window already ran out).
+
+        ``terminal_proof``: the client saw its own terminal answer after the change ran
+        (the TUI), so its login session proves it still gets in; the very connection that
+        applied is refused all the same."""
         async with self._lock:
             next_state = CONFIG_TRIAL.next(self.trial_state, "confirm")
-            if connection is not None and _same_origin(connection, self._trial_connection):
+            if connection is not None and _same_origin(connection, self._trial_connection,
+                                                       sessions=not terminal_proof):
                 raise Refused("same_connection",
                               "confirm from a new connection (a new SSH login): the connection "
                               "or login session that applied the config proves nothing")
@@ -454,11 +459,14 @@ class ConfigService:
         self._changed(ConfigRefused(source, str(exc), step, by))
 
 
-def _same_origin(a: object, b: object | None) -> bool:
-    """The same control connection, or the same known login session (see control/api.py)."""
+def _same_origin(a: object, b: object | None, sessions: bool = True) -> bool:
+    """The same control connection, or (``sessions``) the same known login session (see
+    control/api.py)."""
     if b is None:
         return False
     if a is b or a == b:
         return True
+    if not sessions:
+        return False
     session_a, session_b = getattr(a, "login_session", None), getattr(b, "login_session", None)
     return session_a is not None and session_a == session_b

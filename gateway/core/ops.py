@@ -252,8 +252,9 @@ class GatewayOps:
         return await self.config.apply(text, confirm, by, source, connection)
 
     async def config_confirm(self, by: str, connection: object | None = None,
-                             source: ChangeSource = ChangeSource.CLI) -> str:
-        return await self.config.confirm(by, connection, source)
+                             source: ChangeSource = ChangeSource.CLI,
+                             terminal_proof: bool = False) -> str:
+        return await self.config.confirm(by, connection, source, terminal_proof)
 
     async def config_rollback(self, by: str) -> str:
         return await self.config.rollback(by, ChangeSource.CLI, "asked by an operator")

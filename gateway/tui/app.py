@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from textual import events
 from textual.app import App
 
 from gateway.errors import ControlError
@@ -25,6 +26,7 @@ from gateway.tui.base import PAGES, Key, Page, background, translated
 from gateway.tui.dialogs import error_text
 from gateway.tui.host import HostReader, HostStats, PsutilHost, Throughput
 from gateway.tui.i18n import Language, language, on_change, set_language, tr
+from gateway.tui.terminal import TerminalProbe
 
 # A runner of some checks (None: all) returning gateway.diag's CheckResult objects.
 DiagRunner = Callable[[list[str] | None], Awaitable[list[Any]]]
@@ -106,6 +108,11 @@ class DesanetApp(App[None]):
         self._refreshing = self._again = False
         self._failing = ""  # the periodic read's error last shown
         self._stop_listening = on_change(self._language_changed)
+        self.terminal = TerminalProbe()
+
+    def on_cursor_position(self, event: events.CursorPosition) -> None:
+        """The terminal answered a position query (gateway/tui/terminal.py)."""
+        self.terminal.answered()
 
     # -- start and stop ---------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The setup wizard: the site's main settings as one keyboard form, checked as typed,
-shown as a diff, applied as a trial that is confirmed only from a new connection.
+shown as a diff, applied as a trial that is confirmed only once the technician's
+terminal answered after the change.
 
 Theory of operation
 -------------------
@@ -13,12 +14,16 @@ kept; :mod:`gateway.tui.wizard_fields`) and checked again.
 Review (F2) shows what would change: the control API's ``config diff``, or
 with the daemon down the same diff computed here. Apply (F3 in the review):
 
-* daemon up: ``config apply`` with a confirm window (a trial, Step 4). Then a
+* daemon up: ``config apply`` with a confirm window (a trial, Step 4). Then the
+  wizard asks the technician's terminal for its cursor position
+  (:mod:`gateway.tui.terminal`): an answer crossed the SSH or serial line after
+  the change ran, so the technician's own way in survived it. No answer within
+  a few seconds: the wizard asks for Enter, which proves the same. Only then a
   *new* control client connects, checks the trial is the one just applied and
-  sends ``config confirm`` on its own connection. If the change had cut the box
-  off, nothing confirms and the daemon rolls back by itself at the deadline.
-  Where the kernel knows login sessions, the daemon refuses a confirm from the
-  login that applied; the wizard then says to confirm from a new SSH login.
+  sends ``config confirm`` with ``proof: "terminal"`` (the daemon otherwise
+  refuses a confirm from the login session that applied). If the change cut the
+  technician off, no answer and no Enter arrive, nothing confirms, and the daemon
+  rolls back by itself at the deadline.
 * daemon down: the text is checked again and written atomically; the daemon
   must be started to run it.
 """
@@ -43,6 +48,7 @@ from gateway.control.client import UNREACHABLE
 from gateway.errors import ConfigError, ControlError
 from gateway.tui import i18n
 from gateway.tui.i18n import tr
+from gateway.tui.terminal import TerminalProbe
 from gateway.tui.wizard_apply import (
     CONFIRM_WINDOW,
     Pair,
@@ -60,6 +66,8 @@ from gateway.tui.wizard_fields import (
     quick_check,
     values_of,
 )
+
+TERMINAL_WAIT = 5.0  # seconds for the terminal's answer before asking for Enter
 
 
 class SetupWizard(Screen[None]):
@@ -94,6 +102,9 @@ class SetupWizard(Screen[None]):
         Binding("f3", "apply", show=False, priority=True),
         # Not a priority binding: an open Select list takes its own Esc first.
         Binding("escape", "back", show=False),
+        # Only while a trial waits for the technician's key (check_action), else Enter is
+        # the focused widget's.
+        Binding("enter", "keep", show=False, priority=True),
     ]
 
     def __init__(self, client: AsyncControlClient | None = None, config_path: str | None = None,
@@ -108,6 +119,7 @@ class SetupWizard(Screen[None]):
         self.values: dict[str, str] = {}
         self.text = ""  # the would-be text of the form as it is now
         self.problems: list[str] = []
+        self._kept = asyncio.Event()  # the technician pressed Enter to keep a trial
         self._errors: dict[str, str] = {}  # the problem text shown under each field
         self.base_data: dict[str, Any] = {}
         self.step = "form"  # form -> review -> applying -> done
@@ -320,6 +332,7 @@ class SetupWizard(Screen[None]):
             "review": tr("F3: terapkan  Esc: kembali ke formulir",
                          "F3: apply  Esc: back to the form"),
             "applying": tr("Menerapkan...", "Applying..."),
+            "waiting": tr("Enter: pertahankan konfig baru", "Enter: keep the new config"),
             "done": tr("Esc: kembali ke formulir", "Esc: back to the form"),
         }[self.step]
         self.query_one("#wz-keys", Static).update(keys)
@@ -368,8 +381,16 @@ class SetupWizard(Screen[None]):
             self.outcome = (f"Daemon menolak: {exc}", f"The daemon refused: {exc}")
         self._to("review")
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "keep":
+            return self.step == "waiting"
+        return True
+
+    def action_keep(self) -> None:
+        self._kept.set()
+
     def action_back(self) -> None:
-        if self.step == "applying":
+        if self.step in ("applying", "waiting"):
             return
         if self.step != "form":
             self._to("form")
@@ -387,6 +408,12 @@ class SetupWizard(Screen[None]):
             self._to("applying")
             self._apply()
 
+    async def _terminal_answers(self) -> bool:
+        """Did the technician's terminal answer a query after the change (tui/terminal.py)?"""
+        probe = getattr(self.app, "terminal", None)
+        return isinstance(probe, TerminalProbe) and \
+            await probe.round_trip(self.app, TERMINAL_WAIT)
+
     @work(exclusive=True, group="wizard-apply")
     async def _apply(self) -> None:
         text = self.text
@@ -397,7 +424,14 @@ class SetupWizard(Screen[None]):
                 applied = await apply_trial(self.client, text)
                 self.outcome = applied.running
                 self._show_review()
-                self.outcome = await confirm_from_new_connection(self.client, applied)
+                if not await self._terminal_answers():
+                    self.outcome = applied.press_enter
+                    self._kept.clear()
+                    self._to("waiting")
+                    await self._kept.wait()  # the daemon rolls back by itself meanwhile
+                    self._to("applying")
+                self.outcome = await confirm_from_new_connection(self.client, applied,
+                                                                 proof="terminal")
         except ControlError as exc:
             self.outcome = (f"Tidak diterapkan: {exc}", f"Not applied: {exc}")
         except ConfigError as exc:

@@ -83,6 +83,15 @@ class Trial:
     until: str  # the deadline as the site's local clock time
 
     @property
+    def press_enter(self) -> Pair:
+        return (f"Konfig {self.version} berjalan sebagai uji coba sampai {self.until}. "
+                "Tekan Enter untuk mempertahankannya (tanda bahwa terminal Anda masih "
+                "tersambung); tanpa Enter, konfig lama kembali.",
+                f"Config {self.version} runs as a trial until {self.until}. Press Enter to "
+                "keep it (the sign that your terminal still gets through); without it the "
+                "previous config comes back.")
+
+    @property
     def running(self) -> Pair:
         return (f"Konfig {self.version} berjalan sebagai uji coba sampai {self.until}; "
                 "memeriksa koneksi baru...",
@@ -99,9 +108,12 @@ async def apply_trial(client: AsyncControlClient, text: str,
     return Trial(applied.version, format_time(deadline, zone))
 
 
-async def confirm_from_new_connection(client: AsyncControlClient, trial: Trial) -> Pair:
+async def confirm_from_new_connection(client: AsyncControlClient, trial: Trial,
+                                      proof: str | None = None) -> Pair:
     """Confirm on a NEW control connection, only if it reaches the daemon and the trial it
-    sees is the one just applied; otherwise say what the technician must do."""
+    sees is the one just applied; otherwise say what the technician must do.
+    ``proof="terminal"``: the technician's terminal answered after the change ran
+    (gateway/tui/terminal.py), so the daemon lets this login session confirm."""
     fresh = AsyncControlClient(client.socket_path, client.timeout)
     try:
         status = await fresh.status()
@@ -111,7 +123,7 @@ async def confirm_from_new_connection(client: AsyncControlClient, trial: Trial) 
                     "`desanet status`.",
                     f"Trial {trial.version} is no longer running (rolled back?); see "
                     "`desanet status`.")
-        confirmed = await fresh.config_confirm(by=by())
+        confirmed = await fresh.config_confirm(by=by(), proof=proof)
     except ControlError as exc:
         if exc.reason == SAME_CONNECTION:
             return (f"Daemon meminta konfirmasi dari login baru: buka SSH baru dan jalankan "
@@ -123,6 +135,11 @@ async def confirm_from_new_connection(client: AsyncControlClient, trial: Trial) 
                 f"Not confirmed ({exc}); the previous config comes back at {trial.until}.")
     finally:
         await fresh.close()
+    if proof == "terminal":
+        return (f"Konfig {confirmed.version} diterapkan dan dikonfirmasi: terminal Anda "
+                "masih terhubung setelah perubahan.",
+                f"Config {confirmed.version} applied and confirmed: your terminal still "
+                "answered after the change.")
     return (f"Konfig {confirmed.version} diterapkan dan dikonfirmasi: koneksi baru ke "
             "daemon berhasil setelah perubahan.",
             f"Config {confirmed.version} applied and confirmed: a new connection reached "

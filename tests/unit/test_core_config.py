@@ -212,6 +212,22 @@ async def test_confirm_from_the_same_connection_is_refused(core: Core) -> None:
     assert event == ConfigConfirmed(version, ChangeSource.CLI, "budi")
 
 
+async def test_a_terminal_proof_lets_the_same_login_confirm_but_never_the_same_connection(
+        core: Core) -> None:
+    from gateway.control.api import Origin
+    applied = Origin(1, 7, object())
+    await core.ops.config_apply(text_b(core), 300, "tui", applied)
+    same_login = Origin(2, 7, object())
+    with pytest.raises(Refused) as info:  # without proof: a second command of the same shell
+        await core.ops.config_confirm("tui", same_login)
+    assert info.value.reason == "same_connection"
+    with pytest.raises(Refused) as info:  # proof or not, the applying connection proves nothing
+        await core.ops.config_confirm("tui", applied, terminal_proof=True)
+    assert info.value.reason == "same_connection" and core.config.trial_state == "pending"
+    version = await core.ops.config_confirm("tui", same_login, terminal_proof=True)
+    assert version == core.config.version and core.config.trial_state == "confirmed"
+
+
 async def test_confirm_without_a_trial_is_an_illegal_transition(core: Core) -> None:
     with pytest.raises(IllegalTransition, match="nothing to confirm"):
         await core.config.confirm("budi")

@@ -7,12 +7,14 @@ Keys only: Tab moves between fields, F2 reviews, F3 applies.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
 import shutil
 import tempfile
 import tomllib
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from gateway.control.aclient import AsyncControlClient
 from gateway.control.schema import ConfigShowOut
 from gateway.errors import ControlError
 from gateway.tui import i18n
+from gateway.tui.terminal import QUERY, TerminalProbe
 from gateway.tui.wizard_apply import apply_trial, confirm_from_new_connection
 from gateway.tui.wizard_fields import BY_PATH, would_be_text
 from tests.unit.corekit import Core, build_core
@@ -85,7 +88,9 @@ def config_check_lines(tmp_path: Path, text: str) -> list[str]:
 async def test_invalid_then_valid_then_applied_and_confirmed(
     core: Core, client: AsyncControlClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    login_session(monkeypatch, None)
+    # The same login session as the apply (an SSH login's): the technician's Enter after the
+    # change proves the terminal got through, so the daemon takes this login's confirm.
+    login_session(monkeypatch, 7)
     version, seq = core.config.version, core.bus.last_seq
     app = WizardApp(client)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -114,6 +119,10 @@ async def test_invalid_then_valid_then_applied_and_confirmed(
         assert core.config.version == version
 
         await pilot.press("f3")
+        # headless: the terminal cannot answer the position query, so the wizard asks
+        await until(pilot, lambda: wizard.step == "waiting", "the question to keep it")
+        assert "Enter" in wizard.outcome[0] and core.config.trial is not None
+        await pilot.press("enter")
         await until(pilot, lambda: wizard.step == "done", "the apply")
         assert "dikonfirmasi" in wizard.outcome[0], wizard.outcome
 
@@ -126,11 +135,11 @@ async def test_invalid_then_valid_then_applied_and_confirmed(
     assert COMMENT in on_disk  # the technician's file keeps its comments
 
 
-async def test_confirm_from_the_same_login_is_left_to_a_new_ssh_login(
+async def test_without_an_answer_from_the_terminal_nothing_is_confirmed(
     core: Core, client: AsyncControlClient, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The daemon refuses a confirm from the login that applied: the wizard must not
-    # pretend, and the trial stays pending (the daemon rolls it back at the deadline).
+    # The change cut the technician off: no terminal answer, no Enter. The wizard must not
+    # confirm; the trial stays pending and the daemon rolls it back at the deadline.
     login_session(monkeypatch, 7)
     app = WizardApp(client)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -142,11 +151,45 @@ async def test_confirm_from_the_same_login_is_left_to_a_new_ssh_login(
         await pilot.press("f2")
         await until(pilot, lambda: wizard.step == "review", "the review")
         await pilot.press("f3")
-        await until(pilot, lambda: wizard.step == "done", "the apply")
-        assert "desanet config confirm" in wizard.outcome[0]
+        await until(pilot, lambda: wizard.step == "waiting", "the question to keep it")
+        await pilot.press("escape", "f3")  # neither leaves nor confirms while it waits
+        await pilot.pause()
+        assert wizard.step == "waiting"
     assert core.cfg.portal.mode == "voucher"
     assert core.config.trial is not None
     assert "config_confirmed" not in core.event_types()
+
+
+class AnsweringTerminal(TerminalProbe):
+    """A terminal at the far end of a live SSH session: it answers the position query."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def round_trip(self, app: object, timeout: float) -> bool:  # type: ignore[override]
+        self.asked += 1
+        return True
+
+
+async def test_a_terminal_that_answers_confirms_without_a_key(
+    core: Core, client: AsyncControlClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    login_session(monkeypatch, 7)
+    app = WizardApp(client)
+    app.terminal = probe = AnsweringTerminal()  # type: ignore[attr-defined]
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = app.wizard
+        await until(pilot, lambda: not wizard._loading, "the running config")
+        await retype(pilot, "site.village", "Baru")
+        await until(pilot, lambda: not wizard.problems, "no problems")
+        await pilot.press("f2")
+        await until(pilot, lambda: wizard.step == "review", "the review")
+        await pilot.press("f3")
+        await until(pilot, lambda: wizard.step == "done", "the apply")
+        assert "terminal" in wizard.outcome[1], wizard.outcome
+    assert probe.asked == 1 and core.config.trial is None
+    assert core.event_types()[-1] == "config_confirmed"
 
 
 async def test_daemon_down_writes_the_checked_file(tmp_path: Path) -> None:
@@ -248,7 +291,7 @@ async def test_no_confirm_for_a_trial_that_is_gone(
     trial = await apply_trial(client, text)
     assert core.config.trial is not None
     await client.config_rollback(by="test")
-    outcome = await confirm_from_new_connection(client, trial)
+    outcome = await confirm_from_new_connection(client, trial, proof="terminal")
     assert "desanet status" in outcome[1]
     assert "config_confirmed" not in core.event_types()
     assert core.cfg.site.village == "Desa Sukamaju"
@@ -276,3 +319,29 @@ async def test_a_daemon_that_cannot_show_its_config_gets_nothing_applied(tmp_pat
         assert wizard.step == "form"
         assert "tidak bisa menampilkan" in str(wizard.query_one("#wz-problems", Static).render())
     assert path.read_text(encoding="utf-8") == EXAMPLE.read_text(encoding="utf-8")
+
+
+class FakeDriver:
+    """A terminal line: what the app writes, and (when ``answers``) the terminal's reply."""
+
+    is_headless = False
+
+    def __init__(self, probe: TerminalProbe, answers: bool) -> None:
+        self.probe, self.answers, self.written = probe, answers, ""
+
+    def write(self, data: str) -> None:
+        self.written += data
+
+    def flush(self) -> None:
+        if self.answers and self.written.endswith(QUERY):
+            asyncio.get_running_loop().call_soon(self.probe.answered)  # CSI row;col R
+
+
+@pytest.mark.parametrize("answers", [True, False])
+async def test_the_probe_asks_the_terminal_and_waits_for_its_answer(answers: bool) -> None:
+    probe = TerminalProbe()
+    app = types.SimpleNamespace(_driver=FakeDriver(probe, answers))
+    assert await probe.round_trip(app, 0.2 if not answers else 30) is answers  # type: ignore[arg-type]
+    assert app._driver.written == QUERY
+    probe.answered()  # a late or stray answer changes nothing
+    assert await TerminalProbe().round_trip(types.SimpleNamespace(_driver=None), 1) is False  # type: ignore[arg-type]
