@@ -222,14 +222,21 @@ def test_a_certificate_change_restarts_the_portal_listeners() -> None:
 # -- the listener: real TLS on loopback -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(*taken: int) -> int:
+    """A port free now and not one of ``taken`` (chosen but not yet bound: the kernel may
+    hand the same free port out twice in a row)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 def _loopback(cert: Path | None, key: Path | None, https_port: int) -> Config:
-    portal: dict[str, Any] = {"http_port": _free_port(), "redirect_port": _free_port(),
+    http_port = _free_port(https_port)
+    portal: dict[str, Any] = {"http_port": http_port,
+                              "redirect_port": _free_port(https_port, http_port),
                               "https_port": https_port}
     if cert is not None and key is not None:
         portal.update(tls_certificate=str(cert), tls_key=str(key))
