@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, get_args
@@ -68,6 +69,9 @@ UPLINK: TransitionTable[UplinkState, UplinkEvent] = TransitionTable(
 )
 
 
+LOSS_WINDOW = 20  # observations the loss figure covers (40 s at the default 2 s rounds)
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """One probe round: did any target answer, and how fast the fastest one did."""
@@ -86,6 +90,9 @@ class UplinkStatus:
     checked: float | None = None  # wall-clock time of the last observation
     failures: int = 0  # failed rounds in a row
     successes: int = 0  # good rounds in a row
+    # share of the last LOSS_WINDOW observations that failed (a probe round no target
+    # answered, or the link gone), in %; None before the first
+    loss_pct: float | None = None
 
     @property
     def down(self) -> bool:
@@ -99,6 +106,7 @@ class UplinkStatus:
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
             "reason": self.reason,
             "checked": None if self.checked is None else int(self.checked),
+            "loss_pct": None if self.loss_pct is None else round(self.loss_pct, 1),
         }
 
 
@@ -110,11 +118,17 @@ class UplinkMonitor:
         self.fail_after = fail_after
         self.recover_after = recover_after
         self.status = UplinkStatus(since=clock.time())
+        self._recent: deque[bool] = deque(maxlen=LOSS_WINDOW)  # True: that observation failed
+
+    def _loss(self, failed: bool) -> float:
+        self._recent.append(failed)
+        return 100.0 * sum(self._recent) / len(self._recent)
 
     def link_lost(self) -> UplinkStatus | None:
         """The link is gone (no carrier or no default route): down at once."""
         now = self.clock.time()
-        st = replace(self.status, checked=now, latency_ms=None, successes=0)
+        st = replace(self.status, checked=now, latency_ms=None, successes=0,
+                     loss_pct=self._loss(True))
         self.status = st
         if st.state == "down":
             return None
@@ -126,13 +140,14 @@ class UplinkMonitor:
         st = self.status
         if result.ok:
             st = replace(st, checked=now, latency_ms=result.latency_ms, failures=0,
-                         successes=st.successes + 1)
+                         successes=st.successes + 1, loss_pct=self._loss(False))
             self.status = st
             if st.state == "unknown" or (st.state == "down"
                                          and st.successes >= self.recover_after):
                 return self._fire("recovered", "probes")
             return None
-        st = replace(st, checked=now, latency_ms=None, successes=0, failures=st.failures + 1)
+        st = replace(st, checked=now, latency_ms=None, successes=0, failures=st.failures + 1,
+                     loss_pct=self._loss(True))
         self.status = st
         if st.state != "down" and st.failures >= self.fail_after:
             return self._fire("failed", "probes")

@@ -65,6 +65,7 @@ METRICS: Mapping[str, Metric] = {
     # network
     "ul": Metric("gauge", 0, "last", "uplink: 1 up, 0 down, null unknown"),
     "lat": Metric("gauge", 100, "mean", "uplink probe latency, ms"),
+    "ls": Metric("gauge", 10, "mean", "uplink probe loss: failed rounds among the last 20, %"),
     "rx": Metric("counter", 0, "last", "bytes received per interface"),
     "tx": Metric("counter", 0, "last", "bytes sent per interface"),
     # portal
@@ -153,6 +154,7 @@ def sample(r: Readings) -> Sample:
     state = _get(g, "uplink", "state")
     out["ul"] = {"up": 1, "down": 0}.get(state) if isinstance(state, str) else None
     out["lat"] = _round(_num(_get(g, "uplink", "latency_ms")))
+    out["ls"] = _round(_num(_get(g, "uplink", "loss_pct")))
     out["cc"] = _num(g.get("clients_connected"))
     out["ca"] = _num(g.get("sessions_active"))
     out["li"] = _num(_get(g, "portal", "logins"))

@@ -41,7 +41,8 @@ def gateway_status(**over: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "ready": True, "site": HOST, "village": "Sukamaju", "uptime": 3600,
         "portal_url": f"http://{IP}/", "lan_ip": IP, "sessions_active": 7, "clients_connected": 9,
-        "uplink": {"state": "up", "since": 1, "since_iso": "x", "latency_ms": 612.4, "reason": "probes"},
+        "uplink": {"state": "up", "since": 1, "since_iso": "x", "latency_ms": 612.4, "reason": "probes",
+                   "loss_pct": 15.0},
         "shaping": {"enabled": True, "leaf_qdisc": "fq_codel", "directions": {
             "down": {"device": "br-lan", "classes": {
                 "uplink": {"class": "1:1", "bytes": 10, "packets": 1, "drops": 3},
@@ -72,7 +73,7 @@ def test_a_sample_reads_the_named_numbers() -> None:
     assert s == {
         "cpu": 12, "mem": 42, "dsk": 27, "tmp": 51, "upt": 86400, "ld": 0.42,
         "rx/br-lan": 400, "tx/br-lan": 900, "rx/eth0": 1000, "tx/eth0": 500,
-        "ul": 1, "lat": 612, "cc": 9, "ca": 7, "li": 5, "fv": 2, "sd": 6,
+        "ul": 1, "lat": 612, "ls": 15, "cc": 9, "ca": 7, "li": 5, "fv": 2, "sd": 6,
         "hr": 0.75, "bs": 123456, "sv/online": 2, "sv/offline": 1,
         "qf": 4,  # queued, sending and unknown (asked again) wait; delivered and rejected are done
         "bl": 4, "rc": 2, "dr": 6,

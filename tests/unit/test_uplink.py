@@ -88,6 +88,20 @@ def test_up_again_only_after_recover_after_good_rounds() -> None:
     assert changed is not None and changed.state == "up"
 
 
+def test_loss_is_the_share_of_failed_observations_among_the_last_twenty() -> None:
+    mon = UplinkMonitor(FakeClock(NOW), fail_after=100)
+    assert mon.status.loss_pct is None and mon.status.as_json("UTC")["loss_pct"] is None
+    for _ in range(3):
+        mon.round(OK)
+    mon.round(FAIL)
+    assert mon.status.loss_pct == 25.0  # 1 of 4
+    mon.link_lost()  # no link: nothing reached a target either
+    assert mon.status.loss_pct == 40.0
+    for _ in range(20):  # the window moves on: old failures fall out
+        mon.round(OK)
+    assert mon.status.loss_pct == 0.0 and mon.status.as_json("UTC")["loss_pct"] == 0.0
+
+
 def test_link_loss_is_down_at_once_and_from_unknown_too() -> None:
     mon = UplinkMonitor(FakeClock(NOW), fail_after=3)
     changed = mon.link_lost()
@@ -110,7 +124,7 @@ def test_status_json_has_epoch_and_local_iso() -> None:
     st = UplinkStatus("down", NOW, "link", None, NOW + 4)
     data = st.as_json("Asia/Makassar")
     assert data == {"state": "down", "since": NOW, "since_iso": "2023-11-15T06:13:20+08:00",
-                    "latency_ms": None, "reason": "link", "checked": NOW + 4}
+                    "latency_ms": None, "reason": "link", "checked": NOW + 4, "loss_pct": None}
 
 
 # -- probe targets (pure) --------------------------------------------------------------------
@@ -393,7 +407,8 @@ async def test_status_answer_carries_the_uplink(tmp_path: Any) -> None:
     data = await core.ops.status()
     assert data["uplink"] == {"state": "down", "since": core.clock.now(),
                               "since_iso": data["uplink"]["since_iso"], "latency_ms": None,
-                              "reason": "link", "checked": core.clock.now()}
+                              "reason": "link", "checked": core.clock.now(),
+                              "loss_pct": 100.0}
     assert data["uplink"]["since_iso"].endswith("+07:00")
 
 
