@@ -301,7 +301,8 @@ class ConfigService:
                                     change_lines(changes), record.deadline if record else None))
         return result
 
-    async def confirm(self, by: str, connection: object | None = None) -> str:
+    async def confirm(self, by: str, connection: object | None = None,
+                      source: ChangeSource = ChangeSource.CLI) -> str:
         """Keep the trial config. Raises IllegalTransition (no trial), Refused (the same
         connection or login session as the apply; the window already ran out)."""
         async with self._lock:
@@ -320,7 +321,7 @@ class ConfigService:
             self._trial_due = None
         version = record.version if record else self.version
         log.info("config %s confirmed by %s", version, by or "?")
-        self._changed(ConfigConfirmed(version, ChangeSource.CLI, by))
+        self._changed(ConfigConfirmed(version, source, by))
         return version
 
     async def rollback(self, by: str, source: ChangeSource, reason: str) -> str:

@@ -78,6 +78,10 @@ class LinkError(DesanetError):
     """The connection could not be made, or is gone."""
 
 
+class SubscriptionRefused(LinkError):
+    """The broker answered a SUBSCRIBE with a failure (its ACL, usually)."""
+
+
 class ProtocolRefused(LinkError):
     """The broker refused the protocol version, or closed the connection before its CONNACK
     (what a broker that does not speak MQTT 5 may do)."""
@@ -133,6 +137,11 @@ class Link(Protocol):
         block. Raises LinkError."""
         ...
 
+    async def subscribed(self, topic: str, timeout: float) -> None:
+        """Wait for the broker's SUBACK of ``topic`` (subscribed on this link). Raises
+        LinkError when the broker refused it, the link is gone, or no SUBACK came in time."""
+        ...
+
     async def close(self, will: bool = True) -> None:
         """Disconnect (with ``will``: the broker publishes the Last Will) and stop the thread."""
         ...
@@ -178,6 +187,9 @@ class MqttLink:
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_publish = self._paho_publish
         self._client.on_message = self._paho_message
+        self._client.on_subscribe = self._paho_subscribe
+        self._subacks: dict[int, asyncio.Future[None]] = {}  # by SUBSCRIBE mid
+        self._subscriptions: dict[str, asyncio.Future[None]] = {}  # by topic
 
     @classmethod
     async def open(cls, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
@@ -261,7 +273,22 @@ class MqttLink:
         if self._on_message is not None:
             self._post(self._on_message, msg)
 
+    def _paho_subscribe(self, client: paho.Client, userdata: object, mid: int,
+                        reasons: list[ReasonCode], properties: object) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        self._post(self._suback, mid, failed[0] if failed else None)
+
     # -- on the loop ----------------------------------------------------------------------
+
+    def _suback(self, mid: int, failure: str | None) -> None:
+        fut = self._subacks.pop(mid, None)
+        if fut is None or fut.done():
+            return
+        if failure:
+            fut.set_exception(SubscriptionRefused(f"the broker refused the subscription: "
+                                                  f"{failure}"))
+        else:
+            fut.set_result(None)
 
     def _connack(self, failed: bool, reason: str, version_refused: bool = False) -> None:
         if self._connected.done():
@@ -283,7 +310,14 @@ class MqttLink:
             return
         if not self._gone:
             self._gone = True
+            self._fail_subscriptions(reason)
             self._on_lost(reason)
+
+    def _fail_subscriptions(self, reason: str) -> None:
+        for fut in self._subacks.values():
+            if not fut.done():
+                fut.set_exception(LinkError(f"the connection is gone: {reason}"))
+        self._subacks.clear()
 
     def publish(self, topic: str, payload: bytes, retain: bool = False,
                 correlation: bytes | None = None) -> int:
@@ -301,9 +335,21 @@ class MqttLink:
     def subscribe(self, topic: str) -> None:
         if self._gone:
             raise LinkError("the connection is gone")
-        rc, _ = self._client.subscribe(topic, qos=1)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        rc, mid = self._client.subscribe(topic, qos=1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise LinkError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
+        fut = self._loop.create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        self._subacks[mid] = self._subscriptions[topic] = fut
+
+    async def subscribed(self, topic: str, timeout: float) -> None:
+        fut = self._subscriptions.get(topic)
+        if fut is None:
+            raise LinkError(f"not subscribed to {topic} on this connection")
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise LinkError(f"no SUBACK for {topic} within {timeout:g} s") from None
 
     async def close(self, will: bool = True) -> None:
         if not self._gone and self._connected.done() and self._connected.exception() is None:
@@ -341,6 +387,7 @@ class MqttLink:
 
     async def _stop_thread(self) -> None:
         self._gone = True
+        self._fail_subscriptions("closed")
         with self._start_lock:  # held only around loop_start: microseconds
             self._abandoned = True
         try:
