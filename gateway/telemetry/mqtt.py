@@ -32,6 +32,14 @@ that broker for the rest of the run. 3.1.1 has no properties and no DISCONNECT
 reason, and a clean DISCONNECT discards the Will: a clean stop therefore
 publishes the offline status itself, waits for its PUBACK, then disconnects
 (or, without a PUBACK, drops the socket so that the broker sends the Will).
+
+TLS session resumption: the :class:`Negotiator` keeps one SSL context per
+broker and set of certificate files (as they are on disk: a renewed file makes
+a new context) and the TLS session of the last connection made with it; the
+next connection offers that session, so a reconnect skips the certificates
+(~1.5 kB less on a metered link). A broker that does not take it makes a full
+handshake, as before; the client certificate of the resumed session is still
+what the broker's ACL sees.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import DesanetError
+from gateway.telemetry.tls import ResumingContext, TlsContexts
 
 log = logging.getLogger("desanet.mqtt")
 
@@ -147,8 +156,11 @@ class MqttLink:
     """One paho client and its network thread (see the module docstring)."""
 
     def __init__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
-                 on_message: OnMessage | None = None, version: str = "5") -> None:
+                 on_message: OnMessage | None = None, version: str = "5",
+                 tls: TlsContexts | None = None) -> None:
         self.settings = settings
+        self._tls = tls
+        self._context: ResumingContext | None = None
         self.protocol = version  # "5" or "3.1.1": what this connection speaks
         self._on_ack = on_ack
         self._on_lost = on_lost
@@ -170,6 +182,7 @@ class MqttLink:
                                        protocol=MQTTProtocolVersion.MQTTv311, clean_session=True,
                                        reconnect_on_failure=False)
         self._goodbye: tuple[int, asyncio.Future[None]] | None = None  # 3.1.1 clean stop
+        self.resumed = False  # this connection's TLS handshake resumed an earlier session
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_publish = self._paho_publish
@@ -181,10 +194,11 @@ class MqttLink:
     @classmethod
     async def open(cls, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
                    timeout: float = CONNACK_TIMEOUT, on_message: OnMessage | None = None,
-                   version: str = "5") -> MqttLink:
-        """Connect with MQTT ``version`` ("5" or "3.1.1") and wait for the broker's CONNACK.
-        Raises LinkError (ProtocolRefused: see the class; nothing left running)."""
-        link = cls(settings, on_ack, on_lost, on_message, version)
+                   version: str = "5", tls: TlsContexts | None = None) -> MqttLink:
+        """Connect with MQTT ``version`` ("5" or "3.1.1") and wait for the broker's CONNACK;
+        with ``tls``, the SSL context (and TLS session) comes from there. Raises LinkError
+        (ProtocolRefused: see the class; nothing left running)."""
+        link = cls(settings, on_ack, on_lost, on_message, version, tls)
         try:
             # paho's own socket timeout ends a connect that hangs; this one is a backstop
             await asyncio.wait_for(asyncio.to_thread(link._connect_blocking), CONNECT_TIMEOUT + 5)
@@ -196,12 +210,20 @@ class MqttLink:
         except BaseException:
             await link._stop_thread()
             raise
+        ctx = link._context
+        if ctx is not None and ctx.last is not None:
+            # TLS 1.3 sends its session tickets after the handshake: they are in by the CONNACK
+            link.resumed = bool(ctx.last.session_reused)
+            ctx.session = ctx.last.session or ctx.session
         return link
 
     def _connect_blocking(self) -> None:
         """Blocks (files, DNS, TCP, TLS): runs on a worker thread."""
         s = self.settings
-        if s.tls:
+        if s.tls and self._tls is not None:
+            self._context = self._tls.get(s)
+            self._client.tls_set_context(self._context)
+        elif s.tls:
             self._client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
         if s.username is not None:
             self._client.username_pw_set(s.username, s.password)
@@ -387,22 +409,25 @@ class Negotiator:
     def __init__(self, timeout: float = CONNACK_TIMEOUT) -> None:
         self.timeout = timeout
         self.chosen: dict[tuple[str, int], str] = {}
+        self.tls = TlsContexts()
 
     async def __call__(self, settings: LinkSettings, on_ack: OnAck, on_lost: OnLost,
                        on_message: OnMessage | None = None) -> Link:
         if settings.protocol != "auto":
             return await MqttLink.open(settings, on_ack, on_lost, self.timeout, on_message,
-                                       settings.protocol)
+                                       settings.protocol, self.tls)
         where = (settings.host, settings.port)
         version = self.chosen.get(where, "5")
         try:
-            return await MqttLink.open(settings, on_ack, on_lost, self.timeout, on_message, version)
+            return await MqttLink.open(settings, on_ack, on_lost, self.timeout, on_message, version,
+                                       self.tls)
         except ProtocolRefused as exc:
             if version != "5":
                 raise
             refused = exc
         try:
-            link = await MqttLink.open(settings, on_ack, on_lost, self.timeout, on_message, "3.1.1")
+            link = await MqttLink.open(settings, on_ack, on_lost, self.timeout, on_message, "3.1.1",
+                                       self.tls)
         except LinkError as exc:  # not a version matter after all: report the first error
             raise refused from exc
         log.warning("MQTT: %s:%d refused MQTT 5 (%s); using MQTT 3.1.1 with it from now on",

@@ -388,7 +388,7 @@ class TelemetryService:
             room = WINDOW - len(self._flight)
             hold: float | None = None
             if room > 0:
-                limit = room * batch.MAX_REPORTS
+                limit = room + batch.MAX_REPORTS  # room for a full batch; a bigger backlog: next round
                 rows = await self._outbox.pending(after=cursor, limit=limit)
                 if self._lost.is_set():
                     break

@@ -67,7 +67,10 @@ def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
                  "ca_file": str(pki.ca), "cert_file": str(pki.device_cert),
                  "key_file": str(pki.device_key),
                  "start_delay_max": "0s", "reconnect_min": "1s", "reconnect_max": "2s",
-                 "keepalive": "30s", "backlog_max_messages": BOUND}
+                 "keepalive": "30s", "backlog_max_messages": BOUND,
+                 # reports leave at once, as the backlog counts here assume (batches:
+                 # tests/integration/test_mqtt_batch.py)
+                 "telemetry_send_interval": "0s"}
     return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
                             extra={"telemetry": telemetry}))
 

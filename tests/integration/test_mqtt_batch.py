@@ -1,7 +1,7 @@
 """Telemetry batches against a real Mosquitto (docs/mqtt.md "Batches"; no root needed).
 
 The gateway's telemetry link runs as a process (tests/integration/mqtt_gateway.py, time
-sped up 10 times: a report every real second, a batch every 6): reports leave several to
+sped up 10 times: a report every real second, a batch every 3): reports leave several to
 a PUBLISH, compressed, each valid against its schema once unpacked; after kill -9 with
 reports waiting for their batch, the restarted gateway sends them, marked historical,
 and a consumer reading through ``unpack`` (the fleet table) applies every seq exactly
@@ -46,7 +46,7 @@ def inflated(m: Received) -> dict[str, object]:
 def test_batches_compressed_and_exactly_once_across_a_kill(mosquitto: Broker, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    tel = settings(mosquitto.url, SITE, Ed25519PrivateKey.generate(), telemetry_send_interval=60)
+    tel = settings(mosquitto.url, SITE, Ed25519PrivateKey.generate(), telemetry_send_interval=30)
     state = tmp_path / "gw"
     with mosquitto.consumer("desanet/v1/#") as consumer:
         with gateway_process(tel, state) as proc:
@@ -55,7 +55,7 @@ def test_batches_compressed_and_exactly_once_across_a_kill(mosquitto: Broker, tm
             body = inflated(first)
             assert body["v"] == BATCH_VERSION and len(body["reports"]) >= 2  # type: ignore[arg-type]
             assert first.payload[:1] != b"{"  # full reports in it: compression pays
-            # kill -9 while the next reports wait for their batch (6 s between batches)
+            # kill -9 while the next reports wait for their batch (3 s between batches)
             os.kill(proc.pid, signal.SIGKILL)
         with sqlite3.connect(state / "telemetry.db") as db:  # what waited at the kill
             held = db.execute("SELECT count(*) FROM messages").fetchone()[0]

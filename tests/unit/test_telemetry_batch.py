@@ -231,3 +231,36 @@ def test_the_docs_batch_example_is_valid_and_unpacks_to_valid_reports() -> None:
     assert [r["seq"] for r in reports] == [1207, 1208, 1209, 1210]
     for r in reports:
         jsonschema.validate(r, SINGLE)
+
+
+async def test_a_backlog_leaves_at_once_in_batches_in_seq_order(tmp_path: Path) -> None:
+    from gateway.telemetry.outbox import NewMessage
+    from gateway.telemetry.service import TelemetryService
+
+    worker = DatabaseWorker()
+    box = TelemetryOutbox(tmp_path / "telemetry.db")
+    outbox = AsyncTelemetryOutbox(box, worker)
+    broker, clock = FakeBroker(), FakeClock()
+    made_in = await outbox.next_session()  # an earlier run of the daemon queued these
+    report = NewMessage("telemetry", clock.time(), json.dumps({"ca": 1}))
+    event = NewMessage("event", clock.time(), json.dumps({"type": "plan_changed", "plan": "x"}))
+    await outbox.add(made_in, [report] * 60 + [event] + [report] * 60)
+    tel = Telemetry(enabled=True, broker="mqtt://broker.example", site_id=SITE, start_delay_max=0,
+                    status_interval=0)  # the default send interval: an hour
+    svc = TelemetryService(lambda: tel, outbox, broker.connect, Events(EventBus(clock)),
+                           lambda: "0123456789ab", "9.9.9", clock, rng=random.Random(1))
+    await svc.start()
+    try:
+        await until(lambda: box.count() == 0, "the backlog sent and acknowledged")
+    finally:
+        await svc.stop()
+        box.close()
+        worker.shutdown()
+    sent = [(p.topic, unpack(p.payload, SITE, p.topic.rsplit("/", 1)[1]))
+            for p in broker.published if p.topic in (EVENT, TELEMETRY)]
+    seqs = [m["seq"] for _, messages in sent for m in messages]
+    assert seqs == list(range(1, 122))  # all of it, once, in order, the event in its place
+    assert all(m.get("hist") is True for _, messages in sent for m in messages)
+    sizes = [len(messages) for topic, messages in sent if topic == TELEMETRY]
+    assert max(sizes) == batch.MAX_REPORTS and len(sizes) <= 6  # 120 reports, few PUBLISHes
+    assert [topic for topic, _ in sent].count(EVENT) == 1
