@@ -77,6 +77,12 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    import uvloop  # --loop uvloop: the loop the daemon runs
+
+    return uvloop.new_event_loop()
+
+
 def serve_available() -> bool:
     return (HERE.parent / "gateway" / "fleet" / "serve.py").exists()
 
@@ -211,7 +217,9 @@ def run_one(args: argparse.Namespace, root: Path, n: int, count: int) -> dict[st
         sampler.start()
         marks: dict[str, Any] = {}
         try:
-            fleet = asyncio.run(drive(args, broker, n, poller, sampler, consumers, marks))
+            runner = asyncio.Runner(loop_factory=new_loop) if args.loop == "uvloop" else asyncio.Runner()
+            with runner:
+                fleet = runner.run(drive(args, broker, n, poller, sampler, consumers, marks))
         finally:
             sampler.stop()
             poller.stop()
@@ -251,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ramp", type=float, default=1000, help="new connections a second")
     ap.add_argument("--stall", type=float, default=60,
                     help="fail when a wait makes no progress for this long (s)")
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                    help="the simulated gateways' event loop")
     ap.add_argument("--quick", action="store_true",
                     help="N = 200, 1 and 2 consumers, a 3 s steady phase (the test runs this)")
     ap.add_argument("--json", type=Path, help="also write the results here")
