@@ -258,6 +258,9 @@ def register(sub: Any) -> None:
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True,
                                 help="what to do")
     watch.register(fsub)  # `desanet fleet watch` (gateway/fleet/watch.py)
+    from gateway.fleet import serve  # `desanet fleet serve` (prometheus_client loads only here)
+
+    serve.register(fsub)
     kg = fsub.add_parser("keygen", help="make an operator key pair (Ed25519)",
                          description="make an operator key pair (Ed25519)")
     kg.set_defaults(func=cmd_keygen)

@@ -114,8 +114,9 @@ def target(args: argparse.Namespace) -> Target:
     if prefix.startswith("$") or not all(_LEVEL.match(x) for x in prefix.split("/")):
         problems.append(f"--prefix: {prefix!r} is not a topic prefix: levels of letters, digits, "
                         "'.', '-' or '_' separated by '/', no wildcards; write e.g. desanet/v1")
-    if args.timeout is not None and not args.timeout > 0:
-        problems.append(f"--timeout: {args.timeout:g} is not a positive number of seconds; "
+    timeout = getattr(args, "timeout", None)  # `fleet serve` has none
+    if timeout is not None and not timeout > 0:
+        problems.append(f"--timeout: {timeout:g} is not a positive number of seconds; "
                         "write e.g. --timeout 10")
     if problems:
         raise BadArguments(problems)
@@ -317,6 +318,22 @@ def cmd_watch(args: argparse.Namespace, out: TextIO | None = None) -> int:
         w.close()
 
 
+def add_broker_arguments(p: argparse.ArgumentParser) -> None:
+    """--broker, --ca, --cert, --key and --prefix, as :func:`target` reads them
+    (`fleet watch` and `fleet serve`)."""
+    p.add_argument("--broker", required=True, metavar="URL",
+                   help="the broker: mqtts://HOST[:PORT] (TLS, port 8883 by default) or "
+                        "mqtt://HOST[:PORT] (1883)")
+    p.add_argument("--ca", metavar="FILE",
+                   help="CA certificate(s) that signed the broker's certificate, PEM "
+                        "(default: the system's CAs)")
+    p.add_argument("--cert", metavar="FILE",
+                   help="the operator's client certificate, PEM (with --key)")
+    p.add_argument("--key", metavar="FILE", help="the private key of --cert, PEM")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX,
+                   help=f"the topic prefix the gateways use (default {DEFAULT_PREFIX})")
+
+
 def register(subparsers: argparse._SubParsersAction,
              func: Callable[[argparse.Namespace], int] = cmd_watch) -> argparse.ArgumentParser:
     """Add ``watch`` to the ``fleet`` command's subparsers."""
@@ -328,17 +345,7 @@ def register(subparsers: argparse._SubParsersAction,
                     "terminal. Ctrl-C stops. Example (the lab's broker): desanet lab exec wan -- "
                     "desanet fleet watch --broker mqtts://mqtt.lab:8883 --ca CA --cert OP.crt "
                     "--key OP.key")
-    w.add_argument("--broker", required=True, metavar="URL",
-                   help="the broker: mqtts://HOST[:PORT] (TLS, port 8883 by default) or "
-                        "mqtt://HOST[:PORT] (1883)")
-    w.add_argument("--ca", metavar="FILE",
-                   help="CA certificate(s) that signed the broker's certificate, PEM "
-                        "(default: the system's CAs)")
-    w.add_argument("--cert", metavar="FILE",
-                   help="the operator's client certificate, PEM (with --key)")
-    w.add_argument("--key", metavar="FILE", help="the private key of --cert, PEM")
-    w.add_argument("--prefix", default=DEFAULT_PREFIX,
-                   help=f"the topic prefix the gateways use (default {DEFAULT_PREFIX})")
+    add_broker_arguments(w)
     w.add_argument("--json", action="store_true",
                    help="print JSON: with --once one document, else one document per line on "
                         "every change")
@@ -352,4 +359,5 @@ def register(subparsers: argparse._SubParsersAction,
     return w
 
 
-__all__ = ["BadArguments", "WatchError", "Watcher", "age", "cmd_watch", "register", "target"]
+__all__ = ["BadArguments", "WatchError", "Watcher", "add_broker_arguments", "age", "cmd_watch",
+           "register", "target"]
