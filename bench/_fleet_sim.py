@@ -57,18 +57,22 @@ def raise_nofile(want: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def scale_broker(workdir: Path, port: int) -> Broker:
+def scale_broker(workdir: Path, port: int, inflight: int | None = None) -> Broker:
     """The test Broker (tests/integration/mosquitto.py) configured for thousands of clients:
     no per-packet log (``log_type all`` would write a line per PUBLISH; subscriptions are
     logged, the bench waits for its consumers' there), no persistence,
     no connection limit, and room to queue a consumer's backlog: Mosquitto's default of
-    1,000 queued QoS 1 messages per client would drop a lagging consumer's messages."""
+    1,000 queued QoS 1 messages per client would drop a lagging consumer's messages.
+    ``inflight``: ``max_inflight_messages`` (Mosquitto's default: 20), the unacknowledged
+    QoS 1 messages it sends a client that names no Receive Maximum of its own."""
     broker = Broker(workdir, port)
     keep = [line for line in broker.conf.read_text().splitlines()
             if not line.startswith(("log_type", "persistence"))]
     keep[:0] = ["log_type error", "log_type warning", "log_type notice", "log_type information",
                 "log_type subscribe", "persistence false", "max_connections -1",
                 "max_queued_messages 10000000", "max_queued_bytes 0", "set_tcp_nodelay true"]
+    if inflight is not None:
+        keep.insert(0, f"max_inflight_messages {inflight}")
     broker.conf.write_text("\n".join(keep) + "\n")
     return broker
 
@@ -198,7 +202,8 @@ class Fleet:
                 if link.fd >= 0:
                     link.client.loop_misc()
 
-    async def connect(self, rate: float, timeout: float, progress: Callable[[str], None]) -> float:
+    async def connect(self, rate: float, timeout: float, progress: Callable[[str], None],
+                      window: int = 100) -> float:
         """Connect every gateway, at most ``rate`` new connections a second; wait for every
         CONNACK (and so every online status sent). Returns the seconds it took."""
         self._misc = asyncio.create_task(self._tick())
@@ -207,6 +212,10 @@ class Fleet:
             due = start + i / rate
             if (wait := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
+            # At most ``window`` CONNECTs unanswered: paho's TCP connect blocks, and a full
+            # listen queue at the broker would stall this loop (a dropped SYN waits 1 s).
+            while i - self.connected - self.refused >= window:
+                await asyncio.sleep(0.005)
             while True:
                 try:
                     link.client.connect(self.host, self.port, self.keepalive)

@@ -21,7 +21,8 @@ What runs, for each N in ``--sizes`` and each consumer count in ``--consumers``
    Measured: ramp time, and when the consumer has stored every gateway online.
 4. **steady**: ``--rate`` messages a second in all (telemetry, every 10th an event),
    the gateways in turn, for ``--seconds``: stored rate and lag.
-5. **burst**: every gateway publishes ``--burst`` messages at once, as after a regional
+5. **burst**: every gateway publishes ``--burst`` messages at once (default: 50,000 in all,
+   at least 10 each), as after a regional
    outage when every backlog flushes: the rate at which the broker acknowledged them
    and the rate at which the consumer stored them (first publish to last stored).
 6. **Wills**: every connection is cut without DISCONNECT; the consumer must store every
@@ -175,10 +176,11 @@ async def drive(args: argparse.Namespace, broker: Broker, n: int, poller: Poller
         marks["boundary"] = {link.gw.site: link.gw.seq for link in fleet.links}
         await until(lambda: poller.stored, sent, args.stall, consumers, "steady: messages stored")
 
-        say(f"  burst: {args.burst} messages from each of {n} gateways")
+        each = args.burst or max(10, 50_000 // n)
+        say(f"  burst: {each} messages from each of {n} gateways")
         sampler.mark("burst")
         marks["burst_start"] = time.time()
-        total = sent + await fleet.burst(args.burst)
+        total = sent + await fleet.burst(each)
         marks["burst_queued"] = time.time()
         await until(lambda: fleet.acked, fleet.published, args.stall, consumers,
                     "burst: PUBACKs from the broker")
@@ -201,13 +203,13 @@ async def drive(args: argparse.Namespace, broker: Broker, n: int, poller: Poller
 
 def run_one(args: argparse.Namespace, root: Path, n: int, count: int) -> dict[str, Any]:
     workdir = root / f"n{n}-c{count}"
-    broker = scale_broker(workdir, free_port())
+    broker = scale_broker(workdir, free_port(), args.broker_inflight)
     db = workdir / "fleet.db"
     consumers = Consumers(args.consumer)
     poller = Poller(db)
     say(f"N = {n}, {count} consumer(s) ({args.consumer})")
-    broker.start()
     try:
+        broker.start()
         consumers.start(broker, db, count, workdir)
         wait_subscribed(broker, consumers.ids, consumers, 30)
         assert broker.proc is not None
@@ -227,7 +229,8 @@ def run_one(args: argparse.Namespace, root: Path, n: int, count: int) -> dict[st
         consumers.stop()
         broker.stop()
     result = analyse(db, fleet, marks, poller, sampler)
-    result.update(n=n, consumers=count, kind=args.consumer)
+    # the machine's 1-minute load average at the end: the bench shares its cores with whatever runs
+    result.update(n=n, consumers=count, kind=args.consumer, load=os.getloadavg()[0])
     return result
 
 
@@ -238,13 +241,13 @@ def row(r: dict[str, Any]) -> str:
             f"**{r['burst_stored_rate']:,.0f}** | {pct(r['burst_lag'])} | {r['loss']} | "
             f"{r['wills']:,} in {r['wills_s']:.1f} s | {mem['broker']:.0f} | {mem['consumers']:.0f} | "
             f"{mem['gateways']:.0f} | {r['cpu_burst']['broker']:.0f} / "
-            f"{r['cpu_burst']['consumers']:.0f} / {r['cpu_burst']['gateways']:.0f} |")
+            f"{r['cpu_burst']['consumers']:.0f} / {r['cpu_burst']['gateways']:.0f} | {r['load']:.1f} |")
 
 
 HEADER = ("| N | consumers | ramp | steady stored msg/s | steady lag p50 / p99 / max | burst msgs | "
           "burst acked msg/s | burst stored msg/s | burst lag p50 / p99 / max | loss | Wills stored | "
-          "broker MB | consumer(s) MB | gateways MB | burst CPU % broker / consumers / gateways |\n"
-          "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|")
+          "broker MB | consumer(s) MB | gateways MB | burst CPU % broker / consumers / gateways | load |\n"
+          "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|---:|")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="desanet fleet serve (the default when present) or the minimal stand-in")
     ap.add_argument("--rate", type=float, default=1000, help="steady messages a second, in all")
     ap.add_argument("--seconds", type=float, default=20, help="length of the steady phase")
-    ap.add_argument("--burst", type=int, default=10, help="messages per gateway in the burst")
+    ap.add_argument("--burst", type=int, default=0,
+                    help="messages per gateway in the burst (default: 50,000 in all, at least 10 each)")
     ap.add_argument("--ramp", type=float, default=1000, help="new connections a second")
+    ap.add_argument("--broker-inflight", type=int,
+                    help="Mosquitto's max_inflight_messages (its default: 20): how many unacknowledged "
+                         "messages it sends a consumer that names no Receive Maximum")
     ap.add_argument("--stall", type=float, default=60,
                     help="fail when a wait makes no progress for this long (s)")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
@@ -289,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["rm", "-rf", str(root)], check=False)
         else:
             say(f"kept {root}")
-    print(f"\nfleet_scale: consumer {args.consumer}, {platform.python_version()}, "
-          f"{psutil.cpu_count()} CPUs, open-file limit {limit}")
+    print(f"\nfleet_scale: consumer {args.consumer}, Python {platform.python_version()}, "
+          f"{psutil.cpu_count()} CPUs, open-file limit {limit}, Mosquitto max_inflight_messages "
+          f"{args.broker_inflight or '20 (default)'}")
     print(HEADER)
     for r in results:
         print(row(r))
@@ -303,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in (by[1], by[2]):
                 r["ratio_two_over_one"] = ratio
     if args.json:
-        args.json.write_text(json.dumps({"consumer": args.consumer, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"consumer": args.consumer, "settings": {
+            k: v for k, v in vars(args).items() if k != "json"}, "results": results}, indent=1))
     if not ok:
         print("FAILED: messages lost, unexpected rows, or Wills not stored (see the table)")
     return 0 if ok else 1
