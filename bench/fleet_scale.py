@@ -34,13 +34,16 @@ order), so a message counts as stored at the first poll that sees it (up to 50 m
 Loss compares every (site, session, seq) published with the ``messages`` table: it must
 be 0, and no row may be stored that was not published; either fails the run. Memory is
 the peak RSS (psutil, sampled every 0.5 s) of Mosquitto, the consumer(s) and this
-process (the simulated gateways); CPU is their share of a core during the burst.
+process (the simulated gateways); CPU is their share of a core during the burst; "load"
+is the machine's load average at the end of a run (the figures are only as good as the
+cores the bench got).
 
 Run (root not needed for N up to the hard open-file limit; mosquitto on PATH)::
 
     .venv/bin/python bench/fleet_scale.py                      # N = 1,000 and 10,000
     .venv/bin/python bench/fleet_scale.py --quick              # N = 200, seconds (the test)
     .venv/bin/python bench/fleet_scale.py --sizes 1000 --consumers 1 --json out.json
+    .venv/bin/python bench/fleet_scale.py --broker-inflight 1000   # Mosquitto's window raised
 """
 
 from __future__ import annotations
