@@ -487,6 +487,12 @@ def cmd_vouchers_print(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from gateway.tui.app import run
+
+    return run(resolve_socket(args), args.lang, getattr(args, "config", None))
+
+
 def _sheet_config(args: argparse.Namespace) -> Any:
     """The running daemon's config: its portal address goes into the QR codes, its
     Wi-Fi name, plan labels and time zone onto the cards. A daemon started without a
@@ -630,9 +636,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="language of the sheet: id or en (default: site.language)")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
 
+    tui = add(sub, "tui", cmd_tui, "the technician's terminal UI (keyboard only, 80x24)")
+    tui.add_argument("--lang", choices=["id", "en"],
+                     help="language at start: id (default) or en; `l` switches at run time")
+
     from gateway.fleet.cli import register as register_fleet
 
     register_fleet(sub)
+    from gateway.diag.cli import register as register_diag  # works without the daemon
+
+    register_diag(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)

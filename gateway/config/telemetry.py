@@ -65,6 +65,15 @@ def _prefix(value: str) -> str:
     return value
 
 
+def _protocol(value: object) -> str:
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    text = {"5.0": "5", "311": "3.1.1"}.get(text, text)
+    if text not in ("auto", "5", "3.1.1"):
+        raise ValueError(f"{json_quote(str(value))} is not an MQTT protocol version; write "
+                         '"auto" (MQTT 5, or 3.1.1 when the broker refuses 5), "5" or "3.1.1"')
+    return text
+
+
 def _command_key(value: str) -> str:
     from gateway.telemetry.commands import parse_public_key  # pure; cryptography loads lazily
     parse_public_key(value)
@@ -112,11 +121,16 @@ class Telemetry(BaseModel):
     ca_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/ca.crt"])
     cert_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/device.crt"])
     key_file: FilePath | None = Field(None, examples=["/etc/desanet/mqtt/device.key"])
+    # MQTT version: "auto" speaks 5 and falls back to 3.1.1 when the broker refuses 5
+    # (docs/mqtt.md "MQTT 3.1.1"); "5" or "3.1.1" forces one.
+    protocol: Annotated[str, BeforeValidator(_protocol)] = Field("auto", examples=["auto"])
     username: str | None = Field(None, min_length=1, max_length=256, examples=["jabar-sukamaju"])
     password: str | None = Field(None, min_length=1, max_length=256)
     # Satellite links: a long keepalive costs few bytes; the broker declares the gateway
     # offline (its Will) after 1.5 x keepalive without a packet.
-    keepalive: Annotated[int, _seconds(10, MAX_KEEPALIVE, '"5m"')] = Field(300, examples=["5m"])
+    # 30 minutes: a PINGREQ/PINGRESP every 5 minutes alone was ~1.2 MB a month over TLS
+    # (docs/benchmarks.md); the price is a Will 45 minutes after the gateway went silent.
+    keepalive: Annotated[int, _seconds(10, MAX_KEEPALIVE, '"30m"')] = Field(1800, examples=["30m"])
     # Reconnect waits double from reconnect_min to reconnect_max, each shortened by a
     # random part of up to reconnect_jitter of itself, so a region does not retry in step.
     reconnect_min: Annotated[int, _seconds(1, 3600, '"5s"')] = Field(5, examples=["5s"])
@@ -125,14 +139,21 @@ class Telemetry(BaseModel):
     # The first connection waits a random time up to this long (a power cut that ends
     # for a whole district must not bring every gateway to the broker in one second).
     start_delay_max: Annotated[int, _seconds(0, 3600, '"60s"')] = Field(60, examples=["60s"])
-    # The retained status is sent again this often (0: only on connect and on change).
-    status_interval: Annotated[int, _seconds(0, 86400, '"1h"')] = Field(3600, examples=["1h"])
+    # The retained status is sent again this often (0, the default: only on connect and on
+    # change; the broker keeps it, and a reconnect sends it again anyway).
+    status_interval: Annotated[int, _seconds(0, 86400, '"1h"')] = Field(0, examples=["0s"])
     # Periodic telemetry (docs/mqtt.md "Telemetry"): readings are taken every
     # telemetry_sample_interval and folded into one report every telemetry_interval, which is
     # sent only with what moved past its deadband, and in full every telemetry_full_every reports.
     telemetry_interval: Annotated[int, _seconds(10, 86400, '"5m"')] = Field(300, examples=["5m"])
     telemetry_sample_interval: Annotated[int, _seconds(5, 86400, '"1m"')] = Field(60, examples=["1m"])
     telemetry_full_every: int = Field(12, ge=1, le=10000, examples=[12])
+    # Reports wait up to this long in the outbox and leave together, one PUBLISH (a batch,
+    # zlib-compressed when telemetry_compress and smaller); an event sends what waits at
+    # once. 0s: each report on its own (docs/mqtt.md "Batches").
+    telemetry_send_interval: Annotated[int, _seconds(0, 86400, '"1h"')] = Field(
+        3600, examples=["1h"])
+    telemetry_compress: bool = Field(True, examples=[True])
     # Operator public keys that may sign remote commands (docs/mqtt.md "Commands"), each
     # "ed25519:<base64>" as `desanet fleet keygen` prints it. Empty: every command is refused.
     command_keys: tuple[Annotated[str, AfterValidator(_command_key)], ...] = Field(

@@ -11,6 +11,7 @@ Reads change nothing: counters come from the reconcile loop's last samples.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -20,11 +21,13 @@ from gateway.core.configuration import ApplyResult, ConfigService
 from gateway.core.events import ChangeSource, EndReason, EventBus, Stamped
 from gateway.core.sessions import SessionService
 from gateway.core.vouchers import VoucherService
-from gateway.errors import Conflict
+from gateway.errors import Conflict, Refused
 from gateway.model import Session, Voucher
 from gateway.ports import DhcpServerPort, FirewallPort, NeighboursPort
 from gateway.shaping.service import ShapingService
 from gateway.timefmt import DEFAULT_TIMEZONE, iso
+
+log = logging.getLogger("desanet.ops")
 
 
 class LocalSitePort(Protocol):
@@ -39,6 +42,16 @@ class UplinkReadPort(Protocol):
     """The uplink state (core/uplink.py UplinkService)."""
 
     def status_json(self) -> dict[str, Any]: ...
+
+
+class RebootPort(Protocol):
+    """What reboots the box (daemon/reboot.py: systemd, or a command the lab sets)."""
+
+    def unavailable(self) -> str | None:
+        """Why this box cannot be rebooted from here; None when it can."""
+        ...
+
+    async def reboot(self) -> None: ...
 
 
 class TelemetryReadPort(Protocol):
@@ -94,6 +107,7 @@ class GatewayOps:
         self.started_at = clock.now()
         self.uplink: UplinkReadPort | None = None  # uplink: set by the daemon
         self.telemetry: TelemetryReadPort | None = None  # set by the daemon when enabled
+        self.reboot_action: RebootPort | None = None  # set by the daemon
         # heals: what the daemon runs without (store/health.py DEGRADED), set by the daemon
         self.degraded: Callable[[], list[dict[str, Any]]] = list
 
@@ -226,8 +240,16 @@ class GatewayOps:
         return self.config.diff(text)
 
     async def config_apply(self, text: str, confirm: int | None, by: str,
-                           connection: object | None = None) -> ApplyResult:
-        return await self.config.apply(text, confirm, by, ChangeSource.CLI, connection)
+                           connection: object | None = None,
+                           source: ChangeSource = ChangeSource.CLI,
+                           expected_version: str | None = None) -> ApplyResult:
+        """Raises Conflict when ``expected_version`` is given and the running config is
+        another (an edit made on a stale copy), and whatever ConfigService.apply raises."""
+        if expected_version is not None and expected_version != self.config.version:
+            raise Conflict(f"the running config is version {self.config.version}, not "
+                           f"{expected_version} as expected; nothing was changed (read the "
+                           "config again and edit that)")
+        return await self.config.apply(text, confirm, by, source, connection)
 
     async def config_confirm(self, by: str, connection: object | None = None) -> str:
         return await self.config.confirm(by, connection)
@@ -237,3 +259,19 @@ class GatewayOps:
 
     async def reload(self, source: ChangeSource = ChangeSource.CLI, by: str = "") -> ApplyResult:
         return await self.config.reload(source, by)
+
+    # -- the box ---------------------------------------------------------------------------
+
+    def reboot_check(self) -> None:
+        """Raises Refused("reboot_unavailable") when nothing can reboot this box."""
+        why = "the daemon was started without a way to reboot" if self.reboot_action is None \
+            else self.reboot_action.unavailable()
+        if why is not None:
+            raise Refused("reboot_unavailable", f"cannot reboot: {why}")
+
+    async def reboot(self, by: str) -> None:
+        """Reboot the box now (a transport answers its caller first). Raises Refused."""
+        self.reboot_check()
+        assert self.reboot_action is not None
+        log.warning("rebooting the box, asked by %s", by or "?")
+        await self.reboot_action.reboot()

@@ -43,6 +43,7 @@ from gateway.core.sessions import SessionService
 from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import eventloop, systemd
+from gateway.daemon.reboot import SystemReboot
 from gateway.daemon.servers import DaemonServers, raise_file_limit
 from gateway.errors import ConfigError, DesanetError, StoreError
 from gateway.firewall.adapter import Firewall, KernelFirewall
@@ -162,6 +163,7 @@ class Daemon:
         uplink = UplinkService(holder.get, UplinkProber(), bus, clock)
         ops.uplink = uplink
         ops.degraded = DEGRADED.json
+        ops.reboot_action = SystemReboot()  # systemd, or DESANET_REBOOT_COMMAND (the lab)
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
                              self._local_follows_uplink(servers, bus)]

@@ -2,7 +2,9 @@
 
 ``keygen`` writes an Ed25519 key pair: the private key (PKCS#8 PEM, mode 0600,
 never overwritten) and ``<file>.pub`` holding the public key in the text form
-gateways are provisioned with (``telemetry.command_keys``).
+gateways are provisioned with (``telemetry.command_keys``); and the X25519 key
+that secrets in answers (voucher codes) are sealed to, ``<file>.x25519``
+(gateway/fleet/sealkeys.py).
 
 ``send`` signs a command (gateway/telemetry/commands.py), publishes it on the
 site's ``cmd/req`` with an MQTT 5 response topic under the site's ``cmd/res``
@@ -35,11 +37,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.config.loader import write_file_atomic
 from gateway.config.units import parse_duration
 from gateway.errors import DesanetError, Invalid
-from gateway.fleet import watch
+from gateway.fleet import sealkeys, watch
 from gateway.telemetry import commands as c
+from gateway.telemetry import sealed
 from gateway.telemetry.topics import Topics
 
 EXIT_OK, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 1, 4
+SEND_EXAMPLES = """commands and their arguments (docs/mqtt.md "Commands"):
+  status | rebirth | prefetch | reboot     no arguments
+  deauth mac=02:00:00:00:00:01             end a client's session
+  vouchers.revoke code=ABCDE-FGHJK         revoke a voucher
+  vouchers.create count=20 duration=1d [max_devices=2] [plan=school] [name="Posyandu Mei"]
+      the codes come back sealed to KEY.x25519 and are printed opened
+  config.set text=@gateway.toml [confirm=5m] [expected_version=3f2a9c0b7d1e]
+      a trial the gateway confirms itself once it is back on the broker with the new
+      config; otherwise rolled back when the confirm window ends
+  reboot: answered first, then the box reboots (refused when it cannot)
+
+example:
+  desanet fleet send jabar-sukamaju vouchers.create count=10 duration=1d \\
+      --broker mqtts://mqtt.diskominfo.example.go.id:8883 --key desanet-operator.key \\
+      --ca ca.pem --cert operator.pem --key-file operator-key.pem
+"""
 
 
 class FleetError(DesanetError):
@@ -50,8 +69,18 @@ class FleetError(DesanetError):
 
 
 def keygen(path: Path, force: bool = False) -> str:
-    """Write a new key pair at ``path`` (0600) and ``path.pub``; the public key text.
-    Raises FleetError when ``path`` exists (unless ``force``) or cannot be written."""
+    """Write a new key pair at ``path`` (0600) and ``path.pub``, and the X25519 sealing key
+    ``path.x25519``; the public signing key's text. Raises FleetError when ``path`` exists
+    (unless ``force``) or cannot be written."""
+    public = _signing_keygen(path, force)
+    try:
+        sealkeys.write_seal_key(sealkeys.seal_key_path(path), force=force)
+    except sealkeys.SealKeyError as exc:
+        raise FleetError(str(exc)) from exc
+    return public
+
+
+def _signing_keygen(path: Path, force: bool) -> str:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -86,8 +115,13 @@ def load_key(path: str) -> Ed25519PrivateKey:
 # -- send -------------------------------------------------------------------------------
 
 
+INT_ARGS = ("count", "max_devices")  # numbers in a NAME=VALUE word
+
+
 def parse_args_pairs(pairs: list[str], raw_json: str | None) -> dict[str, Any]:
-    """``name=value`` words (strings) and/or ``--args`` JSON into the command's args."""
+    """``--args`` JSON and/or words into the command's args: ``name=value`` (a string;
+    digits for :data:`INT_ARGS` are a number), ``name=@file`` (the file's text) and
+    ``name:=json`` (a JSON value, e.g. ``plan:=null``)."""
     out: dict[str, Any] = {}
     if raw_json:
         try:
@@ -100,9 +134,25 @@ def parse_args_pairs(pairs: list[str], raw_json: str | None) -> dict[str, Any]:
         out.update(loaded)
     for word in pairs:
         name, sep, value = word.partition("=")
-        if not sep or not name:
-            raise Invalid("ARG", word, "name=value", "mac=02:00:00:00:00:01")
-        out[name] = value
+        if not sep or not name or name == ":":
+            raise Invalid("ARG", word, "name=value, name=@file or name:=json",
+                          "mac=02:00:00:00:00:01")
+        if name.endswith(":"):
+            name = name[:-1]
+            try:
+                out[name] = json.loads(value)
+            except ValueError as exc:
+                raise Invalid("ARG", word, f"name:=<a JSON value> ({exc})", "plan:=null") from None
+        elif value.startswith("@"):
+            try:
+                out[name] = Path(value[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise Invalid("ARG", word, f"name=@<a readable text file> ({exc})",
+                              "text=@gateway.toml") from None
+        elif name in INT_ARGS and value.isdigit():
+            out[name] = int(value)
+        else:
+            out[name] = value
     return out
 
 
@@ -141,18 +191,33 @@ def send(args: argparse.Namespace) -> dict[str, Any] | None:
     except ValueError as exc:
         raise Invalid("SITE", args.site, str(exc)) from None
     key = load_key(args.key)
+    cmd_args = parse_args_pairs(args.arg, args.args)
+    seal_key = None
+    if args.command in sealkeys.SEALING:  # the answer's codes are sealed to this key
+        try:
+            seal_key = sealkeys.load_seal_key(args.seal_key or sealkeys.seal_key_path(args.key))
+        except sealkeys.SealKeyError as exc:
+            raise FleetError(str(exc)) from exc
+        cmd_args.setdefault("recipient", sealed.public_key_text(seal_key.public_key()))
     cid = args.id or f"op-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
     now = int(time.time())
-    body = c.body_json(cid, args.site, args.command, parse_args_pairs(args.arg, args.args),
-                       now, now + lifetime)
-    return exchange(access, topics, c.sign(body, key), timeout)
+    body = c.body_json(cid, args.site, args.command, cmd_args, now, now + lifetime)
+    answer = exchange(access, topics, c.sign(body, key), timeout)
+    if answer is not None and seal_key is not None:
+        try:
+            answer = sealkeys.open_answer(answer, seal_key, args.site)
+        except sealkeys.SealKeyError as exc:
+            raise FleetError(str(exc)) from exc
+    return answer
 
 
 def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: float
              ) -> dict[str, Any] | None:
     """Publish ``payload`` on the site's ``cmd/req`` with a response topic under its
-    ``cmd/res`` and random correlation data; the answer carrying that correlation data,
-    or None when none came within ``timeout`` seconds. Blocks. Raises FleetError."""
+    ``cmd/res`` and random correlation data; the answer carrying that correlation data (or,
+    from a gateway on MQTT 3.1.1, which never sees them, the answer on ``cmd/res`` with the
+    command's id), or None when none came within ``timeout`` seconds. Blocks. Raises
+    FleetError."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
     from paho.mqtt.packettypes import PacketTypes
@@ -161,6 +226,10 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
     host, port, tls = _broker(access.url)
     reply_topic = f"{topics.cmd_res}/{secrets.token_hex(8)}"
     correlation = secrets.token_bytes(16)
+    try:
+        cid = json.loads(json.loads(payload)["body"]).get("id")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        cid = None  # not a request we can read: only the correlation data can match
     answer: dict[str, Any] = {}
     subscribed, answered = threading.Event(), threading.Event()
     failure: list[str] = []
@@ -170,7 +239,7 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
             failure.append(f"the broker refused the connection: {reason}")
             subscribed.set()
             return
-        client.subscribe(reply_topic, qos=1)
+        client.subscribe([(reply_topic, 1), (topics.cmd_res, 1)])
 
     def on_subscribe(_c: object, _u: object, _m: object, reasons: Any, _p: object) -> None:
         if any(r.is_failure for r in reasons):
@@ -179,12 +248,17 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
 
     def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
-        if getattr(props, "CorrelationData", None) != correlation:
-            return  # someone else's answer
+        theirs = getattr(props, "CorrelationData", None)
         try:
-            answer.update(json.loads(msg.payload))
+            body = json.loads(msg.payload)
         except ValueError:
-            answer.update({"ok": False, "reason": "unreadable answer"})
+            body = {"ok": False, "reason": "unreadable answer"}
+        by_id = (msg.topic == topics.cmd_res and theirs is None and cid is not None
+                 and isinstance(body, dict) and body.get("id") == cid)  # a 3.1.1 gateway's
+        if theirs != correlation and not by_id:
+            return  # someone else's answer
+        answer.update(body if isinstance(body, dict) else {"ok": False,
+                                                           "reason": "unreadable answer"})
         answered.set()
 
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"desanet-op-{secrets.token_hex(6)}",
@@ -218,14 +292,28 @@ def exchange(access: BrokerAccess, topics: Topics, payload: bytes, timeout: floa
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    public = keygen(Path(args.out), args.force)
-    if args.json:
-        print(json.dumps({"private_key": str(args.out), "public_key": public}))
+    seal_path = sealkeys.seal_key_path(args.out)
+    if args.seal_only:
+        try:
+            recipient = sealkeys.write_seal_key(seal_path, args.force)
+        except sealkeys.SealKeyError as exc:
+            raise FleetError(str(exc)) from exc
+        public = None
     else:
+        public = keygen(Path(args.out), args.force)
+        recipient = sealed.public_key_text(sealkeys.load_seal_key(seal_path).public_key())
+    if args.json:
+        print(json.dumps({"private_key": None if args.seal_only else str(args.out),
+                          "public_key": public, "seal_key": str(seal_path),
+                          "seal_public_key": recipient}))
+        return EXIT_OK
+    if public is not None:
         print(f"private key: {args.out} (mode 0600; keep it on the operator's machine)")
         print(f"public key:  {args.out}.pub")
         print("provision gateways with it, in [telemetry]:")
         print(f'  command_keys = ["{public}"]')
+    print(f"sealing key: {seal_path} (mode 0600): voucher codes sent by `fleet send ... "
+          "vouchers.create` are sealed to it; `fleet send` opens them")
     return EXIT_OK
 
 
@@ -268,17 +356,22 @@ def register(sub: Any) -> None:
                     help="the private key file to write (mode 0600); the public key goes to "
                          "OUT.pub (default desanet-operator.key)")
     kg.add_argument("--force", action="store_true", help="replace an existing key file")
+    kg.add_argument("--seal-only", action="store_true",
+                    help="write only the X25519 sealing key OUT.x25519 (for an operator key "
+                         "made before there was one)")
     kg.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = fsub.add_parser("send", help="sign a command, send it to a gateway, print the answer",
                         description="sign a command, send it to a gateway, print the answer "
-                                    "(exit 0 ok, 1 refused or failed, 4 no answer in time)")
+                                    "(exit 0 ok, 1 refused or failed, 4 no answer in time)",
+                        epilog=SEND_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.set_defaults(func=cmd_send)
     s.add_argument("site", help="the gateway's site id, e.g. jabar-sukamaju")
     s.add_argument("command", choices=c.NAMES, help="the command: " + ", ".join(c.NAMES))
     s.add_argument("arg", nargs="*", metavar="NAME=VALUE",
-                   help="the command's arguments, e.g. mac=02:00:00:00:00:01 (deauth) or "
-                        "code=ABCDE-FGHJK (vouchers.revoke)")
+                   help="the command's arguments: NAME=VALUE (text; digits of count and "
+                        "max_devices are numbers), NAME=@FILE (the file's text), NAME:=JSON "
+                        "(e.g. plan:=null); see the examples below")
     s.add_argument("--args", metavar="JSON", help="arguments as a JSON object (besides NAME=VALUE)")
     s.add_argument("--broker", required=True, help="the region's broker, e.g. "
                    "mqtts://mqtt.diskominfo.example.go.id:8883")
@@ -295,4 +388,7 @@ def register(sub: Any) -> None:
                    '(default "30s")')
     s.add_argument("--lifetime", default="10m", help='how long the command stays valid '
                    '(default "10m", at most 24h)')
-    s.add_argument("--json", action="store_true", help="print the answer as JSON")
+    s.add_argument("--seal-key", help="vouchers.create: the X25519 key the codes are sealed "
+                   "to and opened with (default: KEY.x25519 beside --key)")
+    s.add_argument("--json", action="store_true", help="print the answer as JSON (a "
+                   "vouchers.create's codes opened, as result.codes)")

@@ -12,6 +12,14 @@ gateway's status at once. Statuses are few (one per connect and per hour) and
 merging one is idempotent (gateway/fleet/state.py), so every instance storing
 every status costs little and needs no coordination.
 
+The status subscription is QoS 0. A status is state, not history: the broker
+retains the newest and sends it again at every subscribe, which this client
+makes at every (re)connect, so a status missed while away or lost in a crash
+before its commit comes back. And at QoS 1 the retained statuses of a region
+would pass through the broker's per-client queue on subscribe: Mosquitto
+(``max_queued_messages`` 1000 by default) delivered 1,020 of 3,000 and
+dropped the rest; at QoS 0 they are written straight out.
+
 paho's network thread only queues each PUBLISH. The main thread takes what is
 queued (up to :data:`BATCH`), stores it in one database transaction
 (gateway/fleet/store.py) and only then acknowledges the messages to the
@@ -56,6 +64,9 @@ KEEPALIVE = 60
 SESSION_EXPIRY = 7 * 86400  # the broker keeps our queue this long while we are away
 CONNECT_TIMEOUT = 15.0
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason 0x8E
+# Mosquitto 2.0 closes a taken-over connection without saying why: this many connections in
+# a row that each ended within SHORT_LIVED seconds mean another client uses our id.
+SHORT_LIVED, SHORT_IN_A_ROW = 10.0, 5
 
 
 class ServeError(DesanetError):
@@ -107,7 +118,7 @@ def options(args: argparse.Namespace) -> Options:
     if args.password_file is not None:
         try:
             with open(args.password_file, encoding="utf-8") as fh:
-                password = fh.read().rstrip("\r\n")
+                password = (fh.read().splitlines() or [""])[0]
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"--password-file: cannot read {args.password_file}: "
                             f"{getattr(exc, 'strerror', None) or exc}")
@@ -142,6 +153,8 @@ class Consumer:
         self.gen = 0  # written by paho's thread at each CONNACK, read by the main thread
         self.stop = threading.Event()
         self.connected_once = False
+        self.connected_at = 0.0  # monotonic
+        self.short_lived = 0  # connections in a row that ended soon after they began
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id,
                                   protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
         self.client.reconnect_delay_set(1, 30)
@@ -169,7 +182,9 @@ class Consumer:
             return
         self.gen += 1
         self.notes.put(("connected", bool(getattr(flags, "session_present", False))))
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters])
+        # Statuses at QoS 0: see the module docstring.
+        client.subscribe([(f, SubscribeOptions(qos=0 if f.endswith("/status") else 1))
+                          for f in self.filters])
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object,
                        reason: ReasonCode, properties: object) -> None:
@@ -229,12 +244,18 @@ class Consumer:
                 log(f"reconnected to {url}")
             self.connected_once = True
             self.metrics.connected.set(1)
+            self.connected_at = time.monotonic()
         elif kind == "lost":
             code, reason = data
             self.metrics.connected.set(0)
-            if code == SESSION_TAKEN_OVER:
+            short = self.connected_once and time.monotonic() - self.connected_at < SHORT_LIVED
+            self.short_lived = self.short_lived + 1 if short else 0
+            if code == SESSION_TAKEN_OVER or self.short_lived >= SHORT_IN_A_ROW:
                 raise ServeError(f"--client-id: another client connected to {url} as "
-                                 f"{self.o.client_id!r}; give every instance its own --client-id")
+                                 f"{self.o.client_id!r}" + ("" if code == SESSION_TAKEN_OVER else
+                                 f" (the broker closed {SHORT_IN_A_ROW} connections in a row "
+                                 "soon after they began)") + "; give every instance its own "
+                                 "--client-id")
             if not self.connected_once:
                 raise ServeError(f"--broker: {url} closed the connection before accepting it "
                                  f"({reason}); does it want a client certificate (--cert, --key), "
@@ -271,7 +292,8 @@ class Consumer:
                 out = self.store.apply(self.o.target.prefix, [r.msg for r in batch], time.time())
             except Exception as exc:  # any database failure: keep the messages, retry
                 self.metrics.db_errors.inc()
-                log(f"cannot store {len(batch)} message(s) in {redact(self.o.db)}: {exc}; "
+                why = " ".join(str(exc).split()) or type(exc).__name__  # one log line
+                log(f"cannot store {len(batch)} message(s) in {redact(self.o.db)}: {why}; "
                     f"retrying in {delay:g} s (nothing is acknowledged meanwhile)")
                 if self.stop.wait(delay):
                     return False
@@ -342,9 +364,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="the consumer as a service: every gateway's latest state and events in "
                       "SQLite or PostgreSQL, Prometheus metrics",
-        description="Subscribe (QoS 1, a persistent session) to every gateway's status, "
-                    "telemetry and events, keep the latest state per gateway and every event in "
-                    "a database, each message exactly once, acknowledged only once stored; "
+        description="Subscribe (a persistent session) to every gateway's retained status and, "
+                    "at QoS 1, its telemetry and events; keep the latest state per gateway and "
+                    "every event in a database, each message exactly once, acknowledged only "
+                    "once stored; "
                     "optionally export Prometheus metrics. Several instances with one --group "
                     "split the load. See docs/fleet.md.")
     add_broker_arguments(s)

@@ -27,7 +27,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -43,6 +43,8 @@ _TYPES = {"site": "TEXT PRIMARY KEY", "version": "TEXT", "config_version": "TEXT
           "last_event": "TEXT", "problem": "TEXT", "telemetry": "TEXT", "stamps": "TEXT",
           "status_at": "DOUBLE PRECISION", "last_seen": "DOUBLE PRECISION",
           "last_report": "DOUBLE PRECISION"}
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM gateways"
+_UPDATE = f"UPDATE gateways SET {', '.join(f'{c} = ?' for c in COLUMNS[1:])} WHERE site = ?"
 # One DDL for both: SQLite gives BIGINT integer affinity and DOUBLE PRECISION real affinity.
 DDL = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -99,7 +101,7 @@ def _row(values: Sequence[Any]) -> st.SiteState:
 
 
 def _values(s: st.SiteState) -> list[Any]:
-    raw = asdict(s)
+    raw = {c: getattr(s, c) for c in COLUMNS}  # not asdict(): its deep copy was most of a batch
     for c in _BOOL:
         raw[c] = None if raw[c] is None else int(raw[c])
     for c in _JSON:
@@ -146,7 +148,7 @@ class Store:
 
     def sites(self) -> list[st.SiteState]:
         with self.transaction() as db:
-            rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM gateways ORDER BY site").fetchall()
+            rows = db.execute(f"{_SELECT} ORDER BY site").fetchall()
         return [_row(r) for r in rows]
 
     def count(self, table: str) -> int:
@@ -176,8 +178,7 @@ class Store:
                             "rejected, last_session, last_seq) VALUES (?, 0, 0, 0, 0, 0, 0, 0) "
                             "ON CONFLICT DO NOTHING"), (site,))
         lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
-        found = db.execute(self.sql(f"SELECT {', '.join(COLUMNS)} FROM gateways WHERE site = ?{lock}"),
-                           (site,)).fetchone()
+        found = db.execute(self.sql(f"{_SELECT} WHERE site = ?{lock}"), (site,)).fetchone()
         s = _row(found)
         for leaf, msg in msgs:
             if leaf == "status" and msg.retained and not msg.payload:
@@ -193,8 +194,7 @@ class Store:
                 out.rejected += 1
             if not msg.retained:  # readable or not, only this gateway may publish here (ACL)
                 s.last_seen = msg.received if s.last_seen is None else max(s.last_seen, msg.received)
-        db.execute(self.sql(f"UPDATE gateways SET {', '.join(f'{c} = ?' for c in COLUMNS[1:])} "
-                            "WHERE site = ?"), [*_values(s)[1:], site])
+        db.execute(self.sql(_UPDATE), [*_values(s)[1:], site])
 
     def _one(self, db: _Conn, s: st.SiteState, leaf: str, body: dict[str, Any], msg: Incoming,
              out: Outcome, now: float) -> None:

@@ -27,11 +27,13 @@ below are tested as tables of messages (tests/unit/test_fleet_table.py).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 PAYLOAD_VERSION = 1
+BATCH_VERSION = 2  # telemetry only: several reports in one PUBLISH
 LEAVES = ("status", "telemetry", "event")
 # telemetry key (docs/schemas/telemetry.schema.json) -> Row attribute
 METRIC_FIELDS: Mapping[str, str] = {
@@ -107,26 +109,79 @@ def _text(body: Mapping[str, Any], key: str) -> str:
     raise Rejected(f"{key!r} is {json.dumps(value)}, not a string")
 
 
-def decode(payload: bytes, site: str) -> dict[str, Any]:
-    """The JSON object of a payload of ``site``, version checked; raises Rejected."""
+MAX_INFLATED = 1024 * 1024  # a compressed batch may unpack to at most this (a bomb is refused)
+
+
+def _object(payload: bytes) -> dict[str, Any]:
     try:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected(f"not JSON ({exc})") from None
     if not isinstance(body, dict):
         raise Rejected("not a JSON object")
-    if body.get("v") != PAYLOAD_VERSION:
-        raise Rejected(f"payload version {json.dumps(body.get('v'))}; this watcher reads "
-                       f"version {PAYLOAD_VERSION}")
-    if body.get("site") != site:
-        raise Rejected(f"names site {json.dumps(body.get('site'))} on the topic of {site!r}")
     return body
 
 
+def _site(body: Mapping[str, Any], site: str) -> None:
+    if body.get("site") != site:
+        raise Rejected(f"names site {json.dumps(body.get('site'))} on the topic of {site!r}")
+
+
+def decode(payload: bytes, site: str) -> dict[str, Any]:
+    """The JSON object of a version 1 payload of ``site``, version checked; raises Rejected."""
+    body = _object(payload)
+    if body.get("v") != PAYLOAD_VERSION:
+        raise Rejected(f"payload version {json.dumps(body.get('v'))}; this watcher reads "
+                       f"version {PAYLOAD_VERSION} (and {BATCH_VERSION}, a batch, on telemetry)")
+    _site(body, site)
+    return body
+
+
+def inflate(payload: bytes) -> bytes:
+    """A compressed telemetry payload (zlib, RFC 1950) back to its JSON; raises Rejected."""
+    unzip = zlib.decompressobj()
+    try:
+        out = unzip.decompress(payload, MAX_INFLATED)
+    except zlib.error as exc:
+        raise Rejected(f"neither JSON nor zlib-compressed JSON ({exc})") from None
+    if unzip.unconsumed_tail:
+        raise Rejected(f"a compressed payload larger than {MAX_INFLATED} bytes unpacked")
+    if not unzip.eof:
+        raise Rejected("a compressed payload cut short")
+    return out
+
+
+def _batch(body: Mapping[str, Any], site: str) -> list[dict[str, Any]]:
+    """A version 2 telemetry batch as its reports, each in the version 1 form."""
+    _site(body, site)
+    session = _int(body, "session")
+    reports = body.get("reports")
+    if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+        raise Rejected("'reports' is not a list of JSON objects")
+    extra = set(body) - {"v", "site", "session", "reports"}
+    if extra:
+        raise Rejected(f"unknown key(s) {sorted(extra)} in a batch")
+    out = []
+    for item in reports:
+        if {"v", "site", "session"} & set(item):
+            raise Rejected("a report in a batch repeats the batch's envelope")
+        out.append({"v": PAYLOAD_VERSION, "site": site, "session": session, **item})
+    return out
+
+
 def unpack(payload: bytes, site: str, leaf: str) -> list[dict[str, Any]]:
-    """The messages one PUBLISH of ``site`` on ``leaf`` carries, each version checked;
-    raises Rejected. Every consumer (watch, serve) reads payloads through here, so a new
-    wire form (e.g. a batch of reports in one PUBLISH) is decoded in one place."""
+    """The messages one PUBLISH of ``site`` on ``leaf`` carries, each version checked and in
+    the version 1 form (the envelope ``v``, ``site``, ``session`` in each); raises Rejected.
+    Every consumer (watch, serve) reads payloads through here, so a new wire form is
+    decoded in one place. Telemetry may come as a batch (``"v": 2``, docs/mqtt.md
+    "Batches"), zlib-compressed (a payload that does not start with ``{``)."""
+    if leaf != "telemetry":
+        return [decode(payload, site)]
+    if payload.lstrip()[:1] != b"{":
+        payload = inflate(payload)
+    body = _object(payload)
+    if body.get("v") == BATCH_VERSION:
+        return _batch(body, site)
     return [decode(payload, site)]
 
 

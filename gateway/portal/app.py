@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import hdrs, web
@@ -548,7 +549,9 @@ class Portal:
 
 
 PORTAL_KEY = web.AppKey("desanet_portal", Portal)
-LOCAL_REQUEST = "desanet_local_host"
+# request key: the request was for one of the gateway's own names
+LOCAL_REQUEST: Any = (web.RequestKey("desanet_local_host", bool) if hasattr(web, "RequestKey")
+                      else "desanet_local_host")  # aiohttp < 3.13: a plain key
 
 
 def create_portal_app(

@@ -8,6 +8,13 @@ read only by :meth:`sample`, which the reconcile loop calls on its timer;
 reads (:meth:`status_json`, :meth:`client_json`) return the last two samples
 and the moments they were taken, so the rate a reader sees does not depend
 on who else asked, and a GET changes nothing.
+
+Use per plan (telemetry's ``pu``/``pd``): each sample adds what every client
+class moved since the previous sample to the totals of the plan its session
+is on (the service learns the class -> plan map from converge/add/remove), so
+the totals only grow while classes come and go with sessions. What a class
+moved between its last sample and its removal is not counted (at most one
+sampling interval of one client).
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ class ShapingService:
         self._shaper = shaper
         self._clock = clock
         self._samples: dict[Direction, list[Sample]] = {"down": [], "up": []}
+        self._plan_of: dict[int, str] = {}  # client class minor -> its session's plan
+        # plan -> [bytes down, bytes up, packets dropped] since the daemon started
+        self._plan_use: dict[str, list[int]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -91,6 +101,9 @@ class ShapingService:
             for dev in (previous.network.lan_interface, previous.network.wan_interface):
                 if dev not in (cfg.network.lan_interface, cfg.network.wan_interface):
                     await self._shaper.remove(dev)
+        sessions = list(sessions)
+        self._plan_of = {m: plan for m, plan in (_minor_plan(cfg, x) for x in sessions)
+                         if m is not None}
         count = 0
         for tree in plan_trees(cfg, sessions):
             count += await self._shaper.reconcile(tree)
@@ -113,6 +126,9 @@ class ShapingService:
             for direction in DIRECTIONS:
                 await self._shaper.upsert(self._device(direction, cfg),
                                           client_class(cfg, session, direction))
+            minor, plan = _minor_plan(cfg, session)
+            if minor is not None:
+                self._plan_of[minor] = plan
 
     async def remove(self, session: Session) -> None:
         """Delete the client's classes. Raises ShapingError."""
@@ -121,6 +137,9 @@ class ShapingService:
             for direction in DIRECTIONS:
                 await self._shaper.delete(self._device(direction, cfg),
                                           client_class(cfg, session, direction))
+            minor, _ = _minor_plan(cfg, session)
+            if minor is not None:
+                self._plan_of.pop(minor, None)
 
     async def sample(self) -> None:
         """Read the counters (the reconcile loop's timer calls this, nobody else)."""
@@ -132,6 +151,26 @@ class ShapingService:
             samples = self._samples[direction]
             samples.append(Sample(self._clock.monotonic(), self._clock.time(), stats))
             del samples[:-2]
+            if len(samples) == 2:
+                self._count_plan_use(direction, samples[0].stats, stats)
+
+    def _count_plan_use(self, direction: Direction, old: dict[int, ClassStats],
+                        new: dict[int, ClassStats]) -> None:
+        slot = 0 if direction == "down" else 1
+        for minor, cur in new.items():
+            plan = self._plan_of.get(minor)
+            before = old.get(minor)
+            if plan is None or before is None:
+                continue  # not a client class, or created since: counted from the next sample
+            use = self._plan_use.setdefault(plan, [0, 0, 0])
+            # a class re-created between samples starts again from 0: its new count is the use
+            use[slot] += cur.bytes - before.bytes if cur.bytes >= before.bytes else cur.bytes
+            use[2] += cur.drops - before.drops if cur.drops >= before.drops else cur.drops
+
+    def plan_use_json(self) -> dict[str, dict[str, int]]:
+        """Bytes and drops per plan since the daemon started (all client classes of it)."""
+        return {plan: {"down_bytes": d, "up_bytes": u, "drops": dr}
+                for plan, (d, u, dr) in sorted(self._plan_use.items())}
 
     def _class_stats(self, direction: Direction, minor: int) -> dict[str, Any] | None:
         samples = self._samples[direction]
@@ -200,4 +239,13 @@ class ShapingService:
             "uplink_down": cfg.shaping.uplink_down,
             "uplink_up": cfg.shaping.uplink_up,
             "directions": classes,
+            "plans": self.plan_use_json(),
         }
+
+
+def _minor_plan(cfg: Config, session: Session) -> tuple[int | None, str]:
+    try:
+        minor: int | None = client_minor(cfg, session.ip)
+    except ValueError:
+        minor = None
+    return minor, session.plan or "default"

@@ -49,7 +49,8 @@ KEY_PREFIX = "ed25519:"
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # The commands this gateway knows; each maps to one GatewayOps call (dispatch.py).
-NAMES = ("status", "rebirth", "deauth", "vouchers.revoke", "prefetch")
+NAMES = ("status", "rebirth", "deauth", "vouchers.revoke", "prefetch", "config.set",
+         "vouchers.create", "reboot")
 
 # reason codes of a refused command (the response's "reason")
 UNSIGNED = "unsigned"
@@ -109,6 +110,12 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
 
 
 # -- making a request (the operator's side) -------------------------------------------------
+
+
+def sealed_context(site: str, id: str, name: str) -> bytes:
+    """What a sealed part of an answer is bound to (:mod:`gateway.telemetry.sealed`'s
+    ``aad``): a box copied into another site's or command's answer does not open."""
+    return f"desanet/v{VERSION} {site} {id} {name}".encode()
 
 
 def body_json(id: str, site: str, name: str, args: Mapping[str, Any], issued: int,

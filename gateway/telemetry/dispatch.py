@@ -29,11 +29,26 @@ correlation data, when that topic lies under this gateway's ``cmd/res`` (the
 broker's ACL lets a device publish only in its own subtree); otherwise, and
 for MQTT 3.1.1 clients, to ``cmd/res``, where the
 operator matches the response by ``id``.
+
+Commands that act after their answer
+------------------------------------
+A :class:`Reply` may carry :class:`After`: what the transport does once the
+answer is out (PUBACKed, or after a bounded wait). ``config.set`` applies the
+new config as a trial (the facade's ``config_apply`` with a confirm window),
+answers, then the service reconnects to the broker with the config now
+running and, once that connection is up, calls ``on_connected``: the
+facade's ``config_confirm``, by ``mqtt:<command id>``. Without that
+connection the trial's deadline rolls it back (Step 4). ``reboot`` answers,
+then ``run`` reboots. ``vouchers.create`` seals the new codes to the
+operator's X25519 key (``args.recipient``, :mod:`gateway.telemetry.sealed`),
+bound to the site and command id: the codes are never in an answer, an
+event or the record of seen ids in clear.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,10 +59,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.clock import Clock
 from gateway.control.errors import error_body
 from gateway.control.schema import DeauthRequest, RequestInvalid, VoucherRevokeRequest, parse_request
-from gateway.core.events import CommandHandled, Event
+from gateway.core.configuration import MIN_CONFIRM, ApplyResult
+from gateway.core.events import ChangeSource, CommandHandled, Event
 from gateway.errors import DesanetError, StoreError
 from gateway.model import Session, Voucher
 from gateway.telemetry import commands as c
+from gateway.telemetry import sealed
+from gateway.telemetry.cmdargs import ConfigSetArgs, VoucherCreateArgs
 from gateway.telemetry.mqtt import Incoming
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.topics import Topics
@@ -60,10 +78,28 @@ STATUS_KEYS = ("ready", "uptime", "portal_mode", "sessions_active", "config", "u
 
 
 @dataclass(frozen=True)
+class After:
+    """What the transport does once a command's answer is out (see the module doc)."""
+
+    reconnect: bool = False  # connect to the broker again, with the settings running now
+    on_connected: Callable[[], Awaitable[None]] | None = None  # once that connection is up
+    run: Callable[[], Awaitable[None]] | None = None  # e.g. reboot
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A command's result and what follows its answer."""
+
+    result: dict[str, Any]
+    after: After | None = None
+
+
+@dataclass(frozen=True)
 class Reply:
     topic: str
     body: dict[str, Any]
     correlation: bytes | None
+    after: After | None = None
 
 
 class CommandOps(Protocol):
@@ -76,6 +112,26 @@ class CommandOps(Protocol):
     async def revoke_voucher(self, code: str) -> Voucher: ...
 
     async def prefetch(self) -> dict[str, Any]: ...
+
+    def config_show(self) -> dict[str, Any]: ...
+
+    async def config_apply(self, text: str, confirm: int | None, by: str,
+                           connection: object | None = None,
+                           source: ChangeSource = ChangeSource.CLI,
+                           expected_version: str | None = None) -> ApplyResult: ...
+
+    async def config_confirm(self, by: str, connection: object | None = None) -> str: ...
+
+    async def create_vouchers(self, count: int, duration: int, max_devices: int,
+                              plan: str | None, batch: str | None, name: str | None = None,
+                              ) -> tuple[str, list[Voucher]]: ...
+
+    def reboot_check(self) -> None: ...
+
+    async def reboot(self, by: str) -> None: ...
+
+
+Handler = Callable[[c.Command], Awaitable[dict[str, Any] | Answer]]
 
 
 class Dispatcher:
@@ -90,9 +146,11 @@ class Dispatcher:
         self._event = publish_event
         self._rebirth = rebirth
         self._lock = asyncio.Lock()
-        self._handlers: Mapping[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self._handlers: Mapping[str, Handler] = {
             "status": self._status, "rebirth": self._do_rebirth, "deauth": self._deauth,
-            "vouchers.revoke": self._revoke, "prefetch": self._prefetch}
+            "vouchers.revoke": self._revoke, "prefetch": self._prefetch,
+            "config.set": self._config_set, "vouchers.create": self._vouchers_create,
+            "reboot": self._reboot}
         assert set(self._handlers) == set(c.NAMES)
 
     def _public_keys(self) -> list[Ed25519PublicKey]:
@@ -119,13 +177,13 @@ class Dispatcher:
         if isinstance(admitted, dict):
             return Reply(self.reply_topic(msg), admitted, msg.correlation)
         cmd, base = admitted
-        out = await self._run(cmd, base)
+        out, after = await self._run(cmd, base)
         async with self._lock:
             try:
                 await self._seen.finish(cmd.id, out)
             except StoreError as exc:
                 log.error("MQTT command %s: its response is not recorded: %s", cmd.id, exc)
-        return Reply(self.reply_topic(msg), out, msg.correlation)
+        return Reply(self.reply_topic(msg), out, msg.correlation, after)
 
     async def _admit(self, msg: Incoming) -> dict[str, Any] | tuple[c.Command, dict[str, Any]]:
         """The refusal's answer, or the command, recorded as begun (under the lock)."""
@@ -161,15 +219,16 @@ class Dispatcher:
                     "error": f"cannot record the command: {exc}"}
         return cmd, base
 
-    async def _run(self, cmd: c.Command, base: dict[str, Any]) -> dict[str, Any]:
+    async def _run(self, cmd: c.Command, base: dict[str, Any]
+                   ) -> tuple[dict[str, Any], After | None]:
         try:
-            result = await self._handlers[cmd.name](cmd.args)
+            got = await self._handlers[cmd.name](cmd)
         except RequestInvalid as exc:
             fld = f"args.{exc.field}"
             log.warning("MQTT command %s (%s) refused: malformed %s", cmd.id, cmd.name, fld)
             self._event(CommandHandled(cmd.id, cmd.name, "refused", c.MALFORMED))
             return {**base, "ok": False, "reason": c.MALFORMED, "field": fld,
-                    "error": str(exc).replace("field ", "field args.")}
+                    "error": str(exc).replace("field ", "field args.")}, None
         except Exception as exc:
             _, err = error_body(exc)  # the control API's table: one mapping of domain errors
             detail = err.pop("reason", None)  # a Refused error's own key, e.g. "unknown"
@@ -180,15 +239,16 @@ class Dispatcher:
             else:
                 log.warning("MQTT command %s (%s) failed: %s", cmd.id, cmd.name, exc)
             self._event(CommandHandled(cmd.id, cmd.name, "failed", err["kind"]))
-            return {**base, "ok": False, "reason": "failed", **err}
+            return {**base, "ok": False, "reason": "failed", **err}, None
+        answer = got if isinstance(got, Answer) else Answer(got)
         log.info("MQTT command %s (%s) done", cmd.id, cmd.name)
         self._event(CommandHandled(cmd.id, cmd.name, "ok", None))
-        return {**base, "ok": True, "result": result}
+        return {**base, "ok": True, "result": answer.result}, answer.after
 
     # -- the commands: parse the arguments, call the facade, shape the answer ----------------
 
-    async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        _no_args(args)
+    async def _status(self, cmd: c.Command) -> dict[str, Any]:
+        _no_args(cmd.args)
         status = await self._ops.status()
         out = {k: status[k] for k in STATUS_KEYS if k in status}
         if isinstance(status.get("config"), dict):
@@ -199,24 +259,73 @@ class Dispatcher:
                              "trial_deadline": trial.get("deadline")}
         return out
 
-    async def _do_rebirth(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        _no_args(args)
+    async def _do_rebirth(self, cmd: c.Command) -> dict[str, Any]:
+        _no_args(cmd.args)
         self._rebirth()
         return {"status_sent": True}
 
-    async def _deauth(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        req = parse_request(DeauthRequest, dict(args))
+    async def _deauth(self, cmd: c.Command) -> dict[str, Any]:
+        req = parse_request(DeauthRequest, dict(cmd.args))
         await self._ops.deauthorize(req.mac)
         return {"deauthorized": True}  # not the MAC nor the address: no personal data back
 
-    async def _revoke(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        req = parse_request(VoucherRevokeRequest, dict(args))
+    async def _revoke(self, cmd: c.Command) -> dict[str, Any]:
+        req = parse_request(VoucherRevokeRequest, dict(cmd.args))
         voucher = await self._ops.revoke_voucher(req.code)
         return {"revoked": True, "batch": voucher.batch}
 
-    async def _prefetch(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        _no_args(args)
+    async def _prefetch(self, cmd: c.Command) -> dict[str, Any]:
+        _no_args(cmd.args)
         return await self._ops.prefetch()
+
+    async def _config_set(self, cmd: c.Command) -> Answer:
+        req = parse_request(ConfigSetArgs, dict(cmd.args))
+        if req.confirm is None or req.confirm < MIN_CONFIRM:
+            raise RequestInvalid(
+                [f"field confirm: {req.confirm!r}: config.set always runs as a trial of at "
+                 f"least {MIN_CONFIRM} s (confirmed once the gateway is back on the broker); "
+                 "write e.g. \"5m\""], ["confirm"], req.confirm)
+        by = f"mqtt:{cmd.id}"
+        result = await self._ops.config_apply(req.text, req.confirm, by, None, ChangeSource.MQTT,
+                                              req.expected_version)
+
+        async def confirm() -> None:
+            running = self._ops.config_show().get("version")
+            if running != result.version:
+                log.warning("config.set %s: the running config is %s, not %s: not confirming",
+                            cmd.id, running, result.version)
+                return
+            try:
+                await self._ops.config_confirm(by)
+            except DesanetError as exc:  # rolled back meanwhile, or the window ran out
+                log.warning("config.set %s: cannot confirm: %s", cmd.id, exc)
+
+        trial = result.trial
+        return Answer({"version": result.version, "previous_version": result.previous_version,
+                       "confirm_deadline": trial.deadline if trial else None,
+                       "confirm": "on_reconnect",
+                       # paths only: a value may name a device or be a secret
+                       "changes": [str(ch["path"]) for ch in result.changes]},
+                      After(reconnect=True, on_connected=confirm))
+
+    async def _vouchers_create(self, cmd: c.Command) -> dict[str, Any]:
+        req = parse_request(VoucherCreateArgs, dict(cmd.args))
+        recipient = sealed.parse_public_key(req.recipient)  # checked by the model
+        batch, made = await self._ops.create_vouchers(req.count, req.duration, req.max_devices,
+                                                      req.plan, req.batch, req.name)
+        plain = json.dumps({"codes": [v.code for v in made]}, separators=(",", ":")).encode()
+        box = sealed.seal(plain, recipient, c.sealed_context(cmd.site, cmd.id, cmd.name))
+        return {"batch": batch, "count": len(made), "duration": req.duration,
+                "max_devices": req.max_devices, "plan": req.plan, "codes_sealed": box}
+
+    async def _reboot(self, cmd: c.Command) -> Answer:
+        _no_args(cmd.args)
+        self._ops.reboot_check()  # refused now, in the answer, when nothing can reboot
+        by = f"mqtt:{cmd.id}"
+
+        async def reboot() -> None:
+            await self._ops.reboot(by)
+        return Answer({"rebooting": True}, After(run=reboot))
 
 
 def _no_args(args: Mapping[str, Any]) -> None:

@@ -20,6 +20,7 @@ from gateway.telemetry.mqtt import (
     OnAck,
     OnLost,
     OnMessage,
+    SubscriptionRefused,
 )
 
 
@@ -39,6 +40,7 @@ class FakeBroker:
     auto_ack: bool = True
     refuse_next: int = 0  # answer the next N publishes with an error PUBACK
     drop_at_connect: int = 0  # the next N connections are lost right after their CONNACK
+    refuse_subscriptions: bool = False  # answer SUBSCRIBEs with a failure SUBACK
     links: list[FakeLink] = field(default_factory=list)
     published: list[Published] = field(default_factory=list)
     attempts: int = 0
@@ -88,6 +90,14 @@ class FakeLink:
         if self.gone:
             raise LinkError("the connection is gone (fake)")
         self.subscriptions.append(topic)
+
+    async def subscribed(self, topic: str, timeout: float) -> None:
+        if topic not in self.subscriptions:
+            raise LinkError(f"not subscribed to {topic} on this connection (fake)")
+        if self.broker.refuse_subscriptions:
+            raise SubscriptionRefused("the broker refused the subscription (fake)")
+        if self.gone:
+            raise LinkError("the connection is gone (fake)")
 
     def deliver(self, message: Incoming) -> None:
         """A message arrives on a subscription (the test plays the operator)."""

@@ -74,6 +74,8 @@ METRICS: Mapping[str, Metric] = {
     "fv": Metric("counter", 0, "last", "voucher codes refused"),
     # shaping
     "sd": Metric("counter", 0, "last", "packets the shaper dropped"),
+    "pu": Metric("counter", 0, "last", "bytes per plan, down and up, of its clients' classes"),
+    "pd": Metric("counter", 0, "last", "packets the shaper dropped per plan"),
     # local services
     "hr": Metric("gauge", 0.05, "last", "cache hit ratio since the daemon started, 0-1"),
     "bs": Metric("counter", 0, "last", "bytes served from the cache (saved upstream)"),
@@ -84,9 +86,10 @@ METRICS: Mapping[str, Metric] = {
     "rc": Metric("counter", 0, "last", "connections to the broker"),
     "dr": Metric("counter", 0, "last", "messages dropped from a full outbox (events and telemetry)"),
 }
-FAMILIES = ("rx", "tx", "sv")  # nested: {"rx": {"eth0": 1200}}; flat in a sample as "rx/eth0"
+FAMILIES = ("rx", "tx", "sv", "pu", "pd")  # nested: {"rx": {"eth0": 1200}}; flat in a sample as "rx/eth0"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,14}$")  # IFNAMSIZ is 16 with the NUL
 _STATE = re.compile(r"^[a-z][a-z_]{0,19}$")
+_PLAN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _WAITING = tuple(s for s in FORMS_OUTBOX.states if not FORMS_OUTBOX.is_final(s))
 
 
@@ -155,6 +158,9 @@ def sample(r: Readings) -> Sample:
     out["li"] = _num(_get(g, "portal", "logins"))
     out["fv"] = _num(_get(g, "portal", "voucher_failures"))
     out["sd"] = _shaper_drops(g.get("shaping"))
+    for plan, use in _plan_use(g.get("shaping")):
+        out[f"pu/{plan}"] = int(_num(use.get("down_bytes")) or 0) + int(_num(use.get("up_bytes")) or 0)
+        out[f"pd/{plan}"] = int(_num(use.get("drops")) or 0)
     services = g.get("services")
     if isinstance(services, Mapping) and services.get("enabled"):
         ratio = _num(_get(services, "cache", "hit_ratio"))
@@ -183,6 +189,14 @@ def _shaper_drops(shaping: object) -> int | None:
         for cls in (_get(direction, "classes") or {}).values():
             total += int(_num(_get(cls, "drops")) or 0)
     return total
+
+
+def _plan_use(shaping: object) -> list[tuple[str, Mapping[str, Any]]]:
+    plans = _get(shaping, "plans") if isinstance(shaping, Mapping) and shaping.get("enabled") else None
+    if not isinstance(plans, Mapping):
+        return []
+    return [(name, use) for name, use in sorted(plans.items())
+            if isinstance(name, str) and _name_ok(name, _PLAN) and isinstance(use, Mapping)]
 
 
 def _health_states(services: object) -> list[str]:

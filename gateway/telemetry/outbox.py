@@ -67,39 +67,43 @@ class NewMessage:
 
 
 class InFlight:
-    """Published messages awaiting their PUBACK, by paho's message id (``mid``), in memory.
+    """Published messages awaiting their PUBACK, by paho's message id (``mid``), in memory;
+    one PUBLISH may carry several (a telemetry batch, gateway/telemetry/batch.py).
 
     Each move asks ``TELEMETRY_OUTBOX`` first; an illegal one (a PUBACK for a message
     already acknowledged, say) raises ``IllegalTransition``. Loop-thread only."""
 
     def __init__(self) -> None:
-        self._by_mid: dict[int, int] = {}
+        self._by_mid: dict[int, tuple[int, ...]] = {}
         self._state: dict[int, TelemetryState] = {}
 
     def __len__(self) -> int:
+        """PUBLISHes in flight."""
         return len(self._by_mid)
 
-    def published(self, seq: int, mid: int) -> None:
-        self._state[seq] = TELEMETRY_OUTBOX.next(self._state.get(seq, "queued"), "publish")
-        self._by_mid[mid] = seq
+    def published(self, seqs: int | Sequence[int], mid: int) -> None:
+        group = (seqs,) if isinstance(seqs, int) else tuple(seqs)
+        for seq in group:
+            self._state[seq] = TELEMETRY_OUTBOX.next(self._state.get(seq, "queued"), "publish")
+        self._by_mid[mid] = group
 
-    def acked(self, mid: int) -> int | None:
-        """The seq the PUBACK of ``mid`` acknowledges (None: not ours, e.g. the status)."""
-        seq = self._by_mid.pop(mid, None)
-        if seq is not None:
+    def acked(self, mid: int) -> list[int]:
+        """The seqs the PUBACK of ``mid`` acknowledges (none: not ours, e.g. the status)."""
+        group = self._by_mid.pop(mid, ())
+        for seq in group:
             TELEMETRY_OUTBOX.next(self._state.pop(seq), "puback")
-        return seq
+        return list(group)
 
-    def refused(self, mid: int) -> int | None:
+    def refused(self, mid: int) -> list[int]:
         """The broker answered ``mid`` with an error: back to queued, sent again later."""
-        seq = self._by_mid.pop(mid, None)
-        if seq is not None:
+        group = self._by_mid.pop(mid, ())
+        for seq in group:
             TELEMETRY_OUTBOX.next(self._state.pop(seq), "refused")
-        return seq
+        return list(group)
 
     def lost(self) -> list[int]:
         """The connection is gone: every message in flight is queued again; their seqs."""
-        seqs = sorted(self._by_mid.values())
+        seqs = sorted(seq for group in self._by_mid.values() for seq in group)
         for seq in seqs:
             TELEMETRY_OUTBOX.next(self._state.pop(seq), "connection_lost")
         self._by_mid.clear()

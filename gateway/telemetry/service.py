@@ -33,8 +33,17 @@ again and gets the recorded response.
 
 The status is sent again when the running config changes (its
 ``config_version``) and every ``status_interval``. Settings are read at each
-connect; a change of the ``[telemetry]`` section takes effect at the next
-connection (a later part will reconnect at once).
+connect; a config that changes the ``[telemetry]`` section in use ends the
+connection (with the Will) and connects again at once with the new settings,
+and cuts short a backoff wait. The change waits for the answers of commands
+being handled: they go out on the connection their requests came in on.
+
+A reply may carry :class:`gateway.telemetry.dispatch.After`: once its answer
+is PUBACKed (or :data:`REPLY_ACK_WAIT` passed), ``run`` runs (a reboot), and
+``reconnect`` ends the connection and connects again at once (``config.set``:
+the config now running may have changed the WAN); its ``on_connected`` runs
+once a later connection is up: CONNACK, and the broker's SUBACK of
+``cmd/req`` (the operator can reach the gateway again).
 """
 
 from __future__ import annotations
@@ -52,9 +61,16 @@ from gateway.clock import Clock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
 from gateway.errors import DesanetError, StoreError
-from gateway.telemetry import metrics, payloads
-from gateway.telemetry.dispatch import Reply
-from gateway.telemetry.mqtt import Connect, Incoming, Link, LinkError, LinkSettings
+from gateway.telemetry import batch, metrics, payloads
+from gateway.telemetry.dispatch import After, Reply
+from gateway.telemetry.mqtt import (
+    Connect,
+    Incoming,
+    Link,
+    LinkError,
+    LinkSettings,
+    SubscriptionRefused,
+)
 from gateway.telemetry.outbox import InFlight, NewMessage, OutboxPort
 from gateway.telemetry.topics import Topics
 
@@ -64,6 +80,8 @@ STOP_DRAIN = 2.0  # a clean stop waits this long for the PUBACKs of messages in 
 WINDOW = 20  # messages awaiting PUBACK at once (paho's default max_inflight_messages)
 EVENT_WAIT = 60.0  # long-poll of the event stream
 STORE_RETRY = 5.0  # after the outbox could not be written
+REPLY_ACK_WAIT = 10.0  # an answer's PUBACK, before what follows it (a reboot) goes ahead
+SUBACK_WAIT = 30.0  # the SUBACK of cmd/req that proves a new connection up
 
 
 class EventSource(Protocol):
@@ -124,6 +142,10 @@ class TelemetryService:
         self.last_connected: int | None = None
         self.commands: CommandPort | None = None  # set by the daemon when commands are on
         self._answering: set[asyncio.Task[None]] = set()
+        self._replying = 0  # commands being handled: a settings change waits for them
+        self._reply_acks: dict[tuple[int, int], asyncio.Future[bool]] = {}
+        self._force_reconnect = False
+        self._on_connected: Callable[[], Awaitable[None]] | None = None
 
     @property
     def connected(self) -> bool:
@@ -140,7 +162,9 @@ class TelemetryService:
         return {"enabled": cfg.enabled, "connected": self.connected, "broker": cfg.broker,
                 "site_id": cfg.site_id, "session": self.session, "backlog": self.backlog,
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
-                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped)}
+                "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped),
+                # "5" or "3.1.1" while connected (docs/mqtt.md "MQTT 3.1.1")
+                "protocol": getattr(self._link, "protocol", None)}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)
@@ -242,10 +266,25 @@ class TelemetryService:
     def _check_settings(self) -> None:
         """A config that changed ``[telemetry]`` ends the connection with the Will (offline);
         the next one uses the new settings, or none while telemetry is disabled."""
-        if self._in_use is not None and self._settings() != self._in_use:
+        if self._in_use is not None and self._settings() != self._in_use and not self._replying:
             log.info("MQTT: the telemetry settings changed; connecting again with the new ones")
             self._lost.set()
         self._reconfigured.set()
+
+    async def _backoff(self, delay: float, cfg: Telemetry) -> None:
+        """Wait ``delay`` before the next attempt, or less when the settings change (a
+        rollback brings back the broker that worked)."""
+        waiting = asyncio.ensure_future(self._sleep(delay))
+        try:
+            while not waiting.done() and self._settings() == cfg:
+                self._reconfigured.clear()
+                changed = asyncio.ensure_future(self._reconfigured.wait())
+                try:
+                    await asyncio.wait([waiting, changed], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+        finally:
+            waiting.cancel()
 
     # -- the connection --------------------------------------------------------------------
 
@@ -267,7 +306,7 @@ class TelemetryService:
                 delay = reconnect_delay(attempt, cfg.reconnect_min, cfg.reconnect_max,
                                         cfg.reconnect_jitter, self._rng)
                 log.warning("MQTT: %s; next attempt in %.1fs", exc, delay)
-                await self._sleep(delay)
+                await self._backoff(delay, cfg)
                 continue
             attempt = 1  # a lost connection waits reconnect_min (jittered) before the next
             self.connects += 1
@@ -278,20 +317,26 @@ class TelemetryService:
             finally:
                 self._link = None
                 self._generation += 1
+                for waiter in self._reply_acks.values():  # answers whose PUBACK never came
+                    if not waiter.done():
+                        waiter.set_result(False)
+                self._reply_acks.clear()
                 back = self._flight.lost()
                 if back:
                     log.info("MQTT: %d message(s) in flight will be sent again", len(back))
-                # a clean stop or new settings say goodbye with the Will (offline);
-                # a lost link cannot
-                await link.close(will=self._stopping or self._settings() != cfg)
+                # a clean stop, new settings or a reconnect asked for say goodbye with
+                # the Will (offline); a lost link cannot
+                await link.close(will=self._stopping or self._settings() != cfg
+                                 or self._force_reconnect)
                 self._in_use = None
-            if self._settings() != cfg:
+            if self._settings() != cfg or self._force_reconnect:
+                self._force_reconnect = False
                 attempt = 0
-                continue  # new settings: connect with them at once
+                continue  # new settings, or a new config to prove: connect at once
             delay = reconnect_delay(attempt, cfg.reconnect_min, cfg.reconnect_max,
                                     cfg.reconnect_jitter, self._rng)
             log.warning("MQTT connection lost; reconnecting in %.1fs", delay)
-            await self._sleep(delay)
+            await self._backoff(delay, cfg)
 
     async def _open(self, cfg: Telemetry) -> Link:
         topics = Topics(cfg.topic_prefix, cfg.site_id)
@@ -300,7 +345,7 @@ class TelemetryService:
             host=cfg.host, port=cfg.port, client_id=f"desanet-{cfg.site_id}", keepalive=cfg.keepalive,
             will_topic=topics.status, will_payload=will, tls=cfg.tls, ca_file=cfg.ca_file,
             cert_file=cfg.cert_file, key_file=cfg.key_file, username=cfg.username,
-            password=cfg.password)
+            password=cfg.password, protocol=cfg.protocol)
         # The new generation counts before the CONNACK: a loss reported right after it (while
         # this coroutine has not resumed yet) must not be taken for an old connection's.
         self._generation += 1
@@ -327,6 +372,9 @@ class TelemetryService:
         who = self.identity()
         if self.commands is not None:
             link.subscribe(topics.cmd_req)
+            job, self._on_connected = self._on_connected, None
+            if job is not None:
+                self._spawn(self._when_up(link, topics.cmd_req, job), "telemetry-connected")
         self._publish_status(link, topics)
         last_status = self._clock.monotonic()
         cursor = 0
@@ -338,26 +386,38 @@ class TelemetryService:
                 self._publish_status(link, topics)
                 last_status = self._clock.monotonic()
             room = WINDOW - len(self._flight)
+            hold: float | None = None
             if room > 0:
-                rows = await self._outbox.pending(after=cursor, limit=room)
+                limit = room * batch.MAX_REPORTS
+                rows = await self._outbox.pending(after=cursor, limit=limit)
                 if self._lost.is_set():
                     break
-                for row in rows:
-                    cursor = row.seq
-                    if row.seq in self._acked:
-                        continue  # acknowledged on an earlier connection, delete pending
-                    hist = payloads.historical(row.seq, row.session, backlog_top, self.session,
-                                               row.created, self._clock.time(),
-                                               cfg.telemetry_interval)
-                    body = payloads.message(who, row.seq, row.session, row.created,
-                                            json.loads(row.body), hist)
-                    topic = topics.event if row.kind == "event" else topics.telemetry
-                    self._flight.published(row.seq, link.publish(topic, payloads.encode(body)))
-                    self.sent += 1
-                if len(rows) == room:
-                    continue  # maybe more behind them
+                # acknowledged on an earlier connection, delete pending: not sent again
+                todo = [r for r in rows if r.seq not in self._acked]
+                now = self._clock.time()
+                # a report waiting for its batch is not history: only past both intervals
+                hist = {r.seq: payloads.historical(
+                    r.seq, r.session, backlog_top, self.session, r.created, now,
+                    cfg.telemetry_interval + (cfg.telemetry_send_interval
+                                              if r.kind == "telemetry" else 0)) for r in todo}
+                hold = batch.held_until(todo, hist, now, cfg.telemetry_send_interval)
+                if hold is None:
+                    cut = batch.groups(todo)
+                    for group in cut[:room]:
+                        topic = topics.event if group[0].kind == "event" else topics.telemetry
+                        payload = batch.encode(who, group, hist, cfg.telemetry_compress)
+                        self._flight.published([r.seq for r in group], link.publish(topic, payload))
+                        self.sent += len(group)
+                        cursor = group[-1].seq
+                    if len(cut) <= room and rows:
+                        cursor = rows[-1].seq
+                    if len(cut) >= room or len(rows) == limit:
+                        continue  # maybe more behind them
             timeout = cfg.status_interval or None
-            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._lost.wait())]
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
+                                                asyncio.ensure_future(self._lost.wait())]
+            if hold is not None:  # the batch's time, on the service's (injectable) clock
+                waits.append(asyncio.ensure_future(self._sleep(hold - self._clock.time())))
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -369,45 +429,104 @@ class TelemetryService:
         self._status_due = True
         self._wake.set()
 
-    def _command(self, topics: Topics, msg: Incoming) -> None:
-        if self.commands is None or msg.topic != topics.cmd_req or self._stopping:
-            return
-        task = asyncio.create_task(self._answer(self.commands, msg), name="telemetry-command")
+    def _spawn(self, job: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(job)
+        task.set_name(name)
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
-    async def _answer(self, commands: CommandPort, msg: Incoming) -> None:
-        try:
-            reply = await commands.handle(msg)
-        except Exception:  # a bug: the request goes unanswered, the service carries on
-            log.exception("MQTT: a command could not be handled")
+    def _command(self, topics: Topics, msg: Incoming) -> None:
+        if self.commands is None or msg.topic != topics.cmd_req or self._stopping:
             return
+        self._spawn(self._answer(self.commands, msg), "telemetry-command")
+
+    async def _answer(self, commands: CommandPort, msg: Incoming) -> None:
+        self._replying += 1
+        try:
+            try:
+                reply = await commands.handle(msg)
+            except Exception:  # a bug: the request goes unanswered, the service carries on
+                log.exception("MQTT: a command could not be handled")
+                return
+            acked = self._send_reply(reply)
+            if reply.after is not None:
+                if acked is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(acked, REPLY_ACK_WAIT)
+                await self._follow_up(reply.after)
+        finally:
+            self._replying -= 1
+            self._check_settings()  # a change that waited for this answer
+
+    def _send_reply(self, reply: Reply) -> asyncio.Future[bool] | None:
+        """Publish the answer; a future of its PUBACK, or None when it could not be sent."""
         link = self._link
         if link is None:
             log.warning("MQTT: the connection was lost before the answer to a command; the "
                         "operator may send it again (same id) to read the recorded answer")
-            return
+            return None
         try:
-            link.publish(reply.topic, payloads.encode(reply.body), correlation=reply.correlation)
+            mid = link.publish(reply.topic, payloads.encode(reply.body),
+                               correlation=reply.correlation)
         except LinkError as exc:
             log.warning("MQTT: cannot send the answer to a command: %s", exc)
+            return None
+        acked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._reply_acks[(self._generation, mid)] = acked
+        return acked
+
+    async def _follow_up(self, after: After) -> None:
+        """What a command does once its answer is out (even when the answer was lost: the
+        operator asked for it, and the recorded answer says it was done)."""
+        if after.reconnect and not self._stopping:
+            self._on_connected = after.on_connected
+            self._force_reconnect = True
+            log.info("MQTT: connecting again to prove the new config reaches the broker")
+            self._lost.set()
+        if after.run is not None:
+            try:
+                await after.run()
+            except Exception:
+                log.exception("MQTT: what follows a command's answer failed")
+
+    async def _when_up(self, link: Link, topic: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` once the broker acknowledged the subscription to ``topic``; a link
+        lost first hands it to the next connection, a refused one drops it."""
+        try:
+            await link.subscribed(topic, SUBACK_WAIT)
+        except SubscriptionRefused as exc:
+            log.warning("MQTT: %s; the new config is not confirmed", exc)
+            return
+        except LinkError as exc:
+            log.info("MQTT: %s; waiting for the next connection", exc)
+            if self._on_connected is None and not self._stopping:
+                self._on_connected = job  # lost before the SUBACK: the next connection
+            return
+        try:
+            await job()
+        except Exception:
+            log.exception("MQTT: what follows a new connection failed")
 
     def _ack(self, generation: int, mid: int, ok: bool) -> None:
+        waiter = self._reply_acks.pop((generation, mid), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ok)  # a command's answer (not in the outbox)
         if generation != self._generation:
             return  # an old connection's late PUBACK: its messages are queued again anyway
         if not ok:
-            seq = self._flight.refused(mid)
-            if seq is not None:
-                log.error("MQTT: the broker refused message %d (check the broker's ACL for this "
-                          "site); it stays queued and the connection starts over", seq)
+            seqs = self._flight.refused(mid)
+            if seqs:
+                log.error("MQTT: the broker refused message(s) %s (check the broker's ACL for "
+                          "this site); they stay queued and the connection starts over",
+                          ", ".join(map(str, seqs)))
                 self._gone(generation, "message refused")
             return
-        seq = self._flight.acked(mid)
+        seqs = self._flight.acked(mid)
         self._ack_seen.set()
-        if seq is None:
+        if not seqs:
             return  # the status (not from the outbox)
-        self._acked.add(seq)
-        self.acked += 1
+        self._acked.update(seqs)
+        self.acked += len(seqs)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_acks(), name="telemetry-acks")
         self._wake.set()

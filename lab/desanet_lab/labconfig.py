@@ -109,6 +109,7 @@ def telemetry_config(lab: p.LabPlan, command_key: str | None = None) -> dict[str
         "reconnect_min": "1s",
         "reconnect_max": "30s",
         "telemetry_interval": "1m",
+        "telemetry_send_interval": "2m",  # batches of ~2 reports: a demo sees them soon
     }
 
 

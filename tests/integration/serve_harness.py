@@ -69,20 +69,28 @@ class Serve:
                                  f"{self.text()}{self.broker.tail()}")
         return True
 
+    def exited(self) -> int | None:
+        """The exit code, or None while it runs."""
+        return None if self.proc is None else self.proc.poll()
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
+    def stop(self) -> int | None:
+        """SIGTERM; the exit code (None: it had to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return self.proc.returncode
         self.proc.terminate()
         try:
-            self.proc.wait(15)
+            return self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+            return None
 
 
 class Gateway:
@@ -129,6 +137,23 @@ class Gateway:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def traffic(gw: Gateway, n: int, dup_every: int = 10) -> int:
+    """``n`` messages, events and telemetry in turn (telemetry ``cc`` = its seq), a copy of
+    every ``dup_every``-th right after it; the number of copies."""
+    copies = 0
+    for i in range(n):
+        if i % 2:
+            body = gw.telemetry({"cc": gw.seq + 1, "bl": 0})
+            topic = gw.topics.telemetry
+        else:
+            body = gw.event({"type": "session_ended", "reason": "idle"})
+            topic = gw.topics.event
+        if dup_every and i % dup_every == dup_every - 1:
+            gw.resend(topic, body)
+            copies += 1
+    return copies
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:

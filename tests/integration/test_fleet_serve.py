@@ -13,32 +13,18 @@ import sys
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.telemetry import payloads
 from tests.integration.mosquitto import Broker, free_port
-from tests.integration.serve_harness import Gateway, Serve, query, scrape, wait_until
+from tests.integration.serve_harness import Gateway, Serve, query, scrape, traffic, wait_until
 
 pytestmark = [pytest.mark.integration]
 
 SITES = 4
 PER_SITE = 100  # numbered messages per site
-
-
-def _traffic(gw: Gateway, n: int, dup_every: int = 10) -> int:
-    """``n`` messages, events and telemetry in turn (telemetry ``cc`` = its seq), a copy of
-    every ``dup_every``-th right after it; the number of copies."""
-    copies = 0
-    for i in range(n):
-        if i % 2:
-            body = gw.telemetry({"cc": gw.seq + 1, "bl": 0})
-            topic = gw.topics.telemetry
-        else:
-            body = gw.event({"type": "session_ended", "reason": "idle"})
-            topic = gw.topics.event
-        if dup_every and i % dup_every == dup_every - 1:
-            gw.resend(topic, body)
-            copies += 1
-    return copies
 
 
 def _check_stored(db: Path, sites: list[Gateway]) -> None:
@@ -68,7 +54,7 @@ def test_two_instances_in_a_group_split_the_messages_without_loss_or_duplicate(
         for gw in sites:
             gw.status()
         for gw in sites:
-            copies += _traffic(gw, PER_SITE)
+            copies += traffic(gw, PER_SITE)
         total = SITES * PER_SITE
         wait_until(lambda: query(db, "SELECT COUNT(*) FROM messages")[0][0] == total
                    and query(db, "SELECT SUM(duplicates) FROM gateways")[0][0] == copies,
@@ -100,7 +86,7 @@ def test_kill_9_of_one_instance_loses_nothing(mosquitto: Broker, tmp_path: Path)
                 gw.status()
             for _ in range(6):
                 for gw in sites:
-                    _traffic(gw, 50, dup_every=0)
+                    traffic(gw, 50, dup_every=0)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -177,10 +163,77 @@ def test_prometheus_endpoint_has_the_fleet_and_the_consumer(mosquitto: Broker,
         assert {k: got.get(k) for k in expect} == expect
         assert got['desanet_gateway_last_seen_timestamp_seconds{site="desa-lab"}'] > 0
         assert 'desanet_gateway_last_seen_timestamp_seconds{site="desa-off"}' not in got
-        s.stop()
+        assert s.stop() == 0  # SIGTERM: a clean stop
     finally:
         gw.close()
         off.close()
+
+
+def test_a_fresh_instance_learns_more_retained_statuses_than_the_broker_queues(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    """Mosquitto queues at most 1,000 QoS 1 messages per client by default; the retained
+    statuses a region has are more (see gateway/fleet/serve.py on QoS 0)."""
+    n = 1500
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="statuses",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        sent = [client.publish(f"desanet/v1/s{i:04d}/status", payloads.encode(payloads.status(
+            payloads.Identity(f"s{i:04d}", "0.1.0", 1, 1), "cfg", online=i % 2 == 0)),
+            qos=1, retain=True) for i in range(n)]
+        for info in sent:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    db = tmp_path / "fleet.db"
+    s = Serve(tmp_path, mosquitto, f"sqlite://{db}", "fresh").start()
+    try:
+        wait_until(lambda: query(db, "SELECT COUNT(*) FROM gateways")[0][0] == n, 60,
+                   f"{n} statuses")
+        assert query(db, "SELECT SUM(online), COUNT(*) FROM gateways") == [(n // 2, n)]
+    finally:
+        s.stop()
+
+
+def test_a_second_instance_with_the_same_client_id_is_named(mosquitto: Broker,
+                                                            tmp_path: Path) -> None:
+    first = Serve(tmp_path, mosquitto, f"sqlite://{tmp_path}/a.db", "same").start()
+    second = Serve(tmp_path / "b", mosquitto, f"sqlite://{tmp_path}/b.db", "same")
+    (tmp_path / "b").mkdir()
+    try:
+        second.start()
+        # They take the session from each other until one gives up, naming the option.
+        gave_up = wait_until(lambda: next((s for s in (first, second) if s.exited()), None), 60,
+                             "one of the two to give up")
+        assert gave_up.exited() == 1
+        assert "error: --client-id: another client connected" in gave_up.text()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_tls_with_a_client_certificate(mosquitto: Broker, tmp_path: Path) -> None:
+    pki = mosquitto.pki
+    assert pki is not None and mosquitto.tls_port is not None
+    url = f"mqtts://{mosquitto.host}:{mosquitto.tls_port}"
+    db = tmp_path / "fleet.db"
+    gw = Gateway(mosquitto, "desa-tls", session=2)
+    try:
+        gw.status()
+        s = Serve(tmp_path, mosquitto, f"sqlite://{db}", "tls", None, None, "--ca", str(pki.ca),
+                  "--cert", str(pki.device_cert), "--key", str(pki.device_key))
+        s.argv[s.argv.index("--broker") + 1] = url
+        s.start()
+        wait_until(lambda: query(db, "SELECT site, online FROM gateways") == [("desa-tls", 1)],
+                   30, "the status over TLS")
+        assert s.stop() == 0
+    finally:
+        gw.close()
+    # without a client certificate the broker refuses, and the error names --broker
+    done = _serve("--broker", url, "--ca", str(pki.ca), "--db", f"sqlite://{db}")
+    assert done.returncode == 1 and "error: --broker: " in done.stderr, done.stderr
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,13 @@ Two rigs, one table of bad requests:
 - the lab (root): the real daemon with ``telemetry.command_keys``, the broker
   in the lab's WAN, the operator running `desanet fleet send` there; a signed
   deauth ends the villager's session, and an unsigned, wrongly signed,
-  expired, other-site or replayed deauth leaves the client authorized.
+  expired, other-site or replayed deauth leaves the client authorized; a
+  config.set is confirmed by the daemon after it reconnects, vouchers.create
+  answers codes the daemon lists, and reboot runs the lab's reboot command
+  (``DESANET_REBOOT_COMMAND``) after the answer.
+
+(config.set, vouchers.create and reboot against the real core without root:
+test_mqtt_commands_core.py.)
 
 Waits are on conditions with deadlines (the answer, the subscription), never
 fixed sleeps.
@@ -38,6 +44,7 @@ from desanet_lab import plan as p
 from gateway.clock import SystemClock
 from gateway.config.telemetry import Telemetry
 from gateway.core.events import CommandHandled, Event, Stamped
+from gateway.daemon.reboot import ENV as REBOOT_ENV
 from gateway.errors import NotFound
 from gateway.fleet.cli import BrokerAccess, exchange, keygen, load_key
 from gateway.kernel import DatabaseWorker
@@ -61,6 +68,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 from tests.integration.mosquitto import Broker, free_port, make_pki
+from tests.unit.corekit import edited
 
 pytestmark = [pytest.mark.integration]
 
@@ -248,7 +256,13 @@ def lab_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def lab_rig(make_lab: LabFactory, lab_key: tuple[Path, str],
+def reboot_mark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the lab daemon's reboot command makes (docs/mqtt.md "reboot")."""
+    return tmp_path_factory.mktemp("reboot") / "rebooted"
+
+
+@pytest.fixture(scope="module")
+def lab_rig(make_lab: LabFactory, lab_key: tuple[Path, str], reboot_mark: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabInfo, Broker]]:
     pki = make_pki(tmp_path_factory.mktemp("pki"), host=p.WAN_ISP_V4, device=LAB_SITE)
     port, tls_port = free_port(), free_port()
@@ -258,9 +272,13 @@ def lab_rig(make_lab: LabFactory, lab_key: tuple[Path, str],
                  "reconnect_max": "2s", "keepalive": "30s", "command_keys": [lab_key[1]]}
     lab = make_lab(LabSpec(prefix=unique_prefix("mc"), clients=1, dhcp=False,
                            start_gateway=False, extra={"telemetry": telemetry}))
+    # the daemon's reboot is this command: never the machine's
     with Broker(tmp_path_factory.mktemp("broker"), port, host=p.WAN_ISP_V4, ns=lab.wan,
-                tls_port=tls_port, pki=pki) as broker:
+                tls_port=tls_port, pki=pki) as broker, \
+            pytest.MonkeyPatch.context() as env:
+        env.setenv(REBOOT_ENV, f"touch {reboot_mark}")
         start_gateway(lab)
+        env.delenv(REBOOT_ENV)
         yield lab, broker
 
 
@@ -327,3 +345,47 @@ def test_lab_a_signed_deauth_ends_the_session_and_bad_ones_leave_it(
         ("refused", c.UNSIGNED), ("refused", c.BAD_SIGNATURE), ("refused", c.EXPIRED),
         ("refused", c.OTHER_SITE), ("ok", None), ("refused", c.REPLAYED)}
 
+
+def _fleet_send(lab: LabInfo, broker: Broker, key: Path, *words: str) -> dict[str, Any]:
+    done = _in_wan(lab, [*desanet_argv(), "fleet", "send", LAB_SITE, *words, "--broker",
+                         broker.url, "--key", str(key), "--json", "--timeout", "30s"])
+    assert done.returncode in (0, 1), done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+@require_root
+@require_tools(*LAB_TOOLS, "mosquitto")
+def test_lab_config_set_vouchers_create_and_reboot_on_the_real_daemon(
+        lab_rig: tuple[LabInfo, Broker], lab_key: tuple[Path, str], reboot_mark: Path,
+        tmp_path: Path) -> None:
+    lab, broker = lab_rig
+    key = load_key(str(lab_key[0]))
+    wait_until(lambda: _raw(lab, broker, request(key, LAB_SITE, "status", {},
+                                                 f"probe-{time.time_ns()}"), 2),
+               60, "the gateway to answer a status command")
+    # config.set: a harmless change, confirmed by the daemon once it is back on the broker
+    before = desanet_json(lab.control_socket, "status")["config"]["version"]
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(edited(Path(lab.config_path).read_text(), site={"village": "Desa Lab Baru"}))
+    answer = _fleet_send(lab, broker, lab_key[0], "config.set", f"text=@{conf}", "confirm=2m",
+                         f"expected_version={before}")
+    assert answer["ok"] is True, answer
+    after = answer["result"]["version"]
+
+    def confirmed() -> bool:
+        config = desanet_json(lab.control_socket, "status")["config"]
+        return bool(config["version"] == after and config["trial"] is None)
+    wait_until(confirmed, 30, "the daemon to confirm its new config")
+    # vouchers.create: the codes, opened by the operator, are the daemon's vouchers
+    made = _fleet_send(lab, broker, lab_key[0], "vouchers.create", "count=2", "duration=1h")
+    assert made["ok"] is True, made
+    listed = desanet_json(lab.control_socket, "vouchers", "list", "--batch",
+                          made["result"]["batch"])
+    rows = listed["vouchers"] if isinstance(listed, dict) else listed
+    assert sorted(v["code"] for v in rows) == sorted(made["result"]["codes"])
+    # reboot: answered, then the lab's reboot command runs (not the machine's reboot)
+    assert not reboot_mark.exists()
+    rebooted = _fleet_send(lab, broker, lab_key[0], "reboot")
+    assert rebooted["ok"] is True and rebooted["result"] == {"rebooting": True}, rebooted
+    wait_until(reboot_mark.exists, 30, "the lab's reboot command")

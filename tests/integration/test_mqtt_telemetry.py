@@ -56,7 +56,9 @@ def lab(make_lab: LabFactory, pki: Pki) -> LabInfo:
                  "keepalive": "30s",
                  # time-compressed: a report every 10 s, every 2nd one full
                  "telemetry_interval": "10s", "telemetry_sample_interval": "5s",
-                 "telemetry_full_every": 2}
+                 "telemetry_full_every": 2,
+                 # each report on its own (batches: tests/integration/test_mqtt_batch.py)
+                 "telemetry_send_interval": "0s"}
     return make_lab(LabSpec(prefix=PREFIX, clients=1, dhcp=False, start_gateway=False,
                             extra={"telemetry": telemetry}))
 

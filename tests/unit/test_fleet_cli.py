@@ -62,3 +62,45 @@ def test_send_refuses_a_bad_broker_url_before_connecting(tmp_path: Path,
     fleet.keygen(key)
     code = cli.main(["fleet", "send", "s1", "status", "--broker", "http://x", "--key", str(key)])
     assert code == 2 and "--broker" in capsys.readouterr().err
+
+
+def test_keygen_writes_a_sealing_key_that_opens_what_a_gateway_seals(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.fleet import sealkeys
+    from gateway.telemetry import sealed
+
+    out = tmp_path / "op.key"
+    assert cli.main(["fleet", "keygen", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    seal_path = tmp_path / "op.key.x25519"
+    assert printed["seal_key"] == str(seal_path) and stat.S_IMODE(seal_path.stat().st_mode) == 0o600
+    key = sealkeys.load_seal_key(seal_path)
+    recipient = sealed.parse_public_key(printed["seal_public_key"])
+    box = sealed.seal(b'{"codes":["ABCDE-FGHJK"]}', recipient,
+                      c.sealed_context("s1", "cmd-00000001", "vouchers.create"))
+    answer = {"id": "cmd-00000001", "name": "vouchers.create", "ok": True,
+              "result": {"count": 1, "codes_sealed": box}}
+    opened = sealkeys.open_answer(answer, key, "s1")
+    assert opened["result"] == {"count": 1, "codes": ["ABCDE-FGHJK"]}
+    replay = {"id": "cmd-00000001", "ok": False, "reason": "replayed", "first": answer}
+    assert sealkeys.open_answer(replay, key, "s1")["first"]["result"]["codes"] == ["ABCDE-FGHJK"]
+    with pytest.raises(sealkeys.SealKeyError, match="do not open"):
+        sealkeys.open_answer(answer, key, "s2")  # another site's context
+    # an operator key made before: add a sealing key only, never touching the signing key
+    seal_path.unlink()
+    before = out.read_text()
+    assert cli.main(["fleet", "keygen", "--out", str(out), "--seal-only"]) == 0
+    assert seal_path.exists() and out.read_text() == before
+    assert cli.main(["fleet", "keygen", "--out", str(out), "--seal-only"]) == 1  # not overwritten
+
+
+def test_arguments_from_files_json_values_and_numbers(tmp_path: Path) -> None:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text("[site]\nname = \"x\"\n")
+    assert fleet.parse_args_pairs([f"text=@{conf}", "count=10", "plan:=null", "batch=2024",
+                                   "confirm=5m"], None) == {
+        "text": "[site]\nname = \"x\"\n", "count": 10, "plan": None, "batch": "2024",
+        "confirm": "5m"}
+    for bad in [f"text=@{tmp_path / 'missing'}", "plan:=nul", ":=1"]:
+        with pytest.raises(Invalid):
+            fleet.parse_args_pairs([bad], None)

@@ -74,7 +74,7 @@ CASES: list[Case] = [
      c.NOT_YET_VALID, "issued"),
     ("expired", lambda: signed(body(issued=NOW - 900, expires=NOW - c.CLOCK_SKEW - 1)), c.EXPIRED,
      "expires"),
-    ("unknown command", lambda: signed(body(name="reboot")), c.UNKNOWN_COMMAND, "name"),
+    ("unknown command", lambda: signed(body(name="format_disk")), c.UNKNOWN_COMMAND, "name"),
     ("body not JSON", lambda: signed("{oops"), c.MALFORMED, "body"),
     ("body a list", lambda: signed("[]"), c.MALFORMED, "body"),
     ("wrong version", lambda: signed(body(v=2)), c.MALFORMED, "v"),
@@ -155,16 +155,24 @@ def test_the_worked_command_examples_in_docs_mqtt_validate_and_verify() -> None:
     section = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", section, re.S)]
     requests = [b for b in blocks if "sig" in b]
+    bodies = [b for b in blocks if "issued" in b]  # the bodies of the later examples
     responses = [b for b in blocks if "ok" in b]
-    assert len(requests) == 1 and len(responses) == 2
+    assert len(requests) == 1 and len(responses) == 5
     jsonschema.validate(requests[0], REQUEST_SCHEMA)
     key = c.parse_public_key(re.findall(r'command_keys = \["(ed25519:[^"]+)"\]', section)[0])
     inner = json.loads(requests[0]["body"])
     cmd = c.verify(json.dumps(requests[0]).encode(), [key], inner["site"], inner["issued"])
-    jsonschema.validate(inner, REQUEST_SCHEMA["$defs"]["body"])
+    body_schema = {**REQUEST_SCHEMA["$defs"]["body"], "$defs": REQUEST_SCHEMA["$defs"]}
+    for one in [inner, *bodies]:
+        jsonschema.validate(one, body_schema)
+    names = {b["id"]: b["name"] for b in [inner, *bodies]}
+    assert {"config.set", "vouchers.create"} <= set(names.values())
     for answer in responses:
         jsonschema.validate(answer, RESPONSE_SCHEMA)
-        assert answer["id"] == cmd.id
+        assert names.get(answer["id"], answer["name"]) == answer["name"]
+    assert {a["name"] for a in responses if a["ok"]} >= {"deauth", "config.set",
+                                                          "vouchers.create", "reboot"}
+    assert cmd.id in {a["id"] for a in responses}
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
     assert set(c.REASONS) | {"failed"} <= documented
 

@@ -48,7 +48,7 @@ def problems(text: str) -> list[str]:
 def test_telemetry_is_off_by_default_with_long_keepalive() -> None:
     tel = parse_config_text(BASE).telemetry
     assert not tel.enabled and tel.broker is None
-    assert tel.topic_prefix == "desanet/v1" and tel.keepalive == 300
+    assert tel.topic_prefix == "desanet/v1" and tel.keepalive == 1800
     assert tel.reconnect_min < tel.reconnect_max and 0 < tel.reconnect_jitter <= 1
 
 
@@ -279,19 +279,24 @@ def test_outbox_and_session_counter_survive_a_crash(tmp_path: Path) -> None:
 
 def test_in_flight_follows_the_state_table() -> None:
     flight = InFlight()
-    flight.published(seq=5, mid=1)
-    flight.published(seq=6, mid=2)
+    flight.published(5, mid=1)
+    flight.published(6, mid=2)
     assert len(flight) == 2
-    assert flight.acked(1) == 5
-    assert flight.acked(1) is None  # not ours (any more): the status, or a repeat
-    assert flight.acked(99) is None
+    assert flight.acked(1) == [5]
+    assert flight.acked(1) == []  # not ours (any more): the status, or a repeat
+    assert flight.acked(99) == []
     assert flight.lost() == [6]
     assert len(flight) == 0
-    flight.published(seq=6, mid=3)  # queued again after the connection was lost
-    assert flight.refused(3) == 6
-    flight.published(seq=6, mid=4)
+    flight.published(6, mid=3)  # queued again after the connection was lost
+    assert flight.refused(3) == [6]
+    flight.published(6, mid=4)
     with pytest.raises(IllegalTransition):
-        flight.published(seq=6, mid=5)  # published twice while in flight: a bug
+        flight.published(6, mid=5)  # published twice while in flight: a bug
+    flight.published([7, 8, 9], mid=6)  # a telemetry batch: one PUBLISH, one PUBACK
+    assert len(flight) == 2
+    assert flight.acked(6) == [7, 8, 9]
+    flight.published([10, 11], mid=7)
+    assert flight.lost() == [6, 10, 11]
 
 
 @pytest.mark.parametrize(("state", "event", "to"), [

@@ -68,7 +68,7 @@ async def test_reports_share_the_events_sequence_and_send_what_moved(tmp_path: P
 
     tel = Telemetry(enabled=True, broker="mqtt://broker.example", site_id=SITE, start_delay_max=0,
                     status_interval=0, telemetry_interval=300, telemetry_sample_interval=60,
-                    telemetry_full_every=3)
+                    telemetry_full_every=3, telemetry_send_interval=0)  # batches: test_telemetry_batch
     svc = TelemetryService(lambda: tel, AsyncTelemetryOutbox(box, worker), broker.connect,
                            Events(bus), lambda: "0123456789ab", "9.9.9", FakeClock(),
                            rng=random.Random(1), sleep=sleep, readings=gateway.readings)

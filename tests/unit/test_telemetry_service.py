@@ -101,7 +101,7 @@ async def test_status_on_connect_then_events_in_order_and_acked_ones_leave(rig: 
     assert 0 <= rig.sleeps[0] <= 30  # the random start delay
     will = rig.broker.links[0].settings
     assert (will.will_topic, json.loads(will.will_payload)["online"]) == (STATUS, False)
-    assert will.client_id == f"desanet-{SITE}" and will.keepalive == 300
+    assert will.client_id == f"desanet-{SITE}" and will.keepalive == 1800
     rig.emit(30)  # more than the window of 20 in flight
     await until(lambda: len(rig.sent()) == 30, "30 events")
     assert [m["seq"] for m in rig.sent()] == list(range(1, 31))
