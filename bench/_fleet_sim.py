@@ -17,6 +17,7 @@ registered with the asyncio loop instead (paho's external-loop interface:
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import time
 from collections.abc import Callable
@@ -28,7 +29,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.core.events import EndReason, SessionEnded, SessionStarted
-from gateway.telemetry import payloads
+from gateway.telemetry import batch, payloads
+from gateway.telemetry.outbox import Message
 from gateway.telemetry.topics import Topics
 from tests.integration.mosquitto import Broker
 
@@ -95,8 +97,8 @@ class SimGateway:
     def status(self, online: bool) -> bytes:
         return payloads.encode(payloads.status(self.who, CONFIG_VERSION, online=online))
 
-    def next(self, now: float) -> tuple[str, bytes]:
-        """The next outbox message: topic and payload; remembered as sent."""
+    def _make(self, now: float) -> Message:
+        """The next outbox message (its data as the outbox keeps it); remembered as sent."""
         self.seq += 1
         self.sent.append(now)
         data: dict[str, Any]
@@ -104,12 +106,26 @@ class SimGateway:
             self.events += 1
             event = (SessionStarted("02:00:00:00:00:01", "10.42.0.9", "voucher", "daily", "K7P2Q")
                      if self.events % 2 else SessionEnded("02:00:00:00:00:01", "10.42.0.9", EndReason.IDLE))
-            data, topic = payloads.event_data(event), self.topics.event
-        else:
-            data = dict(FULL) if self.seq % FULL_EVERY == 1 else {"ca": self.seq % 40, "cc": 9}
-            topic = self.topics.telemetry
-        body = payloads.message(self.who, self.seq, self.session, now, data)
-        return topic, payloads.encode(body)
+            return Message(self.seq, "event", self.session, now, json.dumps(payloads.event_data(event)))
+        data = dict(FULL) if self.seq % FULL_EVERY == 1 else {"ca": self.seq % 40, "cc": 9}
+        return Message(self.seq, "telemetry", self.session, now, json.dumps(data))
+
+    def next(self, now: float) -> tuple[str, bytes]:
+        """The next message alone in its PUBLISH: topic and payload."""
+        row = self._make(now)
+        return self._topic(row), batch.encode(self.who, [row], {}, compress=False)
+
+    def backlog(self, count: int, now: float) -> list[tuple[str, bytes]]:
+        """``count`` messages as the daemon sends a backlog: marked historical, cut into
+        PUBLISHes by gateway/telemetry/batch.py (runs of reports share one, zlib-compressed
+        when smaller, as at the default ``telemetry_compress``; each event alone)."""
+        rows = [self._make(now) for _ in range(count)]
+        hist = {r.seq: True for r in rows}
+        return [(self._topic(g[0]), batch.encode(self.who, g, hist, compress=True))
+                for g in batch.groups(rows)]
+
+    def _topic(self, row: Message) -> str:
+        return self.topics.event if row.kind == "event" else self.topics.telemetry
 
 
 class Link:
@@ -160,6 +176,7 @@ class Link:
         self.up = True
         self.fleet.connected += 1
         self.fleet.statuses += 1
+        self.fleet.publishes += 1
         client.publish(self.gw.topics.status, self.gw.status(online=True), qos=1, retain=True)
 
     def _acked(self, client: paho.Client, userdata: object, mid: int, rc: Any, props: Any) -> None:
@@ -174,7 +191,16 @@ class Link:
 
     def publish(self) -> None:
         topic, payload = self.gw.next(time.time())
+        self.fleet.publishes += 1
         self.client.publish(topic, payload, qos=1)
+
+    def flush(self, count: int) -> int:
+        """Publish a backlog of ``count`` messages in batches; the number of PUBLISHes."""
+        out = self.gw.backlog(count, time.time())
+        self.fleet.publishes += len(out)
+        for topic, payload in out:
+            self.client.publish(topic, payload, qos=1)
+        return len(out)
 
 
 class Fleet:
@@ -186,14 +212,10 @@ class Fleet:
         self.loop = asyncio.get_running_loop()
         self.links = [Link(self, SimGateway(f"{tag}-{i:05d}", prefix)) for i in range(n)]
         self.connected = self.refused = self.acked = self.lost = self.statuses = 0
+        self.publishes = 0  # PUBLISHes handed to paho (``acked`` counts their PUBACKs)
         self.connect_errors = 0
         self.closing = False
         self._misc: asyncio.Task[None] | None = None
-
-    @property
-    def published(self) -> int:
-        """Messages handed to paho, online statuses included."""
-        return sum(link.gw.seq for link in self.links) + self.statuses
 
     async def _tick(self) -> None:
         while True:  # keepalive pings and timeouts, for every client, every 2 s
@@ -250,10 +272,18 @@ class Fleet:
             await asyncio.sleep(0.01)
         return sent
 
-    async def burst(self, each: int, chunk: int = 2000) -> int:
+    async def burst(self, each: int, batched: bool, chunk: int = 2000) -> int:
         """Every gateway publishes ``each`` messages at once (a backlog flush after an
-        outage); paho holds what exceeds its in-flight window and sends it as PUBACKs come."""
+        outage), one PUBLISH each or, ``batched``, as the daemon sends a backlog; paho holds
+        what exceeds its in-flight window and sends it as PUBACKs come. Returns the
+        number of PUBLISHes."""
         sent = 0
+        if batched:
+            for i, link in enumerate(self.links):
+                sent += link.flush(each)
+                if i % 200 == 199:
+                    await asyncio.sleep(0)
+            return sent
         for _ in range(each):
             for link in self.links:
                 link.publish()
