@@ -4,7 +4,8 @@ Each simulated gateway is what a gateway puts on the wire, not a daemon: a paho
 MQTT 5 client (the library the daemon uses) whose CONNECT carries the Last Will
 (the offline status, retained), which publishes the retained online status
 once connected, then QoS 1 telemetry and events built by the real payload code
-(gateway/telemetry/payloads.py) on the real topic tree (topics.py), numbered
+(gateway/telemetry/payloads.py; batch.py for a backlog sent in batches) on the real
+topic tree (topics.py), numbered
 like the outbox: one ``seq`` per gateway for events and telemetry, and a
 session counter. Nothing is kept on disk: the bench remembers what it sent.
 

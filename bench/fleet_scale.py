@@ -22,9 +22,10 @@ What runs, for each N in ``--sizes`` and each consumer count in ``--consumers``
 4. **steady**: ``--rate`` messages a second in all (telemetry, every 10th an event),
    the gateways in turn, for ``--seconds``: stored rate and lag.
 5. **burst**: every gateway publishes ``--burst`` messages at once (default: 50,000 in all,
-   at least 10 each), as after a regional
-   outage when every backlog flushes: the rate at which the broker acknowledged them
-   and the rate at which the consumer stored them (first publish to last stored).
+   at least 10 each), as after a regional outage when every backlog flushes: one
+   PUBLISH each, or with ``--batched`` as the daemon sends a backlog (batch.py: runs of
+   reports in one compressed PUBLISH). Measured: the PUBLISHes the broker acknowledged
+   a second, and the messages the consumer stored a second (first publish to last stored).
 6. **Wills**: every connection is cut without DISCONNECT; the consumer must store every
    gateway offline.
 
@@ -44,6 +45,7 @@ Run (root not needed for N up to the hard open-file limit; mosquitto on PATH)::
     .venv/bin/python bench/fleet_scale.py --quick              # N = 200, seconds (the test)
     .venv/bin/python bench/fleet_scale.py --sizes 1000 --consumers 1 --json out.json
     .venv/bin/python bench/fleet_scale.py --broker-inflight 1000   # Mosquitto's window raised
+    .venv/bin/python bench/fleet_scale.py --batched                # the burst in batches
 """
 
 from __future__ import annotations
