@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 Several things in the gateway live through a small number of states: a queued
-form submission, a config trial, and (later) a telemetry message or a remote
-command. Each of them is written down here as **one table** mapping
-``(state, event)`` to the next state, in the style of h11's ``_state.py``:
+form submission, a config trial and a telemetry message. Each of them is
+written down here as **one table** mapping ``(state, event)`` to the next state,
+in the style of h11's ``_state.py``:
 
 * A pair that is in the table is a legal move and :meth:`TransitionTable.next`
   returns where it leads. A pair that is *not* in the table is illegal and

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 :meth:`Reconciler.converge` is the only way a config reaches the kernel and
 the child processes. Start-up (``previous`` is None), SIGHUP, ``config
-apply``, a confirm window that ran out, a rollback and (later) a config
+apply``, a confirm window that ran out, a rollback and a config
 pushed over MQTT all call it. It builds a list of steps, each with its undo
 (:mod:`gateway.config.apply`); parts whose settings did not change are left
 alone (a new terms text does not restart the portal or dnsmasq). While it

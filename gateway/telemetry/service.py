@@ -135,7 +135,7 @@ class TelemetryService:
         self._reconfigured = asyncio.Event()
         self._ack_seen = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        # counters for `desanet status` and (later) the telemetry message
+        # counters for `desanet status` and the telemetry message
         self.connects = 0
         self.sent = 0
         self.acked = 0

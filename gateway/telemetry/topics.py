@@ -2,7 +2,7 @@
 
 ``status`` is retained (online with the session counter; the Last Will sets it
 offline); ``telemetry`` and ``event`` carry the outbox's messages; ``cmd/req``
-and ``cmd/res`` are the command request and response topics (a later part).
+and ``cmd/res`` are the command request and response topics (dispatch.py).
 """
 
 from __future__ import annotations
