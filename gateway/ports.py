@@ -104,6 +104,10 @@ class NeighboursPort(Protocol):
         """DHCP leases: IPv4 address -> MAC."""
         ...
 
+    async def host_names(self) -> dict[str, str]:
+        """DHCP leases' host names (what the phone calls itself): IPv4 address -> name."""
+        ...
+
 
 class DhcpServerPort(Protocol):
     """The DHCP + DNS server (dnsmasq), a supervised child process."""

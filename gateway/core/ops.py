@@ -159,16 +159,18 @@ class GatewayOps:
         now = self.now()
         sessions = await self.sessions.active()
         active = await self._firewall.active_clients()
+        names = await self._neighbours.host_names()
         out = []
         for s in sessions:
             row = session_json(s, now)
             row["idle_left"] = active.get((s.mac, s.ip), 0)
             row["shaping"] = self.shaping.client_json(s)
+            row["hostname"] = names.get(s.ip)
             out.append(row)
         known = {s.mac for s in sessions}
         for ip, mac in sorted((await self._neighbours.leases()).items()):
             if mac not in known:
-                out.append({"mac": mac, "ip": ip, "authorized": False})
+                out.append({"mac": mac, "ip": ip, "authorized": False, "hostname": names.get(ip)})
         return out
 
     def shaping_status(self) -> dict[str, Any]:

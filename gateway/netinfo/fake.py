@@ -22,12 +22,15 @@ class FakeNeighbours(FaultInjection):
         super().__init__()
         self.table: dict[str, str] = {ip: mac.lower() for ip, mac in (table or {}).items()}
         self.lease_table: dict[str, str] = {ip: mac.lower() for ip, mac in (leases or {}).items()}
+        self.host_table: dict[str, str] = {}  # address -> the lease's host name
 
-    def add(self, ip: str, mac: str, lease: bool = True) -> None:
+    def add(self, ip: str, mac: str, lease: bool = True, host_name: str | None = None) -> None:
         """A client is on the LAN (with a DHCP lease unless ``lease`` is False)."""
         self.table[ip] = mac.lower()
         if lease:
             self.lease_table[ip] = mac.lower()
+            if host_name:
+                self.host_table[ip] = host_name
 
     async def mac_of(self, ip: str) -> str | None:
         self._fault("mac_of", changes=False)
@@ -45,6 +48,10 @@ class FakeNeighbours(FaultInjection):
     async def leases(self) -> dict[str, str]:
         self._fault("leases", changes=False)
         return dict(self.lease_table)
+
+    async def host_names(self) -> dict[str, str]:
+        self._fault("leases", changes=False)
+        return dict(self.host_table)
 
     async def close(self) -> None:
         pass

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.kernel import KernelWorker
 from gateway.netinfo import rtnl
 from gateway.netinfo.clientmap import UNKNOWN, ClientMap, Miss, usable_mac
-from gateway.services.dnsmasq import read_leases
+from gateway.services.dnsmasq import read_lease_file
 
 if TYPE_CHECKING:
     from gateway.ports import NeighboursPort
@@ -72,6 +72,7 @@ class Neighbours:
         self._sock: socket.socket | None = None
         self._seq = 0
         self._leases: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # address -> DHCP host name, from the same read
         self._leases_key: tuple[int, int, int] | None = None
 
     # -- netlink requests --------------------------------------------------------------
@@ -180,6 +181,13 @@ class Neighbours:
         """DHCP leases: IPv4 address -> MAC (a copy). Blocks: stats, maybe reads, the file."""
         return dict(self._current_leases())
 
+    def host_names(self) -> dict[str, str]:
+        """DHCP leases' host names: IPv4 address -> name (only DNS-label names; a copy).
+        Blocks like :meth:`leases`."""
+        self._current_leases()
+        with self._lock:
+            return dict(self._names)
+
     def _current_leases(self) -> dict[str, str]:
         # Parsed again only when the file changed: dnsmasq replaces it on every lease.
         try:
@@ -189,7 +197,8 @@ class Neighbours:
             key = None
         with self._lock:
             if key is None or key != self._leases_key:
-                self._leases = read_leases(self.lease_file) if key is not None else {}
+                self._leases, self._names = read_lease_file(self.lease_file) \
+                    if key is not None else ({}, {})
                 self._leases_key = key
             return self._leases
 
@@ -294,6 +303,10 @@ class KernelNeighbours:
     async def leases(self) -> dict[str, str]:
         """DHCP leases: IPv4 address -> MAC. Awaits the kernel worker (a stat, maybe a read)."""
         return await self.worker.call(self.neighbours.leases)
+
+    async def host_names(self) -> dict[str, str]:
+        """DHCP host names: IPv4 address -> name. Awaits the kernel worker."""
+        return await self.worker.call(self.neighbours.host_names)
 
     # -- the event stream ------------------------------------------------------------------
 

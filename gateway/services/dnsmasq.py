@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import select
 import signal
 from collections.abc import Callable
@@ -145,16 +146,30 @@ def servers_text(cfg: Config, offline_server: str | None) -> str:
 
 def read_leases(path: str) -> dict[str, str]:
     """Map IPv4 address -> MAC from a dnsmasq lease file (missing file: empty)."""
+    return read_lease_file(path)[0]
+
+
+# A host name as a phone sends it (DHCP option 12) and dnsmasq keeps it: one DNS label. Anything
+# else is dropped: the name is the villager's own text, shown to the technician.
+_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def read_lease_file(path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(IPv4 address -> MAC, IPv4 address -> host name) from a dnsmasq lease file; a lease
+    without a usable name ("*", or not a DNS label) has none. Missing file: both empty."""
     leases: dict[str, str] = {}
+    names: dict[str, str] = {}
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(errors="replace")
     except OSError:
-        return leases
+        return leases, names
     for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 3 and ":" not in parts[2]:
             leases[parts[2]] = parts[1].lower()
-    return leases
+            if len(parts) >= 4 and _HOST_NAME.match(parts[3]):
+                names[parts[2]] = parts[3]
+    return leases, names
 
 
 # -- adoption: a dnsmasq that outlived the daemon keeps serving ------------------------------

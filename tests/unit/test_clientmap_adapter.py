@@ -297,6 +297,27 @@ async def test_without_a_lan_interface_only_the_leases_answer(tmp_path: Path) ->
         worker.shutdown()
 
 
+async def test_lease_host_names_are_dns_labels_only_and_follow_the_file(tmp_path: Path) -> None:
+    """The name a phone sends is its owner's text, shown to the technician: only a DNS label
+    (what dnsmasq itself keeps) is passed on; "*" is no name."""
+    worker = KernelWorker()
+    leases = tmp_path / "dnsmasq.leases"
+    leases.write_text(f"1700000000 {A} 10.42.0.100 budi-phone 01:aa\n"
+                      f"1700000000 {B} 10.42.0.101 * 01:bb\n"
+                      "1700000000 02:00:00:00:00:0c 10.42.0.102 [bold]x\x1b[2J *\n"
+                      "1700000000 02:00:00:00:00:0d 10.42.0.103 -lead *\n")
+    port = KernelNeighbours(Neighbours(str(leases)), worker)
+    await port.start()
+    try:
+        assert await port.host_names() == {"10.42.0.100": "budi-phone"}
+        assert len(await port.leases()) == 4  # every lease still counts, named or not
+        leases.write_text(f"1700000000 {B} 10.42.0.101 ani-tablet *\n")
+        assert await port.host_names() == {"10.42.0.101": "ani-tablet"}
+    finally:
+        await port.close()
+        worker.shutdown()
+
+
 # -- the synchronous requests (Neighbours) over a socket pair ---------------------------------
 
 

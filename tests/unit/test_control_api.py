@@ -150,6 +150,16 @@ async def test_clients_lists_sessions_then_dhcp_only_clients(client: Client, cor
     assert [(r["mac"], r["ip"], r["authorized"]) for r in rows] == [
         (MAC, IP, True), (MAC2, IP2, False)]
     assert rows[0]["idle_left"] == 1800 and rows[0]["shaping"]["class"] == "1:165"
+    assert [r["hostname"] for r in rows] == [None, None]  # no names in these leases
+
+
+async def test_clients_carry_the_dhcp_host_name(client: Client, core: Core) -> None:
+    core.neighbours.host_table.update({IP: "budi-phone", IP2: "ani"})
+    await core.sessions.authorize(MAC, IP, "terms")
+    status, data = await get(client, "/v1/clients")
+    assert status == 200
+    assert [(r["mac"], r["hostname"]) for r in data["clients"]] == [
+        (MAC, "budi-phone"), (MAC2, "ani")]
 
 
 # -- vouchers -------------------------------------------------------------------------------
