@@ -27,6 +27,7 @@ below are tested as tables of messages (tests/unit/test_fleet_table.py).
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,11 +113,34 @@ def _text(body: Mapping[str, Any], key: str) -> str:
 MAX_INFLATED = 1024 * 1024  # a compressed batch may unpack to at most this (a bomb is refused)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: inf, which SQLite and the ordering cannot take
+        raise ValueError(f"number {text} out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(1 << 63) <= value < 1 << 63:  # what SQLite's INTEGER and PostgreSQL's BIGINT hold
+        raise ValueError(f"integer {text[:20]}... out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN and Infinity
+
+
 def _object(payload: bytes) -> dict[str, Any]:
+    # Every failure is Rejected: any other exception from one gateway's payload would be
+    # taken for a database failure by serve, which then retries the batch for ever.
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_float=_finite, parse_int=_int64,
+                          parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise Rejected("JSON nested too deep") from None
     if not isinstance(body, dict):
         raise Rejected("not a JSON object")
     return body
