@@ -224,3 +224,18 @@ def test_ordinary_numbers_still_read(store: Store) -> None:
                                              '"time":1.5e9,"type":"x","d":[[[{"n":9223372036854775807}]]]}')],
                       300)
     assert out.rejected == 0 and out.stored["event"] == 1
+
+
+def test_a_site_keeps_a_bounded_set_of_telemetry_keys(store: Store) -> None:
+    from gateway.fleet.state import MAX_TELEMETRY_KEYS
+
+    # positive control: unknown keys (a newer gateway's metrics) are kept, up to the bound
+    names = {f"k{i}": i for i in range(MAX_TELEMETRY_KEYS - 1)}
+    assert store.apply(P, [numbered("a", "telemetry", 1, cc=1, **names)], 300).rejected == 0
+    assert len(row(store, "a").telemetry) == MAX_TELEMETRY_KEYS
+    # a report naming keys again or known ones is taken; one more new name is not
+    assert store.apply(P, [numbered("a", "telemetry", 2, cc=2, k0=5)], 300).rejected == 0
+    out = store.apply(P, [numbered("a", "telemetry", 3, cc=3, extra=1)], 300)
+    assert out.rejected == 1 and "distinct telemetry keys" in (row(store, "a").problem or "")
+    s = row(store, "a")
+    assert s.clients == 2 and len(s.telemetry) == MAX_TELEMETRY_KEYS
