@@ -341,8 +341,13 @@ def age(seconds: float) -> str:
     return f"{s}s"
 
 
+# C0 (newline and tab too: a cell is one line), DEL and C1: a gateway's version string or
+# event type must not drive the operator's terminal (clear it, set its clipboard: OSC 52).
+_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x20), *range(0x7f, 0xa0)]}
+
+
 def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else str(value).translate(_CONTROLS)
 
 
 def cells(row: Row, now: float) -> tuple[str, ...]:
@@ -351,8 +356,8 @@ def cells(row: Row, now: float) -> tuple[str, ...]:
     if row.uplink and row.latency_ms is not None:
         uplink = f"up {row.latency_ms}ms"
     seen = "-" if row.last_seen is None else age(now - row.last_seen)
-    return (row.site, state, _cell(row.version), _cell(row.session), seen, _cell(row.clients),
-            _cell(row.authorized), uplink, _cell(row.queued_forms), _cell(row.backlog))
+    return (_cell(row.site), state, _cell(row.version), _cell(row.session), seen,
+            _cell(row.clients), _cell(row.authorized), uplink, _cell(row.queued_forms), _cell(row.backlog))
 
 
 def render(table: FleetTable, now: float) -> list[str]:
@@ -361,6 +366,7 @@ def render(table: FleetTable, now: float) -> list[str]:
     widths = [max(len(c[i]) for c in [COLUMNS, *body]) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [COLUMNS, *body]]
-    problems = [f"  {r.site}: {r.rejected} unreadable message(s), last: {r.problem}"
+    problems = [f"  {_cell(r.site)}: {r.rejected} unreadable message(s), "
+                f"last: {_cell(r.problem)}"
                 for r in table.rows() if r.rejected]
     return lines + problems
