@@ -56,8 +56,14 @@ def detail_lines(r: CheckResult, lang: str) -> list[str]:
         return lines
     if r.name == "rogue-dhcp":
         mark = {"id": ("LIAR", "gateway"), "en": ("ROGUE", "gateway")}[lang]
-        return [f"{s['server']:<15} {s['mac']}  {mark[0] if s['rogue'] else mark[1]}"
-                for s in r.details.get("servers") or []]
+        servers = r.details.get("servers") or []
+        lines = [f"{s['server']:<15} {s['mac']}  {mark[0] if s['rogue'] else mark[1]}"
+                 for s in servers[:MAX_LISTED]]
+        if len(servers) > MAX_LISTED:
+            more = len(servers) - MAX_LISTED
+            lines.append(f"(+{more} lagi; --json untuk semuanya)" if lang == "id"
+                         else f"(+{more} more; --json lists them all)")
+        return lines
     return []
 
 

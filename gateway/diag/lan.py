@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,9 @@ def classify_offers(name: str, offers: Iterable[Offer], own_ips: set[str], own_m
         "own_server": own_server or "",
     }
     if rogue:
-        who = ", ".join(f"{o.server_id or o.source_ip} ({o.source_mac})" for o in rogue)
+        who = ", ".join(f"{o.server_id or o.source_ip} ({o.source_mac})" for o in rogue[:3])
+        if len(rogue) > 3:  # forged offers from many MACs: the line stays readable
+            who += f" (+{len(rogue) - 3})"
         return verdict(name, "fail",
                        (f"Ada server DHCP liar di LAN: {who}. Warga bisa mendapat alamat yang "
                         "salah dan tidak bisa membuka portal atau internet.",
@@ -195,6 +197,28 @@ def _option(options: list[Any], key: str) -> str:
     return ""
 
 
+MAX_OFFERS = 64  # kept per discover: enough for every real server on a LAN
+
+
+def offer_filter(xid: int, limit: int = MAX_OFFERS) -> Callable[[Any], bool]:
+    """The sniffer's filter: answers to our discover, the first ``limit`` of them. Anyone
+    on the LAN hears the broadcast discover's xid: a flood of forged offers must not be
+    stored packet by packet until the box runs out of memory (the verdict is rogue anyway)."""
+    from scapy.layers.dhcp import BOOTP
+
+    kept = 0
+
+    def ours(pkt: Any) -> bool:
+        nonlocal kept
+        if kept >= limit:
+            return False
+        if pkt.haslayer(BOOTP) and pkt[BOOTP].op == 2 and pkt[BOOTP].xid == xid:
+            kept += 1
+            return True
+        return False
+    return ours
+
+
 def _discover(iface: str, wait: float) -> list[Offer]:
     quiet_scapy()
     from scapy.layers.dhcp import BOOTP, DHCP
@@ -208,10 +232,8 @@ def _discover(iface: str, wait: float) -> list[Offer]:
     xid = secrets.randbits(32)
     ready = threading.Event()
 
-    def ours(pkt: Any) -> bool:
-        return bool(pkt.haslayer(BOOTP) and pkt[BOOTP].op == 2 and pkt[BOOTP].xid == xid)
-
-    sniffer = AsyncSniffer(iface=iface, lfilter=ours, store=True, started_callback=ready.set)
+    sniffer = AsyncSniffer(iface=iface, lfilter=offer_filter(xid), store=True,
+                           started_callback=ready.set)
     sniffer.start()
     try:
         ready.wait(5)

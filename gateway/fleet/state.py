@@ -34,6 +34,9 @@ from typing import Any
 from gateway.fleet.table import METRIC_FIELDS, Rejected
 
 ENVELOPE = frozenset({"v", "site", "session", "seq", "time", "hist", "f"})
+# Unknown telemetry keys are kept (a newer gateway's metrics), but a site's set is bounded:
+# one gateway sending new names in every report would grow its row, rewritten per batch.
+MAX_TELEMETRY_KEYS = 64
 Key = tuple[int, int]  # (session, seq)
 
 
@@ -166,6 +169,9 @@ def _telemetry(s: SiteState, body: Mapping[str, Any], key: Key) -> None:
     ul = body.get("ul")
     if "ul" in body and (ul not in (0, 1, None) or isinstance(ul, bool)):
         raise Rejected(f"'ul' is {json.dumps(ul)}, not 0, 1 or null")
+    new = {name for name in body if name not in ENVELOPE and name not in s.telemetry}
+    if len(s.telemetry) + len(new) > MAX_TELEMETRY_KEYS:
+        raise Rejected(f"more than {MAX_TELEMETRY_KEYS} distinct telemetry keys")
     # Checked first, applied after: a bad report changes nothing.
     for name, value in body.items():
         if name in ENVELOPE or not _newer(s, name, key):

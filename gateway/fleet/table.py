@@ -27,6 +27,7 @@ below are tested as tables of messages (tests/unit/test_fleet_table.py).
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,11 +113,34 @@ def _text(body: Mapping[str, Any], key: str) -> str:
 MAX_INFLATED = 1024 * 1024  # a compressed batch may unpack to at most this (a bomb is refused)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: inf, which SQLite and the ordering cannot take
+        raise ValueError(f"number {text} out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(1 << 63) <= value < 1 << 63:  # what SQLite's INTEGER and PostgreSQL's BIGINT hold
+        raise ValueError(f"integer {text[:20]}... out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN and Infinity
+
+
 def _object(payload: bytes) -> dict[str, Any]:
+    # Every failure is Rejected: any other exception from one gateway's payload would be
+    # taken for a database failure by serve, which then retries the batch for ever.
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_float=_finite, parse_int=_int64,
+                          parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise Rejected("JSON nested too deep") from None
     if not isinstance(body, dict):
         raise Rejected("not a JSON object")
     return body
@@ -317,8 +341,13 @@ def age(seconds: float) -> str:
     return f"{s}s"
 
 
+# C0 (newline and tab too: a cell is one line), DEL and C1: a gateway's version string or
+# event type must not drive the operator's terminal (clear it, set its clipboard: OSC 52).
+_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x20), *range(0x7f, 0xa0)]}
+
+
 def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else str(value).translate(_CONTROLS)
 
 
 def cells(row: Row, now: float) -> tuple[str, ...]:
@@ -327,8 +356,8 @@ def cells(row: Row, now: float) -> tuple[str, ...]:
     if row.uplink and row.latency_ms is not None:
         uplink = f"up {row.latency_ms}ms"
     seen = "-" if row.last_seen is None else age(now - row.last_seen)
-    return (row.site, state, _cell(row.version), _cell(row.session), seen, _cell(row.clients),
-            _cell(row.authorized), uplink, _cell(row.queued_forms), _cell(row.backlog))
+    return (_cell(row.site), state, _cell(row.version), _cell(row.session), seen,
+            _cell(row.clients), _cell(row.authorized), uplink, _cell(row.queued_forms), _cell(row.backlog))
 
 
 def render(table: FleetTable, now: float) -> list[str]:
@@ -337,6 +366,7 @@ def render(table: FleetTable, now: float) -> list[str]:
     widths = [max(len(c[i]) for c in [COLUMNS, *body]) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [COLUMNS, *body]]
-    problems = [f"  {r.site}: {r.rejected} unreadable message(s), last: {r.problem}"
+    problems = [f"  {_cell(r.site)}: {r.rejected} unreadable message(s), "
+                f"last: {_cell(r.problem)}"
                 for r in table.rows() if r.rejected]
     return lines + problems

@@ -135,10 +135,19 @@ def sign(body: str, key: Ed25519PrivateKey) -> bytes:
 # -- verifying one (the gateway's side) ------------------------------------------------------
 
 
+def _loads(text: str | bytes) -> Any:
+    """json.loads, with nesting too deep for it a ValueError like any other bad JSON (it
+    raises RecursionError, which escaped the refusals: no answer, a traceback logged)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
 def _claims(body: object) -> tuple[str | None, str | None]:
     """The id and name a body claims, for correlating a refusal (unverified)."""
     try:
-        data = json.loads(body) if isinstance(body, str) else None
+        data = _loads(body) if isinstance(body, str) else None
     except ValueError:
         return None, None
     if not isinstance(data, dict):
@@ -155,7 +164,7 @@ def verify(payload: bytes, keys: Iterable[Ed25519PublicKey], site: str, now: flo
         raise CommandRefused(MALFORMED, f"the request is {len(payload)} bytes; at most "
                              f"{MAX_REQUEST}", "body")
     try:
-        outer = json.loads(payload)
+        outer = _loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise CommandRefused(MALFORMED, "the request is not JSON", "body") from None
     if not isinstance(outer, dict):
@@ -210,7 +219,7 @@ def _parse_body(body: str) -> Command:
     def bad(fld: str, expected: str) -> CommandRefused:
         return CommandRefused(MALFORMED, f"field {fld}: expected {expected}", fld, cid, name)
     try:
-        data = json.loads(body)
+        data = _loads(body)
     except ValueError:
         raise bad("body", "a JSON object") from None
     if not isinstance(data, dict):

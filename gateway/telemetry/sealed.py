@@ -61,7 +61,13 @@ def parse_public_key(text: object) -> X25519PublicKey:
         raise ValueError(f"{text[:40]!r}: the part after {KEY_PREFIX!r} is not base64") from None
     if len(raw) != 32:
         raise ValueError(f"{text[:40]!r}: an X25519 public key is 32 bytes, found {len(raw)}")
-    return X25519PublicKey.from_public_bytes(raw)
+    key = X25519PublicKey.from_public_bytes(raw)
+    try:  # a low-order point (e.g. all zero) gives no shared secret: refuse it here, not
+        X25519PrivateKey.generate().exchange(key)  # after the vouchers were made
+    except ValueError:
+        raise ValueError(f"{text[:40]!r}: cannot seal to this key (a low-order point); "
+                         "make one with `desanet fleet keygen`") from None
+    return key
 
 
 def _key(shared: bytes, epk: bytes, recipient: bytes) -> bytes:

@@ -22,7 +22,7 @@ from textual.app import App
 
 from gateway.errors import ControlError
 from gateway.tui.api import TuiApi, daemon_down
-from gateway.tui.base import PAGES, Key, Page, background, translated
+from gateway.tui.base import PAGES, Key, Page, background, plain, translated
 from gateway.tui.dialogs import error_text
 from gateway.tui.host import HostReader, HostStats, PsutilHost, Throughput
 from gateway.tui.i18n import Language, language, on_change, set_language, tr
@@ -233,6 +233,14 @@ class DesanetApp(App[None]):
         while len(self.screen_stack) > 2 and any(isinstance(s, DownScreen)
                                                  for s in self.screen_stack):
             self.pop_screen()
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every toast as plain text (screens' notify lands here too): a daemon error, a
+        batch or plan name or systemctl's output may hold "[/]" (a MarkupError when drawn)
+        or "[@click=app.quit]", or terminal escapes."""
+        super().notify(plain(message), title=plain(title), severity=severity,
+                       timeout=timeout, markup=False)
 
     def report(self, exc: BaseException) -> None:
         self.notify(error_text(exc), title=tr("Galat", "Error"), severity="error", timeout=8)

@@ -40,10 +40,20 @@ def translated(keys: list[Key] | tuple[Key, ...]) -> BindingsMap:
     return BindingsMap([Binding(k, action, tr(i, e)) for k, action, i, e in keys])
 
 
+# C0 controls but newline and tab, DEL and C1 (0x9b is a one-byte CSI): a villager's or a
+# rogue server's text must not drive the terminal (clear it, retitle it, move the cursor).
+_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0)]}
+
+
+def plain(text: str) -> str:
+    """``text`` with terminal control characters shown as U+FFFD."""
+    return text.translate(_CONTROLS)
+
+
 def cells(*values: object) -> list[Text]:
     """A table row as plain text: a hostname or an error text with brackets in it is
     shown as it is, never read as markup."""
-    return [Text(str(v), no_wrap=True, overflow="ellipsis") for v in values]
+    return [Text(plain(str(v)), no_wrap=True, overflow="ellipsis") for v in values]
 
 
 def nav_line(current: str) -> Text:

@@ -18,7 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from gateway.errors import DesanetError
-from gateway.tui.base import background
+from gateway.tui.base import background, plain
 from gateway.tui.i18n import tr
 
 
@@ -61,9 +61,9 @@ class Form(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text, id="title", markup=False)
+            yield Label(plain(self.title_text), id="title", markup=False)
             if self.question:
-                yield Static(self.question, id="question", markup=False)
+                yield Static(plain(self.question), id="question", markup=False)
             for f in self.fields:
                 yield Label(f.label, markup=False)
                 yield Input(value=f.value, placeholder=f.placeholder, id=f"f-{f.name}")
@@ -102,7 +102,7 @@ class Form(ModalScreen[str | None]):
             message = await self.action(values)
         except Exception as exc:  # shown in the dialog: nothing is lost, the form stays
             self.busy = False
-            self.query_one("#error", Static).update("! " + error_text(exc))
+            self.query_one("#error", Static).update(plain("! " + error_text(exc)))
             return
         self.busy = False
         self.dismiss(message)

@@ -47,6 +47,7 @@ from gateway.control.aclient import AsyncControlClient
 from gateway.control.client import UNREACHABLE
 from gateway.errors import ConfigError, ControlError
 from gateway.tui import i18n
+from gateway.tui.base import plain
 from gateway.tui.i18n import tr
 from gateway.tui.terminal import TerminalProbe
 from gateway.tui.wizard_apply import (
@@ -140,7 +141,7 @@ class SetupWizard(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield self._static(("Wizard pengaturan", "Setup wizard"), id="wz-title")
-        yield Static("", id="wz-mode")
+        yield Static("", id="wz-mode", markup=False)
         with ContentSwitcher(initial="wz-form"):
             with VerticalScroll(id="wz-form"):
                 for group in GROUPS:
@@ -150,10 +151,10 @@ class SetupWizard(Screen[None]):
                     for field in group.fields:
                         yield from self._row(field)
             with VerticalScroll(id="wz-review"):
-                yield Static("", id="wz-diff")
-                yield Static("", id="wz-status")
-        yield Static("", id="wz-problems")
-        yield Static("", id="wz-keys")
+                yield Static("", id="wz-diff", markup=False)
+                yield Static("", id="wz-status", markup=False)
+        yield Static("", id="wz-problems", markup=False)
+        yield Static("", id="wz-keys", markup=False)
 
     def _row(self, field: Field) -> ComposeResult:
         with Horizontal(classes="wz-row"):
@@ -164,7 +165,7 @@ class SetupWizard(Screen[None]):
             else:
                 yield Input(placeholder=field.placeholder, id=field.widget_id, compact=True,
                             password=field.kind == "secret", select_on_focus=False)
-        yield Static("", id=field.widget_id + "-err", classes="wz-error")
+        yield Static("", id=field.widget_id + "-err", classes="wz-error", markup=False)
 
     async def on_mount(self) -> None:
         self._stop_listening = i18n.on_change(self._language_changed)
@@ -281,7 +282,7 @@ class SetupWizard(Screen[None]):
             if self._errors.get(field.path, "") != shown:
                 self._errors[field.path] = shown
                 err = self.query_one(f"#{field.widget_id}-err", Static)
-                err.update(shown)
+                err.update(plain(shown))
                 err.set_class(bool(shown), "shown")
         self._show_problems()
 
@@ -290,7 +291,7 @@ class SetupWizard(Screen[None]):
         if self.problems:
             head = tr(f"{len(self.problems)} masalah (seperti `desanet config check`):",
                       f"{len(self.problems)} problem(s) (as `desanet config check`):")
-            box.update("\n".join([head, *(f"! {p}" for p in self.problems)]))
+            box.update(plain("\n".join([head, *(f"! {p}" for p in self.problems)])))
         elif self.step == "form":
             box.update(tr("Tidak ada masalah. F2: lihat perubahan.",
                           "No problems. F2: review the changes."))
@@ -342,7 +343,8 @@ class SetupWizard(Screen[None]):
             return
         head = tr("Perubahan:", "Changes:") if self.diff else \
             tr("Tidak ada perubahan.", "No changes.")
-        self.query_one("#wz-diff", Static).update("\n".join([head, *(f"  {d}" for d in self.diff)]))
+        diff = "\n".join([head, *(f"  {d}" for d in self.diff)])
+        self.query_one("#wz-diff", Static).update(plain(diff))
         self.query_one("#wz-status", Static).update(tr(*self.outcome))
 
     # -- steps ------------------------------------------------------------------------

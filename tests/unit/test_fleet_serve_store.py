@@ -184,3 +184,58 @@ def test_a_batch_of_reports_is_stored_report_by_report(store: Store) -> None:
     s = row(store, "a")
     assert (s.clients, s.messages, s.duplicates, s.last_seq) == (4, 4, 3, 4)
     assert store.count("messages") == 4
+
+
+def _raw(site: str, leaf: str, text: str) -> Incoming:
+    return Incoming(f"{P}/{site}/{leaf}", text.encode(), False, 1.0)
+
+
+DEEP = '{"v":1,"site":"a","session":1,"seq":9,"time":1,"x":' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+@pytest.mark.parametrize("hostile", [
+    _raw("a", "telemetry", DEEP),  # RecursionError: was taken for a database failure
+    _raw("a", "event", '{"v":1,"site":"a","session":1,"seq":9,"time":NaN,"type":"x"}'),
+    _raw("a", "telemetry", '{"v":1,"site":"a","session":1,"seq":9,"time":1e999,"cc":1}'),
+    _raw("a", "telemetry", '{"v":1,"site":"a","session":1,"seq":9,"time":1,"cc":Infinity}'),
+    _raw("a", "status", '{"v":1,"site":"a","online":true,"version":"x","config_version":"y",'
+                        '"boot_time":-Infinity,"session":1}'),
+    _raw("a", "telemetry", '{"v":1,"site":"a","session":1,"seq":9,"time":1' + "0" * 400 + ',"cc":1}'),
+    _raw("a", "telemetry", '{"v":1,"site":"a","session":1,"seq":1' + "0" * 30 + ',"time":1,"cc":1}'),
+    _raw("a", "event", '{"v":1,"site":"a","session":1' + "0" * 30 + ',"seq":9,"time":1,"type":"x"}'),
+    _raw("a", "status", '{"v":1,"site":"a","online":true,"version":"x","config_version":"y",'
+                        '"boot_time":1' + "0" * 30 + ',"session":1}'),
+    _raw("a", "telemetry", '{"v":1,"site":"a","session":1,"seq":9,"time":1,"cc":1' + "0" * 30 + '}'),
+])
+def test_a_hostile_payload_is_rejected_not_retried_for_ever(store: Store, hostile: Incoming
+                                                            ) -> None:
+    """One gateway's payload that json.loads chokes on (too deep) or reads as a non-finite
+    number must be a rejected message, not an exception: serve retries a failing batch
+    (a database error) without acknowledging it, so every gateway's messages would wait."""
+    out = store.apply(P, [hostile, numbered("b", "telemetry", 2, cc=4)], 300)
+    assert out.rejected == 1 and out.stored["telemetry"] == 1
+    assert row(store, "b").clients == 4
+    assert row(store, "a").rejected == 1
+
+
+def test_ordinary_numbers_still_read(store: Store) -> None:
+    # positive control beside the hostile ones: floats, big ints, nesting of a few levels
+    out = store.apply(P, [_raw("a", "event", '{"v":1,"site":"a","session":1,"seq":9,'
+                                             '"time":1.5e9,"type":"x","d":[[[{"n":9223372036854775807}]]]}')],
+                      300)
+    assert out.rejected == 0 and out.stored["event"] == 1
+
+
+def test_a_site_keeps_a_bounded_set_of_telemetry_keys(store: Store) -> None:
+    from gateway.fleet.state import MAX_TELEMETRY_KEYS
+
+    # positive control: unknown keys (a newer gateway's metrics) are kept, up to the bound
+    names = {f"k{i}": i for i in range(MAX_TELEMETRY_KEYS - 1)}
+    assert store.apply(P, [numbered("a", "telemetry", 1, cc=1, **names)], 300).rejected == 0
+    assert len(row(store, "a").telemetry) == MAX_TELEMETRY_KEYS
+    # a report naming keys again or known ones is taken; one more new name is not
+    assert store.apply(P, [numbered("a", "telemetry", 2, cc=2, k0=5)], 300).rejected == 0
+    out = store.apply(P, [numbered("a", "telemetry", 3, cc=3, extra=1)], 300)
+    assert out.rejected == 1 and "distinct telemetry keys" in (row(store, "a").problem or "")
+    s = row(store, "a")
+    assert s.clients == 2 and len(s.telemetry) == MAX_TELEMETRY_KEYS

@@ -230,3 +230,17 @@ def test_every_bad_argument_is_named_at_once(tmp_path: Path) -> None:
                      "--prefix", "desanet/+", "--timeout", "-1"))
     assert [line.split(":", 1)[0] for line in caught.value.problems] == [
         "--broker", "--cert", "--cert", "--cert and --key", "--prefix", "--timeout"]
+
+
+@pytest.mark.parametrize("version,shown", [
+    ("0.1.0\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J", "0.1.0\ufffd]52;c;cm0gLXJmIH4=\ufffd\ufffd[2J"),
+    ("0.2.0-rc1", "0.2.0-rc1"),  # positive control: an ordinary version as it is
+])
+def test_render_never_writes_a_gateways_control_characters(version: str, shown: str) -> None:
+    """`fleet watch` writes these lines to the operator's terminal: a gateway's version
+    with ESC in it could clear the screen or set the clipboard (OSC 52)."""
+    t = feed((ST, status(version=version), True))
+    t.apply(TE, b'{"v":1,"site":"a","x":"\\u001b[2J', False, 101.0)  # cut short: a problem
+    lines = render(t, now=110.0)
+    assert not any(ch in line for line in lines for ch in "\x1b\x07\x9b")
+    assert lines[1].split()[2] == shown

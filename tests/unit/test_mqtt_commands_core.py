@@ -87,6 +87,16 @@ async def test_vouchers_create_refuses_bad_arguments_naming_the_field(
     assert await rig.core.ops.vouchers() == []
 
 
+async def test_vouchers_create_refuses_a_key_nothing_can_be_sealed_to(rig: Rig) -> None:
+    # A low-order point (all zero) has the schema's form; sealing to it failed only after
+    # the vouchers were made: a failed answer and a batch nobody has the codes of.
+    args = {"count": 2, "duration": "1d", "recipient": "x25519:" + "A" * 43 + "="}
+    reply = await rig.send("vouchers.create", args, valid=None)
+    assert (reply.body["ok"], reply.body.get("field")) == (False, "args.recipient"), reply.body
+    assert "low-order" in reply.body["error"]
+    assert await rig.core.ops.vouchers() == []
+
+
 async def test_vouchers_create_seals_the_codes_to_the_operator_only(rig: Rig) -> None:
     args = {"count": 3, "duration": "1d", "max_devices": 2, "name": "Posyandu Mei",
             "recipient": RECIPIENT}

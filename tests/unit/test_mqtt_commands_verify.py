@@ -192,3 +192,26 @@ def test_command_keys_are_read_from_the_config_and_bad_ones_name_their_field() -
         parse_config_text(BASE + f'command_keys = ["{good}", "ssh-ed25519 AAAA"]\n')
     assert any(line.startswith("telemetry.command_keys[1]: ") for line in info.value.problems), \
         info.value.problems
+
+
+DEEP = "[" * 20_000 + "]" * 20_000
+
+
+@pytest.mark.parametrize("payload,field", [
+    (DEEP.encode(), "body"),  # the request itself, before any signature check
+    (raw({"body": DEEP, "sig": "AA=="}), "sig"),  # the unverified body read for its id
+    (signed(body(args={"mac": "@"}).replace('"@"', DEEP)), "body"),  # signed, deep inside
+], ids=["request", "unsigned-body", "signed-body"])
+def test_json_nested_too_deep_is_refused_not_raised(payload: bytes, field: str) -> None:
+    """json.loads raises RecursionError (not ValueError) on deep nesting: it escaped verify,
+    the command went unanswered and the daemon logged a traceback per message."""
+    assert len(payload) <= c.MAX_REQUEST
+    with pytest.raises(c.CommandRefused) as info:
+        c.verify(payload, KEYS, SITE, NOW)
+    assert (info.value.reason, info.value.field) == (c.MALFORMED, field)
+
+
+def test_nesting_a_command_may_need_is_read() -> None:
+    # positive control: arguments nested a few hundred levels still verify
+    text = body(args={"mac": "@"}).replace('"@"', "[" * 300 + "]" * 300)
+    assert c.verify(signed(text), KEYS, SITE, NOW).id == "cmd-00000001"

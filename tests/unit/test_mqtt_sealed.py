@@ -71,6 +71,9 @@ def test_public_key_text_round_trips_and_bad_text_says_why() -> None:
     assert sealed.parse_public_key(text).public_bytes_raw() == KEY.public_key().public_bytes_raw()
     for bad, words in [("ed25519:AAAA", "not an X25519"), ("x25519:***", "not base64"),
                        ("x25519:" + base64.b64encode(b"x" * 31).decode(), "32 bytes"),
+                       ("x25519:" + base64.b64encode(bytes(32)).decode(), "cannot seal"),
+                       ("x25519:" + base64.b64encode(bytes([1]) + bytes(31)).decode(),
+                        "cannot seal"),
                        (None, "not an X25519")]:
         with pytest.raises(ValueError, match=words):
             sealed.parse_public_key(bad)

@@ -345,3 +345,21 @@ async def test_the_probe_asks_the_terminal_and_waits_for_its_answer(answers: boo
     assert app._driver.written == QUERY
     probe.answered()  # a late or stray answer changes nothing
     assert await TerminalProbe().round_trip(types.SimpleNamespace(_driver=None), 1) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("typed", ["[/]x[@click=app.quit]", "fast"])
+async def test_a_value_with_markup_is_shown_as_typed(tmp_path: Path, typed: str) -> None:
+    """A rate typed (or pasted) as "[/]..." is shown in config check's line as it is; it
+    used to be read as markup ("[/]" closes nothing: MarkupError, the app gone)."""
+    path = tmp_path / "gateway.toml"
+    shutil.copy(EXAMPLE, path)
+    app = WizardApp(None, str(path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = app.wizard
+        await until(pilot, lambda: not wizard._loading, "the file")
+        await retype(pilot, "shaping.uplink_down", typed)
+        await until(pilot, lambda: bool(error_text(wizard, "shaping.uplink_down")), "a problem")
+        await pilot.pause()
+        assert app.is_running
+        shown = str(wizard.query_one("#wz-problems", Static).render())
+        assert typed in shown

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Static
 
 from gateway.tui import view
-from gateway.tui.base import Key, Page, cells
+from gateway.tui.base import Key, Page, cells, plain
 from gateway.tui.dialogs import Field, Form, confirm
 from gateway.tui.i18n import tr
 
@@ -63,7 +63,7 @@ class ClientsScreen(Page):
             text = f"MAC {row.get('mac')}" + (f"  voucher {voucher}" if voucher else "")
             text += f"  {tr('lewat', 'via')} {row.get('source') or '-'}" \
                 if row.get("authorized") else ""
-        self.query_one("#detail", Static).update(text)
+        self.query_one("#detail", Static).update(plain(text))
 
     def _done(self, message: str | None) -> None:
         if message:

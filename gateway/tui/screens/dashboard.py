@@ -10,7 +10,7 @@ from textual.widgets import Footer, Sparkline, Static
 from gateway.cli_format import format_bytes
 from gateway.timefmt import DEFAULT_TIMEZONE
 from gateway.tui import view
-from gateway.tui.base import Key, Page
+from gateway.tui.base import Key, Page, plain
 from gateway.tui.i18n import tr
 
 TOP_USERS = 5
@@ -52,7 +52,7 @@ class DashboardScreen(Page):
         head = [f"{site}  {ready}", view.uplink_line(status),
                 f"WAN ↓ {view.rate(down)}  ↑ {view.rate(up)}  "
                 + tr("(3 menit terakhir, unduh)", "(last 3 minutes, download)")]
-        self.query_one("#head", Static).update("\n".join(head))
+        self.query_one("#head", Static).update(plain("\n".join(head)))
         self.query_one("#spark", Sparkline).data = list(rates.down)
         h = app.host_stats
         lines = [
@@ -74,4 +74,4 @@ class DashboardScreen(Page):
         tz = status.get("timezone") or DEFAULT_TIMEZONE
         recent = list(app.events)[-EVENTS_SHOWN:]
         lines += [f"  {view.event_line(e, tz)}" for e in reversed(recent)] or ["  -"]
-        self.query_one("#body", Static).update("\n".join(lines))
+        self.query_one("#body", Static).update(plain("\n".join(lines)))

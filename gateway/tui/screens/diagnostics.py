@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Static
 
 from gateway.tui import view
-from gateway.tui.base import Key, Page, background, cells
+from gateway.tui.base import Key, Page, background, cells, plain
 from gateway.tui.i18n import tr
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class DiagnosticsScreen(Page):
         lines = [f"{view.check_status(str(result.status))} {_text(result, 'summary')}"]
         if _text(result, "advice"):
             lines.append(tr("Saran: ", "Advice: ") + _text(result, "advice"))
-        advice.update("\n".join(lines + _details(result)))
+        advice.update(plain("\n".join(lines + _details(result))))
 
     def action_run_all(self) -> None:
         self._run(None)

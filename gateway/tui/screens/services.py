@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from gateway.timefmt import DEFAULT_TIMEZONE, format_time
 from gateway.tui import view
-from gateway.tui.base import Key, Page, background, cells
+from gateway.tui.base import Key, Page, background, cells, plain
 from gateway.tui.i18n import tr
 
 STATES = {"online": ("daring", "online"), "offline": ("LURING", "OFFLINE"),
@@ -59,7 +59,7 @@ class ServicesScreen(Page):
                f", failed {outbox.get('failed', 0)}"),
             tr(f"Prefetch: {last}", f"Prefetch: {last}"),
         ]
-        self.query_one("#summary", Static).update("\n".join(lines))
+        self.query_one("#summary", Static).update(plain("\n".join(lines)))
         self.columns(table, (tr("Layanan", "Service"), 14), (tr("Status", "State"), 15),
                      (tr("Galat/minta", "Errors/reqs"), 11), (tr("Terakhir ok", "Last ok"), 10),
                      (tr("Galat terakhir", "Last error"), 16))

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, Static
 from gateway.config.units import format_duration
 from gateway.errors import ControlError, Invalid
 from gateway.tui import view
-from gateway.tui.base import Key, Page, background, cells
+from gateway.tui.base import Key, Page, background, cells, plain
 from gateway.tui.dialogs import Field, Form, confirm
 from gateway.tui.i18n import language, tr
 from gateway.tui.sheet import default_path, export_sheet
@@ -90,7 +90,7 @@ class VouchersScreen(Page):
                                                       f"/{v.get('max_devices', 1)}",
                                                       f"devices {len(v.get('devices') or [])}"
                                                       f"/{v.get('max_devices', 1)}")
-        self.query_one("#detail", Static).update(text)
+        self.query_one("#detail", Static).update(plain(text))
 
     def _done(self, message: str | None) -> None:
         if message:
