@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 # heavy, and not needed by an idle daemon with telemetry and command keys configured
-LAZY = ("cryptography", "scapy", "textual", "rich", "desanet_lab", "gateway.tui", "gateway.fleet",
-        "gateway.diag", "gateway.cli")
+LAZY = ("cryptography", "scapy", "textual", "rich", "prometheus_client", "desanet_lab",
+        "gateway.tui", "gateway.fleet", "gateway.diag")
 
 KEY = "ed25519:oTGk9NsPtQuU+7rspgO9JW6YxyVuOISoU06MIRGPtJg="
 
@@ -41,6 +41,20 @@ START = (
 
 def test_the_daemon_start_and_its_telemetry_config_load_no_heavy_module() -> None:
     assert heavy(loaded_after(START)) == []
+
+
+def test_desanet_run_parses_its_arguments_without_the_tools_commands() -> None:
+    # `desanet run` (systemd, the lab) goes through the CLI's parser: it must not build
+    # the fleet/diag/plugin commands, whose modules would stay resident in the daemon
+    code = ("import contextlib\nfrom gateway import cli\n"
+            "with contextlib.redirect_stdout(None), contextlib.suppress(SystemExit):\n"
+            "    cli.main(['run', '--help'])\n" + START)
+    assert heavy(loaded_after(code)) == []
+    # positive control: any other command gets the whole CLI
+    full = loaded_after("import contextlib\nfrom gateway import cli\n"
+                        "with contextlib.redirect_stdout(None), contextlib.suppress(SystemExit):\n"
+                        "    cli.main(['status', '--help'])\n")
+    assert "gateway.fleet" in heavy(full)
 
 
 def test_a_command_key_still_loads_cryptography_when_used() -> None:
