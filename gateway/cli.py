@@ -520,7 +520,10 @@ def _host(ip: str, last: int) -> str:
 # -- parser ----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extras: bool = True) -> argparse.ArgumentParser:
+    """The whole CLI; ``extras=False`` leaves out `fleet`, `diag` and plugin commands,
+    whose modules (cryptography, paho's operator side, the lab) would otherwise stay
+    resident in the daemon for its life (~11 MB; docs/benchmarks.md, footprint)."""
     parser = argparse.ArgumentParser(
         prog="desanet",
         description="desanet village hotspot gateway (captive portal, shaping, offline services)",
@@ -640,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--lang", choices=["id", "en"],
                      help="language at start: id (default) or en; `l` switches at run time")
 
+    if not extras:
+        return parser
     from gateway.fleet.cli import register as register_fleet
 
     register_fleet(sub)
@@ -654,8 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     global _site
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(extras=argv[:1] != ["run"])  # the daemon: only what it uses
     args = parser.parse_args(argv)
     _site = SiteZone(lambda: _client(args))
     if not getattr(args, "func", None):

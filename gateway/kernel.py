@@ -94,6 +94,9 @@ def netlink_errors() -> tuple[type[Exception], ...]:
     Imported on first use (pyroute2 takes ~140 ms to import; the CLI never
     needs it). Adapters catch exactly these, never ``Exception``.
     """
+    from gateway.pyroute import lean
+
+    lean()  # not all of pyroute2 (docs/benchmarks.md, footprint)
     from pyroute2.netlink.exceptions import NetlinkError
 
     return (NetlinkError, OSError, ValueError)

@@ -75,8 +75,8 @@ def _protocol(value: object) -> str:
 
 
 def _command_key(value: str) -> str:
-    from gateway.telemetry.commands import parse_public_key  # pure; cryptography loads lazily
-    parse_public_key(value)
+    from gateway.telemetry.commands import public_key_bytes  # pure: cryptography stays unloaded
+    public_key_bytes(value)
     return value
 
 

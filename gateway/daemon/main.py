@@ -42,7 +42,7 @@ from gateway.core.reconcile import (
 from gateway.core.sessions import SessionService
 from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
-from gateway.daemon import eventloop, systemd
+from gateway.daemon import eventloop, memory, systemd
 from gateway.daemon.reboot import SystemReboot
 from gateway.daemon.servers import DaemonServers, raise_file_limit
 from gateway.errors import ConfigError, DesanetError, StoreError
@@ -426,6 +426,7 @@ def software_version() -> str:
 
 
 def run_daemon(config_path: str) -> None:
+    memory.limit_arenas()  # before any thread starts
     factory, which = eventloop.choose()
     log.info("event loop: %s", which)
     eventloop.run(Daemon(config_path).run(), factory)

@@ -48,6 +48,7 @@ from typing import Any
 from gateway.errors import FirewallError
 from gateway.firewall.planner import REDIRECTED_PORT
 from gateway.kernel import netlink_errors
+from gateway.pyroute import lean
 
 log = logging.getLogger("desanet.firewall.conntrack")
 
@@ -111,13 +112,15 @@ class Conntrack:
 
     def _socket(self) -> Any:
         if self._sock is None:
-            from pyroute2 import Conntrack as PyConntrack
+            lean()
+            from pyroute2.conntrack import Conntrack as PyConntrack
 
             self._sock = PyConntrack()
         return self._sock
 
     @staticmethod
     def _tuple(ip: str, redirected_only: bool) -> Any:
+        lean()  # not all of pyroute2 (docs/benchmarks.md, footprint)
         from pyroute2.conntrack import NFCTAttrTuple
 
         if redirected_only:
@@ -129,6 +132,7 @@ class Conntrack:
 
     def _flush(self, ip: str, redirected_only: bool) -> None:
         """One IPCTNL_MSG_CT_DELETE with CTA_FILTER: the kernel deletes every match."""
+        lean()
         from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
         from pyroute2.netlink.nfnetlink.nfctsocket import (
             IPCTNL_MSG_CT_DELETE,
@@ -148,6 +152,7 @@ class Conntrack:
                                terminate=terminate_error_msg)
 
     def _delete_each(self, ip: str, redirected_only: bool) -> int:
+        lean()
         from pyroute2.netlink.exceptions import NetlinkError
 
         sock = self._socket()

@@ -16,9 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from gateway.config.schema import Portal
 
 CERT_FIELD = "portal.tls_certificate"
@@ -68,6 +65,10 @@ def decode_certificate(path: str) -> CertificateInfo:
 
     Raises TlsError naming ``portal.tls_certificate``.
     """
+    # cryptography costs the daemon ~7 MB resident: loaded only when a certificate is set
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     _readable(path, CERT_FIELD)
     try:
         with open(path, "rb") as f:

@@ -64,7 +64,10 @@ class Shaper:
 
     def _ip(self) -> Any:
         if self._ipr is None:
-            from pyroute2 import IPRoute
+            from gateway.pyroute import lean
+
+            lean()  # not all of pyroute2 (docs/benchmarks.md, footprint)
+            from pyroute2.iproute import IPRoute
 
             self._ipr = IPRoute()
         return self._ipr

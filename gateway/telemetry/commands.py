@@ -36,10 +36,13 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:  # cryptography (~7 MB resident) loads when a key is first used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 VERSION = 1
 CLOCK_SKEW = 300  # seconds a gateway's clock may be off (satellite boxes without RTC drift)
@@ -97,6 +100,14 @@ def public_key_text(key: Ed25519PublicKey) -> str:
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
     """``ed25519:<base64 of 32 bytes>``; raises ValueError saying what is wrong."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(public_key_bytes(text))
+
+
+def public_key_bytes(text: str) -> bytes:
+    """The 32 raw bytes of ``ed25519:<base64>``, checked without loading cryptography
+    (which takes any 32 bytes; the config validates keys with this alone)."""
     if not text.startswith(KEY_PREFIX):
         raise ValueError(f"{text[:40]!r} does not start with {KEY_PREFIX!r}; write e.g. "
                          "\"ed25519:3vGQ...=\" as printed by `desanet fleet keygen`")
@@ -106,7 +117,7 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
         raise ValueError(f"{text[:40]!r}: the part after {KEY_PREFIX!r} is not base64") from None
     if len(raw) != 32:
         raise ValueError(f"{text[:40]!r}: an Ed25519 public key is 32 bytes, found {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return raw
 
 
 # -- making a request (the operator's side) -------------------------------------------------
@@ -206,6 +217,8 @@ def verify(payload: bytes, keys: Iterable[Ed25519PublicKey], site: str, now: flo
 
 
 def _verifies(key: Ed25519PublicKey, sig: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(sig, data)
     except InvalidSignature:

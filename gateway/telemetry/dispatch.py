@@ -52,9 +52,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.clock import Clock
 from gateway.control.errors import error_body
@@ -69,6 +67,9 @@ from gateway.telemetry.cmdargs import ConfigSetArgs, VoucherCreateArgs
 from gateway.telemetry.mqtt import Incoming
 from gateway.telemetry.seen import SeenCommands
 from gateway.telemetry.topics import Topics
+
+if TYPE_CHECKING:  # cryptography loads at the first command (commands.parse_public_key)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger("desanet.mqtt")
 

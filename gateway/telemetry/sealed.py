@@ -27,13 +27,10 @@ import base64
 import binascii
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+if TYPE_CHECKING:  # cryptography (~7 MB resident) loads when a box is made or opened
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 VERSION = 1
 ALG = "X25519-HKDF-SHA256-CHACHA20POLY1305"
@@ -61,6 +58,11 @@ def parse_public_key(text: object) -> X25519PublicKey:
         raise ValueError(f"{text[:40]!r}: the part after {KEY_PREFIX!r} is not base64") from None
     if len(raw) != 32:
         raise ValueError(f"{text[:40]!r}: an X25519 public key is 32 bytes, found {len(raw)}")
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
     key = X25519PublicKey.from_public_bytes(raw)
     try:  # a low-order point (e.g. all zero) gives no shared secret: refuse it here, not
         X25519PrivateKey.generate().exchange(key)  # after the vouchers were made
@@ -71,11 +73,17 @@ def parse_public_key(text: object) -> X25519PublicKey:
 
 
 def _key(shared: bytes, epk: bytes, recipient: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(hashes.SHA256(), 32, salt=epk + recipient, info=_INFO).derive(shared)
 
 
 def seal(plaintext: bytes, recipient: X25519PublicKey, aad: bytes = b"") -> dict[str, Any]:
     """A box only the private key of ``recipient`` opens (with the same ``aad``)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     eph = X25519PrivateKey.generate()
     epk = eph.public_key().public_bytes_raw()
     key = _key(eph.exchange(recipient), epk, recipient.public_bytes_raw())
@@ -89,6 +97,10 @@ def seal(plaintext: bytes, recipient: X25519PublicKey, aad: bytes = b"") -> dict
 def open_box(box: Mapping[str, Any], key: X25519PrivateKey, aad: bytes = b"") -> bytes:
     """The plaintext of ``box``; raises SealError when it is not for ``key``, was altered,
     or is not a version 1 box."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     if not isinstance(box, Mapping) or box.get("v") != VERSION or box.get("alg") != ALG:
         raise SealError(f"not a sealed box of version {VERSION} ({ALG})")
     try:
