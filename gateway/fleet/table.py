@@ -199,6 +199,8 @@ def unpack(payload: bytes, site: str, leaf: str) -> list[dict[str, Any]]:
     Every consumer (watch, serve) reads payloads through here, so a new wire form is
     decoded in one place. Telemetry may come as a batch (``"v": 2``, docs/mqtt.md
     "Batches"), zlib-compressed (a payload that does not start with ``{``)."""
+    if len(payload) > MAX_INFLATED:  # a gateway's batch is ~17 kB; the broker may allow 256 MB
+        raise Rejected(f"a payload of {len(payload)} bytes; at most {MAX_INFLATED}")
     if leaf != "telemetry":
         return [decode(payload, site)]
     if payload.lstrip()[:1] != b"{":

@@ -239,3 +239,12 @@ def test_a_site_keeps_a_bounded_set_of_telemetry_keys(store: Store) -> None:
     assert out.rejected == 1 and "distinct telemetry keys" in (row(store, "a").problem or "")
     s = row(store, "a")
     assert s.clients == 2 and len(s.telemetry) == MAX_TELEMETRY_KEYS
+
+
+def test_a_payload_larger_than_a_mebibyte_is_rejected_not_stored(store: Store) -> None:
+    from gateway.fleet.table import MAX_INFLATED
+
+    fill = "x" * MAX_INFLATED
+    out = store.apply(P, [event("a", 1, note=fill), event("a", 2, note="short")], 300)
+    assert out.rejected == 1 and out.stored["event"] == 1  # the ordinary one beside it
+    assert "at most" in (row(store, "a").problem or "") and store.count("events") == 1
