@@ -42,11 +42,13 @@ async def serving(cap: int = 100, keepalive: float = 75.0) -> AsyncIterator[tupl
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
-    """Everything the server sends until it closes the connection (bounded wait)."""
+    """Everything the server sends until it closes the connection (bounded wait). A reset
+    is a close too: a server that closes with our unread bytes in its buffer sends RST."""
     data = b""
     async with asyncio.timeout(DEADLINE):
-        while chunk := await reader.read(4096):
-            data += chunk
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(4096):
+                data += chunk
     return data
 
 
