@@ -166,8 +166,13 @@ def start_gateway(lab: p.LabPlan, timeout: float = GATEWAY_READY_TIMEOUT) -> int
     object with ``"ready": true``.
     """
     lab.control_socket.unlink(missing_ok=True)
+    env = child_env()
+    # The `reboot` remote command restarts this daemon (desanet_lab/reboot.py), never the
+    # machine; a caller's own command (a test's) wins.
+    env.setdefault("DESANET_REBOOT_COMMAND",
+                   f"{sys.executable} -m desanet_lab.reboot --prefix {lab.prefix}")
     proc = netns.spawn(lab.prefix, lab.gw, gateway_argv(lab.config_path), lab.gateway_log,
-                       env=child_env(), cwd=project_root())
+                       env=env, cwd=project_root())
     lab.gateway_pidfile.write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     last = "no answer yet"

@@ -108,6 +108,36 @@ def test_a_signed_command_reaches_the_gateway_through_the_labs_broker(lab: LabIn
     assert answer["result"]["ready"] is True, answer
 
 
+def test_reboot_from_the_operator_restarts_the_lab_gateway_with_a_new_session(
+        lab: LabInfo) -> None:
+    """In the lab a reboot is the daemon stopped and started again (desanet_lab/reboot.py),
+    never the machine: the operator sees the answer, then the gateway back, newly started."""
+    b = lab_status()["broker"]
+    wait_until(lambda: desanet_json(lab.control_socket, "status")["telemetry"]["connected"], 60,
+               "the gateway connected to the broker")
+    session = desanet_json(lab.control_socket, "status")["telemetry"]["session"]
+    pidfile = Path(lab.state_dir) / "gateway.pid"
+    old_pid = pidfile.read_text().strip()
+    done = subprocess.run(["ip", "netns", "exec", lab.wan, *desanet_argv(), "fleet", "send", SITE,
+                           "reboot", "--broker", b["url"], "--key", b["command_key"],
+                           "--ca", b["ca"], "--cert", b["operator_cert"],
+                           "--key-file", b["operator_key"], "--json", "--timeout", "20s"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(done.stdout)["result"] == {"rebooting": True}
+
+    def back() -> bool:
+        if pidfile.read_text().strip() == old_pid:
+            return False
+        try:
+            status = desanet_json(lab.control_socket, "status")
+        except AssertionError:  # the control socket is not there yet
+            return False
+        return bool(status["ready"] and status["telemetry"]["session"] > session)
+    wait_until(back, 90, "the gateway back after the reboot with a new session")
+    assert not netns.pid_alive(int(old_pid))  # the old daemon is gone, not left beside
+
+
 class Probe:
     """tests/integration/mqtt_probe.py in the lab's WAN with one certificate."""
 
