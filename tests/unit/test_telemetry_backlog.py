@@ -7,8 +7,8 @@ import multiprocessing
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,34 +172,26 @@ def test_a_crash_between_the_insert_and_its_drops_leaves_the_last_commit(
     check_invariants(path, BOUND)
 
 
-def _add_forever(path: str) -> None:
+def _add_forever(path: str, dropping: Any = None) -> None:
+    """Add batches until killed; set ``dropping`` once enough went in that the bound drops."""
     box = TelemetryOutbox(path, BOUND)
     i = 0
     while True:
         box.add(1, [msg(T if i % 3 else E, 50 + i % 7 * 20, i) for _ in range(1 + i % 4)])
         i += 1
+        if dropping is not None and box.totals.last_seq >= 3 * BOUND.max_messages:
+            dropping.set()
 
 
 def test_kill_9_at_any_moment_never_leaves_the_outbox_over_its_bound(tmp_path: Path) -> None:
     path = str(tmp_path / "t.db")
     for _ in range(3):
-        proc = multiprocessing.get_context("fork").Process(target=_add_forever, args=(path,))
+        ctx = multiprocessing.get_context("fork")
+        dropping = ctx.Event()
+        proc = ctx.Process(target=_add_forever, args=(path, dropping))
         proc.start()
-        deadline = time.monotonic() + 30
-        seen = 0
-        while seen < 3 * BOUND.max_messages:  # enough inserts that it is dropping
-            assert time.monotonic() < deadline, "the writer made no progress"
-            if os.path.exists(path):
-                try:
-                    conn = open_readonly(path)
-                    try:
-                        row = conn.execute("SELECT seq FROM sqlite_sequence").fetchone()
-                        seen = row[0] if row else 0
-                    finally:
-                        conn.close()
-                except sqlite3.Error:
-                    pass  # the file is being created
-            time.sleep(0.01)  # a poll interval, not a wait for an outcome
+        # the kill comes once the writer is dropping, at whatever moment of its work it is
+        assert dropping.wait(30), "the writer made no progress"
         assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
