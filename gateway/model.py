@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 SessionSource = Literal["terms", "voucher", "manual"]
+QuotaState = Literal["", "slow", "cut"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,14 @@ class Voucher:
     devices: tuple[str, ...] = ()  # MACs that redeemed it
     batch_name: str = ""  # what staff called the batch ("Posyandu Mei"); "" when unnamed
     serial: int = 0  # 1..N within the batch, printed on the sheet; the store numbers them
+    # plans (Step 11): usage so far and what was sold (docs/plans.md)
+    used_seconds: int = 0  # time of use: seconds some device of it was online (idle excluded)
+    bytes_down: int = 0  # counted in the kernel, over every device of the voucher
+    bytes_up: int = 0
+    quota_state: QuotaState = ""  # "" within quota, "slow" fair use, "cut" used up
+    price: int = 0  # rupiah: the plan's price when the voucher was created
+    seller: str = ""  # who sells it (a batch's seller); "" unknown
+    imported: bool = False  # sold before desanet (vouchers import), not made here
 
     def state(self, now: int) -> str:
         if self.revoked:

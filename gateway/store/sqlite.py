@@ -21,8 +21,8 @@ from gateway.sqlitedb import Database
 from gateway.store.backup import KEEP, backup
 from gateway.store.heal import Heal
 
-# 2: vouchers.batch_name and vouchers.serial (see _migrate).
-SCHEMA_VERSION = 2
+# 2: vouchers.batch_name and vouchers.serial; 3: the vouchers' usage and sale (plans).
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -51,7 +51,14 @@ CREATE TABLE IF NOT EXISTS vouchers (
     first_used INTEGER,
     revoked INTEGER NOT NULL DEFAULT 0,
     batch_name TEXT NOT NULL DEFAULT '',
-    serial INTEGER NOT NULL DEFAULT 0
+    serial INTEGER NOT NULL DEFAULT 0,
+    used_seconds INTEGER NOT NULL DEFAULT 0,
+    bytes_down INTEGER NOT NULL DEFAULT 0,
+    bytes_up INTEGER NOT NULL DEFAULT 0,
+    quota_state TEXT NOT NULL DEFAULT '',
+    price INTEGER NOT NULL DEFAULT 0,
+    seller TEXT NOT NULL DEFAULT '',
+    imported INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS voucher_devices (
     code TEXT NOT NULL REFERENCES vouchers(code),
@@ -62,7 +69,8 @@ CREATE TABLE IF NOT EXISTS voucher_devices (
 
 _SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
 _VOUCHER_COLS = ("code, duration, plan, created, batch, max_devices, first_used, revoked, "
-                 "batch_name, serial")
+                 "batch_name, serial, used_seconds, bytes_down, bytes_up, quota_state, price, "
+                 "seller, imported")
 
 # Columns added after version 1, with what an older database gets. Each is added only
 # when missing, so a database that an older desanet opened again (an A/B update rolled
@@ -70,6 +78,14 @@ _VOUCHER_COLS = ("code, duration, plan, created, batch, max_devices, first_used,
 _ADDED_VOUCHER_COLUMNS = (
     ("batch_name", "TEXT NOT NULL DEFAULT ''"),
     ("serial", "INTEGER NOT NULL DEFAULT 0"),
+    # 3 (Step 11, plans): usage and sale of each voucher
+    ("used_seconds", "INTEGER NOT NULL DEFAULT 0"),
+    ("bytes_down", "INTEGER NOT NULL DEFAULT 0"),
+    ("bytes_up", "INTEGER NOT NULL DEFAULT 0"),
+    ("quota_state", "TEXT NOT NULL DEFAULT ''"),
+    ("price", "INTEGER NOT NULL DEFAULT 0"),
+    ("seller", "TEXT NOT NULL DEFAULT ''"),
+    ("imported", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -312,9 +328,11 @@ class Store:
                                       revoked=False, devices=()))
             db.executemany(
                 "INSERT INTO vouchers (code, duration, plan, created, batch, max_devices, "
-                "batch_name, serial) VALUES (?,?,?,?,?,?,?,?)",
+                "batch_name, serial, used_seconds, bytes_down, bytes_up, quota_state, price, "
+                "seller, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(v.code, v.duration, v.plan, v.created, v.batch, v.max_devices, v.batch_name,
-                  v.serial) for v in stored],
+                  v.serial, v.used_seconds, v.bytes_down, v.bytes_up, v.quota_state, v.price,
+                  v.seller, int(v.imported)) for v in stored],
             )
             for batch, (name, _) in batches.items():
                 db.execute("UPDATE vouchers SET batch_name=? WHERE batch=?", (name, batch))
@@ -421,5 +439,7 @@ class Store:
         return Voucher(
             code=row[0], duration=row[1], plan=row[2], created=row[3], batch=row[4],
             max_devices=row[5], first_used=row[6], revoked=bool(row[7]), devices=devices,
-            batch_name=row[8], serial=row[9],
+            batch_name=row[8], serial=row[9], used_seconds=row[10], bytes_down=row[11],
+            bytes_up=row[12], quota_state=row[13], price=row[14], seller=row[15],
+            imported=bool(row[16]),
         )
