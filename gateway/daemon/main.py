@@ -28,6 +28,7 @@ from gateway.core.configuration import ConfigService
 from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged
 from gateway.core.garden import INTERVAL as GARDEN_INTERVAL
 from gateway.core.garden import GardenService
+from gateway.core.office import OfficeService
 from gateway.core.ops import GatewayOps
 from gateway.core.reconcile import (
     KERNEL_CHECK_INTERVAL,
@@ -60,6 +61,7 @@ from gateway.store.backup import BACKUP_INTERVAL, list_backups
 from gateway.store.db import AsyncStore
 from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
+from gateway.store.office import AsyncOfficeStore, OfficeStore
 from gateway.store.sqlite import Store
 from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.dispatch import Dispatcher
@@ -164,6 +166,8 @@ class Daemon:
         ops.uplink = uplink
         ops.degraded = DEGRADED.json
         ops.reboot_action = SystemReboot()  # systemd, or DESANET_REBOOT_COMMAND (the lab)
+        office_store = AsyncOfficeStore(await database.call(OfficeStore, store_file), database)
+        ops.office = OfficeService(holder.get, office_store, clock, bus)
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
                              self._local_follows_uplink(servers, bus)]
