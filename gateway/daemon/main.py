@@ -40,7 +40,9 @@ from gateway.core.reconcile import (
     ConfigHolder,
     Reconciler,
 )
+from gateway.core.returning import ReturningDevices
 from gateway.core.sessions import SessionService
+from gateway.core.trial import TrialService
 from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import eventloop, memory, systemd
@@ -168,6 +170,8 @@ class Daemon:
         ops.reboot_action = SystemReboot()  # systemd, or DESANET_REBOOT_COMMAND (the lab)
         office_store = AsyncOfficeStore(await database.call(OfficeStore, store_file), database)
         ops.office = OfficeService(holder.get, office_store, clock, bus)
+        sessions.trial = TrialService(holder.get, office_store, clock)
+        sessions.returning = ReturningDevices(holder.get, office_store, store, clock)
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
                              self._local_follows_uplink(servers, bus)]

@@ -129,6 +129,11 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Terlalu banyak kode voucher salah dicoba di jaringan desa dalam satu menit "
             "terakhir. Coba lagi dalam {seconds} detik, atau minta bantuan petugas."
         ),
+        # office: the day's free trial is used up
+        "denied_trial_used": (
+            "Waktu coba gratis untuk perangkat ini hari ini sudah habis. Masukkan kode "
+            "voucher untuk melanjutkan, atau coba lagi besok."
+        ),
         # lan
         "denied_in_use": (
             "Perangkat dengan alamat yang sama sudah masuk dari sambungan lain. Jika itu "
@@ -236,6 +241,11 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Too many wrong voucher codes were tried on the village network in the last "
             "minute. Try again in {seconds} seconds, or ask the staff for help."
         ),
+        # office: the day's free trial is used up
+        "denied_trial_used": (
+            "This device's free trial for today is used up. Enter a voucher code to go on, "
+            "or try again tomorrow."
+        ),
         # lan
         "denied_in_use": (
             "A device with the same address is already logged in from another connection. If "
@@ -245,7 +255,7 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
 }
 
 VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use"})
-DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use"})
+DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use", "trial_used"})
 
 
 def supported(lang: str | None) -> str | None:

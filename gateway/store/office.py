@@ -25,10 +25,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trial_use (
     mac TEXT NOT NULL,
     day TEXT NOT NULL,
-    started INTEGER NOT NULL,
     seconds INTEGER NOT NULL,
+    until INTEGER NOT NULL,
+    last INTEGER NOT NULL,
     PRIMARY KEY (mac, day)
 );
+CREATE INDEX IF NOT EXISTS sessions_mac_started ON sessions(mac, started);
 CREATE INDEX IF NOT EXISTS vouchers_first_used ON vouchers(first_used);
 CREATE INDEX IF NOT EXISTS vouchers_created ON vouchers(created);
 """
@@ -164,39 +166,50 @@ class OfficeStore:
 
     # -- trial ----------------------------------------------------------------------
 
-    def trial_used(self, mac: str, day: str) -> int:
-        """Seconds of trial ``mac`` was given on local ``day`` ("2026-12-02")."""
+    def trial_used(self, mac: str, day: str, now: int) -> int:
+        """Seconds of trial ``mac`` has used on local ``day`` ("2026-12-02") by ``now``."""
         with self._db.read() as db:
-            row = db.execute("SELECT seconds FROM trial_use WHERE mac=? AND day=?",
+            row = db.execute("SELECT seconds, until, last FROM trial_use WHERE mac=? AND day=?",
                              (mac, day)).fetchone()
-        return 0 if row is None else int(row[0])
+        return 0 if row is None else _used(row[0], row[1], row[2], now)
 
-    def trial_grant(self, mac: str, day: str, now: int, seconds: int, allowance: int) -> int:
-        """Grant ``mac`` a trial of up to ``seconds`` on ``day``, within ``allowance`` for
-        the day; return the seconds granted (0: the day's trial is used up). The grant is
-        counted whole when made (a trial session lasts at most what it was granted), so a
-        restart or a clock step cannot give a minute twice."""
+    def trial_grant(self, mac: str, day: str, now: int, allowance: int) -> int:
+        """Grant ``mac`` what is left of its ``allowance`` of trial seconds on ``day``;
+        return the seconds granted (0: used up). One transaction: what a grant gives is
+        counted when it is made, so neither a restart nor a crash gives a minute twice.
+        When the previous grant still has time left (its session was replaced, or the
+        login it was for was refused), that rest is given back; see :func:`_used`."""
         with self._db.tx() as db:
-            row = db.execute("SELECT seconds FROM trial_use WHERE mac=? AND day=?",
+            row = db.execute("SELECT seconds, until, last FROM trial_use WHERE mac=? AND day=?",
                              (mac, day)).fetchone()
-            used = 0 if row is None else int(row[0])
-            grant = max(0, min(seconds, allowance - used))
+            used = 0 if row is None else _used(row[0], row[1], row[2], now)
+            grant = max(0, allowance - used)
             if grant:
                 db.execute(
-                    "INSERT INTO trial_use (mac, day, started, seconds) VALUES (?,?,?,?) "
-                    "ON CONFLICT(mac, day) DO UPDATE SET seconds = seconds + excluded.seconds",
-                    (mac, day, now, grant))
+                    "INSERT INTO trial_use (mac, day, seconds, until, last) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(mac, day) DO UPDATE SET seconds=excluded.seconds, "
+                    "until=excluded.until, last=excluded.last",
+                    (mac, day, used + grant, now + grant, grant))
         return grant
 
-    def trial_refund(self, mac: str, day: str, seconds: int) -> None:
-        """Give back unused trial seconds (the villager logged in with a voucher)."""
-        with self._db.tx() as db:
-            db.execute("UPDATE trial_use SET seconds = max(0, seconds - ?) WHERE mac=? AND day=?",
-                       (max(0, seconds), mac, day))
+    def last_session(self, mac: str) -> tuple[str | None, str | None, int | None] | None:
+        """(voucher, end reason, ended) of ``mac``'s latest session, None if it had none."""
+        with self._db.read() as db:
+            row = db.execute("SELECT voucher, end_reason, ended FROM sessions WHERE mac=? "
+                             "ORDER BY started DESC, id DESC LIMIT 1", (mac,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
 
     def prune_trials(self, before_day: str) -> int:
         with self._db.tx() as db:
             return db.execute("DELETE FROM trial_use WHERE day < ?", (before_day,)).rowcount
+
+
+def _used(seconds: int, until: int, last: int, now: int) -> int:
+    """Trial seconds used: all granted, less what the last grant still had at ``now``
+    when ``now`` falls inside that grant. A clock stepped back before the grant began
+    gives nothing back; one stepped forward counts the jump as used."""
+    left = until - now if until - last <= now < until else 0
+    return max(0, seconds - left)
 
 
 def _statements() -> Iterable[str]:
@@ -232,16 +245,14 @@ class AsyncOfficeStore:
     async def import_vouchers(self, vouchers: list[Voucher]) -> tuple[list[Voucher], set[str]]:
         return await self.worker.call(self.office.import_vouchers, vouchers)
 
-    async def trial_used(self, mac: str, day: str) -> int:
-        return await self.worker.call(self.office.trial_used, mac, day)
+    async def trial_used(self, mac: str, day: str, now: int) -> int:
+        return await self.worker.call(self.office.trial_used, mac, day, now)
 
-    async def trial_grant(self, mac: str, day: str, now: int, seconds: int,
-                          allowance: int) -> int:
-        return await self.worker.call(self.office.trial_grant, mac, day, now, seconds,
-                                      allowance)
+    async def trial_grant(self, mac: str, day: str, now: int, allowance: int) -> int:
+        return await self.worker.call(self.office.trial_grant, mac, day, now, allowance)
 
-    async def trial_refund(self, mac: str, day: str, seconds: int) -> None:
-        await self.worker.call(self.office.trial_refund, mac, day, seconds)
+    async def last_session(self, mac: str) -> tuple[str | None, str | None, int | None] | None:
+        return await self.worker.call(self.office.last_session, mac)
 
     async def prune_trials(self, before_day: str) -> int:
         return await self.worker.call(self.office.prune_trials, before_day)
