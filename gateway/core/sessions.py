@@ -344,6 +344,8 @@ class SessionService:
             # After the sets: a connection tracked again from here is not redirected.
             await self._end_connections(ip, redirected_only=True)
         self._wake_at(min(session.expires, session.started + session.idle_timeout))
+        if self.returning is not None:
+            self.returning.forget(mac)  # a new latest session: look it up afresh
         log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
         self.bus.publish(SessionStarted(mac, ip, source, session.plan, session.voucher,
                                         session.expires))
