@@ -68,3 +68,4 @@ class ClientView:
     ip: str
     mac: str | None  # None when the address is not on the LAN (no neighbour entry)
     session: Session | None
+    voucher: Voucher | None = None  # the session's voucher (plans: what the status page shows)

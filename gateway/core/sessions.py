@@ -171,7 +171,10 @@ class SessionService:
             session = None
         if session is not None:
             await self._check_entry(session)
-        return ClientView(ip=ip, mac=mac, session=session)
+        voucher = None
+        if session is not None and session.voucher is not None:
+            voucher = await self.store.voucher(session.voucher)
+        return ClientView(ip=ip, mac=mac, session=session, voucher=voucher)
 
     async def _check_entry(self, session: Session) -> None:
         """Put back the client's kernel entries when the kernel lost them; never raises
