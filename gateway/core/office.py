@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from gateway.clock import Clock
 from gateway.config.schema import Config
+from gateway.config.units import format_duration
 from gateway.core.events import EventBus, VoucherBatchCreated
 from gateway.core.voucher_import import (
     ImportRejected,
@@ -162,7 +163,16 @@ class OfficeService:
         rows: dict[str, int] = {}
         for r in parsed.rows:
             spec = plans.get(r.plan) if r.plan else None
-            length = r.duration or (spec and (spec.validity or spec.time_of_use)) or duration
+            tou = spec.time_of_use if spec else None
+            if r.duration and tou and r.duration != tou:
+                # limit-uptime is MikroTik's time of use: it must be the plan's
+                problems.append(RowProblem(r.row, "limit-uptime", format_duration(r.duration),
+                                           f"the time of use of plan {r.plan} "
+                                           f"({format_duration(tou)}) or empty"))
+                continue
+            # a plan's validity rules its vouchers (as `vouchers create`); else the row's
+            # limit-uptime, --duration, or the plan's time of use caps the wall clock
+            length = (spec.validity if spec else None) or r.duration or duration or tou
             if not length:
                 problems.append(RowProblem(r.row, "limit-uptime", "",
                                            "a duration (the plan has no validity or time_of_use,"

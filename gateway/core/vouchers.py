@@ -21,6 +21,7 @@ from gateway.core.events import (
     VoucherReleased,
     VoucherRevoked,
 )
+from gateway.core.plans import voucher_terms
 from gateway.core.sessions import SessionService
 from gateway.core.voucher_codes import generate_codes
 from gateway.errors import Invalid
@@ -83,9 +84,9 @@ class VoucherService:
         Raises Invalid (unknown plan, bad name or seller: nothing created), StoreError.
         """
         self.sessions.check_plan(plan)
+        duration, max_devices, price = voucher_terms(self._config(), plan, duration, max_devices)
         label = check_batch_name(name)
         who = check_seller(seller)
-        price = self._config().shaping.plans[plan].price if plan is not None else 0
         now = self.clock.now()
         ident = batch or batch_id(label, now, secrets.token_hex(2))
         made = [

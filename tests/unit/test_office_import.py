@@ -132,15 +132,24 @@ def office(tmp_path: Path) -> Any:
 
 
 async def test_import_stores_all_rows_marked_imported(office: Office) -> None:
+    # "jam" sells 1h of use valid 1d: its vouchers last the validity (as `vouchers create`);
+    # "hari" has neither: the row's limit-uptime is its duration
     batch, made, ignored = await office.service.import_csv(
-        "name,profile,limit-uptime\nK7MQX3PAR9,1jam,2h\nABCDE-FGHJK,hari,\n",
-        {"1jam": "jam"}, duration=86400, seller="Bu Sari", name="Mikhmon lama")
+        "name,profile,limit-uptime\nK7MQX3PAR9,1jam,1h\nABCDE-FGHJK,hari,2h\n",
+        {"1jam": "jam"}, duration=None, seller="Bu Sari", name="Mikhmon lama")
     stored = office.store.vouchers(batch)
     assert [(v.code, v.plan, v.duration, v.imported, v.seller, v.serial, v.batch_name)
             for v in stored] == [
-        ("K7MQX-3PAR9", "jam", 7200, True, "Bu Sari", 1, "Mikhmon lama"),
-        ("ABCDE-FGHJK", "hari", 86400, True, "Bu Sari", 2, "Mikhmon lama")]
+        ("K7MQX-3PAR9", "jam", 86400, True, "Bu Sari", 1, "Mikhmon lama"),
+        ("ABCDE-FGHJK", "hari", 7200, True, "Bu Sari", 2, "Mikhmon lama")]
     assert made == stored and ignored == []
+
+
+async def test_limit_uptime_must_be_the_plans_time_of_use(office: Office) -> None:
+    with pytest.raises(ImportRejected) as err:
+        await office.service.import_csv("name,profile,limit-uptime\nK7MQX3PAR9,jam,2h\n", {},
+                                        None)
+    assert [(p.row, p.column, p.found) for p in err.value.rows] == [(2, "limit-uptime", "2h")]
 
 
 async def test_a_plan_without_a_duration_needs_one(office: Office) -> None:
