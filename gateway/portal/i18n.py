@@ -131,7 +131,8 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Terlalu banyak kode voucher salah dicoba di jaringan desa dalam satu menit "
             "terakhir. Coba lagi dalam {seconds} detik, atau minta bantuan petugas."
         ),
-        # office: the day's free trial is used up
+        # office: the terms button's free trial, and when the day's trial is used up
+        "trial_note": "Coba gratis {minutes} menit per hari untuk perangkat ini.",
         "denied_trial_used": (
             "Waktu coba gratis untuk perangkat ini hari ini sudah habis. Masukkan kode "
             "voucher untuk melanjutkan, atau coba lagi besok."
@@ -243,7 +244,8 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Too many wrong voucher codes were tried on the village network in the last "
             "minute. Try again in {seconds} seconds, or ask the staff for help."
         ),
-        # office: the day's free trial is used up
+        # office: the terms button's free trial, and when the day's trial is used up
+        "trial_note": "A free trial of {minutes} minutes a day for this device.",
         "denied_trial_used": (
             "This device's free trial for today is used up. Enter a voucher code to go on, "
             "or try again tomorrow."

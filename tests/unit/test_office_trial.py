@@ -176,3 +176,17 @@ async def test_a_stranger_is_looked_up_once_per_window(clock: FakeClock) -> None
     clock.advance(11)
     await returning.voucher_for(MAC2)
     assert data.lookups == 2
+
+
+# -- the portal page -------------------------------------------------------------------
+
+
+async def test_the_login_page_says_the_terms_button_is_a_trial() -> None:
+    from tests.unit.test_portal_app import get, make_cfg, portal
+
+    async with portal(make_cfg(trial_minutes=15)) as client:
+        page = await (await get(client, "/")).text()
+    assert "Coba gratis 15 menit per hari untuk perangkat ini." in page
+    async with portal(make_cfg()) as client:  # positive control: no trial, no note
+        page = await (await get(client, "/")).text()
+    assert "Coba gratis" not in page
