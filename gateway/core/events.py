@@ -33,6 +33,7 @@ class EndReason(enum.StrEnum):
     VOUCHER_REVOKED = "voucher_revoked"
     VOUCHER_RELEASED = "voucher_released"
     KERNEL_REFUSED = "kernel_refused"
+    QUOTA = "quota"  # the voucher's data quota ran out (after_quota = "cut")
 
 
 class ChangeSource(enum.StrEnum):

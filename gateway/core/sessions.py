@@ -64,6 +64,7 @@ from gateway.config.schema import Config
 from gateway.config.units import format_left
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
+from gateway.core.quota import meter_for, voucher_used
 from gateway.core.session_rules import (
     idle_sessions,
     leased_addresses,
@@ -81,6 +82,7 @@ from gateway.errors import (
     Refused,
     VoucherError,
 )
+from gateway.meter import exhausted
 from gateway.model import ClientView, Session, SessionSource, Voucher
 from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
@@ -206,7 +208,11 @@ class SessionService:
         exclusive one). A refusal is logged, never raised."""
         try:
             await self.shaping.add(session)
-            await self.firewall.authorize(session, now, self.shaping.class_text(session))
+            used = await self.store.voucher_usage([session.voucher] if session.voucher else [])
+            meter = meter_for(self._config(), session,
+                              used.get(session.voucher or "", (0, 0)))
+            await self.firewall.authorize(session, now, self.shaping.class_text(session),
+                                          meter=meter)
         except DesanetError as exc:
             log.error("could not restore the kernel entries of %s (%s): %s",
                       session.mac, session.ip, exc)
@@ -297,7 +303,13 @@ class SessionService:
                                   f"{current.voucher} ({format_left(current.remaining(now))} "
                                   "left); replacing that session needs force")
 
+            redeemed: list[Voucher] = []
+
             def build(voucher: Voucher | None) -> Session:
+                if voucher is not None:
+                    if exhausted(cfg, voucher):
+                        raise VoucherError("quota")  # its data is used up: the portal says so
+                    redeemed.append(voucher)
                 return new_session(cfg, mac, client_ip, now, source, voucher, duration, plan)
 
             # One store transaction for the whole login: one trip to the database worker.
@@ -306,7 +318,10 @@ class SessionService:
                 self.bus.publish(SessionEnded(current.mac, current.ip, EndReason.REPLACED))
             try:
                 await self.shaping.add(session)
-                await self.firewall.authorize(session, now, self.shaping.class_text(session))
+                meter = meter_for(cfg, session,
+                                  voucher_used(redeemed[-1] if redeemed else None))
+                await self.firewall.authorize(session, now, self.shaping.class_text(session),
+                                              meter=meter)
             except DesanetError:
                 if self._suspect is not None:
                     self._suspect()  # the table or a tree may be gone: check at once
@@ -481,7 +496,8 @@ class SessionService:
         if session.mac in users:
             return
         class_text = None if users else self.shaping.class_text(session)
-        await self.firewall.revoke(session.mac, session.ip, class_text)
+        meter = None if users else meter_for(self._config(), session)
+        await self.firewall.revoke(session.mac, session.ip, class_text, meter=meter)
         if not users:  # else the address's connections are the other phone's now
             await self._end_connections(session.ip, redirected_only=False)
         # Counted once the kernel has done it: a sweep snapshot taken before this

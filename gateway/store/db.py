@@ -9,7 +9,7 @@ the database, VoucherError(reason) for the voucher rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +88,16 @@ class AsyncStore:
     async def add_vouchers(self, vouchers: Iterable[Voucher]) -> list[Voucher]:
         """All or none: a duplicate code raises StoreError and adds nothing. Awaits the database worker."""
         return await self.worker.call(self.store.add_vouchers, list(vouchers))
+
+    async def add_voucher_bytes(self, deltas: Mapping[str, tuple[int, int]],
+                                states: Mapping[str, str]) -> None:
+        """Add byte deltas and set quota states (one fsynced transaction). Awaits the
+        database worker."""
+        await self.worker.call(self.store.add_voucher_bytes, dict(deltas), dict(states))
+
+    async def voucher_usage(self, codes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """code -> (bytes down, bytes up). Awaits the database worker (one read)."""
+        return await self.worker.call(self.store.voucher_usage, list(codes))
 
     async def voucher(self, code: str) -> Voucher | None:
         """Awaits the database worker (one SQLite read or fsynced write)."""
