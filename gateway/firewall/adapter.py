@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,13 @@ from gateway.errors import FirewallError
 from gateway.firewall import nftcheck
 from gateway.firewall.conntrack import Conntrack
 from gateway.firewall.guard import ARP_FAMILY, plan_leases
-from gateway.firewall.meters import READ_METERS, READ_QUOTAS, plan_drop_objects
+from gateway.firewall.meters import (
+    METER_MAPS,
+    READ_METERS,
+    READ_QUOTAS,
+    plan_drop_objects,
+    plan_unheld,
+)
 from gateway.firewall.nft import Nft
 from gateway.firewall.planner import (
     FAMILY,
@@ -100,13 +107,34 @@ class Firewall:
     def authorize(self, session: Session, now: int, class_text: str | None = None,
                   meter: Meter | None = None) -> None:
         """Add the client to the authorized sets (and its class map, its meter). Blocks:
-        runs nft."""
-        self.nft.run(plan_authorize(session, now, class_text, meter))
+        runs nft (twice, with a look-up of the meter maps in between, when the address
+        still held another voucher's meter: see :func:`plan_meter`)."""
+        try:
+            self.nft.run(plan_authorize(session, now, class_text, meter))
+        except FirewallError:
+            if meter is None:
+                raise
+            self.nft.run(plan_authorize(session, now, class_text, meter, self._held(meter.ip)))
 
     def revoke(self, mac: str, ip: str, class_text: str | None = None,
                meter: Meter | None = None) -> None:
-        """Remove the client from the authorized sets. Blocks: runs nft."""
-        self.nft.run(plan_revoke(mac, ip, class_text, meter))
+        """Remove the client from the authorized sets (and its meter). Blocks: runs nft."""
+        try:
+            self.nft.run(plan_revoke(mac, ip, class_text, meter))
+        except FirewallError:
+            if meter is None:
+                raise
+            # the address held other meter values than this session's: remove what is there
+            self.nft.run(plan_revoke(mac, ip, class_text))
+            script = plan_unheld(ip, self._held(ip))
+            if script:
+                self.nft.run(script)
+
+    @staticmethod
+    def _held(ip: str) -> list[str]:
+        """The meter maps that hold ``ip``. Blocks: one nfnetlink look-up per map."""
+        key = socket.inet_aton(ip)
+        return [m for m in METER_MAPS if nftcheck.has_element(FAMILY, TABLE, m, key)]
 
     def read_meters(self, counters: bool = True) -> MeterReading:
         """The quotas' use and, with ``counters``, the vouchers' counters, zeroed in the

@@ -23,7 +23,7 @@ the counter: a dropped packet is not counted as delivered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from gateway.meter import QUOTA_KINDS, Meter, counter_names, quota_name
 
@@ -104,17 +104,20 @@ def _replace(name: str, key: str, value: str) -> list[str]:
     return [add, f"delete element {FAMILY} {TABLE} {name} {{ {key} }}", add]
 
 
-def plan_meter(meter: Meter) -> list[str]:
+def plan_meter(meter: Meter, held: Collection[str] = ()) -> list[str]:
     """Commands that meter one client (part of its authorize transaction; O(1)).
 
     Objects are added only when missing: ``add`` keeps an existing counter's bytes and
     an existing quota's use (a second device of the voucher, a re-authorize), while a
-    new limit (a plan changed) takes effect at once.
+    new limit (a plan changed) takes effect at once. Map elements are replaced with
+    add-delete-add, which fails when the address holds another value (another voucher's
+    objects: a session replaced by one with another voucher); the adapter then looks up
+    which maps hold the address (``held``) and those are deleted first. Maps the meter
+    does not use lose the address too (a plan without a quota after one with it).
     """
     down, up = counter_names(meter.voucher)
     lines = [f"add counter {FAMILY} {TABLE} {down}", f"add counter {FAMILY} {TABLE} {up}"]
-    lines += _replace("acct_down4", meter.ip, f'"{down}"')
-    lines += _replace("acct_up4", meter.ip, f'"{up}"')
+    wanted: dict[str, str] = {"acct_down4": f'"{down}"', "acct_up4": f'"{up}"'}
     for kind in QUOTA_KINDS:
         limit = meter.limits.get(kind)
         if limit is None:
@@ -122,11 +125,19 @@ def plan_meter(meter: Meter) -> list[str]:
         name = quota_name(kind, meter.voucher)
         lines.append(f"add quota {FAMILY} {TABLE} {name} "
                      f"{{ over {limit} bytes used {meter.used(kind)} bytes; }}")
-        lines += _replace(QUOTA_MAP[kind], meter.ip, f'"{name}"')
+        wanted[QUOTA_MAP[kind]] = f'"{name}"'
     if meter.over_verdict is not None:
-        lines += _replace("over4", meter.ip, meter.over_verdict)
+        wanted["over4"] = meter.over_verdict
     if meter.fair_class is not None:
-        lines += _replace("fair_class4", meter.ip, meter.fair_class)
+        wanted["fair_class4"] = meter.fair_class
+    for name in METER_MAPS:
+        if name in held:
+            lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {meter.ip} }}")
+            if name in wanted:
+                lines.append(f"add element {FAMILY} {TABLE} {name} "
+                             f"{{ {meter.ip} : {wanted[name]} }}")
+        elif name in wanted:
+            lines += _replace(name, meter.ip, wanted[name])
     return lines
 
 
@@ -150,6 +161,11 @@ def plan_unmeter(meter: Meter) -> list[str]:
         lines.append(f"add element {FAMILY} {TABLE} {name} {{ {meter.ip} : {value} }}")
         lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {meter.ip} }}")
     return lines
+
+
+def plan_unheld(ip: str, held: Iterable[str]) -> str:
+    """Delete the address from the meter maps that hold it (looked up just before)."""
+    return "".join(f"delete element {FAMILY} {TABLE} {name} {{ {ip} }}\n" for name in held)
 
 
 def plan_drop_objects(names: Iterable[str]) -> str:

@@ -57,7 +57,7 @@ kernel filled are carried into the new table.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.config.schema import Config
@@ -418,7 +418,7 @@ def _bridge_table(cfg: Config, leases: Mapping[str, str]) -> str:
 
 
 def plan_authorize(session: Session, now: int, class_text: str | None = None,
-                   meter: Meter | None = None) -> str:
+                   meter: Meter | None = None, held: Collection[str] = ()) -> str:
     """nft commands that add (or refresh) one client; one transaction, O(1).
 
     ``class_text`` (e.g. "1:105") also steers the client's traffic into its
@@ -441,7 +441,7 @@ def plan_authorize(session: Session, now: int, class_text: str | None = None,
         lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")
         lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
     if meter is not None:
-        lines += plan_meter(meter)
+        lines += plan_meter(meter, held)
     return "\n".join(lines) + "\n"
 
 

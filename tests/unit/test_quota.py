@@ -347,3 +347,19 @@ def test_sqlite_store_adds_bytes_and_states_in_one_transaction(tmp_path: Path) -
     assert v is not None and (v.bytes_down, v.bytes_up, v.quota_state) == (15, 20, "slow")
     assert store.voucher_usage(["AAAAA-AAAAA", "GONE"]) == {"AAAAA-AAAAA": (15, 20)}
     store.close()
+
+
+def test_an_address_holding_another_vouchers_meter_is_replaced_not_refused() -> None:
+    cfg = quota_config()
+    s = voucher_session("10.42.0.101", "AAAAA-AAAAA", "bebas")  # no quota: counters only
+    m = meter_of(cfg, s)
+    assert m is not None
+    fresh = plan_meter(m)
+    assert not any(x.startswith("delete element inet desanet quota_total4") for x in fresh)
+    # the adapter found the address in these maps (a session with a quota before)
+    again = plan_meter(m, held=("acct_down4", "quota_total4", "over4"))
+    assert "delete element inet desanet quota_total4 { 10.42.0.101 }" in again
+    assert "delete element inet desanet over4 { 10.42.0.101 }" in again
+    i = again.index("delete element inet desanet acct_down4 { 10.42.0.101 }")
+    assert again[i + 1].startswith("add element inet desanet acct_down4 { 10.42.0.101 : ")
+    assert not any(x.startswith("add element inet desanet quota_total4") for x in again)
