@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.config.schema import Config, Plan
-from gateway.model import Session, Voucher
+from gateway.model import Session
 
 QuotaKind = Literal["total", "down", "up"]
 QUOTA_KINDS: tuple[QuotaKind, ...] = ("total", "down", "up")
@@ -110,22 +110,6 @@ def meter_of(cfg: Config, session: Session, used: tuple[int, int] = (0, 0),
     after = plan.after_quota if limits else "cut"
     return Meter(session.ip, session.voucher, limits, after,
                  fair_class if after == "slow" else None, used[0], used[1])
-
-
-def exhausted(cfg: Config, voucher: Voucher) -> bool:
-    """May the voucher no longer log in because its plan cuts it off past a quota it has
-    used up? True when the kernel cut it (``quota_state`` 'cut': the packet that reached
-    the limit was dropped, so the bytes the store holds stay just below it) or its stored
-    bytes reach a limit (a limit lowered since). A plan that slows down never refuses."""
-    plan = cfg.shaping.plan(voucher.plan)
-    limits = plan_limits(plan)
-    if not limits or plan.after_quota != "cut":
-        return False
-    if voucher.quota_state == "cut":
-        return True
-    used = {"down": voucher.bytes_down, "up": voucher.bytes_up,
-            "total": voucher.bytes_down + voucher.bytes_up}
-    return any(used[kind] >= limit for kind, limit in limits.items())
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,9 @@ from typing import Literal
 
 SessionSource = Literal["terms", "voucher", "manual"]
 QuotaState = Literal["", "slow", "cut"]
+# plans: (plan, validity -> vouchers.duration, shared devices -> max_devices); None: keep
+PlanStamp = tuple[str, int | None, int | None]
+VoucherLimits = tuple[str, int, int]  # (code, duration, max_devices) of one voucher
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +68,4 @@ class ClientView:
     ip: str
     mac: str | None  # None when the address is not on the LAN (no neighbour entry)
     session: Session | None
+    voucher: Voucher | None = None  # the session's voucher (plans: what the status page shows)

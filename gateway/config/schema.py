@@ -467,8 +467,8 @@ class Plan(_Section):
     after_quota: Literal["cut", "slow"] = Field("cut", examples=["cut"])
     fair_use_down: OptionalRate = Field(None, examples=["256kbit"])  # after_quota = "slow"
     fair_use_up: OptionalRate = Field(None, examples=["128kbit"])
-    # devices using one voucher at once; when written, it overrides each voucher's own
-    # max_devices (vouchers of plans that leave it out keep theirs): docs/plans.md
+    # devices using one voucher at once; above 1 (or changed by an apply) it overrides each
+    # voucher's own max_devices; at 1 vouchers keep theirs (docs/plans.md)
     shared_devices: SharedDevices = Field(1, examples=[2])
     price: Price = Field(0, examples=[5000])  # rupiah, stamped on each voucher created
     auto_login: bool = Field(False, examples=[False])  # a returning phone skips the portal

@@ -58,13 +58,16 @@ def voucher_used(voucher: Voucher | None) -> tuple[int, int]:
 class QuotaService:
     def __init__(self, config: Callable[[], Config], store: SessionStorePort,
                  firewall: FirewallPort, clock: Clock,
-                 end: Callable[[str, EndReason], Awaitable[object]]) -> None:
-        """``end(mac, reason)``: ends a session (SessionService.end, awaited)."""
+                 end: Callable[[str, EndReason], Awaitable[object]],
+                 note_cut: Callable[[str, str], None] | None = None) -> None:
+        """``end(mac, reason)`` ends a session (SessionService.end); ``note_cut(mac,
+        code)`` tells the portal why (SessionService.note_quota_cut)."""
         self._config = config
         self.store = store
         self.firewall = firewall
         self.clock = clock
         self._end = end
+        self._note_cut = note_cut
         self._states: dict[str, str] = {}  # voucher -> quota state last written
         self._flushed = float("-inf")  # monotonic time of the last counter read
 
@@ -121,6 +124,8 @@ class QuotaService:
 
     async def _cut(self, sessions: Iterable[Session]) -> None:
         for s in sessions:
+            if self._note_cut is not None and s.voucher is not None:
+                self._note_cut(s.mac, s.voucher)
             with contextlib.suppress(NotFound):  # ended meanwhile
                 await self._end(s.mac, EndReason.QUOTA)
 

@@ -73,6 +73,7 @@ from gateway.core.session_rules import (
     stale_kernel_entries,
     takeover_refused,
 )
+from gateway.core.usage import TimeOfUse
 from gateway.errors import (
     AmbiguousClient,
     DesanetError,
@@ -82,7 +83,6 @@ from gateway.errors import (
     Refused,
     VoucherError,
 )
-from gateway.meter import exhausted
 from gateway.model import ClientView, Session, SessionSource, Voucher
 from gateway.ports import FirewallPort, NeighboursPort, SessionStorePort
 from gateway.shaping.service import ShapingService
@@ -130,6 +130,8 @@ class SessionService:
         self._leases_synced_at = float("-inf")
         self._suspect: Callable[[], None] | None = None
         self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
+        self._quota_cut: dict[str, str] = {}  # MAC -> voucher, cut off by its quota
+        self.usage = TimeOfUse(config, store)  # plans: vouchers' time of use
         # Since the daemon started, for telemetry (counts only): villagers' logins through the
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
         self.logins = 0
@@ -152,6 +154,10 @@ class SessionService:
     def now(self) -> int:
         return self.clock.now()
 
+    def sweep_soon(self) -> None:
+        """Ask for a sweep now (a plan changed: sessions may be over their new limits)."""
+        self._wake_at(self.clock.time())
+
     # -- portal backend ---------------------------------------------------------------
 
     async def identify(self, ip: str) -> ClientView:
@@ -167,7 +173,21 @@ class SessionService:
             session = None
         if session is not None:
             await self._check_entry(session)
-        return ClientView(ip=ip, mac=mac, session=session)
+        voucher = None
+        if session is not None and session.voucher is not None:
+            voucher = await self.store.voucher(session.voucher)
+        elif session is None and mac is not None and mac in self._quota_cut:
+            # quota: the portal tells a phone cut off for its voucher's data why
+            voucher = await self.store.voucher(self._quota_cut[mac])
+        return ClientView(ip=ip, mac=mac, session=session, voucher=voucher)
+
+    def note_quota_cut(self, mac: str, code: str) -> None:
+        """Remember that ``mac``'s session ends for its voucher's used-up quota, so the
+        portal can say so (until it logs in again; in memory: after a restart the portal
+        says it when the code is typed again)."""
+        if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
+            self._quota_cut.clear()
+        self._quota_cut[mac] = code
 
     async def _check_entry(self, session: Session) -> None:
         """Put back the client's kernel entries when the kernel lost them; never raises
@@ -307,9 +327,7 @@ class SessionService:
 
             def build(voucher: Voucher | None) -> Session:
                 if voucher is not None:
-                    if exhausted(cfg, voucher):
-                        raise VoucherError("quota")  # its data is used up: the portal says so
-                    redeemed.append(voucher)
+                    redeemed.append(voucher)  # its bytes so far start its quota (meter)
                 return new_session(cfg, mac, client_ip, now, source, voucher, duration, plan)
 
             # One store transaction for the whole login: one trip to the database worker.
@@ -329,6 +347,7 @@ class SessionService:
                 await self._cut_off(session)
                 self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
                 raise
+            self._quota_cut.pop(mac, None)
             # After the sets: a connection tracked again from here is not redirected.
             await self._end_connections(ip, redirected_only=True)
         self._wake_at(min(session.expires, session.started + session.idle_timeout))
@@ -438,6 +457,10 @@ class SessionService:
                 await self.store.end_session(s.mac, now, EndReason.IDLE)
                 await self._cut_off(s)
                 ended.append((s, EndReason.IDLE))
+            for s in await self._count_use(sessions, active, started, now):
+                if await self.store.end_session(s.mac, now, EndReason.TIME_USED) is not None:
+                    await self._cut_off(s)
+                    ended.append((s, EndReason.TIME_USED))
             live = await self.store.active_sessions(now)
             live_ips = {s.ip for s in live}
             # An entry revoked since the snapshot (a logout meanwhile) is gone already.
@@ -458,8 +481,20 @@ class SessionService:
             log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
         deadline = next_deadline(live, active, snapshot)
+        if self.usage.deadline is not None:  # a time of use running out
+            deadline = min(deadline or self.usage.deadline, self.usage.deadline)
         if deadline is not None:
             self._wake_at(deadline)
+
+    async def _count_use(self, sessions: list[Session], active: Mapping[tuple[str, str], int],
+                         listed: float, now: int) -> list[Session]:
+        """Time of use (gateway/core/usage.py); the sessions whose time is used up. A store
+        failure is logged: the sweep's own work goes on, the time is counted next turn."""
+        try:
+            return await self.usage.tick(sessions, active, listed, now)
+        except DesanetError as exc:
+            log.error("could not count the vouchers' time of use: %s", exc)
+            return []
 
     async def _sync_leases(self) -> None:
         """Give the kernel's lease sets (ARP, source and DHCP checks) the lease file's

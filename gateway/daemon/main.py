@@ -152,7 +152,8 @@ class Daemon:
         # portalsec: room for the portal's connections under its cap, and a reserve beside it
         servers.file_limit = raise_file_limit()
         reconciler = Reconciler(holder, sessions, shaping, firewall, dns, servers, clock)
-        quota = QuotaService(holder.get, store, firewall, clock, sessions.end)
+        quota = QuotaService(holder.get, store, firewall, clock, sessions.end,
+                             sessions.note_quota_cut)
         reconciler.meters = quota.meters  # every rebuild of the ruleset keeps the meters
         config = ConfigService(holder, reconciler, bus, clock, state_dir, self.config_path, text)
         config.check_network = servers.check_network

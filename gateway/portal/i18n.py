@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from gateway.portal.plan_texts import PLAN_CATALOG
+
 LANGUAGES: Final = ("id", "en")
 DEFAULT_LANGUAGE: Final = "id"
 LANGUAGE_NAMES: Final = {"id": "Bahasa Indonesia", "en": "English"}
@@ -64,10 +66,6 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Masa berlaku voucher ini sudah habis. Minta voucher baru di kantor desa."
         ),
         "voucher_in_use": "Voucher ini sedang dipakai di perangkat lain.",
-        "voucher_quota": (
-            "Kuota data voucher ini sudah habis. Untuk internet lagi, minta voucher baru "
-            "di kantor desa."
-        ),
         "voucher_other": "Voucher tidak dapat dipakai saat ini.",
         "denied_mode": "Cara masuk ini tidak tersedia di hotspot ini.",
         "denied_full": "Hotspot sedang penuh. Silakan coba beberapa saat lagi.",
@@ -178,10 +176,6 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
         ),
         "voucher_expired": "This voucher has expired. Ask the village office for a new one.",
         "voucher_in_use": "This voucher is already in use on another device.",
-        "voucher_quota": (
-            "This voucher's data quota is used up. To get online again, ask the village "
-            "office for a new voucher."
-        ),
         "voucher_other": "This voucher cannot be used right now.",
         "denied_mode": "This way of connecting is not offered on this hotspot.",
         "denied_full": "The hotspot is full. Please try again in a little while.",
@@ -252,8 +246,12 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
     },
 }
 
+# plans (Step 11): the plan texts live beside their view (plan_view.py)
+for _lang, _texts in PLAN_CATALOG.items():
+    CATALOG[_lang].update(_texts)
+
 VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use",
-                                    "quota"})
+                                    "time_used", "quota_used"})
 DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use"})
 
 

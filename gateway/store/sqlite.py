@@ -16,11 +16,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from gateway.errors import VoucherError
-from gateway.model import Session, Voucher
+from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 from gateway.sqlitedb import Database
 from gateway.store import usage
 from gateway.store.backup import KEEP, backup
 from gateway.store.heal import Heal
+from gateway.store.plan_sql import (
+    add_used_seconds,
+    set_limits,
+    stamp_plans,
+)
 
 # 2: vouchers.batch_name and vouchers.serial; 3: the vouchers' usage and sale (plans).
 SCHEMA_VERSION = 3
@@ -416,6 +421,24 @@ class Store:
         assert voucher is not None
         return voucher, [Session(*r) for r in rows]
 
+    def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
+        """Add seconds of use (time of use) to vouchers in one transaction; return them."""
+        with self._tx() as db:
+            codes = add_used_seconds(db, used)
+            found = [self._voucher(db, c) for c in codes]
+        return [v for v in found if v is not None]
+
+    def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
+        """Stamp plans' limits on their vouchers and open sessions, in one transaction;
+        return what the changed vouchers had (plan_sql.stamp_plans)."""
+        with self._tx() as db:
+            return stamp_plans(db, stamps)
+
+    def restore_limits(self, limits: Iterable[VoucherLimits]) -> None:
+        """Put back what :meth:`stamp_plans` returned (a config apply undone)."""
+        with self._tx() as db:
+            set_limits(db, limits)
+
     def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` to the voucher (first use starts its clock) or raise VoucherError."""
         with self._tx() as db:
@@ -431,7 +454,7 @@ class Store:
             raise VoucherError(state)
         if mac not in voucher.devices:
             if len(voucher.devices) >= voucher.max_devices:
-                raise VoucherError("in_use")
+                raise VoucherError("in_use", devices=voucher.max_devices)
             db.execute("INSERT INTO voucher_devices (code, mac) VALUES (?,?)", (code, mac))
         if voucher.first_used is None:
             db.execute("UPDATE vouchers SET first_used=? WHERE code=?", (now, code))

@@ -174,7 +174,9 @@ def test_a_5mb_cut_voucher_gets_5mb_then_the_portal_says_why(lab: LabInfo) -> No
     down, up = voucher_row(lab, code)[:2]
     assert QUOTA - 512 * 1024 <= down + up <= QUOTA  # counted as delivered, below the limit
     assert http(ns(1), "http://internet.lab/").redirected_to_portal()
-    again = login(1, code)  # the portal (and its DNS) still answers, and says why
+    page = http(ns(1), f"{PORTAL}/")  # the portal (and its DNS) still answers, and says why
+    assert page.status == 200 and "kuota data voucher ini sudah habis" in page.body.lower()
+    again = login(1, code)
     assert again.status == 403 and "Kuota data voucher ini sudah habis" in again.body
     before = received(1)
     download(1, PORTS[0], 2)

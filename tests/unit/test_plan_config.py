@@ -40,7 +40,6 @@ def test_a_plan_without_limits_keeps_the_old_meaning() -> None:
     p = plan("")
     assert (p.time_of_use, p.validity, p.quota, p.quota_down, p.quota_up) == (None,) * 5
     assert (p.after_quota, p.shared_devices, p.price, p.auto_login) == ("cut", 1, 0, False)
-    assert "shared_devices" not in p.model_fields_set
 
 
 def test_a_full_plan_parses_to_units() -> None:

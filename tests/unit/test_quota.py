@@ -199,7 +199,8 @@ async def core(tmp_path: Path) -> Core:
 
 def new_quota(c: Core) -> QuotaService:
     """What the daemon composes (daemon/main.py); a new one is a daemon started again."""
-    q = QuotaService(c.holder.get, c.store, c.firewall, c.clock, c.sessions.end)
+    q = QuotaService(c.holder.get, c.store, c.firewall, c.clock, c.sessions.end,
+                     c.sessions.note_quota_cut)
     c.reconciler.meters = q.meters
     return q
 
@@ -270,9 +271,12 @@ async def test_a_used_up_cut_quota_ends_its_sessions_and_refuses_the_code(core: 
     assert await core.sessions.active() == []
     ended = [e.event for e in core.events(seq) if isinstance(e.event, SessionEnded)]
     assert {e.reason for e in ended} == {EndReason.QUOTA} and len(ended) == 2
+    view = await core.sessions.identify(IP[A])  # the portal says why
+    assert view.session is None and view.voucher is not None
+    assert view.voucher.quota_state == "cut"
     with pytest.raises(VoucherError) as err:
         await login(core, C, "kuota", code=code)
-    assert err.value.reason == "quota"
+    assert err.value.reason == "quota_used"
     # positive control: an unused voucher of the same plan still logs in
     await login(core, C, "kuota")
 
