@@ -189,6 +189,7 @@ def _placeholders(n: int) -> list[Any]:
 
 
 def throughput(pid: int, clients: int, rounds: int) -> dict[str, Any]:
+    from gateway.firewall.adapter import Firewall
     from gateway.firewall.nft import Nft
     from gateway.firewall.planner import plan_ruleset
     from gateway.meter import Meter
@@ -210,6 +211,7 @@ def throughput(pid: int, clients: int, rounds: int) -> dict[str, Any]:
                 "counter + quota per client": plan_ruleset(cfg, sessions, NOW, None, quotas)}
     nft = Nft()
     results: dict[str, list[float]] = {k: [] for k in variants}
+    reads: dict[str, list[float]] = {"quotas": [], "quotas + counters (reset)": []}
     try:
         for _ in range(rounds):
             for name, script in variants.items():
@@ -219,11 +221,18 @@ def throughput(pid: int, clients: int, rounds: int) -> dict[str, Any]:
                     raise RuntimeError(f"iperf3 failed under {name!r}")
                 results[name].append(bps)
                 print(f"  {name}: {bps / 1e9:.2f} Gbit/s", file=sys.stderr)
+        # the quota service's reads with every client metered and under a quota
+        fw = Firewall(nft, sysctl_root=None)
+        for _ in range(5):
+            for what, counters in (("quotas", False), ("quotas + counters (reset)", True)):
+                t0 = time.perf_counter()
+                fw.read_meters(counters)
+                reads[what].append(time.perf_counter() - t0)
     finally:
         nft.run("table inet desanet {}\ndelete table inet desanet\n"
                 "table bridge desanet {}\ndelete table bridge desanet\n"
                 "table arp desanet {}\ndelete table arp desanet\n")
-    return {"clients": clients, "rounds": rounds, "bps": results}
+    return {"clients": clients, "rounds": rounds, "bps": results, "reads": reads}
 
 
 def inner(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,6 +319,12 @@ def report(data: dict[str, Any]) -> str:
     for name in names:
         med = statistics.median(t["bps"][name])
         lines.append(f"| {name} | {med / 1e9:.2f} Gbit/s | {med / base:.2f}x |")
+    reads = t.get("reads", {})
+    if reads:
+        lines += ["", f"the quota service's read with {t['clients']:,} vouchers metered, each "
+                  "with a quota (`Firewall.read_meters`, best of 5):", ""]
+        for what, secs in reads.items():
+            lines.append(f"- {what}: {min(secs) * 1000:.0f} ms")
     return "\n".join(lines)
 
 

@@ -387,6 +387,11 @@ class SessionService:
             if session is None:
                 raise NotFound(f"{mac} has no active session")
             await self.shaping.add(session)
+            if session.voucher is not None:  # quota: the new plan's limits, at once
+                used = await self.store.voucher_usage([session.voucher])
+                await self.firewall.authorize(
+                    session, self.now(), self.shaping.class_text(session),
+                    meter=meter_for(self._config(), session, used.get(session.voucher, (0, 0))))
         log.info("plan of %s is now %s", mac, plan or "default")
         self.bus.publish(PlanChanged(mac, plan))
         return session

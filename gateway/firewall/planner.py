@@ -23,6 +23,9 @@ cost does not depend on how many clients are online.
                 (``*.example.go.id``) are filled by the pre-login dnsmasq (nftset,
                 the set's default timeout). Either opens TCP 80/443 only.
 * ``dns_meter4`` per-client query rate before login (dynamic, limit per source).
+* meters (:mod:`gateway.firewall.meters`, docs/quota.md): per voucher named
+                counters and quota objects, reached from a client's address through
+                maps in the ``client_up`` / ``client_down`` chains.
 
 DNS (docs/walled-garden.md): a client that is neither trusted nor authorized
 has its port-53 traffic redirected to the pre-login resolver

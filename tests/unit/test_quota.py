@@ -367,3 +367,12 @@ def test_an_address_holding_another_vouchers_meter_is_replaced_not_refused() -> 
     i = again.index("delete element inet desanet acct_down4 { 10.42.0.101 }")
     assert again[i + 1].startswith("add element inet desanet acct_down4 { 10.42.0.101 : ")
     assert not any(x.startswith("add element inet desanet quota_total4") for x in again)
+
+
+async def test_moving_a_client_to_another_plan_gives_it_that_plans_quota_at_once(
+        core: Core) -> None:
+    code = await login(core, A, "bebas")
+    assert core.firewall.meters[IP[A]].limits == {}
+    await core.sessions.change_plan(A, "kuota")
+    assert core.firewall.meters[IP[A]].limits == {"total": 5 * MB}
+    assert core.firewall.meters[IP[A]].voucher == code
