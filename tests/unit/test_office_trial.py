@@ -201,3 +201,11 @@ def test_an_unknown_trial_plan_names_the_field() -> None:
     with pytest.raises(ConfigError) as err:
         make_config(portal={"trial_minutes": 24 * 60 + 1})
     assert any(p.startswith("portal.trial_minutes") for p in err.value.problems)
+
+
+async def test_old_trial_counts_are_forgotten(trial: Trial, clock: FakeClock) -> None:
+    await trial.service.grant(MAC)
+    clock.advance(7 * 86400)
+    assert await trial.service.prune() == 0  # a week ago today: kept
+    clock.advance(86400)
+    assert await trial.service.prune() == 1
