@@ -5,6 +5,7 @@ has expired, meets the portal."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -14,6 +15,7 @@ from tests.integration.conftest import (
     LAB_TOOLS,
     PORTAL,
     LabFactory,
+    desanet,
     desanet_json,
     has_internet,
     internet,
@@ -31,7 +33,7 @@ pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
 
 @pytest.fixture(scope="module")
 def lab(make_lab: LabFactory) -> LabInfo:
-    spec = LabSpec(prefix=unique_prefix("rt"), clients=3, idle_timeout="2s", extra={
+    spec = LabSpec(prefix=unique_prefix("rt"), clients=3, idle_timeout="4s", extra={
         "shaping": {"enabled": True, "plans": {
             "auto": {"down": "2mbit", "up": "1mbit", "auto_login": True},
             "biasa": {"down": "2mbit", "up": "1mbit"}}},
@@ -50,21 +52,32 @@ def _online(lab: LabInfo, mac: str) -> bool:
     return any(c["mac"] == mac and c["authorized"] for c in rows)
 
 
+def _starts(lab: LabInfo, mac: str, code: str) -> int:
+    """Sessions the running daemon started for ``mac`` on voucher ``code`` (its events: a
+    4 s idle timeout may end the session again before a `clients` call could see it)."""
+    out = desanet(lab.control_socket, "events", "--no-follow", "--json")
+    assert out.returncode == 0, out.describe()
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return sum(1 for e in events if e["type"] == "session_started" and e["mac"] == mac
+               and e["voucher"] == code and e["source"] == "voucher")
+
+
 def _login_then_idle(lab: LabInfo, n: int, code: str) -> None:
     client = lab.client(n)
     login = portal_post(client.name, f"{PORTAL}/login", {"action": "voucher", "voucher": code})
     assert login.status == 303, login
     assert has_internet(client.name)
-    # the phone goes quiet (leaves): its session ends idle after 2 s
+    # the phone goes quiet (leaves): its session ends idle after 4 s
     wait_until(lambda: not _online(lab, client.mac), 30, "the session to end idle")
 
 
 def test_a_returning_phone_gets_in_without_the_portal(lab: LabInfo) -> None:
     phone, other = lab.client(1), lab.client(2)
-    _login_then_idle(lab, 1, _voucher(lab, "auto", "1h"))
+    code = _voucher(lab, "auto", "1h")
+    _login_then_idle(lab, 1, code)
     first = internet(phone.name)  # its first request after coming back: no portal
     assert not first.redirected_to_portal() and first.status == 200, first
-    assert _online(lab, phone.mac)
+    assert _starts(lab, phone.mac, code) == 2  # the login, then the return
 
     # positive control: the same story on a plan without auto_login meets the portal
     _login_then_idle(lab, 2, _voucher(lab, "biasa", "1h"))
@@ -76,6 +89,7 @@ def test_a_returning_phone_gets_in_without_the_portal(lab: LabInfo) -> None:
     start_gateway(lab)
     again = internet(phone.name)
     assert not again.redirected_to_portal() and again.status == 200, again
+    assert _starts(lab, phone.mac, code) == 1  # by the new daemon
 
 
 def test_refused_once_the_voucher_expired(lab: LabInfo) -> None:
