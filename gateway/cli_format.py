@@ -147,6 +147,11 @@ def _counts(counts: Any, empty: str) -> str:
     return ", ".join(shown) or empty
 
 
+def percent(ratio: object) -> str:
+    """A hit ratio as "75%", "-" before any request (no ratio is not 0%)."""
+    return f"{ratio:.0%}" if isinstance(ratio, (int, float)) else "-"
+
+
 def services_lines(data: dict[str, Any], tz: str = DEFAULT_TIMEZONE) -> list[str]:
     """`desanet services`: the cache, each upstream's health, the form queue, prefetch."""
     cache = data["cache"]
@@ -161,13 +166,15 @@ def services_lines(data: dict[str, Any], tz: str = DEFAULT_TIMEZONE) -> list[str
     ]
     services = data.get("services") or {}
     if services:
-        lines.append(f"  {'SERVICE':16} {'STATE':8} {'ERRORS':>9}  {'LAST OK':22} LAST ERROR")
+        lines.append(f"  {'SERVICE':16} {'STATE':8} {'ERRORS':>9} {'HIT':>4}  {'LAST OK':22} "
+                     "LAST ERROR")
         for slug, h in services.items():
             errors = f"{h.get('errors', 0)}/{h.get('requests', 0)}"
+            hit = percent((h.get("cache") or {}).get("hit_ratio"))
             last_error = fmt_time(h.get("last_error"), tz)
             if h.get("last_error_text"):
                 last_error += f" ({h['last_error_text']})"
-            lines.append(f"  {slug:16} {h.get('state', '-'):8} {errors:>9}  "
+            lines.append(f"  {slug:16} {h.get('state', '-'):8} {errors:>9} {hit:>4}  "
                          f"{fmt_time(h.get('last_ok'), tz):22} {last_error}")
     lines.append(f"  queued forms: {_counts(data.get('outbox'), 'none')}")
     prefetch = data.get("prefetch") or {}

@@ -328,7 +328,9 @@ class StubSite:
     def status_json(self) -> dict[str, object]:
         return {"enabled": True, "hostname": "layanan.desa",
                 "cache": {"hit_ratio": 0.5, "entries": 1, "bytes": 1, "max_bytes": 2},
-                "services": {"dukcapil": {"state": "online", "requests": 4, "errors": 0}},
+                "services": {"dukcapil": {"state": "online", "requests": 4, "errors": 0,
+                                          "cache": {"hits": 2, "misses": 1,
+                                                    "hit_ratio": 0.6667}}},
                 "outbox": {"queued": 1}, "prefetch": {"runs": self.runs, **self.last}}
 
     async def prefetch(self, only_missing: bool = False) -> dict[str, object]:
@@ -346,6 +348,9 @@ async def test_start_a_prefetch(core: Core, served: str) -> None:
         await pilot.press("4")
         summary = app.screen.query_one("#summary", Static)
         assert "Prefetch: never" in str(summary.render())
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 1, "the catalog")
+        assert "67%" in [str(cell) for cell in table.get_row("dukcapil")]  # its own ratio
         await pilot.press("p")
         await until(pilot, lambda: site.runs == 1, "the prefetch")
         await until(pilot, lambda: "2 ok of 2" in str(summary.render()), "the result shown")
