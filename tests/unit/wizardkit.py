@@ -30,8 +30,9 @@ class WizardApp(App[None]):
         self.push_screen(self.wizard)
 
 
-async def until(pilot: Pilot[None], ok: Callable[[], bool], what: str) -> None:
-    for _ in range(2000):  # a deadline in rounds of the app's own loop, not in seconds
+async def until(pilot: Pilot[None], ok: Callable[[], bool], what: str,
+                rounds: int = 2000) -> None:
+    for _ in range(rounds):  # a deadline in rounds of the app's own loop, not in seconds
         if ok():
             return
         await pilot.pause(0.01)
