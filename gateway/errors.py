@@ -111,8 +111,14 @@ class VoucherError(Refused):
     """A voucher code is unknown, used up, revoked or malformed.
 
     ``reason`` is a stable key the portal turns into a translated message:
-    "malformed", "unknown", "revoked", "expired", "in_use".
+    "malformed", "unknown", "revoked", "expired", "in_use", and for plans (Step 11)
+    "time_used" (its time of use ran out) and "quota_used" (its quota ran out, cut).
+    ``devices``: with "in_use", how many devices may use it at once (all in use now).
     """
+
+    def __init__(self, reason: str, message: str = "", devices: int = 0) -> None:
+        super().__init__(reason, message)
+        self.devices = devices
 
 
 class ApplyFailed(Refused):

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 SessionSource = Literal["terms", "voucher", "manual"]
+QuotaState = Literal["", "slow", "cut"]
+# plans: (plan, validity -> vouchers.duration, shared devices -> max_devices); None: keep
+PlanStamp = tuple[str, int | None, int | None]
+VoucherLimits = tuple[str, int, int]  # (code, duration, max_devices) of one voucher
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,14 @@ class Voucher:
     devices: tuple[str, ...] = ()  # MACs that redeemed it
     batch_name: str = ""  # what staff called the batch ("Posyandu Mei"); "" when unnamed
     serial: int = 0  # 1..N within the batch, printed on the sheet; the store numbers them
+    # plans (Step 11): usage so far and what was sold (docs/plans.md)
+    used_seconds: int = 0  # time of use: seconds some device of it was online (idle excluded)
+    bytes_down: int = 0  # counted in the kernel, over every device of the voucher
+    bytes_up: int = 0
+    quota_state: QuotaState = ""  # "" within quota, "slow" fair use, "cut" used up
+    price: int = 0  # rupiah: the plan's price when the voucher was created
+    seller: str = ""  # who sells it (a batch's seller); "" unknown
+    imported: bool = False  # sold before desanet (vouchers import), not made here
 
     def state(self, now: int) -> str:
         if self.revoked:
@@ -56,3 +68,4 @@ class ClientView:
     ip: str
     mac: str | None  # None when the address is not on the LAN (no neighbour entry)
     session: Session | None
+    voucher: Voucher | None = None  # the session's voucher (plans: what the status page shows)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.schema import Config
-from gateway.model import Session, Voucher
+from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 from gateway.shaping.plan import ClassStats, DeviceTree, HtbClass
 
 MacIp = tuple[str, str]
@@ -178,6 +178,8 @@ class SessionStorePort(Protocol):
 
     async def vouchers(self, batch: str | None = None) -> list[Voucher]: ...
 
+    async def voucher(self, code: str) -> Voucher | None: ...
+
     async def revoke_voucher(self, code: str, now: int) -> tuple[Voucher, list[Session]]:
         """Revoke a voucher and end its sessions; return the voucher and the ended sessions."""
         ...
@@ -188,5 +190,19 @@ class SessionStorePort(Protocol):
         ...
 
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher: ...
+
+    async def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
+        """Add seconds of use (time of use) to vouchers; return those that exist."""
+        ...
+
+    async def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
+        """For each (plan, validity, shared devices), None keeping the column: stamp them
+        on the plan's vouchers (duration, max_devices) and the new end on their open
+        sessions; return the changed vouchers' old (code, duration, max_devices)."""
+        ...
+
+    async def restore_limits(self, limits: Iterable[VoucherLimits]) -> None:
+        """Give vouchers back the (code, duration, max_devices) stamp_plans returned."""
+        ...
 
     async def close(self) -> None: ...

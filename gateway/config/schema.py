@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gateway.config.plans import Price, Quota, SharedDevices, check_limits
 from gateway.config.telemetry import Telemetry
 from gateway.config.units import (
     format_duration,
@@ -567,6 +568,21 @@ class Plan(_Section):
     # sheet: what villagers read for this plan (site language); default from the plan's name.
     label_id: PlanLabel | None = Field(None, examples=["Paket Sekolah"])
     label_en: PlanLabel | None = Field(None, examples=["School plan"])
+    # plans (Step 11): what the plan sells; semantics in gateway/config/plans.py and
+    # docs/plans.md. None = no such limit.
+    time_of_use: Duration | None = Field(None, examples=["1h"])  # online time, idle excluded
+    validity: Duration | None = Field(None, examples=["1d"])  # wall clock from first use
+    quota: Quota = Field(None, examples=["1GB"])  # down + up
+    quota_down: Quota = Field(None, examples=["1GB"])
+    quota_up: Quota = Field(None, examples=["200MB"])
+    after_quota: Literal["cut", "slow"] = Field("cut", examples=["cut"])
+    fair_use_down: OptionalRate = Field(None, examples=["256kbit"])  # after_quota = "slow"
+    fair_use_up: OptionalRate = Field(None, examples=["128kbit"])
+    # devices using one voucher at once; above 1 (or changed by an apply) it overrides each
+    # voucher's own max_devices; at 1 vouchers keep theirs (docs/plans.md)
+    shared_devices: SharedDevices = Field(1, examples=[2])
+    price: Price = Field(0, examples=[5000])  # rupiah, stamped on each voucher created
+    auto_login: bool = Field(False, examples=[False])  # a returning phone skips the portal
 
     def label(self, name: str, lang: str) -> str:
         """The human label of this plan (named ``name``) in ``lang``, falling back to the
@@ -586,6 +602,11 @@ class Plan(_Section):
                     "(write e.g. {d} = \"2mbit\", ceil_{d} = \"10mbit\")",
                     {"d": direction},
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> Plan:
+        check_limits(self)
         return self
 
 
@@ -634,6 +655,8 @@ class Shaping(_Section):
                     ("ceil_down", "uplink_down", self.uplink_down),
                     ("up", "uplink_up", self.uplink_up),
                     ("ceil_up", "uplink_up", self.uplink_up),
+                    ("fair_use_down", "uplink_down", self.uplink_down),
+                    ("fair_use_up", "uplink_up", self.uplink_up),
                 )
                 if getattr(plan, field) is not None and getattr(plan, field) > limit
             ]

@@ -33,6 +33,7 @@ class EndReason(enum.StrEnum):
     VOUCHER_REVOKED = "voucher_revoked"
     VOUCHER_RELEASED = "voucher_released"
     KERNEL_REFUSED = "kernel_refused"
+    TIME_USED = "time_used"  # the voucher's time of use (its plan's time_of_use) ran out
 
 
 class ChangeSource(enum.StrEnum):

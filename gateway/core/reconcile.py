@@ -42,9 +42,10 @@ from gateway.asynctools import wait_event
 from gateway.clock import Clock
 from gateway.config.apply import Step, run_steps
 from gateway.config.schema import Config
+from gateway.core.plans import plan_stamps
 from gateway.core.sessions import SessionService
 from gateway.errors import DesanetError
-from gateway.model import Session
+from gateway.model import Session, VoucherLimits
 from gateway.ports import DhcpServerPort, FirewallPort
 from gateway.shaping.service import ShapingService
 
@@ -169,6 +170,19 @@ class Reconciler:
                 holder.current = old
 
         steps.append(self._locked(Step("config", switch, switch_back)))
+
+        # plans: a plan's validity and shared devices are stamped on its vouchers and the
+        # end of their sessions moves, before the firewall is built from those sessions.
+        stamped: list[VoucherLimits] = []
+
+        async def plans_new() -> None:
+            stamped[:] = await self.sessions.store.stamp_plans(plan_stamps(new, old))
+            self.sessions.sweep_soon()  # time of use or a validity shortened: end them now
+
+        async def plans_old() -> None:
+            await self.sessions.store.restore_limits(stamped)
+
+        steps.append(self._locked(Step("plans", plans_new, plans_old)))
 
         async def sessions_now() -> list[Session]:
             return await self.sessions.active()

@@ -6,6 +6,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from gateway.config.schema import Config
+from gateway.core.usage import time_left
+from gateway.errors import VoucherError
 from gateway.model import Session, SessionSource, Voucher
 
 
@@ -25,6 +27,7 @@ def new_session(
     re-login on the same voucher gets only what is left of it.
     """
     if voucher is not None:
+        refuse_used_up(cfg, voucher)
         start = voucher.first_used if voucher.first_used is not None else now
         expires = start + voucher.duration
         plan = voucher.plan
@@ -40,6 +43,16 @@ def new_session(
         voucher=voucher.code if voucher else None,
         plan=plan,
     )
+
+
+def refuse_used_up(cfg: Config, voucher: Voucher) -> None:
+    """Raise VoucherError when the voucher's plan limits are used up: its time of use
+    ("time_used") or, cut off, its quota ("quota_used"). Validity is the store's check."""
+    left = time_left(cfg, voucher)
+    if left is not None and left <= 0:
+        raise VoucherError("time_used")
+    if voucher.quota_state == "cut":
+        raise VoucherError("quota_used")
 
 
 def idle_sessions(

@@ -72,6 +72,7 @@ from gateway.core.session_rules import (
     stale_kernel_entries,
     takeover_refused,
 )
+from gateway.core.usage import TimeOfUse
 from gateway.errors import (
     AmbiguousClient,
     DesanetError,
@@ -128,6 +129,7 @@ class SessionService:
         self._leases_synced_at = float("-inf")
         self._suspect: Callable[[], None] | None = None
         self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
+        self.usage = TimeOfUse(config, store)  # plans: vouchers' time of use
         # Since the daemon started, for telemetry (counts only): villagers' logins through the
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
         self.logins = 0
@@ -150,6 +152,10 @@ class SessionService:
     def now(self) -> int:
         return self.clock.now()
 
+    def sweep_soon(self) -> None:
+        """Ask for a sweep now (a plan changed: sessions may be over their new limits)."""
+        self._wake_at(self.clock.time())
+
     # -- portal backend ---------------------------------------------------------------
 
     async def identify(self, ip: str) -> ClientView:
@@ -165,7 +171,10 @@ class SessionService:
             session = None
         if session is not None:
             await self._check_entry(session)
-        return ClientView(ip=ip, mac=mac, session=session)
+        voucher = None
+        if session is not None and session.voucher is not None:
+            voucher = await self.store.voucher(session.voucher)
+        return ClientView(ip=ip, mac=mac, session=session, voucher=voucher)
 
     async def _check_entry(self, session: Session) -> None:
         """Put back the client's kernel entries when the kernel lost them; never raises
@@ -423,6 +432,10 @@ class SessionService:
                 await self.store.end_session(s.mac, now, EndReason.IDLE)
                 await self._cut_off(s)
                 ended.append((s, EndReason.IDLE))
+            for s in await self._count_use(sessions, active, started, now):
+                if await self.store.end_session(s.mac, now, EndReason.TIME_USED) is not None:
+                    await self._cut_off(s)
+                    ended.append((s, EndReason.TIME_USED))
             live = await self.store.active_sessions(now)
             live_ips = {s.ip for s in live}
             # An entry revoked since the snapshot (a logout meanwhile) is gone already.
@@ -443,8 +456,20 @@ class SessionService:
             log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
         deadline = next_deadline(live, active, snapshot)
+        if self.usage.deadline is not None:  # a time of use running out
+            deadline = min(deadline or self.usage.deadline, self.usage.deadline)
         if deadline is not None:
             self._wake_at(deadline)
+
+    async def _count_use(self, sessions: list[Session], active: Mapping[tuple[str, str], int],
+                         listed: float, now: int) -> list[Session]:
+        """Time of use (gateway/core/usage.py); the sessions whose time is used up. A store
+        failure is logged: the sweep's own work goes on, the time is counted next turn."""
+        try:
+            return await self.usage.tick(sessions, active, listed, now)
+        except DesanetError as exc:
+            log.error("could not count the vouchers' time of use: %s", exc)
+            return []
 
     async def _sync_leases(self) -> None:
         """Give the kernel's lease sets (ARP, source and DHCP checks) the lease file's

@@ -21,6 +21,7 @@ from gateway.core.events import (
     VoucherReleased,
     VoucherRevoked,
 )
+from gateway.core.plans import voucher_terms
 from gateway.core.sessions import SessionService
 from gateway.core.voucher_codes import generate_codes
 from gateway.errors import Invalid
@@ -71,12 +72,13 @@ class VoucherService:
         batch. Raises Invalid (unknown plan, bad name: nothing created), StoreError.
         """
         self.sessions.check_plan(plan)
+        duration, max_devices, price = voucher_terms(self._config(), plan, duration, max_devices)
         label = check_batch_name(name)
         now = self.clock.now()
         ident = batch or batch_id(label, now, secrets.token_hex(2))
         made = [
             Voucher(code=c, duration=duration, plan=plan, created=now, batch=ident,
-                    max_devices=max_devices, batch_name=label)
+                    max_devices=max_devices, batch_name=label, price=price)
             for c in generate_codes(count)
         ]
         stored = await self.store.add_vouchers(made)

@@ -61,6 +61,7 @@ from gateway.portal.i18n import (
     voucher_message_key,
 )
 from gateway.portal.passthrough import RELAYED, BodyTooLarge, Passthrough
+from gateway.portal.plan_view import plan_lines, plan_view
 from gateway.portal.ratelimit import RateLimiter
 from gateway.portal.templating import render
 from gateway.portal.urls import (
@@ -296,10 +297,15 @@ class Portal:
                     status: int = 200, error: str | None = None) -> web.Response:
         assert client.session is not None
         remaining = client.session.remaining(self.backend.now())
+        view = plan_view(self.cfg, client.session, client.voucher, self.backend.now())
+        cut = view is not None and view.quota_state == "cut"
         return self.page(
-            "status.html", lang, title_key="title_status", status=status, url=safe_url(url),
-            continue_url=_continue_url(url), continue_label=_url_label(_continue_url(url)),
-            remaining=format_remaining(remaining, lang), error=error,
+            "status.html", lang, title_key="title_quota_cut" if cut else "title_status",
+            status=status, url=safe_url(url),
+            continue_url=None if cut else _continue_url(url),
+            continue_label=_url_label(_continue_url(url)),
+            remaining=format_remaining(remaining, lang), error=error, cut=cut,
+            plan_lines=plan_lines(view, lang), contact_line=self.cfg.site.contact,
             local_services_url=self.local_services_url(), csrf=self.token(client),
         )
 
@@ -436,7 +442,7 @@ class Portal:
         try:
             await self.backend.login_voucher(client, code)
         except VoucherError as exc:
-            return self._wrong(lang, url, raw, client, exc.reason)
+            return self._wrong(lang, url, raw, client, exc.reason, exc.devices)
         except BaseException:
             # not a wrong code (the store or the kernel failed): no guess was answered
             self.village.refund(VILLAGE, taken)
@@ -445,10 +451,12 @@ class Portal:
         return None
 
     def _wrong(self, lang: str, url: str | None, raw: str, client: ClientView,
-               reason: str) -> web.Response:
+               reason: str, devices: int = 0) -> web.Response:
         log.warning("voucher login failed: reason=%s ip=%s mac=%s", reason, client.ip, client.mac)
-        return self.login_page(lang, url, status=403, voucher=raw, client=client,
-                               error=translator(lang)(voucher_message_key(reason)))
+        t = translator(lang)
+        text = t("voucher_in_use_n", n=devices) if reason == "in_use" and devices > 1 \
+            else t(voucher_message_key(reason))
+        return self.login_page(lang, url, status=403, voucher=raw, client=client, error=text)
 
     def _limited(self, lang: str, url: str | None, raw: str, client: ClientView, error: str,
                  retry: int) -> web.Response:
@@ -481,8 +489,13 @@ class Portal:
             # "captive" would make the phone pop up a sign-in it does not need.
             body["captive"] = False
         elif client.session is not None and self.has_session(client):
-            body["captive"] = False
-            body["seconds-remaining"] = client.session.remaining(self.backend.now())
+            view = plan_view(self.cfg, client.session, client.voucher, self.backend.now())
+            # plans: a voucher cut off for its quota is captive again (its page says why)
+            body["captive"] = view is not None and view.quota_state == "cut"
+            body["seconds-remaining"] = client.session.remaining(self.backend.now()) \
+                if view is None else view.seconds_remaining
+            if view is not None and view.data_left is not None:
+                body["bytes-remaining"] = view.data_left
         body["can-extend-session"] = False
         response = web.Response(body=json.dumps(body).encode(), content_type=CAPTIVE_JSON)
         response.headers[hdrs.CACHE_CONTROL] = "private, no-store"

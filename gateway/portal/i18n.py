@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from gateway.portal.plan_texts import PLAN_CATALOG
+
 LANGUAGES: Final = ("id", "en")
 DEFAULT_LANGUAGE: Final = "id"
 LANGUAGE_NAMES: Final = {"id": "Bahasa Indonesia", "en": "English"}
@@ -244,7 +246,12 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
     },
 }
 
-VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use"})
+# plans (Step 11): the plan texts live beside their view (plan_view.py)
+for _lang, _texts in PLAN_CATALOG.items():
+    CATALOG[_lang].update(_texts)
+
+VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use",
+                                    "time_used", "quota_used"})
 DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use"})
 
 

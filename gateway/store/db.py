@@ -9,12 +9,12 @@ the database, VoucherError(reason) for the voucher rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.kernel import DatabaseWorker
-from gateway.model import Session, Voucher
+from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 from gateway.store.sqlite import Store
 
 if TYPE_CHECKING:
@@ -120,6 +120,18 @@ class AsyncStore:
         """A whole login in one transaction. Awaits the database worker once (``admit``
         and ``build`` run there: they must be pure)."""
         return await self.worker.call(self.store.login, mac, now, voucher_code, admit, build)
+
+    async def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
+        """Add seconds of use to vouchers; return them. Awaits the database worker."""
+        return await self.worker.call(self.store.add_used_seconds, used)
+
+    async def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
+        """Stamp plans' limits on their vouchers; return the old ones. Awaits the worker."""
+        return await self.worker.call(self.store.stamp_plans, list(stamps))
+
+    async def restore_limits(self, limits: Iterable[VoucherLimits]) -> None:
+        """Undo :meth:`stamp_plans`. Awaits the database worker."""
+        await self.worker.call(self.store.restore_limits, list(limits))
 
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` (first use starts the clock) or raise VoucherError(reason).

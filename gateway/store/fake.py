@@ -21,13 +21,13 @@ two cannot drift. The rules, as the SQL implements them:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import StoreError, VoucherError
 from gateway.faults import FaultInjection
-from gateway.model import Session, Voucher
+from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 
 if TYPE_CHECKING:
     from gateway.ports import SessionStorePort
@@ -244,6 +244,43 @@ class MemoryStore(FaultInjection):
         self.writes += 1
         return voucher
 
+    async def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
+        self._use("add_used_seconds", True)
+        self.writes += 1
+        for code, seconds in used.items():
+            if code in self._vouchers and seconds > 0:
+                v = self._vouchers[code]
+                self._vouchers[code] = dataclasses.replace(v, used_seconds=v.used_seconds + seconds)
+        return [self._vouchers[c] for c in sorted(used) if c in self._vouchers]
+
+    async def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
+        self._use("stamp_plans", True)
+        self.writes += 1
+        before: list[VoucherLimits] = []
+        for plan, validity, devices in stamps:
+            for v in sorted(self._vouchers.values(), key=lambda v: v.code):
+                new = (v.code, v.duration if validity is None else validity,
+                       v.max_devices if devices is None else devices)
+                if v.plan == plan and new != (v.code, v.duration, v.max_devices):
+                    before.append((v.code, v.duration, v.max_devices))
+                    self._set_limits(*new)
+        return before
+
+    async def restore_limits(self, limits: Iterable[VoucherLimits]) -> None:
+        self._use("restore_limits", True)
+        self.writes += 1
+        for row in limits:
+            self._set_limits(*row)
+
+    def _set_limits(self, code: str, duration: int, max_devices: int) -> None:
+        v = self._vouchers[code] = dataclasses.replace(
+            self._vouchers[code], duration=duration, max_devices=max_devices)
+        if v.first_used is not None:
+            for row in self._open_rows():
+                if row.session.voucher == code:
+                    row.session = dataclasses.replace(row.session,
+                                                      expires=v.first_used + v.duration)
+
     def _redeemed(self, code: str, mac: str, now: int) -> Voucher:
         """The voucher as redeeming it by ``mac`` would leave it (not stored yet)."""
         voucher = self._vouchers.get(code)
@@ -255,7 +292,7 @@ class MemoryStore(FaultInjection):
         devices = voucher.devices
         if mac not in devices:
             if len(devices) >= voucher.max_devices:
-                raise VoucherError("in_use")
+                raise VoucherError("in_use", devices=voucher.max_devices)
             devices = tuple(sorted((*devices, mac)))
         first_used = now if voucher.first_used is None else voucher.first_used
         return dataclasses.replace(voucher, devices=devices, first_used=first_used)

@@ -11,18 +11,23 @@ The database holds unused voucher codes, which are worth money, so the file
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from gateway.errors import VoucherError
-from gateway.model import Session, Voucher
+from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 from gateway.sqlitedb import Database
 from gateway.store.backup import KEEP, backup
 from gateway.store.heal import Heal
+from gateway.store.plan_sql import (
+    add_used_seconds,
+    set_limits,
+    stamp_plans,
+)
 
-# 2: vouchers.batch_name and vouchers.serial (see _migrate).
-SCHEMA_VERSION = 2
+# 2: vouchers.batch_name and vouchers.serial; 3: the vouchers' usage and sale (plans).
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -51,7 +56,14 @@ CREATE TABLE IF NOT EXISTS vouchers (
     first_used INTEGER,
     revoked INTEGER NOT NULL DEFAULT 0,
     batch_name TEXT NOT NULL DEFAULT '',
-    serial INTEGER NOT NULL DEFAULT 0
+    serial INTEGER NOT NULL DEFAULT 0,
+    used_seconds INTEGER NOT NULL DEFAULT 0,
+    bytes_down INTEGER NOT NULL DEFAULT 0,
+    bytes_up INTEGER NOT NULL DEFAULT 0,
+    quota_state TEXT NOT NULL DEFAULT '',
+    price INTEGER NOT NULL DEFAULT 0,
+    seller TEXT NOT NULL DEFAULT '',
+    imported INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS voucher_devices (
     code TEXT NOT NULL REFERENCES vouchers(code),
@@ -62,7 +74,8 @@ CREATE TABLE IF NOT EXISTS voucher_devices (
 
 _SESSION_COLS = "mac, ip, started, expires, idle_timeout, source, voucher, plan"
 _VOUCHER_COLS = ("code, duration, plan, created, batch, max_devices, first_used, revoked, "
-                 "batch_name, serial")
+                 "batch_name, serial, used_seconds, bytes_down, bytes_up, quota_state, price, "
+                 "seller, imported")
 
 # Columns added after version 1, with what an older database gets. Each is added only
 # when missing, so a database that an older desanet opened again (an A/B update rolled
@@ -70,6 +83,14 @@ _VOUCHER_COLS = ("code, duration, plan, created, batch, max_devices, first_used,
 _ADDED_VOUCHER_COLUMNS = (
     ("batch_name", "TEXT NOT NULL DEFAULT ''"),
     ("serial", "INTEGER NOT NULL DEFAULT 0"),
+    # 3 (Step 11, plans): usage and sale of each voucher
+    ("used_seconds", "INTEGER NOT NULL DEFAULT 0"),
+    ("bytes_down", "INTEGER NOT NULL DEFAULT 0"),
+    ("bytes_up", "INTEGER NOT NULL DEFAULT 0"),
+    ("quota_state", "TEXT NOT NULL DEFAULT ''"),
+    ("price", "INTEGER NOT NULL DEFAULT 0"),
+    ("seller", "TEXT NOT NULL DEFAULT ''"),
+    ("imported", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -312,9 +333,11 @@ class Store:
                                       revoked=False, devices=()))
             db.executemany(
                 "INSERT INTO vouchers (code, duration, plan, created, batch, max_devices, "
-                "batch_name, serial) VALUES (?,?,?,?,?,?,?,?)",
+                "batch_name, serial, used_seconds, bytes_down, bytes_up, quota_state, price, "
+                "seller, imported) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(v.code, v.duration, v.plan, v.created, v.batch, v.max_devices, v.batch_name,
-                  v.serial) for v in stored],
+                  v.serial, v.used_seconds, v.bytes_down, v.bytes_up, v.quota_state, v.price,
+                  v.seller, int(v.imported)) for v in stored],
             )
             for batch, (name, _) in batches.items():
                 db.execute("UPDATE vouchers SET batch_name=? WHERE batch=?", (name, batch))
@@ -385,6 +408,24 @@ class Store:
         assert voucher is not None
         return voucher, [Session(*r) for r in rows]
 
+    def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
+        """Add seconds of use (time of use) to vouchers in one transaction; return them."""
+        with self._tx() as db:
+            codes = add_used_seconds(db, used)
+            found = [self._voucher(db, c) for c in codes]
+        return [v for v in found if v is not None]
+
+    def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
+        """Stamp plans' limits on their vouchers and open sessions, in one transaction;
+        return what the changed vouchers had (plan_sql.stamp_plans)."""
+        with self._tx() as db:
+            return stamp_plans(db, stamps)
+
+    def restore_limits(self, limits: Iterable[VoucherLimits]) -> None:
+        """Put back what :meth:`stamp_plans` returned (a config apply undone)."""
+        with self._tx() as db:
+            set_limits(db, limits)
+
     def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher:
         """Bind ``mac`` to the voucher (first use starts its clock) or raise VoucherError."""
         with self._tx() as db:
@@ -400,7 +441,7 @@ class Store:
             raise VoucherError(state)
         if mac not in voucher.devices:
             if len(voucher.devices) >= voucher.max_devices:
-                raise VoucherError("in_use")
+                raise VoucherError("in_use", devices=voucher.max_devices)
             db.execute("INSERT INTO voucher_devices (code, mac) VALUES (?,?)", (code, mac))
         if voucher.first_used is None:
             db.execute("UPDATE vouchers SET first_used=? WHERE code=?", (now, code))
@@ -421,5 +462,7 @@ class Store:
         return Voucher(
             code=row[0], duration=row[1], plan=row[2], created=row[3], batch=row[4],
             max_devices=row[5], first_used=row[6], revoked=bool(row[7]), devices=devices,
-            batch_name=row[8], serial=row[9],
+            batch_name=row[8], serial=row[9], used_seconds=row[10], bytes_down=row[11],
+            bytes_up=row[12], quota_state=row[13], price=row[14], seller=row[15],
+            imported=bool(row[16]),
         )

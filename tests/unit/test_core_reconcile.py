@@ -88,7 +88,7 @@ def journal_core(tmp_path: Path, cfg: Config | None = None) -> tuple[Core, list[
 async def test_start_runs_every_step_in_order(tmp_path: Path) -> None:
     core, journal = journal_core(tmp_path)
     steps = await core.start()
-    assert steps == ["config", "shaping", "firewall", "forwarding", "dnsmasq", "local_services",
+    assert steps == ["config", "plans", "shaping", "firewall", "forwarding", "dnsmasq", "local_services",
                      "portal", "limits"]
     assert journal == [
         "shaper.reconcile br-lan", "shaper.reconcile wan0",  # classes before the rules using them
@@ -123,24 +123,24 @@ def _edit(**sections: dict[str, Any]) -> Callable[[str], str]:
 # (name, edit of the running text, steps converge runs, journal expected after the reload)
 RELOADS: list[tuple[str, Callable[[str], str], list[str], list[str]]] = [
     ("terms only", _edit(portal={"terms_id": "Aturan baru."}),
-     ["config", "shaping", "firewall", "dnsmasq", "limits"],
+     ["config", "plans", "shaping", "firewall", "dnsmasq", "limits"],
      ["shaper.reconcile br-lan", "shaper.reconcile wan0", "firewall.apply 80",
       "dhcp.configure same", "update_limits"]),
     ("portal port", _edit(portal={"http_port": 8080}),
-     ["config", "shaping", "firewall", "dnsmasq", "portal", "limits"],
+     ["config", "plans", "shaping", "firewall", "dnsmasq", "portal", "limits"],
      ["shaper.reconcile br-lan", "shaper.reconcile wan0", "firewall.apply 8080",
       "dhcp.configure changed", "dhcp.stop", "dhcp.start", "sync_portal", "update_limits"]),
     ("dhcp range", _edit(dhcp={"range_end": "10.42.0.200"}),
-     ["config", "shaping", "firewall", "dnsmasq", "limits"],
+     ["config", "plans", "shaping", "firewall", "dnsmasq", "limits"],
      ["shaper.reconcile br-lan", "shaper.reconcile wan0", "firewall.apply 80",
       "dhcp.configure changed", "dhcp.stop", "dhcp.start", "update_limits"]),
     ("local services on", _edit(local_services={"enabled": True}),
-     ["config", "shaping", "firewall", "dnsmasq", "local_services", "limits"],
+     ["config", "plans", "shaping", "firewall", "dnsmasq", "local_services", "limits"],
      ["shaper.reconcile br-lan", "shaper.reconcile wan0", "firewall.apply 80",
       "dhcp.configure changed", "dhcp.stop", "dhcp.start", "sync_local_services",
       "update_limits"]),
     ("shaping off", _edit(shaping={"enabled": False}),
-     ["config", "shaping", "firewall", "dnsmasq", "limits"],
+     ["config", "plans", "shaping", "firewall", "dnsmasq", "limits"],
      ["shaper.remove br-lan", "shaper.remove wan0", "firewall.apply 80",
       "dhcp.configure same", "update_limits"]),
 ]

@@ -102,3 +102,25 @@ def test_a_new_database_has_the_columns_without_migrating(tmp_path: Path) -> Non
     assert (made[0].serial, made[0].batch_name) == (1, "X")
     assert store.vouchers() == made
     store.close()
+
+
+def test_old_vouchers_get_the_plan_columns_zero(tmp_path: Path) -> None:
+    # version 1 (and 2) databases: usage and sale start at nothing, nothing else moves
+    path = tmp_path / "state.db"
+    _old_database(path)
+    store = Store(path)
+    used = store.voucher("CCCCC-CCCCC")
+    assert used is not None
+    assert (used.used_seconds, used.bytes_down, used.bytes_up, used.quota_state, used.price,
+            used.seller, used.imported) == (0, 0, 0, "", 0, "", False)
+    assert (used.first_used, used.devices) == (NOW + 50, (MAC,))
+    store.close()
+
+
+def test_the_sale_columns_are_stored_as_given(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new.db")
+    made = store.add_vouchers([Voucher("AAAAA-BBBBB", 60, "harian", NOW, "b", price=5000,
+                                       seller="Warung Bu Siti", imported=True)])
+    assert store.vouchers() == made
+    assert (made[0].price, made[0].seller, made[0].imported) == (5000, "Warung Bu Siti", True)
+    store.close()
