@@ -123,7 +123,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from provisioning import importer
 
     out = importer.import_bundle(Path(args.bundle), Path(args.etc), Path(args.ssh_dir),
-                                 Path(args.record))
+                                 Path(args.record),
+                                 Path(args.trust_ca) if args.trust_ca else None)
     if out.already:
         print(f"{out.site}: already imported (see {args.record}); nothing changed")
     else:
@@ -239,6 +240,8 @@ def register(sub: Any) -> None:
     imp.add_argument("--ssh-dir", default="/etc/ssh", help="SSH directory (default /etc/ssh)")
     imp.add_argument("--record", default="/var/lib/desanet/provisioned.json",
                      help="record of the import (default /var/lib/desanet/provisioned.json)")
+    imp.add_argument("--trust-ca", metavar="CA.crt",
+                     help="accept only bundles of this fleet CA (an image built for one region)")
     rn = add(psub, "renew", cmd_renew, "a new certificate for a gateway's existing key (no new "
              "key travels); install it with `desanet fleet send SITE cert.install cert=@FILE`")
     rn.add_argument("site", help="the gateway's site id")

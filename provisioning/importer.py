@@ -174,8 +174,19 @@ def _remove_secrets(bundle: Path, secrets: list[str]) -> list[str]:
     return left
 
 
+def _pinned(blobs: dict[str, bytes], trust_ca: Path) -> None:
+    """Refuse a bundle whose CA is not the one this image was built to trust."""
+    try:
+        trusted = x509.load_pem_x509_certificates(trust_ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"--trust-ca {trust_ca}: cannot read it: {exc}") from None
+    if x509.load_pem_x509_certificate(blobs[m.CA]) not in trusted:
+        raise ProvisionError(f"{m.CA} is not the fleet CA this gateway trusts ({trust_ca}); "
+                             "was the bundle made with another region's CA?")
+
+
 def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
-                  record: Path = DEFAULT_RECORD) -> Outcome:
+                  record: Path = DEFAULT_RECORD, trust_ca: Path | None = None) -> Outcome:
     etc, ssh_dir, record = etc.absolute(), ssh_dir.absolute(), record.absolute()
     data, digest = m.read(bundle)
     previous = read_record(record)
@@ -184,6 +195,8 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         return Outcome(data["site"], True, tuple(previous.get("installed", ())), tuple(left))
     blobs = m.check_files(bundle, data)
     cert = _check(data, blobs)
+    if trust_ca is not None:
+        _pinned(blobs, trust_ca)
     installed = _install(blobs, etc, ssh_dir)
     entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
              "created": data.get("created"), "imported": int(time.time()),

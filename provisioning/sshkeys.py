@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+_KEY_TYPES = ("ssh-", "ecdsa-sha2-", "sk-")
 
 
 def new_host_key(comment: str) -> tuple[bytes, bytes]:
@@ -39,9 +42,14 @@ def check_authorized_keys(text: str) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        words = line.split()
+        # options may come first (from="10.0.0.0/8",no-agent-forwarding ssh-ed25519 AAAA...)
+        at = next((i for i, w in enumerate(words) if w.startswith(_KEY_TYPES)), None)
         try:
-            serialization.load_ssh_public_key(" ".join(line.split()[:2]).encode())
-        except (ValueError, IndexError) as exc:
+            if at is None or at + 1 >= len(words):
+                raise ValueError("no key type and key")
+            serialization.load_ssh_public_key(f"{words[at]} {words[at + 1]}".encode())
+        except (ValueError, UnsupportedAlgorithm) as exc:
             problems.append(f"line {n}: not an SSH public key ({exc}); "
                             "write e.g. \"ssh-ed25519 AAAAC3... teknisi@kabupaten\"")
     return problems

@@ -218,6 +218,23 @@ def test_revocation_lands_in_the_crl(fleet: Fleet, tmp_path: Path) -> None:
     assert crl.get_revoked_certificate_by_serial_number(int(keep["serial"], 16)) is None
 
 
-def test_authorized_keys_must_be_keys() -> None:
+def test_authorized_keys_must_be_keys(fleet: Fleet) -> None:
+    key = fleet.authorized.split()[1]
     assert sshkeys.check_authorized_keys("# techs\n\nssh-ed25519 AAAA broken\n")
+    assert sshkeys.check_authorized_keys("teknisi@garut\n")
     assert not sshkeys.check_authorized_keys("")
+    assert not sshkeys.check_authorized_keys(fleet.authorized)
+    assert not sshkeys.check_authorized_keys(
+        f'from="10.0.0.0/8",command="echo hi there" ssh-ed25519 {key} teknisi\n')
+
+
+def test_a_pinned_ca_refuses_another_regions_bundle(fleet: Fleet, tmp_path: Path) -> None:
+    other = make_fleet(tmp_path / "other")
+    (theirs, _) = make_bundles(other, tmp_path / "their-out")
+    with pytest.raises(ProvisionError, match="not the fleet CA this gateway trusts"):
+        importer.import_bundle(theirs, tmp_path / "box/etc", tmp_path / "box/ssh",
+                               tmp_path / "box/rec.json", trust_ca=fleet.ca.cert_path)
+    assert not (tmp_path / "box").exists()
+    (ours, _) = make_bundles(fleet, tmp_path / "out")  # positive control: our own region's
+    assert not importer.import_bundle(ours, tmp_path / "box/etc", tmp_path / "box/ssh",
+                                      tmp_path / "box/rec.json", trust_ca=fleet.ca.cert_path).already
