@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provisioning.errors import RowsInvalid
+from provisioning.errors import ProvisionError, RowsInvalid
 
 WORKFLOW = """steps / langkah (docs/provisioning.md):
   1. desanet provision ca init --dir ca-jabar --name "Diskominfo Jabar fleet CA"
@@ -149,6 +149,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from provisioning import ca
 
+    if not (Path(args.ca) / "ca.crt").exists():
+        raise ProvisionError(f"no CA in {args.ca} (ca.crt missing)")
     now = ca.now().timestamp()
     for e in ca.read_record(Path(args.ca)):
         left = int((e["not_after"] - now) // 86400)

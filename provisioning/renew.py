@@ -30,6 +30,11 @@ def renew(ca_dir: Path, site: str, out: Path, days: int = fleetca.DEVICE_DAYS
 
 
 def revoke(ca_dir: Path, site: str, serial: str | None = None) -> list[str]:
+    with fleetca.record_lock(ca_dir):
+        return _revoke(ca_dir, site, serial)
+
+
+def _revoke(ca_dir: Path, site: str, serial: str | None) -> list[str]:
     issued = fleetca.read_record(ca_dir)
     hit = [e for e in issued if e["site"] == site and not e.get("revoked")
            and (serial is None or e["serial"] == serial.lower())]

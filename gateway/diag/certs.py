@@ -16,9 +16,7 @@ import time
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict
 from gateway.diag.threads import in_thread
-from gateway.telemetry.certexpiry import DAY, not_after_pem
-
-WARN_DAYS = 60
+from gateway.telemetry.certexpiry import DAY, WARN_DAYS, not_after_pem
 
 RENEW = ("Minta tim kabupaten memperbarui sertifikat dari jarak jauh (desanet provision renew, "
          "lalu perintah cert.install), atau memasang bundel baru.",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 DAY = 86400
+WARN_DAYS = 60  # `desanet diag cert` and `desanet status` ask for a renewal from here on
 
 
 def _tlv(der: bytes, at: int) -> tuple[int, int, int]:

@@ -89,3 +89,15 @@ def test_the_diag_check_says_how_long_and_what_to_do(days: int, status: str, wor
 def test_an_unreadable_certificate_fails_the_check() -> None:
     got = classify_cert("cert", "/x.crt", None, NOW.timestamp(), "No such file or directory")
     assert got.status == "fail" and "No such file" in got.summary_en
+
+
+def test_desanet_status_says_when_to_renew() -> None:
+    from gateway.cli_format import telemetry_status_line
+
+    base = {"enabled": True, "connected": True, "broker": "mqtts://b:8883", "site_id": "s1",
+            "session": 2, "backlog": 0, "dropped": {}}
+    assert "certificate" not in telemetry_status_line({**base, "cert_days": 400})
+    assert "certificate" not in telemetry_status_line({**base, "cert_days": None})
+    assert telemetry_status_line({**base, "cert_days": 12}).endswith(
+        "certificate ends in 12 day(s): renew it (desanet diag cert)")
+    assert "CERTIFICATE ENDED 3 day(s) ago" in telemetry_status_line({**base, "cert_days": -3})
