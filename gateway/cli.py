@@ -651,6 +651,9 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     from gateway.diag.cli import register as register_diag  # works without the daemon
 
     register_diag(sub)
+    from provisioning.cli import register as register_provision  # crypto loads per command
+
+    register_provision(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)
