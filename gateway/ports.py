@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.schema import Config
+from gateway.meter import Meter, MeterReading
 from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 from gateway.shaping.plan import ClassStats, DeviceTree, HtbClass
 
@@ -28,12 +29,26 @@ class FirewallPort(Protocol):
     def backend(self) -> str: ...
 
     async def apply(self, cfg: Config, sessions: Sequence[Session], now: int,
-                    carry_garden: bool = True) -> None:
-        """Replace the whole ruleset in one transaction, carrying dynamic state."""
+                    carry_garden: bool = True, meters: Sequence[Meter] = ()) -> None:
+        """Replace the whole ruleset in one transaction, carrying dynamic state (the
+        meters' unread bytes and quotas' use among it; ``meters``: the live sessions')."""
 
-    async def authorize(self, session: Session, now: int, class_text: str | None) -> None: ...
+    async def authorize(self, session: Session, now: int, class_text: str | None,
+                        meter: Meter | None = None) -> None: ...
 
-    async def revoke(self, mac: str, ip: str, class_text: str | None) -> None: ...
+    async def revoke(self, mac: str, ip: str, class_text: str | None,
+                     meter: Meter | None = None) -> None: ...
+
+    async def read_meters(self, counters: bool = True) -> MeterReading:
+        """The quotas' use and, with ``counters``, the vouchers' byte counts since the
+        last read (read and zeroed at once). One request, O(vouchers). Raises
+        FirewallError."""
+        ...
+
+    async def drop_meters(self, names: Sequence[str]) -> None:
+        """Delete meter objects (``MeterReading.names``) no client refers to any more.
+        Raises FirewallError (e.g. a login made one referred to again meanwhile)."""
+        ...
 
     async def active_clients(self) -> dict[MacIp, int]:
         """Clients with traffic inside their idle window -> seconds left in it."""
@@ -203,6 +218,16 @@ class SessionStorePort(Protocol):
 
     async def restore_limits(self, limits: Iterable[VoucherLimits]) -> None:
         """Give vouchers back the (code, duration, max_devices) stamp_plans returned."""
+        ...
+
+    async def add_voucher_bytes(self, deltas: Mapping[str, tuple[int, int]],
+                                states: Mapping[str, str]) -> None:
+        """Add (down, up) byte deltas to vouchers and set their quota states ('', 'slow',
+        'cut'), in one transaction. Raises ValueError on a negative delta."""
+        ...
+
+    async def voucher_usage(self, codes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """code -> (bytes down, bytes up) of those vouchers that exist."""
         ...
 
     async def close(self) -> None: ...

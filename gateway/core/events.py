@@ -34,6 +34,7 @@ class EndReason(enum.StrEnum):
     VOUCHER_RELEASED = "voucher_released"
     KERNEL_REFUSED = "kernel_refused"
     TIME_USED = "time_used"  # the voucher's time of use (its plan's time_of_use) ran out
+    QUOTA = "quota"  # the voucher's data quota ran out (after_quota = "cut")
 
 
 class ChangeSource(enum.StrEnum):

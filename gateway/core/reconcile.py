@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +45,7 @@ from gateway.config.schema import Config
 from gateway.core.plans import plan_stamps
 from gateway.core.sessions import SessionService
 from gateway.errors import DesanetError
+from gateway.meter import Meter
 from gateway.model import Session, VoucherLimits
 from gateway.ports import DhcpServerPort, FirewallPort
 from gateway.shaping.service import ShapingService
@@ -130,6 +131,12 @@ class Reconciler:
         sessions.set_wakeup(lambda at: self.run_at(SWEEP_JOB, at))
         sessions.set_kernel_suspect(lambda: self.run_soon(KERNEL_JOB))
         self._repair_failing: str | None = None  # the last failed repair, logged once
+        # quota: the sessions' kernel meters for a rebuild (QuotaService.meters), set by
+        # the daemon; None: no meters (tests of other parts)
+        self.meters: Callable[[Config, Sequence[Session]], Awaitable[list[Meter]]] | None = None
+
+    async def _meters(self, cfg: Config, sessions: Sequence[Session]) -> list[Meter]:
+        return await self.meters(cfg, sessions) if self.meters is not None else []
 
     # -- converge ------------------------------------------------------------------
 
@@ -203,14 +210,18 @@ class Reconciler:
             # Expired sessions are left out here and ended (with their event) by the sweep.
             now = self.clock.now()
             carry = old is None or garden_same(old, new)
-            await self.firewall.apply(new, await sessions_now(), now, carry)
+            sessions = await sessions_now()
+            await self.firewall.apply(new, sessions, now, carry,
+                                      await self._meters(new, sessions))
 
         async def firewall_old() -> None:
             if old is not None:
                 # Carry the walled garden's resolved addresses back only when they were
                 # resolved for names the old config allows too (names were only removed).
                 carry = set(new.walled_garden.hostnames) <= set(old.walled_garden.hostnames)
-                await self.firewall.apply(old, await sessions_now(), self.clock.now(), carry)
+                sessions = await sessions_now()
+                await self.firewall.apply(old, sessions, self.clock.now(), carry,
+                                          await self._meters(old, sessions))
 
         steps.append(self._locked(Step("firewall", firewall_new, firewall_old)))
 
@@ -302,7 +313,8 @@ class Reconciler:
                 if "shaping" in broken:
                     await self.shaping.converge(cfg, sessions)
                 if "firewall" in broken:  # after the classes its map steers into
-                    await self.firewall.apply(cfg, sessions, self.clock.now())
+                    await self.firewall.apply(cfg, sessions, self.clock.now(),
+                                              meters=await self._meters(cfg, sessions))
             except DesanetError as exc:
                 self._repair_failed(f"the kernel lost our {' and '.join(broken)} state and "
                                     f"rebuilding it failed: {exc}; trying again")

@@ -64,6 +64,7 @@ from gateway.config.schema import Config
 from gateway.config.units import format_left
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
+from gateway.core.quota import meter_for, voucher_used
 from gateway.core.session_rules import (
     idle_sessions,
     leased_addresses,
@@ -129,6 +130,7 @@ class SessionService:
         self._leases_synced_at = float("-inf")
         self._suspect: Callable[[], None] | None = None
         self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
+        self._quota_cut: dict[str, str] = {}  # MAC -> voucher, cut off by its quota
         self.usage = TimeOfUse(config, store)  # plans: vouchers' time of use
         # Since the daemon started, for telemetry (counts only): villagers' logins through the
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
@@ -174,7 +176,18 @@ class SessionService:
         voucher = None
         if session is not None and session.voucher is not None:
             voucher = await self.store.voucher(session.voucher)
+        elif session is None and mac is not None and mac in self._quota_cut:
+            # quota: the portal tells a phone cut off for its voucher's data why
+            voucher = await self.store.voucher(self._quota_cut[mac])
         return ClientView(ip=ip, mac=mac, session=session, voucher=voucher)
+
+    def note_quota_cut(self, mac: str, code: str) -> None:
+        """Remember that ``mac``'s session ends for its voucher's used-up quota, so the
+        portal can say so (until it logs in again; in memory: after a restart the portal
+        says it when the code is typed again)."""
+        if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
+            self._quota_cut.clear()
+        self._quota_cut[mac] = code
 
     async def _check_entry(self, session: Session) -> None:
         """Put back the client's kernel entries when the kernel lost them; never raises
@@ -215,7 +228,11 @@ class SessionService:
         exclusive one). A refusal is logged, never raised."""
         try:
             await self.shaping.add(session)
-            await self.firewall.authorize(session, now, self.shaping.class_text(session))
+            used = await self.store.voucher_usage([session.voucher] if session.voucher else [])
+            meter = meter_for(self._config(), session,
+                              used.get(session.voucher or "", (0, 0)))
+            await self.firewall.authorize(session, now, self.shaping.class_text(session),
+                                          meter=meter)
         except DesanetError as exc:
             log.error("could not restore the kernel entries of %s (%s): %s",
                       session.mac, session.ip, exc)
@@ -306,7 +323,11 @@ class SessionService:
                                   f"{current.voucher} ({format_left(current.remaining(now))} "
                                   "left); replacing that session needs force")
 
+            redeemed: list[Voucher] = []
+
             def build(voucher: Voucher | None) -> Session:
+                if voucher is not None:
+                    redeemed.append(voucher)  # its bytes so far start its quota (meter)
                 return new_session(cfg, mac, client_ip, now, source, voucher, duration, plan)
 
             # One store transaction for the whole login: one trip to the database worker.
@@ -315,7 +336,10 @@ class SessionService:
                 self.bus.publish(SessionEnded(current.mac, current.ip, EndReason.REPLACED))
             try:
                 await self.shaping.add(session)
-                await self.firewall.authorize(session, now, self.shaping.class_text(session))
+                meter = meter_for(cfg, session,
+                                  voucher_used(redeemed[-1] if redeemed else None))
+                await self.firewall.authorize(session, now, self.shaping.class_text(session),
+                                              meter=meter)
             except DesanetError:
                 if self._suspect is not None:
                     self._suspect()  # the table or a tree may be gone: check at once
@@ -323,6 +347,7 @@ class SessionService:
                 await self._cut_off(session)
                 self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
                 raise
+            self._quota_cut.pop(mac, None)
             # After the sets: a connection tracked again from here is not redirected.
             await self._end_connections(ip, redirected_only=True)
         self._wake_at(min(session.expires, session.started + session.idle_timeout))
@@ -362,6 +387,11 @@ class SessionService:
             if session is None:
                 raise NotFound(f"{mac} has no active session")
             await self.shaping.add(session)
+            if session.voucher is not None:  # quota: the new plan's limits, at once
+                used = await self.store.voucher_usage([session.voucher])
+                await self.firewall.authorize(
+                    session, self.now(), self.shaping.class_text(session),
+                    meter=meter_for(self._config(), session, used.get(session.voucher, (0, 0))))
         log.info("plan of %s is now %s", mac, plan or "default")
         self.bus.publish(PlanChanged(mac, plan))
         return session
@@ -506,7 +536,8 @@ class SessionService:
         if session.mac in users:
             return
         class_text = None if users else self.shaping.class_text(session)
-        await self.firewall.revoke(session.mac, session.ip, class_text)
+        meter = None if users else meter_for(self._config(), session)
+        await self.firewall.revoke(session.mac, session.ip, class_text, meter=meter)
         if not users:  # else the address's connections are the other phone's now
             await self._end_connections(session.ip, redirected_only=False)
         # Counted once the kernel has done it: a sweep snapshot taken before this

@@ -29,6 +29,8 @@ from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged
 from gateway.core.garden import INTERVAL as GARDEN_INTERVAL
 from gateway.core.garden import GardenService
 from gateway.core.ops import GatewayOps
+from gateway.core.quota import TICK as QUOTA_TICK
+from gateway.core.quota import QuotaService
 from gateway.core.reconcile import (
     KERNEL_CHECK_INTERVAL,
     KERNEL_JOB,
@@ -150,6 +152,9 @@ class Daemon:
         # portalsec: room for the portal's connections under its cap, and a reserve beside it
         servers.file_limit = raise_file_limit()
         reconciler = Reconciler(holder, sessions, shaping, firewall, dns, servers, clock)
+        quota = QuotaService(holder.get, store, firewall, clock, sessions.end,
+                             sessions.note_quota_cut)
+        reconciler.meters = quota.meters  # every rebuild of the ruleset keeps the meters
         config = ConfigService(holder, reconciler, bus, clock, state_dir, self.config_path, text)
         config.check_network = servers.check_network
         if recovered is not None:
@@ -192,6 +197,7 @@ class Daemon:
         await shaping.sample()
         reconciler.every("sweep", SWEEP_INTERVAL, sessions.sweep)
         reconciler.every("samples", SAMPLE_INTERVAL, shaping.sample)
+        reconciler.every("quota", QUOTA_TICK, quota.tick)  # docs/quota.md
         reconciler.every("prune", PRUNE_INTERVAL, self._pruner(store, clock), first_in=60.0)
         reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
         reconciler.every("uplink", TICK, uplink.tick, first_in=0.0)

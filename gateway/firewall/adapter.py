@@ -10,7 +10,9 @@ client's tracked connections (:mod:`gateway.firewall.conntrack`, netlink).
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +23,13 @@ from gateway.errors import FirewallError
 from gateway.firewall import nftcheck
 from gateway.firewall.conntrack import Conntrack
 from gateway.firewall.guard import ARP_FAMILY, plan_leases
+from gateway.firewall.meters import (
+    METER_MAPS,
+    READ_METERS,
+    READ_QUOTAS,
+    plan_drop_objects,
+    plan_unheld,
+)
 from gateway.firewall.nft import Nft
 from gateway.firewall.planner import (
     FAMILY,
@@ -33,6 +42,7 @@ from gateway.firewall.planner import (
     plan_ruleset,
 )
 from gateway.kernel import KernelWorker
+from gateway.meter import Meter, MeterReading, parse_objects, voucher_of
 from gateway.model import Session
 
 if TYPE_CHECKING:
@@ -54,9 +64,11 @@ class Firewall:
         self._expect: TableShape | None = None  # our tables as the last apply left them
 
     def apply(
-        self, cfg: Config, sessions: Iterable[Session], now: int, carry_garden: bool = True
+        self, cfg: Config, sessions: Iterable[Session], now: int, carry_garden: bool = True,
+        meters: Iterable[Meter] = (),
     ) -> None:
-        """Replace the whole ruleset in one transaction, carrying dynamic state.
+        """Replace the whole ruleset in one transaction, carrying dynamic state (and the
+        meters' counts and quotas' use: docs/quota.md).
 
         Blocks: reads the live sets, then runs one nft transaction.
         """
@@ -64,7 +76,7 @@ class Firewall:
         carried = self.read_carried_state(carry_garden)
         if carried.from_live_table:
             carried = unwritten_get_a_window(carried, self.authorized_clients(), sessions, now)
-        self.nft.run(plan_ruleset(cfg, sessions, now, carried))
+        self.nft.run(plan_ruleset(cfg, sessions, now, carried, meters))
         self._expect = self._shape()
         self.set_rp_filter(cfg.network.lan_interface)
 
@@ -92,13 +104,91 @@ class Firewall:
             return {}  # a table from before the lease sets
         return {str(ip): str(mac) for (ip, mac) in pairs}
 
-    def authorize(self, session: Session, now: int, class_text: str | None = None) -> None:
-        """Add the client to the authorized sets (and its class map). Blocks: runs nft."""
-        self.nft.run(plan_authorize(session, now, class_text))
+    def authorize(self, session: Session, now: int, class_text: str | None = None,
+                  meter: Meter | None = None) -> None:
+        """Add the client to the authorized sets (and its class map, its meter). Blocks:
+        runs nft (twice, with a look-up of the meter maps in between, when the address
+        still held another voucher's meter: see :func:`plan_meter`)."""
+        try:
+            self.nft.run(plan_authorize(session, now, class_text, meter))
+        except FirewallError:
+            if meter is None:
+                raise
+            self.nft.run(plan_authorize(session, now, class_text, meter, self._held(meter.ip)))
 
-    def revoke(self, mac: str, ip: str, class_text: str | None = None) -> None:
-        """Remove the client from the authorized sets. Blocks: runs nft."""
-        self.nft.run(plan_revoke(mac, ip, class_text))
+    def revoke(self, mac: str, ip: str, class_text: str | None = None,
+               meter: Meter | None = None) -> None:
+        """Remove the client from the authorized sets (and its meter). Blocks: runs nft."""
+        try:
+            self.nft.run(plan_revoke(mac, ip, class_text, meter))
+        except FirewallError:
+            if meter is None:
+                raise
+            # the address held other meter values than this session's: remove what is there
+            self.nft.run(plan_revoke(mac, ip, class_text))
+            script = plan_unheld(ip, self._held(ip))
+            if script:
+                self.nft.run(script)
+
+    @staticmethod
+    def _held(ip: str) -> list[str]:
+        """The meter maps that hold ``ip``. Blocks: one nfnetlink look-up per map."""
+        key = socket.inet_aton(ip)
+        return [m for m in METER_MAPS if nftcheck.has_element(FAMILY, TABLE, m, key)]
+
+    def read_meters(self, counters: bool = True) -> MeterReading:
+        """The quotas' use and, with ``counters``, the vouchers' counters, zeroed in the
+        same request. Blocks: one nft run (O(vouchers online))."""
+        return parse_objects(self._objects(READ_METERS if counters else READ_QUOTAS))
+
+    def drop_meters(self, names: Iterable[str]) -> None:
+        """Delete meter objects no client refers to any more: one transaction per voucher,
+        so one still in use (a login meanwhile, a stale map entry) keeps only its own.
+        Blocks: runs nft. Raises FirewallError naming how many were kept."""
+        by_voucher: dict[str, list[str]] = {}
+        for name in names:
+            code = voucher_of(name)
+            if code is not None:
+                by_voucher.setdefault(code, []).append(name)
+        kept = 0
+        for group in by_voucher.values():
+            try:
+                self.nft.run(plan_drop_objects(group))
+            except FirewallError:
+                kept += 1
+        if kept:
+            raise FirewallError(f"{kept} voucher(s)' meter objects are still referred to")
+
+    def _carried_meters(self) -> dict[str, tuple[int, int]]:
+        """Meter objects of the live table: name -> (packets, bytes) of a counter,
+        (0, used) of a quota."""
+        out: dict[str, tuple[int, int]] = {}
+        try:
+            items = self._objects(f"list counters table {FAMILY} {TABLE}\n"
+                                  f"list quotas table {FAMILY} {TABLE}\n")
+        except FirewallError:
+            return out
+        for item in items:
+            if isinstance(c := item.get("counter"), dict):
+                out[str(c["name"])] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+            elif isinstance(q := item.get("quota"), dict):
+                out[str(q["name"])] = (0, int(q.get("used", 0)))
+        return {k: v for k, v in out.items() if voucher_of(k) is not None}
+
+    def _objects(self, script: str) -> list[dict[str, Any]]:
+        """Run list/reset commands with JSON output: one JSON document per command."""
+        out = self.nft.run(script, json_output=True)
+        decoder, pos, items = json.JSONDecoder(), 0, []
+        try:
+            while pos < len(out):
+                if out[pos].isspace():
+                    pos += 1
+                    continue
+                doc, pos = decoder.raw_decode(out, pos)
+                items += doc.get("nftables", [])
+        except ValueError as exc:
+            raise FirewallError("nft returned unreadable JSON for the meters") from exc
+        return items
 
     def client_classes(self) -> dict[str, str]:
         """The kernel's address -> HTB class map (empty when shaping is off). Blocks."""
@@ -180,6 +270,7 @@ class Firewall:
             garden_dns6=self._plain_elements("garden_dns6") if carry_garden else {},
             from_live_table=True,
             leases=self.leases(),
+            meters=self._carried_meters(),
         )
 
     def garden_dns(self) -> dict[str, int]:
@@ -225,17 +316,28 @@ class KernelFirewall:
         return self.firewall.nft.backend
 
     async def apply(self, cfg: Config, sessions: Sequence[Session], now: int,
-                    carry_garden: bool = True) -> None:
+                    carry_garden: bool = True, meters: Sequence[Meter] = ()) -> None:
         """Replace the ruleset in one transaction. Awaits the kernel worker (nft)."""
-        await self.worker.call(self.firewall.apply, cfg, list(sessions), now, carry_garden)
+        await self.worker.call(self.firewall.apply, cfg, list(sessions), now, carry_garden,
+                               list(meters))
 
-    async def authorize(self, session: Session, now: int, class_text: str | None) -> None:
+    async def authorize(self, session: Session, now: int, class_text: str | None,
+                        meter: Meter | None = None) -> None:
         """Let the client through. Awaits the kernel worker (nft)."""
-        await self.worker.call(self.firewall.authorize, session, now, class_text)
+        await self.worker.call(self.firewall.authorize, session, now, class_text, meter)
 
-    async def revoke(self, mac: str, ip: str, class_text: str | None) -> None:
+    async def revoke(self, mac: str, ip: str, class_text: str | None,
+                     meter: Meter | None = None) -> None:
         """Cut the client off. Awaits the kernel worker (nft)."""
-        await self.worker.call(self.firewall.revoke, mac, ip, class_text)
+        await self.worker.call(self.firewall.revoke, mac, ip, class_text, meter)
+
+    async def read_meters(self, counters: bool = True) -> MeterReading:
+        """Read the quotas (and read and zero the counters). Awaits the kernel worker."""
+        return await self.worker.call(self.firewall.read_meters, counters)
+
+    async def drop_meters(self, names: Sequence[str]) -> None:
+        """Delete meter objects no client refers to. Awaits the kernel worker (nft)."""
+        await self.worker.call(self.firewall.drop_meters, list(names))
 
     async def intact(self) -> bool:
         """Our tables as the last apply left them? Awaits the kernel worker (four small

@@ -21,6 +21,15 @@ from gateway.config.schema import Config
 from gateway.errors import FirewallError
 from gateway.faults import FaultInjection
 from gateway.firewall.planner import MacIp
+from gateway.meter import (
+    QUOTA_KINDS,
+    Meter,
+    MeterReading,
+    QuotaKind,
+    QuotaUse,
+    counter_names,
+    quota_name,
+)
 from gateway.model import Session
 
 if TYPE_CHECKING:
@@ -45,6 +54,12 @@ class FakeFirewall(FaultInjection):
         self.leases: dict[str, str] = {}  # the lease sets: ip -> mac
         self.lease_syncs = 0
         self.flushed = False  # the table was removed behind the daemon's back
+        # quota: ip -> its meter; voucher -> [bytes down, bytes up] not read yet; quota
+        # object name -> [used, limit]. A test moves bytes with ``traffic``.
+        self.meters: dict[str, Meter] = {}
+        self.counts: dict[str, list[int]] = {}
+        self.quotas: dict[str, list[int]] = {}
+        self.apply_meters: list[list[Meter]] = []  # meters given to each apply
 
     def flush_by_hand(self) -> None:
         """What ``nft flush ruleset`` does to us (tests only)."""
@@ -53,6 +68,35 @@ class FakeFirewall(FaultInjection):
         self.authorized.clear()
         self.active.clear()
         self.classes.clear()
+        self.meters.clear()
+        self.counts.clear()
+        self.quotas.clear()
+
+    def traffic(self, ip: str, down: int = 0, up: int = 0) -> None:
+        """Bytes the client at ``ip`` moves (tests only): counted and held against its
+        voucher's quotas as the kernel would (a packet past a cut quota is dropped)."""
+        meter = self.meters.get(ip)
+        if meter is None:
+            return
+        for kind, n in (("down", down), ("up", up)):
+            kinds: tuple[QuotaKind, QuotaKind] = ("total", "down" if kind == "down" else "up")
+            names = [quota_name(k, meter.voucher) for k in kinds if k in meter.limits]
+            for name in names:
+                self.quotas[name][0] += n
+            over = any(self.quotas[x][0] >= self.quotas[x][1] for x in names)
+            if over and meter.after == "cut":
+                continue  # dropped: not delivered, not counted
+            self.counts.setdefault(meter.voucher, [0, 0])[0 if kind == "down" else 1] += n
+
+    def _meter(self, meter: Meter) -> None:
+        self.meters[meter.ip] = meter
+        self.counts.setdefault(meter.voucher, [0, 0])
+        for kind, limit in meter.limits.items():
+            name = quota_name(kind, meter.voucher)
+            if name in self.quotas:
+                self.quotas[name][1] = limit  # a new limit, the use kept (nft's "add quota")
+            else:
+                self.quotas[name] = [meter.used(kind), limit]
 
     def _table(self) -> None:
         if self.flushed:
@@ -64,8 +108,14 @@ class FakeFirewall(FaultInjection):
         return self._backend
 
     async def apply(self, cfg: Config, sessions: Sequence[Session], now: int,
-                    carry_garden: bool = True) -> None:
+                    carry_garden: bool = True, meters: Sequence[Meter] = ()) -> None:
         self._fault("apply")
+        self.apply_meters.append(list(meters))
+        live_ips = {s.ip for s in sessions if s.expires > now}
+        self.meters = {}
+        for m in meters:
+            if m.ip in live_ips:
+                self._meter(m)
         live = self.applied > 0
         authorized: dict[MacIp, int] = {}
         active: dict[MacIp, int] = {}
@@ -87,9 +137,12 @@ class FakeFirewall(FaultInjection):
             self.garden.clear()
         self.flushed = False
 
-    async def authorize(self, session: Session, now: int, class_text: str | None) -> None:
+    async def authorize(self, session: Session, now: int, class_text: str | None,
+                        meter: Meter | None = None) -> None:
         self._fault("authorize")
         self._table()
+        if meter is not None:
+            self._meter(meter)
         left = max(1, session.expires - now)
         key = (session.mac, session.ip)
         self.authorized[key] = left
@@ -98,14 +151,46 @@ class FakeFirewall(FaultInjection):
             self.classes[session.ip] = class_text
         self.authorize_log.append((session, class_text))
 
-    async def revoke(self, mac: str, ip: str, class_text: str | None) -> None:
+    async def revoke(self, mac: str, ip: str, class_text: str | None,
+                     meter: Meter | None = None) -> None:
         self._fault("revoke")
         self._table()
+        if meter is not None:
+            self.meters.pop(ip, None)
         self.authorized.pop((mac, ip), None)
         self.active.pop((mac, ip), None)
         if class_text is not None:
             self.classes.pop(ip, None)
         self.revoke_log.append((mac, ip, class_text))
+
+    async def read_meters(self, counters: bool = True) -> MeterReading:
+        self._fault("read_meters", changes=False)
+        self._table()
+        counts = {v: (d, u) for v, (d, u) in self.counts.items()} if counters else {}
+        for c in self.counts.values() if counters else ():
+            c[0] = c[1] = 0
+        quotas: dict[str, dict[QuotaKind, QuotaUse]] = {}
+        names: set[str] = set()
+        for v in self.counts:
+            names.update(counter_names(v))
+            for kind in QUOTA_KINDS:
+                q = self.quotas.get(quota_name(kind, v))
+                if q is not None:
+                    quotas.setdefault(v, {})[kind] = QuotaUse(q[0], q[1])
+                    names.add(quota_name(kind, v))
+        return MeterReading(counts, quotas, frozenset(names))
+
+    async def drop_meters(self, names: Sequence[str]) -> None:
+        self._fault("drop_meters")
+        used = {m.voucher for m in self.meters.values()}
+        for name in names:
+            for v in list(self.counts):
+                if name in counter_names(v):
+                    if v in used:
+                        raise FirewallError("nftables refused the change: Device or resource "
+                                            "busy (a map element refers to the object)")
+                    self.counts.pop(v, None)
+            self.quotas.pop(name, None)
 
     async def active_clients(self) -> dict[MacIp, int]:
         self._fault("active_clients", changes=False)
@@ -154,6 +239,9 @@ class FakeFirewall(FaultInjection):
         self.active.clear()
         self.classes.clear()
         self.garden.clear()
+        self.meters.clear()
+        self.counts.clear()
+        self.quotas.clear()
 
 
 def _check(x: FakeFirewall) -> FirewallPort:  # mypy: the fake satisfies the port

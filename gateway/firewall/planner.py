@@ -23,6 +23,9 @@ cost does not depend on how many clients are online.
                 (``*.example.go.id``) are filled by the pre-login dnsmasq (nftset,
                 the set's default timeout). Either opens TCP 80/443 only.
 * ``dns_meter4`` per-client query rate before login (dynamic, limit per source).
+* meters (:mod:`gateway.firewall.meters`, docs/quota.md): per voucher named
+                counters and quota objects, reached from a client's address through
+                maps in the ``client_up`` / ``client_down`` chains.
 
 DNS (docs/walled-garden.md): a client that is neither trusted nor authorized
 has its port-53 traffic redirected to the pre-login resolver
@@ -57,11 +60,13 @@ kernel filled are carried into the new table.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.config.schema import Config
 from gateway.firewall.guard import arp_table, bridge_guard, guard_chains, lease_sets
+from gateway.firewall.meters import meter_chains, meter_sets, plan_meter, plan_unmeter
+from gateway.meter import Meter
 from gateway.model import Session
 from gateway.shaping.plan import (
     LOCAL_MINOR,
@@ -107,6 +112,9 @@ class CarriedState:
     from_live_table: bool = False
     # lan: DHCP leases (address -> MAC) in the lease sets, kept until the next sync.
     leases: Mapping[str, str] = field(default_factory=dict)
+    # quota: meter objects (firewall/meters.py) -> (packets, bytes) of a counter, (0, used)
+    # of a quota, so a rebuild keeps unread bytes and quotas' use
+    meters: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _elements(items: Iterable[str]) -> str:
@@ -131,7 +139,8 @@ def element_key(mac: str, ip: str) -> str:
 
 
 def plan_ruleset(
-    cfg: Config, sessions: Iterable[Session], now: int, carried: CarriedState | None = None
+    cfg: Config, sessions: Iterable[Session], now: int, carried: CarriedState | None = None,
+    meters: Iterable[Meter] = (),
 ) -> str:
     """Return an nft script that atomically (re)creates the desanet tables."""
     carried = carried or CarriedState()
@@ -178,6 +187,8 @@ def plan_ruleset(
         ]
     )
     sets += lease_sets(cfg, carried.leases, dhcp=True)
+    live = {s.ip for s in sessions if s.expires > now}
+    sets += meter_sets([m for m in meters if m.ip in live], carried.meters)
     if cfg.shaping.enabled:
         sets += _set("client_class", "ipv4_addr : classid", elems=[
             f"{s.ip} : {client_class_text(cfg, s.ip)}" for s in sessions if s.expires > now
@@ -249,6 +260,7 @@ def plan_ruleset(
 {guard_chains(cfg, lan)}  chain filter_forward {{
     type filter hook forward priority filter; policy drop;
 {_classify_forward(cfg)}    iifname {lan} jump lan_forward
+    oifname {lan} jump client_down
     oifname {lan} ct state established,related accept
   }}
   chain lan_forward {{
@@ -256,13 +268,13 @@ def plan_ruleset(
     meta nfproto ipv6 drop
     {hairpin}ct state invalid drop
     ether saddr @trusted_mac accept
-    ether saddr . ip saddr @active4 {authorized} update @active4 {{ ether saddr . ip saddr }} accept
+    ether saddr . ip saddr @active4 {authorized} update @active4 {{ ether saddr . ip saddr }} goto client_up
     ip daddr @garden4 tcp dport {garden_ports} accept
     ip daddr @garden_dns4 tcp dport {garden_ports} accept
     meta l4proto tcp reject with tcp reset
     reject with icmpx admin-prohibited
   }}
-  chain filter_output {{
+{meter_chains(lan, cfg.shaping.enabled)}  chain filter_output {{
     type filter hook output priority filter; policy accept;
     oifname {lan} meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type nd-router-advert drop
 {_classify_output(cfg)}  }}
@@ -408,11 +420,13 @@ def _bridge_table(cfg: Config, leases: Mapping[str, str]) -> str:
     return head + f"table bridge {TABLE} {{\n{bridge_guard(cfg, leases)}{isolate}}}\n"
 
 
-def plan_authorize(session: Session, now: int, class_text: str | None = None) -> str:
+def plan_authorize(session: Session, now: int, class_text: str | None = None,
+                   meter: Meter | None = None, held: Collection[str] = ()) -> str:
     """nft commands that add (or refresh) one client; one transaction, O(1).
 
     ``class_text`` (e.g. "1:105") also steers the client's traffic into its
-    HTB class when shaping is enabled.
+    HTB class when shaping is enabled; ``meter`` counts its bytes into its voucher and
+    enforces the voucher's quotas (firewall/meters.py).
     """
     key = element_key(session.mac, session.ip)
     left = max(1, session.expires - now)
@@ -429,10 +443,13 @@ def plan_authorize(session: Session, now: int, class_text: str | None = None) ->
         lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
         lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")
         lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
+    if meter is not None:
+        lines += plan_meter(meter, held)
     return "\n".join(lines) + "\n"
 
 
-def plan_revoke(mac: str, ip: str, class_text: str | None = None) -> str:
+def plan_revoke(mac: str, ip: str, class_text: str | None = None,
+                meter: Meter | None = None) -> str:
     """nft commands that remove one client; idempotent (add first, then delete).
 
     ``class_text`` is the client's value in the shaping map: nft refuses to
@@ -447,6 +464,8 @@ def plan_revoke(mac: str, ip: str, class_text: str | None = None) -> str:
     if class_text is not None:
         lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
         lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")
+    if meter is not None:
+        lines += plan_unmeter(meter)
     return "\n".join(lines) + "\n"
 
 

@@ -253,10 +253,15 @@ class Portal:
     ) -> web.Response:
         mode = self.cfg.portal.mode
         terms = self.cfg.portal.terms_en if lang == "en" else self.cfg.portal.terms_id
+        # quota: the kernel ended this phone's session as its voucher's data ran out
+        cut = client is not None and client.session is None and client.voucher is not None \
+            and client.voucher.quota_state == "cut"
+        title = "title_quota_cut" if cut else "title_logged_out" if logged_out else "title_login"
+        notice = "quota_cut" if cut else "logged_out" if logged_out else None
         return self.page(
-            "login.html", lang, title_key="title_logged_out" if logged_out else "title_login",
+            "login.html", lang, title_key=title,
             status=status, url=url, error=error, terms=terms, voucher=voucher[:24],
-            notice=translator(lang)("logged_out") if logged_out else None,
+            notice=translator(lang)(notice) if notice else None,
             allow_terms=mode in ("terms", "both"), allow_voucher=mode in ("voucher", "both"),
             local_services_url=self.local_services_url(), csrf=self.token(client),
         )

@@ -14,6 +14,8 @@ Both devices get the same tree shape, handle ``1:``::
     1:2       unauthorized clients (portal, walled garden): small, fixed
     1:4       trusted MACs, sharing the default plan
     1:100+n   one class per authorized client, n = its address's offset in the LAN
+    1:8100+n  its fair-use class, for a client whose plan slows down past its quota
+              (nftables steers its packets here once the quota is used: docs/quota.md)
     1:3     the gateway's own traffic: on the LAN a sibling of 1:1 at LAN speed
             (portal and local cache are not charged to the uplink); on the WAN
             a child of 1:1 (it does use the uplink)
@@ -49,6 +51,10 @@ CLIENT_BASE_MINOR = 0x100
 # (packet sockets bypass netfilter): it must never queue behind the walled
 # garden, so it goes to the local class.
 DEFAULT_MINOR = LOCAL_MINOR
+# Fair-use classes: above every client class of a LAN up to /18 (client minors end at
+# 0x40ff there); in a /17 the last 256 addresses have none (their plan then cannot slow
+# them down: see docs/quota.md).
+FAIR_BASE_MINOR = 0x8100
 MAX_MINOR = 0xFFFF
 MTU = 1514
 
@@ -72,6 +78,14 @@ def client_minor(cfg: Config, ip: str) -> int:
     minor = CLIENT_BASE_MINOR + int(addr) - int(net.network_address)
     if minor > MAX_MINOR:
         raise ValueError(f"{ip} is too far into {net} for a tc class id")
+    return minor
+
+
+def fair_minor(cfg: Config, ip: str) -> int:
+    """Fair-use class minor of a LAN address; ValueError when it has none."""
+    minor = FAIR_BASE_MINOR + client_minor(cfg, ip) - CLIENT_BASE_MINOR
+    if minor > MAX_MINOR:
+        raise ValueError(f"{ip} is too far into the LAN for a fair-use class id")
     return minor
 
 
@@ -127,6 +141,22 @@ def client_class(cfg: Config, session: Session, direction: Direction) -> HtbClas
                     session.ip)
 
 
+def fair_class(cfg: Config, session: Session, direction: Direction) -> HtbClass | None:
+    """The client's fair-use class, when its plan slows down past a quota (else None).
+    rate = ceil = the fair-use rate: past the quota it never borrows more."""
+    plan = cfg.shaping.plan(session.plan)
+    if plan.after_quota != "slow" or session.voucher is None:
+        return None
+    rate = plan.fair_use_down if direction == "down" else plan.fair_use_up
+    if rate is None:
+        return None
+    try:
+        minor = fair_minor(cfg, session.ip)
+    except ValueError:
+        return None
+    return HtbClass(minor, UPLINK_MINOR, rate, rate, plan.priority, f"{session.ip} fair use")
+
+
 def plan_device(cfg: Config, sessions: Iterable[Session], direction: Direction) -> DeviceTree:
     shaping = cfg.shaping
     down = direction == "down"
@@ -150,6 +180,10 @@ def plan_device(cfg: Config, sessions: Iterable[Session], direction: Direction) 
         if cls.minor not in seen:
             seen.add(cls.minor)
             classes.append(cls)
+        fair = fair_class(cfg, s, direction)
+        if fair is not None and fair.minor not in seen:
+            seen.add(fair.minor)
+            classes.append(fair)
     device = cfg.network.lan_interface if down else cfg.network.wan_interface
     return DeviceTree(device, direction, tuple(classes))
 

@@ -37,6 +37,7 @@ from gateway.shaping.plan import (
     classid_text,
     client_class,
     client_minor,
+    fair_class,
     plan_trees,
 )
 
@@ -126,6 +127,9 @@ class ShapingService:
             for direction in DIRECTIONS:
                 await self._shaper.upsert(self._device(direction, cfg),
                                           client_class(cfg, session, direction))
+                fair = fair_class(cfg, session, direction)
+                if fair is not None:
+                    await self._shaper.upsert(self._device(direction, cfg), fair)
             minor, plan = _minor_plan(cfg, session)
             if minor is not None:
                 self._plan_of[minor] = plan
@@ -137,6 +141,9 @@ class ShapingService:
             for direction in DIRECTIONS:
                 await self._shaper.delete(self._device(direction, cfg),
                                           client_class(cfg, session, direction))
+                fair = fair_class(cfg, session, direction)
+                if fair is not None:
+                    await self._shaper.delete(self._device(direction, cfg), fair)
             minor, _ = _minor_plan(cfg, session)
             if minor is not None:
                 self._plan_of.pop(minor, None)

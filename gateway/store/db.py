@@ -89,6 +89,16 @@ class AsyncStore:
         """All or none: a duplicate code raises StoreError and adds nothing. Awaits the database worker."""
         return await self.worker.call(self.store.add_vouchers, list(vouchers))
 
+    async def add_voucher_bytes(self, deltas: Mapping[str, tuple[int, int]],
+                                states: Mapping[str, str]) -> None:
+        """Add byte deltas and set quota states (one fsynced transaction). Awaits the
+        database worker."""
+        await self.worker.call(self.store.add_voucher_bytes, dict(deltas), dict(states))
+
+    async def voucher_usage(self, codes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """code -> (bytes down, bytes up). Awaits the database worker (one read)."""
+        return await self.worker.call(self.store.voucher_usage, list(codes))
+
     async def voucher(self, code: str) -> Voucher | None:
         """Awaits the database worker (one SQLite read or fsynced write)."""
         return await self.worker.call(self.store.voucher, code)

@@ -23,11 +23,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gateway.errors import StoreError, VoucherError
 from gateway.faults import FaultInjection
-from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
+from gateway.model import PlanStamp, QuotaState, Session, Voucher, VoucherLimits
 
 if TYPE_CHECKING:
     from gateway.ports import SessionStorePort
@@ -198,6 +198,28 @@ class MemoryStore(FaultInjection):
                 self._vouchers[code] = dataclasses.replace(v, batch_name=batches[v.batch][0])
         self.writes += 1
         return [self._vouchers[code] for code in new]
+
+    async def add_voucher_bytes(self, deltas: Mapping[str, tuple[int, int]],
+                                states: Mapping[str, str]) -> None:
+        self._use("add_voucher_bytes", True)
+        for code, (down, up) in deltas.items():
+            if down < 0 or up < 0:
+                raise ValueError(f"negative byte delta for voucher {code}: {down}, {up}")
+        for code, (down, up) in deltas.items():
+            v = self._vouchers.get(code)
+            if v is not None:
+                self._vouchers[code] = dataclasses.replace(
+                    v, bytes_down=v.bytes_down + down, bytes_up=v.bytes_up + up)
+        for code, state in states.items():
+            v = self._vouchers.get(code)
+            if v is not None:
+                self._vouchers[code] = dataclasses.replace(v, quota_state=cast(QuotaState, state))
+        self.writes += 1
+
+    async def voucher_usage(self, codes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        self._use("voucher_usage", False)
+        return {c: (v.bytes_down, v.bytes_up) for c in set(codes)
+                if (v := self._vouchers.get(c)) is not None}
 
     async def voucher(self, code: str) -> Voucher | None:
         self._use("voucher", False)

@@ -44,9 +44,9 @@ class ProbeFirewall(FakeFirewall):
         self.seen: list[tuple[TrialRecord | None, str]] = []
 
     async def apply(self, cfg: Config, sessions: Any, now: int,
-                    carry_garden: bool = True) -> None:
+                    carry_garden: bool = True, meters: Any = ()) -> None:
         self.seen.append((self.trials.load(), self.config_path.read_text()))
-        await super().apply(cfg, sessions, now, carry_garden)
+        await super().apply(cfg, sessions, now, carry_garden, meters)
 
 
 @pytest.fixture

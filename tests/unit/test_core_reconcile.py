@@ -49,8 +49,8 @@ class JournalFirewall(FakeFirewall):
         self.journal = journal
 
     async def apply(self, cfg: Config, sessions: Any, now: int,
-                    carry_garden: bool = True) -> None:
-        await super().apply(cfg, sessions, now, carry_garden)
+                    carry_garden: bool = True, meters: Any = ()) -> None:
+        await super().apply(cfg, sessions, now, carry_garden, meters)
         self.journal.append(f"firewall.apply {cfg.portal.http_port}")
 
 

@@ -397,7 +397,7 @@ def test_session_events_carry_the_reason_enum_as_text() -> None:
     assert data == {"type": "session_ended", "mac": A, "ip": IP1, "reason": "kernel_refused"}
     assert {r.value for r in EndReason} == {
         "logout", "deauth", "expired", "idle", "replaced", "voucher_revoked", "voucher_released",
-        "kernel_refused", "time_used"}
+        "kernel_refused", "time_used", "quota"}
 
 
 async def test_active_lists_live_sessions_oldest_first(core: Core) -> None:
