@@ -390,6 +390,8 @@ def cmd_vouchers_create(args: argparse.Namespace) -> int:
         body["plan"] = args.plan
     if args.name is not None:
         body["name"] = args.name
+    if args.seller is not None:
+        body["seller"] = args.seller
     # A bad --name (too long, control characters) is refused here, before anything is sent.
     parse_request(VoucherCreateRequest, body)
     data = _client(args).request("POST", "/v1/vouchers", body)
@@ -465,7 +467,8 @@ def cmd_vouchers_print(args: argparse.Namespace) -> int:
         Voucher(code=v["code"], duration=v["duration"], plan=v["plan"], created=v["created"],
                 batch=v["batch"], max_devices=v["max_devices"], first_used=v["first_used"],
                 revoked=v["revoked"], devices=tuple(v["devices"]),
-                batch_name=v.get("batch_name", ""), serial=v.get("serial", 0))
+                batch_name=v.get("batch_name", ""), serial=v.get("serial", 0),
+                price=v.get("price", 0), seller=v.get("seller", ""))
         for v in rows if v["state"] == "unused"
     ]
     if not vouchers:  # nothing to cut out: say so instead of printing an empty page
@@ -621,6 +624,8 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     c.add_argument("--max-devices", type=int, default=1, help="devices per voucher (default 1)")
     c.add_argument("--name", help='what you call the batch, printed on the sheet, e.g. '
                                   '"Posyandu Mei" (at most 64 characters)')
+    c.add_argument("--seller", help='who sells this batch, for `vouchers report`, e.g. '
+                                    '"Warung Bu Sari" (at most 64 characters)')
     ls = add(vsub, "list", cmd_vouchers_list, "list vouchers", json_flag=True)
     ls.add_argument("--batch", help="only this batch (its id, as `vouchers create` printed it)")
     r = add(vsub, "revoke", cmd_vouchers_revoke, "revoke a voucher and end its sessions",
@@ -638,6 +643,9 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     pr.add_argument("--lang", choices=["id", "en"],
                     help="language of the sheet: id or en (default: site.language)")
     pr.add_argument("--output", "-o", help="write to this file instead of stdout")
+    from gateway.cli_office import register as register_office  # report, import
+
+    register_office(vsub, add, _client)
 
     tui = add(sub, "tui", cmd_tui, "the technician's terminal UI (keyboard only, 80x24)")
     tui.add_argument("--lang", choices=["id", "en"],

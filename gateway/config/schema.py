@@ -460,6 +460,11 @@ class Portal(_Section):
     # documentation prefixes (192.0.2/24, 198.51.100/24, 203.0.113/24): the lab's
     # "internet" lives there. Never needed in a real village.
     relay_test_networks: bool = Field(False, examples=[False])
+    # office (Step 11): the terms button gives a free trial of this many minutes per
+    # device (MAC) per local day, on trial_plan's rates (None: the default plan); 0 = off,
+    # the terms button then gives session_length as before. docs/vouchers-office.md
+    trial_minutes: int = Field(0, ge=0, le=24 * 60, examples=[15])
+    trial_plan: str | None = Field(None, examples=["trial"])
 
     @property
     def https(self) -> bool:
@@ -893,6 +898,11 @@ class Config(_Section):
         problems = lan_problems(self.network, self.dhcp, self.shaping)
         problems += wan_problems(self.network)
         problems += garden_problems(self.network, self.walled_garden)
+        trial = self.portal.trial_plan
+        if trial is not None and trial not in self.shaping.plans:  # office
+            problems.append(f"portal.trial_plan: {trial!r} is not a plan in shaping.plans "
+                            f"(known: {', '.join(self.shaping.plans) or 'none'}); write one of "
+                            "them, or leave it out for the default plan")
         if problems:
             # One error carrying every problem; the loader splits it into lines.
             raise PydanticCustomError(CROSS_FIELD, "\n".join(problems))

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.control.errors import error_body
+from gateway.control.office_routes import add_office_routes
 from gateway.control.schema import (
     AuthRequest,
     ByRequest,
@@ -199,7 +200,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def create_vouchers(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherCreateRequest, await _body(request))
         batch, made = await ops.create_vouchers(req.count, req.duration, req.max_devices,
-                                                req.plan, req.batch, req.name)
+                                                req.plan, req.batch, req.name, req.seller)
         now = ops.now()
         return web.json_response(
             {"batch": batch, "vouchers": [_voucher(v, now, ops.config.current.site.timezone)
@@ -269,6 +270,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
             body["gap"] = True  # the ring has moved on: some events were missed
         return web.json_response(_out(EventsOut, body))
 
+    add_office_routes(routes, ops)  # office: vouchers report / import
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[OPS_KEY] = ops
     app.add_routes(routes)

@@ -148,6 +148,10 @@ BatchName = Annotated[str | None, PlainValidator(_name("batch name", MAX_BATCH_N
 # sheet: what staff call a batch, printed on the voucher sheet.
 BatchTitle = Annotated[str | None, PlainValidator(_name("batch name", MAX_BATCH_NAME, "Posyandu Mei")),
                        Field(examples=["Posyandu Mei"])]
+# office: who sells a batch ("Warung Bu Sari"), counted in the sales report.
+SellerName = Annotated[str | None, PlainValidator(_name("seller name", MAX_BATCH_NAME,
+                                                        "Warung Bu Sari")),
+                       Field(examples=["Warung Bu Sari"])]
 By = Annotated[str | None, PlainValidator(_name("name", MAX_BY, "budi")), Field(examples=["budi"])]
 IPv4 = Annotated[str | None, PlainValidator(_ipv4), Field(examples=["10.42.0.100"])]
 VoucherCode = Annotated[str, PlainValidator(_code), Field(examples=["K7MQX-3PAR9"])]
@@ -200,6 +204,7 @@ class VoucherCreateRequest(Request):
     plan: PlanName = None
     batch: BatchName = None
     name: BatchTitle = None  # sheet
+    seller: SellerName = None  # office: who sells the batch (the sales report)
 
 
 class VoucherRevokeRequest(Request):
@@ -353,6 +358,9 @@ class VoucherOut(Out):
     state: str
     batch_name: str = ""  # sheet: "" for a batch without a name
     serial: int = 0  # sheet: 1..N within the batch
+    price: int = 0  # office: rupiah, the plan's price when created
+    seller: str = ""  # office: who sells it ("" unknown)
+    imported: bool = False  # office: sold before desanet (vouchers import)
     expires: int | None = None  # first_used + duration; None until first use
     created_iso: str | None = None  # the times in ISO 8601 with the site's offset
     first_used_iso: str | None = None

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from gateway.clock import Clock
 from gateway.core.configuration import ApplyResult, ConfigService
 from gateway.core.events import ChangeSource, EndReason, EventBus, Stamped
+from gateway.core.office import OfficeService
 from gateway.core.sessions import SessionService
 from gateway.core.vouchers import VoucherService
 from gateway.errors import Conflict, Refused
@@ -108,6 +109,7 @@ class GatewayOps:
         self.uplink: UplinkReadPort | None = None  # uplink: set by the daemon
         self.telemetry: TelemetryReadPort | None = None  # set by the daemon when enabled
         self.reboot_action: RebootPort | None = None  # set by the daemon
+        self.office: OfficeService | None = None  # office: report and import, set by the daemon
         # heals: what the daemon runs without (store/health.py DEGRADED), set by the daemon
         self.degraded: Callable[[], list[dict[str, Any]]] = list
 
@@ -211,9 +213,9 @@ class GatewayOps:
 
     async def create_vouchers(self, count: int, duration: int, max_devices: int,
                               plan: str | None, batch: str | None, name: str | None = None,
-                              ) -> tuple[str, list[Voucher]]:
+                              seller: str | None = None) -> tuple[str, list[Voucher]]:
         return await self.vouchers_svc.create_batch(count, duration, max_devices, plan, batch,
-                                                    name)
+                                                    name, seller)
 
     async def revoke_voucher(self, code: str) -> Voucher:
         """Raises VoucherError("unknown")."""

@@ -65,6 +65,7 @@ from gateway.config.units import format_left
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
 from gateway.core.quota import meter_for, voucher_used
+from gateway.core.returning import ReturningDevices
 from gateway.core.session_rules import (
     idle_sessions,
     leased_addresses,
@@ -73,6 +74,7 @@ from gateway.core.session_rules import (
     stale_kernel_entries,
     takeover_refused,
 )
+from gateway.core.trial import TrialService
 from gateway.core.usage import TimeOfUse
 from gateway.errors import (
     AmbiguousClient,
@@ -136,6 +138,10 @@ class SessionService:
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
         self.logins = 0
         self.voucher_failures = 0
+        # office (Step 11), set by the daemon: the terms button's free trial, and phones
+        # let in again with their auto_login voucher (gateway/core/trial.py, returning.py)
+        self.trial: TrialService | None = None
+        self.returning: ReturningDevices | None = None
 
     def set_wakeup(self, wakeup: Callable[[float], None]) -> None:
         """``wakeup(at)`` asks for a sweep at wall-clock time ``at`` (the reconciler's timer)."""
@@ -173,6 +179,8 @@ class SessionService:
             session = None
         if session is not None:
             await self._check_entry(session)
+        elif mac is not None and self.returning is not None:
+            session = await self._readmit(mac, ip)
         voucher = None
         if session is not None and session.voucher is not None:
             voucher = await self.store.voucher(session.voucher)
@@ -188,6 +196,22 @@ class SessionService:
         if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
             self._quota_cut.clear()
         self._quota_cut[mac] = code
+
+    async def _readmit(self, mac: str, ip: str) -> Session | None:
+        """A returning phone's login with its auto_login voucher (returning.py); None when
+        it is not one, or the login is refused (the portal then shows the login page)."""
+        assert self.returning is not None
+        code = await self.returning.voucher_for(mac)
+        if code is None:
+            return None
+        try:
+            session = await self.authorize(mac, ip, "voucher", voucher_code=code)
+        except DesanetError as exc:
+            log.info("returning device %s (%s) not let in again: %s", mac, ip, exc)
+            return None
+        self.returning.readmitted += 1
+        log.info("returning device %s (%s) let in again without the portal", mac, ip)
+        return session
 
     async def _check_entry(self, session: Session) -> None:
         """Put back the client's kernel entries when the kernel lost them; never raises
@@ -248,7 +272,10 @@ class SessionService:
             raise PortalDenied("mode")
         if client.mac is None:
             raise PortalDenied("no_mac")
-        session = await self.authorize(client.mac, client.ip, "terms")
+        duration = plan = None
+        if self.trial is not None and self.trial.enabled():  # a day's free minutes
+            duration, plan = await self.trial.grant(client.mac)
+        session = await self.authorize(client.mac, client.ip, "terms", duration, plan)
         self.logins += 1
         return session
 
@@ -351,6 +378,8 @@ class SessionService:
             # After the sets: a connection tracked again from here is not redirected.
             await self._end_connections(ip, redirected_only=True)
         self._wake_at(min(session.expires, session.started + session.idle_timeout))
+        if self.returning is not None:
+            self.returning.forget(mac)  # a new latest session: look it up afresh
         log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
         self.bus.publish(SessionStarted(mac, ip, source, session.plan, session.voucher,
                                         session.expires))

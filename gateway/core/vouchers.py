@@ -45,6 +45,15 @@ def check_batch_name(name: str | None) -> str:
     return text
 
 
+def check_seller(name: str | None) -> str:
+    """A seller's name, trimmed ("" for none): the batch name's rules, field "seller"."""
+    try:
+        return check_batch_name(name)
+    except Invalid:
+        raise Invalid("seller", name, f"a seller name of at most {MAX_BATCH_NAME} printable "
+                      "characters", '"Bu Sari"') from None
+
+
 def batch_id(name: str, now: int, salt: str) -> str:
     """A batch id to type after --batch: "posyandu-mei-3f2a" from a name, else
     "<creation time>-3f2a"."""
@@ -64,21 +73,25 @@ class VoucherService:
 
     async def create_batch(self, count: int, duration: int, max_devices: int = 1,
                            plan: str | None = None, batch: str | None = None,
-                           name: str | None = None) -> tuple[str, list[Voucher]]:
+                           name: str | None = None, seller: str | None = None,
+                           ) -> tuple[str, list[Voucher]]:
         """Create ``count`` unused vouchers in one transaction; return the batch id.
 
         ``name`` is what staff call the batch ("Posyandu Mei", printed on the sheet);
         without ``batch`` the id is made from it. Vouchers are numbered 1..N in their
-        batch. Raises Invalid (unknown plan, bad name: nothing created), StoreError.
+        batch. Each stores its plan's price now (a later price change applies to new
+        batches only) and ``seller``, who sells the batch (office: the sales report).
+        Raises Invalid (unknown plan, bad name or seller: nothing created), StoreError.
         """
         self.sessions.check_plan(plan)
         duration, max_devices, price = voucher_terms(self._config(), plan, duration, max_devices)
         label = check_batch_name(name)
+        who = check_seller(seller)
         now = self.clock.now()
         ident = batch or batch_id(label, now, secrets.token_hex(2))
         made = [
             Voucher(code=c, duration=duration, plan=plan, created=now, batch=ident,
-                    max_devices=max_devices, batch_name=label, price=price)
+                    max_devices=max_devices, batch_name=label, price=price, seller=who)
             for c in generate_codes(count)
         ]
         stored = await self.store.add_vouchers(made)

@@ -28,6 +28,7 @@ from gateway.core.configuration import ConfigService
 from gateway.core.events import ChangeSource, EventBus, ServiceHealthChanged
 from gateway.core.garden import INTERVAL as GARDEN_INTERVAL
 from gateway.core.garden import GardenService
+from gateway.core.office import OfficeService
 from gateway.core.ops import GatewayOps
 from gateway.core.quota import TICK as QUOTA_TICK
 from gateway.core.quota import QuotaService
@@ -41,7 +42,9 @@ from gateway.core.reconcile import (
     ConfigHolder,
     Reconciler,
 )
+from gateway.core.returning import ReturningDevices
 from gateway.core.sessions import SessionService
+from gateway.core.trial import TrialService
 from gateway.core.uplink import TICK, UplinkService, UplinkStatus
 from gateway.core.vouchers import VoucherService
 from gateway.daemon import eventloop, memory, systemd
@@ -62,6 +65,7 @@ from gateway.store.backup import BACKUP_INTERVAL, list_backups
 from gateway.store.db import AsyncStore
 from gateway.store.heal import adopt_kernel_sessions
 from gateway.store.health import DEGRADED
+from gateway.store.office import AsyncOfficeStore, OfficeStore
 from gateway.store.sqlite import Store
 from gateway.store.telemetry_outbox import AsyncTelemetryOutbox, TelemetryOutbox
 from gateway.telemetry.dispatch import Dispatcher
@@ -169,6 +173,10 @@ class Daemon:
         ops.uplink = uplink
         ops.degraded = DEGRADED.json
         ops.reboot_action = SystemReboot()  # systemd, or DESANET_REBOOT_COMMAND (the lab)
+        office_store = AsyncOfficeStore(await database.call(OfficeStore, store_file), database)
+        ops.office = OfficeService(holder.get, office_store, clock, bus)
+        sessions.trial = TrialService(holder.get, office_store, clock)
+        sessions.returning = ReturningDevices(holder.get, office_store, store, clock)
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
                              self._local_follows_uplink(servers, bus)]

@@ -264,6 +264,7 @@ class Portal:
             notice=translator(lang)(notice) if notice else None,
             allow_terms=mode in ("terms", "both"), allow_voucher=mode in ("voucher", "both"),
             local_services_url=self.local_services_url(), csrf=self.token(client),
+            trial_minutes=self.cfg.portal.trial_minutes,  # office: the terms button's trial
         )
 
     def local_services_url(self) -> str | None:

@@ -131,6 +131,12 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Terlalu banyak kode voucher salah dicoba di jaringan desa dalam satu menit "
             "terakhir. Coba lagi dalam {seconds} detik, atau minta bantuan petugas."
         ),
+        # office: the terms button's free trial, and when the day's trial is used up
+        "trial_note": "Coba gratis {minutes} menit per hari untuk perangkat ini.",
+        "denied_trial_used": (
+            "Waktu coba gratis untuk perangkat ini hari ini sudah habis. Masukkan kode "
+            "voucher untuk melanjutkan, atau coba lagi besok."
+        ),
         # lan
         "denied_in_use": (
             "Perangkat dengan alamat yang sama sudah masuk dari sambungan lain. Jika itu "
@@ -238,6 +244,12 @@ CATALOG: Final[dict[str, dict[str, str]]] = {
             "Too many wrong voucher codes were tried on the village network in the last "
             "minute. Try again in {seconds} seconds, or ask the staff for help."
         ),
+        # office: the terms button's free trial, and when the day's trial is used up
+        "trial_note": "A free trial of {minutes} minutes a day for this device.",
+        "denied_trial_used": (
+            "This device's free trial for today is used up. Enter a voucher code to go on, "
+            "or try again tomorrow."
+        ),
         # lan
         "denied_in_use": (
             "A device with the same address is already logged in from another connection. If "
@@ -252,7 +264,7 @@ for _lang, _texts in PLAN_CATALOG.items():
 
 VOUCHER_REASONS: Final = frozenset({"malformed", "unknown", "revoked", "expired", "in_use",
                                     "time_used", "quota_used"})
-DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use"})
+DENIED_REASONS: Final = frozenset({"mode", "full", "blocked", "no_mac", "in_use", "trial_used"})
 
 
 def supported(lang: str | None) -> str | None:

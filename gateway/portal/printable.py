@@ -75,6 +75,13 @@ class _Card:
     devices: str | None
     batch: str  # "Posyandu Mei · No. 7 · dibuat 2 Des 2026"
     login_qr: Markup
+    price: str | None = None  # office: "Rp 5.000"; None for a free voucher
+
+
+def format_rupiah(amount: int) -> str:
+    """Rupiah as Indonesians write them: "Rp 5.000", "Rp 1.250.000" (dot for thousands)."""
+    sign = "-" if amount < 0 else ""
+    return f"{sign}Rp {abs(int(amount)):,}".replace(",", ".")
 
 
 def _valid(v: Voucher, cfg: Config, lang: str) -> str:
@@ -107,6 +114,7 @@ def render_voucher_sheet(cfg: Config, vouchers: list[Voucher], lang: str | None 
             devices=t("sheet_devices", n=v.max_devices) if v.max_devices > 1 else None,
             batch=_batch_line(v, cfg, lang),
             login_qr=qr_svg(voucher_url(cfg, v.code)),
+            price=format_rupiah(v.price) if v.price > 0 else None,
         )
         for v in vouchers
     ]

@@ -136,6 +136,11 @@ class Store:
         self._database.close()
 
     @property
+    def database(self) -> Database:
+        """The open database, for stores beside this one (gateway/store/office.py)."""
+        return self._database
+
+    @property
     def memory_only(self) -> bool:
         """Running on an in-memory copy (the file could not be written at open)."""
         return self._database.memory

@@ -86,7 +86,8 @@ def test_unknown_key_is_an_error_not_ignored() -> None:
         "portal.sesion_length: unknown key; valid keys here are: mode, hostname, http_port, "
         "redirect_port, session_length, idle_timeout, voucher_attempts_per_minute, max_clients, "
         "terms_id, terms_en, tls_certificate, tls_key, https_port, voucher_failures_per_minute, "
-        "max_connections_per_client, max_connections, header_timeout, relay_test_networks"
+        "max_connections_per_client, max_connections, header_timeout, relay_test_networks, "
+        "trial_minutes, trial_plan"
     ]
 
 

@@ -126,6 +126,7 @@ async def test_create_vouchers_invalid_then_valid(core: Core, served: str) -> No
         form = app.screen
         assert isinstance(form, Form)
         form.query_one("#f-name", Input).value = "Posyandu Mei"
+        form.query_one("#f-seller", Input).value = "Warung Bu Sari"
         form.query_one("#f-count", Input).value = "3"
         form.query_one("#f-duration", Input).value = "soon"
         form.query_one("#f-name", Input).focus()
@@ -140,6 +141,7 @@ async def test_create_vouchers_invalid_then_valid(core: Core, served: str) -> No
         made = await core.store.vouchers()
         assert len(made) == 3
         assert {v.batch_name for v in made} == {"Posyandu Mei"}
+        assert {v.seller for v in made} == {"Warung Bu Sari"}
         assert {v.duration for v in made} == {86400}
         table = app.screen.query_one(DataTable)
         await until(pilot, lambda: table.row_count == 3, "the new vouchers listed")

@@ -143,8 +143,8 @@ class FakeApi:
         return await self._record("change_plan", mac, plan)
 
     async def create_vouchers(self, count: int, duration: str, plan: str | None,
-                              name: str | None) -> dict[str, Any]:
-        return await self._record("create_vouchers", count, duration, plan, name)
+                              name: str | None, seller: str | None = None) -> dict[str, Any]:
+        return await self._record("create_vouchers", count, duration, plan, name, seller)
 
     async def revoke_voucher(self, code: str) -> dict[str, Any]:
         return await self._record("revoke_voucher", code)

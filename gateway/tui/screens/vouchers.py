@@ -102,7 +102,8 @@ class VouchersScreen(Page):
 
         async def run(values: dict[str, str]) -> str:
             made = await api.create_vouchers(_count(values["count"]), values["duration"],
-                                             values["plan"] or None, values["name"] or None)
+                                             values["plan"] or None, values["name"] or None,
+                                             values["seller"] or None)
             n = len(made.get("vouchers") or [])
             return tr(f"{n} voucher dibuat, batch {made.get('batch')}",
                       f"{n} voucher(s) created, batch {made.get('batch')}")
@@ -113,6 +114,8 @@ class VouchersScreen(Page):
             Field("count", tr("Jumlah", "Count"), "10"),
             Field("duration", tr("Lama sejak dipakai", "Length from first use"), "1d"),
             Field("plan", tr("Paket (kosong: bawaan)", "Plan (empty: default)")),
+            Field("seller", tr("Penjual (untuk laporan)", "Seller (for the report)"),
+                  placeholder="Warung Bu Sari"),
         ], run), self._done)
 
     def action_revoke(self) -> None:

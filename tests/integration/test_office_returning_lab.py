@@ -1,0 +1,92 @@
+"""Returning phones against the real daemon: a phone whose session on an auto_login
+voucher idled out gets in again at its next request without seeing the portal, also
+after a kill -9 of the daemon; a phone on a plan without auto_login, or whose voucher
+has expired, meets the portal."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from desanet_lab import LabInfo, LabSpec
+from tests.integration.conftest import (
+    LAB_TOOLS,
+    PORTAL,
+    LabFactory,
+    desanet_json,
+    has_internet,
+    internet,
+    portal_post,
+    require_root,
+    require_tools,
+    start_gateway,
+    stop_gateway,
+    unique_prefix,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
+
+
+@pytest.fixture(scope="module")
+def lab(make_lab: LabFactory) -> LabInfo:
+    spec = LabSpec(prefix=unique_prefix("rt"), clients=3, idle_timeout="2s", extra={
+        "shaping": {"enabled": True, "plans": {
+            "auto": {"down": "2mbit", "up": "1mbit", "auto_login": True},
+            "biasa": {"down": "2mbit", "up": "1mbit"}}},
+    })
+    return make_lab(spec)
+
+
+def _voucher(lab: LabInfo, plan: str, duration: str) -> str:
+    made = desanet_json(lab.control_socket, "vouchers", "create", "--duration", duration,
+                        "--plan", plan)
+    return str(made["vouchers"][0]["code"])
+
+
+def _online(lab: LabInfo, mac: str) -> bool:
+    rows = desanet_json(lab.control_socket, "clients", "--json")["clients"]
+    return any(c["mac"] == mac and c["authorized"] for c in rows)
+
+
+def _login_then_idle(lab: LabInfo, n: int, code: str) -> None:
+    client = lab.client(n)
+    login = portal_post(client.name, f"{PORTAL}/login", {"action": "voucher", "voucher": code})
+    assert login.status == 303, login
+    assert has_internet(client.name)
+    # the phone goes quiet (leaves): its session ends idle after 2 s
+    wait_until(lambda: not _online(lab, client.mac), 30, "the session to end idle")
+
+
+def test_a_returning_phone_gets_in_without_the_portal(lab: LabInfo) -> None:
+    phone, other = lab.client(1), lab.client(2)
+    _login_then_idle(lab, 1, _voucher(lab, "auto", "1h"))
+    first = internet(phone.name)  # its first request after coming back: no portal
+    assert not first.redirected_to_portal() and first.status == 200, first
+    assert _online(lab, phone.mac)
+
+    # positive control: the same story on a plan without auto_login meets the portal
+    _login_then_idle(lab, 2, _voucher(lab, "biasa", "1h"))
+    assert internet(other.name).redirected_to_portal()
+
+    # across a kill -9 of the daemon
+    wait_until(lambda: not _online(lab, phone.mac), 30, "the session to end idle again")
+    stop_gateway(lab, signal.SIGKILL)
+    start_gateway(lab)
+    again = internet(phone.name)
+    assert not again.redirected_to_portal() and again.status == 200, again
+
+
+def test_refused_once_the_voucher_expired(lab: LabInfo) -> None:
+    phone = lab.client(3)
+    code = _voucher(lab, "auto", "6s")
+    _login_then_idle(lab, 3, code)
+
+    def expired() -> bool:
+        rows = desanet_json(lab.control_socket, "vouchers", "list", "--json")["vouchers"]
+        return next(v["state"] for v in rows if v["code"] == code) == "expired"
+
+    wait_until(expired, 30, "the voucher to expire")
+    assert internet(phone.name).redirected_to_portal()
+    assert not _online(lab, phone.mac)
