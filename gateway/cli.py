@@ -654,6 +654,9 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     from gateway.system.cli import register as register_system  # the OS image's boot files
 
     register_system(sub)
+    from provisioning.cli import register as register_provision  # crypto loads per command
+
+    register_provision(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)
