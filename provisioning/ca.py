@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -179,6 +180,34 @@ def read_record(ca_dir: Path) -> list[dict[str, Any]]:
 def write_record(ca_dir: Path, issued: list[dict[str, Any]]) -> None:
     text = json.dumps({"format": 1, "issued": issued}, indent=1, sort_keys=True) + "\n"
     write_private(ca_dir / RECORD, text.encode(), 0o644)
+
+
+def issue_server(ca: Ca, names: list[str], days: int = DEVICE_DAYS
+                 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The broker's server certificate (names: host names or addresses), so gateways that
+    trust only the fleet CA (telemetry.ca_file) accept the broker."""
+    if not names:
+        raise ProvisionError("a broker certificate needs at least one --name (its host name)")
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    key = new_device_key()
+    start = now()
+    cert = (x509.CertificateBuilder().subject_name(_name(names[0], "desanet broker"))
+            .issuer_name(ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start - BACKDATE)
+            .not_valid_after(min(start + datetime.timedelta(days=days), ca.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                           critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    return cert, key
 
 
 def record_issued(ca: Ca, certs: list[tuple[str, x509.Certificate]], reason: str) -> None:

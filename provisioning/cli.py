@@ -55,6 +55,21 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_cert(args: argparse.Namespace) -> int:
+    from provisioning import ca
+
+    fleet = ca.load_ca(Path(args.ca))
+    cert, key = ca.issue_server(fleet, args.name, args.days)
+    out = Path(args.out_dir)
+    ca.write_private(out / "broker.key", ca.key_pem(key))
+    ca.write_private(out / "broker.crt", ca.cert_pem(cert), 0o644)
+    ca.record_issued(fleet, [(f"broker:{args.name[0]}", cert)], "broker")
+    print(f"{out}/broker.crt and broker.key (0600) for {', '.join(args.name)}; Mosquitto: "
+          f"certfile/keyfile these, cafile {fleet.cert_path}, require_certificate true, "
+          "use_identity_as_username true")
+    return 0
+
+
 def _bundles(args: argparse.Namespace, site: str | None) -> int:
     from provisioning import bundle
     from provisioning import ca as fleetca
@@ -185,6 +200,13 @@ def register(sub: Any) -> None:
     init.add_argument("--name", default="desanet fleet CA",
                       help='the CA\'s name, e.g. "Diskominfo Jabar desanet CA"')
     init.add_argument("--days", type=int, default=20 * 365, help="lifetime (default 20 years)")
+    bc = add(casub, "broker-cert", cmd_broker_cert, "the region's MQTT broker's server "
+             "certificate, signed by the fleet CA (gateways trust only that CA)")
+    bc.add_argument("--ca", required=True, help="the CA directory")
+    bc.add_argument("--name", action="append", required=True,
+                    help="the broker's host name or address as gateways reach it (repeat)")
+    bc.add_argument("--out-dir", required=True, help="where to write broker.crt and broker.key")
+    bc.add_argument("--days", type=int, default=2 * 365, help="lifetime (default 2 years)")
 
     def bundle_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("csv", help="the villages CSV (columns below)")
