@@ -116,17 +116,19 @@ def prepare_root(root: Path, rootfs: Path, overlays: list[Path], version: str,
 
 
 def mkfs_ext4(out: Path, src: Path | None, label: str, size: int, uuid: str,
-              journal: bool, epoch: str) -> None:
-    out.unlink(missing_ok=True)
-    with out.open("wb") as f:
-        f.truncate(size)
-    cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-U", uuid, "-E", f"hash_seed={uuid}",
-           "-m", "0" if not journal else "1"]
+              journal: bool, epoch: str, offset: int = 0) -> None:
+    """An ext4 of ``size`` bytes in ``out`` at ``offset`` (a partition of a disk file, in place)."""
+    if offset == 0:
+        out.unlink(missing_ok=True)
+        with out.open("wb") as f:
+            f.truncate(size)
+    cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-U", uuid, "-b", "4096",
+           "-E", f"hash_seed={uuid},offset={offset},nodiscard", "-m", "1" if journal else "0"]
     if not journal:  # a read-only root never writes: no journal to replay
         cmd += ["-O", "^has_journal"]
     if src is not None:
         cmd += ["-d", str(src)]
-    run(*cmd, str(out), env={"E2FSPROGS_FAKE_TIME": epoch})
+    run(*cmd, str(out), str(size // 4096), env={"E2FSPROGS_FAKE_TIME": epoch})
 
 
 def mkfs_esp(out: Path, size: int, volid: str, files: dict[str, Path],
