@@ -665,6 +665,9 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     from provisioning.cli import register as register_provision  # crypto loads per command
 
     register_provision(sub)
+    from gateway.update.cli import register as register_update  # A/B root updates
+
+    register_update(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)
