@@ -53,7 +53,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("update", help="A/B root updates with automatic fallback",
                         description="A/B root updates with automatic fallback (docs/updates.md)")
-    usub = up.add_subparsers(dest="update_cmd", required=True)
+    usub = up.add_subparsers(dest="update_cmd", metavar="SUBCOMMAND", required=True,
+                            help="install a bundle, or show the slots")
     p = usub.add_parser("install", help="write a signed bundle into the inactive slot",
                         description=INSTALL_HELP,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
