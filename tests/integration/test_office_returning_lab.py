@@ -63,8 +63,9 @@ def test_a_returning_phone_gets_in_without_the_portal(lab: LabInfo) -> None:
     phone, other = lab.client(1), lab.client(2)
     _login_then_idle(lab, 1, _voucher(lab, "auto", "1h"))
     first = internet(phone.name)  # its first request after coming back: no portal
+    # (an answer from upstream is the proof; not `clients`, whose 2 s idle window may
+    # already have closed again on a busy machine)
     assert not first.redirected_to_portal() and first.status == 200, first
-    assert _online(lab, phone.mac)
 
     # positive control: the same story on a plan without auto_login meets the portal
     _login_then_idle(lab, 2, _voucher(lab, "biasa", "1h"))
