@@ -659,6 +659,15 @@ def build_parser(extras: bool = True) -> argparse.ArgumentParser:
     from gateway.diag.cli import register as register_diag  # works without the daemon
 
     register_diag(sub)
+    from gateway.system.cli import register as register_system  # the OS image's boot files
+
+    register_system(sub)
+    from provisioning.cli import register as register_provision  # crypto loads per command
+
+    register_provision(sub)
+    from gateway.update.cli import register as register_update  # A/B root updates
+
+    register_update(sub)
     from gateway.plugins import register_plugins  # `desanet lab` (dev-only lab/ distribution)
 
     register_plugins(sub)

@@ -16,6 +16,7 @@ from gateway.config.diff import ABSENT, Change, format_changes, needs_restart
 from gateway.config.units import format_rate, human_rate
 from gateway.control.schema import ConfigChangeOut, EventOut
 from gateway.errors import ControlError
+from gateway.telemetry.certexpiry import WARN_DAYS as CERT_WARN_DAYS
 from gateway.timefmt import DEFAULT_TIMEZONE, format_datetime, format_time, iso
 
 # Keys whose number is a Unix time in the daemon's answers.
@@ -147,6 +148,11 @@ def _counts(counts: Any, empty: str) -> str:
     return ", ".join(shown) or empty
 
 
+def percent(ratio: object) -> str:
+    """A hit ratio as "75%", "-" before any request (no ratio is not 0%)."""
+    return f"{ratio:.0%}" if isinstance(ratio, (int, float)) else "-"
+
+
 def services_lines(data: dict[str, Any], tz: str = DEFAULT_TIMEZONE) -> list[str]:
     """`desanet services`: the cache, each upstream's health, the form queue, prefetch."""
     cache = data["cache"]
@@ -161,13 +167,15 @@ def services_lines(data: dict[str, Any], tz: str = DEFAULT_TIMEZONE) -> list[str
     ]
     services = data.get("services") or {}
     if services:
-        lines.append(f"  {'SERVICE':16} {'STATE':8} {'ERRORS':>9}  {'LAST OK':22} LAST ERROR")
+        lines.append(f"  {'SERVICE':16} {'STATE':8} {'ERRORS':>9} {'HIT':>4}  {'LAST OK':22} "
+                     "LAST ERROR")
         for slug, h in services.items():
             errors = f"{h.get('errors', 0)}/{h.get('requests', 0)}"
+            hit = percent((h.get("cache") or {}).get("hit_ratio"))
             last_error = fmt_time(h.get("last_error"), tz)
             if h.get("last_error_text"):
                 last_error += f" ({h['last_error_text']})"
-            lines.append(f"  {slug:16} {h.get('state', '-'):8} {errors:>9}  "
+            lines.append(f"  {slug:16} {h.get('state', '-'):8} {errors:>9} {hit:>4}  "
                          f"{fmt_time(h.get('last_ok'), tz):22} {last_error}")
     lines.append(f"  queued forms: {_counts(data.get('outbox'), 'none')}")
     prefetch = data.get("prefetch") or {}
@@ -237,8 +245,14 @@ def telemetry_status_line(telemetry: Any) -> str:
     dropped = telemetry.get("dropped") or {}
     lost = (f", dropped {dropped.get('telemetry', 0)} telemetry and {dropped.get('event', 0)} "
             "event message(s) (backlog full)") if any(dropped.values()) else ""
+    days = telemetry.get("cert_days")
+    cert = ""  # said only when it is time to act (docs/provisioning.md "Certificate lifecycle")
+    if isinstance(days, int) and days < 0:
+        cert = f"; CERTIFICATE ENDED {-days} day(s) ago: install a new bundle"
+    elif isinstance(days, int) and days <= CERT_WARN_DAYS:
+        cert = f"; certificate ends in {days} day(s): renew it (desanet diag cert)"
     return (f"  telemetry:       {state} {telemetry.get('broker')} as {telemetry.get('site_id')}, "
-            f"session {telemetry.get('session')}, {backlog} message(s) waiting{lost}")
+            f"session {telemetry.get('session')}, {backlog} message(s) waiting{lost}{cert}")
 
 
 def degraded_status_lines(degraded: Any, tz: str | None = None) -> list[str]:

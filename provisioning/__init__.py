@@ -1,0 +1,1 @@
+"""Provisioning: a fleet CA, per-village bundles and their first-boot import (docs/provisioning.md)."""

@@ -52,7 +52,7 @@ from multidict import CIMultiDict
 from gateway.cache import rules
 from gateway.cache.health import ServiceHealth
 from gateway.cache.htmledit import is_html
-from gateway.cache.proxy import Metrics
+from gateway.cache.metrics import Metrics
 from gateway.cache.respond import cache_status, stored_headers_for_client
 from gateway.cache.rules import Kind, StoredMeta
 from gateway.cache.store import CacheStore
@@ -141,7 +141,7 @@ class HitPath:
             prep.touched = now
         metrics = self._metrics
         metrics.requests += 1
-        metrics.hits += 1
+        metrics.count("hits", prep.service.slug)
         metrics.bytes_from_cache += len(prep.body)
         self.served += 1
         return web.Response(status=prep.meta.status, headers=prep.headers, body=prep.body)

@@ -51,7 +51,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
@@ -61,6 +60,7 @@ from gateway import timefmt
 from gateway.cache import forms, forward, rangeproxy, rules
 from gateway.cache.health import ServiceHealth
 from gateway.cache.htmledit import Edit, edit_page, is_html
+from gateway.cache.metrics import Metrics, serving
 from gateway.cache.ranges import if_range_matches
 from gateway.cache.refresh import refresh as refresh_url
 from gateway.cache.respond import (
@@ -79,28 +79,6 @@ from gateway.config.schema import GovService
 from gateway.errors import StoreError, UpstreamDown
 
 log = logging.getLogger("desanet.cache")
-
-
-@dataclass
-class Metrics:
-    requests: int = 0
-    hits: int = 0
-    misses: int = 0
-    revalidated: int = 0  # 304 from upstream: stored copy reused
-    stale_served: int = 0  # upstream unreachable or failing: stored copy served
-    stale_while_revalidate: int = 0
-    collapsed: int = 0  # requests that waited for another's upstream fetch
-    passthrough: int = 0
-    upstream_errors: int = 0
-    bytes_from_cache: int = 0
-    bytes_from_upstream: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = asdict(self)
-        served = self.hits + self.misses + self.stale_served + self.stale_while_revalidate
-        data["hit_ratio"] = round((served - self.misses) / served, 4) if served else None
-        return data
-
 
 
 # What aiohttp raises when no answer arrived: the connection failed, timed out or was
@@ -261,6 +239,11 @@ class CachingProxy:
                   rewrite: Callable[[str], str],
                   timezone: str = timefmt.DEFAULT_TIMEZONE) -> web.StreamResponse:
         """Answer a GET or HEAD for ``url``; ``timezone`` dates the offline banner."""
+        with serving(service.slug):  # its hits and misses count for it too (cache/metrics.py)
+            return await self._get(request, service, url, rewrite, timezone)
+
+    async def _get(self, request: web.Request, service: GovService, url: str,
+                   rewrite: Callable[[str], str], timezone: str) -> web.StreamResponse:
         self.metrics.requests += 1
         key = f"GET {url}"
         req_h = forward.end_to_end(header_dict(request.headers))
@@ -332,7 +315,7 @@ class CachingProxy:
                      ) -> web.StreamResponse | None:
         resp = await serve_entry(request, self.store, entry, now, detail, req_h, edit, rewrite)
         if resp is not None:
-            setattr(self.metrics, counter, getattr(self.metrics, counter) + 1)
+            self.metrics.count(counter)
             if request.method != "HEAD" and resp.status in (200, 206):
                 self.metrics.bytes_from_cache += resp.content_length or 0
         return resp
@@ -458,7 +441,7 @@ class CachingProxy:
             meta = StoredMeta.capture(upstream.status, req_h, rules.storable_headers(resp_h),
                                       request_time, time.time())
             writer = self.store.begin(key, meta)
-        self.metrics.misses += 1
+        self.metrics.count("misses")
         detail = "fwd=miss; stored" if writer else "fwd=miss"
         first = b""
         try:

@@ -181,7 +181,7 @@ async def serve_part(proxy: CachingProxy, request: web.Request, part: Entry,
     headers["Accept-Ranges"] = "bytes"
     if not isinstance(wanted, tuple):
         headers["Content-Range"] = f"bytes */{part.partial.length}"
-        setattr(proxy.metrics, counter, getattr(proxy.metrics, counter) + 1)
+        proxy.metrics.count(counter)
         return web.Response(status=416, headers=headers)
     body = proxy.store.open_partial(part)
     if body is None:
@@ -195,7 +195,7 @@ async def serve_part(proxy: CachingProxy, request: web.Request, part: Entry,
         with contextlib.suppress(*CLIENT_GONE):
             await resp.prepare(request)
             await send_file_range(resp, body, first, last)
-    setattr(proxy.metrics, counter, getattr(proxy.metrics, counter) + 1)
+    proxy.metrics.count(counter)
     proxy.metrics.bytes_from_cache += last - first + 1
     return resp
 
@@ -218,7 +218,7 @@ async def stream_part(proxy: CachingProxy, request: web.Request, upstream: aioht
                 writer = proxy.store.begin_partial(key, meta, first, last, length)
             except StoreError as exc:
                 log.warning("cache: %s part not stored: %s", key, exc)
-    proxy.metrics.misses += 1
+    proxy.metrics.count("misses")
     try:
         resp, received = await stream_upstream(request, upstream, _as_writer(writer),
                                                f"{detail}; stored" if writer else detail, rewrite)

@@ -16,7 +16,8 @@ from gateway.config.schema import GovService
 from gateway.errors import UpstreamDown
 
 if TYPE_CHECKING:
-    from gateway.cache.proxy import CachingProxy, Metrics
+    from gateway.cache.metrics import Metrics
+    from gateway.cache.proxy import CachingProxy
 
 
 async def refresh(proxy: CachingProxy, service: GovService, url: str,

@@ -420,7 +420,9 @@ class LocalServices:
             "enabled": self._config().local_services.enabled,
             "hostname": self._config().local_services.hostname,
             "cache": {**self.proxy.metrics.as_json(), **self.store.stats()},
-            "services": {slug: self._health_of(slug).as_json() for slug in self.services()},
+            "services": {slug: {**self._health_of(slug).as_json(),
+                                "cache": self.proxy.metrics.service_json(slug)}
+                         for slug in self.services()},
             "outbox": self.outbox.counts(),
             "prefetch": {"runs": self.prefetch_runs, **self.last_prefetch},
         }

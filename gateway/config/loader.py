@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from gateway.config.diff import is_secret
 from gateway.config.schema import (
     CROSS_FIELD,
     Config,
@@ -26,6 +27,7 @@ from gateway.config.schema import (
     WalledGarden,
     garden_problems,
     lan_problems,
+    wan_problems,
 )
 from gateway.config.telemetry import FIELD_LINES
 from gateway.errors import ConfigError
@@ -85,7 +87,7 @@ def _cross_checks_despite(exc: ValidationError, data: dict[str, Any]) -> list[st
         network = Network.model_validate(data.get("network"))
     except ValidationError:
         return []
-    problems = []
+    problems = wan_problems(network)
     with contextlib.suppress(ValidationError):
         dhcp = Dhcp.model_validate(data.get("dhcp"))
         shaping = Shaping.model_validate(data.get("shaping", {}))
@@ -130,6 +132,8 @@ def _message(err: Any, loc: tuple[Any, ...], root: type[BaseModel] = Config) -> 
 
 
 def _found(err: Any) -> str:
+    if is_secret(_path(tuple(err["loc"]))):
+        return "(secret)"  # a password typed as a number must not land in a log either
     value = err.get("input")
     return json.dumps(value) if isinstance(value, str) else repr(value)
 

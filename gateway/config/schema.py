@@ -201,8 +201,17 @@ def _wifi_password(value: str) -> str:
     return value
 
 
+def _wifi_country(value: str) -> str:
+    # hostapd's country_code: the regulatory domain (channels, power) of the radio.
+    if not re.fullmatch(r"[A-Z]{2}", value):
+        raise ValueError(f"{json_quote(value)} is not a country code: two upper-case letters "
+                         '(ISO 3166-1 alpha-2); write e.g. "ID" for Indonesia')
+    return value
+
+
 WifiSsid = Annotated[str, AfterValidator(_wifi_ssid)]
 WifiPassword = Annotated[str, AfterValidator(_wifi_password)]
+WifiCountry = Annotated[str, AfterValidator(_wifi_country)]
 
 
 def _plan_label(value: str) -> str:
@@ -235,6 +244,9 @@ class Site(_Section):
     wifi_ssid: WifiSsid = Field("", examples=["Hotspot Desa Sukamaju"])
     # "" means an open network (the usual captive-portal hotspot); else WPA-Personal.
     wifi_password: WifiPassword = Field("", examples=["sukamaju2024"])
+    # Step 9: hostapd's country_code (channels and power allowed); `desanet diag wifi`
+    # compares it with the country hostapd runs with.
+    wifi_country: WifiCountry = Field("ID", examples=["ID"])
 
     @model_validator(mode="after")
     def _password_needs_ssid(self) -> Site:
@@ -282,6 +294,62 @@ def _lan_address(value: object) -> ipaddress.IPv4Interface:
 LanAddress = Annotated[ipaddress.IPv4Interface, PlainValidator(_lan_address)]
 
 
+def _wan_host(value: object) -> ipaddress.IPv4Address:
+    try:
+        addr = ipaddress.IPv4Address(str(value).strip()) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None:
+        raise ValueError(f"{json_quote(value)} is not an IPv4 address; write e.g. \"192.0.2.1\"")
+    _wan_usable(addr, value, '"192.0.2.1"')
+    return addr
+
+
+def _wan_usable(addr: ipaddress.IPv4Address, value: object, example: str) -> None:
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_link_local \
+            or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{json_quote(value)} is not a host on a network (loopback, "
+                         f"link-local, multicast or no address); write e.g. {example}")
+
+
+def _wan_interface(value: object) -> ipaddress.IPv4Interface:
+    example = 'write the address with its prefix length, e.g. "192.0.2.10/24"'
+    try:
+        iface = ipaddress.IPv4Interface(value.strip()) \
+            if isinstance(value, str) and "/" in value else None
+    except ValueError:
+        iface = None
+    if iface is None:
+        raise ValueError(f"{json_quote(value)} is not an IPv4 address with a prefix length; "
+                         f"{example}")
+    _wan_usable(iface.ip, value, '"192.0.2.10/24"')
+    net = iface.network
+    if net.prefixlen > 30:
+        raise ValueError(f"{json_quote(value)} has prefix /{net.prefixlen}; the uplink's "
+                         f"network needs room for a gateway (at most /30); {example}")
+    if iface.ip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"{json_quote(value)} is the network's own or broadcast address, not a "
+                         f"host; write e.g. \"{net.network_address + 2}/{net.prefixlen}\"")
+    return iface
+
+
+def _pppoe_text(what: str, *, spaces: bool) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        # Never the value in the message: the password is a secret, and these land in logs.
+        bad = any(not ch.isprintable() or (ch.isspace() and not spaces) for ch in value)
+        if len(value) > 255 or bad:
+            raise ValueError(f"a PPPoE {what} is at most 255 printable characters"
+                             f"{'' if spaces else ' without spaces'}; write the one the ISP gave")
+        return value
+    return check
+
+
+WanHost = Annotated[ipaddress.IPv4Address, PlainValidator(_wan_host)]
+WanInterface = Annotated[ipaddress.IPv4Interface, PlainValidator(_wan_interface)]
+PppoeUsername = Annotated[str, AfterValidator(_pppoe_text("user name", spaces=False))]
+PppoePassword = Annotated[str, AfterValidator(_pppoe_text("password", spaces=True))]
+
+
 class Network(_Section):
     lan_interface: IfName = Field(examples=["br-lan"])
     wan_interface: IfName = Field(examples=["eth0"])
@@ -290,6 +358,49 @@ class Network(_Section):
     # the LAN is dropped, so IPv6 can never bypass the portal.
     ipv6: Literal["drop"] = Field("drop", examples=["drop"])
     client_isolation: bool = Field(True, examples=[True])
+    # Step 9: how the WAN interface gets its address (written out by the OS image; the
+    # wan_* / pppoe_* fields of the other methods are kept but unused). Checked together
+    # in wan_problems().
+    wan_address: Literal["dhcp", "static", "pppoe"] = Field("dhcp", examples=["dhcp"])
+    wan_static_address: WanInterface | None = Field(None, examples=["192.0.2.10/24"])
+    wan_static_gateway: WanHost | None = Field(None, examples=["192.0.2.1"])
+    wan_dns: list[WanHost] = Field(default_factory=list, examples=[["1.1.1.1", "8.8.8.8"]])
+    pppoe_username: PppoeUsername = Field("", examples=["sukamaju@isp.example"])
+    pppoe_password: PppoePassword = Field("", examples=["rahasia-isp"])
+
+
+def wan_problems(network: Network) -> list[str]:
+    """The WAN address method against the fields it needs; each line starts with its path."""
+    problems = []
+    method = network.wan_address
+    address, gateway = network.wan_static_address, network.wan_static_gateway
+    if method == "static":
+        if address is None:
+            problems.append('network.wan_static_address: required when network.wan_address = '
+                            '"static"; write e.g. "192.0.2.10/24"')
+        if gateway is None:
+            problems.append('network.wan_static_gateway: required when network.wan_address = '
+                            '"static"; write e.g. "192.0.2.1"')
+        if address is not None and gateway is not None:
+            net = address.network
+            if gateway not in net or gateway in (net.network_address, net.broadcast_address,
+                                                 address.ip):
+                hint = net.network_address + (2 if address.ip == net.network_address + 1 else 1)
+                problems.append(
+                    f"network.wan_static_gateway: {gateway} is not another host of "
+                    f"network.wan_static_address's network {net}; write e.g. \"{hint}\"")
+        if address is not None and address.network.overlaps(network.lan_address.network):
+            problems.append(f"network.wan_static_address: {address} overlaps the LAN "
+                            f"(network.lan_address {network.lan_address.network}); the uplink "
+                            "and the LAN need two networks")
+    if method == "pppoe" and not network.pppoe_username:
+        problems.append('network.pppoe_username: required when network.wan_address = "pppoe"; '
+                        'write the user name the ISP gave, e.g. "sukamaju@isp.example"')
+    for i, server in enumerate(network.wan_dns):
+        if server == network.lan_address.ip:
+            problems.append(f"network.wan_dns[{i}]: {server} is the gateway's own LAN address, "
+                            'not an outside resolver; write e.g. "1.1.1.1"')
+    return problems
 
 
 class Dhcp(_Section):
@@ -785,6 +896,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         problems = lan_problems(self.network, self.dhcp, self.shaping)
+        problems += wan_problems(self.network)
         problems += garden_problems(self.network, self.walled_garden)
         trial = self.portal.trial_plan
         if trial is not None and trial not in self.shaping.plans:  # office

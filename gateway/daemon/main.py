@@ -280,7 +280,8 @@ class Daemon:
             telemetry.commands = Dispatcher(
                 ops, seen, lambda: holder.get().telemetry.command_keys,
                 lambda: Topics(holder.get().telemetry.topic_prefix, holder.get().telemetry.site_id),
-                self.clock, ops.bus.publish, telemetry.rebirth)
+                self.clock, ops.bus.publish, telemetry.rebirth,
+                telemetry=lambda: holder.get().telemetry)
         except StoreError as exc:
             log.error("remote commands are off: %s", exc)
         try:

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.diag import lan, logs, reach, system, wifi
+from gateway.diag import certs, lan, logs, reach, system, wifi
 from gateway.diag.context import DiagContext, DiagOptions, load_context
 from gateway.diag.result import CheckResult, verdict
 from gateway.diag.threads import in_thread
@@ -46,6 +46,7 @@ CHECKS: dict[str, Check] = _checks(
     Check("dns", "DNS", "DNS", reach.check_dns),
     Check("http", "Layanan pemerintah (HTTP)", "Government services (HTTP)", reach.check_http),
     Check("mqtt", "Broker MQTT", "MQTT broker", reach.check_mqtt),
+    Check("cert", "Sertifikat MQTT", "MQTT certificate", certs.check_cert),
     Check("speed", "Kecepatan uplink", "Uplink speed", reach.check_speed, deadline=60.0),
     Check("wifi", "Wi-Fi", "Wi-Fi", wifi.check_wifi, needs_config=False),
     Check("disk", "Disk", "Disk", system.check_disk, needs_config=False),

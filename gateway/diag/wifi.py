@@ -1,6 +1,9 @@
-"""Wi-Fi: a radio, hostapd running, the country set to ID (Indonesian channels and power).
+"""Wi-Fi: a radio, hostapd running, its country the configured one (site.wifi_country,
+"ID" by default: Indonesian channels and power).
 
-A gateway whose LAN is cabled access points has no radio: the check says so and skips.
+hostapd's country is the ``country_code`` of the config file the running hostapd was
+started with. A gateway whose LAN is cabled access points has no radio: the check says
+so and skips. Without a readable gateway.toml the country expected is the default, ID.
 """
 
 from __future__ import annotations
@@ -8,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gateway.config.schema import Site
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict
 from gateway.diag.threads import in_thread
+
+DEFAULT_COUNTRY = str(Site.model_fields["wifi_country"].default)  # "ID"
 
 # -- Wi-Fi ----------------------------------------------------------------------------
 
@@ -26,10 +32,14 @@ def parse_hostapd_conf(text: str) -> dict[str, str]:
 
 
 def classify_wifi(name: str, radios: list[str], hostapd: str | None,
-                  conf: dict[str, str] | None) -> CheckResult:
+                  conf: dict[str, str] | None, configured: str | None = None) -> CheckResult:
     """``radios``: wireless interfaces; ``hostapd``: the running hostapd's description or
-    None; ``conf``: its config file's settings (None when unreadable)."""
-    details: dict[str, Any] = {"interfaces": radios, "hostapd": hostapd or ""}
+    None; ``conf``: its config file's settings (None when unreadable); ``configured``:
+    site.wifi_country (None: no readable config, so the default)."""
+    expected = configured or DEFAULT_COUNTRY
+    source = "site.wifi_country" if configured else "site.wifi_country (default)"
+    details: dict[str, Any] = {"interfaces": radios, "hostapd": hostapd or "",
+                               "configured_country": expected}
     if not radios:
         return verdict(name, "skip",
                        ("Tidak ada Wi-Fi di gateway ini (LAN lewat kabel/access point).",
@@ -46,19 +56,25 @@ def classify_wifi(name: str, radios: list[str], hostapd: str | None,
                         "Start it: systemctl start hostapd; see journalctl -u hostapd."),
                        **details)
     conf = conf or {}
-    country, channel = conf.get("country_code", ""), conf.get("channel", "")
+    country, channel = conf.get("country_code", "").strip().upper(), conf.get("channel", "")
     details.update(country=country, channel=channel, ssid=conf.get("ssid", ""))
-    if country.upper() != "ID":
+    if country != expected:
+        found = country or "kosong"
         return verdict(name, "fail",
-                       (f"Kode negara Wi-Fi bukan ID (tertulis: {country or 'kosong'}): "
-                        "kanal dan daya pancar bisa melanggar aturan Indonesia.",
-                        f"The Wi-Fi country code is not ID (found: {country or 'none'}): "
-                        "channels and power may break Indonesian rules."),
-                       ("Tulis country_code=ID di konfigurasi hostapd lalu mulai ulang hostapd.",
-                        "Set country_code=ID in hostapd's config and restart hostapd."),
+                       (f"Kode negara Wi-Fi hostapd ({found}) tidak sama dengan {source} = "
+                        f"{expected}: kanal dan daya pancar bisa melanggar aturan {expected}.",
+                        f"hostapd's Wi-Fi country ({country or 'none'}) is not {source} = "
+                        f"{expected}: channels and power may break the rules of {expected}."),
+                       (f"Tulis country_code={expected} di konfigurasi hostapd (atau ubah "
+                        "site.wifi_country bila itu yang salah), lalu mulai ulang hostapd.",
+                        f"Set country_code={expected} in hostapd's config (or fix "
+                        "site.wifi_country if that is the wrong one), then restart hostapd."),
                        **details)
-    return verdict(name, "ok", (f"Hotspot Wi-Fi aktif (negara ID, kanal {channel or '?'}).",
-                                f"Wi-Fi hotspot up (country ID, channel {channel or '?'})."),
+    return verdict(name, "ok",
+                   (f"Hotspot Wi-Fi aktif (negara {country} sesuai {source}, kanal "
+                    f"{channel or '?'}).",
+                    f"Wi-Fi hotspot up (country {country} as {source}, channel "
+                    f"{channel or '?'})."),
                    **details)
 
 
@@ -84,4 +100,5 @@ def _wifi_facts() -> tuple[list[str], str | None, dict[str, str] | None]:
 
 async def check_wifi(ctx: DiagContext) -> CheckResult:
     radios, hostapd, conf = await in_thread(_wifi_facts)
-    return classify_wifi("wifi", radios, hostapd, conf)
+    configured = ctx.config.site.wifi_country if ctx.config is not None else None
+    return classify_wifi("wifi", radios, hostapd, conf, configured)

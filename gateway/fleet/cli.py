@@ -53,6 +53,9 @@ SEND_EXAMPLES = """commands and their arguments (docs/mqtt.md "Commands"):
       a trial the gateway confirms itself once it is back on the broker with the new
       config; otherwise rolled back when the confirm window ends
   reboot: answered first, then the box reboots (refused when it cannot)
+  cert.install cert=@new.crt               a renewed MQTT certificate (`desanet provision renew`);
+      the gateway checks it, reconnects with it, and goes back to the old one unless
+      that connection is up within 10 minutes
 
 example:
   desanet fleet send jabar-sukamaju vouchers.create count=10 duration=1d \\

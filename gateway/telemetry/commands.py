@@ -53,7 +53,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # The commands this gateway knows; each maps to one GatewayOps call (dispatch.py).
 NAMES = ("status", "rebirth", "deauth", "vouchers.revoke", "prefetch", "config.set",
-         "vouchers.create", "reboot")
+         "vouchers.create", "reboot", "cert.install")
 
 # reason codes of a refused command (the response's "reason")
 UNSIGNED = "unsigned"

@@ -55,14 +55,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.clock import Clock
+from gateway.config.telemetry import Telemetry
 from gateway.control.errors import error_body
 from gateway.control.schema import DeauthRequest, RequestInvalid, VoucherRevokeRequest, parse_request
 from gateway.core.configuration import MIN_CONFIRM, ApplyResult
 from gateway.core.events import ChangeSource, CommandHandled, Event
-from gateway.errors import DesanetError, StoreError
+from gateway.errors import DesanetError, Refused, StoreError
 from gateway.model import Session, Voucher
+from gateway.telemetry import certinstall, sealed
 from gateway.telemetry import commands as c
-from gateway.telemetry import sealed
 from gateway.telemetry.cmdargs import ConfigSetArgs, VoucherCreateArgs
 from gateway.telemetry.mqtt import Incoming
 from gateway.telemetry.seen import SeenCommands
@@ -139,7 +140,8 @@ Handler = Callable[[c.Command], Awaitable[dict[str, Any] | Answer]]
 class Dispatcher:
     def __init__(self, ops: CommandOps, seen: SeenCommands, keys: Callable[[], Iterable[str]],
                  topics: Callable[[], Topics], clock: Clock, publish_event: Callable[[Event], object],
-                 rebirth: Callable[[], None]) -> None:
+                 rebirth: Callable[[], None], telemetry: Callable[[], Telemetry] | None = None,
+                 cert_trial: float = certinstall.TRIAL) -> None:
         self._ops = ops
         self._seen = seen
         self._keys = keys
@@ -147,13 +149,21 @@ class Dispatcher:
         self._clock = clock
         self._event = publish_event
         self._rebirth = rebirth
+        self._telemetry = telemetry  # the running [telemetry] settings (cert.install)
+        self._cert_trial = cert_trial
+        self._trials: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._handlers: Mapping[str, Handler] = {
             "status": self._status, "rebirth": self._do_rebirth, "deauth": self._deauth,
             "vouchers.revoke": self._revoke, "prefetch": self._prefetch,
             "config.set": self._config_set, "vouchers.create": self._vouchers_create,
-            "reboot": self._reboot}
+            "reboot": self._reboot, "cert.install": self._cert_install}
         assert set(self._handlers) == set(c.NAMES)
+
+    @property
+    def cert_trials(self) -> set[asyncio.Task[None]]:
+        """The certificate trials still running (cert.install, until connected or rolled back)."""
+        return set(self._trials)
 
     def _public_keys(self) -> list[Ed25519PublicKey]:
         out = []
@@ -328,6 +338,31 @@ class Dispatcher:
         async def reboot() -> None:
             await self._ops.reboot(by)
         return Answer({"rebooting": True}, After(run=reboot))
+
+    async def _cert_install(self, cmd: c.Command) -> Answer:
+        req = parse_request(certinstall.CertInstallArgs, dict(cmd.args))
+        if self._telemetry is None:
+            raise Refused("unavailable", "this gateway cannot install certificates remotely")
+        done = await asyncio.to_thread(certinstall.install, req.cert, self._telemetry(),
+                                       self._clock.time(), c.CLOCK_SKEW)
+        trial = asyncio.create_task(self._cert_trial_ends(cmd.id, done))
+        self._trials.add(trial)
+        trial.add_done_callback(self._trials.discard)
+
+        async def connected() -> None:
+            trial.cancel()
+            if await asyncio.to_thread(certinstall.confirm, done):
+                log.info("cert.install %s: connected with the new certificate; kept", cmd.id)
+            else:
+                log.warning("cert.install %s: connected, but not with the new certificate "
+                            "(rolled back or replaced since)", cmd.id)
+        return Answer(done.result, After(reconnect=True, on_connected=connected))
+
+    async def _cert_trial_ends(self, id: str, done: certinstall.Installed) -> None:
+        await asyncio.sleep(self._cert_trial)
+        if await asyncio.to_thread(certinstall.roll_back, done):
+            log.error("cert.install %s: no broker connection with the new certificate within "
+                      "%g s; the previous certificate is back", id, self._cert_trial)
 
 
 def _no_args(args: Mapping[str, Any]) -> None:

@@ -86,6 +86,8 @@ METRICS: Mapping[str, Metric] = {
     "bl": Metric("gauge", 0, "last", "messages waiting in the outbox (events and telemetry)"),
     "rc": Metric("counter", 0, "last", "connections to the broker"),
     "dr": Metric("counter", 0, "last", "messages dropped from a full outbox (events and telemetry)"),
+    "ce": Metric("gauge", 0, "last", "whole days until the MQTT device certificate ends "
+                 "(negative: ended; absent: no client certificate)"),
 }
 FAMILIES = ("rx", "tx", "sv", "pu", "pd")  # nested: {"rx": {"eth0": 1200}}; flat in a sample as "rx/eth0"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,14}$")  # IFNAMSIZ is 16 with the NUL
@@ -180,6 +182,8 @@ def sample(r: Readings) -> Sample:
         dropped = tel.get("dropped")
         if isinstance(dropped, Mapping):
             out["dr"] = sum(int(_num(n) or 0) for n in dropped.values())
+        if _num(tel.get("cert_days")) is not None:
+            out["ce"] = _num(tel.get("cert_days"))
     return out
 
 

@@ -62,6 +62,7 @@ from gateway.config.telemetry import Telemetry
 from gateway.core.events import Stamped
 from gateway.errors import DesanetError, StoreError
 from gateway.telemetry import batch, metrics, payloads
+from gateway.telemetry.certexpiry import CertExpiry
 from gateway.telemetry.dispatch import After, Reply
 from gateway.telemetry.mqtt import (
     Connect,
@@ -146,6 +147,7 @@ class TelemetryService:
         self._reply_acks: dict[tuple[int, int], asyncio.Future[bool]] = {}
         self._force_reconnect = False
         self._on_connected: Callable[[], Awaitable[None]] | None = None
+        self._cert = CertExpiry()  # the device certificate's end, re-read when renewed
 
     @property
     def connected(self) -> bool:
@@ -164,7 +166,10 @@ class TelemetryService:
                 "connects": self.connects, "sent": self.sent, "acked": self.acked,
                 "last_connected": self.last_connected, "dropped": dict(self._outbox.totals().dropped),
                 # "5" or "3.1.1" while connected (docs/mqtt.md "MQTT 3.1.1")
-                "protocol": getattr(self._link, "protocol", None)}
+                "protocol": getattr(self._link, "protocol", None),
+                # the device certificate's end (docs/provisioning.md "Renewal")
+                "cert_expires": self._cert.not_after(cfg.cert_file),
+                "cert_days": self._cert.days_left(cfg.cert_file, self._clock.time())}
 
     def identity(self) -> payloads.Identity:
         return payloads.Identity(self._settings().site_id, self._version, self.boot_time, self.session)

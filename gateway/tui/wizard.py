@@ -66,6 +66,7 @@ from gateway.tui.wizard_fields import (
     problems_by_field,
     quick_check,
     values_of,
+    visible,
 )
 
 TERMINAL_WAIT = 5.0  # seconds for the terminal's answer before asking for Enter
@@ -91,6 +92,7 @@ class SetupWizard(Screen[None]):
     SetupWizard .wz-row Input, SetupWizard .wz-row Select { width: 1fr; }
     SetupWizard .wz-error { height: auto; padding: 0 1 0 26; text-style: bold; display: none; }
     SetupWizard .wz-error.shown { display: block; }
+    SetupWizard .wz-row.wz-hidden, SetupWizard .wz-error.shown.wz-hidden { display: none; }
     SetupWizard #wz-problems { height: auto; max-height: 4; padding: 0 1; border-top: ascii; }
     SetupWizard #wz-review { height: 1fr; }
     SetupWizard #wz-diff { height: auto; padding: 0 1; }
@@ -157,7 +159,7 @@ class SetupWizard(Screen[None]):
         yield Static("", id="wz-keys", markup=False)
 
     def _row(self, field: Field) -> ComposeResult:
-        with Horizontal(classes="wz-row"):
+        with Horizontal(classes="wz-row", id=field.widget_id + "-row"):
             yield self._static((field.label_id, field.label_en), classes="wz-label")
             if field.kind in ("choice", "bool"):
                 yield Select[str]([(c, c) for c in field.choices], id=field.widget_id,
@@ -212,6 +214,7 @@ class SetupWizard(Screen[None]):
         self._leaving = False
         for field in FIELDS:
             self._fill(field, self.start[field.path])
+        self._show_rows()
         self._loading = False
         self._validate()
         self._retranslate()
@@ -268,7 +271,16 @@ class SetupWizard(Screen[None]):
             return  # the echo of a value the wizard set itself
         self.values[field.path] = value
         self._leaving = False
+        self._show_rows()
         self._validate()
+
+    def _show_rows(self) -> None:
+        """Only the fields the chosen WAN method needs (hidden ones take no focus)."""
+        for field in FIELDS:
+            if field.when is not None:
+                hidden = not visible(field, self.values)
+                self.query_one(f"#{field.widget_id}-row").set_class(hidden, "wz-hidden")
+                self.query_one(f"#{field.widget_id}-err").set_class(hidden, "wz-hidden")
 
     def _validate(self) -> None:
         """The form's problems as typed (from the parsed text: fast enough per keystroke)."""
@@ -285,6 +297,17 @@ class SetupWizard(Screen[None]):
                 err.update(plain(shown))
                 err.set_class(bool(shown), "shown")
         self._show_problems()
+        # The problem box below the form grows: keep the field typed in and its line in view.
+        self.call_after_refresh(self._keep_focus_in_view)
+
+    def _keep_focus_in_view(self) -> None:
+        focused = self.focused
+        if self.step != "form" or focused is None or not focused.id or \
+                not focused.id.startswith("f-"):
+            return
+        form = self.query_one("#wz-form", VerticalScroll)
+        form.scroll_to_widget(self.query_one(f"#{focused.id}-err"), animate=False)
+        form.scroll_to_widget(focused, animate=False)
 
     def _show_problems(self) -> None:
         box = self.query_one("#wz-problems", Static)
@@ -447,6 +470,7 @@ class SetupWizard(Screen[None]):
             self.values = dict(self.start)
             for field in FIELDS:
                 self._fill(field, self.start[field.path])
+            self._show_rows()
         self._to("done")
 
 

@@ -32,7 +32,7 @@ from gateway.config.schema import Config
 from gateway.config.units import format_rate
 from gateway.errors import ConfigError
 
-Kind = Literal["text", "secret", "optional", "bool", "choice", "rate", "plans"]
+Kind = Literal["text", "secret", "optional", "bool", "choice", "rate", "plans", "list"]
 PLANS = "shaping.plans"
 _LEAD_PATH = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)")
 _PLAN_ENTRY = re.compile(r"^([^\s/]+)\s+([^\s/]+)\s*/\s*([^\s/]+)$")
@@ -48,6 +48,9 @@ class Field:
     kind: Kind = "text"
     choices: tuple[str, ...] = ()
     placeholder: str = ""
+    # Shown (and written) only while the field at this path has one of these values:
+    # the static address only for wan_address = "static", and so on.
+    when: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def section(self) -> str:
@@ -73,6 +76,8 @@ class Group:
 
 
 ZONES = ("Asia/Jakarta", "Asia/Makassar", "Asia/Jayapura")
+WAN = "network.wan_address"
+WAN_METHODS = ("dhcp", "static", "pppoe")
 BOOL = ("true", "false")
 
 GROUPS: tuple[Group, ...] = (
@@ -86,12 +91,22 @@ GROUPS: tuple[Group, ...] = (
         Field("site.wifi_ssid", "Nama Wi-Fi (SSID)", "Wi-Fi name (SSID)", placeholder="Hotspot Desa"),
         Field("site.wifi_password", "Kata sandi Wi-Fi", "Wi-Fi passphrase", "secret",
               placeholder="kosong = terbuka / empty = open"),
-    ), "Kode negara Wi-Fi (ID) diatur di hostapd, bukan di gateway.toml; lihat Diagnostik.",
-        "The Wi-Fi country code (ID) is set in hostapd, not in gateway.toml; see Diagnostics."),
+        Field("site.wifi_country", "Negara Wi-Fi", "Wi-Fi country", placeholder="ID"),
+    )),
     Group("WAN (uplink)", "WAN (uplink)", (
         Field("network.wan_interface", "Antarmuka WAN", "WAN interface", placeholder="eth0"),
-    ), "Alamat WAN (DHCP, statis, PPPoE) diatur oleh sistem operasi, bukan gateway.toml.",
-        "The WAN address (DHCP, static, PPPoE) is set by the operating system, not gateway.toml."),
+        Field("network.wan_address", "Alamat WAN lewat", "WAN address by", "choice", WAN_METHODS),
+        Field("network.wan_static_address", "Alamat statis/prefiks", "Static address/prefix",
+              "optional", placeholder="192.0.2.10/24", when=(WAN, ("static",))),
+        Field("network.wan_static_gateway", "Gateway statis", "Static gateway", "optional",
+              placeholder="192.0.2.1", when=(WAN, ("static",))),
+        Field("network.wan_dns", "DNS (koma)", "DNS (commas)", "list",
+              placeholder="1.1.1.1, 8.8.8.8", when=(WAN, ("static", "pppoe"))),
+        Field("network.pppoe_username", "Nama pengguna PPPoE", "PPPoE user name",
+              placeholder="sukamaju@isp", when=(WAN, ("pppoe",))),
+        Field("network.pppoe_password", "Kata sandi PPPoE", "PPPoE password", "secret",
+              when=(WAN, ("pppoe",))),
+    )),
     Group("LAN", "LAN", (
         Field("network.lan_interface", "Antarmuka LAN", "LAN interface", placeholder="br-lan"),
         Field("network.lan_address", "Alamat LAN/prefiks", "LAN address/prefix",
@@ -155,6 +170,8 @@ def show(field: Field, value: object) -> str:
         return format_rate(value)
     if field.kind == "plans" and isinstance(value, Mapping):
         return ", ".join(_show_plan(name, plan) for name, plan in value.items())
+    if field.kind == "list" and isinstance(value, list):
+        return ", ".join(str(v) for v in value)
     return str(value)
 
 
@@ -192,7 +209,18 @@ def values_of(text: str) -> dict[str, str]:
 def _typed(field: Field, text: str) -> object:
     if field.kind == "bool":
         return text == "true"
+    if field.kind == "list":
+        return [item.strip() for item in text.split(",") if item.strip()]
     return text
+
+
+def visible(field: Field, values: Mapping[str, str]) -> bool:
+    """Whether the form shows ``field`` with these values (a hidden field's edits are
+    not written: switching WAN back to DHCP leaves the static fields as the file had them)."""
+    if field.when is None:
+        return True
+    path, wanted = field.when
+    return values.get(path, "") in wanted
 
 
 def would_be_text(base: str, start: Mapping[str, str], values: Mapping[str, str]) -> str:
@@ -233,7 +261,7 @@ def _write(doc: Any, start: Mapping[str, str], values: Mapping[str, str],
             doc[name] = new_table()
     for field in FIELDS:
         value = values.get(field.path, "")
-        if value == start.get(field.path, ""):
+        if value == start.get(field.path, "") or not visible(field, values):
             continue
         table = doc.get(field.section)
         if table is None:

@@ -96,7 +96,7 @@ async def main() -> None:
                            sleep=sleep, readings=readings)
     svc.commands = Dispatcher(Ops(), SeenCommands(state / "commands.json"), lambda: tel.command_keys,
                               lambda: Topics(tel.topic_prefix, tel.site_id), clock,
-                              lambda event: None, svc.rebirth)
+                              lambda event: None, svc.rebirth, telemetry=lambda: tel)
     await svc.start()
     print("started", flush=True)
     await asyncio.Event().wait()  # until killed

@@ -551,10 +551,21 @@ def test_metrics_through_the_cli(lab: LabInfo) -> None:
     assert cache["entries"] >= 5  # the store itself survived the restart
     svc = services_json(lab)["services"]["dukcapil"]
     assert svc["state"] == "online" and svc["requests"] >= 1
+    # The service's own hit ratio (the TUI's Services page): /nostore was its miss, so a
+    # hit now raises it, by exactly one hit.
+    before = svc["cache"]
+    assert before["misses"] >= 1 and before["hit_ratio"] is not None and before["hit_ratio"] < 1
+    hit = fetch(c1(lab), f"{SVC}/vary", headers=("Accept-Language: en",))
+    assert "hit" in hit.cache_status, hit.headers
+    after = services_json(lab)["services"]["dukcapil"]["cache"]
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"], after
+    assert after["hit_ratio"] > before["hit_ratio"], (before, after)
     outbox = services_json(lab)["outbox"]
     assert outbox.get("delivered", 0) >= 1 and outbox.get("queued", 0) == 0, outbox
     text = desanet(lab.control_socket, "services")
     assert text.returncode == 0 and "hit ratio" in text.stdout and "dukcapil" in text.stdout
+    line = next(x for x in text.stdout.splitlines() if x.strip().startswith("dukcapil"))
+    assert f" {after['hit_ratio']:.0%} " in line, line
 
 
 # -- 8. offline as a villager sees it: banner, prefetched form, one token, whole bodies -----------

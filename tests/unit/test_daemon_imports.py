@@ -14,7 +14,7 @@ import sys
 
 # heavy, and not needed by an idle daemon with telemetry and command keys configured
 LAZY = ("cryptography", "scapy", "textual", "rich", "prometheus_client", "desanet_lab",
-        "gateway.tui", "gateway.fleet", "gateway.diag")
+        "gateway.tui", "gateway.fleet", "gateway.diag", "provisioning")
 
 KEY = "ed25519:oTGk9NsPtQuU+7rspgO9JW6YxyVuOISoU06MIRGPtJg="
 

@@ -37,7 +37,7 @@ def good(tmp_path: Path) -> str:
 
 
 def test_registry_names_and_titles() -> None:
-    assert list(CHECKS) == ["config", "daemon", "arp-scan", "rogue-dhcp", "dns", "http", "mqtt",
+    assert list(CHECKS) == ["config", "daemon", "arp-scan", "rogue-dhcp", "dns", "http", "mqtt", "cert",
                             "speed", "wifi", "disk", "clock", "logs"]
     for name, check in CHECKS.items():
         assert check.name == name

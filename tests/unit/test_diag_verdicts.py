@@ -11,7 +11,9 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.diag import dnsquery, lan, logs, oui, probes, reach, system, wifi
+from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, verdict, worst
+from tests.unit.conftest import make_config
 
 CFG = {"site": {"name": "T", "village": "T"},
        "network": {"lan_interface": "br-lan", "wan_interface": "eth0",
@@ -294,6 +296,36 @@ def test_wifi_verdicts() -> None:
     assert seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", {})).status == "fail"
     good = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf))
     assert good.status == "ok" and "channel 6" in good.summary_en
+
+
+def test_wifi_compares_hostapd_with_the_configured_country() -> None:
+    conf = {"country_code": "ID", "channel": "6", "ssid": "Hotspot Desa"}
+    default = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf, None))
+    assert default.status == "ok" and "site.wifi_country (default)" in default.summary_en
+    assert default.details["configured_country"] == "ID"
+    # A box in Malaysia: hostapd still on ID is the fault, named with both countries.
+    other = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", conf, "MY"))
+    assert other.status == "fail"
+    assert "(ID) is not site.wifi_country = MY" in other.summary_en, other.summary_en
+    assert "country_code=MY" in other.advice_en and "country_code=MY" in other.advice_id
+    assert (other.details["country"], other.details["configured_country"]) == ("ID", "MY")
+    same = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)",
+                                   {**conf, "country_code": "my"}, "MY"))
+    assert same.status == "ok" and "country MY as site.wifi_country" in same.summary_en
+    unset = seen(wifi.classify_wifi("wifi", ["wlan0"], "hostapd (pid 9)", {"channel": "1"},
+                                    "ID"))
+    assert unset.status == "fail" and "(none)" in unset.summary_en
+
+
+async def test_the_wifi_check_reads_the_country_from_the_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = (["wlan0"], "hostapd (pid 9)", {"country_code": "ID", "channel": "11"})
+    monkeypatch.setattr(wifi, "_wifi_facts", lambda: facts)
+    cfg = make_config(site={"wifi_country": "TL"})
+    found = await wifi.check_wifi(DiagContext("/etc/desanet/gateway.toml", cfg, []))
+    assert found.status == "fail" and "site.wifi_country = TL" in found.summary_en
+    unreadable = await wifi.check_wifi(DiagContext("/nowhere.toml", None, ["file not found"]))
+    assert unreadable.status == "ok" and unreadable.details["configured_country"] == "ID"
 
 
 MOUNTS = """/dev/mmcblk0p2 / ext4 rw,noatime 0 0

@@ -402,6 +402,10 @@ ALLOWED_WRITES = {
     "services/prelogin_dns.py": "the garden hosts file under run_dir (tmpfs /run), rewritten "
                                 "by the daemon: temp file + rename",
     "store/backup.py": "backups and restores: temp file, fsync, rename, fsync dir",
+    "system/cli.py": "hostapd/networkd/pppd files under /run, rendered at every boot: temp "
+                     "file + rename so a reader never sees half a file",
+    "update/bundle.py": "builds an update bundle on the operator's machine: .tmp, then rename",
+    "update/install.py": "a loader entry: temp file, fsync, rename, fsync of the ESP directory",
     "sqlitedb.py": "creates the database file owner-only, fsyncs its directory, before "
                    "SQLite opens it",
 }

@@ -21,6 +21,7 @@ from aiohttp import web
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
+from gateway.model import ClientView
 from gateway.tui.api import ControlApi
 from gateway.tui.app import DesanetApp
 from gateway.tui.dialogs import Form
@@ -104,6 +105,30 @@ async def test_deauthorize_a_client(core: Core, served: str) -> None:
         # the list is read again: the client is back on the portal, still listed
         await until(pilot, lambda: not any(c.get("authorized") for c in app.clients),
                     "the refreshed list")
+
+
+async def test_release_a_vouchers_device(core: Core, served: str) -> None:
+    # A villager changed phones: the old phone is released from the voucher, its session
+    # ends, and the voucher's slot is free for the new one.
+    _, made = await core.vouchers.create_batch(1, 3600, batch="b")
+    code = made[0].code
+    await core.sessions.login_voucher(ClientView(IP, MAC, None), code)
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("2")
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2, "two client rows")
+        assert app.screen.selected_key(table) == MAC  # type: ignore[attr-defined]
+        await pilot.press("x")
+        assert isinstance(app.screen, Form)
+        await pilot.press("y")
+        await until(pilot, lambda: not core.firewall.authorized, "the session to end")
+        await until(pilot, lambda: not any(c.get("authorized") for c in app.clients),
+                    "the refreshed list")
+    [voucher] = await core.store.vouchers()
+    assert voucher.devices == () and not voucher.revoked
+    assert "voucher_released" in core.event_types()
 
 
 async def test_deauth_cancelled_changes_nothing(core: Core, served: str) -> None:
@@ -330,7 +355,9 @@ class StubSite:
     def status_json(self) -> dict[str, object]:
         return {"enabled": True, "hostname": "layanan.desa",
                 "cache": {"hit_ratio": 0.5, "entries": 1, "bytes": 1, "max_bytes": 2},
-                "services": {"dukcapil": {"state": "online", "requests": 4, "errors": 0}},
+                "services": {"dukcapil": {"state": "online", "requests": 4, "errors": 0,
+                                          "cache": {"hits": 2, "misses": 1,
+                                                    "hit_ratio": 0.6667}}},
                 "outbox": {"queued": 1}, "prefetch": {"runs": self.runs, **self.last}}
 
     async def prefetch(self, only_missing: bool = False) -> dict[str, object]:
@@ -348,6 +375,9 @@ async def test_start_a_prefetch(core: Core, served: str) -> None:
         await pilot.press("4")
         summary = app.screen.query_one("#summary", Static)
         assert "Prefetch: never" in str(summary.render())
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 1, "the catalog")
+        assert "67%" in [str(cell) for cell in table.get_row("dukcapil")]  # its own ratio
         await pilot.press("p")
         await until(pilot, lambda: site.runs == 1, "the prefetch")
         await until(pilot, lambda: "2 ok of 2" in str(summary.render()), "the result shown")

@@ -12,14 +12,12 @@ import contextlib
 import dataclasses
 import io
 import shutil
-import tempfile
 import tomllib
 import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from textual.widgets import Static
 
 from gateway import cli
@@ -32,7 +30,7 @@ from gateway.tui.terminal import QUERY, TerminalProbe
 from gateway.tui.wizard_apply import apply_trial, confirm_from_new_connection
 from gateway.tui.wizard_fields import BY_PATH, would_be_text
 from tests.unit.corekit import Core, build_core
-from tests.unit.wizardkit import WizardApp, error_text, focus_by_keys, retype, until
+from tests.unit.wizardkit import WizardApp, error_text, focus_by_keys, retype, served, until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
 COMMENT = "# Check a change before applying it:"
@@ -52,19 +50,8 @@ async def core(tmp_path: Path) -> Core:
 
 @pytest.fixture
 async def client(core: Core) -> AsyncIterator[AsyncControlClient]:
-    # A short directory: a unix socket path has at most 107 bytes.
-    sock_dir = tempfile.mkdtemp(prefix="dn-wz-")
-    runner = web.AppRunner(core.control_app())
-    await runner.setup()
-    socket_path = f"{sock_dir}/control.sock"
-    await web.UnixSite(runner, socket_path).start()
-    c = AsyncControlClient(socket_path)
-    try:
+    async with served(core) as c:
         yield c
-    finally:
-        await c.close()
-        await runner.cleanup()
-        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def login_session(monkeypatch: pytest.MonkeyPatch, session: int | None) -> None:

@@ -20,8 +20,9 @@ from gateway.tui.i18n import Language
 from tests.unit.wizardkit import WizardApp
 
 ROOT = Path(__file__).resolve().parents[2]
-# Eight Tabs from the first field (site id) reach the LAN address.
-TO_LAN_ADDRESS = ["tab"] * 8
+# Ten Tabs from the first field (site id) reach the LAN address (the static WAN fields
+# are hidden: the example gets its WAN address by DHCP).
+TO_LAN_ADDRESS = ["tab"] * 10
 BAD_LAN_ADDRESS = [*TO_LAN_ADDRESS, "end", "backspace", "backspace", "backspace"]
 
 Compare = Callable[..., bool]
@@ -74,3 +75,11 @@ def test_without_colour(snap_compare: Compare, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NO_COLOR", "1")
     assert snap_compare(wizard("id"), terminal_size=(80, 24), run_before=loaded,
                         press=BAD_LAN_ADDRESS)
+
+
+@pytest.mark.parametrize("lang", ["id", "en"])
+def test_static_wan_shows_its_fields(snap_compare: Compare, lang: Language) -> None:
+    # Eight Tabs reach the WAN method; the Select's list: Enter, Down (static), Enter. The
+    # static fields appear, each with config check's "required" line under it.
+    keys = [*(["tab"] * 8), "enter", "down", "enter"]
+    assert snap_compare(wizard(lang), terminal_size=(80, 24), run_before=loaded, press=keys)

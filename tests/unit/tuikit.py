@@ -60,9 +60,11 @@ SERVICES: dict[str, Any] = {
     "cache": {"hit_ratio": 0.82, "entries": 120, "bytes": 1 << 20, "max_bytes": 1 << 30},
     "services": {
         "dukcapil": {"state": "online", "last_ok": T0 - 120, "requests": 40, "errors": 1,
-                     "last_error_text": None},
+                     "last_error_text": None,
+                     "cache": {"hits": 30, "misses": 10, "hit_ratio": 0.75}},
         "bpjs": {"state": "offline", "last_ok": T0 - 7200, "requests": 12, "errors": 5,
-                 "last_error_text": "connect timeout"},
+                 "last_error_text": "connect timeout",
+                 "cache": {"hits": 0, "misses": 0, "hit_ratio": None}},
     },
     "outbox": {"queued": 2, "delivered": 7, "failed": 0},
     "prefetch": {"runs": 1, "started": T0 - 4000, "finished": T0 - 3900,

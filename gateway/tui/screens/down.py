@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
+import shlex
+from functools import partial
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -12,10 +11,7 @@ from textual.widgets import Footer, Static
 
 from gateway.tui.base import Key, Page, background
 from gateway.tui.i18n import tr
-
-
-def has_systemd() -> bool:
-    return shutil.which("systemctl") is not None and os.path.isdir("/run/systemd/system")
+from gateway.tui.start import run_start, start_argv
 
 
 class DownScreen(Page):
@@ -36,12 +32,17 @@ class DownScreen(Page):
 
     def show(self) -> None:
         socket = self.desanet.api.socket_path
-        how = tr("Tekan s untuk menyalakannya (systemctl start desanet).",
-                 "Press s to start it (systemctl start desanet).") if self._systemd() else tr(
-            "Systemd tidak ada di sini: jalankan `desanet run --config /etc/desanet/gateway.toml` "
-            "sebagai root di terminal lain.",
-            "No systemd here: run `desanet run --config /etc/desanet/gateway.toml` as root in "
-            "another terminal.")
+        argv, problem = self._argv()
+        if argv:
+            command = shlex.join(argv)
+            how = tr(f"Tekan s untuk menyalakannya ({command}).",
+                     f"Press s to start it ({command}).")
+        else:
+            how = problem or tr(
+                "Systemd tidak ada di sini: jalankan `desanet run --config "
+                "/etc/desanet/gateway.toml` sebagai root di terminal lain.",
+                "No systemd here: run `desanet run --config /etc/desanet/gateway.toml` as root "
+                "in another terminal.")
         self.query_one("#message", Static).update("\n".join([
             tr("DAEMON DESANET TIDAK BERJALAN", "THE DESANET DAEMON IS NOT RUNNING"),
             "",
@@ -56,9 +57,12 @@ class DownScreen(Page):
                "This screen goes away by itself once the daemon answers (r: check now)."),
         ]))
 
-    def _systemd(self) -> bool:
-        known = self.desanet.systemd
-        return has_systemd() if known is None else known
+    def _argv(self) -> tuple[list[str] | None, str]:
+        """The start command (gateway/tui/start.py), or None and why not."""
+        try:
+            return start_argv(systemd=self.desanet.systemd), ""
+        except ValueError as exc:
+            return None, str(exc)
 
     def action_page(self, name: str) -> None:
         self.desanet.action_page(name)
@@ -67,22 +71,21 @@ class DownScreen(Page):
         self.desanet.request_refresh()
 
     def action_start(self) -> None:
-        if not self._systemd():
-            self.notify(tr("Tanpa systemd: jalankan `desanet run` sendiri.",
-                           "No systemd: run `desanet run` yourself."))
+        argv, problem = self._argv()
+        if not argv:
+            self.notify(problem or tr("Tanpa systemd: jalankan `desanet run` sendiri.",
+                                      "No systemd: run `desanet run` yourself."))
             return
-        background(self, self._start, exclusive=True, group="start-daemon")
+        background(self, partial(self._start, argv), exclusive=True, group="start-daemon")
 
-    async def _start(self) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            "systemctl", "start", "desanet", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            self.notify(out.decode(errors="replace").strip()
-                        or f"systemctl start desanet: exit {proc.returncode}",
-                        title=tr("Gagal", "Failed"), severity="error", timeout=10)
+    async def _start(self, argv: list[str]) -> None:
+        self.notify(tr(f"Menjalankan {shlex.join(argv)} ...", f"Running {shlex.join(argv)} ..."))
+        done = await run_start(argv)
+        if not done.ok:
+            self.notify(done.output, title=tr("Gagal", "Failed"), severity="error", timeout=10)
             return
         self.notify(tr("Daemon dinyalakan; menunggu jawabannya ...",
-                       "Daemon started; waiting for it to answer ..."))
+                       "Daemon started; waiting for it to answer ...") if not done.running else
+                    tr("Perintah masih berjalan; menunggu daemon menjawab ...",
+                       "The command is still running; waiting for the daemon to answer ..."))
         self.action_retry()

@@ -7,13 +7,14 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Static
 
+from gateway.cli_format import percent
 from gateway.timefmt import DEFAULT_TIMEZONE, format_time
 from gateway.tui import view
 from gateway.tui.base import Key, Page, background, cells, plain
 from gateway.tui.i18n import tr
 
 STATES = {"online": ("daring", "online"), "offline": ("LURING", "OFFLINE"),
-          "unknown": ("belum diketahui", "unknown")}
+          "unknown": ("belum tahu", "unknown")}
 
 
 class ServicesScreen(Page):
@@ -60,13 +61,15 @@ class ServicesScreen(Page):
             tr(f"Prefetch: {last}", f"Prefetch: {last}"),
         ]
         self.query_one("#summary", Static).update(plain("\n".join(lines)))
-        self.columns(table, (tr("Layanan", "Service"), 14), (tr("Status", "State"), 15),
-                     (tr("Galat/minta", "Errors/reqs"), 11), (tr("Terakhir ok", "Last ok"), 10),
-                     (tr("Galat terakhir", "Last error"), 16))
+        # Hit: this service's answers from the cache over all it answered ("-": none yet).
+        self.columns(table, (tr("Layanan", "Service"), 12), (tr("Status", "State"), 10),
+                     (tr("Galat/minta", "Errors/reqs"), 11), ("Hit", 4),
+                     (tr("Terakhir ok", "Last ok"), 11), (tr("Galat terakhir", "Last error"), 16))
         for slug, h in (data.get("services") or {}).items():
             state = STATES.get(str(h.get("state")), (str(h.get("state")),) * 2)
+            hit = percent((h.get("cache") or {}).get("hit_ratio"))
             table.add_row(*cells(slug, tr(*state), f"{h.get('errors', 0)}/{h.get('requests', 0)}",
-                          format_time(h.get("last_ok"), tz),
+                          hit, format_time(h.get("last_ok"), tz),
                           str(h.get("last_error_text") or "-")[:16]), key=slug)
 
     def action_prefetch(self) -> None:

@@ -1,0 +1,132 @@
+"""Signed update bundles: one tar stream, verified before anything is written.
+
+Members, in this order: ``manifest.json`` (format 1, version, arch, and the size
+and sha256 of each payload), ``manifest.sig`` (Ed25519 over the manifest's
+bytes, by an update key the image trusts), then ``vmlinuz``, ``initrd.img`` and
+``rootfs.img`` (the ext4 image of a root slot). The reader checks the signature
+before it hands out a payload, and each payload's size and hash as it streams,
+so the bundle can come through a pipe (``ssh gateway desanet update install - <
+bundle``) and never needs room on the gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from gateway.errors import DesanetError
+
+FORMAT = 1
+PAYLOADS = ("vmlinuz", "initrd.img", "rootfs.img")
+CHUNK = 1 << 20
+
+
+class BundleError(DesanetError):
+    """A bundle that must not be installed (bad signature, wrong hash, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    arch: str
+    files: dict[str, dict[str, Any]]
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0  # reproducible: no build time
+    return info
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_bundle(out: Path, version: str, arch: str, payloads: dict[str, Path],
+                 sign: Callable[[bytes], bytes]) -> None:
+    """Write the bundle to ``out`` (atomically: a temp file renamed at the end)."""
+    if set(payloads) != set(PAYLOADS):
+        raise BundleError(f"a bundle needs exactly {', '.join(PAYLOADS)}")
+    sizes = {name: payloads[name].stat().st_size for name in PAYLOADS}
+    files = {name: {"size": sizes[name], "sha256": sha256_file(payloads[name])}
+             for name in PAYLOADS}
+    manifest = json.dumps({"format": FORMAT, "version": version, "arch": arch, "files": files},
+                          indent=1, sort_keys=True).encode()
+    tmp = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_tarinfo("manifest.json", len(manifest)), io.BytesIO(manifest))
+        sig = sign(manifest)
+        tar.addfile(_tarinfo("manifest.sig", len(sig)), io.BytesIO(sig))
+        for name in PAYLOADS:
+            with payloads[name].open("rb") as f:
+                tar.addfile(_tarinfo(name, sizes[name]), f)
+    tmp.replace(out)
+
+
+def _parse_manifest(raw: bytes) -> Manifest:
+    try:
+        data = json.loads(raw)
+        if data.get("format") != FORMAT:
+            raise BundleError(f"manifest format {data.get('format')!r}, expected {FORMAT}")
+        files = data["files"]
+        for name in PAYLOADS:
+            int(files[name]["size"])
+            bytes.fromhex(files[name]["sha256"])
+        return Manifest(str(data["version"]), str(data["arch"]), files)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"manifest.json is malformed: {exc}") from exc
+
+
+class BundleReader:
+    """Streams a bundle: ``open`` verifies the manifest, ``payloads`` yields checked streams."""
+
+    def __init__(self, stream: IO[bytes], verify: Callable[[bytes, bytes], bool]) -> None:
+        self._tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 (streamed by payloads())
+        self._iter = iter(self._tar)
+        raw = self._member("manifest.json")
+        sig = self._member("manifest.sig")
+        if not verify(raw, sig):
+            raise BundleError("the bundle's signature does not match any trusted update key")
+        self.manifest = _parse_manifest(raw)
+
+    def _next(self, name: str) -> tarfile.TarInfo:
+        info = next(self._iter, None)
+        if info is None or info.name != name or not info.isfile():
+            found = "the end" if info is None else repr(info.name)
+            raise BundleError(f"expected {name} in the bundle, found {found}")
+        return info
+
+    def _member(self, name: str) -> bytes:
+        info = self._next(name)
+        f = self._tar.extractfile(info)
+        assert f is not None
+        return f.read(1 << 16)
+
+    def payloads(self) -> Iterator[tuple[str, Iterator[bytes]]]:
+        """(name, chunks) in bundle order; a chunk stream raises BundleError on a bad hash."""
+        for name in PAYLOADS:
+            info = self._next(name)
+            yield name, self._checked(name, info)
+
+    def _checked(self, name: str, info: tarfile.TarInfo) -> Iterator[bytes]:
+        want = self.manifest.files[name]
+        if info.size != int(want["size"]):
+            raise BundleError(f"{name}: {info.size} bytes, the manifest says {want['size']}")
+        f = self._tar.extractfile(info)
+        assert f is not None
+        h = hashlib.sha256()
+        while block := f.read(CHUNK):
+            h.update(block)
+            yield block
+        if h.hexdigest() != want["sha256"]:
+            raise BundleError(f"{name}: sha256 does not match the signed manifest")

@@ -1,0 +1,211 @@
+"""`desanet provision import`: install a bundle from the boot partition on first boot.
+
+1. Read the manifest; when the record (``/var/lib/desanet/provisioned.json``)
+   names this very manifest, the bundle is already in: only finish removing
+   its secrets from the card and report "already imported" (exit 0).
+2. Check everything before touching anything: each file against its sha256,
+   the config with the gateway's own validation and its site id against the
+   manifest's, the device certificate against the bundle's CA (signature,
+   dates, CN = site id) and against its key, the SSH host key against its
+   ``.pub``, the technicians' keys. Any failure: a message, exit non-zero,
+   nothing changed.
+3. Install: every file is first written beside its target (mode set before
+   the first byte, fsync), then all are renamed into place, then the
+   directories are synced. A power cut before the record is written leaves
+   the bundle intact on the card, and the next boot imports it again.
+4. Write the record (atomically), then remove the secrets (config with the
+   Wi-Fi passphrase, device key, SSH host key) from the FAT directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.config.loader import parse_config_text
+from gateway.errors import ConfigError
+from provisioning import ca as fleetca
+from provisioning import manifest as m
+from provisioning import sshkeys
+from provisioning.errors import ProvisionError
+
+DEFAULT_ETC = Path("/etc/desanet")
+DEFAULT_SSH = Path("/etc/ssh")
+DEFAULT_RECORD = Path("/var/lib/desanet/provisioned.json")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    site: str
+    already: bool
+    installed: tuple[str, ...]
+    secrets_left: tuple[str, ...]  # secrets that could not be removed from the card
+
+
+def targets(files: dict[str, Any], etc: Path, ssh_dir: Path) -> dict[str, tuple[Path, int]]:
+    """bundle path -> (installed path, mode)."""
+    out: dict[str, tuple[Path, int]] = {}
+    for rel in files:
+        if rel.startswith("ssh/"):
+            out[rel] = (ssh_dir / rel.removeprefix("ssh/"), 0o644)
+        else:
+            out[rel] = (etc / rel, 0o644)
+        if rel in m.SECRETS:
+            out[rel] = (out[rel][0], 0o600)
+    return out
+
+
+def _check(data: dict[str, Any], blobs: dict[str, bytes]) -> x509.Certificate:
+    site = data["site"]
+    try:
+        cfg = parse_config_text(blobs[m.CONFIG].decode("utf-8"), f"bundle {m.CONFIG}")
+    except UnicodeDecodeError:
+        raise ProvisionError(f"{m.CONFIG} is not UTF-8 text") from None
+    except ConfigError as exc:
+        raise ProvisionError(f"{m.CONFIG} is refused by the gateway's validation:\n  "
+                             + "\n  ".join(exc.problems)) from None
+    if cfg.telemetry.site_id != site:
+        raise ProvisionError(f"{m.CONFIG} is for site {cfg.telemetry.site_id!r}, the manifest "
+                             f"for {site!r}")
+    try:
+        ca_cert = x509.load_pem_x509_certificate(blobs[m.CA])
+        cert = x509.load_pem_x509_certificate(blobs[m.CERT])
+        key = serialization.load_pem_private_key(blobs[m.KEY], password=None)
+    except ValueError as exc:
+        raise ProvisionError(f"the MQTT certificate or key cannot be read: {exc}") from None
+    fleetca.verify_chain(cert, ca_cert)
+    if fleetca.site_of(cert) != site:
+        raise ProvisionError(f"{m.CERT} is for {fleetca.site_of(cert)!r}, not {site!r}")
+    if not fleetca.key_matches(cert, key):
+        raise ProvisionError(f"{m.KEY} does not belong to {m.CERT}")
+    try:
+        host = serialization.load_ssh_private_key(blobs[m.HOST_KEY], password=None)
+    except ValueError as exc:
+        raise ProvisionError(f"{m.HOST_KEY} is not an OpenSSH private key: {exc}") from None
+    pub = host.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH)
+    if not isinstance(host, Ed25519PrivateKey) or blobs[m.HOST_PUB].split()[:2] != pub.split():
+        raise ProvisionError(f"{m.HOST_PUB} does not belong to {m.HOST_KEY} (or not ed25519)")
+    problems = sshkeys.check_authorized_keys(blobs[m.AUTHORIZED].decode("utf-8", "replace"))
+    if problems:
+        raise ProvisionError(f"{m.AUTHORIZED}: " + "; ".join(problems))
+    return cert
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage(target: Path, data: bytes, mode: int) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _install(blobs: dict[str, bytes], etc: Path, ssh_dir: Path) -> list[str]:
+    where = targets(blobs, etc, ssh_dir)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for rel, (target, mode) in sorted(where.items()):
+            staged.append((_stage(target, blobs[rel], mode), target))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, target in staged:
+        os.replace(tmp, target)
+    for parent in sorted({t.parent for _, t in staged}):
+        _fsync_dir(parent)
+    return [str(t) for _, t in staged]
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # an unreadable record: import again (it is rewritten whole)
+    return data if isinstance(data, dict) else None
+
+
+def _remove_secrets(bundle: Path, secrets: list[str]) -> list[str]:
+    """Overwrite and remove each secret; those that could not be removed."""
+    left = []
+    for rel in secrets:
+        path = bundle / rel
+        if not path.exists():
+            continue
+        try:
+            size = path.stat().st_size
+            with path.open("r+b") as fh:  # best effort: flash may keep the old blocks anyway
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+            path.unlink()
+        except OSError:
+            left.append(rel)
+    for parent in {(bundle / rel).parent for rel in secrets}:
+        with contextlib.suppress(OSError):
+            _fsync_dir(parent)
+    return left
+
+
+def _pinned(blobs: dict[str, bytes], trust_ca: Path) -> None:
+    """Refuse a bundle whose CA is not the one this image was built to trust."""
+    try:
+        trusted = x509.load_pem_x509_certificates(trust_ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"--trust-ca {trust_ca}: cannot read it: {exc}") from None
+    if x509.load_pem_x509_certificate(blobs[m.CA]) not in trusted:
+        raise ProvisionError(f"{m.CA} is not the fleet CA this gateway trusts ({trust_ca}); "
+                             "was the bundle made with another region's CA?")
+
+
+def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
+                  record: Path = DEFAULT_RECORD, trust_ca: Path | None = None) -> Outcome:
+    etc, ssh_dir, record = etc.absolute(), ssh_dir.absolute(), record.absolute()
+    data, digest = m.read(bundle)
+    previous = read_record(record)
+    if previous and previous.get("manifest_sha256") == digest:
+        left = _remove_secrets(bundle, list(data["secrets"]))
+        return Outcome(data["site"], True, tuple(previous.get("installed", ())), tuple(left))
+    blobs = m.check_files(bundle, data)
+    cert = _check(data, blobs)
+    if trust_ca is not None:
+        _pinned(blobs, trust_ca)
+    installed = _install(blobs, etc, ssh_dir)
+    entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
+             "created": data.get("created"), "imported": int(time.time()),
+             "cert_serial": format(cert.serial_number, "x"),
+             "cert_not_after": int(cert.not_valid_after_utc.timestamp()),
+             "ssh_fingerprint": sshkeys.fingerprint(blobs[m.HOST_PUB].decode("ascii", "replace")),
+             "installed": installed}
+    rec = _stage(record, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode(), 0o644)
+    os.replace(rec, record)
+    _fsync_dir(record.parent)
+    left = _remove_secrets(bundle, list(data["secrets"]))
+    return Outcome(data["site"], False, tuple(installed), tuple(left))

@@ -1,0 +1,240 @@
+"""Fleet CA, bundles and their first-boot import (provisioning/)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.config.loader import parse_config_text
+from provisioning import bundle, importer, renew, sshkeys
+from provisioning import ca as fleetca
+from provisioning import manifest as m
+from provisioning.errors import ProvisionError, RowsInvalid
+from provisioning.siteconfig import render_config
+from provisioning.villages import parse_villages
+from tests.unit.provkit import CSV, HEADER, Fleet, have, make_bundles, make_fleet
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "provisioning"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    return make_fleet(tmp_path)
+
+
+def test_the_ca_key_is_private_and_the_ca_refuses_to_be_made_twice(fleet: Fleet) -> None:
+    assert os.stat(fleet.ca.dir / "ca.key").st_mode & 0o777 == 0o600
+    cert = fleet.ca.cert
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc > datetime.timedelta(days=19 * 365)
+    with pytest.raises(ProvisionError, match="already holds a CA"):
+        fleetca.init_ca(fleet.ca.dir, "again")
+    assert fleetca.load_ca(fleet.ca.dir).cert == cert
+
+
+def test_a_device_certificate_names_the_site_and_chains_to_the_ca(fleet: Fleet, tmp_path: Path) -> None:
+    key = fleetca.new_device_key()
+    cert = fleetca.issue_certificate(fleet.ca, "jabar-sukamaju", key.public_key())
+    assert fleetca.site_of(cert) == "jabar-sukamaju"
+    assert fleetca.key_matches(cert, key)
+    fleetca.verify_chain(cert, fleet.ca.cert)  # positive control for the refusals below
+    other = fleetca.init_ca(tmp_path / "other", "another CA")
+    with pytest.raises(ProvisionError, match="not by this CA"):
+        fleetca.verify_chain(cert, other.cert)
+    forged = fleetca.issue_certificate(  # same CA name, other key: the signature decides
+        fleetca.Ca(other.dir, other.cert, other.key), "jabar-sukamaju", key.public_key())
+    with pytest.raises(ProvisionError):
+        fleetca.verify_chain(forged, fleet.ca.cert)
+    later = fleetca.now() + datetime.timedelta(days=3 * 365)
+    with pytest.raises(ProvisionError, match="not now"):
+        fleetca.verify_chain(cert, fleet.ca.cert, later)
+
+
+def test_openssl_agrees_with_the_chain(fleet: Fleet, tmp_path: Path) -> None:
+    if not have("openssl"):
+        pytest.skip("openssl not installed")
+    cert = fleetca.issue_certificate(fleet.ca, "s1", fleetca.new_device_key().public_key())
+    (tmp_path / "d.crt").write_bytes(fleetca.cert_pem(cert))
+    done = subprocess.run(["openssl", "verify", "-purpose", "sslclient", "-CAfile",
+                           str(fleet.ca.cert_path), str(tmp_path / "d.crt")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_generated_gateway_toml_matches_the_golden_file_and_validates() -> None:
+    (v,) = parse_villages(HEADER + 'jabar-sukamaju,Hotspot Desa Sukamaju,Desa Sukamaju,'
+                          '"Kab. Garut, Jawa Barat",WIB,"Sukamaju ""Net""",rahasia\\123,'
+                          'harian=2mbit/512kbit sekolah=10mbit/2mbit,20mbit/5mbit,'
+                          'mqtts://mqtt.example.go.id:8883\n')
+    text = render_config(v, ["ed25519:oTGk9NsPtQuU+7rspgO9JW6YxyVuOISoU06MIRGPtJg="])
+    golden = GOLDEN / "gateway.toml"
+    if os.environ.get("DESANET_UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    cfg = parse_config_text(text)
+    assert cfg.site.wifi_ssid == 'Sukamaju "Net"' and cfg.site.wifi_password == "rahasia\\123"
+    assert cfg.telemetry.site_id == "jabar-sukamaju" and cfg.telemetry.cert_file
+    assert set(cfg.shaping.plans) == {"harian", "sekolah"}
+
+
+def test_a_row_the_gateway_would_refuse_is_reported_by_row_and_column(fleet: Fleet,
+                                                                      tmp_path: Path) -> None:
+    text = HEADER + "x-1,N,V,R,WIB,S1,,big=50mbit/1mbit,5mbit/1mbit,mqtts://b.example:8883\n"
+    with pytest.raises(RowsInvalid) as info:
+        make_bundles(fleet, tmp_path / "out", CSV + text.split("\n", 1)[1])
+    assert info.value.problems[0].startswith("row 4, column plans: the generated gateway.toml "
+                                             "is refused: shaping: plan 'big'")
+    assert not (tmp_path / "out").exists()
+    assert fleetca.read_record(fleet.ca.dir) == []  # no certificate was recorded either
+
+
+def test_bundles_hold_the_contract_files_with_a_true_manifest(fleet: Fleet, tmp_path: Path) -> None:
+    a, b = make_bundles(fleet, tmp_path / "out")
+    data, _ = m.read(a)
+    assert data["site"] == "jabar-sukamaju" and data["format"] == 1
+    assert set(data["files"]) == {*m.REQUIRED, "commands/op.pub"}
+    assert m.check_files(a, data)[m.CONFIG].startswith(b"# desanet gateway configuration")
+    for rel in m.SECRETS:
+        assert os.stat(a / rel).st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((a / m.CERT).read_bytes())
+    key = serialization.load_pem_private_key((a / m.KEY).read_bytes(), None)
+    assert fleetca.site_of(cert) == "jabar-sukamaju" and fleetca.key_matches(cert, key)
+    fleetca.verify_chain(cert, x509.load_pem_x509_certificate((a / m.CA).read_bytes()))
+    assert (a / "commands/op.pub").read_text().strip() == fleet.keys[0].text
+    assert (a / m.AUTHORIZED).read_text() == fleet.authorized
+    assert {e["site"] for e in fleetca.read_record(fleet.ca.dir)} == {"jabar-sukamaju", "ntb-lembah"}
+    assert (tmp_path / "out" / "cards.html").exists() and (a.parent / "card.html").exists()
+    assert (a / m.HOST_KEY).read_bytes() != (b / m.HOST_KEY).read_bytes()
+
+
+def test_an_existing_out_directory_is_never_mixed_into(fleet: Fleet, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old").write_text("x")
+    with pytest.raises(ProvisionError, match="not an empty directory"):
+        make_bundles(fleet, tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == ["old"]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]  # temp dir gone
+
+
+def test_the_host_key_fingerprint_is_what_ssh_keygen_prints(fleet: Fleet, tmp_path: Path) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    mine = bundle.host_key_fingerprint(a)
+    if have("ssh-keygen"):
+        done = subprocess.run(["ssh-keygen", "-l", "-f", str(a / m.HOST_PUB)],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.split()[1] == mine
+        derived = subprocess.run(["ssh-keygen", "-y", "-f", str(a / m.HOST_KEY)],
+                                 capture_output=True, text=True, check=True)
+        assert derived.stdout.split()[:2] == (a / m.HOST_PUB).read_text().split()[:2]
+    assert mine.startswith("SHA256:") and "=" not in mine
+    assert mine in (a.parent / "card.html").read_text()
+
+
+def _import(bundle_dir: Path, root: Path) -> importer.Outcome:
+    return importer.import_bundle(bundle_dir, root / "etc", root / "ssh", root / "rec.json")
+
+
+def test_import_installs_records_removes_secrets_and_is_idempotent(fleet: Fleet,
+                                                                  tmp_path: Path) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    toml = (a / m.CONFIG).read_bytes()
+    first = _import(a, tmp_path / "box")
+    box = tmp_path / "box"
+    assert not first.already and first.site == "jabar-sukamaju"
+    assert (box / "etc/gateway.toml").read_bytes() == toml
+    assert os.stat(box / "etc/mqtt/device.key").st_mode & 0o777 == 0o600
+    assert os.stat(box / "ssh/ssh_host_ed25519_key").st_mode & 0o777 == 0o600
+    assert (box / "ssh/authorized_keys").read_text() == fleet.authorized
+    for rel in m.SECRETS:
+        assert not (a / rel).exists()
+    assert (a / m.CERT).exists() and (a / m.NAME).exists()  # public parts stay
+    rec = json.loads((box / "rec.json").read_text())
+    assert rec["site"] == "jabar-sukamaju" and rec["ssh_fingerprint"].startswith("SHA256:")
+    before = {p: p.stat().st_mtime_ns for p in box.rglob("*") if p.is_file()}
+    again = _import(a, box)
+    assert again.already
+    assert {p: p.stat().st_mtime_ns for p in box.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("tamper", ["edit", "add_key", "swap_cert", "drop"])
+def test_a_tampered_bundle_is_refused_and_changes_nothing(fleet: Fleet, tmp_path: Path,
+                                                          tamper: str) -> None:
+    a, b = make_bundles(fleet, tmp_path / "out")
+    if tamper == "edit":
+        with (a / m.CONFIG).open("a") as fh:
+            fh.write('\n# and more\n')
+    elif tamper == "add_key":
+        (a / "commands" / "attacker.pub").write_text(fleet.keys[0].text + "\n")
+    elif tamper == "swap_cert":  # another site's certificate, manifest updated to match
+        (a / m.CERT).write_bytes((b / m.CERT).read_bytes())
+        data = json.loads((a / m.NAME).read_text())
+        data["files"][m.CERT] = m.sha256_file(a / m.CERT)
+        (a / m.NAME).write_text(json.dumps(data))
+    else:
+        (a / m.KEY).unlink()
+    with pytest.raises(ProvisionError):
+        _import(a, tmp_path / "box")
+    assert not (tmp_path / "box").exists()
+    assert all((b / rel).exists() for rel in m.SECRETS)
+    # positive control: the untouched bundle beside it imports
+    assert not _import(b, tmp_path / "box2").already
+
+
+def test_the_import_record_of_another_bundle_does_not_skip_a_new_one(fleet: Fleet,
+                                                                    tmp_path: Path) -> None:
+    (a, b) = make_bundles(fleet, tmp_path / "out")
+    _import(a, tmp_path / "box")
+    second = _import(b, tmp_path / "box")  # a box re-provisioned for another village
+    assert not second.already and second.site == "ntb-lembah"
+
+
+def test_renew_keeps_the_key_and_records_the_serial(fleet: Fleet, tmp_path: Path) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    old = x509.load_pem_x509_certificate((a / m.CERT).read_bytes())
+    path, new = renew.renew(fleet.ca.dir, "jabar-sukamaju", tmp_path / "new.crt")
+    assert new.public_key() == old.public_key() and new.serial_number != old.serial_number
+    assert x509.load_pem_x509_certificate(path.read_bytes()) == new
+    reasons = [(e["site"], e["reason"]) for e in fleetca.read_record(fleet.ca.dir)]
+    assert ("jabar-sukamaju", "renew") in reasons
+    with pytest.raises(ProvisionError, match="no certificate for site"):
+        renew.renew(fleet.ca.dir, "nowhere", tmp_path / "x.crt")
+
+
+def test_revocation_lands_in_the_crl(fleet: Fleet, tmp_path: Path) -> None:
+    make_bundles(fleet, tmp_path / "out")
+    (serial,) = renew.revoke(fleet.ca.dir, "ntb-lembah")
+    assert renew.write_crl(fleet.ca.dir, tmp_path / "crl.pem") == 1
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert crl.is_signature_valid(fleet.ca.cert.public_key())
+    assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    keep = next(e for e in fleetca.read_record(fleet.ca.dir) if e["site"] == "jabar-sukamaju")
+    assert crl.get_revoked_certificate_by_serial_number(int(keep["serial"], 16)) is None
+
+
+def test_authorized_keys_must_be_keys(fleet: Fleet) -> None:
+    key = fleet.authorized.split()[1]
+    assert sshkeys.check_authorized_keys("# techs\n\nssh-ed25519 AAAA broken\n")
+    assert sshkeys.check_authorized_keys("teknisi@garut\n")
+    assert not sshkeys.check_authorized_keys("")
+    assert not sshkeys.check_authorized_keys(fleet.authorized)
+    assert not sshkeys.check_authorized_keys(
+        f'from="10.0.0.0/8",command="echo hi there" ssh-ed25519 {key} teknisi\n')
+
+
+def test_a_pinned_ca_refuses_another_regions_bundle(fleet: Fleet, tmp_path: Path) -> None:
+    other = make_fleet(tmp_path / "other")
+    (theirs, _) = make_bundles(other, tmp_path / "their-out")
+    with pytest.raises(ProvisionError, match="not the fleet CA this gateway trusts"):
+        importer.import_bundle(theirs, tmp_path / "box/etc", tmp_path / "box/ssh",
+                               tmp_path / "box/rec.json", trust_ca=fleet.ca.cert_path)
+    assert not (tmp_path / "box").exists()
+    (ours, _) = make_bundles(fleet, tmp_path / "out")  # positive control: our own region's
+    assert not importer.import_bundle(ours, tmp_path / "box/etc", tmp_path / "box/ssh",
+                                      tmp_path / "box/rec.json", trust_ca=fleet.ca.cert_path).already

@@ -1,0 +1,61 @@
+"""`desanet provision ...` as a regional team runs it: exit codes and what is printed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.unit.provkit import CSV, HEADER, make_fleet
+
+
+def test_check_prints_every_problem_with_row_and_column_and_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "v.csv"
+    bad.write_text(HEADER + "Bad Id,N,V,R,WIB,S,,,5mbit/1mbit,mqtts://b:8883\n"
+                   "ok-2,N,V,R,MARS,S2,short,,5mbit/1mbit,mqtts://b:8883\n")
+    assert main(["provision", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "3 problem(s); nothing was written" in err
+    assert "row 2, column site_id" in err and "row 3, column timezone" in err \
+        and "row 3, column passphrase" in err
+    good = tmp_path / "good.csv"
+    good.write_text(CSV)
+    assert main(["provision", "check", str(good)]) == 0
+    assert "2 village(s), every row valid" in capsys.readouterr().out
+
+
+def test_ca_init_batch_and_import_from_the_command_line(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = make_fleet(tmp_path / "f")  # for its operator and technician keys only
+    (tmp_path / "op.pub").write_text(fleet.keys[0].text + "\n")
+    (tmp_path / "tech.pub").write_text(fleet.authorized)
+    (tmp_path / "v.csv").write_text(CSV)
+    assert main(["provision", "ca", "init", "--dir", str(tmp_path / "ca")]) == 0
+    assert os.stat(tmp_path / "ca" / "ca.key").st_mode & 0o777 == 0o600
+    assert main(["provision", "ca", "init", "--dir", str(tmp_path / "ca")]) == 1  # never twice
+    args = ["provision", "batch", str(tmp_path / "v.csv"), "--ca", str(tmp_path / "ca"),
+            "--command-key", str(tmp_path / "op.pub"), "--authorized-keys",
+            str(tmp_path / "tech.pub"), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 bundle(s)" in out and "SHA256:" in out
+    assert main(args) == 1  # the out directory is never reused
+    assert "not an empty directory" in capsys.readouterr().err
+    bundle = str(tmp_path / "out" / "ntb-lembah" / "desanet")
+    where = ["--etc", str(tmp_path / "etc"), "--ssh-dir", str(tmp_path / "ssh"),
+             "--record", str(tmp_path / "rec.json")]
+    assert main(["provision", "import", bundle, *where]) == 0
+    assert "ntb-lembah: imported" in capsys.readouterr().out
+    assert main(["provision", "import", bundle, *where]) == 0
+    assert "already imported" in capsys.readouterr().out
+    assert main(["provision", "import", str(tmp_path / "nothing"), *where]) == 1
+    assert "manifest.json is missing" in capsys.readouterr().err
+    assert main(["provision", "renew", "ntb-lembah", "--ca", str(tmp_path / "ca"), "--out",
+                 str(tmp_path / "new.crt")]) == 0
+    assert "cert.install cert=@" in capsys.readouterr().out
+    assert main(["provision", "list", "--ca", str(tmp_path / "ca")]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("ntb-lembah") == 2 and "renew" in listed
