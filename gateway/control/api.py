@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config.schema import Config
 from gateway.control.errors import error_body
 from gateway.control.office_routes import add_office_routes
 from gateway.control.schema import (
@@ -46,7 +47,7 @@ from gateway.control.schema import (
     parse_request_bytes,
 )
 from gateway.core.configuration import ApplyResult
-from gateway.core.ops import GatewayOps, session_json, voucher_json
+from gateway.core.ops import GatewayOps, session_json, used_up, voucher_json
 from gateway.errors import DesanetError
 from gateway.model import Session, Voucher
 
@@ -131,8 +132,11 @@ def _session(session: Session, now: int) -> dict[str, Any]:
     return session_json(session, now)
 
 
-def _voucher(voucher: Voucher, now: int, tz: str) -> dict[str, Any]:
-    return _out(VoucherOut, voucher_json(voucher, now, tz))
+def _voucher(voucher: Voucher, now: int, cfg: Config) -> dict[str, Any]:
+    data = voucher_json(voucher, now, cfg.site.timezone)
+    if data["state"] == "active" and used_up(voucher, cfg):
+        data["state"] = "used_up"  # within its validity, but its time of use or quota is gone
+    return _out(VoucherOut, data)
 
 
 def _changes(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -193,8 +197,8 @@ def create_control_app(ops: GatewayOps) -> web.Application:
     async def vouchers(request: web.Request) -> web.Response:
         now = ops.now()
         found = await ops.vouchers(request.query.get("batch"))
-        tz = ops.config.current.site.timezone
-        return web.json_response({"vouchers": [_voucher(v, now, tz) for v in found]})
+        cfg = ops.config.current
+        return web.json_response({"vouchers": [_voucher(v, now, cfg) for v in found]})
 
     @routes.post("/v1/vouchers")
     async def create_vouchers(request: web.Request) -> web.Response:
@@ -203,7 +207,7 @@ def create_control_app(ops: GatewayOps) -> web.Application:
                                                 req.plan, req.batch, req.name, req.seller)
         now = ops.now()
         return web.json_response(
-            {"batch": batch, "vouchers": [_voucher(v, now, ops.config.current.site.timezone)
+            {"batch": batch, "vouchers": [_voucher(v, now, ops.config.current)
                                           for v in made]}, status=201
         )
 
@@ -212,14 +216,14 @@ def create_control_app(ops: GatewayOps) -> web.Application:
         req = parse_request_bytes(VoucherRevokeRequest, await _body(request))
         voucher = await ops.revoke_voucher(req.code)
         return web.json_response(
-            {"voucher": _voucher(voucher, ops.now(), ops.config.current.site.timezone)})
+            {"voucher": _voucher(voucher, ops.now(), ops.config.current)})
 
     @routes.post("/v1/vouchers/release")
     async def release(request: web.Request) -> web.Response:
         req = parse_request_bytes(VoucherReleaseRequest, await _body(request))
         voucher = await ops.release_voucher(req.code, req.mac)
         return web.json_response(
-            {"voucher": _voucher(voucher, ops.now(), ops.config.current.site.timezone)})
+            {"voucher": _voucher(voucher, ops.now(), ops.config.current)})
 
     @routes.post("/v1/reload")
     async def reload(request: web.Request) -> web.Response:

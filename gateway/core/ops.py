@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from gateway.clock import Clock
+from gateway.config.schema import Config
 from gateway.core.configuration import ApplyResult, ConfigService
 from gateway.core.events import ChangeSource, EndReason, EventBus, Stamped
 from gateway.core.office import OfficeService
@@ -66,6 +67,16 @@ def session_json(s: Session, now: int) -> dict[str, Any]:
     data["remaining"] = s.remaining(now)
     data["authorized"] = True
     return data
+
+
+def used_up(v: Voucher, cfg: Config) -> bool:
+    """Has the voucher spent its plan's time of use, or been cut for its quota? (Its
+    validity may still run: `state` says "used_up" then, not "active".)"""
+    if v.quota_state == "cut":
+        return True
+    plan = cfg.shaping.plans.get(v.plan) if v.plan else None
+    limit = plan.time_of_use if plan is not None else None
+    return limit is not None and v.used_seconds >= limit
 
 
 def voucher_json(v: Voucher, now: int, tz: str = DEFAULT_TIMEZONE) -> dict[str, Any]:

@@ -151,7 +151,8 @@ def client_state(row: dict[str, Any]) -> str:
 
 def voucher_state(state: str) -> str:
     return {"unused": tr("belum dipakai", "unused"), "active": tr("aktif", "active"),
-            "expired": tr("habis", "expired"), "revoked": tr("dicabut", "revoked")}.get(
+            "expired": tr("habis", "expired"),
+            "used_up": tr("terpakai habis", "used up"), "revoked": tr("dicabut", "revoked")}.get(
         state, state)
 
 

@@ -4,6 +4,7 @@ end ("time_used") and the code is refused with its own reason."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.config.schema import Config
 from gateway.core.events import ChangeSource, EndReason, SessionEnded
+from gateway.core.ops import used_up
 from gateway.core.usage import TimeOfUse, credits, quiet_for
 from gateway.errors import StoreError, VoucherError
 from gateway.model import ClientView, Voucher
@@ -206,6 +208,21 @@ async def test_time_of_use_runs_out_and_the_code_is_then_refused(core: Core) -> 
     with pytest.raises(VoucherError) as info:
         await _login(core, B, code)
     assert info.value.reason == "time_used"
+    # `vouchers list` says so too: its validity (1 day) still runs, its time of use is gone
+    spent = await core.store.voucher(code)
+    assert spent is not None and spent.state(core.clock.now()) == "active"
+    assert used_up(spent, core.config.current)
+
+
+def test_used_up_needs_the_plans_time_of_use_spent_or_a_quota_cut() -> None:
+    cfg = make_config(shaping=_plans(time_of_use="2m"))
+    fresh = Voucher(code="ABCDE-FGHJK", duration=86400, plan="jam", created=NOW, batch="b",
+                    first_used=NOW, used_seconds=119)
+    assert not used_up(fresh, cfg)  # the control: time left
+    assert used_up(replace(fresh, used_seconds=120), cfg)
+    assert used_up(replace(fresh, quota_state="cut"), cfg)
+    assert not used_up(replace(fresh, quota_state="slow"), cfg)
+    assert not used_up(replace(fresh, plan="gone", used_seconds=10**6), cfg)  # no such plan
 
 
 async def test_an_idle_gap_is_not_counted(core: Core) -> None:
