@@ -49,11 +49,22 @@ def report_csv_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# A cell starting with one of these is run as a formula by Excel/LibreOffice: a seller
+# or batch name such as '=HYPERLINK(...)' (printable text, accepted on import) would
+# run in the office's spreadsheet. Such text cells get a leading apostrophe (OWASP's
+# advice for CSV injection); numbers are written as they are.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def write_report_csv(data: dict[str, Any], out: Any) -> None:
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in report_csv_rows(data):
-        writer.writerow(row)
+        writer.writerow({k: _cell(v) for k, v in row.items()})
 
 
 def _table(title: str, key: str, rows: list[dict[str, Any]], label: Callable[[Any], str]
