@@ -126,13 +126,19 @@ def cmd_report(args: argparse.Namespace, client: Client) -> int:
 
 
 def _read_csv(path: str) -> str:
+    # Never more than the limit in memory: /dev/zero or a mistaken disk image is refused
+    # after MAX_FILE bytes, not read to the end.
     try:
-        raw = Path(path).read_bytes() if path != "-" else sys.stdin.buffer.read()
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_FILE + 1)
+        else:
+            with Path(path).open("rb") as fh:
+                raw = fh.read(MAX_FILE + 1)
     except OSError as exc:
         raise Invalid("FILE", path, f"a readable CSV file ({exc.strerror or exc})") from None
     if len(raw) > MAX_FILE:
-        raise Invalid("FILE", f"{len(raw)} bytes", f"at most {MAX_FILE // 1024} KiB; split "
-                      "the file")
+        raise Invalid("FILE", f"over {MAX_FILE // 1024} KiB", f"at most {MAX_FILE // 1024} "
+                      "KiB; split the file")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:

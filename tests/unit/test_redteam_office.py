@@ -86,3 +86,34 @@ async def test_a_far_but_real_date_range_still_reports(tmp_path: Path) -> None:
     office.add("AAAAA-22222", DEC1 + H)
     data = await office.service.report("2000-01-01", "2099-12-31")
     assert data["totals"]["created"] == 1
+
+
+class _Endless:
+    """Standard input that never ends (``desanet vouchers import - < /dev/zero``)."""
+
+    def __init__(self) -> None:
+        self.handed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            raise AssertionError("the whole of an endless input was asked for")
+        self.handed += n
+        return b"a" * n
+
+
+def test_an_endless_input_is_refused_after_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import cli_office
+
+    endless = _Endless()
+    monkeypatch.setattr(cli_office.sys, "stdin", type("In", (), {"buffer": endless})())
+    with pytest.raises(Invalid, match="KiB"):
+        cli_office._read_csv("-")
+    assert endless.handed <= cli_office.MAX_FILE + 1
+
+
+def test_a_file_under_the_limit_is_read_whole(tmp_path: Path) -> None:
+    from gateway import cli_office
+
+    path = tmp_path / "v.csv"
+    path.write_bytes(b"\xef\xbb\xbfcode,plan\nK7MQX-3PAR9,jam\n")
+    assert cli_office._read_csv(str(path)) == "code,plan\nK7MQX-3PAR9,jam\n"
