@@ -11,6 +11,7 @@ import pytest
 
 from provisioning import importer
 from provisioning import manifest as m
+from provisioning.errors import ProvisionError
 from tests.unit.provkit import Fleet, make_bundles, make_fleet
 
 
@@ -69,3 +70,14 @@ def test_a_secret_left_on_the_card_is_still_wiped_on_the_next_boot(fleet: Fleet,
     assert out.already and out.secrets_left == ()
     assert not any((a / rel).exists() for rel in m.SECRETS)
     assert os.stat(box / "etc" / "mqtt" / "device.key").st_mode & 0o777 == 0o600
+
+
+def test_a_huge_file_in_the_bundle_is_refused_before_it_is_read(fleet: Fleet,
+                                                                tmp_path: Path) -> None:
+    a, b = make_bundles(fleet, tmp_path / "out")
+    with (a / m.AUTHORIZED).open("r+b") as fh:  # sparse: 64 MiB that take no disk
+        fh.truncate(64 << 20)
+    with pytest.raises(ProvisionError, match="larger than"):
+        _import(a, tmp_path / "box")
+    assert not (tmp_path / "box").exists()
+    assert not _import(b, tmp_path / "box2").already  # positive control
