@@ -9,7 +9,6 @@ changes only when a key changes meaning or goes away.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -89,9 +88,9 @@ def days_between(first: dt.date, last: dt.date, tz: str) -> tuple[tuple[str, int
     return tuple(out)
 
 
-def _tou_by_plan(cfg: Config) -> str:
-    return json.dumps({name: p.time_of_use for name, p in cfg.shaping.plans.items()
-                       if p.time_of_use})
+def _tou_by_plan(cfg: Config) -> tuple[tuple[str, int], ...]:
+    return tuple((name, p.time_of_use) for name, p in sorted(cfg.shaping.plans.items())
+                 if p.time_of_use)
 
 
 def _hours(row: dict[str, Any]) -> dict[str, Any]:

@@ -189,14 +189,6 @@ class SessionService:
             voucher = await self.store.voucher(self._quota_cut[mac])
         return ClientView(ip=ip, mac=mac, session=session, voucher=voucher)
 
-    def note_quota_cut(self, mac: str, code: str) -> None:
-        """Remember that ``mac``'s session ends for its voucher's used-up quota, so the
-        portal can say so (until it logs in again; in memory: after a restart the portal
-        says it when the code is typed again)."""
-        if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
-            self._quota_cut.clear()
-        self._quota_cut[mac] = code
-
     async def _readmit(self, mac: str, ip: str) -> Session | None:
         """A returning phone's login with its auto_login voucher (returning.py); None when
         it is not one, or the login is refused (the portal then shows the login page)."""
@@ -212,6 +204,14 @@ class SessionService:
         self.returning.readmitted += 1
         log.info("returning device %s (%s) let in again without the portal", mac, ip)
         return session
+
+    def note_quota_cut(self, mac: str, code: str) -> None:
+        """Remember that ``mac``'s session ends for its voucher's used-up quota, so the
+        portal can say so (until it logs in again; in memory: after a restart the portal
+        says it when the code is typed again)."""
+        if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
+            self._quota_cut.clear()
+        self._quota_cut[mac] = code
 
     async def _check_entry(self, session: Session) -> None:
         """Put back the client's kernel entries when the kernel lost them; never raises

@@ -17,6 +17,7 @@ the trial off (trial_minutes = 0).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,12 +27,15 @@ from gateway.errors import PortalDenied
 from gateway.timefmt import local
 
 TRIAL_USED = "trial_used"  # PortalDenied.reason: the day's minutes are used up
+KEEP_DAYS = 7  # trial counts kept (a clock stepped back a few days still finds its day)
 
 
 class TrialStorePort(Protocol):
     async def trial_grant(self, mac: str, day: str, now: int, allowance: int) -> int: ...
 
     async def trial_used(self, mac: str, day: str, now: int) -> int: ...
+
+    async def prune_trials(self, before_day: str) -> int: ...
 
 
 def trial_day(now: int, tz: str) -> str:
@@ -59,3 +63,8 @@ class TrialService:
         if seconds <= 0:
             raise PortalDenied(TRIAL_USED)
         return seconds, cfg.portal.trial_plan
+
+    async def prune(self) -> int:
+        """Forget the trial counts of days over KEEP_DAYS ago (one row per device a day)."""
+        today = dt.date.fromisoformat(trial_day(self.clock.now(), self._config().site.timezone))
+        return await self.store.prune_trials((today - dt.timedelta(days=KEEP_DAYS)).isoformat())

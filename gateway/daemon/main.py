@@ -175,7 +175,7 @@ class Daemon:
         ops.reboot_action = SystemReboot()  # systemd, or DESANET_REBOOT_COMMAND (the lab)
         office_store = AsyncOfficeStore(await database.call(OfficeStore, store_file), database)
         ops.office = OfficeService(holder.get, office_store, clock, bus)
-        sessions.trial = TrialService(holder.get, office_store, clock)
+        trial = sessions.trial = TrialService(holder.get, office_store, clock)
         sessions.returning = ReturningDevices(holder.get, office_store, store, clock)
         servers.uplink_down = lambda: uplink.down
         uplink.listeners += [self._dns_follows_uplink(holder, dhcp),
@@ -207,6 +207,11 @@ class Daemon:
         reconciler.every("samples", SAMPLE_INTERVAL, shaping.sample)
         reconciler.every("quota", QUOTA_TICK, quota.tick)  # docs/quota.md
         reconciler.every("prune", PRUNE_INTERVAL, self._pruner(store, clock), first_in=60.0)
+
+        async def prune_trials() -> None:  # office: trial counts of days long past
+            await trial.prune()
+
+        reconciler.every("trial-prune", PRUNE_INTERVAL, prune_trials, first_in=90.0)
         reconciler.every("confirm-deadline", TRIAL_CHECK_INTERVAL, config.check_deadline)
         reconciler.every("uplink", TICK, uplink.tick, first_in=0.0)
         # dns: exact walled-garden names, resolved by the daemon and opened for their TTL

@@ -10,7 +10,6 @@ client's tracked connections (:mod:`gateway.firewall.conntrack`, netlink).
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,16 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
 from gateway.errors import FirewallError
-from gateway.firewall import nftcheck
+from gateway.firewall import nftcheck, nftobjects
 from gateway.firewall.conntrack import Conntrack
 from gateway.firewall.guard import ARP_FAMILY, plan_leases
-from gateway.firewall.meters import (
-    METER_MAPS,
-    READ_METERS,
-    READ_QUOTAS,
-    plan_drop_objects,
-    plan_unheld,
-)
+from gateway.firewall.meters import METER_MAPS, plan_drop_objects, plan_unheld
 from gateway.firewall.nft import Nft
 from gateway.firewall.planner import (
     FAMILY,
@@ -137,9 +130,13 @@ class Firewall:
         return [m for m in METER_MAPS if nftcheck.has_element(FAMILY, TABLE, m, key)]
 
     def read_meters(self, counters: bool = True) -> MeterReading:
-        """The quotas' use and, with ``counters``, the vouchers' counters, zeroed in the
-        same request. Blocks: one nft run (O(vouchers online))."""
-        return parse_objects(self._objects(READ_METERS if counters else READ_QUOTAS))
+        """The quotas' use and, with ``counters``, the vouchers' counters, each zeroed as
+        it is read. Blocks: one or two nfnetlink dumps (O(vouchers online); see
+        :mod:`gateway.firewall.nftobjects`)."""
+        items = nftobjects.dump(FAMILY, TABLE, "quota")
+        if counters:
+            items += nftobjects.dump(FAMILY, TABLE, "counter", reset=True)
+        return parse_objects(items)
 
     def drop_meters(self, names: Iterable[str]) -> None:
         """Delete meter objects no client refers to any more: one transaction per voucher,
@@ -164,8 +161,8 @@ class Firewall:
         (0, used) of a quota."""
         out: dict[str, tuple[int, int]] = {}
         try:
-            items = self._objects(f"list counters table {FAMILY} {TABLE}\n"
-                                  f"list quotas table {FAMILY} {TABLE}\n")
+            items = (nftobjects.dump(FAMILY, TABLE, "counter")
+                     + nftobjects.dump(FAMILY, TABLE, "quota"))
         except FirewallError:
             return out
         for item in items:
@@ -174,21 +171,6 @@ class Firewall:
             elif isinstance(q := item.get("quota"), dict):
                 out[str(q["name"])] = (0, int(q.get("used", 0)))
         return {k: v for k, v in out.items() if voucher_of(k) is not None}
-
-    def _objects(self, script: str) -> list[dict[str, Any]]:
-        """Run list/reset commands with JSON output: one JSON document per command."""
-        out = self.nft.run(script, json_output=True)
-        decoder, pos, items = json.JSONDecoder(), 0, []
-        try:
-            while pos < len(out):
-                if out[pos].isspace():
-                    pos += 1
-                    continue
-                doc, pos = decoder.raw_decode(out, pos)
-                items += doc.get("nftables", [])
-        except ValueError as exc:
-            raise FirewallError("nft returned unreadable JSON for the meters") from exc
-        return items
 
     def client_classes(self) -> dict[str, str]:
         """The kernel's address -> HTB class map (empty when shaping is off). Blocks."""

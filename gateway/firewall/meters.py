@@ -175,7 +175,3 @@ def plan_drop_objects(names: Iterable[str]) -> str:
         kind = "counter" if name.startswith(("cd_", "cu_")) else "quota"
         lines.append(f"delete {kind} {FAMILY} {TABLE} {name}")
     return "\n".join(lines) + "\n" if lines else ""
-
-
-READ_QUOTAS = f"list quotas table {FAMILY} {TABLE}\n"
-READ_METERS = f"reset counters table {FAMILY} {TABLE}\n" + READ_QUOTAS

@@ -8,6 +8,7 @@ import csv
 import io
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
     require_root,
     require_tools,
     unique_prefix,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, require_root, require_tools(*LAB_TOOLS)]
@@ -55,7 +57,15 @@ def test_a_sellers_sale_is_in_the_report(lab: LabInfo) -> None:
     assert out.read_text(encoding="utf-8").count("Rp 5.000") == 2
 
     _login(lab.client(1).name, made["vouchers"][0]["code"])
-    report = desanet_json(sock, "vouchers", "report", "--seller", "Bu Sari", "--json")
+
+    def usage() -> dict[str, Any]:
+        data: dict[str, Any] = desanet_json(sock, "vouchers", "report", "--seller", "Bu Sari",
+                                            "--json")
+        return data
+
+    # the kernel's byte counters reach the vouchers (and the report) within seconds
+    report = wait_until(lambda: (r := usage())["totals"]["bytes_down"] > 0 and r, 60,
+                        "the voucher's bytes in the report")
     t = report["totals"]
     assert (t["created"], t["sold"], t["active"], t["unused"], t["revenue"]) == \
         (2, 1, 1, 1, 5000), report

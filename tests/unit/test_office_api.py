@@ -75,3 +75,35 @@ async def test_the_csv_has_a_header_and_a_row_per_group(setup: tuple[Client, Off
                    ("batch", "b1"): ("1", "5000", "2048"),
                    ("seller", "Bu Sari"): ("1", "5000", "2048"),
                    ("day", "2026-12-01"): ("1", "5000", "")}
+
+
+async def test_the_report_json_keeps_its_documented_shape(setup: tuple[Client, Office]) -> None:
+    """docs/vouchers-office.md "Report JSON": scripts depend on these keys (format 1)."""
+    _, office = setup
+    office.add("AAAAA-22222", DEC1 + H, seller="Bu Sari")
+    office.use("AAAAA-22222", DEC1 + 2 * H)
+    data = await office.service.report()
+    assert set(data) == {"format", "timezone", "generated", "generated_iso", "from", "to",
+                         "from_ts", "to_ts", "batch", "seller", "totals", "by_plan",
+                         "by_batch", "by_seller", "by_day"}
+    row = {"created", "sold", "active", "expired", "revoked", "unused", "imported", "revenue",
+           "bytes_down", "bytes_up", "used_seconds", "used_hours"}
+    assert set(data["totals"]) == row
+    assert set(data["by_plan"][0]) == row | {"plan"}
+    assert set(data["by_batch"][0]) == row | {"batch", "batch_name"}
+    assert set(data["by_seller"][0]) == row | {"seller"}
+    assert set(data["by_day"][0]) == {"day", "created", "sold", "revenue"}
+    docs = (Path(__file__).parents[2] / "docs/vouchers-office.md").read_text()
+    assert all(f"`{k}`" in docs for k in row)
+
+
+async def test_the_human_report(setup: tuple[Client, Office]) -> None:
+    from gateway.cli_office import report_lines
+
+    _, office = setup
+    office.add("AAAAA-22222", DEC1 + H, seller="Bu Sari", batch="warung")
+    office.use("AAAAA-22222", DEC1 + 2 * H, down=3 * 1024 * 1024, seconds=5400)
+    text = "\n".join(report_lines(await office.service.report("2026-12-01", "2026-12-01")))
+    assert "vouchers report 2026-12-01 .. 2026-12-01 (Asia/Jakarta)" in text
+    assert "revenue Rp 5.000" in text and "3.0 MiB down" in text and "1.5 h online" in text
+    assert "Bu Sari" in text and "warung" in text and "2026-12-01" in text

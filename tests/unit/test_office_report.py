@@ -4,6 +4,7 @@ local-day boundaries, imported codes, usage, and dates that are wrong."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,13 @@ def test_rupiah_formatting() -> None:
     assert format_rupiah(1_250_000) == "Rp 1.250.000"
     assert format_rupiah(500) == "Rp 500"
     assert format_rupiah(0) == "Rp 0"
+
+
+def test_by_day_keeps_the_latest_366_days() -> None:
+    from gateway.core.office import days_between
+
+    days = days_between(dt.date(2024, 1, 1), dt.date(2026, 12, 2), TZ)
+    assert len(days) == 366 and days[-1][0] == "2026-12-02" and days[0][0] == "2025-12-02"
+    # each day is 24 h in WIB (no daylight saving), and they join end to start
+    assert all(e - s == 86400 for _, s, e in days)
+    assert all(a[2] == b[1] for a, b in itertools.pairwise(days))

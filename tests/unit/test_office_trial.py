@@ -190,3 +190,22 @@ async def test_the_login_page_says_the_terms_button_is_a_trial() -> None:
     async with portal(make_cfg()) as client:  # positive control: no trial, no note
         page = await (await get(client, "/")).text()
     assert "Coba gratis" not in page
+
+
+def test_an_unknown_trial_plan_names_the_field() -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_config(portal={"trial_minutes": 5, "trial_plan": "nope"})
+    assert any(p.startswith("portal.trial_plan:") for p in err.value.problems), err.value
+    with pytest.raises(ConfigError) as err:
+        make_config(portal={"trial_minutes": 24 * 60 + 1})
+    assert any(p.startswith("portal.trial_minutes") for p in err.value.problems)
+
+
+async def test_old_trial_counts_are_forgotten(trial: Trial, clock: FakeClock) -> None:
+    await trial.service.grant(MAC)
+    clock.advance(7 * 86400)
+    assert await trial.service.prune() == 0  # a week ago today: kept
+    clock.advance(86400)
+    assert await trial.service.prune() == 1

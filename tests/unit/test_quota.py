@@ -376,3 +376,36 @@ async def test_moving_a_client_to_another_plan_gives_it_that_plans_quota_at_once
     await core.sessions.change_plan(A, "kuota")
     assert core.firewall.meters[IP[A]].limits == {"total": 5 * MB}
     assert core.firewall.meters[IP[A]].voucher == code
+
+
+def test_the_object_dump_decodes_quotas_and_counters_as_the_kernel_sends_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import struct
+
+    from gateway.firewall import nftcheck as nc
+    from gateway.firewall import nftobjects as no
+
+    def obj(name: str, kind: int, data: bytes) -> bytes:
+        return (nc._attr(no.NFTA_OBJ_TABLE, b"desanet\0") + nc._attr(no.NFTA_OBJ_NAME, name.encode()
+                + b"\0") + nc._attr(no.NFTA_OBJ_TYPE, struct.pack(">I", kind))
+                + nc._attr(nc.NLA_F_NESTED | no.NFTA_OBJ_DATA, data))
+
+    quota = (nc._attr(3, b"") + nc._attr(1, struct.pack(">Q", 5 * MB))  # a PAD, then BYTES
+             + nc._attr(4, struct.pack(">Q", 1234)) + nc._attr(2, struct.pack(">I", 1)))
+    counter = nc._attr(1, struct.pack(">Q", 999)) + nc._attr(2, struct.pack(">Q", 7))
+    answers = {no.NFT_OBJECT_QUOTA: [(no.NFT_MSG_NEWOBJ, obj("qt_41", 2, quota))],
+               no.NFT_OBJECT_COUNTER: [(no.NFT_MSG_NEWOBJ, obj("cd_41", 1, counter))]}
+    sent: list[bytes] = []
+
+    def exchange(request: bytes) -> Any:
+        sent.append(request)
+        kind = struct.unpack(">I", request[-4:])[0]  # the type filter is the last attribute
+        return iter(answers[kind])
+
+    monkeypatch.setattr(no, "_exchange", exchange)
+    assert no.dump("inet", "desanet", "quota") == [
+        {"quota": {"name": "qt_41", "bytes": 5 * MB, "used": 1234}}]
+    assert no.dump("inet", "desanet", "counter", reset=True) == [
+        {"counter": {"name": "cd_41", "bytes": 999, "packets": 7}}]
+    assert struct.unpack_from("=IHH", sent[1])[1] == (10 << 8) | no.NFT_MSG_GETOBJ_RESET
+    assert struct.unpack_from("=IHH", sent[0])[2] & nc.NLM_F_DUMP == nc.NLM_F_DUMP

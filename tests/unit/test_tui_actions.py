@@ -21,6 +21,7 @@ from aiohttp import web
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
+from gateway.model import ClientView
 from gateway.tui.api import ControlApi
 from gateway.tui.app import DesanetApp
 from gateway.tui.dialogs import Form
@@ -104,6 +105,30 @@ async def test_deauthorize_a_client(core: Core, served: str) -> None:
         # the list is read again: the client is back on the portal, still listed
         await until(pilot, lambda: not any(c.get("authorized") for c in app.clients),
                     "the refreshed list")
+
+
+async def test_release_a_vouchers_device(core: Core, served: str) -> None:
+    # A villager changed phones: the old phone is released from the voucher, its session
+    # ends, and the voucher's slot is free for the new one.
+    _, made = await core.vouchers.create_batch(1, 3600, batch="b")
+    code = made[0].code
+    await core.sessions.login_voucher(ClientView(IP, MAC, None), code)
+    app = app_on(served)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loaded, "the first read")
+        await pilot.press("2")
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count == 2, "two client rows")
+        assert app.screen.selected_key(table) == MAC  # type: ignore[attr-defined]
+        await pilot.press("x")
+        assert isinstance(app.screen, Form)
+        await pilot.press("y")
+        await until(pilot, lambda: not core.firewall.authorized, "the session to end")
+        await until(pilot, lambda: not any(c.get("authorized") for c in app.clients),
+                    "the refreshed list")
+    [voucher] = await core.store.vouchers()
+    assert voucher.devices == () and not voucher.revoked
+    assert "voucher_released" in core.event_types()
 
 
 async def test_deauth_cancelled_changes_nothing(core: Core, served: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,8 +41,9 @@ class Terminal:
         out, _ = await proc.communicate()
         return out.decode(errors="replace")
 
-    async def screen(self) -> str:
-        return await self.tmux("capture-pane", "-p", "-t", "tui")
+    async def screen(self, escapes: bool = False) -> str:
+        """The pane's text (``escapes``: with the SGR attributes the app drew it with)."""
+        return await self.tmux("capture-pane", "-p", *(["-e"] if escapes else []), "-t", "tui")
 
     async def keys(self, *keys: str) -> None:
         await self.tmux("send-keys", "-t", "tui", *keys)
@@ -108,5 +110,36 @@ async def test_tui_in_tmux_at_80x24(core: Core, served: str, terminal: Terminal)
         assert loop.time() < deadline, "the client was not deauthorized"
         await asyncio.sleep(0.05)
     await terminal.until(lambda s: "portal" in s, "the client back on the portal")
+    await terminal.keys("q")
+    await terminal.until(lambda s: "Hotspot" not in s, "the app to quit", timeout=10)
+
+
+SGR = re.compile(r"\x1b\[([0-9;:]*)m")
+
+
+def extended_colours(escaped: str) -> list[str]:
+    """The SGR sequences that use more than the 16 standard colours (38/48: 256 or RGB)."""
+    found = []
+    for match in SGR.finditer(escaped):
+        params = re.split("[;:]", match.group(1))
+        if any(p in ("38", "48", "58") for p in params):
+            found.append(match.group(0))
+    return found
+
+
+async def test_tui_on_a_16_colour_terminal(core: Core, served: str, terminal: Terminal) -> None:
+    """TERM=xterm (16 colours, no COLORTERM): the TUI draws with the 16 standard colours
+    only, and every state is still a word."""
+    env = f"TERM=xterm PYTHONPATH={Path(__file__).parents[2]}"
+    command = f"env -u COLORTERM {env} {sys.executable} -m gateway tui --socket {served}"
+    await terminal.tmux("new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", command)
+    text = await terminal.until(lambda s: "Hotspot Desa Uji" in s, "the dashboard")
+    assert "Klien: 1 terhubung, 1 masuk" in text
+    escaped = await terminal.screen(escapes=True)
+    assert SGR.search(escaped), "no colour at all: the capture did not keep the attributes"
+    assert extended_colours(escaped) == [], sorted(set(extended_colours(escaped)))[:5]
+    await terminal.keys("2")
+    await terminal.until(lambda s: IP in s and "masuk" in s, "the clients page")
+    assert extended_colours(await terminal.screen(escapes=True)) == []
     await terminal.keys("q")
     await terminal.until(lambda s: "Hotspot" not in s, "the app to quit", timeout=10)
