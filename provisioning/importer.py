@@ -207,6 +207,12 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         return Outcome(data["site"], True, tuple(previous.get("installed", ())), tuple(left))
     blobs = m.check_files(bundle, data)
     cert = _check(data, blobs)
+    if trust_ca is None and previous is not None and (etc / m.CA).is_file():
+        # Already provisioned: the boot partition is FAT, writable from any laptop, and a
+        # bundle is imported at every boot. A bundle made with another CA (anyone's own)
+        # would install its SSH keys and command keys; only the fleet's CA may re-provision
+        # (its key signs the device certificate). Another CA: --trust-ca, by hand.
+        trust_ca = etc / m.CA
     if trust_ca is not None:
         _pinned(blobs, trust_ca)
     installed = _install(blobs, etc, ssh_dir)

@@ -81,3 +81,25 @@ def test_a_huge_file_in_the_bundle_is_refused_before_it_is_read(fleet: Fleet,
         _import(a, tmp_path / "box")
     assert not (tmp_path / "box").exists()
     assert not _import(b, tmp_path / "box2").already  # positive control
+
+
+def test_a_provisioned_box_refuses_a_bundle_forged_with_another_ca(fleet: Fleet,
+                                                                    tmp_path: Path) -> None:
+    # Someone with the card in a laptop writes a bundle made with their own CA (their
+    # SSH key, their command keys); the box imports a bundle at every boot.
+    ours, again = make_bundles(fleet, tmp_path / "out")
+    box = tmp_path / "box"
+    _import(ours, box)
+    keys = (box / "ssh" / "authorized_keys").read_bytes()
+    forged, _ = make_bundles(make_fleet(tmp_path / "forger"), tmp_path / "forged-out")
+    with pytest.raises(ProvisionError, match="not the fleet CA"):
+        _import(forged, box)
+    assert (box / "ssh" / "authorized_keys").read_bytes() == keys
+    # Positive controls: a new bundle of the same fleet re-provisions the box, and the
+    # technician can move it to another CA on purpose with --trust-ca.
+    assert _import(again, box).site == "ntb-lembah"
+    region2 = make_fleet(tmp_path / "region2")
+    theirs, _ = make_bundles(region2, tmp_path / "r2-out")
+    out = importer.import_bundle(theirs, box / "etc", box / "ssh", box / "rec.json",
+                                 trust_ca=region2.ca.cert_path)
+    assert not out.already
