@@ -49,11 +49,22 @@ def report_csv_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# A cell starting with one of these is run as a formula by Excel/LibreOffice: a seller
+# or batch name such as '=HYPERLINK(...)' (printable text, accepted on import) would
+# run in the office's spreadsheet. Such text cells get a leading apostrophe (OWASP's
+# advice for CSV injection); numbers are written as they are.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def write_report_csv(data: dict[str, Any], out: Any) -> None:
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in report_csv_rows(data):
-        writer.writerow(row)
+        writer.writerow({k: _cell(v) for k, v in row.items()})
 
 
 def _table(title: str, key: str, rows: list[dict[str, Any]], label: Callable[[Any], str]
@@ -115,13 +126,19 @@ def cmd_report(args: argparse.Namespace, client: Client) -> int:
 
 
 def _read_csv(path: str) -> str:
+    # Never more than the limit in memory: /dev/zero or a mistaken disk image is refused
+    # after MAX_FILE bytes, not read to the end.
     try:
-        raw = Path(path).read_bytes() if path != "-" else sys.stdin.buffer.read()
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_FILE + 1)
+        else:
+            with Path(path).open("rb") as fh:
+                raw = fh.read(MAX_FILE + 1)
     except OSError as exc:
         raise Invalid("FILE", path, f"a readable CSV file ({exc.strerror or exc})") from None
     if len(raw) > MAX_FILE:
-        raise Invalid("FILE", f"{len(raw)} bytes", f"at most {MAX_FILE // 1024} KiB; split "
-                      "the file")
+        raise Invalid("FILE", f"over {MAX_FILE // 1024} KiB", f"at most {MAX_FILE // 1024} "
+                      "KiB; split the file")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -157,12 +157,24 @@ def _remove_secrets(bundle: Path, secrets: list[str]) -> list[str]:
     left = []
     for rel in secrets:
         path = bundle / rel
-        if not path.exists():
+        # Never write through a link: a card (or a directory given on the command line)
+        # whose secret or its folder links elsewhere would have root zero that file
+        # (the installed host key, the database). A link itself is only removed.
+        if path.parent.resolve() != bundle.resolve() / Path(rel).parent:
+            left.append(rel)
+            continue
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file():  # a link, a fifo: nothing to overwrite
+            try:
+                path.unlink()
+            except OSError:
+                left.append(rel)
             continue
         try:
-            size = path.stat().st_size
-            with path.open("r+b") as fh:  # best effort: flash may keep the old blocks anyway
-                fh.write(b"\0" * size)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            with os.fdopen(fd, "r+b") as fh:  # best effort: flash may keep the old blocks
+                fh.write(b"\0" * os.fstat(fd).st_size)
                 fh.flush()
                 os.fsync(fh.fileno())
             path.unlink()
@@ -195,6 +207,12 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         return Outcome(data["site"], True, tuple(previous.get("installed", ())), tuple(left))
     blobs = m.check_files(bundle, data)
     cert = _check(data, blobs)
+    if trust_ca is None and previous is not None and (etc / m.CA).is_file():
+        # Already provisioned: the boot partition is FAT, writable from any laptop, and a
+        # bundle is imported at every boot. A bundle made with another CA (anyone's own)
+        # would install its SSH keys and command keys; only the fleet's CA may re-provision
+        # (its key signs the device certificate). Another CA: --trust-ca, by hand.
+        trust_ca = etc / m.CA
     if trust_ca is not None:
         _pinned(blobs, trust_ca)
     installed = _install(blobs, etc, ssh_dir)

@@ -38,6 +38,9 @@ HOST_PUB = "ssh/ssh_host_ed25519_key.pub"
 AUTHORIZED = "ssh/authorized_keys"
 REQUIRED = (CONFIG, CA, CERT, KEY, HOST_KEY, HOST_PUB, AUTHORIZED)
 SECRETS = (CONFIG, KEY, HOST_KEY)
+# Every bundle file is a few KiB; a bigger one (a card holding junk, a crafted bundle)
+# is refused before it is read, so the import never holds more than this in memory.
+MAX_FILE = 1 << 20
 _PATH_RE = re.compile(r"^(gateway\.toml|mqtt/(ca|device)\.(crt|key)|commands/[A-Za-z0-9_.-]{1,64}\.pub"
                       r"|ssh/(ssh_host_ed25519_key(\.pub)?|authorized_keys))$")
 
@@ -57,6 +60,8 @@ def read(bundle: Path) -> tuple[dict[str, Any], str]:
     """The manifest and its own sha256 (the bundle's identity in the import record)."""
     path = bundle / NAME
     try:
+        if path.stat().st_size > MAX_FILE:
+            raise ProvisionError(f"{path}: larger than {MAX_FILE // 1024} KiB; not a manifest")
         raw = path.read_bytes()
         data = json.loads(raw)
     except FileNotFoundError:
@@ -91,6 +96,9 @@ def check_files(bundle: Path, data: dict[str, Any]) -> dict[str, bytes]:
         path = bundle / rel
         if path.is_symlink() or not path.is_file():
             problems.append(f"{rel}: missing (or not a plain file)")
+            continue
+        if path.stat().st_size > MAX_FILE:
+            problems.append(f"{rel}: larger than {MAX_FILE // 1024} KiB (not a bundle file)")
             continue
         blob = path.read_bytes()
         if hashlib.sha256(blob).hexdigest() != digest:

@@ -52,7 +52,7 @@ def _rate(value: object) -> int:
 
 
 def _ifname(value: str) -> str:
-    if not _IFNAME_RE.match(value):
+    if not _IFNAME_RE.fullmatch(value):  # fullmatch: "$" would let a final newline in
         raise ValueError(f"{json_quote(value)} is not an interface name; write e.g. \"br-lan\" or \"eth0\"")
     return value
 

@@ -34,6 +34,7 @@ log = logging.getLogger("desanet.office")
 
 REPORT_FORMAT = 1
 MAX_REPORT_DAYS = 366  # by_day lists at most this many days (the latest of the range)
+FIRST_DAY, LAST_DAY = dt.date(1970, 1, 2), dt.date(2999, 12, 31)  # a report's --from/--to
 
 
 class OfficeStorePort(Protocol):
@@ -52,10 +53,14 @@ def parse_day(value: str | None, option: str) -> dt.date | None:
     try:
         if not isinstance(value, str) or len(value) != 10:
             raise ValueError
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
+        # The calendar's edges overflow the day bounds (9999-12-31 has no next day).
+        if not FIRST_DAY <= day <= LAST_DAY:
+            raise ValueError
+        return day
     except ValueError:
-        raise Invalid(option, value, "a date as YYYY-MM-DD (the site's local day)",
-                      '"2026-12-01"') from None
+        raise Invalid(option, value, "a date as YYYY-MM-DD (the site's local day, "
+                      f"{FIRST_DAY} to {LAST_DAY})", '"2026-12-01"') from None
 
 
 def day_bounds(day: dt.date, tz: str) -> tuple[int, int]:

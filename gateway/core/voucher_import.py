@@ -19,6 +19,7 @@ import io
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.core.voucher_codes import normalize_code
 from gateway.errors import Invalid, VoucherError
@@ -144,6 +145,15 @@ def parse_import(
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    try:
+        return _parse_rows(reader, plan_of, plans, seller)
+    except csv.Error as exc:  # a cell over csv's field limit (128 KiB), a broken quote
+        raise ImportRejected([RowProblem(reader.line_num, "", f"an unreadable cell ({exc})",
+                                         "cells of ordinary CSV text")]) from None
+
+
+def _parse_rows(reader: Any, plan_of: Callable[[str], str | None],
+                plans: Mapping[str, object], seller: str) -> ParsedImport:
     problems: list[RowProblem] = []
     total = 0
 

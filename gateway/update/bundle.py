@@ -11,9 +11,11 @@ bundle``) and never needs room on the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,10 +27,24 @@ from gateway.errors import DesanetError
 FORMAT = 1
 PAYLOADS = ("vmlinuz", "initrd.img", "rootfs.img")
 CHUNK = 1 << 20
+# The version lands in the loader entry ("title", "version" lines) and is compared with
+# the running one: one word, so no signed manifest can add a line (an "options") there.
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}")
+_ARCH_RE = re.compile(r"[a-z0-9_]{1,16}")
 
 
 class BundleError(DesanetError):
     """A bundle that must not be installed (bad signature, wrong hash, wrong shape)."""
+
+
+@contextlib.contextmanager
+def _tar_errors() -> Iterator[None]:
+    # A stream that ends early (an ssh pipe that dropped, a half-copied file) or is no
+    # tar at all: tarfile's own errors, said as what they mean for the technician.
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as exc:
+        raise BundleError(f"the bundle is cut off or damaged ({exc}); copy it again") from None
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,8 @@ def write_bundle(out: Path, version: str, arch: str, payloads: dict[str, Path],
     """Write the bundle to ``out`` (atomically: a temp file renamed at the end)."""
     if set(payloads) != set(PAYLOADS):
         raise BundleError(f"a bundle needs exactly {', '.join(PAYLOADS)}")
+    if not _VERSION_RE.fullmatch(version):
+        raise BundleError(f"version {version!r} is not one word of letters, digits and . + ~ _ -")
     sizes = {name: payloads[name].stat().st_size for name in PAYLOADS}
     files = {name: {"size": sizes[name], "sha256": sha256_file(payloads[name])}
              for name in PAYLOADS}
@@ -79,6 +97,11 @@ def _parse_manifest(raw: bytes) -> Manifest:
         if data.get("format") != FORMAT:
             raise BundleError(f"manifest format {data.get('format')!r}, expected {FORMAT}")
         files = data["files"]
+        if not (isinstance(data["version"], str) and _VERSION_RE.fullmatch(data["version"])):
+            raise BundleError(f"manifest version {data['version']!r} is not one word of "
+                              "letters, digits and . + ~ _ -")
+        if not (isinstance(data["arch"], str) and _ARCH_RE.fullmatch(data["arch"])):
+            raise BundleError(f"manifest arch {data['arch']!r} is not an architecture name")
         for name in PAYLOADS:
             int(files[name]["size"])
             bytes.fromhex(files[name]["sha256"])
@@ -91,10 +114,11 @@ class BundleReader:
     """Streams a bundle: ``open`` verifies the manifest, ``payloads`` yields checked streams."""
 
     def __init__(self, stream: IO[bytes], verify: Callable[[bytes, bytes], bool]) -> None:
-        self._tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 (streamed by payloads())
-        self._iter = iter(self._tar)
-        raw = self._member("manifest.json")
-        sig = self._member("manifest.sig")
+        with _tar_errors():
+            self._tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 (streamed by payloads())
+            self._iter = iter(self._tar)
+            raw = self._member("manifest.json")
+            sig = self._member("manifest.sig")
         if not verify(raw, sig):
             raise BundleError("the bundle's signature does not match any trusted update key")
         self.manifest = _parse_manifest(raw)
@@ -115,7 +139,8 @@ class BundleReader:
     def payloads(self) -> Iterator[tuple[str, Iterator[bytes]]]:
         """(name, chunks) in bundle order; a chunk stream raises BundleError on a bad hash."""
         for name in PAYLOADS:
-            info = self._next(name)
+            with _tar_errors():
+                info = self._next(name)
             yield name, self._checked(name, info)
 
     def _checked(self, name: str, info: tarfile.TarInfo) -> Iterator[bytes]:
@@ -125,7 +150,11 @@ class BundleReader:
         f = self._tar.extractfile(info)
         assert f is not None
         h = hashlib.sha256()
-        while block := f.read(CHUNK):
+        while True:
+            with _tar_errors():
+                block = f.read(CHUNK)
+            if not block:
+                break
             h.update(block)
             yield block
         if h.hexdigest() != want["sha256"]:
