@@ -11,7 +11,7 @@ so a service only awaits and the event loop never blocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.config.schema import Config
@@ -206,8 +206,10 @@ class SessionStorePort(Protocol):
 
     async def redeem_voucher(self, code: str, mac: str, now: int) -> Voucher: ...
 
-    async def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
-        """Add seconds of use (time of use) to vouchers; return those that exist."""
+    async def add_used_seconds(self, used: Mapping[str, int],
+                               plans: Collection[str] | None = None) -> list[Voucher]:
+        """Add seconds of use (time of use) to vouchers; return those that exist (only
+        those of ``plans`` when given)."""
         ...
 
     async def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:

@@ -188,6 +188,10 @@ class Reconciler:
 
         async def plans_old() -> None:
             await self.sessions.store.restore_limits(stamped)
+            if stamped and old is not None:
+                # Undone in reverse: the firewall step's undo ran before this one, with
+                # the stamped session ends; the old ends go back into the kernel too.
+                await self.firewall.apply(old, await sessions_now(), self.clock.now(), True)
 
         steps.append(self._locked(Step("plans", plans_new, plans_old)))
 

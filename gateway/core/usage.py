@@ -108,8 +108,10 @@ class TimeOfUse:
         if not whole:
             self.deadline = None
             return []
+        timed = sorted(n for n, p in self._config().shaping.plans.items()
+                       if p.time_of_use is not None)
         try:
-            vouchers = {v.code: v for v in await self.store.add_used_seconds(whole)}
+            vouchers = {v.code: v for v in await self.store.add_used_seconds(whole, timed)}
         except BaseException:
             self._last, self._known = last, known  # counted again at the next tick
             raise

@@ -9,7 +9,7 @@ the database, VoucherError(reason) for the voucher rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,9 +131,11 @@ class AsyncStore:
         and ``build`` run there: they must be pure)."""
         return await self.worker.call(self.store.login, mac, now, voucher_code, admit, build)
 
-    async def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
-        """Add seconds of use to vouchers; return them. Awaits the database worker."""
-        return await self.worker.call(self.store.add_used_seconds, used)
+    async def add_used_seconds(self, used: Mapping[str, int],
+                               plans: Collection[str] | None = None) -> list[Voucher]:
+        """Add seconds of use to vouchers; return them (of ``plans`` when given). Awaits
+        the database worker."""
+        return await self.worker.call(self.store.add_used_seconds, used, plans)
 
     async def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
         """Stamp plans' limits on their vouchers; return the old ones. Awaits the worker."""

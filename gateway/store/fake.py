@@ -21,7 +21,7 @@ two cannot drift. The rules, as the SQL implements them:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -266,14 +266,16 @@ class MemoryStore(FaultInjection):
         self.writes += 1
         return voucher
 
-    async def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
+    async def add_used_seconds(self, used: Mapping[str, int],
+                               plans: Collection[str] | None = None) -> list[Voucher]:
         self._use("add_used_seconds", True)
         self.writes += 1
         for code, seconds in used.items():
             if code in self._vouchers and seconds > 0:
                 v = self._vouchers[code]
                 self._vouchers[code] = dataclasses.replace(v, used_seconds=v.used_seconds + seconds)
-        return [self._vouchers[c] for c in sorted(used) if c in self._vouchers]
+        return [self._vouchers[c] for c in sorted(used) if c in self._vouchers
+                and (plans is None or self._vouchers[c].plan in plans)]
 
     async def stamp_plans(self, stamps: Iterable[PlanStamp]) -> list[VoucherLimits]:
         self._use("stamp_plans", True)

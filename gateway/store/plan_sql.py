@@ -6,20 +6,25 @@ Each function runs inside the caller's transaction (``Store`` opens it)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from gateway.model import PlanStamp, VoucherLimits
 
 
-def add_used_seconds(db: sqlite3.Connection, used: Mapping[str, int]) -> list[str]:
-    """Add seconds of use to each voucher; return the codes that exist (sorted)."""
+def add_used_seconds(db: sqlite3.Connection, used: Mapping[str, int],
+                     plans: Collection[str] | None = None) -> list[str]:
+    """Add seconds of use to each voucher; return the codes that exist (sorted), only
+    those of ``plans`` when given (the ones whose time of use the caller checks)."""
     if not used:
         return []
     rows = [(int(s), code) for code, s in sorted(used.items()) if s > 0]
     db.executemany("UPDATE vouchers SET used_seconds = used_seconds + ? WHERE code = ?", rows)
+    if plans is not None and not plans:
+        return []
+    which = "" if plans is None else f" AND plan IN ({','.join('?' * len(plans))})"
     return sorted(code for (code,) in db.execute(
-        f"SELECT code FROM vouchers WHERE code IN ({','.join('?' * len(used))})",
-        tuple(used)))
+        f"SELECT code FROM vouchers WHERE code IN ({','.join('?' * len(used))}){which}",
+        (*used, *(plans or ()))))
 
 
 

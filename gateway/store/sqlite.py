@@ -11,7 +11,7 @@ The database holds unused voucher codes, which are worth money, so the file
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -421,10 +421,12 @@ class Store:
         assert voucher is not None
         return voucher, [Session(*r) for r in rows]
 
-    def add_used_seconds(self, used: Mapping[str, int]) -> list[Voucher]:
-        """Add seconds of use (time of use) to vouchers in one transaction; return them."""
+    def add_used_seconds(self, used: Mapping[str, int], plans: Collection[str] | None = None
+                         ) -> list[Voucher]:
+        """Add seconds of use (time of use) to vouchers in one transaction; return them
+        (only those of ``plans`` when given)."""
         with self._tx() as db:
-            codes = add_used_seconds(db, used)
+            codes = add_used_seconds(db, used, plans)
             found = [self._voucher(db, c) for c in codes]
         return [v for v in found if v is not None]
 

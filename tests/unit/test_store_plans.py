@@ -26,6 +26,12 @@ async def test_used_seconds_add_up(store: SessionStorePort) -> None:
     got = await store.add_used_seconds({V1: 3})
     assert [(v.code, v.used_seconds) for v in got] == [(V1, 8)]
     assert await store.add_used_seconds({}) == []
+    # only the vouchers of the plans asked for come back; all are counted
+    got = await store.add_used_seconds({V1: 1, V2: 4}, ["jam"])
+    assert [(v.code, v.used_seconds) for v in got] == [(V1, 9)]
+    assert await store.add_used_seconds({V1: 1}, []) == []
+    v2 = await store.voucher(V2)
+    assert v2 is not None and v2.used_seconds == 4
 
 
 async def test_stamping_a_plan_moves_its_live_sessions_and_is_undone(

@@ -267,3 +267,25 @@ async def test_old_vouchers_keep_their_devices_and_new_ones_take_the_plans(core:
     # a validity the plan does not have is refused, not silently changed
     with pytest.raises(Exception, match="duration"):
         await core.vouchers.create_batch(1, 3600, plan="jam")
+
+
+async def test_an_apply_that_fails_later_puts_the_vouchers_back(core: Core) -> None:
+    from gateway.errors import ApplyFailed, ServiceError
+
+    await core.start()
+    _, made = await core.vouchers.create_batch(1, 86400, plan="jam")
+    code = made[0].code
+    await _login(core, A, code)
+    # a shorter validity and two devices, in a config whose portal cannot start
+    core.servers.fail_on["sync_portal"] = ServiceError("port 8080 taken")
+    text = config_text(make_config(portal={"idle_timeout": f"{IDLE}s", "http_port": 8080},
+                                   shaping=_plans(time_of_use="2m", validity="10m",
+                                                  shared_devices=2)))
+    with pytest.raises(ApplyFailed) as info:
+        await core.config.apply(text, None, "budi", ChangeSource.CLI)
+    assert info.value.step == "portal"
+    v = await core.store.voucher(code)
+    assert v is not None and (v.duration, v.max_devices) == (86400, 1)
+    live = await core.store.active_session(A, NOW)
+    assert live is not None and live.expires == NOW + 86400
+    assert core.firewall.authorized[(A, IP[A])] == 86400
