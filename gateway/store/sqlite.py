@@ -18,7 +18,7 @@ from pathlib import Path
 from gateway.errors import VoucherError
 from gateway.model import PlanStamp, Session, Voucher, VoucherLimits
 from gateway.sqlitedb import Database
-from gateway.store import usage
+from gateway.store import quota_sql
 from gateway.store.backup import KEEP, backup
 from gateway.store.heal import Heal
 from gateway.store.plan_sql import (
@@ -352,14 +352,14 @@ class Store:
     def add_voucher_bytes(self, deltas: Mapping[str, tuple[int, int]],
                           states: Mapping[str, str]) -> None:
         """Add byte deltas to vouchers and set quota states, in one transaction
-        (:mod:`gateway.store.usage`). Raises ValueError on a negative delta."""
+        (:mod:`gateway.store.quota_sql`). Raises ValueError on a negative delta."""
         with self._tx() as db:
-            usage.add_voucher_bytes(db, deltas, states)
+            quota_sql.add_voucher_bytes(db, deltas, states)
 
     def voucher_usage(self, codes: Iterable[str]) -> dict[str, tuple[int, int]]:
         """code -> (bytes down, bytes up) of the vouchers that exist."""
         with self._read() as db:
-            return usage.voucher_usage(db, codes)
+            return quota_sql.voucher_usage(db, codes)
 
     def voucher(self, code: str) -> Voucher | None:
         with self._read() as db:
