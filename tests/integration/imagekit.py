@@ -41,7 +41,9 @@ def input_hash(arch: str) -> str:
     digest = hashlib.sha256(arch.encode())
     for name in sorted(n for n in names if n):
         path = ROOT / os.fsdecode(name)
-        if path.is_file() and "__pycache__" not in path.parts:
+        # images/*.md are notes for people, not part of the image.
+        notes = path.suffix == ".md" and path.parent.name == "images"
+        if path.is_file() and "__pycache__" not in path.parts and not notes:
             digest.update(name + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -89,8 +91,13 @@ def built_image(arch: str = "amd64") -> Path:
             if old.is_dir():
                 remove_tree(old)
         out.mkdir(parents=True)
-        subprocess.run([str(ROOT / "images" / "build"), "--arch", arch, "--out", str(out)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        build = subprocess.run([str(ROOT / "images" / "build"), "--arch", arch, "--out", str(out)],
+                               check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if build.returncode != 0:
+            log = (out / "build.log").read_text(errors="replace") if (out / "build.log").exists() \
+                else ""
+            raise AssertionError(f"images/build --arch {arch} exited {build.returncode}; "
+                                 f"the end of {out}/build.log:\n{log[-3000:]}")
         (out / "rootfs").mkdir()
         subprocess.run(["tar", "-C", str(out / "rootfs"), "--numeric-owner", "-xpf",
                         str(out / "rootfs.tar")], check=True)

@@ -1,0 +1,276 @@
+"""The amd64 gateway image's root filesystem, built by images/build, checked in a chroot.
+
+One build per run (tests/integration/imagekit.py: cache keyed by the image's inputs,
+a file lock between xdist workers). What a village depends on: the units are valid
+and start in the right order, the daemon's config from a provisioning bundle is
+accepted by the daemon in the image, SSH never takes a password, and nothing of the
+lab or the development tools ships."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import require_root, require_tools
+from tests.integration.imagekit import ROOT, RootfsChroot, built_image, clean_stale_mounts
+
+pytestmark = [pytest.mark.integration, require_root,
+              require_tools("mmdebstrap", "chroot", "mount", "tar")]
+
+UNITS = ["desanet.service", "desanet-firstboot.service", "desanet-system-render.service",
+         "desanet-ssh-hostkey.service", "desanet-data-dirs.service", "desanet-pppoe.service"]
+
+
+@pytest.fixture(scope="module")
+def image() -> Path:
+    clean_stale_mounts()
+    return built_image("amd64")
+
+
+@pytest.fixture(scope="module")
+def chroot(image: Path) -> Iterator[RootfsChroot]:
+    c = RootfsChroot(image / "rootfs")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def make_bundle(tmp: Path) -> Path:
+    """A bundle as a regional team makes it: `desanet provision build-bundle` (dev venv)."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    try:
+        import provkit  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    fleet = provkit.make_fleet(tmp)
+    return Path(provkit.make_bundles(fleet, tmp / "out")[0])
+
+
+# -- units -------------------------------------------------------------------------------
+
+
+def test_units_and_fstab_mounts_pass_systemd_analyze_verify(chroot: RootfsChroot) -> None:
+    # The fstab generator as at boot: the /data mount and the binds onto /etc/desanet,
+    # /var/lib/desanet and timesyncd's directory become units, verified with ours.
+    (chroot.root / "run/gen").mkdir(exist_ok=True)
+    chroot.run(["/lib/systemd/system-generators/systemd-fstab-generator",
+                "/run/gen", "/run/gen", "/run/gen"])
+    mounts = sorted(p.name for p in (chroot.root / "run/gen").glob("*.mount"))
+    assert {"data.mount", "etc-desanet.mount", "var-lib-desanet.mount",
+            "var-lib-systemd-timesync.mount"} <= set(mounts)
+    data = (chroot.root / "run/gen/data.mount").read_text()
+    assert "What=/dev/disk/by-label/desanet-data" in data and "noatime" in data
+    proc = chroot.run(["systemd-analyze", "verify", "--man=no", *UNITS,
+                       *[f"/run/gen/{m}" for m in mounts]], check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "desanet" not in proc.stderr, proc.stderr  # no warning about our units either
+
+
+def test_verify_catches_a_broken_unit_here(chroot: RootfsChroot) -> None:
+    # Positive control: the same command in this chroot does fail on a bad unit.
+    bad = chroot.root / "run/bad-desanet.service"
+    bad.write_text("[Service]\nType=bogus\nExecStart=/opt/desanet/bin/nonexistent\n")
+    proc = chroot.run(["systemd-analyze", "verify", "--man=no", "/run/bad-desanet.service"],
+                      check=False)
+    assert proc.returncode != 0
+
+
+def test_daemon_unit_exposure_is_under_5(chroot: RootfsChroot) -> None:
+    out = chroot.run(["systemd-analyze", "security", "--offline=true", "desanet.service"]).stdout
+    score = float(re.search(r"Overall exposure level for desanet\.service: ([0-9.]+)", out)[1])
+    assert score < 5.0, out
+    # What the daemon needs stays: nftables/tc/sysctl (NET_ADMIN), port 80, dnsmasq's drop
+    # to nobody; the unit is the one the image starts, with its watchdog.
+    unit = (chroot.root / "usr/lib/systemd/system/desanet.service").read_text()
+    for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "CAP_NET_ADMIN",
+                   "CAP_NET_BIND_SERVICE", "CAP_SETUID", "ExecStart=/usr/local/bin/desanet run"):
+        assert needed in unit
+
+
+def test_enabled_and_masked_units(chroot: RootfsChroot) -> None:
+    def state(unit: str) -> str:
+        return chroot.run(["systemctl", "--root=/", "is-enabled", unit], check=False).stdout.strip()
+
+    for unit in ("desanet.service", "desanet-firstboot.service", "desanet-system-render.service",
+                 "systemd-networkd.service", "systemd-resolved.service",
+                 "systemd-timesyncd.service", "ssh.service", "hostapd.service"):
+        assert state(unit) == "enabled", unit
+    # The daemon runs its own dnsmasq; a distro one would take port 53 and DHCP.
+    assert state("dnsmasq.service") == "masked"
+
+
+# -- the daemon and its config -------------------------------------------------------------
+
+
+def test_desanet_version_runs(chroot: RootfsChroot) -> None:
+    out = chroot.run(["desanet", "--version"]).stdout
+    assert re.fullmatch(r"desanet \d+\.\d+\.\d+\S*\n", out), out
+    assert os.readlink(chroot.root / "usr/local/bin/desanet") == "/opt/desanet/bin/desanet"
+
+
+def test_first_boot_import_gives_a_config_the_daemon_accepts(chroot: RootfsChroot,
+                                                             tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path)
+    esp = chroot.root / "boot/efi"
+    assert esp.is_dir()  # the image's mount point of the ESP
+    subprocess.run(["cp", "-a", str(bundle), str(esp / "desanet")], check=True)
+    for d in ("data/ssh", "etc/desanet", "var/lib/desanet"):
+        (chroot.root / d).mkdir(parents=True, exist_ok=True)
+    chroot.run(["/usr/lib/desanet/firstboot"])
+    record = json.loads((chroot.root / "var/lib/desanet/provisioned.json").read_text())
+    assert record  # the import is recorded
+    assert not (esp / "desanet/mqtt/device.key").exists()  # secrets left the FAT partition
+    check = chroot.run(["desanet", "config", "check", "/etc/desanet/gateway.toml"], check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # The unit's files from that config, by the image's own desanet.
+    chroot.run(["desanet", "system", "render", "--root", "/run/r", "--config",
+                "/etc/desanet/gateway.toml", "--wifi-interface", "wlan0"])
+    hostapd = (chroot.root / "run/r/run/desanet-system/hostapd.conf").read_text()
+    assert "country_code=ID" in hostapd.splitlines()
+    # The SSH host key and the technicians' keys are where sshd looks for them.
+    assert (chroot.root / "data/ssh/ssh_host_ed25519_key").exists()
+    assert (chroot.root / "data/ssh/authorized_keys").read_text().startswith("ssh-ed25519 ")
+    # Run again (every boot while the folder is there): already imported, exit 0.
+    chroot.run(["/usr/lib/desanet/firstboot"])
+
+
+def test_config_check_in_the_image_refuses_a_bad_config(chroot: RootfsChroot) -> None:
+    # Positive control for the check above: the image's desanet does refuse.
+    (chroot.root / "run/bad.toml").write_text(
+        (ROOT / "examples/gateway.toml").read_text().replace('wan_interface = "eth0"',
+                                                             'wan_interface = "br-lan"'))
+    proc = chroot.run(["desanet", "config", "check", "/run/bad.toml"], check=False)
+    assert proc.returncode == 2 and "network.wan_interface" in proc.stdout + proc.stderr
+
+
+def test_pppoe_options_parse_in_the_images_pppd(chroot: RootfsChroot) -> None:
+    cfg = re.sub(r'(?m)^wan_address = .*$',
+                 'wan_address = "pppoe"\npppoe_username = "desa@isp.example"\n'
+                 'pppoe_password = "rahasia"', (ROOT / "examples/gateway.toml").read_text())
+    assert 'wan_address = "pppoe"' in cfg
+    (chroot.root / "run/pppoe.toml").write_text(cfg)
+    chroot.run(["desanet", "system", "render", "--root", "/run/p", "--config", "/run/pppoe.toml"])
+    options = (chroot.root / "run/p/run/desanet-system/pppoe.options").read_text()
+    # The PPPoE plugin checks the kernel for PPPoE when it loads, and the test machine's
+    # kernel has none; every other option is pppd's own and parsed here.
+    plugin = [ln for ln in options.splitlines() if ln.startswith(("plugin ", "nic-"))]
+    assert plugin == ["plugin rp-pppoe.so", "nic-eth0"]
+    assert list((chroot.root / "usr/lib/pppd").glob("*/rp-pppoe.so"))
+    rest = "\n".join(ln for ln in options.splitlines() if ln not in plugin) + "\n"
+
+    def dryrun(text: str) -> str:
+        (chroot.root / "run/p/check.options").write_text(text)
+        proc = chroot.run(["pppd", "file", "/run/p/check.options", "dryrun"], check=False)
+        return proc.stdout + proc.stderr
+
+    out = dryrun(rest)
+    assert "unrecognized option" not in out and "In file" not in out, out
+    assert "rahasia" not in out  # hide-password
+    # Positive control: pppd here does refuse an option it does not know.
+    assert "unrecognized option 'nosuchoption'" in dryrun(rest + "nosuchoption\n")
+
+
+# -- SSH -----------------------------------------------------------------------------------
+
+
+def sshd_settings(chroot: RootfsChroot, *extra: str) -> dict[str, str]:
+    key = chroot.root / "data/ssh/ssh_host_ed25519_key"
+    if not key.exists():  # what desanet-ssh-hostkey.service does without a bundle
+        key.parent.mkdir(parents=True, exist_ok=True)
+        chroot.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "",
+                    "-f", "/data/ssh/ssh_host_ed25519_key"])
+    out = chroot.run(["/usr/sbin/sshd", "-T", *extra]).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def test_sshd_takes_keys_only(chroot: RootfsChroot) -> None:
+    s = sshd_settings(chroot)
+    assert s["passwordauthentication"] == "no"
+    assert s["kbdinteractiveauthentication"] == "no"
+    assert s["permitrootlogin"] == "without-password"  # sshd's name for prohibit-password
+    assert s["pubkeyauthentication"] == "yes"
+    assert s["authorizedkeysfile"] == "/data/ssh/authorized_keys"
+    assert s["hostkey"] == "/data/ssh/ssh_host_ed25519_key"
+    # Positive control: sshd -T does report a password login when one is configured.
+    assert sshd_settings(chroot, "-o", "PasswordAuthentication=yes")[
+        "passwordauthentication"] == "yes"
+
+
+def test_no_ssh_host_key_is_baked_into_the_image(image: Path) -> None:
+    # A key made at build time would be the same on every gateway of the fleet.
+    assert not list((image / "rootfs/etc/ssh").glob("ssh_host_*"))
+    assert (image / "rootfs/etc/machine-id").read_text() == ""
+
+
+# -- what ships ----------------------------------------------------------------------------
+
+DEV_ONLY = ("desanet_lab", "pytest", "ruff", "mypy", "selenium", "pip", "setuptools")
+
+
+def test_no_lab_code_or_dev_tools_in_the_image(chroot: RootfsChroot, image: Path) -> None:
+    probe = ("import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) "
+             f"is not None for m in {list(DEV_ONLY)!r}}}))")
+    found = json.loads(chroot.run(["/opt/desanet/bin/python", "-c", probe]).stdout)
+    assert found == dict.fromkeys(DEV_ONLY, False)
+    assert chroot.run(["desanet", "lab", "--help"], check=False).returncode != 0
+    for tool in ("gcc", "cc", "make", "git"):
+        assert chroot.run(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0, tool
+    site = next((image / "rootfs/opt/desanet/lib").glob("python3*/site-packages"))
+    assert not (site / "tests").exists() and not (site / "lab").exists()
+    wheels = (image / "wheels.txt").read_text()
+    assert "desanet-" in wheels and "desanet_lab" not in wheels and "pytest" not in wheels
+
+
+def test_positive_control_the_dev_venv_has_the_lab() -> None:
+    # The check above can fail: here, in the development venv, the same modules exist.
+    assert importlib.util.find_spec("desanet_lab") is not None
+    assert importlib.util.find_spec("pytest") is not None
+
+
+def test_build_records_packages_and_the_clock_floor(image: Path) -> None:
+    packages = {line.split("\t")[0] for line in (image / "packages.txt").read_text().splitlines()}
+    assert {"hostapd", "nftables", "dnsmasq-base", "systemd-timesyncd", "openssh-server",
+            "python3", "iproute2", "linux-image-amd64"} <= packages
+    assert not {"gcc", "python3-pip", "dnsmasq"} & packages
+    info = json.loads((image / "build-info.json").read_text())
+    epoch = (image / "rootfs/usr/lib/clock-epoch").stat().st_mtime
+    assert int(epoch) == info["source_date_epoch"]  # the clock never starts before the build
+    journald = (image / "rootfs/etc/systemd/journald.conf.d/50-desanet.conf").read_text()
+    assert "Storage=volatile" in journald and "RuntimeMaxUse=" in journald
+    sysctl = (image / "rootfs/etc/sysctl.d/50-desanet.conf").read_text()
+    assert "net.ipv4.ip_forward = 0" in sysctl
+
+
+# -- arm64 (slow tier: the whole build runs under qemu-user-static) --------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DESANET_SLOW"),
+                    reason="slow tier: set DESANET_SLOW=1 (arm64 image under emulation)")
+@require_tools("qemu-aarch64-static", "update-binfmts")
+def test_arm64_image_runs_desanet_under_emulation() -> None:
+    image = built_image("arm64")
+    packages = {line.split("\t")[0] for line in (image / "packages.txt").read_text().splitlines()}
+    assert {"linux-image-arm64", "raspi-firmware", "firmware-brcm80211", "hostapd"} <= packages
+    c = RootfsChroot(image / "rootfs")
+    try:
+        assert c.run(["dpkg", "--print-architecture"]).stdout.strip() == "arm64"
+        assert c.run(["desanet", "--version"]).stdout.startswith("desanet ")
+        cfg = (ROOT / "examples/gateway.toml").read_text()
+        (c.root / "run/gateway.toml").write_text(cfg)
+        assert c.run(["desanet", "config", "check", "/run/gateway.toml"],
+                     check=False).returncode == 0
+        assert "passwordauthentication no" in c.run(
+            ["sh", "-c", "mkdir -p /data/ssh && ssh-keygen -q -t ed25519 -N '' -f "
+             "/data/ssh/ssh_host_ed25519_key && /usr/sbin/sshd -T"]).stdout
+    finally:
+        c.close()
