@@ -13,6 +13,7 @@ DESANET_TEST_ROOTFS=path/rootfs.tar boots that rootfs instead of building one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -89,12 +90,6 @@ def partition(disk: Path, name: str) -> tuple[int, int]:
     raise AssertionError(f"no partition {name} on {disk}")
 
 
-def esp_files(disk: Path, path: str) -> list[str]:
-    off, _ = partition(disk, slots.ESP_LABEL)
-    out = run(["mdir", "-b", "-i", f"{disk}@@{off}", f"::{path}"])
-    return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.split())
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
     work = tmp_path_factory.mktemp("boot", numbered=True)
@@ -142,6 +137,12 @@ def boot(machine: Vm, ssh: Ssh, slot: str = "a") -> None:
     wait_until(lambda: ssh.run("true", timeout=60).returncode == 0, 120, "SSH to answer")
 
 
+def power(ssh: Ssh, action: str) -> None:
+    """reboot / poweroff: queued (--no-block), so SSH returns; a connection cut by it is fine."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        ssh.run(f"systemctl --no-block {action}", timeout=60)
+
+
 def vouchers(ssh: Ssh) -> set[str]:
     listed = json.loads(ssh.ok("desanet vouchers list --json"))
     rows = listed["vouchers"] if isinstance(listed, dict) else listed
@@ -179,7 +180,7 @@ def test_first_boot_ready_portal_secrets_gone_and_power_cut_keeps_commits(
     assert committed <= vouchers(ssh)
     assert "rw" in ssh.ok("findmnt -no OPTIONS /data").split(",")
     assert "EXT4-fs error" not in ssh.ok("journalctl -k -o cat")
-    ssh.run("systemctl poweroff", timeout=60)
+    power(ssh, "poweroff")
     machine.wait_stopped(boot_timeout())
     off, size = partition(made.disk, slots.DATA_LABEL)
     data = made.work / "data.img"
@@ -216,10 +217,10 @@ def test_bad_update_falls_back_by_itself_and_a_good_one_stays(
     boot(machine, ssh)
     before = vouchers(ssh)
     assert "installed: 2 in slot b" in install(ssh, bad, tries=1)
-    ssh.run("systemctl reboot", timeout=60)
     console = machine.console
     assert console is not None
     since = console.mark()
+    power(ssh, "reboot")
     console.wait_for(r"Command line: .*desanet\.slot=b\b", boot_timeout(), "the trial of b", since)
     console.wait_for(r"trial boot failed; rebooting", boot_timeout(), "the failed trial", since)
     boot(machine, ssh, "a")  # back on the old version without anyone touching it
@@ -229,12 +230,12 @@ def test_bad_update_falls_back_by_itself_and_a_good_one_stays(
     assert vouchers(ssh) == before  # the data partition went through it all
 
     assert "installed: 3 in slot b" in install(ssh, good, tries=2)
-    ssh.run("systemctl reboot", timeout=60)
+    power(ssh, "reboot")
     boot(machine, ssh, "b")
     assert 'IMAGE_VERSION="3"' in ssh.ok("cat /etc/os-release")
-    wait_until(lambda: "desanet-b.conf: slot b, good" in ssh.ok("desanet update status"), 120,
+    wait_until(lambda: "desanet-b.conf: slot b, good" in ssh.ok("desanet update status"), 600,
                "systemd-bless-boot to mark slot b good")
     assert vouchers(ssh) == before
-    ssh.run("systemctl reboot", timeout=60)
+    power(ssh, "reboot")
     boot(machine, ssh, "b")  # blessed: it stays
-    assert esp_files(made.disk, "loader/entries") == ["desanet-a.conf", "desanet-b.conf"]
+    assert ssh.ok("ls /boot/efi/loader/entries").split() == ["desanet-a.conf", "desanet-b.conf"]
