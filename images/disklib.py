@@ -25,7 +25,7 @@ from gateway.update import slots
 MIB = 1 << 20
 BOOT_LAYER = Path(__file__).resolve().parent / "boot"
 ESP_FSTAB = (f"PARTLABEL={slots.ESP_LABEL}  {slots.ESP_MOUNT}  vfat  "
-             "umask=0077,noatime,x-systemd.device-timeout=30s  0  2\n")
+             "umask=0077,noatime  0  2\n")
 
 
 class DiskError(Exception):
