@@ -7,12 +7,15 @@ the daemon uses, the status and its Will, the periodic report from fixed
 readings, signed commands through the real dispatcher with a stand-in facade)
 with its clock and sleeps sped up 10 times (the command checks keep the real
 clock), until it is killed. It prints one line, "started", once the service runs.
+DESANET_TEST_CERT_TRIAL in its environment shortens the cert.install trial
+window (seconds; only this harness reads it, the daemon has no such knob).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -94,9 +97,13 @@ async def main() -> None:
     svc = TelemetryService(lambda: tel, AsyncTelemetryOutbox(box, worker), connect, NoEvents(),
                            lambda: "0123456789ab", "9.9.9", FastClock(), rng=random.Random(3),
                            sleep=sleep, readings=readings)
-    svc.commands = Dispatcher(Ops(), SeenCommands(state / "commands.json"), lambda: tel.command_keys,
-                              lambda: Topics(tel.topic_prefix, tel.site_id), clock,
-                              lambda event: None, svc.rebirth, telemetry=lambda: tel)
+    svc.commands = commands = Dispatcher(
+        Ops(), SeenCommands(state / "commands.json"), lambda: tel.command_keys,
+        lambda: Topics(tel.topic_prefix, tel.site_id), clock, lambda event: None, svc.rebirth,
+        telemetry=lambda: tel, cert_trial=float(os.environ.get("DESANET_TEST_CERT_TRIAL", 600)))
+    resumed = await commands.resume_cert_trial()  # as the daemon does
+    if resumed is not None:
+        svc.when_connected(resumed)
     await svc.start()
     print("started", flush=True)
     await asyncio.Event().wait()  # until killed
