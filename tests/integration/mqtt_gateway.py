@@ -8,15 +8,19 @@ readings, signed commands through the real dispatcher with a stand-in facade)
 with its clock and sleeps sped up 10 times (the command checks keep the real
 clock), until it is killed. It prints one line, "started", once the service runs.
 DESANET_TEST_CERT_TRIAL in its environment shortens the cert.install trial
-window (seconds; only this harness reads it, the daemon has no such knob).
+window (seconds; only this harness reads it, the daemon has no such knob);
+DESANET_TEST_KILL_IN_CERT_TRIAL=1 makes the process kill -9 itself the moment
+a cert.install has written its files, in the middle of the trial.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -84,7 +88,22 @@ async def readings() -> metrics.Readings:
                                      "uplink": {"state": "up", "latency_ms": 600.0}})
 
 
+def kill_in_cert_trial() -> None:
+    """SIGKILL right after cert.install wrote the certificate and its trial (no cleanup)."""
+    from gateway.telemetry import certtrial
+    install = certtrial.install
+
+    def then_die(*args: Any, **kwargs: Any) -> Any:
+        install(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    certtrial.install = then_die
+
+
 async def main() -> None:
+    if "DESANET_TEST_CERT_TRIAL" in os.environ:  # the trial's log lines, for the test to read
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    if os.environ.get("DESANET_TEST_KILL_IN_CERT_TRIAL") == "1":
+        kill_in_cert_trial()
     tel = Telemetry(**json.loads(sys.argv[1]))
     state = Path(sys.argv[2])
     worker = DatabaseWorker()
