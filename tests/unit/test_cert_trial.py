@@ -124,6 +124,13 @@ def test_files_left_by_a_crash_between_two_writes_are_cleaned_up(tmp_path: Path)
     assert cert.read_text() == NEW and not certtrial.state_path(cert).exists()
 
 
+def test_a_certificate_removed_during_the_trial_gives_way_to_the_previous(tmp_path: Path) -> None:
+    cert = installed(tmp_path)
+    cert.unlink()
+    assert certtrial.resume(cert, 100.0, "b1") is None
+    assert cert.read_text() == OLD and not certtrial.state_path(cert).exists()
+
+
 def test_a_damaged_trial_file_still_ends_in_a_trial(tmp_path: Path) -> None:
     cert = installed(tmp_path)
     certtrial.state_path(cert).write_text("{not json")
