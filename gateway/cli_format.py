@@ -16,7 +16,7 @@ from gateway.config.diff import ABSENT, Change, format_changes, needs_restart
 from gateway.config.units import format_rate, human_rate
 from gateway.control.schema import ConfigChangeOut, EventOut
 from gateway.errors import ControlError
-from gateway.telemetry.certexpiry import WARN_DAYS as CERT_WARN_DAYS
+from gateway.telemetry.certexpiry import ended, ends_in, renewal_due
 from gateway.timefmt import DEFAULT_TIMEZONE, format_datetime, format_time, iso
 
 # Keys whose number is a Unix time in the daemon's answers.
@@ -247,10 +247,10 @@ def telemetry_status_line(telemetry: Any) -> str:
             "event message(s) (backlog full)") if any(dropped.values()) else ""
     days = telemetry.get("cert_days")
     cert = ""  # said only when it is time to act (docs/provisioning.md "Certificate lifecycle")
-    if isinstance(days, int) and days < 0:
-        cert = f"; CERTIFICATE ENDED {-days} day(s) ago: install a new bundle"
-    elif isinstance(days, int) and days <= CERT_WARN_DAYS:
-        cert = f"; certificate ends in {days} day(s): renew it (desanet diag cert)"
+    if isinstance(days, int) and days < 0:  # the words of `desanet diag cert`, in English
+        cert = f"; {ended(days)[1].upper()}: install a new bundle"
+    elif isinstance(days, int) and renewal_due(days):
+        cert = f"; {ends_in(days)[1]}: renew it (desanet diag cert)"
     return (f"  telemetry:       {state} {telemetry.get('broker')} as {telemetry.get('site_id')}, "
             f"session {telemetry.get('session')}, {backlog} message(s) waiting{lost}{cert}")
 

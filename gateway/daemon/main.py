@@ -277,11 +277,15 @@ class Daemon:
                                      readings=readings)
         try:  # remote commands (docs/mqtt.md "Commands"), subscribed from the first connection
             seen = await asyncio.to_thread(SeenCommands, state_dir / "commands.json")
-            telemetry.commands = Dispatcher(
+            telemetry.commands = dispatcher = Dispatcher(
                 ops, seen, lambda: holder.get().telemetry.command_keys,
                 lambda: Topics(holder.get().telemetry.topic_prefix, holder.get().telemetry.site_id),
                 self.clock, ops.bus.publish, telemetry.rebirth,
                 telemetry=lambda: holder.get().telemetry)
+            # a cert.install trial a restart cut short goes on (gateway/telemetry/certtrial.py)
+            resumed = await dispatcher.resume_cert_trial()
+            if resumed is not None:
+                telemetry.when_connected(resumed)
         except StoreError as exc:
             log.error("remote commands are off: %s", exc)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from urllib.parse import urlsplit
 from gateway.config import Config
 from gateway.config.units import human_rate
 from gateway.diag import dnsquery, probes
+from gateway.diag.certs import NEW_BUNDLE, RENEW, cap
 from gateway.diag.context import DiagContext
 from gateway.diag.result import CheckResult, Status, verdict, worst
 from gateway.diag.threads import in_thread
+from gateway.telemetry.certexpiry import ended, ends_in, renewal_due
 
 FALLBACK_DNS_NAME = "kemendagri.go.id"
-CERT_WARN_DAYS = 14  # a certificate renewal needs time on a village's uplink
 
 
 # -- DNS ------------------------------------------------------------------------------
@@ -219,15 +221,13 @@ def classify_mqtt(name: str, broker: str, probe: probes.MqttProbe,
                         "be wrong."),
                        ("Periksa jam (pemeriksaan `clock`).", "Check the clock (the `clock` check)."),
                        **details)
-    if cert is not None and cert[0] < 0:
+    days = math.floor(cert[0]) if cert is not None else None
+    if days is not None and days < 0:
+        words = ended(days)
         return verdict(name, "fail",
-                       (f"Sertifikat klien MQTT sudah kedaluwarsa ({-cert[0]:.0f} hari lalu).",
-                        f"The MQTT client certificate expired {-cert[0]:.0f} days ago."),
-                       ("Minta sertifikat baru ke operator regional (Diskominfo) dan pasang di "
-                        "telemetry.cert_file; periksa juga jam sistem.",
-                        "Ask the regional operator (Diskominfo) for a new certificate and "
-                        "install it as telemetry.cert_file; check the system clock too."),
-                       **details)
+                       (f"{cap(words[0])} (periksa juga jam sistem).",
+                        f"{cap(words[1])} (check the system clock too)."),
+                       NEW_BUNDLE, **details)
     if probe.stage != "connected":
         if probe.reason.startswith("connack-"):
             why = (f"broker menolak login: {probe.error}", f"the broker refused the login: "
@@ -244,15 +244,10 @@ def classify_mqtt(name: str, broker: str, probe: probes.MqttProbe,
                         "Reports to the region wait in the outbox until the broker is reached. "
                         "Check the uplink and telemetry.broker; if TLS fails, check the system "
                         "clock and the certificate files (ca_file, cert_file)."), **details)
-    if cert is not None and cert[0] < CERT_WARN_DAYS:
-        days = (("kurang dari 1 hari", "less than a day") if cert[0] < 1 else
-                (f"{cert[0]:.0f} hari", f"{cert[0]:.0f} days"))
-        return verdict(name, "warn",
-                       (f"Broker terhubung, tetapi sertifikat klien habis dalam {days[0]}.",
-                        f"Broker reached, but the client certificate expires in {days[1]}."),
-                       ("Minta sertifikat baru ke operator regional sebelum habis.",
-                        "Ask the regional operator for a new certificate before it expires."),
-                       **details)
+    if days is not None and renewal_due(days):
+        words = ends_in(days)
+        return verdict(name, "warn", (f"Broker terhubung, tetapi {words[0]}.",
+                                      f"Broker reached, but {words[1]}."), RENEW, **details)
     return verdict(name, "ok", (f"Broker MQTT {broker} terhubung ({probe.seconds:.1f} detik).",
                                 f"MQTT broker {broker} reached ({probe.seconds:.1f} s)."),
                    **details)

@@ -19,7 +19,34 @@ from dataclasses import dataclass
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 DAY = 86400
-WARN_DAYS = 60  # `desanet diag cert` and `desanet status` ask for a renewal from here on
+# From here on `desanet diag cert`, `desanet diag mqtt` and `desanet status` all ask for a
+# renewal: two months leave the regional team time to renew remotely over a village uplink
+# (`provision renew` + cert.install) or to get a new bundle out to the site.
+WARN_DAYS = 60
+
+
+def renewal_due(days: int) -> bool:
+    """Whole days left (``days_left``) at which the warning starts; an ended one is < 0."""
+    return 0 <= days <= WARN_DAYS
+
+
+def ends_in(days: int, until: str | None = None) -> tuple[str, str]:
+    """How the diag checks and `desanet status` say it (Bahasa Indonesia, English): a
+    phrase to put in a sentence, for ``days`` >= 0 whole days left."""
+    span = (("kurang dari 1 hari", "less than a day") if days < 1 else
+            (f"{days} hari", f"{days} day" if days == 1 else f"{days} days"))
+    on = (f" ({until})", f" ({until})") if until else ("", "")
+    return (f"sertifikat MQTT berakhir dalam {span[0]}{on[0]}",
+            f"the MQTT certificate ends in {span[1]}{on[1]}")
+
+
+def ended(days: int, until: str | None = None) -> tuple[str, str]:
+    """The same for an ended certificate (``days`` < 0: ``-days`` days ago, or on ``until``)."""
+    if until:
+        return (f"sertifikat MQTT sudah berakhir pada {until}",
+                f"the MQTT certificate ended on {until}")
+    return (f"sertifikat MQTT sudah berakhir {-days} hari lalu",
+            f"the MQTT certificate ended {-days} day{'' if days == -1 else 's'} ago")
 
 
 def _tlv(der: bytes, at: int) -> tuple[int, int, int]:

@@ -18,23 +18,22 @@ gateway/telemetry/tls.py). A **trial** protects the link: unless a connection
 with the new certificate is up within the trial window, the previous file
 is put back and the next attempt uses it, so a certificate the broker
 refuses (a CA the broker does not know, a revoked serial) cannot cut the
-gateway off for good. ``cryptography`` loads here, at the first use.
+gateway off for good. The trial is kept on disk and taken up again after a
+restart (gateway/telemetry/certtrial.py). ``cryptography`` loads here, at the first use.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
 
-from gateway.config.loader import write_file_atomic
 from gateway.config.telemetry import Telemetry
 from gateway.control.schema import Request, RequestInvalid
 from gateway.errors import Refused
+from gateway.telemetry import certtrial
 
 MAX_PEM = 16 * 1024
 TRIAL = 600.0  # s: a connection with the new certificate must be up by then
@@ -46,9 +45,7 @@ class CertInstallArgs(Request):
 
 @dataclass(frozen=True)
 class Installed:
-    path: Path
-    previous: Path
-    pem: bytes
+    trial: certtrial.Trial
     result: dict[str, Any]
 
 
@@ -108,43 +105,16 @@ def check(pem: str, tel: Telemetry, now: float, skew: float) -> Any:
     return cert
 
 
-def install(pem: str, tel: Telemetry, now: float, skew: float) -> Installed:
-    """Check, keep the old file as ``.prev``, replace it; blocks (run in a thread)."""
+def install(pem: str, tel: Telemetry, now: float, skew: float, *, id: str, window: float,
+            mono: float, boot: str) -> Installed:
+    """Check, keep the old file as ``.prev``, record the trial, replace the file
+    (gateway/telemetry/certtrial.py); blocks (run in a thread)."""
     cert = check(pem, tel, now, skew)
     assert tel.cert_file is not None
-    path = Path(tel.cert_file)
-    previous = path.with_name(path.name + ".prev")
-    if path.exists():
-        tmp = previous.with_name(previous.name + ".tmp")
-        shutil.copy2(path, tmp)
-        os.replace(tmp, previous)
-    write_file_atomic(path, pem if pem.endswith("\n") else pem + "\n")
-    os.chmod(path, 0o644)
+    trial = certtrial.install(Path(tel.cert_file), pem if pem.endswith("\n") else pem + "\n",
+                              id, window, mono, boot)
     end = cert.not_valid_after_utc
-    return Installed(path, previous, path.read_bytes(), {
+    return Installed(trial, {
         "serial": format(cert.serial_number, "x"), "not_after": int(end.timestamp()),
         "days_left": int((end.timestamp() - now) // 86400),
         "trial": "confirmed once connected with it, else the previous one returns"})
-
-
-def roll_back(done: Installed) -> bool:
-    """Put the previous certificate back unless the file changed since (a later install)."""
-    try:
-        if done.path.read_bytes() != done.pem or not done.previous.exists():
-            return False
-        write_file_atomic(done.path, done.previous.read_text(encoding="ascii"))
-        os.chmod(done.path, 0o644)
-    except OSError:
-        return False
-    return True
-
-
-def confirm(done: Installed) -> bool:
-    """The new certificate connected: forget the previous one. False if it is not in use."""
-    try:
-        if done.path.read_bytes() != done.pem:
-            return False
-        done.previous.unlink(missing_ok=True)
-    except OSError:
-        return False
-    return True

@@ -50,8 +50,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.clock import Clock
@@ -62,7 +64,7 @@ from gateway.core.configuration import MIN_CONFIRM, ApplyResult
 from gateway.core.events import ChangeSource, CommandHandled, Event
 from gateway.errors import DesanetError, Refused, StoreError
 from gateway.model import Session, Voucher
-from gateway.telemetry import certinstall, sealed
+from gateway.telemetry import certinstall, certtrial, sealed
 from gateway.telemetry import commands as c
 from gateway.telemetry.cmdargs import ConfigSetArgs, VoucherCreateArgs
 from gateway.telemetry.mqtt import Incoming
@@ -141,7 +143,9 @@ class Dispatcher:
     def __init__(self, ops: CommandOps, seen: SeenCommands, keys: Callable[[], Iterable[str]],
                  topics: Callable[[], Topics], clock: Clock, publish_event: Callable[[Event], object],
                  rebirth: Callable[[], None], telemetry: Callable[[], Telemetry] | None = None,
-                 cert_trial: float = certinstall.TRIAL) -> None:
+                 cert_trial: float = certinstall.TRIAL,
+                 cert_clock: Callable[[], float] = time.monotonic,
+                 boot_id: Callable[[], str] = certtrial.boot_id) -> None:
         self._ops = ops
         self._seen = seen
         self._keys = keys
@@ -151,6 +155,8 @@ class Dispatcher:
         self._rebirth = rebirth
         self._telemetry = telemetry  # the running [telemetry] settings (cert.install)
         self._cert_trial = cert_trial
+        # the trial's clock: the system's monotonic clock and boot id, as the file outlives us
+        self._mono, self._boot = cert_clock, boot_id
         self._trials: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._handlers: Mapping[str, Handler] = {
@@ -344,25 +350,49 @@ class Dispatcher:
         if self._telemetry is None:
             raise Refused("unavailable", "this gateway cannot install certificates remotely")
         done = await asyncio.to_thread(certinstall.install, req.cert, self._telemetry(),
-                                       self._clock.time(), c.CLOCK_SKEW)
-        trial = asyncio.create_task(self._cert_trial_ends(cmd.id, done))
-        self._trials.add(trial)
-        trial.add_done_callback(self._trials.discard)
+                                       self._clock.time(), c.CLOCK_SKEW, id=cmd.id,
+                                       window=self._cert_trial, mono=self._mono(),
+                                       boot=self._boot())
+        return Answer(done.result, After(reconnect=True, on_connected=self._run_trial(done.trial)))
+
+    async def resume_cert_trial(self) -> Callable[[], Awaitable[None]] | None:
+        """After a restart: take up a cert.install trial the last run left (certtrial.py).
+        Returns what to run once a connection is up (the daemon hands it to the service)."""
+        tel = self._telemetry() if self._telemetry is not None else None
+        if tel is None or not tel.cert_file:
+            return None
+        try:
+            trial = await asyncio.to_thread(certtrial.resume, Path(tel.cert_file), self._mono(),
+                                            self._boot())
+        except OSError as exc:
+            log.error("cert.install: cannot read the trial left by the last run: %s", exc)
+            return None
+        if trial is None:
+            return None
+        log.warning("cert.install %s: the trial goes on after a restart (%.0f s left)",
+                    trial.id, trial.remaining(trial.mono))
+        return self._run_trial(trial)
+
+    def _run_trial(self, trial: certtrial.Trial) -> Callable[[], Awaitable[None]]:
+        """Start the trial's clock; returns what confirms it once connected."""
+        task = asyncio.create_task(self._cert_trial_ends(trial))
+        self._trials.add(task)
+        task.add_done_callback(self._trials.discard)
 
         async def connected() -> None:
-            trial.cancel()
-            if await asyncio.to_thread(certinstall.confirm, done):
-                log.info("cert.install %s: connected with the new certificate; kept", cmd.id)
+            task.cancel()
+            if await asyncio.to_thread(certtrial.confirm, trial):
+                log.info("cert.install %s: connected with the new certificate; kept", trial.id)
             else:
                 log.warning("cert.install %s: connected, but not with the new certificate "
-                            "(rolled back or replaced since)", cmd.id)
-        return Answer(done.result, After(reconnect=True, on_connected=connected))
+                            "(rolled back or replaced since)", trial.id)
+        return connected
 
-    async def _cert_trial_ends(self, id: str, done: certinstall.Installed) -> None:
-        await asyncio.sleep(self._cert_trial)
-        if await asyncio.to_thread(certinstall.roll_back, done):
+    async def _cert_trial_ends(self, trial: certtrial.Trial) -> None:
+        trial = await certtrial.wait_out(trial, self._mono)
+        if await asyncio.to_thread(certtrial.roll_back, trial):
             log.error("cert.install %s: no broker connection with the new certificate within "
-                      "%g s; the previous certificate is back", id, self._cert_trial)
+                      "%g s; the previous certificate is back", trial.id, trial.window)
 
 
 def _no_args(args: Mapping[str, Any]) -> None:

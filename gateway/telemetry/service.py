@@ -495,6 +495,12 @@ class TelemetryService:
             except Exception:
                 log.exception("MQTT: what follows a command's answer failed")
 
+    def when_connected(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` once a connection is up, as a command's ``on_connected`` (the daemon:
+        a cert.install trial taken up after a restart)."""
+        if self._on_connected is None:
+            self._on_connected = job
+
     async def _when_up(self, link: Link, topic: str, job: Callable[[], Awaitable[None]]) -> None:
         """Run ``job`` once the broker acknowledged the subscription to ``topic``; a link
         lost first hands it to the next connection, a refused one drops it."""

@@ -7,13 +7,20 @@ the daemon uses, the status and its Will, the periodic report from fixed
 readings, signed commands through the real dispatcher with a stand-in facade)
 with its clock and sleeps sped up 10 times (the command checks keep the real
 clock), until it is killed. It prints one line, "started", once the service runs.
+DESANET_TEST_CERT_TRIAL in its environment shortens the cert.install trial
+window (seconds; only this harness reads it, the daemon has no such knob);
+DESANET_TEST_KILL_IN_CERT_TRIAL=1 makes the process kill -9 itself the moment
+a cert.install has written its files, in the middle of the trial.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -81,7 +88,22 @@ async def readings() -> metrics.Readings:
                                      "uplink": {"state": "up", "latency_ms": 600.0}})
 
 
+def kill_in_cert_trial() -> None:
+    """SIGKILL right after cert.install wrote the certificate and its trial (no cleanup)."""
+    from gateway.telemetry import certtrial
+    install = certtrial.install
+
+    def then_die(*args: Any, **kwargs: Any) -> Any:
+        install(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    certtrial.install = then_die
+
+
 async def main() -> None:
+    if "DESANET_TEST_CERT_TRIAL" in os.environ:  # the trial's log lines, for the test to read
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    if os.environ.get("DESANET_TEST_KILL_IN_CERT_TRIAL") == "1":
+        kill_in_cert_trial()
     tel = Telemetry(**json.loads(sys.argv[1]))
     state = Path(sys.argv[2])
     worker = DatabaseWorker()
@@ -94,9 +116,13 @@ async def main() -> None:
     svc = TelemetryService(lambda: tel, AsyncTelemetryOutbox(box, worker), connect, NoEvents(),
                            lambda: "0123456789ab", "9.9.9", FastClock(), rng=random.Random(3),
                            sleep=sleep, readings=readings)
-    svc.commands = Dispatcher(Ops(), SeenCommands(state / "commands.json"), lambda: tel.command_keys,
-                              lambda: Topics(tel.topic_prefix, tel.site_id), clock,
-                              lambda event: None, svc.rebirth, telemetry=lambda: tel)
+    svc.commands = commands = Dispatcher(
+        Ops(), SeenCommands(state / "commands.json"), lambda: tel.command_keys,
+        lambda: Topics(tel.topic_prefix, tel.site_id), clock, lambda event: None, svc.rebirth,
+        telemetry=lambda: tel, cert_trial=float(os.environ.get("DESANET_TEST_CERT_TRIAL", 600)))
+    resumed = await commands.resume_cert_trial()  # as the daemon does
+    if resumed is not None:
+        svc.when_connected(resumed)
     await svc.start()
     print("started", flush=True)
     await asyncio.Event().wait()  # until killed

@@ -47,7 +47,7 @@ def test_broker_with_the_right_certificates_is_reached(mosquitto: Any, tmp_path:
     r = mqtt(config(tmp_path, f"mqtts://127.0.0.1:{mosquitto.tls_port}", **device_files(mosquitto.pki)))
     assert r.details["stage"] == "connected", r
     assert r.status == "warn" and r.details["cert_days_left"] < 2
-    assert "expires" in r.summary_en and "habis" in r.summary_id
+    assert "certificate ends in" in r.summary_en and "berakhir dalam" in r.summary_id
 
 
 def test_plain_listener_is_reached(mosquitto: Any, tmp_path: Path) -> None:

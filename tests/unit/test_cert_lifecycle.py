@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.diag.certs import classify_cert
 from gateway.telemetry import metrics
-from gateway.telemetry.certexpiry import DAY, CertExpiry, not_after_pem
+from gateway.telemetry.certexpiry import DAY, WARN_DAYS, CertExpiry, ended, ends_in, not_after_pem
 
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
 
@@ -72,7 +72,7 @@ def test_telemetry_reports_the_days_left_as_ce() -> None:
 
 
 @pytest.mark.parametrize(("days", "status", "words"), [
-    (400, "ok", "400 more days"), (60, "warn", "ends in 60 days"), (1, "warn", "ends in 1 days"),
+    (400, "ok", "400 more days"), (60, "warn", "ends in 60 days"), (1, "warn", "ends in 1 day ("),
     (-3, "fail", "ended on"),
 ])
 def test_the_diag_check_says_how_long_and_what_to_do(days: int, status: str, words: str) -> None:
@@ -99,5 +99,32 @@ def test_desanet_status_says_when_to_renew() -> None:
     assert "certificate" not in telemetry_status_line({**base, "cert_days": 400})
     assert "certificate" not in telemetry_status_line({**base, "cert_days": None})
     assert telemetry_status_line({**base, "cert_days": 12}).endswith(
-        "certificate ends in 12 day(s): renew it (desanet diag cert)")
-    assert "CERTIFICATE ENDED 3 day(s) ago" in telemetry_status_line({**base, "cert_days": -3})
+        "the MQTT certificate ends in 12 days: renew it (desanet diag cert)")
+    assert "CERTIFICATE ENDED 3 DAYS AGO: install a new bundle" in \
+        telemetry_status_line({**base, "cert_days": -3})
+
+
+@pytest.mark.parametrize("days", [WARN_DAYS + 1, WARN_DAYS, 30, 13, 1, 0, -1, -3])
+def test_the_two_diag_checks_and_the_status_line_agree(days: int) -> None:
+    """`diag cert`, `diag mqtt` (connected) and `desanet status` warn from the same day on
+    and say it in the same words."""
+    from gateway.cli_format import telemetry_status_line
+    from gateway.diag import probes, reach
+
+    now = NOW.timestamp()
+    end = int(now) + days * DAY + DAY // 2  # half a day into the day: whole days agree
+    cert = classify_cert("cert", "/etc/desanet/mqtt/device.crt", end, now)
+    mqtt = reach.classify_mqtt("mqtt", "mqtts://b:8883", probes.MqttProbe("connected", "", "", 0.1),
+                               ((end - now) / DAY, 300.0))
+    line = telemetry_status_line({"enabled": True, "connected": True, "broker": "mqtts://b:8883",
+                                  "site_id": "s1", "session": 1, "backlog": 0, "dropped": {},
+                                  "cert_days": days})
+    want = "ok" if days > WARN_DAYS else "warn" if days >= 0 else "fail"
+    assert (cert.status, mqtt.status) == (want, want), (cert.summary_en, mqtt.summary_en)
+    assert ("certificate" in line.lower()) == (want != "ok"), line
+    if want != "ok":
+        words = [w.lower() for w in (ends_in(days) if days >= 0 else ended(days))]
+        assert words[1] in mqtt.summary_en.lower() and words[0] in mqtt.summary_id.lower()
+        assert words[1] in line.lower()
+        if days >= 0:  # the cert check adds the date (and says "ended on DATE" once ended)
+            assert words[1] in cert.summary_en.lower() and words[0] in cert.summary_id.lower()

@@ -235,7 +235,7 @@ def test_mqtt_verdicts() -> None:
     today = seen(reach.classify_mqtt("mqtt", B, mp("connected"), (0.4, 360.0)))
     assert "less than a day" in today.summary_en and "kurang dari 1 hari" in today.summary_id
     expired = seen(reach.classify_mqtt("mqtt", B, mp("mqtt", "tls-rejected"), (-5.0, 400.0)))
-    assert expired.status == "fail" and "expired 5 days ago" in expired.summary_en
+    assert expired.status == "fail" and "ended 5 days ago" in expired.summary_en
     early = seen(reach.classify_mqtt("mqtt", B, mp("tls", "tls-verify"), (300.0, -2.0)))
     assert early.status == "fail" and "clock" in early.summary_en
     for stage, reason, en in [("tcp", "refused", "refused"), ("tcp", "timeout", "no answer"),
