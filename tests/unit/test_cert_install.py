@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ RESPONSE = json.loads((SCHEMAS / "command-response.schema.json").read_text())
 
 
 class Box:
-    def __init__(self, tmp: Path, trial: float = 600.0, with_settings: bool = True) -> None:
+    def __init__(self, tmp: Path, trial: float = 600.0, with_settings: bool = True,
+                 cert_clock: Callable[[], float] = time.monotonic) -> None:
         self.ca = fleetca.init_ca(tmp / "ca", "test fleet CA")
         self.key = fleetca.new_device_key()
         mqtt = tmp / "mqtt"
@@ -50,7 +53,7 @@ class Box:
                                      lambda: self.tel.command_keys, lambda: TOPICS, self.clock,
                                      lambda e: None, lambda: None,
                                      telemetry=(lambda: self.tel) if with_settings else None,
-                                     cert_trial=trial)
+                                     cert_trial=trial, cert_clock=cert_clock)
         self.n = 0
 
     def renewed(self, site: str = SITE, key: Any = None, ca: fleetca.Ca | None = None) -> str:

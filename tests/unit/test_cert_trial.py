@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -145,8 +146,10 @@ class Gateway:
     """One run of the daemon's telemetry: a real TelemetryService and Dispatcher on the
     box's files, and an in-memory broker that refuses the certificate ``refused``."""
 
-    def __init__(self, box: Box, tmp: Path, refused: bytes | None, window: float) -> None:
+    def __init__(self, box: Box, tmp: Path, refused: bytes | None, window: float,
+                 cert_clock: Callable[[], float] = time.monotonic) -> None:
         self.broker = FakeBroker()
+        self.cert_clock = cert_clock
         self.refused = refused
         self.refusals = 0
         self.box, self.tmp, self.window = box, tmp, window
@@ -176,7 +179,7 @@ class Gateway:
         svc.commands = dispatcher = Dispatcher(
             object(), SeenCommands(self.tmp / "seen.json"),  # type: ignore[arg-type]
             lambda: tel.command_keys, lambda: TOPICS, self.box.clock, lambda e: None,
-            svc.rebirth, telemetry=lambda: tel, cert_trial=self.window)
+            svc.rebirth, telemetry=lambda: tel, cert_trial=self.window, cert_clock=self.cert_clock)
         resumed = await dispatcher.resume_cert_trial()  # as gateway/daemon/main.py does
         if resumed is not None:
             svc.when_connected(resumed)
@@ -214,13 +217,17 @@ async def _settled(box: Box, svc: TelemetryService, want: bytes) -> None:
 
 
 async def test_a_refused_certificate_gives_way_after_a_restart(tmp_path: Path) -> None:
-    box = Box(tmp_path, trial=0.5)
+    mono = [1000.0]  # the trial's clock, moved by the test (the sleeps between steps are real)
+    box = Box(tmp_path, trial=2.0, cert_clock=lambda: mono[0])
     bad = box.renewed()
     await _install_then_die(box, bad)
-    gateway = Gateway(box, tmp_path, bad.encode(), 0.5)
+    gateway = Gateway(box, tmp_path, bad.encode(), 2.0, cert_clock=lambda: mono[0])
     async with gateway.run() as svc:
+        await until(lambda: gateway.refusals >= 2, "the new certificate to be tried and refused")
+        assert box.cert_file.read_text() == bad and certtrial.state_path(box.cert_file).exists()
+        assert not svc.connected
+        mono[0] += 2.0  # the window is over
         await _settled(box, svc, box.old)
-        assert gateway.refusals >= 1  # it did try the new certificate first
         assert gateway.broker.links and gateway.broker.links[-1].settings.cert_file == str(box.cert_file)
 
 
