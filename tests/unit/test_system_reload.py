@@ -170,3 +170,31 @@ def test_cli_reload_runs_the_commands_for_the_changes(tmp_path: Path,
     assert main(argv) == 0
     assert ran == []  # a portal text: nothing bounced
     assert "as gateway.toml says" in capsys.readouterr().out
+
+
+def test_a_change_made_while_reloading_is_applied_too(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # systemd merges the path unit's start into the running apply; the run itself must
+    # notice a gateway.toml written meanwhile (e.g. a rollback right after an apply).
+    cfg = tmp_path / "gateway.toml"
+    dhcp = config_text("dhcp_bridge_open")
+    static = dhcp.replace('lan_interface = "br-lan"',
+                          'lan_interface = "br-lan"\nwan_address = "static"\n'
+                          'wan_static_address = "192.0.2.10/24"\n'
+                          'wan_static_gateway = "192.0.2.1"')
+    root = tmp_path / "root"
+    write_files(root, files_of(dhcp))
+    cfg.write_text(static)
+    ran: list[list[str]] = []
+
+    def fake_run(argv: Sequence[str]) -> int:
+        ran.append(list(argv))
+        if len(ran) == 1:
+            cfg.write_text(dhcp)  # the old file comes back while networkd reloads
+        return 0
+
+    monkeypatch.setattr("gateway.system.reload._run", fake_run)
+    assert main(["system", "render", "--root", str(root), "--config", str(cfg),
+                 "--wifi-interface", "wlan0", "--reload"]) == 0
+    assert ran.count(["networkctl", "reconfigure", "eth0"]) == 2  # static, then DHCP again
+    assert "DHCP=ipv4" in (root / WAN).read_text()
