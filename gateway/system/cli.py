@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import DEFAULT_PATH, load_config
+from gateway.system.reload import reload_commands, run_commands
 from gateway.system.render import (
     DEFAULT_WIFI_INTERFACE,
     HOSTAPD_CONF,
@@ -42,29 +43,62 @@ def _write(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def write_files(root: Path, files: dict[str, str]) -> list[Path]:
+def _current(path: Path) -> tuple[str, int] | None:
+    try:
+        return path.read_text(encoding="utf-8"), path.stat().st_mode & 0o7777
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_files(root: Path, files: dict[str, str]) -> list[str]:
     """Writes ``files`` under ``root`` and removes this command's earlier files that the
-    config no longer needs (a Wi-Fi name cleared, PPPoE back to DHCP)."""
+    config no longer needs (a Wi-Fi name cleared, PPPoE back to DHCP). A file already
+    as rendered (text and mode) is left alone. Returns what changed: the paths,
+    relative to ``root``, written anew or removed."""
     stale = {HOSTAPD_CONF, PPPOE_OPTIONS}
     networkd = root / NETWORKD_DIR
     if networkd.is_dir():
         stale |= {f"{NETWORKD_DIR}/{p.name}" for p in networkd.glob("*-desanet-*")}
+    changed = []
     for rel in sorted(stale - files.keys()):
-        (root / rel).unlink(missing_ok=True)
-    written = []
+        if (root / rel).exists() or (root / rel).is_symlink():
+            (root / rel).unlink(missing_ok=True)
+            changed.append(rel)
     for rel, text in sorted(files.items()):
-        _write(root / rel, text, file_mode(rel))
-        written.append(root / rel)
-    return written
+        mode = file_mode(rel)
+        if _current(root / rel) != (text, mode):
+            _write(root / rel, text, mode)
+            changed.append(rel)
+    return sorted(changed)
 
 
 def cmd_system_render(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or DEFAULT_PATH)
     root = Path(args.root)
     radio = args.wifi_interface or wifi_interface(root / "sys/class/net")
-    for path in write_files(root, render(cfg, radio)):
-        print(path)
-    return 0
+    files = render(cfg, radio)
+    changed = write_files(root, files)
+    if not args.reload:
+        for rel in changed if args.changed_only else sorted(files):
+            print(root / rel)
+        return 0
+    # A change to gateway.toml made while this runs starts no second run (systemd merges
+    # the path unit's start into this one): render again until nothing changes, at most
+    # three rounds (every file written is also reloaded).
+    status, rounds = 0, 0
+    while changed:
+        for rel in changed:
+            print(f"changed: {root / rel}", flush=True)
+        status |= run_commands(reload_commands(changed, files, cfg.network.wan_interface))
+        rounds += 1
+        if rounds == 3:
+            print("gateway.toml kept changing: stopped after 3 rounds")
+            return status
+        cfg = load_config(args.config or DEFAULT_PATH)
+        files = render(cfg, radio)
+        changed = write_files(root, files)
+    print("the rendered files are as gateway.toml says")
+    return status
 
 
 def register(sub: Any) -> None:
@@ -77,10 +111,19 @@ def register(sub: Any) -> None:
         "render", help="write hostapd.conf, systemd-networkd and PPPoE files under ROOT/run",
         description="write hostapd.conf, the systemd-networkd files of the WAN and the LAN and "
                     "the PPPoE options from gateway.toml under ROOT/run (the image runs this at "
-                    "boot: desanet-system-render.service); exit 2 if the config is invalid")
+                    "boot: desanet-system-render.service, and after each change of gateway.toml: "
+                    "desanet-system-apply.path); a file already as rendered is not rewritten; "
+                    "exit 2 if the config is invalid")
     r.set_defaults(func=cmd_system_render)
     r.add_argument("--config", default=argparse.SUPPRESS, help="gateway config file")
     r.add_argument("--root", default="/", help="write under this directory (default /)")
     r.add_argument("--wifi-interface", metavar="IFNAME",
                    help="the radio hostapd serves (default: the first in /sys/class/net, "
                         f"else {DEFAULT_WIFI_INTERFACE})")
+    r.add_argument("--changed-only", action="store_true",
+                   help="print only the files this run changed (written anew or removed); "
+                        "nothing printed: the running services need no telling")
+    r.add_argument("--reload", action="store_true",
+                   help="then tell the running services about the changed files only: "
+                        "networkctl reload (+ reconfigure the WAN link), restart or stop "
+                        "desanet-pppoe and hostapd; exit 1 if one of those failed")

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.integration, require_root,
               require_tools("mmdebstrap", "chroot", "mount", "tar")]
 
 UNITS = ["desanet.service", "desanet-firstboot.service", "desanet-system-render.service",
-         "desanet-ssh-hostkey.service", "desanet-data-dirs.service", "desanet-pppoe.service"]
+         "desanet-ssh-hostkey.service", "desanet-data-dirs.service", "desanet-pppoe.service",
+         "desanet-system-apply.path", "desanet-system-apply.service"]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,24 @@ def test_verify_catches_a_broken_unit_here(chroot: RootfsChroot) -> None:
     assert proc.returncode != 0
 
 
+def test_config_changes_reach_the_network_through_the_path_unit(chroot: RootfsChroot) -> None:
+    # The daemon cannot restart networkd or hostapd; the path unit on gateway.toml starts
+    # the apply service, which renders again and tells only the services whose files changed.
+    path = (chroot.root / "usr/lib/systemd/system/desanet-system-apply.path").read_text()
+    assert "PathChanged=/etc/desanet/gateway.toml" in path.splitlines()
+    assert "Unit=desanet-system-apply.service" in path.splitlines()
+    service = (chroot.root / "usr/lib/systemd/system/desanet-system-apply.service").read_text()
+    assert ("ExecStart=/usr/local/bin/desanet system render --root / --config "
+            "/etc/desanet/gateway.toml --reload") in service.splitlines()
+    # The image's desanet: a second render of the same config changes nothing.
+    (chroot.root / "run/apply.toml").write_text((ROOT / "examples/gateway.toml").read_text())
+    argv = ["desanet", "system", "render", "--root", "/run/a", "--config", "/run/apply.toml",
+            "--wifi-interface", "wlan0", "--changed-only"]
+    first = chroot.run(argv).stdout.split()
+    assert "/run/a/run/systemd/network/10-desanet-wan.network" in first
+    assert chroot.run(argv).stdout == ""
+
+
 def test_daemon_unit_exposure_is_under_5(chroot: RootfsChroot) -> None:
     out = chroot.run(["systemd-analyze", "security", "--offline=true", "desanet.service"]).stdout
     score = float(re.search(r"Overall exposure level for desanet\.service: ([0-9.]+)", out)[1])
@@ -101,7 +120,7 @@ def test_enabled_and_masked_units(chroot: RootfsChroot) -> None:
         return chroot.run(["systemctl", "--root=/", "is-enabled", unit], check=False).stdout.strip()
 
     for unit in ("desanet.service", "desanet-firstboot.service", "desanet-system-render.service",
-                 "systemd-networkd.service", "systemd-resolved.service",
+                 "desanet-system-apply.path", "systemd-networkd.service", "systemd-resolved.service",
                  "systemd-timesyncd.service", "ssh.service", "hostapd.service"):
         assert state(unit) == "enabled", unit
     # The daemon runs its own dnsmasq; a distro one would take port 53 and DHCP.
