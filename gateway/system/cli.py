@@ -71,7 +71,8 @@ def register(sub: Any) -> None:
     """Add `system` to the `desanet` parser's subcommands."""
     p = sub.add_parser("system", help="files of the OS image (hostapd, networkd, pppd)",
                        description="the OS image's boot-time files, made from gateway.toml")
-    ssub = p.add_subparsers(dest="system_command", metavar="SUBCOMMAND", required=True)
+    ssub = p.add_subparsers(dest="system_command", metavar="SUBCOMMAND", required=True,
+                            help="what to do (render: the boot-time files)")
     r = ssub.add_parser(
         "render", help="write hostapd.conf, systemd-networkd and PPPoE files under ROOT/run",
         description="write hostapd.conf, the systemd-networkd files of the WAN and the LAN and "

@@ -402,6 +402,8 @@ ALLOWED_WRITES = {
     "services/prelogin_dns.py": "the garden hosts file under run_dir (tmpfs /run), rewritten "
                                 "by the daemon: temp file + rename",
     "store/backup.py": "backups and restores: temp file, fsync, rename, fsync dir",
+    "system/cli.py": "`desanet system render`: files under /run (tmpfs), rewritten at every "
+                     "boot: temp file + rename so hostapd/networkd/pppd never read half a file",
     "sqlitedb.py": "creates the database file owner-only, fsyncs its directory, before "
                    "SQLite opens it",
 }
