@@ -80,16 +80,38 @@ def remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
+# Shared locks on the keys this process uses, held until it exits: another tree's run
+# (a CI clone, a teammate's worktree) removes only keys nobody holds.
+_IN_USE: list[int] = []
+
+
+def _hold(key_dir: Path) -> None:
+    fd = os.open(f"{key_dir}.use", os.O_CREAT | os.O_RDWR, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _IN_USE.append(fd)
+
+
+def _remove_if_unused(key_dir: Path) -> None:
+    with Path(f"{key_dir}.use").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another run is using it
+        remove_tree(key_dir)
+
+
 def built_image(arch: str = "amd64") -> Path:
     """The build output for ``arch`` (built now if the cache has none for this tree)."""
     key = f"{arch}-{input_hash(arch)}"
     out = CACHE / key
     with _locked(CACHE / f"{arch}.lock"):
+        _hold(out)
         if (out / DONE).exists():
             return out
         for old in CACHE.glob(f"{arch}-*"):
-            if old.is_dir():
-                remove_tree(old)
+            if old.is_dir() and old != out:
+                _remove_if_unused(old)
+        remove_tree(out)  # a build that died half-way
         out.mkdir(parents=True)
         build = subprocess.run([str(ROOT / "images" / "build"), "--arch", arch, "--out", str(out)],
                                check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
