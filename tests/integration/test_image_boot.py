@@ -9,6 +9,9 @@ partition clean, a bad update comes back to the old version by itself, and a
 good one stays. Accelerator: KVM when it is real (seconds per boot); with only
 software emulation (TCG, minutes per boot) the tests are in the slow tier.
 DESANET_TEST_ROOTFS=path/rootfs.tar boots that rootfs instead of building one.
+Under TCG on a busy 2-core host one boot to READY took 5-8 min, the first test
+about 25 min, and the update test over an hour (the 873 MiB bundle streams over
+SSH into the emulated guest at under 1 MB/s); with KVM each is a few minutes.
 """
 
 from __future__ import annotations
