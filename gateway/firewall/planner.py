@@ -33,6 +33,9 @@ cost does not depend on how many clients are online.
                 (``*.example.go.id``) are filled by the pre-login dnsmasq (nftset,
                 the set's default timeout). Either opens TCP 80/443 only.
 * ``dns_meter4`` per-client query rate before login (dynamic, limit per source).
+* ``dns_meter_auth4`` the same after login, on the full resolver's port 53 (a DNS
+                tunnel through it would escape the quota counters and fair use:
+                it is bounded to this rate; trusted MACs are not limited).
 * meters (:mod:`gateway.firewall.meters`, docs/quota.md): per voucher named
                 counters and quota objects, reached from a client's address through
                 maps in the ``client_up`` / ``client_down`` chains.
@@ -97,6 +100,10 @@ GARDEN_TCP_PORTS = (80, 443)  # the walled garden is web only
 PRELOGIN_DNS_PORT = 5053  # the pre-login resolver, on the LAN address
 DNS_RATE_BEFORE_LOGIN = 20  # queries per second per client before login ...
 DNS_BURST_BEFORE_LOGIN = 60  # ... after a burst of this many (a phone's first seconds)
+# After login: a page load asks a few dozen names at once (A and AAAA), a person never
+# keeps up 10 a second for long; a tunnel needs many more (each query carries ~100 bytes).
+DNS_RATE_AUTHORIZED = 10
+DNS_BURST_AUTHORIZED = 100
 TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
 REDIRECTED_PORT = 80  # unauthorized clients' TCP to this port goes to the portal
 # Socket mark (SO_MARK) the government-services proxy puts on a villager's connection
@@ -200,6 +207,8 @@ def plan_ruleset(
             _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns4),
             _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns6),
             _set("dns_meter4", "ipv4_addr", "dynamic,timeout", "timeout 60s; size 65535;"),
+            _set("dns_meter_auth4", "ipv4_addr", "dynamic,timeout",
+                 "timeout 60s; size 65535;"),
             # portalsec: per-address connection counts to the portal ports (ct count)
             _set("portal_conns4", "ipv4_addr", "dynamic", "size 65535;"),
         ]
@@ -317,15 +326,21 @@ def _dns_guard(authorized: str) -> str:
     The pre-login resolver's port: a per-client rate (past it, packets are
     dropped). The full resolver's port 53, reached after NAT: only trusted and
     authorized clients; a flow that began while its client was logged in (the
-    NAT decision is taken once per connection) ends at its cut-off here.
+    NAT decision is taken once per connection) ends at its cut-off here; an
+    authorized client has its own per-client rate there (a DNS tunnel's bound).
     """
     rate = f"limit rate over {DNS_RATE_BEFORE_LOGIN}/second burst {DNS_BURST_BEFORE_LOGIN} packets"
+    auth_rate = (f"limit rate over {DNS_RATE_AUTHORIZED}/second "
+                 f"burst {DNS_BURST_AUTHORIZED} packets")
     not_authorized = authorized.replace(" @auth4", " != @auth4")
     return (
         f"meta l4proto {{ tcp, udp }} th dport {PRELOGIN_DNS_PORT} "
         f"update @dns_meter4 {{ ip saddr {rate} }} drop\n"
         f"    meta l4proto {{ tcp, udp }} th dport 53 ether saddr != @trusted_mac "
-        f"{not_authorized} drop\n    "
+        f"{not_authorized} drop\n"
+        # what reaches port 53 now is a trusted or an authorized client's
+        f"    meta l4proto {{ tcp, udp }} th dport 53 ether saddr != @trusted_mac "
+        f"update @dns_meter_auth4 {{ ip saddr {auth_rate} }} drop\n    "
     )
 
 
