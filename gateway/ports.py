@@ -54,6 +54,11 @@ class FirewallPort(Protocol):
         """Clients with traffic inside their idle window -> seconds left in it."""
         ...
 
+    async def active_addresses(self) -> dict[str, int]:
+        """Client addresses with traffic towards them inside their idle window -> seconds
+        left (downloads carry no client MAC; core.usage.latest_activity merges the two)."""
+        ...
+
     async def authorized_clients(self) -> dict[MacIp, int]: ...
 
     async def sync_leases(self, cfg: Config, leases: Mapping[str, str]) -> None:

@@ -75,7 +75,7 @@ from gateway.core.session_rules import (
     takeover_refused,
 )
 from gateway.core.trial import TrialService
-from gateway.core.usage import TimeOfUse
+from gateway.core.usage import TimeOfUse, latest_activity
 from gateway.errors import (
     AmbiguousClient,
     DesanetError,
@@ -477,7 +477,10 @@ class SessionService:
         # snapshot, and revoking an entry that has gone meanwhile is a no-op.
         started = self.clock.monotonic()
         active = await self.firewall.active_clients()
+        downloads = await self.firewall.active_addresses()
         authorized = await self.firewall.authorized_clients()
+        # idle = quiet both ways: a silent phone receiving a stream is online (usage.py)
+        active = latest_activity(active, downloads, authorized)
         self._listing = self.clock.monotonic() - started
         async with self.locks.exclusive():
             now = self.now()

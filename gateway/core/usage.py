@@ -3,9 +3,12 @@
 
 How it is counted
 -----------------
-The session sweep lists the kernel's activity set ``active4`` anyway (every
-forwarded packet of a client refreshes its element to the element's timeout, so
-"timeout - seconds left" is how long the client has been quiet). At each sweep,
+The session sweep lists the kernel's activity sets anyway: ``active4`` (every
+packet a client sends refreshes its element to the element's timeout) and
+``active_down4`` (every packet forwarded to it, by address), merged by
+:func:`latest_activity` into the later of the two, so "timeout - seconds left" is
+how long the client has been quiet in both directions (a silent phone receiving a
+stream is in use). At each sweep,
 :meth:`TimeOfUse.tick` credits every live voucher session the part of the time
 since the previous tick up to its last packet:
 
@@ -36,6 +39,21 @@ from gateway.ports import SessionStorePort
 log = logging.getLogger("desanet.usage")
 
 MacIp = tuple[str, str]
+
+
+def latest_activity(active: Mapping[MacIp, int], downloads: Mapping[str, int],
+                    clients: Iterable[MacIp]) -> dict[MacIp, int]:
+    """Each client's seconds left in its idle window after its last packet either way:
+    ``active`` (``active4``: what it sent) merged with ``downloads`` (``active_down4``:
+    what was forwarded to its address) for each of ``clients`` (the authorized ones:
+    a download names no MAC). Both sets' elements have the same timeout, so the larger
+    number left is the later packet. A client in neither is idle (left out)."""
+    out = dict(active)
+    for key in clients:
+        down = downloads.get(key[1])
+        if down is not None and down > out.get(key, -1):
+            out[key] = down
+    return out
 
 
 def quiet_for(session: Session, left: int) -> float:

@@ -228,6 +228,15 @@ class Firewall:
         """Clients with traffic inside their idle window -> seconds left in it. Blocks."""
         return {_mac_ip(k): left for k, left in self._elements("active4").items()}
 
+    def active_addresses(self) -> dict[str, int]:
+        """Client addresses with traffic towards them (or a re-arming upload) inside their
+        idle window -> seconds left in it (``active_down4``; empty for a table from before
+        it). Blocks: runs nft."""
+        try:
+            return self._plain_elements("active_down4")
+        except FirewallError:
+            return {}
+
     def authorized_clients(self) -> dict[MacIp, int]:
         """Authorized clients -> seconds left of their session. Blocks: runs nft."""
         return {_mac_ip(k): left for k, left in self._elements("auth4").items()}
@@ -248,6 +257,7 @@ class Firewall:
             return CarriedState()
         return CarriedState(
             active=self.active_clients(),
+            active_down=self.active_addresses(),
             garden_dns4=self._plain_elements("garden_dns4") if carry_garden else {},
             garden_dns6=self._plain_elements("garden_dns6") if carry_garden else {},
             from_live_table=True,
@@ -333,6 +343,11 @@ class KernelFirewall:
     async def active_clients(self) -> dict[MacIp, int]:
         """Clients inside their idle window -> seconds left. Awaits the kernel worker (nft)."""
         return await self.worker.call(self.firewall.active_clients)
+
+    async def active_addresses(self) -> dict[str, int]:
+        """Addresses with download activity inside their idle window -> seconds left.
+        Awaits the kernel worker (nft)."""
+        return await self.worker.call(self.firewall.active_addresses)
 
     async def authorized_clients(self) -> dict[MacIp, int]:
         """Authorized clients -> seconds left. Awaits the kernel worker (nft)."""

@@ -7,7 +7,8 @@
 held (a crash between the store's commit and the kernel write) and every
 session at the first apply (no table yet, e.g. after a reboot) get one fresh
 idle window. Time does not pass by itself: a test makes a client idle by
-deleting it from ``active``. ``flush_by_hand()`` does what ``nft flush
+deleting it from ``active``; ``active_down`` (address -> seconds, the kernel's
+``active_down4``) is filled only by a test that models a download. ``flush_by_hand()`` does what ``nft flush
 ruleset`` does: the table is gone (reads and element changes then fail, as
 the kernel's do) until the next ``apply``.
 """
@@ -45,6 +46,7 @@ class FakeFirewall(FaultInjection):
         self.last_carry_garden: bool | None = None
         self.authorized: dict[MacIp, int] = {}  # (mac, ip) -> seconds left of the session
         self.active: dict[MacIp, int] = {}  # (mac, ip) -> seconds left of the idle window
+        self.active_down: dict[str, int] = {}  # ip -> seconds left (downloads; tests set it)
         self.classes: dict[str, str] = {}  # ip -> HTB class text ("1:105")
         self.authorize_log: list[tuple[Session, str | None]] = []
         self.revoke_log: list[tuple[str, str, str | None]] = []
@@ -67,6 +69,7 @@ class FakeFirewall(FaultInjection):
         self.applied = 0
         self.authorized.clear()
         self.active.clear()
+        self.active_down.clear()
         self.classes.clear()
         self.meters.clear()
         self.counts.clear()
@@ -130,6 +133,8 @@ class FakeFirewall(FaultInjection):
             if idle_left is not None:
                 active[key] = max(1, idle_left)
         self.authorized, self.active = authorized, active
+        self.active_down = {ip: n for ip, n in self.active_down.items()
+                            if live and ip in {k[1] for k in authorized}}
         self.applied += 1
         self.last_config = cfg
         self.last_carry_garden = carry_garden
@@ -159,6 +164,7 @@ class FakeFirewall(FaultInjection):
             self.meters.pop(ip, None)
         self.authorized.pop((mac, ip), None)
         self.active.pop((mac, ip), None)
+        self.active_down.pop(ip, None)
         if class_text is not None:
             self.classes.pop(ip, None)
         self.revoke_log.append((mac, ip, class_text))
@@ -196,6 +202,11 @@ class FakeFirewall(FaultInjection):
         self._fault("active_clients", changes=False)
         self._table()
         return dict(self.active)
+
+    async def active_addresses(self) -> dict[str, int]:
+        self._fault("active_addresses", changes=False)
+        self._table()
+        return dict(self.active_down)
 
     async def authorized_clients(self) -> dict[MacIp, int]:
         self._fault("authorized_clients", changes=False)
@@ -237,6 +248,7 @@ class FakeFirewall(FaultInjection):
         self.applied = 0
         self.authorized.clear()
         self.active.clear()
+        self.active_down.clear()
         self.classes.clear()
         self.garden.clear()
         self.meters.clear()

@@ -15,6 +15,16 @@ cost does not depend on how many clients are online.
                 element has expired is idle: its packets no longer match (so
                 the next packet cannot quietly revive it) and the daemon's
                 sweep ends the session.
+* ``active_down4`` ipv4_addr, the same timeouts: refreshed by every packet
+                forwarded *to* a client (a download carries no client MAC: keyed
+                by address). Only an existing element is refreshed (an idle client
+                is not revived); a client's upload re-arms a lapsed one (``add``:
+                no refresh). A client is idle once both its elements have lapsed;
+                the sweep and time of use take the later of the two (a one-way
+                UDP stream towards a silent client is use). Its upload passes on
+                either element, and an upload let in by ``active_down4`` re-arms
+                ``active4``. IPv6 needs none: it is never forwarded from or to
+                the LAN (no v6 flow can be established).
 * ``trusted_mac`` / ``blocked_mac``: from config.
 * ``garden4/6`` interval sets of walled-garden CIDRs; ``garden_dns4/6`` hold the
                 addresses of walled-garden names: exact names are resolved by the
@@ -23,6 +33,9 @@ cost does not depend on how many clients are online.
                 (``*.example.go.id``) are filled by the pre-login dnsmasq (nftset,
                 the set's default timeout). Either opens TCP 80/443 only.
 * ``dns_meter4`` per-client query rate before login (dynamic, limit per source).
+* ``dns_meter_auth4`` the same after login, on the full resolver's port 53 (a DNS
+                tunnel through it would escape the quota counters and fair use:
+                it is bounded to this rate; trusted MACs are not limited).
 * meters (:mod:`gateway.firewall.meters`, docs/quota.md): per voucher named
                 counters and quota objects, reached from a client's address through
                 maps in the ``client_up`` / ``client_down`` chains.
@@ -87,6 +100,10 @@ GARDEN_TCP_PORTS = (80, 443)  # the walled garden is web only
 PRELOGIN_DNS_PORT = 5053  # the pre-login resolver, on the LAN address
 DNS_RATE_BEFORE_LOGIN = 20  # queries per second per client before login ...
 DNS_BURST_BEFORE_LOGIN = 60  # ... after a burst of this many (a phone's first seconds)
+# After login: a page load asks a few dozen names at once (A and AAAA), a person never
+# keeps up 10 a second for long; a tunnel needs many more (each query carries ~100 bytes).
+DNS_RATE_AUTHORIZED = 10
+DNS_BURST_AUTHORIZED = 100
 TRUSTED_CT_MARK = 0x4D4E  # conntrack mark of trusted-MAC flows ("DN")
 REDIRECTED_PORT = 80  # unauthorized clients' TCP to this port goes to the portal
 # Socket mark (SO_MARK) the government-services proxy puts on a villager's connection
@@ -104,6 +121,7 @@ class CarriedState:
     """
 
     active: Mapping[MacIp, int] = field(default_factory=dict)
+    active_down: Mapping[str, int] = field(default_factory=dict)  # active_down4: ip -> s
     garden_dns4: Mapping[str, int] = field(default_factory=dict)
     garden_dns6: Mapping[str, int] = field(default_factory=dict)
     # True when read from a live table: a session missing from ``active`` is
@@ -153,6 +171,7 @@ def plan_ruleset(
 
     auth_elems: list[str] = []
     active_elems: list[str] = []
+    down_elems: dict[str, str] = {}
     for s in sessions:
         left = s.expires - now
         if left <= 0:
@@ -160,11 +179,15 @@ def plan_ruleset(
         key = element_key(s.mac, s.ip)
         auth_elems.append(f"{key} timeout {left}s")
         idle_left = carried.active.get((s.mac, s.ip))
-        if idle_left is None:
+        down_left = carried.active_down.get(s.ip)
+        if idle_left is None and down_left is None:
             if carried.from_live_table:
                 continue  # idle already: a reload must not give it a new window
             idle_left = min(s.idle_timeout, left)  # restored after a reboot
-        active_elems.append(f"{key} timeout {s.idle_timeout}s expires {max(1, idle_left)}s")
+        if idle_left is not None:  # else its upload window lapsed: active_down4 lets it in
+            active_elems.append(f"{key} timeout {s.idle_timeout}s expires {max(1, idle_left)}s")
+        latest = max(x for x in (idle_left, down_left) if x is not None)
+        down_elems[s.ip] = f"{s.ip} timeout {s.idle_timeout}s expires {max(1, latest)}s"
 
     garden4 = [str(n) for n in cfg.walled_garden.addresses if n.version == 4]
     garden6 = [str(n) for n in cfg.walled_garden.addresses if n.version == 6]
@@ -175,6 +198,8 @@ def plan_ruleset(
         [
             _set("auth4", "ether_addr . ipv4_addr", "timeout", elems=auth_elems),
             _set("active4", "ether_addr . ipv4_addr", "timeout", f"timeout {idle}s;", active_elems),
+            _set("active_down4", "ipv4_addr", "timeout", f"timeout {idle}s;",
+                 down_elems.values()),
             _set("trusted_mac", "ether_addr", elems=cfg.access.trusted_macs),
             _set("blocked_mac", "ether_addr", elems=cfg.access.blocked_macs),
             _set("garden4", "ipv4_addr", "interval", elems=garden4),
@@ -182,6 +207,8 @@ def plan_ruleset(
             _set("garden_dns4", "ipv4_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns4),
             _set("garden_dns6", "ipv6_addr", "timeout", f"timeout {GARDEN_TTL_CAP}s;", dns6),
             _set("dns_meter4", "ipv4_addr", "dynamic,timeout", "timeout 60s; size 65535;"),
+            _set("dns_meter_auth4", "ipv4_addr", "dynamic,timeout",
+                 "timeout 60s; size 65535;"),
             # portalsec: per-address connection counts to the portal ports (ct count)
             _set("portal_conns4", "ipv4_addr", "dynamic", "size 65535;"),
         ]
@@ -201,6 +228,10 @@ def plan_ruleset(
     hairpin = f"oifname {lan} drop\n    " if cfg.network.client_isolation else ""
     garden_ports = "{ " + ", ".join(str(n) for n in GARDEN_TCP_PORTS) + " }"
     dns_guard = _dns_guard(authorized)
+    # the client's own packets refresh active4; one re-arms a lapsed active_down4 (add:
+    # an existing element keeps its time, the downloads' own)
+    refresh_up = "update @active4 { ether saddr . ip saddr }"
+    rearm_down = "add @active_down4 { ip saddr }"
 
     chains = f"""
   chain nat_prerouting {{
@@ -261,6 +292,7 @@ def plan_ruleset(
     type filter hook forward priority filter; policy drop;
 {_classify_forward(cfg)}    iifname {lan} jump lan_forward
     oifname {lan} jump client_down
+    oifname {lan} ct state established,related ip daddr @active_down4 update @active_down4 {{ ip daddr }}
     oifname {lan} ct state established,related accept
   }}
   chain lan_forward {{
@@ -268,7 +300,8 @@ def plan_ruleset(
     meta nfproto ipv6 drop
     {hairpin}ct state invalid drop
     ether saddr @trusted_mac accept
-    ether saddr . ip saddr @active4 {authorized} update @active4 {{ ether saddr . ip saddr }} goto client_up
+    ether saddr . ip saddr @active4 {authorized} {refresh_up} {rearm_down} goto client_up
+    ip saddr @active_down4 {authorized} {refresh_up} goto client_up
     ip daddr @garden4 tcp dport {garden_ports} accept
     ip daddr @garden_dns4 tcp dport {garden_ports} accept
     meta l4proto tcp reject with tcp reset
@@ -293,15 +326,21 @@ def _dns_guard(authorized: str) -> str:
     The pre-login resolver's port: a per-client rate (past it, packets are
     dropped). The full resolver's port 53, reached after NAT: only trusted and
     authorized clients; a flow that began while its client was logged in (the
-    NAT decision is taken once per connection) ends at its cut-off here.
+    NAT decision is taken once per connection) ends at its cut-off here; an
+    authorized client has its own per-client rate there (a DNS tunnel's bound).
     """
     rate = f"limit rate over {DNS_RATE_BEFORE_LOGIN}/second burst {DNS_BURST_BEFORE_LOGIN} packets"
+    auth_rate = (f"limit rate over {DNS_RATE_AUTHORIZED}/second "
+                 f"burst {DNS_BURST_AUTHORIZED} packets")
     not_authorized = authorized.replace(" @auth4", " != @auth4")
     return (
         f"meta l4proto {{ tcp, udp }} th dport {PRELOGIN_DNS_PORT} "
         f"update @dns_meter4 {{ ip saddr {rate} }} drop\n"
         f"    meta l4proto {{ tcp, udp }} th dport 53 ether saddr != @trusted_mac "
-        f"{not_authorized} drop\n    "
+        f"{not_authorized} drop\n"
+        # what reaches port 53 now is a trusted or an authorized client's
+        f"    meta l4proto {{ tcp, udp }} th dport 53 ether saddr != @trusted_mac "
+        f"update @dns_meter_auth4 {{ ip saddr {auth_rate} }} drop\n    "
     )
 
 
@@ -432,12 +471,13 @@ def plan_authorize(session: Session, now: int, class_text: str | None = None,
     left = max(1, session.expires - now)
     idle = min(session.idle_timeout, left)
     lines = []
-    for name, timeout in (("auth4", left), ("active4", idle)):
+    for name, elem, timeout in (("auth4", key, left), ("active4", key, idle),
+                                ("active_down4", session.ip, idle)):
         # add-delete-add replaces an existing element's timeout atomically
         # (nft 1.0.6 has no "replace element").
-        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout {timeout}s }}")
-        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
-        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout {timeout}s }}")
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {elem} timeout {timeout}s }}")
+        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {elem} }}")
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {elem} timeout {timeout}s }}")
     if class_text is not None:
         ip = session.ip
         lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
@@ -458,9 +498,11 @@ def plan_revoke(mac: str, ip: str, class_text: str | None = None,
     """
     key = element_key(mac, ip)
     lines = []
-    for name in ("auth4", "active4"):
-        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {key} timeout 1s }}")
-        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {key} }}")
+    # active_down4 is by address: another phone's session on it (its lease moved) loses
+    # its download activity here too, until its next upload re-arms it
+    for name, elem in (("auth4", key), ("active4", key), ("active_down4", ip)):
+        lines.append(f"add element {FAMILY} {TABLE} {name} {{ {elem} timeout 1s }}")
+        lines.append(f"delete element {FAMILY} {TABLE} {name} {{ {elem} }}")
     if class_text is not None:
         lines.append(f"add element {FAMILY} {TABLE} client_class {{ {ip} : {class_text} }}")
         lines.append(f"delete element {FAMILY} {TABLE} client_class {{ {ip} }}")

@@ -20,7 +20,9 @@ import pytest
 from desanet_lab import LabInfo, LabSpec, run_in
 from desanet_lab import plan as p
 from gateway.firewall.planner import (
+    DNS_BURST_AUTHORIZED,
     DNS_BURST_BEFORE_LOGIN,
+    DNS_RATE_AUTHORIZED,
     DNS_RATE_BEFORE_LOGIN,
     GARDEN_TTL_FLOOR,
 )
@@ -249,6 +251,29 @@ def test_a_dns_flood_before_login_is_cut_and_others_still_resolve(lab: LabInfo) 
     # and c1's own rate comes back once it stops
     wait_until(lambda: dns(c1, p.PORTAL_HOSTNAME).get("a") == [p.LAN_IP], 10,
                "c1 to resolve again after its flood")
+
+
+def test_a_dns_flood_after_login_is_bounded_too(lab: LabInfo, c3_online: str) -> None:
+    """A DNS tunnel through the full resolver escapes the quota counters and fair use
+    (red team): a logged-in client has its own query rate at the gateway."""
+    def flood(count: int) -> dict[str, Any]:
+        res = run_in(c3_online, [sys.executable, "-c", DNS_TOOL, "flood", p.LAN_IP,
+                                 p.PORTAL_HOSTNAME, str(count)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        out: dict[str, Any] = json.loads(res.stdout)
+        return out
+
+    # the control: a page load's worth of queries at once is all answered
+    burst = flood(DNS_BURST_AUTHORIZED // 2)
+    assert burst["answered"] == burst["sent"], burst
+    big = flood(1500)
+    allowed = DNS_BURST_AUTHORIZED + DNS_RATE_AUTHORIZED * (big["elapsed"] + 2)
+    assert big["answered"] <= allowed, big
+    if allowed < big["sent"]:
+        assert big["answered"] < big["sent"], big
+    # its rate comes back once it stops
+    wait_until(lambda: dns(c3_online, p.PORTAL_HOSTNAME).get("a") == [p.LAN_IP], 15,
+               "c3 to resolve again after its flood")
 
 
 # 2 -- the walled garden --------------------------------------------------------------------

@@ -69,6 +69,13 @@ def test_input_guards_see_every_packet_not_only_new_flows() -> None:
     assert meter < established and guard < established
     assert "limit rate over 20/second burst 60 packets } drop" in rules[meter]
     assert rules[guard].endswith("ether saddr . ip saddr != @auth4 drop")
+    # after login: a rate of its own on the full resolver (a DNS tunnel's bound), after the
+    # guard (only trusted and authorized clients get there), trusted MACs not limited
+    authed = next(i for i, r in enumerate(rules) if "update @dns_meter_auth4" in r)
+    assert guard < authed < established
+    assert rules[authed] == ("meta l4proto { tcp, udp } th dport 53 ether saddr != @trusted_mac "
+                             "update @dns_meter_auth4 { ip saddr limit rate over 10/second "
+                             "burst 100 packets } drop")
     assert f"meta l4proto {{ tcp, udp }} th dport {{ 53, {PRELOGIN_DNS_PORT} }} accept" in rules
 
 

@@ -161,4 +161,70 @@ def test_authorize_replaces_timeouts() -> None:
 def test_revoke_is_idempotent_and_touches_only_sets() -> None:
     ops = plan_revoke(A.mac, A.ip)
     assert "rule" not in ops
-    assert ops.count("delete element") == 2
+    assert ops.count("delete element") == 3  # auth4, active4, active_down4 (by address)
+
+
+# -- activity in both directions (a silent phone receiving a stream is online) -------------
+
+
+def test_a_download_refreshes_its_client_activity_only_while_the_element_lives() -> None:
+    fwd = chain(plan_ruleset(make_config(), [A], NOW), "filter_forward")
+    lines = [x.strip() for x in fwd.splitlines()]
+    down = 'oifname "br-lan" ct state established,related ip daddr @active_down4 ' \
+        "update @active_down4 { ip daddr }"
+    # after the quota chain (a packet it drops is no use), before the accept (which ends
+    # the chain); guarded by the element: a lapsed (idle) client is not revived
+    assert lines.index('oifname "br-lan" jump client_down') < lines.index(down)
+    assert lines.index(down) == lines.index('oifname "br-lan" ct state established,related accept') - 1
+
+
+def test_an_upload_re_arms_the_download_element_and_passes_on_either() -> None:
+    fwd = [x.strip() for x in chain(plan_ruleset(make_config(), [A], NOW), "lan_forward").splitlines()]
+    first = next(i for i, x in enumerate(fwd) if "update @active4" in x)
+    # add, not update: an existing download element keeps its own (download) time
+    assert fwd[first].endswith("update @active4 { ether saddr . ip saddr } "
+                               "add @active_down4 { ip saddr } goto client_up")
+    # a client whose upload window lapsed while downloads kept it online still gets out,
+    # only with its MAC and address in auth4
+    assert fwd[first + 1] == ("ip saddr @active_down4 ether saddr . ip saddr @auth4 "
+                              "update @active4 { ether saddr . ip saddr } goto client_up")
+    assert not any("@active_down4" in x and "@auth4" not in x for x in fwd)
+
+
+@pytest.mark.parametrize(
+    ("carried", "in_active4", "down"),
+    [
+        # downloads only: the upload window lapsed, the session is not idle
+        (CarriedState(active_down={A.ip: 50}, from_live_table=True), None, "expires 50s"),
+        # the later of the two
+        (CarriedState(active={(A.mac, A.ip): 42}, active_down={A.ip: 7}, from_live_table=True),
+         "expires 42s", "expires 42s"),
+        (CarriedState(active={(A.mac, A.ip): 3}, active_down={A.ip: 30}, from_live_table=True),
+         "expires 3s", "expires 30s"),
+        # no live table (a reboot): one fresh window in both
+        (CarriedState(), "expires 600s", "expires 600s"),
+    ],
+)
+def test_download_activity_is_carried_over(carried: CarriedState, in_active4: str | None,
+                                           down: str) -> None:
+    script = plan_ruleset(make_config(), [A], NOW, carried)
+    active = set_block(script, "active4")
+    assert (A.mac in active) is (in_active4 is not None)
+    if in_active4:
+        assert f"{A.mac} . {A.ip} timeout 1800s {in_active4}" in active
+    assert f"{A.ip} timeout 1800s {down}" in set_block(script, "active_down4")
+
+
+def test_idle_both_ways_gets_no_window_in_either_set() -> None:
+    script = plan_ruleset(make_config(), [A], NOW, CarriedState(from_live_table=True))
+    assert A.ip not in set_block(script, "active_down4")
+    assert A.mac not in set_block(script, "active4")
+
+
+def test_authorize_opens_both_activity_elements() -> None:
+    ops = plan_authorize(A, NOW).splitlines()
+    assert ops[6:9] == [
+        f"add element inet desanet active_down4 {{ {A.ip} timeout 600s }}",
+        f"delete element inet desanet active_down4 {{ {A.ip} }}",
+        f"add element inet desanet active_down4 {{ {A.ip} timeout 600s }}",
+    ]
