@@ -6,7 +6,8 @@ broker's ACL confines each to ``desanet/v1/<CN>/#``), and the operators'
 certificates. The lab makes the same, per lab, under ``<state dir>/mqtt/pki``:
 ``ca.crt``/``ca.key``, ``server.*``, ``<site>.crt``/``.key`` per device and
 ``operator.*``. Private keys are written 0600 by a write-then-rename. A lab
-lives for hours, so everything is valid for 30 days.
+lives for hours; everything is valid for a year, well past the 60 days before
+expiry at which `desanet diag` and `status` start to warn (certexpiry.WARN_DAYS).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import LabError
 
-VALID_FOR = datetime.timedelta(days=30)
+VALID_FOR = datetime.timedelta(days=365)
 _STEM = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
