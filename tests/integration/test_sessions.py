@@ -509,6 +509,30 @@ def test_control_api_bad_input_changes_nothing(lab_a: LabInfo) -> None:
 # -- 6. idle timeout ----------------------------------------------------------------------
 
 
+# A client's own cadence: one datagram to the lab internet every second, from a process
+# in its namespace (the pacing IS the client's behaviour, not a wait of the test). It
+# prints the largest gap between two of its sends when stopped: a loaded machine may
+# starve even this, and then a cut would be no product defect.
+_SENDER = """
+import signal, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+last, gap, stop = time.monotonic(), 0.0, []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+while not stop:
+    s.sendto(b"busy", (sys.argv[1], int(sys.argv[2])))
+    now = time.monotonic()
+    gap, last = max(gap, now - last), now
+    time.sleep(float(sys.argv[3]))
+print(f"{gap:.1f}", flush=True)
+"""
+
+
+def ended_idle(lab: LabInfo, offset: int, client: str) -> bool:
+    """Did the daemon log the end of ``client``'s session as idle since ``offset``?"""
+    return any(f"session of {client} ".lower() in ln.lower() and ln.endswith("ended: idle")
+               for ln in log_since(gw_log(lab), offset).splitlines())
+
+
 def test_idle_timeout(lab_c: LabInfo) -> None:
     sock, idle, busy = lab_c.control_socket, ns(lab_c, 2), ns(lab_c, 3)
     for c in (idle, busy):
@@ -516,21 +540,27 @@ def test_idle_timeout(lab_c: LabInfo) -> None:
     assert has_internet(busy)
     assert has_internet(idle)
     last_packet = time.monotonic()
-
-    cut_at: float | None = None
-    while True:
-        elapsed = time.monotonic() - last_packet
-        r = internet(busy)
-        assert r.status == 200, f"a client sending every 2 s was cut after {elapsed:.1f} s: {r}"
-        if cut_at is None and not is_authorized(sock, mac(2)):
-            cut_at = time.monotonic() - last_packet
-        if cut_at is not None and elapsed > SHORT_IDLE + SWEEP:
-            break
-        assert elapsed < SHORT_IDLE + SWEEP + 4, "the idle client was never cut"
-        time.sleep(2)
-
+    offset = log_size(gw_log(lab_c))
+    # The busy client sends on its own clock: the checks below call the CLI, which takes
+    # seconds on a loaded machine (a loop of "send, check, sleep 2 s" once left a gap
+    # longer than the 6 s window and saw that client cut, rightly).
+    sender = subprocess.Popen(
+        [nsa.IP, "netns", "exec", busy, sys.executable, "-c", _SENDER, p.INTERNET_V4,
+         str(p.UDP_ECHO_PORT), "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        # Its last packet came after the busy one's: when it is cut, a sweep has seen
+        # the busy client's element expired too, had its datagrams not refreshed it.
+        wait_until(lambda: ended_idle(lab_c, offset, mac(2)), SHORT_IDLE + SWEEP + 30,
+                   "the idle client to be cut")
+        cut_at = time.monotonic() - last_packet
+        assert not is_authorized(sock, mac(2))
+    finally:
+        sender.terminate()
+        gap = sender.communicate(timeout=30)[0].strip()
     assert cut_at >= SHORT_IDLE - 1, f"the idle client was cut after only {cut_at:.1f} s"
-    assert is_authorized(sock, mac(3)), "the busy client must stay authorized past the idle timeout"
+    # Not is_authorized: on a loaded machine its 18 s session may have expired by now.
+    assert not ended_idle(lab_c, offset, mac(3)), \
+        f"a client sending every 1 s (largest gap {gap} s) was cut as idle"
     assert not in_set(lab_c.gw, "auth4", mac(2))
     assert internet(idle).redirected_to_portal()
     assert login_terms(idle).status == 303
