@@ -5,7 +5,9 @@ One lab for the module. Clients c1..c4 are authorized, c5 never is. iperf3
 servers run in the WAN namespace on the "internet" address (one port per
 concurrent flow) and on the walled-garden "government" address. Every
 measurement is short (``-t 4 -O 1``: the first second, TCP slow start, is
-left out) and read from iperf3's JSON (``end.sum_received``).
+left out) and read from iperf3's JSON (``end.sum_received``). Flows that must
+last until a condition (a plan change confirmed, a stats sample taken) run
+with a long ``-t`` and are interrupted once it holds (:meth:`Flow.interrupt`).
 """
 
 from __future__ import annotations
