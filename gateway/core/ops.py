@@ -22,7 +22,6 @@ from gateway.core.configuration import ApplyResult, ConfigService
 from gateway.core.events import ChangeSource, EndReason, EventBus, Stamped
 from gateway.core.office import OfficeService
 from gateway.core.sessions import SessionService
-from gateway.core.usage import latest_activity
 from gateway.core.vouchers import VoucherService
 from gateway.errors import Conflict, Refused
 from gateway.model import Session, Voucher
@@ -172,9 +171,7 @@ class GatewayOps:
         """Authorized sessions (with idle time left and shaping), then DHCP-only clients."""
         now = self.now()
         sessions = await self.sessions.active()
-        active = latest_activity(await self._firewall.active_clients(),
-                                 await self._firewall.active_addresses(),
-                                 [(s.mac, s.ip) for s in sessions])
+        active = await self._firewall.active_clients()  # idle = the client's own silence
         names = await self._neighbours.host_names()
         out = []
         for s in sessions:

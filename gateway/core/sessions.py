@@ -476,11 +476,13 @@ class SessionService:
         # cannot be idle yet (see idle_sessions), an entry added since is not in the
         # snapshot, and revoking an entry that has gone meanwhile is a no-op.
         started = self.clock.monotonic()
-        active = await self.firewall.active_clients()
+        sent = await self.firewall.active_clients()
         downloads = await self.firewall.active_addresses()
         authorized = await self.firewall.authorized_clients()
-        # idle = quiet both ways: a silent phone receiving a stream is online (usage.py)
-        active = latest_activity(active, downloads, authorized)
+        # Time of use counts both ways (a silent phone receiving a stream is charged for it,
+        # usage.py), but idle is the client's own silence: a phone that left must not be
+        # kept online by a stream still pushed to it (tests/integration/test_connections.py).
+        active = latest_activity(sent, downloads, authorized)
         self._listing = self.clock.monotonic() - started
         async with self.locks.exclusive():
             now = self.now()
@@ -490,11 +492,14 @@ class SessionService:
             sessions = await self.store.active_sessions(now)
             # Out of auth4 is no idleness but a lost entry: restored below, not ended.
             listed = [s for s in sessions if (s.mac, s.ip) in authorized]
-            for s in idle_sessions(listed, active, now):
+            # Counted before the idle ends: a session ending now is charged up to its last
+            # packet either way (a stream it received until now included).
+            spent = await self._count_use(sessions, active, started, now)
+            for s in idle_sessions(listed, sent, now):
                 await self.store.end_session(s.mac, now, EndReason.IDLE)
                 await self._cut_off(s)
                 ended.append((s, EndReason.IDLE))
-            for s in await self._count_use(sessions, active, started, now):
+            for s in spent:
                 if await self.store.end_session(s.mac, now, EndReason.TIME_USED) is not None:
                     await self._cut_off(s)
                     ended.append((s, EndReason.TIME_USED))

@@ -139,7 +139,7 @@ def received(count: Path) -> int:
         return 0
 
 
-def test_a_silent_client_receiving_a_stream_stays_online_and_is_counted(
+def test_a_stream_to_a_silent_client_does_not_hold_its_session(
         lab: LabInfo, tmp_path: Path) -> None:
     sock, c1, mac1 = lab.control_socket, lab.client(1).name, p.client_mac(1)
     ensure_gateway(lab)
@@ -149,26 +149,10 @@ def test_a_silent_client_receiving_a_stream_stays_online_and_is_counted(
 
     with stream_to(lab, c1, tmp_path) as count:
         wait_until(lambda: received(count) >= 20, 10, "the stream to reach the client")
-        # the client sends nothing more: its own activity element lapses ...
-        wait_until(lambda: not in_active4(lab, mac1), IDLE + 2 * SWEEP_INTERVAL,
-                   "the client's upload activity (active4) to lapse", interval=0.5)
-        at_lapse, got = used(sock, code), received(count)
-
-        # ... and it stays online, its time of use growing, for well over an idle timeout
-        # (before the fix the sweep ended it here as idle)
-        def counted_on() -> bool:
-            assert authorized(sock, mac1), "the session of a client receiving a stream ended"
-            return used(sock, code) >= at_lapse + IDLE + SWEEP_INTERVAL
-
-        wait_until(counted_on, 2 * IDLE + 4 * SWEEP_INTERVAL,
-                   "time of use to grow while the client only receives", interval=1)
-        assert received(count) > got, "the stream stopped reaching the client"
-        assert not in_active4(lab, mac1), "the client sent something: the test proves nothing"
-    at_stop = used(sock, code)
-
-    # the positive control: the stream stopped, nothing either way: idle, session ended
-    wait_until(lambda: not authorized(sock, mac1), IDLE + 3 * SWEEP_INTERVAL,
-               "the idle session to end", interval=1)
-    assert used(sock, code) - at_stop <= MARGIN
+        # The client sends nothing more. A phone that left is idle by its own silence even
+        # with a stream still pushed to it (test_connections.py): the session ends idle ...
+        wait_until(lambda: not authorized(sock, mac1), IDLE + 4 * SWEEP_INTERVAL,
+                   "the silent client's session to end idle", interval=0.5)
+        assert not in_active4(lab, mac1)
     log = Path(lab.state_dir, "gateway.log").read_text(errors="replace")
     assert f"session of {mac1} ({lab.client(1).ipv4}) ended: idle" in log
