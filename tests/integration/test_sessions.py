@@ -517,12 +517,17 @@ _SENDER = """
 import signal, socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 last, gap, stop = time.monotonic(), 0.0, []
-signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-while not stop:
+def send(*_):
+    global last, gap
     s.sendto(b"busy", (sys.argv[1], int(sys.argv[2])))
     now = time.monotonic()
     gap, last = max(gap, now - last), now
-    time.sleep(float(sys.argv[3]))
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+signal.signal(signal.SIGALRM, send)
+send()
+signal.setitimer(signal.ITIMER_REAL, float(sys.argv[3]), float(sys.argv[3]))  # its cadence
+while not stop:
+    signal.pause()
 print(f"{gap:.1f}", flush=True)
 """
 
