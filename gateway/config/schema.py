@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -350,6 +350,10 @@ PppoeUsername = Annotated[str, AfterValidator(_pppoe_text("user name", spaces=Fa
 PppoePassword = Annotated[str, AfterValidator(_pppoe_text("password", spaces=True))]
 
 
+# pppd's link for network.wan_address = "pppoe" (the OS image's options name it so).
+PPP_INTERFACE: Final = "ppp0"
+
+
 class Network(_Section):
     lan_interface: IfName = Field(examples=["br-lan"])
     wan_interface: IfName = Field(examples=["eth0"])
@@ -367,6 +371,12 @@ class Network(_Section):
     wan_dns: list[WanHost] = Field(default_factory=list, examples=[["1.1.1.1", "8.8.8.8"]])
     pppoe_username: PppoeUsername = Field("", examples=["sukamaju@isp.example"])
     pppoe_password: PppoePassword = Field("", examples=["rahasia-isp"])
+
+    @property
+    def uplink_interface(self) -> str:
+        """Where IP leaves for the internet: with PPPoE the link pppd brings up over the
+        WAN port (the port itself then carries only PPPoE frames), else the port."""
+        return PPP_INTERFACE if self.wan_address == "pppoe" else self.wan_interface
 
 
 def wan_problems(network: Network) -> list[str]:

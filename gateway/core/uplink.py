@@ -253,7 +253,7 @@ class UplinkService:
         cfg = self._config()
         up = cfg.uplink
         self.monitor.fail_after, self.monitor.recover_after = up.fail_after, up.recover_after
-        if not await self.prober.link_up(cfg.network.wan_interface):
+        if not await self.prober.link_up(cfg.network.uplink_interface):
             changed = self.monitor.link_lost()
         else:
             dns, tcp = probe_targets(cfg, self.prober.system_resolvers())

@@ -164,7 +164,10 @@ def plan_ruleset(
     carried = carried or CarriedState()
     sessions = list(sessions)
     lan = _quote(cfg.network.lan_interface)
-    wan = _quote(cfg.network.wan_interface)
+    # NAT and the WAN's input rules sit where IP leaves: ppp0 with PPPoE (the port then
+    # carries only PPPoE frames). Shaping stays on the port (gateway/shaping), which
+    # always exists; the skb priority set here survives the PPP encapsulation.
+    wan = _quote(cfg.network.uplink_interface)
     lan_ip = cfg.lan_ip
     portal = cfg.portal
     idle = portal.idle_timeout
@@ -290,7 +293,7 @@ def plan_ruleset(
   }}
 {guard_chains(cfg, lan)}  chain filter_forward {{
     type filter hook forward priority filter; policy drop;
-{_classify_forward(cfg)}    iifname {lan} jump lan_forward
+{_classify_forward(cfg)}{_mss_clamp(cfg)}    iifname {lan} jump lan_forward
     oifname {lan} jump client_down
     oifname {lan} ct state established,related ip daddr @active_down4 update @active_down4 {{ ip daddr }}
     oifname {lan} ct state established,related accept
@@ -407,9 +410,19 @@ def _classify_output(cfg: Config) -> str:
     if not cfg.shaping.enabled:
         return ""
     lan = _quote(cfg.network.lan_interface)
-    wan = _quote(cfg.network.wan_interface)
+    wans = ", ".join(_quote(name) for name in
+                     dict.fromkeys((cfg.network.wan_interface, cfg.network.uplink_interface)))
     local = classid_text(LOCAL_MINOR)
-    return f"    oifname {{ {lan}, {wan} }} meta priority set {local}\n"
+    return f"    oifname {{ {lan}, {wans} }} meta priority set {local}\n"
+
+
+def _mss_clamp(cfg: Config) -> str:
+    """PPPoE's 8-byte header leaves ppp0 an MTU under 1500: outgoing SYNs carry an MSS
+    that fits it, or sites behind a path-MTU black hole hang (what every PPPoE router does)."""
+    if cfg.network.wan_address != "pppoe":
+        return ""
+    ppp = _quote(cfg.network.uplink_interface)
+    return f"    oifname {ppp} tcp flags syn tcp option maxseg size set rt mtu\n"
 
 
 def _classify_metered(cfg: Config) -> str:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-from gateway.config.schema import Config
+from gateway.config.schema import PPP_INTERFACE, Config
 
 RUN_DIR: Final = "run/desanet-system"
 NETWORKD_DIR: Final = "run/systemd/network"
 HOSTAPD_CONF: Final = f"{RUN_DIR}/hostapd.conf"
 PPPOE_OPTIONS: Final = f"{RUN_DIR}/pppoe.options"
-PPP_INTERFACE: Final = "ppp0"
 DEFAULT_WIFI_INTERFACE: Final = "wlan0"
 # Files holding a secret (Wi-Fi passphrase, ISP password): root-only.
 SECRET_FILES: Final = frozenset({HOSTAPD_CONF, PPPOE_OPTIONS})
