@@ -128,14 +128,12 @@ def install(stream: IO[bytes], paths: Paths, tries: int = DEFAULT_TRIES,
             with (kdir / f"{name}.new").open("wb") as f:
                 _write_stream(chunks, f, None, name)
     for name in ("vmlinuz", "initrd.img"):
-        (kdir / f"{name}.new").replace(kdir / name)
-    slots.fsync_dir(kdir)
+        slots.replace_durably(kdir / f"{name}.new", kdir / name)
     options = slots.extra_options(paths.cmdline.read_text())
     entry = entries_dir / slots.entry_name(target, tries)
     tmp = entries_dir / f".{entry.name}.tmp"
     tmp.write_text(slots.entry_text(target, m.version, options))
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
-    tmp.replace(entry)
-    slots.fsync_dir(entries_dir)
+    slots.replace_durably(tmp, entry)
     return target, m.version, running

@@ -126,3 +126,20 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_durably(src: Path, dest: Path) -> None:
+    """Rename ``src`` (already fsynced) to ``dest`` so that both survive a power cut, on vfat too.
+
+    On the ESP's vfat a rename writes the new directory entry with size 0 and no first
+    cluster; the real ones reach the disk only when the file's inode is written back. So
+    besides the directory, the file is fsynced again under its new name (found by a
+    power cut in the boot test: a 0-byte loader entry and kernel).
+    """
+    src.replace(dest)
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(dest.parent)
