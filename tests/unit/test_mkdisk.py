@@ -104,3 +104,40 @@ def test_a_root_too_big_for_the_slot_is_refused(tmp_path: Path) -> None:
     big.write_bytes(bytes(40 << 20))
     proc = mkdisk(tmp_path)
     assert proc.returncode == 1 and "--slot-size" in proc.stderr
+
+
+def partitions(disk: Path) -> dict[str, dict[str, object]]:
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    return {p["name"]: p for p in table["partitions"]}
+
+
+@pytest.mark.skipif(shutil.which("systemd-repart") is None, reason="needs systemd-repart")
+def test_the_image_grows_only_the_data_partition_to_the_card(tmp_path: Path) -> None:
+    """The image's repart.d, run as the booted gateway runs it, on a card larger than the
+    image: desanet-data reaches the end, the ESP and both root slots stay as they were."""
+    assert mkdisk(tmp_path).returncode == 0
+    disk = tmp_path / "disk.img"
+    repart = ["systemd-repart", "--dry-run=no", "--no-pager",
+              f"--definitions={ROOT / 'images/rootfs/usr/lib/repart.d'}", str(disk)]
+
+    def run_repart() -> None:
+        proc = subprocess.run(repart, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+
+    def grown_to(card: int, before: dict[str, dict[str, object]]) -> int:
+        run_repart()
+        after = partitions(disk)
+        for name in ("esp", "root-a", "root-b"):
+            assert after[name] == before[name], name
+        data, old = after["desanet-data"], before["desanet-data"]
+        assert (data["start"], data["uuid"], data["type"]) == (old["start"], old["uuid"],
+                                                               old["type"])
+        end = (int(str(data["start"])) + int(str(data["size"]))) * 512
+        assert card - (2 << 20) < end <= card, f"desanet-data ends at {end}, the card at {card}"
+        return int(str(data["size"])) * 512
+
+    image = grown_to(disk.stat().st_size, partitions(disk))  # the image's own slack only
+    with disk.open("r+b") as f:
+        f.truncate(disk.stat().st_size + (64 << 20))  # flashed onto a bigger card
+    assert grown_to(disk.stat().st_size, partitions(disk)) == image + (64 << 20)
