@@ -15,12 +15,8 @@ then to the kernel:
           shaping.remove. A crash in between leaves a kernel entry the store no
           longer backs; the sweep removes it, so nobody regains access.
 
-Connections: the kernel's verdicts are bound to tracked connections, so a
-login also ends the client's connections the portal redirect caught (a
-browser's keep-alive would stay on the portal), and a cut-off ends its flows
-(a UDP stream in progress would flow on; see ``FirewallPort.end_connections``).
-Failing to do so is logged, not raised: the sets, the truth of who may pass,
-are already right.
+Connections: a login ends the client's connections the portal redirect
+caught, a cut-off ends its flows (session_kernel.py says why).
 
 Healing: whatever else takes a live session's entry out of the kernel (a hand
 edit, a crash of an older version), two places put it back. The sweep compares
@@ -66,6 +62,7 @@ from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, 
 from gateway.core.locks import SessionLocks
 from gateway.core.quota import meter_for, voucher_used
 from gateway.core.returning import ReturningDevices
+from gateway.core.session_kernel import SessionKernel
 from gateway.core.session_rules import (
     idle_sessions,
     leased_addresses,
@@ -121,19 +118,15 @@ class SessionService:
         self.clock = clock
         self.bus = bus
         self.locks = locks or SessionLocks()
-        # Kernel entries this service revoked, by a running count: the sweep's snapshot
-        # of the kernel may still show them, and they are no stale leftovers.
-        self._revocations = 0
-        self._revoked: dict[tuple[str, str], int] = {}
         self._wakeup: Callable[[float], None] | None = None
         self._last_sweep = float("-inf")
         self._listing = 0.0  # seconds the last sweep's listing of the kernel's sets took
         self._leases_synced: dict[str, str] | None = None  # what the lease sets hold
         self._leases_synced_at = float("-inf")
-        self._suspect: Callable[[], None] | None = None
         self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
         self._quota_cut: dict[str, str] = {}  # MAC -> voucher, cut off by its quota
         self.usage = TimeOfUse(config, store)  # plans: vouchers' time of use
+        self._kernel = SessionKernel(config, store, firewall, shaping, clock, self.locks)
         # Since the daemon started, for telemetry (counts only): villagers' logins through the
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
         self.logins = 0
@@ -150,7 +143,7 @@ class SessionService:
     def set_kernel_suspect(self, suspect: Callable[[], None]) -> None:
         """``suspect()`` asks for a check of the whole kernel state now (the kernel
         refused a login: its table or trees may have gone). Must not block."""
-        self._suspect = suspect
+        self._kernel.set_suspect(suspect)
 
     def _wake_at(self, deadline: float) -> None:
         if self._wakeup is not None:
@@ -225,8 +218,7 @@ class SessionService:
         except DesanetError as exc:  # the table itself is gone: the reconciler rebuilds it
             log.warning("could not look up the kernel entries of %s (%s): %s",
                         session.mac, session.ip, exc)
-            if self._suspect is not None:
-                self._suspect()
+            self._kernel.suspect()
             return
         now = self.now()
         if authorized and (active or now - session.started >= session.idle_timeout):
@@ -245,26 +237,7 @@ class SessionService:
                     return
             except DesanetError:
                 pass  # the restore below says what is wrong
-            await self._restore(current, now)
-
-    async def _restore(self, session: Session, now: int) -> None:
-        """Re-add a live session's classes and entries (call holding its lock or the
-        exclusive one). A refusal is logged, never raised."""
-        try:
-            await self.shaping.add(session)
-            used = await self.store.voucher_usage([session.voucher] if session.voucher else [])
-            meter = meter_for(self._config(), session,
-                              used.get(session.voucher or "", (0, 0)))
-            await self.firewall.authorize(session, now, self.shaping.class_text(session),
-                                          meter=meter)
-        except DesanetError as exc:
-            log.error("could not restore the kernel entries of %s (%s): %s",
-                      session.mac, session.ip, exc)
-            if self._suspect is not None:
-                self._suspect()
-            return
-        log.warning("restored the kernel entries of %s (%s): the kernel had lost them "
-                    "while the session was live", session.mac, session.ip)
+            await self._kernel.restore(current, now)
 
     async def login_terms(self, client: ClientView) -> Session:
         """Authorize after the terms were accepted. Raises PortalDenied."""
@@ -368,15 +341,14 @@ class SessionService:
                 await self.firewall.authorize(session, now, self.shaping.class_text(session),
                                               meter=meter)
             except DesanetError:
-                if self._suspect is not None:
-                    self._suspect()  # the table or a tree may be gone: check at once
+                self._kernel.suspect()  # the table or a tree may be gone: check at once
                 await self.store.end_session(mac, now, EndReason.KERNEL_REFUSED)
-                await self._cut_off(session)
+                await self._kernel.cut_off(session)
                 self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
                 raise
             self._quota_cut.pop(mac, None)
             # After the sets: a connection tracked again from here is not redirected.
-            await self._end_connections(ip, redirected_only=True)
+            await self._kernel.end_connections(ip, redirected_only=True)
         self._wake_at(min(session.expires, session.started + session.idle_timeout))
         if self.returning is not None:
             self.returning.forget(mac)  # a new latest session: look it up afresh
@@ -388,7 +360,7 @@ class SessionService:
             # address's own lock. A failure here must not fail the login that worked:
             # the store no longer backs the old entry, so the sweep removes it.
             try:
-                await self._cut_off_locked(current)
+                await self._kernel.cut_off_locked(current)
             except DesanetError as exc:
                 log.error("could not remove the old entry of %s (%s): %s; the sweep will",
                           mac, current.ip, exc)
@@ -400,7 +372,7 @@ class SessionService:
             session = await self.store.end_session(mac, self.now(), reason)
         if session is None:
             raise NotFound(f"{mac} has no active session")
-        await self._cut_off_locked(session)
+        await self._kernel.cut_off_locked(session)
         log.info("ended session of %s (%s): %s", mac, session.ip, reason)
         self.bus.publish(SessionEnded(mac, session.ip, reason))
         return session
@@ -428,7 +400,7 @@ class SessionService:
     async def cut_off_ended(self, sessions: list[Session], reason: EndReason) -> None:
         """Kernel side of sessions the store has already ended (e.g. a revoked voucher)."""
         for s in sessions:
-            await self._cut_off_locked(s)
+            await self._kernel.cut_off_locked(s)
         for s in sessions:
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
 
@@ -469,7 +441,7 @@ class SessionService:
         """End expired and idle sessions; drop kernel entries the store does not back."""
         await self._sync_leases()
         ended: list[tuple[Session, EndReason]] = []
-        mark = self._revocations
+        mark = self._kernel.revocations
         self._last_sweep = snapshot = self.clock.time()
         # The kernel's sets are listed before taking the lock: at 5,000 clients that
         # takes a while, and logins must not wait for it. Safe: a session started since
@@ -487,7 +459,7 @@ class SessionService:
         async with self.locks.exclusive():
             now = self.now()
             for s in await self.store.expire_sessions(now):
-                await self._cut_off(s)
+                await self._kernel.cut_off(s)
                 ended.append((s, EndReason.EXPIRED))
             sessions = await self.store.active_sessions(now)
             # Out of auth4 is no idleness but a lost entry: restored below, not ended.
@@ -497,17 +469,16 @@ class SessionService:
             spent = await self._count_use(sessions, active, started, now)
             for s in idle_sessions(listed, sent, now):
                 await self.store.end_session(s.mac, now, EndReason.IDLE)
-                await self._cut_off(s)
+                await self._kernel.cut_off(s)
                 ended.append((s, EndReason.IDLE))
             for s in spent:
                 if await self.store.end_session(s.mac, now, EndReason.TIME_USED) is not None:
-                    await self._cut_off(s)
+                    await self._kernel.cut_off(s)
                     ended.append((s, EndReason.TIME_USED))
             live = await self.store.active_sessions(now)
             live_ips = {s.ip for s in live}
             # An entry revoked since the snapshot (a logout meanwhile) is gone already.
-            recent = {key for key, seq in self._revoked.items() if seq > mark}
-            self._revoked = {key: seq for key, seq in self._revoked.items() if seq > mark}
+            recent = self._kernel.revoked_since(mark)
             for mac, ip in stale_kernel_entries(live, authorized):
                 if (mac, ip) in recent:
                     continue
@@ -515,10 +486,10 @@ class SessionService:
                 cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
                 await self.firewall.revoke(mac, ip, cls)
                 if ip not in live_ips:
-                    await self._end_connections(ip, redirected_only=False)
+                    await self._kernel.end_connections(ip, redirected_only=False)
                 log.warning("removed kernel authorization with no session: %s %s", mac, ip)
             for s in missing_kernel_entries(live, authorized, active, now, snapshot):
-                await self._restore(s, now)
+                await self._kernel.restore(s, now)
         for s, reason in ended:
             log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
@@ -553,43 +524,6 @@ class SessionService:
         except DesanetError as exc:
             self._leases_synced = None  # try again at the next sweep
             log.error("could not write the DHCP leases into the firewall: %s", exc)
-
-    async def _cut_off_locked(self, session: Session) -> None:
-        async with self.locks.client(session.mac, session.ip):
-            await self._cut_off(session)
-
-    async def _cut_off(self, session: Session) -> None:
-        """Kernel side of a session the store has ended: firewall first, then its classes.
-
-        Call it holding the lock of the session's MAC and address (or the
-        exclusive one), so no login on either can interleave. The store says
-        what is still needed: when the same phone already has a newer session on
-        this address (it logged in again at once), the entries are that
-        session's now and stay; when another phone's live session holds the
-        address (its DHCP lease moved), that session keeps the address's class
-        and map entry, and only this MAC's authorization goes.
-        """
-        users = await self.store.macs_on(session.ip, self.now())
-        if session.mac in users:
-            return
-        class_text = None if users else self.shaping.class_text(session)
-        meter = None if users else meter_for(self._config(), session)
-        await self.firewall.revoke(session.mac, session.ip, class_text, meter=meter)
-        if not users:  # else the address's connections are the other phone's now
-            await self._end_connections(session.ip, redirected_only=False)
-        # Counted once the kernel has done it: a sweep snapshot taken before this
-        # point may still show the entry, one taken after cannot.
-        self._revocations += 1
-        self._revoked[(session.mac, session.ip)] = self._revocations
-        if class_text is not None:
-            await self.shaping.remove(session)
-
-    async def _end_connections(self, ip: str, redirected_only: bool) -> None:
-        """End the address's tracked connections; a refusal is logged, never raised."""
-        try:
-            await self.firewall.end_connections(ip, redirected_only)
-        except DesanetError as exc:
-            log.error("could not end the tracked connections of %s: %s", ip, exc)
 
 
 def next_deadline(
