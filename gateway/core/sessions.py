@@ -20,13 +20,10 @@ caught, a cut-off ends its flows (session_kernel.py says why).
 
 Healing: whatever else takes a live session's entry out of the kernel (a hand
 edit, a crash of an older version), two places put it back. The sweep compares
-the store with the sets it lists anyway; a portal visit (``identify``: the status
-page, the captive-portal API, a login that finds the client online) asks the
-kernel for that one client's entries, at most every ``ENTRY_CHECK_INTERVAL``
-seconds per client. Both re-add the session as it is in the store; a session
-in ``auth4`` but out of ``active4`` after its first idle window is idle, and the
-sweep ends it as before. A refused login also asks the reconciler to check the
-whole kernel state at once (``set_kernel_suspect``).
+the store with the sets it lists anyway; a portal visit (``identify``,
+entry_check.py) asks the kernel for that one client's entries. Both re-add the
+session as it is in the store. A refused login also asks the reconciler to
+check the whole kernel state at once (``set_kernel_suspect``).
 
 Timing: the kernel enforces expiry and idle itself (set element timeouts);
 the sweep turns them into ended sessions, events and ended connections. It
@@ -58,6 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from gateway.clock import Clock
 from gateway.config.schema import Config
 from gateway.config.units import format_left
+from gateway.core.entry_check import EntryCheck
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
 from gateway.core.quota import meter_for, voucher_used
@@ -94,8 +92,7 @@ DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before 
 # Refused.reason when a manual grant would replace a villager's voucher session.
 VOUCHER_SESSION = "voucher_session"
 LEASE_RESYNC = 15.0  # s: the lease sets are written again this often even when unchanged
-ENTRY_CHECK_INTERVAL = 10.0  # a client's kernel entries are checked at most this often on visits
-ENTRY_CHECK_MEMORY = 4096  # clients remembered as checked (then the oldest half is forgotten)
+QUOTA_CUT_MEMORY = 4096  # MACs remembered as cut off by their quota (then all are forgotten)
 
 
 class SessionService:
@@ -123,10 +120,10 @@ class SessionService:
         self._listing = 0.0  # seconds the last sweep's listing of the kernel's sets took
         self._leases_synced: dict[str, str] | None = None  # what the lease sets hold
         self._leases_synced_at = float("-inf")
-        self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
         self._quota_cut: dict[str, str] = {}  # MAC -> voucher, cut off by its quota
         self.usage = TimeOfUse(config, store)  # plans: vouchers' time of use
         self._kernel = SessionKernel(config, store, firewall, shaping, clock, self.locks)
+        self._entry_check = EntryCheck(store, firewall, clock, self.locks, self._kernel)
         # Since the daemon started, for telemetry (counts only): villagers' logins through the
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
         self.logins = 0
@@ -171,7 +168,7 @@ class SessionService:
         if session is not None and session.ip != ip:
             session = None
         if session is not None:
-            await self._check_entry(session)
+            await self._entry_check.check(session)
         elif mac is not None and self.returning is not None:
             session = await self._readmit(mac, ip)
         voucher = None
@@ -202,42 +199,9 @@ class SessionService:
         """Remember that ``mac``'s session ends for its voucher's used-up quota, so the
         portal can say so (until it logs in again; in memory: after a restart the portal
         says it when the code is typed again)."""
-        if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
+        if len(self._quota_cut) >= QUOTA_CUT_MEMORY:
             self._quota_cut.clear()
         self._quota_cut[mac] = code
-
-    async def _check_entry(self, session: Session) -> None:
-        """Put back the client's kernel entries when the kernel lost them; never raises
-        (a portal page must not fail for it: the sweep tries again)."""
-        key = (session.mac, session.ip)
-        mono = self.clock.monotonic()
-        if mono - self._checked.get(key, float("-inf")) < ENTRY_CHECK_INTERVAL:
-            return
-        try:
-            authorized, active = await self.firewall.client_entry(session.mac, session.ip)
-        except DesanetError as exc:  # the table itself is gone: the reconciler rebuilds it
-            log.warning("could not look up the kernel entries of %s (%s): %s",
-                        session.mac, session.ip, exc)
-            self._kernel.suspect()
-            return
-        now = self.now()
-        if authorized and (active or now - session.started >= session.idle_timeout):
-            if len(self._checked) >= ENTRY_CHECK_MEMORY:
-                oldest = sorted(self._checked, key=self._checked.__getitem__)
-                for k in oldest[:ENTRY_CHECK_MEMORY // 2]:
-                    del self._checked[k]
-            self._checked[key] = mono
-            return  # whole, or idle (the sweep ends it)
-        async with self.locks.client(session.mac, session.ip):
-            current = await self.store.active_session(session.mac, now)
-            if current is None or current.ip != session.ip:
-                return  # ended or moved meanwhile: nothing of this session to restore
-            try:  # again under the lock: a login's kernel write may just have landed
-                if all(await self.firewall.client_entry(current.mac, current.ip)):
-                    return
-            except DesanetError:
-                pass  # the restore below says what is wrong
-            await self._kernel.restore(current, now)
 
     async def login_terms(self, client: ClientView) -> Session:
         """Authorize after the terms were accepted. Raises PortalDenied."""
