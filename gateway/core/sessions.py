@@ -15,33 +15,26 @@ then to the kernel:
           shaping.remove. A crash in between leaves a kernel entry the store no
           longer backs; the sweep removes it, so nobody regains access.
 
-Connections: the kernel's verdicts are bound to tracked connections, so a
-login also ends the client's connections the portal redirect caught (a
-browser's keep-alive would stay on the portal), and a cut-off ends its flows
-(a UDP stream in progress would flow on; see ``FirewallPort.end_connections``).
-Failing to do so is logged, not raised: the sets, the truth of who may pass,
-are already right.
+Connections: a login ends the client's connections the portal redirect
+caught, a cut-off ends its flows (session_kernel.py says why).
 
 Healing: whatever else takes a live session's entry out of the kernel (a hand
 edit, a crash of an older version), two places put it back. The sweep compares
-the store with the sets it lists anyway; a portal visit (``identify``: the status
-page, the captive-portal API, a login that finds the client online) asks the
-kernel for that one client's entries, at most every ``ENTRY_CHECK_INTERVAL``
-seconds per client. Both re-add the session as it is in the store; a session
-in ``auth4`` but out of ``active4`` after its first idle window is idle, and the
-sweep ends it as before. A refused login also asks the reconciler to check the
-whole kernel state at once (``set_kernel_suspect``).
+the store with the sets it lists anyway; a portal visit (``identify``,
+entry_check.py) asks the kernel for that one client's entries. Both re-add the
+session as it is in the store. A refused login also asks the reconciler to
+check the whole kernel state at once (``set_kernel_suspect``).
 
 Timing: the kernel enforces expiry and idle itself (set element timeouts);
-the sweep turns them into ended sessions, events and ended connections. It
-runs every few seconds and, through ``set_wakeup``, is asked for again at the
-next expiry or end of an idle window it knows of, so a session ends within
-about a second of its deadline. Each sweep lists the kernel's sets (O(clients):
-~150 ms at 5,000 clients on a test VM), so deadline sweeps are spaced by at
-least ``MIN_SWEEP_GAP`` and by ``LISTING_SHARE`` times the last listing's
-duration: a village of hundreds gets its second, a very large one a few
-seconds, and the kernel worker never spends more than 1/LISTING_SHARE of its
-time listing for deadlines.
+the sweep (sweep.py) turns them into ended sessions, events and ended
+connections, every few seconds and, through ``set_wakeup``, just after the next
+deadline it knows of.
+
+Where the parts live: this module holds the logins, logouts and plan changes;
+session_kernel.py the kernel side they share (restore, cut off, end a client's
+connections); sweep.py the periodic sweep and its timing (expiry, idle, time of
+use, stale and lost entries, the lease sets); entry_check.py a portal visit's
+check of one client's entries; session_rules.py the pure rules all of them use.
 
 :class:`~gateway.core.locks.SessionLocks` (shared with the reconciler's
 converge) lets changes of different clients run at once, orders two changes
@@ -57,25 +50,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 
 from gateway.clock import Clock
 from gateway.config.schema import Config
 from gateway.config.units import format_left
+from gateway.core.entry_check import EntryCheck
 from gateway.core.events import EndReason, EventBus, PlanChanged, SessionEnded, SessionStarted
 from gateway.core.locks import SessionLocks
 from gateway.core.quota import meter_for, voucher_used
 from gateway.core.returning import ReturningDevices
-from gateway.core.session_rules import (
-    idle_sessions,
-    leased_addresses,
-    missing_kernel_entries,
-    new_session,
-    stale_kernel_entries,
-    takeover_refused,
-)
+from gateway.core.session_kernel import SessionKernel
+from gateway.core.session_rules import leased_addresses, new_session, takeover_refused
+from gateway.core.sweep import Sweeper
 from gateway.core.trial import TrialService
-from gateway.core.usage import TimeOfUse, latest_activity
+from gateway.core.usage import TimeOfUse
 from gateway.errors import (
     AmbiguousClient,
     DesanetError,
@@ -91,14 +80,9 @@ from gateway.shaping.service import ShapingService
 
 log = logging.getLogger("desanet.sessions")
 
-MIN_SWEEP_GAP = 1.0  # seconds between two sweeps asked for by deadlines (bounds the cost)
-LISTING_SHARE = 20  # ... and at least this many times the last listing of the kernel's sets
-DEADLINE_SLACK = 0.05  # wake just after a deadline, never on the second before it
 # Refused.reason when a manual grant would replace a villager's voucher session.
 VOUCHER_SESSION = "voucher_session"
-LEASE_RESYNC = 15.0  # s: the lease sets are written again this often even when unchanged
-ENTRY_CHECK_INTERVAL = 10.0  # a client's kernel entries are checked at most this often on visits
-ENTRY_CHECK_MEMORY = 4096  # clients remembered as checked (then the oldest half is forgotten)
+QUOTA_CUT_MEMORY = 4096  # MACs remembered as cut off by their quota (then all are forgotten)
 
 
 class SessionService:
@@ -121,19 +105,12 @@ class SessionService:
         self.clock = clock
         self.bus = bus
         self.locks = locks or SessionLocks()
-        # Kernel entries this service revoked, by a running count: the sweep's snapshot
-        # of the kernel may still show them, and they are no stale leftovers.
-        self._revocations = 0
-        self._revoked: dict[tuple[str, str], int] = {}
-        self._wakeup: Callable[[float], None] | None = None
-        self._last_sweep = float("-inf")
-        self._listing = 0.0  # seconds the last sweep's listing of the kernel's sets took
-        self._leases_synced: dict[str, str] | None = None  # what the lease sets hold
-        self._leases_synced_at = float("-inf")
-        self._suspect: Callable[[], None] | None = None
-        self._checked: dict[tuple[str, str], float] = {}  # client -> monotonic time found whole
         self._quota_cut: dict[str, str] = {}  # MAC -> voucher, cut off by its quota
         self.usage = TimeOfUse(config, store)  # plans: vouchers' time of use
+        self._kernel = SessionKernel(config, store, firewall, shaping, clock, self.locks)
+        self._sweeper = Sweeper(config, store, firewall, shaping, neighbours, clock, bus,
+                                self.locks, self._kernel, self.usage)
+        self._entry_check = EntryCheck(store, firewall, clock, self.locks, self._kernel)
         # Since the daemon started, for telemetry (counts only): villagers' logins through the
         # portal, and voucher codes refused (well-formed codes that were wrong, used up, ...).
         self.logins = 0
@@ -145,24 +122,19 @@ class SessionService:
 
     def set_wakeup(self, wakeup: Callable[[float], None]) -> None:
         """``wakeup(at)`` asks for a sweep at wall-clock time ``at`` (the reconciler's timer)."""
-        self._wakeup = wakeup
+        self._sweeper.set_wakeup(wakeup)
 
     def set_kernel_suspect(self, suspect: Callable[[], None]) -> None:
         """``suspect()`` asks for a check of the whole kernel state now (the kernel
         refused a login: its table or trees may have gone). Must not block."""
-        self._suspect = suspect
-
-    def _wake_at(self, deadline: float) -> None:
-        if self._wakeup is not None:
-            gap = max(MIN_SWEEP_GAP, LISTING_SHARE * self._listing)
-            self._wakeup(max(deadline + DEADLINE_SLACK, self._last_sweep + gap))
+        self._kernel.set_suspect(suspect)
 
     def now(self) -> int:
         return self.clock.now()
 
     def sweep_soon(self) -> None:
         """Ask for a sweep now (a plan changed: sessions may be over their new limits)."""
-        self._wake_at(self.clock.time())
+        self._sweeper.wake_at(self.clock.time())
 
     # -- portal backend ---------------------------------------------------------------
 
@@ -178,7 +150,7 @@ class SessionService:
         if session is not None and session.ip != ip:
             session = None
         if session is not None:
-            await self._check_entry(session)
+            await self._entry_check.check(session)
         elif mac is not None and self.returning is not None:
             session = await self._readmit(mac, ip)
         voucher = None
@@ -209,62 +181,9 @@ class SessionService:
         """Remember that ``mac``'s session ends for its voucher's used-up quota, so the
         portal can say so (until it logs in again; in memory: after a restart the portal
         says it when the code is typed again)."""
-        if len(self._quota_cut) >= ENTRY_CHECK_MEMORY:
+        if len(self._quota_cut) >= QUOTA_CUT_MEMORY:
             self._quota_cut.clear()
         self._quota_cut[mac] = code
-
-    async def _check_entry(self, session: Session) -> None:
-        """Put back the client's kernel entries when the kernel lost them; never raises
-        (a portal page must not fail for it: the sweep tries again)."""
-        key = (session.mac, session.ip)
-        mono = self.clock.monotonic()
-        if mono - self._checked.get(key, float("-inf")) < ENTRY_CHECK_INTERVAL:
-            return
-        try:
-            authorized, active = await self.firewall.client_entry(session.mac, session.ip)
-        except DesanetError as exc:  # the table itself is gone: the reconciler rebuilds it
-            log.warning("could not look up the kernel entries of %s (%s): %s",
-                        session.mac, session.ip, exc)
-            if self._suspect is not None:
-                self._suspect()
-            return
-        now = self.now()
-        if authorized and (active or now - session.started >= session.idle_timeout):
-            if len(self._checked) >= ENTRY_CHECK_MEMORY:
-                oldest = sorted(self._checked, key=self._checked.__getitem__)
-                for k in oldest[:ENTRY_CHECK_MEMORY // 2]:
-                    del self._checked[k]
-            self._checked[key] = mono
-            return  # whole, or idle (the sweep ends it)
-        async with self.locks.client(session.mac, session.ip):
-            current = await self.store.active_session(session.mac, now)
-            if current is None or current.ip != session.ip:
-                return  # ended or moved meanwhile: nothing of this session to restore
-            try:  # again under the lock: a login's kernel write may just have landed
-                if all(await self.firewall.client_entry(current.mac, current.ip)):
-                    return
-            except DesanetError:
-                pass  # the restore below says what is wrong
-            await self._restore(current, now)
-
-    async def _restore(self, session: Session, now: int) -> None:
-        """Re-add a live session's classes and entries (call holding its lock or the
-        exclusive one). A refusal is logged, never raised."""
-        try:
-            await self.shaping.add(session)
-            used = await self.store.voucher_usage([session.voucher] if session.voucher else [])
-            meter = meter_for(self._config(), session,
-                              used.get(session.voucher or "", (0, 0)))
-            await self.firewall.authorize(session, now, self.shaping.class_text(session),
-                                          meter=meter)
-        except DesanetError as exc:
-            log.error("could not restore the kernel entries of %s (%s): %s",
-                      session.mac, session.ip, exc)
-            if self._suspect is not None:
-                self._suspect()
-            return
-        log.warning("restored the kernel entries of %s (%s): the kernel had lost them "
-                    "while the session was live", session.mac, session.ip)
 
     async def login_terms(self, client: ClientView) -> Session:
         """Authorize after the terms were accepted. Raises PortalDenied."""
@@ -368,16 +287,15 @@ class SessionService:
                 await self.firewall.authorize(session, now, self.shaping.class_text(session),
                                               meter=meter)
             except DesanetError:
-                if self._suspect is not None:
-                    self._suspect()  # the table or a tree may be gone: check at once
+                self._kernel.suspect()  # the table or a tree may be gone: check at once
                 await self.store.end_session(mac, now, EndReason.KERNEL_REFUSED)
-                await self._cut_off(session)
+                await self._kernel.cut_off(session)
                 self.bus.publish(SessionEnded(mac, ip, EndReason.KERNEL_REFUSED))
                 raise
             self._quota_cut.pop(mac, None)
             # After the sets: a connection tracked again from here is not redirected.
-            await self._end_connections(ip, redirected_only=True)
-        self._wake_at(min(session.expires, session.started + session.idle_timeout))
+            await self._kernel.end_connections(ip, redirected_only=True)
+        self._sweeper.wake_at(min(session.expires, session.started + session.idle_timeout))
         if self.returning is not None:
             self.returning.forget(mac)  # a new latest session: look it up afresh
         log.info("authorized %s (%s) via %s until %s", mac, ip, source, session.expires)
@@ -388,7 +306,7 @@ class SessionService:
             # address's own lock. A failure here must not fail the login that worked:
             # the store no longer backs the old entry, so the sweep removes it.
             try:
-                await self._cut_off_locked(current)
+                await self._kernel.cut_off_locked(current)
             except DesanetError as exc:
                 log.error("could not remove the old entry of %s (%s): %s; the sweep will",
                           mac, current.ip, exc)
@@ -400,7 +318,7 @@ class SessionService:
             session = await self.store.end_session(mac, self.now(), reason)
         if session is None:
             raise NotFound(f"{mac} has no active session")
-        await self._cut_off_locked(session)
+        await self._kernel.cut_off_locked(session)
         log.info("ended session of %s (%s): %s", mac, session.ip, reason)
         self.bus.publish(SessionEnded(mac, session.ip, reason))
         return session
@@ -428,7 +346,7 @@ class SessionService:
     async def cut_off_ended(self, sessions: list[Session], reason: EndReason) -> None:
         """Kernel side of sessions the store has already ended (e.g. a revoked voucher)."""
         for s in sessions:
-            await self._cut_off_locked(s)
+            await self._kernel.cut_off_locked(s)
         for s in sessions:
             self.bus.publish(SessionEnded(s.mac, s.ip, reason))
 
@@ -466,146 +384,6 @@ class SessionService:
     # -- sweeping ----------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """End expired and idle sessions; drop kernel entries the store does not back."""
-        await self._sync_leases()
-        ended: list[tuple[Session, EndReason]] = []
-        mark = self._revocations
-        self._last_sweep = snapshot = self.clock.time()
-        # The kernel's sets are listed before taking the lock: at 5,000 clients that
-        # takes a while, and logins must not wait for it. Safe: a session started since
-        # cannot be idle yet (see idle_sessions), an entry added since is not in the
-        # snapshot, and revoking an entry that has gone meanwhile is a no-op.
-        started = self.clock.monotonic()
-        sent = await self.firewall.active_clients()
-        downloads = await self.firewall.active_addresses()
-        authorized = await self.firewall.authorized_clients()
-        # Time of use counts both ways (a silent phone receiving a stream is charged for it,
-        # usage.py), but idle is the client's own silence: a phone that left must not be
-        # kept online by a stream still pushed to it (tests/integration/test_connections.py).
-        active = latest_activity(sent, downloads, authorized)
-        self._listing = self.clock.monotonic() - started
-        async with self.locks.exclusive():
-            now = self.now()
-            for s in await self.store.expire_sessions(now):
-                await self._cut_off(s)
-                ended.append((s, EndReason.EXPIRED))
-            sessions = await self.store.active_sessions(now)
-            # Out of auth4 is no idleness but a lost entry: restored below, not ended.
-            listed = [s for s in sessions if (s.mac, s.ip) in authorized]
-            # Counted before the idle ends: a session ending now is charged up to its last
-            # packet either way (a stream it received until now included).
-            spent = await self._count_use(sessions, active, started, now)
-            for s in idle_sessions(listed, sent, now):
-                await self.store.end_session(s.mac, now, EndReason.IDLE)
-                await self._cut_off(s)
-                ended.append((s, EndReason.IDLE))
-            for s in spent:
-                if await self.store.end_session(s.mac, now, EndReason.TIME_USED) is not None:
-                    await self._cut_off(s)
-                    ended.append((s, EndReason.TIME_USED))
-            live = await self.store.active_sessions(now)
-            live_ips = {s.ip for s in live}
-            # An entry revoked since the snapshot (a logout meanwhile) is gone already.
-            recent = {key for key, seq in self._revoked.items() if seq > mark}
-            self._revoked = {key: seq for key, seq in self._revoked.items() if seq > mark}
-            for mac, ip in stale_kernel_entries(live, authorized):
-                if (mac, ip) in recent:
-                    continue
-                # The address's class and map entry belong to a live session if any.
-                cls = None if ip in live_ips else self.shaping.ip_class_text(ip)
-                await self.firewall.revoke(mac, ip, cls)
-                if ip not in live_ips:
-                    await self._end_connections(ip, redirected_only=False)
-                log.warning("removed kernel authorization with no session: %s %s", mac, ip)
-            for s in missing_kernel_entries(live, authorized, active, now, snapshot):
-                await self._restore(s, now)
-        for s, reason in ended:
-            log.info("session of %s (%s) ended: %s", s.mac, s.ip, reason)
-            self.bus.publish(SessionEnded(s.mac, s.ip, reason))
-        deadline = next_deadline(live, active, snapshot)
-        if self.usage.deadline is not None:  # a time of use running out
-            deadline = min(deadline or self.usage.deadline, self.usage.deadline)
-        if deadline is not None:
-            self._wake_at(deadline)
-
-    async def _count_use(self, sessions: list[Session], active: Mapping[tuple[str, str], int],
-                         listed: float, now: int) -> list[Session]:
-        """Time of use (gateway/core/usage.py); the sessions whose time is used up. A store
-        failure is logged: the sweep's own work goes on, the time is counted next turn."""
-        try:
-            return await self.usage.tick(sessions, active, listed, now)
-        except DesanetError as exc:
-            log.error("could not count the vouchers' time of use: %s", exc)
-            return []
-
-    async def _sync_leases(self) -> None:
-        """Give the kernel's lease sets (ARP, source and DHCP checks) the lease file's
-        content when it changed, and every LEASE_RESYNC seconds anyway (a ruleset
-        rebuilt from scratch starts empty). A failure is logged, never raised: the
-        sweep's own work must go on."""
-        try:
-            leases = await self.neighbours.leases()
-            due = self.clock.monotonic() - self._leases_synced_at >= LEASE_RESYNC
-            if leases != self._leases_synced or due:
-                await self.firewall.sync_leases(self._config(), leases)
-                self._leases_synced = leases
-                self._leases_synced_at = self.clock.monotonic()
-        except DesanetError as exc:
-            self._leases_synced = None  # try again at the next sweep
-            log.error("could not write the DHCP leases into the firewall: %s", exc)
-
-    async def _cut_off_locked(self, session: Session) -> None:
-        async with self.locks.client(session.mac, session.ip):
-            await self._cut_off(session)
-
-    async def _cut_off(self, session: Session) -> None:
-        """Kernel side of a session the store has ended: firewall first, then its classes.
-
-        Call it holding the lock of the session's MAC and address (or the
-        exclusive one), so no login on either can interleave. The store says
-        what is still needed: when the same phone already has a newer session on
-        this address (it logged in again at once), the entries are that
-        session's now and stay; when another phone's live session holds the
-        address (its DHCP lease moved), that session keeps the address's class
-        and map entry, and only this MAC's authorization goes.
-        """
-        users = await self.store.macs_on(session.ip, self.now())
-        if session.mac in users:
-            return
-        class_text = None if users else self.shaping.class_text(session)
-        meter = None if users else meter_for(self._config(), session)
-        await self.firewall.revoke(session.mac, session.ip, class_text, meter=meter)
-        if not users:  # else the address's connections are the other phone's now
-            await self._end_connections(session.ip, redirected_only=False)
-        # Counted once the kernel has done it: a sweep snapshot taken before this
-        # point may still show the entry, one taken after cannot.
-        self._revocations += 1
-        self._revoked[(session.mac, session.ip)] = self._revocations
-        if class_text is not None:
-            await self.shaping.remove(session)
-
-    async def _end_connections(self, ip: str, redirected_only: bool) -> None:
-        """End the address's tracked connections; a refusal is logged, never raised."""
-        try:
-            await self.firewall.end_connections(ip, redirected_only)
-        except DesanetError as exc:
-            log.error("could not end the tracked connections of %s: %s", ip, exc)
-
-
-def next_deadline(
-    sessions: Iterable[Session], active: Mapping[tuple[str, str], int], snapshot: float
-) -> float | None:
-    """The earliest wall-clock time at which one of ``sessions`` expires or may go idle.
-
-    ``active`` maps a client to the whole seconds its idle window had left when
-    the kernel's set was listed at ``snapshot``; the kernel truncates, so the
-    window ends within the second after. A client not in it (logged in since)
-    cannot be idle before its idle timeout has passed since its start.
-    """
-    best: float | None = None
-    for s in sessions:
-        left = active.get((s.mac, s.ip))
-        idle = s.started + s.idle_timeout if left is None else snapshot + left + 1
-        due = min(float(s.expires), max(idle, float(s.started + s.idle_timeout)))
-        best = due if best is None else min(best, due)
-    return best
+        """End expired and idle sessions; drop kernel entries the store does not back
+        (sweep.py). The reconciler runs it every few seconds and at deadlines."""
+        await self._sweeper.sweep()

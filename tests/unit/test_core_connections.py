@@ -13,7 +13,7 @@ import pytest
 
 from gateway.core.events import EndReason, SessionEnded
 from gateway.core.reconcile import SWEEP_INTERVAL, SWEEP_JOB
-from gateway.core.sessions import DEADLINE_SLACK, LISTING_SHARE, MIN_SWEEP_GAP, next_deadline
+from gateway.core.sweep import DEADLINE_SLACK, LISTING_SHARE, MIN_SWEEP_GAP, next_deadline
 from gateway.errors import FirewallError
 from gateway.firewall.fake import FakeFirewall
 from gateway.model import ClientView, Session

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
+from gateway.core.entry_check import ENTRY_CHECK_INTERVAL
 from gateway.core.reconcile import KERNEL_JOB
 from gateway.core.session_rules import missing_kernel_entries
-from gateway.core.sessions import ENTRY_CHECK_INTERVAL
 from gateway.errors import FirewallError
 from gateway.firewall.adapter import unwritten_get_a_window
 from gateway.firewall.fake import FakeFirewall
