@@ -446,3 +446,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Any]:
         pytest.skip("needs mosquitto (apt-get install mosquitto mosquitto-clients)")
     with running_broker(tmp_path / "broker", tls=True) as broker:
         yield broker
+
+
+# The image module builds the gateway image and boots it: by far the longest module, so
+# it goes first and one xdist worker starts on it while the other takes everything else.
+# xdist hands out modules in this order (pyproject's --no-loadscope-reorder keeps it from
+# sorting them by their number of tests, which put the image module last).
+FIRST_MODULES = ("test_image.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in FIRST_MODULES)  # stable: the rest keep order

@@ -1,4 +1,4 @@
-"""A gateway disk image booted under QEMU, for the boot tests (tests/integration/test_image_boot.py).
+"""A gateway disk image booted under QEMU, for the boot tests (tests/integration/test_image.py).
 
 The VM has the firmware a mini-PC has (OVMF: UEFI, so systemd-boot runs as on
 the box), a virtio disk, and two NICs: eth0 (WAN) on QEMU's user network, with
@@ -145,6 +145,9 @@ class Vm:
     workdir: Path
     ns: Namespace
     memory_mb: int = 1024
+    # A second disk (/dev/vdb, read-only): an update bundle handed over as a USB stick would
+    # be, instead of streamed over SSH (873 MiB into an emulated guest takes many minutes).
+    stick: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     console: SerialConsole | None = None
 
@@ -160,6 +163,8 @@ class Vm:
                 "-bios", str(OVMF),
                 "-drive", f"if=none,id=disk,format=raw,file={self.disk},cache=writeback",
                 "-device", "virtio-blk-pci,drive=disk,addr=0x4",
+                *(["-drive", f"if=none,id=stick,format=raw,readonly=on,file={self.stick}",
+                   "-device", "virtio-blk-pci,drive=stick,addr=0x5"] if self.stick else []),
                 "-netdev", f"user,id=wan,hostfwd=tcp:127.0.0.1:{SSH_PORT}-:22",
                 "-device", "virtio-net-pci,netdev=wan,mac=52:54:00:00:0a:01,addr=0x2",
                 "-netdev", "tap,id=lan,ifname=lan0,script=no,downscript=no",

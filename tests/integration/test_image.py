@@ -1,10 +1,25 @@
-"""The amd64 gateway image's root filesystem, built by images/build, checked in a chroot.
+"""The amd64 gateway image, built by images/build: its root filesystem checked in a
+chroot, then the disk booted under QEMU.
 
 One build per run (tests/integration/imagekit.py: cache keyed by the image's inputs,
-a file lock between xdist workers). What a village depends on: the units are valid
-and start in the right order, the daemon's config from a provisioning bundle is
-accepted by the daemon in the image, SSH never takes a password, and nothing of the
-lab or the development tools ships."""
+a file lock between xdist workers); one module, so one xdist worker builds it and
+uses it for both parts. What a village depends on: the units are valid and start in
+the right order, the daemon's config from a provisioning bundle is accepted by the
+daemon in the image, SSH never takes a password, nothing of the lab or the
+development tools ships; and, booted (tests/integration/bootkit.py, qemuvm.py): the
+daemon reaches READY from a flashed card by itself, the portal answers on the LAN,
+the bundle's secrets are gone from the FAT partition, the data partition grows to
+the card, a power cut in the middle of writes loses nothing that was committed and
+leaves the data partition clean, a bad update comes back to the old version by
+itself, and a good one stays. Update bundles reach the VM as a second disk.
+
+Accelerator: KVM when it is real; otherwise software emulation (TCG), where a boot
+to READY takes 1-2 min on a quiet 2-core host and 5-8 min at load 12. The first
+boot test (4 boots: first boot, the power cut with a bad update pending, its failed
+trial, back on the old slot) is in the default tier either way; the second (an
+update whose fstab fails, then a good xz-compressed update kept over two boots) is
+in the slow tier without real KVM. DESANET_TEST_ROOTFS=path/rootfs.tar boots that
+rootfs instead of the one built here."""
 
 from __future__ import annotations
 
@@ -19,8 +34,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import require_root, require_tools
+from gateway.update import slots
+from tests.integration import bootkit as kit
+from tests.integration.bootkit import BROKEN_UNIT, CARD_SLACK, Made, boot, gateway, power, vouchers
+from tests.integration.conftest import require_root, require_tools, wait_until
 from tests.integration.imagekit import ROOT, RootfsChroot, built_image, clean_stale_mounts
+from tests.integration.qemuvm import PORTAL, boot_timeout, kvm_usable, tools_missing
 
 pytestmark = [pytest.mark.integration, require_root,
               require_tools("mmdebstrap", "chroot", "mount", "tar")]
@@ -293,3 +312,131 @@ def test_arm64_image_runs_desanet_under_emulation() -> None:
              "/data/ssh/ssh_host_ed25519_key && /usr/sbin/sshd -T"]).stdout
     finally:
         c.close()
+
+
+# -- booted under QEMU -------------------------------------------------------------------
+
+# Without real KVM, the boot tests beyond the first one are the slow tier.
+SLOW_WITHOUT_KVM = not kvm_usable()
+
+
+@pytest.fixture(scope="module")
+def made(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Made:
+    given = os.environ.get("DESANET_TEST_ROOTFS")  # a rootfs.tar built before (e.g. a release)
+    return kit.flash(tmp_path_factory.mktemp("boot", numbered=True),
+                     Path(given) if given else image / "rootfs.tar")
+
+
+@require_tools(*tools_missing())
+def test_first_boot_power_cut_and_a_bad_update_that_falls_back(
+        made: Made, tmp_path: Path) -> None:
+    broken = made.work / "broken"
+    (broken / "usr/lib/systemd/system/desanet.service.d").mkdir(parents=True, exist_ok=True)
+    (broken / "usr/lib/systemd/system/desanet.service.d/99-broken.conf").write_text(BROKEN_UNIT)
+    bad = kit.mkupdate(made, "2", broken)
+    with gateway(made, tmp_path, stick=bad) as (machine, ssh, ns):
+        boot(machine, ssh)  # StrictHostKeyChecking: the host key is the bundle's
+        assert ssh.ok("systemctl is-active desanet.service").strip() == "active"
+        assert json.loads(ssh.ok("cat /var/lib/desanet/provisioned.json"))
+        left = ssh.ok("find /boot/efi/desanet -type f -printf '%P\\n'").split()
+        for secret in ("gateway.toml", "mqtt/device.key", "ssh/ssh_host_ed25519_key"):
+            assert secret not in left, f"{secret} still on the ESP: {left}"
+        assert "manifest.json" in left  # positive control: the bundle itself is still there
+        page = ns.run(["curl", "-sS", "-m", "30", "-L", f"http://{PORTAL}/"], timeout=60)
+        assert page.returncode == 0, page.stderr
+        assert b"Sukamaju" in page.stdout  # the portal, on the LAN side, with the site's name
+        # The data partition and its filesystem grew into the rest of the card.
+        _, image_data = kit.partition(made.disk, slots.DATA_LABEL)
+        data_fs = int(ssh.ok("df -B1 --output=size /data").split()[-1])
+        assert data_fs > image_data + CARD_SLACK * 3 // 4, (data_fs, image_data)
+
+        # A bad update waits in slot b for the next boot, as after a technician's install...
+        assert "installed: 2 in slot b" in kit.install_from_stick(ssh, tries=1)
+        # ...then writes in flight and the power cut: every voucher the daemon answered for
+        # survives the cut, the trial of b that follows and the way back to a.
+        writer = ssh.popen("while :; do desanet vouchers create --count 1 --duration 1d "
+                           "--json || exit 1; done")
+        assert writer.stdout is not None
+        committed: set[str] = set()
+        while len(committed) < 5:
+            line = writer.stdout.readline()
+            assert line, "the writer stopped"
+            committed |= set(re.findall(r'"code":\s*"([^"]+)"', line.decode()))
+        machine.kill()  # mid-write: the writer loop is still creating vouchers
+        writer.kill()
+        writer.wait()
+
+        console = machine.start()
+        console.wait_for(r"Command line: .*desanet\.slot=b\b", boot_timeout(), "the trial of b")
+        console.wait_for(r"trial boot failed; rebooting", boot_timeout(), "the failed trial")
+        boot(machine, ssh, "a")  # back on the old version without anyone touching it
+        assert 'IMAGE_VERSION="1"' in ssh.ok("cat /etc/os-release")
+        status = ssh.ok("desanet update status")
+        assert "desanet-b+0-1.conf: slot b, failed" in status and "desanet-a.conf" in status
+        assert committed <= vouchers(ssh)
+        assert "rw" in ssh.ok("findmnt -no OPTIONS /data").split(",")
+        assert "EXT4-fs error" not in ssh.ok("journalctl -k -o cat")
+        power(ssh, "poweroff")
+        machine.wait_stopped(boot_timeout())
+        off, size = kit.partition(machine.disk, slots.DATA_LABEL)
+        data = tmp_path / "data.img"
+        with machine.disk.open("rb") as src, data.open("wb") as dst:
+            src.seek(off)
+            dst.write(src.read(size))
+        fsck = subprocess.run(["e2fsck", "-fn", str(data)], capture_output=True, text=True,
+                              check=False)
+        data.unlink()
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+@(pytest.mark.slow if SLOW_WITHOUT_KVM else pytest.mark.integration)
+@require_tools(*tools_missing())
+@pytest.mark.skipif(SLOW_WITHOUT_KVM and not os.environ.get("DESANET_SLOW"),
+                    reason="no usable KVM here (software emulation, minutes per boot): "
+                           "slow tier, set DESANET_SLOW=1")
+def test_a_slot_that_fails_early_falls_back_and_a_good_update_is_kept(
+        made: Made, tmp_path: Path) -> None:
+    # Slot b whose fstab names a partition the card does not have: local-fs.target fails
+    # and systemd goes to emergency mode, before the daemon or the boot check ever run.
+    no_mount = made.work / "no-mount"
+    (no_mount / "etc").mkdir(parents=True, exist_ok=True)
+    (no_mount / "etc/fstab").write_text(
+        (ROOT / "images/rootfs/etc/fstab").read_text()
+        + "LABEL=desanet-missing  /mnt/missing  ext4  x-systemd.device-timeout=10s  0  2\n")
+    stick = made.work / "two-updates.img"  # both bundles on one stick, at known offsets
+    # The good one as releases are made: the root image xz-compressed.
+    early, good = kit.mkupdate(made, "2", no_mount), kit.mkupdate(made, "3", None, "xz")
+    with stick.open("wb") as out:
+        for bundle in (early, good):
+            out.write(bundle.read_bytes())
+            out.truncate(-(-out.tell() // (1 << 20)) * (1 << 20))
+    good_at = -(-early.stat().st_size // (1 << 20))
+    with gateway(made, tmp_path, stick=stick) as (machine, ssh, _):
+        boot(machine, ssh)
+        ssh.ok("desanet vouchers create --count 2 --duration 1d --json")
+        before = vouchers(ssh)
+        assert "installed: 2 in slot b" in kit.install_from_stick(ssh, tries=1)
+        console = machine.console
+        assert console is not None
+        since = console.mark()
+        power(ssh, "reboot")
+        console.wait_for(r"Command line: .*desanet\.slot=b\b", boot_timeout(), "the trial of b",
+                         since)
+        console.wait_for(r"desanet-emergency: trial boot failed early", boot_timeout(),
+                         "emergency mode to reboot the trial", since)
+        boot(machine, ssh, "a")
+        assert 'IMAGE_VERSION="1"' in ssh.ok("cat /etc/os-release")
+
+        assert "installed: 3 in slot b" in ssh.ok(
+            f"tail -c +{good_at * (1 << 20) + 1} /dev/vdb | desanet update install --tries 2 -",
+            timeout=1800)
+        power(ssh, "reboot")
+        boot(machine, ssh, "b")
+        assert 'IMAGE_VERSION="3"' in ssh.ok("cat /etc/os-release")
+        wait_until(lambda: "desanet-b.conf: slot b, good" in ssh.ok("desanet update status"),
+                   600, "systemd-bless-boot to mark slot b good")
+        assert vouchers(ssh) == before  # the data partition went through it
+        power(ssh, "reboot")
+        boot(machine, ssh, "b")  # blessed: it stays
+        assert ssh.ok("ls /boot/efi/loader/entries").split() == ["desanet-a.conf",
+                                                                  "desanet-b.conf"]

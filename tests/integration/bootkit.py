@@ -1,0 +1,143 @@
+"""The gateway image booted under QEMU: a provisioned card, a VM of its own, the steps
+a technician takes (tests/integration/test_image.py uses these; qemuvm.py is the VM)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.telemetry.commands import public_key_text
+from provisioning import bundle as pbundle
+from provisioning import ca as fleetca
+from provisioning.villages import parse_villages
+from tests.integration.conftest import ROOT, wait_until
+from tests.integration.qemuvm import (
+    Namespace,
+    Ssh,
+    Vm,
+    boot_timeout,
+    kvm_usable,
+)
+
+SITE = "jabar-sukamaju"
+CSV = ("site_id,name,village,region,timezone,ssid,passphrase,plans,uplink,broker\n"
+       f'{SITE},Hotspot Desa Sukamaju,Desa Sukamaju,"Kab. Garut, Jawa Barat",WIB,'
+       "Sukamaju Net,generate,,20mbit/5mbit,mqtts://mqtt.example.go.id:8883\n")
+READY = r"desanet-boot-check: daemon READY"
+CMDLINE = "net.ifnames=0 console=tty0 console=ttyS0,115200"  # mkdisk's default
+# Under software emulation udev's coldplug alone can take minutes on a busy host: longer
+# job timeouts (devices, the daemon's start), so a slow machine is not a failed boot.
+TCG_TIMEOUTS = "systemd.default_timeout_start_sec=600"
+CARD_SLACK = 256 << 20
+BROKEN_UNIT = "[Service]\nExecStart=\nExecStart=/bin/false\n"  # the daemon never gets READY
+
+
+@dataclass(frozen=True)
+class Made:
+    work: Path
+    rootfs: Path
+    disk: Path
+    tech_key: Path
+    host_pub: str
+    update_key: Path
+    update_pub: Path
+
+
+def run(argv: list[str], timeout: float = 1200) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{argv[:2]}: {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def partition(disk: Path, name: str) -> tuple[int, int]:
+    table = json.loads(run(["sfdisk", "-J", str(disk)]))["partitiontable"]
+    for p in table["partitions"]:
+        if p.get("name") == name:
+            return p["start"] * 512, p["size"] * 512
+    raise AssertionError(f"no partition {name} on {disk}")
+
+
+def flash(work: Path, rootfs: Path) -> Made:
+    """A provisioned card: a bundle for SITE (fleet CA, operator and technician keys), an
+    update key, and images/mkdisk's disk with the bundle on its ESP."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "teknisi",
+                    "-f", str(work / "tech")], check=True)
+    ca = fleetca.init_ca(work / "ca", "desanet boot-test CA")
+    op = Ed25519PrivateKey.generate()
+    keys = [pbundle.OperatorKey("op.pub", public_key_text(op.public_key()))]
+    pbundle.build(ca, parse_villages(CSV), keys, (work / "tech.pub").read_text(), work / "bundles")
+    bundle = work / "bundles" / SITE / "desanet"
+    host_pub = (bundle / "ssh/ssh_host_ed25519_key.pub").read_text().split()
+    upd = Ed25519PrivateKey.generate()
+    (work / "update.key").write_bytes(upd.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (work / "update.key.pub").write_text(public_key_text(upd.public_key()) + "\n")
+    disk = work / "disk.img"
+    run([sys.executable, str(ROOT / "images/mkdisk"), "--rootfs", str(rootfs), "--out", str(disk),
+         "--bundle", str(bundle), "--version", "1", "--update-key", str(work / "update.key.pub"),
+         "--cmdline", CMDLINE if kvm_usable() else CMDLINE + " " + TCG_TIMEOUTS])
+    return Made(work, rootfs, disk, work / "tech", f"{host_pub[0]} {host_pub[1]}",
+                work / "update.key", work / "update.key.pub")
+
+
+@contextlib.contextmanager
+def gateway(made: Made, tmp: Path, stick: Path | None = None) -> Iterator[tuple[Vm, Ssh, Namespace]]:
+    """A fresh copy of the flashed card in a VM of its own, with ``stick`` as /dev/vdb.
+    The card is CARD_SLACK larger than the image, as a real card is."""
+    disk = tmp / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(made.disk), str(disk)], check=True)
+    with disk.open("r+b") as f:
+        f.truncate(disk.stat().st_size + CARD_SLACK)
+    ns = Namespace(os.urandom(3).hex())
+    machine = Vm(disk, tmp, ns, stick=stick)
+    try:
+        yield machine, Ssh(ns, made.tech_key, made.host_pub, tmp), ns
+    finally:
+        machine.kill()
+        ns.close()
+
+
+def boot(machine: Vm, ssh: Ssh, slot: str = "a") -> None:
+    """Start (or watch a reboot of) the VM until the daemon is READY and SSH answers."""
+    console = machine.console or machine.start()
+    since = console.mark()
+    console.wait_for(rf"Command line: .*desanet\.slot={slot}\b", boot_timeout(),
+                     f"the kernel of slot {slot}", since)
+    console.wait_for(READY, boot_timeout(), "the daemon READY", since)
+    wait_until(lambda: ssh.run("true", timeout=60).returncode == 0, 120, "SSH to answer")
+
+
+def power(ssh: Ssh, action: str) -> None:
+    """reboot / poweroff: queued (--no-block), so SSH returns; a connection cut by it is fine."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        ssh.run(f"systemctl --no-block {action}", timeout=60)
+
+
+def vouchers(ssh: Ssh) -> set[str]:
+    listed = json.loads(ssh.ok("desanet vouchers list --json"))
+    rows = listed["vouchers"] if isinstance(listed, dict) else listed
+    return {v["code"] for v in rows}
+
+
+def mkupdate(made: Made, version: str, overlay: Path | None, compress: str = "none") -> Path:
+    out = made.work / f"v{version}.update"
+    argv = [sys.executable, str(ROOT / "images/mkupdate"), "--rootfs", str(made.rootfs),
+            "--version", version, "--key", str(made.update_key),
+            "--update-key", str(made.update_pub), "--compress", compress, "--out", str(out)]
+    run(argv + (["--overlay", str(overlay)] if overlay else []))
+    return out
+
+
+def install_from_stick(ssh: Ssh, tries: int) -> str:
+    """The bundle at the start of /dev/vdb (the tar's end marks where it stops)."""
+    return ssh.ok(f"desanet update install --tries {tries} /dev/vdb", timeout=1800)
