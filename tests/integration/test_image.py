@@ -334,10 +334,10 @@ SLOW_WITHOUT_KVM = not kvm_usable()
 
 
 @pytest.fixture(scope="module")
-def made(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Made:
+def made(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Made:
     given = os.environ.get("DESANET_TEST_ROOTFS")  # a rootfs.tar built before (e.g. a release)
-    return kit.flash(tmp_path_factory.mktemp("boot", numbered=True),
-                     Path(given) if given else image / "rootfs.tar")
+    rootfs = Path(given) if given else request.getfixturevalue("image") / "rootfs.tar"
+    return kit.flash(tmp_path_factory.mktemp("boot", numbered=True), rootfs)
 
 
 @require_tools(*tools_missing())
@@ -419,11 +419,11 @@ def test_a_slot_that_fails_early_falls_back_and_a_good_update_is_kept(
     stick = made.work / "two-updates.img"  # both bundles on one stick, at known offsets
     # The good one as releases are made: the root image xz-compressed.
     early, good = kit.mkupdate(made, "2", no_mount), kit.mkupdate(made, "3", None, "xz")
+    good_at = -(-early.stat().st_size // (1 << 20)) * (1 << 20)  # the next MiB boundary
     with stick.open("wb") as out:
-        for bundle in (early, good):
-            out.write(bundle.read_bytes())
-            out.truncate(-(-out.tell() // (1 << 20)) * (1 << 20))
-    good_at = -(-early.stat().st_size // (1 << 20))
+        out.write(early.read_bytes())
+        out.seek(good_at)
+        out.write(good.read_bytes())
     with gateway(made, tmp_path, stick=stick) as (machine, ssh, _):
         boot(machine, ssh)
         ssh.ok("desanet vouchers create --count 2 --duration 1d --json")
@@ -441,7 +441,7 @@ def test_a_slot_that_fails_early_falls_back_and_a_good_update_is_kept(
         assert 'IMAGE_VERSION="1"' in ssh.ok("cat /etc/os-release")
 
         assert "installed: 3 in slot b" in ssh.ok(
-            f"tail -c +{good_at * (1 << 20) + 1} /dev/vdb | desanet update install --tries 2 -",
+            f"tail -c +{good_at + 1} /dev/vdb | desanet update install --tries 2 -",
             timeout=1800)
         power(ssh, "reboot")
         boot(machine, ssh, "b")
