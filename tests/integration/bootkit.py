@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,15 +130,48 @@ def vouchers(ssh: Ssh) -> set[str]:
     return {v["code"] for v in rows}
 
 
-def mkupdate(made: Made, version: str, overlay: Path | None, compress: str = "none") -> Path:
+def mkupdate(made: Made, version: str, overlay: Path | None = None, compress: str = "none",
+             rootfs: Path | None = None) -> Path:
     out = made.work / f"v{version}.update"
-    argv = [sys.executable, str(ROOT / "images/mkupdate"), "--rootfs", str(made.rootfs),
+    argv = [sys.executable, str(ROOT / "images/mkupdate"), "--rootfs", str(rootfs or made.rootfs),
             "--version", version, "--key", str(made.update_key),
             "--update-key", str(made.update_pub), "--compress", compress, "--out", str(out)]
     run(argv + (["--overlay", str(overlay)] if overlay else []))
     return out
 
 
-def install_from_stick(ssh: Ssh, tries: int) -> str:
-    """The bundle at the start of /dev/vdb (the tar's end marks where it stops)."""
-    return ssh.ok(f"desanet update install --tries {tries} /dev/vdb", timeout=1800)
+def root_without_init(made: Made) -> Path:
+    """A slot that cannot start: the image's kernel and initramfs, a root with no init. The
+    initramfs finds nothing to run and reboots (panic=10): a failed boot, cheap to ship."""
+    root = made.work / "no-init"
+    if not root.exists():
+        with tarfile.open(made.rootfs) as tar:
+            boot = [m for m in tar.getmembers()
+                    if m.isfile() and m.name.lstrip("./").startswith(("boot/vmlinuz-",
+                                                                      "boot/initrd.img-"))]
+            tar.extractall(root, members=boot, filter="data")
+        (root / "usr/lib/systemd").mkdir(parents=True)
+        (root / "usr/lib/systemd/systemd-bless-boot").touch()  # mkupdate's boot layer asks
+        (root / "usr/lib/os-release").write_text('ID=debian\nPRETTY_NAME="no init"\n')
+        (root / "etc").mkdir()
+    return root
+
+
+def write_stick(stick: Path, bundles: list[Path]) -> list[int]:
+    """Bundles one after another on a raw stick image, each at a MiB boundary; their offsets."""
+    offsets, at = [], 0
+    with stick.open("wb") as out:
+        for bundle in bundles:
+            offsets.append(at)
+            out.seek(at)
+            out.write(bundle.read_bytes())
+            at = -(-out.tell() // (1 << 20)) * (1 << 20)
+    return offsets
+
+
+def install_from_stick(ssh: Ssh, tries: int, offset: int = 0) -> str:
+    """The bundle at ``offset`` of /dev/vdb (the tar's own end marks where it stops)."""
+    if offset == 0:
+        return ssh.ok(f"desanet update install --tries {tries} /dev/vdb", timeout=1800)
+    return ssh.ok(f"tail -c +{offset + 1} /dev/vdb | desanet update install --tries {tries} -",
+                  timeout=1800)
