@@ -15,10 +15,11 @@ itself, and a good one stays. Update bundles reach the VM as a second disk.
 
 Accelerator: KVM when it is real; otherwise software emulation (TCG), where a boot
 to READY takes 1-2 min on a quiet 2-core host and 5-8 min at load 12. The first
-boot test (4 boots: first boot, the power cut with a bad update pending, its failed
-trial, back on the old slot) is in the default tier either way; the second (an
-update whose fstab fails, then a good xz-compressed update kept over two boots) is
-in the slow tier without real KVM. DESANET_TEST_ROOTFS=path/rootfs.tar boots that
+boot test (first boot, the power cut with a bad update pending, its failed trial,
+back on the old slot) is in the default tier either way; its bad slot has no init,
+so it is cheap to install under emulation. The second (slots whose daemon never
+gets READY or whose fstab fails, then a good xz-compressed update kept over two
+boots) is in the slow tier without real KVM. DESANET_TEST_ROOTFS=path/rootfs.tar boots that
 rootfs instead of the one built here."""
 
 from __future__ import annotations
