@@ -24,7 +24,8 @@ from gateway.update import slots
 
 MIB = 1 << 20
 BOOT_LAYER = Path(__file__).resolve().parent / "boot"
-ESP_FSTAB = (f"PARTLABEL={slots.ESP_LABEL}  {slots.ESP_MOUNT}  vfat  "
+ESP_VOLID = "DE5A0001"  # fixed: the same fstab line finds the boot partition on GPT and MBR
+ESP_FSTAB = (f"UUID={ESP_VOLID[:4]}-{ESP_VOLID[4:]}  {slots.ESP_MOUNT}  vfat  "
              "umask=0077,noatime  0  2\n")
 
 
@@ -134,7 +135,8 @@ def mkfs_ext4(out: Path, src: Path | None, label: str, size: int, uuid: str,
 def mkfs_esp(out: Path, size: int, volid: str, files: dict[str, Path],
              loader: dict[str, str], bundle: Path | None) -> None:
     out.unlink(missing_ok=True)
-    run("mkfs.vfat", "-F", "32", "-n", "ESP", "-i", volid, "--invariant", "-C", str(out),
+    # --invariant before -i: it sets a fixed volume id of its own otherwise.
+    run("mkfs.vfat", "-F", "32", "-n", "ESP", "--invariant", "-i", volid, "-C", str(out),
         str(size // 1024))
     env = {"MTOOLS_SKIP_CHECK": "1"}
     dirs = {str(Path(p).parent) for p in list(files) + list(loader)} - {"."}
@@ -164,6 +166,25 @@ def copy_sparse(src: Path, disk: Path, offset: int) -> None:
             if block != zero[: len(block)]:
                 os.pwrite(d.fileno(), block, pos)
             pos += len(block)
+
+
+def write_mbr(disk: Path, parts: list[tuple[int, str]], disk_id: str) -> list[int]:
+    """parts: (size, MBR type); returns each partition's offset. For the Raspberry Pi."""
+    offsets, start = [], 4 * MIB
+    lines = ["label: dos", f"label-id: 0x{disk_id}", "unit: sectors", ""]
+    for size, ptype in parts:
+        offsets.append(start)
+        lines.append(f"start={start // 512}, size={size // 512}, type={ptype}")
+        start += size
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(start)
+    proc = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
+                          input="\n".join(lines) + "\n", text=True, capture_output=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise DiskError(f"sfdisk failed: {proc.stderr.strip()}")
+    return offsets
 
 
 def write_gpt(disk: Path, parts: list[tuple[str, int, str, str]], disk_id: str) -> list[int]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.update import install as inst
-from gateway.update import slots
+from gateway.update import slots, ubootstate
 from gateway.update.bundle import BundleError
 
 INSTALL_HELP = """\
@@ -39,14 +39,38 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    paths = inst.Paths()
+def cmd_status(args: argparse.Namespace, paths: inst.Paths | None = None) -> int:
+    paths = paths or inst.Paths()
     running = slots.running_slot(paths.cmdline.read_text())
     print(f"slot: {running or '-'}  version: {inst.image_version(paths.os_release) or '-'}")
+    if ubootstate.is_uboot(paths.cmdline.read_text()):
+        for line in ubootstate.read(paths.esp).describe(running):
+            print(line)
+        return 0
     for e in slots.entries(paths.esp):
         state = "good" if e.tries_left is None else (
             "failed" if e.tries_left == 0 else f"trial, {e.tries_left} tries left")
         print(f"  {e.name}: slot {e.slot}, {state}")
+    return 0
+
+
+def cmd_bless(args: argparse.Namespace, paths: inst.Paths | None = None) -> int:
+    """Run by desanet-boot-check once the daemon is READY (U-Boot; systemd-boot has its own)."""
+    paths = paths or inst.Paths()
+    cmdline = paths.cmdline.read_text()
+    running = slots.running_slot(cmdline)
+    if not ubootstate.is_uboot(cmdline):
+        print("systemd-boot: systemd-bless-boot marks the slot good; nothing to do here")
+        return 0
+    if running is None or not ubootstate.is_trial(cmdline):
+        print(f"slot {running or '-'}: not a trial boot; nothing to mark")
+        return 0
+    try:
+        marked = ubootstate.bless(paths.esp, running)
+    except OSError as exc:
+        print(f"error: slot {running} not marked good: {exc}", file=sys.stderr)
+        return 1
+    print(f"slot {running}: {'marked good' if marked else 'was not on trial any more'}")
     return 0
 
 
@@ -66,3 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_install)
     s = usub.add_parser("status", help="the running slot and the loader entries")
     s.set_defaults(func=cmd_status)
+    b = usub.add_parser("bless", help="mark the running trial slot good (boot check, U-Boot)",
+                        description="Marks the running slot good after a trial boot whose "
+                        "daemon reached READY. On a Raspberry Pi (U-Boot) desanet-boot-check "
+                        "runs it; with systemd-boot, systemd-bless-boot does this.")
+    b.set_defaults(func=cmd_bless)

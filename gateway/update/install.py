@@ -2,7 +2,9 @@
 
 Order matters for power cuts: the inactive slot's old entry goes first (a half
 written slot is never bootable), the payloads are written and checked, and the
-new entry, with its tries counter, is renamed into place last. The running
+new entry, with its tries counter, is renamed into place last. On a Raspberry Pi
+(U-Boot, ``desanet.loader=uboot``) the same steps cancel and then start a trial in
+the boot partition's state files instead (gateway/update/ubootstate.py). The running
 slot, its entry and the data partition are never touched.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from gateway.update import slots
+from gateway.update import slots, ubootstate
 from gateway.update.bundle import BundleError, BundleReader
 
 DEFAULT_TRIES = 3
@@ -28,6 +30,7 @@ class Paths:
 
     esp: Path = slots.ESP_MOUNT
     devices: Path = Path("/dev/disk/by-partlabel")
+    partuuids: Path = Path("/dev/disk/by-partuuid")  # the Pi's MBR card has no names
     cmdline: Path = Path("/proc/cmdline")
     keys: list[Path] = field(default_factory=lambda: [Path("/usr/lib/desanet/update-keys")])
     os_release: Path = Path("/etc/os-release")
@@ -112,14 +115,22 @@ def install(stream: IO[bytes], paths: Paths, tries: int = DEFAULT_TRIES,
     if current and not allow_downgrade and version_key(m.version) <= version_key(current):
         raise BundleError(f"the bundle's version {m.version} is not newer than the running "
                           f"{current} (--allow-downgrade to go back on purpose)")
+    cmdline = paths.cmdline.read_text()
+    uboot = ubootstate.is_uboot(cmdline)
+    if uboot and not 1 <= tries <= ubootstate.MAX_TRIES:
+        raise BundleError(f"--tries: {tries} is outside 1..{ubootstate.MAX_TRIES} on this loader")
     entries_dir = paths.esp / "loader" / "entries"
-    for e in slots.entries(paths.esp):
-        if e.slot == target:
-            (entries_dir / e.name).unlink()
-    slots.fsync_dir(entries_dir)
+    if uboot:
+        ubootstate.cancel_trial(paths.esp, running)
+        device = paths.partuuids / slots.rpi_part_uuid(target)
+    else:
+        for e in slots.entries(paths.esp):
+            if e.slot == target:
+                (entries_dir / e.name).unlink()
+        slots.fsync_dir(entries_dir)
+        device = paths.devices / slots.part_label(target)
     kdir = paths.esp / slots.kernel_dir(target)
     kdir.mkdir(parents=True, exist_ok=True)
-    device = paths.devices / slots.part_label(target)
     for name, chunks in reader.payloads():
         if name == "rootfs.img":
             with device.open("r+b") as dev:
@@ -129,7 +140,10 @@ def install(stream: IO[bytes], paths: Paths, tries: int = DEFAULT_TRIES,
                 _write_stream(chunks, f, None, name)
     for name in ("vmlinuz", "initrd.img"):
         slots.replace_durably(kdir / f"{name}.new", kdir / name)
-    options = slots.extra_options(paths.cmdline.read_text())
+    if uboot:
+        ubootstate.start_trial(paths.esp, running, target, tries)
+        return target, m.version, running
+    options = slots.extra_options(cmdline)
     entry = entries_dir / slots.entry_name(target, tries)
     tmp = entries_dir / f".{entry.name}.tmp"
     tmp.write_text(slots.entry_text(target, m.version, options))

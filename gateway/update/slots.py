@@ -48,6 +48,16 @@ def part_uuid(slot: str) -> str:
     return fixed_uuid(part_label(slot))
 
 
+# The Raspberry Pi card has an MBR (its boot ROM reads nothing else): no partition
+# names, so a slot is found by PARTUUID, the disk id plus the partition number.
+RPI_DISK_ID = fixed_uuid("rpi-disk")[:8]
+RPI_PART_NUMBER = {"boot": 1, "a": 2, "b": 3, "data": 4}
+
+
+def rpi_part_uuid(part: str) -> str:
+    return f"{RPI_DISK_ID}-{RPI_PART_NUMBER[part]:02x}"
+
+
 def other(slot: str) -> str:
     return "b" if slot == "a" else "a"
 

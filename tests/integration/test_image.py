@@ -312,7 +312,8 @@ def test_build_records_packages_and_the_clock_floor(image: Path) -> None:
 def test_arm64_image_runs_desanet_under_emulation() -> None:
     image = built_image("arm64")
     packages = {line.split("\t")[0] for line in (image / "packages.txt").read_text().splitlines()}
-    assert {"linux-image-arm64", "raspi-firmware", "firmware-brcm80211", "hostapd"} <= packages
+    assert {"linux-image-arm64", "raspi-firmware", "u-boot-rpi", "firmware-brcm80211",
+            "hostapd"} <= packages
     c = RootfsChroot(image / "rootfs")
     try:
         assert c.run(["dpkg", "--print-architecture"]).stdout.strip() == "arm64"
