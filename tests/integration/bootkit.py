@@ -67,9 +67,11 @@ def partition(disk: Path, name: str) -> tuple[int, int]:
     raise AssertionError(f"no partition {name} on {disk}")
 
 
-def flash(work: Path, rootfs: Path) -> Made:
+def flash(work: Path, rootfs: Path, board: list[str] | None = None,
+          cmdline: str | None = None) -> Made:
     """A provisioned card: a bundle for SITE (fleet CA, operator and technician keys), an
-    update key, and images/mkdisk's disk with the bundle on its ESP."""
+    update key, and images/mkdisk's disk with the bundle on its ESP. ``board``: extra mkdisk
+    arguments (the Raspberry Pi card), ``cmdline``: its kernel options."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "teknisi",
                     "-f", str(work / "tech")], check=True)
     ca = fleetca.init_ca(work / "ca", "desanet boot-test CA")
@@ -86,7 +88,8 @@ def flash(work: Path, rootfs: Path) -> Made:
     disk = work / "disk.img"
     run([sys.executable, str(ROOT / "images/mkdisk"), "--rootfs", str(rootfs), "--out", str(disk),
          "--bundle", str(bundle), "--version", "1", "--update-key", str(work / "update.key.pub"),
-         "--cmdline", CMDLINE if kvm_usable() else CMDLINE + " " + TCG_TIMEOUTS])
+         "--cmdline", cmdline or (CMDLINE if kvm_usable() else CMDLINE + " " + TCG_TIMEOUTS),
+         *(board or [])])
     return Made(work, rootfs, disk, work / "tech", f"{host_pub[0]} {host_pub[1]}",
                 work / "update.key", work / "update.key.pub")
 
@@ -131,11 +134,12 @@ def vouchers(ssh: Ssh) -> set[str]:
 
 
 def mkupdate(made: Made, version: str, overlay: Path | None = None, compress: str = "none",
-             rootfs: Path | None = None) -> Path:
+             rootfs: Path | None = None, arch: str = "amd64") -> Path:
     out = made.work / f"v{version}.update"
     argv = [sys.executable, str(ROOT / "images/mkupdate"), "--rootfs", str(rootfs or made.rootfs),
             "--version", version, "--key", str(made.update_key),
-            "--update-key", str(made.update_pub), "--compress", compress, "--out", str(out)]
+            "--update-key", str(made.update_pub), "--compress", compress, "--arch", arch,
+            "--out", str(out)]
     run(argv + (["--overlay", str(overlay)] if overlay else []))
     return out
 
