@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,17 @@ def cmd_system_render(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_grow_data(args: argparse.Namespace) -> int:
+    from gateway.system.growdata import GrowError, grow
+
+    try:
+        print(grow(Path(args.device)))
+    except (GrowError, OSError, ValueError) as exc:
+        print(f"error: {args.device} not grown: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add `system` to the `desanet` parser's subcommands."""
     p = sub.add_parser("system", help="files of the OS image (hostapd, networkd, pppd)",
@@ -127,3 +139,12 @@ def register(sub: Any) -> None:
                    help="then tell the running services about the changed files only: "
                         "networkctl reload (+ reconfigure the WAN link), restart or stop "
                         "desanet-pppoe and hostapd; exit 1 if one of those failed")
+    g = ssub.add_parser(
+        "grow-data", help="grow the data partition of an MBR card (Raspberry Pi) to its end",
+        description="extend the card's last partition (the data partition) to the end of the "
+                    "card in the MBR and tell the kernel (resizepart); the image runs this at "
+                    "boot on a Raspberry Pi (desanet-grow-data.service), before /data is "
+                    "checked or mounted. GPT disks are grown by systemd-repart instead.")
+    g.add_argument("--device", default="/dev/disk/by-label/desanet-data",
+                   help="the data partition (default: %(default)s)")
+    g.set_defaults(func=cmd_grow_data)

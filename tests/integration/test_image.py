@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.integration, require_root,
 
 UNITS = ["desanet.service", "desanet-firstboot.service", "desanet-system-render.service",
          "desanet-ssh-hostkey.service", "desanet-data-dirs.service", "desanet-pppoe.service",
-         "desanet-system-apply.path", "desanet-system-apply.service"]
+         "desanet-system-apply.path", "desanet-system-apply.service", "desanet-grow-data.service"]
 
 
 @pytest.fixture(scope="module")
