@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +120,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_clock_forward(when: datetime.datetime) -> None:
+    now = time.clock_gettime(time.CLOCK_REALTIME)
+    if when.timestamp() > now:
+        time.clock_settime(time.CLOCK_REALTIME, when.timestamp())
+        print(f"clock moved forward to {when:%Y-%m-%d %H:%M} UTC (the bundle's certificate "
+              "was issued then; no network time yet)")
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from provisioning import importer
 
     out = importer.import_bundle(Path(args.bundle), Path(args.etc), Path(args.ssh_dir),
                                  Path(args.record),
-                                 Path(args.trust_ca) if args.trust_ca else None)
+                                 Path(args.trust_ca) if args.trust_ca else None,
+                                 set_clock_forward if args.raise_clock else None)
     if out.already:
         print(f"{out.site}: already imported (see {args.record}); nothing changed")
     else:
@@ -244,6 +254,10 @@ def register(sub: Any) -> None:
                      help="record of the import (default /var/lib/desanet/provisioned.json)")
     imp.add_argument("--trust-ca", metavar="CA.crt",
                      help="accept only bundles of this fleet CA (an image built for one region)")
+    imp.add_argument("--raise-clock", action="store_true",
+                     help="if the clock is before the bundle's certificate was issued (a box "
+                     "without a clock battery, offline), move it forward to that time (first "
+                     "boot does this)")
     rn = add(psub, "renew", cmd_renew, "a new certificate for a gateway's existing key (no new "
              "key travels); install it with `desanet fleet send SITE cert.install cert=@FILE`")
     rn.add_argument("site", help="the gateway's site id")

@@ -20,10 +20,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,8 +199,28 @@ def _pinned(blobs: dict[str, bytes], trust_ca: Path) -> None:
                              "was the bundle made with another region's CA?")
 
 
+def _clock_floor(blobs: dict[str, bytes], raise_clock: Callable[[datetime.datetime], None],
+                 ) -> None:
+    """A gateway without a battery-backed clock (every Raspberry Pi) boots offline at the
+    image's build time, which is before the bundle's certificate was issued: the
+    certificate would look "not yet valid". Its start, signed by the CA in the bundle, is
+    a floor for the real time, so the clock moves forward to it (never back); NTP corrects
+    it once the uplink is there."""
+    try:
+        cert = x509.load_pem_x509_certificate(blobs[m.CERT])
+        ca_cert = x509.load_pem_x509_certificate(blobs[m.CA])
+    except ValueError:
+        return  # _check says what is wrong with them
+    floor = cert.not_valid_before_utc
+    if fleetca.now() >= floor:
+        return
+    fleetca.verify_chain(cert, ca_cert, at=floor)  # a certificate the CA really signed
+    raise_clock(floor)
+
+
 def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
-                  record: Path = DEFAULT_RECORD, trust_ca: Path | None = None) -> Outcome:
+                  record: Path = DEFAULT_RECORD, trust_ca: Path | None = None,
+                  raise_clock: Callable[[datetime.datetime], None] | None = None) -> Outcome:
     etc, ssh_dir, record = etc.absolute(), ssh_dir.absolute(), record.absolute()
     data, digest = m.read(bundle)
     previous = read_record(record)
@@ -206,7 +228,6 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         left = _remove_secrets(bundle, list(data["secrets"]))
         return Outcome(data["site"], True, tuple(previous.get("installed", ())), tuple(left))
     blobs = m.check_files(bundle, data)
-    cert = _check(data, blobs)
     if trust_ca is None and previous is not None and (etc / m.CA).is_file():
         # Already provisioned: the boot partition is FAT, writable from any laptop, and a
         # bundle is imported at every boot. A bundle made with another CA (anyone's own)
@@ -215,6 +236,9 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         trust_ca = etc / m.CA
     if trust_ca is not None:
         _pinned(blobs, trust_ca)
+    if raise_clock is not None:
+        _clock_floor(blobs, raise_clock)
+    cert = _check(data, blobs)
     installed = _install(blobs, etc, ssh_dir)
     entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
              "created": data.get("created"), "imported": int(time.time()),

@@ -238,3 +238,49 @@ def test_a_pinned_ca_refuses_another_regions_bundle(fleet: Fleet, tmp_path: Path
     (ours, _) = make_bundles(fleet, tmp_path / "out")  # positive control: our own region's
     assert not importer.import_bundle(ours, tmp_path / "box/etc", tmp_path / "box/ssh",
                                       tmp_path / "box/rec.json", trust_ca=fleet.ca.cert_path).already
+
+
+def test_a_clock_behind_the_bundle_is_raised_to_its_certificate(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pi has no clock battery: offline, its first boot runs at the image's build time,
+    before the bundle was made. Without --raise-clock the import refuses the certificate as
+    not yet valid; with it, the clock goes forward to the certificate's start, never back."""
+    (a, b) = make_bundles(fleet, tmp_path / "out")
+    real_now = fleetca.now
+    clock = {"now": real_now() - datetime.timedelta(days=2)}  # the image's build time
+    monkeypatch.setattr(fleetca, "now", lambda: clock["now"])
+    with pytest.raises(ProvisionError, match="not now"):
+        _import(a, tmp_path / "box")  # control: without the floor the bundle is refused
+    assert not (tmp_path / "box/etc/gateway.toml").exists()
+    raised: list[datetime.datetime] = []
+
+    def set_clock(when: datetime.datetime) -> None:
+        raised.append(when)
+        clock["now"] = when
+
+    out = importer.import_bundle(a, tmp_path / "box/etc", tmp_path / "box/ssh",
+                                 tmp_path / "box/rec.json", raise_clock=set_clock)
+    assert not out.already and (tmp_path / "box/etc/gateway.toml").exists()
+    cert = x509.load_pem_x509_certificate((tmp_path / "box/etc" / m.CERT).read_bytes())
+    assert raised == [cert.not_valid_before_utc]
+    # A clock already past the certificate's start is never touched (nor moved back).
+    clock["now"] = real_now()
+    raised.clear()
+    importer.import_bundle(b, tmp_path / "box2/etc", tmp_path / "box2/ssh",
+                           tmp_path / "box2/rec.json", raise_clock=set_clock)
+    assert raised == []
+
+
+def test_a_certificate_another_ca_signed_does_not_move_the_clock(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    blobs = {name: (a / name).read_bytes() for name in (m.CERT, m.CA)}
+    monkeypatch.setattr(fleetca, "now", lambda: datetime.datetime(2020, 1, 1,
+                                                                  tzinfo=datetime.UTC))
+    raised: list[datetime.datetime] = []
+    importer._clock_floor(blobs, raised.append)
+    assert len(raised) == 1  # positive control: the bundle's own CA signed it
+    blobs[m.CA] = make_fleet(tmp_path / "other").ca.cert.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(ProvisionError, match=r"issued by|signature"):
+        importer._clock_floor(blobs, raised.append)
+    assert len(raised) == 1
