@@ -302,6 +302,45 @@ def test_build_records_packages_and_the_clock_floor(image: Path) -> None:
     assert "net.ipv4.ip_forward = 0" in sysctl
 
 
+# -- reproducible (slow tier: a second amd64 build, 3-5 min) --------------------------------
+
+
+def _listing(tar: Path) -> list[str]:
+    return subprocess.run(["tar", "-tvf", str(tar), "--full-time", "--numeric-owner"],
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DESANET_SLOW"),
+                    reason="slow tier: set DESANET_SLOW=1 (a second amd64 build)")
+def test_a_second_build_with_the_same_epoch_gives_the_same_tar(image: Path,
+                                                                tmp_path: Path) -> None:
+    # The same tree and SOURCE_DATE_EPOCH as the cached image: the same bytes, given the
+    # same Debian packages and dependency wheels (neither is pinned: see docs/images.md).
+    first = json.loads((image / "build-info.json").read_text())
+    out = tmp_path / "again"
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(first["source_date_epoch"])}
+    try:
+        build = subprocess.run([str(ROOT / "images/build"), "--arch", "amd64", "--out", str(out)],
+                               env=env, check=False, capture_output=True, text=True)
+        assert build.returncode == 0, build.stdout[-3000:]
+        if (out / "packages.txt").read_text() != (image / "packages.txt").read_text():
+            pytest.skip("Debian's archive moved between the two builds (packages.txt differs)")
+        wheels = [(d / "wheels.txt").read_text().splitlines() for d in (image, out)]
+        ours = [sorted(w for w in ws if " desanet-" in w) for ws in wheels]
+        assert ours[0] == ours[1]  # desanet's own wheel: built here, so it must not differ
+        if wheels[0] != wheels[1]:
+            pytest.skip("a dependency's wheel changed on PyPI between the two builds")
+        again = json.loads((out / "build-info.json").read_text())
+        if again["rootfs_tar_sha256"] != first["rootfs_tar_sha256"]:
+            a, b = _listing(image / "rootfs.tar"), _listing(out / "rootfs.tar")
+            differ = sorted(set(a) ^ set(b))[:40]
+            pytest.fail("rootfs.tar differs; entries whose listing differs (none: same names, "
+                        "modes and times, so compare the files' contents):\n" + "\n".join(differ))
+    finally:
+        (out / "rootfs.tar").unlink(missing_ok=True)  # 650 MiB
+
+
 # -- arm64 (slow tier: the whole build runs under qemu-user-static) --------------------------
 
 
