@@ -217,8 +217,8 @@ def install_on_card(made: kit.Made, bundle: Path, tries: int,
     """``desanet update install`` (the gateway's own code, its U-Boot branch) run on this
     host against the powered-off card, as the running Pi would: slot b written at its
     PARTUUID, kernel and initrd and the trial state on the FAT partition. The emulated Pi
-    has no network (Debian's dwc2 driver finds no device on QEMU's raspi3b USB), so the
-    bundle cannot reach it over SSH."""
+    has no network (after U-Boot, Debian's dwc2 driver finds no device on QEMU's raspi3b
+    USB; booted without U-Boot it does), so the bundle cannot reach it over SSH."""
     from gateway.update import install as inst
 
     stage = made.work / "pi-install"
@@ -257,13 +257,18 @@ def test_pi_card_boots_the_gateway_and_a_bad_update_falls_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = setup_missing()
     assert not missing, f"missing {', '.join(missing)}: run bash .ci/setup"
-    # Under emulation udev may take minutes to announce the card's partitions; systemd
-    # 252 has no kernel option for the device timeout (90 s), so the emulated card gets a
-    # longer one in system.conf.d.
+    # What the emulated board lacks, laid over the card's root for this test only: under
+    # emulation udev may take minutes to announce the card's partitions (systemd 252 has
+    # no kernel option for the 90 s device timeout), and there is no Ethernet port (QEMU's
+    # raspi3b USB works for Linux only without U-Boot before it), so a dummy eth0 stands
+    # in for the Pi's port: the daemon needs its WAN interface to exist.
     slow = tmp_path / "emulated"
     (slow / "etc/systemd/system.conf.d").mkdir(parents=True)
     (slow / "etc/systemd/system.conf.d/50-emulated.conf").write_text(
         "[Manager]\nDefaultDeviceTimeoutSec=900\n")
+    (slow / "etc/systemd/network").mkdir(parents=True)
+    (slow / "etc/systemd/network/05-emulated-eth0.netdev").write_text(
+        "[NetDev]\nName=eth0\nKind=dummy\n")
     made = kit.flash(tmp_path, pi_rootfs(), cmdline=PI_CMDLINE,
                      board=["--arch", "arm64", "--board", "rpi", "--uboot", str(UBOOT),
                             "--overlay", str(slow)])

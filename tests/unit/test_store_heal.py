@@ -404,7 +404,11 @@ ALLOWED_WRITES = {
     "store/backup.py": "backups and restores: temp file, fsync, rename, fsync dir",
     "system/cli.py": "hostapd/networkd/pppd files under /run, rendered at every boot: temp "
                      "file + rename so a reader never sees half a file",
+    "system/growdata.py": "the MBR of a Pi's card: one 512-byte sector rewritten in place "
+                          "(a single-sector write), fsync, before /data is mounted",
     "update/bundle.py": "builds an update bundle on the operator's machine: .tmp, then rename",
+    "update/ubootstate.py": "the Pi's boot state files on FAT: temp file, fsync, rename, fsync "
+                            "of the file again and of the directory",
     "update/install.py": "a loader entry: temp file, fsync, rename, fsync of the ESP directory",
     "sqlitedb.py": "creates the database file owner-only, fsyncs its directory, before "
                    "SQLite opens it",
