@@ -24,7 +24,10 @@ from gateway.update import slots
 
 MIB = 1 << 20
 BOOT_LAYER = Path(__file__).resolve().parent / "boot"
-ESP_VOLID = "DE5A0001"  # fixed: the same fstab line finds the boot partition on GPT and MBR
+# The boot partition's fixed FAT volume id: one fstab line finds it on GPT and MBR cards.
+# 1234ABCD because every card made before it was named here got that id from mkfs.vfat's
+# --invariant: an update's root must still mount their ESP.
+ESP_VOLID = "1234ABCD"
 ESP_FSTAB = (f"UUID={ESP_VOLID[:4]}-{ESP_VOLID[4:]}  {slots.ESP_MOUNT}  vfat  "
              "umask=0077,noatime  0  2\n")
 

@@ -67,7 +67,8 @@ def targets(files: dict[str, Any], etc: Path, ssh_dir: Path) -> dict[str, tuple[
     return out
 
 
-def _check(data: dict[str, Any], blobs: dict[str, bytes]) -> x509.Certificate:
+def _check(data: dict[str, Any], blobs: dict[str, bytes],
+           at: datetime.datetime | None = None) -> x509.Certificate:
     site = data["site"]
     try:
         cfg = parse_config_text(blobs[m.CONFIG].decode("utf-8"), f"bundle {m.CONFIG}")
@@ -85,7 +86,7 @@ def _check(data: dict[str, Any], blobs: dict[str, bytes]) -> x509.Certificate:
         key = serialization.load_pem_private_key(blobs[m.KEY], password=None)
     except ValueError as exc:
         raise ProvisionError(f"the MQTT certificate or key cannot be read: {exc}") from None
-    fleetca.verify_chain(cert, ca_cert)
+    fleetca.verify_chain(cert, ca_cert, at)
     if fleetca.site_of(cert) != site:
         raise ProvisionError(f"{m.CERT} is for {fleetca.site_of(cert)!r}, not {site!r}")
     if not fleetca.key_matches(cert, key):
@@ -199,23 +200,21 @@ def _pinned(blobs: dict[str, bytes], trust_ca: Path) -> None:
                              "was the bundle made with another region's CA?")
 
 
-def _clock_floor(blobs: dict[str, bytes], raise_clock: Callable[[datetime.datetime], None],
-                 ) -> None:
+def _clock_floor(blobs: dict[str, bytes]) -> datetime.datetime | None:
     """A gateway without a battery-backed clock (every Raspberry Pi) boots offline at the
     image's build time, which is before the bundle's certificate was issued: the
     certificate would look "not yet valid". Its start, signed by the CA in the bundle, is
-    a floor for the real time, so the clock moves forward to it (never back); NTP corrects
-    it once the uplink is there."""
+    a floor for the real time. Returns it when the clock is behind it, else None."""
     try:
         cert = x509.load_pem_x509_certificate(blobs[m.CERT])
         ca_cert = x509.load_pem_x509_certificate(blobs[m.CA])
     except ValueError:
-        return  # _check says what is wrong with them
+        return None  # _check says what is wrong with them
     floor = cert.not_valid_before_utc
     if fleetca.now() >= floor:
-        return
+        return None
     fleetca.verify_chain(cert, ca_cert, at=floor)  # a certificate the CA really signed
-    raise_clock(floor)
+    return floor
 
 
 def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
@@ -236,9 +235,10 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         trust_ca = etc / m.CA
     if trust_ca is not None:
         _pinned(blobs, trust_ca)
-    if raise_clock is not None:
-        _clock_floor(blobs, raise_clock)
-    cert = _check(data, blobs)
+    floor = _clock_floor(blobs) if raise_clock is not None else None
+    cert = _check(data, blobs, floor)
+    if raise_clock is not None and floor is not None:
+        raise_clock(floor)  # only for a bundle that passed every check; never backwards
     installed = _install(blobs, etc, ssh_dir)
     entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
              "created": data.get("created"), "imported": int(time.time()),

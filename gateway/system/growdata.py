@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SECTOR = 512
-ALIGN = 8192  # sectors: 4 MiB, the erase-block alignment mkdisk gives every partition
+ALIGN = 2048  # sectors: 1 MiB, the alignment mkdisk gives the partitions it makes
 _TABLE = 446
 _LINUX = 0x83
 _GPT_PROTECTIVE = 0xEE

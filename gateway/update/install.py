@@ -120,6 +120,14 @@ def install(stream: IO[bytes], paths: Paths, tries: int = DEFAULT_TRIES,
     if uboot and not 1 <= tries <= ubootstate.MAX_TRIES:
         raise BundleError(f"--tries: {tries} is outside 1..{ubootstate.MAX_TRIES} on this loader")
     entries_dir = paths.esp / "loader" / "entries"
+    # The other slot is the only way back while the running one is still on trial:
+    # overwriting it then would leave a bad trial with nothing to fall back to.
+    on_trial = (ubootstate.read(paths.esp).trial == running if uboot else
+                any(e.slot == running and e.tries_left is not None
+                    for e in slots.entries(paths.esp)))
+    if on_trial:
+        raise BundleError(f"slot {running} is still on trial (its boot check has not passed): "
+                          f"slot {target} is the way back and is not overwritten now")
     if uboot:
         ubootstate.cancel_trial(paths.esp, running)
         device = paths.partuuids / slots.rpi_part_uuid(target)

@@ -2,7 +2,7 @@
 
 The card is made by images/mkdisk --board rpi from a stand-in root whose
 "kernels" are not kernels: U-Boot runs the card's boot.scr, which picks a slot
-from desanet-boot.txt / desanet-tries.txt (counting a trial down on the FAT
+from its state files (EFI/desanet/state/; counting a trial down on the FAT
 partition), tries to boot it, fails, and resets; QEMU resets the board and the
 next boot begins. So one run shows the sequence of slots a Pi would boot while
 each new root keeps failing, and what the script wrote to the card. The state
@@ -68,27 +68,40 @@ def boot_offset(disk: Path) -> int:
     return int(line.split("start=")[1].split(",")[0]) * 512
 
 
+STATE_FILES = (ubootstate.BOOT_FILE, ubootstate.BOOT_COPY, ubootstate.TRIES_FILE)
+
+
+def copy_out(disk: Path, dest: Path) -> None:
+    """The card's state files into ``dest`` (same relative paths)."""
+    at = f"{disk}@@{boot_offset(disk)}"
+    for name in STATE_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mcopy", "-o", "-n", "-i", at, f"::{name}", str(dest / name)],
+                       env=MT, check=True)
+
+
+def copy_in(src: Path, disk: Path, names: tuple[str, ...] = STATE_FILES) -> None:
+    at = f"{disk}@@{boot_offset(disk)}"
+    for name in names:
+        parent = str(Path(name).parent)
+        if parent != ".":  # mmd -D s: an existing directory is fine
+            subprocess.run(["mmd", "-D", "s", "-i", at, f"::{parent}"], env=MT,
+                           capture_output=True, check=False)
+        subprocess.run(["mcopy", "-o", "-i", at, str(src / name), f"::{name}"], env=MT,
+                       check=True)
+
+
 def put_state(disk: Path, work: Path, change: str, *args: object) -> None:
     """Run ubootstate's ``change`` on a copy of the card's state files and copy them back."""
     state = work / "state"
-    state.mkdir(exist_ok=True)
-    at = f"{disk}@@{boot_offset(disk)}"
-    for name in (ubootstate.BOOT_FILE, ubootstate.TRIES_FILE):
-        subprocess.run(["mcopy", "-o", "-n", "-i", at, f"::{name}", str(state / name)],
-                       env=MT, check=True)
+    copy_out(disk, state)
     getattr(ubootstate, change)(state, *args)
-    for name in (ubootstate.BOOT_FILE, ubootstate.TRIES_FILE):
-        subprocess.run(["mcopy", "-o", "-i", at, str(state / name), f"::{name}"], env=MT,
-                       check=True)
+    copy_in(state, disk)
 
 
 def read_state(disk: Path, work: Path) -> ubootstate.BootState:
     state = work / "read"
-    state.mkdir(exist_ok=True)
-    at = f"{disk}@@{boot_offset(disk)}"
-    for name in (ubootstate.BOOT_FILE, ubootstate.TRIES_FILE):
-        subprocess.run(["mcopy", "-o", "-n", "-i", at, f"::{name}", str(state / name)],
-                       env=MT, check=True)
+    copy_out(disk, state)
     return ubootstate.read(state)
 
 
@@ -179,12 +192,27 @@ def test_a_blessed_trial_stays_and_is_not_counted_any_more(card: Path, tmp_path:
 def test_a_tries_file_spoilt_by_a_power_cut_boots_the_good_slot(
         card: Path, tmp_path: Path) -> None:
     put_state(card, tmp_path, "start_trial", "a", "b", 3)
-    junk = tmp_path / ubootstate.TRIES_FILE
-    junk.write_bytes(b"desanet_tr\xff\xff\xff")  # U-Boot's fatwrite cut half-way
-    subprocess.run(["mcopy", "-o", "-i", f"{card}@@{boot_offset(card)}", str(junk),
-                    f"::{ubootstate.TRIES_FILE}"], env=MT, check=True)
+    junk = tmp_path / "junk"
+    (junk / ubootstate.TRIES_FILE).parent.mkdir(parents=True)
+    (junk / ubootstate.TRIES_FILE).write_bytes(b"desanet_tr\xff\xff\xff")  # fatwrite cut
+    copy_in(junk, card, (ubootstate.TRIES_FILE,))
     with Board(card, tmp_path) as console:
         assert list(boots(console, 2)) == [("a", "a", "b", 0)] * 2
+
+
+def test_an_emptied_boot_file_falls_back_to_its_copy(card: Path, tmp_path: Path) -> None:
+    """Slot b is good; a power cut left boot.txt empty (vfat's renamed file without its
+    size): U-Boot reads the copy and boots b, not the factory default a."""
+    put_state(card, tmp_path, "start_trial", "a", "b", 1)
+    put_state(card, tmp_path, "bless", "b")
+    with Board(card, tmp_path) as console:
+        assert next(boots(console, 1)) == ("b", "b", "", 0)  # positive control
+    empty = tmp_path / "empty"
+    (empty / ubootstate.BOOT_FILE).parent.mkdir(parents=True)
+    (empty / ubootstate.BOOT_FILE).write_bytes(b"")
+    copy_in(empty, card, (ubootstate.BOOT_FILE,))
+    with Board(card, tmp_path) as console:
+        assert next(boots(console, 1)) == ("b", "b", "", 0)
 
 
 # -- Debian's arm64 gateway booted on the emulated Pi (slow tier) ------------------------------
@@ -225,10 +253,7 @@ def install_on_card(made: kit.Made, bundle: Path, tries: int,
     boot, parts, keys = stage / "boot", stage / "by-partuuid", stage / "keys"
     for d in (boot, parts, keys):
         d.mkdir(parents=True, exist_ok=True)
-    at = f"{made.disk}@@{boot_offset(made.disk)}"
-    for name in (ubootstate.BOOT_FILE, ubootstate.TRIES_FILE):
-        subprocess.run(["mcopy", "-o", "-n", "-i", at, f"::{name}", str(boot / name)],
-                       env=MT, check=True)
+    copy_out(made.disk, boot)
     offset, size = mbr_partition(made.disk, 3)
     slot_b = parts / slots.rpi_part_uuid("b")
     with slot_b.open("wb") as f:
@@ -244,10 +269,8 @@ def install_on_card(made: kit.Made, bundle: Path, tries: int,
         assert inst.install(f, paths, tries)[0] == "b"
     subprocess.run(["dd", f"if={slot_b}", f"of={made.disk}", "bs=1M", "conv=notrunc,sparse",
                     f"seek={offset}", "oflag=seek_bytes", "status=none"], check=True)
-    subprocess.run(["mcopy", "-s", "-o", "-i", at, str(boot / "EFI"), "::"], env=MT, check=True)
-    for name in (ubootstate.BOOT_FILE, ubootstate.TRIES_FILE):
-        subprocess.run(["mcopy", "-o", "-i", at, str(boot / name), f"::{name}"], env=MT,
-                       check=True)
+    copy_in(boot, made.disk, ("EFI/desanet/b/vmlinuz", "EFI/desanet/b/initrd.img",
+                              *STATE_FILES))
 
 
 @pytest.mark.slow
@@ -290,9 +313,20 @@ def test_pi_card_boots_the_gateway_and_a_bad_update_falls_back(
     blocks = int(next(ln for ln in stats.splitlines() if ln.startswith("Block count:"))
                  .split()[-1])
     assert blocks * 4096 > image_data + (CARD - image_size) * 3 // 4, (blocks, image_data)
-    record = subprocess.run(["debugfs", "-R", "cat /lib-desanet/provisioned.json",
-                             f"{made.disk}?offset={offset}"], capture_output=True, text=True,
-                            check=False).stdout
+    # QEMU was killed (a power cut): replay the journal on a copy, check it, read the record.
+    data = tmp_path / "data.img"
+    subprocess.run(["dd", f"if={made.disk}", f"of={data}", "bs=1M", "conv=sparse",
+                    f"skip={offset}", f"count={size}", "iflag=skip_bytes,count_bytes",
+                    "status=none"], check=True)
+    replay = subprocess.run(["e2fsck", "-fy", str(data)], capture_output=True, text=True,
+                            check=False)
+    assert replay.returncode in (0, 1), replay.stdout + replay.stderr  # 1: journal replayed
+    fsck = subprocess.run(["e2fsck", "-fn", str(data)], capture_output=True, text=True,
+                          check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    record = subprocess.run(["debugfs", "-R", "cat /lib-desanet/provisioned.json", str(data)],
+                            capture_output=True, text=True, check=False).stdout
+    data.unlink()
     assert '"site": "jabar-sukamaju"' in record  # the bundle was imported
 
     bad = kit.mkupdate(made, "2", rootfs=kit.root_without_init(made), arch="arm64")

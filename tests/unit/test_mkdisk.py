@@ -81,7 +81,7 @@ def test_layout_entries_and_boot_layer(tmp_path: Path) -> None:
     osrel = debugfs_cat(disk, root_a, "/usr/lib/os-release")
     assert 'IMAGE_VERSION="7"' in osrel and "old" not in osrel
     fstab = debugfs_cat(disk, root_a, "/etc/fstab")
-    assert "LABEL=desanet-data  /data" in fstab and "UUID=DE5A-0001  /boot/efi  vfat" in fstab
+    assert "LABEL=desanet-data  /data" in fstab and "UUID=1234-ABCD  /boot/efi  vfat" in fstab
     assert debugfs_cat(disk, root_a, "/usr/lib/desanet/update-keys/u.pub").startswith("ed25519:")
     unit = debugfs_cat(disk, root_a, "/usr/lib/systemd/system/desanet-boot-check.service")
     assert "RequiredBy=boot-complete.target" in unit

@@ -57,13 +57,15 @@ def test_pi_card_layout_firmware_u_boot_and_state(tmp_path: Path) -> None:
     boot = parts[0]["start"] * 512
     names = fat_names(disk, boot)
     assert {"bootcode.bin", "start4.elf", "bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb",
-            "u-boot.bin", "boot.scr", "config.txt", "desanet-boot.txt",
-            "desanet-tries.txt"} <= names
+            "u-boot.bin", "boot.scr", "config.txt"} <= names
+    assert not any(n.startswith("desanet-") for n in names)  # state lives in a subdirectory
     assert "bcm2835-rpi-b.dtb" not in names  # 32-bit boards cannot run an arm64 root
     config = fat_read(disk, boot, "config.txt")
     assert "kernel=u-boot.bin" in config and "arm_64bit=1" in config
     assert fat_read(disk, boot, "EFI/desanet/a/vmlinuz") == "kernel"
-    assert fat_read(disk, boot, "desanet-boot.txt") == ubootstate.render("a", None)
+    assert fat_read(disk, boot, ubootstate.BOOT_FILE) == ubootstate.render("a", None)
+    assert fat_read(disk, boot, ubootstate.BOOT_COPY) == ubootstate.render("a", None)
+    assert fat_read(disk, boot, ubootstate.TRIES_FILE) == "desanet_tries=0\n"
     # boot.scr: a U-Boot script image with this card's disk id and the Pi's console.
     scr = tmp_path / "boot.scr"
     scr.write_bytes(subprocess.run(["mtype", "-i", f"{disk}@@{boot}", "::boot.scr"], env=MT,
@@ -77,9 +79,9 @@ def test_pi_card_layout_firmware_u_boot_and_state(tmp_path: Path) -> None:
     # The boot partition is found by its fixed volume id, on MBR and GPT alike.
     blkid = subprocess.run(["blkid", "-p", "-O", str(boot), "-s", "UUID", "-o", "value",
                             str(disk)], capture_output=True, text=True, check=True).stdout
-    assert blkid.strip() == "DE5A-0001"
+    assert blkid.strip() == "1234-ABCD"
     fstab = debugfs_cat(disk, parts[1]["start"] * 512, "/etc/fstab")
-    assert "UUID=DE5A-0001  /boot/efi  vfat" in fstab
+    assert "UUID=1234-ABCD  /boot/efi  vfat" in fstab
 
 
 def test_pi_card_needs_arm64_and_u_boot(tmp_path: Path) -> None:

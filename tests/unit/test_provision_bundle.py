@@ -277,10 +277,22 @@ def test_a_certificate_another_ca_signed_does_not_move_the_clock(
     blobs = {name: (a / name).read_bytes() for name in (m.CERT, m.CA)}
     monkeypatch.setattr(fleetca, "now", lambda: datetime.datetime(2020, 1, 1,
                                                                   tzinfo=datetime.UTC))
-    raised: list[datetime.datetime] = []
-    importer._clock_floor(blobs, raised.append)
-    assert len(raised) == 1  # positive control: the bundle's own CA signed it
+    # Positive control: the bundle's own CA signed it, so its start is a floor.
+    assert importer._clock_floor(blobs) is not None
     blobs[m.CA] = make_fleet(tmp_path / "other").ca.cert.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(ProvisionError, match=r"issued by|signature"):
-        importer._clock_floor(blobs, raised.append)
-    assert len(raised) == 1
+        importer._clock_floor(blobs)
+
+
+def test_a_refused_bundle_does_not_move_the_clock(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    monkeypatch.setattr(fleetca, "now", lambda: datetime.datetime(2020, 1, 1,
+                                                                  tzinfo=datetime.UTC))
+    monkeypatch.setattr(importer, "_check", lambda *args: (_ for _ in ()).throw(
+        ProvisionError("refused by a later check")))
+    raised: list[datetime.datetime] = []
+    with pytest.raises(ProvisionError, match="later check"):
+        importer.import_bundle(a, tmp_path / "box/etc", tmp_path / "box/ssh",
+                               tmp_path / "box/rec.json", raise_clock=raised.append)
+    assert raised == []

@@ -148,3 +148,22 @@ def test_entry_names_and_running_slot() -> None:
     assert slots.running_slot("ro desanet.slot=b quiet") == "b"
     assert slots.running_slot("ro desanet.slot=c") is None
     assert inst.version_key("2026.12.10") > inst.version_key("2026.12.9")
+
+
+def test_an_update_while_the_running_entry_is_on_trial_is_refused(
+        tmp_path: Path, key: Ed25519PrivateKey, gw: inst.Paths) -> None:
+    """Booted into a trial (b+2-1) whose boot check has not passed yet: slot a is the way
+    back and stays. Once systemd-bless-boot drops the counter, a may be replaced."""
+    entries = gw.esp / "loader/entries"
+    (entries / "desanet-b+0-3.conf").unlink()
+    (entries / "desanet-b+2-1.conf").write_text(slots.entry_text("b", "2", ""))
+    gw.cmdline.write_text(gw.cmdline.read_text().replace("desanet.slot=a", "desanet.slot=b"))
+    (gw.devices / "root-a").write_bytes(b"A" * SLOT_SIZE)
+    with make_bundle(tmp_path, key, version="3").open("rb") as f, \
+            pytest.raises(BundleError, match="still on trial"):
+        inst.install(f, gw)
+    assert (gw.devices / "root-a").read_bytes() == b"A" * SLOT_SIZE
+    assert (entries / "desanet-a.conf").exists()
+    (entries / "desanet-b+2-1.conf").rename(entries / "desanet-b.conf")  # blessed
+    with make_bundle(tmp_path, key, version="3").open("rb") as f:
+        assert inst.install(f, gw)[0] == "a"

@@ -35,6 +35,7 @@ def pi(tmp_path: Path, key: Ed25519PrivateKey) -> inst.Paths:
     boot = tmp_path / "boot"
     boot.mkdir()
     for name, text in ubootstate.initial_files("a").items():
+        (boot / name).parent.mkdir(parents=True, exist_ok=True)
         (boot / name).write_text(text)
     byuuid = tmp_path / "by-partuuid"
     byuuid.mkdir()
@@ -57,8 +58,9 @@ def test_install_writes_slot_b_and_starts_its_trial(
     assert (pi.partuuids / slots.rpi_part_uuid("b")).read_bytes()[:400] == b"ROOT" * 100
     assert (pi.partuuids / slots.rpi_part_uuid("a")).read_bytes() == bytes(SLOT_SIZE)
     assert (pi.esp / "EFI/desanet/b/vmlinuz").read_bytes() == b"kernel"
-    assert (pi.esp / "desanet-boot.txt").read_text() == "desanet_good=a\ndesanet_try=b\n"
-    assert (pi.esp / "desanet-tries.txt").read_text() == "desanet_tries=3\n"
+    assert (pi.esp / ubootstate.BOOT_FILE).read_text() == "desanet_good=a\ndesanet_try=b\n"
+    assert (pi.esp / ubootstate.BOOT_COPY).read_text() == "desanet_good=a\ndesanet_try=b\n"
+    assert (pi.esp / ubootstate.TRIES_FILE).read_text() == "desanet_tries=3\n"
     assert not (pi.esp / "loader").exists()  # no systemd-boot entries on a Pi
     assert ubootstate.read(pi.esp) == ubootstate.BootState("a", "b", 3)
 
@@ -86,22 +88,42 @@ def test_bless_only_marks_the_running_trial(pi: inst.Paths) -> None:
     assert not ubootstate.bless(pi.esp, "a")  # slot a is not the one on trial
     assert ubootstate.read(pi.esp).trial == "b"
     assert ubootstate.bless(pi.esp, "b")
-    assert (pi.esp / "desanet-boot.txt").read_text() == "desanet_good=b\ndesanet_try=\n"
+    assert (pi.esp / ubootstate.BOOT_FILE).read_text() == "desanet_good=b\ndesanet_try=\n"
     assert ubootstate.read(pi.esp) == ubootstate.BootState("b", None, 3)
 
 
 def test_state_written_by_u_boot_and_damaged_files_read_safely(tmp_path: Path) -> None:
     # U-Boot's `env export -t` ends the tries file with a NUL; a power cut during its
     # fatwrite can leave garbage: that reads as no tries left (the good slot boots).
-    (tmp_path / "desanet-boot.txt").write_text("desanet_good=b\ndesanet_try=a\n")
-    (tmp_path / "desanet-tries.txt").write_bytes(b"desanet_tries=2\n\0")
+    for name, text in ubootstate.initial_files("b").items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / ubootstate.BOOT_FILE).write_text("desanet_good=b\ndesanet_try=a\n")
+    (tmp_path / ubootstate.TRIES_FILE).write_bytes(b"desanet_tries=2\n\0")
     assert ubootstate.read(tmp_path) == ubootstate.BootState("b", "a", 2)
-    (tmp_path / "desanet-tries.txt").write_bytes(b"desanet_tr\xff\xff")
+    (tmp_path / ubootstate.TRIES_FILE).write_bytes(b"desanet_tr\xff\xff")
     assert ubootstate.read(tmp_path) == ubootstate.BootState("b", "a", 0)
-    (tmp_path / "desanet-boot.txt").write_text("desanet_good=z\ndesanet_try=c\n")
+    # boot.txt left empty by a power cut (vfat): the copy, written first, says good=b.
+    (tmp_path / ubootstate.BOOT_FILE).write_text("")
+    assert ubootstate.read(tmp_path) == ubootstate.BootState("b", None, 0)
+    (tmp_path / ubootstate.BOOT_COPY).write_text("desanet_good=z\ndesanet_try=c\n")
     assert ubootstate.read(tmp_path) == ubootstate.BootState("a", None, 0)
-    (tmp_path / "desanet-boot.txt").unlink()
+    (tmp_path / ubootstate.BOOT_COPY).unlink()
     assert ubootstate.read(tmp_path).good == "a"
+
+
+def test_an_update_while_the_running_slot_is_on_trial_is_refused(
+        tmp_path: Path, key: Ed25519PrivateKey, pi: inst.Paths) -> None:
+    ubootstate.start_trial(pi.esp, "a", "b", 3)
+    pi.cmdline.write_text(CMDLINE.replace("desanet.slot=a", "desanet.slot=b") + " desanet.trial=1")
+    with make_bundle(tmp_path, key, version="3").open("rb") as f, \
+            pytest.raises(BundleError, match="still on trial"):
+        inst.install(f, pi)
+    assert (pi.partuuids / slots.rpi_part_uuid("a")).read_bytes() == bytes(SLOT_SIZE)
+    assert ubootstate.read(pi.esp) == ubootstate.BootState("a", "b", 3)
+    ubootstate.bless(pi.esp, "b")  # positive control: once b is good, a may be replaced
+    with make_bundle(tmp_path, key, version="3").open("rb") as f:
+        assert inst.install(f, pi)[0] == "a"
 
 
 def test_status_describes_trial_failed_and_good() -> None:
