@@ -353,6 +353,9 @@ def test_arm64_image_runs_desanet_under_emulation() -> None:
     packages = {line.split("\t")[0] for line in (image / "packages.txt").read_text().splitlines()}
     assert {"linux-image-arm64", "raspi-firmware", "u-boot-rpi", "firmware-brcm80211",
             "hostapd"} <= packages
+    # The initramfs loads the Pi's watchdog driver: Debian's kernel restarts a Pi with it.
+    watchdog = image / "rootfs/usr/share/initramfs-tools/modules.d/desanet-pi-watchdog"
+    assert watchdog.read_text().split() == ["bcm2835_wdt"]
     c = RootfsChroot(image / "rootfs")
     try:
         assert c.run(["dpkg", "--print-architecture"]).stdout.strip() == "arm64"
