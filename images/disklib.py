@@ -171,6 +171,18 @@ def copy_sparse(src: Path, disk: Path, offset: int) -> None:
             pos += len(block)
 
 
+def _partition(disk: Path, size: int, script: list[str]) -> None:
+    """A sparse disk file of ``size`` bytes, partitioned by sfdisk from ``script``."""
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(size)
+    proc = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
+                          input="\n".join(script) + "\n", text=True, capture_output=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise DiskError(f"sfdisk failed: {proc.stderr.strip()}")
+
+
 def write_mbr(disk: Path, parts: list[tuple[int, str]], disk_id: str) -> list[int]:
     """parts: (size, MBR type); returns each partition's offset. For the Raspberry Pi."""
     offsets, start = [], 4 * MIB
@@ -179,14 +191,7 @@ def write_mbr(disk: Path, parts: list[tuple[int, str]], disk_id: str) -> list[in
         offsets.append(start)
         lines.append(f"start={start // 512}, size={size // 512}, type={ptype}")
         start += size
-    disk.unlink(missing_ok=True)
-    with disk.open("wb") as f:
-        f.truncate(start)
-    proc = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
-                          input="\n".join(lines) + "\n", text=True, capture_output=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise DiskError(f"sfdisk failed: {proc.stderr.strip()}")
+    _partition(disk, start, lines)
     return offsets
 
 
@@ -199,12 +204,5 @@ def write_gpt(disk: Path, parts: list[tuple[str, int, str, str]], disk_id: str) 
         lines.append(f"start={start // 512}, size={size // 512}, type={ptype}, "
                      f"uuid={puuid}, name={name}")
         start += size
-    disk.unlink(missing_ok=True)
-    with disk.open("wb") as f:
-        f.truncate(start + MIB)  # room for the backup GPT
-    proc = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
-                          input="\n".join(lines) + "\n", text=True, capture_output=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise DiskError(f"sfdisk failed: {proc.stderr.strip()}")
+    _partition(disk, start + MIB, lines)  # room for the backup GPT
     return offsets
