@@ -133,14 +133,18 @@ def vouchers(ssh: Ssh) -> set[str]:
     return {v["code"] for v in rows}
 
 
-def mkupdate(made: Made, version: str, overlay: Path | None = None, compress: str = "none",
-             rootfs: Path | None = None, arch: str = "amd64") -> Path:
+def mkupdate(made: Made, version: str, overlay: Path | list[Path] | None = None,
+             compress: str = "none", rootfs: Path | None = None, arch: str = "amd64") -> Path:
+    """A signed update bundle of ``rootfs`` (the image's by default), overlays laid on it."""
     out = made.work / f"v{version}.update"
     argv = [sys.executable, str(ROOT / "images/mkupdate"), "--rootfs", str(rootfs or made.rootfs),
             "--version", version, "--key", str(made.update_key),
             "--update-key", str(made.update_pub), "--compress", compress, "--arch", arch,
             "--out", str(out)]
-    run(argv + (["--overlay", str(overlay)] if overlay else []))
+    overlays = overlay if isinstance(overlay, list) else [overlay] if overlay else []
+    for each in overlays:
+        argv += ["--overlay", str(each)]
+    run(argv)
     return out
 
 

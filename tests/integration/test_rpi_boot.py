@@ -220,6 +220,7 @@ def test_an_emptied_boot_file_falls_back_to_its_copy(card: Path, tmp_path: Path)
 PI_CMDLINE = "net.ifnames=0 console=tty0 console=ttyS1,115200 " + kit.TCG_TIMEOUTS
 PI_BOOT = 2400.0  # U-Boot reads ~70 MB of kernel + initrd at <1 MB/s, then a TCG boot
 CARD = 4 << 30  # QEMU's SD card: a power of two, larger than the image
+PARTITION = {"a": 2, "b": 3}  # the root slots on the MBR card (1 boot, 4 data)
 
 
 def pi_rootfs() -> Path:
@@ -238,52 +239,50 @@ def mbr_partition(disk: Path, number: int) -> tuple[int, int]:
 
 
 def install_on_card(made: kit.Made, bundle: Path, tries: int,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+                    monkeypatch: pytest.MonkeyPatch, running: str = "a") -> str:
     """``desanet update install`` (the gateway's own code, its U-Boot branch) run on this
-    host against the powered-off card, as the running Pi would: slot b written at its
-    PARTUUID, kernel and initrd and the trial state on the FAT partition. The emulated Pi
-    has no network (after U-Boot, Debian's dwc2 driver finds no device on QEMU's raspi3b
-    USB; booted without U-Boot it does), so the bundle cannot reach it over SSH."""
+    host against the powered-off card, as the Pi running slot ``running`` would: the other
+    slot written at its PARTUUID, kernel and initrd and the trial state on the FAT partition.
+    The emulated Pi has no network (after U-Boot, Debian's dwc2 driver finds no device on
+    QEMU's raspi3b USB; booted without U-Boot it does), so the bundle cannot reach it over
+    SSH. Returns the slot written."""
     from gateway.update import install as inst
 
+    target = slots.other(running)
     stage = made.work / "pi-install"
+    subprocess.run(["rm", "-rf", str(stage)], check=True)
     boot, parts, keys = stage / "boot", stage / "by-partuuid", stage / "keys"
     for d in (boot, parts, keys):
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True)
     copy_out(made.disk, boot)
-    offset, size = mbr_partition(made.disk, 3)
-    slot_b = parts / slots.rpi_part_uuid("b")
-    with slot_b.open("wb") as f:
+    offset, size = mbr_partition(made.disk, PARTITION[target])
+    slot = parts / slots.rpi_part_uuid(target)
+    with slot.open("wb") as f:
         f.truncate(size)
     (keys / "update.pub").write_bytes(made.update_pub.read_bytes())
-    (stage / "cmdline").write_text(f"root=PARTUUID={slots.rpi_part_uuid('a')} ro "
-                                   f"desanet.slot=a desanet.loader=uboot {PI_CMDLINE}\n")
+    (stage / "cmdline").write_text(f"root=PARTUUID={slots.rpi_part_uuid(running)} ro "
+                                   f"desanet.slot={running} desanet.loader=uboot {PI_CMDLINE}\n")
     (stage / "os-release").write_text('IMAGE_VERSION="1"\n')
     monkeypatch.setattr(inst, "machine_arch", lambda: "arm64")  # this host plays the Pi
     paths = inst.Paths(esp=boot, devices=stage / "none", partuuids=parts,
                        cmdline=stage / "cmdline", keys=[keys], os_release=stage / "os-release")
     with bundle.open("rb") as f:
-        assert inst.install(f, paths, tries)[0] == "b"
-    subprocess.run(["dd", f"if={slot_b}", f"of={made.disk}", "bs=1M", "conv=notrunc,sparse",
+        assert inst.install(f, paths, tries)[0] == target
+    subprocess.run(["dd", f"if={slot}", f"of={made.disk}", "bs=1M", "conv=notrunc,sparse",
                     f"seek={offset}", "oflag=seek_bytes", "status=none"], check=True)
-    copy_in(boot, made.disk, ("EFI/desanet/b/vmlinuz", "EFI/desanet/b/initrd.img",
+    copy_in(boot, made.disk, (f"EFI/desanet/{target}/vmlinuz", f"EFI/desanet/{target}/initrd.img",
                               *STATE_FILES))
+    return target
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DESANET_SLOW"),
-                    reason="slow tier: set DESANET_SLOW=1 (arm64 image, Pi boots under TCG)")
-def test_pi_card_boots_the_gateway_and_a_bad_update_falls_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    missing = setup_missing()
-    assert not missing, f"missing {', '.join(missing)}: run bash .ci/setup"
-    # What the emulated board lacks, laid over the card's root for this test only: under
-    # emulation udev may take minutes to announce the card's partitions (systemd 252 has
-    # no kernel option for the 90 s device timeout); QEMU's raspi3b resets the board the
-    # moment the BCM2835 watchdog is armed (it does not count down), so systemd leaves it
-    # unarmed (the kernel still reboots through it after a panic); and there is no
-    # Ethernet port (QEMU's raspi3b USB works for Linux only without U-Boot before it),
-    # so a dummy eth0 stands in for the Pi's port: the daemon needs its WAN to exist.
+def emulated_board(tmp_path: Path) -> Path:
+    """What the emulated board lacks, laid over the card's root (and over every update
+    booted here) for these tests only: under emulation udev may take minutes to announce
+    the card's partitions (systemd 252 has no kernel option for the 90 s device timeout);
+    QEMU's raspi3b resets the board the moment the BCM2835 watchdog is armed (it does not
+    count down), so systemd leaves it unarmed (the kernel still reboots through it); and
+    there is no Ethernet port (QEMU's raspi3b USB works for Linux only without U-Boot
+    before it), so a dummy eth0 stands in for the Pi's port: the daemon needs its WAN."""
     slow = tmp_path / "emulated"
     (slow / "etc/systemd/system.conf.d").mkdir(parents=True)
     (slow / "etc/systemd/system.conf.d/90-emulated.conf").write_text(
@@ -291,9 +290,30 @@ def test_pi_card_boots_the_gateway_and_a_bad_update_falls_back(
     (slow / "etc/systemd/network").mkdir(parents=True)
     (slow / "etc/systemd/network/05-emulated-eth0.netdev").write_text(
         "[NetDev]\nName=eth0\nKind=dummy\n")
+    return slow
+
+
+def pi_card(tmp_path: Path) -> tuple[kit.Made, Path]:
+    """The gateway's arm64 card for the emulated Pi, and the overlay it was made with."""
+    missing = setup_missing()
+    assert not missing, f"missing {', '.join(missing)}: run bash .ci/setup"
+    board = emulated_board(tmp_path)
     made = kit.flash(tmp_path, pi_rootfs(), cmdline=PI_CMDLINE,
                      board=["--arch", "arm64", "--board", "rpi", "--uboot", str(UBOOT),
-                            "--overlay", str(slow)])
+                            "--overlay", str(board)])
+    return made, board
+
+
+SLOW_PI = pytest.mark.skipif(not os.environ.get("DESANET_SLOW"),
+                             reason="slow tier: set DESANET_SLOW=1 (arm64 image, Pi boots "
+                                    "under TCG)")
+
+
+@pytest.mark.slow
+@SLOW_PI
+def test_pi_card_boots_the_gateway_and_a_bad_update_falls_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made, _ = pi_card(tmp_path)
     image_size = made.disk.stat().st_size
     _, image_data = mbr_partition(made.disk, 4)
     with made.disk.open("r+b") as f:
@@ -345,3 +365,51 @@ def test_pi_card_boots_the_gateway_and_a_bad_update_falls_back(
     state = read_state(made.disk, tmp_path)
     assert state == ubootstate.BootState("a", "b", 0)
     assert state.describe("a")[1] == "  slot b: failed"
+
+
+@pytest.mark.slow
+@SLOW_PI
+def test_pi_card_boots_a_good_update_keeps_it_and_a_daemon_never_ready_falls_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made, board = pi_card(tmp_path)
+    with made.disk.open("r+b") as f:
+        f.truncate(CARD)
+    # A good update (the same root, as a new version), installed before the first boot:
+    # the card's first start is the trial of slot b, which imports the bundle, gets READY
+    # and is marked good by the boot check.
+    good = kit.mkupdate(made, "2", board, arch="arm64")
+    assert install_on_card(made, good, 2, monkeypatch) == "b"
+    with Board(made.disk, tmp_path) as console:
+        m = console.wait_for(r"desanet-boot: slot b \(good a, trial b, tries left 1\)",
+                             PI_BOOT, "U-Boot trying slot b")
+        m = console.wait_for(r"Kernel command line: .*desanet\.slot=b desanet\.loader=uboot "
+                             r"desanet\.trial=1", PI_BOOT, "slot b's kernel, on trial", m.end())
+        m = console.wait_for(kit.READY, PI_BOOT, "the daemon READY on slot b", m.end())
+        console.wait_for(r"slot b: marked good", PI_BOOT, "desanet update bless", m.end())
+    blessed = read_state(made.disk, tmp_path)
+    assert (blessed.good, blessed.trial) == ("b", None), blessed  # the tries left do not count
+
+    # Then an update whose daemon never gets READY, into slot a from the running b, with
+    # one try: the boot check gives up after 3 starts and reboots; U-Boot, the try used,
+    # starts b again, which stays good (it was blessed) and gets READY.
+    broken = made.work / "no-daemon"
+    subprocess.run(["cp", "-a", f"{board}/.", str(broken)], check=True)
+    (broken / "usr/lib/systemd/system/desanet.service.d").mkdir(parents=True)
+    (broken / "usr/lib/systemd/system/desanet.service.d/99-broken.conf").write_text(
+        kit.BROKEN_UNIT)
+    never_ready = kit.mkupdate(made, "3", broken, arch="arm64")
+    assert install_on_card(made, never_ready, 1, monkeypatch, running="b") == "a"
+    assert read_state(made.disk, tmp_path) == ubootstate.BootState("b", "a", 1)
+    with Board(made.disk, tmp_path) as console:
+        m = console.wait_for(r"desanet-boot: slot a \(good b, trial a, tries left 0\)",
+                             PI_BOOT, "U-Boot trying slot a")
+        m = console.wait_for(r"desanet-boot-check: daemon not READY after 3 starts", PI_BOOT,
+                             "the boot check giving up on the daemon", m.end())
+        m = console.wait_for(r"trial boot failed; rebooting", PI_BOOT,
+                             "the boot check rebooting the trial", m.end())
+        m = console.wait_for(r"desanet-boot: slot b \(good b, trial a, tries left 0\)",
+                             PI_BOOT, "U-Boot back on slot b", m.end())
+        console.wait_for(kit.READY, PI_BOOT, "the daemon READY on slot b again", m.end())
+    state = read_state(made.disk, tmp_path)
+    assert state == ubootstate.BootState("b", "a", 0)
+    assert state.describe("b")[1] == "  slot a: failed"
