@@ -87,6 +87,29 @@ def kernel_files(root: Path) -> tuple[Path, Path]:
     return kernel, initrd
 
 
+def check_update_keys(update_keys: list[Path]) -> None:
+    """Each --update-key is an ed25519:... public key, and there is one at least: a root that
+    trusts no key can never be updated again, and a private key copied into a root would let
+    anyone holding one gateway sign updates for the whole fleet."""
+    from gateway.telemetry.commands import public_key_bytes
+
+    if not update_keys:
+        raise DiskError("--update-key: none given; the image would trust no update bundle "
+                        "and could never be updated (give the fleet's update public key)")
+    for key in update_keys:
+        try:
+            text = key.read_text(errors="replace").strip()
+        except OSError as exc:
+            raise DiskError(f"--update-key {key}: {exc.strerror or exc}") from None
+        if "PRIVATE KEY" in text:
+            raise DiskError(f"--update-key {key}: this is a PRIVATE key; give its public half "
+                            "(ed25519:..., the .pub file). Nothing was written.")
+        try:
+            public_key_bytes(text)
+        except ValueError as exc:
+            raise DiskError(f"--update-key {key}: {exc}") from None
+
+
 def add_boot_layer(root: Path, version: str, update_keys: list[Path]) -> None:
     """What the disk layout needs inside the root: ESP mount, boot check, version, keys."""
     if not (root / "usr/lib/systemd/systemd-bless-boot").exists():
@@ -112,6 +135,7 @@ def add_boot_layer(root: Path, version: str, update_keys: list[Path]) -> None:
 def prepare_root(root: Path, rootfs: Path, overlays: list[Path], version: str,
                  update_keys: list[Path]) -> tuple[Path, Path]:
     """Stage the rootfs with overlays and the boot layer; returns (kernel, initrd)."""
+    check_update_keys(update_keys)
     stage_rootfs(rootfs, root)
     for overlay in overlays:
         run("cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root))

@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="the .update file, or - for standard input")
     p.add_argument("--tries", type=int, default=inst.DEFAULT_TRIES,
-                   help="boots the new slot gets to reach READY (default %(default)s)")
+                   help=f"boots the new slot gets to reach READY, 1-{inst.MAX_TRIES} "
+                   "(default %(default)s)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a version not newer than the running one")
     p.set_defaults(func=cmd_install)

@@ -22,6 +22,9 @@ from gateway.update import slots, ubootstate
 from gateway.update.bundle import BundleError, BundleReader
 
 DEFAULT_TRIES = 3
+# One digit: U-Boot's boot.scr compares hex counts (ubootstate); more failing boots than
+# this only keep a village offline longer before the way back.
+MAX_TRIES = ubootstate.MAX_TRIES
 
 
 @dataclass
@@ -42,7 +45,10 @@ def trusted_keys(dirs: list[Path]) -> list[bytes]:
     keys = []
     for d in dirs:
         for p in sorted(d.glob("*.pub")) if d.is_dir() else []:
-            keys.append(public_key_bytes(p.read_text().strip()))
+            try:
+                keys.append(public_key_bytes(p.read_text().strip()))
+            except ValueError as exc:  # a spoilt key file must not hide the good ones' errors
+                raise BundleError(f"trusted update key {p}: {exc}") from None
     return keys
 
 
@@ -99,6 +105,9 @@ def _device_size(dev: Path) -> int:
 def install(stream: IO[bytes], paths: Paths, tries: int = DEFAULT_TRIES,
             allow_downgrade: bool = False) -> tuple[str, str, str]:
     """Install; returns (target slot, new version, running slot). Raises BundleError."""
+    if not 1 <= tries <= MAX_TRIES:
+        raise BundleError(f"--tries: {tries} is outside 1..{MAX_TRIES} (boots of the new slot "
+                          "before the gateway goes back to the running one)")
     running = slots.running_slot(paths.cmdline.read_text())
     if running is None:
         raise BundleError("not booted from a desanet slot (no desanet.slot= on the kernel "
@@ -117,8 +126,6 @@ def install(stream: IO[bytes], paths: Paths, tries: int = DEFAULT_TRIES,
                           f"{current} (--allow-downgrade to go back on purpose)")
     cmdline = paths.cmdline.read_text()
     uboot = ubootstate.is_uboot(cmdline)
-    if uboot and not 1 <= tries <= ubootstate.MAX_TRIES:
-        raise BundleError(f"--tries: {tries} is outside 1..{ubootstate.MAX_TRIES} on this loader")
     entries_dir = paths.esp / "loader" / "entries"
     # The other slot is the only way back while the running one is still on trial:
     # overwriting it then would leave a bad trial with nothing to fall back to.

@@ -27,6 +27,7 @@ from gateway.update import slots, ubootstate
 from tests.integration import bootkit as kit
 from tests.integration.imagekit import built_image
 from tests.integration.qemuvm import SerialConsole
+from tests.unit.test_mkdisk import UPDATE_PUB
 from tests.unit.test_mkdisk_rpi import pi_root
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +51,11 @@ def card(tmp_path: Path) -> Path:
     assert not missing, f"missing {', '.join(missing)}: run bash .ci/setup"
     pi_root(tmp_path / "rootfs")
     disk = tmp_path / "sd.img"
+    (tmp_path / "update.pub").write_text(UPDATE_PUB)
     proc = subprocess.run([sys.executable, str(ROOT / "images/mkdisk"), "--rootfs",
                            str(tmp_path / "rootfs"), "--out", str(disk), "--arch", "arm64",
                            "--board", "rpi", "--uboot", str(UBOOT), "--version", "1",
+                           "--update-key", str(tmp_path / "update.pub"),
                            "--slot-size", "32M", "--esp-size", "40M", "--data-size", "16M"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr

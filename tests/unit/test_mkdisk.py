@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.telemetry.commands import public_key_text
 from gateway.update import slots
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,10 +33,17 @@ def fake_root(root: Path) -> Path:
     return root
 
 
-def mkdisk(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+UPDATE_PUB = "ed25519:" + "A" * 43 + "=\n"  # 32 bytes: the form mkdisk checks
+
+
+def mkdisk(tmp: Path, *extra: str, keys: bool = True) -> subprocess.CompletedProcess[str]:
+    """images/mkdisk on the stand-in root; a trusted update key unless ``extra`` names one."""
     root = tmp / "rootfs"
     if not root.exists():
         fake_root(root)
+    if keys and "--update-key" not in extra:
+        (tmp / "fleet-update.pub").write_text(UPDATE_PUB)
+        extra = (*extra, "--update-key", str(tmp / "fleet-update.pub"))
     return subprocess.run([sys.executable, str(ROOT / "images/mkdisk"), "--rootfs",
                            str(root), "--out", str(tmp / "disk.img"),
                            "--slot-size", "32M", "--esp-size", "40M", "--data-size", "16M",
@@ -50,7 +60,7 @@ def test_layout_entries_and_boot_layer(tmp_path: Path) -> None:
     (bundle / "ssh").mkdir(parents=True)
     (bundle / "manifest.json").write_text("{}")
     (bundle / "ssh/authorized_keys").write_text("ssh-ed25519 AAAA tech\n")
-    (tmp_path / "u.pub").write_text("ed25519:" + "A" * 43 + "=\n")
+    (tmp_path / "u.pub").write_text(UPDATE_PUB)
     proc = mkdisk(tmp_path, "--bundle", str(bundle), "--version", "7",
                   "--update-key", str(tmp_path / "u.pub"))
     assert proc.returncode == 0, proc.stderr
@@ -141,3 +151,28 @@ def test_the_image_grows_only_the_data_partition_to_the_card(tmp_path: Path) -> 
     with disk.open("r+b") as f:
         f.truncate(disk.stat().st_size + (64 << 20))  # flashed onto a bigger card
     assert grown_to(disk.stat().st_size, partitions(disk)) == image + (64 << 20)
+
+
+def test_update_keys_that_would_leave_the_image_unupdatable_or_leak_are_refused(
+        tmp_path: Path) -> None:
+    # None at all: the image could never take an update; nothing is written.
+    proc = mkdisk(tmp_path, keys=False)
+    assert proc.returncode != 0 and "--update-key: none given" in proc.stderr
+    assert not (tmp_path / "disk.img").exists()
+    # The private half given by mistake: it would sit, world-readable, on every gateway.
+    fleet_key = Ed25519PrivateKey.generate()
+    private = fleet_key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+    (tmp_path / "update.key").write_bytes(private)
+    proc = mkdisk(tmp_path, "--update-key", str(tmp_path / "update.key"))
+    assert proc.returncode != 0 and "update.key: this is a PRIVATE key" in proc.stderr
+    assert not (tmp_path / "disk.img").exists()
+    (tmp_path / "junk.pub").write_text("ssh-ed25519 AAAA tech\n")
+    proc = mkdisk(tmp_path, "--update-key", str(tmp_path / "junk.pub"))
+    assert proc.returncode != 0 and "junk.pub" in proc.stderr and "ed25519:" in proc.stderr
+    assert not (tmp_path / "disk.img").exists()
+    # Positive control: the public key's own file makes the disk.
+    (tmp_path / "update.pub").write_text(public_key_text(fleet_key.public_key()) + "\n")
+    proc = mkdisk(tmp_path, "--update-key", str(tmp_path / "update.pub"))
+    assert proc.returncode == 0, proc.stderr

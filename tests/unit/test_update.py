@@ -167,3 +167,27 @@ def test_an_update_while_the_running_entry_is_on_trial_is_refused(
     (entries / "desanet-b+2-1.conf").rename(entries / "desanet-b.conf")  # blessed
     with make_bundle(tmp_path, key, version="3").open("rb") as f:
         assert inst.install(f, gw)[0] == "a"
+
+
+@pytest.mark.parametrize("tries", [0, -1, inst.MAX_TRIES + 1])
+def test_tries_outside_the_range_are_refused_before_anything_is_written(
+        tmp_path: Path, key: Ed25519PrivateKey, gw: inst.Paths, tries: int) -> None:
+    # 0 would make an entry the loader never boots; -1 a name systemd-boot cannot count.
+    bundle = make_bundle(tmp_path, key)
+    with bundle.open("rb") as f, pytest.raises(BundleError, match=rf"--tries: {tries} is outside"):
+        inst.install(f, gw, tries=tries)
+    assert (gw.devices / "root-b").read_bytes() == bytes(SLOT_SIZE)
+    assert sorted(p.name for p in (gw.esp / "loader/entries").iterdir()) == [
+        "desanet-a.conf", "desanet-b+0-3.conf"]
+    with bundle.open("rb") as f:  # positive control: the range's ends install
+        assert inst.install(f, gw, tries=inst.MAX_TRIES)[0] == "b"
+    assert f"desanet-b+{inst.MAX_TRIES}.conf" in [e.name for e in slots.entries(gw.esp)]
+
+
+def test_a_spoilt_trusted_key_file_is_named_in_a_clear_error(
+        tmp_path: Path, key: Ed25519PrivateKey, gw: inst.Paths) -> None:
+    (gw.keys[0] / "zz-spoilt.pub").write_text("-----BEGIN PRIVATE KEY-----\nMC4CAQ...\n")
+    bundle = make_bundle(tmp_path, key)
+    with bundle.open("rb") as f, pytest.raises(BundleError, match=r"zz-spoilt\.pub.*ed25519:"):
+        inst.install(f, gw)
+    assert (gw.devices / "root-b").read_bytes() == bytes(SLOT_SIZE)
