@@ -219,7 +219,11 @@ class Ssh:
     def argv(self, command: str) -> list[str]:
         return ["ssh", "-i", str(self.key), "-p", str(SSH_PORT), "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known}",
-                "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=5",
+                # A dead VM is noticed within 2 min; a software-emulated one on a busy host
+                # can leave keepalives unanswered for 15 s while it streams a slot to disk
+                # (that cut a 1.2 GB install short once: "server not responding").
+                "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=15",
+                "-o", "ServerAliveCountMax=8",
                 "root@127.0.0.1", command]
 
     def run(self, command: str, timeout: float = 120.0,
