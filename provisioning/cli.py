@@ -139,11 +139,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = importer.import_bundle(Path(args.bundle), Path(args.etc), Path(args.ssh_dir),
                                  Path(args.record),
                                  Path(args.trust_ca) if args.trust_ca else None,
-                                 set_clock_forward if args.raise_clock else None)
+                                 set_clock_forward if args.raise_clock else None,
+                                 replace_site=args.replace_site, allow_older=args.allow_older)
     if out.already:
         print(f"{out.site}: already imported (see {args.record}); nothing changed")
     else:
         print(f"{out.site}: imported; {len(out.installed)} files installed, record {args.record}")
+    if out.replaced_site is not None:
+        print(f"the box was {out.replaced_site!r} and is now {out.site!r}; revoke the old "
+              f"site's certificate if no box keeps it: desanet provision revoke "
+              f"{out.replaced_site} --ca CA")
     for rel in out.secrets_left:
         print(f"warning: could not remove {args.bundle}/{rel} from the card; delete it by hand",
               file=sys.stderr)
@@ -259,6 +264,13 @@ def register(sub: Any) -> None:
                      help="record of the import (default /var/lib/desanet/provisioned.json)")
     imp.add_argument("--trust-ca", metavar="CA.crt",
                      help="accept only bundles of this fleet CA (an image built for one region)")
+    imp.add_argument("--replace-site", action="store_true",
+                     help="a technician re-assigning a provisioned box to another village: "
+                     "accept a bundle for a site other than the one on record (first boot "
+                     "never does)")
+    imp.add_argument("--allow-older", action="store_true",
+                     help="accept a bundle whose certificate is older than the installed one "
+                     "(by default refused: an old or revoked bundle replayed over a renewal)")
     imp.add_argument("--raise-clock", action="store_true",
                      help="if the clock is before the bundle's certificate was issued (a box "
                      "without a clock battery, offline), move it forward to that time (first "

@@ -9,6 +9,13 @@
    dates, CN = site id) and against its key, the SSH host key against its
    ``.pub``, the technicians' keys. Any failure: a message, exit non-zero,
    nothing changed.
+2b. A box already provisioned (the record exists) takes only a renewal: a
+   bundle of the fleet CA it installed (or ``--trust-ca``), for the site id of
+   the record (another site: ``--replace-site``, a technician re-assigning the
+   box), whose device certificate is not older than the installed one
+   (``--allow-older``: an old or revoked bundle is not replayed over a
+   renewed one). The FAT partition is writable from any laptop and a bundle
+   is imported at every boot.
 3. Install: every file is first written beside its target (mode set before
    the first byte, fsync), then all are renamed into place, then the
    directories are synced. A power cut before the record is written leaves
@@ -52,6 +59,7 @@ class Outcome:
     already: bool
     installed: tuple[str, ...]
     secrets_left: tuple[str, ...]  # secrets that could not be removed from the card
+    replaced_site: str | None = None  # the site the box was provisioned as, when re-assigned
 
 
 def targets(files: dict[str, Any], etc: Path, ssh_dir: Path) -> dict[str, tuple[Path, int]]:
@@ -217,9 +225,48 @@ def _clock_floor(blobs: dict[str, bytes]) -> datetime.datetime | None:
     return floor
 
 
+def _installed_start(etc: Path, previous: dict[str, Any]) -> datetime.datetime | None:
+    """When the box's current device certificate starts: the installed file (a remote
+    ``cert.install`` renews it in place), else the record's note of it."""
+    try:
+        return x509.load_pem_x509_certificate((etc / m.CERT).read_bytes()).not_valid_before_utc
+    except (OSError, ValueError):
+        pass
+    start = previous.get("cert_not_before")
+    return datetime.datetime.fromtimestamp(start, datetime.UTC) if isinstance(start, int) else None
+
+
+def _renewal_only(previous: dict[str, Any], site: str, cert: x509.Certificate, etc: Path,
+                  replace_site: bool, allow_older: bool) -> str | None:
+    """Refuse a bundle that is not a renewal of this box; the site it replaces, if any.
+
+    The boot partition is FAT, writable from any laptop, and a bundle is imported at
+    every boot: any bundle of the fleet CA (another village's, one whose certificate was
+    revoked) would install its SSH and command keys. A box provisioned as one site takes
+    another site's bundle only with ``replace_site`` (a technician re-assigning it by
+    hand), and never an older certificate of its own site without ``allow_older``."""
+    was = previous.get("site")
+    if was != site:
+        if not replace_site:
+            raise ProvisionError(
+                f"this gateway is provisioned as site {was!r}; the bundle is for site {site!r}. "
+                "Nothing was changed. A technician re-assigning the box to another village "
+                "runs `desanet provision import BUNDLE_DIR --replace-site` by hand")
+        return str(was)
+    start = _installed_start(etc, previous)
+    if start is not None and cert.not_valid_before_utc < start and not allow_older:
+        raise ProvisionError(
+            f"the bundle's certificate for {site!r} (serial {cert.serial_number:x}, from "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}) is older than the installed one "
+            f"(from {start:%Y-%m-%d %H:%M} UTC): an old bundle over a renewed one. Nothing was "
+            "changed. To put an older bundle back on purpose: --allow-older")
+    return None
+
+
 def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
                   record: Path = DEFAULT_RECORD, trust_ca: Path | None = None,
-                  raise_clock: Callable[[datetime.datetime], None] | None = None) -> Outcome:
+                  raise_clock: Callable[[datetime.datetime], None] | None = None, *,
+                  replace_site: bool = False, allow_older: bool = False) -> Outcome:
     etc, ssh_dir, record = etc.absolute(), ssh_dir.absolute(), record.absolute()
     data, digest = m.read(bundle)
     previous = read_record(record)
@@ -237,12 +284,15 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         _pinned(blobs, trust_ca)
     floor = _clock_floor(blobs) if raise_clock is not None else None
     cert = _check(data, blobs, floor)
+    replaced = None if previous is None else _renewal_only(
+        previous, data["site"], cert, etc, replace_site, allow_older)
     if raise_clock is not None and floor is not None:
         raise_clock(floor)  # only for a bundle that passed every check; never backwards
     installed = _install(blobs, etc, ssh_dir)
     entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
              "created": data.get("created"), "imported": int(time.time()),
              "cert_serial": format(cert.serial_number, "x"),
+             "cert_not_before": int(cert.not_valid_before_utc.timestamp()),
              "cert_not_after": int(cert.not_valid_after_utc.timestamp()),
              "ssh_fingerprint": sshkeys.fingerprint(blobs[m.HOST_PUB].decode("ascii", "replace")),
              "installed": installed}
@@ -250,4 +300,4 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
     os.replace(rec, record)
     _fsync_dir(record.parent)
     left = _remove_secrets(bundle, list(data["secrets"]))
-    return Outcome(data["site"], False, tuple(installed), tuple(left))
+    return Outcome(data["site"], False, tuple(installed), tuple(left), replaced)

@@ -191,8 +191,12 @@ def test_the_import_record_of_another_bundle_does_not_skip_a_new_one(fleet: Flee
                                                                     tmp_path: Path) -> None:
     (a, b) = make_bundles(fleet, tmp_path / "out")
     _import(a, tmp_path / "box")
-    second = _import(b, tmp_path / "box")  # a box re-provisioned for another village
+    box = tmp_path / "box"
+    # a box re-assigned to another village, by a technician (--replace-site)
+    second = importer.import_bundle(b, box / "etc", box / "ssh", box / "rec.json",
+                                    replace_site=True)
     assert not second.already and second.site == "ntb-lembah"
+    assert second.replaced_site == "jabar-sukamaju"
 
 
 def test_renew_keeps_the_key_and_records_the_serial(fleet: Fleet, tmp_path: Path) -> None:

@@ -53,6 +53,12 @@ def test_ca_init_batch_and_import_from_the_command_line(tmp_path: Path,
     assert "already imported" in capsys.readouterr().out
     assert main(["provision", "import", str(tmp_path / "nothing"), *where]) == 1
     assert "manifest.json is missing" in capsys.readouterr().err
+    other = str(tmp_path / "out" / "jabar-sukamaju" / "desanet")
+    assert main(["provision", "import", other, *where]) == 1  # another village's bundle
+    err = capsys.readouterr().err
+    assert "'ntb-lembah'" in err and "'jabar-sukamaju'" in err and "--replace-site" in err
+    assert main(["provision", "import", other, *where, "--replace-site"]) == 0
+    assert "revoke ntb-lembah" in capsys.readouterr().out
     assert main(["provision", "renew", "ntb-lembah", "--ca", str(tmp_path / "ca"), "--out",
                  str(tmp_path / "new.crt")]) == 0
     assert "cert.install cert=@" in capsys.readouterr().out
