@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,25 @@ CSV_HELP = """villages.csv columns (header row, any order; "," or ";" separated,
   uplink      20mbit/5mbit    (download/upload capacity of the uplink)
   broker      mqtts://mqtt.diskominfo.example.go.id:8883
 """
+
+
+# provisioning/importer.py's defaults (not imported here: it loads cryptography)
+ETC = "/etc/desanet"
+SSH_DIR = "/data/ssh"  # images/rootfs/etc/ssh/sshd_config.d/50-desanet.conf
+RECORD = "/var/lib/desanet/provisioned.json"
+
+
+def _os_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A file that cannot be read or written becomes one line naming it (the CLI prints a
+    ProvisionError as `error: ...` and exits 1), never a traceback."""
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except OSError as exc:
+            where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+            raise ProvisionError(f"{where or 'a file'}: {exc.strerror or exc}") from None
+    return run
 
 
 def _print_rows_invalid(exc: RowsInvalid) -> int:
@@ -211,7 +232,7 @@ def register(sub: Any) -> None:
             ) -> argparse.ArgumentParser:
         q: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_,
                                                        epilog=epilog, formatter_class=fmt)
-        q.set_defaults(func=func)
+        q.set_defaults(func=_os_errors(func))
         return q
 
     p_ca = psub.add_parser("ca", help="the fleet certificate authority")
@@ -258,10 +279,12 @@ def register(sub: Any) -> None:
               "install a bundle on this gateway (first boot does this by itself): verify it, "
               "install, record, then remove its secrets from the card; again: no change")
     imp.add_argument("bundle", metavar="BUNDLE_DIR", help="the desanet folder on the boot partition")
-    imp.add_argument("--etc", default="/etc/desanet", help="config directory (default /etc/desanet)")
-    imp.add_argument("--ssh-dir", default="/etc/ssh", help="SSH directory (default /etc/ssh)")
-    imp.add_argument("--record", default="/var/lib/desanet/provisioned.json",
-                     help="record of the import (default /var/lib/desanet/provisioned.json)")
+    imp.add_argument("--etc", default=ETC, help=f"config directory (default {ETC})")
+    imp.add_argument("--ssh-dir", default=SSH_DIR,
+                     help=f"where the image's sshd reads the host key and authorized_keys "
+                     f"(default {SSH_DIR}, on the data partition)")
+    imp.add_argument("--record", default=RECORD,
+                     help=f"record of the import (default {RECORD})")
     imp.add_argument("--trust-ca", metavar="CA.crt",
                      help="accept only bundles of this fleet CA (an image built for one region)")
     imp.add_argument("--replace-site", action="store_true",

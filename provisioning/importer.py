@@ -16,11 +16,14 @@
    (``--allow-older``: an old or revoked bundle is not replayed over a
    renewed one). The FAT partition is writable from any laptop and a bundle
    is imported at every boot.
-3. Install: every file is first written beside its target (mode set before
-   the first byte, fsync), then all are renamed into place, then the
-   directories are synced. A power cut before the record is written leaves
-   the bundle intact on the card, and the next boot imports it again.
-4. Write the record (atomically), then remove the secrets (config with the
+3. Install: every file, and the new record, is first written beside its
+   target (mode set before the first byte, fsync); a directory that cannot be
+   written (read-only, missing, not a directory) stops the import here, and
+   the staged files and the directories made for them are removed: nothing
+   changed. Then the files are renamed into place and the directories
+   synced. A power cut before the record is renamed leaves the bundle intact
+   on the card, and the next boot imports it again.
+4. Rename the record into place, then remove the secrets (config with the
    Wi-Fi passphrase, device key, SSH host key) from the FAT directory.
 """
 
@@ -49,7 +52,7 @@ from provisioning import sshkeys
 from provisioning.errors import ProvisionError
 
 DEFAULT_ETC = Path("/etc/desanet")
-DEFAULT_SSH = Path("/etc/ssh")
+DEFAULT_SSH = Path("/data/ssh")  # where the image's sshd reads them (50-desanet.conf)
 DEFAULT_RECORD = Path("/var/lib/desanet/provisioned.json")
 
 
@@ -122,7 +125,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _stage(target: Path, data: bytes, mode: int) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent)
     try:
         os.fchmod(fd, mode)
@@ -136,21 +138,41 @@ def _stage(target: Path, data: bytes, mode: int) -> Path:
     return Path(tmp)
 
 
-def _install(blobs: dict[str, bytes], etc: Path, ssh_dir: Path) -> list[str]:
-    where = targets(blobs, etc, ssh_dir)
+def _make_dirs(dirs: set[Path], made: list[Path]) -> None:
+    """Create ``dirs`` and their missing parents; each one made is appended to ``made``
+    (parents first), so that a failure can remove exactly those."""
+    for d in sorted(dirs):
+        missing: list[Path] = []
+        while not d.exists() and d != d.parent:  # a file in the way: mkdir below says so
+            missing.append(d)
+            d = d.parent
+        for new in reversed(missing):
+            new.mkdir()
+            made.append(new)
+
+
+def _stage_all(plan: list[tuple[Path, bytes, int]]) -> list[tuple[Path, Path]]:
+    """Each (target, data, mode) written beside its target: (temporary, target) pairs.
+    On any failure nothing is left: neither a staged file nor a directory made for one."""
+    made: list[Path] = []
     staged: list[tuple[Path, Path]] = []
+    current: Path | None = None
     try:
-        for rel, (target, mode) in sorted(where.items()):
-            staged.append((_stage(target, blobs[rel], mode), target))
-    except BaseException:
+        _make_dirs({target.parent for target, _, _ in plan}, made)
+        for current, data, mode in plan:
+            staged.append((_stage(current, data, mode), current))
+    except BaseException as exc:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError):
+            where = current.parent if current is not None else exc.filename or "a directory"
+            raise ProvisionError(f"cannot write {where}: {exc.strerror or exc}; nothing was "
+                                 "installed and the bundle stays on the card") from None
         raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
-    for parent in sorted({t.parent for _, t in staged}):
-        _fsync_dir(parent)
-    return [str(t) for _, t in staged]
+    return staged
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -288,7 +310,9 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         previous, data["site"], cert, etc, replace_site, allow_older)
     if raise_clock is not None and floor is not None:
         raise_clock(floor)  # only for a bundle that passed every check; never backwards
-    installed = _install(blobs, etc, ssh_dir)
+    where = targets(blobs, etc, ssh_dir)
+    plan = [(target, blobs[rel], mode) for rel, (target, mode) in sorted(where.items())]
+    installed = [str(target) for target, _, _ in plan]
     entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
              "created": data.get("created"), "imported": int(time.time()),
              "cert_serial": format(cert.serial_number, "x"),
@@ -296,8 +320,13 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
              "cert_not_after": int(cert.not_valid_after_utc.timestamp()),
              "ssh_fingerprint": sshkeys.fingerprint(blobs[m.HOST_PUB].decode("ascii", "replace")),
              "installed": installed}
-    rec = _stage(record, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode(), 0o644)
-    os.replace(rec, record)
+    plan.append((record, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode(), 0o644))
+    *files, (rec, _) = _stage_all(plan)
+    for tmp, target in files:
+        os.replace(tmp, target)
+    for parent in sorted({target.parent for _, target in files}):
+        _fsync_dir(parent)
+    os.replace(rec, record)  # last: a power cut before it imports the bundle again
     _fsync_dir(record.parent)
     left = _remove_secrets(bundle, list(data["secrets"]))
     return Outcome(data["site"], False, tuple(installed), tuple(left), replaced)

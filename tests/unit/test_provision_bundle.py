@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -185,6 +186,54 @@ def test_a_tampered_bundle_is_refused_and_changes_nothing(fleet: Fleet, tmp_path
     assert all((b / rel).exists() for rel in m.SECRETS)
     # positive control: the untouched bundle beside it imports
     assert not _import(b, tmp_path / "box2").already
+
+
+@pytest.mark.parametrize("blocked", ["ssh_dir", "record_dir", "read_only"])
+def test_a_directory_that_cannot_be_written_leaves_nothing_behind(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: str) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    card = {p: p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    box, wall = tmp_path / "box", tmp_path / "a-file"
+    wall.write_text("not a directory\n")
+    etc, ssh, rec = box / "etc", box / "ssh", box / "rec.json"
+    if blocked == "ssh_dir":
+        ssh = wall / "ssh"
+    elif blocked == "record_dir":  # the last file staged: every other one is staged by then
+        rec = wall / "rec.json"
+    else:  # a read-only root: the ssh directory refuses new files
+        real = importer._stage
+
+        def stage(target: Path, data: bytes, mode: int) -> Path:
+            if target.parent == ssh:
+                raise OSError(30, "Read-only file system", str(target.parent))
+            return real(target, data, mode)
+
+        monkeypatch.setattr(importer, "_stage", stage)
+    where = {"ssh_dir": wall / "ssh", "record_dir": wall, "read_only": ssh}[blocked]
+    with pytest.raises(ProvisionError, match=rf"cannot write {re.escape(str(where))}: .*"
+                       "nothing was installed"):
+        importer.import_bundle(a, etc, ssh, rec)
+    assert not box.exists()  # no staged file, no empty etc/commands or etc/mqtt
+    assert wall.read_text() == "not a directory\n"
+    assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == card
+    monkeypatch.undo()
+    # positive control: the same bundle into directories that can be written
+    assert not importer.import_bundle(a, box / "etc", box / "ssh", box / "rec.json").already
+    assert (box / "ssh" / "authorized_keys").read_text() == fleet.authorized
+
+
+def test_the_default_ssh_directory_is_the_one_the_images_sshd_reads() -> None:
+    from provisioning import cli as pcli
+
+    conf = (Path(__file__).resolve().parents[2] / "images/rootfs/etc/ssh/sshd_config.d"
+            / "50-desanet.conf").read_text().split()
+    host_key = conf[conf.index("HostKey") + 1]
+    keys = conf[conf.index("AuthorizedKeysFile") + 1]
+    assert host_key == f"{importer.DEFAULT_SSH}/ssh_host_ed25519_key"
+    assert keys == f"{importer.DEFAULT_SSH}/authorized_keys"
+    defaults = [str(p) for p in (importer.DEFAULT_ETC, importer.DEFAULT_SSH,
+                                 importer.DEFAULT_RECORD)]
+    assert defaults == [pcli.ETC, pcli.SSH_DIR, pcli.RECORD]
 
 
 def test_the_import_record_of_another_bundle_does_not_skip_a_new_one(fleet: Fleet,

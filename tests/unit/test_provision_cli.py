@@ -65,3 +65,42 @@ def test_ca_init_batch_and_import_from_the_command_line(tmp_path: Path,
     assert main(["provision", "list", "--ca", str(tmp_path / "ca")]) == 0
     listed = capsys.readouterr().out
     assert listed.count("ntb-lembah") == 2 and "renew" in listed
+
+
+def test_a_file_that_cannot_be_written_is_one_line_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = make_fleet(tmp_path / "f")
+    (tmp_path / "op.pub").write_text(fleet.keys[0].text + "\n")
+    (tmp_path / "tech.pub").write_text(fleet.authorized)
+    (tmp_path / "v.csv").write_text(CSV)
+    wall = tmp_path / "a-file"  # a file where a directory should be: fails even for root
+    wall.write_text("x\n")
+    ca = ["--ca", str(fleet.ca.dir)]
+    batch = ["provision", "batch", str(tmp_path / "v.csv"), *ca, "--command-key",
+             str(tmp_path / "op.pub"), "--authorized-keys", str(tmp_path / "tech.pub")]
+    issued = fleet.ca.dir / "issued.json"
+
+    def refused(argv: list[str]) -> None:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 1 and str(wall) in err and "Traceback" not in err, argv
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+
+    record = issued.read_bytes()
+    refused([*batch, "--out", str(wall / "out")])
+    assert issued.read_bytes() == record  # no certificate issued for bundles not written
+    # Positive control: the same batch into a directory that can be written.
+    assert main([*batch, "--out", str(tmp_path / "out")]) == 0
+    record = issued.read_bytes()
+    refused(["provision", "renew", "ntb-lembah", *ca, "--out", str(wall / "x.crt")])
+    refused(["provision", "crl", *ca, "--out", str(wall / "crl.pem")])
+    refused(["provision", "ca", "broker-cert", *ca, "--name", "mqtt.example", "--out-dir",
+             str(wall / "broker")])
+    refused(["provision", "ca", "init", "--dir", str(wall / "ca")])
+    assert issued.read_bytes() == record
+    bundle = str(tmp_path / "out" / "ntb-lembah" / "desanet")
+    where = ["--etc", str(tmp_path / "box" / "etc"), "--record", str(tmp_path / "box" / "r.json")]
+    refused(["provision", "import", bundle, *where, "--ssh-dir", str(wall / "ssh")])
+    assert not (tmp_path / "box").exists()
+    assert main(["provision", "import", bundle, *where, "--ssh-dir",
+                 str(tmp_path / "box" / "ssh")]) == 0
