@@ -19,11 +19,13 @@ from provisioning.errors import ProvisionError, RowsInvalid
 
 WORKFLOW = """steps / langkah (docs/provisioning.md):
   1. desanet provision ca init --dir ca-jabar --name "Diskominfo Jabar fleet CA"
-  2. desanet fleet keygen --out operator.key          (operators' command key, once)
-  3. desanet provision check villages.csv             (every row checked, nothing written)
-  4. desanet provision batch villages.csv --ca ca-jabar --command-key operator.key.pub \\
+  2. desanet provision ca broker-cert --ca ca-jabar --name mqtt.diskominfo.example.go.id \\
+         --out-dir broker    (the broker's TLS certificate; without it no gateway connects)
+  3. desanet fleet keygen --out operator.key          (operators' command key, once)
+  4. desanet provision check villages.csv             (every row checked, nothing written)
+  5. desanet provision batch villages.csv --ca ca-jabar --command-key operator.key.pub \\
          --authorized-keys teknisi.pub --out bundles-2026-12
-  5. per box: copy bundles-2026-12/<site>/desanet to the root of the card's boot partition;
+  6. per box: copy bundles-2026-12/<site>/desanet to the root of the card's boot partition;
      print bundles-2026-12/cards.html and keep each card with its box
 """
 

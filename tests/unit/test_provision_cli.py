@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import build_parser, main
+from provisioning.cli import WORKFLOW
 from tests.unit.provkit import CSV, HEADER, make_fleet
 
 
@@ -104,3 +107,25 @@ def test_a_file_that_cannot_be_written_is_one_line_naming_it(
     assert not (tmp_path / "box").exists()
     assert main(["provision", "import", bundle, *where, "--ssh-dir",
                  str(tmp_path / "box" / "ssh")]) == 0
+
+
+def _workflow_commands(text: str) -> list[list[str]]:
+    """Each numbered "N. desanet ..." step's arguments (continuations joined, comments cut)."""
+    steps = re.findall(r"^\s*\d+\.\s+desanet (.*)$", text.replace("\\\n", " "), re.M)
+    return [shlex.split(step.split("  (")[0]) for step in steps]
+
+
+def test_the_help_walks_through_every_step_and_each_step_parses(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["provision", "--help"])
+    shown = capsys.readouterr().out
+    steps = _workflow_commands(WORKFLOW)
+    names = [" ".join(argv[:3] if argv[1] == "ca" else argv[:2]) for argv in steps]
+    # without the broker's certificate no gateway ever connects: it comes before any bundle
+    assert names == ["provision ca init", "provision ca broker-cert", "fleet keygen",
+                     "provision check", "provision batch"]
+    assert "provision ca broker-cert --ca ca-jabar" in shown
+    parser = build_parser()
+    for argv in steps:  # every option the help shows exists
+        assert parser.parse_args(argv).func is not None
