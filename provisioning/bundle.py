@@ -12,6 +12,7 @@ the operators' and technicians' keys, each generated ``gateway.toml`` against th
 gateway's own validation); then keys and certificates are made and everything
 is written into a temporary directory beside DIR; the CA's record of issued
 certificates is updated; and the temporary directory is renamed to DIR.
+A site that already holds a valid certificate is refused unless ``reissue``.
 A failure before the rename leaves DIR untouched and the temp dir removed.
 """
 
@@ -122,10 +123,16 @@ def _ready_out(out: Path) -> None:
 
 
 def build(ca: fleetca.Ca, villages: list[Village], keys: list[OperatorKey], authorized: str,
-          out: Path, source: str = "villages.csv") -> list[Card]:
-    """Bundles and cards for ``villages`` in ``out`` (see the module doc); the cards."""
+          out: Path, source: str = "villages.csv", *, reissue: bool = False) -> list[Card]:
+    """Bundles and cards for ``villages`` in ``out`` (see the module doc); the cards.
+
+    A site that already holds a valid certificate of this CA is refused (ProvisionError,
+    nothing written) unless ``reissue``: running a batch twice would otherwise give every
+    site a second working identity."""
     configs = check_all(villages, keys, source)
     _ready_out(out)
+    if not reissue:
+        fleetca.refuse_second_identity(ca.dir, [v.site_id for v in villages])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -140,7 +147,8 @@ def build(ca: fleetca.Ca, villages: list[Village], keys: list[OperatorKey], auth
             cards.append(card)
             issued.append((v.site_id, cert))
         (tmp / "cards.html").write_text(render_cards(cards), encoding="utf-8")
-        fleetca.record_issued(ca, issued, "new")  # every delivered certificate is on record
+        # every delivered certificate is on record
+        fleetca.record_issued(ca, issued, "new", first_only=not reissue)
         _ready_out(out)
         if out.exists():
             out.rmdir()

@@ -109,7 +109,9 @@ def _bundles(args: argparse.Namespace, site: str | None) -> int:
         keys = bundle.read_command_keys([Path(k) for k in args.command_key])
         authorized = bundle.read_authorized_keys(Path(args.authorized_keys))
         ca = fleetca.load_ca(Path(args.ca))
-        cards = bundle.build(ca, villages, keys, authorized, Path(args.out), args.csv)
+        old = fleetca.valid_serials(ca.dir, [v.site_id for v in villages])
+        cards = bundle.build(ca, villages, keys, authorized, Path(args.out), args.csv,
+                             reissue=args.reissue)
     except RowsInvalid as exc:
         return _print_rows_invalid(exc)
     for card in cards:
@@ -117,6 +119,13 @@ def _bundles(args: argparse.Namespace, site: str | None) -> int:
               f"ssh {card.ssh_fingerprint}")
     print(f"{len(cards)} bundle(s) in {args.out}; cards to print: {args.out}/cards.html")
     print("copy each <site>/desanet folder to the root of that box's boot partition")
+    if old:
+        print("the old certificates are still valid: revoke them once the new bundle is "
+              "installed (at once for a lost or stolen box), then publish the CRL:")
+        for site, serials in old.items():
+            for serial in serials:
+                print(f"  desanet provision revoke {site} --ca {args.ca} --serial {serial}")
+        print(f"  desanet provision crl --ca {args.ca} --out crl.pem")
     return 0
 
 
@@ -264,6 +273,10 @@ def register(sub: Any) -> None:
                        help="the technicians' SSH public keys, one per line (SSH is keys only)")
         q.add_argument("--out", required=True,
                        help="a NEW directory for the bundles and cards (not overwritten)")
+        q.add_argument("--reissue", action="store_true",
+                       help="also for sites that already hold a valid certificate (a replaced "
+                       "box, a lost card); then revoke the old ones as printed. Without it "
+                       "such sites are refused and nothing is written")
 
     b = add(psub, "batch", cmd_batch, "make a bundle and a card for every village of a CSV "
             "(all rows checked first; nothing written unless all are valid)", CSV_HELP)

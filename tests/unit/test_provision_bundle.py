@@ -20,7 +20,7 @@ from provisioning import manifest as m
 from provisioning.errors import ProvisionError, RowsInvalid
 from provisioning.siteconfig import render_config
 from provisioning.villages import parse_villages
-from tests.unit.provkit import CSV, HEADER, Fleet, have, make_bundles, make_fleet
+from tests.unit.provkit import CSV, HEADER, ROW_A, ROW_B, Fleet, have, make_bundles, make_fleet
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "provisioning"
 
@@ -122,6 +122,44 @@ def test_an_existing_out_directory_is_never_mixed_into(fleet: Fleet, tmp_path: P
         make_bundles(fleet, tmp_path / "out")
     assert os.listdir(tmp_path / "out") == ["old"]
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]  # temp dir gone
+
+
+def test_a_second_batch_of_the_same_sites_is_refused_unless_reissued(
+        fleet: Fleet, tmp_path: Path) -> None:
+    make_bundles(fleet, tmp_path / "first")
+    record = (fleet.ca.dir / "issued.json").read_bytes()
+    with pytest.raises(ProvisionError, match=r"2 site\(s\) already hold a valid certificate "
+                       r"of this CA: jabar-sukamaju, ntb-lembah .*--reissue"):
+        make_bundles(fleet, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+    assert (fleet.ca.dir / "issued.json").read_bytes() == record
+    # Positive controls: a new site goes through; a revoked or ended certificate is no
+    # identity any more; --reissue says so on purpose.
+    new_row = ROW_B.replace("ntb-lembah", "ntb-baru").replace("Lembah WiFi", "Baru WiFi")
+    make_bundles(fleet, tmp_path / "new-site", HEADER + new_row)
+    renew.revoke(fleet.ca.dir, "ntb-lembah")
+    make_bundles(fleet, tmp_path / "after-revoke", HEADER + ROW_B)
+    issued = fleetca.read_record(fleet.ca.dir)
+    for e in issued:
+        if e["site"] == "ntb-lembah":
+            e["not_after"] = 1  # ended long ago
+    fleetca.write_record(fleet.ca.dir, issued)
+    make_bundles(fleet, tmp_path / "after-end", HEADER + ROW_B)
+    assert len(make_bundles(fleet, tmp_path / "reissued", reissue=True)) == 2
+    sites = [e["site"] for e in fleetca.read_record(fleet.ca.dir)]
+    assert sites.count("jabar-sukamaju") == 2 and sites.count("ntb-lembah") == 4
+
+
+def test_two_runs_at_once_cannot_both_issue(fleet: Fleet, tmp_path: Path) -> None:
+    # The check before the work can pass for two runs; the one under the record's lock
+    # refuses the later: nothing of it is recorded or written.
+    (a,) = make_bundles(fleet, tmp_path / "first", HEADER + ROW_A)
+    cert = x509.load_pem_x509_certificate((a / m.CERT).read_bytes())
+    with pytest.raises(ProvisionError, match="jabar-sukamaju"):
+        fleetca.record_issued(fleet.ca, [("jabar-sukamaju", cert)], "new", first_only=True)
+    assert len(fleetca.read_record(fleet.ca.dir)) == 1
+    fleetca.record_issued(fleet.ca, [("jabar-sukamaju", cert)], "new")  # control: no check
+    assert len(fleetca.read_record(fleet.ca.dir)) == 2
 
 
 def test_the_host_key_fingerprint_is_what_ssh_keygen_prints(fleet: Fleet, tmp_path: Path) -> None:

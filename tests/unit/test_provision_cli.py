@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser, main
+from provisioning.ca import read_record
 from provisioning.cli import WORKFLOW
 from tests.unit.provkit import CSV, HEADER, make_fleet
 
@@ -129,3 +130,35 @@ def test_the_help_walks_through_every_step_and_each_step_parses(
     parser = build_parser()
     for argv in steps:  # every option the help shows exists
         assert parser.parse_args(argv).func is not None
+
+
+def test_batch_again_refuses_sites_that_hold_a_certificate_unless_reissue(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = make_fleet(tmp_path / "f")
+    (tmp_path / "op.pub").write_text(fleet.keys[0].text + "\n")
+    (tmp_path / "tech.pub").write_text(fleet.authorized)
+    (tmp_path / "v.csv").write_text(CSV)
+    ca = str(fleet.ca.dir)
+    common = [str(tmp_path / "v.csv"), "--ca", ca, "--command-key", str(tmp_path / "op.pub"),
+              "--authorized-keys", str(tmp_path / "tech.pub")]
+    assert main(["provision", "batch", *common, "--out", str(tmp_path / "b1")]) == 0
+    capsys.readouterr()
+    assert main(["provision", "batch", *common, "--out", str(tmp_path / "b2")]) == 1
+    err = capsys.readouterr().err
+    assert "jabar-sukamaju, ntb-lembah" in err and "--reissue" in err
+    assert main(["provision", "build-bundle", *common, "--site", "ntb-lembah", "--out",
+                 str(tmp_path / "one")]) == 1
+    assert "ntb-lembah" in capsys.readouterr().err
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "one").exists()
+    assert main(["provision", "list", "--ca", ca]) == 0
+    assert capsys.readouterr().out.count("ntb-lembah") == 1  # no duplicate identities
+    old = {e["site"]: e["serial"] for e in read_record(fleet.ca.dir)}
+    # Positive control: --reissue on purpose, with the old serials to revoke printed.
+    assert main(["provision", "build-bundle", *common, "--site", "ntb-lembah", "--out",
+                 str(tmp_path / "one"), "--reissue"]) == 0
+    out = capsys.readouterr().out
+    assert f"desanet provision revoke ntb-lembah --ca {ca} --serial {old['ntb-lembah']}" in out
+    assert "jabar-sukamaju --ca" not in out and f"provision crl --ca {ca}" in out
+    assert main(["provision", "batch", *common, "--out", str(tmp_path / "b3"), "--reissue"]) == 0
+    assert f"revoke jabar-sukamaju --ca {ca} --serial {old['jabar-sukamaju']}" in \
+        capsys.readouterr().out

@@ -147,7 +147,7 @@ def test_a_provisioned_box_refuses_another_sites_bundle_of_the_same_fleet(
     assert _tree(box) == before and _tree(stolen) == card  # nothing changed, card included
     # Positive controls: a renewal of the box's own site still imports; the technician
     # re-assigning the box by hand (--replace-site) is obeyed.
-    (renewal,) = make_bundles(fleet, tmp_path / "renewal", HEADER + ROW_A)
+    (renewal,) = make_bundles(fleet, tmp_path / "renewal", HEADER + ROW_A, reissue=True)
     out = _import(renewal, box)
     assert not out.already and out.site == "jabar-sukamaju" and out.replaced_site is None
     assert importer.import_bundle(stolen, box / "etc", box / "ssh", box / "rec.json",
@@ -161,7 +161,7 @@ def test_an_older_bundle_is_not_replayed_over_a_renewed_one(
     monkeypatch.setattr(fleetca, "now", lambda: real_now() - datetime.timedelta(days=30))
     (old,) = make_bundles(fleet, tmp_path / "old", HEADER + ROW_A)  # last month's bundle
     monkeypatch.setattr(fleetca, "now", real_now)
-    (new,) = make_bundles(fleet, tmp_path / "new", HEADER + ROW_A)  # today's renewal
+    (new,) = make_bundles(fleet, tmp_path / "new", HEADER + ROW_A, reissue=True)  # renewal
     replay = tmp_path / "replay" / "desanet"
     shutil.copytree(old, replay)  # someone kept a copy of last month's card
     box = tmp_path / "box"
@@ -185,7 +185,7 @@ def test_a_remote_renewal_counts_as_the_installed_certificate(
     monkeypatch.setattr(fleetca, "now", lambda: real_now() - datetime.timedelta(days=30))
     (first,) = make_bundles(fleet, tmp_path / "first", HEADER + ROW_A)
     monkeypatch.setattr(fleetca, "now", lambda: real_now() - datetime.timedelta(days=20))
-    (second,) = make_bundles(fleet, tmp_path / "second", HEADER + ROW_A)
+    (second,) = make_bundles(fleet, tmp_path / "second", HEADER + ROW_A, reissue=True)
     monkeypatch.setattr(fleetca, "now", real_now)
     box = tmp_path / "box"
     _import(first, box)
