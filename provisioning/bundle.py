@@ -33,7 +33,7 @@ from provisioning import sshkeys
 from provisioning.card import Card, render_cards
 from provisioning.errors import ProvisionError, RowsInvalid
 from provisioning.siteconfig import config_problems, render_config
-from provisioning.villages import Village
+from provisioning.villages import Village, check_file
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,42 @@ def read_authorized_keys(path: Path) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def check_all(villages: list[Village], keys: list[OperatorKey], source: str) -> dict[str, str]:
-    """Every row's gateway.toml, or RowsInvalid with every refusal (nothing made yet)."""
+def render_all(villages: list[Village], keys: list[OperatorKey]
+               ) -> tuple[dict[str, str], list[str]]:
+    """Every row's gateway.toml, and every refusal of the gateway's validation."""
     configs: dict[str, str] = {}
     problems: list[str] = []
     for v in villages:
         text = render_config(v, [k.text for k in keys])
         problems += config_problems(v, text)
         configs[v.site_id] = text
+    return configs, problems
+
+
+def check_all(villages: list[Village], keys: list[OperatorKey], source: str) -> dict[str, str]:
+    """Every row's gateway.toml, or RowsInvalid with every refusal (nothing made yet)."""
+    configs, problems = render_all(villages, keys)
     if problems:
         raise RowsInvalid(problems, source)
     return configs
+
+
+def _row_of(problem: str) -> int:
+    number = problem.removeprefix("row ").split(",", 1)[0].split(":", 1)[0]
+    return int(number) if number.isdigit() else 0
+
+
+def check_csv(path: Path, keys: list[OperatorKey], site: str | None = None) -> list[Village]:
+    """The villages of ``path`` (only ``site``'s, if given), or RowsInvalid with every
+    problem at once, in row order: the CSV's own (every row) and the gateway's refusals
+    of each valid row's generated config (a plan faster than the uplink)."""
+    villages, problems = check_file(path)
+    if site is not None:
+        villages = [v for v in villages if v.site_id == site]
+    problems = problems + render_all(villages, keys)[1]
+    if problems:
+        raise RowsInvalid(sorted(problems, key=_row_of), str(path))
+    return villages
 
 
 def _device_files(ca: fleetca.Ca, v: Village, config: str, keys: list[OperatorKey],

@@ -97,16 +97,13 @@ def cmd_broker_cert(args: argparse.Namespace) -> int:
 def _bundles(args: argparse.Namespace, site: str | None) -> int:
     from provisioning import bundle
     from provisioning import ca as fleetca
-    from provisioning.villages import read_villages
 
     try:
-        villages = read_villages(Path(args.csv))
-        if site is not None:
-            villages = [v for v in villages if v.site_id == site]
-            if not villages:
-                print(f"error: no row of {args.csv} has site_id {site!r}", file=sys.stderr)
-                return 2
         keys = bundle.read_command_keys([Path(k) for k in args.command_key])
+        villages = bundle.check_csv(Path(args.csv), keys, site)
+        if not villages:
+            print(f"error: no row of {args.csv} has site_id {site!r}", file=sys.stderr)
+            return 2
         authorized = bundle.read_authorized_keys(Path(args.authorized_keys))
         ca = fleetca.load_ca(Path(args.ca))
         old = fleetca.valid_serials(ca.dir, [v.site_id for v in villages])
@@ -139,13 +136,11 @@ def cmd_build_bundle(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from provisioning import bundle
-    from provisioning.villages import read_villages
 
     try:
-        villages = read_villages(Path(args.csv))
         keys = bundle.read_command_keys([Path(k) for k in args.command_key]) if args.command_key \
             else [bundle.OperatorKey("check.pub", "ed25519:" + "A" * 43 + "=")]
-        bundle.check_all(villages, keys, args.csv)
+        villages = bundle.check_csv(Path(args.csv), keys)
     except RowsInvalid as exc:
         return _print_rows_invalid(exc)
     print(f"{args.csv}: {len(villages)} village(s), every row valid")

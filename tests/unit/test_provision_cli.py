@@ -31,6 +31,39 @@ def test_check_prints_every_problem_with_row_and_column_and_exits_2(
     assert "2 village(s), every row valid" in capsys.readouterr().out
 
 
+def test_check_reports_csv_and_generated_config_problems_in_one_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Row 2: a CSV-level problem (timezone). Row 3: valid cells, but the gateway refuses
+    # its config (a plan faster than the uplink). Row 4: fine. Both in one run.
+    mixed = tmp_path / "v.csv"
+    mixed.write_text(HEADER + "a-1,N,V,R,MARS,S1,,,5mbit/1mbit,mqtts://b.example:8883\n"
+                     "b-2,N,V,R,WIB,S2,,big=50mbit/1mbit,5mbit/1mbit,mqtts://b.example:8883\n"
+                     "c-3,N,V,R,WIB,S3,,,5mbit/1mbit,mqtts://b.example:8883\n")
+    assert main(["provision", "check", str(mixed)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert "2 problem(s); nothing was written" in lines[0]
+    assert lines[1].startswith("  row 2, column timezone")
+    assert lines[2].startswith("  row 3, column plans: the generated gateway.toml is refused")
+    # batch refuses with the same list, and writes nothing
+    fleet = make_fleet(tmp_path / "f")
+    (tmp_path / "op.pub").write_text(fleet.keys[0].text + "\n")
+    (tmp_path / "tech.pub").write_text(fleet.authorized)
+    batch = ["provision", "batch", str(mixed), "--ca", str(fleet.ca.dir), "--command-key",
+             str(tmp_path / "op.pub"), "--authorized-keys", str(tmp_path / "tech.pub")]
+    assert main([*batch, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[1:] == lines[1:]
+    assert not (tmp_path / "out").exists()
+    # Positive control: row 4 alone is valid; build-bundle of it is not held up by the
+    # config of another row (only the CSV's own problems are every row's business).
+    mixed.write_text(HEADER + "c-3,N,V,R,WIB,S3,,,5mbit/1mbit,mqtts://b.example:8883\n"
+                     "b-2,N,V,R,WIB,S2,,big=50mbit/1mbit,5mbit/1mbit,mqtts://b.example:8883\n")
+    assert main(["provision", "build-bundle", *batch[2:], "--site", "c-3", "--out",
+                 str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    assert main(["provision", "check", str(mixed)]) == 2
+    assert "1 problem(s)" in capsys.readouterr().err
+
+
 def test_ca_init_batch_and_import_from_the_command_line(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     fleet = make_fleet(tmp_path / "f")  # for its operator and technician keys only
