@@ -10,6 +10,7 @@ import argparse
 import datetime
 import functools
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,32 @@ CSV_HELP = """villages.csv columns (header row, any order; "," or ";" separated,
   broker      mqtts://mqtt.diskominfo.example.go.id:8883
 """
 
+
+# Bahasa Indonesia first, as in `desanet update install --help`: each subcommand's
+# description is this, then the English line (a new subcommand without one is a KeyError).
+ID_HELP = {
+    "init": "Membuat CA armada baru (sekali per wilayah). Simpan ca.key offline dan buat "
+            "cadangan: kehilangannya berarti menyiapkan ulang semua gateway.",
+    "broker-cert": "Sertifikat server broker MQTT wilayah, ditandatangani CA armada: gateway "
+                   "hanya mempercayai CA itu, jadi tanpa langkah ini tidak ada yang tersambung.",
+    "batch": "Membuat bundel dan kartu teknisi untuk setiap desa di CSV. Semua baris diperiksa "
+             "dulu; satu baris salah, tidak ada yang ditulis. Situs yang sudah punya sertifikat "
+             "berlaku ditolak, kecuali dengan --reissue.",
+    "build-bundle": "Membuat bundel dan kartu satu desa (misalnya perangkat pengganti). Situs "
+                    "yang sudah punya sertifikat berlaku: --reissue, lalu cabut yang lama.",
+    "check": "Memeriksa CSV desa: setiap masalah dengan baris dan kolomnya, sekaligus; tidak "
+             "ada yang ditulis.",
+    "import": "Memasang bundel di gateway ini (boot pertama melakukannya sendiri): diperiksa, "
+              "dipasang, dicatat, lalu rahasianya dihapus dari kartu. Gateway yang sudah "
+              "diprovisi hanya menerima bundel situsnya sendiri yang tidak lebih lama; pindah "
+              "desa: --replace-site.",
+    "renew": "Sertifikat baru untuk kunci gateway yang sudah ada (tidak ada kunci yang "
+             "dikirim); pasang dengan `desanet fleet send SITE cert.install cert=@FILE`.",
+    "list": "Sertifikat yang dikeluarkan CA ini: situs, serial, sisa hari.",
+    "revoke": "Mencabut sertifikat gateway (perangkat hilang atau dicuri); lalu terbitkan CRL "
+              "dengan `provision crl`.",
+    "crl": "Menulis daftar sertifikat yang dicabut (CRL) untuk broker (Mosquitto `crlfile`).",
+}
 
 # provisioning/importer.py's defaults (not imported here: it loads cryptography)
 ETC = "/etc/desanet"
@@ -229,19 +256,24 @@ def register(sub: Any) -> None:
     """Add `provision` to the `desanet` parser's subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("provision", help="fleet CA, per-village bundles, first-boot import",
-                       description="provision gateways from a spreadsheet of villages "
-                                   "(docs/provisioning.md)", epilog=WORKFLOW, formatter_class=fmt)
+                       description="Menyiapkan gateway dari lembar kerja desa (CSV).\n"
+                                   "Provision gateways from a spreadsheet of villages "
+                                   "(docs/provisioning.md).", epilog=WORKFLOW, formatter_class=fmt)
     psub = p.add_subparsers(dest="provision_command", metavar="SUBCOMMAND", required=True,
                             help="what to do")
 
     def add(parent: Any, name: str, func: Any, help_: str, epilog: str | None = None
             ) -> argparse.ArgumentParser:
-        q: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_,
+        both = "\n".join(textwrap.fill(text, 79) for text in (ID_HELP[name], help_[:1].upper()
+                                                              + help_[1:] + "."))
+        q: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=both,
                                                        epilog=epilog, formatter_class=fmt)
         q.set_defaults(func=_os_errors(func))
         return q
 
-    p_ca = psub.add_parser("ca", help="the fleet certificate authority")
+    p_ca = psub.add_parser("ca", help="the fleet certificate authority",
+                           description="CA armada wilayah / the region's fleet certificate "
+                           "authority.")
     casub = p_ca.add_subparsers(dest="ca_command", metavar="SUBCOMMAND", required=True,
                                 help="what to do with the CA")
     init = add(casub, "init", cmd_ca_init, "make a new fleet CA (once per region; keep ca.key "
@@ -274,7 +306,8 @@ def register(sub: Any) -> None:
                        "such sites are refused and nothing is written")
 
     b = add(psub, "batch", cmd_batch, "make a bundle and a card for every village of a CSV "
-            "(all rows checked first; nothing written unless all are valid)", CSV_HELP)
+            "(all rows checked first; nothing written unless all are valid; a site that "
+            "already holds a valid certificate only with --reissue)", CSV_HELP)
     bundle_options(b)
     one = add(psub, "build-bundle", cmd_build_bundle,
               "make the bundle and card of one village (e.g. a replaced box)", CSV_HELP)
@@ -287,7 +320,8 @@ def register(sub: Any) -> None:
                      help="operators' public command keys to check too")
     imp = add(psub, "import", cmd_import,
               "install a bundle on this gateway (first boot does this by itself): verify it, "
-              "install, record, then remove its secrets from the card; again: no change")
+              "install, record, then remove its secrets from the card; again: no change. A "
+              "provisioned box takes only a newer bundle of its own site")
     imp.add_argument("bundle", metavar="BUNDLE_DIR", help="the desanet folder on the boot partition")
     imp.add_argument("--etc", default=ETC, help=f"config directory (default {ETC})")
     imp.add_argument("--ssh-dir", default=SSH_DIR,

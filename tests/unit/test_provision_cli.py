@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.cli import build_parser, main
 from provisioning.ca import read_record
-from provisioning.cli import WORKFLOW
+from provisioning.cli import ID_HELP, WORKFLOW
 from tests.unit.provkit import CSV, HEADER, make_fleet
 
 
@@ -195,3 +196,25 @@ def test_batch_again_refuses_sites_that_hold_a_certificate_unless_reissue(
     assert main(["provision", "batch", *common, "--out", str(tmp_path / "b3"), "--reissue"]) == 0
     assert f"revoke jabar-sukamaju --ca {ca} --serial {old['jabar-sukamaju']}" in \
         capsys.readouterr().out
+
+
+def test_every_provision_subcommand_explains_itself_in_indonesian_then_english() -> None:
+    provision = next(a for a in build_parser()._actions
+                     if isinstance(a, argparse._SubParsersAction)).choices["provision"]
+    leaves: list[tuple[str, argparse.ArgumentParser]] = []
+    for name, sub in _subparsers(provision).items():
+        inner = _subparsers(sub)
+        leaves += list(inner.items()) if inner else [(name, sub)]
+    assert {name for name, _ in leaves} == set(ID_HELP)  # none without its Indonesian
+    for name, sub in leaves:
+        text = sub.format_help()
+        first_id, english = ID_HELP[name].split()[0], text.index("\n\n") + 2
+        assert text[english:].startswith(first_id), name  # Bahasa Indonesia first
+        assert all(len(line) <= 80 for line in (sub.description or "").splitlines()), name
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
