@@ -12,6 +12,7 @@ the operators' and technicians' keys, each generated ``gateway.toml`` against th
 gateway's own validation); then keys and certificates are made and everything
 is written into a temporary directory beside DIR; the CA's record of issued
 certificates is updated; and the temporary directory is renamed to DIR.
+A site that already holds a valid certificate is refused unless ``reissue``.
 A failure before the rename leaves DIR untouched and the temp dir removed.
 """
 
@@ -32,7 +33,7 @@ from provisioning import sshkeys
 from provisioning.card import Card, render_cards
 from provisioning.errors import ProvisionError, RowsInvalid
 from provisioning.siteconfig import config_problems, render_config
-from provisioning.villages import Village
+from provisioning.villages import Village, check_file
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,42 @@ def read_authorized_keys(path: Path) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def check_all(villages: list[Village], keys: list[OperatorKey], source: str) -> dict[str, str]:
-    """Every row's gateway.toml, or RowsInvalid with every refusal (nothing made yet)."""
+def render_all(villages: list[Village], keys: list[OperatorKey]
+               ) -> tuple[dict[str, str], list[str]]:
+    """Every row's gateway.toml, and every refusal of the gateway's validation."""
     configs: dict[str, str] = {}
     problems: list[str] = []
     for v in villages:
         text = render_config(v, [k.text for k in keys])
         problems += config_problems(v, text)
         configs[v.site_id] = text
+    return configs, problems
+
+
+def check_all(villages: list[Village], keys: list[OperatorKey], source: str) -> dict[str, str]:
+    """Every row's gateway.toml, or RowsInvalid with every refusal (nothing made yet)."""
+    configs, problems = render_all(villages, keys)
     if problems:
         raise RowsInvalid(problems, source)
     return configs
+
+
+def _row_of(problem: str) -> int:
+    number = problem.removeprefix("row ").split(",", 1)[0].split(":", 1)[0]
+    return int(number) if number.isdigit() else 0
+
+
+def check_csv(path: Path, keys: list[OperatorKey], site: str | None = None) -> list[Village]:
+    """The villages of ``path`` (only ``site``'s, if given), or RowsInvalid with every
+    problem at once, in row order: the CSV's own (every row) and the gateway's refusals
+    of each valid row's generated config (a plan faster than the uplink)."""
+    villages, problems = check_file(path)
+    if site is not None:
+        villages = [v for v in villages if v.site_id == site]
+    problems = problems + render_all(villages, keys)[1]
+    if problems:
+        raise RowsInvalid(sorted(problems, key=_row_of), str(path))
+    return villages
 
 
 def _device_files(ca: fleetca.Ca, v: Village, config: str, keys: list[OperatorKey],
@@ -122,10 +148,16 @@ def _ready_out(out: Path) -> None:
 
 
 def build(ca: fleetca.Ca, villages: list[Village], keys: list[OperatorKey], authorized: str,
-          out: Path, source: str = "villages.csv") -> list[Card]:
-    """Bundles and cards for ``villages`` in ``out`` (see the module doc); the cards."""
+          out: Path, source: str = "villages.csv", *, reissue: bool = False) -> list[Card]:
+    """Bundles and cards for ``villages`` in ``out`` (see the module doc); the cards.
+
+    A site that already holds a valid certificate of this CA is refused (ProvisionError,
+    nothing written) unless ``reissue``: running a batch twice would otherwise give every
+    site a second working identity."""
     configs = check_all(villages, keys, source)
     _ready_out(out)
+    if not reissue:
+        fleetca.refuse_second_identity(ca.dir, [v.site_id for v in villages])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -140,7 +172,8 @@ def build(ca: fleetca.Ca, villages: list[Village], keys: list[OperatorKey], auth
             cards.append(card)
             issued.append((v.site_id, cert))
         (tmp / "cards.html").write_text(render_cards(cards), encoding="utf-8")
-        fleetca.record_issued(ca, issued, "new")  # every delivered certificate is on record
+        # every delivered certificate is on record
+        fleetca.record_issued(ca, issued, "new", first_only=not reissue)
         _ready_out(out)
         if out.exists():
             out.rmdir()

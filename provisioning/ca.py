@@ -227,9 +227,39 @@ def issue_server(ca: Ca, names: list[str], days: int = DEVICE_DAYS
     return cert, key
 
 
-def record_issued(ca: Ca, certs: list[tuple[str, x509.Certificate]], reason: str) -> None:
-    """Add ``(site, certificate)`` pairs to the CA's record (one rewrite of issued.json)."""
+def valid_serials(ca_dir: Path, sites: list[str]) -> dict[str, list[str]]:
+    """``site -> serials`` of the certificates on record for ``sites`` that are neither
+    revoked nor ended: each is a working identity at the broker."""
+    wanted, stamp = set(sites), now().timestamp()
+    held: dict[str, list[str]] = {}
+    for e in read_record(ca_dir):
+        if e.get("site") in wanted and not e.get("revoked") and e.get("not_after", 0) > stamp:
+            held.setdefault(e["site"], []).append(e["serial"])
+    return held
+
+
+def refuse_second_identity(ca_dir: Path, sites: list[str]) -> None:
+    """Raise ProvisionError naming the sites that already hold a valid certificate."""
+    held = valid_serials(ca_dir, sites)
+    if not held:
+        return
+    names = [s for s in sites if s in held]
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    raise ProvisionError(
+        f"{len(names)} site(s) already hold a valid certificate of this CA: {shown} "
+        f"(`desanet provision list --ca {ca_dir}`). Nothing was written: a second bundle would "
+        "give a site two working identities. To replace them on purpose (a replaced box, a "
+        "lost card) add --reissue, then revoke the old certificates")
+
+
+def record_issued(ca: Ca, certs: list[tuple[str, x509.Certificate]], reason: str, *,
+                  first_only: bool = False) -> None:
+    """Add ``(site, certificate)`` pairs to the CA's record (one rewrite of issued.json).
+    ``first_only``: refuse (ProvisionError, nothing recorded) if a site already holds a
+    valid certificate; checked under the lock, so two runs at once cannot both issue."""
     with record_lock(ca.dir):
+        if first_only:
+            refuse_second_identity(ca.dir, [site for site, _ in certs])
         _append(ca, certs, reason)
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,13 @@ from provisioning.errors import ProvisionError, RowsInvalid
 
 WORKFLOW = """steps / langkah (docs/provisioning.md):
   1. desanet provision ca init --dir ca-jabar --name "Diskominfo Jabar fleet CA"
-  2. desanet fleet keygen --out operator.key          (operators' command key, once)
-  3. desanet provision check villages.csv             (every row checked, nothing written)
-  4. desanet provision batch villages.csv --ca ca-jabar --command-key operator.key.pub \\
+  2. desanet provision ca broker-cert --ca ca-jabar --name mqtt.diskominfo.example.go.id \\
+         --out-dir broker    (the broker's TLS certificate; without it no gateway connects)
+  3. desanet fleet keygen --out operator.key          (operators' command key, once)
+  4. desanet provision check villages.csv             (every row checked, nothing written)
+  5. desanet provision batch villages.csv --ca ca-jabar --command-key operator.key.pub \\
          --authorized-keys teknisi.pub --out bundles-2026-12
-  5. per box: copy bundles-2026-12/<site>/desanet to the root of the card's boot partition;
+  6. per box: copy bundles-2026-12/<site>/desanet to the root of the card's boot partition;
      print bundles-2026-12/cards.html and keep each card with its box
 """
 
@@ -37,6 +42,51 @@ CSV_HELP = """villages.csv columns (header row, any order; "," or ";" separated,
   uplink      20mbit/5mbit    (download/upload capacity of the uplink)
   broker      mqtts://mqtt.diskominfo.example.go.id:8883
 """
+
+
+# Bahasa Indonesia first, as in `desanet update install --help`: each subcommand's
+# description is this, then the English line (a new subcommand without one is a KeyError).
+ID_HELP = {
+    "init": "Membuat CA armada baru (sekali per wilayah). Simpan ca.key offline dan buat "
+            "cadangan: kehilangannya berarti menyiapkan ulang semua gateway.",
+    "broker-cert": "Sertifikat server broker MQTT wilayah, ditandatangani CA armada: gateway "
+                   "hanya mempercayai CA itu, jadi tanpa langkah ini tidak ada yang tersambung.",
+    "batch": "Membuat bundel dan kartu teknisi untuk setiap desa di CSV. Semua baris diperiksa "
+             "dulu; satu baris salah, tidak ada yang ditulis. Situs yang sudah punya sertifikat "
+             "berlaku ditolak, kecuali dengan --reissue.",
+    "build-bundle": "Membuat bundel dan kartu satu desa (misalnya perangkat pengganti). Situs "
+                    "yang sudah punya sertifikat berlaku: --reissue, lalu cabut yang lama.",
+    "check": "Memeriksa CSV desa: setiap masalah dengan baris dan kolomnya, sekaligus; tidak "
+             "ada yang ditulis.",
+    "import": "Memasang bundel di gateway ini (boot pertama melakukannya sendiri): diperiksa, "
+              "dipasang, dicatat, lalu rahasianya dihapus dari kartu. Gateway yang sudah "
+              "diprovisi hanya menerima bundel situsnya sendiri yang tidak lebih lama; pindah "
+              "desa: --replace-site.",
+    "renew": "Sertifikat baru untuk kunci gateway yang sudah ada (tidak ada kunci yang "
+             "dikirim); pasang dengan `desanet fleet send SITE cert.install cert=@FILE`.",
+    "list": "Sertifikat yang dikeluarkan CA ini: situs, serial, sisa hari.",
+    "revoke": "Mencabut sertifikat gateway (perangkat hilang atau dicuri); lalu terbitkan CRL "
+              "dengan `provision crl`.",
+    "crl": "Menulis daftar sertifikat yang dicabut (CRL) untuk broker (Mosquitto `crlfile`).",
+}
+
+# provisioning/importer.py's defaults (not imported here: it loads cryptography)
+ETC = "/etc/desanet"
+SSH_DIR = "/data/ssh"  # images/rootfs/etc/ssh/sshd_config.d/50-desanet.conf
+RECORD = "/var/lib/desanet/provisioned.json"
+
+
+def _os_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A file that cannot be read or written becomes one line naming it (the CLI prints a
+    ProvisionError as `error: ...` and exits 1), never a traceback."""
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except OSError as exc:
+            where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+            raise ProvisionError(f"{where or 'a file'}: {exc.strerror or exc}") from None
+    return run
 
 
 def _print_rows_invalid(exc: RowsInvalid) -> int:
@@ -74,19 +124,18 @@ def cmd_broker_cert(args: argparse.Namespace) -> int:
 def _bundles(args: argparse.Namespace, site: str | None) -> int:
     from provisioning import bundle
     from provisioning import ca as fleetca
-    from provisioning.villages import read_villages
 
     try:
-        villages = read_villages(Path(args.csv))
-        if site is not None:
-            villages = [v for v in villages if v.site_id == site]
-            if not villages:
-                print(f"error: no row of {args.csv} has site_id {site!r}", file=sys.stderr)
-                return 2
         keys = bundle.read_command_keys([Path(k) for k in args.command_key])
+        villages = bundle.check_csv(Path(args.csv), keys, site)
+        if not villages:
+            print(f"error: no row of {args.csv} has site_id {site!r}", file=sys.stderr)
+            return 2
         authorized = bundle.read_authorized_keys(Path(args.authorized_keys))
         ca = fleetca.load_ca(Path(args.ca))
-        cards = bundle.build(ca, villages, keys, authorized, Path(args.out), args.csv)
+        old = fleetca.valid_serials(ca.dir, [v.site_id for v in villages])
+        cards = bundle.build(ca, villages, keys, authorized, Path(args.out), args.csv,
+                             reissue=args.reissue)
     except RowsInvalid as exc:
         return _print_rows_invalid(exc)
     for card in cards:
@@ -94,6 +143,13 @@ def _bundles(args: argparse.Namespace, site: str | None) -> int:
               f"ssh {card.ssh_fingerprint}")
     print(f"{len(cards)} bundle(s) in {args.out}; cards to print: {args.out}/cards.html")
     print("copy each <site>/desanet folder to the root of that box's boot partition")
+    if old:
+        print("the old certificates are still valid: revoke them once the new bundle is "
+              "installed (at once for a lost or stolen box), then publish the CRL:")
+        for site, serials in old.items():
+            for serial in serials:
+                print(f"  desanet provision revoke {site} --ca {args.ca} --serial {serial}")
+        print(f"  desanet provision crl --ca {args.ca} --out crl.pem")
     return 0
 
 
@@ -107,13 +163,11 @@ def cmd_build_bundle(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from provisioning import bundle
-    from provisioning.villages import read_villages
 
     try:
-        villages = read_villages(Path(args.csv))
         keys = bundle.read_command_keys([Path(k) for k in args.command_key]) if args.command_key \
             else [bundle.OperatorKey("check.pub", "ed25519:" + "A" * 43 + "=")]
-        bundle.check_all(villages, keys, args.csv)
+        villages = bundle.check_csv(Path(args.csv), keys)
     except RowsInvalid as exc:
         return _print_rows_invalid(exc)
     print(f"{args.csv}: {len(villages)} village(s), every row valid")
@@ -139,11 +193,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = importer.import_bundle(Path(args.bundle), Path(args.etc), Path(args.ssh_dir),
                                  Path(args.record),
                                  Path(args.trust_ca) if args.trust_ca else None,
-                                 set_clock_forward if args.raise_clock else None)
+                                 set_clock_forward if args.raise_clock else None,
+                                 replace_site=args.replace_site, allow_older=args.allow_older)
     if out.already:
         print(f"{out.site}: already imported (see {args.record}); nothing changed")
     else:
         print(f"{out.site}: imported; {len(out.installed)} files installed, record {args.record}")
+    if out.replaced_site is not None:
+        print(f"the box was {out.replaced_site!r} and is now {out.site!r}; revoke the old "
+              f"site's certificate if no box keeps it: desanet provision revoke "
+              f"{out.replaced_site} --ca CA")
     for rel in out.secrets_left:
         print(f"warning: could not remove {args.bundle}/{rel} from the card; delete it by hand",
               file=sys.stderr)
@@ -197,19 +256,24 @@ def register(sub: Any) -> None:
     """Add `provision` to the `desanet` parser's subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("provision", help="fleet CA, per-village bundles, first-boot import",
-                       description="provision gateways from a spreadsheet of villages "
-                                   "(docs/provisioning.md)", epilog=WORKFLOW, formatter_class=fmt)
+                       description="Menyiapkan gateway dari lembar kerja desa (CSV).\n"
+                                   "Provision gateways from a spreadsheet of villages "
+                                   "(docs/provisioning.md).", epilog=WORKFLOW, formatter_class=fmt)
     psub = p.add_subparsers(dest="provision_command", metavar="SUBCOMMAND", required=True,
                             help="what to do")
 
     def add(parent: Any, name: str, func: Any, help_: str, epilog: str | None = None
             ) -> argparse.ArgumentParser:
-        q: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_,
+        both = "\n".join(textwrap.fill(text, 79) for text in (ID_HELP[name], help_[:1].upper()
+                                                              + help_[1:] + "."))
+        q: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=both,
                                                        epilog=epilog, formatter_class=fmt)
-        q.set_defaults(func=func)
+        q.set_defaults(func=_os_errors(func))
         return q
 
-    p_ca = psub.add_parser("ca", help="the fleet certificate authority")
+    p_ca = psub.add_parser("ca", help="the fleet certificate authority",
+                           description="CA armada wilayah / the region's fleet certificate "
+                           "authority.")
     casub = p_ca.add_subparsers(dest="ca_command", metavar="SUBCOMMAND", required=True,
                                 help="what to do with the CA")
     init = add(casub, "init", cmd_ca_init, "make a new fleet CA (once per region; keep ca.key "
@@ -236,9 +300,14 @@ def register(sub: Any) -> None:
                        help="the technicians' SSH public keys, one per line (SSH is keys only)")
         q.add_argument("--out", required=True,
                        help="a NEW directory for the bundles and cards (not overwritten)")
+        q.add_argument("--reissue", action="store_true",
+                       help="also for sites that already hold a valid certificate (a replaced "
+                       "box, a lost card); then revoke the old ones as printed. Without it "
+                       "such sites are refused and nothing is written")
 
     b = add(psub, "batch", cmd_batch, "make a bundle and a card for every village of a CSV "
-            "(all rows checked first; nothing written unless all are valid)", CSV_HELP)
+            "(all rows checked first; nothing written unless all are valid; a site that "
+            "already holds a valid certificate only with --reissue)", CSV_HELP)
     bundle_options(b)
     one = add(psub, "build-bundle", cmd_build_bundle,
               "make the bundle and card of one village (e.g. a replaced box)", CSV_HELP)
@@ -251,14 +320,24 @@ def register(sub: Any) -> None:
                      help="operators' public command keys to check too")
     imp = add(psub, "import", cmd_import,
               "install a bundle on this gateway (first boot does this by itself): verify it, "
-              "install, record, then remove its secrets from the card; again: no change")
+              "install, record, then remove its secrets from the card; again: no change. A "
+              "provisioned box takes only a newer bundle of its own site")
     imp.add_argument("bundle", metavar="BUNDLE_DIR", help="the desanet folder on the boot partition")
-    imp.add_argument("--etc", default="/etc/desanet", help="config directory (default /etc/desanet)")
-    imp.add_argument("--ssh-dir", default="/etc/ssh", help="SSH directory (default /etc/ssh)")
-    imp.add_argument("--record", default="/var/lib/desanet/provisioned.json",
-                     help="record of the import (default /var/lib/desanet/provisioned.json)")
+    imp.add_argument("--etc", default=ETC, help=f"config directory (default {ETC})")
+    imp.add_argument("--ssh-dir", default=SSH_DIR,
+                     help=f"where the image's sshd reads the host key and authorized_keys "
+                     f"(default {SSH_DIR}, on the data partition)")
+    imp.add_argument("--record", default=RECORD,
+                     help=f"record of the import (default {RECORD})")
     imp.add_argument("--trust-ca", metavar="CA.crt",
                      help="accept only bundles of this fleet CA (an image built for one region)")
+    imp.add_argument("--replace-site", action="store_true",
+                     help="a technician re-assigning a provisioned box to another village: "
+                     "accept a bundle for a site other than the one on record (first boot "
+                     "never does)")
+    imp.add_argument("--allow-older", action="store_true",
+                     help="accept a bundle whose certificate is older than the installed one "
+                     "(by default refused: an old or revoked bundle replayed over a renewal)")
     imp.add_argument("--raise-clock", action="store_true",
                      help="if the clock is before the bundle's certificate was issued (a box "
                      "without a clock battery, offline), move it forward to that time (first "

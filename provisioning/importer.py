@@ -9,11 +9,21 @@
    dates, CN = site id) and against its key, the SSH host key against its
    ``.pub``, the technicians' keys. Any failure: a message, exit non-zero,
    nothing changed.
-3. Install: every file is first written beside its target (mode set before
-   the first byte, fsync), then all are renamed into place, then the
-   directories are synced. A power cut before the record is written leaves
-   the bundle intact on the card, and the next boot imports it again.
-4. Write the record (atomically), then remove the secrets (config with the
+2b. A box already provisioned (the record exists) takes only a renewal: a
+   bundle of the fleet CA it installed (or ``--trust-ca``), for the site id of
+   the record (another site: ``--replace-site``, a technician re-assigning the
+   box), whose device certificate is not older than the installed one
+   (``--allow-older``: an old or revoked bundle is not replayed over a
+   renewed one). The FAT partition is writable from any laptop and a bundle
+   is imported at every boot.
+3. Install: every file, and the new record, is first written beside its
+   target (mode set before the first byte, fsync); a directory that cannot be
+   written (read-only, missing, not a directory) stops the import here, and
+   the staged files and the directories made for them are removed: nothing
+   changed. Then the files are renamed into place and the directories
+   synced. A power cut before the record is renamed leaves the bundle intact
+   on the card, and the next boot imports it again.
+4. Rename the record into place, then remove the secrets (config with the
    Wi-Fi passphrase, device key, SSH host key) from the FAT directory.
 """
 
@@ -42,7 +52,7 @@ from provisioning import sshkeys
 from provisioning.errors import ProvisionError
 
 DEFAULT_ETC = Path("/etc/desanet")
-DEFAULT_SSH = Path("/etc/ssh")
+DEFAULT_SSH = Path("/data/ssh")  # where the image's sshd reads them (50-desanet.conf)
 DEFAULT_RECORD = Path("/var/lib/desanet/provisioned.json")
 
 
@@ -52,6 +62,7 @@ class Outcome:
     already: bool
     installed: tuple[str, ...]
     secrets_left: tuple[str, ...]  # secrets that could not be removed from the card
+    replaced_site: str | None = None  # the site the box was provisioned as, when re-assigned
 
 
 def targets(files: dict[str, Any], etc: Path, ssh_dir: Path) -> dict[str, tuple[Path, int]]:
@@ -114,7 +125,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _stage(target: Path, data: bytes, mode: int) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent)
     try:
         os.fchmod(fd, mode)
@@ -128,21 +138,41 @@ def _stage(target: Path, data: bytes, mode: int) -> Path:
     return Path(tmp)
 
 
-def _install(blobs: dict[str, bytes], etc: Path, ssh_dir: Path) -> list[str]:
-    where = targets(blobs, etc, ssh_dir)
+def _make_dirs(dirs: set[Path], made: list[Path]) -> None:
+    """Create ``dirs`` and their missing parents; each one made is appended to ``made``
+    (parents first), so that a failure can remove exactly those."""
+    for d in sorted(dirs):
+        missing: list[Path] = []
+        while not d.exists() and d != d.parent:  # a file in the way: mkdir below says so
+            missing.append(d)
+            d = d.parent
+        for new in reversed(missing):
+            new.mkdir()
+            made.append(new)
+
+
+def _stage_all(plan: list[tuple[Path, bytes, int]]) -> list[tuple[Path, Path]]:
+    """Each (target, data, mode) written beside its target: (temporary, target) pairs.
+    On any failure nothing is left: neither a staged file nor a directory made for one."""
+    made: list[Path] = []
     staged: list[tuple[Path, Path]] = []
+    current: Path | None = None
     try:
-        for rel, (target, mode) in sorted(where.items()):
-            staged.append((_stage(target, blobs[rel], mode), target))
-    except BaseException:
+        _make_dirs({target.parent for target, _, _ in plan}, made)
+        for current, data, mode in plan:
+            staged.append((_stage(current, data, mode), current))
+    except BaseException as exc:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError):
+            where = current.parent if current is not None else exc.filename or "a directory"
+            raise ProvisionError(f"cannot write {where}: {exc.strerror or exc}; nothing was "
+                                 "installed and the bundle stays on the card") from None
         raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
-    for parent in sorted({t.parent for _, t in staged}):
-        _fsync_dir(parent)
-    return [str(t) for _, t in staged]
+    return staged
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -217,9 +247,48 @@ def _clock_floor(blobs: dict[str, bytes]) -> datetime.datetime | None:
     return floor
 
 
+def _installed_start(etc: Path, previous: dict[str, Any]) -> datetime.datetime | None:
+    """When the box's current device certificate starts: the installed file (a remote
+    ``cert.install`` renews it in place), else the record's note of it."""
+    try:
+        return x509.load_pem_x509_certificate((etc / m.CERT).read_bytes()).not_valid_before_utc
+    except (OSError, ValueError):
+        pass
+    start = previous.get("cert_not_before")
+    return datetime.datetime.fromtimestamp(start, datetime.UTC) if isinstance(start, int) else None
+
+
+def _renewal_only(previous: dict[str, Any], site: str, cert: x509.Certificate, etc: Path,
+                  replace_site: bool, allow_older: bool) -> str | None:
+    """Refuse a bundle that is not a renewal of this box; the site it replaces, if any.
+
+    The boot partition is FAT, writable from any laptop, and a bundle is imported at
+    every boot: any bundle of the fleet CA (another village's, one whose certificate was
+    revoked) would install its SSH and command keys. A box provisioned as one site takes
+    another site's bundle only with ``replace_site`` (a technician re-assigning it by
+    hand), and never an older certificate of its own site without ``allow_older``."""
+    was = previous.get("site")
+    if was != site:
+        if not replace_site:
+            raise ProvisionError(
+                f"this gateway is provisioned as site {was!r}; the bundle is for site {site!r}. "
+                "Nothing was changed. A technician re-assigning the box to another village "
+                "runs `desanet provision import BUNDLE_DIR --replace-site` by hand")
+        return str(was)
+    start = _installed_start(etc, previous)
+    if start is not None and cert.not_valid_before_utc < start and not allow_older:
+        raise ProvisionError(
+            f"the bundle's certificate for {site!r} (serial {cert.serial_number:x}, from "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}) is older than the installed one "
+            f"(from {start:%Y-%m-%d %H:%M} UTC): an old bundle over a renewed one. Nothing was "
+            "changed. To put an older bundle back on purpose: --allow-older")
+    return None
+
+
 def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
                   record: Path = DEFAULT_RECORD, trust_ca: Path | None = None,
-                  raise_clock: Callable[[datetime.datetime], None] | None = None) -> Outcome:
+                  raise_clock: Callable[[datetime.datetime], None] | None = None, *,
+                  replace_site: bool = False, allow_older: bool = False) -> Outcome:
     etc, ssh_dir, record = etc.absolute(), ssh_dir.absolute(), record.absolute()
     data, digest = m.read(bundle)
     previous = read_record(record)
@@ -237,17 +306,27 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         _pinned(blobs, trust_ca)
     floor = _clock_floor(blobs) if raise_clock is not None else None
     cert = _check(data, blobs, floor)
+    replaced = None if previous is None else _renewal_only(
+        previous, data["site"], cert, etc, replace_site, allow_older)
     if raise_clock is not None and floor is not None:
         raise_clock(floor)  # only for a bundle that passed every check; never backwards
-    installed = _install(blobs, etc, ssh_dir)
+    where = targets(blobs, etc, ssh_dir)
+    plan = [(target, blobs[rel], mode) for rel, (target, mode) in sorted(where.items())]
+    installed = [str(target) for target, _, _ in plan]
     entry = {"format": 1, "site": data["site"], "manifest_sha256": digest,
              "created": data.get("created"), "imported": int(time.time()),
              "cert_serial": format(cert.serial_number, "x"),
+             "cert_not_before": int(cert.not_valid_before_utc.timestamp()),
              "cert_not_after": int(cert.not_valid_after_utc.timestamp()),
              "ssh_fingerprint": sshkeys.fingerprint(blobs[m.HOST_PUB].decode("ascii", "replace")),
              "installed": installed}
-    rec = _stage(record, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode(), 0o644)
-    os.replace(rec, record)
+    plan.append((record, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode(), 0o644))
+    *files, (rec, _) = _stage_all(plan)
+    for tmp, target in files:
+        os.replace(tmp, target)
+    for parent in sorted({target.parent for _, target in files}):
+        _fsync_dir(parent)
+    os.replace(rec, record)  # last: a power cut before it imports the bundle again
     _fsync_dir(record.parent)
     left = _remove_secrets(bundle, list(data["secrets"]))
-    return Outcome(data["site"], False, tuple(installed), tuple(left))
+    return Outcome(data["site"], False, tuple(installed), tuple(left), replaced)

@@ -173,16 +173,26 @@ def _sniff(text: str) -> str:
 
 def parse_villages(text: str, source: str = "villages.csv") -> list[Village]:
     """Every row as a Village; RowsInvalid listing every problem of every row otherwise."""
+    villages, problems = check_villages(text, source)
+    if problems:
+        raise RowsInvalid(problems, source)
+    return villages
+
+
+def check_villages(text: str, source: str = "villages.csv") -> tuple[list[Village], list[str]]:
+    """The rows without a problem as Villages, and every problem of every other row (a
+    broken header or file: no villages). ``provision check`` goes on to check the valid
+    rows' generated configs, so one run reports everything."""
     text = text.removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff(text), strict=True)
     problems: list[str] = []
     try:
         rows = list(reader)
     except csv.Error as exc:
-        raise RowsInvalid([f"row {reader.line_num}: not CSV ({exc})"], source) from None
+        return [], [f"row {reader.line_num}: not CSV ({exc})"]
     if not rows:
-        raise RowsInvalid(["row 1: the file is empty; expected a header row naming the columns "
-                           + ", ".join(COLUMNS)], source)
+        return [], ["row 1: the file is empty; expected a header row naming the columns "
+                    + ", ".join(COLUMNS)]
     header = [ALIASES.get(h.strip().lower(), h.strip().lower().replace(" ", "_")) for h in rows[0]]
     for i, h in enumerate(header):
         if h not in COLUMNS:
@@ -196,14 +206,13 @@ def parse_villages(text: str, source: str = "villages.csv") -> list[Village]:
         problems.append(f"row 1: missing column(s) {', '.join(missing)}; expected a header row "
                         f"with {', '.join(COLUMNS)}")
     if problems:
-        raise RowsInvalid(problems, source)
+        return [], problems
     body = [(n, row) for n, row in enumerate(rows[1:], 2) if any(cell.strip() for cell in row)]
     if not body:
-        raise RowsInvalid(["row 2: no villages; expected one row per gateway under the header"],
-                          source)
+        return [], ["row 2: no villages; expected one row per gateway under the header"]
     if len(body) > MAX_ROWS:
-        raise RowsInvalid([f"row {MAX_ROWS + 2}: more than {MAX_ROWS} villages; expected at most "
-                           f"{MAX_ROWS} per file (split it)"], source)
+        return [], [f"row {MAX_ROWS + 2}: more than {MAX_ROWS} villages; expected at most "
+                    f"{MAX_ROWS} per file (split it)"]
     out: list[Village] = []
     seen_site: dict[str, int] = {}
     seen_ssid: dict[str, int] = {}
@@ -214,24 +223,31 @@ def parse_villages(text: str, source: str = "villages.csv") -> list[Village]:
             continue
         values = {h: cell.strip() for h, cell in zip(header, row, strict=True)}
         r = _Row(number, values, problems)
+        before = len(problems)
         for key, seen, what in (("site_id", seen_site, "site id"), ("ssid", seen_ssid, "Wi-Fi name")):
             first = seen.setdefault(values[key].lower(), number)
             if values[key] and first != number:
                 r.bad(key, f"a {what} of its own; row {first} has the same one")
         village = _check(r)
-        if village is not None:
+        if village is not None and len(problems) == before:
             out.append(village)
-    if problems:
-        raise RowsInvalid(problems, source)
-    return out
+    return out, problems
 
 
-def read_villages(path: Path) -> list[Village]:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise RowsInvalid([f"byte {exc.start}: not UTF-8; expected the CSV saved as UTF-8 "
                            "(in a spreadsheet: \"CSV UTF-8\")"], str(path)) from None
     except OSError as exc:
         raise RowsInvalid([f"cannot read the file: {exc.strerror}"], str(path)) from None
-    return parse_villages(text, str(path))
+
+
+def read_villages(path: Path) -> list[Village]:
+    return parse_villages(_read_text(path), str(path))
+
+
+def check_file(path: Path) -> tuple[list[Village], list[str]]:
+    """:func:`check_villages` of a file (RowsInvalid if it cannot be read as UTF-8)."""
+    return check_villages(_read_text(path), str(path))

@@ -41,8 +41,9 @@ def make_fleet(root: Path) -> Fleet:
                  tech + " teknisi@garut\n", root)
 
 
-def make_bundles(fleet: Fleet, out: Path, text: str = CSV) -> list[Path]:
-    cards = bundle.build(fleet.ca, parse_villages(text), fleet.keys, fleet.authorized, out)
+def make_bundles(fleet: Fleet, out: Path, text: str = CSV, reissue: bool = False) -> list[Path]:
+    cards = bundle.build(fleet.ca, parse_villages(text), fleet.keys, fleet.authorized, out,
+                         reissue=reissue)
     return [out / card.village.site_id / "desanet" for card in cards]
 
 

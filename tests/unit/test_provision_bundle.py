@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from provisioning import manifest as m
 from provisioning.errors import ProvisionError, RowsInvalid
 from provisioning.siteconfig import render_config
 from provisioning.villages import parse_villages
-from tests.unit.provkit import CSV, HEADER, Fleet, have, make_bundles, make_fleet
+from tests.unit.provkit import CSV, HEADER, ROW_A, ROW_B, Fleet, have, make_bundles, make_fleet
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "provisioning"
 
@@ -123,6 +124,44 @@ def test_an_existing_out_directory_is_never_mixed_into(fleet: Fleet, tmp_path: P
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]  # temp dir gone
 
 
+def test_a_second_batch_of_the_same_sites_is_refused_unless_reissued(
+        fleet: Fleet, tmp_path: Path) -> None:
+    make_bundles(fleet, tmp_path / "first")
+    record = (fleet.ca.dir / "issued.json").read_bytes()
+    with pytest.raises(ProvisionError, match=r"2 site\(s\) already hold a valid certificate "
+                       r"of this CA: jabar-sukamaju, ntb-lembah .*--reissue"):
+        make_bundles(fleet, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+    assert (fleet.ca.dir / "issued.json").read_bytes() == record
+    # Positive controls: a new site goes through; a revoked or ended certificate is no
+    # identity any more; --reissue says so on purpose.
+    new_row = ROW_B.replace("ntb-lembah", "ntb-baru").replace("Lembah WiFi", "Baru WiFi")
+    make_bundles(fleet, tmp_path / "new-site", HEADER + new_row)
+    renew.revoke(fleet.ca.dir, "ntb-lembah")
+    make_bundles(fleet, tmp_path / "after-revoke", HEADER + ROW_B)
+    issued = fleetca.read_record(fleet.ca.dir)
+    for e in issued:
+        if e["site"] == "ntb-lembah":
+            e["not_after"] = 1  # ended long ago
+    fleetca.write_record(fleet.ca.dir, issued)
+    make_bundles(fleet, tmp_path / "after-end", HEADER + ROW_B)
+    assert len(make_bundles(fleet, tmp_path / "reissued", reissue=True)) == 2
+    sites = [e["site"] for e in fleetca.read_record(fleet.ca.dir)]
+    assert sites.count("jabar-sukamaju") == 2 and sites.count("ntb-lembah") == 4
+
+
+def test_two_runs_at_once_cannot_both_issue(fleet: Fleet, tmp_path: Path) -> None:
+    # The check before the work can pass for two runs; the one under the record's lock
+    # refuses the later: nothing of it is recorded or written.
+    (a,) = make_bundles(fleet, tmp_path / "first", HEADER + ROW_A)
+    cert = x509.load_pem_x509_certificate((a / m.CERT).read_bytes())
+    with pytest.raises(ProvisionError, match="jabar-sukamaju"):
+        fleetca.record_issued(fleet.ca, [("jabar-sukamaju", cert)], "new", first_only=True)
+    assert len(fleetca.read_record(fleet.ca.dir)) == 1
+    fleetca.record_issued(fleet.ca, [("jabar-sukamaju", cert)], "new")  # control: no check
+    assert len(fleetca.read_record(fleet.ca.dir)) == 2
+
+
 def test_the_host_key_fingerprint_is_what_ssh_keygen_prints(fleet: Fleet, tmp_path: Path) -> None:
     (a, _) = make_bundles(fleet, tmp_path / "out")
     mine = bundle.host_key_fingerprint(a)
@@ -187,12 +226,64 @@ def test_a_tampered_bundle_is_refused_and_changes_nothing(fleet: Fleet, tmp_path
     assert not _import(b, tmp_path / "box2").already
 
 
+@pytest.mark.parametrize("blocked", ["ssh_dir", "record_dir", "read_only"])
+def test_a_directory_that_cannot_be_written_leaves_nothing_behind(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: str) -> None:
+    (a, _) = make_bundles(fleet, tmp_path / "out")
+    card = {p: p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    box, wall = tmp_path / "box", tmp_path / "a-file"
+    wall.write_text("not a directory\n")
+    etc, ssh, rec = box / "etc", box / "ssh", box / "rec.json"
+    if blocked == "ssh_dir":
+        ssh = wall / "ssh"
+    elif blocked == "record_dir":  # the last file staged: every other one is staged by then
+        rec = wall / "rec.json"
+    else:  # a read-only root: the ssh directory refuses new files
+        real = importer._stage
+
+        def stage(target: Path, data: bytes, mode: int) -> Path:
+            if target.parent == ssh:
+                raise OSError(30, "Read-only file system", str(target.parent))
+            return real(target, data, mode)
+
+        monkeypatch.setattr(importer, "_stage", stage)
+    where = {"ssh_dir": wall / "ssh", "record_dir": wall, "read_only": ssh}[blocked]
+    with pytest.raises(ProvisionError, match=rf"cannot write {re.escape(str(where))}: .*"
+                       "nothing was installed"):
+        importer.import_bundle(a, etc, ssh, rec)
+    assert not box.exists()  # no staged file, no empty etc/commands or etc/mqtt
+    assert wall.read_text() == "not a directory\n"
+    assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == card
+    monkeypatch.undo()
+    # positive control: the same bundle into directories that can be written
+    assert not importer.import_bundle(a, box / "etc", box / "ssh", box / "rec.json").already
+    assert (box / "ssh" / "authorized_keys").read_text() == fleet.authorized
+
+
+def test_the_default_ssh_directory_is_the_one_the_images_sshd_reads() -> None:
+    from provisioning import cli as pcli
+
+    conf = (Path(__file__).resolve().parents[2] / "images/rootfs/etc/ssh/sshd_config.d"
+            / "50-desanet.conf").read_text().split()
+    host_key = conf[conf.index("HostKey") + 1]
+    keys = conf[conf.index("AuthorizedKeysFile") + 1]
+    assert host_key == f"{importer.DEFAULT_SSH}/ssh_host_ed25519_key"
+    assert keys == f"{importer.DEFAULT_SSH}/authorized_keys"
+    defaults = [str(p) for p in (importer.DEFAULT_ETC, importer.DEFAULT_SSH,
+                                 importer.DEFAULT_RECORD)]
+    assert defaults == [pcli.ETC, pcli.SSH_DIR, pcli.RECORD]
+
+
 def test_the_import_record_of_another_bundle_does_not_skip_a_new_one(fleet: Fleet,
                                                                     tmp_path: Path) -> None:
     (a, b) = make_bundles(fleet, tmp_path / "out")
     _import(a, tmp_path / "box")
-    second = _import(b, tmp_path / "box")  # a box re-provisioned for another village
+    box = tmp_path / "box"
+    # a box re-assigned to another village, by a technician (--replace-site)
+    second = importer.import_bundle(b, box / "etc", box / "ssh", box / "rec.json",
+                                    replace_site=True)
     assert not second.already and second.site == "ntb-lembah"
+    assert second.replaced_site == "jabar-sukamaju"
 
 
 def test_renew_keeps_the_key_and_records_the_serial(fleet: Fleet, tmp_path: Path) -> None:

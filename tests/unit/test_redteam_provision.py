@@ -4,15 +4,21 @@ the card must never write through a link. Each attack beside its positive contro
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provisioning import importer
+from provisioning import ca as fleetca
+from provisioning import importer, renew
 from provisioning import manifest as m
 from provisioning.errors import ProvisionError
-from tests.unit.provkit import Fleet, make_bundles, make_fleet
+from tests.unit.provkit import HEADER, ROW_A, Fleet, make_bundles, make_fleet
 
 
 @pytest.fixture
@@ -95,11 +101,98 @@ def test_a_provisioned_box_refuses_a_bundle_forged_with_another_ca(fleet: Fleet,
     with pytest.raises(ProvisionError, match="not the fleet CA"):
         _import(forged, box)
     assert (box / "ssh" / "authorized_keys").read_bytes() == keys
-    # Positive controls: a new bundle of the same fleet re-provisions the box, and the
-    # technician can move it to another CA on purpose with --trust-ca.
-    assert _import(again, box).site == "ntb-lembah"
+    # Positive controls: a new bundle of the same fleet re-provisions the box (another
+    # village: the technician says so), and the technician can move it to another CA on
+    # purpose with --trust-ca.
+    assert importer.import_bundle(again, box / "etc", box / "ssh", box / "rec.json",
+                                  replace_site=True).site == "ntb-lembah"
     region2 = make_fleet(tmp_path / "region2")
-    theirs, _ = make_bundles(region2, tmp_path / "r2-out")
+    _, theirs = make_bundles(region2, tmp_path / "r2-out")
     out = importer.import_bundle(theirs, box / "etc", box / "ssh", box / "rec.json",
                                  trust_ca=region2.ca.cert_path)
-    assert not out.already
+    assert not out.already and out.site == "ntb-lembah"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _resign_manifest(bundle_dir: Path) -> None:
+    """What anyone can do with the card in a laptop: the manifest is a checksum, not a
+    signature."""
+    data = json.loads((bundle_dir / m.NAME).read_text())
+    for rel in data["files"]:
+        data["files"][rel] = m.sha256_file(bundle_dir / rel)
+    (bundle_dir / m.NAME).write_text(json.dumps(data))
+
+
+def test_a_provisioned_box_refuses_another_sites_bundle_of_the_same_fleet(
+        fleet: Fleet, tmp_path: Path) -> None:
+    # The audit's attack: another site's key and certificate (revoked: that box was
+    # stolen), all signed by the fleet CA, with the attacker's SSH key in authorized_keys,
+    # written to the FAT partition of a box provisioned as jabar-sukamaju.
+    ours, stolen = make_bundles(fleet, tmp_path / "out")
+    box = tmp_path / "box"
+    _import(ours, box)
+    renew.revoke(fleet.ca.dir, "ntb-lembah")
+    attacker = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    (stolen / m.AUTHORIZED).write_text(attacker + " attacker\n")
+    _resign_manifest(stolen)
+    before, card = _tree(box), _tree(stolen)
+    with pytest.raises(ProvisionError, match=r"provisioned as site 'jabar-sukamaju'; the "
+                       r"bundle is for site 'ntb-lembah'.*--replace-site"):
+        _import(stolen, box)
+    assert _tree(box) == before and _tree(stolen) == card  # nothing changed, card included
+    # Positive controls: a renewal of the box's own site still imports; the technician
+    # re-assigning the box by hand (--replace-site) is obeyed.
+    (renewal,) = make_bundles(fleet, tmp_path / "renewal", HEADER + ROW_A, reissue=True)
+    out = _import(renewal, box)
+    assert not out.already and out.site == "jabar-sukamaju" and out.replaced_site is None
+    assert importer.import_bundle(stolen, box / "etc", box / "ssh", box / "rec.json",
+                                  replace_site=True).replaced_site == "jabar-sukamaju"
+    assert (box / "ssh" / "authorized_keys").read_text() == attacker + " attacker\n"
+
+
+def test_an_older_bundle_is_not_replayed_over_a_renewed_one(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_now = fleetca.now
+    monkeypatch.setattr(fleetca, "now", lambda: real_now() - datetime.timedelta(days=30))
+    (old,) = make_bundles(fleet, tmp_path / "old", HEADER + ROW_A)  # last month's bundle
+    monkeypatch.setattr(fleetca, "now", real_now)
+    (new,) = make_bundles(fleet, tmp_path / "new", HEADER + ROW_A, reissue=True)  # renewal
+    replay = tmp_path / "replay" / "desanet"
+    shutil.copytree(old, replay)  # someone kept a copy of last month's card
+    box = tmp_path / "box"
+    assert not _import(old, box).already
+    assert not _import(new, box).already  # positive control: a newer certificate goes in
+    before, card = _tree(box), _tree(replay)
+    with pytest.raises(ProvisionError, match=r"older than the installed one.*--allow-older"):
+        _import(replay, box)
+    assert _tree(box) == before and _tree(replay) == card
+    # The technician putting it back on purpose:
+    out = importer.import_bundle(replay, box / "etc", box / "ssh", box / "rec.json",
+                                 allow_older=True)
+    assert not out.already and (box / "etc" / m.CERT).read_bytes() == (old / m.CERT).read_bytes()
+
+
+def test_a_remote_renewal_counts_as_the_installed_certificate(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `cert.install` replaces device.crt in place, the record still names the bundle: a
+    # bundle made before that renewal is older than what the box holds.
+    real_now = fleetca.now
+    monkeypatch.setattr(fleetca, "now", lambda: real_now() - datetime.timedelta(days=30))
+    (first,) = make_bundles(fleet, tmp_path / "first", HEADER + ROW_A)
+    monkeypatch.setattr(fleetca, "now", lambda: real_now() - datetime.timedelta(days=20))
+    (second,) = make_bundles(fleet, tmp_path / "second", HEADER + ROW_A, reissue=True)
+    monkeypatch.setattr(fleetca, "now", real_now)
+    box = tmp_path / "box"
+    _import(first, box)
+    renewed = renew.renew(fleet.ca.dir, "jabar-sukamaju", tmp_path / "renewed.crt")[0]
+    (box / "etc" / m.CERT).write_bytes(renewed.read_bytes())
+    with pytest.raises(ProvisionError, match="older than the installed one"):
+        _import(second, box)
+    # Positive control: without the remote renewal the second bundle is the newer one.
+    (box / "etc" / m.CERT).write_bytes((first / m.CERT).read_bytes())
+    assert not _import(second, box).already
