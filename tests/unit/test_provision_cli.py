@@ -13,7 +13,7 @@ import pytest
 from gateway.cli import build_parser, main
 from provisioning.ca import read_record
 from provisioning.cli import ID_HELP, WORKFLOW
-from tests.unit.provkit import CSV, HEADER, make_fleet
+from tests.unit.provkit import CSV, HEADER, Fleet, make_fleet
 
 
 def test_check_prints_every_problem_with_row_and_column_and_exits_2(
@@ -105,17 +105,23 @@ def test_ca_init_batch_and_import_from_the_command_line(tmp_path: Path,
     assert listed.count("ntb-lembah") == 2 and "renew" in listed
 
 
-def test_a_file_that_cannot_be_written_is_one_line_naming_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def fleet_and_batch(tmp_path: Path) -> tuple[Fleet, list[str]]:
+    """A fleet, its keys and the CSV on disk, and `provision batch` argv without --out."""
     fleet = make_fleet(tmp_path / "f")
     (tmp_path / "op.pub").write_text(fleet.keys[0].text + "\n")
     (tmp_path / "tech.pub").write_text(fleet.authorized)
     (tmp_path / "v.csv").write_text(CSV)
+    return fleet, ["provision", "batch", str(tmp_path / "v.csv"), "--ca", str(fleet.ca.dir),
+                   "--command-key", str(tmp_path / "op.pub"),
+                   "--authorized-keys", str(tmp_path / "tech.pub")]
+
+
+def test_a_file_that_cannot_be_written_is_one_line_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet, batch = fleet_and_batch(tmp_path)
     wall = tmp_path / "a-file"  # a file where a directory should be: fails even for root
     wall.write_text("x\n")
     ca = ["--ca", str(fleet.ca.dir)]
-    batch = ["provision", "batch", str(tmp_path / "v.csv"), *ca, "--command-key",
-             str(tmp_path / "op.pub"), "--authorized-keys", str(tmp_path / "tech.pub")]
     issued = fleet.ca.dir / "issued.json"
 
     def refused(argv: list[str]) -> None:
@@ -168,13 +174,9 @@ def test_the_help_walks_through_every_step_and_each_step_parses(
 
 def test_batch_again_refuses_sites_that_hold_a_certificate_unless_reissue(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fleet = make_fleet(tmp_path / "f")
-    (tmp_path / "op.pub").write_text(fleet.keys[0].text + "\n")
-    (tmp_path / "tech.pub").write_text(fleet.authorized)
-    (tmp_path / "v.csv").write_text(CSV)
+    fleet, batch = fleet_and_batch(tmp_path)
     ca = str(fleet.ca.dir)
-    common = [str(tmp_path / "v.csv"), "--ca", ca, "--command-key", str(tmp_path / "op.pub"),
-              "--authorized-keys", str(tmp_path / "tech.pub")]
+    common = batch[2:]  # the CSV, the CA and the keys: batch and build-bundle take the same
     assert main(["provision", "batch", *common, "--out", str(tmp_path / "b1")]) == 0
     capsys.readouterr()
     assert main(["provision", "batch", *common, "--out", str(tmp_path / "b2")]) == 1
