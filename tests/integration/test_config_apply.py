@@ -64,7 +64,10 @@ PREFIX = unique_prefix("ca")
 WINDOW = "5s"  # the shortest confirm window the daemon accepts
 # Where a CLI call must land inside the window (the confirm), some room for a loaded machine.
 CONFIRM_WINDOW = "10s"
-ROLLBACK_WAIT = 25.0  # a 5 s window + the 1 s deadline timer + a converge, with room for load
+# A trial left to run out: its positive control (a status call and a portal fetch, each a new
+# process) must land inside the window, which starts before the apply command has returned.
+TRIAL_WINDOW = "15s"
+ROLLBACK_WAIT = 35.0  # the 15 s window + the 1 s deadline timer + a converge, with room for load
 # The default Indonesian terms (config/schema.py), shown while the lab's config runs.
 DEFAULT_TERMS_ID = "Gunakan internet dengan bijak"
 
@@ -234,7 +237,7 @@ def test_unconfirmed_trial_rolls_back_by_itself_and_the_old_config_works(
     new_text = variant(original, {"portal": {"terms_id": terms}})
     since = last_seq(lab)
 
-    out = apply(lab, write_file(tmp_path, new_text), "--confirm", WINDOW)
+    out = apply(lab, write_file(tmp_path, new_text), "--confirm", TRIAL_WINDOW)
     new_version = out["version"]
     assert new_version != original.version and out["previous_version"] == original.version
     assert out["trial"] and out["trial"]["previous_version"] == original.version, out
