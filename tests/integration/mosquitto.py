@@ -39,10 +39,38 @@ def have_mosquitto() -> bool:
     return Path(MOSQUITTO).exists()
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, for a server started a moment later.
+
+    Taken below the kernel's ephemeral range, so an outgoing connection of the other test
+    worker cannot take it in between (port 0 would hand out exactly those), from a start
+    that differs per process, and never twice in one process.
+    """
+    low = max(_ephemeral_low(), 12000)
+    span = low - 10000
+    start = 10000 + (os.getpid() * 7919) % span
+    for i in range(span):
+        port = 10000 + (start - 10000 + i) % span
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
 
 
 def _in_ns(ns: str | None, argv: list[str]) -> list[str]:
