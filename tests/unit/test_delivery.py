@@ -29,6 +29,8 @@ class Origin:
 
     def __init__(self) -> None:
         self.delay = 0.0
+        # When set, new requests stay in progress until the test sets this event (no timing).
+        self.hold: asyncio.Event | None = None
         self.reject = False
         self.busy = 0        # answer this many new requests with 503 before processing
         self.drop = 0        # close the connection on this many new requests after reading them
@@ -66,7 +68,10 @@ class Origin:
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
-            await asyncio.sleep(self.delay)
+            if self.hold is not None:
+                await self.hold.wait()
+            else:
+                await asyncio.sleep(self.delay)
             self.committed[key] = (201, f"saved {ref}")
             self.order.append(ref)
         finally:
@@ -216,7 +221,7 @@ async def test_dns_failure_is_not_sent(outbox: Outbox, make_deliverer: MakeDeliv
 
 async def test_timeout_after_sending_is_unknown_and_retried_with_same_key(
         outbox: Outbox, origin: Origin, make_deliverer: MakeDeliverer) -> None:
-    origin.delay = 1.0
+    origin.hold = asyncio.Event()
     ref = enqueue(outbox)
     deliverer = make_deliverer(timeout=0.3)
     await deliverer.deliver_once(T0)
@@ -224,8 +229,9 @@ async def test_timeout_after_sending_is_unknown_and_retried_with_same_key(
     sub = outbox.get(ref)
     assert sub is not None and "no answer within 0.3 s" in (sub.last_error or "")
     assert "same key" in sub.describe()
+    origin.hold.set()
     await origin.idle()  # meanwhile the origin finished and committed the first attempt
-    origin.delay = 0
+    origin.hold = None
     await deliverer.deliver_once(LATER)
     assert state(outbox, ref) == ("delivered", 2, 201)
     assert [r["key"] for r in origin.requests] == [sub.idempotency_key] * 2
@@ -234,12 +240,13 @@ async def test_timeout_after_sending_is_unknown_and_retried_with_same_key(
 
 async def test_retry_while_first_attempt_in_progress_is_not_rejected(
         outbox: Outbox, origin: Origin, make_deliverer: MakeDeliverer) -> None:
-    origin.delay = 1.0
+    origin.hold = asyncio.Event()
     ref = enqueue(outbox)
     deliverer = make_deliverer(timeout=0.2)
     await deliverer.deliver_once(T0)
     await deliverer.deliver_once(LATER)  # the origin still works on the first: 409
     assert state(outbox, ref) == ("unknown", 2, 409)
+    origin.hold.set()
     await origin.idle()
     await deliverer.deliver_once(LATER * 2)
     assert state(outbox, ref) == ("delivered", 3, 201)
@@ -288,7 +295,7 @@ async def test_restart_mid_delivery_delivers_exactly_once(
     path = tmp_path / "crash.db"
     box = Outbox(path)
     ref = enqueue(box)
-    origin.delay = 0.5
+    origin.hold = asyncio.Event()
     first = asyncio.create_task(make_deliverer(box).deliver_once(T0))
     for _ in range(200):
         if origin.in_progress:
@@ -303,6 +310,7 @@ async def test_restart_mid_delivery_delivers_exactly_once(
 
     box = Outbox(path)
     try:
+        origin.hold.set()
         await origin.idle()
         deliverer = make_deliverer(box)
         deliverer.poll_interval = 0.05
