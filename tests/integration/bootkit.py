@@ -118,7 +118,7 @@ def boot(machine: Vm, ssh: Ssh, slot: str = "a") -> None:
     console.wait_for(rf"Command line: .*desanet\.slot={slot}\b", boot_timeout(),
                      f"the kernel of slot {slot}", since)
     console.wait_for(READY, boot_timeout(), "the daemon READY", since)
-    wait_until(lambda: ssh.run("true", timeout=60).returncode == 0, 120, "SSH to answer")
+    wait_until(ssh.answers, 180, "SSH to answer")
 
 
 def power(ssh: Ssh, action: str) -> None:

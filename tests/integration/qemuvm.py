@@ -10,11 +10,15 @@ network, and two runs never share a name.
 The serial console comes to a socket this module listens on before QEMU starts
 (QEMU connects as the client), read by a thread; ``wait_for`` blocks on a
 condition variable until a line matches or the deadline passes (no polling).
+Only whole lines are matched: a pattern never sees half a line (a capture once
+read "root=PA" of a line still arriving), nor an escape sequence or a UTF-8
+character cut in two by the socket.
 A power cut is ``kill()``: SIGKILL to QEMU, the disk file keeps what reached it.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
@@ -95,7 +99,8 @@ class SerialConsole:
     """Everything the VM prints on ttyS0, ANSI-stripped, with waits on what arrives."""
 
     def __init__(self, sock: socket.socket, log: Path) -> None:
-        self.text = ""
+        self.text = ""  # whole lines only, ANSI-stripped
+        self._partial = ""  # what has arrived of the line still being printed
         self._cond = threading.Condition()
         self._closed = False
         self._log = log.open("a", encoding="utf-8", errors="replace")
@@ -103,16 +108,26 @@ class SerialConsole:
         self._thread.start()
 
     def _read(self, sock: socket.socket) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         with sock:
             while chunk := sock.recv(65536):
-                text = _ANSI.sub("", chunk.decode("utf-8", errors="replace"))
-                self._log.write(text)
-                self._log.flush()
-                with self._cond:
-                    self.text += text
-                    self._cond.notify_all()
+                self._arrived(decoder.decode(chunk))
+        self._arrived(decoder.decode(b"", final=True) + "\n")  # the last line, however short
         with self._cond:
             self._closed = True
+            self._cond.notify_all()
+
+    def _arrived(self, text: str) -> None:
+        pending = self._partial + text
+        cut = pending.rfind("\n") + 1
+        self._partial = pending[cut:]
+        if not cut:
+            return
+        lines = _ANSI.sub("", pending[:cut])
+        self._log.write(lines)
+        self._log.flush()
+        with self._cond:
+            self.text += lines
             self._cond.notify_all()
 
     def mark(self) -> int:
@@ -129,7 +144,7 @@ class SerialConsole:
                     return m
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
-                    tail = self.text[-3000:]
+                    tail = self.text[-3000:] + _ANSI.sub("", self._partial)
                     why = "the VM stopped" if self._closed else f"{timeout:g} s passed"
                     raise AssertionError(f"{why} waiting for {what} ({pattern!r}); "
                                          f"console tail:\n{tail}")
@@ -235,6 +250,13 @@ class Ssh:
         assert proc.returncode == 0, (f"ssh {command!r}: rc {proc.returncode}: "
                                       f"{proc.stderr.decode(errors='replace')[-1500:]}")
         return proc.stdout.decode(errors="replace")
+
+    def answers(self) -> bool:
+        """One try at logging in: False (not an exception) when it fails or hangs."""
+        try:
+            return self.run("true", timeout=60).returncode == 0
+        except subprocess.TimeoutExpired:  # a busy emulated guest: the caller tries again
+            return False
 
     def popen(self, command: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["ip", "netns", "exec", self.ns.name, *self.argv(command)],
