@@ -336,8 +336,10 @@ def register(sub: Any) -> None:
                      "accept a bundle for a site other than the one on record (first boot "
                      "never does)")
     imp.add_argument("--allow-older", action="store_true",
-                     help="accept a bundle whose certificate is older than the installed one "
-                     "(by default refused: an old or revoked bundle replayed over a renewal)")
+                     help="accept a bundle whose certificate is older than the installed one, "
+                     "or is the installed one in a bundle other than the one that brought it "
+                     "(by default refused: an old bundle replayed over a renewal, an edited "
+                     "copy)")
     imp.add_argument("--raise-clock", action="store_true",
                      help="if the clock is before the bundle's certificate was issued (a box "
                      "without a clock battery, offline), move it forward to that time (first "

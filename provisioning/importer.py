@@ -14,15 +14,19 @@
    the record (another site: ``--replace-site``, a technician re-assigning the
    box), whose device certificate is not older than the installed one
    (``--allow-older``: an old or revoked bundle is not replayed over a
-   renewed one). The FAT partition is writable from any laptop and a bundle
-   is imported at every boot.
+   renewed one) and, when it is the installed certificate itself, only the
+   bundle the box was provisioned with (an edited copy could swap the SSH or
+   command keys; a renewal carries a new certificate). The FAT partition is
+   writable from any laptop and a bundle is imported at every boot.
 3. Install: every file, and the new record, is first written beside its
    target (mode set before the first byte, fsync); a directory that cannot be
    written (read-only, missing, not a directory) stops the import here, and
    the staged files and the directories made for them are removed: nothing
-   changed. Then the files are renamed into place and the directories
-   synced. A power cut before the record is renamed leaves the bundle intact
-   on the card, and the next boot imports it again.
+   changed. Then a marker naming the bundle (``provisioned.json.pending``) and
+   the files are renamed into place and the directories synced. A power cut
+   before the record is renamed leaves the bundle intact on the card and the
+   marker says it was half in: the next boot imports it again, even though
+   its certificate is already installed.
 4. Rename the record into place, then remove the secrets (config with the
    Wi-Fi passphrase, device key, SSH host key) from the FAT directory.
 """
@@ -258,15 +262,35 @@ def _installed_start(etc: Path, previous: dict[str, Any]) -> datetime.datetime |
     return datetime.datetime.fromtimestamp(start, datetime.UTC) if isinstance(start, int) else None
 
 
+def _installed_serial(etc: Path, previous: dict[str, Any]) -> int | None:
+    """The serial of the box's current device certificate (file first, as above)."""
+    try:
+        return int(x509.load_pem_x509_certificate((etc / m.CERT).read_bytes()).serial_number)
+    except (OSError, ValueError):
+        pass
+    serial = previous.get("cert_serial")
+    try:
+        return int(serial, 16) if isinstance(serial, str) else None
+    except ValueError:
+        return None
+
+
+def pending_marker(record: Path) -> Path:
+    """Names the bundle an import was installing: there while its files are renamed."""
+    return record.with_name(record.name + ".pending")
+
+
 def _renewal_only(previous: dict[str, Any], site: str, cert: x509.Certificate, etc: Path,
-                  replace_site: bool, allow_older: bool) -> str | None:
+                  replace_site: bool, allow_older: bool, resuming: bool = False) -> str | None:
     """Refuse a bundle that is not a renewal of this box; the site it replaces, if any.
 
     The boot partition is FAT, writable from any laptop, and a bundle is imported at
     every boot: any bundle of the fleet CA (another village's, one whose certificate was
     revoked) would install its SSH and command keys. A box provisioned as one site takes
     another site's bundle only with ``replace_site`` (a technician re-assigning it by
-    hand), and never an older certificate of its own site without ``allow_older``."""
+    hand), and never an older certificate of its own site without ``allow_older``. The
+    installed certificate itself comes only in the bundle that brought it (``resuming``:
+    an import a power cut interrupted); in any other bundle it is an edited copy."""
     was = previous.get("site")
     if was != site:
         if not replace_site:
@@ -282,7 +306,21 @@ def _renewal_only(previous: dict[str, Any], site: str, cert: x509.Certificate, e
             f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}) is older than the installed one "
             f"(from {start:%Y-%m-%d %H:%M} UTC): an old bundle over a renewed one. Nothing was "
             "changed. To put an older bundle back on purpose: --allow-older")
+    serial = cert.serial_number
+    if serial == _installed_serial(etc, previous) and not resuming and not allow_older:
+        raise ProvisionError(
+            f"the bundle carries the certificate this gateway already has (serial {serial:x}) "
+            "but is not the bundle it was provisioned with: an edited copy, whose SSH or "
+            "command keys may not be yours. Nothing was changed. A renewal brings a new "
+            "certificate; to import this bundle on purpose: --allow-older")
     return None
+
+
+def _read_marker(marker: Path) -> str | None:
+    try:
+        return marker.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
 
 
 def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT_SSH,
@@ -293,6 +331,7 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
     data, digest = m.read(bundle)
     previous = read_record(record)
     if previous and previous.get("manifest_sha256") == digest:
+        pending_marker(record).unlink(missing_ok=True)  # a power cut right after the record
         left = _remove_secrets(bundle, list(data["secrets"]))
         return Outcome(data["site"], True, tuple(previous.get("installed", ())), tuple(left))
     blobs = m.check_files(bundle, data)
@@ -306,8 +345,10 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
         _pinned(blobs, trust_ca)
     floor = _clock_floor(blobs) if raise_clock is not None else None
     cert = _check(data, blobs, floor)
+    marker = pending_marker(record)
+    resuming = _read_marker(marker) == digest
     replaced = None if previous is None else _renewal_only(
-        previous, data["site"], cert, etc, replace_site, allow_older)
+        previous, data["site"], cert, etc, replace_site, allow_older, resuming)
     if raise_clock is not None and floor is not None:
         raise_clock(floor)  # only for a bundle that passed every check; never backwards
     where = targets(blobs, etc, ssh_dir)
@@ -320,13 +361,17 @@ def import_bundle(bundle: Path, etc: Path = DEFAULT_ETC, ssh_dir: Path = DEFAULT
              "cert_not_after": int(cert.not_valid_after_utc.timestamp()),
              "ssh_fingerprint": sshkeys.fingerprint(blobs[m.HOST_PUB].decode("ascii", "replace")),
              "installed": installed}
+    plan.append((marker, (digest + "\n").encode(), 0o644))
     plan.append((record, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode(), 0o644))
-    *files, (rec, _) = _stage_all(plan)
+    *files, (pending, _), (rec, _) = _stage_all(plan)
+    os.replace(pending, marker)  # first: from here a power cut leaves a half import
+    _fsync_dir(marker.parent)
     for tmp, target in files:
         os.replace(tmp, target)
     for parent in sorted({target.parent for _, target in files}):
         _fsync_dir(parent)
     os.replace(rec, record)  # last: a power cut before it imports the bundle again
+    marker.unlink()
     _fsync_dir(record.parent)
     left = _remove_secrets(bundle, list(data["secrets"]))
     return Outcome(data["site"], False, tuple(installed), tuple(left), replaced)

@@ -196,3 +196,75 @@ def test_a_remote_renewal_counts_as_the_installed_certificate(
     # Positive control: without the remote renewal the second bundle is the newer one.
     (box / "etc" / m.CERT).write_bytes((first / m.CERT).read_bytes())
     assert not _import(second, box).already
+
+
+def _attacker_key() -> str:
+    return Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def test_an_edited_copy_of_the_boxs_own_bundle_is_refused(fleet: Fleet, tmp_path: Path) -> None:
+    # Someone copied the card before first boot (secrets and all), and later writes the
+    # copy back with their own SSH key: same site, the installed certificate itself.
+    ours, _ = make_bundles(fleet, tmp_path / "out")
+    copy = tmp_path / "copy" / "desanet"
+    shutil.copytree(ours, copy)
+    box = tmp_path / "box"
+    assert not _import(ours, box).already
+    attacker = _attacker_key()
+    (copy / m.AUTHORIZED).write_text(attacker + " attacker\n")
+    _resign_manifest(copy)
+    before, card = _tree(box), _tree(copy)
+    with pytest.raises(ProvisionError, match=r"already has \(serial [0-9a-f]+\).*edited copy"
+                       r".*--allow-older"):
+        _import(copy, box)
+    assert _tree(box) == before and _tree(copy) == card
+    # Positive controls: the bundle that provisioned the box is still "already imported";
+    # an unedited copy is the same manifest, so also already in; the technician can
+    # import the edited one on purpose.
+    assert _import(ours, box).already
+    (renewal,) = make_bundles(fleet, tmp_path / "renewal", HEADER + ROW_A, reissue=True)
+    assert not _import(renewal, box).already  # a renewal (new certificate) goes in
+    out = importer.import_bundle(copy, box / "etc", box / "ssh", box / "rec.json",
+                                 allow_older=True)
+    assert not out.already
+    assert (box / "ssh" / "authorized_keys").read_text() == attacker + " attacker\n"
+
+
+def test_a_renewal_cut_short_by_a_power_cut_is_finished_at_the_next_boot(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, _ = make_bundles(fleet, tmp_path / "out")
+    box = tmp_path / "box"
+    _import(ours, box)
+    (renewal,) = make_bundles(fleet, tmp_path / "renewal", HEADER + ROW_A, reissue=True)
+    record = box / "rec.json"
+    real_replace = os.replace
+
+    def power_cut_before_the_record(src: str | os.PathLike[str],
+                                    dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == record.absolute():
+            raise KeyboardInterrupt("power cut")  # nothing after this line runs
+        real_replace(src, dst)
+
+    monkeypatch.setattr(importer.os, "replace", power_cut_before_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        _import(renewal, box)
+    monkeypatch.setattr(importer.os, "replace", real_replace)
+    # Every file of the renewal is in, the record still names the first bundle.
+    assert (box / "etc" / m.CERT).read_bytes() == (renewal / m.CERT).read_bytes()
+    assert json.loads(record.read_text())["manifest_sha256"] != m.read(renewal)[1]
+    marker = importer.pending_marker(record)
+    assert marker.read_text().strip() == m.read(renewal)[1]
+
+    # Control: without the marker the same state looks like an edited copy.
+    saved = marker.read_bytes()
+    marker.unlink()
+    with pytest.raises(ProvisionError, match="edited copy"):
+        _import(renewal, box)
+    marker.write_bytes(saved)
+    # The next boot finishes it, and the marker goes.
+    out = _import(renewal, box)
+    assert not out.already and out.site == "jabar-sukamaju"
+    assert json.loads(record.read_text())["manifest_sha256"] == m.read(renewal)[1]
+    assert not marker.exists()
+    assert _import(renewal, box).already
