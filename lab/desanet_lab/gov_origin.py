@@ -10,6 +10,9 @@ returns the counters as JSON.
 - ``/vary``        Vary: Accept-Language, body in "id" or "en"
 - ``/nostore``     Cache-Control: no-store
 - ``/slow``        cacheable, answers after ``?ms=`` milliseconds (request collapsing)
+- ``/hold``        cacheable as ``/slow``, answers once ``/_lab/release?gate=G`` was asked
+                   for its ``?gate=G`` (or after ``?max=`` seconds, 120 by default): a
+                   request in flight for exactly as long as a test needs, no timing margin
 - ``/swr``         max-age=1, stale-while-revalidate=30
 - ``/big``         ``?mb=N`` deterministic bytes, max-age=3600, streamed
 - ``/ranged``     ``?mb=N`` as ``/big`` (ETag ``"ranged-<size>"``, Last-Modified) but a
@@ -36,6 +39,7 @@ Proxy behaviour (issue #10):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -49,6 +53,7 @@ _SUBMISSIONS: dict[str, dict[str, object]] = {}
 _STARTED = formatdate(usegmt=True)
 _CHUNK = bytes(range(256)) * 256  # 64 KiB
 _TARGETS: list[str] = []  # "METHOD raw-target", newest last
+_GATES: dict[str, asyncio.Event] = {}  # /hold's gates, by name; set once released
 
 
 def _page(title: str, body: str, extra: str = "") -> str:
@@ -100,6 +105,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if path == "/slow":
         await asyncio.sleep(int(request.query.get("ms", "500")) / 1000)
         return web.Response(text="slow page\n", headers={"Cache-Control": "max-age=60"})
+    if path == "/hold":
+        gate = _GATES.setdefault(request.query.get("gate", ""), asyncio.Event())
+        with contextlib.suppress(TimeoutError):  # never held forever by a test that died
+            await asyncio.wait_for(gate.wait(), float(request.query.get("max", "120")))
+        return web.Response(text="held page\n", headers={"Cache-Control": "max-age=60"})
+    if path == "/_lab/release":  # a gate released before its request arrives lets it pass
+        _GATES.setdefault(request.query["gate"], asyncio.Event()).set()
+        return web.json_response({"released": request.query["gate"]})
     if path == "/swr":
         return web.Response(text=f"version {_COUNTS[path]}\n",
                             headers={"Cache-Control": "max-age=1, stale-while-revalidate=30"})

@@ -91,10 +91,26 @@ def neighbour_mac(namespace: str, dev: str, ip: str) -> str:
 
 
 def lease_file(lab: LabInfo) -> dict[str, str]:
-    """The gateway's DHCP leases: MAC -> address list (the file dnsmasq writes)."""
-    out: dict[str, str] = {}
+    """The gateway's DHCP leases: address -> MAC (the file dnsmasq writes).
+
+    dnsmasq rewrites the file in place (truncate, then write), so a read can catch
+    it empty or cut short. A read counts when it is whole: not empty (the lab's
+    clients always hold leases), every line complete (expiry, MAC, address, name,
+    client id), and the same text as the read just before it.
+    """
     path = Path(lab.state_dir) / "state" / "dnsmasq.leases"
-    for line in path.read_text().splitlines():
+    before: list[str] = []  # the previous read
+
+    def whole() -> str | None:
+        text = path.read_text()
+        same, before[:] = before == [text], [text]
+        complete = text.endswith("\n") and all(
+            len(line.split()) >= 5 for line in text.splitlines() if not line.startswith("duid "))
+        return text if same and complete else None
+
+    text = wait_until(whole, 10, f"two equal, whole reads of {path}", interval=0.05)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 3:
             out[parts[2]] = parts[1].lower()
@@ -211,9 +227,13 @@ def scapy(lab: LabInfo, k: int, kind: str, arg: dict[str, Any], timeout: float =
 
 
 def dhcp(lab: LabInfo, k: int, entries: Sequence[tuple[str, str, str | None]],
-         window: float = 4.0) -> list[dict[str, str | None]]:
+         window: float = 10.0) -> list[dict[str, str | None]]:
+    """DHCP exchanges by scapy from client k; ``window``: how long it waits for answers
+    after sending (it ends sooner once every exchange has its ACK). Generous: scapy in a
+    busy machine's namespace is slow to answer an offer with its request."""
     out: list[dict[str, str | None]] = scapy(
-        lab, k, "dhcp", {"entries": [list(e) for e in entries], "window": window})
+        lab, k, "dhcp", {"entries": [list(e) for e in entries], "window": window},
+        timeout=window + 60)
     return out
 
 
@@ -481,6 +501,9 @@ def test_a_dhcp_flood_does_not_empty_the_pool(lab: LabInfo) -> None:
     # pool (the module's last test: the lab is left without free addresses).
     run(gw_ns(lab), "nft", "flush", "chain", "inet", "desanet", "lan_dhcp")
     more = [random_mac(rng) for _ in range(110)]
-    dhcp(lab, ATTACKER, [(m, m, None) for m in more], window=8.0)
-    assert len(lease_file(lab)) == pool, f"{len(lease_file(lab))} leases of {pool}"
+    # The window is the attack's length: long enough for a slowed scapy to ask for every
+    # offer it gets (the pool is full before all 110 are served, so it always runs out).
+    dhcp(lab, ATTACKER, [(m, m, None) for m in more], window=20.0)
+    wait_until(lambda: len(lease_file(lab)) == pool, 30, f"all {pool} addresses leased",
+               interval=0.5)
     reload(lab)

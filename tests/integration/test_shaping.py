@@ -8,6 +8,11 @@ measurement is short (``-t 4 -O 1``: the first second, TCP slow start, is
 left out) and read from iperf3's JSON (``end.sum_received``). Flows that must
 last until a condition (a plan change confirmed, a stats sample taken) run
 with a long ``-t`` and are interrupted once it holds (:meth:`Flow.interrupt`).
+
+A CPU-starved iperf3 (the other xdist worker often runs QEMU) moves less than the
+shaper allows, never more: a lower bound on goodput is met by the best of up to
+three measurements (:func:`best_of`, :func:`retried`), while every measurement is
+held to the caps.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +161,37 @@ def measure(*flows: Flow) -> list[float]:
     return [f.bps() for f in flows]
 
 
+TRIES = 3  # measurements of a lower bound, at most (see best_of)
+
+
+def best_of(flows: Callable[[], Sequence[Flow]], floors: Sequence[float]) -> list[list[float]]:
+    """Per flow, its goodput in each round of measuring ``flows()`` together; a new round
+    only while some flow has not yet reached its floor, at most TRIES rounds.
+
+    A CPU-starved iperf3 (the other xdist worker runs QEMU) moves less than the shaper
+    allows, never more: a lower bound holds when the best round meets it, while every
+    round must stay under the caps (callers check the max)."""
+    rounds: list[list[float]] = []
+    while len(rounds) < TRIES:
+        rounds.append(measure(*flows()))
+        if all(max(r[i] for r in rounds) >= floor for i, floor in enumerate(floors)):
+            break
+    return [list(column) for column in zip(*rounds, strict=True)]
+
+
+def retried(what: str, attempt: Callable[[], tuple[bool, str]]) -> list[str]:
+    """Run ``attempt`` (a measurement: whether it met its bounds, and a description) until
+    it does, at most TRIES times; fails listing every try. For two-sided checks of
+    shares and ratios, where one starved flow among two can tip the balance either way."""
+    tries: list[str] = []
+    while len(tries) < TRIES:
+        ok, text = attempt()
+        tries.append(text)
+        if ok:
+            return tries
+    raise AssertionError(f"{what} in none of {TRIES} tries: " + "; ".join(tries))
+
+
 def mbit(x: float) -> str:
     return f"{x / M:.2f} Mbit/s"
 
@@ -223,15 +260,21 @@ def test_goodput_matches_the_plan_at_two_rates(lab: LabInfo) -> None:
     the other and each is held to its own ceil."""
     set_plan(lab, 1, "capped")
     set_plan(lab, 2, "capped8")
-    down = measure(Flow(1, PORTS[0], True), Flow(2, PORTS[1], True))
-    up = measure(Flow(1, PORTS[0], False), Flow(2, PORTS[1], False))
+    rates_down = [down for down, _ in RATES.values()]
+    rates_up = [up for _, up in RATES.values()]
+    down = best_of(lambda: (Flow(1, PORTS[0], True), Flow(2, PORTS[1], True)),
+                   [0.85 * r for r in rates_down])
+    up = best_of(lambda: (Flow(1, PORTS[0], False), Flow(2, PORTS[1], False)),
+                 [0.85 * r for r in rates_up])
     problems = []
-    for (plan, (rate_down, rate_up)), got_down, got_up in zip(RATES.items(), down, up, strict=True):
-        record(f"{plan} down", f"{mbit(got_down)} of {mbit(rate_down)} ({got_down / rate_down:.0%})")
-        record(f"{plan} up", f"{mbit(got_up)} of {mbit(rate_up)} ({got_up / rate_up:.0%})")
+    for plan, got_down, got_up, rate_down, rate_up in zip(RATES, down, up, rates_down, rates_up,
+                                                          strict=True):
         for what, got, rate in (("down", got_down, rate_down), ("up", got_up, rate_up)):
-            if not 0.85 * rate <= got <= 1.05 * rate:
-                problems.append(f"{plan} {what}: {mbit(got)}, expected 85-105 % of {mbit(rate)}")
+            shown = ", ".join(mbit(x) for x in got)
+            record(f"{plan} {what}", f"{shown} of {mbit(rate)} ({max(got) / rate:.0%} at best)")
+            # every round under the ceil (+5 %), the best one at 85 % of it at least
+            if not 0.85 * rate <= max(got) <= 1.05 * rate:
+                problems.append(f"{plan} {what}: {shown}, expected 85-105 % of {mbit(rate)}")
     assert not problems, "; ".join(problems)
 
 
@@ -241,28 +284,40 @@ def test_goodput_matches_the_plan_at_two_rates(lab: LabInfo) -> None:
 def test_two_clients_with_the_same_plan_share_fairly(lab: LabInfo) -> None:
     set_plan(lab, 1, "default")
     set_plan(lab, 2, "default")
-    a, b = measure(Flow(1, PORTS[0], True), Flow(2, PORTS[1], True))
-    total = a + b
-    record("two default clients", f"{mbit(a)} + {mbit(b)} = {mbit(total)} "
-           f"(shares {a / total:.0%} / {b / total:.0%})")
-    assert total >= 0.85 * UPLINK_DOWN, f"downlink not saturated: {mbit(total)}"
-    assert 0.40 <= a / total <= 0.60, f"unfair: c1 {mbit(a)}, c2 {mbit(b)}"
+
+    def attempt() -> tuple[bool, str]:
+        a, b = measure(Flow(1, PORTS[0], True), Flow(2, PORTS[1], True))
+        total = a + b
+        # never more than the uplink, in any try
+        assert total <= 1.05 * UPLINK_DOWN, f"{mbit(total)} is above the uplink: not shaped?"
+        text = f"{mbit(a)} + {mbit(b)} = {mbit(total)} (shares {a / total:.0%} / {b / total:.0%})"
+        return total >= 0.85 * UPLINK_DOWN and 0.40 <= a / total <= 0.60, text
+
+    tries = retried("a saturated downlink shared 40-60 %", attempt)
+    record("two default clients", tries[-1] + (f" ({len(tries)} tries)" if len(tries) > 1 else ""))
 
 
 def test_a_plan_with_twice_the_rate_gets_twice_the_share(lab: LabInfo) -> None:
     set_plan(lab, 1, "school")  # 4 Mbit guaranteed vs the default plan's 2
     set_plan(lab, 2, "default")
-    # longer than the other measurements: the ratio of two TCP flows needs a few
-    # seconds to settle after slow start, and measured over 6 s it still swung to
-    # 2.64 once in CI (pfifo leaves: the default flow's queueing delay varies);
-    # 10 s after 3 s of settling averages that out
-    school, default = measure(Flow(1, PORTS[0], True, seconds=10, omit=3),
-                              Flow(2, PORTS[1], True, seconds=10, omit=3))
-    ratio = school / default
-    record("school vs default", f"{mbit(school)} vs {mbit(default)} (ratio {ratio:.2f})")
-    assert school + default >= 0.85 * UPLINK_DOWN
-    assert 1.6 <= ratio <= 2.5, f"school {mbit(school)} vs default {mbit(default)}: ratio {ratio:.2f}"
-    set_plan(lab, 1, "default")
+
+    def attempt() -> tuple[bool, str]:
+        # longer than the other measurements: the ratio of two TCP flows needs a few
+        # seconds to settle after slow start, and measured over 6 s it still swung to
+        # 2.64 once in CI (pfifo leaves: the default flow's queueing delay varies);
+        # 10 s after 3 s of settling averages that out
+        school, default = measure(Flow(1, PORTS[0], True, seconds=10, omit=3),
+                                  Flow(2, PORTS[1], True, seconds=10, omit=3))
+        total, ratio = school + default, school / default
+        assert total <= 1.05 * UPLINK_DOWN, f"{mbit(total)} is above the uplink: not shaped?"
+        text = f"{mbit(school)} vs {mbit(default)} (ratio {ratio:.2f})"
+        return total >= 0.85 * UPLINK_DOWN and 1.6 <= ratio <= 2.5, text
+
+    try:
+        tries = retried("a saturated downlink shared school:default 1.6-2.5", attempt)
+    finally:
+        set_plan(lab, 1, "default")
+    record("school vs default", tries[-1] + (f" ({len(tries)} tries)" if len(tries) > 1 else ""))
 
 
 # -- (c) borrowing ---------------------------------------------------------------------------------
@@ -270,11 +325,12 @@ def test_a_plan_with_twice_the_rate_gets_twice_the_share(lab: LabInfo) -> None:
 
 def test_a_single_active_client_borrows_the_whole_uplink(lab: LabInfo) -> None:
     set_plan(lab, 3, "default")  # 2 Mbit guaranteed, ceil = the uplink; c1, c2, c4 idle
-    got = Flow(3, PORTS[2], True).bps()
-    record("single default client (borrowing)", f"{mbit(got)} of {mbit(UPLINK_DOWN)} uplink "
-           f"({got / UPLINK_DOWN:.0%}); plan rate 2 Mbit/s")
-    assert got >= 0.85 * UPLINK_DOWN, f"one client alone got only {mbit(got)}"
-    assert got <= 1.05 * UPLINK_DOWN, f"{mbit(got)} is above the uplink: not shaped?"
+    (got,) = best_of(lambda: (Flow(3, PORTS[2], True),), [0.85 * UPLINK_DOWN])
+    shown = ", ".join(mbit(x) for x in got)
+    record("single default client (borrowing)", f"{shown} of {mbit(UPLINK_DOWN)} uplink "
+           f"({max(got) / UPLINK_DOWN:.0%} at best); plan rate 2 Mbit/s")
+    assert max(got) >= 0.85 * UPLINK_DOWN, f"one client alone got only {shown}"
+    assert max(got) <= 1.05 * UPLINK_DOWN, f"{shown}: above the uplink: not shaped?"
 
 
 # -- (d) deauth ------------------------------------------------------------------------------------
@@ -352,27 +408,25 @@ def _active_clients(lab: LabInfo) -> list[int]:
     return [k for k in range(1, len(lab.clients) + 1) if p.client_mac(k) in macs]
 
 
-def test_restart_reconciles_without_duplicates_or_unshaped_moments(lab: LabInfo) -> None:
-    set_plan(lab, 1, "capped")
-    active = _active_clients(lab)
-    assert 1 in active
-    expected = sorted(FIXED_CLASSES | {client_cid(lab, k) for k in active})
-    before = {dev: classes(dev) for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE)}
-    for dev, found in before.items():
-        assert set(expected) <= set(found), f"{dev} before restart: {found}"
-    cid = client_cid(lab, 1)
+def _restart_during_a_download(lab: LabInfo, expected: list[str], active: list[int]) -> tuple[bool, str]:
+    """One daemon restart while c1 downloads (capped): asserts what must hold every time (no
+    moment without the root, no duplicate or missing class, never above the ceil); whether
+    the download kept flowing at a fair part of its rate, and what was seen."""
+    cid, rate = client_cid(lab, 1), RATES["capped"][0]
     bytes_before = class_bytes(p.LAN_INTERFACE, cid)
-
     watcher = RootWatcher()
     flow = Flow(1, PORTS[0], True, seconds=8, omit=0)  # runs across the restart
-    _wait_flowing(cid, bytes_before, "c1's download to flow before the restart")
-    watcher.start()
     try:
-        took = _restart_daemon(lab)
+        _wait_flowing(cid, bytes_before, "c1's download to flow before the restart")
+        watcher.start()
+        try:
+            took = _restart_daemon(lab)
+        finally:
+            watcher.stop.set()
+            watcher.join()
+        data = flow.result()  # the connection survived: iperf3 finished without error
     finally:
-        watcher.stop.set()
-        watcher.join()
-    data = flow.result()  # the connection survived: iperf3 finished without error
+        flow.stop()
     for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
         after = classes(dev)
         assert len(after) == len(set(after)), f"duplicate classes on {dev}: {after}"
@@ -380,16 +434,31 @@ def test_restart_reconciles_without_duplicates_or_unshaped_moments(lab: LabInfo)
         assert sorted(after) == expected, f"{dev} after restart: {after}, expected {expected}"
     assert not watcher.missing, f"moments without the HTB root: {watcher.missing[:3]}"
     intervals = [i["sum"]["bits_per_second"] for i in data["intervals"]]
+    shown = ", ".join(f"{x / M:.2f}" for x in intervals)
     # shaped all along: no interval above the plan's ceil (plus one second's jitter)
-    assert max(intervals[1:]) <= 1.15 * RATES["capped"][0], f"unshaped during restart: {intervals}"
-    assert min(intervals[1:]) > 0.5 * RATES["capped"][0], f"traffic stalled: {intervals}"
-    grew = class_bytes(p.LAN_INTERFACE, cid) - bytes_before
-    assert grew >= 0.8 * RATES["capped"][0] / 8 * 6, f"class {cid} counted only {grew} bytes"
+    assert max(intervals[1:]) <= 1.15 * rate, f"unshaped during restart: {shown} Mbit/s"
     status = desanet_json(lab.control_socket, "status")
-    assert status["ready"] and status["sessions_active"] == len(active)
+    assert status["ready"] and status["sessions_active"] == len(active), status
+    grew = class_bytes(p.LAN_INTERFACE, cid) - bytes_before
+    # Not stalled: each interval after slow start above half the rate, and the class counted
+    # most of 6 s at the rate. (A starved iperf3 can fall short; see retried.)
+    flowing = min(intervals[1:]) > 0.5 * rate and grew >= 0.8 * rate / 8 * 6
+    return flowing, (f"{took:.1f} s, {watcher.samples} root checks on each device, none missing; "
+                     f"c1 intervals {shown} Mbit/s, class {cid} counted {grew} B")
+
+
+def test_restart_reconciles_without_duplicates_or_unshaped_moments(lab: LabInfo) -> None:
+    set_plan(lab, 1, "capped")
+    active = _active_clients(lab)
+    assert 1 in active
+    expected = sorted(FIXED_CLASSES | {client_cid(lab, k) for k in active})
+    for dev in (p.LAN_INTERFACE, p.WAN_INTERFACE):
+        found = classes(dev)
+        assert set(expected) <= set(found), f"{dev} before restart: {found}"
+    tries = retried("c1's download flowing across a daemon restart",
+                    lambda: _restart_during_a_download(lab, expected, active))
     record("daemon restart (SIGTERM -> ready)",
-           f"{took:.1f} s, {watcher.samples} root checks on each device, none missing; "
-           f"c1 intervals {', '.join(f'{x / M:.2f}' for x in intervals)} Mbit/s")
+           tries[-1] + (f" ({len(tries)} tries)" if len(tries) > 1 else ""))
 
 
 # -- (f) plan change -------------------------------------------------------------------------------
@@ -485,9 +554,13 @@ def _sample_window(tree: dict[str, Any]) -> tuple[float, float] | None:
     return float(at) - float(interval), float(at)
 
 
-def _stats_while_flowing(lab: LabInfo, k: int, cid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _stats_while_flowing(lab: LabInfo, k: int, cid: str, enough: Callable[[dict[str, Any]], bool],
+                         short: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``desanet shaping --json``, client k's ``shaping`` row), both read from counters
     sampled while a download at the plan's rate was flowing.
+
+    A row that is not ``enough`` (a starved iperf3 sent less than the plan allows) goes
+    to ``short`` and is read again from a later sample, TRIES rows in all at most.
 
     With the reconcile loop's samples ("sampled_at"/"interval" per direction),
     waits for a sample whose whole interval lies inside the flow; a daemon
@@ -511,24 +584,33 @@ def _stats_while_flowing(lab: LabInfo, k: int, cid: str) -> tuple[dict[str, Any]
             return tree, row
 
         interval = float(down.get("interval") or 5.0)
+        read_at = 0.0  # when the last row that was not enough was read
         _wait_flowing(cid, class_bytes(p.LAN_INTERFACE, cid), f"c{k}'s download to flow past 1 MB",
                       grown=1_100_000, timeout=60)
         flowing_since = time.time()  # past slow start: the rate is steady from here on
 
         def sample_inside_flow() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            nonlocal read_at
             assert flow.proc.poll() is None, f"the download failed: {flow.proc.communicate()}"
             tree = desanet_json(sock, "shaping")
             window = _sample_window(tree)
-            if window is None or window[0] < flowing_since:
+            # inside the flow, and taken after the last row that fell short (if any): a new
+            # measurement, not that one again
+            if window is None or window[0] < flowing_since or window[1] <= read_at:
                 return None
             # The row comes from this sample or a later one, which starts later still: inside
             # the flow too. (Demanding the very same sample never succeeded under load: three
             # CLI runs took longer than one sampling interval, so a new sample always came.)
             row = _client_row(lab, k)["shaping"]
             assert flow.proc.poll() is None, f"the download failed: {flow.proc.communicate()}"
+            if not enough(row) and len(short) < TRIES - 1:
+                short.append(row)
+                read_at = time.time()
+                return None
             return tree, row
 
-        # generous: a starved sampler may skip a few rounds; the flow lasts as long as this wait
+        # generous: a starved sampler may skip a few rounds, TRIES samples may be needed; the
+        # flow lasts longer than this wait
         got = wait_until(sample_inside_flow, 10 * interval + 60,
                          "a shaping sample taken entirely while the download was flowing", interval=0.2)
         flow.interrupt()  # the sample lies inside the flow: the flow was still running at its end
@@ -543,12 +625,21 @@ def test_stats_in_clients_and_shaping_json(lab: LabInfo) -> None:
     before = _client_row(lab, 2)["shaping"]
     assert before["class"] == cid and before["plan"] == "capped"
     bytes0 = (before["down"]["stats"] or {}).get("bytes", 0)
-    tree, row = _stats_while_flowing(lab, 2, cid)
+    rate = RATES["capped"][0]
+
+    def rate_bps(row: dict[str, Any]) -> int:
+        return int((row["down"]["stats"] or {}).get("rate_bps", 0))
+
+    # The daemon's rate of a sampling interval inside the download: at most the ceil (+15 %),
+    # never above; at least 70 % of it in one of up to TRIES samples (a starved sender).
+    short: list[dict[str, Any]] = []
+    tree, row = _stats_while_flowing(lab, 2, cid, lambda r: rate_bps(r) >= 0.7 * rate, short)
     stats = row["down"]["stats"]
     assert stats is not None, f"no stats for {cid}: {row}"
     assert stats["bytes"] > bytes0 + 1_000_000, f"bytes did not grow: {bytes0} -> {stats}"
     assert stats["packets"] > 0 and {"drops", "backlog", "overlimits", "rate_bps"} <= set(stats)
-    assert 0.7 * 4 * M <= stats["rate_bps"] <= 1.15 * 4 * M, f"rate_bps {stats['rate_bps']}"
+    rates = ", ".join(mbit(rate_bps(r)) for r in [*short, row])
+    assert 0.7 * rate <= stats["rate_bps"] <= 1.15 * rate, f"rate_bps of each sample: {rates}"
     assert tree["enabled"] is True
     down = tree["directions"]["down"]
     assert down["device"] == p.LAN_INTERFACE
@@ -581,8 +672,9 @@ def test_unauthorized_traffic_is_shaped_into_the_small_default_class(lab: LabInf
     grew = class_bytes(p.LAN_INTERFACE, "1:2") - before
     assert grew >= int(size), f"1:2 grew by {grew} bytes, the page alone is {size}"
     # and a bulk download from the walled garden is held to unauthorized_down (1 Mbit)
-    got = Flow(k, GARDEN_CLIENT_PORT, True, server=GARDEN).bps()
-    record("unauthorized client, walled-garden download", f"{mbit(got)} (unauthorized_down 1 Mbit/s)")
-    assert got <= 1.05 * M, f"unauthorized traffic not held to its class: {mbit(got)}"
-    assert got >= 0.5 * M
+    (got,) = best_of(lambda: (Flow(k, GARDEN_CLIENT_PORT, True, server=GARDEN),), [0.5 * M])
+    shown = ", ".join(mbit(x) for x in got)
+    record("unauthorized client, walled-garden download", f"{shown} (unauthorized_down 1 Mbit/s)")
+    assert max(got) <= 1.05 * M, f"unauthorized traffic not held to its class: {shown}"
+    assert max(got) >= 0.5 * M, f"the walled garden barely flows: {shown}"
 
