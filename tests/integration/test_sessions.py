@@ -48,6 +48,7 @@ from tests.integration.conftest import (
     portal_post,
     require_root,
     require_tools,
+    retried,
     start_gateway,
     unique_prefix,
     wait_exit,
@@ -134,7 +135,7 @@ def logout(ns: str) -> Http:
 
 
 def captive_api(ns: str) -> dict[str, Any]:
-    r = http(ns, f"{PORTAL}/api/captive")
+    r = http(ns, f"{PORTAL}/api/captive", retry=True)
     assert r.status == 200, f"/api/captive answered {r.status} {r.error}"
     assert r.headers.get("content-type", "").startswith("application/captive+json")
     data: dict[str, Any] = json.loads(r.body)
@@ -154,8 +155,15 @@ except OSError as exc:
 """
 
 
-def udp_echo(ns: str, timeout: float = 1.5) -> bool:
-    """True when the lab internet's UDP echo answers ``ns``."""
+def udp_echo(ns: str, timeout: float = 1.5, *, retry: bool = False) -> bool:
+    """True when the lab internet's UDP echo answers ``ns``'s one datagram.
+
+    ``retry`` for a positive check (``assert udp_echo(c, retry=True)``): new tries, each
+    from a new port and waiting 3 s, for up to RETRY_WITHIN s. An absence check
+    (``assert not udp_echo(c)``) stays one short try.
+    """
+    if retry:
+        return retried(lambda: udp_echo(ns, max(timeout, 3.0)), bool)
     proc = run_in(ns, [sys.executable, "-c", _UDP_ECHO, p.INTERNET_V4, str(p.UDP_ECHO_PORT),
                        str(timeout)], timeout=timeout + 10)
     return proc.stdout.strip() == "echo:ping"
@@ -264,16 +272,16 @@ def kill(pid: int, sig: signal.Signals) -> None:
 def test_terms_login_status_and_logout(lab_a: LabInfo) -> None:
     sock, c1 = lab_a.control_socket, ns(lab_a, 1)
 
-    before = internet(c1)
+    before = internet(c1, retry=True)
     assert before.redirected_to_portal(), f"before login: {before}"
     assert captive_api(c1)["captive"] is True
 
     r = login_terms(c1)
     assert r.status == 303, r
 
-    got = internet(c1)
+    got = internet(c1, retry=True)
     assert (got.status, got.body.strip()) == (200, INTERNET_BODY)
-    assert udp_echo(c1), "an authorized client's UDP should get through"
+    assert udp_echo(c1, retry=True), "an authorized client's UDP should get through"
 
     row = clients(sock)[mac(1)]
     assert row["authorized"] is True
@@ -285,15 +293,15 @@ def test_terms_login_status_and_logout(lab_a: LabInfo) -> None:
     assert api["captive"] is False
     assert 0 < api["seconds-remaining"] <= 4 * 3600
 
-    page = http(c1, f"{PORTAL}/")
+    page = http(c1, f"{PORTAL}/", retry=True)
     assert page.status == 200
     assert re.search(r"Sisa waktu: (4 jam|3 jam \d+ menit)<", page.body), page.body
-    page_en = http(c1, f"{PORTAL}/?lang=en")
+    page_en = http(c1, f"{PORTAL}/?lang=en", retry=True)
     assert re.search(r"Time remaining: \d+ hours?", page_en.body), page_en.body
 
     out = logout(c1)
     assert out.status == 303, out
-    after = internet(c1)
+    after = internet(c1, retry=True)
     assert after.redirected_to_portal(), f"after logout: {after}"
     assert not udp_echo(c1)
     assert captive_api(c1)["captive"] is True
@@ -316,7 +324,7 @@ def test_voucher_login_single_device_and_revoke(lab_a: LabInfo) -> None:
     typed = " ".join(code.replace("-", "").lower()[i:i + 2] for i in range(0, 10, 2))
     r = login_voucher(c2, typed)
     assert r.status == 303, f"voucher typed as {typed!r}: {r.status} {r.body[:300]}"
-    assert has_internet(c2)
+    assert has_internet(c2, retry=True)
     row = clients(sock)[mac(2)]
     assert (row["authorized"], row["source"], row["voucher"]) == (True, "voucher", code)
     assert captive_api(c2)["seconds-remaining"] <= 3600
@@ -324,7 +332,7 @@ def test_voucher_login_single_device_and_revoke(lab_a: LabInfo) -> None:
     second = login_voucher(c3, code)
     assert second.status == 403, second
     assert "sedang dipakai di perangkat lain" in second.body
-    assert internet(c3).redirected_to_portal()
+    assert internet(c3, retry=True).redirected_to_portal()
     assert not is_authorized(sock, mac(3))
 
     v = vouchers(sock)[code]
@@ -366,7 +374,7 @@ def test_wrong_voucher_and_rate_limit(lab_a: LabInfo) -> None:
     # Even the right code is refused while the client is rate-limited.
     right = login_voucher(c4, good)
     assert right.status == 429, right
-    assert internet(c4).redirected_to_portal()
+    assert internet(c4, retry=True).redirected_to_portal()
     assert not is_authorized(sock, mac(4))
     assert vouchers(sock)[good]["state"] == "unused"
 
@@ -388,7 +396,7 @@ def test_wrong_voucher_and_rate_limit(lab_a: LabInfo) -> None:
 def test_deauth_cuts_at_once(lab_a: LabInfo) -> None:
     sock, c1, gw = lab_a.control_socket, ns(lab_a, 1), lab_a.gw
     assert login_terms(c1).status == 303
-    assert has_internet(c1) and udp_echo(c1)
+    assert has_internet(c1, retry=True) and udp_echo(c1, retry=True)
     assert in_set(gw, "auth4", mac(1))
     held = HeldConnection(c1)
     try:
@@ -396,7 +404,7 @@ def test_deauth_cuts_at_once(lab_a: LabInfo) -> None:
         out = desanet(sock, "clients", "deauth", mac(1))
         assert out.returncode == 0, out.stderr
         assert mac(1) in out.stdout
-        r = internet(c1)
+        r = internet(c1, retry=True)  # (a 200 is an answer: it ends the retries and fails)
         assert r.redirected_to_portal(), f"the very next request after deauth: {r}"
         assert not udp_echo(c1)
         assert not held.roundtrip(), "a connection opened before deauth must be cut too"
@@ -415,7 +423,7 @@ def test_a_kept_alive_connection_is_not_sent_back_to_the_portal_after_login(
     portal), the terms login, the site again. A browser does the same with its
     keep-alive connection; the redirect must have closed it."""
     sock, c1 = lab_a.control_socket, ns(lab_a, 1)
-    assert internet(c1).redirected_to_portal(), "control: c1 starts logged out"
+    assert internet(c1, retry=True).redirected_to_portal(), "control: c1 starts logged out"
     out = in_namespace(c1, "curl", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
                        "-w", "%{http_code} ", INTERNET_URL,
                        "--next", "-s", "-o", "/dev/null", "-w", "%{http_code} ",
@@ -429,13 +437,13 @@ def test_a_kept_alive_connection_is_not_sent_back_to_the_portal_after_login(
 def test_a_voucher_freed_at_logout_works_on_another_phone(lab_a: LabInfo) -> None:
     sock, c2, c3 = lab_a.control_socket, ns(lab_a, 2), ns(lab_a, 3)
     code = desanet_json(sock, "vouchers", "create", "--duration", "1h")["vouchers"][0]["code"]
-    assert login_voucher(c2, code).status == 303 and has_internet(c2)
+    assert login_voucher(c2, code).status == 303 and has_internet(c2, retry=True)
     refused = login_voucher(c3, code)  # positive control: one device at a time
     assert refused.status == 403 and "sedang dipakai di perangkat lain" in refused.body
     assert logout(c2).status in (200, 303)
-    assert login_voucher(c3, code).status == 303 and has_internet(c3)
+    assert login_voucher(c3, code).status == 303 and has_internet(c3, retry=True)
     assert vouchers(sock)[code]["devices"] == [mac(3)]
-    assert internet(c2).redirected_to_portal()
+    assert internet(c2, retry=True).redirected_to_portal()
     released = desanet(sock, "vouchers", "release", code)  # staff free the slot by hand
     assert released.returncode == 0, released.stderr
     wait_until(lambda: internet(c3).redirected_to_portal(), 10, "c3 cut off by the release")
@@ -448,9 +456,9 @@ def test_a_voucher_freed_at_logout_works_on_another_phone(lab_a: LabInfo) -> Non
 def test_trusted_mac_never_sees_portal(lab_a: LabInfo) -> None:
     c5 = ns(lab_a, 5)
     assert lab_a.client(5).ipv4, "a trusted MAC gets DHCP like everyone"
-    assert has_internet(c5)
-    assert udp_echo(c5)
-    probe = http(c5, "http://connectivitycheck.gstatic.com/generate_204")
+    assert has_internet(c5, retry=True)
+    assert udp_echo(c5, retry=True)
+    probe = http(c5, "http://connectivitycheck.gstatic.com/generate_204", retry=True)
     assert probe.status == 204, probe
     assert captive_api(c5)["captive"] is False, "RFC 8908 API must not send a trusted device to the portal"
 
@@ -542,8 +550,8 @@ def test_idle_timeout(lab_c: LabInfo) -> None:
     sock, idle, busy = lab_c.control_socket, ns(lab_c, 2), ns(lab_c, 3)
     for c in (idle, busy):
         assert login_terms(c).status == 303
-    assert has_internet(busy)
-    assert has_internet(idle)
+    assert has_internet(busy, retry=True)
+    assert has_internet(idle, retry=True)
     last_packet = time.monotonic()
     offset = log_size(gw_log(lab_c))
     # The busy client sends on its own clock: the checks below call the CLI, which takes
@@ -567,9 +575,9 @@ def test_idle_timeout(lab_c: LabInfo) -> None:
     assert not ended_idle(lab_c, offset, mac(3)), \
         f"a client sending every 1 s (largest gap {gap} s) was cut as idle"
     assert not in_set(lab_c.gw, "auth4", mac(2))
-    assert internet(idle).redirected_to_portal()
+    assert internet(idle, retry=True).redirected_to_portal()
     assert login_terms(idle).status == 303
-    assert has_internet(idle)
+    assert has_internet(idle, retry=True)
 
 
 # -- 5. session expiry ------------------------------------------------------------------------
@@ -592,7 +600,7 @@ def test_session_expiry(lab_c: LabInfo) -> None:
     assert not is_authorized(sock, mac(1))
     assert captive_api(c1)["captive"] is True
     assert login_terms(c1).status == 303
-    assert has_internet(c1)
+    assert has_internet(c1, retry=True)
 
 
 # -- 7. kill -9 and restart -------------------------------------------------------------------
@@ -603,12 +611,12 @@ def test_kill9_and_restart_keeps_sessions(lab_b: LabInfo) -> None:
     a, b, c = ns(lab_b, 1), ns(lab_b, 2), ns(lab_b, 3)
     pid = ensure_gateway(lab_b)
     assert login_terms(a).status == 303
-    assert has_internet(a)
+    assert has_internet(a, retry=True)
     auth = desanet(sock, "clients", "auth", mac(3), "--duration", "3s")
     assert auth.returncode == 0, auth.stderr
     c_expires = time.time() + 3
-    assert has_internet(c)
-    assert internet(b).redirected_to_portal()
+    assert has_internet(c, retry=True)
+    assert internet(b, retry=True).redirected_to_portal()
     dnsmasq_pid = gw_status(sock)["dnsmasq"]["pid"]
     assert dnsmasq_pid
 
@@ -616,8 +624,8 @@ def test_kill9_and_restart_keeps_sessions(lab_b: LabInfo) -> None:
     wait_exit(pid, 5)
 
     # Daemon down: the kernel table stays, failing closed.
-    assert has_internet(a, by_address=True), "A lost access while the daemon was down"
-    assert udp_echo(a)
+    assert has_internet(a, by_address=True, retry=True), "A lost access while the daemon was down"
+    assert udp_echo(a, retry=True)
     assert internet(b, by_address=True).status != 200
     assert not udp_echo(b)
     time.sleep(max(0.0, c_expires + 1 - time.time()))
@@ -633,10 +641,11 @@ def test_kill9_and_restart_keeps_sessions(lab_b: LabInfo) -> None:
     assert udp_listeners(lab_b.gw, 67) == {dnsmasq_pid}
     assert udp_listeners(lab_b.gw, 53) == {dnsmasq_pid}
 
-    ra = internet(a)
+    ra = internet(a, retry=True)
     assert (ra.status, ra.body.strip()) == (200, INTERNET_BODY), f"A after restart: {ra}"
-    assert internet(b).redirected_to_portal()
-    assert internet(c).redirected_to_portal(), "an expired session came back after restart"
+    assert internet(b, retry=True).redirected_to_portal()
+    assert internet(c, retry=True).redirected_to_portal(), \
+        "an expired session came back after restart"
     rows = clients(sock)
     assert rows[mac(1)]["authorized"] is True and rows[mac(1)]["source"] == "terms"
     assert not rows.get(mac(3), {}).get("authorized")
@@ -666,7 +675,7 @@ def test_sighup_bad_config_kept_good_config_applied(lab_b: LabInfo) -> None:
         assert alive(pid)
         st = gw_status(sock)
         assert (st["ready"], st["portal_mode"]) == (True, "both")
-        assert has_internet(a)
+        assert has_internet(a, retry=True)
         refused_log = log_since(gw_log(lab_b), offset)
 
         config.write_text(original.replace('mode = "both"', 'mode = "voucher"'))
@@ -676,8 +685,8 @@ def test_sighup_bad_config_kept_good_config_applied(lab_b: LabInfo) -> None:
         refused = login_terms(b)
         assert refused.status == 403, refused
         assert "tidak tersedia" in refused.body
-        assert internet(b).redirected_to_portal()
-        assert has_internet(a), "a reload must not drop running sessions"
+        assert internet(b, retry=True).redirected_to_portal()
+        assert has_internet(a, retry=True), "a reload must not drop running sessions"
         assert alive(pid)
         # A refused reload is an expected outcome, reported by one ERROR line,
         # not an unhandled task exception with tracebacks.
@@ -706,7 +715,7 @@ def test_sigterm_stops_cleanly(lab_b: LabInfo) -> None:
     assert "gateway stopped" in text, text
     assert not log_lines(text, "ERROR") and "Traceback" not in text, text
     # Stopped means fail closed: sessions stay, nobody new gets through.
-    assert udp_echo(a)
+    assert udp_echo(a, retry=True)
     assert not udp_echo(b)
 
 
