@@ -9,14 +9,17 @@ driven through the real `desanet` CLI on its control socket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +71,7 @@ SWEEP = SWEEP_INTERVAL  # the daemon's idle/expiry sweep
 SHORT_SESSION = 18  # seconds, lab "c"
 SHORT_IDLE = 6  # seconds, lab "c"
 C_SESSION = 10  # seconds, lab "b": C's session in the kill -9 test
+STOP_WITHIN = 15.0  # s: a daemon's exit after a signal (generous: a busy machine)
 
 
 def mac(k: int) -> str:
@@ -632,7 +636,7 @@ def test_kill9_and_restart_keeps_sessions(lab_b: LabInfo) -> None:
     assert dnsmasq_pid
 
     kill(pid, signal.SIGKILL)
-    wait_exit(pid, 5)
+    wait_exit(pid, STOP_WITHIN)
 
     # Daemon down: the kernel table stays, failing closed.
     assert has_internet(a, by_address=True, retry=True), "A lost access while the daemon was down"
@@ -717,11 +721,9 @@ def test_sigterm_stops_cleanly(lab_b: LabInfo) -> None:
     if not is_authorized(sock, mac(1)):
         assert login_terms(a).status == 303
     offset = log_size(gw_log(lab_b))
-    t0 = time.monotonic()
     kill(pid, signal.SIGTERM)
-    code = wait_exit(pid, 5)
+    code = wait_exit(pid, STOP_WITHIN)  # raises when it does not stop
     assert code in (0, None), f"the daemon exited with {code} on SIGTERM"
-    assert time.monotonic() - t0 < 5
     text = log_since(gw_log(lab_b), offset)
     assert "gateway stopped" in text, text
     assert not log_lines(text, "ERROR") and "Traceback" not in text, text
@@ -738,14 +740,53 @@ def bare_lab(make_lab_for_test: LabFactory) -> LabInfo:
     return make_lab_for_test(LabSpec(prefix=BASE + "d", clients=1, start_gateway=False))
 
 
+WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1s: the daemon pings every 0.5 s
+PINGS = 9  # WATCHDOG=1 after READY=1 that the cadence is judged by
+
+
+class NotifySocket:
+    """systemd's end of NOTIFY_SOCKET: a thread takes each message as it comes, with the
+    time it came. So the test's own pauses (a CLI call on a busy machine) neither bunch
+    the times up nor fill the socket's queue (10 datagrams), which would block the
+    daemon's notify() and with it the daemon."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)  # how soon the thread notices close()
+        self.messages: list[tuple[float, str]] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def times(self, line: str) -> list[float]:
+        """When the messages with ``line`` (e.g. "READY=1") came."""
+        return [t for t, m in list(self.messages) if line in m.splitlines()]
+
+    def texts(self) -> list[str]:
+        return [m for _, m in list(self.messages)]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
 def test_systemd_ready_and_watchdog(bare_lab: LabInfo, tmp_path: Path) -> None:
     lab = bare_lab
     notify_path = tmp_path / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify_path))
+    notify = NotifySocket(notify_path)
     env = services.child_env()
     env.pop("WATCHDOG_PID", None)
-    env.update({"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"})
+    env.update({"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": str(WATCHDOG_USEC)})
     log = gw_log(lab)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -755,38 +796,42 @@ def test_systemd_ready_and_watchdog(bare_lab: LabInfo, tmp_path: Path) -> None:
             cwd=services.project_root(), start_new_session=True,
         )
     try:
-        messages: list[tuple[float, str]] = []
-        ready_status: dict[str, object] | None = None
+        def wait_for(what: str, found: Callable[[], object], timeout: float,
+                     running: bool = True) -> None:
+            def check() -> object:
+                if found():
+                    return True
+                assert not running or proc.poll() is None, log_since(log, 0)[-2000:]
+                return False
+            try:
+                wait_until(check, timeout, what)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; notify messages: {notify.texts()}") from None
 
-        def receive(until: Callable[[], bool], timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while not until():
-                left = deadline - time.monotonic()
-                assert left > 0, f"notify messages so far: {[m for _, m in messages]}"
-                assert proc.poll() is None, log_since(log, 0)[-2000:]
-                listener.settimeout(min(left, 0.5))
-                try:
-                    data = listener.recv(4096).decode()
-                except TimeoutError:
-                    continue
-                messages.append((time.monotonic(), data))
-                nonlocal ready_status
-                if "READY=1" in data.splitlines() and ready_status is None:
-                    ready_status = gw_status(lab.control_socket)
+        wait_for("READY=1", lambda: notify.times("READY=1"), 30)
+        assert gw_status(lab.control_socket)["ready"] is True
+        ready_at = notify.times("READY=1")[0]
 
-        receive(lambda: ready_status is not None, 30)
-        assert ready_status is not None and ready_status["ready"] is True
-        ready_at = next(t for t, m in messages if "READY=1" in m.splitlines())
-        receive(lambda: sum(1 for t, m in messages if m == "WATCHDOG=1" and t > ready_at) >= 3, 5)
-        pings = [t for t, m in messages if m == "WATCHDOG=1" and t > ready_at]
-        assert pings[-1] - pings[0] < 2.5, "WATCHDOG=1 must come every WATCHDOG_USEC/2"
+        def pings() -> list[float]:
+            return [t for t in notify.times("WATCHDOG=1") if t > ready_at][:PINGS]
+
+        # The pings keep coming after READY=1 ...
+        wait_for(f"{PINGS} WATCHDOG=1 after READY=1", lambda: len(pings()) >= PINGS, 30)
+        # ... every WATCHDOG_USEC/2, so that one late ping is not yet a missed one. Judged
+        # by the median gap, not the largest: on a busy machine a ping may come late, or a
+        # few may be read at once, which moves single gaps. A daemon pinging once per
+        # WATCHDOG_USEC (or slower) does not pass.
+        interval = WATCHDOG_USEC / 2_000_000
+        gap = statistics.median(b - a for a, b in itertools.pairwise(pings()))
+        assert gap < 1.5 * interval, \
+            f"WATCHDOG=1 every {gap:.2f} s (median), not every {interval:g} s: {pings()}"
 
         proc.send_signal(signal.SIGTERM)
-        receive(lambda: any(m.startswith("STOPPING=1") for _, m in messages), 5)
-        assert proc.wait(timeout=5) == 0
+        assert proc.wait(timeout=STOP_WITHIN) == 0
+        # Sent before it exited: the thread has it or is about to.
+        wait_for("STOPPING=1", lambda: notify.times("STOPPING=1"), 10, running=False)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=5)
-        listener.close()
-
+            proc.wait(timeout=STOP_WITHIN)
+        notify.close()
