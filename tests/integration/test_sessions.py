@@ -72,6 +72,7 @@ SHORT_SESSION = 18  # seconds, lab "c"
 SHORT_IDLE = 6  # seconds, lab "c"
 C_SESSION = 10  # seconds, lab "b": C's session in the kill -9 test
 STOP_WITHIN = 15.0  # s: a daemon's exit after a signal (generous: a busy machine)
+REACT_WITHIN = 15.0  # s: a reload taking effect, a log line showing up (generous too)
 
 
 def mac(k: int) -> str:
@@ -388,7 +389,7 @@ def test_wrong_voucher_and_rate_limit(lab_a: LabInfo) -> None:
     assert ip4
     log = wait_until(
         lambda: (t := log_since(gw_log(lab_a), offset)) and log_lines(t, "WARNING", "rate limit"),
-        3, "the rate-limit warning in the gateway log")
+        REACT_WITHIN, "the rate-limit warning in the gateway log")
     assert any(mac(4) in ln and ip4 in ln for ln in log), log
     failed = log_lines(log_since(gw_log(lab_a), offset), "WARNING", "voucher login failed")
     # Five identical failures: the first is written, the repeats are counted by the log's
@@ -685,7 +686,7 @@ def test_sighup_bad_config_kept_good_config_applied(lab_b: LabInfo) -> None:
         kill(pid, signal.SIGHUP)
         errors = wait_until(
             lambda: log_lines(log_since(gw_log(lab_b), offset), "ERROR", "reload"),
-            5, "an ERROR about the refused reload in the gateway log")
+            REACT_WITHIN, "an ERROR about the refused reload in the gateway log")
         assert any("mode" in ln for ln in errors), errors
         assert alive(pid)
         st = gw_status(sock)
@@ -695,7 +696,7 @@ def test_sighup_bad_config_kept_good_config_applied(lab_b: LabInfo) -> None:
 
         config.write_text(original.replace('mode = "both"', 'mode = "voucher"'))
         kill(pid, signal.SIGHUP)
-        wait_until(lambda: gw_status(sock)["portal_mode"] == "voucher", 5,
+        wait_until(lambda: gw_status(sock)["portal_mode"] == "voucher", REACT_WITHIN,
                      "portal.mode = voucher to take effect")
         refused = login_terms(b)
         assert refused.status == 403, refused
@@ -711,7 +712,7 @@ def test_sighup_bad_config_kept_good_config_applied(lab_b: LabInfo) -> None:
         config.write_text(original)
         if alive(pid):
             kill(pid, signal.SIGHUP)
-            wait_until(lambda: gw_status(sock)["portal_mode"] == "both", 5,
+            wait_until(lambda: gw_status(sock)["portal_mode"] == "both", REACT_WITHIN,
                          "the original config to be back")
 
 
