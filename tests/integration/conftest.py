@@ -95,6 +95,27 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+# A positive check (something MUST work) may try again: on a busy machine one try can time
+# out or be reset. Absence checks (something must NOT get through) stay one short try.
+RETRY_WITHIN = 10.0  # s: how long a positive check keeps trying
+RETRY_TIMEOUT = 8.0  # s: the budget of each of its tries
+
+
+def retried(attempt: Callable[[], T], ok: Callable[[T], object],
+            within: float = RETRY_WITHIN, interval: float = 0.5) -> T:
+    """``attempt()`` until ``ok(result)`` or ``within`` s have passed; the last result.
+
+    For positive checks: unlike :func:`wait_until` it does not raise, the caller
+    asserts on what came back (with its own message).
+    """
+    deadline = time.monotonic() + within
+    while True:
+        result = attempt()
+        if ok(result) or time.monotonic() >= deadline:
+            return result
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
 # -- labs --------------------------------------------------------------------------------------------
 
 # One id per pytest process: two runs (or two engineers) never share a namespace name,
@@ -348,6 +369,7 @@ def http(
     resolve: str | None = None,
     extra: Sequence[str] = (),
     timeout: float = 4.0,
+    retry: bool = False,
 ) -> Http:
     """One request by curl in namespace ``ns``; never follows redirects.
 
@@ -355,7 +377,13 @@ def http(
     uses ``-I``; ``extra`` goes to curl unchanged. A curl that fails, or whose
     output is no HTTP answer, gives ``status`` 0 with curl's message in
     ``error`` (headers and body of a partial answer are still parsed).
+
+    ``retry`` (positive checks of requests that may be repeated): a try with no
+    answer (status 0) is repeated for up to RETRY_WITHIN s, each try with at
+    least RETRY_TIMEOUT s; any real answer, whatever its status, ends it.
     """
+    if retry:
+        timeout = max(timeout, RETRY_TIMEOUT)
     argv = ["curl", "-sS", "-i", "--max-time", f"{timeout:g}", "--connect-timeout", f"{timeout:g}"]
     if method == "HEAD":
         argv.append("-I")
@@ -370,6 +398,13 @@ def http(
     if data is not None:
         argv += ["--data", data]
     argv += [*extra, url]
+    if retry:
+        return retried(lambda: _curl(ns, argv, timeout), lambda r: r.status != 0)
+    return _curl(ns, argv, timeout)
+
+
+def _curl(ns: str, argv: list[str], timeout: float) -> Http:
+    """Run curl's ``argv`` (with ``-i``) in ``ns``; what came back."""
     started = time.monotonic()
     proc = subprocess.run([nsa.IP, "netns", "exec", ns, *argv], capture_output=True,
                           timeout=timeout + 10, check=False)
@@ -391,13 +426,19 @@ def http(
                 stderr=err, seconds=seconds)
 
 
-def internet(ns: str, *, by_address: bool = False) -> Http:
-    """Fetch http://internet.lab/ (by address when the gateway's DNS may be down)."""
-    return http(ns, INTERNET_URL, resolve=RESOLVE_INTERNET if by_address else None)
+def internet(ns: str, *, by_address: bool = False, retry: bool = False) -> Http:
+    """Fetch http://internet.lab/ (by address when the gateway's DNS may be down).
+
+    ``retry`` for a positive check (an answer MUST come: the page or the portal's
+    redirect); an absence check (no answer, no 200) stays one try.
+    """
+    return http(ns, INTERNET_URL, resolve=RESOLVE_INTERNET if by_address else None, retry=retry)
 
 
-def has_internet(ns: str, *, by_address: bool = False) -> bool:
-    r = internet(ns, by_address=by_address)
+def has_internet(ns: str, *, by_address: bool = False, retry: bool = False) -> bool:
+    """internet.lab's page loads for ``ns``; ``retry`` as for :func:`internet`
+    (``assert has_internet(c, retry=True)``, but ``assert not has_internet(c)``)."""
+    r = internet(ns, by_address=by_address, retry=retry)
     return r.status == 200 and r.body.strip() == INTERNET_BODY
 
 
@@ -406,8 +447,9 @@ _FORM_TOKEN = re.compile(r'name="csrf" value="([0-9a-f]*)"')
 
 def form_token(ns: str, base: str = PORTAL, **kw: Any) -> str:
     """The form token of the portal page ``ns`` sees (bound to its address and MAC);
-    login and logout posts need it (portalsec, Step 6). ``kw`` goes to http()."""
-    page = http(ns, f"{base}/", **kw)
+    login and logout posts need it (portalsec, Step 6). ``kw`` goes to http().
+    A page MUST come: a try with no answer is repeated."""
+    page = http(ns, f"{base}/", **{**kw, "retry": True})
     found = _FORM_TOKEN.search(page.body)
     assert found, f"no form token on {base}/ for {ns}: {page.status} {page.error}"
     return found.group(1)
@@ -421,8 +463,10 @@ def portal_post(ns: str, url: str, form: Mapping[str, str], **kw: Any) -> Http:
 
 
 def login_terms(ns: str) -> Http:
-    """Accept the terms on the portal, as a villager's browser does."""
-    return portal_post(ns, f"{PORTAL}/login", {"action": "terms"})
+    """Accept the terms on the portal, as a villager's browser does. An answer MUST come
+    (every caller asserts its status), so a try with no answer is repeated: harmless,
+    a second terms login of the same client is one more 303."""
+    return portal_post(ns, f"{PORTAL}/login", {"action": "terms"}, retry=True)
 
 
 def in_namespace(ns: str, *argv: str, timeout: float = 10.0) -> str:

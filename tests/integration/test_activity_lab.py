@@ -145,7 +145,7 @@ def test_a_stream_to_a_silent_client_does_not_hold_its_session(
     ensure_gateway(lab)
     made = desanet_json(sock, "vouchers", "create", "--duration", "1h", "--plan", "jam")
     code: str = made["vouchers"][0]["code"]
-    assert login_voucher(c1, code).status == 303 and has_internet(c1)
+    assert login_voucher(c1, code).status == 303 and has_internet(c1, retry=True)
 
     with stream_to(lab, c1, tmp_path) as count:
         wait_until(lambda: received(count) >= 20, 10, "the stream to reach the client")

@@ -223,7 +223,7 @@ def assert_old_config_works(lab: LabInfo, original: Original, new_terms: str) ->
     page = portal_page(lab)
     assert new_terms not in page, "the portal still shows the rolled-back terms"
     assert DEFAULT_TERMS_ID in page, "the portal does not show the original terms"
-    assert has_internet(lab.client(1).name), "c1 (logged in before) lost internet access"
+    assert has_internet(lab.client(1).name, retry=True), "c1 (logged in before) lost internet access"
     assert still_captive(lab), "c2 (never logged in) is no longer sent to the portal"
 
 
@@ -232,7 +232,7 @@ def assert_old_config_works(lab: LabInfo, original: Original, new_terms: str) ->
 
 def test_unconfirmed_trial_rolls_back_by_itself_and_the_old_config_works(
         lab: LabInfo, original: Original, tmp_path: Path) -> None:
-    assert has_internet(lab.client(1).name), "control: c1 is online before the trial"
+    assert has_internet(lab.client(1).name, retry=True), "control: c1 is online before the trial"
     terms = marker("TRIAL")
     new_text = variant(original, {"portal": {"terms_id": terms}})
     since = last_seq(lab)
@@ -287,7 +287,7 @@ def test_confirmed_trial_stays_past_its_deadline(
     assert cfg["version"] == new_version and cfg["trial"] is None, cfg
     assert Path(lab.config_path).read_text(encoding="utf-8") == new_text
     assert terms in portal_page(lab), "the confirmed terms are no longer on the portal"
-    assert has_internet(lab.client(1).name)
+    assert has_internet(lab.client(1).name, retry=True)
 
     found = config_events(lab, since)
     assert [e["type"] for e in found] == ["config_applied", "config_confirmed"], found
@@ -368,7 +368,7 @@ def test_failed_dnsmasq_step_undoes_everything(
     dns = dnsmasq_state(lab)
     assert dns["running"] and dns["pid"], dns
     assert c1_mac in nft_table(lab), "control: c1's session is in the nftables sets"
-    assert has_internet(lab.client(1).name)
+    assert has_internet(lab.client(1).name, retry=True)
     since = last_seq(lab)
 
     terms = marker("BADDNS")  # the "config" step runs first: undone too, or the portal shows it
@@ -393,7 +393,7 @@ def test_failed_dnsmasq_step_undoes_everything(
     assert c1_mac in table, "c1's session left the nftables sets"
     page = portal_page(lab)
     assert terms not in page and DEFAULT_TERMS_ID in page, "the refused config's terms are shown"
-    assert has_internet(lab.client(1).name), "c1 lost internet access"
+    assert has_internet(lab.client(1).name, retry=True), "c1 lost internet access"
     assert still_captive(lab)
 
     refused = [e for e in config_events(lab, since) if e["type"] == "config_refused"]
@@ -531,7 +531,7 @@ def invalid_text(original: Original) -> str:
 def assert_running_config_intact(lab: LabInfo, original: Original) -> None:
     assert config_status(lab)["version"] == original.version
     assert DEFAULT_TERMS_ID in portal_page(lab)
-    assert has_internet(lab.client(1).name), "c1 lost internet access"
+    assert has_internet(lab.client(1).name, retry=True), "c1 lost internet access"
     assert still_captive(lab)
 
 

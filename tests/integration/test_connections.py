@@ -316,7 +316,7 @@ def test_a_connection_opened_before_login_is_not_answered_by_the_portal_after_it
     # Its redirect ended with the login: the site resets it (a browser retries), and
     # whatever comes back is not the portal.
     assert not any(p.PORTAL_HOSTNAME in line for line in after), after
-    assert internet(c1).status == 200
+    assert internet(c1, retry=True).status == 200
     # The one-curl-process case: site (redirected), login, site again.
     deauth(lab, 1)
     out = in_namespace(c1, "curl", "-s", "--resolve", RESOLVE_INTERNET, "-o", "/dev/null",
@@ -355,7 +355,7 @@ def test_a_download_in_progress_stops_after_deauth(lab: LabInfo, streams: None,
     finally:
         down.close()
         udp.close()
-    assert internet(c2).redirected_to_portal()
+    assert internet(c2, retry=True).redirected_to_portal()
 
 
 def test_a_download_in_progress_stops_when_the_session_expires(
@@ -389,7 +389,7 @@ def test_a_download_in_progress_stops_when_the_session_expires(
     finally:
         down.close()
         udp.close()
-    assert internet(c3).redirected_to_portal()
+    assert internet(c3, retry=True).redirected_to_portal()
 
 
 def test_a_stream_the_client_never_answers_stops_when_the_client_goes_idle(
@@ -411,4 +411,4 @@ def test_a_stream_the_client_never_answers_stops_when_the_client_goes_idle(
         udp.close()
     rows = {c["mac"]: c for c in desanet_json(lab.control_socket, "clients")["clients"]}
     assert not rows.get(mac(4), {}).get("authorized"), rows.get(mac(4))
-    assert internet(c4).redirected_to_portal()
+    assert internet(c4, retry=True).redirected_to_portal()

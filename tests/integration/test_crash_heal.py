@@ -155,7 +155,7 @@ def crash_rounds(lab: LabInfo, rounds: int, seed: int) -> None:
         # Positive control: a login lets a client out before the crash.
         c1 = lab.client(1).name
         assert login_terms(c1).status == 303 or mac(1) in online_in_store(lab.control_socket)
-        assert has_internet(c1, by_address=True), f"round {n}: c1 has no internet before the kill"
+        assert has_internet(c1, by_address=True, retry=True), f"round {n}: c1 has no internet before the kill"
         with Churn(lab) as churn:
             wait_until(lambda churn=churn: churn.logins >= 2, 20, "logins under way")
             threading.Event().wait(rng.uniform(0.0, 0.8))  # the random moment
@@ -220,8 +220,8 @@ def settled(lab: LabInfo) -> LabInfo:
         deauth(lab, k)
     if mac(1) not in online_in_store(lab.control_socket):
         assert login_terms(lab.client(1).name).status == 303
-    assert has_internet(lab.client(1).name, by_address=True)
-    assert internet(lab.client(2).name, by_address=True).redirected_to_portal()
+    assert has_internet(lab.client(1).name, by_address=True, retry=True)
+    assert internet(lab.client(2).name, by_address=True, retry=True).redirected_to_portal()
     return lab
 
 
@@ -235,7 +235,7 @@ def test_a_flushed_ruleset_is_put_back(settled: LabInfo) -> None:
                "the unauthorized client to be sent to the portal again")
     assert (mac(1), str(lab.client(1).ipv4)) in kernel_set(lab.gw, "active4")
     assert login_terms(c3).status == 303, "a login after the repair"
-    assert has_internet(c3, by_address=True)
+    assert has_internet(c3, by_address=True, retry=True)
 
 
 def test_a_lost_kernel_entry_is_put_back(settled: LabInfo) -> None:
@@ -270,9 +270,9 @@ def test_deleted_root_qdiscs_are_put_back(settled: LabInfo) -> None:
                HEAL_DEADLINE, "both HTB roots back")
     wait_until(lambda: has_class(lab, p.LAN_INTERFACE, cls) and
                has_class(lab, p.WAN_INTERFACE, cls), HEAL_DEADLINE, "c1's classes back")
-    assert has_internet(c1, by_address=True)
+    assert has_internet(c1, by_address=True, retry=True)
     assert login_terms(c3).status == 303, "a login after the repair"
-    assert has_internet(c3, by_address=True)
+    assert has_internet(c3, by_address=True, retry=True)
     assert has_class(lab, p.LAN_INTERFACE, client_classid(lab, 3))
 
 

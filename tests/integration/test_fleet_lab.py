@@ -152,9 +152,11 @@ class Probe:
         self.wait_for(lambda x: x.get("connected") == "Success", "the CONNACK")
 
     def lines(self) -> list[dict[str, Any]]:
+        """The probe's records so far: whole lines only (it may be writing the last one)."""
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        whole = self.out.read_bytes().split(b"\n")[:-1]  # the last piece has no newline yet
+        return [json.loads(line) for line in whole if line]
 
     def wait_for(self, match: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:

@@ -123,7 +123,7 @@ def assert_unchanged(lab: LabInfo, ver: str) -> None:
     assert "0.0.0.0" not in nft_set(lab, "garden4"), nft_set(lab, "garden4")
     assert "ff:ff:ff:ff:ff:ff" not in nft_set(lab, "trusted_mac")
     assert captive(lab), "c2 is no longer captive"
-    assert has_internet(lab.client(1).name), "c1 lost internet"
+    assert has_internet(lab.client(1).name, retry=True), "c1 lost internet"
 
 
 # -- tests -------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_hostile_value_is_refused_by_check_apply_and_reload(
         lab: LabInfo, original: tuple[str, str], tmp_path: Path,
         changes: dict[str, Any], path: str) -> None:
     text, ver = original
-    assert captive(lab) and has_internet(lab.client(1).name), "the lab was not as expected"
+    assert captive(lab) and has_internet(lab.client(1).name, retry=True), "the lab was not as expected"
     hostile = variant(text, changes)
     candidate = tmp_path / "hostile.toml"
     candidate.write_text(hostile, encoding="utf-8")
@@ -188,7 +188,7 @@ def test_a_sane_change_applies(lab: LabInfo, original: tuple[str, str]) -> None:
     assert version(lab) != ver
     assert "203.0.113.0/24" in nft_set(lab, "garden4")
     assert "02:00:00:aa:bb:cc" in nft_set(lab, "trusted_mac")
-    assert captive(lab) and has_internet(lab.client(1).name)
+    assert captive(lab) and has_internet(lab.client(1).name, retry=True)
 
 
 def test_a_moved_control_socket_needs_restart(lab: LabInfo, original: tuple[str, str]) -> None:

@@ -202,7 +202,7 @@ def big_expected(size: int) -> tuple[int, str]:
 def test_catalog_before_login_via_gateway_dns(lab: LabInfo) -> None:
     ns = c1(lab)
     # c1 never logged in: the internet sends it to the portal ...
-    assert internet(ns).redirected_to_portal(), "c1 should not be logged in"
+    assert internet(ns, retry=True).redirected_to_portal(), "c1 should not be logged in"
     # ... but layanan.desa resolves through the gateway's dnsmasq (DHCP gave c1 that resolver).
     resolv = (p.NETNS_ETC / ns / "resolv.conf").read_text()
     assert p.LAN_IP in resolv, f"c1 did not get the gateway as its resolver: {resolv!r}"

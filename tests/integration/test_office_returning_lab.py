@@ -66,7 +66,7 @@ def _login_then_idle(lab: LabInfo, n: int, code: str) -> None:
     client = lab.client(n)
     login = portal_post(client.name, f"{PORTAL}/login", {"action": "voucher", "voucher": code})
     assert login.status == 303, login
-    assert has_internet(client.name)
+    assert has_internet(client.name, retry=True)
     # the phone goes quiet (leaves): its session ends idle after 4 s
     wait_until(lambda: not _online(lab, client.mac), 30, "the session to end idle")
 
@@ -75,7 +75,7 @@ def test_a_returning_phone_gets_in_without_the_portal(lab: LabInfo) -> None:
     phone, other = lab.client(1), lab.client(2)
     code = _voucher(lab, "auto", "1h")
     _login_then_idle(lab, 1, code)
-    first = internet(phone.name)  # its first request after coming back: no portal
+    first = internet(phone.name, retry=True)  # its first request after coming back: no portal
     # (the upstream's answer and the daemon's events are the proof; not `clients`, whose
     # idle window may already have closed again on a busy machine)
     assert not first.redirected_to_portal() and first.status == 200, first
@@ -83,13 +83,13 @@ def test_a_returning_phone_gets_in_without_the_portal(lab: LabInfo) -> None:
 
     # positive control: the same story on a plan without auto_login meets the portal
     _login_then_idle(lab, 2, _voucher(lab, "biasa", "1h"))
-    assert internet(other.name).redirected_to_portal()
+    assert internet(other.name, retry=True).redirected_to_portal()
 
     # across a kill -9 of the daemon
     wait_until(lambda: not _online(lab, phone.mac), 30, "the session to end idle again")
     stop_gateway(lab, signal.SIGKILL)
     start_gateway(lab)
-    again = internet(phone.name)
+    again = internet(phone.name, retry=True)
     assert not again.redirected_to_portal() and again.status == 200, again
     assert _starts(lab, phone.mac, code) == 1  # by the new daemon
 
@@ -104,5 +104,5 @@ def test_refused_once_the_voucher_expired(lab: LabInfo) -> None:
         return next(v["state"] for v in rows if v["code"] == code) == "expired"
 
     wait_until(expired, 30, "the voucher to expire")
-    assert internet(phone.name).redirected_to_portal()
+    assert internet(phone.name, retry=True).redirected_to_portal()
     assert not _online(lab, phone.mac)

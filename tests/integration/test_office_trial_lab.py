@@ -43,14 +43,14 @@ def _session(lab: LabInfo, mac: str) -> dict[str, object] | None:
 def test_a_trial_ends_after_its_minute_across_a_kill9(lab: LabInfo) -> None:
     one, two = lab.client(1), lab.client(2)
     assert login_terms(one.name).status == 303
-    assert has_internet(one.name)
+    assert has_internet(one.name, retry=True)
     session = _session(lab, one.mac)
     assert session is not None and session["plan"] == "coba"
     assert session["expires"] - session["started"] == 60  # type: ignore[operator]
 
     stop_gateway(lab, signal.SIGKILL)  # mid-trial: the grant was committed when made
     start_gateway(lab)
-    assert has_internet(one.name)  # the trial session came back with the daemon
+    assert has_internet(one.name, retry=True)  # the trial session came back with the daemon
     wait_until(lambda: not has_internet(one.name), 120, "the trial minute to run out")
     refused = login_terms(one.name)
     assert refused.status == 403, refused
@@ -59,4 +59,4 @@ def test_a_trial_ends_after_its_minute_across_a_kill9(lab: LabInfo) -> None:
 
     # positive control: another device has its own minute today
     assert login_terms(two.name).status == 303
-    assert has_internet(two.name)
+    assert has_internet(two.name, retry=True)

@@ -15,7 +15,7 @@ import json
 import stat
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ from desanet_lab import Lab, LabInfo, LabSpec, run_in
 from desanet_lab import plan as p
 from tests.integration.conftest import (
     LAB_TOOLS,
+    RETRY_WITHIN,
     Http,
     LabFactory,
     form_token,
     http,
     require_root,
     require_tools,
+    retried,
     unique_prefix,
 )
 
@@ -84,7 +86,7 @@ def udp(addr, port, timeout=2.0):
     except OSError as exc:
         return {"reply": None, "error": type(exc).__name__ + ": " + str(exc)}
 
-def tcp(addr, port, timeout=2.0):
+def tcp(addr, port, timeout=2.0, greeting_wait=0.5):
     timeout = float(timeout)
     fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
@@ -97,7 +99,7 @@ def tcp(addr, port, timeout=2.0):
         return {"result": "timeout"}
     except OSError as exc:
         return {"result": "error", "error": type(exc).__name__ + ": " + str(exc)}
-    s.settimeout(0.5)
+    s.settimeout(float(greeting_wait))
     try:
         greeting = s.recv(100).decode(errors="replace")
     except OSError:
@@ -164,18 +166,33 @@ print(json.dumps({"udp": udp, "tcp": tcp, "dns": dns}[kind](*args)))
 
 
 def probe(lab: Lab, role: str, kind: str, *args: str, timeout: float = 15.0) -> dict[str, Any]:
-    """Run one probe: "udp ADDR PORT [WAIT]", "tcp ADDR PORT [WAIT]", "dns SERVER NAME udp|tcp"."""
+    """Run one probe: "udp ADDR PORT [WAIT]", "tcp ADDR PORT [WAIT [GREETING_WAIT]]",
+    "dns SERVER NAME udp|tcp"."""
     res = lab.exec(role, [sys.executable, "-c", PROBE, kind, *args], timeout=timeout)
     assert res.returncode == 0, f"probe {kind} {args} failed in {role}: {res.stderr}"
     out: dict[str, Any] = json.loads(res.stdout)
     return out
 
 
-def ping(lab: Lab, role: str, addr: str, *, count: int = 1, wait: int = 1) -> bool:
-    argv = ["ping", "-n", "-c", str(count), "-W", str(wait), addr]
+def probe_until(lab: Lab, role: str, ok: Callable[[dict[str, Any]], object], kind: str,
+                *args: str) -> dict[str, Any]:
+    """:func:`probe` for a positive check: tried again (a new socket each time) until
+    ``ok`` or RETRY_WITHIN s passed; the last result. Absence checks use :func:`probe`."""
+    return retried(lambda: probe(lab, role, kind, *args), ok)
+
+
+def ping(lab: Lab, role: str, addr: str, *, count: int = 1, wait: int = 1,
+         retry: bool = False) -> bool:
+    """Did ``addr`` answer a ping from ``role``? ``retry`` for a positive check: one echo
+    request a second until the first answer, for up to RETRY_WITHIN s. An absence check
+    stays ``count`` requests of ``wait`` s."""
+    if retry:
+        argv = ["ping", "-n", "-c", "1", "-w", f"{RETRY_WITHIN:.0f}", addr]
+    else:
+        argv = ["ping", "-n", "-c", str(count), "-W", str(wait), addr]
     if ":" in addr:
         argv.insert(1, "-6")
-    return lab.exec(role, argv, timeout=count * wait + 10).returncode == 0
+    return lab.exec(role, argv, timeout=count * wait + RETRY_WITHIN + 10).returncode == 0
 
 
 # --- scapy, for frames the kernel's own stack would never send ---------------
@@ -301,9 +318,11 @@ def dhcp_options(lab: Lab, role: str, workdir: Path, *extra_opts: str) -> dict[s
     return env
 
 
-def curl(lab: Lab, role: str, url: str, *extra: str, timeout: float = 3.0) -> Http:
-    """curl ``url`` from ``role`` (extra arguments go to curl)."""
-    return http(lab.ns(role), url, extra=extra, timeout=timeout)
+def curl(lab: Lab, role: str, url: str, *extra: str, timeout: float = 3.0,
+         retry: bool = False) -> Http:
+    """curl ``url`` from ``role`` (extra arguments go to curl); ``retry`` for a positive
+    check (an answer MUST come), as in :func:`tests.integration.conftest.http`."""
+    return http(lab.ns(role), url, extra=extra, timeout=timeout, retry=retry)
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +340,7 @@ def ipv4(lab: Lab, k: int) -> str:
 def login_c3(lab: Lab) -> Http:
     """c3 accepts the terms on the portal, as a villager's browser does."""
     res = curl(lab, "c3", PORTAL + "login", "-d", "action=terms",
-               "-d", f"csrf={form_token(lab.ns('c3'), PORTAL.rstrip('/'))}")
+               "-d", f"csrf={form_token(lab.ns('c3'), PORTAL.rstrip('/'))}", retry=True)
     ping(lab, "c3", p.LAN_IP)  # settle ARP / bridge learning before the next test
     return res
 
@@ -371,7 +390,7 @@ def test_dhcp_lease_route_resolver_and_captive_option(lab: Lab, tmp_path: Path) 
 # 2 -------------------------------------------------------------------------
 
 def test_http_is_redirected_to_the_portal(lab: Lab) -> None:
-    res = curl(lab, "c1", "http://internet.lab/")
+    res = curl(lab, "c1", "http://internet.lab/", retry=True)
     assert res.status == 302
     assert res.headers["location"] == "http://portal.desa/?url=http%3A%2F%2Finternet.lab%2F"
     assert "internet OK" not in res.body
@@ -379,16 +398,16 @@ def test_http_is_redirected_to_the_portal(lab: Lab) -> None:
 
 @pytest.mark.parametrize("url", [url for url, _, _ in CONNCHECKS])
 def test_connectivity_checks_see_the_portal(lab: Lab, url: str) -> None:
-    res = curl(lab, "c2", url)
+    res = curl(lab, "c2", url, retry=True)
     assert res.status == 302, res
     assert res.headers["location"].startswith("http://portal.desa/?url=http%3A%2F%2F")
 
 
 def test_portal_page_and_captive_api(lab: Lab) -> None:
-    page = curl(lab, "c1", PORTAL)
+    page = curl(lab, "c1", PORTAL, retry=True)
     assert page.status == 200
     assert 'lang="id"' in page.body
-    api = curl(lab, "c1", PORTAL + "api/captive")
+    api = curl(lab, "c1", PORTAL + "api/captive", retry=True)
     assert api.status == 200
     assert api.headers["content-type"].split(";")[0] == "application/captive+json"
     assert '"captive": true' in api.body
@@ -410,7 +429,7 @@ def test_unauthorized_tcp_udp_icmp_do_not_get_out(lab: Lab) -> None:
 
 
 def test_raw_address_port_80_is_answered_by_the_portal(lab: Lab) -> None:
-    res = curl(lab, "c1", f"http://{p.INTERNET_V4}/")
+    res = curl(lab, "c1", f"http://{p.INTERNET_V4}/", retry=True)
     assert res.status == 302
     assert res.headers["location"].startswith("http://portal.desa/?url=")
     assert "internet OK" not in res.body
@@ -430,8 +449,9 @@ def test_spoofed_mac_or_ip_of_an_online_neighbour(lab: Lab, gw_mac: str,
     # The authorized neighbour gets its echo, and the WAN counter sees it: the
     # probe and the counter work.
     before = wan_counts(lab)
-    assert probe(lab, "c3", "udp", p.INTERNET_V4, str(p.UDP_ECHO_PORT))["reply"]
-    assert wan_counts(lab)["udp_echo4"] == before["udp_echo4"] + 1
+    assert probe_until(lab, "c3", lambda r: r["reply"], "udp", p.INTERNET_V4,
+                       str(p.UDP_ECHO_PORT))["reply"]
+    assert wan_counts(lab)["udp_echo4"] > before["udp_echo4"]  # (one count per try)
     frames = [(c3_mac, ip1, 40001),  # the neighbour's MAC with my own address
               (c1_mac, ip3, 40002)]  # my own MAC with the neighbour's address
     try:
@@ -448,15 +468,21 @@ def test_spoofed_mac_or_ip_of_an_online_neighbour(lab: Lab, gw_mac: str,
 
 # 4 -------------------------------------------------------------------------
 
+def answered(res: dict[str, Any]) -> bool:
+    """A DNS probe got an answer (no timeout or socket error)."""
+    return "error" not in res
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_dns_to_an_outside_resolver_is_answered_by_the_gateway(lab: Lab, transport: str) -> None:
     before = wan_counts(lab)
-    ans = probe(lab, "c1", "dns", p.OUTSIDE_RESOLVER, p.INTERNET_HOST, transport)
+    ans = probe_until(lab, "c1", answered, "dns", p.OUTSIDE_RESOLVER, p.INTERNET_HOST, transport)
     # the outside resolver would say .99; before login the gateway's pre-login
     # resolver answers outside names with the gateway (tests/integration/test_hostile_dns.py)
     assert ans.get("a") == [p.LAN_IP], ans
-    outside = probe(lab, "c1", "dns", p.OUTSIDE_RESOLVER, p.OUTSIDE_HOST, transport)
-    assert outside["a"] == [p.LAN_IP], outside  # the outside resolver would say .10
+    outside = probe_until(lab, "c1", answered, "dns", p.OUTSIDE_RESOLVER, p.OUTSIDE_HOST,
+                          transport)
+    assert outside.get("a") == [p.LAN_IP], outside  # the outside resolver would say .10
     after = wan_counts(lab)
     assert after["outside_resolver"] == before["outside_resolver"]
 
@@ -478,33 +504,36 @@ def test_dns_over_tls_is_refused(lab: Lab) -> None:
 # 5 -------------------------------------------------------------------------
 
 def test_walled_garden_hostname_before_login(lab: Lab) -> None:
-    res = curl(lab, "c2", f"http://{p.GOVERNMENT_HOST}/")
+    res = curl(lab, "c2", f"http://{p.GOVERNMENT_HOST}/", retry=True)
     assert res.status == 200, res
     assert "Layanan pemerintah (lab)" in res.body
     nft = lab.exec("gw", ["nft", "list", "set", "inet", "desanet", "garden_dns4"], check=True)
     assert p.GOVERNMENT_V4 in nft.stdout
     # ... and only the garden: the internet host next to it is still closed.
-    assert curl(lab, "c2", "http://internet.lab/").status == 302
+    assert curl(lab, "c2", "http://internet.lab/", retry=True).status == 302
 
 
 # 6 -------------------------------------------------------------------------
 
 def test_after_login_the_internet_works(lab: Lab, login_c3: Http) -> None:
     assert login_c3.status == 303, login_c3
-    res = curl(lab, "c3", "http://internet.lab/")
+    res = curl(lab, "c3", "http://internet.lab/", retry=True)
     assert (res.status, res.body) == (200, "desanet-lab internet OK\n")
-    echo = probe(lab, "c3", "udp", p.INTERNET_V4, str(p.UDP_ECHO_PORT))
-    assert echo["reply"] == "echo:bypass" and echo["from"] == p.INTERNET_V4
-    assert ping(lab, "c3", p.INTERNET_V4)
-    assert probe(lab, "c3", "tcp", p.INTERNET_V4, str(p.TLS_PORT))["greeting"].strip() == "tls-lab"
-    api = curl(lab, "c3", PORTAL + "api/captive")
+    echo = probe_until(lab, "c3", lambda r: r["reply"], "udp", p.INTERNET_V4,
+                       str(p.UDP_ECHO_PORT), "3")
+    assert echo["reply"] == "echo:bypass" and echo["from"] == p.INTERNET_V4, echo
+    assert ping(lab, "c3", p.INTERNET_V4, retry=True)
+    tls = probe_until(lab, "c3", lambda r: r.get("greeting"), "tcp", p.INTERNET_V4,
+                      str(p.TLS_PORT), "3", "3")
+    assert tls.get("greeting", "").strip() == "tls-lab", tls
+    api = curl(lab, "c3", PORTAL + "api/captive", retry=True)
     assert '"captive": false' in api.body
 
 
 @pytest.mark.parametrize(("url", "status", "text"), CONNCHECKS)
 def test_after_login_connectivity_checks_pass(lab: Lab, login_c3: Http, url: str,
                                               status: int, text: str) -> None:
-    res = curl(lab, "c3", url)
+    res = curl(lab, "c3", url, retry=True)
     assert res.status == status, res
     assert text in res.body
 
@@ -516,14 +545,14 @@ def test_after_login_ipv6_is_still_dropped(lab: Lab, login_c3: Http) -> None:
 
 def test_login_of_one_client_does_not_open_its_neighbours(lab: Lab,
                                                           login_c3: Http) -> None:
-    assert curl(lab, "c1", "http://internet.lab/").status == 302
+    assert curl(lab, "c1", "http://internet.lab/", retry=True).status == 302
     assert probe(lab, "c1", "udp", p.INTERNET_V4, str(p.UDP_ECHO_PORT))["reply"] is None
 
 
 # 7 -------------------------------------------------------------------------
 
 def test_clients_cannot_reach_each_other(lab: Lab) -> None:
-    assert ping(lab, "c1", p.LAN_IP) and ping(lab, "c2", p.LAN_IP)
+    assert ping(lab, "c1", p.LAN_IP, retry=True) and ping(lab, "c2", p.LAN_IP, retry=True)
     assert not ping(lab, "c1", ipv4(lab, 2))
     assert not ping(lab, "c2", ipv4(lab, 1))
 
@@ -573,7 +602,9 @@ def test_gateway_accepts_only_dns_dhcp_and_portal_from_the_lan(lab: Lab, port: i
 
 def test_portal_ports_are_open_on_the_gateway(lab: Lab) -> None:
     for port in (80, 2050):
-        assert probe(lab, "c1", "tcp", p.LAN_IP, str(port))["result"] == "connected"
+        res = probe_until(lab, "c1", lambda r: r["result"] == "connected", "tcp", p.LAN_IP,
+                          str(port))
+        assert res["result"] == "connected", res
 
 
 def test_control_socket_is_a_root_only_unix_socket(lab: Lab) -> None:

@@ -114,7 +114,7 @@ def test_positive_control_clean_restart_keeps_everything_not_degraded(fresh: Lab
     code = desanet_json(lab.control_socket, "vouchers", "create", "--count", "1",
                         "--duration", "1h")["vouchers"][0]["code"]
     assert login_terms(ns(lab, 1)).status == 303
-    assert has_internet(ns(lab, 1))
+    assert has_internet(ns(lab, 1), retry=True)
     # The first backup is taken a few seconds after a start that found none.
     wait_until(lambda: backups(lab), 20, "the first backup")
     before = sorted(os.listdir(state(lab)))
@@ -124,7 +124,7 @@ def test_positive_control_clean_restart_keeps_everything_not_degraded(fresh: Lab
     assert st["degraded"] == [], st["degraded"]
     assert "DEGRADED" not in desanet(lab.control_socket, "status").stdout
     assert code in vouchers(lab)
-    assert p.client_mac(1) in online(lab) and has_internet(ns(lab, 1))
+    assert p.client_mac(1) in online(lab) and has_internet(ns(lab, 1), retry=True)
     assert not [n for n in os.listdir(state(lab)) if ".corrupt-" in n or ".orphan-" in n]
     assert sorted(os.listdir(state(lab))) == before
     assert 1 <= len(backups(lab)) <= 2
@@ -139,7 +139,7 @@ def test_deleted_database_restored_from_backup_and_kernel_logins_kept(fresh: Lab
     stop_gateway(lab)  # the clean stop's backup holds the voucher and c1's session
     start_gateway(lab)
     assert login_voucher(ns(lab, 2), code) == 303  # after the last backup: only in the kernel
-    assert has_internet(ns(lab, 2))
+    assert has_internet(ns(lab, 2), retry=True)
     kill9(lab)
     for name in ("desanet.db", "desanet.db-wal", "desanet.db-shm"):
         (state(lab) / name).unlink(missing_ok=True)
@@ -153,8 +153,8 @@ def test_deleted_database_restored_from_backup_and_kernel_logins_kept(fresh: Lab
     assert "DEGRADED" in human and "state database missing" in human, human
     assert code in vouchers(lab), "the backup's vouchers are back"
     assert {a, b} <= online(lab), "the kernel's logins were not kept"
-    assert has_internet(ns(lab, 1)) and has_internet(ns(lab, 2))
-    assert internet(ns(lab, 3)).redirected_to_portal(), "an unauthorized client got through"
+    assert has_internet(ns(lab, 1), retry=True) and has_internet(ns(lab, 2), retry=True)
+    assert internet(ns(lab, 3), retry=True).redirected_to_portal(), "an unauthorized client got through"
     portal_answers(lab, 3)
     assert "DEGRADED" in (state(lab).parent / "gateway.log").read_text(errors="replace")
 
@@ -178,8 +178,8 @@ def test_garbage_over_the_database_is_moved_aside_and_access_kept(fresh: LabInfo
     assert moved.name.startswith("desanet.db.corrupt-") and moved.read_bytes() == garbage
     assert problem["restored_from"], "a backup existed: it must be used"
     assert code in vouchers(lab)
-    assert a in online(lab) and has_internet(ns(lab, 1))
-    assert internet(ns(lab, 3)).redirected_to_portal()
+    assert a in online(lab) and has_internet(ns(lab, 1), retry=True)
+    assert internet(ns(lab, 3), retry=True).redirected_to_portal()
     portal_answers(lab, 3)
     # Healed for good: the next clean restart is no longer degraded.
     stop_gateway(lab)
@@ -204,7 +204,7 @@ def test_corrupt_outbox_alone_keeps_portal_and_login(fresh: LabInfo) -> None:
     assert http(ns(lab, 3), f"{SITE}/").status == 200, "the catalog is down"
     c = p.client_mac(3)
     assert login_terms(ns(lab, 3)).status == 303
-    assert c in online(lab) and has_internet(ns(lab, 3))
+    assert c in online(lab) and has_internet(ns(lab, 3), retry=True)
     desanet(lab.control_socket, "clients", "deauth", c)
 
 
@@ -265,9 +265,9 @@ def test_full_disk_at_start_runs_in_memory_with_sessions_and_vouchers(
     assert "DEGRADED" in desanet(lab.control_socket, "status").stdout
     portal_answers(lab, 3)
     assert code in vouchers(lab), "the file's vouchers were not loaded"
-    assert p.client_mac(1) in online(lab) and has_internet(ns(lab, 1))
+    assert p.client_mac(1) in online(lab) and has_internet(ns(lab, 1), retry=True)
     assert login_terms(ns(lab, 3)).status == 303  # stored in memory
-    assert has_internet(ns(lab, 3))
+    assert has_internet(ns(lab, 3), retry=True)
     desanet(lab.control_socket, "clients", "deauth", p.client_mac(3))
 
 
@@ -289,12 +289,12 @@ def test_full_disk_at_write_answers_logins_and_stays_up(small_disk: Path, lab: L
     assert ("state database", "unwritable at runtime") in {
         (q["what"], q["problem"]) for q in st["degraded"]}
     portal_answers(lab, 3)
-    assert has_internet(ns(lab, 1)), "a villager online before the disk filled lost access"
+    assert has_internet(ns(lab, 1), retry=True), "a villager online before the disk filled lost access"
     # Room again: the next login is stored and the problem leaves the status.
     for filler in small_disk.glob("filler-*"):
         filler.unlink()
     assert login_terms(ns(lab, 3)).status == 303
-    assert has_internet(ns(lab, 3))
+    assert has_internet(ns(lab, 3), retry=True)
     assert status(lab)["degraded"] == []
     desanet(lab.control_socket, "clients", "deauth", p.client_mac(3))
 

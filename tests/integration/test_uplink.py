@@ -102,7 +102,7 @@ def test_status_shows_the_uplink_up_with_its_latency(lab: LabInfo) -> None:
 def test_link_cut_reaches_status_events_and_villagers_then_recovers(lab: LabInfo) -> None:
     ns = c1(lab)
     # positive control: before the cut the same request reaches the origin
-    assert has_internet(ns), http(ns, "http://internet.lab/")
+    assert has_internet(ns, retry=True), http(ns, "http://internet.lab/")
     before = desanet_json(lab.control_socket, "events", "--no-follow")
     seq = max((e["seq"] for e in before), default=0)
     dnsmasq_pid = desanet_json(lab.control_socket, "status")["dnsmasq"]["pid"]

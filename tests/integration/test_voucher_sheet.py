@@ -70,7 +70,7 @@ def test_a_printed_card_logs_a_phone_in(lab: LabInfo) -> None:
     login = portal_post(client, f"{PORTAL}/login",
                         {"action": "voucher", "voucher": filled.group(1)})
     assert login.status == 303, login
-    assert has_internet(client)
+    assert has_internet(client, retry=True)
 
     bad = desanet(sock, "vouchers", "create", "--duration", "1h", "--name", "x" * 65)
     assert bad.returncode == 2 and "name" in bad.stderr

@@ -43,7 +43,7 @@ def lab(make_lab: LabFactory) -> LabInfo:
 def _login(ns: str, code: str) -> None:
     login = portal_post(ns, f"{PORTAL}/login", {"action": "voucher", "voucher": code})
     assert login.status == 303, login
-    assert has_internet(ns)
+    assert has_internet(ns, retry=True)
 
 
 def test_a_sellers_sale_is_in_the_report(lab: LabInfo) -> None:
