@@ -118,6 +118,12 @@ def _tree(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _attacker_key() -> str:
+    """An SSH public key the fleet never issued: what an attacker would slip in."""
+    return Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
 def _resign_manifest(bundle_dir: Path) -> None:
     """What anyone can do with the card in a laptop: the manifest is a checksum, not a
     signature."""
@@ -136,8 +142,7 @@ def test_a_provisioned_box_refuses_another_sites_bundle_of_the_same_fleet(
     box = tmp_path / "box"
     _import(ours, box)
     renew.revoke(fleet.ca.dir, "ntb-lembah")
-    attacker = Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    attacker = _attacker_key()
     (stolen / m.AUTHORIZED).write_text(attacker + " attacker\n")
     _resign_manifest(stolen)
     before, card = _tree(box), _tree(stolen)
@@ -196,11 +201,6 @@ def test_a_remote_renewal_counts_as_the_installed_certificate(
     # Positive control: without the remote renewal the second bundle is the newer one.
     (box / "etc" / m.CERT).write_bytes((first / m.CERT).read_bytes())
     assert not _import(second, box).already
-
-
-def _attacker_key() -> str:
-    return Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def test_an_edited_copy_of_the_boxs_own_bundle_is_refused(fleet: Fleet, tmp_path: Path) -> None:
