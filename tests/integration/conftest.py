@@ -448,8 +448,8 @@ _FORM_TOKEN = re.compile(r'name="csrf" value="([0-9a-f]*)"')
 def form_token(ns: str, base: str = PORTAL, **kw: Any) -> str:
     """The form token of the portal page ``ns`` sees (bound to its address and MAC);
     login and logout posts need it (portalsec, Step 6). ``kw`` goes to http().
-    A page MUST come: a try with no answer is repeated."""
-    page = http(ns, f"{base}/", **{**kw, "retry": True})
+    A page MUST come: a try with no answer is repeated (unless ``retry=False``)."""
+    page = http(ns, f"{base}/", **{"retry": True, **kw})
     found = _FORM_TOKEN.search(page.body)
     assert found, f"no form token on {base}/ for {ns}: {page.status} {page.error}"
     return found.group(1)
@@ -462,11 +462,12 @@ def portal_post(ns: str, url: str, form: Mapping[str, str], **kw: Any) -> Http:
     return http(ns, url, form={**form, "csrf": form_token(ns, base, **kw)}, **kw)
 
 
-def login_terms(ns: str) -> Http:
+def login_terms(ns: str, *, retry: bool = True) -> Http:
     """Accept the terms on the portal, as a villager's browser does. An answer MUST come
-    (every caller asserts its status), so a try with no answer is repeated: harmless,
-    a second terms login of the same client is one more 303."""
-    return portal_post(ns, f"{PORTAL}/login", {"action": "terms"}, retry=True)
+    (callers assert its status), so a try with no answer is repeated: harmless, a second
+    terms login of the same client is one more 303. ``retry=False`` for load that must
+    not wait out a daemon that is down (one try, no answer is status 0)."""
+    return portal_post(ns, f"{PORTAL}/login", {"action": "terms"}, retry=retry)
 
 
 def in_namespace(ns: str, *argv: str, timeout: float = 10.0) -> str:

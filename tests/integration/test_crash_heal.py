@@ -118,8 +118,9 @@ class Churn:
         try:
             while not self.halt.is_set():
                 # the daemon may be down between a kill and its restart: no page, no token
+                # (one try each: the kill must not wait for a churn thread's retries)
                 with contextlib.suppress(AssertionError):
-                    if login_terms(ns).status == 303:
+                    if login_terms(ns, retry=False).status == 303:
                         self.logins += 1
                 # not logged in, or the daemon is gone: go on until stopped
                 with contextlib.suppress(DesanetError):
