@@ -118,10 +118,23 @@ def _tree(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _attacker_key() -> str:
-    """An SSH public key the fleet never issued: what an attacker would slip in."""
-    return Ed25519PrivateKey.generate().public_key().public_bytes(
+def _slip_in_attacker_key(bundle_dir: Path) -> str:
+    """Put an SSH key the fleet never issued into ``bundle_dir``'s authorized_keys and
+    recompute its manifest (a checksum anyone can redo); the line written."""
+    key = Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    line = key + " attacker\n"
+    (bundle_dir / m.AUTHORIZED).write_text(line)
+    _resign_manifest(bundle_dir)
+    return line
+
+
+def _refused_and_nothing_changed(bundle_dir: Path, box: Path, match: str) -> None:
+    """Importing ``bundle_dir`` into ``box`` fails with ``match``; box and card unchanged."""
+    before, card = _tree(box), _tree(bundle_dir)
+    with pytest.raises(ProvisionError, match=match):
+        _import(bundle_dir, box)
+    assert _tree(box) == before and _tree(bundle_dir) == card  # the card included
 
 
 def _resign_manifest(bundle_dir: Path) -> None:
@@ -142,14 +155,9 @@ def test_a_provisioned_box_refuses_another_sites_bundle_of_the_same_fleet(
     box = tmp_path / "box"
     _import(ours, box)
     renew.revoke(fleet.ca.dir, "ntb-lembah")
-    attacker = _attacker_key()
-    (stolen / m.AUTHORIZED).write_text(attacker + " attacker\n")
-    _resign_manifest(stolen)
-    before, card = _tree(box), _tree(stolen)
-    with pytest.raises(ProvisionError, match=r"provisioned as site 'jabar-sukamaju'; the "
-                       r"bundle is for site 'ntb-lembah'.*--replace-site"):
-        _import(stolen, box)
-    assert _tree(box) == before and _tree(stolen) == card  # nothing changed, card included
+    attacker = _slip_in_attacker_key(stolen)
+    _refused_and_nothing_changed(stolen, box, r"provisioned as site 'jabar-sukamaju'; the "
+                                 r"bundle is for site 'ntb-lembah'.*--replace-site")
     # Positive controls: a renewal of the box's own site still imports; the technician
     # re-assigning the box by hand (--replace-site) is obeyed.
     (renewal,) = make_bundles(fleet, tmp_path / "renewal", HEADER + ROW_A, reissue=True)
@@ -157,7 +165,7 @@ def test_a_provisioned_box_refuses_another_sites_bundle_of_the_same_fleet(
     assert not out.already and out.site == "jabar-sukamaju" and out.replaced_site is None
     assert importer.import_bundle(stolen, box / "etc", box / "ssh", box / "rec.json",
                                   replace_site=True).replaced_site == "jabar-sukamaju"
-    assert (box / "ssh" / "authorized_keys").read_text() == attacker + " attacker\n"
+    assert (box / "ssh" / "authorized_keys").read_text() == attacker
 
 
 def test_an_older_bundle_is_not_replayed_over_a_renewed_one(
@@ -172,10 +180,7 @@ def test_an_older_bundle_is_not_replayed_over_a_renewed_one(
     box = tmp_path / "box"
     assert not _import(old, box).already
     assert not _import(new, box).already  # positive control: a newer certificate goes in
-    before, card = _tree(box), _tree(replay)
-    with pytest.raises(ProvisionError, match=r"older than the installed one.*--allow-older"):
-        _import(replay, box)
-    assert _tree(box) == before and _tree(replay) == card
+    _refused_and_nothing_changed(replay, box, r"older than the installed one.*--allow-older")
     # The technician putting it back on purpose:
     out = importer.import_bundle(replay, box / "etc", box / "ssh", box / "rec.json",
                                  allow_older=True)
@@ -211,14 +216,9 @@ def test_an_edited_copy_of_the_boxs_own_bundle_is_refused(fleet: Fleet, tmp_path
     shutil.copytree(ours, copy)
     box = tmp_path / "box"
     assert not _import(ours, box).already
-    attacker = _attacker_key()
-    (copy / m.AUTHORIZED).write_text(attacker + " attacker\n")
-    _resign_manifest(copy)
-    before, card = _tree(box), _tree(copy)
-    with pytest.raises(ProvisionError, match=r"already has \(serial [0-9a-f]+\).*edited copy"
-                       r".*--allow-older"):
-        _import(copy, box)
-    assert _tree(box) == before and _tree(copy) == card
+    attacker = _slip_in_attacker_key(copy)
+    _refused_and_nothing_changed(copy, box, r"already has \(serial [0-9a-f]+\).*edited copy"
+                                 r".*--allow-older")
     # Positive controls: the bundle that provisioned the box is still "already imported";
     # an unedited copy is the same manifest, so also already in; the technician can
     # import the edited one on purpose.
@@ -228,7 +228,7 @@ def test_an_edited_copy_of_the_boxs_own_bundle_is_refused(fleet: Fleet, tmp_path
     out = importer.import_bundle(copy, box / "etc", box / "ssh", box / "rec.json",
                                  allow_older=True)
     assert not out.already
-    assert (box / "ssh" / "authorized_keys").read_text() == attacker + " attacker\n"
+    assert (box / "ssh" / "authorized_keys").read_text() == attacker
 
 
 def test_a_renewal_cut_short_by_a_power_cut_is_finished_at_the_next_boot(
